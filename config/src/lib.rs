@@ -1,0 +1,1 @@
+//! Event Catcher settings (placeholder; being written).

@@ -1,0 +1,1 @@
+//! Event Catcher's Consul client (placeholder; being written).

@@ -1,0 +1,2 @@
+//! `ec-node` binary (placeholder).
+fn main() {}

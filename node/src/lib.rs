@@ -1,0 +1,1 @@
+//! Event Catcher storage node (placeholder; being written).
