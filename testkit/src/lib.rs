@@ -1,1 +1,205 @@
-//! Test support (placeholder; being written).
+//! Test support for Event Catcher: real Consul agents on free loopback ports, and waiting on
+//! conditions with deadlines instead of bare sleeps.
+//!
+//! Invariants this crate keeps for every test that uses it:
+//! - Everything listens on 127.0.0.1 only; nothing here sends traffic anywhere else, and every
+//!   Consul agent runs with `disable_update_check = true` (its checkpoint call would leave the
+//!   machine).
+//! - [`free_port`] never hands out the same port twice within one process, so tests running in
+//!   parallel threads do not race each other for a port (other processes still can; agents
+//!   retry on new ports when that happens at start).
+//! - A [`ConsulAgent`] owns its process and its temp dir: dropping it kills the process with
+//!   SIGKILL, reaps it and removes the dir, so a failing test leaves nothing behind.
+//!
+//! This is test code: failures panic, and every panic message says what to do about it.
+
+mod consul;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+pub use consul::ConsulAgent;
+
+/// How often [`wait_for`] polls its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The root of the Cargo workspace (the folder holding `scripts/` and `.tools/`).
+pub fn workspace_root() -> PathBuf {
+    // testkit/ sits directly under the workspace root; this is fixed at compile time, so it
+    // is right no matter which directory a test binary runs from.
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest_dir.to_path_buf())
+}
+
+/// Finds a Consul binary: `$EC_CONSUL_BIN`, then `<root>/.tools/consul`, then `consul` on PATH.
+///
+/// The error says where it looked and names the install command `scripts/install-consul.sh`.
+pub fn consul_binary() -> Result<PathBuf, String> {
+    let mut looked = Vec::new();
+    if let Some(explicit) = std::env::var_os("EC_CONSUL_BIN").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(explicit);
+        if is_executable(&path) {
+            return Ok(absolute(path));
+        }
+        looked.push(format!(
+            "EC_CONSUL_BIN={} (not an executable file)",
+            path.display()
+        ));
+    } else {
+        looked.push("EC_CONSUL_BIN (unset)".to_owned());
+    }
+
+    let tools = workspace_root().join(".tools").join("consul");
+    if is_executable(&tools) {
+        return Ok(tools);
+    }
+    looked.push(format!("{} (missing)", tools.display()));
+
+    if let Some(path_var) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path_var) {
+            let candidate = dir.join("consul");
+            if is_executable(&candidate) {
+                return Ok(absolute(candidate));
+            }
+        }
+    }
+    looked.push("consul on PATH (none)".to_owned());
+
+    Err(format!(
+        "no consul binary found; looked at: {}. Run scripts/install-consul.sh (from the \
+         workspace root {}) or set EC_CONSUL_BIN to a consul binary",
+        looked.join(", "),
+        workspace_root().display()
+    ))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+/// A port that is free on 127.0.0.1 right now, for both TCP and UDP.
+///
+/// Found by binding port 0 and dropping the socket, so another process may still take it
+/// before the caller binds it; callers that spawn servers must cope (see
+/// [`ConsulAgent::start_dev`]). Within this process a port is never handed out twice.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
+    let loopback = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+
+    for _ in 0..1000 {
+        let listener = TcpListener::bind(loopback).unwrap_or_else(|e| {
+            panic!("cannot bind a TCP socket on 127.0.0.1: {e}; is the loopback interface up?")
+        });
+        let port = match listener.local_addr() {
+            Ok(addr) => addr.port(),
+            Err(_) => continue,
+        };
+        // Consul's serf ports listen on UDP as well as TCP; check both so one helper serves
+        // every port an agent needs.
+        let udp_free = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_ok();
+        drop(listener);
+        if !udp_free {
+            continue;
+        }
+        // A poisoned lock only means another test panicked while holding it; the set is
+        // still usable.
+        let mut set = handed_out.lock().unwrap_or_else(|p| p.into_inner());
+        if set.insert(port) {
+            return port;
+        }
+    }
+    panic!("found no free loopback port in 1000 tries; are too many sockets open on this machine?")
+}
+
+/// Polls `f` every ~20 ms until it returns `Some(v)` and returns `v`.
+///
+/// Panics with "timed out after {deadline:?} waiting for {what}" once `deadline` has passed,
+/// including when a single call of `f` is still pending at the deadline.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    let end = start + deadline;
+    loop {
+        match tokio::time::timeout_at(end, f()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => break,
+        }
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            break;
+        }
+        tokio::time::sleep_until((now + POLL_INTERVAL).min(end)).await;
+    }
+    panic!("timed out after {deadline:?} waiting for {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_bindable() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        for port in ports {
+            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+                .unwrap_or_else(|e| panic!("port {port} was not free: {e}"));
+        }
+    }
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        assert!(workspace_root().join("Cargo.toml").is_file());
+        assert!(workspace_root().join("testkit").is_dir());
+    }
+
+    #[tokio::test]
+    async fn wait_for_returns_the_first_some() {
+        let mut calls = 0;
+        let v = wait_for("the third call", Duration::from_secs(10), || {
+            calls += 1;
+            let now = calls;
+            async move { (now >= 3).then_some(now) }
+        })
+        .await;
+        assert_eq!(v, 3);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "timed out after 100ms waiting for nothing")]
+    async fn wait_for_panics_at_the_deadline() {
+        wait_for("nothing", Duration::from_millis(100), || async {
+            None::<()>
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "timed out after 100ms waiting for a hung call")]
+    async fn wait_for_bounds_a_hung_call() {
+        wait_for("a hung call", Duration::from_millis(100), || {
+            std::future::pending::<Option<()>>()
+        })
+        .await;
+    }
+}

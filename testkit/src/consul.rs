@@ -1,0 +1,414 @@
+//! A real Consul agent run as a child process for one test.
+//!
+//! Invariants:
+//! - The agent binds 127.0.0.1 only, on ports from [`free_port`]: HTTP, serf LAN, serf WAN and
+//!   server RPC; DNS and gRPC are off (`-1`), the update check is disabled.
+//! - Each agent has its own temp dir holding `consul.log` (the agent's stdout and stderr,
+//!   appended across restarts) and, for [`ConsulAgent::start_server`], `data/`, which
+//!   survives [`ConsulAgent::restart`] so KV written before a restart is still there.
+//! - A restart reuses the same ports, node name and data dir, so clients keep their address.
+//! - Dropping the agent SIGKILLs and reaps the process and removes the temp dir.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::{consul_binary, free_port};
+
+/// How long an agent may take from spawn to "has a leader and answers". A one-server agent
+/// with `raft_multiplier = 1` needs ~1.5 s; generous because CI machines are slow and shared.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a SIGTERMed agent may take to shut down before it is SIGKILLed.
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
+/// How often to re-check readiness and process exit.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Fresh-port attempts when an agent dies at start (usually another process took a port).
+const START_ATTEMPTS: u32 = 5;
+/// Lines of the agent's log that [`ConsulAgent::log_tail`] returns.
+const LOG_TAIL_LINES: usize = 50;
+/// Bytes read from the end of the log for the tail; 50 Consul lines fit easily.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// Whether the agent runs in `-dev` mode (everything in memory) or as a one-server cluster
+/// with a data dir (state survives restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Dev,
+    Server,
+}
+
+/// The loopback ports one agent listens on.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    http: u16,
+    serf_lan: u16,
+    serf_wan: u16,
+    server: u16,
+}
+
+impl Ports {
+    fn fresh() -> Self {
+        Ports {
+            http: free_port(),
+            serf_lan: free_port(),
+            serf_wan: free_port(),
+            server: free_port(),
+        }
+    }
+}
+
+/// Why one spawn did not produce a ready agent.
+enum StartFailure {
+    /// The process exited before it was ready (often a port race); worth a retry on new ports.
+    Exited(String),
+    /// The process is alive but never became ready; retrying will not help.
+    NotReady,
+}
+
+/// A Consul agent child process on loopback ports, owned by one test.
+#[derive(Debug)]
+pub struct ConsulAgent {
+    /// The consul binary used for every (re)start.
+    binary: PathBuf,
+    mode: Mode,
+    ports: Ports,
+    /// Unique per agent so that logs and the catalog say which test's agent this is.
+    node_name: String,
+    /// Holds `consul.log` and, in server mode, `data/`; removed on drop.
+    dir: TempDir,
+    /// `None` after [`ConsulAgent::kill`] or [`ConsulAgent::stop`].
+    child: Option<Child>,
+    /// Shared client for readiness checks; short timeouts so a hung agent cannot stall a poll.
+    http: reqwest::Client,
+}
+
+impl ConsulAgent {
+    /// Starts `consul agent -dev` on free loopback ports and waits until it has a leader and
+    /// `/v1/agent/self` answers. Retries with new ports if the agent dies at start.
+    pub async fn start_dev() -> ConsulAgent {
+        Self::start(Mode::Dev).await
+    }
+
+    /// Starts a one-server agent (`-server -bootstrap-expect 1`) whose data dir survives
+    /// [`ConsulAgent::restart`]; for tests that restart Consul and expect KV to persist.
+    pub async fn start_server() -> ConsulAgent {
+        Self::start(Mode::Server).await
+    }
+
+    async fn start(mode: Mode) -> ConsulAgent {
+        static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+        let binary = consul_binary().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("ec-consul-")
+            .tempdir()
+            .unwrap_or_else(|e| {
+                panic!("cannot create a temp dir for a consul agent: {e}; check TMPDIR and free disk space")
+            });
+        let node_name = format!(
+            "ec-test-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build an HTTP client for readiness checks: {e}"));
+        let mut agent = ConsulAgent {
+            binary,
+            mode,
+            ports: Ports::fresh(),
+            node_name,
+            dir,
+            child: None,
+            http,
+        };
+
+        for attempt in 1..=START_ATTEMPTS {
+            match agent.spawn_and_wait().await {
+                Ok(()) => return agent,
+                Err(StartFailure::Exited(status)) if attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "ec-testkit: consul agent {} exited at start ({status}), attempt \
+                         {attempt}/{START_ATTEMPTS}; retrying on new ports",
+                        agent.node_name
+                    );
+                    agent.ports = Ports::fresh();
+                    if mode == Mode::Server {
+                        // A half-initialised raft store would tie the agent to the old ports.
+                        let _ = std::fs::remove_dir_all(agent.data_dir());
+                    }
+                }
+                Err(StartFailure::Exited(status)) => panic!(
+                    "consul agent exited at start {START_ATTEMPTS} times (last: {status}); are \
+                     loopback ports exhausted or is the consul binary broken? Try `{} version`. \
+                     Log tail:\n{}",
+                    agent.binary.display(),
+                    agent.log_tail()
+                ),
+                Err(StartFailure::NotReady) => panic!(
+                    "consul agent on {} was not ready within {READY_DEADLINE:?} (no leader or \
+                     /v1/agent/self not answering); is the machine overloaded? Log tail:\n{}",
+                    agent.http_url(),
+                    agent.log_tail()
+                ),
+            }
+        }
+        unreachable!("the last start attempt either returns or panics")
+    }
+
+    /// The agent's HTTP API address.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.http))
+    }
+
+    /// The agent's HTTP API base URL, `http://127.0.0.1:PORT`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr())
+    }
+
+    /// The host clients should connect to: always `127.0.0.1`.
+    pub fn host(&self) -> String {
+        Ipv4Addr::LOCALHOST.to_string()
+    }
+
+    /// The agent's HTTP API port.
+    pub fn port(&self) -> u16 {
+        self.ports.http
+    }
+
+    /// Kills the agent with SIGKILL and reaps it; a crash, as far as Consul is concerned.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Errors mean the process already exited; reaping below still works.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM (graceful shutdown) and waits for the agent to exit; SIGKILLs it if it
+    /// has not exited after 30 s.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if tokio::time::Instant::now() >= deadline => {
+                    eprintln!(
+                        "ec-testkit: consul agent {} ignored SIGTERM for {STOP_DEADLINE:?}; \
+                         killing it",
+                        self.node_name
+                    );
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+                Ok(None) => tokio::time::sleep(POLL_INTERVAL).await,
+            }
+        }
+    }
+
+    /// Starts the agent again with the same ports, node name and data dir (killing it first
+    /// if it is still running) and waits until it has a leader.
+    pub async fn restart(&mut self) {
+        self.kill();
+        // Same ports on purpose: clients keep their address. If another process grabbed one
+        // meanwhile the agent exits, and a few retries give the port a chance to free up.
+        for attempt in 1..=START_ATTEMPTS {
+            match self.spawn_and_wait().await {
+                Ok(()) => return,
+                Err(StartFailure::Exited(status)) if attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "ec-testkit: restarted consul agent {} exited ({status}), attempt \
+                         {attempt}/{START_ATTEMPTS}; retrying on the same ports",
+                        self.node_name
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(StartFailure::Exited(status)) => panic!(
+                    "restarted consul agent on {} exited {START_ATTEMPTS} times (last: {status}); \
+                     another process probably holds one of its ports ({:?}). Log tail:\n{}",
+                    self.http_url(),
+                    self.ports,
+                    self.log_tail()
+                ),
+                Err(StartFailure::NotReady) => panic!(
+                    "restarted consul agent on {} was not ready within {READY_DEADLINE:?}; is \
+                     the machine overloaded? Log tail:\n{}",
+                    self.http_url(),
+                    self.log_tail()
+                ),
+            }
+        }
+    }
+
+    /// The last ~50 lines of the agent's log (stdout and stderr, all runs), for assertion
+    /// messages.
+    pub fn log_tail(&self) -> String {
+        let path = self.log_path();
+        let read = || -> std::io::Result<String> {
+            let mut file = File::open(&path)?;
+            let len = file.metadata()?.len();
+            file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut bytes)?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        match read() {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                let start = lines.len().saturating_sub(LOG_TAIL_LINES);
+                lines[start..].join("\n")
+            }
+            Err(e) => format!("(cannot read consul log {}: {e})", path.display()),
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("consul.log")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The full command line for this agent's mode and ports.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("agent");
+        match self.mode {
+            Mode::Dev => {
+                cmd.arg("-dev");
+            }
+            Mode::Server => {
+                cmd.args(["-server", "-bootstrap-expect", "1", "-data-dir"])
+                    .arg(self.data_dir())
+                    // Leader in ~1.5 s instead of ~9 s with the production default of 5.
+                    .args(["-hcl", "performance { raft_multiplier = 1 }"]);
+            }
+        }
+        let port = |p: u16| p.to_string();
+        cmd.args(["-node", &self.node_name])
+            .args(["-bind", "127.0.0.1", "-client", "127.0.0.1"])
+            .args(["-http-port", &port(self.ports.http)])
+            .args(["-serf-lan-port", &port(self.ports.serf_lan)])
+            .args(["-serf-wan-port", &port(self.ports.serf_wan)])
+            .args(["-server-port", &port(self.ports.server)])
+            .args(["-dns-port", "-1", "-grpc-port", "-1"])
+            // The update check calls a HashiCorp server; tests must stay on loopback.
+            .args(["-hcl", "disable_update_check = true"])
+            // Random node IDs: two agents on one host must not derive the same one.
+            .arg("-disable-host-node-id");
+        cmd
+    }
+
+    /// Spawns the agent (the log is appended to) and waits until it is ready.
+    async fn spawn_and_wait(&mut self) -> Result<(), StartFailure> {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot open consul log {}: {e}; check free disk space in TMPDIR",
+                    self.log_path().display()
+                )
+            });
+        let _ = writeln!(
+            log,
+            "=== ec-testkit: starting consul ({:?} mode) node {} on {:?} ===",
+            self.mode, self.node_name, self.ports
+        );
+        let stderr = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot duplicate the consul log file handle: {e}"));
+        let mut cmd = self.command();
+        cmd.current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr);
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; run scripts/install-consul.sh or set EC_CONSUL_BIN",
+                self.binary.display()
+            )
+        });
+        self.child = Some(child);
+
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        self.child = None;
+                        return Err(StartFailure::Exited(status.to_string()));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.kill();
+                        return Err(StartFailure::Exited(format!("cannot wait on it: {e}")));
+                    }
+                }
+            }
+            if self.is_ready().await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StartFailure::NotReady);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Ready means: the cluster has elected a leader and the local agent's API answers.
+    async fn is_ready(&self) -> bool {
+        let url = self.http_url();
+        let leader = match self
+            .http
+            .get(format!("{url}/v1/status/leader"))
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => resp.text().await.unwrap_or_default(),
+            _ => return false,
+        };
+        // The body is a JSON string: `""` while there is no leader.
+        let leader = leader.trim().trim_matches('"');
+        if leader.is_empty() {
+            return false;
+        }
+        matches!(
+            self.http.get(format!("{url}/v1/agent/self")).send().await,
+            Ok(resp) if resp.status().is_success()
+        )
+    }
+}
+
+impl Drop for ConsulAgent {
+    fn drop(&mut self) {
+        // When the owning test is failing, the agent's own view is usually the missing clue.
+        if std::thread::panicking() && self.child.is_some() {
+            eprintln!(
+                "ec-testkit: consul agent {} on {} log tail:\n{}",
+                self.node_name,
+                self.http_url(),
+                self.log_tail()
+            );
+        }
+        self.kill();
+    }
+}
