@@ -1,1 +1,35 @@
-//! Event Catcher's Consul client (placeholder; being written).
+//! Event Catcher's Consul client: a small typed client of one agent's HTTP API (KV with
+//! check-and-set and blocking queries, agent service registration with HTTP checks, service
+//! health), and [`registration::Registrar`], which keeps a node registered.
+//!
+//! Layout:
+//! - [`client`](ConsulClient): HTTP plumbing — URL encoding, query strings, timeouts; the
+//!   rules that protect every call live there, not in each endpoint;
+//! - `kv`, `agent`, `health`: one `impl ConsulClient` block and the typed answers each;
+//! - `blocking`: [`QueryOptions`], [`Indexed`] and [`next_index`], the watch-loop rules;
+//! - [`registration`]: the long-running registration keeper.
+//!
+//! Rules this crate keeps for every caller (see "Talking to Consul" in the design page):
+//! `recurse` is never sent on a single-key read or delete; `null` lists and maps decode as
+//! empty; a blocking query's HTTP timeout exceeds `wait + wait/16`; a missing KV prefix is an
+//! empty list with an index; every key segment is percent-encoded; services are registered
+//! through the agent, never the catalog; the agent's 429/503 health answers are answers.
+//! There are no retries here: a call makes one request, and the caller (a watch loop, the
+//! registrar) decides when to try again.
+
+mod agent;
+mod blocking;
+mod client;
+mod error;
+mod health;
+mod kv;
+pub mod registration;
+mod wire;
+
+pub use agent::{AgentService, AgentServiceHealth, HttpCheck, ServiceRegistration};
+pub use blocking::{Indexed, MAX_WAIT, QueryOptions, next_index};
+pub use client::ConsulClient;
+pub use error::DiscoveryError;
+pub use health::{CatalogNode, CheckStatus, HealthCheck, ServiceEntry};
+pub use kv::KvPair;
+pub use wire::go_duration;
