@@ -28,11 +28,10 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
         .unwrap_or_else(|_| panic!("{} {args:?} did not finish within 60 s", script.display()))
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    out
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()))
 }
 
 fn stdout(out: &Output) -> String {
