@@ -1,0 +1,287 @@
+//! Group commit: the one thread that writes appends to the log.
+//!
+//! Publishers hand [`AppendRequest`]s to a bounded channel. The committer thread waits for
+//! one, drains whatever else is already queued (across all streams, up to
+//! `max_batch_bytes`), assigns offsets as the only writer, writes ONE fjall batch holding the
+//! events and the touched streams' metadata, syncs it once (under `Always`), then raises each
+//! stream's committed state and readable end and only then answers the publishers. There is
+//! no artificial delay: while one batch syncs, the next one queues up, so batches grow with
+//! load and the number of fsyncs stays far below the number of appends.
+//!
+//! Invariants:
+//! - No publisher is answered before the batch holding its events is durable per the policy
+//!   (`Always`: the fdatasync covering it has returned; `Interval`: it is written to the OS).
+//! - No reader can see an event before its batch is durable: readers are bounded by the
+//!   committed state, which is raised after the write/sync.
+//! - A failed write or fsync aborts the process (see [`fatal`]); nothing is retried.
+//! - Under `Interval`, a separate syncer thread calls `persist(SyncData)` every interval when
+//!   something was written since the last sync; fjall itself never fsyncs a batch we did not
+//!   ask it to (a batch's durability is set explicitly on each batch).
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ec_core::{DataId, Offset, TimestampMs};
+use fjall::PersistMode;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::record::{self, EVENT_HEADER_LEN, EVENT_KEY_LEN, StreamMeta};
+use super::store::{Store, Stream};
+use super::{Appended, LogError};
+
+/// Which stream an append goes to.
+pub(super) enum Target {
+    /// A stream that existed when the append was submitted.
+    Existing(Arc<Stream>),
+    /// A data ID that did not exist yet and may be created by the committer.
+    Create(DataId),
+}
+
+/// One publisher's append, waiting for the committer.
+pub(super) struct AppendRequest {
+    pub(super) target: Target,
+    pub(super) events: Vec<Bytes>,
+    /// Where the committer sends the outcome once the events are durable.
+    pub(super) reply: oneshot::Sender<Result<Appended, LogError>>,
+}
+
+impl AppendRequest {
+    /// Approximate bytes this request adds to a batch, used to cap batch size.
+    fn batch_bytes(&self) -> usize {
+        self.events
+            .iter()
+            .map(|e| e.len() + EVENT_HEADER_LEN + EVENT_KEY_LEN)
+            .sum()
+    }
+}
+
+/// Logs why and aborts the process. Used for any failed write or fsync of the log.
+///
+/// Why not return an error and carry on: after a failed fsync the kernel may have dropped
+/// the dirty pages and cleared the error, so a retry can "succeed" without the data being on
+/// disk (the PostgreSQL fsync-gate lesson). fjall also poisons itself. The only safe path is
+/// to stop and let recovery rebuild from what is durable: nothing acknowledged is lost, and
+/// nothing unacknowledged is served as if it were.
+pub(super) fn fatal(what: &str, error: &fjall::Error) -> ! {
+    tracing::error!(
+        error = %error,
+        "{what} failed; aborting the node: after a failed write or fsync the page cache state \
+         is unknown, so continuing could acknowledge events that are not on disk"
+    );
+    std::process::abort()
+}
+
+/// Starts the committer thread (and, for `Interval`, the syncer thread).
+///
+/// The committer runs until every sender of `requests` is dropped, then commits what is
+/// queued, syncs, stops the syncer and sets `stopped` to `true`.
+pub(super) fn spawn(
+    store: Arc<Store>,
+    requests: mpsc::Receiver<AppendRequest>,
+    max_batch_bytes: usize,
+    sync_interval: Option<Duration>,
+    stopped: watch::Sender<bool>,
+) -> std::io::Result<JoinHandle<()>> {
+    let syncer = match sync_interval {
+        Some(interval) => Some(Syncer::spawn(store.clone(), interval)?),
+        None => None,
+    };
+    std::thread::Builder::new()
+        .name("ec-log-committer".to_owned())
+        .spawn(move || {
+            run(&store, requests, max_batch_bytes);
+            if let Some(syncer) = syncer {
+                syncer.stop();
+            }
+            if let Err(e) = store.db.persist(PersistMode::SyncData) {
+                fatal("final sync of the event log", &e);
+            }
+            // Release the store before reporting "stopped", so that once every handle is
+            // dropped after close() the database is closed and the directory can be reopened.
+            drop(store);
+            tracing::info!("event log committer stopped");
+            stopped.send_replace(true);
+        })
+}
+
+fn run(store: &Store, mut requests: mpsc::Receiver<AppendRequest>, max_batch_bytes: usize) {
+    while let Some(first) = requests.blocking_recv() {
+        let mut size = first.batch_bytes();
+        let mut batch = vec![first];
+        while size < max_batch_bytes {
+            match requests.try_recv() {
+                Ok(request) => {
+                    size += request.batch_bytes();
+                    batch.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        commit(store, batch);
+    }
+}
+
+/// A stream touched by the batch being built: its metadata as it will be after the batch.
+struct Touched {
+    stream: Arc<Stream>,
+    meta: StreamMeta,
+    /// Created by this batch: becomes visible to lookups only once the batch is durable.
+    created: bool,
+}
+
+/// Writes one batch for `requests`, makes it durable, publishes it, answers publishers.
+fn commit(store: &Store, requests: Vec<AppendRequest>) {
+    let now = TimestampMs::now().0;
+    let guard = store.lock_writes();
+    let mut touched: HashMap<u64, Touched> = HashMap::new();
+    let mut created: HashMap<DataId, u64> = HashMap::new();
+    let mut batch = store.db.batch().durability(Some(store.batch_durability));
+    let mut replies = Vec::with_capacity(requests.len());
+
+    for request in requests {
+        if request.events.is_empty() {
+            // append() rejects these before queueing; kept so offsets can never underflow.
+            replies.push((request.reply, Err(LogError::EmptyBatch)));
+            continue;
+        }
+        let stream = match request.target {
+            Target::Existing(stream) => stream,
+            Target::Create(data_id) => match created.get(&data_id) {
+                Some(number) => touched[number].stream.clone(),
+                // Created by an earlier batch after this request was submitted.
+                None => match store.stream(&data_id) {
+                    Some(stream) => stream,
+                    None => {
+                        let number = store.next_number.fetch_add(1, Ordering::Relaxed);
+                        let stream =
+                            Arc::new(Stream::new(data_id.clone(), number, StreamMeta::default()));
+                        created.insert(data_id, number);
+                        touched.insert(
+                            number,
+                            Touched {
+                                stream: stream.clone(),
+                                meta: StreamMeta::default(),
+                                created: true,
+                            },
+                        );
+                        stream
+                    }
+                },
+            },
+        };
+        let entry = match touched.entry(stream.number) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let meta = *stream.state();
+                entry.insert(Touched {
+                    stream: stream.clone(),
+                    meta,
+                    created: false,
+                })
+            }
+        };
+        let meta = &mut entry.meta;
+        // Timestamps never go backwards within a stream, even if the wall clock does.
+        let ts = meta.last_ts.map_or(now, |last| last.max(now));
+        let first = meta.next;
+        for event in &request.events {
+            batch.insert(
+                &store.events,
+                record::event_key(stream.number, meta.next),
+                record::encode_event(ts, event),
+            );
+            meta.next += 1;
+            meta.bytes += event.len() as u64;
+        }
+        if first == meta.earliest {
+            meta.first_ts = Some(ts);
+        }
+        meta.last_ts = Some(ts);
+        replies.push((
+            request.reply,
+            Ok(Appended {
+                first: Offset(first),
+                last: Offset(meta.next - 1),
+                timestamp: TimestampMs(ts),
+            }),
+        ));
+    }
+
+    if !touched.is_empty() {
+        for t in touched.values() {
+            batch.insert(
+                &store.meta,
+                t.stream.number.to_be_bytes(),
+                record::encode_meta(&t.stream.data_id, &t.meta),
+            );
+        }
+        // One journal write and, under `Always`, one fdatasync for the whole batch.
+        if let Err(e) = batch.commit() {
+            fatal("writing a batch to the event log", &e);
+        }
+        store.commits.fetch_add(1, Ordering::Relaxed);
+        if store.batch_durability == PersistMode::Buffer {
+            store.unsynced.store(true, Ordering::Release);
+        }
+
+        let mut new_streams = Vec::new();
+        for t in touched.into_values() {
+            *t.stream.state() = t.meta;
+            t.stream.end.send_replace(Offset(t.meta.next));
+            if t.created {
+                new_streams.push(t.stream);
+            }
+        }
+        store.publish_streams(new_streams);
+    }
+    drop(guard);
+
+    for (reply, result) in replies {
+        // The publisher may have gone away (cancelled); its events are committed anyway.
+        let _ = reply.send(result);
+    }
+}
+
+/// The `Interval` policy's background fsync.
+struct Syncer {
+    stop: std_mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Syncer {
+    fn spawn(store: Arc<Store>, interval: Duration) -> std::io::Result<Syncer> {
+        let (stop, stop_rx) = std_mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("ec-log-syncer".to_owned())
+            .spawn(move || {
+                while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval)
+                {
+                    sync_if_dirty(&store.unsynced, || store.db.persist(PersistMode::SyncData));
+                }
+            })?;
+        Ok(Syncer { stop, thread })
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        if self.thread.join().is_err() {
+            tracing::error!("event log syncer thread panicked");
+        }
+    }
+}
+
+/// Syncs if anything was written since the last sync. The flag is cleared before syncing,
+/// so a write that lands during the sync sets it again and is covered by the next one.
+fn sync_if_dirty(unsynced: &AtomicBool, persist: impl FnOnce() -> fjall::Result<()>) {
+    if unsynced.swap(false, Ordering::AcqRel)
+        && let Err(e) = persist()
+    {
+        fatal("periodic sync of the event log", &e);
+    }
+}

@@ -1,0 +1,353 @@
+//! The fjall database behind the log and the in-memory stream table: opening and recovery,
+//! and the read paths (range reads, seek by time).
+//!
+//! Invariants:
+//! - One database holds all streams: keyspace `events` (key = stream number ‖ offset) and
+//!   keyspace `meta` (one record per stream, see [`super::record`]). Writers (the committer
+//!   and retention) hold [`Store::write_lock`] while they build, write and publish a batch, so
+//!   a metadata record is never written from a stale copy.
+//! - A stream's [`Stream::state`] is its *committed* metadata: it is raised only after the
+//!   batch that wrote it is durable per the fsync policy. Readers bound every scan by
+//!   `state.next`, so they never see an event that is in fjall's memtable but not yet synced.
+//! - At open, each stream's readable end comes from its metadata record (written atomically
+//!   with its events) and is cross-checked against the last event key: a mismatch means the
+//!   store is damaged, and opening fails with [`LogError::Corrupt`] rather than serving a gap.
+//! - Lock order: `write_lock` → `streams` → `Stream::state`. Readers never take `write_lock`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+use ec_core::{DataId, Offset, TimestampMs};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use tokio::sync::watch;
+
+use super::record::{self, EVENT_HEADER_LEN, StreamMeta};
+use super::{LogError, StoredEvent, StreamStats};
+
+/// Name of the keyspace holding every stream's events.
+const EVENTS_KEYSPACE: &str = "events";
+/// Name of the keyspace holding one metadata record per stream.
+const META_KEYSPACE: &str = "meta";
+
+/// One stream (data ID) as the log knows it in memory.
+pub(super) struct Stream {
+    /// The stream's data ID.
+    pub(super) data_id: DataId,
+    /// Internal number used in event keys; assigned once at creation, never reused.
+    pub(super) number: u64,
+    /// Committed metadata: what readers may see.
+    pub(super) state: Mutex<StreamMeta>,
+    /// Readable end (exclusive), raised after each commit that touched the stream.
+    pub(super) end: watch::Sender<Offset>,
+}
+
+impl Stream {
+    /// A stream with the given committed metadata.
+    pub(super) fn new(data_id: DataId, number: u64, meta: StreamMeta) -> Stream {
+        let (end, _) = watch::channel(Offset(meta.next));
+        Stream {
+            data_id,
+            number,
+            state: Mutex::new(meta),
+            end,
+        }
+    }
+
+    /// The committed metadata; a poisoned lock still holds consistent plain data (every
+    /// update is a single assignment), so poisoning is ignored.
+    pub(super) fn state(&self) -> MutexGuard<'_, StreamMeta> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stats as reported to callers.
+    pub(super) fn stats(&self) -> StreamStats {
+        let meta = *self.state();
+        let retained = meta.events() > 0;
+        StreamStats {
+            data_id: self.data_id.clone(),
+            earliest: Offset(meta.earliest),
+            next: Offset(meta.next),
+            events: meta.events(),
+            bytes: meta.bytes,
+            first_timestamp: meta.first_ts.filter(|_| retained).map(TimestampMs),
+            last_timestamp: meta.last_ts.filter(|_| retained).map(TimestampMs),
+        }
+    }
+}
+
+/// The database, its keyspaces and the stream table, shared by the [`super::EventLog`]
+/// handles, the committer thread and retention.
+pub(super) struct Store {
+    pub(super) db: Database,
+    pub(super) events: Keyspace,
+    pub(super) meta: Keyspace,
+    /// Streams by data ID. Only the committer inserts (after the creating batch is durable).
+    streams: RwLock<HashMap<DataId, Arc<Stream>>>,
+    /// Held by whoever writes a batch (committer, retention), from reading the committed
+    /// metadata to publishing the new one.
+    pub(super) write_lock: Mutex<()>,
+    /// Number of the next stream to create.
+    pub(super) next_number: AtomicU64,
+    /// Number of batches written by the committer (each is one fsync under `Always`).
+    pub(super) commits: AtomicU64,
+    /// Set after a batch is written with `Buffer` durability; cleared by the syncer before
+    /// it syncs (`Interval` policy only).
+    pub(super) unsynced: AtomicBool,
+    /// Durability applied to each batch: `SyncData` under `Always`, `Buffer` under `Interval`.
+    pub(super) batch_durability: PersistMode,
+}
+
+/// Converts a fjall error into [`LogError::Storage`] with what was being done.
+pub(super) fn storage(context: impl Into<String>) -> impl FnOnce(fjall::Error) -> LogError {
+    let context = context.into();
+    move |source| LogError::Storage { context, source }
+}
+
+impl Store {
+    /// Opens or creates the database under `dir` and rebuilds the stream table.
+    pub(super) fn open(dir: &Path, batch_durability: PersistMode) -> Result<Store, LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| LogError::Storage {
+            context: format!("creating log directory {}", dir.display()),
+            source: e.into(),
+        })?;
+        let db = Database::builder(dir).open().map_err(storage(format!(
+            "opening log database in {}",
+            dir.display()
+        )))?;
+        let events = db
+            .keyspace(EVENTS_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(storage("opening keyspace `events`"))?;
+        let meta = db
+            .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(storage("opening keyspace `meta`"))?;
+
+        let mut streams = HashMap::new();
+        let mut next_number = 0u64;
+        for guard in meta.iter() {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(storage("scanning stream metadata"))?;
+            let (number, data_id, stream_meta) =
+                record::decode_meta(&key, &value).map_err(|source| LogError::Corrupt {
+                    context: "decoding a stream metadata record".to_owned(),
+                    source,
+                })?;
+            check_tail(&events, number, &data_id, &stream_meta)?;
+            next_number = next_number.max(number + 1);
+            streams.insert(
+                data_id.clone(),
+                Arc::new(Stream::new(data_id, number, stream_meta)),
+            );
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            streams = streams.len(),
+            "event log opened"
+        );
+        Ok(Store {
+            db,
+            events,
+            meta,
+            streams: RwLock::new(streams),
+            write_lock: Mutex::new(()),
+            next_number: AtomicU64::new(next_number),
+            commits: AtomicU64::new(0),
+            unsynced: AtomicBool::new(false),
+            batch_durability,
+        })
+    }
+
+    /// Takes the writer lock; poisoning is ignored because a writer that panicked either
+    /// aborted the process (storage failure) or left committed state untouched.
+    pub(super) fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stream named `data_id`, if it exists.
+    pub(super) fn stream(&self, data_id: &DataId) -> Option<Arc<Stream>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(data_id)
+            .cloned()
+    }
+
+    /// The stream named `data_id`, or [`LogError::NotFound`].
+    pub(super) fn existing(&self, data_id: &DataId) -> Result<Arc<Stream>, LogError> {
+        self.stream(data_id).ok_or_else(|| LogError::NotFound {
+            data_id: data_id.clone(),
+        })
+    }
+
+    /// All streams, in no particular order.
+    pub(super) fn all_streams(&self) -> Vec<Arc<Stream>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Makes streams created by a durable batch visible. Called with `write_lock` held.
+    pub(super) fn publish_streams(&self, created: impl IntoIterator<Item = Arc<Stream>>) {
+        let mut streams = self.streams.write().unwrap_or_else(|e| e.into_inner());
+        for stream in created {
+            streams.insert(stream.data_id.clone(), stream);
+        }
+    }
+
+    /// Reads events of `stream` from `from`, bounded by the committed end.
+    pub(super) fn read(
+        &self,
+        stream: &Stream,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let meta = *stream.state();
+        if from < meta.earliest {
+            return Err(below_retention(stream, from, meta.earliest));
+        }
+        if from >= meta.next {
+            return Ok(Vec::new());
+        }
+        let max_events = u64::try_from(max_events.max(1)).unwrap_or(u64::MAX);
+        let end = meta.next.min(from.saturating_add(max_events));
+        let range = record::event_key(stream.number, from)..record::event_key(stream.number, end);
+
+        let mut out = Vec::with_capacity(usize::try_from(end - from).unwrap_or(0).min(4096));
+        let mut total = 0usize;
+        for (expected, guard) in (from..).zip(self.events.range(range)) {
+            let (key, value) = guard.into_inner().map_err(storage(format!(
+                "reading data ID {} at offset {expected}",
+                stream.data_id
+            )))?;
+            let (_, offset) = record::decode_event_key(&key)
+                .map_err(|source| corrupt(stream, expected, source))?;
+            if offset != expected {
+                // Retention removed events under our feet (the scan is a snapshot, so the
+                // whole trimmed range is missing at once): stop, and report if nothing usable
+                // was read.
+                break;
+            }
+            let header = record::decode_event_header(&value)
+                .map_err(|source| corrupt(stream, offset, source))?;
+            let payload = &value[EVENT_HEADER_LEN..];
+            if !out.is_empty() && total + payload.len() > max_bytes {
+                break;
+            }
+            total += payload.len();
+            out.push(StoredEvent {
+                offset: Offset(offset),
+                timestamp: TimestampMs(header.timestamp),
+                // Copy out: holding fjall's slice would pin a whole cached block.
+                data: Bytes::copy_from_slice(payload),
+            });
+        }
+        if out.is_empty() {
+            let earliest = stream.state().earliest;
+            if from < earliest {
+                return Err(below_retention(stream, from, earliest));
+            }
+            return Err(LogError::Missing {
+                data_id: stream.data_id.clone(),
+                offset: Offset(from),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Timestamp of event `offset` of `stream`, or `None` if it is not stored (trimmed).
+    fn timestamp_at(&self, stream: &Stream, offset: u64) -> Result<Option<i64>, LogError> {
+        let value = self
+            .events
+            .get(record::event_key(stream.number, offset))
+            .map_err(storage(format!(
+                "reading data ID {} at offset {offset}",
+                stream.data_id
+            )))?;
+        value
+            .map(|v| {
+                record::decode_event_header(&v)
+                    .map(|h| h.timestamp)
+                    .map_err(|source| corrupt(stream, offset, source))
+            })
+            .transpose()
+    }
+
+    /// First retained offset whose timestamp is `>= ts`, or the readable end if none.
+    ///
+    /// Binary search with point reads: timestamps are non-decreasing per stream. An event
+    /// trimmed during the search is older than every retained one, so it counts as `< ts`.
+    pub(super) fn offset_at_time(&self, stream: &Stream, ts: i64) -> Result<u64, LogError> {
+        let meta = *stream.state();
+        let (mut lo, mut hi) = (meta.earliest, meta.next);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.timestamp_at(stream, mid)? {
+                Some(t) if t >= ts => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+        Ok(lo)
+    }
+}
+
+/// Checks at open that the last stored event of a stream agrees with its metadata.
+fn check_tail(
+    events: &Keyspace,
+    number: u64,
+    data_id: &DataId,
+    meta: &StreamMeta,
+) -> Result<(), LogError> {
+    let last = match events.prefix(record::stream_prefix(number)).next_back() {
+        Some(guard) => {
+            let key = guard.key().map_err(storage(format!(
+                "reading the last event of data ID {data_id}"
+            )))?;
+            let (_, offset) =
+                record::decode_event_key(&key).map_err(|source| LogError::Corrupt {
+                    context: format!("decoding the last event key of data ID {data_id}"),
+                    source,
+                })?;
+            Some(offset)
+        }
+        None => None,
+    };
+    let consistent = match last {
+        // Events are retained: the last one must be exactly next - 1.
+        _ if meta.next > meta.earliest => last == Some(meta.next - 1),
+        // Nothing retained: no event may sit at or beyond the trim point.
+        Some(offset) => offset < meta.earliest,
+        None => true,
+    };
+    if consistent {
+        Ok(())
+    } else {
+        Err(LogError::Inconsistent {
+            data_id: data_id.clone(),
+            earliest: Offset(meta.earliest),
+            next: Offset(meta.next),
+            last_stored: last.map(Offset),
+        })
+    }
+}
+
+fn below_retention(stream: &Stream, from: u64, earliest: u64) -> LogError {
+    LogError::BelowRetention {
+        data_id: stream.data_id.clone(),
+        requested: Offset(from),
+        earliest: Offset(earliest),
+    }
+}
+
+fn corrupt(stream: &Stream, offset: u64, source: record::RecordError) -> LogError {
+    LogError::Corrupt {
+        context: format!("decoding data ID {} at offset {offset}", stream.data_id),
+        source,
+    }
+}

@@ -1,0 +1,615 @@
+//! Tests of the event log through its public API, each in its own temporary directory.
+//! Waits are bounded by generous deadlines; nothing sleeps bare.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ec_core::{DataId, Offset, TimestampMs};
+use tokio::time::timeout;
+
+use super::*;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn id(s: &str) -> DataId {
+    DataId::parse(s).unwrap()
+}
+
+fn ev(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn open(dir: &Path) -> EventLog {
+    EventLog::open(dir, LogOptions::default()).unwrap()
+}
+
+fn open_with_retention(dir: &Path, retention: Retention) -> EventLog {
+    EventLog::open(
+        dir,
+        LogOptions {
+            retention,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn payloads(events: &[StoredEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| String::from_utf8(e.data.to_vec()).unwrap())
+        .collect()
+}
+
+/// Appends until the committer's clock has moved past `after`, so the returned append has a
+/// strictly later timestamp. Bounded by the test deadline.
+async fn append_after(
+    log: &EventLog,
+    data_id: &DataId,
+    after: TimestampMs,
+    payload: &str,
+) -> Appended {
+    timeout(DEADLINE, async {
+        while TimestampMs::now() <= after {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let appended = log.append(data_id, vec![ev(payload)], false).await.unwrap();
+    assert!(appended.timestamp > after);
+    appended
+}
+
+#[tokio::test]
+async fn round_trip_across_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let (a, b) = (id("a"), id("b"));
+
+    let first = log
+        .append(&a, vec![ev("a0"), ev("a1")], true)
+        .await
+        .unwrap();
+    assert_eq!((first.first, first.last), (Offset(0), Offset(1)));
+    let other = log.append(&b, vec![ev("b0")], true).await.unwrap();
+    assert_eq!((other.first, other.last), (Offset(0), Offset(0)));
+    let second = log.append(&a, vec![ev("a2")], false).await.unwrap();
+    assert_eq!((second.first, second.last), (Offset(2), Offset(2)));
+    assert!(second.timestamp >= first.timestamp);
+
+    let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
+    assert_eq!(payloads(&read), ["a0", "a1", "a2"]);
+    assert_eq!(
+        read.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        [Offset(0), Offset(1), Offset(2)]
+    );
+    assert_eq!(read[2].timestamp, second.timestamp);
+    assert_eq!(
+        payloads(&log.read(&b, Offset(0), 100, usize::MAX).unwrap()),
+        ["b0"]
+    );
+
+    // Limits: by count, by bytes (but always at least one event), from the middle, at the end.
+    assert_eq!(
+        payloads(&log.read(&a, Offset(0), 2, usize::MAX).unwrap()),
+        ["a0", "a1"]
+    );
+    assert_eq!(payloads(&log.read(&a, Offset(0), 100, 3).unwrap()), ["a0"]);
+    assert_eq!(
+        payloads(&log.read(&a, Offset(0), 100, 4).unwrap()),
+        ["a0", "a1"]
+    );
+    assert_eq!(payloads(&log.read(&a, Offset(0), 100, 0).unwrap()), ["a0"]);
+    assert_eq!(
+        payloads(&log.read(&a, Offset(1), 100, usize::MAX).unwrap()),
+        ["a1", "a2"]
+    );
+    assert!(log.read(&a, Offset(3), 100, usize::MAX).unwrap().is_empty());
+    assert!(
+        log.read(&a, Offset(99), 100, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+
+    let stats = log.stats(&a).unwrap();
+    assert_eq!(
+        (stats.earliest, stats.next, stats.events, stats.bytes),
+        (Offset(0), Offset(3), 3, 6)
+    );
+    assert_eq!(stats.first_timestamp, Some(first.timestamp));
+    assert_eq!(stats.last_timestamp, Some(second.timestamp));
+    let listed: Vec<_> = log.list().into_iter().map(|s| s.data_id).collect();
+    assert_eq!(listed, [a.clone(), b.clone()]);
+    assert!(log.contains(&a) && !log.contains(&id("c")));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_stream_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let x = id("missing");
+    let err = log.append(&x, vec![ev("e")], false).await.unwrap_err();
+    assert!(
+        matches!(&err, LogError::NotFound { data_id } if *data_id == x),
+        "{err}"
+    );
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(matches!(
+        log.read(&x, Offset(0), 1, 1),
+        Err(LogError::NotFound { .. })
+    ));
+    assert!(matches!(log.stats(&x), Err(LogError::NotFound { .. })));
+    assert!(matches!(log.subscribe(&x), Err(LogError::NotFound { .. })));
+    assert!(matches!(
+        log.offset_at_time(&x, TimestampMs(0)),
+        Err(LogError::NotFound { .. })
+    ));
+    assert!(!log.contains(&x));
+    assert!(log.list().is_empty());
+    assert!(matches!(
+        log.append(&x, Vec::new(), true).await,
+        Err(LogError::EmptyBatch)
+    ));
+    assert!(
+        !log.contains(&x),
+        "an empty append must not create the stream"
+    );
+}
+
+#[tokio::test]
+async fn close_then_append_is_closed_and_close_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = id("a");
+    log.append(&a, vec![ev("x")], true).await.unwrap();
+    let clone = log.clone();
+    log.close().await.unwrap();
+    clone.close().await.unwrap();
+    assert!(matches!(
+        clone.append(&a, vec![ev("y")], true).await,
+        Err(LogError::Closed)
+    ));
+    assert!(matches!(
+        log.enforce_retention(TimestampMs::now()),
+        Err(LogError::Closed)
+    ));
+    // Reads still work on a closed log.
+    assert_eq!(
+        payloads(&log.read(&a, Offset(0), 10, usize::MAX).unwrap()),
+        ["x"]
+    );
+}
+
+#[tokio::test]
+async fn offsets_stay_dense_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.append(&a, vec![ev("0"), ev("1")], true).await.unwrap();
+    log.append(&id("b"), vec![ev("b0")], true).await.unwrap();
+    let before = log.stats(&a).unwrap();
+    log.close().await.unwrap();
+    drop(log);
+
+    let log = open(dir.path());
+    assert_eq!(log.stats(&a).unwrap(), before);
+    let appended = log.append(&a, vec![ev("2")], false).await.unwrap();
+    assert_eq!(appended.first, Offset(2));
+    assert!(appended.timestamp >= before.last_timestamp.unwrap());
+    let c = log.append(&id("c"), vec![ev("c0")], true).await.unwrap();
+    assert_eq!(c.first, Offset(0));
+    assert_eq!(
+        payloads(&log.read(&a, Offset(0), 10, usize::MAX).unwrap()),
+        ["0", "1", "2"]
+    );
+    assert_eq!(
+        payloads(&log.read(&id("b"), Offset(0), 10, usize::MAX).unwrap()),
+        ["b0"]
+    );
+    assert_eq!(
+        payloads(&log.read(&id("c"), Offset(0), 10, usize::MAX).unwrap()),
+        ["c0"]
+    );
+    log.close().await.unwrap();
+    drop(log);
+
+    // Stream numbers are not reused: all three streams keep their own events after another reopen.
+    let log = open(dir.path());
+    assert_eq!(log.list().len(), 3);
+    assert_eq!(
+        payloads(&log.read(&id("c"), Offset(0), 10, usize::MAX).unwrap()),
+        ["c0"]
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appenders_get_dense_offsets_with_fewer_fsyncs() {
+    const TASKS: usize = 64;
+    const APPENDS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let streams = [id("s0"), id("s1")];
+    for s in &streams {
+        log.append(s, vec![ev("seed")], true).await.unwrap();
+    }
+    let commits_before = log.commit_count();
+
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let log = log.clone();
+        let stream = streams[t % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for i in 0..APPENDS {
+                let payload = format!("{t}:{i}");
+                let appended = log
+                    .append(&stream, vec![ev(&payload)], false)
+                    .await
+                    .unwrap();
+                assert_eq!(appended.first, appended.last);
+                offsets.push((stream.clone(), appended.first, payload));
+            }
+            offsets
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let offsets = timeout(DEADLINE, task).await.unwrap().unwrap();
+        // One publisher's appends land in the order it made them.
+        assert!(offsets.windows(2).all(|w| w[0].1 < w[1].1));
+        all.extend(offsets);
+    }
+    let appends = (TASKS * APPENDS) as u64;
+    for s in &streams {
+        let mut mine: Vec<_> = all.iter().filter(|(d, _, _)| d == s).collect();
+        mine.sort_by_key(|(_, o, _)| *o);
+        let offsets: Vec<u64> = mine.iter().map(|(_, o, _)| o.0).collect();
+        let expected: Vec<u64> = (1..=appends / 2).collect();
+        assert_eq!(offsets, expected, "offsets of {s} are not dense");
+        // What was acknowledged at an offset is what is stored there.
+        let read = log.read(s, Offset(1), usize::MAX, usize::MAX).unwrap();
+        let stored = payloads(&read);
+        let acked: Vec<_> = mine.iter().map(|(_, _, p)| p.clone()).collect();
+        assert_eq!(stored, acked);
+    }
+    let commits = log.commit_count() - commits_before;
+    assert!(
+        commits < appends,
+        "{commits} commits for {appends} appends: group commit did not batch"
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn subscribe_wakes_on_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = id("a");
+    log.append(&a, vec![ev("0")], true).await.unwrap();
+    let mut end = log.subscribe(&a).unwrap();
+    assert_eq!(*end.borrow_and_update(), Offset(1));
+
+    let writer = log.clone();
+    let stream = a.clone();
+    let publish =
+        tokio::spawn(async move { writer.append(&stream, vec![ev("1"), ev("2")], false).await });
+    timeout(DEADLINE, end.changed()).await.unwrap().unwrap();
+    assert_eq!(*end.borrow_and_update(), Offset(3));
+    // The readable end never runs ahead of what a read returns.
+    assert_eq!(log.read(&a, Offset(1), 10, usize::MAX).unwrap().len(), 2);
+    timeout(DEADLINE, publish).await.unwrap().unwrap().unwrap();
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_by_events_trims_head_and_reports_earliest() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_with_retention(
+        dir.path(),
+        Retention {
+            max_events: Some(3),
+            ..Retention::default()
+        },
+    );
+    let (a, b) = (id("a"), id("b"));
+    let events: Vec<_> = (0..10).map(|i| ev(&format!("e{i}"))).collect();
+    log.append(&a, events, true).await.unwrap();
+    log.append(&b, vec![ev("b0")], true).await.unwrap();
+
+    let trimmed = log.enforce_retention(TimestampMs::now()).unwrap();
+    assert_eq!(trimmed, [(a.clone(), Offset(7))]);
+    let err = log.read(&a, Offset(6), 10, usize::MAX).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LogError::BelowRetention {
+                requested: Offset(6),
+                earliest: Offset(7),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("data ID a") && msg.contains('7') && msg.contains('6'),
+        "{msg}"
+    );
+    assert_eq!(
+        payloads(&log.read(&a, Offset(7), 10, usize::MAX).unwrap()),
+        ["e7", "e8", "e9"]
+    );
+    let stats = log.stats(&a).unwrap();
+    assert_eq!(
+        (stats.earliest, stats.next, stats.events, stats.bytes),
+        (Offset(7), Offset(10), 3, 6)
+    );
+    assert!(stats.first_timestamp.is_some());
+
+    // Nothing more to trim; offsets continue after the trim point.
+    assert!(
+        log.enforce_retention(TimestampMs::now())
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        log.append(&a, vec![ev("e10")], false).await.unwrap().first,
+        Offset(10)
+    );
+    log.close().await.unwrap();
+    drop(log);
+
+    // The trim point survives a reopen.
+    let log = open(dir.path());
+    let stats = log.stats(&a).unwrap();
+    assert_eq!(
+        (stats.earliest, stats.next, stats.bytes),
+        (Offset(7), Offset(11), 9)
+    );
+    assert!(matches!(
+        log.read(&a, Offset(0), 10, usize::MAX),
+        Err(LogError::BelowRetention {
+            earliest: Offset(7),
+            ..
+        })
+    ));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_by_bytes_keeps_newest_within_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_with_retention(
+        dir.path(),
+        Retention {
+            max_bytes: Some(35),
+            ..Retention::default()
+        },
+    );
+    let a = id("a");
+    let events: Vec<_> = (0..6).map(|i| ev(&format!("event-{i:04}"))).collect(); // 10 bytes each
+    log.append(&a, events, true).await.unwrap();
+    assert_eq!(
+        log.enforce_retention(TimestampMs::now()).unwrap(),
+        [(a.clone(), Offset(3))]
+    );
+    let stats = log.stats(&a).unwrap();
+    assert_eq!(
+        (stats.earliest, stats.events, stats.bytes),
+        (Offset(3), 3, 30)
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_by_age_and_offset_at_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_with_retention(
+        dir.path(),
+        Retention {
+            max_age: Some(Duration::from_secs(60)),
+            ..Retention::default()
+        },
+    );
+    let a = id("a");
+    let old = log
+        .append(&a, vec![ev("o0"), ev("o1")], true)
+        .await
+        .unwrap();
+    let new = append_after(&log, &a, old.timestamp, "n2").await;
+    assert_eq!(new.first, Offset(2));
+
+    assert_eq!(
+        log.offset_at_time(&a, TimestampMs(i64::MIN)).unwrap(),
+        Offset(0)
+    );
+    assert_eq!(log.offset_at_time(&a, old.timestamp).unwrap(), Offset(0));
+    assert_eq!(
+        log.offset_at_time(&a, TimestampMs(old.timestamp.0 + 1))
+            .unwrap(),
+        Offset(2)
+    );
+    assert_eq!(log.offset_at_time(&a, new.timestamp).unwrap(), Offset(2));
+    assert_eq!(
+        log.offset_at_time(&a, TimestampMs(new.timestamp.0 + 1))
+            .unwrap(),
+        Offset(3)
+    );
+
+    // Nothing is older than 60 s yet.
+    assert!(
+        log.enforce_retention(TimestampMs::now())
+            .unwrap()
+            .is_empty()
+    );
+    // 60 s after the new event: the cutoff is exactly its timestamp, so only it survives.
+    let now = TimestampMs(new.timestamp.0 + 60_000);
+    assert_eq!(
+        log.enforce_retention(now).unwrap(),
+        [(a.clone(), Offset(2))]
+    );
+    let stats = log.stats(&a).unwrap();
+    assert_eq!(stats.first_timestamp, Some(new.timestamp));
+    assert_eq!(
+        log.offset_at_time(&a, TimestampMs(i64::MIN)).unwrap(),
+        Offset(2)
+    );
+
+    // Later still: everything goes, the stream is empty but keeps its offsets.
+    let later = TimestampMs(new.timestamp.0 + 120_000);
+    assert_eq!(
+        log.enforce_retention(later).unwrap(),
+        [(a.clone(), Offset(3))]
+    );
+    let stats = log.stats(&a).unwrap();
+    assert_eq!(
+        (stats.earliest, stats.next, stats.events, stats.bytes),
+        (Offset(3), Offset(3), 0, 0)
+    );
+    assert_eq!((stats.first_timestamp, stats.last_timestamp), (None, None));
+    assert!(log.read(&a, Offset(3), 10, usize::MAX).unwrap().is_empty());
+    assert_eq!(log.offset_at_time(&a, TimestampMs(0)).unwrap(), Offset(3));
+    let next = log.append(&a, vec![ev("n3")], false).await.unwrap();
+    assert_eq!(next.first, Offset(3));
+    assert!(next.timestamp >= new.timestamp);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn large_trim_is_chunked_and_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_with_retention(
+        dir.path(),
+        Retention {
+            max_events: Some(5),
+            ..Retention::default()
+        },
+    );
+    let a = id("a");
+    for chunk in 0..20 {
+        let events: Vec<_> = (0..1000)
+            .map(|i| ev(&format!("{:05}", chunk * 1000 + i)))
+            .collect();
+        log.append(&a, events, true).await.unwrap();
+    }
+    assert_eq!(
+        log.enforce_retention(TimestampMs::now()).unwrap(),
+        [(a.clone(), Offset(19_995))]
+    );
+    let stats = log.stats(&a).unwrap();
+    assert_eq!((stats.events, stats.bytes), (5, 25));
+    assert_eq!(
+        payloads(&log.read(&a, Offset(19_995), 10, usize::MAX).unwrap()),
+        ["19995", "19996", "19997", "19998", "19999"]
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn interval_policy_acks_after_write_and_persists_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_millis(5)),
+        ..LogOptions::default()
+    };
+    let a = id("a");
+    let log = EventLog::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..50 {
+        log.append(&a, vec![ev(&i.to_string())], true)
+            .await
+            .unwrap();
+    }
+    assert_eq!(log.read(&a, Offset(0), 100, usize::MAX).unwrap().len(), 50);
+    log.close().await.unwrap();
+    drop(log);
+    let log = EventLog::open(dir.path(), opts).unwrap();
+    assert_eq!(log.stats(&a).unwrap().next, Offset(50));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn open_refuses_events_that_disagree_with_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.append(&a, vec![ev("0"), ev("1")], true).await.unwrap();
+    log.close().await.unwrap();
+    drop(log);
+
+    // Damage the store behind the log's back: an event past the committed end.
+    {
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        let events = db
+            .keyspace("events", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        events
+            .insert(record::event_key(0, 5), record::encode_event(0, b"stray"))
+            .unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let err = EventLog::open(dir.path(), LogOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            &err,
+            LogError::Inconsistent {
+                next: Offset(2),
+                last_stored: Some(Offset(5)),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("data ID a"), "{err}");
+}
+
+#[tokio::test]
+async fn many_readers_share_one_stream_while_publishing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = id("a");
+    log.append(&a, vec![ev("0")], true).await.unwrap();
+    const TOTAL: u64 = 200;
+
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let log = log.clone();
+        let a = a.clone();
+        readers.push(tokio::spawn(async move {
+            let mut end = log.subscribe(&a).unwrap();
+            let mut next = Offset(0);
+            let mut seen = Vec::new();
+            while next.0 < TOTAL {
+                let batch = log.read(&a, next, 7, usize::MAX).unwrap();
+                if batch.is_empty() {
+                    end.changed().await.unwrap();
+                    continue;
+                }
+                for e in batch {
+                    assert_eq!(e.offset, next, "gap or duplicate");
+                    next = next.next();
+                    seen.push(e.offset.0);
+                }
+            }
+            seen
+        }));
+    }
+    for i in 1..TOTAL {
+        log.append(&a, vec![ev(&i.to_string())], false)
+            .await
+            .unwrap();
+    }
+    for reader in readers {
+        let seen = timeout(DEADLINE, reader).await.unwrap().unwrap();
+        assert_eq!(seen.into_iter().collect::<HashSet<_>>().len() as u64, TOTAL);
+    }
+    log.close().await.unwrap();
+}
