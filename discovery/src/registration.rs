@@ -217,14 +217,14 @@ impl Keeper {
         .await
         {
             Ok(Ok(())) => {
-                info!(consul = %self.client.base_url(), service_id, "deregistered from Consul")
+                info!(consul = %self.client.base_url(), %service_id, "deregistered from Consul")
             }
             Ok(Err(e)) => {
-                warn!(consul = %self.client.base_url(), service_id, error = %e, "cannot deregister from Consul")
+                warn!(consul = %self.client.base_url(), %service_id, error = %e, "cannot deregister from Consul")
             }
             Err(_) => warn!(
                 consul = %self.client.base_url(),
-                service_id,
+                %service_id,
                 timeout_ms = DEREGISTER_TIMEOUT.as_millis() as u64,
                 "deregistration from Consul timed out"
             ),
