@@ -1,1 +1,22 @@
-//! Event Catcher storage node (placeholder; being written).
+//! Event Catcher storage node: durable per-data-ID event logs, publish, live streaming from
+//! any offset, HTTP and gRPC health, and registration in Consul.
+//!
+//! Layout:
+//! - [`log`]: the durable log with group commit — the only module that touches the disk.
+//! - `request.rs` checks proto requests into domain requests; `service.rs` is the thin gRPC
+//!   layer; `convert.rs` maps log errors to statuses; `stream.rs` produces server streams.
+//! - `health.rs`, `registration.rs`: what Consul and operators see.
+//! - [`server`]: [`run`] wires it all and owns the shutdown order.
+
+pub mod cli;
+mod convert;
+mod health;
+pub mod log;
+mod registration;
+mod request;
+pub mod server;
+mod service;
+mod stream;
+
+pub use registration::SERVICE_NAME;
+pub use server::{Listeners, NodeError, NodeSettings, run};

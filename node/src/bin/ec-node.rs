@@ -1,2 +1,61 @@
-//! `ec-node` binary (placeholder).
-fn main() {}
+//! `ec-node`: parse flags, load the layered configuration, install logging, bind, and run the
+//! node until SIGINT or SIGTERM. Everything else lives in the `ec_node` library.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use color_eyre::eyre::{Result, WrapErr};
+use ec_node::cli;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Event Catcher storage node: keeps durable per-data-ID event logs, accepts publishes,
+/// streams events from any offset in real time, and registers itself in Consul.
+///
+/// Settings come from, lowest first: built-in defaults, the YAML file (config/config.yaml
+/// or --config), EVENT_CATCHER_* environment variables, then these flags.
+#[derive(Debug, Parser)]
+#[command(name = "ec-node", version)]
+struct Args {
+    /// YAML configuration file (default: config/config.yaml if it exists).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective settings as YAML and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    node: cli::NodeFlags,
+}
+
+fn main() -> Result<()> {
+    cli::install_error_reporting()?;
+    let args = Args::parse();
+    let loaded = args.node.loader(args.config.clone()).load()?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let config = loaded.config;
+    if args.print_config {
+        print!("{}", config.to_yaml());
+        return Ok(());
+    }
+    let _log_guard = ec_config::logging::init(&config.log)?;
+    let settings = cli::settings(&config)?;
+    tokio::runtime::Runtime::new()
+        .wrap_err("cannot start the async runtime")?
+        .block_on(async move {
+            let grpc_addr = format!("{}:{}", config.node.host, config.node.port);
+            let health_addr = format!("{}:{}", config.node.host, config.node.health_check.port);
+            let grpc = TcpListener::bind(&grpc_addr).await.wrap_err_with(|| {
+                format!("cannot listen for gRPC on {grpc_addr} (node.host, node.port); is another node using that port?")
+            })?;
+            let health = TcpListener::bind(&health_addr).await.wrap_err_with(|| {
+                format!("cannot listen for health checks on {health_addr} (node.host, node.health_check.port)")
+            })?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cli::cancel_on_signal(shutdown.clone()));
+            ec_node::run(settings, ec_node::Listeners { grpc, health }, shutdown)
+                .await
+                .wrap_err("the node stopped with an error")
+        })
+}

@@ -201,6 +201,36 @@ pub enum LogError {
     EmptyBatch,
 }
 
+/// An append that is queued; resolves when it is durable (or failed).
+#[derive(Debug)]
+pub struct PendingAppend {
+    answer: oneshot::Receiver<Result<Appended, LogError>>,
+}
+
+impl PendingAppend {
+    /// The result if the commit already happened, without waiting.
+    pub fn try_result(&mut self) -> Option<Result<Appended, LogError>> {
+        match self.answer.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(LogError::CommitterStopped)),
+        }
+    }
+}
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<Appended, LogError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(LogError::CommitterStopped)))
+    }
+}
+
 /// Handle to the node's event log; cheap to clone, all clones share one log.
 #[derive(Clone)]
 pub struct EventLog {
@@ -272,6 +302,20 @@ impl EventLog {
         events: Vec<Bytes>,
         create: bool,
     ) -> Result<Appended, LogError> {
+        self.submit(data_id, events, create).await?.await
+    }
+
+    /// Queues `events` for the committer and returns once they are queued, with a future
+    /// that resolves when they are durable. Offsets are assigned in queue order, so a caller
+    /// that submits one request after another (a pipelined publisher) gets its offsets in
+    /// that order while many of its requests share one commit. Waits only when the queue is
+    /// full: that is the backpressure on publishers.
+    pub async fn submit(
+        &self,
+        data_id: &DataId,
+        events: Vec<Bytes>,
+        create: bool,
+    ) -> Result<PendingAppend, LogError> {
         if events.is_empty() {
             return Err(LogError::EmptyBatch);
         }
@@ -293,7 +337,7 @@ impl EventLog {
             })
             .await
             .map_err(|_| LogError::Closed)?;
-        answer.await.map_err(|_| LogError::CommitterStopped)?
+        Ok(PendingAppend { answer })
     }
 
     /// Up to `max_events` events (at least one is asked for even if 0) and `max_bytes` of

@@ -1,0 +1,203 @@
+//! What the `ec-node` binary needs beyond the library: its flags (mapped onto configuration
+//! keys, so that flags go through the same parsers and error messages as the file and the
+//! environment), the translation of a validated [`Config`] into [`NodeSettings`], and the
+//! signal handling and error reporting every service binary shares.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use color_eyre::eyre::{Result, WrapErr, eyre};
+use ec_config::{Config, Loader};
+use ec_core::NodeId;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::log::{FsyncPolicy, LogOptions, Retention};
+use crate::server::NodeSettings;
+
+/// Flags of `ec-node`. Each one overrides a configuration key; unset flags leave the lower
+/// layers (defaults, file, environment) in place.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NodeFlags {
+    /// Node ID, also its Consul service ID [key: node.id].
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Address the gRPC and health servers bind to [key: node.host].
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// gRPC port [key: node.port].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<String>,
+    /// Address other processes use to reach this node: HOST or HOST:PORT [key: node.advertise_address].
+    #[arg(long, value_name = "ADDR")]
+    pub advertise_address: Option<String>,
+    /// HTTP health-check port [key: node.health_check.port].
+    #[arg(long, value_name = "PORT")]
+    pub health_port: Option<String>,
+    /// Directory of the durable log [key: node.data_dir].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
+    /// `always` (sync before acknowledging) or `interval` [key: node.storage.fsync].
+    #[arg(long, value_name = "POLICY")]
+    pub fsync: Option<String>,
+    /// Consul agent's HTTP address, HOST:PORT [keys: consul.host, consul.port].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub consul_addr: Option<String>,
+    /// trace, debug, info, warn or error [key: log.level].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// text or json [key: log.format].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Also log to this file, rolled daily [key: log.file].
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<String>,
+}
+
+impl NodeFlags {
+    /// A loader with every layer: `config_file` (or config/config.yaml), the process
+    /// environment, and these flags.
+    pub fn loader(&self, config_file: Option<PathBuf>) -> Loader {
+        let (consul_host, consul_port) = match self.consul_addr.as_deref().map(split_host_port) {
+            Some((h, p)) => (Some(h), p),
+            None => (None, None),
+        };
+        Loader::new()
+            .config_file(config_file)
+            .env(std::env::vars_os())
+            .flag("node.id", "--id", self.id.clone())
+            .flag("node.host", "--host", self.host.clone())
+            .flag("node.port", "--port", self.port.clone())
+            .flag(
+                "node.advertise_address",
+                "--advertise-address",
+                self.advertise_address.clone(),
+            )
+            .flag(
+                "node.health_check.port",
+                "--health-port",
+                self.health_port.clone(),
+            )
+            .flag("node.data_dir", "--data-dir", self.data_dir.clone())
+            .flag("node.storage.fsync", "--fsync", self.fsync.clone())
+            .flag("consul.host", "--consul-addr", consul_host)
+            .flag("consul.port", "--consul-addr", consul_port)
+            .flag("log.level", "--log-level", self.log_level.clone())
+            .flag("log.format", "--log-format", self.log_format.clone())
+            .flag("log.file", "--log-file", self.log_file.clone())
+    }
+}
+
+/// `host:port` → (host, Some(port)); `host` → (host, None). Brackets around IPv6 are kept off.
+fn split_host_port(addr: &str) -> (String, Option<String>) {
+    let addr = addr
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    match addr.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.ends_with(':') => {
+            (h.trim_matches(['[', ']']).to_owned(), Some(p.to_owned()))
+        }
+        _ => (addr.to_owned(), None),
+    }
+}
+
+/// The node's settings from a validated configuration.
+pub fn settings(config: &Config) -> Result<NodeSettings> {
+    let node = &config.node;
+    let node_id = NodeId::parse(&node.id).wrap_err("node.id")?;
+    let fsync = match node.storage.fsync {
+        ec_config::FsyncPolicy::Always => FsyncPolicy::Always,
+        ec_config::FsyncPolicy::Interval => FsyncPolicy::Interval(node.storage.fsync_interval),
+    };
+    let host = &config.consul.host;
+    let consul_host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    Ok(NodeSettings {
+        node_id,
+        advertise_address: node.advertise_address.clone(),
+        data_dir: node.data_dir.clone(),
+        max_event_bytes: node.max_event_bytes,
+        auto_create: node.auto_create,
+        tags: node.tags.clone(),
+        health_path: node.health_check.path.clone(),
+        check_interval: node.health_check.interval,
+        check_timeout: node.health_check.timeout,
+        deregister_critical_after: node.health_check.deregister_critical_after,
+        log: LogOptions {
+            fsync,
+            retention: Retention {
+                max_events: node.retention.max_events,
+                max_bytes: node.retention.max_bytes,
+                max_age: node.retention.max_age,
+            },
+            ..LogOptions::default()
+        },
+        retention_interval: node.retention.check_interval,
+        consul_url: format!("http://{consul_host}:{}", config.consul.port),
+        consul_token: config.consul.token.clone(),
+    })
+}
+
+/// Installs color-eyre so that errors print as one readable chain, without a backtrace
+/// unless `RUST_BACKTRACE` asks for one.
+pub fn install_error_reporting() -> Result<()> {
+    color_eyre::config::HookBuilder::default()
+        .display_env_section(false)
+        .install()
+        .map_err(|e| eyre!("cannot install the error reporter: {e}"))
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let name = wait_for_signal().await;
+    info!(signal = name, "signal received; shutting down");
+    token.cancel();
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can only be killed; never shut down by itself.
+        return std::future::pending::<&'static str>().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "Ctrl-C"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consul_addr_forms() {
+        assert_eq!(
+            split_host_port("127.0.0.1:8500"),
+            ("127.0.0.1".into(), Some("8500".into()))
+        );
+        assert_eq!(
+            split_host_port("http://consul:8501/"),
+            ("consul".into(), Some("8501".into()))
+        );
+        assert_eq!(split_host_port("consul"), ("consul".into(), None));
+        assert_eq!(
+            split_host_port("[::1]:8500"),
+            ("::1".into(), Some("8500".into()))
+        );
+    }
+}

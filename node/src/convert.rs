@@ -1,0 +1,24 @@
+//! The one place where node domain errors become gRPC statuses.
+//!
+//! The match is exhaustive with no `_` arm on purpose: a new `LogError` variant must be given
+//! a status code deliberately, not fall into a default.
+
+use tonic::Status;
+
+use crate::log::LogError;
+
+impl From<LogError> for Status {
+    fn from(e: LogError) -> Status {
+        let msg = e.to_string();
+        match e {
+            LogError::NotFound { .. } => Status::not_found(msg),
+            LogError::BelowRetention { .. } => Status::out_of_range(msg),
+            LogError::EmptyBatch => Status::invalid_argument(msg),
+            LogError::Closed | LogError::CommitterStopped => Status::unavailable(msg),
+            LogError::Storage { .. }
+            | LogError::Corrupt { .. }
+            | LogError::Inconsistent { .. }
+            | LogError::Missing { .. } => Status::internal(msg),
+        }
+    }
+}

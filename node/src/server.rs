@@ -1,0 +1,281 @@
+//! Runs a node: opens the log, serves gRPC and HTTP health, keeps the Consul registration,
+//! applies retention, and shuts down in the order that loses nothing.
+//!
+//! Shutdown order, once `shutdown` is cancelled: report not serving (HTTP 503, gRPC
+//! NOT_SERVING) so routers stop sending traffic; deregister from Consul; stop accepting
+//! connections and end open streams while in-flight publishes finish; close the log, which
+//! commits and syncs whatever is pending. Only then does `run` return.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ec_core::{DataId, NodeId, TimestampMs};
+use ec_discovery::ConsulClient;
+use ec_discovery::registration::Registrar;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::health::{Serving, serve_http};
+use crate::log::{EventLog, LogError, LogOptions};
+use crate::registration::{Advertised, CheckSettings, registration};
+use crate::service::NodeService;
+
+/// How often the node asks its Consul agent whether its registration is still there.
+const REGISTRATION_RECHECK: Duration = Duration::from_secs(2);
+/// How often the data IDs advertised in the registration's meta are refreshed.
+const META_REFRESH: Duration = Duration::from_secs(2);
+
+/// Everything a node needs to run, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// This node's ID: its Consul service ID.
+    pub node_id: NodeId,
+    /// `node.advertise_address`: `host` or `host:port` others dial; `None` means 127.0.0.1
+    /// and the bound gRPC port.
+    pub advertise_address: Option<String>,
+    /// Where the log lives.
+    pub data_dir: PathBuf,
+    /// Events larger than this are refused with `INVALID_ARGUMENT`.
+    pub max_event_bytes: u64,
+    /// Whether a publish may create a data ID the node does not hold yet.
+    pub auto_create: bool,
+    /// Extra Consul tags.
+    pub tags: Vec<String>,
+    /// Path of the HTTP health endpoint, e.g. `/health`.
+    pub health_path: String,
+    /// Consul check interval.
+    pub check_interval: Duration,
+    /// Consul check timeout.
+    pub check_timeout: Duration,
+    /// Consul removes the service after its check was critical this long.
+    pub deregister_critical_after: Duration,
+    /// Log options: fsync policy, retention, commit batch size.
+    pub log: LogOptions,
+    /// How often retention is applied.
+    pub retention_interval: Duration,
+    /// Base URL of the Consul agent's HTTP API, e.g. `http://127.0.0.1:8500`.
+    pub consul_url: String,
+    /// ACL token sent to Consul, if any.
+    pub consul_token: Option<String>,
+}
+
+/// The sockets a node serves on, bound by the caller (so tests can bind port 0 first).
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC: `streaming.Node`, `grpc.health.v1.Health`, reflection.
+    pub grpc: TcpListener,
+    /// HTTP health endpoint checked by Consul.
+    pub health: TcpListener,
+}
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The log under the data dir could not be opened or recovered.
+    #[error("cannot open the event log in {dir}: {source}")]
+    OpenLog {
+        /// `node.data_dir`.
+        dir: PathBuf,
+        /// What the log reported.
+        #[source]
+        source: LogError,
+    },
+    /// The log failed while closing.
+    #[error("closing the event log failed: {0}")]
+    CloseLog(#[source] LogError),
+    /// A listener could not report its address.
+    #[error("listener has no local address: {0}")]
+    Listener(#[source] std::io::Error),
+    /// The Consul address is unusable.
+    #[error("consul: {0}")]
+    Consul(#[from] ec_discovery::DiscoveryError),
+    /// The reflection service could not be built.
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("grpc server on {addr}: {source}")]
+    Serve {
+        /// Address served.
+        addr: SocketAddr,
+        /// What tonic reported.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Runs a node until `shutdown` is cancelled, then drains and returns.
+pub async fn run(
+    settings: NodeSettings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let grpc_addr = listeners.grpc.local_addr().map_err(NodeError::Listener)?;
+    let health_addr = listeners.health.local_addr().map_err(NodeError::Listener)?;
+    let log = EventLog::open(&settings.data_dir, settings.log.clone()).map_err(|source| {
+        NodeError::OpenLog {
+            dir: settings.data_dir.clone(),
+            source,
+        }
+    })?;
+    let tasks = TaskTracker::new();
+
+    let (reporter, grpc_health) = tonic_health::server::health_reporter();
+    let serving = Serving::new(reporter).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ec_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    // Everything below stops at a different point of the shutdown sequence.
+    let stop_registration = CancellationToken::new();
+    let stop_serving = CancellationToken::new();
+    let stop_housekeeping = CancellationToken::new();
+
+    let advertised = Advertised::new(
+        settings.advertise_address.as_deref(),
+        grpc_addr.port(),
+        health_addr.port(),
+    );
+    let check = CheckSettings {
+        path: settings.health_path.clone(),
+        interval: settings.check_interval,
+        timeout: settings.check_timeout,
+        deregister_after: settings.deregister_critical_after,
+    };
+    let node_id = settings.node_id.clone();
+    let tags = settings.tags.clone();
+    let make_registration =
+        move |ids: &[DataId]| registration(&node_id, &advertised, &tags, &check, ids);
+    let held = held_data_ids(&log);
+    let (reg_tx, reg_rx) = watch::channel(make_registration(&held));
+    let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
+    let registrar = Registrar::spawn(
+        consul,
+        reg_rx,
+        REGISTRATION_RECHECK,
+        stop_registration.clone(),
+    );
+
+    tasks.spawn(housekeeping(
+        log.clone(),
+        settings.retention_interval,
+        move |ids| {
+            reg_tx.send_if_modified(|reg| {
+                let next = make_registration(ids);
+                let changed = next.meta != reg.meta;
+                *reg = next;
+                changed
+            });
+        },
+        stop_housekeeping.clone(),
+    ));
+
+    let health_task = tasks.spawn(serve_http(
+        listeners.health,
+        settings.health_path.clone(),
+        settings.node_id.to_string(),
+        serving.clone(),
+        stop_serving.clone(),
+    ));
+
+    let service = NodeService {
+        node_id: settings.node_id.to_string(),
+        log: log.clone(),
+        max_event_bytes: settings.max_event_bytes,
+        auto_create: settings.auto_create,
+        shutdown: stop_serving.clone(),
+    };
+    // A request may carry one event of the maximum size plus framing; a bit more is refused
+    // by tonic itself before it is decoded.
+    let max_message = usize::try_from(settings.max_event_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2)
+        .max(16 << 20);
+    let node_server = ec_proto::node_server::NodeServer::new(service)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(grpc_health)
+        .add_service(reflection)
+        .add_service(node_server)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            stop_serving.clone().cancelled_owned(),
+        );
+    let mut grpc_task = tokio::spawn(grpc);
+    info!(%grpc_addr, %health_addr, data_dir = %settings.data_dir.display(), "node serving");
+
+    let served = tokio::select! {
+        () = shutdown.cancelled() => None,
+        r = &mut grpc_task => Some(r),
+    };
+    info!("shutting down: draining");
+    serving.drain().await;
+    stop_registration.cancel();
+    if registrar.await.is_err() {
+        warn!("registration task panicked; the node may still be registered in Consul");
+    }
+    stop_serving.cancel();
+    stop_housekeeping.cancel();
+    let served = match served {
+        Some(r) => r,
+        None => grpc_task.await,
+    };
+    tasks.close();
+    tasks.wait().await;
+    if let Ok(Err(e)) = health_task.await {
+        warn!(error = %e, "health endpoint failed");
+    }
+    log.close().await.map_err(NodeError::CloseLog)?;
+    info!("node stopped");
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(NodeError::Serve {
+            addr: grpc_addr,
+            source,
+        }),
+        Err(join) => {
+            error!(error = %join, "grpc server task panicked");
+            Ok(())
+        }
+    }
+}
+
+fn held_data_ids(log: &EventLog) -> Vec<DataId> {
+    log.list().into_iter().map(|s| s.data_id).collect()
+}
+
+/// Applies retention every `retention_interval` and reports the data IDs held (for the
+/// registration's meta) every [`META_REFRESH`].
+async fn housekeeping(
+    log: EventLog,
+    retention_interval: Duration,
+    mut on_data_ids: impl FnMut(&[DataId]) + Send + 'static,
+    stop: CancellationToken,
+) {
+    let mut retention = tokio::time::interval(retention_interval.max(Duration::from_millis(10)));
+    let mut meta = tokio::time::interval(META_REFRESH);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = retention.tick() => {
+                let log = log.clone();
+                let trimmed = tokio::task::spawn_blocking(move || log.enforce_retention(TimestampMs::now())).await;
+                match trimmed {
+                    Ok(Ok(trimmed)) => for (data_id, earliest) in trimmed {
+                        info!(%data_id, %earliest, "retention trimmed the head");
+                    },
+                    Ok(Err(e)) => warn!(error = %e, "retention failed; will retry"),
+                    Err(e) => warn!(error = %e, "retention task panicked; will retry"),
+                }
+            }
+            _ = meta.tick() => on_data_ids(&held_data_ids(&log)),
+        }
+    }
+}

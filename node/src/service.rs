@@ -1,0 +1,279 @@
+//! The `streaming.Node` gRPC service: a thin layer over the [`EventLog`].
+//!
+//! Each RPC checks its request into a domain request (`request.rs`), calls the log, and turns
+//! the result back into proto messages; errors become statuses in `convert.rs` only. Streams
+//! are produced by `stream.rs`; this file only wires them to the response.
+
+use std::pin::Pin;
+
+use ec_core::Offset;
+use ec_proto::node_server::Node;
+use ec_proto::{
+    DataChunk, Event, EventBatch, ListStreamsRequest, ListStreamsResponse, PublishAck, PublishAcks,
+    PublishRequest, PublishResponse, StreamInfo, StreamInfoRequest, StreamRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats};
+use crate::request::{AppendRequest, ReadRequest, parse_data_id};
+use crate::stream::{produce, resolve_start};
+
+/// Publish requests of one `PublishStream` that may wait for their commit at once.
+const MAX_IN_FLIGHT: usize = 4096;
+/// Most acknowledgements carried by one `PublishAcks` message.
+const MAX_ACKS_PER_MESSAGE: usize = 1024;
+
+/// What the gRPC layer needs from the node.
+#[derive(Clone)]
+pub(crate) struct NodeService {
+    /// This node's ID, stamped on every batch so readers know who served it.
+    pub(crate) node_id: String,
+    pub(crate) log: EventLog,
+    /// `node.max_event_bytes`: larger events are refused.
+    pub(crate) max_event_bytes: u64,
+    /// `node.auto_create`: whether a publish may create an unknown data ID.
+    pub(crate) auto_create: bool,
+    /// Cancelled when the node shuts down: ends every open stream.
+    pub(crate) shutdown: CancellationToken,
+}
+
+type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+impl NodeService {
+    fn open_read<T: Send + 'static>(
+        &self,
+        req: &StreamRequest,
+        channel: usize,
+        encode: impl FnMut(Vec<StoredEvent>) -> Vec<T> + Send + 'static,
+    ) -> Result<ResponseStream<T>, Status> {
+        let read = ReadRequest::try_from(req)?;
+        let start = resolve_start(&self.log, &read)?;
+        debug!(data_id = %read.data_id, %start, follow = read.follow, "stream opened");
+        let (tx, rx) = mpsc::channel(channel);
+        tokio::spawn(produce(
+            self.log.clone(),
+            read,
+            start,
+            tx,
+            self.shutdown.clone(),
+            encode,
+        ));
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn submit(&self, req: PublishRequest) -> Result<PendingAppend, Status> {
+        let append = AppendRequest::parse(req, self.max_event_bytes)?;
+        Ok(self
+            .log
+            .submit(&append.data_id, append.events, self.auto_create)
+            .await?)
+    }
+}
+
+fn to_event(e: StoredEvent) -> Event {
+    Event {
+        offset: e.offset.0,
+        timestamp: e.timestamp.0,
+        data: e.data,
+    }
+}
+
+fn to_info(s: StreamStats) -> StreamInfo {
+    StreamInfo {
+        data_id: s.data_id.to_string(),
+        earliest_offset: s.earliest.0,
+        next_offset: s.next.0,
+        event_count: s.events,
+        bytes: s.bytes,
+        first_timestamp: s.first_timestamp.map_or(0, |t| t.0),
+        last_timestamp: s.last_timestamp.map_or(0, |t| t.0),
+    }
+}
+
+fn to_ack(sequence: u64, a: &Appended) -> PublishAck {
+    PublishAck {
+        sequence,
+        first_offset: a.first.0,
+        last_offset: a.last.0,
+        timestamp: a.timestamp.0,
+    }
+}
+
+fn offset_as_i64(o: Offset) -> i64 {
+    i64::try_from(o.0).unwrap_or(i64::MAX)
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    type StreamDataStream = ResponseStream<DataChunk>;
+    type StreamBatchesStream = ResponseStream<EventBatch>;
+    type PublishStreamStream = ResponseStream<PublishAcks>;
+
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    async fn stream_data(
+        &self,
+        req: Request<StreamRequest>,
+    ) -> Result<Response<Self::StreamDataStream>, Status> {
+        let data_id = req.get_ref().data_id.clone();
+        let stream = self.open_read(req.get_ref(), 256, move |events| {
+            events
+                .into_iter()
+                .map(|e| DataChunk {
+                    data: e.data,
+                    offset: offset_as_i64(e.offset),
+                    timestamp: e.timestamp.0,
+                    data_id: data_id.clone(),
+                })
+                .collect()
+        })?;
+        Ok(Response::new(stream))
+    }
+
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    async fn stream_batches(
+        &self,
+        req: Request<StreamRequest>,
+    ) -> Result<Response<Self::StreamBatchesStream>, Status> {
+        let data_id = req.get_ref().data_id.clone();
+        let node_id = self.node_id.clone();
+        let stream = self.open_read(req.get_ref(), 4, move |events| {
+            vec![EventBatch {
+                data_id: data_id.clone(),
+                events: events.into_iter().map(to_event).collect(),
+                node_id: node_id.clone(),
+            }]
+        })?;
+        Ok(Response::new(stream))
+    }
+
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id, events = req.get_ref().events.len()))]
+    async fn publish(
+        &self,
+        req: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let appended = self.submit(req.into_inner()).await?.await?;
+        Ok(Response::new(PublishResponse {
+            first_offset: appended.first.0,
+            last_offset: appended.last.0,
+            timestamp: appended.timestamp.0,
+        }))
+    }
+
+    async fn publish_stream(
+        &self,
+        req: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (pending_tx, mut pending_rx) =
+            mpsc::channel::<(u64, Result<PendingAppend, Status>)>(MAX_IN_FLIGHT);
+        let (acks_tx, acks_rx) = mpsc::channel(16);
+
+        // Submitting in arrival order fixes the offsets in that order; the commit is awaited
+        // by the acknowledging task below, so many requests share one commit.
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    msg = inbound.message() => msg,
+                    () = this.shutdown.cancelled() => return,
+                };
+                let (sequence, submitted) = match msg {
+                    Ok(Some(req)) => (req.sequence, this.submit(req).await),
+                    Ok(None) => return,
+                    Err(status) => {
+                        debug!(%status, "publish stream ended by the client");
+                        return;
+                    }
+                };
+                let failed = submitted.is_err();
+                if pending_tx.send((sequence, submitted)).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+
+        tokio::spawn(async move {
+            // A request taken from the queue whose commit has not happened yet.
+            let mut held = None;
+            loop {
+                let next = match held.take() {
+                    Some(item) => Some(item),
+                    None => pending_rx.recv().await,
+                };
+                let Some((sequence, submitted)) = next else {
+                    return;
+                };
+                let mut acks = Vec::new();
+                let first = match submitted {
+                    Ok(pending) => pending.await.map_err(Status::from),
+                    Err(status) => Err(status),
+                };
+                match first {
+                    Ok(a) => acks.push(to_ack(sequence, &a)),
+                    Err(status) => {
+                        warn!(%status, sequence, "publish stream request failed");
+                        let _ = acks_tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+                // Requests already committed (usually by the same commit) are acknowledged in
+                // the same message; the first one still pending waits for the next round.
+                let mut failure = None;
+                while acks.len() < MAX_ACKS_PER_MESSAGE {
+                    let ready = match held.take() {
+                        Some(item) => Some(item),
+                        None => pending_rx.try_recv().ok(),
+                    };
+                    let Some((sequence, mut submitted)) = ready else {
+                        break;
+                    };
+                    let result = match &mut submitted {
+                        Ok(pending) => match pending.try_result() {
+                            Some(r) => r.map_err(Status::from),
+                            None => {
+                                held = Some((sequence, submitted));
+                                break;
+                            }
+                        },
+                        Err(status) => Err(status.clone()),
+                    };
+                    match result {
+                        Ok(a) => acks.push(to_ack(sequence, &a)),
+                        Err(status) => {
+                            failure = Some(status);
+                            break;
+                        }
+                    }
+                }
+                if acks_tx.send(Ok(PublishAcks { acks })).await.is_err() {
+                    return;
+                }
+                if let Some(status) = failure {
+                    let _ = acks_tx.send(Err(status)).await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(acks_rx))))
+    }
+
+    async fn get_stream_info(
+        &self,
+        req: Request<StreamInfoRequest>,
+    ) -> Result<Response<StreamInfo>, Status> {
+        let data_id = parse_data_id(&req.get_ref().data_id)?;
+        Ok(Response::new(to_info(self.log.stats(&data_id)?)))
+    }
+
+    async fn list_streams(
+        &self,
+        _req: Request<ListStreamsRequest>,
+    ) -> Result<Response<ListStreamsResponse>, Status> {
+        let streams = self.log.list().into_iter().map(to_info).collect();
+        Ok(Response::new(ListStreamsResponse { streams }))
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of `ec-node`: real gRPC servers on ephemeral ports, real files, a real
+//! Consul agent where registration matters, and real `ec-node` processes for crash tests.
+
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
+mod consul;
+mod errors;
+mod process;
+mod streaming;
+mod util;
