@@ -6,7 +6,10 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(["streaming.proto"], ["."])?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("streaming_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join("streaming_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .bytes(".streaming")
         .compile_fds(fds)?;
