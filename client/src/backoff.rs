@@ -1,0 +1,160 @@
+//! Jittered exponential backoff between reconnection attempts.
+//!
+//! The first retry after a break waits `initial` (50 ms by default), so a failover to a
+//! healthy node stays well under the one-second pause budget; each further failure without
+//! progress doubles the wait up to `max`. Jitter shortens each wait by a random fraction so
+//! that the many readers of a node that just died do not reconnect in lockstep. A reader that
+//! makes progress (receives events) starts over from `initial`.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// The backoff policy of a resumable stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// Wait before the first retry.
+    pub initial: Duration,
+    /// Longest wait between two attempts.
+    pub max: Duration,
+    /// Growth factor per consecutive failure (at least 1).
+    pub multiplier: f64,
+    /// Fraction in `0.0..=1.0` by which each wait is randomly shortened: a wait `d` becomes a
+    /// uniform pick in `d * (1 - jitter) ..= d`. 0 disables jitter.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(2),
+            multiplier: 2.0,
+            jitter: 0.5,
+        }
+    }
+}
+
+impl Backoff {
+    /// No wait at all between attempts (tests that count attempts).
+    pub fn none() -> Backoff {
+        Backoff {
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+            multiplier: 1.0,
+            jitter: 0.0,
+        }
+    }
+
+    /// The wait before retry number `attempt` (0-based) without jitter.
+    pub fn base_delay(&self, attempt: u32) -> Duration {
+        let factor = self
+            .multiplier
+            .max(1.0)
+            .powi(i32::try_from(attempt).unwrap_or(i32::MAX));
+        let secs = self.initial.as_secs_f64() * factor;
+        if !secs.is_finite() || secs >= self.max.as_secs_f64() {
+            self.max
+        } else {
+            Duration::from_secs_f64(secs)
+        }
+    }
+
+    /// The wait before retry number `attempt`, jitter applied.
+    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        let base = self.base_delay(attempt);
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        if jitter == 0.0 {
+            return base;
+        }
+        base.mul_f64(1.0 - jitter * rng.random::<f64>())
+    }
+}
+
+/// Where one stream is in its backoff: the number of failures since the last progress.
+#[derive(Debug, Clone)]
+pub(crate) struct BackoffState {
+    policy: Backoff,
+    attempt: u32,
+}
+
+impl BackoffState {
+    pub(crate) fn new(policy: Backoff) -> BackoffState {
+        BackoffState { policy, attempt: 0 }
+    }
+
+    /// Waits before the next attempt and counts it.
+    pub(crate) async fn wait(&mut self) {
+        let delay = self.next_delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.policy.delay(self.attempt, &mut rand::rng());
+        self.attempt = self.attempt.saturating_add(1);
+        delay
+    }
+
+    /// Progress was made: the next failure waits `initial` again.
+    pub(crate) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn doubles_from_initial_up_to_max() {
+        let b = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
+        let delays: Vec<_> = (0..9).map(|i| b.base_delay(i)).collect();
+        assert_eq!(
+            delays,
+            [50, 100, 200, 400, 800, 1600, 2000, 2000, 2000].map(ms)
+        );
+        assert_eq!(b.base_delay(u32::MAX), ms(2000), "no overflow");
+    }
+
+    #[test]
+    fn jitter_only_shortens_within_its_fraction() {
+        let b = Backoff::default();
+        let mut rng = rand::rng();
+        for attempt in 0..10 {
+            let base = b.base_delay(attempt);
+            for _ in 0..100 {
+                let d = b.delay(attempt, &mut rng);
+                assert!(d <= base && d >= base.mul_f64(0.5), "{d:?} vs {base:?}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_grow_then_reset_after_progress() {
+        let mut state = BackoffState::new(Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        });
+        let mut waited = Vec::new();
+        for _ in 0..4 {
+            let t = Instant::now();
+            state.wait().await;
+            waited.push(t.elapsed());
+        }
+        assert_eq!(waited, [50, 100, 200, 400].map(ms));
+        state.reset();
+        let t = Instant::now();
+        state.wait().await;
+        assert_eq!(t.elapsed(), ms(50));
+    }
+}

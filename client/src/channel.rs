@@ -1,0 +1,128 @@
+//! One gRPC [`Channel`] per node address, shared by every stream and publish of a client.
+//!
+//! tonic multiplexes any number of calls over one HTTP/2 connection and reconnects a channel by
+//! itself after the connection drops, so a cache keyed by address is all the connection
+//! management the SDK needs: a failover to a node seen before reuses its channel, and a node
+//! that died and came back is reconnected on the next call.
+//!
+//! Channels are built lazily (no I/O until the first call) with HTTP/2 keepalive, so a peer
+//! that vanished without closing its socket (a cut cable, a frozen VM) is noticed within
+//! `keepalive_interval + keepalive_timeout` instead of never, and with a connect timeout so a
+//! black-holed address fails fast enough to move on to the next candidate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClientError;
+
+/// How channels are configured.
+#[derive(Debug, Clone)]
+pub struct ChannelSettings {
+    /// Longest wait for a TCP connection to a node or the gateway.
+    pub connect_timeout: Duration,
+    /// How often an HTTP/2 PING is sent on a connection, idle or not.
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection counts as dead.
+    pub keepalive_timeout: Duration,
+    /// HTTP/2 flow-control window of one stream: large enough for a full 1 MiB batch, so
+    /// a replay is not throttled by window updates.
+    pub stream_window: u32,
+    /// HTTP/2 flow-control window of a whole connection.
+    pub connection_window: u32,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        ChannelSettings {
+            connect_timeout: Duration::from_secs(2),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(5),
+            stream_window: 2 << 20,
+            connection_window: 8 << 20,
+        }
+    }
+}
+
+/// Channels by address (`host:port`); cheap to clone, shared between clones.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelCache {
+    settings: Arc<ChannelSettings>,
+    // A std mutex: held only to look up or insert, never across an await.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl ChannelCache {
+    /// An empty cache whose channels use `settings`.
+    pub fn new(settings: ChannelSettings) -> ChannelCache {
+        ChannelCache {
+            settings: Arc::new(settings),
+            channels: Arc::default(),
+        }
+    }
+
+    /// The channel to `address` (`host:port`, or a full `http://host:port` URI), created on
+    /// first use. No connection is made until a call is sent on it.
+    pub fn get(&self, address: &str) -> Result<Channel, ClientError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = self.endpoint(address)?.connect_lazy();
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A configured endpoint for `address`, for callers that want to connect eagerly.
+    pub fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
+        let s = &self.settings;
+        let uri = if address.contains("://") {
+            address.to_owned()
+        } else {
+            format!("http://{address}")
+        };
+        let endpoint = Endpoint::from_shared(uri).map_err(|e| ClientError::InvalidAddress {
+            address: address.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if endpoint.uri().port_u16().is_none() {
+            return Err(ClientError::InvalidAddress {
+                address: address.to_owned(),
+                reason: "no port".into(),
+            });
+        }
+        Ok(endpoint
+            .connect_timeout(s.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(s.keepalive_interval)
+            .keep_alive_timeout(s.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(s.stream_window)
+            .initial_connection_window_size(s.connection_window))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_channel_per_address_and_bad_addresses_are_named() {
+        let cache = ChannelCache::default();
+        cache.get("127.0.0.1:1").expect("valid");
+        cache.get("http://127.0.0.1:2").expect("valid");
+        assert_eq!(cache.channels.lock().expect("lock").len(), 2);
+        cache.get("127.0.0.1:1").expect("cached");
+        assert_eq!(cache.channels.lock().expect("lock").len(), 2);
+
+        for bad in ["127.0.0.1", "not an address:1"] {
+            let err = cache.get(bad).expect_err(bad).to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Event Catcher Rust SDK: find where a data ID lives, stream it with automatic failover and
+//! offset resume, publish to its primary.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ec_client::ClientError> {
+//! use ec_client::{Client, Start, StreamOptions};
+//! use futures_util::StreamExt;
+//!
+//! let client = Client::connect("127.0.0.1:50051").await?;
+//! client.publish("orders", vec!["hello".into()]).await?;
+//! let mut events = client.stream("orders", StreamOptions::from_start(Start::Earliest)).events();
+//! while let Some(event) = events.next().await {
+//!     let event = event?;
+//!     println!("{} {:?}", event.offset, event.data);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Layout:
+//! - [`resume`](resumable_stream): the one resumable stream (gapless, duplicate-free across
+//!   failovers) that every reader in the project uses — redirect and proxy mode here, the
+//!   gateway's `Subscribe` proxy, the console and the benchmark.
+//! - `resolve.rs`: the [`Resolver`] trait (where to read a data ID) and its gateway and static
+//!   implementations; `channel.rs`: one gRPC channel per node address, with keepalive.
+//! - `backoff.rs`: jittered exponential backoff between attempts.
+//! - `client.rs`: [`Client`]; `publish.rs`: the pipelined [`Publisher`].
+//! - `error.rs`: [`ClientError`], with [`ClientError::is_terminal`] deciding retry vs give up.
+
+mod backoff;
+mod channel;
+mod client;
+mod error;
+mod event;
+mod publish;
+mod resolve;
+mod resume;
+
+pub use backoff::Backoff;
+pub use channel::{ChannelCache, ChannelSettings};
+pub use client::{Client, Mode};
+pub use ec_core::{DataId, Offset, TimestampMs};
+pub use error::ClientError;
+pub use event::{Event, Published};
+pub use publish::{PendingPublish, Publisher};
+pub use resolve::{Candidate, GatewayResolver, Resolver, Route, StaticResolver};
+pub use resume::{Delivery, DeliveryStream, EventStream, Start, StreamOptions, resumable_stream};

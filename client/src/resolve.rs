@@ -1,0 +1,249 @@
+//! Where a data ID can be read and written: the [`Resolver`] trait and its implementations.
+//!
+//! The resumable stream only needs an ordered list of healthy nodes to try; where that list
+//! comes from is the resolver's business: the gateway's `GetNodeForData` for an SDK user
+//! ([`GatewayResolver`]), the gateway's in-memory routing table for its own proxy, or a fixed
+//! list for tests, benchmarks and a client that talks to nodes directly ([`StaticResolver`]).
+//!
+//! Invariant: a resolver returns only nodes it believes healthy, in the order they should be
+//! tried. An empty list is not an error of the request but of the moment (no healthy node
+//! right now): the stream backs off and asks again.
+
+use std::fmt;
+
+use ec_core::DataId;
+use ec_proto::gateway_client::GatewayClient;
+use ec_proto::{GetNodeRequest, GetNodeResponse, HealthStatus};
+use tonic::transport::Channel;
+
+use crate::error::ClientError;
+
+/// A node that may serve a data ID.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Candidate {
+    /// The node's ID (its Consul service ID).
+    pub node_id: String,
+    /// `host:port` of the node's gRPC server.
+    pub address: String,
+}
+
+impl Candidate {
+    /// A candidate from its ID and `host:port`.
+    pub fn new(node_id: impl Into<String>, address: impl Into<String>) -> Candidate {
+        Candidate {
+            node_id: node_id.into(),
+            address: address.into(),
+        }
+    }
+}
+
+impl fmt::Display for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.node_id, self.address)
+    }
+}
+
+/// Where the resumable stream gets candidate nodes for a data ID.
+#[tonic::async_trait]
+pub trait Resolver: Send + Sync + 'static {
+    /// The healthy nodes holding `data_id`, in the order to try them. Errors that
+    /// [`ClientError::is_terminal`] (e.g. `NOT_FOUND`: no mapping) end the stream; others
+    /// make it back off and ask again.
+    async fn candidates(&self, data_id: &DataId) -> Result<Vec<Candidate>, ClientError>;
+
+    /// Resolves once `node_id` should stop serving `data_id` (it turned critical, left the
+    /// mapping), even though its stream is still open: the stream then fails over as if it
+    /// had broken. The default never resolves; a resolver fed by health watches overrides it.
+    async fn until_unhealthy(&self, data_id: &DataId, node_id: &str) {
+        let _ = (data_id, node_id);
+        std::future::pending::<()>().await
+    }
+}
+
+/// A fixed list of nodes, tried in order; the first is the primary.
+#[derive(Debug, Clone)]
+pub struct StaticResolver {
+    nodes: Vec<Candidate>,
+}
+
+impl StaticResolver {
+    /// A resolver that always answers `nodes`.
+    pub fn new(nodes: Vec<Candidate>) -> StaticResolver {
+        StaticResolver { nodes }
+    }
+
+    /// The nodes, primary first.
+    pub fn nodes(&self) -> &[Candidate] {
+        &self.nodes
+    }
+}
+
+#[tonic::async_trait]
+impl Resolver for StaticResolver {
+    async fn candidates(&self, _data_id: &DataId) -> Result<Vec<Candidate>, ClientError> {
+        Ok(self.nodes.clone())
+    }
+}
+
+/// The gateway's answer for one data ID, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The node the gateway picked for this request (round-robin over healthy nodes).
+    pub chosen: Candidate,
+    /// The mapping's first node, where writes go; it may be missing from `candidates` when
+    /// it is unhealthy.
+    pub primary: String,
+    /// Every healthy node of the mapping, `chosen` first, then in mapping order.
+    pub candidates: Vec<Candidate>,
+}
+
+impl Route {
+    /// The primary, if it is healthy.
+    pub fn healthy_primary(&self) -> Option<&Candidate> {
+        self.candidates.iter().find(|c| c.node_id == self.primary)
+    }
+
+    /// Decodes a `GetNodeResponse`. A gateway from before the `candidates` field (the seed)
+    /// sends only `node_address`/`node_id`: that node is then the only candidate and the
+    /// primary.
+    pub fn from_response(resp: GetNodeResponse) -> Route {
+        let chosen = Candidate::new(resp.node_id, resp.node_address);
+        let mut candidates: Vec<Candidate> = resp
+            .candidates
+            .into_iter()
+            .filter(|n| {
+                // The gateway lists only healthy nodes; this guards against one that does not.
+                !matches!(
+                    HealthStatus::try_from(n.status),
+                    Ok(HealthStatus::Critical | HealthStatus::Gone)
+                )
+            })
+            .map(|n| Candidate::new(n.node_id, n.address))
+            .collect();
+        if let Some(i) = candidates.iter().position(|c| *c == chosen) {
+            // Start where the gateway sent us, so that readers spread over the nodes.
+            let c = candidates.remove(i);
+            candidates.insert(0, c);
+        } else if !chosen.address.is_empty() {
+            candidates.insert(0, chosen.clone());
+        }
+        let primary = if resp.primary_node_id.is_empty() {
+            chosen.node_id.clone()
+        } else {
+            resp.primary_node_id
+        };
+        Route {
+            chosen,
+            primary,
+            candidates,
+        }
+    }
+}
+
+/// Asks the gateway's `GetNodeForData` for each resolution (redirect mode).
+#[derive(Debug, Clone)]
+pub struct GatewayResolver {
+    client: GatewayClient<Channel>,
+    /// `host:port` of the gateway, for messages.
+    address: String,
+}
+
+impl GatewayResolver {
+    /// A resolver asking the gateway at `address` over `channel`.
+    pub fn new(channel: Channel, address: impl Into<String>) -> GatewayResolver {
+        GatewayResolver {
+            client: GatewayClient::new(channel),
+            address: address.into(),
+        }
+    }
+
+    /// The gateway's route for `data_id`: `NOT_FOUND` without a mapping, `UNAVAILABLE` when
+    /// no node of the mapping is healthy.
+    pub async fn route(&self, data_id: &DataId) -> Result<Route, ClientError> {
+        let resp = self
+            .client
+            .clone()
+            .get_node_for_data(GetNodeRequest {
+                data_id: data_id.to_string(),
+            })
+            .await
+            .map_err(|status| ClientError::Rpc {
+                rpc: "GetNodeForData",
+                target: format!("gateway {}", self.address),
+                data_id: data_id.to_string(),
+                status,
+            })?;
+        Ok(Route::from_response(resp.into_inner()))
+    }
+}
+
+#[tonic::async_trait]
+impl Resolver for GatewayResolver {
+    async fn candidates(&self, data_id: &DataId) -> Result<Vec<Candidate>, ClientError> {
+        Ok(self.route(data_id).await?.candidates)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ec_proto::NodeRef;
+
+    fn node(id: &str, status: HealthStatus) -> NodeRef {
+        NodeRef {
+            node_id: id.into(),
+            address: format!("{id}:1"),
+            status: status as i32,
+        }
+    }
+
+    #[test]
+    fn chosen_node_first_then_mapping_order_and_unhealthy_dropped() {
+        let route = Route::from_response(GetNodeResponse {
+            node_address: "n2:1".into(),
+            node_id: "n2".into(),
+            primary_node_id: "n1".into(),
+            candidates: vec![
+                node("n1", HealthStatus::Passing),
+                node("n2", HealthStatus::Passing),
+                node("n3", HealthStatus::Critical),
+                node("n4", HealthStatus::Warning),
+            ],
+        });
+        let ids: Vec<_> = route
+            .candidates
+            .iter()
+            .map(|c| c.node_id.as_str())
+            .collect();
+        assert_eq!(ids, ["n2", "n1", "n4"]);
+        assert_eq!(
+            route.healthy_primary().map(|c| c.node_id.as_str()),
+            Some("n1")
+        );
+    }
+
+    #[test]
+    fn seed_gateway_answer_is_a_single_primary_candidate() {
+        let route = Route::from_response(GetNodeResponse {
+            node_address: "localhost:50052".into(),
+            node_id: "node1".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            route.candidates,
+            [Candidate::new("node1", "localhost:50052")]
+        );
+        assert_eq!(route.primary, "node1");
+    }
+
+    #[test]
+    fn unhealthy_primary_is_not_offered() {
+        let route = Route::from_response(GetNodeResponse {
+            node_address: "n2:1".into(),
+            node_id: "n2".into(),
+            primary_node_id: "n1".into(),
+            candidates: vec![node("n2", HealthStatus::Passing)],
+        });
+        assert!(route.healthy_primary().is_none());
+    }
+}

@@ -1,0 +1,797 @@
+//! The resumable stream: one gapless, duplicate-free sequence of a data ID's events across
+//! node failures. Redirect mode, proxy mode, the gateway's own proxy, the console and the
+//! benchmark all read through this one implementation.
+//!
+//! How it works: ask the [`Resolver`] for candidate nodes, open `StreamBatches` on the first
+//! one (or the gateway's `Subscribe` in proxy mode) and deliver its batches. On any break — a
+//! transport error, a non-terminal status, the stream ending while following, the resolver
+//! reporting the node unhealthy — move to the next candidate after a jittered backoff and ask
+//! it to start at the last delivered offset + 1; when the list is used up, ask the resolver
+//! again. Each switch is reported as a [`Delivery::Failover`].
+//!
+//! Invariants:
+//! - Offsets are delivered strictly in order, each once: anything at or below the last
+//!   delivered offset is dropped (a resumed node may repeat), anything beyond the next
+//!   expected offset is a [`ClientError::Gap`] that ends the stream — never a silent hole.
+//! - Terminal errors ([`ClientError::is_terminal`]: bad argument, unknown data ID, offset below
+//!   retention, permission) are returned at once and end the stream: retrying elsewhere
+//!   cannot fix the request.
+//! - The stream is lazy and owns no task: nothing happens until it is polled, and dropping it
+//!   cancels the open call.
+//!
+//! Until the first event is delivered, a start other than an exact offset (earliest, latest,
+//! time) is sent again as is to the next node: the reader has no position yet. `Latest` can
+//! therefore miss events written during a failover that happens before the first event.
+//! A non-following stream ends when its node ends it; a node shutting down gracefully in the
+//! middle of such a replay is indistinguishable from the end of the log.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ec_core::{DataId, Offset, TimestampMs};
+use ec_proto::gateway_client::GatewayClient;
+use ec_proto::node_client::NodeClient;
+use ec_proto::{EventBatch, StartFrom, StreamRequest};
+use futures_util::Stream;
+use tokio::time::Instant;
+use tonic::Streaming;
+use tracing::{debug, info, warn};
+
+use crate::backoff::{Backoff, BackoffState};
+use crate::channel::ChannelCache;
+use crate::error::ClientError;
+use crate::event::Event;
+use crate::resolve::{Candidate, Resolver};
+
+/// Largest message the SDK accepts: a node's batch is at most about 1 MiB, so this only
+/// guards against nonsense without ever cutting a legitimate batch.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Where a stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At this offset exactly.
+    Offset(Offset),
+    /// At the earliest retained event.
+    Earliest,
+    /// Only events written after the stream opens.
+    Latest,
+    /// At the first event committed at or after this time.
+    Time(TimestampMs),
+}
+
+impl fmt::Display for Start {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Start::Offset(o) => write!(f, "offset {o}"),
+            Start::Earliest => f.write_str("the earliest event"),
+            Start::Latest => f.write_str("the latest event"),
+            Start::Time(t) => write!(f, "time {} ms", t.0),
+        }
+    }
+}
+
+/// How a resumable stream reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamOptions {
+    /// Where to start (default: the earliest retained event).
+    pub start: Start,
+    /// Keep tailing after the last stored event (default: true).
+    pub follow: bool,
+    /// Stop after this many events (default: no limit).
+    pub max_count: Option<u64>,
+    /// Waits between reconnection attempts.
+    pub backoff: Backoff,
+    /// Give up with [`ClientError::RetriesExhausted`] after this many consecutive failed
+    /// attempts without receiving an event (default: never give up, as a follower should).
+    pub max_retries: Option<u32>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            start: Start::Earliest,
+            follow: true,
+            max_count: None,
+            backoff: Backoff::default(),
+            max_retries: None,
+        }
+    }
+}
+
+impl StreamOptions {
+    /// Following from `start`, no limit, default backoff.
+    pub fn from_start(start: Start) -> StreamOptions {
+        StreamOptions {
+            start,
+            ..StreamOptions::default()
+        }
+    }
+
+    /// Sets [`StreamOptions::follow`].
+    pub fn follow(mut self, follow: bool) -> StreamOptions {
+        self.follow = follow;
+        self
+    }
+
+    /// Sets [`StreamOptions::max_count`].
+    pub fn max_count(mut self, max_count: Option<u64>) -> StreamOptions {
+        self.max_count = max_count;
+        self
+    }
+
+    /// Sets [`StreamOptions::backoff`].
+    pub fn backoff(mut self, backoff: Backoff) -> StreamOptions {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets [`StreamOptions::max_retries`].
+    pub fn max_retries(mut self, max_retries: Option<u32>) -> StreamOptions {
+        self.max_retries = max_retries;
+        self
+    }
+}
+
+/// What a resumable stream yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Consecutive events, in offset order, never empty.
+    Batch {
+        /// The node that served them.
+        node_id: String,
+        /// The events.
+        events: Vec<Event>,
+    },
+    /// The stream moved to another node (or reconnected) after a break.
+    Failover {
+        /// The node of the previous stream; `None` if no stream had been open yet.
+        from: Option<String>,
+        /// The node now serving.
+        to: String,
+        /// Where the new stream starts: the last delivered offset + 1, or the original start
+        /// if nothing was delivered yet.
+        resume_at: Start,
+        /// Why the previous stream was left.
+        reason: String,
+    },
+}
+
+/// Which RPC a stream reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upstream {
+    /// `Node.StreamBatches` on each candidate node.
+    Node,
+    /// `Gateway.Subscribe` on the gateway (proxy mode): the candidate is the gateway itself.
+    Gateway,
+}
+
+/// Streams `data_id` from the nodes `resolver` names, failing over and resuming by itself.
+/// See the module documentation for the guarantees.
+pub fn resumable_stream(
+    resolver: Arc<dyn Resolver>,
+    channels: ChannelCache,
+    data_id: DataId,
+    opts: StreamOptions,
+) -> DeliveryStream {
+    resume(resolver, channels, data_id, opts, Upstream::Node)
+}
+
+pub(crate) fn resume(
+    resolver: Arc<dyn Resolver>,
+    channels: ChannelCache,
+    data_id: DataId,
+    opts: StreamOptions,
+    upstream: Upstream,
+) -> DeliveryStream {
+    let next = match opts.start {
+        Start::Offset(o) => Some(o),
+        Start::Earliest | Start::Latest | Start::Time(_) => None,
+    };
+    let state = Resumer {
+        resolver,
+        channels,
+        data_id,
+        upstream,
+        start: opts.start,
+        follow: opts.follow,
+        max_retries: opts.max_retries,
+        backoff_max: opts.backoff.max,
+        backoff: BackoffState::new(opts.backoff),
+        next,
+        remaining: opts.max_count,
+        candidates: VecDeque::new(),
+        current: None,
+        last_node: None,
+        broke: None,
+        serving: None,
+        queued: None,
+        failures: 0,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut state| async move {
+        let item = state.next().await?;
+        Some((item, state))
+    });
+    DeliveryStream {
+        inner: Box::pin(stream),
+    }
+}
+
+/// The deliveries of a resumable stream. Ends after `max_count` events, at the end of the log
+/// when not following, or after a terminal error (yielded as the last item).
+pub struct DeliveryStream {
+    inner: Pin<Box<dyn Stream<Item = Result<Delivery, ClientError>> + Send>>,
+}
+
+impl fmt::Debug for DeliveryStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeliveryStream").finish_non_exhaustive()
+    }
+}
+
+impl DeliveryStream {
+    /// A stream that yields `error` and ends: for requests refused before anything is sent.
+    pub fn failed(error: ClientError) -> DeliveryStream {
+        DeliveryStream {
+            inner: Box::pin(futures_util::stream::once(std::future::ready(Err(error)))),
+        }
+    }
+
+    /// The same stream as single events, failovers left out (they are logged).
+    pub fn events(self) -> EventStream {
+        EventStream {
+            inner: self,
+            buffered: Vec::new().into_iter(),
+        }
+    }
+}
+
+impl Stream for DeliveryStream {
+    type Item = Result<Delivery, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// A [`DeliveryStream`] flattened into single events, for users who do not care which node
+/// served them.
+#[derive(Debug)]
+pub struct EventStream {
+    inner: DeliveryStream,
+    buffered: std::vec::IntoIter<Event>,
+}
+
+impl Stream for EventStream {
+    type Item = Result<Event, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(event) = self.buffered.next() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            match std::task::ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+                Some(Ok(Delivery::Batch { events, .. })) => self.buffered = events.into_iter(),
+                Some(Ok(Delivery::Failover { .. })) => {}
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+/// The stream currently read.
+struct Current {
+    candidate: Candidate,
+    stream: Streaming<EventBatch>,
+    /// The resolver's [`Resolver::until_unhealthy`] for this node, created once per stream.
+    unhealthy: Pin<Box<dyn Future<Output = ()> + Send>>,
+    opened_at: Instant,
+}
+
+/// What one read of the current stream produced.
+enum Read {
+    Message(Result<Option<EventBatch>, tonic::Status>),
+    Unhealthy,
+}
+
+/// The state behind a [`DeliveryStream`].
+struct Resumer {
+    resolver: Arc<dyn Resolver>,
+    channels: ChannelCache,
+    data_id: DataId,
+    upstream: Upstream,
+    /// The start asked for, used until the first event is delivered.
+    start: Start,
+    follow: bool,
+    max_retries: Option<u32>,
+    /// A stream that stayed open this long before breaking counts as progress.
+    backoff_max: Duration,
+    backoff: BackoffState,
+    /// The next offset owed to the reader; `None` until known.
+    next: Option<Offset>,
+    /// Events still wanted; `None` for no limit.
+    remaining: Option<u64>,
+    /// Candidates not tried yet since the last resolution.
+    candidates: VecDeque<Candidate>,
+    current: Option<Current>,
+    /// The node of the last stream that opened.
+    last_node: Option<String>,
+    /// Why the last stream broke, until the next one opens and the failover is reported.
+    broke: Option<String>,
+    /// Proxy mode: the node that served the last batch, to report the gateway's failovers.
+    serving: Option<String>,
+    /// A delivery to hand out on the next poll.
+    queued: Option<Delivery>,
+    /// Consecutive failures without progress.
+    failures: u32,
+    done: bool,
+}
+
+impl Resumer {
+    async fn next(&mut self) -> Option<Result<Delivery, ClientError>> {
+        if let Some(queued) = self.queued.take() {
+            return Some(Ok(queued));
+        }
+        loop {
+            if self.done || self.remaining == Some(0) {
+                self.done = true;
+                return None;
+            }
+            let Some(current) = self.current.as_mut() else {
+                if self.broke.is_some() {
+                    self.backoff.wait().await;
+                }
+                match self.open().await {
+                    Ok(opened) => {
+                        let to = opened.candidate.node_id.clone();
+                        self.current = Some(opened);
+                        let from = self.last_node.replace(to.clone());
+                        if let Some(reason) = self.broke.take() {
+                            info!(data_id = %self.data_id, from = from.as_deref().unwrap_or("-"), %to, resume_at = %self.position(), "stream resumed on another node");
+                            return Some(Ok(Delivery::Failover {
+                                from,
+                                to,
+                                resume_at: self.position(),
+                                reason,
+                            }));
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(fatal) = self.fail(e) {
+                            return Some(Err(fatal));
+                        }
+                    }
+                }
+                continue;
+            };
+
+            let read = tokio::select! {
+                biased;
+                msg = current.stream.message() => Read::Message(msg),
+                () = &mut current.unhealthy => Read::Unhealthy,
+            };
+            let outcome = match read {
+                Read::Message(Ok(Some(batch))) => match self.accept(batch) {
+                    Ok(Some(delivery)) => return Some(Ok(delivery)),
+                    Ok(None) => continue,
+                    Err(gap) => {
+                        self.done = true;
+                        return Some(Err(gap));
+                    }
+                },
+                Read::Message(Ok(None)) if !self.follow => {
+                    self.done = true;
+                    return None;
+                }
+                Read::Message(Ok(None)) => ClientError::StreamEnded {
+                    target: self.target(&self.serving_candidate()),
+                    data_id: self.data_id.to_string(),
+                },
+                Read::Message(Err(status)) => self.rpc_error(&self.serving_candidate(), status),
+                Read::Unhealthy => ClientError::Unhealthy {
+                    node: self.serving_candidate().node_id,
+                    data_id: self.data_id.to_string(),
+                },
+            };
+            if let Some(broken) = self.current.take()
+                && broken.opened_at.elapsed() >= self.backoff_max
+            {
+                // It served for a while: this break starts a new series of attempts.
+                self.backoff.reset();
+                self.failures = 0;
+            }
+            if let Some(fatal) = self.fail(outcome) {
+                return Some(Err(fatal));
+            }
+        }
+    }
+
+    /// Records a failure; returns the error to hand out if the stream must end.
+    fn fail(&mut self, error: ClientError) -> Option<ClientError> {
+        self.current = None;
+        if error.is_terminal() {
+            self.done = true;
+            return Some(error);
+        }
+        self.failures = self.failures.saturating_add(1);
+        if let Some(max) = self.max_retries
+            && self.failures > max
+        {
+            self.done = true;
+            return Some(ClientError::RetriesExhausted {
+                data_id: self.data_id.to_string(),
+                attempts: self.failures,
+                last: Box::new(error),
+            });
+        }
+        warn!(data_id = %self.data_id, error = %error, resume_at = %self.position(), failures = self.failures, "stream broke; resuming");
+        self.broke = Some(error.to_string());
+        None
+    }
+
+    /// Opens a stream on the next candidate, resolving again when none is left.
+    async fn open(&mut self) -> Result<Current, ClientError> {
+        if self.candidates.is_empty() {
+            self.candidates = self.resolver.candidates(&self.data_id).await?.into();
+        }
+        let Some(candidate) = self.candidates.pop_front() else {
+            return Err(ClientError::NoCandidates {
+                data_id: self.data_id.to_string(),
+            });
+        };
+        let req = self.request()?;
+        let channel = self.channels.get(&candidate.address)?;
+        debug!(data_id = %self.data_id, node = %candidate, start = %self.position(), "opening stream");
+        let opened = match self.upstream {
+            Upstream::Node => {
+                NodeClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .stream_batches(req)
+                    .await
+            }
+            Upstream::Gateway => {
+                GatewayClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .subscribe(req)
+                    .await
+            }
+        };
+        let stream = opened
+            .map_err(|status| self.rpc_error(&candidate, status))?
+            .into_inner();
+        let unhealthy = {
+            let resolver = self.resolver.clone();
+            let data_id = self.data_id.clone();
+            let node = candidate.node_id.clone();
+            Box::pin(async move { resolver.until_unhealthy(&data_id, &node).await })
+        };
+        Ok(Current {
+            candidate,
+            stream,
+            unhealthy,
+            opened_at: Instant::now(),
+        })
+    }
+
+    /// Keeps the events the reader is owed; `Ok(None)` if the batch held none.
+    fn accept(&mut self, batch: EventBatch) -> Result<Option<Delivery>, ClientError> {
+        let node_id = match (&self.current, batch.node_id.is_empty()) {
+            (Some(current), true) => current.candidate.node_id.clone(),
+            _ => batch.node_id,
+        };
+        let mut events = Vec::with_capacity(batch.events.len());
+        for event in batch.events {
+            let offset = Offset(event.offset);
+            if let Some(next) = self.next {
+                if offset < next {
+                    continue;
+                }
+                if offset > next {
+                    return Err(ClientError::Gap {
+                        data_id: self.data_id.to_string(),
+                        node: node_id,
+                        expected: next,
+                        got: offset,
+                    });
+                }
+            }
+            self.next = Some(offset.next());
+            events.push(Event::from(event));
+            if let Some(remaining) = self.remaining.as_mut() {
+                *remaining -= 1;
+                if *remaining == 0 {
+                    break;
+                }
+            }
+        }
+        let Some(first) = events.first().map(|e| e.offset) else {
+            return Ok(None);
+        };
+        self.backoff.reset();
+        self.failures = 0;
+        let batch = Delivery::Batch {
+            node_id: node_id.clone(),
+            events,
+        };
+        if self.upstream == Upstream::Gateway
+            && let Some(previous) = self.serving.replace(node_id.clone())
+            && previous != node_id
+        {
+            self.queued = Some(batch);
+            return Ok(Some(Delivery::Failover {
+                from: Some(previous),
+                to: node_id,
+                resume_at: Start::Offset(first),
+                reason: "the gateway moved the stream to another node".into(),
+            }));
+        }
+        Ok(Some(batch))
+    }
+
+    /// The node of the open stream (only called while one is open).
+    fn serving_candidate(&self) -> Candidate {
+        self.current
+            .as_ref()
+            .map(|c| c.candidate.clone())
+            .unwrap_or_else(|| Candidate::new("-", "-"))
+    }
+
+    /// Where the next stream must start.
+    fn position(&self) -> Start {
+        self.next.map_or(self.start, Start::Offset)
+    }
+
+    fn request(&self) -> Result<StreamRequest, ClientError> {
+        let (start, offset, start_timestamp) = match self.position() {
+            Start::Offset(o) => {
+                let offset = i64::try_from(o.0).map_err(|_| ClientError::OffsetTooLarge {
+                    data_id: self.data_id.to_string(),
+                    offset: o,
+                })?;
+                (StartFrom::Offset, offset, 0)
+            }
+            Start::Earliest => (StartFrom::Earliest, 0, 0),
+            Start::Latest => (StartFrom::Latest, 0, 0),
+            Start::Time(t) => (StartFrom::Timestamp, 0, t.0),
+        };
+        Ok(StreamRequest {
+            data_id: self.data_id.to_string(),
+            offset,
+            start: start as i32,
+            follow: Some(self.follow),
+            max_count: self.remaining.unwrap_or(0),
+            start_timestamp,
+        })
+    }
+
+    fn target(&self, candidate: &Candidate) -> String {
+        match self.upstream {
+            Upstream::Node => format!("node {candidate}"),
+            Upstream::Gateway => format!("gateway {}", candidate.address),
+        }
+    }
+
+    fn rpc_error(&self, candidate: &Candidate, status: tonic::Status) -> ClientError {
+        ClientError::Rpc {
+            rpc: match self.upstream {
+                Upstream::Node => "StreamBatches",
+                Upstream::Gateway => "Subscribe",
+            },
+            target: self.target(candidate),
+            data_id: self.data_id.to_string(),
+            status,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures_util::StreamExt;
+    use tonic::Status;
+
+    use super::*;
+
+    /// Answers every resolution with `answer` and records when it was asked.
+    struct Recording {
+        answer: fn() -> Result<Vec<Candidate>, ClientError>,
+        asked: Mutex<Vec<Instant>>,
+    }
+
+    #[tonic::async_trait]
+    impl Resolver for Recording {
+        async fn candidates(&self, _: &DataId) -> Result<Vec<Candidate>, ClientError> {
+            self.asked.lock().expect("lock").push(Instant::now());
+            (self.answer)()
+        }
+    }
+
+    fn unavailable() -> Result<Vec<Candidate>, ClientError> {
+        Err(ClientError::Rpc {
+            rpc: "GetNodeForData",
+            target: "gateway test".into(),
+            data_id: "d".into(),
+            status: Status::unavailable("no healthy node"),
+        })
+    }
+
+    fn not_found() -> Result<Vec<Candidate>, ClientError> {
+        Err(ClientError::Rpc {
+            rpc: "GetNodeForData",
+            target: "gateway test".into(),
+            data_id: "d".into(),
+            status: Status::not_found("no mapping"),
+        })
+    }
+
+    fn data_id() -> DataId {
+        DataId::parse("d").expect("valid")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_exponentially_and_give_up_when_told() {
+        let resolver = Arc::new(Recording {
+            answer: unavailable,
+            asked: Mutex::default(),
+        });
+        let opts = StreamOptions::default()
+            .backoff(Backoff {
+                jitter: 0.0,
+                ..Backoff::default()
+            })
+            .max_retries(Some(8));
+        let mut stream =
+            resumable_stream(resolver.clone(), ChannelCache::default(), data_id(), opts);
+        let err = stream.next().await.expect("an item").expect_err("gives up");
+        assert!(
+            matches!(err, ClientError::RetriesExhausted { attempts: 9, .. }),
+            "{err}"
+        );
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(stream.next().await.is_none(), "ends after the error");
+
+        let asked = resolver.asked.lock().expect("lock").clone();
+        let gaps: Vec<u64> = asked
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis() as u64)
+            .collect();
+        assert_eq!(gaps, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jittered_waits_stay_within_bounds() {
+        let resolver = Arc::new(Recording {
+            answer: unavailable,
+            asked: Mutex::default(),
+        });
+        let opts = StreamOptions::default().max_retries(Some(20));
+        let mut stream =
+            resumable_stream(resolver.clone(), ChannelCache::default(), data_id(), opts);
+        stream.next().await.expect("an item").expect_err("gives up");
+        let asked = resolver.asked.lock().expect("lock").clone();
+        let policy = Backoff::default();
+        for (i, w) in asked.windows(2).enumerate() {
+            let waited = w[1] - w[0];
+            let base = policy.base_delay(i as u32);
+            assert!(
+                waited <= base && waited >= base.mul_f64(0.5),
+                "wait {i}: {waited:?} vs {base:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn terminal_resolver_error_ends_at_once() {
+        let resolver = Arc::new(Recording {
+            answer: not_found,
+            asked: Mutex::default(),
+        });
+        let mut stream = resumable_stream(
+            resolver.clone(),
+            ChannelCache::default(),
+            data_id(),
+            StreamOptions::default(),
+        );
+        let err = stream.next().await.expect("an item").expect_err("terminal");
+        assert_eq!(err.status().map(Status::code), Some(tonic::Code::NotFound));
+        assert!(stream.next().await.is_none());
+        assert_eq!(resolver.asked.lock().expect("lock").len(), 1, "no retry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_candidate_list_is_retried_not_fatal() {
+        let resolver = Arc::new(Recording {
+            answer: || Ok(vec![]),
+            asked: Mutex::default(),
+        });
+        let opts = StreamOptions::default().max_retries(Some(3));
+        let mut stream =
+            resumable_stream(resolver.clone(), ChannelCache::default(), data_id(), opts);
+        let err = stream.next().await.expect("an item").expect_err("gives up");
+        let ClientError::RetriesExhausted { last, .. } = err else {
+            panic!("expected RetriesExhausted, got {err}");
+        };
+        assert!(matches!(*last, ClientError::NoCandidates { .. }), "{last}");
+        assert_eq!(resolver.asked.lock().expect("lock").len(), 4);
+    }
+
+    #[test]
+    fn request_carries_position_follow_and_remaining_count() {
+        let mut state = Resumer {
+            resolver: Arc::new(crate::resolve::StaticResolver::new(vec![])),
+            channels: ChannelCache::default(),
+            data_id: data_id(),
+            upstream: Upstream::Node,
+            start: Start::Time(TimestampMs(1234)),
+            follow: false,
+            max_retries: None,
+            backoff_max: Duration::from_secs(2),
+            backoff: BackoffState::new(Backoff::none()),
+            next: None,
+            remaining: Some(10),
+            candidates: VecDeque::new(),
+            current: None,
+            last_node: None,
+            broke: None,
+            serving: None,
+            queued: None,
+            failures: 0,
+            done: false,
+        };
+        let req = state.request().expect("valid");
+        assert_eq!(req.start, StartFrom::Timestamp as i32);
+        assert_eq!(req.start_timestamp, 1234);
+        assert_eq!(req.follow, Some(false));
+        assert_eq!(req.max_count, 10);
+
+        let batch = |offsets: &[u64]| EventBatch {
+            data_id: "d".into(),
+            node_id: "n1".into(),
+            events: offsets
+                .iter()
+                .map(|&o| ec_proto::Event {
+                    offset: o,
+                    timestamp: 1,
+                    data: bytes::Bytes::from(o.to_string()),
+                })
+                .collect(),
+        };
+        let Some(Delivery::Batch { events, .. }) = state.accept(batch(&[7, 8])).expect("ok") else {
+            panic!("a batch");
+        };
+        assert_eq!(events.len(), 2);
+        let req = state.request().expect("valid");
+        assert_eq!(
+            (req.start, req.offset, req.max_count),
+            (StartFrom::Offset as i32, 9, 8)
+        );
+
+        // Repeats are dropped, the rest delivered; a hole is an error naming both offsets.
+        let Some(Delivery::Batch { events, .. }) = state.accept(batch(&[8, 9])).expect("ok") else {
+            panic!("a batch");
+        };
+        assert_eq!(events.iter().map(|e| e.offset.0).collect::<Vec<_>>(), [9]);
+        assert!(state.accept(batch(&[5, 6])).expect("ok").is_none());
+        let gap = state.accept(batch(&[12])).expect_err("gap");
+        assert!(
+            matches!(
+                gap,
+                ClientError::Gap {
+                    expected: Offset(10),
+                    got: Offset(12),
+                    ..
+                }
+            ),
+            "{gap}"
+        );
+        assert!(gap.is_terminal());
+    }
+}

@@ -1,0 +1,2 @@
+//! `ec-client` (work in progress).
+fn main() {}
