@@ -1,1 +1,273 @@
-//! Event Catcher settings (placeholder; being written).
+//! Event Catcher settings: one typed [`Config`] built from four layers.
+//!
+//! Layers, lowest first: built-in defaults < the YAML file (`config/config.yaml` in the
+//! current directory if it exists, or the file given with `--config`, which must exist) <
+//! `EVENT_CATCHER_*` environment variables < command-line flags. Every layer is parsed into a
+//! [`PartialConfig`] (all fields optional) by the same per-key parsers, the layers are applied
+//! in that order, and the result is validated once into [`Config`].
+//!
+//! Invariants this crate keeps:
+//! - The key table ([`key_table`]) is the single list of keys: YAML paths, environment names
+//!   (never derived by splitting on `_`), defaults and help all come from it, and the defaults
+//!   themselves are parsed from it, so the documented default is the real one.
+//! - A [`Config`] that leaves [`Loader::load`] is valid: ports in 1-65535, IDs follow
+//!   [`ec_core::NodeId`] rules, the health-check timeout does not exceed its interval, and so on.
+//! - Every failure is a [`ConfigError`] naming the key, the bad value, where it came from
+//!   ([`Source`]) and what is allowed. Unknown `EVENT_CATCHER_*` variables are warnings
+//!   returned in [`Loaded::warnings`], not errors; unknown keys in the file are errors.
+//!
+//! A binary uses it like this:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), ec_config::ConfigError> {
+//! # let (config_arg, port_arg): (Option<std::path::PathBuf>, Option<u16>) = (None, None);
+//! let loaded = ec_config::Loader::new()
+//!     .config_file(config_arg)            // --config FILE, if given
+//!     .env(std::env::vars_os())
+//!     .flag("node.port", "--port", port_arg) // None: the flag was not given
+//!     .load()?;
+//! for warning in &loaded.warnings {
+//!     eprintln!("warning: {warning}");
+//! }
+//! let _guard = ec_config::logging::init(&loaded.config.log)?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod keys;
+mod loader;
+pub mod logging;
+mod partial;
+mod render;
+mod validate;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use error::{ConfigError, Conflict, Source};
+pub use keys::{KeyInfo, key_table, markdown_reference};
+pub use loader::{DEFAULT_CONFIG_FILE, ENV_PREFIX, Loaded, Loader};
+pub use partial::{
+    PartialConfig, PartialConsul, PartialGateway, PartialHealthCheck, PartialLog, PartialNode,
+    PartialRetention, PartialStorage,
+};
+
+/// The validated settings of every Event Catcher process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `gateway.*`: the routing gateway.
+    pub gateway: GatewayConfig,
+    /// `node.*`: a storage node.
+    pub node: NodeConfig,
+    /// `consul.*`: where Consul is and where the mappings live.
+    pub consul: ConsulConfig,
+    /// `log.*`: logging of every binary.
+    pub log: LogConfig,
+}
+
+/// `gateway.*`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Address the gateway's gRPC server binds to.
+    pub host: String,
+    /// Port the gateway's gRPC server binds to (1-65535).
+    pub port: u16,
+    /// Node IDs the gateway may route to; empty means every registered node.
+    pub allowed_nodes: Vec<String>,
+}
+
+/// `node.*`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's ID (also its Consul service ID); valid by [`ec_core::NodeId`] rules.
+    pub id: String,
+    /// Address the node's gRPC server binds to.
+    pub host: String,
+    /// Port the node's gRPC server binds to.
+    pub port: u16,
+    /// `host` or `host:port` that gateways, other nodes and Consul use to reach this node.
+    /// `None` means `127.0.0.1` (with [`NodeConfig::port`] when no port is given).
+    pub advertise_address: Option<String>,
+    /// Directory holding the node's durable log. Relative paths are relative to the
+    /// process's working directory.
+    pub data_dir: PathBuf,
+    /// Largest accepted event payload in bytes.
+    pub max_event_bytes: u64,
+    /// Create a data ID's log on its first publish; when false, publishes to a data ID
+    /// without a log are refused.
+    pub auto_create: bool,
+    /// Extra Consul service tags for this node.
+    pub tags: Vec<String>,
+    /// `node.health_check.*`
+    pub health_check: HealthCheckConfig,
+    /// `node.storage.*`
+    pub storage: StorageConfig,
+    /// `node.retention.*`
+    pub retention: RetentionConfig,
+}
+
+/// `node.health_check.*`: the HTTP endpoint the node serves and Consul polls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// HTTP path of the health endpoint; starts with `/`.
+    pub path: String,
+    /// Port of the HTTP health endpoint; differs from [`NodeConfig::port`].
+    pub port: u16,
+    /// How often Consul runs the check (at least 1 s, Consul's own minimum).
+    pub interval: Duration,
+    /// How long Consul waits for an answer; not more than `interval`.
+    pub timeout: Duration,
+    /// Consul deregisters the node after it has been critical this long.
+    pub deregister_critical_after: Duration,
+}
+
+/// `node.storage.*`: durability of the node's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// When appended events are synced to disk.
+    pub fsync: FsyncPolicy,
+    /// With [`FsyncPolicy::Interval`], how often the log is synced.
+    pub fsync_interval: Duration,
+}
+
+/// When the node syncs its log to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FsyncPolicy {
+    /// Sync before acknowledging a publish (group commit): nothing acknowledged is lost.
+    Always,
+    /// Sync every `node.storage.fsync_interval`: faster, may lose the last interval on a crash.
+    Interval,
+}
+
+/// `node.retention.*`: how much of each data ID's log is kept. `None` means unlimited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Keep at most this many events per data ID.
+    pub max_events: Option<u64>,
+    /// Keep at most this many payload bytes per data ID.
+    pub max_bytes: Option<u64>,
+    /// Drop events older than this.
+    pub max_age: Option<Duration>,
+    /// How often retention is enforced.
+    pub check_interval: Duration,
+}
+
+/// `consul.*`
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConsulConfig {
+    /// Host of the Consul agent's HTTP API.
+    pub host: String,
+    /// Port of the Consul agent's HTTP API.
+    pub port: u16,
+    /// KV prefix of the data-to-node mappings; non-empty, ends with `/`, no leading `/`.
+    pub kv_prefix: String,
+    /// ACL token sent as `X-Consul-Token`, if any.
+    pub token: Option<String>,
+}
+
+// Written by hand so that logging a config (`?config`) never prints the ACL token.
+impl fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("kv_prefix", &self.kv_prefix)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `log.*`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Most verbose level written; `RUST_LOG` may refine it per module.
+    pub level: LogLevel,
+    /// Line format on stderr and in the file.
+    pub format: LogFormat,
+    /// Also write to this file, rolled daily (`<file>.YYYY-MM-DD`).
+    pub file: Option<PathBuf>,
+}
+
+/// `log.level`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected that the process handles.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// `log.format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Implements `Display` and `FromStr` (case-insensitive) for a fieldless enum from one list
+/// of `Variant => "name"` pairs, so that parsing, printing and the error text never disagree.
+macro_rules! named_enum {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The accepted names, for error messages: `"a, b or c"`.
+            const ALLOWED: &'static str = named_enum!(@list $($name),+);
+
+            /// The name used in the YAML file and environment.
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $name),+ }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            /// What is allowed, e.g. `"one of trace, debug, info, warn, error"`.
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $(if s.trim().eq_ignore_ascii_case($name) { return Ok($ty::$variant); })+
+                Err(format!("one of {}", Self::ALLOWED))
+            }
+        }
+    };
+    (@list $first:literal $(, $rest:literal)*) => { concat!($first $(, ", ", $rest)*) };
+}
+
+named_enum!(FsyncPolicy { Always => "always", Interval => "interval" });
+named_enum!(LogLevel { Trace => "trace", Debug => "debug", Info => "info", Warn => "warn", Error => "error" });
+named_enum!(LogFormat { Text => "text", Json => "json" });
+
+impl Default for Config {
+    /// The built-in defaults (the `default` column of [`key_table`]), with no file,
+    /// environment or flags.
+    fn default() -> Self {
+        Loader::new()
+            .default_file(None)
+            .load()
+            .map(|loaded| loaded.config)
+            // The defaults are compile-time constants, parsed and validated by the tests.
+            .expect("built-in defaults are valid")
+    }
+}
+
+impl Config {
+    /// Every effective key as YAML, in the layout of `config/config.yaml`, for
+    /// `--print-config`. Loading the output gives this config back, except that a set
+    /// `consul.token` is printed as `<redacted>` so the output is safe to paste.
+    pub fn to_yaml(&self) -> String {
+        render::to_yaml(self)
+    }
+}
