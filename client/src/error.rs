@@ -165,6 +165,12 @@ impl ClientError {
         }
     }
 
+    /// This error as a status to send on: for a gateway proxying a stream, so its client
+    /// gets the same code and a message naming the data ID, node and offset.
+    pub fn to_status(&self) -> Status {
+        Status::new(self.code(), self.to_string())
+    }
+
     /// The gRPC code of this error; errors caught locally get the code a server would use.
     pub fn code(&self) -> Code {
         match self {

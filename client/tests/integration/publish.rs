@@ -1,0 +1,110 @@
+//! Publishing to a node directly: single batches, the pipelined publisher's ordering and
+//! back-pressure, and how a failed stream reports to every waiting batch.
+
+use bytes::Bytes;
+use ec_client::{Client, ClientError, Offset, Start, StreamOptions};
+use futures_util::StreamExt;
+use tokio::time::timeout;
+use tonic::Code;
+
+use crate::util::*;
+
+#[tokio::test]
+async fn publish_and_pipelined_publisher_assign_consecutive_offsets() {
+    let node = TestNode::start("node1").await;
+    let client = Client::with_nodes(vec![node.candidate()]).expect("client");
+
+    let p = client
+        .publish("pub", payloads("a", 4))
+        .await
+        .expect("publish");
+    assert_eq!((p.first, p.last), (Offset(0), Offset(3)));
+    assert!(p.timestamp.0 > 0);
+    let err = client.publish("pub", vec![]).await.expect_err("empty");
+    assert!(matches!(err, ClientError::EmptyBatch { .. }), "{err}");
+
+    // 200 batches with at most 16 in flight: acknowledgements match their batches.
+    let publisher = client.publisher("pub", 16).await.expect("publisher");
+    let mut pending = Vec::new();
+    for i in 0..200 {
+        let events: Vec<Bytes> = (0..3).map(|j| Bytes::from(format!("b{i}-{j}"))).collect();
+        pending.push(publisher.send(events).await.expect("send"));
+    }
+    let mut acks = Vec::new();
+    for p in pending {
+        acks.push(timeout(DEADLINE, p).await.expect("in time").expect("acked"));
+    }
+    for (i, ack) in acks.iter().enumerate() {
+        assert_eq!(ack.first.0, 4 + 3 * i as u64, "batch {i}");
+        assert_eq!(ack.count(), 3);
+    }
+    publisher.close().await.expect("clean close");
+
+    // What was acknowledged is what is stored, in order.
+    let events: Vec<_> = timeout(
+        DEADLINE,
+        client
+            .stream(
+                "pub",
+                StreamOptions::from_start(Start::Offset(Offset(4))).follow(false),
+            )
+            .events()
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("in time");
+    assert_eq!(events.len(), 600);
+    let e = events[3 * 17 + 2].as_ref().expect("event");
+    assert_eq!(
+        (e.offset.0, e.data.as_ref()),
+        (4 + 3 * 17 + 2, b"b17-2".as_ref())
+    );
+}
+
+#[tokio::test]
+async fn a_refused_batch_fails_the_stream_and_every_later_send() {
+    let node = TestNode::start("node1").await;
+    let client = Client::with_nodes(vec![node.candidate()]).expect("client");
+    let publisher = client.publisher("pub", 4).await.expect("publisher");
+
+    let ok = publisher.send(payloads("ok", 1)).await.expect("send");
+    assert_eq!(ok.await.expect("acked").first, Offset(0));
+    // Larger than node.max_event_bytes (1 MiB in these tests): the node ends the stream.
+    let too_big = publisher
+        .send(vec![Bytes::from(vec![b'x'; (1 << 20) + 1])])
+        .await
+        .expect("handed to the stream");
+    let err = timeout(DEADLINE, too_big)
+        .await
+        .expect("in time")
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("pub"), "{err}");
+
+    let later = ec_testkit::wait_for("sends fail once the stream is gone", DEADLINE, || {
+        let publisher = &publisher;
+        async move {
+            match publisher.send(payloads("late", 1)).await {
+                Err(e) => Some(e),
+                Ok(pending) => pending.await.err(),
+            }
+        }
+    })
+    .await;
+    assert_eq!(later.code(), Code::InvalidArgument, "{later}");
+    let err = publisher.close().await.expect_err("the stream failed");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn publishing_to_a_dead_node_names_it() {
+    let client = Client::with_nodes(vec![ec_client::Candidate::new("node9", dead_address())])
+        .expect("client");
+    let err = client
+        .publish("pub", payloads("a", 1))
+        .await
+        .expect_err("no node");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.to_string().contains("node9"), "{err}");
+    assert!(!err.is_terminal());
+}
