@@ -27,6 +27,7 @@ struct Args {
     read_events: u64,
     dir: PathBuf,
     interval: bool,
+    read_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -37,6 +38,7 @@ fn parse_args() -> Args {
         read_events: 1_000_000,
         dir: std::env::temp_dir(),
         interval: false,
+        read_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +69,7 @@ fn parse_args() -> Args {
             }
             "--dir" => args.dir = PathBuf::from(value()),
             "--interval" => args.interval = true,
+            "--read-only" => args.read_only = true,
             other => usage(&format!("unknown flag {other}")),
         }
     }
@@ -75,7 +78,7 @@ fn parse_args() -> Args {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "log_bench: {msg}\nusage: log_bench [--runs N] [--secs S] [--size BYTES] [--read-events N] [--dir DIR] [--interval]"
+        "log_bench: {msg}\nusage: log_bench [--runs N] [--secs S] [--size BYTES] [--read-events N] [--dir DIR] [--interval] [--read-only]"
     );
     std::process::exit(2)
 }
@@ -220,7 +223,8 @@ fn main() {
         raw_fdatasync(&args.dir)
     );
     runtime.block_on(async {
-        for batch in [1usize, 16] {
+        let batches: &[usize] = if args.read_only { &[] } else { &[1, 16] };
+        for &batch in batches {
             for appenders in [1usize, 8, 64] {
                 let mut rates = Vec::new();
                 let mut per_commit = Vec::new();

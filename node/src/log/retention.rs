@@ -20,7 +20,7 @@ use fjall::PersistMode;
 
 use super::committer::fatal;
 use super::record::{self, EVENT_HEADER_LEN};
-use super::store::{Store, Stream, storage};
+use super::store::{Store, Stream};
 use super::{LogError, Retention};
 
 /// Most events removed per batch.
@@ -89,10 +89,13 @@ fn trim_chunk(
     let range =
         record::event_key(stream.number, old.earliest)..record::event_key(stream.number, old.next);
     for guard in store.events.range(range) {
-        let (key, value) = guard.into_inner().map_err(storage(format!(
-            "scanning data ID {} for retention at offset {}",
-            stream.data_id, new.earliest
-        )))?;
+        let (key, value) = guard.into_inner().map_err(|source| LogError::Storage {
+            context: format!(
+                "scanning data ID {} for retention at offset {}",
+                stream.data_id, new.earliest
+            ),
+            source,
+        })?;
         let corrupt = |source| LogError::Corrupt {
             context: format!(
                 "decoding data ID {} at offset {} for retention",

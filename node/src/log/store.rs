@@ -222,10 +222,11 @@ impl Store {
         let mut out = Vec::with_capacity(usize::try_from(end - from).unwrap_or(0).min(4096));
         let mut total = 0usize;
         for (expected, guard) in (from..).zip(self.events.range(range)) {
-            let (key, value) = guard.into_inner().map_err(storage(format!(
-                "reading data ID {} at offset {expected}",
-                stream.data_id
-            )))?;
+            // Contexts are formatted only on error: this loop runs once per event read.
+            let (key, value) = guard.into_inner().map_err(|source| LogError::Storage {
+                context: format!("reading data ID {} at offset {expected}", stream.data_id),
+                source,
+            })?;
             let (_, offset) = record::decode_event_key(&key)
                 .map_err(|source| corrupt(stream, expected, source))?;
             if offset != expected {
@@ -266,10 +267,10 @@ impl Store {
         let value = self
             .events
             .get(record::event_key(stream.number, offset))
-            .map_err(storage(format!(
-                "reading data ID {} at offset {offset}",
-                stream.data_id
-            )))?;
+            .map_err(|source| LogError::Storage {
+                context: format!("reading data ID {} at offset {offset}", stream.data_id),
+                source,
+            })?;
         value
             .map(|v| {
                 record::decode_event_header(&v)
