@@ -208,7 +208,8 @@ pub struct PendingAppend {
 }
 
 impl PendingAppend {
-    /// The result if the commit already happened, without waiting.
+    /// The result if the commit already happened, without waiting. Once this returned
+    /// `Some`, the result has been taken: do not await this append afterwards.
     pub fn try_result(&mut self) -> Option<Result<Appended, LogError>> {
         match self.answer.try_recv() {
             Ok(result) => Some(result),

@@ -288,6 +288,38 @@ async fn concurrent_appenders_get_dense_offsets_with_fewer_fsyncs() {
 }
 
 #[tokio::test]
+async fn submitted_appends_keep_submission_order_and_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = id("a");
+    log.append(&a, vec![ev("seed")], true).await.unwrap();
+    let commits_before = log.commit_count();
+    let mut pending = Vec::new();
+    for i in 0..50 {
+        pending.push(
+            log.submit(&a, vec![ev(&i.to_string())], false)
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, mut p) in pending.into_iter().enumerate() {
+        let appended = match p.try_result() {
+            Some(result) => result.unwrap(),
+            None => timeout(DEADLINE, p).await.unwrap().unwrap(),
+        };
+        assert_eq!(appended.first, Offset(i as u64 + 1));
+    }
+    let commits = log.commit_count() - commits_before;
+    assert!(commits < 50, "{commits} commits for 50 pipelined appends");
+    let read = log.read(&a, Offset(1), 100, usize::MAX).unwrap();
+    assert_eq!(
+        payloads(&read),
+        (0..50).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn subscribe_wakes_on_commit() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
