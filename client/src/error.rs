@@ -12,8 +12,9 @@ use tonic::{Code, Status};
 /// What went wrong in a call to the SDK.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The data ID breaks the naming rule; caught before anything is sent.
-    #[error("invalid data ID: {0}")]
+    /// The data ID breaks the naming rule; caught before anything is sent. (The message of
+    /// [`IdError`] names the data ID and the rule.)
+    #[error(transparent)]
     InvalidDataId(#[from] IdError),
 
     /// An address that cannot be turned into a gRPC endpoint.

@@ -1,2 +1,156 @@
-//! `ec-client` (work in progress).
-fn main() {}
+//! `ec-client`: stream and publish Event Catcher events from the command line.
+//!
+//! This file holds the flags and picks who to talk to: the gateway (from `--gateway`, or the
+//! configuration's `gateway.host:gateway.port`) or a single node (`--node`). The commands live
+//! in `stream.rs` and `publish.rs`; everything that talks to the cluster is the `ec-client`
+//! SDK, so this binary resumes and fails over exactly like any other SDK user.
+//!
+//! Standard output carries only the data (events, acknowledged offsets); progress, failovers
+//! and warnings go to standard error, so the output can be piped.
+
+mod publish;
+mod stream;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use color_eyre::eyre::{Result, WrapErr, eyre};
+use ec_client::{Candidate, Client};
+
+/// Stream and publish Event Catcher events.
+///
+/// Talks to the gateway given with --gateway (default: gateway.host:gateway.port from the
+/// configuration: config/config.yaml or --config, then EVENT_CATCHER_* variables), or to a
+/// single node with --node. Events go to standard output; progress and failovers to standard
+/// error. Set RUST_LOG (e.g. RUST_LOG=ec_client=debug) for more detail.
+#[derive(Debug, Parser)]
+#[command(name = "ec-client", version)]
+struct Args {
+    /// Gateway address, HOST:PORT [default: gateway.host:gateway.port from the configuration,
+    /// with 0.0.0.0 read as 127.0.0.1].
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT",
+        conflicts_with = "node",
+        display_order = 100
+    )]
+    gateway: Option<String>,
+    /// Talk to this one node directly instead of a gateway: `stream` reads its StreamBatches
+    /// and `publish` writes with its Publish. No failover: there is no other node to go to.
+    #[arg(long, global = true, value_name = "HOST:PORT", display_order = 101)]
+    node: Option<String>,
+    /// Configuration file to read the default gateway address from [default:
+    /// config/config.yaml if it exists].
+    #[arg(long, global = true, value_name = "FILE", display_order = 102)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the events of a data ID, one per line, following new ones as they arrive.
+    Stream(stream::StreamArgs),
+    /// Publish standard input (one event per line) or synthetic events to a data ID.
+    Publish(publish::PublishArgs),
+}
+
+fn main() -> Result<()> {
+    let colors = std::io::stderr().is_terminal();
+    let mut hook = color_eyre::config::HookBuilder::default().display_env_section(false);
+    if !colors {
+        hook = hook.theme(color_eyre::config::Theme::new());
+    }
+    hook.install()
+        .map_err(|e| eyre!("cannot install the error reporter: {e}"))?;
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(colors)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    tokio::runtime::Runtime::new()
+        .wrap_err("cannot start the async runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let proxy = match &args.command {
+        Command::Stream(s) => s.proxy,
+        Command::Publish(p) => p.proxy,
+    };
+    if proxy && args.node.is_some() {
+        return Err(eyre!(
+            "--proxy goes through a gateway, but --node talks to one node directly; use one or the other"
+        ));
+    }
+    let client = connect(&args).await?;
+    match args.command {
+        Command::Stream(s) => stream::run(&client, s).await,
+        Command::Publish(p) => publish::run(&client, p).await,
+    }
+}
+
+/// A client for `--node`, `--gateway`, or the configured gateway.
+async fn connect(args: &Args) -> Result<Client> {
+    if let Some(node) = &args.node {
+        // The node's ID is not known yet; batches carry it once streaming starts.
+        return Client::with_nodes(vec![Candidate::new(node.clone(), node.clone())])
+            .wrap_err_with(|| format!("--node {node}"));
+    }
+    let gateway = match &args.gateway {
+        Some(g) => g.clone(),
+        None => configured_gateway(args.config.clone())?,
+    };
+    Client::connect(&gateway)
+        .await
+        .wrap_err_with(|| format!("is a gateway running at {gateway}? (set it with --gateway HOST:PORT, or talk to a node with --node HOST:PORT)"))
+}
+
+/// `gateway.host:gateway.port` from the configuration layers; a wildcard bind address is
+/// where the gateway listens, not where to reach it, so it becomes loopback.
+fn configured_gateway(config_file: Option<PathBuf>) -> Result<String> {
+    let loaded = ec_config::Loader::new()
+        .config_file(config_file)
+        .env(std::env::vars_os())
+        .load()
+        .wrap_err("cannot read the configuration for the default gateway address; pass --gateway HOST:PORT")?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let gateway = &loaded.config.gateway;
+    Ok(reachable_address(&gateway.host, gateway.port))
+}
+
+fn reachable_address(host: &str, port: u16) -> String {
+    match host {
+        "0.0.0.0" | "" => format!("127.0.0.1:{port}"),
+        "::" | "[::]" => format!("[::1]:{port}"),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]:{port}"),
+        h => format!("{h}:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn wildcard_bind_addresses_become_loopback() {
+        assert_eq!(reachable_address("0.0.0.0", 50051), "127.0.0.1:50051");
+        assert_eq!(reachable_address("::", 1), "[::1]:1");
+        assert_eq!(reachable_address("gw.local", 2), "gw.local:2");
+        assert_eq!(reachable_address("fe80::1", 3), "[fe80::1]:3");
+    }
+}

@@ -1,0 +1,453 @@
+//! The `ec-client` binary against a real in-process node (`--node`): publish from standard
+//! input and synthetic events, stream with `--count`, `--json`, `--offset`, `--since`, and
+//! the errors a user sees for bad input or an unreachable gateway.
+
+use std::net::SocketAddr;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use ec_core::NodeId;
+use ec_node::log::{FsyncPolicy, LogOptions, Retention};
+use ec_node::{Listeners, NodeSettings};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A node on loopback ports with its own temp dir; stops when dropped.
+struct Node {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start_node() -> Node {
+    let dir = tempfile::tempdir().expect("dir");
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let health = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = grpc.local_addr().expect("addr");
+    let settings = NodeSettings {
+        node_id: NodeId::parse("node1").expect("id"),
+        advertise_address: None,
+        data_dir: dir.path().to_path_buf(),
+        max_event_bytes: 1 << 20,
+        auto_create: true,
+        tags: vec![],
+        health_path: "/health".into(),
+        check_interval: Duration::from_secs(1),
+        check_timeout: Duration::from_millis(500),
+        deregister_critical_after: Duration::from_secs(60),
+        log: LogOptions {
+            fsync: FsyncPolicy::Always,
+            retention: Retention::default(),
+            max_batch_bytes: 4 << 20,
+        },
+        retention_interval: Duration::from_secs(1),
+        consul_url: "http://127.0.0.1:1".into(),
+        consul_token: None,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(ec_node::run(
+        settings,
+        Listeners { grpc, health },
+        shutdown.clone(),
+    ));
+    Node {
+        addr,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+/// Runs `ec-client ARGS` with `stdin`, within the deadline.
+async fn ec_client(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ec-client"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ec-client");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).await.expect("write stdin");
+    drop(input);
+    tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("ec-client finishes within the deadline")
+        .expect("ec-client runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Every offset named by `offsets A-B` / `offset N` lines, in order.
+fn acknowledged(o: &Output) -> Vec<u64> {
+    let mut all = Vec::new();
+    for line in stdout(o).lines() {
+        if let Some(range) = line.strip_prefix("offsets ") {
+            let (a, b) = range.split_once('-').expect("A-B");
+            all.extend(a.parse::<u64>().expect("A")..=b.parse::<u64>().expect("B"));
+        } else if let Some(n) = line.strip_prefix("offset ") {
+            all.push(n.parse().expect("N"));
+        } else {
+            panic!("unexpected line {line:?}");
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn publish_stdin_then_stream_text_and_json() {
+    let node = start_node().await;
+    let addr = node.addr.to_string();
+
+    let out = ec_client(
+        &["--node", &addr, "publish", "--data-id", "cli"],
+        b"hello world\nsecond line\r\n\nlast without newline",
+    )
+    .await;
+    assert_ok(&out);
+    assert_eq!(acknowledged(&out), [0, 1, 2, 3]);
+    assert!(
+        stderr(&out).contains("published 4 events to cli"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = ec_client(
+        &[
+            "stream",
+            "--node",
+            &addr,
+            "--data-id",
+            "cli",
+            "--count",
+            "4",
+        ],
+        b"",
+    )
+    .await;
+    assert_ok(&out);
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let fields: Vec<Vec<&str>> = lines.iter().map(|l| l.splitn(3, ' ').collect()).collect();
+    assert_eq!(fields[0][0], "0");
+    assert!(
+        humantime::parse_rfc3339(fields[0][1]).is_ok(),
+        "{}",
+        fields[0][1]
+    );
+    assert_eq!(fields[0][2], "hello world");
+    assert_eq!(fields[1][2], "second line");
+    assert_eq!(
+        fields[2].get(2),
+        Some(&""),
+        "an empty line is an empty event"
+    );
+    assert_eq!(fields[3][2], "last without newline");
+
+    let out = ec_client(
+        &[
+            "--node",
+            &addr,
+            "stream",
+            "--data-id",
+            "cli",
+            "--offset",
+            "1",
+            "--count",
+            "2",
+            "--json",
+        ],
+        b"",
+    )
+    .await;
+    assert_ok(&out);
+    let values: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(values.len(), 2);
+    assert_eq!(values[0]["offset"], 1);
+    assert_eq!(values[0]["data"], "second line");
+    assert_eq!(values[0]["encoding"], "utf8");
+    assert_eq!(values[0]["node"], "node1");
+    assert!(values[1]["timestamp"].as_i64().is_some_and(|t| t > 0));
+
+    // From a time after everything: nothing stored qualifies, so --no-follow ends at once.
+    let out = ec_client(
+        &[
+            "--node",
+            &addr,
+            "stream",
+            "--data-id",
+            "cli",
+            "--since",
+            "2999-01-01T00:00:00Z",
+            "--no-follow",
+        ],
+        b"",
+    )
+    .await;
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "");
+}
+
+#[tokio::test]
+async fn synthetic_publish_and_binary_payloads() {
+    let node = start_node().await;
+    let addr = node.addr.to_string();
+
+    let out = ec_client(
+        &[
+            "--node",
+            &addr,
+            "publish",
+            "--data-id",
+            "syn",
+            "--count",
+            "250",
+            "--size",
+            "20",
+            "--batch",
+            "100",
+        ],
+        b"",
+    )
+    .await;
+    assert_ok(&out);
+    assert_eq!(acknowledged(&out), (0..250).collect::<Vec<_>>());
+
+    let out = ec_client(
+        &[
+            "--node",
+            &addr,
+            "stream",
+            "--data-id",
+            "syn",
+            "--from",
+            "earliest",
+            "--no-follow",
+        ],
+        b"",
+    )
+    .await;
+    assert_ok(&out);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 250);
+    assert!(
+        lines[249].ends_with(" 000000000249xxxxxxxx"),
+        "{}",
+        lines[249]
+    );
+
+    // Bytes that are not printable text come out as hex.
+    let out = ec_client(
+        &["--node", &addr, "publish", "--data-id", "bin"],
+        b"\x00\x01\xfe\n",
+    )
+    .await;
+    assert_ok(&out);
+    let out = ec_client(
+        &[
+            "--node",
+            &addr,
+            "stream",
+            "--data-id",
+            "bin",
+            "--count",
+            "1",
+        ],
+        b"",
+    )
+    .await;
+    assert_ok(&out);
+    assert!(
+        stdout(&out).trim_end().ends_with(" 0x0001fe"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn user_errors_are_one_readable_message() {
+    let node = start_node().await;
+    let addr = node.addr.to_string();
+
+    let out = ec_client(
+        &[
+            "--node",
+            &addr,
+            "stream",
+            "--data-id",
+            "../etc",
+            "--count",
+            "1",
+        ],
+        b"",
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("../etc") && err.contains("[A-Za-z0-9._-]"),
+        "{err}"
+    );
+
+    let out = ec_client(
+        &[
+            "--node",
+            &addr,
+            "stream",
+            "--data-id",
+            "x",
+            "--offset",
+            "1",
+            "--from",
+            "latest",
+        ],
+        b"",
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = ec_client(
+        &[
+            "--node",
+            &addr,
+            "stream",
+            "--data-id",
+            "x",
+            "--since",
+            "yesterday",
+        ],
+        b"",
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("RFC 3339"), "{}", stderr(&out));
+
+    let out = ec_client(
+        &["--node", &addr, "stream", "--data-id", "x", "--proxy"],
+        b"",
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--proxy"), "{}", stderr(&out));
+
+    // A node that is not there: retried with backoff, then given up when told to.
+    let dead = format!("127.0.0.1:{}", ec_testkit::free_port());
+    let out = ec_client(
+        &[
+            "--node",
+            &dead,
+            "stream",
+            "--data-id",
+            "x",
+            "--retries",
+            "2",
+        ],
+        b"",
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("gave up on data ID x after 3 failed attempts") && err.contains(&dead),
+        "{err}"
+    );
+    assert!(
+        !err.contains("\x1b["),
+        "no colors when stderr is not a terminal: {err}"
+    );
+
+    // No gateway listens there: the message says where it looked and what to do.
+    let port = ec_testkit::free_port();
+    let gateway = format!("127.0.0.1:{port}");
+    let out = ec_client(&["--gateway", &gateway, "stream", "--data-id", "x"], b"").await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&gateway) && err.contains("--node"), "{err}");
+}
+
+#[tokio::test]
+async fn help_explains_every_flag() {
+    for (cmd, flags) in [
+        (vec!["--help"], vec!["--gateway", "--node", "--config"]),
+        (
+            vec!["stream", "--help"],
+            vec![
+                "--data-id",
+                "--offset",
+                "--from",
+                "--since",
+                "--count",
+                "--no-follow",
+                "--retries",
+                "--proxy",
+                "--json",
+            ],
+        ),
+        (
+            vec!["publish", "--help"],
+            vec![
+                "--data-id",
+                "--count",
+                "--size",
+                "--rate",
+                "--batch",
+                "--in-flight",
+                "--proxy",
+                "--quiet",
+            ],
+        ),
+    ] {
+        let out = ec_client(&cmd, b"").await;
+        assert_ok(&out);
+        let help = stdout(&out);
+        for flag in flags {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(flag))
+                .unwrap_or_else(|| panic!("{cmd:?} lists {flag}:\n{help}"));
+            // The explanation is on the flag's line or the next one (long help).
+            let explained = line.len() > flag.len() + 20
+                || help
+                    .split(line)
+                    .nth(1)
+                    .is_some_and(|rest| rest.lines().nth(1).is_some_and(|l| l.trim().len() > 10));
+            assert!(explained, "{flag} is explained in {cmd:?}:\n{help}");
+        }
+    }
+}
