@@ -1,0 +1,138 @@
+//! End-to-end throughput of one node over gRPC on loopback: durable publish with N concurrent
+//! publishers (one event per request, and batches), then one reader streaming everything.
+//!
+//! It starts an in-process node on a fresh temp dir (fsync `always` unless `--interval`), so
+//! the figures include the gRPC stack, the group commit and the fsync. Run it in release:
+//!
+//! ```text
+//! cargo run --release -p ec-node --example grpc_bench -- [--events N] [--size B] [--interval]
+//! ```
+//!
+//! Each scenario prints events/s; run it several times and quote the median.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ec_node::log::{FsyncPolicy, LogOptions};
+use ec_node::{Listeners, NodeSettings};
+use ec_proto::node_client::NodeClient;
+use ec_proto::{PublishRequest, StreamRequest};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let events: usize = arg("--events", 100_000);
+    let size: usize = arg("--size", 200);
+    let interval = std::env::args().any(|a| a == "--interval");
+    let dir = tempfile::tempdir().unwrap();
+    let settings = NodeSettings {
+        node_id: ec_core::NodeId::parse("bench").unwrap(),
+        advertise_address: None,
+        data_dir: dir.path().to_path_buf(),
+        max_event_bytes: 1 << 20,
+        auto_create: true,
+        tags: vec![],
+        health_path: "/health".into(),
+        check_interval: Duration::from_secs(10),
+        check_timeout: Duration::from_secs(5),
+        deregister_critical_after: Duration::from_secs(60),
+        log: LogOptions {
+            fsync: if interval {
+                FsyncPolicy::Interval(Duration::from_secs(1))
+            } else {
+                FsyncPolicy::Always
+            },
+            ..LogOptions::default()
+        },
+        retention_interval: Duration::from_secs(3600),
+        consul_url: "http://127.0.0.1:1".into(),
+        consul_token: None,
+    };
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let node = tokio::spawn(ec_node::run(
+        settings,
+        Listeners { grpc, health },
+        stop.clone(),
+    ));
+    let client = loop {
+        if let Ok(c) = NodeClient::connect(format!("http://{addr}")).await {
+            break c;
+        }
+        tokio::task::yield_now().await;
+    };
+    let payload = Bytes::from(vec![b'x'; size]);
+    println!(
+        "fsync={} size={size}B events/scenario={events}",
+        if interval { "interval(1s)" } else { "always" }
+    );
+
+    for (publishers, batch) in [(1, 1), (8, 1), (64, 1), (8, 16), (64, 16)] {
+        let data_id = format!("p{publishers}-b{batch}");
+        let per = events / publishers / batch;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..publishers {
+            let mut c = client.clone();
+            let (data_id, payload) = (data_id.clone(), payload.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per {
+                    c.publish(PublishRequest {
+                        data_id: data_id.clone(),
+                        events: vec![payload.clone(); batch],
+                        sequence: 0,
+                    })
+                    .await
+                    .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let n = per * publishers * batch;
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "publish  publishers={publishers:<3} batch={batch:<3} {:>10.0} ev/s  ({n} events in {secs:.2}s)",
+            n as f64 / secs
+        );
+    }
+
+    // One reader replays the largest stream from offset 0.
+    let mut c = client.clone();
+    let start = Instant::now();
+    let mut stream = c
+        .stream_batches(StreamRequest {
+            data_id: "p64-b16".into(),
+            follow: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0usize;
+    while let Some(b) = stream.message().await.unwrap() {
+        n += b.events.len();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "replay   one reader (batched)       {:>10.0} ev/s  ({n} events in {secs:.2}s)",
+        n as f64 / secs
+    );
+    stop.cancel();
+    node.await.unwrap().unwrap();
+}
