@@ -41,13 +41,13 @@ async fn sigkill_during_publishing_loses_no_acknowledged_event() {
                                 acked.insert(r.first_offset + i as u64, e);
                             }
                         }
-                        Err(_) => return seq,
+                        // The node was killed: this publisher is done.
+                        Err(_) => return,
                     }
                 }
-                unreachable!()
             }));
         }
-        let target = (cycle as usize + 1) * 2000;
+        let target = (cycle + 1) * 2000;
         wait_for("publishers to get acknowledgements", DEADLINE, || {
             let n = acked.lock().expect("lock").len();
             async move { (n >= target).then_some(()) }
@@ -213,7 +213,9 @@ fn bad_configuration_exits_non_zero_naming_key_and_source() {
     let bad_file = dir.path().join("bad.yaml");
     std::fs::write(&bad_file, "node:\n  port: 50052\n  colour: blue\n").expect("write");
     let missing = dir.path().join("missing.yaml");
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, Vec<String>)> = vec![
+    // (flags, environment, what the error must name)
+    type Case = (Vec<String>, Vec<(&'static str, &'static str)>, Vec<String>);
+    let cases: Vec<Case> = vec![
         (
             vec![],
             vec![("EVENT_CATCHER_LOG_LEVEL", "loud")],
