@@ -11,10 +11,14 @@
 //!   value (a key written with no body) is empty.
 //! - `kv_put`/`kv_delete` return Consul's own `true`/`false`: with `cas`, `false` means
 //!   the index was stale and nothing was written.
+//! - [`ConsulClient::kv_put_indexed`] writes through a one-operation transaction so that the
+//!   caller learns the exact `ModifyIndex` its write produced (a plain PUT answers only
+//!   `true`, and reading back afterwards could see someone else's later write). Keys go
+//!   through the same checks as in a URL, so both paths accept exactly the same keys.
 
 use base64::Engine as _;
 use reqwest::{Method, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::blocking::{Indexed, QueryOptions};
 use crate::client::{ConsulClient, PLAIN_TIMEOUT, Param, encode_key};
@@ -166,6 +170,114 @@ impl ConsulClient {
     }
 }
 
+/// One KV operation of a `/v1/txn` request.
+#[derive(Serialize)]
+struct TxnOp<'a> {
+    #[serde(rename = "KV")]
+    kv: TxnKv<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnKv<'a> {
+    /// `set` (unconditional) or `cas`.
+    verb: &'static str,
+    key: &'a str,
+    /// Base64, as the transaction endpoint wants it.
+    value: String,
+    /// The `cas` index; ignored by `set`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u64>,
+}
+
+/// The answer of `/v1/txn` (200 with results, or 409 with errors).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnAnswer {
+    #[serde(default, deserialize_with = "crate::wire::null_as_default")]
+    results: Vec<TxnResult>,
+    #[serde(default, deserialize_with = "crate::wire::null_as_default")]
+    errors: Vec<TxnError>,
+}
+
+#[derive(Deserialize)]
+struct TxnResult {
+    #[serde(rename = "KV")]
+    kv: Option<WireKv>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnError {
+    #[serde(default)]
+    what: String,
+}
+
+/// How Consul 1.x words a failed `cas` inside a transaction (for both "index differs" and
+/// "cas=0 but the key exists").
+const STALE_INDEX: &str = "index is stale";
+
+impl ConsulClient {
+    /// Writes `value` at `key` and returns the key's `ModifyIndex` after the write, or
+    /// `None` when `cas` did not match and nothing was written. `cas = None` writes
+    /// unconditionally, `Some(0)` only creates, `Some(i)` writes only if the key's
+    /// `ModifyIndex` is still `i`.
+    ///
+    /// An identical rewrite leaves the index where it was (Consul does not rewrite equal
+    /// values, so watchers do not wake); the returned index is then the existing one.
+    pub async fn kv_put_indexed(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u64>,
+    ) -> Result<Option<u64>, DiscoveryError> {
+        // Validated exactly as for a URL, though the key travels in the JSON body here.
+        encode_key(key, false)?;
+        let op = TxnOp {
+            kv: TxnKv {
+                verb: if cas.is_some() { "cas" } else { "set" },
+                key,
+                value: base64::engine::general_purpose::STANDARD.encode(value),
+                index: cas,
+            },
+        };
+        let url = format!("{}/v1/txn", self.base_url());
+        let body =
+            serde_json::to_vec(&[op]).map_err(|source| DiscoveryError::Decode { url, source })?;
+        let answer = self
+            .send(Method::PUT, "/v1/txn", &[], Some(body), PLAIN_TIMEOUT)
+            .await?;
+        match answer.status {
+            StatusCode::OK => {
+                let txn: TxnAnswer = answer.json()?;
+                let kv = txn.results.into_iter().find_map(|r| r.kv);
+                match kv {
+                    Some(kv) => Ok(Some(kv.modify_index)),
+                    None => Err(DiscoveryError::Decode {
+                        url: answer.url.clone(),
+                        source: serde::de::Error::custom(format!(
+                            "the transaction writing {key:?} succeeded but returned no KV result"
+                        )),
+                    }),
+                }
+            }
+            StatusCode::CONFLICT => {
+                // 409 carries every failed operation; only a stale index is an answer, any
+                // other reason (ACL, size) is an error to show as Consul worded it.
+                let stale = answer
+                    .json::<TxnAnswer>()
+                    .is_ok_and(|t| t.errors.iter().any(|e| e.what.contains(STALE_INDEX)));
+                if stale {
+                    Ok(None)
+                } else {
+                    Err(answer.into_status_error())
+                }
+            }
+            _ => Err(answer.into_status_error()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +299,33 @@ mod tests {
         assert_eq!(pairs[0].session, None);
         assert!(pairs[1].value.is_empty());
         assert_eq!(pairs[1].session.as_deref(), Some("s-1"));
+    }
+
+    #[test]
+    fn txn_bodies_are_what_consul_reads() {
+        let op = TxnOp {
+            kv: TxnKv {
+                verb: "cas",
+                key: "p/a",
+                value: "bjE=".into(),
+                index: Some(0),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value([op]).expect("json"),
+            serde_json::json!([{"KV": {"Verb": "cas", "Key": "p/a", "Value": "bjE=", "Index": 0}}])
+        );
+        let ok: TxnAnswer = serde_json::from_str(
+            r#"{"Results":[{"KV":{"LockIndex":0,"Key":"p/a","Flags":0,"Value":null,
+                "CreateIndex":13,"ModifyIndex":16}}],"Errors":null}"#,
+        )
+        .expect("json");
+        assert_eq!(ok.results[0].kv.as_ref().map(|k| k.modify_index), Some(16));
+        let stale: TxnAnswer = serde_json::from_str(
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to set key \"p/a\", index is stale"}]}"#,
+        )
+        .expect("json");
+        assert!(stale.results.is_empty() && stale.errors[0].what.contains(STALE_INDEX));
     }
 
     #[test]

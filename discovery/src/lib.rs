@@ -7,29 +7,44 @@
 //!   rules that protect every call live there, not in each endpoint;
 //! - `kv`, `agent`, `health`: one `impl ConsulClient` block and the typed answers each;
 //! - `blocking`: [`QueryOptions`], [`Indexed`] and [`next_index`], the watch-loop rules;
-//! - [`registration`]: the long-running registration keeper.
+//! - [`registration`]: the long-running registration keeper;
+//! - `mapping`: [`MappingStore`], the data-to-node mappings in KV, every edit a
+//!   check-and-set, invalid keys reported as [`MappingProblem`]s;
+//! - `health` (again): [`HealthSnapshot`] of a service's nodes and their [`transitions`];
+//! - `watch`: [`watch_mappings`] and [`watch_health`], blocking-query loops publishing the
+//!   last good snapshot as [`Watched`].
 //!
 //! Rules this crate keeps for every caller (see "Talking to Consul" in the design page):
 //! `recurse` is never sent on a single-key read or delete; `null` lists and maps decode as
 //! empty; a blocking query's HTTP timeout exceeds `wait + wait/16`; a missing KV prefix is an
 //! empty list with an index; every key segment is percent-encoded; services are registered
 //! through the agent, never the catalog; the agent's 429/503 health answers are answers.
-//! There are no retries here: a call makes one request, and the caller (a watch loop, the
-//! registrar) decides when to try again.
+//! A client call makes one request and never retries; the loops that do retry (the watches,
+//! the registrar, [`MappingStore::update`]) say so and bound or back off.
 
 mod agent;
+mod backoff;
 mod blocking;
 mod client;
 mod error;
 mod health;
 mod kv;
+mod mapping;
 pub mod registration;
+mod watch;
 mod wire;
 
 pub use agent::{AgentService, AgentServiceHealth, HttpCheck, ServiceRegistration};
 pub use blocking::{Indexed, MAX_WAIT, QueryOptions, next_index};
 pub use client::ConsulClient;
 pub use error::DiscoveryError;
-pub use health::{CatalogNode, CheckStatus, HealthCheck, ServiceEntry};
+pub use health::{
+    CatalogNode, CheckStatus, HealthCheck, HealthSnapshot, HealthTransition, NodeHealth,
+    NodeStatus, ServiceEntry, transitions,
+};
 pub use kv::KvPair;
+pub use mapping::{
+    MAX_CAS_ATTEMPTS, Mapping, MappingError, MappingProblem, MappingSnapshot, MappingStore,
+};
+pub use watch::{Watched, watch_health, watch_mappings};
 pub use wire::go_duration;

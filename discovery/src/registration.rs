@@ -14,13 +14,13 @@
 
 use std::time::Duration;
 
-use rand::Rng as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::agent::ServiceRegistration;
+use crate::backoff::Backoff;
 use crate::client::ConsulClient;
 
 /// How often the keeper asks the agent whether it still holds the service, by default.
@@ -228,76 +228,6 @@ impl Keeper {
                 timeout_ms = DEREGISTER_TIMEOUT.as_millis() as u64,
                 "deregistration from Consul timed out"
             ),
-        }
-    }
-}
-
-/// Jittered exponential backoff: the n-th delay is uniform in `[c/2, c]` where
-/// `c = min(max, min * 2^n)`. The jitter keeps many nodes restarted together from
-/// hammering a recovering agent in lockstep.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            attempt: 0,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.min.saturating_mul(factor).min(self.max)
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        let hi = ceiling.as_millis() as u64;
-        let lo = hi / 2;
-        Duration::from_millis(rand::rng().random_range(lo..=hi))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_jittered_and_capped() {
-        let mut b = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-        let mut ceilings = Vec::new();
-        for _ in 0..12 {
-            let c = b.ceiling();
-            let d = b.next_delay();
-            assert!(d >= c / 2 && d <= c, "{d:?} outside [{:?}, {c:?}]", c / 2);
-            ceilings.push(c.as_millis());
-        }
-        assert_eq!(
-            &ceilings[..7],
-            &[250, 500, 1000, 2000, 4000, 8000, 10000],
-            "doubling from 250 ms, capped at 10 s"
-        );
-        assert!(ceilings[7..].iter().all(|&c| c == 10000));
-        b.reset();
-        assert_eq!(b.ceiling(), BACKOFF_MIN);
-    }
-
-    #[test]
-    fn backoff_survives_many_attempts() {
-        let mut b = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-        for _ in 0..1000 {
-            assert!(b.next_delay() <= BACKOFF_MAX);
         }
     }
 }
