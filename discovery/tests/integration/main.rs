@@ -3,6 +3,9 @@
 //! and a restart in one cannot disturb another.
 
 mod agent;
+mod health;
 mod kv;
+mod mapping;
 mod registration;
 mod util;
+mod watch;

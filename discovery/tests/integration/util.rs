@@ -1,14 +1,16 @@
 //! Shared test fixtures: a client of a test agent, a tiny HTTP server that Consul's HTTP
-//! check can probe (its answer status settable at run time), and log setup.
+//! check can probe (its answer status settable at run time), log setup and capture, and a
+//! deadline-bounded wait on a watch channel.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ec_discovery::{ConsulClient, HttpCheck, ServiceRegistration};
+use ec_discovery::{ConsulClient, HttpCheck, ServiceRegistration, Watched};
 use ec_testkit::ConsulAgent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Generous deadline for anything that waits on Consul.
@@ -111,5 +113,64 @@ pub(crate) fn registration(id: &str, name: &str, target: &CheckTarget) -> Servic
         tags: vec!["ec".into()],
         meta: [("data_ids".to_string(), "a,b".to_string())].into(),
         check: Some(target.check()),
+    }
+}
+
+/// Waits (up to [`DEADLINE`]) until the watch publishes a state satisfying `pred`, and
+/// returns that state. Panics naming `what` and showing the last state otherwise.
+pub(crate) async fn watch_until<T: Clone + std::fmt::Debug>(
+    rx: &mut watch::Receiver<Watched<T>>,
+    what: &str,
+    pred: impl FnMut(&Watched<T>) -> bool,
+) -> Watched<T> {
+    let result = tokio::time::timeout(DEADLINE, rx.wait_for(pred))
+        .await
+        .map(|r| r.map(|w| w.clone()));
+    match result {
+        Ok(Ok(w)) => w,
+        Ok(Err(_)) => panic!("the watch ended while waiting for {what}"),
+        Err(_) => panic!(
+            "timed out after {DEADLINE:?} waiting for {what}; last state: {:?}",
+            *rx.borrow()
+        ),
+    }
+}
+
+/// Collects the `tracing` output of the current thread (a `#[tokio::test]` runs its spawned
+/// tasks on its own thread), for tests that assert a log line.
+#[derive(Clone, Default)]
+pub(crate) struct LogCapture {
+    buf: Arc<Mutex<Vec<u8>>>,
+}
+
+impl LogCapture {
+    /// Routes this thread's `tracing` events here until the guard is dropped.
+    pub(crate) fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let me = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("ec_discovery=debug")
+            .with_ansi(false)
+            .with_writer(move || me.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    /// Everything logged so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
