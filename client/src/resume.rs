@@ -341,6 +341,8 @@ impl Resumer {
         }
         loop {
             if self.done || self.remaining == Some(0) {
+                // Close the open call now rather than when the stream is dropped.
+                self.current = None;
                 self.done = true;
                 return None;
             }
