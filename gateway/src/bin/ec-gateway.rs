@@ -1,0 +1,58 @@
+//! `ec-gateway`: parse flags, load the layered configuration, install logging, bind, and run
+//! the gateway until SIGINT or SIGTERM. Everything else lives in the `ec_gateway` library.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use color_eyre::eyre::{Result, WrapErr};
+use ec_gateway::cli;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Event Catcher gateway: routes clients to the nodes holding a data ID from a routing
+/// table that Consul watches keep current, proxies streams with failover, forwards publishes
+/// to the primary, and serves the admin RPCs operators and ec-console use.
+///
+/// Settings come from, lowest first: built-in defaults, the YAML file (config/config.yaml
+/// or --config), EVENT_CATCHER_* environment variables, then these flags.
+#[derive(Debug, Parser)]
+#[command(name = "ec-gateway", version)]
+struct Args {
+    /// YAML configuration file (default: config/config.yaml if it exists).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective settings as YAML and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    gateway: cli::GatewayFlags,
+}
+
+fn main() -> Result<()> {
+    cli::install_error_reporting()?;
+    let args = Args::parse();
+    let loaded = args.gateway.loader(args.config.clone()).load()?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let config = loaded.config;
+    if args.print_config {
+        print!("{}", config.to_yaml());
+        return Ok(());
+    }
+    let _log_guard = ec_config::logging::init(&config.log)?;
+    let settings = cli::settings(&config)?;
+    tokio::runtime::Runtime::new()
+        .wrap_err("cannot start the async runtime")?
+        .block_on(async move {
+            let addr = format!("{}:{}", config.gateway.host, config.gateway.port);
+            let listener = TcpListener::bind(&addr).await.wrap_err_with(|| {
+                format!("cannot listen for gRPC on {addr} (gateway.host, gateway.port); is another gateway using that port?")
+            })?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cli::cancel_on_signal(shutdown.clone()));
+            ec_gateway::run(settings, listener, shutdown)
+                .await
+                .wrap_err("the gateway stopped with an error")
+        })
+}

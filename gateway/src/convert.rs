@@ -1,0 +1,136 @@
+//! Domain errors and values to gRPC statuses and proto messages, in one place.
+//!
+//! Every error enum is matched exhaustively (no `_` arm), so a new variant does not compile
+//! until someone decides its status code here.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ec_discovery::{MappingError, NodeStatus};
+use ec_proto::{HealthStatus, NodeRef};
+use tonic::Status;
+
+use crate::routing::{MappingView, NodeRoute, RouteError};
+
+impl From<RouteError> for Status {
+    fn from(e: RouteError) -> Status {
+        let msg = e.to_string();
+        match e {
+            RouteError::NotFound { .. } => Status::not_found(msg),
+            RouteError::NoHealthyNode { .. }
+            | RouteError::PrimaryUnavailable { .. }
+            | RouteError::NotLoaded { .. } => Status::unavailable(msg),
+        }
+    }
+}
+
+/// A mapping-store failure as a status; a lost check-and-set shows the current value and
+/// index so the caller can retry with it.
+pub(crate) fn mapping_status(e: MappingError) -> Status {
+    match &e {
+        MappingError::Consul(_) => Status::unavailable(format!(
+            "Consul did not complete the change: {e}; nothing may have been written, list the \
+             mappings to check"
+        )),
+        MappingError::Conflict { data_id, current } => Status::aborted(match current {
+            Some(m) => format!(
+                "mapping of data ID {data_id} was changed by someone else: it is now {:?} at \
+                 ModifyIndex {}; retry with expected_modify_index {} if you still want your change",
+                m.value(),
+                m.modify_index,
+                m.modify_index
+            ),
+            None => format!(
+                "mapping of data ID {data_id} does not exist (any more); create it with \
+                 expected_modify_index 0"
+            ),
+        }),
+        MappingError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        MappingError::Contended { .. } => Status::aborted(e.to_string()),
+    }
+}
+
+/// The proto form of a status.
+pub(crate) fn health_status(s: NodeStatus) -> HealthStatus {
+    match s {
+        NodeStatus::Passing => HealthStatus::Passing,
+        NodeStatus::Warning => HealthStatus::Warning,
+        NodeStatus::Critical => HealthStatus::Critical,
+        NodeStatus::Gone => HealthStatus::Gone,
+    }
+}
+
+/// Milliseconds since the Unix epoch; 0 for `None` (the proto's "never").
+pub(crate) fn epoch_ms(t: Option<SystemTime>) -> i64 {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl From<NodeRoute> for NodeRef {
+    fn from(n: NodeRoute) -> NodeRef {
+        NodeRef {
+            node_id: n.node_id,
+            address: n.address,
+            status: health_status(n.status) as i32,
+        }
+    }
+}
+
+impl From<MappingView> for ec_proto::Mapping {
+    fn from(v: MappingView) -> ec_proto::Mapping {
+        ec_proto::Mapping {
+            data_id: v.mapping.data_id.to_string(),
+            node_ids: v.mapping.nodes.iter().map(ToString::to_string).collect(),
+            modify_index: v.mapping.modify_index,
+            nodes: v.nodes.into_iter().map(NodeRef::from).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ec_core::{DataId, NodeId};
+    use tonic::Code;
+
+    use super::*;
+    use crate::routing::Unusable;
+
+    #[test]
+    fn route_errors_map_to_retryable_or_final_codes() {
+        let d = DataId::parse("d").expect("valid");
+        let n = NodeId::parse("n1").expect("valid");
+        let cases = [
+            (RouteError::NotFound { data_id: d.clone() }, Code::NotFound),
+            (
+                RouteError::NoHealthyNode {
+                    data_id: d.clone(),
+                    nodes: vec![(n.clone(), Unusable::Critical)],
+                },
+                Code::Unavailable,
+            ),
+            (
+                RouteError::PrimaryUnavailable {
+                    data_id: d,
+                    primary: n,
+                    why: Unusable::NotRegistered,
+                },
+                Code::Unavailable,
+            ),
+            (
+                RouteError::NotLoaded { last_error: None },
+                Code::Unavailable,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(Status::from(e).code(), code);
+        }
+    }
+
+    #[test]
+    fn epoch_ms_of_none_is_zero() {
+        assert_eq!(epoch_ms(None), 0);
+        assert_eq!(
+            epoch_ms(Some(UNIX_EPOCH + std::time::Duration::from_millis(1500))),
+            1500
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! The feeder: turns what the two Consul watches publish (mapping snapshots, health
+//! snapshots, reachability) into new routing tables and health transitions.
+//!
+//! One task owns this loop, so tables are built one after the other from the previous one
+//! and every transition is computed exactly once, between consecutive health snapshots.
+//!
+//! Invariants:
+//! - A table is published *before* the transitions it contains are broadcast, and each
+//!   transition carries the generation of that table: a watcher that reads the table after
+//!   subscribing skips the transitions the table already shows, so it sees each one once.
+//! - Reachability is logged on change only: one warning when Consul becomes unreachable (or
+//!   is unreachable at start), one line when it is back — never one per request or per retry.
+//! - All mappings vanishing at once is logged as an error: it is what a restarted in-memory
+//!   (dev) Consul or a deleted prefix looks like, and routing then answers NOT_FOUND.
+
+use std::time::SystemTime;
+
+use ec_discovery::{HealthSnapshot, MappingSnapshot, NodeStatus, Watched};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::routing::{Freshness, RoutingTable, Table};
+
+/// A change of one node's aggregate health, as broadcast to `WatchHealth` streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChange {
+    /// The node's ID.
+    pub node_id: String,
+    /// `host:port` of its gRPC server (its last known one when it is gone).
+    pub address: String,
+    /// The status before; `None` when the node is seen for the first time.
+    pub from: Option<NodeStatus>,
+    /// The status now.
+    pub to: NodeStatus,
+    /// When the gateway observed the change.
+    pub at: SystemTime,
+    /// Generation of the first table that shows the change.
+    pub generation: u64,
+    /// Context for operators: the data IDs that name the node.
+    pub detail: String,
+}
+
+/// Runs until `shutdown` or until both watches are gone, keeping `table` current and
+/// sending every health transition on `changes`.
+pub(crate) async fn feed(
+    table: RoutingTable,
+    mut mappings: watch::Receiver<Watched<MappingSnapshot>>,
+    mut health: watch::Receiver<Watched<HealthSnapshot>>,
+    changes: broadcast::Sender<HealthChange>,
+    shutdown: CancellationToken,
+) {
+    let mut reachable: Option<bool> = None;
+    let mut outage_started: Option<SystemTime> = None;
+    loop {
+        let (next, transitions) = {
+            let m = mappings.borrow_and_update();
+            let h = health.borrow_and_update();
+            build(&table.current(), &m, &h, SystemTime::now())
+        };
+        if let Some(next) = next {
+            log_reachability(&next, &mut reachable, &mut outage_started);
+            let generation = next.generation();
+            table.publish(next);
+            for mut change in transitions {
+                change.generation = generation;
+                info!(node = %change.node_id, from = change.from.map_or("-", status_name), to = status_name(change.to), "node health changed");
+                // No receiver is fine: nobody is watching.
+                let _ = changes.send(change);
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = mappings.changed() => if r.is_err() && health.has_changed().is_err() { return },
+            r = health.changed() => if r.is_err() && mappings.has_changed().is_err() { return },
+        }
+    }
+}
+
+/// The next table after `prev` given the watches' current values, and the health
+/// transitions it contains; `None` if nothing changed.
+pub(crate) fn build(
+    prev: &Table,
+    mappings: &Watched<MappingSnapshot>,
+    health: &Watched<HealthSnapshot>,
+    now: SystemTime,
+) -> (Option<Table>, Vec<HealthChange>) {
+    let mut next: Option<Table> = None;
+    let mut changes = Vec::new();
+
+    if let Some(snapshot) = &mappings.value
+        && (!prev.mappings_loaded || mappings.generation != prev.mappings_generation)
+    {
+        let before = prev.mapping_count();
+        if before > 0 && snapshot.mappings.is_empty() {
+            error!(
+                mappings_before = before,
+                problems = snapshot.problems.len(),
+                "every mapping vanished from Consul at once; was a dev-mode (in-memory) Consul \
+                 restarted or the KV prefix deleted? GetNodeForData now answers NOT_FOUND for them"
+            );
+        }
+        let mut t = prev.with_mappings(Some(snapshot));
+        t.mappings_generation = mappings.generation;
+        next = Some(t);
+    }
+
+    if let Some(snapshot) = &health.value
+        && (!prev.health_loaded || health.generation != prev.health_generation)
+    {
+        let base = next.as_ref().unwrap_or(prev);
+        let transitions = ec_discovery::transitions(&base.health, snapshot, now);
+        let mut t = base.with_health(snapshot, &transitions);
+        t.health_generation = health.generation;
+        changes = transitions
+            .into_iter()
+            .map(|tr| {
+                let serves: Vec<String> = t
+                    .nodes()
+                    .into_iter()
+                    .find(|n| n.node_id == tr.node_id)
+                    .map(|n| n.data_ids.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default();
+                HealthChange {
+                    detail: if serves.is_empty() {
+                        String::new()
+                    } else {
+                        format!("mapped for {}", serves.join(", "))
+                    },
+                    node_id: tr.node_id,
+                    address: tr.address,
+                    from: tr.from,
+                    to: tr.to,
+                    at: tr.at,
+                    generation: 0,
+                }
+            })
+            .collect();
+        next = Some(t);
+    }
+
+    let freshness = Freshness {
+        consul_reachable: mappings.reachable && health.reachable,
+        last_contact: match (mappings.last_contact, health.last_contact) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        },
+        last_error: mappings
+            .last_error
+            .clone()
+            .or_else(|| health.last_error.clone()),
+    };
+    let base = next.as_ref().unwrap_or(prev);
+    if *base.freshness() != freshness {
+        next = Some(base.with_freshness(freshness));
+    }
+    (next, changes)
+}
+
+fn log_reachability(
+    next: &Table,
+    reachable: &mut Option<bool>,
+    outage_started: &mut Option<SystemTime>,
+) {
+    let f = next.freshness();
+    let now_reachable = f.consul_reachable;
+    if *reachable == Some(now_reachable) {
+        return;
+    }
+    let had_contact = f.last_contact.is_some();
+    if now_reachable {
+        match outage_started.take() {
+            Some(t) => info!(
+                outage_secs = t.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                mappings = next.mapping_count(),
+                nodes = next.node_count(),
+                "Consul reachable again; routing table is fresh"
+            ),
+            None => info!(
+                mappings = next.mapping_count(),
+                nodes = next.node_count(),
+                "routing table loaded from Consul"
+            ),
+        }
+    } else if had_contact || reachable.is_some() || f.last_error.is_some() {
+        *outage_started = Some(SystemTime::now());
+        warn!(
+            error = f.last_error.as_deref().unwrap_or("-"),
+            mappings = next.mapping_count(),
+            nodes = next.node_count(),
+            "Consul unreachable; routing from the last table until it returns (GetStatus shows the staleness)"
+        );
+    } else {
+        // Still waiting for the very first answer: not an outage yet.
+        return;
+    }
+    *reachable = Some(now_reachable);
+}
+
+/// Lower-case name of a status, for logs and messages.
+pub fn status_name(s: NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Passing => "passing",
+        NodeStatus::Warning => "warning",
+        NodeStatus::Critical => "critical",
+        NodeStatus::Gone => "gone",
+    }
+}

@@ -1,0 +1,323 @@
+//! The data path through the gateway: `Subscribe` (reading through the SDK's resumable
+//! stream over the routing table) and publish forwarding to the primary.
+//!
+//! Reading reuses `ec_client::resumable_stream`, the one resumable stream of the project,
+//! with a [`TableResolver`]: candidates are the table's usable nodes, passing ones first in
+//! mapping order, so the primary (the node that has every acknowledged write first) is tried
+//! first. The resolver's `until_unhealthy` resolves as soon as a table shows the serving node
+//! critical, gone, disallowed or no longer mapped, so the stream moves on without waiting for
+//! the TCP connection to break; a killed node breaks the connection anyway and the stream
+//! resumes from the last delivered offset + 1 on the next candidate.
+//!
+//! Writing goes to the primary only: `Publish` resolves it per request, `PublishStream` per
+//! request too (keeping one upstream stream per primary node), and a primary that is not
+//! usable is `UNAVAILABLE` naming it. Nothing is retried elsewhere: a publish is not
+//! idempotent.
+//!
+//! Every producer task stops when its client leaves (the channel closes) or the gateway
+//! shuts down (the token), so open streams never hold up graceful shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ec_client::{
+    Candidate, ChannelCache, ClientError, DataId, Delivery, Resolver, StreamOptions,
+    resumable_stream,
+};
+use ec_proto::node_client::NodeClient;
+use ec_proto::{EventBatch, PublishAcks, PublishRequest, PublishResponse};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::routing::{NodeRoute, RoutingTable};
+
+/// Largest message forwarded; the nodes' own limit is far below it.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Batches buffered between a subscription's producer and its client.
+const SUBSCRIBE_BUFFER: usize = 4;
+/// Requests of one `PublishStream` buffered towards one primary.
+const UPSTREAM_BUFFER: usize = 1024;
+
+/// Candidates for a data ID from the routing table: the gateway's own [`Resolver`].
+pub(crate) struct TableResolver {
+    pub(crate) table: RoutingTable,
+}
+
+#[tonic::async_trait]
+impl Resolver for TableResolver {
+    async fn candidates(&self, data_id: &DataId) -> Result<Vec<Candidate>, ClientError> {
+        match self.table.current().candidates(data_id) {
+            Ok(nodes) => Ok(nodes
+                .into_iter()
+                .map(|n| Candidate::new(n.node_id, n.address))
+                .collect()),
+            Err(e) => Err(ClientError::Rpc {
+                rpc: "route",
+                target: "the gateway's routing table".into(),
+                data_id: data_id.to_string(),
+                status: Status::from(e),
+            }),
+        }
+    }
+
+    async fn until_unhealthy(&self, data_id: &DataId, node_id: &str) {
+        let mut tables = self.table.subscribe();
+        loop {
+            if !tables.borrow_and_update().serves(data_id, node_id) {
+                debug!(%data_id, node = node_id, "routing table no longer routes to the serving node");
+                return;
+            }
+            if tables.changed().await.is_err() {
+                // The table is gone: the gateway is shutting down and ends the stream itself.
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Sends `item` unless the client left or the gateway shuts down; `false` means stop.
+pub(crate) async fn deliver<T>(
+    tx: &mpsc::Sender<T>,
+    item: T,
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(item) => sent.is_ok(),
+        () = shutdown.cancelled() => false,
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the gateway is shutting down; resume on another gateway")
+}
+
+/// Streams `data_id` through the resumable stream for one `Subscribe` call.
+pub(crate) fn subscribe(
+    table: RoutingTable,
+    channels: ChannelCache,
+    data_id: DataId,
+    opts: StreamOptions,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Result<EventBatch, Status>> {
+    let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
+    tokio::spawn(async move {
+        let id = data_id.to_string();
+        let mut stream =
+            resumable_stream(Arc::new(TableResolver { table }), channels, data_id, opts);
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = tx.closed() => return,
+                () = shutdown.cancelled() => {
+                    let _ = tx.try_send(Err(shutting_down()));
+                    return;
+                }
+            };
+            let out = match item {
+                None => return,
+                Some(Ok(Delivery::Batch { node_id, events })) => Ok(EventBatch {
+                    data_id: id.clone(),
+                    events: events.into_iter().map(Into::into).collect(),
+                    node_id,
+                }),
+                Some(Ok(Delivery::Failover {
+                    from,
+                    to,
+                    resume_at,
+                    reason,
+                })) => {
+                    info!(data_id = %id, from = from.as_deref().unwrap_or("-"), %to, %resume_at, %reason, "subscription moved to another node");
+                    continue;
+                }
+                Some(Err(e)) => {
+                    warn!(data_id = %id, error = %e, "subscription ended with an error");
+                    let _ = deliver(&tx, Err(e.to_status()), &shutdown).await;
+                    return;
+                }
+            };
+            if !deliver(&tx, out, &shutdown).await {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A node's answer, with the node named so the client knows who refused.
+fn from_node(node: &NodeRoute, status: Status) -> Status {
+    Status::new(
+        status.code(),
+        format!(
+            "primary node {} ({}): {}",
+            node.node_id,
+            node.address,
+            status.message()
+        ),
+    )
+}
+
+fn node_client(channels: &ChannelCache, node: &NodeRoute) -> Result<NodeClient<Channel>, Status> {
+    let channel = channels.get(&node.address).map_err(|e| e.to_status())?;
+    Ok(NodeClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// The usable primary of `data_id`, or the status to answer.
+fn primary_of(table: &RoutingTable, data_id: &str) -> Result<NodeRoute, Status> {
+    let data_id = DataId::parse(data_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(table.current().primary(&data_id)?)
+}
+
+/// Forwards one `Publish` to the data ID's primary.
+pub(crate) async fn publish(
+    table: &RoutingTable,
+    channels: &ChannelCache,
+    req: PublishRequest,
+) -> Result<PublishResponse, Status> {
+    let primary = primary_of(table, &req.data_id)?;
+    node_client(channels, &primary)?
+        .publish(req)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| from_node(&primary, s))
+}
+
+/// Forwards one `PublishStream` to the primaries of the data IDs it carries.
+pub(crate) fn publish_stream(
+    table: RoutingTable,
+    channels: ChannelCache,
+    inbound: Streaming<PublishRequest>,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Result<PublishAcks, Status>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(forward_stream(table, channels, inbound, tx, shutdown));
+    ReceiverStream::new(rx)
+}
+
+/// One upstream `PublishStream` to a primary.
+struct Upstream {
+    requests: mpsc::Sender<PublishRequest>,
+    node: NodeRoute,
+}
+
+/// The loop behind [`publish_stream`]. Requests go to their data ID's current primary, one
+/// upstream stream per node; acknowledgements from all upstreams are merged. When a request
+/// cannot be routed, the gateway stops reading, lets the upstreams acknowledge what they
+/// already have, then ends the stream with the routing error.
+async fn forward_stream(
+    table: RoutingTable,
+    channels: ChannelCache,
+    mut inbound: Streaming<PublishRequest>,
+    out: mpsc::Sender<Result<PublishAcks, Status>>,
+    shutdown: CancellationToken,
+) {
+    let mut upstreams: HashMap<String, Upstream> = HashMap::new();
+    let (acks_tx, mut acks_rx) = mpsc::channel::<Result<PublishAcks, Status>>(16);
+    // Taken when no more upstreams will open, so `acks_rx` ends once they are all done.
+    let mut acks_tx = Some(acks_tx);
+    let mut failure: Option<Status> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = out.try_send(Err(shutting_down()));
+                return;
+            }
+            ack = acks_rx.recv() => match ack {
+                Some(Ok(acks)) => {
+                    if !deliver(&out, Ok(acks), &shutdown).await {
+                        return;
+                    }
+                }
+                Some(Err(status)) => {
+                    let _ = deliver(&out, Err(status), &shutdown).await;
+                    return;
+                }
+                None => {
+                    if let Some(status) = failure {
+                        let _ = deliver(&out, Err(status), &shutdown).await;
+                    }
+                    return;
+                }
+            },
+            msg = inbound.message(), if acks_tx.is_some() => match msg {
+                Ok(Some(req)) => {
+                    let routed = match primary_of(&table, &req.data_id) {
+                        Ok(primary) => open_upstream(&mut upstreams, &channels, primary, acks_tx.as_ref()).await,
+                        Err(status) => Err(status),
+                    };
+                    let sent = match routed {
+                        Ok(upstream) => upstream.requests.send(req).await.map_err(|_| {
+                            // Its reader task saw the stream fail and reports why on `acks`.
+                            Status::unavailable(format!("the publish stream to primary node {} closed", upstream.node.node_id))
+                        }),
+                        Err(status) => Err(status),
+                    };
+                    if let Err(status) = sent {
+                        debug!(%status, "publish stream stops: a request cannot be forwarded");
+                        failure = Some(status);
+                        upstreams.clear();
+                        acks_tx = None;
+                    }
+                }
+                Ok(None) => {
+                    upstreams.clear();
+                    acks_tx = None;
+                }
+                Err(status) => {
+                    debug!(%status, "publish stream ended by the client");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// The upstream to `primary`, opened on first use.
+async fn open_upstream<'a>(
+    upstreams: &'a mut HashMap<String, Upstream>,
+    channels: &ChannelCache,
+    primary: NodeRoute,
+    acks: Option<&mpsc::Sender<Result<PublishAcks, Status>>>,
+) -> Result<&'a Upstream, Status> {
+    if !upstreams.contains_key(&primary.node_id) {
+        let Some(acks) = acks.cloned() else {
+            return Err(Status::internal("publish stream already closing"));
+        };
+        let (tx, rx) = mpsc::channel(UPSTREAM_BUFFER);
+        let mut stream = node_client(channels, &primary)?
+            .publish_stream(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| from_node(&primary, s))?
+            .into_inner();
+        let node = primary.clone();
+        tokio::spawn(async move {
+            loop {
+                let item = match stream.message().await {
+                    Ok(Some(acks)) => Ok(acks),
+                    Ok(None) => return,
+                    Err(status) => Err(from_node(&node, status)),
+                };
+                let failed = item.is_err();
+                if acks.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        upstreams.insert(
+            primary.node_id.clone(),
+            Upstream {
+                requests: tx,
+                node: primary.clone(),
+            },
+        );
+    }
+    upstreams
+        .get(&primary.node_id)
+        .ok_or_else(|| Status::internal("upstream vanished"))
+}

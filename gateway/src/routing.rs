@@ -1,0 +1,841 @@
+//! The routing table: which nodes hold a data ID and which of them may serve it right now,
+//! answered from memory.
+//!
+//! A [`Table`] is an immutable picture built from the last mapping snapshot and the last
+//! health snapshot the Consul watches delivered (see `feed.rs`); [`RoutingTable`] publishes
+//! the current one. Readers take an `Arc<Table>` and answer without locking anything for
+//! longer than a pointer copy, and never ask Consul.
+//!
+//! Rules kept here (and nowhere else):
+//! - A node is *usable* when Consul reports it passing or warning, it is named by the
+//!   mapping, and it is allowed (`gateway.allowed_nodes` empty, or listing it). Critical,
+//!   maintenance, deregistered and never-registered nodes are never routed to; neither are
+//!   nodes outside a non-empty allow-list.
+//! - Readers prefer passing nodes: candidates are the passing nodes in mapping order, then
+//!   the warning ones in mapping order. A warning node still answers (its check says "degraded",
+//!   not "down"), so it is better than nothing, but it is never chosen while a passing node is
+//!   there. `GetNodeForData` picks round-robin among the passing candidates (among the warning
+//!   ones only when none passes).
+//! - Writers go to the mapping's first node, the primary, and only there: a primary that is not
+//!   usable is an error naming it, never a silent write to another node. A warning primary is
+//!   usable for writes (it still accepts them).
+//! - Until both watches have delivered a first snapshot the table is *not loaded*: every
+//!   answer is "unavailable, try again", never "no such mapping" (which clients treat as final).
+//! - When Consul goes away the last table stays in force: the watches keep their last good
+//!   snapshot, and only the freshness fields change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use ec_core::{DataId, NodeId};
+use ec_discovery::{HealthSnapshot, Mapping, MappingProblem, MappingSnapshot, NodeStatus};
+use tokio::sync::watch;
+
+/// A node as the router sees it: where to reach it and how healthy it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRoute {
+    /// The node's ID (its Consul service ID).
+    pub node_id: String,
+    /// `host:port` of its gRPC server, as registered in Consul; empty if it is not registered.
+    pub address: String,
+    /// Its aggregate health.
+    pub status: NodeStatus,
+}
+
+/// The answer to "where do I read this data ID".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The node picked for this request (round-robin among the preferred candidates).
+    pub chosen: NodeRoute,
+    /// The mapping's first node, where writes go (whether or not it is usable).
+    pub primary: NodeId,
+    /// Every usable node of the mapping: passing ones in mapping order, then warning ones.
+    pub candidates: Vec<NodeRoute>,
+}
+
+/// Why a node of a mapping cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// Consul reports it critical (or in maintenance).
+    Critical,
+    /// Not registered in Consul: deregistered, or never started.
+    NotRegistered,
+    /// Not listed in a non-empty `gateway.allowed_nodes`.
+    NotAllowed,
+}
+
+impl fmt::Display for Unusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unusable::Critical => "critical in Consul",
+            Unusable::NotRegistered => "not registered in Consul",
+            Unusable::NotAllowed => "not in gateway.allowed_nodes",
+        })
+    }
+}
+
+/// Why the table cannot route a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The data ID has no (valid) mapping.
+    #[error(
+        "data ID {data_id} has no mapping; create one with PutMapping or \
+         `scripts/setup-consul.sh --data-id={data_id} --node-id=NODE`"
+    )]
+    NotFound {
+        /// The data ID asked for.
+        data_id: DataId,
+    },
+    /// The mapping exists but none of its nodes is usable.
+    #[error("no healthy node holds data ID {data_id}: {}", list_unusable(.nodes))]
+    NoHealthyNode {
+        /// The data ID asked for.
+        data_id: DataId,
+        /// Every node of the mapping with the reason it cannot be used, in mapping order.
+        nodes: Vec<(NodeId, Unusable)>,
+    },
+    /// Writes go to the primary only, and it cannot be used.
+    #[error(
+        "the primary node {primary} of data ID {data_id} is unavailable ({why}); nothing was \
+         written: writes go only to the primary"
+    )]
+    PrimaryUnavailable {
+        /// The data ID written to.
+        data_id: DataId,
+        /// The mapping's first node.
+        primary: NodeId,
+        /// Why it cannot be used.
+        why: Unusable,
+    },
+    /// The gateway has not received its first snapshots from Consul yet.
+    #[error("the routing table is not loaded yet: Consul has not answered since the gateway started{}", last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    NotLoaded {
+        /// The watches' last error, if any.
+        last_error: Option<String>,
+    },
+}
+
+fn list_unusable(nodes: &[(NodeId, Unusable)]) -> String {
+    nodes
+        .iter()
+        .map(|(n, why)| format!("{n} {why}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What a node's health was when the table was built, with when it entered that state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    /// The node's ID.
+    pub node_id: String,
+    /// `host:port` of its gRPC server; empty if never registered.
+    pub address: String,
+    /// Aggregate health; [`NodeStatus::Gone`] for a node named by a mapping but not registered.
+    pub status: NodeStatus,
+    /// When the gateway saw it enter `status`; `None` if it never saw the node at all.
+    pub since: Option<SystemTime>,
+    /// Checks passing, of `checks_total`.
+    pub checks_passing: u32,
+    /// Checks of the node and its service.
+    pub checks_total: u32,
+    /// Data IDs whose mapping names this node.
+    pub data_ids: Vec<DataId>,
+}
+
+/// A mapping with each node's state, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingView {
+    /// The mapping as stored in Consul.
+    pub mapping: Mapping,
+    /// Its nodes in mapping order, with address and health.
+    pub nodes: Vec<NodeRoute>,
+}
+
+/// How fresh the table is: whether the watches reach Consul.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// Both watches' last query succeeded.
+    pub consul_reachable: bool,
+    /// The older of the two watches' last successful answers: everything in the table was
+    /// confirmed at least then.
+    pub last_contact: Option<SystemTime>,
+    /// The error of the last failed query, while a watch is failing.
+    pub last_error: Option<String>,
+}
+
+impl Freshness {
+    /// How long the table has gone unconfirmed at `now`: zero while both watches are
+    /// connected (a blocking query in progress would report any change), else the time since
+    /// the last contact (or `None` if Consul was never reached).
+    pub fn staleness(&self, now: SystemTime) -> Option<Duration> {
+        if self.consul_reachable {
+            return Some(Duration::ZERO);
+        }
+        self.last_contact
+            .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
+    }
+}
+
+/// One mapping and its round-robin position; the position is carried over from table to
+/// table so that rebuilding the table does not restart the rotation.
+#[derive(Debug, Clone)]
+struct Routed {
+    mapping: Mapping,
+    turn: Arc<AtomicUsize>,
+}
+
+/// The node allow-list: empty means every node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList(BTreeSet<String>);
+
+impl AllowList {
+    /// An allow-list of `nodes`; empty allows everyone.
+    pub fn new(nodes: impl IntoIterator<Item = NodeId>) -> AllowList {
+        AllowList(nodes.into_iter().map(|n| n.to_string()).collect())
+    }
+
+    /// Whether `node_id` may be routed to and may register.
+    pub fn allows(&self, node_id: &str) -> bool {
+        self.0.is_empty() || self.0.contains(node_id)
+    }
+
+    /// Whether the list restricts anything.
+    pub fn is_restricted(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+/// An immutable picture of mappings and node health. Cheap to share (`Arc<Table>`).
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Bumps on every rebuild.
+    generation: u64,
+    /// Whether each watch has delivered a snapshot.
+    pub(crate) mappings_loaded: bool,
+    pub(crate) health_loaded: bool,
+    /// Generations of the watch snapshots this table was built from, to notice new ones.
+    pub(crate) mappings_generation: u64,
+    pub(crate) health_generation: u64,
+    mappings: BTreeMap<DataId, Routed>,
+    problems: Vec<MappingProblem>,
+    /// The last health snapshot, for transitions.
+    pub(crate) health: HealthSnapshot,
+    /// When each node entered its current status; kept for gone nodes a mapping still names.
+    since: BTreeMap<String, SystemTime>,
+    /// Last known address of nodes that left Consul, while a mapping still names them.
+    gone_addresses: BTreeMap<String, String>,
+    allowed: Arc<AllowList>,
+    freshness: Freshness,
+}
+
+impl Table {
+    /// An empty, not yet loaded table.
+    pub fn empty(allowed: AllowList) -> Table {
+        Table {
+            generation: 0,
+            mappings_loaded: false,
+            health_loaded: false,
+            mappings_generation: 0,
+            health_generation: 0,
+            mappings: BTreeMap::new(),
+            problems: Vec::new(),
+            health: HealthSnapshot {
+                nodes: BTreeMap::new(),
+                index: 0,
+            },
+            since: BTreeMap::new(),
+            gone_addresses: BTreeMap::new(),
+            allowed: Arc::new(allowed),
+            freshness: Freshness::default(),
+        }
+    }
+
+    /// A table built from `prev` with a new mapping snapshot (if `Some`).
+    pub fn with_mappings(&self, snapshot: Option<&MappingSnapshot>) -> Table {
+        let mut next = self.clone();
+        next.generation += 1;
+        if let Some(snapshot) = snapshot {
+            next.mappings_loaded = true;
+            next.mappings = snapshot
+                .mappings
+                .iter()
+                .map(|(data_id, mapping)| {
+                    let turn = self
+                        .mappings
+                        .get(data_id)
+                        .map(|r| r.turn.clone())
+                        .unwrap_or_default();
+                    (
+                        data_id.clone(),
+                        Routed {
+                            mapping: mapping.clone(),
+                            turn,
+                        },
+                    )
+                })
+                .collect();
+            next.problems = snapshot.problems.clone();
+            next.prune_gone();
+        }
+        next
+    }
+
+    /// A table built from `prev` with a new health snapshot, observed at `at`; `changes`
+    /// are the transitions between the previous snapshot and this one.
+    pub fn with_health(
+        &self,
+        snapshot: &HealthSnapshot,
+        changes: &[ec_discovery::HealthTransition],
+    ) -> Table {
+        let mut next = self.clone();
+        next.generation += 1;
+        next.health_loaded = true;
+        for change in changes {
+            next.since.insert(change.node_id.clone(), change.at);
+            if change.to == NodeStatus::Gone {
+                next.gone_addresses
+                    .insert(change.node_id.clone(), change.address.clone());
+            } else {
+                next.gone_addresses.remove(&change.node_id);
+            }
+        }
+        next.health = snapshot.clone();
+        next.prune_gone();
+        next
+    }
+
+    /// A table identical to this one but for its freshness.
+    pub fn with_freshness(&self, freshness: Freshness) -> Table {
+        let mut next = self.clone();
+        next.generation += 1;
+        next.freshness = freshness;
+        next
+    }
+
+    /// Forgets gone nodes no mapping names any more, so the table does not grow with every
+    /// node ID ever seen.
+    fn prune_gone(&mut self) {
+        let named: BTreeSet<&str> = self
+            .mappings
+            .values()
+            .flat_map(|r| r.mapping.nodes.iter().map(NodeId::as_str))
+            .collect();
+        let health = &self.health;
+        self.gone_addresses
+            .retain(|node, _| named.contains(node.as_str()) && !health.nodes.contains_key(node));
+        self.since
+            .retain(|node, _| health.nodes.contains_key(node) || named.contains(node.as_str()));
+    }
+
+    /// Bumps on every rebuild; a watcher of the table compares it to skip old events.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether both watches have delivered a snapshot.
+    pub fn is_loaded(&self) -> bool {
+        self.mappings_loaded && self.health_loaded
+    }
+
+    /// How fresh the table is.
+    pub fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+
+    /// The allow-list in force.
+    pub fn allowed(&self) -> &AllowList {
+        &self.allowed
+    }
+
+    /// Number of valid mappings.
+    pub fn mapping_count(&self) -> usize {
+        self.mappings.len()
+    }
+
+    /// Number of nodes registered in Consul.
+    pub fn node_count(&self) -> usize {
+        self.health.nodes.len()
+    }
+
+    /// The mapping of `data_id`, if there is a valid one.
+    pub fn mapping(&self, data_id: &DataId) -> Option<&Mapping> {
+        self.mappings.get(data_id).map(|r| &r.mapping)
+    }
+
+    fn not_loaded(&self) -> Option<RouteError> {
+        (!self.is_loaded()).then(|| RouteError::NotLoaded {
+            last_error: self.freshness.last_error.clone(),
+        })
+    }
+
+    /// `node_id` as a route, or why it cannot be used.
+    fn node(&self, node_id: &str) -> Result<NodeRoute, Unusable> {
+        if !self.allowed.allows(node_id) {
+            return Err(Unusable::NotAllowed);
+        }
+        let Some(health) = self.health.nodes.get(node_id) else {
+            return Err(Unusable::NotRegistered);
+        };
+        match health.status {
+            NodeStatus::Passing | NodeStatus::Warning => Ok(NodeRoute {
+                node_id: node_id.to_owned(),
+                address: health.address.clone(),
+                status: health.status,
+            }),
+            NodeStatus::Critical => Err(Unusable::Critical),
+            NodeStatus::Gone => Err(Unusable::NotRegistered),
+        }
+    }
+
+    /// The usable nodes of `data_id`'s mapping, passing ones first (mapping order within
+    /// each group), so the primary comes first when it passes.
+    pub fn candidates(&self, data_id: &DataId) -> Result<Vec<NodeRoute>, RouteError> {
+        self.candidates_with_turn(data_id).map(|(c, _)| c)
+    }
+
+    fn candidates_with_turn(
+        &self,
+        data_id: &DataId,
+    ) -> Result<(Vec<NodeRoute>, &AtomicUsize), RouteError> {
+        if let Some(e) = self.not_loaded() {
+            return Err(e);
+        }
+        let routed = self
+            .mappings
+            .get(data_id)
+            .ok_or_else(|| RouteError::NotFound {
+                data_id: data_id.clone(),
+            })?;
+        let mut passing = Vec::with_capacity(routed.mapping.nodes.len());
+        let mut warning = Vec::new();
+        let mut unusable = Vec::new();
+        for node in &routed.mapping.nodes {
+            match self.node(node.as_str()) {
+                Ok(r) if r.status == NodeStatus::Passing => passing.push(r),
+                Ok(r) => warning.push(r),
+                Err(why) => unusable.push((node.clone(), why)),
+            }
+        }
+        if passing.is_empty() && warning.is_empty() {
+            return Err(RouteError::NoHealthyNode {
+                data_id: data_id.clone(),
+                nodes: unusable,
+            });
+        }
+        passing.extend(warning);
+        Ok((passing, &routed.turn))
+    }
+
+    /// Where to read `data_id`: a node picked round-robin among the passing candidates (the
+    /// warning ones when none passes), with all candidates and the primary.
+    pub fn route(&self, data_id: &DataId) -> Result<Route, RouteError> {
+        let (candidates, turn) = self.candidates_with_turn(data_id)?;
+        let preferred = candidates
+            .iter()
+            .take_while(|c| c.status == candidates[0].status)
+            .count();
+        let i = turn.fetch_add(1, Ordering::Relaxed) % preferred;
+        let primary = self
+            .mapping(data_id)
+            .map(|m| m.primary().clone())
+            .ok_or_else(|| RouteError::NotFound {
+                data_id: data_id.clone(),
+            })?;
+        Ok(Route {
+            chosen: candidates[i].clone(),
+            primary,
+            candidates,
+        })
+    }
+
+    /// Where to write `data_id`: its primary, if usable.
+    pub fn primary(&self, data_id: &DataId) -> Result<NodeRoute, RouteError> {
+        if let Some(e) = self.not_loaded() {
+            return Err(e);
+        }
+        let mapping = self.mapping(data_id).ok_or_else(|| RouteError::NotFound {
+            data_id: data_id.clone(),
+        })?;
+        let primary = mapping.primary();
+        self.node(primary.as_str())
+            .map_err(|why| RouteError::PrimaryUnavailable {
+                data_id: data_id.clone(),
+                primary: primary.clone(),
+                why,
+            })
+    }
+
+    /// Whether `node_id` may keep serving readers of `data_id`: the mapping still names it
+    /// and it is usable. `true` while the table is not loaded (nothing is known yet).
+    pub fn serves(&self, data_id: &DataId, node_id: &str) -> bool {
+        if !self.is_loaded() {
+            return true;
+        }
+        self.mapping(data_id)
+            .is_some_and(|m| m.nodes.iter().any(|n| n.as_str() == node_id))
+            && self.node(node_id).is_ok()
+    }
+
+    /// The state of one node, registered or only named by a mapping.
+    fn node_state(&self, node_id: &str, data_ids: Vec<DataId>) -> NodeState {
+        let since = self.since.get(node_id).copied();
+        match self.health.nodes.get(node_id) {
+            Some(h) => NodeState {
+                node_id: node_id.to_owned(),
+                address: h.address.clone(),
+                status: h.status,
+                since,
+                checks_passing: h.checks_passing,
+                checks_total: h.checks_total,
+                data_ids,
+            },
+            None => NodeState {
+                node_id: node_id.to_owned(),
+                address: self
+                    .gone_addresses
+                    .get(node_id)
+                    .cloned()
+                    .unwrap_or_default(),
+                status: NodeStatus::Gone,
+                since,
+                checks_passing: 0,
+                checks_total: 0,
+                data_ids,
+            },
+        }
+    }
+
+    /// Every node registered in Consul, plus every node a mapping names that is not
+    /// registered (as gone), sorted by ID.
+    pub fn nodes(&self) -> Vec<NodeState> {
+        let mut data_ids: BTreeMap<&str, Vec<DataId>> = self
+            .health
+            .nodes
+            .keys()
+            .map(|n| (n.as_str(), Vec::new()))
+            .collect();
+        for (data_id, routed) in &self.mappings {
+            for node in &routed.mapping.nodes {
+                data_ids
+                    .entry(node.as_str())
+                    .or_default()
+                    .push(data_id.clone());
+            }
+        }
+        data_ids
+            .into_iter()
+            .map(|(node, ids)| self.node_state(node, ids))
+            .collect()
+    }
+
+    /// Every valid mapping with its nodes' health, and the problems: keys whose value is not
+    /// a valid mapping, and mappings naming nodes the allow-list excludes.
+    pub fn mappings(&self) -> (Vec<MappingView>, Vec<MappingProblem>) {
+        let mut problems = self.problems.clone();
+        let views = self
+            .mappings
+            .values()
+            .map(|routed| {
+                let nodes = routed
+                    .mapping
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let state = self.node_state(n.as_str(), Vec::new());
+                        if !self.allowed.allows(n.as_str()) {
+                            problems.push(MappingProblem {
+                                key: routed.mapping.data_id.to_string(),
+                                reason: format!(
+                                    "node {n} is not in gateway.allowed_nodes; it is never routed to"
+                                ),
+                            });
+                        }
+                        NodeRoute {
+                            node_id: state.node_id,
+                            address: state.address,
+                            status: state.status,
+                        }
+                    })
+                    .collect();
+                MappingView {
+                    mapping: routed.mapping.clone(),
+                    nodes,
+                }
+            })
+            .collect();
+        (views, problems)
+    }
+}
+
+/// The current [`Table`], shared by the service, the proxy's resolvers and the feeder.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RoutingTable {
+    current: Arc<watch::Sender<Arc<Table>>>,
+}
+
+impl RoutingTable {
+    /// A routing table that is not loaded yet and routes only to `allowed` nodes (all if empty).
+    pub fn new(allowed: AllowList) -> RoutingTable {
+        let (tx, _) = watch::channel(Arc::new(Table::empty(allowed)));
+        RoutingTable {
+            current: Arc::new(tx),
+        }
+    }
+
+    /// The table in force now.
+    pub fn current(&self) -> Arc<Table> {
+        self.current.borrow().clone()
+    }
+
+    /// A receiver that wakes on every new table.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Table>> {
+        self.current.subscribe()
+    }
+
+    /// Puts `table` in force.
+    pub fn publish(&self, table: Table) {
+        self.current.send_replace(Arc::new(table));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ec_discovery::{HealthTransition, NodeHealth};
+
+    use super::*;
+
+    fn id(s: &str) -> DataId {
+        DataId::parse(s).expect("valid")
+    }
+
+    fn node(s: &str) -> NodeId {
+        NodeId::parse(s).expect("valid")
+    }
+
+    fn mapping(data_id: &str, nodes: &[&str]) -> Mapping {
+        Mapping {
+            data_id: id(data_id),
+            nodes: nodes.iter().map(|n| node(n)).collect(),
+            modify_index: 7,
+        }
+    }
+
+    fn mappings(ms: &[Mapping]) -> MappingSnapshot {
+        MappingSnapshot {
+            mappings: ms.iter().map(|m| (m.data_id.clone(), m.clone())).collect(),
+            problems: vec![],
+            index: 1,
+        }
+    }
+
+    fn health(nodes: &[(&str, NodeStatus)]) -> HealthSnapshot {
+        HealthSnapshot {
+            nodes: nodes
+                .iter()
+                .map(|(n, s)| {
+                    (
+                        (*n).to_owned(),
+                        NodeHealth {
+                            node_id: (*n).to_owned(),
+                            address: format!("{n}:1"),
+                            status: *s,
+                            checks_passing: u32::from(*s == NodeStatus::Passing),
+                            checks_total: 1,
+                            meta: BTreeMap::new(),
+                        },
+                    )
+                })
+                .collect(),
+            index: 1,
+        }
+    }
+
+    fn table(allowed: &[&str], ms: &[Mapping], h: &[(&str, NodeStatus)]) -> Table {
+        let t = Table::empty(AllowList::new(allowed.iter().map(|n| node(n))));
+        let h = health(h);
+        let changes = ec_discovery::transitions(&t.health, &h, SystemTime::UNIX_EPOCH);
+        t.with_mappings(Some(&mappings(ms)))
+            .with_health(&h, &changes)
+    }
+
+    fn ids(nodes: &[NodeRoute]) -> Vec<&str> {
+        nodes.iter().map(|n| n.node_id.as_str()).collect()
+    }
+
+    use NodeStatus::{Critical, Passing, Warning};
+
+    #[test]
+    fn not_loaded_is_unavailable_not_not_found() {
+        let t = Table::empty(AllowList::default());
+        assert!(matches!(
+            t.route(&id("d")),
+            Err(RouteError::NotLoaded { .. })
+        ));
+        let t = t.with_mappings(Some(&mappings(&[])));
+        assert!(matches!(
+            t.primary(&id("d")),
+            Err(RouteError::NotLoaded { .. })
+        ));
+        assert!(t.serves(&id("d"), "n1"), "nothing known: keep serving");
+    }
+
+    #[test]
+    fn round_robin_over_passing_nodes_then_warning_ones() {
+        let t = table(
+            &[],
+            &[mapping("d", &["n1", "n2", "n3", "n4"])],
+            &[
+                ("n1", Warning),
+                ("n2", Passing),
+                ("n3", Critical),
+                ("n4", Passing),
+            ],
+        );
+        let picks: Vec<String> = (0..4)
+            .map(|_| t.route(&id("d")).expect("route").chosen.node_id)
+            .collect();
+        assert_eq!(picks, ["n2", "n4", "n2", "n4"]);
+        let route = t.route(&id("d")).expect("route");
+        assert_eq!(ids(&route.candidates), ["n2", "n4", "n1"]);
+        assert_eq!(route.primary.as_str(), "n1");
+        assert_eq!(route.chosen.address, "n2:1");
+
+        // Only warning nodes left: they are used.
+        let t = table(
+            &[],
+            &[mapping("d", &["n1", "n2"])],
+            &[("n1", Warning), ("n2", Warning)],
+        );
+        let picks: Vec<String> = (0..3)
+            .map(|_| t.route(&id("d")).expect("route").chosen.node_id)
+            .collect();
+        assert_eq!(picks, ["n1", "n2", "n1"]);
+    }
+
+    #[test]
+    fn rotation_survives_a_rebuild() {
+        let t = table(
+            &[],
+            &[mapping("d", &["n1", "n2"])],
+            &[("n1", Passing), ("n2", Passing)],
+        );
+        assert_eq!(t.route(&id("d")).expect("route").chosen.node_id, "n1");
+        let t = t.with_freshness(Freshness::default());
+        assert_eq!(t.route(&id("d")).expect("route").chosen.node_id, "n2");
+    }
+
+    #[test]
+    fn errors_name_the_data_id_and_each_node() {
+        let t = table(
+            &["n1", "n2"],
+            &[mapping("d", &["n1", "n2", "n3"])],
+            &[("n1", Critical), ("n3", Passing)],
+        );
+        assert_eq!(
+            t.route(&id("x")),
+            Err(RouteError::NotFound { data_id: id("x") })
+        );
+        let err = t.route(&id("d")).expect_err("none usable");
+        assert_eq!(
+            err,
+            RouteError::NoHealthyNode {
+                data_id: id("d"),
+                nodes: vec![
+                    (node("n1"), Unusable::Critical),
+                    (node("n2"), Unusable::NotRegistered),
+                    (node("n3"), Unusable::NotAllowed),
+                ],
+            }
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("n1 critical") && msg.contains("n3 not in gateway.allowed_nodes"),
+            "{msg}"
+        );
+        let err = t.primary(&id("d")).expect_err("primary critical");
+        assert!(err.to_string().contains("primary node n1"), "{err}");
+        assert!(!t.serves(&id("d"), "n3"));
+        assert!(!t.serves(&id("d"), "n1"));
+    }
+
+    #[test]
+    fn primary_is_the_first_node_and_warning_is_usable_for_writes() {
+        let t = table(
+            &[],
+            &[mapping("d", &["n2", "n1"])],
+            &[("n1", Passing), ("n2", Warning)],
+        );
+        assert_eq!(t.primary(&id("d")).expect("usable").node_id, "n2");
+        assert!(t.serves(&id("d"), "n2"));
+        assert!(!t.serves(&id("d"), "n9"), "not in the mapping");
+    }
+
+    #[test]
+    fn nodes_list_registered_and_mapped_ones_with_their_data_ids_and_since() {
+        let t = table(
+            &[],
+            &[mapping("a", &["n1", "n2"]), mapping("b", &["n2"])],
+            &[("n1", Passing), ("n9", Critical)],
+        );
+        let nodes = t.nodes();
+        let by_id: BTreeMap<&str, &NodeState> =
+            nodes.iter().map(|n| (n.node_id.as_str(), n)).collect();
+        assert_eq!(by_id.len(), 3);
+        assert_eq!(by_id["n1"].data_ids, [id("a")]);
+        assert_eq!(by_id["n2"].status, NodeStatus::Gone);
+        assert_eq!(by_id["n2"].data_ids, [id("a"), id("b")]);
+        assert_eq!(by_id["n2"].since, None);
+        assert_eq!(by_id["n9"].status, Critical);
+        assert_eq!(by_id["n1"].since, Some(SystemTime::UNIX_EPOCH));
+
+        // n1 leaves Consul: it stays listed as gone with its last address while mapped.
+        let later = SystemTime::UNIX_EPOCH + Duration::from_secs(5);
+        let h = health(&[("n9", Critical)]);
+        let changes: Vec<HealthTransition> = ec_discovery::transitions(&t.health, &h, later);
+        let t = t.with_health(&h, &changes);
+        let n1 = t
+            .nodes()
+            .into_iter()
+            .find(|n| n.node_id == "n1")
+            .expect("n1");
+        assert_eq!(
+            (n1.status, n1.since, n1.address.as_str()),
+            (NodeStatus::Gone, Some(later), "n1:1")
+        );
+    }
+
+    #[test]
+    fn mappings_report_nodes_outside_the_allow_list() {
+        let t = table(
+            &["n1"],
+            &[mapping("a", &["n1", "n2"])],
+            &[("n1", Passing), ("n2", Passing)],
+        );
+        let (views, problems) = t.mappings();
+        assert_eq!(ids(&views[0].nodes), ["n1", "n2"]);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].reason.contains("n2"), "{:?}", problems[0]);
+        assert_eq!(ids(&t.route(&id("a")).expect("route").candidates), ["n1"]);
+    }
+
+    #[test]
+    fn staleness_is_zero_while_reachable() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let mut f = Freshness {
+            consul_reachable: true,
+            last_contact: Some(SystemTime::UNIX_EPOCH),
+            last_error: None,
+        };
+        assert_eq!(f.staleness(now), Some(Duration::ZERO));
+        f.consul_reachable = false;
+        assert_eq!(f.staleness(now), Some(Duration::from_secs(100)));
+        f.last_contact = None;
+        assert_eq!(f.staleness(now), None);
+    }
+}

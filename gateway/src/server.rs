@@ -1,0 +1,183 @@
+//! Runs a gateway: starts the Consul watches and the feeder, serves `streaming.Gateway`,
+//! `grpc.health.v1.Health` and reflection, and shuts down in an order that ends cleanly.
+//!
+//! Shutdown order, once `shutdown` is cancelled: report NOT_SERVING so load balancers stop
+//! sending traffic; stop accepting connections and end every open stream (the streams'
+//! producers watch the same token) while unary calls in flight finish; then stop the watches
+//! and the feeder. Only then does [`run`] return.
+//!
+//! gRPC health stays SERVING while Consul is unreachable: the gateway keeps answering from
+//! its last table, which is more useful than refusing; `GetStatus` reports the staleness.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use ec_client::ChannelCache;
+use ec_core::NodeId;
+use ec_discovery::{ConsulClient, MappingStore, watch_health, watch_mappings};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::feed::feed;
+use crate::routing::{AllowList, RoutingTable};
+use crate::service::GatewayService;
+
+/// The Consul service name storage nodes register under (`ec_node::SERVICE_NAME`; a test
+/// checks that the two agree).
+pub const NODE_SERVICE_NAME: &str = "streaming-node";
+
+/// Health transitions kept for `WatchHealth` streams that fall behind; a watcher further
+/// behind gets a fresh snapshot instead.
+const HEALTH_EVENTS_BUFFER: usize = 1024;
+
+/// Everything a gateway needs to run, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Base URL of the Consul agent's HTTP API, e.g. `http://127.0.0.1:8500`.
+    pub consul_url: String,
+    /// ACL token sent to Consul, if any.
+    pub consul_token: Option<String>,
+    /// `consul.kv_prefix`: where the mappings live.
+    pub kv_prefix: String,
+    /// `gateway.allowed_nodes`: the only nodes routed to and allowed to register; empty
+    /// means every node.
+    pub allowed_nodes: Vec<NodeId>,
+    /// How long one blocking query may wait in Consul. Changes arrive at once whatever it
+    /// is; it only bounds how long a silently vanished Consul goes unnoticed.
+    pub watch_wait: Duration,
+}
+
+impl GatewaySettings {
+    /// Settings for the Consul agent at `consul_url` with the default prefix, no allow-list
+    /// and a 30 s watch wait.
+    pub fn new(consul_url: impl Into<String>) -> GatewaySettings {
+        GatewaySettings {
+            consul_url: consul_url.into(),
+            consul_token: None,
+            kv_prefix: "streaming/data/".into(),
+            allowed_nodes: Vec::new(),
+            watch_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listener could not report its address.
+    #[error("listener has no local address: {0}")]
+    Listener(#[source] std::io::Error),
+    /// The Consul address is unusable.
+    #[error("consul: {0}")]
+    Consul(#[from] ec_discovery::DiscoveryError),
+    /// The reflection service could not be built.
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("grpc server on {addr}: {source}")]
+    Serve {
+        /// Address served.
+        addr: SocketAddr,
+        /// What tonic reported.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Runs a gateway on `listener` until `shutdown` is cancelled, then drains and returns.
+pub async fn run(
+    settings: GatewaySettings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let addr = listener.local_addr().map_err(GatewayError::Listener)?;
+    let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
+    let store = MappingStore::new(consul.clone(), &settings.kv_prefix);
+    let tasks = TaskTracker::new();
+
+    // Stopped last: the table keeps being fed while streams drain.
+    let stop_watches = CancellationToken::new();
+    // Stops the server and every stream producer.
+    let stop_serving = CancellationToken::new();
+
+    let mappings = watch_mappings(store.clone(), settings.watch_wait, stop_watches.clone());
+    let health = watch_health(
+        consul,
+        NODE_SERVICE_NAME,
+        settings.watch_wait,
+        stop_watches.clone(),
+    );
+    let table = RoutingTable::new(AllowList::new(settings.allowed_nodes.iter().cloned()));
+    let (changes, _) = broadcast::channel(HEALTH_EVENTS_BUFFER);
+    tasks.spawn(feed(
+        table.clone(),
+        mappings,
+        health,
+        changes.clone(),
+        stop_watches.clone(),
+    ));
+
+    let service = GatewayService {
+        table,
+        store,
+        channels: ChannelCache::default(),
+        changes,
+        shutdown: stop_serving.clone(),
+        started: SystemTime::now(),
+    };
+    let (reporter, grpc_health) = tonic_health::server::health_reporter();
+    type Server = ec_proto::gateway_server::GatewayServer<GatewayService>;
+    reporter.set_serving::<Server>().await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ec_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let gateway = Server::new(service)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(grpc_health)
+        .add_service(reflection)
+        .add_service(gateway)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stop_serving.clone().cancelled_owned(),
+        );
+    let mut serve_task = tokio::spawn(serve);
+    info!(%addr, consul = %settings.consul_url, kv_prefix = %settings.kv_prefix, "gateway serving");
+
+    let served = tokio::select! {
+        () = shutdown.cancelled() => None,
+        r = &mut serve_task => Some(r),
+    };
+    info!("shutting down: ending streams");
+    reporter.set_not_serving::<Server>().await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    stop_serving.cancel();
+    let served = match served {
+        Some(r) => r,
+        None => serve_task.await,
+    };
+    stop_watches.cancel();
+    tasks.close();
+    tasks.wait().await;
+    info!("gateway stopped");
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(GatewayError::Serve { addr, source }),
+        Err(join) => {
+            error!(error = %join, "grpc server task panicked");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The `streaming.Gateway` gRPC service: a thin layer that checks requests, asks the routing
+//! table, the mapping store or the proxy, and converts the answers back.
+//!
+//! Reads (`GetNodeForData`, `ListMappings`, `ListNodes`, `GetStatus`) answer from the table
+//! in memory, never from Consul, so they keep working while Consul is away. Writes to
+//! mappings (`RegisterNode`, `PutMapping`, `DeleteMapping`) go to Consul with
+//! check-and-set; the table follows through the watch.
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use ec_client::{ChannelCache, StreamOptions};
+use ec_core::{DataId, NodeId, Offset, TimestampMs};
+use ec_discovery::MappingStore;
+use ec_proto::gateway_server::Gateway;
+use ec_proto::{
+    DeleteMappingRequest, DeleteMappingResponse, EventBatch, GatewayStatus, GetNodeRequest,
+    GetNodeResponse, GetStatusRequest, HealthEvent, HealthStatus, ListMappingsRequest,
+    ListMappingsResponse, ListNodesRequest, ListNodesResponse, NodeInfo, PublishAcks,
+    PublishRequest, PublishResponse, PutMappingRequest, PutMappingResponse, RegisterNodeRequest,
+    RegisterNodeResponse, StartFrom, StreamRequest, WatchHealthRequest,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::convert::{epoch_ms, health_status, mapping_status};
+use crate::feed::HealthChange;
+use crate::proxy::{self, deliver};
+use crate::routing::{MappingView, NodeRoute, RoutingTable, Table};
+
+/// Health events buffered towards one `WatchHealth` client.
+const WATCH_BUFFER: usize = 256;
+
+/// What the gRPC layer needs from the gateway.
+#[derive(Clone)]
+pub(crate) struct GatewayService {
+    pub(crate) table: RoutingTable,
+    pub(crate) store: MappingStore,
+    /// Channels to the nodes, shared by every proxied stream and publish.
+    pub(crate) channels: ChannelCache,
+    /// Health transitions from the feeder; one channel for all `WatchHealth` streams.
+    pub(crate) changes: broadcast::Sender<HealthChange>,
+    /// Cancelled when the gateway shuts down: ends every open stream.
+    pub(crate) shutdown: CancellationToken,
+    /// When the gateway started: the staleness reference before Consul ever answered.
+    pub(crate) started: SystemTime,
+}
+
+type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+fn parse_data_id(s: &str) -> Result<DataId, Status> {
+    DataId::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn parse_node_id(s: &str) -> Result<NodeId, Status> {
+    NodeId::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// A `StreamRequest` as resumable-stream options.
+fn stream_options(req: &StreamRequest) -> Result<(DataId, StreamOptions), Status> {
+    let data_id = parse_data_id(&req.data_id)?;
+    let start = match StartFrom::try_from(req.start) {
+        Ok(StartFrom::Offset) => {
+            let offset = u64::try_from(req.offset).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "offset {} is negative; offsets start at 0",
+                    req.offset
+                ))
+            })?;
+            ec_client::Start::Offset(Offset(offset))
+        }
+        Ok(StartFrom::Earliest) => ec_client::Start::Earliest,
+        Ok(StartFrom::Latest) => ec_client::Start::Latest,
+        Ok(StartFrom::Timestamp) => ec_client::Start::Time(TimestampMs(req.start_timestamp)),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "start {} is not a StartFrom value (0 offset, 1 earliest, 2 latest, 3 timestamp)",
+                req.start
+            )));
+        }
+    };
+    let opts = StreamOptions::from_start(start)
+        .follow(req.follow.unwrap_or(true))
+        .max_count((req.max_count > 0).then_some(req.max_count));
+    Ok((data_id, opts))
+}
+
+/// The mapping with each node's current state from `table`.
+fn view(table: &Table, mapping: ec_discovery::Mapping) -> MappingView {
+    let states = table.nodes();
+    let nodes = mapping
+        .nodes
+        .iter()
+        .map(|n| {
+            states
+                .iter()
+                .find(|s| s.node_id == n.as_str())
+                .map(|s| NodeRoute {
+                    node_id: s.node_id.clone(),
+                    address: s.address.clone(),
+                    status: s.status,
+                })
+                .unwrap_or(NodeRoute {
+                    node_id: n.to_string(),
+                    address: String::new(),
+                    status: ec_discovery::NodeStatus::Gone,
+                })
+        })
+        .collect();
+    MappingView { mapping, nodes }
+}
+
+/// The state of every node as `initial` health events.
+fn snapshot_events(table: &Table) -> Vec<HealthEvent> {
+    table
+        .nodes()
+        .into_iter()
+        .map(|n| HealthEvent {
+            node_id: n.node_id,
+            from: HealthStatus::Unknown as i32,
+            to: health_status(n.status) as i32,
+            at: epoch_ms(n.since),
+            initial: true,
+            address: n.address,
+            detail: mapped_for(&n.data_ids),
+        })
+        .collect()
+}
+
+fn mapped_for(ids: &[DataId]) -> String {
+    if ids.is_empty() {
+        String::new()
+    } else {
+        let ids: Vec<&str> = ids.iter().map(DataId::as_str).collect();
+        format!("mapped for {}", ids.join(", "))
+    }
+}
+
+fn change_event(c: HealthChange) -> HealthEvent {
+    HealthEvent {
+        node_id: c.node_id,
+        from: c.from.map_or(HealthStatus::Unknown, health_status) as i32,
+        to: health_status(c.to) as i32,
+        at: epoch_ms(Some(c.at)),
+        initial: false,
+        address: c.address,
+        detail: c.detail,
+    }
+}
+
+/// Sends the table's current state; returns the table generation it reflects, or `None`
+/// if the watcher is gone.
+async fn send_snapshot(
+    table: &RoutingTable,
+    tx: &mpsc::Sender<Result<HealthEvent, Status>>,
+    shutdown: &CancellationToken,
+) -> Option<u64> {
+    let current = table.current();
+    for event in snapshot_events(&current) {
+        if !deliver(tx, Ok(event), shutdown).await {
+            return None;
+        }
+    }
+    Some(current.generation())
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    async fn get_node_for_data(
+        &self,
+        req: Request<GetNodeRequest>,
+    ) -> Result<Response<GetNodeResponse>, Status> {
+        let data_id = parse_data_id(&req.get_ref().data_id)?;
+        let route = self.table.current().route(&data_id)?;
+        Ok(Response::new(GetNodeResponse {
+            node_address: route.chosen.address,
+            node_id: route.chosen.node_id,
+            primary_node_id: route.primary.to_string(),
+            candidates: route.candidates.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id, node = %req.get_ref().node_id))]
+    async fn register_node(
+        &self,
+        req: Request<RegisterNodeRequest>,
+    ) -> Result<Response<RegisterNodeResponse>, Status> {
+        let req = req.into_inner();
+        let node = parse_node_id(&req.node_id)?;
+        let data_id = parse_data_id(&req.data_id)?;
+        if !self.table.current().allowed().allows(node.as_str()) {
+            warn!("refused a node outside gateway.allowed_nodes");
+            return Err(Status::permission_denied(format!(
+                "node {node} is not in gateway.allowed_nodes; the gateway neither maps nor routes to it"
+            )));
+        }
+        let mapping = self
+            .store
+            .add_node(&data_id, &node)
+            .await
+            .map_err(mapping_status)?;
+        info!(mapping = %mapping.value(), modify_index = mapping.modify_index, "node registered");
+        Ok(Response::new(RegisterNodeResponse {
+            success: true,
+            message: format!(
+                "node {node} holds data ID {data_id}; mapping is now {} (ModifyIndex {})",
+                mapping.value(),
+                mapping.modify_index
+            ),
+        }))
+    }
+
+    type SubscribeStream = ResponseStream<EventBatch>;
+
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    async fn subscribe(
+        &self,
+        req: Request<StreamRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let (data_id, opts) = stream_options(req.get_ref())?;
+        // Refuse at once what cannot be served now (no mapping, no usable node), rather
+        // than opening a stream that waits silently.
+        self.table.current().candidates(&data_id)?;
+        let stream = proxy::subscribe(
+            self.table.clone(),
+            self.channels.clone(),
+            data_id,
+            opts,
+            self.shutdown.clone(),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id, events = req.get_ref().events.len()))]
+    async fn publish(
+        &self,
+        req: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        proxy::publish(&self.table, &self.channels, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type PublishStreamStream = ResponseStream<PublishAcks>;
+
+    async fn publish_stream(
+        &self,
+        req: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let stream = proxy::publish_stream(
+            self.table.clone(),
+            self.channels.clone(),
+            req.into_inner(),
+            self.shutdown.clone(),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_mappings(
+        &self,
+        _req: Request<ListMappingsRequest>,
+    ) -> Result<Response<ListMappingsResponse>, Status> {
+        let (views, problems) = self.table.current().mappings();
+        Ok(Response::new(ListMappingsResponse {
+            mappings: views.into_iter().map(Into::into).collect(),
+            problems: problems
+                .into_iter()
+                .map(|p| ec_proto::MappingProblem {
+                    key: p.key,
+                    reason: p.reason,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    async fn put_mapping(
+        &self,
+        req: Request<PutMappingRequest>,
+    ) -> Result<Response<PutMappingResponse>, Status> {
+        let req = req.into_inner();
+        let data_id = parse_data_id(&req.data_id)?;
+        if req.node_ids.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "the mapping of data ID {data_id} needs at least one node ID (the first is the primary); use DeleteMapping to remove it"
+            )));
+        }
+        let nodes = req
+            .node_ids
+            .iter()
+            .map(|n| parse_node_id(n.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let written = if req.force {
+            self.store.put_force(&data_id, &nodes).await
+        } else {
+            let expected = (req.expected_modify_index != 0).then_some(req.expected_modify_index);
+            self.store.put(&data_id, &nodes, expected).await
+        }
+        .map_err(mapping_status)?;
+        info!(mapping = %written.value(), modify_index = written.modify_index, force = req.force, "mapping written");
+        Ok(Response::new(PutMappingResponse {
+            mapping: Some(view(&self.table.current(), written).into()),
+        }))
+    }
+
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    async fn delete_mapping(
+        &self,
+        req: Request<DeleteMappingRequest>,
+    ) -> Result<Response<DeleteMappingResponse>, Status> {
+        let req = req.into_inner();
+        let data_id = parse_data_id(&req.data_id)?;
+        if req.force {
+            self.store.delete_force(&data_id).await
+        } else if req.expected_modify_index == 0 {
+            return Err(Status::invalid_argument(format!(
+                "deleting the mapping of data ID {data_id} needs its expected_modify_index (from ListMappings), or force"
+            )));
+        } else {
+            self.store.delete(&data_id, req.expected_modify_index).await
+        }
+        .map_err(mapping_status)?;
+        info!(force = req.force, "mapping deleted");
+        Ok(Response::new(DeleteMappingResponse {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let nodes = self
+            .table
+            .current()
+            .nodes()
+            .into_iter()
+            .map(|n| NodeInfo {
+                node_id: n.node_id,
+                address: n.address,
+                status: health_status(n.status) as i32,
+                since: epoch_ms(n.since),
+                checks_passing: n.checks_passing,
+                checks_total: n.checks_total,
+                data_ids: n.data_ids.iter().map(ToString::to_string).collect(),
+            })
+            .collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    type WatchHealthStream = ResponseStream<HealthEvent>;
+
+    async fn watch_health(
+        &self,
+        _req: Request<WatchHealthRequest>,
+    ) -> Result<Response<Self::WatchHealthStream>, Status> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let table = self.table.clone();
+        let changes = self.changes.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            // Subscribe before reading the table: a transition published in between is then
+            // either in the table (skipped by generation) or in the channel, never lost.
+            let mut rx_changes = changes.subscribe();
+            let Some(mut seen) = send_snapshot(&table, &tx, &shutdown).await else {
+                return;
+            };
+            loop {
+                let change = tokio::select! {
+                    c = rx_changes.recv() => c,
+                    () = tx.closed() => return,
+                    () = shutdown.cancelled() => return,
+                };
+                match change {
+                    Ok(c) if c.generation <= seen => {}
+                    Ok(c) => {
+                        if !deliver(&tx, Ok(change_event(c)), &shutdown).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        // Too slow to keep up: restate the whole picture instead of failing.
+                        warn!(
+                            missed,
+                            "a health watcher fell behind; sending it a fresh snapshot"
+                        );
+                        rx_changes = changes.subscribe();
+                        match send_snapshot(&table, &tx, &shutdown).await {
+                            Some(generation) => seen = generation,
+                            None => return,
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_status(
+        &self,
+        _req: Request<GetStatusRequest>,
+    ) -> Result<Response<GatewayStatus>, Status> {
+        let table = self.table.current();
+        let f = table.freshness();
+        let now = SystemTime::now();
+        let staleness = f
+            .staleness(now)
+            .unwrap_or_else(|| now.duration_since(self.started).unwrap_or_default());
+        Ok(Response::new(GatewayStatus {
+            consul_reachable: f.consul_reachable,
+            last_consul_contact: epoch_ms(f.last_contact),
+            staleness_ms: u64::try_from(staleness.as_millis()).unwrap_or(u64::MAX),
+            mappings: table.mapping_count() as u64,
+            nodes: table.node_count() as u64,
+            last_error: f.last_error.clone().unwrap_or_default(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_requests_become_options_or_invalid_argument() {
+        let (d, opts) = stream_options(&StreamRequest {
+            data_id: "d".into(),
+            offset: 5,
+            follow: Some(false),
+            max_count: 3,
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(d.as_str(), "d");
+        assert_eq!(opts.start, ec_client::Start::Offset(Offset(5)));
+        assert!(!opts.follow);
+        assert_eq!(opts.max_count, Some(3));
+
+        let (_, opts) = stream_options(&StreamRequest {
+            data_id: "d".into(),
+            start: StartFrom::Latest as i32,
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(opts.start, ec_client::Start::Latest);
+        assert!(opts.follow, "absent follow means follow");
+        assert_eq!(opts.max_count, None);
+
+        for bad in [
+            StreamRequest {
+                data_id: "../x".into(),
+                ..Default::default()
+            },
+            StreamRequest {
+                data_id: "d".into(),
+                offset: -1,
+                ..Default::default()
+            },
+            StreamRequest {
+                data_id: "d".into(),
+                start: 42,
+                ..Default::default()
+            },
+        ] {
+            let err = stream_options(&bad).expect_err("invalid");
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        }
+    }
+}

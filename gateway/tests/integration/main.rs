@@ -1,0 +1,12 @@
+//! Integration tests of `ec-gateway` against a real Consul agent and real nodes: in-process
+//! `ec_node::run` servers registered in that Consul, and node processes killed with SIGKILL
+//! for the failover guarantee.
+
+// Helpers in `util` are shared by the test modules of this one binary; nothing is exported.
+#![allow(unreachable_pub)]
+
+mod failover;
+mod mappings;
+mod routing;
+mod service;
+mod util;
