@@ -14,6 +14,12 @@ impl From<LogError> for Status {
             LogError::NotFound { .. } => Status::not_found(msg),
             LogError::BelowRetention { .. } => Status::out_of_range(msg),
             LogError::EmptyBatch => Status::invalid_argument(msg),
+            LogError::Fenced { .. } => Status::failed_precondition(msg),
+            // Replication's own bookkeeping: a replica and its primary disagree.
+            LogError::OutOfSequence { .. }
+            | LogError::EpochRegression { .. }
+            | LogError::WouldHideVisible { .. }
+            | LogError::SkipBackwards { .. } => Status::failed_precondition(msg),
             LogError::Closed | LogError::CommitterStopped => Status::unavailable(msg),
             LogError::Storage { .. }
             | LogError::Corrupt { .. }

@@ -86,8 +86,8 @@ fn to_info(s: StreamStats) -> StreamInfo {
     StreamInfo {
         data_id: s.data_id.to_string(),
         earliest_offset: s.earliest.0,
-        next_offset: s.next.0,
-        event_count: s.events,
+        next_offset: s.high_watermark.0,
+        event_count: s.high_watermark.0.saturating_sub(s.earliest.0),
         bytes: s.bytes,
         first_timestamp: s.first_timestamp.map_or(0, |t| t.0),
         last_timestamp: s.last_timestamp.map_or(0, |t| t.0),

@@ -1,7 +1,7 @@
 //! Server-streaming reads: one producer task per stream, a bounded channel, a `ReceiverStream`.
 //!
 //! The producer reads the durable log in batches from the reader's next offset. When it has
-//! caught up with the readable end it waits on the log's watch of that end, so a committed
+//! caught up with the readable end (the high watermark) it waits on the log's watch of it, so a committed
 //! event wakes every follower at once and nobody polls. Readers never hold events in memory
 //! beyond one batch plus the bounded channel: a slow reader simply reads behind from disk,
 //! and it never blocks publishers or other readers.
@@ -26,21 +26,24 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Resolves the start of `req` against the log, or fails before the stream starts.
 ///
 /// An offset below the retained range is `OUT_OF_RANGE` naming the earliest offset; beyond the
-/// end it is `OUT_OF_RANGE` unless the reader follows, in which case it waits for the data.
+/// readable end (the high watermark) it is `OUT_OF_RANGE` unless the reader follows, in which
+/// case it waits for the data. "Latest" is the high watermark: a reader never learns of an
+/// offset that is not yet safe to read.
 pub(crate) fn resolve_start(log: &EventLog, req: &ReadRequest) -> Result<Offset, Status> {
     let stats = log.stats(&req.data_id)?;
+    let readable = stats.high_watermark;
     match req.start {
         StartPosition::Earliest => Ok(stats.earliest),
-        StartPosition::Latest => Ok(stats.next),
+        StartPosition::Latest => Ok(readable),
         StartPosition::Time(ts) => Ok(log.offset_at_time(&req.data_id, ts)?),
         StartPosition::Offset(o) if o < stats.earliest => Err(Status::out_of_range(format!(
             "offset {o} of data ID {} is below the retained range; the earliest retained offset is {}",
             req.data_id, stats.earliest
         ))),
-        StartPosition::Offset(o) if o > stats.next && !req.follow => {
+        StartPosition::Offset(o) if o > readable && !req.follow => {
             Err(Status::out_of_range(format!(
-                "offset {o} of data ID {} is beyond the end of the log (next offset {}); set follow=true to wait for it",
-                req.data_id, stats.next
+                "offset {o} of data ID {} is beyond the end of the log (next offset {readable}); set follow=true to wait for it",
+                req.data_id
             )))
         }
         StartPosition::Offset(o) => Ok(o),

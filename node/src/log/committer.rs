@@ -13,6 +13,13 @@
 //!   (`Always`: the fdatasync covering it has returned; `Interval`: it is written to the OS).
 //! - No reader can see an event before its batch is durable: readers are bounded by the
 //!   committed state, which is raised after the write/sync.
+//! - The committer is the fence: it reads each stream's [`WriteAccess`] under the writer lock
+//!   and refuses a publish to a stream this node does not lead (and a copied append to a
+//!   stream it does not follow), so once the replication layer has changed a stream's
+//!   access, no batch written afterwards carries the old role's events.
+//! - A publish is stamped with the leader's epoch; a copied append keeps the primary's
+//!   offsets, epochs and timestamps and must start exactly at the stream's end. Whenever the
+//!   epoch changes, the batch also records the new epoch's first offset in the history.
 //! - A failed write or fsync aborts the process (see [`fatal`]); nothing is retried.
 //! - Under `Interval`, a separate syncer thread calls `persist(SyncData)` every interval when
 //!   something was written since the last sync; fjall itself never fsyncs a batch we did not
@@ -33,7 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::record::{self, EVENT_HEADER_LEN, EVENT_KEY_LEN, StreamMeta};
 use super::store::{Store, Stream};
-use super::{Appended, LogError};
+use super::{Appended, Epoch, EpochStart, LogError, WriteAccess};
 
 /// Which stream an append goes to.
 pub(super) enum Target {
@@ -43,10 +50,22 @@ pub(super) enum Target {
     Create(DataId),
 }
 
-/// One publisher's append, waiting for the committer.
+/// Where copied events go and what they carry, one entry per event: a replica stores the
+/// primary's offset, epoch and timestamp unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Copied {
+    pub(super) offset: u64,
+    pub(super) epoch: u64,
+    pub(super) timestamp: i64,
+}
+
+/// One publisher's (or replica's) append, waiting for the committer.
 pub(super) struct AppendRequest {
     pub(super) target: Target,
     pub(super) events: Vec<Bytes>,
+    /// `None`: a publish, the committer assigns offsets, timestamp and epoch. `Some`: events
+    /// copied from the primary, one entry per event.
+    pub(super) copied: Option<Vec<Copied>>,
     /// Where the committer sends the outcome once the events are durable.
     pub(super) reply: oneshot::Sender<Result<Appended, LogError>>,
 }
@@ -133,6 +152,65 @@ struct Touched {
     meta: StreamMeta,
     /// Created by this batch: becomes visible to lookups only once the batch is durable.
     created: bool,
+    /// Epoch of the last event as it will be after the batch (history included).
+    last_epoch: Option<u64>,
+    /// Epochs that start in this batch, in order.
+    new_epochs: Vec<EpochStart>,
+}
+
+impl Touched {
+    /// Records that an event of `epoch` lands at `offset`, starting a new epoch if needed.
+    fn note_epoch(&mut self, epoch: u64, offset: u64) {
+        if self.last_epoch != Some(epoch) {
+            self.new_epochs.push(EpochStart {
+                epoch: Epoch(epoch),
+                start: Offset(offset),
+            });
+            self.last_epoch = Some(epoch);
+        }
+    }
+}
+
+/// Why one request of a batch is refused before anything of it is written.
+fn check_copied(
+    stream: &Stream,
+    access: WriteAccess,
+    t: &Touched,
+    events: &[Bytes],
+    copied: &[Copied],
+) -> Result<(), LogError> {
+    if access != WriteAccess::Replica {
+        return Err(LogError::Fenced {
+            data_id: stream.data_id.clone(),
+            access,
+        });
+    }
+    let expected = t.meta.next;
+    let first = copied.first().map(|c| c.offset);
+    let dense = copied
+        .iter()
+        .enumerate()
+        .all(|(i, c)| c.offset == expected + i as u64);
+    if copied.len() != events.len() || !dense {
+        return Err(LogError::OutOfSequence {
+            data_id: stream.data_id.clone(),
+            expected: Offset(expected),
+            got: Offset(first.unwrap_or(expected)),
+        });
+    }
+    let mut last = t.last_epoch.unwrap_or(0);
+    for c in copied {
+        if c.epoch < last {
+            return Err(LogError::EpochRegression {
+                data_id: stream.data_id.clone(),
+                offset: Offset(c.offset),
+                epoch: Epoch(c.epoch),
+                last: Epoch(last),
+            });
+        }
+        last = c.epoch;
+    }
+    Ok(())
 }
 
 /// Writes one batch for `requests`, makes it durable, publishes it, answers publishers.
@@ -159,8 +237,13 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                     Some(stream) => stream,
                     None => {
                         let number = store.next_number.fetch_add(1, Ordering::Relaxed);
-                        let stream =
-                            Arc::new(Stream::new(data_id.clone(), number, StreamMeta::default()));
+                        let stream = Arc::new(Stream::new(
+                            data_id.clone(),
+                            number,
+                            StreamMeta::default(),
+                            Vec::new(),
+                            WriteAccess::Open,
+                        ));
                         created.insert(data_id, number);
                         touched.insert(
                             number,
@@ -168,6 +251,8 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                                 stream: stream.clone(),
                                 meta: StreamMeta::default(),
                                 created: true,
+                                last_epoch: None,
+                                new_epochs: Vec::new(),
                             },
                         );
                         stream
@@ -175,51 +260,115 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                 },
             },
         };
+        let access = stream.access();
         let entry = match touched.entry(stream.number) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let meta = *stream.state();
+                let last_epoch = stream.epochs().last().map(|e| e.epoch.0);
                 entry.insert(Touched {
                     stream: stream.clone(),
                     meta,
                     created: false,
+                    last_epoch,
+                    new_epochs: Vec::new(),
                 })
             }
         };
-        let meta = &mut entry.meta;
-        // Timestamps never go backwards within a stream, even if the wall clock does.
-        let ts = meta.last_ts.map_or(now, |last| last.max(now));
-        let first = meta.next;
-        for event in &request.events {
-            batch.insert(
-                &store.events,
-                record::event_key(stream.number, meta.next),
-                record::encode_event(ts, event),
-            );
-            meta.next += 1;
-            meta.bytes += event.len() as u64;
-        }
-        if first == meta.earliest {
-            meta.first_ts = Some(ts);
-        }
-        meta.last_ts = Some(ts);
-        replies.push((
-            request.reply,
-            Ok(Appended {
-                first: Offset(first),
-                last: Offset(meta.next - 1),
-                timestamp: TimestampMs(ts),
-            }),
-        ));
+        let first = entry.meta.next;
+        let result = match &request.copied {
+            None => {
+                let epoch = match access {
+                    // Outside any mapping the stream keeps the epoch it has.
+                    WriteAccess::Open => entry.last_epoch.unwrap_or(0),
+                    WriteAccess::Leader(epoch) => epoch.0,
+                    WriteAccess::Replica | WriteAccess::Closed => {
+                        replies.push((
+                            request.reply,
+                            Err(LogError::Fenced {
+                                data_id: stream.data_id.clone(),
+                                access,
+                            }),
+                        ));
+                        continue;
+                    }
+                };
+                // Timestamps never go backwards within a stream, even if the wall clock does.
+                let ts = entry.meta.last_ts.map_or(now, |last| last.max(now));
+                entry.note_epoch(epoch, first);
+                for event in &request.events {
+                    batch.insert(
+                        &store.events,
+                        record::event_key(stream.number, entry.meta.next),
+                        record::encode_event(ts, epoch, event),
+                    );
+                    entry.meta.next += 1;
+                    entry.meta.bytes += event.len() as u64;
+                }
+                if first == entry.meta.earliest {
+                    entry.meta.first_ts = Some(ts);
+                }
+                entry.meta.last_ts = Some(ts);
+                Appended {
+                    first: Offset(first),
+                    last: Offset(entry.meta.next - 1),
+                    timestamp: TimestampMs(ts),
+                }
+            }
+            Some(copied) => {
+                if let Err(e) = check_copied(&stream, access, entry, &request.events, copied) {
+                    replies.push((request.reply, Err(e)));
+                    continue;
+                }
+                let mut ts = entry.meta.last_ts;
+                for (event, c) in request.events.iter().zip(copied) {
+                    entry.note_epoch(c.epoch, c.offset);
+                    batch.insert(
+                        &store.events,
+                        record::event_key(stream.number, c.offset),
+                        record::encode_event(c.timestamp, c.epoch, event),
+                    );
+                    entry.meta.next += 1;
+                    entry.meta.bytes += event.len() as u64;
+                    ts = Some(ts.map_or(c.timestamp, |t: i64| t.max(c.timestamp)));
+                    if c.offset == entry.meta.earliest {
+                        entry.meta.first_ts = Some(c.timestamp);
+                    }
+                }
+                entry.meta.last_ts = ts;
+                Appended {
+                    first: Offset(first),
+                    last: Offset(entry.meta.next - 1),
+                    timestamp: TimestampMs(ts.unwrap_or(now)),
+                }
+            }
+        };
+        replies.push((request.reply, Ok(result)));
     }
 
+    // Streams whose every request was refused are left alone.
+    touched.retain(|_, t| {
+        t.created || !t.new_epochs.is_empty() || t.meta.next != t.stream.state().next
+    });
     if !touched.is_empty() {
         for t in touched.values() {
+            let mut meta = t.meta;
+            // What readers may see once this batch is durable, as far as known now; the
+            // stored value may lag the real one, never lead it.
+            let floor = t.stream.floor.load(Ordering::Acquire);
+            meta.hwm = meta.hwm.max(meta.next.min(floor));
             batch.insert(
                 &store.meta,
                 t.stream.number.to_be_bytes(),
-                record::encode_meta(&t.stream.data_id, &t.meta),
+                record::encode_meta(&t.stream.data_id, &meta),
             );
+            for e in &t.new_epochs {
+                batch.insert(
+                    &store.epochs,
+                    record::epoch_key(t.stream.number, e.epoch.0),
+                    e.start.0.to_be_bytes(),
+                );
+            }
         }
         // One journal write and, under `Always`, one fdatasync for the whole batch.
         if let Err(e) = batch.commit() {
@@ -232,8 +381,10 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
 
         let mut new_streams = Vec::new();
         for t in touched.into_values() {
-            *t.stream.state() = t.meta;
-            t.stream.end.send_replace(Offset(t.meta.next));
+            if !t.new_epochs.is_empty() {
+                t.stream.epochs().extend(t.new_epochs.iter().copied());
+            }
+            t.stream.publish(t.meta);
             if t.created {
                 new_streams.push(t.stream);
             }

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`record`] encodes keys, event values and per-stream metadata; [`store`] opens
 //! and recovers the database and serves reads; [`committer`] is the single writer that turns
-//! concurrent appends into one batch and one fsync; [`retention`] trims stream heads.
+//! concurrent appends into one batch and one fsync; [`retention`] trims stream heads;
+//! [`truncate`] rewrites a replica's tail to match its primary.
 //!
 //! Guarantees kept here (the service relies on them):
 //! - Offsets of a data ID are dense, start at 0 and are never reused, also across restarts
@@ -11,8 +12,17 @@
 //! - [`EventLog::append`] resolves only once its events are durable per the [`FsyncPolicy`]:
 //!   under `Always` after the fdatasync covering them, under `Interval` after the write to the
 //!   OS (survives `kill -9`, not a power cut within the interval).
-//! - Readers never see past the readable end, which is raised only after the batch is
-//!   durable; after a crash, recovery serves exactly the last complete batch, never a torn one.
+//! - Readers never see past the high watermark ([`EventLog::read`], [`EventLog::subscribe`]),
+//!   which never exceeds the durable end and only rises. Outside replication it follows the
+//!   durable end; under replication the replication layer bounds it ([`EventLog::set_floor`])
+//!   to what the whole in-sync set holds. Replication itself reads up to the durable end
+//!   ([`EventLog::read_log`]). After a crash, recovery serves exactly the last complete
+//!   batch, never a torn one, and readers see at most the high watermark stored with it.
+//! - Every event carries the leader epoch it was written in, and each stream keeps its epoch
+//!   history ([`EventLog::epochs`]); a replica's copy ([`EventLog::submit_copied`]) keeps the
+//!   primary's offsets, epochs and timestamps, so the stored bytes are identical.
+//! - Who may append is per stream ([`WriteAccess`]) and checked by the committer itself, so a
+//!   fence set by [`EventLog::set_access`] holds for every batch written after it returns.
 //! - A failed write or fsync aborts the process (see `committer::fatal`).
 //! - Publishers are never blocked by readers: readers take no writer lock, read from fjall
 //!   snapshots (block cache, then disk) and hold no per-reader buffers in the log.
@@ -23,6 +33,7 @@ mod retention;
 mod store;
 #[cfg(test)]
 mod tests;
+mod truncate;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -33,9 +44,9 @@ use ec_core::{DataId, Offset, TimestampMs};
 use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use committer::{AppendRequest, Target};
+use committer::{AppendRequest, Copied, Target};
 pub use record::RecordError;
-use store::Store;
+use store::{Bound, Store};
 
 /// Appends queued for the committer before publishers wait (backpressure). Each is one
 /// publisher call, so this bounds queued work to `QUEUE_DEPTH` × the largest publish.
@@ -87,14 +98,74 @@ impl Default for LogOptions {
     }
 }
 
+/// A leader epoch: which primary's term wrote an event. Epochs of a data ID only grow from
+/// one primary to the next; 0 is the epoch of a node writing outside any mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Epoch(pub u64);
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where an epoch begins in a stream's log: its first offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochStart {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Offset of its first event.
+    pub start: Offset,
+}
+
+/// Who may append to a stream on this node. The committer checks it for every append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteAccess {
+    /// Not under any mapping: publishes are taken and keep the stream's last epoch; the high
+    /// watermark follows the durable end.
+    Open,
+    /// This node is the primary in this epoch: publishes are taken and stamped with it.
+    Leader(Epoch),
+    /// This node copies the primary: only [`EventLog::submit_copied`] appends.
+    Replica,
+    /// Nothing is appended (the mapping is unknown yet, or names other nodes).
+    Closed,
+}
+
+impl std::fmt::Display for WriteAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteAccess::Open => f.write_str("standalone"),
+            WriteAccess::Leader(epoch) => write!(f, "primary in epoch {epoch}"),
+            WriteAccess::Replica => f.write_str("replica"),
+            WriteAccess::Closed => f.write_str("closed to writes"),
+        }
+    }
+}
+
 /// One event as read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     /// Position in its stream.
     pub offset: Offset,
-    /// When the committer accepted it (non-decreasing per stream).
+    /// When the primary's committer accepted it (non-decreasing per stream).
     pub timestamp: TimestampMs,
+    /// Leader epoch it was written in.
+    pub epoch: Epoch,
     /// The payload as published.
+    pub data: Bytes,
+}
+
+/// An event copied from the primary, to be stored exactly as the primary stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopiedEvent {
+    /// Its offset on the primary.
+    pub offset: Offset,
+    /// The epoch it was written in.
+    pub epoch: Epoch,
+    /// The primary's timestamp.
+    pub timestamp: TimestampMs,
+    /// The payload.
     pub data: Bytes,
 }
 
@@ -116,8 +187,11 @@ pub struct StreamStats {
     pub data_id: DataId,
     /// First retained offset.
     pub earliest: Offset,
-    /// Readable end: the offset the next event will get.
+    /// Durable end: the offset the next event will get.
     pub next: Offset,
+    /// Readable end for readers (`<= next`): everything below it is durable on the whole
+    /// in-sync set.
+    pub high_watermark: Offset,
     /// Retained events (`next - earliest`).
     pub events: u64,
     /// Retained payload bytes.
@@ -126,6 +200,10 @@ pub struct StreamStats {
     pub first_timestamp: Option<TimestampMs>,
     /// Timestamp of the last retained event, if any.
     pub last_timestamp: Option<TimestampMs>,
+    /// Epoch of the last epoch in the stream's history (0 if none).
+    pub last_epoch: Epoch,
+    /// Who may append right now.
+    pub access: WriteAccess,
 }
 
 /// Why a log operation failed.
@@ -199,6 +277,64 @@ pub enum LogError {
     /// An append carried no events.
     #[error("an append must carry at least one event")]
     EmptyBatch,
+    /// The stream does not take this kind of append on this node right now.
+    #[error("data ID {data_id} takes no publish on this node right now: it is {access} here")]
+    Fenced {
+        /// The stream.
+        data_id: DataId,
+        /// Who may append instead.
+        access: WriteAccess,
+    },
+    /// Copied events do not start at the stream's end (or are not dense).
+    #[error(
+        "copied events of data ID {data_id} start at offset {got}, but the log's end is {expected}"
+    )]
+    OutOfSequence {
+        /// The stream.
+        data_id: DataId,
+        /// The stream's end.
+        expected: Offset,
+        /// Offset of the first copied event.
+        got: Offset,
+    },
+    /// A copied event's epoch is lower than the epoch before it.
+    #[error(
+        "copied event {offset} of data ID {data_id} has epoch {epoch}, below the log's last epoch {last}"
+    )]
+    EpochRegression {
+        /// The stream.
+        data_id: DataId,
+        /// The event.
+        offset: Offset,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The epoch before it.
+        last: Epoch,
+    },
+    /// A truncation would remove events below the high watermark, which readers may have seen.
+    #[error(
+        "refusing to truncate data ID {data_id} to offset {to}: events below the high watermark {hwm} may have been read and are never taken back"
+    )]
+    WouldHideVisible {
+        /// The stream.
+        data_id: DataId,
+        /// Where the truncation was asked to cut.
+        to: Offset,
+        /// The high watermark.
+        hwm: Offset,
+    },
+    /// A skip ahead asked to move a stream backwards.
+    #[error(
+        "cannot skip data ID {data_id} ahead to offset {start}: its log already ends at {next}"
+    )]
+    SkipBackwards {
+        /// The stream.
+        data_id: DataId,
+        /// Where it was asked to start.
+        start: Offset,
+        /// Its end.
+        next: Offset,
+    },
 }
 
 /// An append that is queued; resolves when it is durable (or failed).
@@ -329,11 +465,21 @@ impl EventLog {
                 });
             }
         };
+        self.enqueue(target, events, None).await
+    }
+
+    async fn enqueue(
+        &self,
+        target: Target,
+        events: Vec<Bytes>,
+        copied: Option<Vec<Copied>>,
+    ) -> Result<PendingAppend, LogError> {
         let (reply, answer) = oneshot::channel();
         self.sender()?
             .send(AppendRequest {
                 target,
                 events,
+                copied,
                 reply,
             })
             .await
@@ -341,10 +487,36 @@ impl EventLog {
         Ok(PendingAppend { answer })
     }
 
+    /// Queues events copied from the primary, to be stored at their offsets with their
+    /// epochs and timestamps; the future resolves when they are durable. The stream must
+    /// exist ([`EventLog::ensure`]), be a [`WriteAccess::Replica`], and the first event must
+    /// sit exactly at its end, else the append fails and nothing of it is stored.
+    pub async fn submit_copied(
+        &self,
+        data_id: &DataId,
+        events: Vec<CopiedEvent>,
+    ) -> Result<PendingAppend, LogError> {
+        if events.is_empty() {
+            return Err(LogError::EmptyBatch);
+        }
+        let stream = self.inner.store.existing(data_id)?;
+        let copied = events
+            .iter()
+            .map(|e| Copied {
+                offset: e.offset.0,
+                epoch: e.epoch.0,
+                timestamp: e.timestamp.0,
+            })
+            .collect();
+        let payloads = events.into_iter().map(|e| e.data).collect();
+        self.enqueue(Target::Existing(stream), payloads, Some(copied))
+            .await
+    }
+
     /// Up to `max_events` events (at least one is asked for even if 0) and `max_bytes` of
-    /// payload (but at least one event if any) from `from`, never past the readable end.
+    /// payload (but at least one event if any) from `from`, never past the high watermark.
     /// `from` below the earliest retained offset is `BelowRetention`; `from` at or beyond the
-    /// readable end gives an empty vec.
+    /// high watermark gives an empty vec.
     pub fn read(
         &self,
         data_id: &DataId,
@@ -355,7 +527,22 @@ impl EventLog {
         let stream = self.inner.store.existing(data_id)?;
         self.inner
             .store
-            .read(&stream, from.0, max_events, max_bytes)
+            .read(&stream, from.0, max_events, max_bytes, Bound::Visible)
+    }
+
+    /// Like [`EventLog::read`] but up to the durable end: what a replica copies. Never hand
+    /// these events to a reader.
+    pub fn read_log(
+        &self,
+        data_id: &DataId,
+        from: Offset,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let stream = self.inner.store.existing(data_id)?;
+        self.inner
+            .store
+            .read(&stream, from.0, max_events, max_bytes, Bound::Durable)
     }
 
     /// What the log holds for `data_id`.
@@ -381,17 +568,85 @@ impl EventLog {
         self.inner.store.stream(data_id).is_some()
     }
 
-    /// First retained offset whose timestamp is `>= ts`; the readable end if none.
+    /// First retained offset whose timestamp is `>= ts`; the high watermark if none.
     pub fn offset_at_time(&self, data_id: &DataId, ts: TimestampMs) -> Result<Offset, LogError> {
         let stream = self.inner.store.existing(data_id)?;
         self.inner.store.offset_at_time(&stream, ts.0).map(Offset)
     }
 
-    /// Watches the readable end (exclusive) of `data_id`, raised after each commit that
-    /// touches it; readers `changed().await` to tail without polling. `NotFound` if the
-    /// stream does not exist yet.
+    /// Watches the high watermark (exclusive) of `data_id`: the readable end for readers,
+    /// raised when a commit or the replication layer moves it; readers `changed().await` to
+    /// tail without polling. `NotFound` if the stream does not exist yet.
     pub fn subscribe(&self, data_id: &DataId) -> Result<watch::Receiver<Offset>, LogError> {
+        Ok(self.inner.store.existing(data_id)?.visible.subscribe())
+    }
+
+    /// Watches the durable end (exclusive) of `data_id`: what replicas may copy.
+    pub fn subscribe_end(&self, data_id: &DataId) -> Result<watch::Receiver<Offset>, LogError> {
         Ok(self.inner.store.existing(data_id)?.end.subscribe())
+    }
+
+    /// The high watermark of `data_id`.
+    pub fn high_watermark(&self, data_id: &DataId) -> Result<Offset, LogError> {
+        Ok(Offset(self.inner.store.existing(data_id)?.state().hwm))
+    }
+
+    /// Bounds the high watermark of `data_id` by `floor` (`None`: no bound, it follows the
+    /// durable end) and raises it as far as that allows. It never goes down.
+    pub fn set_floor(&self, data_id: &DataId, floor: Option<Offset>) -> Result<(), LogError> {
+        let stream = self.inner.store.existing(data_id)?;
+        stream.set_floor(floor.map_or(store::NO_FLOOR, |o| o.0));
+        Ok(())
+    }
+
+    /// The epoch history of `data_id`, oldest first.
+    pub fn epochs(&self, data_id: &DataId) -> Result<Vec<EpochStart>, LogError> {
+        Ok(self.inner.store.existing(data_id)?.epochs().clone())
+    }
+
+    /// Who may append to `data_id` (`Open` for a data ID without a stream).
+    pub fn access(&self, data_id: &DataId) -> WriteAccess {
+        self.inner
+            .store
+            .stream(data_id)
+            .map_or(WriteAccess::Open, |s| s.access())
+    }
+
+    /// Creates `data_id`'s stream (empty) if it does not exist, and sets who may append.
+    /// Any access but `Open` marks the stream as coordinated on disk, so that after a
+    /// restart it takes no publish before its mapping is known again. The high watermark's
+    /// floor is reset: `Open` follows the durable end, any other holds until
+    /// [`EventLog::set_floor`].
+    pub async fn ensure(&self, data_id: &DataId, access: WriteAccess) -> Result<(), LogError> {
+        let _open = self.sender()?;
+        let log = self.clone();
+        let data_id = data_id.clone();
+        tokio::task::spawn_blocking(move || log.inner.store.ensure(&data_id, access))
+            .await
+            .unwrap_or(Err(LogError::CommitterStopped))
+    }
+
+    /// Removes every event of `data_id` at or above `to` (a suffix the primary does not
+    /// have); returns how many were removed. Refused below the high watermark.
+    pub async fn truncate(&self, data_id: &DataId, to: Offset) -> Result<u64, LogError> {
+        let _open = self.sender()?;
+        let stream = self.inner.store.existing(data_id)?;
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || truncate::truncate(&log.inner.store, &stream, to.0))
+            .await
+            .unwrap_or(Err(LogError::CommitterStopped))
+    }
+
+    /// Drops every retained event of `data_id` and makes it start, empty, at `start` (the
+    /// primary no longer retains what this node would need to copy). `start` must not be
+    /// below the stream's end.
+    pub async fn skip_to(&self, data_id: &DataId, start: Offset) -> Result<(), LogError> {
+        let _open = self.sender()?;
+        let stream = self.inner.store.existing(data_id)?;
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || truncate::skip_to(&log.inner.store, &stream, start.0))
+            .await
+            .unwrap_or(Err(LogError::CommitterStopped))
     }
 
     /// Applies the retention limits as of `now`; returns (data ID, new earliest) for each

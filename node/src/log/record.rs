@@ -6,10 +6,18 @@
 //!   contiguous and in offset order in the `events` keyspace, and a prefix scan on the stream
 //!   number visits exactly that stream.
 //! - An event value starts with a fixed header (format version, timestamp, epoch) followed by
-//!   the payload, byte for byte as published. The epoch is reserved for replication and is 0.
+//!   the payload, byte for byte as published. The epoch is the leader epoch of the primary
+//!   that first wrote the event (0 for a node that is not under a mapping); a replica stores
+//!   the primary's epoch and timestamp unchanged, so the value is byte-identical on every node.
 //! - A metadata record is keyed by the stream number alone and carries the data ID, so the
 //!   whole stream table is rebuilt by one scan of the `meta` keyspace at open. Every change of
 //!   a stream's events is written in the same atomic batch as its new metadata record.
+//!   Format 2 adds the high watermark (persisted lazily: never above the real one) and flags;
+//!   format 1 records still decode (high watermark = next, no flags), as they were written
+//!   when every durable event was visible.
+//! - An epoch record is keyed by `stream number (u64 BE) ‖ epoch (u64 BE)` and holds the first
+//!   offset written in that epoch: the stream's leader-epoch history, in epoch order, which is
+//!   also offset order. It is written in the batch that stores the epoch's first event.
 //!
 //! Decoding never panics on bad bytes: it returns [`RecordError`] naming what was wrong.
 
@@ -25,11 +33,25 @@ pub(super) const EVENT_HEADER_LEN: usize = 1 + 8 + 8;
 const EVENT_FORMAT: u8 = 1;
 
 /// Version byte of the metadata record layout written by this code.
-const META_FORMAT: u8 = 1;
+const META_FORMAT: u8 = 2;
 
-/// Fixed part of a metadata record before the data ID: format, earliest, next, bytes,
-/// first timestamp, last timestamp, data ID length.
-const META_FIXED_LEN: usize = 1 + 8 + 8 + 8 + 8 + 8 + 1;
+/// The first metadata layout (no high watermark, no flags); still read.
+const META_FORMAT_V1: u8 = 1;
+
+/// Fixed part of a version 1 metadata record before the data ID: format, earliest, next,
+/// bytes, first timestamp, last timestamp, data ID length.
+const META_V1_FIXED_LEN: usize = 1 + 8 + 8 + 8 + 8 + 8 + 1;
+
+/// Fixed part of a version 2 metadata record before the data ID: the version 1 fields, then
+/// high watermark and flags, then the data ID length.
+const META_FIXED_LEN: usize = 1 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 1;
+
+/// Flag bit: the stream has been under a mapping (replicated or fenced) at least once, so at
+/// open it accepts no publish until the node knows its mapping again.
+const FLAG_COORDINATED: u8 = 1;
+
+/// Length of an epoch record's key: stream number and epoch.
+pub(super) const EPOCH_KEY_LEN: usize = 16;
 
 /// Sentinel stored for "no timestamp" in a metadata record.
 const NO_TIMESTAMP: i64 = i64::MIN;
@@ -48,7 +70,7 @@ pub enum RecordError {
         expected: String,
     },
     /// The format version byte is unknown (written by a newer or corrupt node).
-    #[error("{what} has format version {version}; this node reads version 1")]
+    #[error("{what} has format version {version}; this node reads versions 1 and 2")]
     BadFormat {
         /// Which kind of record.
         what: &'static str,
@@ -103,12 +125,11 @@ pub(super) fn decode_event_key(key: &[u8]) -> Result<(u64, u64), RecordError> {
 }
 
 /// Encodes an event value: header followed by `payload`.
-pub(super) fn encode_event(timestamp: i64, payload: &[u8]) -> Vec<u8> {
+pub(super) fn encode_event(timestamp: i64, epoch: u64, payload: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(EVENT_HEADER_LEN + payload.len());
     value.push(EVENT_FORMAT);
     value.extend_from_slice(&timestamp.to_be_bytes());
-    // Epoch: reserved for replication (leader term that wrote the event).
-    value.extend_from_slice(&0u64.to_be_bytes());
+    value.extend_from_slice(&epoch.to_be_bytes());
     value.extend_from_slice(payload);
     value
 }
@@ -116,8 +137,10 @@ pub(super) fn encode_event(timestamp: i64, payload: &[u8]) -> Vec<u8> {
 /// The decoded header of an event value; the payload is `value[EVENT_HEADER_LEN..]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct EventHeader {
-    /// Milliseconds since the Unix epoch, assigned by the committer.
+    /// Milliseconds since the Unix epoch, assigned by the committer of the primary.
     pub(super) timestamp: i64,
+    /// Leader epoch of the primary that wrote the event.
+    pub(super) epoch: u64,
 }
 
 /// Decodes the header of an event value.
@@ -137,7 +160,32 @@ pub(super) fn decode_event_header(value: &[u8]) -> Result<EventHeader, RecordErr
     }
     Ok(EventHeader {
         timestamp: be_i64(&value[1..9]),
+        epoch: be_u64(&value[9..17]),
     })
+}
+
+/// Encodes the key of the epoch record of `epoch` in stream `number`.
+pub(super) fn epoch_key(number: u64, epoch: u64) -> [u8; EPOCH_KEY_LEN] {
+    event_key(number, epoch)
+}
+
+/// Decodes an epoch record into (stream number, epoch, first offset of the epoch).
+pub(super) fn decode_epoch(key: &[u8], value: &[u8]) -> Result<(u64, u64, u64), RecordError> {
+    if key.len() != EPOCH_KEY_LEN {
+        return Err(RecordError::BadLength {
+            what: "epoch key",
+            len: key.len(),
+            expected: EPOCH_KEY_LEN.to_string(),
+        });
+    }
+    if value.len() != 8 {
+        return Err(RecordError::BadLength {
+            what: "epoch record",
+            len: value.len(),
+            expected: "8".to_owned(),
+        });
+    }
+    Ok((be_u64(&key[..8]), be_u64(&key[8..]), be_u64(value)))
 }
 
 /// Per-stream metadata as stored in the `meta` keyspace and kept in memory.
@@ -157,6 +205,12 @@ pub(super) struct StreamMeta {
     /// Timestamp of the last event ever appended, kept after a full trim so that timestamps
     /// stay non-decreasing per stream.
     pub(super) last_ts: Option<i64>,
+    /// High watermark: readers see offsets below it only. `earliest <= hwm <= next` except
+    /// right after a skip ahead, where `earliest == next == hwm`. On disk it may lag the
+    /// in-memory value (it is written with the next batch), never lead it.
+    pub(super) hwm: u64,
+    /// The stream has been under a mapping at least once (see `FLAG_COORDINATED`).
+    pub(super) coordinated: bool,
 }
 
 impl StreamMeta {
@@ -176,6 +230,12 @@ pub(super) fn encode_meta(data_id: &DataId, meta: &StreamMeta) -> Vec<u8> {
     value.extend_from_slice(&meta.bytes.to_be_bytes());
     value.extend_from_slice(&meta.first_ts.unwrap_or(NO_TIMESTAMP).to_be_bytes());
     value.extend_from_slice(&meta.last_ts.unwrap_or(NO_TIMESTAMP).to_be_bytes());
+    value.extend_from_slice(&meta.hwm.to_be_bytes());
+    value.push(if meta.coordinated {
+        FLAG_COORDINATED
+    } else {
+        0
+    });
     // Data IDs are at most 128 ASCII characters (ec_core::MAX_ID_LEN), so one byte holds it.
     value.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
     value.extend_from_slice(id);
@@ -195,39 +255,53 @@ pub(super) fn decode_meta(
         });
     }
     let number = be_u64(key);
-    if value.len() < META_FIXED_LEN {
+    let fixed = match value.first() {
+        Some(&META_FORMAT) => META_FIXED_LEN,
+        Some(&META_FORMAT_V1) => META_V1_FIXED_LEN,
+        Some(&version) => {
+            return Err(RecordError::BadFormat {
+                what: "metadata record",
+                version,
+            });
+        }
+        None => 0,
+    };
+    if fixed == 0 || value.len() < fixed {
         return Err(RecordError::BadLength {
             what: "metadata record",
             len: value.len(),
-            expected: format!("at least {META_FIXED_LEN}"),
-        });
-    }
-    if value[0] != META_FORMAT {
-        return Err(RecordError::BadFormat {
-            what: "metadata record",
-            version: value[0],
+            expected: format!("at least {}", fixed.max(META_V1_FIXED_LEN)),
         });
     }
     let ts = |bytes: &[u8]| match be_i64(bytes) {
         NO_TIMESTAMP => None,
         t => Some(t),
     };
+    let next = be_u64(&value[9..17]);
+    let (hwm, flags) = if fixed == META_FIXED_LEN {
+        (be_u64(&value[41..49]), value[49])
+    } else {
+        // Written before replication existed: every durable event was visible.
+        (next, 0)
+    };
     let meta = StreamMeta {
         earliest: be_u64(&value[1..9]),
-        next: be_u64(&value[9..17]),
+        next,
         bytes: be_u64(&value[17..25]),
         first_ts: ts(&value[25..33]),
         last_ts: ts(&value[33..41]),
+        hwm,
+        coordinated: flags & FLAG_COORDINATED != 0,
     };
-    let id_len = usize::from(value[41]);
-    if value.len() != META_FIXED_LEN + id_len {
+    let id_len = usize::from(value[fixed - 1]);
+    if value.len() != fixed + id_len {
         return Err(RecordError::BadLength {
             what: "metadata record",
             len: value.len(),
-            expected: (META_FIXED_LEN + id_len).to_string(),
+            expected: (fixed + id_len).to_string(),
         });
     }
-    let id = std::str::from_utf8(&value[META_FIXED_LEN..]).map_err(|e| RecordError::BadDataId {
+    let id = std::str::from_utf8(&value[fixed..]).map_err(|e| RecordError::BadDataId {
         number,
         reason: e.to_string(),
     })?;
@@ -235,13 +309,13 @@ pub(super) fn decode_meta(
         number,
         reason: e.to_string(),
     })?;
-    if meta.earliest > meta.next {
+    if meta.earliest > meta.next || meta.hwm > meta.next {
         return Err(RecordError::BadLength {
             what: "metadata record range",
             len: 0,
             expected: format!(
-                "earliest {} <= next {} for data ID {data_id}",
-                meta.earliest, meta.next
+                "earliest {} <= next {} and high watermark {} <= next for data ID {data_id}",
+                meta.earliest, meta.next, meta.hwm
             ),
         });
     }
@@ -269,8 +343,9 @@ mod tests {
 
     #[test]
     fn event_value_round_trip() {
-        let value = encode_event(-5, b"payload");
-        assert_eq!(decode_event_header(&value).unwrap().timestamp, -5);
+        let value = encode_event(-5, 7, b"payload");
+        let header = decode_event_header(&value).unwrap();
+        assert_eq!((header.timestamp, header.epoch), (-5, 7));
         assert_eq!(&value[EVENT_HEADER_LEN..], b"payload");
         assert!(decode_event_header(&value[..3]).is_err());
         let mut bad = value.clone();
@@ -293,11 +368,46 @@ mod tests {
             bytes: 700,
             first_ts: Some(1),
             last_ts: None,
+            hwm: 8,
+            coordinated: true,
         };
         let value = encode_meta(&id, &meta);
         let (n, got_id, got) = decode_meta(&42u64.to_be_bytes(), &value).unwrap();
-        assert_eq!((n, got_id, got), (42, id, meta));
+        assert_eq!((n, got_id.clone(), got), (42, id.clone(), meta));
         assert!(decode_meta(&[1, 2], &value).is_err());
         assert!(decode_meta(&42u64.to_be_bytes(), &value[..value.len() - 1]).is_err());
+        assert!(decode_meta(&42u64.to_be_bytes(), &[]).is_err());
+        let mut above = meta;
+        above.hwm = 11;
+        assert!(decode_meta(&1u64.to_be_bytes(), &encode_meta(&id, &above)).is_err());
+    }
+
+    #[test]
+    fn version_1_meta_reads_with_everything_visible() {
+        // Layout of format 1: no high watermark, no flags.
+        let id = DataId::parse("old").unwrap();
+        let mut v1 = vec![META_FORMAT_V1];
+        for n in [2u64, 9, 70] {
+            v1.extend_from_slice(&n.to_be_bytes());
+        }
+        v1.extend_from_slice(&5i64.to_be_bytes());
+        v1.extend_from_slice(&NO_TIMESTAMP.to_be_bytes());
+        v1.push(3);
+        v1.extend_from_slice(b"old");
+        let (_, got_id, got) = decode_meta(&1u64.to_be_bytes(), &v1).unwrap();
+        assert_eq!(got_id, id);
+        assert_eq!((got.earliest, got.next, got.hwm), (2, 9, 9));
+        assert_eq!(
+            (got.first_ts, got.last_ts, got.coordinated),
+            (Some(5), None, false)
+        );
+    }
+
+    #[test]
+    fn epoch_records_round_trip() {
+        let key = epoch_key(3, 12);
+        assert_eq!(decode_epoch(&key, &40u64.to_be_bytes()), Ok((3, 12, 40)));
+        assert!(decode_epoch(&key[..4], &40u64.to_be_bytes()).is_err());
+        assert!(decode_epoch(&key, &[0; 3]).is_err());
     }
 }

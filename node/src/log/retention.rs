@@ -139,6 +139,6 @@ fn trim_chunk(
     if store.batch_durability == PersistMode::Buffer {
         store.unsynced.store(true, Ordering::Release);
     }
-    *stream.state() = new;
+    stream.publish(new);
     Ok((Some(new.earliest), more))
 }

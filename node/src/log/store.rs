@@ -7,16 +7,25 @@
 //!   and retention) hold [`Store::write_lock`] while they build, write and publish a batch, so
 //!   a metadata record is never written from a stale copy.
 //! - A stream's [`Stream::state`] is its *committed* metadata: it is raised only after the
-//!   batch that wrote it is durable per the fsync policy. Readers bound every scan by
-//!   `state.next`, so they never see an event that is in fjall's memtable but not yet synced.
+//!   batch that wrote it is durable per the fsync policy. Replication reads are bounded by
+//!   `state.next` (the durable end), reader reads by `state.hwm` (the high watermark), so
+//!   nobody ever sees an event that is in fjall's memtable but not yet synced, and readers
+//!   never see an event that a failover could take back.
+//! - The high watermark only rises: it is `max(hwm, min(next, floor))`, recomputed under the
+//!   state lock whenever `next` or the replication layer's `floor` changes. Truncation never
+//!   goes below it.
+//! - A stream's epoch history (keyspace `epochs`) lists, in epoch order, the first offset of
+//!   each leader epoch in the log; it is written in the same batch as the events it describes.
+//!   A stream written before epochs existed reads as one epoch 0 from its earliest offset.
 //! - At open, each stream's readable end comes from its metadata record (written atomically
 //!   with its events) and is cross-checked against the last event key: a mismatch means the
 //!   store is damaged, and opening fails with [`LogError::Corrupt`] rather than serving a gap.
-//! - Lock order: `write_lock` → `streams` → `Stream::state`. Readers never take `write_lock`.
+//! - Lock order: `write_lock` → `streams` → `Stream::access` → `Stream::state` →
+//!   `Stream::epochs`. Readers never take `write_lock`.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
@@ -25,12 +34,28 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::watch;
 
 use super::record::{self, EVENT_HEADER_LEN, StreamMeta};
-use super::{LogError, StoredEvent, StreamStats};
+use super::{Epoch, EpochStart, LogError, StoredEvent, StreamStats, WriteAccess};
 
 /// Name of the keyspace holding every stream's events.
 const EVENTS_KEYSPACE: &str = "events";
 /// Name of the keyspace holding one metadata record per stream.
 const META_KEYSPACE: &str = "meta";
+/// Name of the keyspace holding every stream's epoch history.
+const EPOCHS_KEYSPACE: &str = "epochs";
+
+/// `floor` value meaning "no bound from replication": the high watermark follows `next`.
+pub(super) const NO_FLOOR: u64 = u64::MAX;
+/// `floor` value meaning "hold": the high watermark does not rise.
+pub(super) const HOLD: u64 = 0;
+
+/// Which end bounds a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bound {
+    /// The high watermark: what readers may see.
+    Visible,
+    /// The durable end: what a replica copies.
+    Durable,
+}
 
 /// One stream (data ID) as the log knows it in memory.
 pub(super) struct Stream {
@@ -38,21 +63,42 @@ pub(super) struct Stream {
     pub(super) data_id: DataId,
     /// Internal number used in event keys; assigned once at creation, never reused.
     pub(super) number: u64,
-    /// Committed metadata: what readers may see.
+    /// Committed metadata, including the high watermark.
     pub(super) state: Mutex<StreamMeta>,
-    /// Readable end (exclusive), raised after each commit that touched the stream.
+    /// Durable end (exclusive), raised after each commit that touched the stream; lowered
+    /// only by a truncation.
     pub(super) end: watch::Sender<Offset>,
+    /// High watermark (exclusive): the readable end for readers. Only rises.
+    pub(super) visible: watch::Sender<Offset>,
+    /// Upper bound the replication layer puts on the high watermark ([`NO_FLOOR`]: none,
+    /// [`HOLD`]: do not raise).
+    pub(super) floor: AtomicU64,
+    /// Leader-epoch history, in epoch (and offset) order.
+    pub(super) epochs: Mutex<Vec<EpochStart>>,
+    /// Who may append; checked by the committer under the writer lock.
+    pub(super) access: Mutex<WriteAccess>,
 }
 
 impl Stream {
-    /// A stream with the given committed metadata.
-    pub(super) fn new(data_id: DataId, number: u64, meta: StreamMeta) -> Stream {
+    /// A stream with the given committed metadata and epoch history.
+    pub(super) fn new(
+        data_id: DataId,
+        number: u64,
+        meta: StreamMeta,
+        epochs: Vec<EpochStart>,
+        access: WriteAccess,
+    ) -> Stream {
         let (end, _) = watch::channel(Offset(meta.next));
+        let (visible, _) = watch::channel(Offset(meta.hwm));
         Stream {
             data_id,
             number,
             state: Mutex::new(meta),
             end,
+            visible,
+            floor: AtomicU64::new(default_floor(access)),
+            epochs: Mutex::new(epochs),
+            access: Mutex::new(access),
         }
     }
 
@@ -60,6 +106,54 @@ impl Stream {
     /// update is a single assignment), so poisoning is ignored.
     pub(super) fn state(&self) -> MutexGuard<'_, StreamMeta> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The epoch history (poisoning ignored as for [`Stream::state`]).
+    pub(super) fn epochs(&self) -> MutexGuard<'_, Vec<EpochStart>> {
+        self.epochs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Who may append right now.
+    pub(super) fn access(&self) -> WriteAccess {
+        *self.access.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets who may append; the caller holds the writer lock.
+    pub(super) fn set_access(&self, access: WriteAccess) {
+        *self.access.lock().unwrap_or_else(|e| e.into_inner()) = access;
+    }
+
+    /// Epoch of the last entry of the history (0 when there is none).
+    pub(super) fn last_epoch(&self) -> Epoch {
+        self.epochs().last().map_or(Epoch(0), |e| e.epoch)
+    }
+
+    /// Publishes new committed metadata: keeps the higher of the two high watermarks (the
+    /// replication layer may have raised it since `meta` was copied), applies the floor, and
+    /// wakes tailing readers and replication senders.
+    pub(super) fn publish(&self, meta: StreamMeta) {
+        let mut state = self.state();
+        let hwm = state.hwm.max(meta.hwm);
+        *state = meta;
+        state.hwm = hwm;
+        self.end.send_replace(Offset(state.next));
+        self.raise_hwm_locked(&mut state);
+    }
+
+    /// Sets the replication layer's bound and raises the high watermark to it if it can.
+    pub(super) fn set_floor(&self, floor: u64) {
+        self.floor.store(floor, Ordering::Release);
+        let mut state = self.state();
+        self.raise_hwm_locked(&mut state);
+    }
+
+    fn raise_hwm_locked(&self, state: &mut StreamMeta) {
+        let floor = self.floor.load(Ordering::Acquire);
+        let hwm = state.hwm.max(state.next.min(floor));
+        if hwm != state.hwm || *self.visible.borrow() != Offset(hwm) {
+            state.hwm = hwm;
+            self.visible.send_replace(Offset(hwm));
+        }
     }
 
     /// Stats as reported to callers.
@@ -70,11 +164,23 @@ impl Stream {
             data_id: self.data_id.clone(),
             earliest: Offset(meta.earliest),
             next: Offset(meta.next),
+            high_watermark: Offset(meta.hwm),
             events: meta.events(),
             bytes: meta.bytes,
             first_timestamp: meta.first_ts.filter(|_| retained).map(TimestampMs),
             last_timestamp: meta.last_ts.filter(|_| retained).map(TimestampMs),
+            last_epoch: self.last_epoch(),
+            access: self.access(),
         }
+    }
+}
+
+/// The floor that goes with an access mode until the replication layer says more: a stream
+/// nobody coordinates shows every durable event; any other holds its high watermark.
+pub(super) fn default_floor(access: WriteAccess) -> u64 {
+    match access {
+        WriteAccess::Open => NO_FLOOR,
+        WriteAccess::Leader(_) | WriteAccess::Replica | WriteAccess::Closed => HOLD,
     }
 }
 
@@ -84,6 +190,7 @@ pub(super) struct Store {
     pub(super) db: Database,
     pub(super) events: Keyspace,
     pub(super) meta: Keyspace,
+    pub(super) epochs: Keyspace,
     /// Streams by data ID. Only the committer inserts (after the creating batch is durable).
     streams: RwLock<HashMap<DataId, Arc<Stream>>>,
     /// Held by whoever writes a batch (committer, retention), from reading the committed
@@ -123,6 +230,26 @@ impl Store {
         let meta = db
             .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(storage("opening keyspace `meta`"))?;
+        let epochs = db
+            .keyspace(EPOCHS_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(storage("opening keyspace `epochs`"))?;
+
+        let mut histories: HashMap<u64, Vec<EpochStart>> = HashMap::new();
+        for guard in epochs.iter() {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(storage("scanning epoch histories"))?;
+            let (number, epoch, start) =
+                record::decode_epoch(&key, &value).map_err(|source| LogError::Corrupt {
+                    context: "decoding an epoch record".to_owned(),
+                    source,
+                })?;
+            // Keys sort by stream then epoch, so each history comes out in epoch order.
+            histories.entry(number).or_default().push(EpochStart {
+                epoch: Epoch(epoch),
+                start: Offset(start),
+            });
+        }
 
         let mut streams = HashMap::new();
         let mut next_number = 0u64;
@@ -137,9 +264,23 @@ impl Store {
                 })?;
             check_tail(&events, number, &data_id, &stream_meta)?;
             next_number = next_number.max(number + 1);
+            let mut history = histories.remove(&number).unwrap_or_default();
+            if history.is_empty() && stream_meta.next > stream_meta.earliest {
+                // Written before epochs existed: all of it by a node outside any mapping.
+                history.push(EpochStart {
+                    epoch: Epoch(0),
+                    start: Offset(stream_meta.earliest),
+                });
+            }
+            // A coordinated stream waits for its mapping before it takes a publish.
+            let access = if stream_meta.coordinated {
+                WriteAccess::Closed
+            } else {
+                WriteAccess::Open
+            };
             streams.insert(
                 data_id.clone(),
-                Arc::new(Stream::new(data_id, number, stream_meta)),
+                Arc::new(Stream::new(data_id, number, stream_meta, history, access)),
             );
         }
         tracing::info!(
@@ -151,6 +292,7 @@ impl Store {
             db,
             events,
             meta,
+            epochs,
             streams: RwLock::new(streams),
             write_lock: Mutex::new(()),
             next_number: AtomicU64::new(next_number),
@@ -200,23 +342,75 @@ impl Store {
         }
     }
 
-    /// Reads events of `stream` from `from`, bounded by the committed end.
+    /// Creates `data_id`'s stream if needed and sets its access (see `EventLog::ensure`).
+    pub(super) fn ensure(&self, data_id: &DataId, access: WriteAccess) -> Result<(), LogError> {
+        let _writer = self.lock_writes();
+        let coordinated = access != WriteAccess::Open;
+        let (stream, mut meta, created) = match self.stream(data_id) {
+            Some(stream) => {
+                let meta = *stream.state();
+                (stream, meta, false)
+            }
+            None => {
+                let number = self.next_number.fetch_add(1, Ordering::Relaxed);
+                let meta = StreamMeta::default();
+                let stream = Arc::new(Stream::new(
+                    data_id.clone(),
+                    number,
+                    meta,
+                    Vec::new(),
+                    access,
+                ));
+                (stream, meta, true)
+            }
+        };
+        if created || (coordinated && !meta.coordinated) {
+            meta.coordinated |= coordinated;
+            let mut batch = self.db.batch().durability(Some(self.batch_durability));
+            batch.insert(
+                &self.meta,
+                stream.number.to_be_bytes(),
+                record::encode_meta(&stream.data_id, &meta),
+            );
+            if let Err(e) = batch.commit() {
+                super::committer::fatal("writing stream metadata to the event log", &e);
+            }
+            if self.batch_durability == PersistMode::Buffer {
+                self.unsynced.store(true, Ordering::Release);
+            }
+            stream.state().coordinated = meta.coordinated;
+        }
+        stream.set_access(access);
+        stream.set_floor(default_floor(access));
+        if created {
+            self.publish_streams([stream]);
+        }
+        Ok(())
+    }
+
+    /// Reads events of `stream` from `from`, bounded by the high watermark or the durable
+    /// end.
     pub(super) fn read(
         &self,
         stream: &Stream,
         from: u64,
         max_events: usize,
         max_bytes: usize,
+        bound: Bound,
     ) -> Result<Vec<StoredEvent>, LogError> {
         let meta = *stream.state();
         if from < meta.earliest {
             return Err(below_retention(stream, from, meta.earliest));
         }
-        if from >= meta.next {
+        let limit = match bound {
+            Bound::Visible => meta.hwm,
+            Bound::Durable => meta.next,
+        };
+        if from >= limit {
             return Ok(Vec::new());
         }
         let max_events = u64::try_from(max_events.max(1)).unwrap_or(u64::MAX);
-        let end = meta.next.min(from.saturating_add(max_events));
+        let end = limit.min(from.saturating_add(max_events));
         let range = record::event_key(stream.number, from)..record::event_key(stream.number, end);
 
         let mut out = Vec::with_capacity(usize::try_from(end - from).unwrap_or(0).min(4096));
@@ -245,6 +439,7 @@ impl Store {
             out.push(StoredEvent {
                 offset: Offset(offset),
                 timestamp: TimestampMs(header.timestamp),
+                epoch: Epoch(header.epoch),
                 // Copy out: holding fjall's slice would pin a whole cached block.
                 data: Bytes::copy_from_slice(payload),
             });
@@ -280,13 +475,14 @@ impl Store {
             .transpose()
     }
 
-    /// First retained offset whose timestamp is `>= ts`, or the readable end if none.
+    /// First retained offset whose timestamp is `>= ts`, or the high watermark if none below
+    /// it.
     ///
     /// Binary search with point reads: timestamps are non-decreasing per stream. An event
     /// trimmed during the search is older than every retained one, so it counts as `< ts`.
     pub(super) fn offset_at_time(&self, stream: &Stream, ts: i64) -> Result<u64, LogError> {
         let meta = *stream.state();
-        let (mut lo, mut hi) = (meta.earliest, meta.next);
+        let (mut lo, mut hi) = (meta.earliest, meta.hwm.max(meta.earliest));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self.timestamp_at(stream, mid)? {

@@ -582,7 +582,10 @@ async fn open_refuses_events_that_disagree_with_metadata() {
             .keyspace("events", fjall::KeyspaceCreateOptions::default)
             .unwrap();
         events
-            .insert(record::event_key(0, 5), record::encode_event(0, b"stray"))
+            .insert(
+                record::event_key(0, 5),
+                record::encode_event(0, 0, b"stray"),
+            )
             .unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
@@ -766,4 +769,328 @@ fn survives_kill_9() {
             log.close().await.unwrap();
         });
     }
+}
+
+// Replication support: epochs, copied appends, fencing, the high watermark, truncation.
+
+fn copied(from: u64, epoch: u64, payloads: &[&str]) -> Vec<CopiedEvent> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| CopiedEvent {
+            offset: Offset(from + i as u64),
+            epoch: Epoch(epoch),
+            timestamp: TimestampMs(1_000 + (from + i as u64) as i64),
+            data: ev(p),
+        })
+        .collect()
+}
+
+fn starts(log: &EventLog, data_id: &DataId) -> Vec<(u64, u64)> {
+    log.epochs(data_id)
+        .unwrap()
+        .iter()
+        .map(|e| (e.epoch.0, e.start.0))
+        .collect()
+}
+
+#[tokio::test]
+async fn leader_appends_carry_its_epoch_and_build_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.append(&a, vec![ev("0"), ev("1")], true).await.unwrap();
+    log.ensure(&a, WriteAccess::Leader(Epoch(7))).await.unwrap();
+    log.set_floor(&a, None).unwrap();
+    log.append(&a, vec![ev("2")], false).await.unwrap();
+    log.ensure(&a, WriteAccess::Leader(Epoch(9))).await.unwrap();
+    log.set_floor(&a, None).unwrap();
+    log.append(&a, vec![ev("3"), ev("4")], false).await.unwrap();
+    let epochs: Vec<u64> = log
+        .read_log(&a, Offset(0), 10, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.epoch.0)
+        .collect();
+    assert_eq!(epochs, vec![0, 0, 7, 9, 9]);
+    assert_eq!(starts(&log, &a), vec![(0, 0), (7, 2), (9, 3)]);
+    assert_eq!(log.stats(&a).unwrap().last_epoch, Epoch(9));
+    log.close().await.unwrap();
+    drop(log);
+
+    // History, epochs and the coordinated mark survive a restart; a coordinated stream
+    // comes back closed to publishes until its mapping is known.
+    let log = open(dir.path());
+    assert_eq!(starts(&log, &a), vec![(0, 0), (7, 2), (9, 3)]);
+    assert_eq!(log.access(&a), WriteAccess::Closed);
+    let err = log.append(&a, vec![ev("x")], false).await.unwrap_err();
+    assert!(matches!(err, LogError::Fenced { .. }), "{err}");
+    assert_eq!(log.stats(&a).unwrap().high_watermark, Offset(5));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_committer_fences_publishes_and_copies_by_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Replica).await.unwrap();
+    let err = log.append(&a, vec![ev("x")], true).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::Fenced {
+                access: WriteAccess::Replica,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("replica"), "{err}");
+    log.submit_copied(&a, copied(0, 3, &["p0", "p1"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    log.ensure(&a, WriteAccess::Leader(Epoch(5))).await.unwrap();
+    let err = log
+        .submit_copied(&a, copied(2, 3, &["p2"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LogError::Fenced { .. }), "{err}");
+    let appended = log.append(&a, vec![ev("own")], false).await.unwrap();
+    assert_eq!(appended.first, Offset(2));
+
+    log.ensure(&a, WriteAccess::Closed).await.unwrap();
+    assert!(log.append(&a, vec![ev("late")], false).await.is_err());
+    assert_eq!(log.stats(&a).unwrap().next, Offset(3));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn copies_keep_offsets_epochs_timestamps_and_must_be_contiguous() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Replica).await.unwrap();
+    let p1 = log
+        .submit_copied(&a, copied(0, 2, &["a", "b"]))
+        .await
+        .unwrap();
+    // Queued behind the first: offsets are checked at commit time, in queue order.
+    let p2 = log.submit_copied(&a, copied(2, 4, &["c"])).await.unwrap();
+    assert_eq!(p1.await.unwrap().last, Offset(1));
+    assert_eq!(p2.await.unwrap().first, Offset(2));
+    let stored = log.read_log(&a, Offset(0), 10, usize::MAX).unwrap();
+    assert_eq!(payloads(&stored), vec!["a", "b", "c"]);
+    assert_eq!(
+        stored
+            .iter()
+            .map(|e| (e.epoch.0, e.timestamp.0))
+            .collect::<Vec<_>>(),
+        vec![(2, 1000), (2, 1001), (4, 1002)]
+    );
+    assert_eq!(starts(&log, &a), vec![(2, 0), (4, 2)]);
+
+    let gap = log
+        .submit_copied(&a, copied(5, 4, &["gap"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            gap,
+            LogError::OutOfSequence {
+                expected: Offset(3),
+                got: Offset(5),
+                ..
+            }
+        ),
+        "{gap}"
+    );
+    let back = log
+        .submit_copied(&a, copied(3, 1, &["old epoch"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(matches!(back, LogError::EpochRegression { .. }), "{back}");
+    assert_eq!(log.stats(&a).unwrap().next, Offset(3));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn readers_see_up_to_the_high_watermark_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Leader(Epoch(1))).await.unwrap();
+    // Replicas hold nothing yet: the high watermark holds at 0.
+    log.set_floor(&a, Some(Offset(0))).unwrap();
+    log.append(&a, vec![ev("0"), ev("1"), ev("2")], false)
+        .await
+        .unwrap();
+    assert!(log.read(&a, Offset(0), 10, usize::MAX).unwrap().is_empty());
+    assert_eq!(
+        log.read_log(&a, Offset(0), 10, usize::MAX).unwrap().len(),
+        3
+    );
+    let mut visible = log.subscribe(&a).unwrap();
+    assert_eq!(*visible.borrow_and_update(), Offset(0));
+
+    log.set_floor(&a, Some(Offset(2))).unwrap();
+    timeout(DEADLINE, visible.changed()).await.unwrap().unwrap();
+    assert_eq!(*visible.borrow(), Offset(2));
+    assert_eq!(
+        payloads(&log.read(&a, Offset(0), 10, usize::MAX).unwrap()),
+        vec!["0", "1"]
+    );
+    // It never goes down, and never past the durable end.
+    log.set_floor(&a, Some(Offset(1))).unwrap();
+    assert_eq!(log.high_watermark(&a).unwrap(), Offset(2));
+    log.set_floor(&a, Some(Offset(99))).unwrap();
+    assert_eq!(log.high_watermark(&a).unwrap(), Offset(3));
+    // Without a bound it follows each commit.
+    log.set_floor(&a, None).unwrap();
+    log.append(&a, vec![ev("3")], false).await.unwrap();
+    assert_eq!(log.high_watermark(&a).unwrap(), Offset(4));
+    let stats = log.stats(&a).unwrap();
+    assert_eq!((stats.next, stats.high_watermark), (Offset(4), Offset(4)));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_high_watermark_is_persisted_never_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Leader(Epoch(1))).await.unwrap();
+    log.set_floor(&a, Some(Offset(0))).unwrap();
+    log.append(&a, vec![ev("0"), ev("1")], false).await.unwrap();
+    log.set_floor(&a, Some(Offset(1))).unwrap();
+    // Stored with the next batch.
+    log.append(&a, vec![ev("2")], false).await.unwrap();
+    log.close().await.unwrap();
+    drop(log);
+    let log = open(dir.path());
+    let stats = log.stats(&a).unwrap();
+    assert_eq!((stats.high_watermark, stats.next), (Offset(1), Offset(3)));
+    assert_eq!(
+        payloads(&log.read(&a, Offset(0), 10, usize::MAX).unwrap()),
+        vec!["0"]
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn truncation_drops_the_suffix_and_its_epochs_but_never_below_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Replica).await.unwrap();
+    log.submit_copied(&a, copied(0, 1, &["0", "1", "2"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    log.submit_copied(&a, copied(3, 2, &["3", "4"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    log.set_floor(&a, Some(Offset(2))).unwrap();
+
+    let err = log.truncate(&a, Offset(1)).await.unwrap_err();
+    assert!(
+        matches!(err, LogError::WouldHideVisible { hwm: Offset(2), .. }),
+        "{err}"
+    );
+    assert_eq!(log.truncate(&a, Offset(3)).await.unwrap(), 2);
+    assert_eq!(starts(&log, &a), vec![(1, 0)]);
+    let stats = log.stats(&a).unwrap();
+    assert_eq!((stats.next, stats.bytes), (Offset(3), 3));
+    assert_eq!(stats.last_timestamp, Some(TimestampMs(1002)));
+    // The truncated offsets are written again with the new primary's content.
+    log.submit_copied(&a, copied(3, 5, &["new3"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    log.close().await.unwrap();
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(starts(&log, &a), vec![(1, 0), (5, 3)]);
+    assert_eq!(
+        payloads(&log.read_log(&a, Offset(0), 10, usize::MAX).unwrap()),
+        vec!["0", "1", "2", "new3"]
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn large_truncation_is_chunked_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Replica).await.unwrap();
+    let many: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    log.submit_copied(&a, copied(0, 1, &refs))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(log.truncate(&a, Offset(10)).await.unwrap(), 19_990);
+    log.close().await.unwrap();
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(log.stats(&a).unwrap().next, Offset(10));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn skip_ahead_drops_everything_and_starts_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Replica).await.unwrap();
+    log.submit_copied(&a, copied(0, 1, &["0", "1"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let err = log.skip_to(&a, Offset(1)).await.unwrap_err();
+    assert!(matches!(err, LogError::SkipBackwards { .. }), "{err}");
+    log.skip_to(&a, Offset(50)).await.unwrap();
+    let stats = log.stats(&a).unwrap();
+    assert_eq!(
+        (
+            stats.earliest,
+            stats.next,
+            stats.high_watermark,
+            stats.events
+        ),
+        (Offset(50), Offset(50), Offset(50), 0)
+    );
+    assert!(log.epochs(&a).unwrap().is_empty());
+    assert!(matches!(
+        log.read(&a, Offset(0), 1, 1).unwrap_err(),
+        LogError::BelowRetention { .. }
+    ));
+    log.submit_copied(&a, copied(50, 3, &["50"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    log.close().await.unwrap();
+    drop(log);
+    let log = open(dir.path());
+    let stats = log.stats(&a).unwrap();
+    assert_eq!((stats.earliest, stats.next), (Offset(50), Offset(51)));
+    assert_eq!(starts(&log, &a), vec![(3, 50)]);
+    log.close().await.unwrap();
 }

@@ -1,0 +1,182 @@
+//! Rewriting a replica's log so that it matches its primary's: truncating a suffix the
+//! primary does not have (leader-epoch truncation), and skipping ahead past a range the
+//! primary no longer retains.
+//!
+//! Invariants:
+//! - Nothing below the high watermark is ever removed by a truncation: those events may have
+//!   been read, and a read is never taken back. A truncation that would have to is refused
+//!   with [`LogError::WouldHideVisible`]; the caller reports it and stops following.
+//! - A skip ahead only moves the stream forward (`start >= next`): the events it drops are
+//!   all below the primary's retained range, so no offset's content changes; afterwards
+//!   `earliest == next == hwm == start`.
+//! - Work is done in chunks of at most [`CHUNK`] events, each one atomic batch (tombstones,
+//!   new metadata, dropped epoch records) written under the writer lock. A truncation lowers
+//!   `next` from the top and a skip raises `earliest` from the bottom, so every intermediate
+//!   state is a valid log and a crash midway leaves a log that the next attempt finishes.
+
+use std::sync::atomic::Ordering;
+
+use ec_core::Offset;
+use fjall::PersistMode;
+
+use super::LogError;
+use super::committer::fatal;
+use super::record::{self, EVENT_HEADER_LEN, StreamMeta};
+use super::store::{Store, Stream};
+
+/// Most events removed per batch.
+const CHUNK: u64 = 8192;
+
+/// Removes every event at or above `to`; returns how many were removed.
+pub(super) fn truncate(store: &Store, stream: &Stream, to: u64) -> Result<u64, LogError> {
+    let mut removed = 0;
+    loop {
+        let _writer = store.lock_writes();
+        let old = *stream.state();
+        if to >= old.next {
+            return Ok(removed);
+        }
+        if to < old.hwm {
+            return Err(LogError::WouldHideVisible {
+                data_id: stream.data_id.clone(),
+                to: Offset(to),
+                hwm: Offset(old.hwm),
+            });
+        }
+        let low = to.max(old.next.saturating_sub(CHUNK)).max(old.earliest);
+        let mut batch = store.db.batch().durability(Some(store.batch_durability));
+        let bytes = remove_range(store, stream, low, old.next, &mut batch)?;
+        let mut new = old;
+        new.next = low;
+        new.bytes = old.bytes.saturating_sub(bytes);
+        if low == old.earliest && to < old.earliest {
+            // Everything retained went, and the primary's history diverges even below it.
+            new.earliest = to;
+            new.next = to;
+        }
+        if new.next > new.earliest {
+            new.last_ts = timestamp_at(store, stream, new.next - 1)?.or(old.last_ts);
+        }
+        let stale: Vec<u64> = stream
+            .epochs()
+            .iter()
+            .filter(|e| e.start.0 >= new.next)
+            .map(|e| e.epoch.0)
+            .collect();
+        for epoch in &stale {
+            batch.remove(&store.epochs, record::epoch_key(stream.number, *epoch));
+        }
+        write(store, stream, batch, &new, "truncating the event log");
+        stream.epochs().retain(|e| e.start.0 < new.next);
+        removed += old.next - new.next;
+    }
+}
+
+/// Drops every retained event and makes the stream start (empty) at `start`, which must not
+/// be below the stream's end.
+pub(super) fn skip_to(store: &Store, stream: &Stream, start: u64) -> Result<(), LogError> {
+    loop {
+        let _writer = store.lock_writes();
+        let old = *stream.state();
+        if start < old.next {
+            return Err(LogError::SkipBackwards {
+                data_id: stream.data_id.clone(),
+                start: Offset(start),
+                next: Offset(old.next),
+            });
+        }
+        let mut batch = store.db.batch().durability(Some(store.batch_durability));
+        let mut new = old;
+        if old.earliest < old.next {
+            let high = old.next.min(old.earliest + CHUNK);
+            let bytes = remove_range(store, stream, old.earliest, high, &mut batch)?;
+            new.earliest = high;
+            new.bytes = old.bytes.saturating_sub(bytes);
+            new.first_ts = timestamp_at(store, stream, high)?;
+            write(store, stream, batch, &new, "skipping the event log ahead");
+            continue;
+        }
+        if old.earliest == start {
+            return Ok(());
+        }
+        new.earliest = start;
+        new.next = start;
+        new.hwm = old.hwm.max(start);
+        new.bytes = 0;
+        new.first_ts = None;
+        let epochs: Vec<u64> = stream.epochs().iter().map(|e| e.epoch.0).collect();
+        for epoch in &epochs {
+            batch.remove(&store.epochs, record::epoch_key(stream.number, *epoch));
+        }
+        write(store, stream, batch, &new, "skipping the event log ahead");
+        stream.epochs().clear();
+        return Ok(());
+    }
+}
+
+/// Adds tombstones for events `low..high` of `stream` to `batch`; returns their payload bytes.
+fn remove_range(
+    store: &Store,
+    stream: &Stream,
+    low: u64,
+    high: u64,
+    batch: &mut fjall::OwnedWriteBatch,
+) -> Result<u64, LogError> {
+    let mut bytes = 0u64;
+    let range = record::event_key(stream.number, low)..record::event_key(stream.number, high);
+    for guard in store.events.range(range) {
+        let (key, value) = guard.into_inner().map_err(|source| LogError::Storage {
+            context: format!(
+                "scanning data ID {} from offset {low} to rewrite its tail",
+                stream.data_id
+            ),
+            source,
+        })?;
+        bytes += value.len().saturating_sub(EVENT_HEADER_LEN) as u64;
+        batch.remove(&store.events, key);
+    }
+    Ok(bytes)
+}
+
+/// Timestamp stored with event `offset`, if it is stored.
+fn timestamp_at(store: &Store, stream: &Stream, offset: u64) -> Result<Option<i64>, LogError> {
+    let value = store
+        .events
+        .get(record::event_key(stream.number, offset))
+        .map_err(|source| LogError::Storage {
+            context: format!("reading data ID {} at offset {offset}", stream.data_id),
+            source,
+        })?;
+    value
+        .map(|v| {
+            record::decode_event_header(&v)
+                .map(|h| h.timestamp)
+                .map_err(|source| LogError::Corrupt {
+                    context: format!("decoding data ID {} at offset {offset}", stream.data_id),
+                    source,
+                })
+        })
+        .transpose()
+}
+
+/// Commits `batch` with `meta` as the stream's new metadata and publishes it.
+fn write(
+    store: &Store,
+    stream: &Stream,
+    mut batch: fjall::OwnedWriteBatch,
+    meta: &StreamMeta,
+    what: &str,
+) {
+    batch.insert(
+        &store.meta,
+        stream.number.to_be_bytes(),
+        record::encode_meta(&stream.data_id, meta),
+    );
+    if let Err(e) = batch.commit() {
+        fatal(what, &e);
+    }
+    if store.batch_durability == PersistMode::Buffer {
+        store.unsynced.store(true, Ordering::Release);
+    }
+    stream.publish(*meta);
+}
