@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::partial::PartialConfig;
 use crate::render::{Render, Rendered};
-use crate::{Config, FsyncPolicy, LogFormat, LogLevel};
+use crate::{AcksPolicy, Config, FsyncPolicy, LogFormat, LogLevel};
 
 /// One configuration key, for documentation and tooling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +130,14 @@ keys! {
         "drop events older than this, e.g. 7days; 0s = keep forever";
     "node.retention.check_interval" "EVENT_CATCHER_NODE_RETENTION_CHECK_INTERVAL" [node.retention.check_interval] duration "10s"
         "how often retention limits are enforced";
+    "node.replication.acks" "EVENT_CATCHER_NODE_REPLICATION_ACKS" [node.replication.acks] acks "all"
+        "default of a publish's acks: leader = durable on the primary; all = durable on every in-sync replica";
+    "node.replication.ack_timeout" "EVENT_CATCHER_NODE_REPLICATION_ACK_TIMEOUT" [node.replication.ack_timeout] duration "5s"
+        "how long an acks=all publish waits for the in-sync replicas before DEADLINE_EXCEEDED";
+    "node.replication.max_lag_events" "EVENT_CATCHER_NODE_REPLICATION_MAX_LAG_EVENTS" [node.replication.max_lag_events] count "100000"
+        "a replica further behind the primary than this many events leaves the in-sync set; 0 = no event limit";
+    "node.replication.max_lag_time" "EVENT_CATCHER_NODE_REPLICATION_MAX_LAG_TIME" [node.replication.max_lag_time] duration "10s"
+        "a replica that has not caught up with the primary for this long leaves the in-sync set";
     "consul.host" "EVENT_CATCHER_CONSUL_HOST" [consul.host] text "localhost"
         "host of the Consul agent's HTTP API";
     "consul.port" "EVENT_CATCHER_CONSUL_PORT" [consul.port] port "8500"
@@ -288,6 +296,10 @@ fn list(raw: &RawValue) -> Result<Vec<String>, String> {
 }
 
 fn fsync(raw: &RawValue) -> Result<FsyncPolicy, String> {
+    scalar(raw)?.parse()
+}
+
+fn acks(raw: &RawValue) -> Result<AcksPolicy, String> {
     scalar(raw)?.parse()
 }
 

@@ -51,7 +51,7 @@ pub use keys::{KeyInfo, key_table, markdown_reference};
 pub use loader::{DEFAULT_CONFIG_FILE, ENV_PREFIX, Loaded, Loader};
 pub use partial::{
     PartialConfig, PartialConsul, PartialGateway, PartialHealthCheck, PartialLog, PartialNode,
-    PartialRetention, PartialStorage,
+    PartialReplication, PartialRetention, PartialStorage,
 };
 
 /// The validated settings of every Event Catcher process.
@@ -106,6 +106,8 @@ pub struct NodeConfig {
     pub storage: StorageConfig,
     /// `node.retention.*`
     pub retention: RetentionConfig,
+    /// `node.replication.*`
+    pub replication: ReplicationConfig,
 }
 
 /// `node.health_check.*`: the HTTP endpoint the node serves and Consul polls.
@@ -152,6 +154,29 @@ pub struct RetentionConfig {
     pub max_age: Option<Duration>,
     /// How often retention is enforced.
     pub check_interval: Duration,
+}
+
+/// `node.replication.*`: how a primary waits for its replicas and when a replica counts as
+/// in sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// What a publish waits for when it does not say.
+    pub acks: AcksPolicy,
+    /// How long an `acks=all` publish waits for the in-sync replicas.
+    pub ack_timeout: Duration,
+    /// A replica further behind than this many events is out of sync; `None`: no event limit.
+    pub max_lag_events: Option<u64>,
+    /// A replica that has not caught up with the primary for this long is out of sync.
+    pub max_lag_time: Duration,
+}
+
+/// What a publish waits for before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AcksPolicy {
+    /// Durable on the primary.
+    Leader,
+    /// Durable on the primary and on every in-sync replica.
+    All,
 }
 
 /// `consul.*`
@@ -247,6 +272,7 @@ macro_rules! named_enum {
 }
 
 named_enum!(FsyncPolicy { Always => "always", Interval => "interval" });
+named_enum!(AcksPolicy { Leader => "leader", All => "all" });
 named_enum!(LogLevel { Trace => "trace", Debug => "debug", Info => "info", Warn => "warn", Error => "error" });
 named_enum!(LogFormat { Text => "text", Json => "json" });
 

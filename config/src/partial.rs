@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{FsyncPolicy, LogFormat, LogLevel};
+use crate::{AcksPolicy, FsyncPolicy, LogFormat, LogLevel};
 
 /// Settings from one layer. Build one with `Default` and set fields, then hand it to
 /// [`crate::Loader::layer`].
@@ -64,6 +64,8 @@ pub struct PartialNode {
     pub storage: PartialStorage,
     /// `node.retention.*`
     pub retention: PartialRetention,
+    /// `node.replication.*`
+    pub replication: PartialReplication,
 }
 
 /// `node.health_check.*`; see [`crate::HealthCheckConfig`].
@@ -104,6 +106,21 @@ pub struct PartialRetention {
     pub max_age: Option<Duration>,
     /// `node.retention.check_interval`
     pub check_interval: Option<Duration>,
+}
+
+/// `node.replication.*`; see [`crate::ReplicationConfig`]. `max_lag_events` `0` means no
+/// event limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartialReplication {
+    /// `node.replication.acks`
+    pub acks: Option<AcksPolicy>,
+    /// `node.replication.ack_timeout`
+    pub ack_timeout: Option<Duration>,
+    /// `node.replication.max_lag_events`
+    pub max_lag_events: Option<u64>,
+    /// `node.replication.max_lag_time`
+    pub max_lag_time: Option<Duration>,
 }
 
 /// `consul.*`; see [`crate::ConsulConfig`].

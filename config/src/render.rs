@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::keys::{OPS, key_table};
-use crate::{Config, FsyncPolicy, LogFormat, LogLevel};
+use crate::{AcksPolicy, Config, FsyncPolicy, LogFormat, LogLevel};
 
 /// One printed value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,12 @@ impl Render for Option<Duration> {
 }
 
 impl Render for FsyncPolicy {
+    fn render(&self) -> Rendered {
+        Rendered::Plain(self.to_string())
+    }
+}
+
+impl Render for AcksPolicy {
     fn render(&self) -> Rendered {
         Rendered::Plain(self.to_string())
     }

@@ -15,7 +15,7 @@ use crate::keys::PORT_RULE;
 use crate::partial::PartialConfig;
 use crate::{
     Config, ConfigError, ConsulConfig, GatewayConfig, HealthCheckConfig, LogConfig, NodeConfig,
-    RetentionConfig, Source, StorageConfig,
+    ReplicationConfig, RetentionConfig, Source, StorageConfig,
 };
 
 /// The layer each key's value came from.
@@ -218,6 +218,16 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         check_interval: c.positive("node.retention.check_interval", r.check_interval)?,
     };
 
+    let rp = node.replication;
+    let replication = ReplicationConfig {
+        acks: c.required("node.replication.acks", rp.acks)?,
+        ack_timeout: c.positive("node.replication.ack_timeout", rp.ack_timeout)?,
+        max_lag_events: unlimited_if_zero(
+            c.required("node.replication.max_lag_events", rp.max_lag_events)?,
+        ),
+        max_lag_time: c.positive("node.replication.max_lag_time", rp.max_lag_time)?,
+    };
+
     let tags = c.required("node.tags", node.tags)?;
     if let Some(bad) = tags.iter().find(|tag| tag.chars().any(char::is_control)) {
         return Err(c.invalid("node.tags", bad, "tags without control characters"));
@@ -235,6 +245,7 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         health_check,
         storage,
         retention,
+        replication,
     };
 
     let kv_prefix = c.required("consul.kv_prefix", consul.kv_prefix)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::*;
-use crate::{FsyncPolicy, LogFormat, LogLevel};
+use crate::{AcksPolicy, FsyncPolicy, LogFormat, LogLevel};
 
 fn env_loader(vars: &[(&str, &str)]) -> Loader {
     Loader::new().default_file(None).env(
@@ -185,6 +185,10 @@ fn defaults_are_the_seeds() {
     assert_eq!(c.node.retention.max_bytes, None);
     assert_eq!(c.node.retention.max_age, None);
     assert_eq!(c.node.retention.check_interval, Duration::from_secs(10));
+    assert_eq!(c.node.replication.acks, AcksPolicy::All);
+    assert_eq!(c.node.replication.ack_timeout, Duration::from_secs(5));
+    assert_eq!(c.node.replication.max_lag_events, Some(100_000));
+    assert_eq!(c.node.replication.max_lag_time, Duration::from_secs(10));
     assert_eq!(c.consul.host, "localhost");
     assert_eq!(c.consul.port, 8500);
     assert_eq!(c.consul.kv_prefix, "streaming/data/");
@@ -531,6 +535,42 @@ fn rules_between_keys_name_both_sources() {
             "must differ from `node.port` = 50053 (from env EVENT_CATCHER_NODE_PORT)",
         ],
     );
+}
+
+#[test]
+fn replication_keys_from_env_and_file() {
+    let c = load_env(&[
+        ("EVENT_CATCHER_NODE_REPLICATION_ACKS", "LEADER"),
+        ("EVENT_CATCHER_NODE_REPLICATION_ACK_TIMEOUT", "250ms"),
+        ("EVENT_CATCHER_NODE_REPLICATION_MAX_LAG_EVENTS", "0"),
+        ("EVENT_CATCHER_NODE_REPLICATION_MAX_LAG_TIME", "2s"),
+    ])
+    .expect("valid")
+    .config;
+    let r = &c.node.replication;
+    assert_eq!(r.acks, AcksPolicy::Leader);
+    assert_eq!(r.ack_timeout, Duration::from_millis(250));
+    assert_eq!(r.max_lag_events, None, "0 = no event limit");
+    assert_eq!(r.max_lag_time, Duration::from_secs(2));
+
+    let (_dir, _path, loaded) =
+        load_file("node:\n  replication:\n    acks: all\n    max_lag_events: 500\n");
+    let c = loaded.expect("valid file").config;
+    assert_eq!(c.node.replication.acks, AcksPolicy::All);
+    assert_eq!(c.node.replication.max_lag_events, Some(500));
+
+    let err = load_env(&[("EVENT_CATCHER_NODE_REPLICATION_ACKS", "some")]).expect_err("bad acks");
+    assert_mentions(
+        &err,
+        &[
+            "node.replication.acks",
+            "EVENT_CATCHER_NODE_REPLICATION_ACKS",
+            "leader, all",
+        ],
+    );
+    let err = load_env(&[("EVENT_CATCHER_NODE_REPLICATION_ACK_TIMEOUT", "0s")])
+        .expect_err("zero timeout");
+    assert_mentions(&err, &["node.replication.ack_timeout", "above zero"]);
 }
 
 #[test]
