@@ -52,6 +52,7 @@ pub(crate) async fn feed(
 ) {
     let mut reachable: Option<bool> = None;
     let mut outage_started: Option<SystemTime> = None;
+    let (mut mappings_open, mut health_open) = (true, true);
     loop {
         let (next, transitions) = {
             let m = mappings.borrow_and_update();
@@ -69,10 +70,15 @@ pub(crate) async fn feed(
                 let _ = changes.send(change);
             }
         }
+        // A watch whose task ended (only at shutdown, or if it panicked) is no longer
+        // polled: its last value stays in force and the other one keeps feeding.
         tokio::select! {
             () = shutdown.cancelled() => return,
-            r = mappings.changed() => if r.is_err() && health.has_changed().is_err() { return },
-            r = health.changed() => if r.is_err() && mappings.has_changed().is_err() { return },
+            r = mappings.changed(), if mappings_open => mappings_open = r.is_ok(),
+            r = health.changed(), if health_open => health_open = r.is_ok(),
+        }
+        if !mappings_open && !health_open {
+            return;
         }
     }
 }
@@ -204,5 +210,120 @@ pub fn status_name(s: NodeStatus) -> &'static str {
         NodeStatus::Warning => "warning",
         NodeStatus::Critical => "critical",
         NodeStatus::Gone => "gone",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use ec_core::{DataId, NodeId};
+    use ec_discovery::{Mapping, NodeHealth};
+
+    use super::*;
+    use crate::routing::AllowList;
+
+    fn watched<T>(value: T, generation: u64, reachable: bool) -> Watched<T> {
+        Watched {
+            value: Some(value),
+            reachable,
+            last_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(generation)),
+            last_error: (!reachable).then(|| "connection refused".to_owned()),
+            generation,
+        }
+    }
+
+    fn mappings() -> MappingSnapshot {
+        let d = DataId::parse("d").expect("valid");
+        let m = Mapping {
+            data_id: d.clone(),
+            nodes: vec![NodeId::parse("n1").expect("valid")],
+            modify_index: 3,
+        };
+        MappingSnapshot {
+            mappings: BTreeMap::from([(d, m)]),
+            problems: vec![],
+            index: 3,
+        }
+    }
+
+    fn health(status: NodeStatus) -> HealthSnapshot {
+        let n = NodeHealth {
+            node_id: "n1".into(),
+            address: "127.0.0.1:1".into(),
+            status,
+            checks_passing: 1,
+            checks_total: 1,
+            meta: BTreeMap::new(),
+        };
+        HealthSnapshot {
+            nodes: BTreeMap::from([("n1".to_owned(), n)]),
+            index: 5,
+        }
+    }
+
+    #[test]
+    fn builds_tables_with_transitions_and_skips_what_did_not_change() {
+        let t0 = Table::empty(AllowList::default());
+        let m = watched(mappings(), 1, true);
+        let h = watched(health(NodeStatus::Passing), 1, true);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+
+        let (t1, changes) = build(&t0, &m, &h, now);
+        let t1 = t1.expect("first snapshots make a table");
+        assert!(t1.is_loaded() && t1.freshness().consul_reachable);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            (changes[0].from, changes[0].to),
+            (None, NodeStatus::Passing)
+        );
+        assert_eq!(changes[0].detail, "mapped for d");
+
+        // Same generations, same freshness: nothing new.
+        let (none, changes) = build(&t1, &m, &h, now);
+        assert!(none.is_none() && changes.is_empty());
+
+        // A new health generation with a status change is one transition.
+        let h2 = watched(health(NodeStatus::Critical), 2, true);
+        let (t2, changes) = build(&t1, &m, &h2, now);
+        let t2 = t2.expect("new table");
+        assert_eq!(
+            (changes[0].from, changes[0].to),
+            (Some(NodeStatus::Passing), NodeStatus::Critical)
+        );
+        assert!(t2.route(&DataId::parse("d").expect("valid")).is_err());
+
+        // Consul goes away: the table keeps its content, only freshness changes.
+        let m_down = Watched {
+            reachable: false,
+            last_error: Some("connection refused".into()),
+            ..m.clone()
+        };
+        let (t3, changes) = build(&t2, &m_down, &h2, now);
+        let t3 = t3.expect("freshness changed");
+        assert!(changes.is_empty());
+        assert!(!t3.freshness().consul_reachable);
+        assert_eq!(
+            t3.freshness().last_error.as_deref(),
+            Some("connection refused")
+        );
+        assert_eq!(t3.mapping_count(), 1);
+        assert_eq!(
+            t3.freshness().last_contact,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1)),
+            "the older of the two contacts"
+        );
+    }
+
+    #[test]
+    fn not_loaded_until_both_watches_answered() {
+        let t0 = Table::empty(AllowList::default());
+        let m = watched(mappings(), 1, true);
+        let h: Watched<HealthSnapshot> = Watched::default();
+        let (t1, _) = build(&t0, &m, &h, SystemTime::now());
+        let t1 = t1.expect("mappings arrived");
+        assert!(!t1.is_loaded());
+        assert!(!t1.freshness().consul_reachable);
     }
 }

@@ -167,6 +167,7 @@ async fn sigkill_of_the_serving_node_is_invisible_to_subscribers() {
     node1_dead.store(true, Ordering::SeqCst);
     let killed = Instant::now();
     let mut pause = Duration::ZERO;
+    let mut switched_after = None;
     let mut last = Instant::now();
     while seen.len() < TOTAL {
         let e = tokio::time::timeout(DEADLINE, proxied.recv())
@@ -181,6 +182,7 @@ async fn sigkill_of_the_serving_node_is_invisible_to_subscribers() {
             .expect("reader alive");
         if seen.last().is_some_and(|(_, _, n)| n == "node1") && e.2 == "node2" {
             pause = last.elapsed();
+            switched_after = Some(killed.elapsed());
         }
         last = Instant::now();
         seen.push(e);
@@ -191,8 +193,8 @@ async fn sigkill_of_the_serving_node_is_invisible_to_subscribers() {
         .unwrap_or_else(|e| panic!("{e}"));
     let published = publisher.await.expect("publisher");
     println!(
-        "proxy reader: switched to node2 {:?} after the kill; longest pause at the switch {pause:?}",
-        killed.elapsed()
+        "proxy reader: first node2 event {switched_after:?} after the kill; gap between the last \
+         node1 event and the first node2 event {pause:?}"
     );
 
     let check = |who: &str, seen: &Seen| {
@@ -218,4 +220,86 @@ async fn sigkill_of_the_serving_node_is_invisible_to_subscribers() {
         .unwrap_or_else(|e| panic!("{e}"));
     check("redirect", &redirected);
     gateway.stop().await.expect("clean stop");
+}
+
+/// The table-backed resolver moves a subscription off a node that turns critical in Consul
+/// even though its TCP stream is still fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_leaves_a_node_that_turns_critical() {
+    let consul = ConsulAgent::start_dev().await;
+    let node1 = TestNode::start(&consul.http_url(), "node1").await;
+    let node2 = TestNode::start(&consul.http_url(), "node2").await;
+    let (mut c1, c2) = (node1.client().await, node2.client().await);
+    let gateway = TestGateway::start(&consul.http_url(), &[]).await;
+    let gw = gateway.client().await;
+    store(&consul)
+        .put_force(&data_id("crit"), &[node_id("node1"), node_id("node2")])
+        .await
+        .expect("map");
+    wait_route(&gw, "crit", "both routable", |r| {
+        candidate_ids(r) == ["node1", "node2"]
+    })
+    .await;
+
+    let publish_both = |b: usize| {
+        let (mut c1, mut c2) = (c1.clone(), c2.clone());
+        async move {
+            let events = batch_payloads(b);
+            let r1 = publish(&mut c1, "crit", events.clone())
+                .await
+                .expect("node1");
+            let r2 = publish(&mut c2, "crit", events).await.expect("node2");
+            assert_eq!(r1.first_offset, r2.first_offset);
+        }
+    };
+    publish_both(0).await;
+    let mut sub = gw
+        .clone()
+        .subscribe(StreamRequest {
+            data_id: "crit".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    read_until(&mut sub, BATCH, &mut seen).await;
+    assert!(seen.iter().all(|(_, n)| n == "node1"));
+
+    set_maintenance(&consul, "node1", true).await;
+    wait_route(&gw, "crit", "node1 critical", |r| {
+        candidate_ids(r) == ["node2"]
+    })
+    .await;
+    for b in 1..5 {
+        publish_both(b).await;
+    }
+    read_until(&mut sub, 5 * BATCH, &mut seen).await;
+    let offsets: Vec<u64> = seen.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..5 * BATCH as u64).collect::<Vec<_>>());
+    assert!(
+        seen[BATCH..].iter().all(|(_, n)| n == "node2"),
+        "after node1 turned critical every batch comes from node2: {seen:?}"
+    );
+    // node1 is still up and serving: it was the table, not a broken connection.
+    assert!(publish(&mut c1, "crit", batch_payloads(9)).await.is_ok());
+    gateway.stop().await.expect("clean stop");
+    node1.stop().await.expect("node1");
+    node2.stop().await.expect("node2");
+}
+
+/// Reads batches until `seen` holds `until` events, noting who served each.
+async fn read_until(
+    sub: &mut tonic::Streaming<ec_proto::EventBatch>,
+    until: usize,
+    seen: &mut Vec<(u64, String)>,
+) {
+    while seen.len() < until {
+        let b = tokio::time::timeout(DEADLINE, sub.message())
+            .await
+            .expect("a batch in time")
+            .expect("ok")
+            .expect("open");
+        seen.extend(b.events.iter().map(|e| (e.offset, b.node_id.clone())));
+    }
 }
