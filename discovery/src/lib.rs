@@ -12,7 +12,9 @@
 //!   check-and-set, invalid keys reported as [`MappingProblem`]s;
 //! - `health` (again): [`HealthSnapshot`] of a service's nodes and their [`transitions`];
 //! - `watch`: [`watch_mappings`] and [`watch_health`], blocking-query loops publishing the
-//!   last good snapshot as [`Watched`].
+//!   last good snapshot as [`Watched`];
+//! - `epoch`: [`EpochStore`], each replicated data ID's leader epoch, primary and in-sync
+//!   set, beside the mappings, every write a check-and-set.
 //!
 //! Rules this crate keeps for every caller (see "Talking to Consul" in the design page):
 //! `recurse` is never sent on a single-key read or delete; `null` lists and maps decode as
@@ -26,6 +28,7 @@ mod agent;
 mod backoff;
 mod blocking;
 mod client;
+mod epoch;
 mod error;
 mod health;
 mod kv;
@@ -37,6 +40,7 @@ mod wire;
 pub use agent::{AgentService, AgentServiceHealth, HttpCheck, ServiceRegistration};
 pub use blocking::{Indexed, MAX_WAIT, QueryOptions, next_index};
 pub use client::ConsulClient;
+pub use epoch::{EpochError, EpochState, EpochStore, epoch_prefix};
 pub use error::DiscoveryError;
 pub use health::{
     CatalogNode, CheckStatus, HealthCheck, HealthSnapshot, HealthTransition, NodeHealth,

@@ -3,6 +3,7 @@
 //! and a restart in one cannot disturb another.
 
 mod agent;
+mod epoch;
 mod health;
 mod kv;
 mod mapping;
