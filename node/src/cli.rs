@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::log::{FsyncPolicy, LogOptions, Retention};
+use crate::replication::{Acks, ReplicationSettings};
 use crate::server::NodeSettings;
 
 /// Flags of `ec-node`. Each one overrides a configuration key; unset flags leave the lower
@@ -140,6 +141,21 @@ pub fn settings(config: &Config) -> Result<NodeSettings> {
         consul_url: format!("http://{consul_host}:{}", config.consul.port),
         consul_token: config.consul.token.clone(),
     })
+}
+
+/// How the node replicates, from `node.replication.*` and `consul.kv_prefix`.
+pub fn replication_settings(config: &Config) -> ReplicationSettings {
+    let r = &config.node.replication;
+    ReplicationSettings {
+        kv_prefix: config.consul.kv_prefix.clone(),
+        acks: match r.acks {
+            ec_config::AcksPolicy::Leader => Acks::Leader,
+            ec_config::AcksPolicy::All => Acks::All,
+        },
+        ack_timeout: r.ack_timeout,
+        max_lag_events: r.max_lag_events,
+        max_lag_time: r.max_lag_time,
+    }
 }
 
 /// Installs color-eyre so that errors print as one readable chain, without a backtrace

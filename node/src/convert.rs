@@ -6,6 +6,7 @@
 use tonic::Status;
 
 use crate::log::LogError;
+use crate::replication::PublishRefused;
 
 impl From<LogError> for Status {
     fn from(e: LogError) -> Status {
@@ -25,6 +26,22 @@ impl From<LogError> for Status {
             | LogError::Corrupt { .. }
             | LogError::Inconsistent { .. }
             | LogError::Missing { .. } => Status::internal(msg),
+        }
+    }
+}
+
+impl From<PublishRefused> for Status {
+    fn from(e: PublishRefused) -> Status {
+        let msg = e.to_string();
+        match e {
+            // Go elsewhere: the mapping names another primary, or none.
+            PublishRefused::NotPrimary { .. } | PublishRefused::Unmapped { .. } => {
+                Status::failed_precondition(msg)
+            }
+            // Retry here shortly: the claim or the first mapping snapshot is on its way.
+            PublishRefused::NotYetPrimary { .. } | PublishRefused::MappingUnknown { .. } => {
+                Status::unavailable(msg)
+            }
         }
     }
 }

@@ -3,6 +3,9 @@
 //!
 //! Layout:
 //! - [`log`]: the durable log with group commit — the only module that touches the disk.
+//! - `replication/`: each data ID's role from its Consul mapping — primary (epoch claim,
+//!   in-sync set, high watermark) or replica (follows the primary) — and the fences;
+//!   `replicate.rs` serves the primary's side of the `Replicate` RPC.
 //! - `request.rs` checks proto requests into domain requests; `service.rs` is the thin gRPC
 //!   layer; `convert.rs` maps log errors to statuses; `stream.rs` produces server streams.
 //! - `health.rs`, `registration.rs`: what Consul and operators see.
@@ -13,10 +16,13 @@ mod convert;
 mod health;
 pub mod log;
 mod registration;
+mod replicate;
+mod replication;
 mod request;
 pub mod server;
 mod service;
 mod stream;
 
 pub use registration::SERVICE_NAME;
-pub use server::{Listeners, NodeError, NodeSettings, run};
+pub use replication::{Acks, ReplicationSettings};
+pub use server::{Listeners, NodeError, NodeSettings, run, run_replicated};

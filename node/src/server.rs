@@ -1,10 +1,12 @@
 //! Runs a node: opens the log, serves gRPC and HTTP health, keeps the Consul registration,
-//! applies retention, and shuts down in the order that loses nothing.
+//! applies retention, replicates (with [`run_replicated`]), and shuts down in the order that
+//! loses nothing.
 //!
 //! Shutdown order, once `shutdown` is cancelled: report not serving (HTTP 503, gRPC
 //! NOT_SERVING) so routers stop sending traffic; deregister from Consul; stop accepting
-//! connections and end open streams while in-flight publishes finish; close the log, which
-//! commits and syncs whatever is pending. Only then does `run` return.
+//! connections and end open streams while in-flight publishes finish; stop replicating (each
+//! primary fences its streams, each replica stops copying); close the log, which commits and
+//! syncs whatever is pending. Only then does `run` return.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ use tracing::{error, info, warn};
 use crate::health::{Serving, serve_http};
 use crate::log::{EventLog, LogError, LogOptions};
 use crate::registration::{Advertised, CheckSettings, registration};
+use crate::replication::{self, Replication, ReplicationSettings};
 use crate::service::NodeService;
 
 /// How often the node asks its Consul agent whether its registration is still there.
@@ -108,9 +111,31 @@ pub enum NodeError {
     },
 }
 
-/// Runs a node until `shutdown` is cancelled, then drains and returns.
+/// Runs a node that replicates nothing until `shutdown` is cancelled, then drains and
+/// returns: every data ID is standalone (the node ignores the mappings in Consul).
 pub async fn run(
     settings: NodeSettings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    serve(settings, None, listeners, shutdown).await
+}
+
+/// Runs a node that follows its data IDs' mappings in Consul (under
+/// `replication.kv_prefix`): primary of those whose mapping names it first, replica of those
+/// naming it later, fenced for the others. See the `replication` module for the protocol.
+pub async fn run_replicated(
+    settings: NodeSettings,
+    replication: ReplicationSettings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    serve(settings, Some(replication), listeners, shutdown).await
+}
+
+async fn serve(
+    settings: NodeSettings,
+    replication: Option<ReplicationSettings>,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
@@ -135,6 +160,7 @@ pub async fn run(
     let stop_registration = CancellationToken::new();
     let stop_serving = CancellationToken::new();
     let stop_housekeeping = CancellationToken::new();
+    let stop_replication = CancellationToken::new();
 
     let advertised = Advertised::new(
         settings.advertise_address.as_deref(),
@@ -154,6 +180,17 @@ pub async fn run(
     let held = held_data_ids(&log);
     let (reg_tx, reg_rx) = watch::channel(make_registration(&held));
     let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
+    let replication = match replication {
+        Some(r) => replication::spawn(
+            settings.node_id.clone(),
+            log.clone(),
+            r,
+            consul.clone(),
+            &tasks,
+            stop_replication.clone(),
+        ),
+        None => Replication::standalone(settings.node_id.clone(), log.clone()),
+    };
     let registrar = Registrar::spawn(
         consul,
         reg_rx,
@@ -188,6 +225,7 @@ pub async fn run(
         log: log.clone(),
         max_event_bytes: settings.max_event_bytes,
         auto_create: settings.auto_create,
+        replication,
         shutdown: stop_serving.clone(),
     };
     // A request may carry one event of the maximum size plus framing; a bit more is refused
@@ -222,6 +260,7 @@ pub async fn run(
         warn!("registration task panicked; the node may still be registered in Consul");
     }
     stop_serving.cancel();
+    stop_replication.cancel();
     stop_housekeeping.cancel();
     let served = match served {
         Some(r) => r,

@@ -1,16 +1,24 @@
-//! The `streaming.Node` gRPC service: a thin layer over the [`EventLog`].
+//! The `streaming.Node` gRPC service: a thin layer over the [`EventLog`] and [`Replication`].
 //!
 //! Each RPC checks its request into a domain request (`request.rs`), calls the log, and turns
 //! the result back into proto messages; errors become statuses in `convert.rs` only. Streams
-//! are produced by `stream.rs`; this file only wires them to the response.
+//! are produced by `stream.rs` (readers) and `replicate.rs` (replicas); this file only wires
+//! them to the response.
+//!
+//! A publish first asks [`Replication::check_publish`] whether this node may take it (the
+//! mapping names it primary and it holds the epoch), then appends, then — for `acks=all`
+//! (request metadata `ec-acks`, default `node.replication.acks`) — waits until the high
+//! watermark passes it, i.e. every in-sync replica stored it.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use ec_core::Offset;
 use ec_proto::node_server::Node;
 use ec_proto::{
     DataChunk, Event, EventBatch, ListStreamsRequest, ListStreamsResponse, PublishAck, PublishAcks,
-    PublishRequest, PublishResponse, StreamInfo, StreamInfoRequest, StreamRequest,
+    PublishRequest, PublishResponse, ReplicaMessage, ReplicaProgress, ReplicationMessage,
+    ReplicationStatus, StreamInfo, StreamInfoRequest, StreamRequest, StreamRole,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,9 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
-use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats};
+use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats, WriteAccess};
+use crate::replication::{Acks, Replication, Role};
 use crate::request::{AppendRequest, ReadRequest, parse_data_id};
 use crate::stream::{produce, resolve_start};
+
+/// Request metadata choosing a publish's acks: `leader` or `all`.
+pub(crate) const ACKS_HEADER: &str = "ec-acks";
 
 /// Publish requests of one `PublishStream` that may wait for their commit at once.
 const MAX_IN_FLIGHT: usize = 4096;
@@ -37,6 +49,8 @@ pub(crate) struct NodeService {
     pub(crate) max_event_bytes: u64,
     /// `node.auto_create`: whether a publish may create an unknown data ID.
     pub(crate) auto_create: bool,
+    /// Who may take publishes, replication sessions, acks=all waiting.
+    pub(crate) replication: Arc<Replication>,
     /// Cancelled when the node shuts down: ends every open stream.
     pub(crate) shutdown: CancellationToken,
 }
@@ -65,13 +79,75 @@ impl NodeService {
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
-    async fn submit(&self, req: PublishRequest) -> Result<PendingAppend, Status> {
+    async fn submit(&self, req: PublishRequest) -> Result<Submitted, Status> {
         let append = AppendRequest::parse(req, self.max_event_bytes)?;
-        Ok(self
+        self.replication.check_publish(&append.data_id)?;
+        let pending = self
             .log
             .submit(&append.data_id, append.events, self.auto_create)
-            .await?)
+            .await?;
+        Ok(Submitted {
+            data_id: append.data_id,
+            pending,
+            appended: None,
+        })
     }
+
+    /// Whether `a` is below the high watermark already (replicated to the in-sync set).
+    fn is_replicated(&self, data_id: &ec_core::DataId, a: &Appended) -> bool {
+        self.log
+            .high_watermark(data_id)
+            .is_ok_and(|hwm| hwm.0 > a.last.0)
+    }
+
+    /// The acks a request asks for (metadata), or the node's default.
+    fn acks<T>(&self, req: &Request<T>) -> Result<Acks, Status> {
+        match req.metadata().get(ACKS_HEADER) {
+            None => Ok(self.replication.default_acks),
+            Some(v) => v.to_str().ok().and_then(Acks::parse).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "metadata {ACKS_HEADER}: {v:?} is not a valid acks value; use \"leader\" or \"all\""
+                ))
+            }),
+        }
+    }
+
+    /// Waits, for `acks=all`, until every in-sync replica stored `a`.
+    async fn replicated(
+        &self,
+        data_id: &ec_core::DataId,
+        a: Appended,
+        acks: Acks,
+    ) -> Result<Appended, Status> {
+        if acks == Acks::Leader {
+            return Ok(a);
+        }
+        self.replication
+            .wait_replicated(data_id, a.last)
+            .await
+            .map(|()| a)
+            .map_err(|waited| {
+                Status::deadline_exceeded(format!(
+                    "offsets {}..={} of data ID {data_id} are durable on primary {} but not yet on every in-sync replica after {} (node.replication.ack_timeout); they may still appear later, or be lost if this primary fails first — do not assume either",
+                    a.first,
+                    a.last,
+                    self.node_id,
+                    humantime(waited)
+                ))
+            })
+    }
+}
+
+fn humantime(d: std::time::Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// A publish queued in the log, with its data ID for the acks=all wait.
+struct Submitted {
+    data_id: ec_core::DataId,
+    pending: PendingAppend,
+    /// The commit's answer once taken from `pending` (it can be taken only once).
+    appended: Option<Appended>,
 }
 
 fn to_event(e: StoredEvent) -> Event {
@@ -79,6 +155,15 @@ fn to_event(e: StoredEvent) -> Event {
         offset: e.offset.0,
         timestamp: e.timestamp.0,
         data: e.data,
+    }
+}
+
+fn role_of(access: WriteAccess) -> StreamRole {
+    match access {
+        WriteAccess::Open => StreamRole::Standalone,
+        WriteAccess::Leader(_) => StreamRole::Primary,
+        WriteAccess::Replica => StreamRole::Replica,
+        WriteAccess::Closed => StreamRole::Fenced,
     }
 }
 
@@ -91,6 +176,9 @@ fn to_info(s: StreamStats) -> StreamInfo {
         bytes: s.bytes,
         first_timestamp: s.first_timestamp.map_or(0, |t| t.0),
         last_timestamp: s.last_timestamp.map_or(0, |t| t.0),
+        log_end_offset: s.next.0,
+        epoch: s.last_epoch.0,
+        role: role_of(s.access) as i32,
     }
 }
 
@@ -112,6 +200,7 @@ impl Node for NodeService {
     type StreamDataStream = ResponseStream<DataChunk>;
     type StreamBatchesStream = ResponseStream<EventBatch>;
     type PublishStreamStream = ResponseStream<PublishAcks>;
+    type ReplicateStream = ResponseStream<ReplicationMessage>;
 
     #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
     async fn stream_data(
@@ -155,7 +244,10 @@ impl Node for NodeService {
         &self,
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let appended = self.submit(req.into_inner()).await?.await?;
+        let acks = self.acks(&req)?;
+        let submitted = self.submit(req.into_inner()).await?;
+        let appended = submitted.pending.await?;
+        let appended = self.replicated(&submitted.data_id, appended, acks).await?;
         Ok(Response::new(PublishResponse {
             first_offset: appended.first.0,
             last_offset: appended.last.0,
@@ -167,9 +259,10 @@ impl Node for NodeService {
         &self,
         req: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let policy = self.acks(&req)?;
         let mut inbound = req.into_inner();
         let (pending_tx, mut pending_rx) =
-            mpsc::channel::<(u64, Result<PendingAppend, Status>)>(MAX_IN_FLIGHT);
+            mpsc::channel::<(u64, Result<Submitted, Status>)>(MAX_IN_FLIGHT);
         let (acks_tx, acks_rx) = mpsc::channel(16);
 
         // Submitting in arrival order fixes the offsets in that order; the commit is awaited
@@ -196,6 +289,7 @@ impl Node for NodeService {
             }
         });
 
+        let this = self.clone();
         tokio::spawn(async move {
             // A request taken from the queue whose commit has not happened yet.
             let mut held = None;
@@ -209,7 +303,16 @@ impl Node for NodeService {
                 };
                 let mut acks = Vec::new();
                 let first = match submitted {
-                    Ok(pending) => pending.await.map_err(Status::from),
+                    Ok(s) => {
+                        let committed = match s.appended {
+                            Some(a) => Ok(a),
+                            None => s.pending.await.map_err(Status::from),
+                        };
+                        match committed {
+                            Ok(a) => this.replicated(&s.data_id, a, policy).await,
+                            Err(status) => Err(status),
+                        }
+                    }
                     Err(status) => Err(status),
                 };
                 match first {
@@ -232,13 +335,35 @@ impl Node for NodeService {
                         break;
                     };
                     let result = match &mut submitted {
-                        Ok(pending) => match pending.try_result() {
-                            Some(r) => r.map_err(Status::from),
-                            None => {
-                                held = Some((sequence, submitted));
-                                break;
+                        Ok(s) => {
+                            if s.appended.is_none() {
+                                match s.pending.try_result() {
+                                    Some(Ok(a)) => s.appended = Some(a),
+                                    Some(Err(e)) => {
+                                        failure = Some(Status::from(e));
+                                        break;
+                                    }
+                                    None => {
+                                        held = Some((sequence, submitted));
+                                        break;
+                                    }
+                                }
                             }
-                        },
+                            match s.appended {
+                                // For acks=all, only once replicated; else it waits for the
+                                // next round like a pending commit.
+                                Some(a)
+                                    if policy == Acks::Leader
+                                        || this.is_replicated(&s.data_id, &a) =>
+                                {
+                                    Ok(a)
+                                }
+                                _ => {
+                                    held = Some((sequence, submitted));
+                                    break;
+                                }
+                            }
+                        }
                         Err(status) => Err(status.clone()),
                     };
                     match result {
@@ -267,6 +392,84 @@ impl Node for NodeService {
     ) -> Result<Response<StreamInfo>, Status> {
         let data_id = parse_data_id(&req.get_ref().data_id)?;
         Ok(Response::new(to_info(self.log.stats(&data_id)?)))
+    }
+
+    async fn get_replication_status(
+        &self,
+        req: Request<StreamInfoRequest>,
+    ) -> Result<Response<ReplicationStatus>, Status> {
+        let data_id = parse_data_id(&req.get_ref().data_id)?;
+        let stats = self.log.stats(&data_id)?;
+        let mut status = ReplicationStatus {
+            data_id: data_id.to_string(),
+            role: role_of(stats.access) as i32,
+            epoch: stats.last_epoch.0,
+            high_watermark: stats.high_watermark.0,
+            log_end_offset: stats.next.0,
+            ..ReplicationStatus::default()
+        };
+        if let Some(view) = self.replication.view(&data_id) {
+            status.detail = view.detail;
+            match view.role {
+                Role::Primary {
+                    epoch,
+                    mapping_index,
+                } => {
+                    status.primary_node_id = self.node_id.clone();
+                    status.epoch = epoch.unwrap_or(status.epoch);
+                    status.mapping_modify_index = mapping_index;
+                }
+                Role::Replica {
+                    primary,
+                    epoch,
+                    mapping_index,
+                } => {
+                    status.primary_node_id = primary.to_string();
+                    status.epoch = epoch.unwrap_or(status.epoch);
+                    status.mapping_modify_index = mapping_index;
+                }
+                Role::NotMember {
+                    primary,
+                    mapping_index,
+                } => {
+                    status.primary_node_id = primary.to_string();
+                    status.mapping_modify_index = mapping_index;
+                }
+                Role::Unmapped => {}
+            }
+        }
+        if let Some(term) = self.replication.term(&data_id) {
+            let (in_sync, replicas) = term.status();
+            status.epoch = term.epoch.0;
+            status.in_sync = in_sync.iter().map(ToString::to_string).collect();
+            status.replicas = replicas
+                .into_iter()
+                .map(|r| ReplicaProgress {
+                    node_id: r.node.to_string(),
+                    connected: r.connected,
+                    in_sync: r.in_sync,
+                    next_offset: r.position.unwrap_or(0),
+                    known: r.position.is_some(),
+                    lag_events: stats.next.0.saturating_sub(r.position.unwrap_or(0)),
+                    caught_up_ms_ago: u64::try_from(r.caught_up_ago.as_millis())
+                        .unwrap_or(u64::MAX),
+                })
+                .collect();
+        }
+        Ok(Response::new(status))
+    }
+
+    async fn replicate(
+        &self,
+        req: Request<Streaming<ReplicaMessage>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let stream = crate::replicate::serve(
+            self.replication.clone(),
+            req.into_inner(),
+            self.shutdown.clone(),
+        )
+        .await?;
+        Ok(Response::new(stream))
     }
 
     async fn list_streams(

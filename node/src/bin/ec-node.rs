@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Event Catcher storage node: keeps durable per-data-ID event logs, accepts publishes,
-/// streams events from any offset in real time, and registers itself in Consul.
+/// streams events from any offset in real time, registers itself in Consul, and replicates
+/// each data ID between the nodes its Consul mapping names (primary first).
 ///
 /// Settings come from, lowest first: built-in defaults, the YAML file (config/config.yaml
 /// or --config), EVENT_CATCHER_* environment variables, then these flags.
@@ -41,6 +42,7 @@ fn main() -> Result<()> {
     }
     let _log_guard = ec_config::logging::init(&config.log)?;
     let settings = cli::settings(&config)?;
+    let replication = cli::replication_settings(&config);
     tokio::runtime::Runtime::new()
         .wrap_err("cannot start the async runtime")?
         .block_on(async move {
@@ -54,7 +56,8 @@ fn main() -> Result<()> {
             })?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cli::cancel_on_signal(shutdown.clone()));
-            ec_node::run(settings, ec_node::Listeners { grpc, health }, shutdown)
+            let listeners = ec_node::Listeners { grpc, health };
+            ec_node::run_replicated(settings, replication, listeners, shutdown)
                 .await
                 .wrap_err("the node stopped with an error")
         })

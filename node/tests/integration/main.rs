@@ -6,5 +6,6 @@
 mod consul;
 mod errors;
 mod process;
+mod replication;
 mod streaming;
 mod util;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ec_core::NodeId;
 use ec_node::log::{FsyncPolicy, LogOptions, Retention};
-use ec_node::{Listeners, NodeError, NodeSettings};
+use ec_node::{Acks, Listeners, NodeError, NodeSettings, ReplicationSettings};
 use ec_proto::node_client::NodeClient;
 use ec_proto::{PublishRequest, PublishResponse, StreamRequest};
 use tokio::net::TcpListener;
@@ -46,6 +46,20 @@ pub fn settings(data_dir: &Path, consul_url: &str, node_id: &str) -> NodeSetting
     }
 }
 
+/// The mapping prefix every replication test uses.
+pub const KV_PREFIX: &str = "streaming/data/";
+
+/// Replication settings for tests: short lag limits so that membership changes are quick.
+pub fn replication() -> ReplicationSettings {
+    ReplicationSettings {
+        kv_prefix: KV_PREFIX.to_owned(),
+        acks: Acks::All,
+        ack_timeout: Duration::from_secs(5),
+        max_lag_events: None,
+        max_lag_time: Duration::from_secs(2),
+    }
+}
+
 /// A node running inside the test process.
 pub struct TestNode {
     pub grpc_addr: SocketAddr,
@@ -66,18 +80,37 @@ impl TestNode {
         node
     }
 
+    /// Starts a replicating node `node_id` on a fresh temp dir, registered in `consul_url`.
+    pub async fn start_replicated(
+        consul_url: &str,
+        node_id: &str,
+        tweak: impl FnOnce(&mut ReplicationSettings),
+    ) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = settings(dir.path(), consul_url, node_id);
+        let mut r = replication();
+        tweak(&mut r);
+        let mut node = TestNode::spawn(s, Some(r)).await;
+        node._dir = Some(dir);
+        node
+    }
+
     /// Starts a node with exactly these settings (the data dir is the caller's).
     pub async fn start_with(s: NodeSettings) -> TestNode {
+        TestNode::spawn(s, None).await
+    }
+
+    async fn spawn(s: NodeSettings, replication: Option<ReplicationSettings>) -> TestNode {
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
         let health = TcpListener::bind("127.0.0.1:0").await.expect("bind health");
         let grpc_addr = grpc.local_addr().expect("addr");
         let health_addr = health.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(ec_node::run(
-            s,
-            Listeners { grpc, health },
-            shutdown.clone(),
-        ));
+        let listeners = Listeners { grpc, health };
+        let handle = match replication {
+            None => tokio::spawn(ec_node::run(s, listeners, shutdown.clone())),
+            Some(r) => tokio::spawn(ec_node::run_replicated(s, r, listeners, shutdown.clone())),
+        };
         TestNode {
             grpc_addr,
             health_addr,

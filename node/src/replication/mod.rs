@@ -1,0 +1,350 @@
+//! Replication of each data ID from its primary to its replicas, the way Kafka does it (leader
+//! epochs, an in-sync set, a high watermark), with Consul check-and-set for every decision
+//! that needs agreement. Nothing here is a consensus algorithm: Consul's Raft is the only one.
+//!
+//! # Who is what
+//! The mapping `<kv_prefix><data_id> = "n2,n1,n3"` names the nodes, primary first; every node
+//! follows it with a blocking query ([`coordinator`]). For each data ID it is named in, a node
+//! runs one task that is, in turn, a primary ([`leader`]) or a replica ([`follower`]); a node
+//! that holds a data ID whose mapping does not name it, or whose mapping was deleted, takes no
+//! more publishes for it (reads keep working). A data ID that was never under a mapping is
+//! *standalone*: publishes are taken as before replication existed.
+//!
+//! # Epochs: `<kv_prefix minus '/'>.epochs/<data_id>` (see `ec_discovery::EpochStore`)
+//! `{"epoch":E,"primary":"n2","in_sync":["n2","n3"]}`. The mapping says who *should* lead; the
+//! epoch record says who *does*, and which nodes hold everything acknowledged. A node named
+//! primary *claims* a new epoch by CAS-writing the record it read, which it may only do if it
+//! is in that record's in-sync set (or is its primary, or there is no record): new epoch =
+//! `max(old + 1, mapping ModifyIndex, own last epoch + 1)`, so epochs only grow even if the
+//! record is lost; the old primary leaves the in-sync set. Every claim, including a
+//! restarted primary reclaiming its own data ID, is a new epoch, so one epoch is always one
+//! process's uninterrupted term. Only then does the node stamp publishes with the epoch.
+//!
+//! # In-sync set and acknowledgements
+//! The primary alone changes the in-sync set, always by CAS on the record version it wrote
+//! last; a failed CAS that shows another epoch means it was deposed, and it stops taking
+//! publishes at once. A replica leaves the set when it has not caught up with the primary's
+//! end for `max_lag_time` (Kafka's rule: a report at or past the end the primary had at the
+//! previous report counts as caught up then) or lags by more than `max_lag_events`; it rejoins
+//! once it is within both limits and has stored everything up to the high watermark (while
+//! it closes that last gap it holds the high watermark, so it never joins below it).
+//! `acks=all` answers once the high watermark passes the publish: then every member of the
+//! in-sync set stored it durably.
+//!
+//! # High watermark
+//! On the primary: the lowest durable end over the in-sync set (a member that has not reported
+//! in this epoch holds it); with no replica in the set, the primary's durable end. Replicas
+//! receive it with every batch and heartbeat and apply it capped by their own end. Readers on
+//! every node see only below it (`EventLog::read`), so a read can never be taken back:
+//! whoever becomes primary next was in the in-sync set and holds it.
+//!
+//! # Fencing
+//! A node takes a publish only while its last mapping names it primary *and* it holds the
+//! epoch ([`Replication::check_publish`]); otherwise `FAILED_PRECONDITION` naming the primary.
+//! The log's committer checks the same per stream ([`crate::log::WriteAccess`]), so a primary
+//! that learns it was deposed (a new mapping, or a failed CAS) is fenced for every batch
+//! written after. A deposed primary that was paused can still append until it learns, but it
+//! cannot acknowledge `acks=all`: the node that claimed after it was in its in-sync set and
+//! no longer copies from it. Those appends are cut when it rejoins.
+//!
+//! # Rejoining
+//! A replica opens `Replicate` with its epoch history; the primary computes where the two logs
+//! stop matching ([`divergence`]) and the replica truncates there (never below its own high
+//! watermark: that would take back a read; it reports the problem instead) and copies from
+//! there at the same offsets with the same epochs and timestamps. Afterwards the logs are
+//! byte-identical.
+
+mod coordinator;
+mod divergence;
+mod follower;
+mod leader;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ec_core::{DataId, NodeId, Offset};
+use ec_discovery::{HealthSnapshot, MappingSnapshot, Watched};
+use tokio::sync::watch;
+
+use crate::log::{EventLog, WriteAccess};
+
+pub(crate) use coordinator::spawn;
+pub(crate) use divergence::Cut;
+pub(crate) use leader::{LeaderTerm, SessionStart};
+
+/// What a publish waits for before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Durable on the primary.
+    Leader,
+    /// Durable on the primary and every replica of its in-sync set.
+    All,
+}
+
+impl Acks {
+    /// Parses `leader` or `all` (any case).
+    pub fn parse(s: &str) -> Option<Acks> {
+        if s.trim().eq_ignore_ascii_case("leader") {
+            Some(Acks::Leader)
+        } else if s.trim().eq_ignore_ascii_case("all") {
+            Some(Acks::All)
+        } else {
+            None
+        }
+    }
+}
+
+/// How a node replicates, from `node.replication.*` and `consul.kv_prefix`.
+#[derive(Debug, Clone)]
+pub struct ReplicationSettings {
+    /// Consul KV prefix of the mappings (`consul.kv_prefix`).
+    pub kv_prefix: String,
+    /// Default of a publish's acks.
+    pub acks: Acks,
+    /// How long an `acks=all` publish waits.
+    pub ack_timeout: Duration,
+    /// A replica further behind than this many events leaves the in-sync set.
+    pub max_lag_events: Option<u64>,
+    /// A replica not caught up for this long leaves the in-sync set.
+    pub max_lag_time: Duration,
+}
+
+impl ReplicationSettings {
+    /// How often a primary sends a heartbeat to an idle replica (and evaluates its in-sync
+    /// set): a fraction of `max_lag_time`, so an idle replica reports often enough to stay in.
+    pub(crate) fn heartbeat(&self) -> Duration {
+        (self.max_lag_time / 8).clamp(Duration::from_millis(20), Duration::from_millis(500))
+    }
+}
+
+/// What this node is for one data ID, as its replication task last decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Named primary; `epoch` once claimed.
+    Primary {
+        epoch: Option<u64>,
+        mapping_index: u64,
+    },
+    /// Named replica of `primary`; `epoch` of the primary once connected.
+    Replica {
+        primary: NodeId,
+        epoch: Option<u64>,
+        mapping_index: u64,
+    },
+    /// Holds the data ID but its mapping names only other nodes.
+    NotMember { primary: NodeId, mapping_index: u64 },
+    /// Was under a mapping that has been deleted.
+    Unmapped,
+}
+
+/// A role with why it is not (yet) doing its job, for status and refusals.
+#[derive(Debug, Clone)]
+pub(crate) struct View {
+    pub(crate) role: Role,
+    pub(crate) detail: String,
+}
+
+/// Why a publish is refused before it reaches the log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum PublishRefused {
+    /// The mapping names another primary.
+    #[error(
+        "node {me} is not the primary of data ID {data_id}: its mapping (ModifyIndex {mapping_index}) names {primary} first; publish to {primary}"
+    )]
+    NotPrimary {
+        me: NodeId,
+        data_id: DataId,
+        primary: NodeId,
+        mapping_index: u64,
+    },
+    /// Named primary, but not holding an epoch (yet).
+    #[error(
+        "node {me} is named primary of data ID {data_id} but does not hold its epoch yet: {detail}"
+    )]
+    NotYetPrimary {
+        me: NodeId,
+        data_id: DataId,
+        detail: String,
+    },
+    /// The data ID is coordinated here but the mapping is not known (yet).
+    #[error(
+        "node {me} does not know the mapping of data ID {data_id} yet (Consul has not answered since it started); retry shortly"
+    )]
+    MappingUnknown { me: NodeId, data_id: DataId },
+    /// The data ID was under a mapping that no longer exists.
+    #[error(
+        "data ID {data_id} was replicated under a mapping that has been deleted; node {me} takes no publish for it until a mapping names it primary"
+    )]
+    Unmapped { me: NodeId, data_id: DataId },
+}
+
+/// Replication state shared by the gRPC service and the replication tasks.
+pub(crate) struct Replication {
+    pub(crate) me: NodeId,
+    pub(crate) log: EventLog,
+    /// `None`: a node without Consul mappings; every data ID is standalone.
+    pub(crate) settings: Option<ReplicationSettings>,
+    /// Default acks of a publish that does not say.
+    pub(crate) default_acks: Acks,
+    /// How long `acks=all` waits.
+    pub(crate) ack_timeout: Duration,
+    views: Mutex<HashMap<DataId, View>>,
+    terms: Mutex<HashMap<DataId, Arc<LeaderTerm>>>,
+    /// The mappings as last seen (`value` is `None` until Consul first answered).
+    mappings: watch::Receiver<Watched<MappingSnapshot>>,
+    /// Where the nodes are (for replicas dialing their primary).
+    health: watch::Receiver<Watched<HealthSnapshot>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Replication {
+    /// A node that replicates nothing: every data ID is standalone.
+    pub(crate) fn standalone(me: NodeId, log: EventLog) -> Arc<Replication> {
+        let (_, mappings) = watch::channel(Watched::default());
+        let (_, health) = watch::channel(Watched::default());
+        Arc::new(Replication {
+            me,
+            log,
+            settings: None,
+            default_acks: Acks::Leader,
+            ack_timeout: Duration::from_secs(5),
+            views: Mutex::default(),
+            terms: Mutex::default(),
+            mappings,
+            health,
+        })
+    }
+
+    pub(crate) fn new(
+        me: NodeId,
+        log: EventLog,
+        settings: ReplicationSettings,
+        mappings: watch::Receiver<Watched<MappingSnapshot>>,
+        health: watch::Receiver<Watched<HealthSnapshot>>,
+    ) -> Arc<Replication> {
+        Arc::new(Replication {
+            me,
+            log,
+            default_acks: settings.acks,
+            ack_timeout: settings.ack_timeout,
+            settings: Some(settings),
+            views: Mutex::default(),
+            terms: Mutex::default(),
+            mappings,
+            health,
+        })
+    }
+
+    pub(crate) fn set_view(&self, data_id: &DataId, role: Role, detail: impl Into<String>) {
+        lock(&self.views).insert(
+            data_id.clone(),
+            View {
+                role,
+                detail: detail.into(),
+            },
+        );
+    }
+
+    pub(crate) fn view(&self, data_id: &DataId) -> Option<View> {
+        lock(&self.views).get(data_id).cloned()
+    }
+
+    pub(crate) fn register_term(&self, term: Arc<LeaderTerm>) {
+        lock(&self.terms).insert(term.data_id.clone(), term);
+    }
+
+    pub(crate) fn unregister_term(&self, term: &LeaderTerm) {
+        let mut terms = lock(&self.terms);
+        if terms
+            .get(&term.data_id)
+            .is_some_and(|t| t.epoch == term.epoch)
+        {
+            terms.remove(&term.data_id);
+        }
+    }
+
+    /// The current leader term of `data_id` on this node, if it leads it.
+    pub(crate) fn term(&self, data_id: &DataId) -> Option<Arc<LeaderTerm>> {
+        lock(&self.terms).get(data_id).cloned()
+    }
+
+    /// The `host:port` of `node` as registered in Consul.
+    pub(crate) fn address_of(&self, node: &NodeId) -> Option<String> {
+        self.health
+            .borrow()
+            .value
+            .as_ref()
+            .and_then(|s| s.node(node.as_str()))
+            .map(|n| n.address.clone())
+    }
+
+    /// Whether this node may take a publish for `data_id` now, with a clear reason if not.
+    /// The log's committer enforces the same; this gives the caller the primary to go to.
+    pub(crate) fn check_publish(&self, data_id: &DataId) -> Result<(), PublishRefused> {
+        if self.settings.is_none() {
+            return Ok(());
+        }
+        // Outer `None`: no snapshot yet; inner `None`: not mapped.
+        let mapping = self
+            .mappings
+            .borrow()
+            .value
+            .as_ref()
+            .map(|snapshot| snapshot.mappings.get(data_id).cloned());
+        match mapping {
+            Some(Some(m)) if m.primary() != &self.me => Err(PublishRefused::NotPrimary {
+                me: self.me.clone(),
+                data_id: data_id.clone(),
+                primary: m.primary().clone(),
+                mapping_index: m.modify_index,
+            }),
+            Some(Some(_)) => match self.term(data_id) {
+                Some(term) if !term.cancel.is_cancelled() => Ok(()),
+                _ => Err(PublishRefused::NotYetPrimary {
+                    me: self.me.clone(),
+                    data_id: data_id.clone(),
+                    detail: self
+                        .view(data_id)
+                        .map_or_else(|| "starting".to_owned(), |v| v.detail),
+                }),
+            },
+            // Not mapped: standalone, unless it was coordinated before.
+            Some(None) if self.log.access(data_id) != WriteAccess::Open => {
+                Err(PublishRefused::Unmapped {
+                    me: self.me.clone(),
+                    data_id: data_id.clone(),
+                })
+            }
+            Some(None) => Ok(()),
+            None if self.log.access(data_id) != WriteAccess::Open => {
+                Err(PublishRefused::MappingUnknown {
+                    me: self.me.clone(),
+                    data_id: data_id.clone(),
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until `data_id`'s high watermark passes `last` (the publish is on every in-sync
+    /// replica), at most `self.ack_timeout`. `Err` carries how long it waited.
+    pub(crate) async fn wait_replicated(
+        &self,
+        data_id: &DataId,
+        last: Offset,
+    ) -> Result<(), Duration> {
+        let Ok(mut visible) = self.log.subscribe(data_id) else {
+            return Err(Duration::ZERO);
+        };
+        let timeout = self.ack_timeout;
+        let waited = tokio::time::timeout(timeout, visible.wait_for(|hwm| hwm.0 > last.0)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(timeout),
+        }
+    }
+}

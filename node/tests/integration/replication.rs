@@ -1,0 +1,130 @@
+//! Replication between nodes in this process, against a real Consul agent: replicas copy the
+//! primary byte for byte, `acks=all` waits for the in-sync set, the high watermark bounds
+//! readers everywhere, and nodes that are not the primary refuse publishes naming it.
+
+use bytes::Bytes;
+use ec_core::{DataId, NodeId};
+use ec_discovery::{ConsulClient, EpochStore, Mapping, MappingStore};
+use ec_proto::node_client::NodeClient;
+use ec_proto::{ReplicationStatus, StreamInfoRequest, StreamRole};
+use ec_testkit::{ConsulAgent, wait_for};
+use tonic::transport::Channel;
+
+use crate::util::*;
+
+pub fn consul_client(consul: &ConsulAgent) -> ConsulClient {
+    ConsulClient::new(&consul.http_url(), None).expect("consul client")
+}
+
+/// Writes the mapping of `data_id` (check-and-set against what is there now).
+pub async fn map(consul: &ConsulAgent, data_id: &str, nodes: &[&str]) -> Mapping {
+    let store = MappingStore::new(consul_client(consul), KV_PREFIX);
+    let data_id = DataId::parse(data_id).expect("data id");
+    let nodes: Vec<NodeId> = nodes
+        .iter()
+        .map(|n| NodeId::parse(n).expect("node id"))
+        .collect();
+    let current = store.get(&data_id).await.expect("read mapping");
+    store
+        .put(&data_id, &nodes, current.map(|m| m.modify_index))
+        .await
+        .expect("write mapping")
+}
+
+pub async fn status(c: &mut NodeClient<Channel>, data_id: &str) -> Option<ReplicationStatus> {
+    c.get_replication_status(StreamInfoRequest {
+        data_id: data_id.into(),
+    })
+    .await
+    .ok()
+    .map(|r| r.into_inner())
+}
+
+/// Waits until `c` is the primary of `data_id` with exactly `in_sync` (any order) in sync.
+pub async fn wait_in_sync(c: &NodeClient<Channel>, data_id: &str, in_sync: &[&str]) {
+    let mut want: Vec<String> = in_sync.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    wait_for(&format!("{data_id} in sync on {want:?}"), DEADLINE, || {
+        let mut c = c.clone();
+        let want = want.clone();
+        async move {
+            let s = status(&mut c, data_id).await?;
+            let mut got = s.in_sync.clone();
+            got.sort();
+            (s.role == StreamRole::Primary as i32 && got == want).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Everything a node lets readers see of `data_id` (non-following read from 0).
+pub async fn visible(c: &mut NodeClient<Channel>, data_id: &str) -> Vec<(u64, Bytes)> {
+    collect(c, read_from(data_id, 0)).await.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn replicas_copy_the_primary_and_acks_all_waits_for_them() {
+    let consul = ConsulAgent::start_dev().await;
+    let url = consul.http_url();
+    let n1 = TestNode::start_replicated(&url, "n1", |_| {}).await;
+    let n2 = TestNode::start_replicated(&url, "n2", |_| {}).await;
+    let n3 = TestNode::start_replicated(&url, "n3", |_| {}).await;
+    let (mut c1, mut c2, mut c3) = (n1.client().await, n2.client().await, n3.client().await);
+    map(&consul, "orders", &["n1", "n2", "n3"]).await;
+    wait_in_sync(&c1, "orders", &["n1", "n2", "n3"]).await;
+
+    let mut acked = Vec::new();
+    for round in 0..10 {
+        let events = payloads(&format!("r{round}"), 10);
+        let r = publish(&mut c1, "orders", events.clone())
+            .await
+            .expect("acks=all publish");
+        assert_eq!(r.first_offset, round * 10);
+        acked.extend(events);
+        // acks=all: on every in-sync replica, so readers there see it already.
+        for c in [&mut c2, &mut c3] {
+            let seen = visible(c, "orders").await;
+            assert!(seen.len() as u64 > r.last_offset, "{}", seen.len());
+        }
+    }
+    let want: Vec<(u64, Bytes)> = acked
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| (i as u64, b))
+        .collect();
+    for c in [&mut c1, &mut c2, &mut c3] {
+        assert_eq!(visible(c, "orders").await, want);
+        let info = c
+            .get_stream_info(StreamInfoRequest {
+                data_id: "orders".into(),
+            })
+            .await
+            .expect("info")
+            .into_inner();
+        assert_eq!((info.next_offset, info.log_end_offset), (100, 100));
+        assert!(info.epoch > 0);
+    }
+
+    // The epoch record names the primary.
+    let record = EpochStore::new(consul_client(&consul), KV_PREFIX)
+        .get(&DataId::parse("orders").expect("id"))
+        .await
+        .expect("read")
+        .expect("claimed");
+    assert_eq!(record.primary.as_str(), "n1");
+
+    // A replica refuses publishes and names the primary.
+    let err = publish(&mut c2, "orders", payloads("x", 1))
+        .await
+        .expect_err("replica refuses");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("n1"), "{}", err.message());
+    // A data ID without a mapping stays standalone.
+    publish(&mut c2, "unmapped", payloads("u", 1))
+        .await
+        .expect("standalone");
+
+    for n in [n1, n2, n3] {
+        n.stop().await.expect("stop");
+    }
+}
