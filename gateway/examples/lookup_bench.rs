@@ -2,21 +2,34 @@
 //! answering from its routing table, versus the seed's way — a gateway that asks Consul twice
 //! per lookup (KV get of the mapping, then the passing instances of `streaming-node`).
 //!
-//! Both are real gRPC servers on loopback in this process, against one real Consul dev agent
-//! (from `ec-testkit`: `scripts/install-consul.sh` provides the binary) holding 100 mappings
-//! over 3 registered nodes. `--callers` tasks (default 64) call as fast as they can for
-//! `--secs` seconds (default 5) after a 1 s warm-up; each of `--runs` rounds (default 3)
-//! measures both servers, alternating which goes first. Prints each run and the medians.
+//! Measured two ways, each against one real Consul dev agent (from `ec-testkit`;
+//! `scripts/install-consul.sh` provides the binary) holding 100 mappings over 3 registered
+//! nodes:
+//! - end to end over gRPC on loopback: the real gateway (`ec_gateway::run`) versus a minimal
+//!   gateway that asks Consul per request — what a client sees, including gRPC's own cost;
+//! - the lookup alone, in process: a `RoutingTable` built from Consul's answers versus the
+//!   same two HTTP calls — what the gateway's design changes.
+//!
+//! `--callers` tasks (default 64) call as fast as they can for `--secs` seconds (default 5)
+//! after a 1 s warm-up; each of `--runs` rounds (default 3) measures every variant, reversing
+//! the order every other round. Client and servers share this process (and its cores), so the
+//! gRPC figures are a floor for what a separate gateway process would do. Prints each run and
+//! the medians.
 //!
 //! ```text
 //! cargo run --release -p ec-gateway --example lookup_bench -- [--secs 5] [--callers 64] [--runs 3]
 //! ```
 
+use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use ec_core::{DataId, NodeId};
-use ec_discovery::{CheckStatus, ConsulClient, MappingStore, QueryOptions, ServiceRegistration};
+use ec_discovery::{
+    CheckStatus, ConsulClient, HealthSnapshot, MappingStore, QueryOptions, ServiceRegistration,
+};
+use ec_gateway::routing::{AllowList, RoutingTable, Table};
 use ec_gateway::{GatewaySettings, NODE_SERVICE_NAME};
 use ec_proto::gateway_client::GatewayClient;
 use ec_proto::gateway_server::{Gateway, GatewayServer};
@@ -183,38 +196,27 @@ struct Measured {
     p99: f64,
 }
 
-async fn measure(addr: &str, callers: usize, secs: u64) -> Measured {
-    let mut channels = Vec::new();
-    for _ in 0..callers.div_ceil(CALLERS_PER_CHANNEL) {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .expect("connect");
-        channels.push(channel);
-    }
+/// One lookup, given its sequence number.
+type Call = Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Runs `callers` tasks calling `call` back to back for `secs` (after a 1 s warm-up).
+async fn load(callers: usize, secs: u64, call: Call) -> Measured {
     let run = |duration: Duration| {
-        let channels = channels.clone();
+        let call = call.clone();
         async move {
             let start = Instant::now();
             let end = start + duration;
             let tasks: Vec<_> = (0..callers)
                 .map(|c| {
-                    let mut client = GatewayClient::new(channels[c / CALLERS_PER_CHANNEL].clone());
+                    let call = call.clone();
                     tokio::spawn(async move {
                         let mut lat = Vec::with_capacity(100_000);
                         let mut i = c;
                         while Instant::now() < end {
                             let t = Instant::now();
-                            client
-                                .get_node_for_data(GetNodeRequest {
-                                    data_id: format!("bench-{}", i % DATA_IDS),
-                                })
-                                .await
-                                .expect("lookup answered");
-                            lat.push(t.elapsed().as_micros() as u32);
-                            i += 1;
+                            call(i).await;
+                            lat.push(t.elapsed().as_nanos() as u64);
+                            i += callers;
                         }
                         lat
                     })
@@ -230,12 +232,84 @@ async fn measure(addr: &str, callers: usize, secs: u64) -> Measured {
     run(Duration::from_secs(1)).await; // warm-up: connections, caches
     let (mut lat, took) = run(Duration::from_secs(secs)).await;
     lat.sort_unstable();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64;
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
     Measured {
         rate: lat.len() as f64 / took.as_secs_f64(),
         p50: pct(0.50),
         p99: pct(0.99),
     }
+}
+
+/// `GetNodeForData` over gRPC against the server at `addr`.
+async fn grpc_lookups(addr: &str, callers: usize) -> Call {
+    let mut clients = Vec::new();
+    for _ in 0..callers.div_ceil(CALLERS_PER_CHANNEL) {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect");
+        clients.push(GatewayClient::new(channel));
+    }
+    Arc::new(move |i| {
+        let mut client = clients[i % clients.len()].clone();
+        Box::pin(async move {
+            client
+                .get_node_for_data(GetNodeRequest {
+                    data_id: format!("bench-{}", i % DATA_IDS),
+                })
+                .await
+                .expect("lookup answered");
+        })
+    })
+}
+
+/// The routing decision alone, in this process: a table built from Consul's answers.
+async fn table_lookups(store: &MappingStore, consul: &ConsulClient) -> Call {
+    let mappings = store.list(&QueryOptions::now()).await.expect("mappings");
+    let entries = consul
+        .health_service(NODE_SERVICE_NAME, &QueryOptions::now())
+        .await
+        .expect("health");
+    let health = HealthSnapshot::from_entries(&entries.value, entries.index);
+    let empty = Table::empty(AllowList::default());
+    let changes = ec_discovery::transitions(&HealthSnapshot::default(), &health, SystemTime::now());
+    let table = RoutingTable::new(AllowList::default());
+    table.publish(
+        empty
+            .with_mappings(Some(&mappings))
+            .with_health(&health, &changes),
+    );
+    let ids: Arc<Vec<DataId>> = Arc::new(
+        (0..DATA_IDS)
+            .map(|d| DataId::parse(&format!("bench-{d}")).expect("id"))
+            .collect(),
+    );
+    Arc::new(move |i| {
+        let route = table.current().route(&ids[i % DATA_IDS]);
+        assert!(route.is_ok());
+        Box::pin(std::future::ready(()))
+    })
+}
+
+/// The seed's two Consul calls alone, in this process.
+fn consul_lookups(consul: &ConsulClient) -> Call {
+    let service = AskConsul {
+        consul: consul.clone(),
+    };
+    let service = Arc::new(service);
+    Arc::new(move |i| {
+        let service = service.clone();
+        Box::pin(async move {
+            service
+                .get_node_for_data(Request::new(GetNodeRequest {
+                    data_id: format!("bench-{}", i % DATA_IDS),
+                }))
+                .await
+                .expect("lookup answered");
+        })
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -314,45 +388,54 @@ async fn main() {
         "GetNodeForData, {} callers, {} s per measurement, {} data IDs over 3 nodes, {} runs",
         args.callers, args.secs, DATA_IDS, args.runs
     );
-    let mut table = Vec::new();
-    let mut asking = Vec::new();
+    let variants: [(&str, Call); 4] = [
+        (
+            "gRPC, routing table",
+            grpc_lookups(&table_addr, args.callers).await,
+        ),
+        (
+            "gRPC, ask Consul x2",
+            grpc_lookups(&consul_addr, args.callers).await,
+        ),
+        ("in-process, table", table_lookups(&store, &client).await),
+        ("in-process, Consul x2", consul_lookups(&client)),
+    ];
+    let mut results: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
     for run in 0..args.runs {
-        let order = if run % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for from_table in order {
-            let (name, addr) = if from_table {
-                ("routing table", &table_addr)
-            } else {
-                ("ask Consul x2", &consul_addr)
-            };
-            let m = measure(addr, args.callers, args.secs).await;
+        // Alternate the order so neither side always runs on a warmer (or busier) machine.
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for v in order {
+            let (name, call) = &variants[v];
+            let m = load(args.callers, args.secs, call.clone()).await;
             println!(
-                "run {}: {name:14} {:>9.0} lookups/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
+                "run {}: {name:22} {:>10.0} lookups/s  p50 {:>9.1} µs  p99 {:>9.1} µs",
                 run + 1,
                 m.rate,
                 m.p50,
                 m.p99
             );
-            if from_table {
-                table.push(m);
-            } else {
-                asking.push(m);
-            }
+            results[v].push(m);
         }
     }
+    println!("medians of {} runs:", args.runs);
     let med = |v: &[Measured], f: fn(&Measured) -> f64| median(v.iter().map(f).collect());
-    let (tr, ar) = (med(&table, |m| m.rate), med(&asking, |m| m.rate));
-    println!(
-        "median: routing table {tr:.0} lookups/s p50 {:.0} µs p99 {:.0} µs | ask Consul x2 {ar:.0} lookups/s p50 {:.0} µs p99 {:.0} µs | throughput ratio {:.1}x, p99 ratio {:.1}x",
-        med(&table, |m| m.p50),
-        med(&table, |m| m.p99),
-        med(&asking, |m| m.p50),
-        med(&asking, |m| m.p99),
-        tr / ar,
-        med(&asking, |m| m.p99) / med(&table, |m| m.p99),
-    );
+    for (v, (name, _)) in variants.iter().enumerate() {
+        println!(
+            "  {name:22} {:>10.0} lookups/s  p50 {:>9.1} µs  p99 {:>9.1} µs",
+            med(&results[v], |m| m.rate),
+            med(&results[v], |m| m.p50),
+            med(&results[v], |m| m.p99)
+        );
+    }
+    for (a, b, what) in [(0, 1, "gRPC"), (2, 3, "in-process")] {
+        println!(
+            "  {what}: table / Consul x2 = {:.1}x throughput, {:.1}x lower p99",
+            med(&results[a], |m| m.rate) / med(&results[b], |m| m.rate),
+            med(&results[b], |m| m.p99) / med(&results[a], |m| m.p99)
+        );
+    }
     shutdown.cancel();
 }
