@@ -41,6 +41,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Pause after a refusal that an operator must resolve.
 const STUCK_PAUSE: Duration = Duration::from_secs(5);
+/// Pause while the primary the mapping names has not claimed its epoch yet: short, because
+/// the claim normally follows the mapping change within milliseconds.
+const CLAIM_POLL: Duration = Duration::from_millis(20);
 /// Time allowed to connect to the primary.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest replication message accepted (one batch of events).
@@ -93,7 +96,11 @@ pub(super) async fn follow(
         repl.set_view(data_id, role(None), format!("connecting to {primary}"));
         let ended = tokio::select! {
             () = stop.cancelled() => return,
-            _ = assignment.changed() => continue,
+            _ = assignment.changed() => {
+                // A new mapping (likely a new primary): start over without waiting.
+                backoff = MIN_BACKOFF;
+                continue;
+            }
             ended = session(repl, epochs, data_id, &primary, mapping.modify_index) => ended,
         };
         let pause = match ended.pause {
@@ -108,7 +115,7 @@ pub(super) async fn follow(
         repl.set_view(data_id, role(None), ended.reason);
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = assignment.changed() => {}
+            _ = assignment.changed() => backoff = MIN_BACKOFF,
             () = tokio::time::sleep(pause) => {}
         }
     }
@@ -127,7 +134,10 @@ async fn session(
         Err(e) => return Ended::retry(format!("cannot read the epoch record: {e}")),
     };
     let Some(record) = record.filter(|r| r.primary == *primary) else {
-        return Ended::retry(format!("waiting for {primary} to claim the epoch"));
+        return Ended {
+            reason: format!("waiting for {primary} to claim the epoch"),
+            pause: Some(CLAIM_POLL),
+        };
     };
     let Some(address) = repl.address_of(primary) else {
         return Ended::retry(format!(

@@ -5,6 +5,7 @@
 
 mod consul;
 mod errors;
+mod failover;
 mod process;
 mod replication;
 mod streaming;

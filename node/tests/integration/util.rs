@@ -197,6 +197,17 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub fn spawn(data_dir: &Path, consul_addr: &str, node_id: &str, extra: &[&str]) -> NodeProcess {
+        NodeProcess::spawn_env(data_dir, consul_addr, node_id, extra, &[])
+    }
+
+    /// Like [`NodeProcess::spawn`] with extra environment (configuration keys).
+    pub fn spawn_env(
+        data_dir: &Path,
+        consul_addr: &str,
+        node_id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
         let grpc_port = ec_testkit::free_port();
         let health_port = ec_testkit::free_port();
         let log_path = data_dir.with_extension(format!("{node_id}.{grpc_port}.log"));
@@ -208,6 +219,7 @@ impl NodeProcess {
             .args(["--data-dir".as_ref(), data_dir.as_os_str()])
             .args(["--consul-addr", consul_addr])
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -230,6 +242,12 @@ impl NodeProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("send signal");
+    }
+
     pub fn sigterm(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
@@ -248,6 +266,105 @@ impl NodeProcess {
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
+        // A stopped process still dies of SIGKILL; continue it anyway so nothing lingers.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
         self.kill9();
+    }
+}
+
+/// Publishes with the `ec-acks` metadata set to `acks` (`leader` or `all`).
+pub async fn publish_acks(
+    c: &mut NodeClient<Channel>,
+    data_id: &str,
+    events: Vec<Bytes>,
+    acks: &str,
+) -> Result<PublishResponse, tonic::Status> {
+    let mut req = tonic::Request::new(PublishRequest {
+        data_id: data_id.into(),
+        events,
+        sequence: 0,
+    });
+    req.metadata_mut()
+        .insert("ec-acks", acks.parse().expect("ascii metadata"));
+    c.publish(req).await.map(|r| r.into_inner())
+}
+
+/// Every event of a non-following read from 0 with its timestamp: (offset, timestamp, data).
+pub async fn full_log(
+    c: &mut NodeClient<Channel>,
+    data_id: &str,
+) -> Result<Vec<(u64, i64, Bytes)>, tonic::Status> {
+    let mut stream = c.stream_batches(read_from(data_id, 0)).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) = stream.message().await? {
+        out.extend(
+            batch
+                .events
+                .into_iter()
+                .map(|e| (e.offset, e.timestamp, e.data)),
+        );
+    }
+    Ok(out)
+}
+
+/// A reader following one node from offset 0, reconnecting (from its next offset) whenever
+/// the stream breaks. It checks as it goes that offsets arrive in order without gap or
+/// duplicate; what it saw is in `seen`.
+pub struct Follower {
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(u64, Bytes)>>>,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Follower {
+    pub fn start(addr: SocketAddr, data_id: &str) -> Follower {
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(u64, Bytes)>>> = Default::default();
+        let stop = CancellationToken::new();
+        let (s, st, data_id) = (seen.clone(), stop.clone(), data_id.to_owned());
+        let handle = tokio::spawn(async move {
+            let url = format!("http://{addr}");
+            while !st.is_cancelled() {
+                let next = s.lock().expect("lock").len() as i64;
+                let attempt = async {
+                    let mut c = NodeClient::connect(url.clone()).await.ok()?;
+                    let req = StreamRequest {
+                        data_id: data_id.clone(),
+                        offset: next,
+                        follow: Some(true),
+                        ..Default::default()
+                    };
+                    let mut stream = c.stream_batches(req).await.ok()?.into_inner();
+                    while let Ok(Some(batch)) = stream.message().await {
+                        let mut seen = s.lock().expect("lock");
+                        for e in batch.events {
+                            assert_eq!(
+                                e.offset,
+                                seen.len() as u64,
+                                "reader on {addr}: offsets arrive in order, no gap, no duplicate"
+                            );
+                            seen.push((e.offset, e.data));
+                        }
+                    }
+                    Some(())
+                };
+                tokio::select! {
+                    () = st.cancelled() => return,
+                    _ = attempt => {}
+                }
+                tokio::select! {
+                    () = st.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        });
+        Follower { seen, stop, handle }
+    }
+
+    /// Stops reading and returns everything seen.
+    pub async fn finish(self) -> Vec<(u64, Bytes)> {
+        self.stop.cancel();
+        self.handle.await.expect("reader task did not panic");
+        self.seen.lock().expect("lock").clone()
     }
 }
