@@ -167,9 +167,15 @@ impl MappingForm {
 
         let tokens = split_nodes(self.nodes.text());
         let nodes = parse_nodes(&tokens);
+        // The node being typed that is still the start of a known node is not "unknown" yet.
+        let typing = (!self.nodes.text().ends_with([',', ' ']))
+            .then(|| tokens.last().copied())
+            .flatten()
+            .filter(|t| known.keys().any(|k| k.starts_with(t) && k != t));
         if let Ok(list) = &nodes {
             for node in list {
                 match known.get(node.as_str()) {
+                    None if typing == Some(node.as_str()) => {}
                     None => warnings.push(format!(
                         "{node} is not registered in Consul (allowed: it can register later)"
                     )),

@@ -121,6 +121,8 @@ pub struct TailState {
     pub failovers: VecDeque<FailoverNote>,
     /// Something the operator must know about the start (a clamped seek).
     pub note: Option<String>,
+    /// When `note` was set.
+    pub note_at: Option<SystemTime>,
     /// Events received in this generation.
     pub received: u64,
     /// A paused view lost rows to the bounded buffer.
@@ -152,6 +154,7 @@ impl TailState {
             last_gap: None,
             failovers: VecDeque::new(),
             note: None,
+            note_at: None,
             received: 0,
             trimmed: false,
             hex: false,
@@ -166,14 +169,8 @@ impl TailState {
         let hex = self.hex;
         let capacity = self.capacity;
         let generation = self.generation + 1;
-        let failovers = if self.data_id.as_ref() == Some(&data_id) {
-            std::mem::take(&mut self.failovers)
-        } else {
-            VecDeque::new()
-        };
         *self = TailState::new(capacity);
         self.hex = hex;
-        self.failovers = failovers;
         self.generation = generation;
         self.data_id = Some(data_id);
         self.requested = Some(target);
@@ -206,8 +203,9 @@ impl TailState {
                     self.next_expected = Some(o.0);
                 }
                 if let Some((asked, earliest)) = clamped {
+                    self.note_at = Some(now);
                     self.note = Some(format!(
-                        "offset {asked} is below the retained range; clamped to the earliest retained offset {earliest}"
+                        "seek to offset {asked} clamped to {earliest}: older offsets are no longer retained"
                     ));
                 }
             }

@@ -46,13 +46,16 @@ fn draw_nodes(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
         );
         return;
     }
+    // Narrow screens get short forms, so the data IDs keep some room.
+    let wide = area.width >= 110;
     let rows: Vec<Row<'_>> = h
         .nodes
         .values()
         .map(|n| {
             let style = theme.status(Some(n.status));
             let since = match n.since {
-                Some(t) => format!("{} ({} ago)", &clock_time(t)[..8], ago(app.now, t)),
+                Some(t) if wide => format!("{} ({} ago)", &clock_time(t)[..8], ago(app.now, t)),
+                Some(t) => format!("{} {}", &clock_time(t)[..8], ago(app.now, t)),
                 None => "before start".to_string(),
             };
             let data_ids = app
@@ -63,7 +66,8 @@ fn draw_nodes(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
                 .unwrap_or_default();
             let flaps = h.flaps(n, app.now);
             let flap_cell = if h.is_flapping(n, app.now) {
-                Cell::from(Span::styled(format!("{flaps} ⚡FLAPPING"), theme.error()))
+                let word = if wide { "FLAPPING" } else { "FLAP" };
+                Cell::from(Span::styled(format!("{flaps} ⚡{word}"), theme.error()))
             } else {
                 Cell::from(flaps.to_string())
             };
@@ -81,16 +85,23 @@ fn draw_nodes(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
             ])
         })
         .collect();
+    let node_width = h
+        .nodes
+        .keys()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 20) as u16;
     let table = Table::new(
         rows,
         [
-            Constraint::Length(8),
+            Constraint::Length(node_width),
             Constraint::Length(15),
             Constraint::Length(10),
-            Constraint::Length(19),
+            Constraint::Length(if wide { 19 } else { 12 }),
             Constraint::Length(6),
             Constraint::Fill(1),
-            Constraint::Length(12),
+            Constraint::Length(if wide { 12 } else { 8 }),
         ],
     )
     .header(
@@ -101,7 +112,11 @@ fn draw_nodes(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
             "SINCE".to_string(),
             "CHECKS".to_string(),
             "DATA IDS".to_string(),
-            format!("CHANGES/{window}"),
+            if wide {
+                format!("CHANGES/{window}")
+            } else {
+                format!("IN {window}")
+            },
         ])
         .style(theme.header()),
     )

@@ -121,16 +121,24 @@ pub(crate) fn ago(now: SystemTime, then: SystemTime) -> String {
 
 pub(crate) fn compact_duration(d: Duration) -> String {
     let s = d.as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
-        _ => format!("{}d{:02}h", s / 86_400, s / 3600 % 24),
+    let (big, unit, small, small_unit) = match s {
+        0..60 => return format!("{s}s"),
+        60..3600 => (s / 60, "m", s % 60, "s"),
+        3600..86_400 => (s / 3600, "h", s / 60 % 60, "m"),
+        _ => (s / 86_400, "d", s / 3600 % 24, "h"),
+    };
+    if small == 0 {
+        format!("{big}{unit}")
+    } else {
+        format!("{big}{unit}{small:02}{small_unit}")
     }
 }
 
 fn draw_connections(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
-    let mut spans = vec![Span::raw(" Consul ")];
+    let mut spans = vec![
+        Span::raw(" Consul "),
+        Span::styled(format!("{} ", app.config.consul_address), theme.dim()),
+    ];
     let (m, h) = (&app.consul_mappings, &app.consul_health);
     let consul_ok = m.reachable && h.reachable;
     let contact = [m.last_contact, h.last_contact].into_iter().flatten().min();
@@ -140,15 +148,15 @@ fn draw_connections(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme)
         spans.push(Span::styled("… connecting", theme.warn()));
     } else {
         let since = contact.map_or("never answered".to_string(), |t| {
-            format!("showing data from {} ago", ago(app.now, t))
+            format!("data {} old", ago(app.now, t))
         });
         spans.push(Span::styled(format!("✗ DOWN, {since}"), theme.error()));
     }
+    spans.push(Span::raw("   Gateway "));
     spans.push(Span::styled(
-        format!(" {}", app.config.consul_address),
+        format!("{} ", app.config.gateway_address),
         theme.dim(),
     ));
-    spans.push(Span::raw("   Gateway "));
     match &app.gateway {
         GatewayState::Unknown => spans.push(Span::styled("… connecting", theme.warn())),
         GatewayState::Up {
@@ -168,10 +176,6 @@ fn draw_connections(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme)
         }
         GatewayState::Down { .. } => spans.push(Span::styled("✗ DOWN", theme.error())),
     }
-    spans.push(Span::styled(
-        format!(" {}", app.config.gateway_address),
-        theme.dim(),
-    ));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
@@ -225,8 +229,6 @@ fn draw_keys(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
             Action::TogglePause,
             Action::Follow,
             Action::SeekPrompt,
-            Action::SeekLatest,
-            Action::SeekEarliest,
             Action::ToggleHex,
             Action::ShowEvent,
             Action::PickDataId,

@@ -157,7 +157,11 @@ fn box_with(
     width: u16,
     theme: &Theme,
 ) -> Rect {
-    let area = centered(frame.area(), width, lines.len() as u16 + 2);
+    // Wrapped lines take more than one row: size the box for what will be drawn.
+    let inner = usize::from(width.min(frame.area().width).saturating_sub(2)).max(1);
+    let rows: usize = lines.iter().map(|l| l.width().max(1).div_ceil(inner)).sum();
+    let height = u16::try_from(rows).unwrap_or(u16::MAX).saturating_add(2);
+    let area = centered(frame.area(), width, height);
     frame.render_widget(Clear, area);
     frame.render_widget(
         Paragraph::new(lines).wrap(Wrap { trim: false }).block(
@@ -331,7 +335,9 @@ fn draw_detail(frame: &mut Frame<'_>, app: &App, offset: u64, scroll: usize, the
     match text {
         Some(s) => lines.extend(s.lines().map(|l| Line::from(l.to_owned()))),
         None => {
-            for (i, chunk) in event.data.chunks(16).enumerate() {
+            // 16 bytes a line where it fits (8 + 2 + 48 + 1 + 16 columns), else 8.
+            let per_line = if area.width >= 77 { 16 } else { 8 };
+            for (i, chunk) in event.data.chunks(per_line).enumerate() {
                 let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
                 let ascii: String = chunk
                     .iter()
@@ -344,9 +350,10 @@ fn draw_detail(frame: &mut Frame<'_>, app: &App, offset: u64, scroll: usize, the
                     })
                     .collect();
                 lines.push(Line::from(format!(
-                    "{:08x}  {:<48} {ascii}",
-                    i * 16,
-                    hex.join(" ")
+                    "{:08x}  {:<w$} {ascii}",
+                    i * per_line,
+                    hex.join(" "),
+                    w = per_line * 3
                 )));
             }
         }
@@ -400,7 +407,7 @@ fn draw_picker(frame: &mut Frame<'_>, p: &Picker, app: &App, theme: &Theme) {
             .and_then(|s| s.mappings.get(d))
             .map(|m| m.value())
             .unwrap_or_default();
-        let mut line = Line::from(format!("  {d:<24} {nodes}"));
+        let mut line = Line::from(format!("  {:<24} {nodes}", d.as_str()));
         if i == p.selected {
             line = line.style(theme.selected());
         }

@@ -101,15 +101,15 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
     match t.mode {
         TailMode::Follow => l1.push(Span::styled(" ▶ FOLLOWING ", theme.ok())),
         TailMode::Paused { arrived } => l1.push(Span::styled(
-            format!(" ❚❚ PAUSED +{} new (Space resumes) ", grouped(arrived)),
+            format!(" ❚❚ PAUSED +{} new ", grouped(arrived)),
             theme
                 .warn()
                 .add_modifier(ratatui::style::Modifier::REVERSED),
         )),
     }
     l1.push(Span::raw(format!(
-        "  node {}  {} ev/s  buffer {}/{}",
-        t.serving.as_deref().unwrap_or("-"),
+        "  {} · {} ev/s · buffer {}/{}",
+        t.serving.as_deref().unwrap_or("no node yet"),
         grouped(t.rate.round() as u64),
         grouped(t.buffer.len() as u64),
         grouped(t.capacity as u64),
@@ -119,7 +119,11 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
     let mut l2 = vec![Span::raw(" gap check ")];
     match t.last_gap {
         None => l2.push(Span::styled(
-            format!("✓ {} events in order, no gap", grouped(t.checked)),
+            format!(
+                "✓ {} event{} in order, no gap",
+                grouped(t.checked),
+                if t.checked == 1 { "" } else { "s" }
+            ),
             theme.ok(),
         )),
         Some(g) => l2.push(Span::styled(
@@ -151,13 +155,20 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
         }
         StreamStatus::Idle | StreamStatus::Streaming => {
             let failover = t.failovers.back();
+            let note_is_newer = match (t.note_at, failover) {
+                (Some(n), Some(f)) => n >= f.at,
+                (Some(_), None) => true,
+                _ => false,
+            };
             match (&t.note, failover) {
-                (Some(note), None) => Line::from(Span::styled(format!(" {note}"), theme.warn())),
+                (Some(note), _) if note_is_newer => {
+                    Line::from(Span::styled(format!(" {note}"), theme.warn()))
+                }
                 (_, Some(f)) => Line::from(vec![
                     Span::styled(format!(" {} ", clock_time(f.at)), theme.dim()),
                     Span::styled(f.text.clone(), theme.warn()),
                 ]),
-                (None, None) => Line::from(Span::styled(
+                _ => Line::from(Span::styled(
                     format!(
                         " started at {}",
                         t.requested.map_or("-".to_string(), |r| r.to_string())
@@ -201,6 +212,8 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
             ])
         })
         .collect();
+    // Only a paused view shows a selection; when following, the newest row is simply last.
+    let paused = t.arrived_while_paused().is_some();
     let title = format!(
         " Events · payload as {} (x toggles) · times UTC ",
         if t.hex { "hex" } else { "text" }
@@ -226,9 +239,12 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
         .style(theme.header()),
     )
     .row_highlight_style(theme.selected())
+    // The selection only matters (and is only shown) while paused.
+    .highlight_symbol(if paused { "▶" } else { "" })
     .block(Block::bordered().title(title));
     let mut state = TableState::default().with_offset(0).with_selected(
         selected
+            .filter(|_| paused)
             .and_then(|s| s.checked_sub(start))
             .filter(|s| start + s < end),
     );

@@ -1,0 +1,227 @@
+//! The console as an operator uses it: the real binary in a detached tmux session, driven by
+//! keystrokes, checked through `capture-pane` and through Consul's KV — against a real
+//! Consul, real nodes and the real gateway.
+
+use std::process::Command;
+
+use crate::util::{
+    DEADLINE, NodeProcess, TestGateway, TestNode, Tmux, console_args, console_binary, data_id,
+    line_with, node_id, publish, store,
+};
+use ec_testkit::ConsulAgent;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mappings_edits_land_in_consul_and_outside_changes_and_health_show_up() {
+    let consul = ConsulAgent::start_dev().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node1 = NodeProcess::spawn(&dir.path().join("node1"), &consul.http_url(), "node1");
+    let _node2 = NodeProcess::spawn(&dir.path().join("node2"), &consul.http_url(), "node2");
+    let gateway = TestGateway::start(&consul.http_url()).await;
+
+    let tmux = Tmux::start(
+        &console_binary(),
+        &console_args(&consul, &gateway.addr.to_string()),
+        120,
+        40,
+    );
+    tmux.wait("both nodes known and no mappings yet", |s| {
+        s.contains("No mappings under streaming/data/") && s.contains("Consul 127.0.0.1")
+    })
+    .await;
+    tmux.wait_text(&format!("Gateway {} ● up", gateway.addr))
+        .await;
+
+    // Add a mapping with keystrokes; the form completes the known node name.
+    tmux.keys(&["a"]);
+    tmux.wait_text("Add mapping").await;
+    tmux.type_text("orders");
+    tmux.keys(&["Tab"]);
+    tmux.wait("known nodes suggested", |s| {
+        s.contains("Known nodes:") && s.contains("node1") && s.contains("node2")
+    })
+    .await;
+    tmux.type_text("node1,no");
+    tmux.keys(&["Tab"]);
+    tmux.wait_text("node1,node2").await;
+    tmux.keys(&["Enter"]);
+    let store = store(&consul);
+    let mapping = ec_testkit::wait_for("orders mapping in Consul KV", DEADLINE, || {
+        let store = store.clone();
+        async move { store.get(&data_id("orders")).await.ok().flatten() }
+    })
+    .await;
+    assert_eq!(mapping.nodes, [node_id("node1"), node_id("node2")]);
+    let screen = tmux.wait_text("saved orders").await;
+    let row = line_with(&screen, "orders ").expect("orders row");
+    assert!(row.contains("node1*") && row.contains("node2"), "{row}");
+
+    // A change made elsewhere shows up without a keypress.
+    let script = ec_testkit::workspace_root().join("scripts/setup-consul.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args([
+            "--data-id=payments",
+            "--node-id=node2,node1",
+            &format!("--consul-addr={}:{}", consul.host(), consul.port()),
+            "--kv-prefix=streaming/data/",
+        ])
+        .output()
+        .expect("run setup-consul.sh");
+    assert!(
+        out.status.success(),
+        "setup-consul.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = tmux
+        .wait("payments from setup-consul.sh on screen", |s| {
+            line_with(s, "payments").is_some_and(|l| l.contains("node2*"))
+        })
+        .await;
+    assert!(screen.contains("Mappings (2)"), "{screen}");
+
+    // Health: both passing, then node1 killed → critical, with the transition logged.
+    tmux.keys(&["2"]);
+    tmux.wait("both nodes passing in the health view", |s| {
+        line_with(s, "node1 ").is_some_and(|l| l.contains("passing"))
+            && line_with(s, "node2 ").is_some_and(|l| l.contains("passing"))
+    })
+    .await;
+    node1.kill9();
+    let screen = tmux.wait_text("node1 passing → critical").await;
+    let row = screen
+        .lines()
+        .find(|l| l.contains("node1") && l.contains("127.0.0.1:"))
+        .expect("node1 row");
+    assert!(
+        row.contains("critical"),
+        "{row}\n{node1_log}",
+        node1_log = node1.log()
+    );
+
+    // q leaves cleanly, with the terminal restored.
+    tmux.keys(&["q"]);
+    assert_eq!(
+        tmux.wait_exit().await,
+        (0, false),
+        "exit status, still on the alternate screen"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_pause_counts_and_seek_shows_the_offset_first() {
+    let consul = ConsulAgent::start_dev().await;
+    let node1 = TestNode::start(&consul.http_url(), "node1").await;
+    let gateway = TestGateway::start(&consul.http_url()).await;
+    store(&consul)
+        .put(&data_id("orders"), &[node_id("node1")], None)
+        .await
+        .expect("mapping");
+    publish(node1.grpc_addr, "orders", "first", 50).await;
+
+    let tmux = Tmux::start(
+        &console_binary(),
+        &console_args(&consul, &gateway.addr.to_string()),
+        120,
+        40,
+    );
+    tmux.wait("orders listed", |s| {
+        line_with(s, "orders").is_some_and(|l| l.contains("node1*"))
+    })
+    .await;
+
+    // Enter on the mapping tails it, following, with the last events on screen.
+    tmux.keys(&["Enter"]);
+    let screen = tmux
+        .wait("offset 49 streamed and following", |s| {
+            s.contains("FOLLOWING") && line_with(s, "first-49").is_some()
+        })
+        .await;
+    assert!(screen.contains("50 events in order, no gap"), "{screen}");
+    assert!(line_with(&screen, "first-49").is_some_and(|l| l.contains("node1")));
+
+    // Pause; the stream keeps running and the counter shows what arrived.
+    tmux.keys(&["Space"]);
+    tmux.wait_text("PAUSED +0 new").await;
+    publish(node1.grpc_addr, "orders", "second", 20).await;
+    let screen = tmux.wait_text("PAUSED +20 new").await;
+    assert!(
+        line_with(&screen, "second-").is_none(),
+        "the view stayed put:\n{screen}"
+    );
+    assert!(screen.contains("70 events in order, no gap"), "{screen}");
+
+    // Resume shows the new events.
+    tmux.keys(&["Space"]);
+    tmux.wait("following again with the new events", |s| {
+        s.contains("FOLLOWING") && line_with(s, "second-19").is_some()
+    })
+    .await;
+
+    // :seek 10 shows offset 10 first.
+    tmux.keys(&[":"]);
+    tmux.type_text("seek 10");
+    tmux.keys(&["Enter"]);
+    let screen = tmux
+        .wait("offset 10 is the first row", |s| {
+            first_row(s).is_some_and(|r| r.starts_with("10 ") && r.contains("first-10"))
+        })
+        .await;
+    assert!(screen.contains("PAUSED"), "{screen}");
+
+    // :seek -5 starts 5 before the end (offset 65).
+    tmux.keys(&[":"]);
+    tmux.type_text("seek -5");
+    tmux.keys(&["Enter"]);
+    tmux.wait("offset 65 is the first row", |s| {
+        first_row(s).is_some_and(|r| r.starts_with("65 ") && r.contains("second-15"))
+    })
+    .await;
+
+    // 0 jumps to latest (follow): nothing old is shown, only what is published afterwards.
+    // The stream opens asynchronously, so publish until an event shows up.
+    tmux.keys(&["0"]);
+    tmux.wait_text("FOLLOWING").await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let screen = loop {
+        publish(node1.grpc_addr, "orders", "third", 1).await;
+        let screen = tmux.screen();
+        if first_row(&screen).is_some_and(|r| r.contains("third-0")) {
+            break screen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new event after seek latest:\n{screen}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(
+        line_with(&screen, "second-").is_none(),
+        "old events after seek latest:\n{screen}"
+    );
+    assert!(screen.contains("in order, no gap"), "{screen}");
+
+    // SIGTERM also restores the terminal and exits cleanly.
+    let pid: i32 = tmux.pane_format("#{pane_pid}").parse().expect("pane pid");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(
+        tmux.wait_exit().await,
+        (0, false),
+        "exit status, still on the alternate screen"
+    );
+}
+
+/// The first row of the tail table (the line after the `OFFSET` header), trimmed of the
+/// border and the selection marker.
+fn first_row(screen: &str) -> Option<String> {
+    let mut lines = screen.lines();
+    lines.find(|l| l.contains("OFFSET") && l.contains("PAYLOAD"))?;
+    let row = lines.next()?;
+    Some(
+        row.trim_matches(|c: char| c == '│' || c.is_whitespace() || c == '▶')
+            .to_owned(),
+    )
+}
