@@ -422,7 +422,101 @@ impl Gateway for GatewayService {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use ec_discovery::{ConsulClient, HealthSnapshot, NodeHealth, NodeStatus};
+    use futures_util::StreamExt;
+
     use super::*;
+    use crate::routing::AllowList;
+
+    /// A service over a table holding one passing node, with a small broadcast channel.
+    fn service(capacity: usize) -> (GatewayService, broadcast::Sender<HealthChange>) {
+        let node = NodeHealth {
+            node_id: "n1".into(),
+            address: "127.0.0.1:1".into(),
+            status: NodeStatus::Passing,
+            checks_passing: 1,
+            checks_total: 1,
+            meta: BTreeMap::new(),
+        };
+        let health = HealthSnapshot {
+            nodes: BTreeMap::from([("n1".to_owned(), node)]),
+            index: 1,
+        };
+        let empty = Table::empty(AllowList::default());
+        let changes = ec_discovery::transitions(&empty.health, &health, SystemTime::now());
+        let table = RoutingTable::new(AllowList::default());
+        table.publish(empty.with_health(&health, &changes));
+        let (tx, _) = broadcast::channel(capacity);
+        let consul = ConsulClient::new("http://127.0.0.1:1", None).expect("valid address");
+        let svc = GatewayService {
+            table,
+            store: MappingStore::new(consul, "streaming/data/"),
+            channels: ChannelCache::default(),
+            changes: tx.clone(),
+            shutdown: CancellationToken::new(),
+            started: SystemTime::now(),
+        };
+        (svc, tx)
+    }
+
+    fn change(generation: u64, to: NodeStatus) -> HealthChange {
+        HealthChange {
+            node_id: "n1".into(),
+            address: "127.0.0.1:1".into(),
+            from: Some(NodeStatus::Passing),
+            to,
+            at: SystemTime::now(),
+            generation,
+            detail: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_health_skips_what_the_snapshot_shows_and_resyncs_a_lagging_watcher() {
+        let (svc, changes) = service(4);
+        let seen = svc.table.current().generation();
+        let mut stream = svc
+            .watch_health(Request::new(WatchHealthRequest {}))
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = stream.next().await.expect("event").expect("ok");
+        assert!(first.initial && first.node_id == "n1");
+
+        // Already in the snapshot: skipped. Newer: delivered.
+        changes
+            .send(change(seen, NodeStatus::Critical))
+            .expect("send");
+        changes
+            .send(change(seen + 1, NodeStatus::Warning))
+            .expect("send");
+        let e = stream.next().await.expect("event").expect("ok");
+        assert!(!e.initial);
+        assert_eq!(e.to, HealthStatus::Warning as i32);
+
+        // Far more than the watcher's buffers hold while it does not read: it lags, and gets
+        // a fresh snapshot instead of an error.
+        for g in 0..(WATCH_BUFFER as u64 + 50) {
+            let _ = changes.send(change(seen + 2 + g, NodeStatus::Critical));
+            tokio::task::yield_now().await;
+        }
+        let mut resynced = false;
+        for _ in 0..(WATCH_BUFFER + 50) {
+            let e = stream
+                .next()
+                .await
+                .expect("event")
+                .expect("ok, never an error");
+            if e.initial {
+                resynced = true;
+                break;
+            }
+        }
+        assert!(resynced, "a lagging watcher gets a fresh snapshot");
+        svc.shutdown.cancel();
+    }
 
     #[test]
     fn stream_requests_become_options_or_invalid_argument() {
