@@ -29,7 +29,7 @@ impl std::fmt::Display for SeekTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SeekTarget::Offset(o) => write!(f, "offset {o}"),
-            SeekTarget::FromEnd(n) => write!(f, "{n} before the end"),
+            SeekTarget::FromEnd(n) => write!(f, "{n} events before the end"),
             SeekTarget::Earliest => f.write_str("earliest"),
             SeekTarget::Latest => f.write_str("latest"),
             SeekTarget::Time(t) => write!(f, "@{}", format_rfc3339(t.0)),

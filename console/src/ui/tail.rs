@@ -170,7 +170,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
                 ]),
                 _ => Line::from(Span::styled(
                     format!(
-                        " started at {}",
+                        " start: {}",
                         t.requested.map_or("-".to_string(), |r| r.to_string())
                     ),
                     theme.dim(),

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use crate::util::{
     DEADLINE, NodeProcess, TestGateway, TestNode, Tmux, console_args, console_binary, data_id,
-    line_with, node_id, publish, store,
+    line_with, node_client, node_id, publish, publish_with, store,
 };
 use ec_testkit::ConsulAgent;
 
@@ -224,4 +224,112 @@ fn first_row(screen: &str) -> Option<String> {
         row.trim_matches(|c: char| c == '│' || c.is_whitespace() || c == '▶')
             .to_owned(),
     )
+}
+
+/// The Tail view under load: 50 000 events/s published for 10 s while the console tails them
+/// through the gateway. Checks that keys still answer promptly, the gap check stays clean and
+/// the console catches up with every event. Timing-dependent and heavy, so not part of the
+/// default run: `cargo test --release -p ec-console --test integration -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load test: run explicitly (release build recommended)"]
+async fn tail_keeps_up_at_50k_events_per_second() {
+    const RATE: u64 = 50_000;
+    const SECONDS: u64 = 10;
+    const PER_BATCH: u64 = 500;
+    let consul = ConsulAgent::start_dev().await;
+    let node1 = TestNode::start(&consul.http_url(), "node1").await;
+    let gateway = TestGateway::start(&consul.http_url()).await;
+    store(&consul)
+        .put(&data_id("load"), &[node_id("node1")], None)
+        .await
+        .expect("mapping");
+    publish(node1.grpc_addr, "load", "warmup", 1).await;
+    let tmux = Tmux::start(
+        &console_binary(),
+        &console_args(&consul, &gateway.addr.to_string()),
+        120,
+        40,
+    );
+    tmux.wait("load listed", |s| {
+        line_with(s, "load").is_some_and(|l| l.contains("node1*"))
+    })
+    .await;
+    tmux.keys(&["Enter"]);
+    tmux.wait_text("1 event in order, no gap").await;
+
+    // Publish RATE events/s in batches, paced by the clock.
+    let addr = node1.grpc_addr;
+    let mut client = node_client(addr).await;
+    let producer = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let batches = RATE * SECONDS / PER_BATCH;
+        for b in 0..batches {
+            let due = start
+                + std::time::Duration::from_secs_f64(b as f64 * PER_BATCH as f64 / RATE as f64);
+            tokio::time::sleep_until(due.into()).await;
+            publish_with(&mut client, "load", "x", PER_BATCH as usize).await;
+        }
+        start.elapsed()
+    });
+
+    // While it runs: how long does a key take to show on screen?
+    let mut latencies = Vec::new();
+    let mut peak_rate = 0u64;
+    while !producer.is_finished() {
+        let t = std::time::Instant::now();
+        tmux.keys(&["Space"]);
+        tmux.wait_text("PAUSED").await;
+        latencies.push(t.elapsed());
+        let t = std::time::Instant::now();
+        tmux.keys(&["Space"]);
+        let screen = tmux.wait_text("FOLLOWING").await;
+        latencies.push(t.elapsed());
+        if let Some(rate) = line_with(&screen, "ev/s").and_then(|l| {
+            let before = l.split(" ev/s").next()?;
+            before
+                .rsplit(' ')
+                .next()?
+                .replace(',', "")
+                .parse::<u64>()
+                .ok()
+        }) {
+            peak_rate = peak_rate.max(rate);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let took = producer.await.expect("producer");
+    let total = RATE * SECONDS + 1;
+    let caught_up = std::time::Instant::now();
+    let screen = tmux
+        .wait("every event checked", |s| {
+            s.contains(&format!("{} events in order, no gap", group(total)))
+        })
+        .await;
+    latencies.sort();
+    let max = latencies.last().copied().unwrap_or_default();
+    let median = latencies[latencies.len() / 2];
+    println!(
+        "published {total} events in {took:?} ({:.0} ev/s); console peak {peak_rate} ev/s; \
+         key-to-screen latency median {median:?}, max {max:?} over {} keys; caught up {:?} after \
+         the producer stopped\n{screen}",
+        (RATE * SECONDS) as f64 / took.as_secs_f64(),
+        latencies.len(),
+        caught_up.elapsed(),
+    );
+    assert!(
+        max < std::time::Duration::from_secs(2),
+        "keys answered within 2 s"
+    );
+}
+
+fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -23,6 +23,7 @@ use ec_proto::node_client::NodeClient;
 use ec_testkit::ConsulAgent;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 /// Generous deadline for anything that normally takes a second.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -245,14 +246,18 @@ impl Drop for TestNode {
     }
 }
 
-/// Publishes `n` events `"{prefix}-{i}"` to `data_id` on the node at `addr`.
-pub async fn publish(addr: SocketAddr, data_id: &str, prefix: &str, n: usize) {
+/// A gRPC client of the node at `addr`, once it accepts connections.
+pub async fn node_client(addr: SocketAddr) -> NodeClient<Channel> {
     let url = format!("http://{addr}");
-    let mut client = ec_testkit::wait_for("node accepts gRPC connections", DEADLINE, || {
+    ec_testkit::wait_for("node accepts gRPC connections", DEADLINE, || {
         let url = url.clone();
         async move { NodeClient::connect(url).await.ok() }
     })
-    .await;
+    .await
+}
+
+/// Publishes `n` events `"{prefix}-{i}"` to `data_id` through `client`.
+pub async fn publish_with(client: &mut NodeClient<Channel>, data_id: &str, prefix: &str, n: usize) {
     let events = (0..n)
         .map(|i| Bytes::from(format!("{prefix}-{i}")))
         .collect();
@@ -264,6 +269,11 @@ pub async fn publish(addr: SocketAddr, data_id: &str, prefix: &str, n: usize) {
         })
         .await
         .expect("publish");
+}
+
+/// Publishes `n` events `"{prefix}-{i}"` to `data_id` on the node at `addr`.
+pub async fn publish(addr: SocketAddr, data_id: &str, prefix: &str, n: usize) {
+    publish_with(&mut node_client(addr).await, data_id, prefix, n).await;
 }
 
 /// The gateway, in-process, against `consul_url`.
