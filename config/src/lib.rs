@@ -38,6 +38,7 @@ mod keys;
 mod loader;
 pub mod logging;
 mod partial;
+pub mod process;
 mod render;
 mod validate;
 

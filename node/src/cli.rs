@@ -1,12 +1,12 @@
 //! What the `ec-node` binary needs beyond the library: its flags (mapped onto configuration
 //! keys, so that flags go through the same parsers and error messages as the file and the
-//! environment), the translation of a validated [`Config`] into [`NodeSettings`], and the
-//! signal handling and error reporting every service binary shares.
+//! environment), the translation of a validated [`Config`] into [`NodeSettings`], and
+//! cancelling on SIGINT/SIGTERM (`ec_config::process` holds the plumbing all binaries share).
 
 use std::path::PathBuf;
 
 use clap::Args;
-use color_eyre::eyre::{Result, WrapErr, eyre};
+use color_eyre::eyre::{Result, WrapErr};
 use ec_config::{Config, Loader};
 use ec_core::NodeId;
 use tokio_util::sync::CancellationToken;
@@ -59,10 +59,6 @@ impl NodeFlags {
     /// A loader with every layer: `config_file` (or config/config.yaml), the process
     /// environment, and these flags.
     pub fn loader(&self, config_file: Option<PathBuf>) -> Loader {
-        let (consul_host, consul_port) = match self.consul_addr.as_deref().map(split_host_port) {
-            Some((h, p)) => (Some(h), p),
-            None => (None, None),
-        };
         Loader::new()
             .config_file(config_file)
             .env(std::env::vars_os())
@@ -81,25 +77,10 @@ impl NodeFlags {
             )
             .flag("node.data_dir", "--data-dir", self.data_dir.clone())
             .flag("node.storage.fsync", "--fsync", self.fsync.clone())
-            .flag("consul.host", "--consul-addr", consul_host)
-            .flag("consul.port", "--consul-addr", consul_port)
+            .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())
             .flag("log.level", "--log-level", self.log_level.clone())
             .flag("log.format", "--log-format", self.log_format.clone())
             .flag("log.file", "--log-file", self.log_file.clone())
-    }
-}
-
-/// `host:port` → (host, Some(port)); `host` → (host, None). Brackets around IPv6 are kept off.
-fn split_host_port(addr: &str) -> (String, Option<String>) {
-    let addr = addr
-        .trim()
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    match addr.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && !h.ends_with(':') => {
-            (h.trim_matches(['[', ']']).to_owned(), Some(p.to_owned()))
-        }
-        _ => (addr.to_owned(), None),
     }
 }
 
@@ -110,12 +91,6 @@ pub fn settings(config: &Config) -> Result<NodeSettings> {
     let fsync = match node.storage.fsync {
         ec_config::FsyncPolicy::Always => FsyncPolicy::Always,
         ec_config::FsyncPolicy::Interval => FsyncPolicy::Interval(node.storage.fsync_interval),
-    };
-    let host = &config.consul.host;
-    let consul_host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.clone()
     };
     Ok(NodeSettings {
         node_id,
@@ -138,7 +113,7 @@ pub fn settings(config: &Config) -> Result<NodeSettings> {
             ..LogOptions::default()
         },
         retention_interval: node.retention.check_interval,
-        consul_url: format!("http://{consul_host}:{}", config.consul.port),
+        consul_url: config.consul.http_url(),
         consul_token: config.consul.token.clone(),
     })
 }
@@ -158,62 +133,10 @@ pub fn replication_settings(config: &Config) -> ReplicationSettings {
     }
 }
 
-/// Installs color-eyre so that errors print as one readable chain, without a backtrace
-/// unless `RUST_BACKTRACE` asks for one.
-pub fn install_error_reporting() -> Result<()> {
-    color_eyre::config::HookBuilder::default()
-        .display_env_section(false)
-        .install()
-        .map_err(|e| eyre!("cannot install the error reporter: {e}"))
-}
-
 /// Cancels `token` on the first SIGINT or SIGTERM.
 pub async fn cancel_on_signal(token: CancellationToken) {
-    let name = wait_for_signal().await;
-    info!(signal = name, "signal received; shutting down");
+    let signal = ec_config::process::shutdown_signal().await;
+    info!(signal, "signal received; shutting down");
     token.cancel();
 }
 
-#[cfg(unix)]
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process can only be killed; never shut down by itself.
-        return std::future::pending::<&'static str>().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signal() -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "Ctrl-C"
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consul_addr_forms() {
-        assert_eq!(
-            split_host_port("127.0.0.1:8500"),
-            ("127.0.0.1".into(), Some("8500".into()))
-        );
-        assert_eq!(
-            split_host_port("http://consul:8501/"),
-            ("consul".into(), Some("8501".into()))
-        );
-        assert_eq!(split_host_port("consul"), ("consul".into(), None));
-        assert_eq!(
-            split_host_port("[::1]:8500"),
-            ("::1".into(), Some("8500".into()))
-        );
-    }
-}

@@ -29,7 +29,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    cli::install_error_reporting()?;
+    ec_config::process::install_error_reporting()?;
     let args = Args::parse();
     let loaded = args.node.loader(args.config.clone()).load()?;
     for warning in &loaded.warnings {

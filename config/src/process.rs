@@ -1,0 +1,126 @@
+//! Process plumbing every Event Catcher binary shares: readable error reports, the shutdown
+//! signal, and the `--consul-addr HOST:PORT` flag. It lives here, beside the settings, so
+//! that `ec-node`, `ec-gateway` and `ec-console` start and stop the same way.
+
+use color_eyre::eyre::{Result, eyre};
+
+use crate::{ConsulConfig, Loader};
+
+/// Installs color-eyre so that an error prints as one readable chain of causes, with no
+/// backtrace or environment section unless `RUST_BACKTRACE` asks for one.
+pub fn install_error_reporting() -> Result<()> {
+    color_eyre::config::HookBuilder::default()
+        .display_env_section(false)
+        .install()
+        .map_err(|e| eyre!("cannot install the error reporter: {e}"))
+}
+
+/// Resolves on the first SIGINT or SIGTERM (Ctrl-C elsewhere) and names it.
+#[cfg(unix)]
+pub async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the process can only be killed; it never shuts down by itself.
+        return std::future::pending::<&'static str>().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM (Ctrl-C elsewhere) and names it.
+#[cfg(not(unix))]
+pub async fn shutdown_signal() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "Ctrl-C"
+}
+
+/// `host:port` → (host, Some(port)); `host` → (host, None). Accepts `http://` and IPv6 in
+/// brackets, which are taken off.
+pub fn split_host_port(addr: &str) -> (String, Option<String>) {
+    let addr = addr
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    match addr.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.ends_with(':') => {
+            (h.trim_matches(['[', ']']).to_owned(), Some(p.to_owned()))
+        }
+        _ => (addr.to_owned(), None),
+    }
+}
+
+impl Loader {
+    /// The `--consul-addr HOST[:PORT]` flag: sets `consul.host` and, when given, `consul.port`,
+    /// both reported as coming from `flag`.
+    pub fn consul_addr_flag(self, flag: &str, addr: Option<&str>) -> Self {
+        let (host, port) = match addr.map(split_host_port) {
+            Some((h, p)) => (Some(h), p),
+            None => (None, None),
+        };
+        self.flag("consul.host", flag, host)
+            .flag("consul.port", flag, port)
+    }
+}
+
+impl ConsulConfig {
+    /// Base URL of the agent's HTTP API, e.g. `http://localhost:8500` (IPv6 in brackets).
+    pub fn http_url(&self) -> String {
+        if self.host.contains(':') {
+            format!("http://[{}]:{}", self.host, self.port)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            split_host_port("127.0.0.1:8500"),
+            ("127.0.0.1".into(), Some("8500".into()))
+        );
+        assert_eq!(
+            split_host_port("http://consul:8501/"),
+            ("consul".into(), Some("8501".into()))
+        );
+        assert_eq!(split_host_port("consul"), ("consul".into(), None));
+        assert_eq!(
+            split_host_port("[::1]:8500"),
+            ("::1".into(), Some("8500".into()))
+        );
+    }
+
+    #[test]
+    fn consul_addr_flag_sets_both_keys_and_url() {
+        let loaded = Loader::new()
+            .default_file(None)
+            .consul_addr_flag("--consul-addr", Some("10.0.0.9:8600"))
+            .load()
+            .expect("valid");
+        assert_eq!(loaded.config.consul.http_url(), "http://10.0.0.9:8600");
+        let err = Loader::new()
+            .default_file(None)
+            .consul_addr_flag("--consul-addr", Some("h:99999"))
+            .load()
+            .expect_err("bad port")
+            .to_string();
+        assert!(
+            err.contains("--consul-addr") && err.contains("consul.port"),
+            "{err}"
+        );
+        let v6 = ConsulConfig {
+            host: "::1".into(),
+            ..crate::Config::default().consul
+        };
+        assert_eq!(v6.http_url(), "http://[::1]:8500");
+    }
+}
