@@ -139,4 +139,3 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     info!(signal, "signal received; shutting down");
     token.cancel();
 }
-

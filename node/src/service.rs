@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats, WriteAccess};
-use crate::replication::{Acks, Replication, Role};
+use crate::replication::{Acks, NotReplicated, Replication, Role};
 use crate::request::{AppendRequest, ReadRequest, parse_data_id};
 use crate::stream::{produce, resolve_start};
 
@@ -95,9 +95,7 @@ impl NodeService {
 
     /// Whether `a` is below the high watermark already (replicated to the in-sync set).
     fn is_replicated(&self, data_id: &ec_core::DataId, a: &Appended) -> bool {
-        self.log
-            .high_watermark(data_id)
-            .is_ok_and(|hwm| hwm.0 > a.last.0)
+        self.log.is_visible(data_id, a).unwrap_or(false)
     }
 
     /// The acks a request asks for (metadata), or the node's default.
@@ -122,19 +120,21 @@ impl NodeService {
         if acks == Acks::Leader {
             return Ok(a);
         }
-        self.replication
-            .wait_replicated(data_id, a.last)
-            .await
-            .map(|()| a)
-            .map_err(|waited| {
-                Status::deadline_exceeded(format!(
-                    "offsets {}..={} of data ID {data_id} are durable on primary {} but not yet on every in-sync replica after {} (node.replication.ack_timeout); they may still appear later, or be lost if this primary fails first — do not assume either",
-                    a.first,
-                    a.last,
-                    self.node_id,
-                    humantime(waited)
-                ))
-            })
+        match self.replication.wait_replicated(data_id, &a).await {
+            Ok(()) => Ok(a),
+            Err(NotReplicated::TimedOut(waited)) => Err(Status::deadline_exceeded(format!(
+                "offsets {}..={} of data ID {data_id} are durable on primary {} but not yet on every in-sync replica after {} (node.replication.ack_timeout); they may still appear later, or be lost if this primary fails first — do not assume either",
+                a.first,
+                a.last,
+                self.node_id,
+                humantime(waited)
+            ))),
+            Err(NotReplicated::Replaced) => Err(Status::aborted(format!(
+                "offsets {}..={} of data ID {data_id} were not kept: node {} stopped being the primary before its in-sync replicas stored them, and the new primary's events took those offsets; publish them again to the primary",
+                a.first, a.last, self.node_id
+            ))),
+            Err(NotReplicated::Log(e)) => Err(e.into()),
+        }
     }
 }
 

@@ -313,6 +313,7 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                     first: Offset(first),
                     last: Offset(entry.meta.next - 1),
                     timestamp: TimestampMs(ts),
+                    epoch: Epoch(epoch),
                 }
             }
             Some(copied) => {
@@ -340,6 +341,7 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                     first: Offset(first),
                     last: Offset(entry.meta.next - 1),
                     timestamp: TimestampMs(ts.unwrap_or(now)),
+                    epoch: Epoch(copied.last().map_or(0, |c| c.epoch)),
                 }
             }
         };

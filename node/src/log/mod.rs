@@ -178,6 +178,8 @@ pub struct Appended {
     pub last: Offset,
     /// Timestamp given to all events of the append.
     pub timestamp: TimestampMs,
+    /// Epoch of the last appended event (for a publish: of all of them).
+    pub epoch: Epoch,
 }
 
 /// What the log holds for one data ID.
@@ -584,6 +586,27 @@ impl EventLog {
     /// Watches the durable end (exclusive) of `data_id`: what replicas may copy.
     pub fn subscribe_end(&self, data_id: &DataId) -> Result<watch::Receiver<Offset>, LogError> {
         Ok(self.inner.store.existing(data_id)?.end.subscribe())
+    }
+
+    /// Whether the events `a` answered are below the high watermark *and still the ones that
+    /// were appended* (a node deposed as primary may have had them cut and the offsets
+    /// refilled by the new primary since). Reads the high watermark before the access, so
+    /// that a stream still led in `a`'s epoch needs no disk read: it cannot have been cut.
+    pub fn is_visible(&self, data_id: &DataId, a: &Appended) -> Result<bool, LogError> {
+        let stream = self.inner.store.existing(data_id)?;
+        if stream.state().hwm <= a.last.0 {
+            return Ok(false);
+        }
+        if stream.access() == WriteAccess::Leader(a.epoch) {
+            return Ok(true);
+        }
+        let at = self
+            .inner
+            .store
+            .read(&stream, a.last.0, 1, 0, Bound::Durable)?;
+        Ok(at
+            .first()
+            .is_some_and(|e| e.offset == a.last && e.epoch == a.epoch))
     }
 
     /// The high watermark of `data_id`.

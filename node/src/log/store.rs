@@ -21,7 +21,9 @@
 //!   with its events) and is cross-checked against the last event key: a mismatch means the
 //!   store is damaged, and opening fails with [`LogError::Corrupt`] rather than serving a gap.
 //! - Lock order: `write_lock` → `streams` → `Stream::access` → `Stream::state` →
-//!   `Stream::epochs`. Readers never take `write_lock`.
+//!   `Stream::epochs`. Readers never take `write_lock`. The `end` and `visible` watches are
+//!   sent to only after the state lock is released (a receiver may hold a watch's guard while
+//!   it asks the log something), and `visible` only ever rises, whatever the send order.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -130,30 +132,49 @@ impl Stream {
 
     /// Publishes new committed metadata: keeps the higher of the two high watermarks (the
     /// replication layer may have raised it since `meta` was copied), applies the floor, and
-    /// wakes tailing readers and replication senders.
+    /// wakes tailing readers and replication senders. Callers hold the writer lock, which
+    /// orders the sends of the durable end.
     pub(super) fn publish(&self, meta: StreamMeta) {
-        let mut state = self.state();
-        let hwm = state.hwm.max(meta.hwm);
-        *state = meta;
-        state.hwm = hwm;
-        self.end.send_replace(Offset(state.next));
-        self.raise_hwm_locked(&mut state);
+        let (next, hwm) = {
+            let mut state = self.state();
+            let hwm = state.hwm.max(meta.hwm);
+            *state = meta;
+            state.hwm = hwm;
+            self.raise_hwm_locked(&mut state);
+            (state.next, state.hwm)
+        };
+        // Sent after the state lock is released: a receiver may hold the watch's lock while
+        // it takes the state lock (a waiter checking what it sees).
+        self.end.send_replace(Offset(next));
+        self.announce_hwm(hwm);
     }
 
     /// Sets the replication layer's bound and raises the high watermark to it if it can.
     pub(super) fn set_floor(&self, floor: u64) {
         self.floor.store(floor, Ordering::Release);
-        let mut state = self.state();
-        self.raise_hwm_locked(&mut state);
+        let hwm = {
+            let mut state = self.state();
+            self.raise_hwm_locked(&mut state);
+            state.hwm
+        };
+        self.announce_hwm(hwm);
     }
 
     fn raise_hwm_locked(&self, state: &mut StreamMeta) {
         let floor = self.floor.load(Ordering::Acquire);
-        let hwm = state.hwm.max(state.next.min(floor));
-        if hwm != state.hwm || *self.visible.borrow() != Offset(hwm) {
-            state.hwm = hwm;
-            self.visible.send_replace(Offset(hwm));
-        }
+        state.hwm = state.hwm.max(state.next.min(floor));
+    }
+
+    /// Raises the watched high watermark to `hwm`; never lowers it, so concurrent raisers
+    /// may announce in any order.
+    fn announce_hwm(&self, hwm: u64) {
+        self.visible.send_if_modified(|v| {
+            let raise = v.0 < hwm;
+            if raise {
+                *v = Offset(hwm);
+            }
+            raise
+        });
     }
 
     /// Stats as reported to callers.

@@ -1094,3 +1094,37 @@ async fn skip_ahead_drops_everything_and_starts_later() {
     assert_eq!(starts(&log, &a), vec![(3, 50)]);
     log.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_publish_cut_and_refilled_by_another_epoch_is_not_visible_as_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Leader(Epoch(3))).await.unwrap();
+    log.set_floor(&a, Some(Offset(0))).unwrap();
+    let ours = log.append(&a, vec![ev("ours")], false).await.unwrap();
+    assert_eq!(ours.epoch, Epoch(3));
+    assert!(!log.is_visible(&a, &ours).unwrap(), "not replicated yet");
+
+    // Deposed: the new primary (epoch 8) has other content at that offset.
+    log.ensure(&a, WriteAccess::Replica).await.unwrap();
+    assert_eq!(log.truncate(&a, Offset(0)).await.unwrap(), 1);
+    log.submit_copied(&a, copied(0, 8, &["theirs"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    log.set_floor(&a, Some(Offset(1))).unwrap();
+    assert_eq!(log.high_watermark(&a).unwrap(), Offset(1));
+    assert!(
+        !log.is_visible(&a, &ours).unwrap(),
+        "the offset holds another event now"
+    );
+
+    // While leading, a visible publish needs no read to be confirmed.
+    log.ensure(&a, WriteAccess::Leader(Epoch(9))).await.unwrap();
+    log.set_floor(&a, None).unwrap();
+    let mine = log.append(&a, vec![ev("mine")], false).await.unwrap();
+    assert!(log.is_visible(&a, &mine).unwrap());
+    log.close().await.unwrap();
+}

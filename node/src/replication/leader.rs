@@ -590,7 +590,8 @@ async fn run_term(
                 if changed.is_err() {
                     break "the node is stopping";
                 }
-                match &*assignment.borrow() {
+                let current = assignment.borrow().clone();
+                match &current {
                     Assignment::Primary(m) => {
                         term.set_members(m);
                         repl.set_view(

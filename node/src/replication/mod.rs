@@ -63,11 +63,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ec_core::{DataId, NodeId, Offset};
+use ec_core::{DataId, NodeId};
 use ec_discovery::{HealthSnapshot, MappingSnapshot, Watched};
 use tokio::sync::watch;
 
-use crate::log::{EventLog, WriteAccess};
+use crate::log::{Appended, EventLog, LogError, WriteAccess};
 
 pub(crate) use coordinator::spawn;
 pub(crate) use divergence::Cut;
@@ -330,21 +330,43 @@ impl Replication {
         }
     }
 
-    /// Waits until `data_id`'s high watermark passes `last` (the publish is on every in-sync
-    /// replica), at most `self.ack_timeout`. `Err` carries how long it waited.
+    /// Waits until the events of `a` are below `data_id`'s high watermark — stored on every
+    /// in-sync replica — at most `self.ack_timeout`. The high watermark alone is not proof:
+    /// a primary deposed while waiting may have its unreplicated events cut and the offsets
+    /// refilled by the new primary, whose high watermark then passes them; so the events are
+    /// checked to still be the ones appended (same epoch at the last offset).
     pub(crate) async fn wait_replicated(
         &self,
         data_id: &DataId,
-        last: Offset,
-    ) -> Result<(), Duration> {
-        let Ok(mut visible) = self.log.subscribe(data_id) else {
-            return Err(Duration::ZERO);
-        };
+        a: &Appended,
+    ) -> Result<(), NotReplicated> {
+        let mut visible = self.log.subscribe(data_id).map_err(NotReplicated::Log)?;
         let timeout = self.ack_timeout;
-        let waited = tokio::time::timeout(timeout, visible.wait_for(|hwm| hwm.0 > last.0)).await;
-        match waited {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(timeout),
+        // The watch's guard is dropped here: holding it while the log takes its own locks
+        // could deadlock with a writer announcing a new high watermark.
+        let passed = tokio::time::timeout(timeout, visible.wait_for(|hwm| hwm.0 > a.last.0))
+            .await
+            .map(|r| r.map(|_| ()));
+        match passed {
+            Ok(Ok(())) => match self.log.is_visible(data_id, a) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(NotReplicated::Replaced),
+                Err(e) => Err(NotReplicated::Log(e)),
+            },
+            Ok(Err(_)) => Err(NotReplicated::Log(LogError::Closed)),
+            Err(_) => Err(NotReplicated::TimedOut(timeout)),
         }
     }
+}
+
+/// Why an `acks=all` publish is not acknowledged.
+#[derive(Debug)]
+pub(crate) enum NotReplicated {
+    /// The in-sync replicas did not store it within the timeout; it may still appear.
+    TimedOut(Duration),
+    /// This node stopped being the primary and its events at those offsets were replaced by
+    /// the new primary's: they are not stored.
+    Replaced,
+    /// The log failed or closed.
+    Log(LogError),
 }

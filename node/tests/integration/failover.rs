@@ -166,7 +166,10 @@ async fn sigkill_of_the_primary_loses_no_acknowledged_event_and_it_rejoins_ident
                             acked.insert(r.first_offset + i as u64, e);
                         }
                     }
-                    Err(_) => return,
+                    Err(status) => {
+                        eprintln!("publisher {task} stops: {status:?}");
+                        return;
+                    }
                 }
             }
         }));
