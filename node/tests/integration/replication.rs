@@ -128,3 +128,96 @@ async fn replicas_copy_the_primary_and_acks_all_waits_for_them() {
         n.stop().await.expect("stop");
     }
 }
+
+#[tokio::test]
+async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins() {
+    let consul = ConsulAgent::start_dev().await;
+    let url = consul.http_url();
+    let dir = tempfile::tempdir().expect("dir");
+    let tweak = |r: &mut ec_node::ReplicationSettings| {
+        r.ack_timeout = std::time::Duration::from_millis(500);
+        r.max_lag_time = std::time::Duration::from_secs(3);
+    };
+    let n1 = TestNode::start_replicated(&url, "n1", tweak).await;
+    let n2 = TestNode::start_replicated_in(&dir.path().join("n2"), &url, "n2", tweak).await;
+    let mut c1 = n1.client().await;
+    map(&consul, "lag", &["n1", "n2"]).await;
+    wait_in_sync(&c1, "lag", &["n1", "n2"]).await;
+    publish(&mut c1, "lag", payloads("a", 3))
+        .await
+        .expect("replicated");
+
+    // The only replica goes away: acks=all cannot be confirmed in time.
+    n2.stop().await.expect("stop n2");
+    let err = publish_acks(&mut c1, "lag", payloads("b", 1), "all")
+        .await
+        .expect_err("no in-sync replica stores it in time");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().contains("may still appear later"),
+        "{}",
+        err.message()
+    );
+    // acks=leader does not wait for it.
+    publish_acks(&mut c1, "lag", payloads("c", 1), "leader")
+        .await
+        .expect("acks=leader");
+    // Readers do not see what the in-sync set has not stored.
+    assert_eq!(visible(&mut c1, "lag").await.len(), 3);
+
+    // After max_lag_time it leaves the in-sync set, and acks=all means "on the primary".
+    wait_in_sync(&c1, "lag", &["n1"]).await;
+    publish_acks(&mut c1, "lag", payloads("d", 1), "all")
+        .await
+        .expect("acks=all with the primary alone in sync");
+    assert_eq!(visible(&mut c1, "lag").await.len(), 6);
+    let s = status(&mut c1, "lag").await.expect("status");
+    assert!(
+        s.replicas
+            .iter()
+            .any(|r| r.node_id == "n2" && !r.in_sync && !r.connected),
+        "{s:?}"
+    );
+
+    // It comes back, catches up (including the event that timed out: it "appeared later"),
+    // and rejoins; a pipelined acks=all stream is acknowledged only once both hold it.
+    let n2 = TestNode::start_replicated_in(&dir.path().join("n2"), &url, "n2", tweak).await;
+    wait_in_sync(&c1, "lag", &["n1", "n2"]).await;
+    let mut req = tonic::Request::new(tokio_stream::iter((0..20u64).map(|seq| {
+        ec_proto::PublishRequest {
+            data_id: "lag".into(),
+            events: payloads(&format!("s{seq}"), 5),
+            sequence: seq,
+        }
+    })));
+    req.metadata_mut()
+        .insert("ec-acks", "all".parse().expect("metadata"));
+    let mut acks = c1.publish_stream(req).await.expect("stream").into_inner();
+    let mut acked = 0;
+    while let Some(batch) = acks.message().await.expect("acks") {
+        acked += batch.acks.len();
+        if acked == 20 {
+            break;
+        }
+    }
+    let c2 = n2.client().await;
+    // Replicas' readers see it one heartbeat later, when they hear the high watermark.
+    wait_for("n2 shows everything n1 does", DEADLINE, || {
+        let (mut a, mut b) = (c1.clone(), c2.clone());
+        async move {
+            let x = full_log(&mut a, "lag").await.ok()?;
+            let y = full_log(&mut b, "lag").await.ok()?;
+            (x == y && x.len() == 106).then_some(())
+        }
+    })
+    .await;
+    let on_n2 = full_log(&mut c2.clone(), "lag").await.expect("read n2");
+    assert_eq!(
+        on_n2[3].2,
+        Bytes::from("b-0"),
+        "the timed-out event appeared later"
+    );
+    for n in [n1, n2] {
+        n.stop().await.expect("stop");
+    }
+}
