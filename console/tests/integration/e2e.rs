@@ -201,7 +201,7 @@ async fn tail_pause_counts_and_seek_shows_the_offset_first() {
     assert!(screen.contains("in order, no gap"), "{screen}");
 
     // SIGTERM also restores the terminal and exits cleanly.
-    let pid: i32 = tmux.pane_format("#{pane_pid}").parse().expect("pane pid");
+    let pid = tmux.console_pid();
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()

@@ -53,6 +53,9 @@ pub fn store(consul: &ConsulAgent) -> MappingStore {
 pub struct Tmux {
     socket: String,
     target: String,
+    /// Where the wrapper shell writes the console's exit status.
+    status_file: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Tmux {
@@ -62,9 +65,15 @@ impl Tmux {
         c
     }
 
-    /// Starts `program args` in a detached `width`×`height` session; the pane stays after the
-    /// program exits so its exit status can be read.
+    /// Starts `program args` in a detached `width`×`height` session, under a shell that
+    /// records the program's exit status in a file once it exits.
+    ///
+    /// The status is not read from tmux's `#{pane_dead_status}`: tmux 3.3 with libutempter
+    /// loses the SIGCHLD of a pane process that exits while the utmp helper runs, and the
+    /// status then never appears.
     pub fn start(program: &Path, args: &[String], width: u16, height: u16) -> Tmux {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status_file = dir.path().join("exit-status");
         let tmux = Tmux {
             socket: format!(
                 "ec-console-test-{}-{}",
@@ -72,24 +81,41 @@ impl Tmux {
                 ec_testkit::free_port()
             ),
             target: "console".into(),
+            status_file,
+            _dir: dir,
         };
-        // `exec`, so the pane's process is the console itself (signals reach it directly).
-        let mut command = vec![
-            "exec".to_owned(),
-            shell_quote(&program.display().to_string()),
-        ];
+        let mut command = vec![shell_quote(&program.display().to_string())];
         command.extend(args.iter().map(|a| shell_quote(a)));
+        let command = format!(
+            "{}; echo $? > {}.tmp && mv {}.tmp {}",
+            command.join(" "),
+            shell_quote(&tmux.status_file.display().to_string()),
+            shell_quote(&tmux.status_file.display().to_string()),
+            shell_quote(&tmux.status_file.display().to_string()),
+        );
         let status = tmux
             .cmd()
             .env("LANG", "C.UTF-8")
             .args(["new-session", "-d", "-s", &tmux.target])
             .args(["-x", &width.to_string(), "-y", &height.to_string()])
-            .arg(command.join(" "))
+            .arg(command)
             .args([";", "set-option", "-g", "remain-on-exit", "on"])
             .status()
             .expect("tmux runs (it is installed on every machine of this project)");
         assert!(status.success(), "tmux new-session failed: {status}");
         tmux
+    }
+
+    /// The console's process ID (a child of the pane's shell).
+    pub fn console_pid(&self) -> i32 {
+        let shell = self.pane_format("#{pane_pid}");
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .expect("the pane's shell is running");
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no child of the pane's shell {shell}: {children:?}"))
     }
 
     /// The visible screen, one line per row.
@@ -160,10 +186,9 @@ impl Tmux {
     pub async fn wait_exit(&self) -> (i32, bool) {
         let end = Instant::now() + DEADLINE;
         loop {
-            let text = self.pane_format("#{pane_dead} #{pane_dead_status} #{alternate_on}");
-            if let Some(rest) = text.strip_prefix("1 ") {
-                let (code, alternate) = rest.split_once(' ').unwrap_or((rest, "0"));
-                return (code.parse().expect("exit status"), alternate == "1");
+            if let Ok(text) = std::fs::read_to_string(&self.status_file) {
+                let code = text.trim().parse().expect("exit status");
+                return (code, self.pane_format("#{alternate_on}") == "1");
             }
             assert!(
                 Instant::now() < end,
