@@ -14,7 +14,8 @@
 //! - `watch`: [`watch_mappings`] and [`watch_health`], blocking-query loops publishing the
 //!   last good snapshot as [`Watched`];
 //! - `epoch`: [`EpochStore`], each replicated data ID's leader epoch, primary and in-sync
-//!   set, beside the mappings, every write a check-and-set.
+//!   set, beside the mappings, every write a check-and-set;
+//! - `session`: sessions and [`hold_lock`], one lock held by at most one process at a time.
 //!
 //! Rules this crate keeps for every caller (see "Talking to Consul" in the design page):
 //! `recurse` is never sent on a single-key read or delete; `null` lists and maps decode as
@@ -34,6 +35,7 @@ mod health;
 mod kv;
 mod mapping;
 pub mod registration;
+mod session;
 mod watch;
 mod wire;
 
@@ -50,5 +52,6 @@ pub use kv::KvPair;
 pub use mapping::{
     MAX_CAS_ATTEMPTS, Mapping, MappingError, MappingProblem, MappingSnapshot, MappingStore,
 };
+pub use session::{LockOptions, hold_lock};
 pub use watch::{Watched, watch_health, watch_mappings};
 pub use wire::go_duration;

@@ -8,5 +8,6 @@ mod health;
 mod kv;
 mod mapping;
 mod registration;
+mod session;
 mod util;
 mod watch;
