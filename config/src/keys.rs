@@ -91,6 +91,10 @@ keys! {
         "port the gateway's gRPC server binds to (1-65535)";
     "gateway.allowed_nodes" "EVENT_CATCHER_GATEWAY_ALLOWED_NODES" [gateway.allowed_nodes] list "[]"
         "node IDs the gateway may route to; empty = every registered node (env: comma-separated)";
+    "gateway.auto_failover" "EVENT_CATCHER_GATEWAY_AUTO_FAILOVER" [gateway.auto_failover] boolean "true"
+        "promote the most caught-up in-sync replica when a primary stays critical (one gateway at a time, by Consul lock)";
+    "gateway.failover_after" "EVENT_CATCHER_GATEWAY_FAILOVER_AFTER" [gateway.failover_after] duration "0s"
+        "how long a primary must be critical or gone before automatic failover; 0s = twice node.health_check.interval";
     "node.id" "EVENT_CATCHER_NODE_ID" [node.id] text "node1"
         "this node's ID and Consul service ID: 1-128 characters of [A-Za-z0-9._-]";
     "node.host" "EVENT_CATCHER_NODE_HOST" [node.host] text "0.0.0.0"

@@ -77,6 +77,11 @@ pub struct GatewayConfig {
     pub port: u16,
     /// Node IDs the gateway may route to; empty means every registered node.
     pub allowed_nodes: Vec<String>,
+    /// Promote a replica automatically when a primary stays critical.
+    pub auto_failover: bool,
+    /// How long a primary must be critical (or gone) before it is replaced; resolved here
+    /// from `0s` to twice `node.health_check.interval`.
+    pub failover_after: Duration,
 }
 
 /// `node.*`

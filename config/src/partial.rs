@@ -36,6 +36,10 @@ pub struct PartialGateway {
     pub port: Option<u16>,
     /// `gateway.allowed_nodes`
     pub allowed_nodes: Option<Vec<String>>,
+    /// `gateway.auto_failover`
+    pub auto_failover: Option<bool>,
+    /// `gateway.failover_after`; `0s` means twice `node.health_check.interval`.
+    pub failover_after: Option<Duration>,
 }
 
 /// `node.*`; see [`crate::NodeConfig`].

@@ -124,11 +124,10 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
     for id in &allowed_nodes {
         c.node_id("gateway.allowed_nodes", id)?;
     }
-    let gateway = GatewayConfig {
-        host: c.host("gateway.host", gateway.host)?,
-        port: c.port("gateway.port", gateway.port)?,
-        allowed_nodes,
-    };
+    let auto_failover = c.required("gateway.auto_failover", gateway.auto_failover)?;
+    let failover_after = c.required("gateway.failover_after", gateway.failover_after)?;
+    let gateway_host = c.host("gateway.host", gateway.host)?;
+    let gateway_port = c.port("gateway.port", gateway.port)?;
 
     let id = c.required("node.id", node.id)?;
     c.node_id("node.id", &id)?;
@@ -232,6 +231,20 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
     if let Some(bad) = tags.iter().find(|tag| tag.chars().any(char::is_control)) {
         return Err(c.invalid("node.tags", bad, "tags without control characters"));
     }
+
+    let gateway = GatewayConfig {
+        host: gateway_host,
+        port: gateway_port,
+        allowed_nodes,
+        auto_failover,
+        // Unset: long enough for Consul to have run the check twice, so one slow answer is
+        // not a failover.
+        failover_after: if failover_after.is_zero() {
+            interval * 2
+        } else {
+            failover_after
+        },
+    };
 
     let node = NodeConfig {
         id,

@@ -538,6 +538,28 @@ fn rules_between_keys_name_both_sources() {
 }
 
 #[test]
+fn failover_keys_default_to_twice_the_check_interval() {
+    let c = Config::default();
+    assert!(c.gateway.auto_failover);
+    assert_eq!(c.gateway.failover_after, Duration::from_secs(20));
+    let c = load_env(&[
+        ("EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL", "3s"),
+        ("EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT", "1s"),
+    ])
+    .expect("valid")
+    .config;
+    assert_eq!(c.gateway.failover_after, Duration::from_secs(6));
+    let c = load_env(&[
+        ("EVENT_CATCHER_GATEWAY_AUTO_FAILOVER", "false"),
+        ("EVENT_CATCHER_GATEWAY_FAILOVER_AFTER", "45s"),
+    ])
+    .expect("valid")
+    .config;
+    assert!(!c.gateway.auto_failover);
+    assert_eq!(c.gateway.failover_after, Duration::from_secs(45));
+}
+
+#[test]
 fn replication_keys_from_env_and_file() {
     let c = load_env(&[
         ("EVENT_CATCHER_NODE_REPLICATION_ACKS", "LEADER"),
