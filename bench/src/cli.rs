@@ -1,0 +1,256 @@
+//! The command line: `suite` or one scenario, with the options every scenario shares, and
+//! their resolution into [`Settings`] (where `--quick` picks smaller defaults).
+//!
+//! Every explicit flag wins over `--quick`: `--quick --trials 3` runs three short trials.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Side-by-side benchmarks of Event Catcher (`ec`) against NATS JetStream and Redis Streams.
+///
+/// Every server runs as a child process with a fresh temp dir on free 127.0.0.1 ports.
+/// Binaries: ec-node and ec-gateway beside this executable (or --bin-dir / EC_BENCH_BIN_DIR);
+/// nats-server and redis-server from EC_BENCH_NATS_SERVER / EC_BENCH_REDIS_SERVER or PATH;
+/// consul from EC_CONSUL_BIN, <workspace>/.tools/consul or PATH. A missing peer prints
+/// `SKIPPED <peer>` and the rest runs.
+#[derive(Debug, Parser)]
+#[command(name = "ec-bench", version)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Every scenario, trials interleaving the systems, then the table.
+    Suite(RunArgs),
+    /// The machine's floor: TCP loopback round trip and throughput, fsync latency.
+    Floor(RunArgs),
+    /// Publish N events through a window of in-flight events.
+    Publish(RunArgs),
+    /// Publish N events (not reported), then replay them from offset 0.
+    Replay(RunArgs),
+    /// End-to-end latency at a fixed rate, and time to first event when resuming at N/2.
+    E2e(RunArgs),
+    /// GetNodeForData from the gateway's table versus two Consul calls per lookup.
+    Lookup(RunArgs),
+    /// Streaming through the gateway versus directly from the node.
+    Proxy(RunArgs),
+    /// SIGKILL the serving node mid-stream: pause until delivery resumes, offsets gapless.
+    Failover(RunArgs),
+    /// (internal) The seed's GetNodeForData: two Consul HTTP calls per request.
+    #[command(hide = true)]
+    SeedGateway(SeedGatewayArgs),
+}
+
+impl Command {
+    /// The scenario's name as printed and recorded.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Command::Suite(_) => "suite",
+            Command::Floor(_) => "floor",
+            Command::Publish(_) => "publish",
+            Command::Replay(_) => "replay",
+            Command::E2e(_) => "e2e",
+            Command::Lookup(_) => "lookup",
+            Command::Proxy(_) => "proxy",
+            Command::Failover(_) => "failover",
+            Command::SeedGateway(_) => "seed-gateway",
+        }
+    }
+}
+
+/// Flags of the internal seed gateway.
+#[derive(Debug, Args)]
+pub(crate) struct SeedGatewayArgs {
+    /// Port to serve gRPC on (127.0.0.1).
+    #[arg(long)]
+    pub(crate) port: u16,
+    /// Consul's HTTP address, HOST:PORT.
+    #[arg(long)]
+    pub(crate) consul_addr: String,
+    /// KV prefix of the mappings.
+    #[arg(long, default_value = "streaming/data/")]
+    pub(crate) kv_prefix: String,
+}
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub(crate) enum SystemKind {
+    /// Event Catcher: one ec-node.
+    Ec,
+    /// NATS JetStream: one nats-server, file storage.
+    Jetstream,
+    /// Redis Streams: one redis-server with AOF.
+    Redis,
+}
+
+impl SystemKind {
+    /// The name used in records and the table.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SystemKind::Ec => "ec",
+            SystemKind::Jetstream => "jetstream",
+            SystemKind::Redis => "redis",
+        }
+    }
+}
+
+/// A durability tier, the same for every system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub(crate) enum Tier {
+    /// Acknowledged after the write, fsync within 1 s.
+    A,
+    /// Acknowledged after fsync.
+    B,
+}
+
+impl Tier {
+    /// `a` or `b`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Tier::A => "a",
+            Tier::B => "b",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Options shared by the suite and every scenario.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RunArgs {
+    /// Systems to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "ec,jetstream,redis")]
+    pub(crate) systems: Vec<SystemKind>,
+    /// Durability tiers, comma-separated: a (fsync within 1 s), b (fsync before ack).
+    #[arg(long, value_delimiter = ',', default_value = "a,b")]
+    pub(crate) tiers: Vec<Tier>,
+    /// Trials per system and tier (default 5; 1 with --quick).
+    #[arg(long)]
+    pub(crate) trials: Option<usize>,
+    /// Append every measurement to this file as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Smoke-test sizes: 50k events, 1 trial, short end-to-end and lookup phases.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Events to publish and replay (default 1,000,000; 50,000 with --quick).
+    #[arg(long)]
+    pub(crate) events: Option<u64>,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) payload: usize,
+    /// Unacknowledged events allowed at once when publishing.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) in_flight: usize,
+    /// Most events handed over at once (one PublishRequest, one Redis pipeline, or that
+    /// many JetStream publishes whose acks are awaited together).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch: usize,
+    /// Stop a publish phase after this many seconds and report the rate reached so far
+    /// (JetStream with sync always does ~6k ev/s).
+    #[arg(long, default_value_t = 60.0)]
+    pub(crate) publish_max_secs: f64,
+    /// Events per second in the end-to-end scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) e2e_rate: u64,
+    /// Seconds of end-to-end load (default 20; 3 with --quick).
+    #[arg(long)]
+    pub(crate) e2e_secs: Option<f64>,
+    /// Seconds of end-to-end load dropped at the start (default 2; 0.5 with --quick).
+    #[arg(long)]
+    pub(crate) e2e_warmup: Option<f64>,
+    /// Seconds per lookup measurement (default 5; 1 with --quick).
+    #[arg(long)]
+    pub(crate) lookup_secs: Option<f64>,
+    /// Concurrent GetNodeForData callers.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) lookup_callers: usize,
+    /// A trial starts once the machine is at least this idle (percent of all cores).
+    #[arg(long, default_value_t = 85.0)]
+    pub(crate) idle_threshold: f64,
+    /// Longest wait for the machine to be idle before a trial runs marked CONTENDED
+    /// (default 30 s; 3 s with --quick).
+    #[arg(long)]
+    pub(crate) idle_wait: Option<f64>,
+    /// Where ec-node and ec-gateway are (default: beside this executable).
+    #[arg(long, env = "EC_BENCH_BIN_DIR", value_name = "DIR")]
+    pub(crate) bin_dir: Option<PathBuf>,
+}
+
+/// [`RunArgs`] with every default resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) systems: Vec<SystemKind>,
+    pub(crate) tiers: Vec<Tier>,
+    pub(crate) trials: usize,
+    pub(crate) out: Option<PathBuf>,
+    pub(crate) quick: bool,
+    pub(crate) events: u64,
+    pub(crate) payload: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) batch: usize,
+    pub(crate) publish_max: Duration,
+    pub(crate) e2e_rate: u64,
+    pub(crate) e2e_duration: Duration,
+    pub(crate) e2e_warmup: Duration,
+    pub(crate) lookup_duration: Duration,
+    pub(crate) lookup_callers: usize,
+    pub(crate) idle_threshold: f64,
+    pub(crate) idle_wait: Duration,
+    pub(crate) bin_dir: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Resolves the defaults that depend on `--quick`.
+    pub(crate) fn settings(&self) -> Settings {
+        let quick = self.quick;
+        let secs = |v: Option<f64>, full: f64, short: f64| {
+            Duration::from_secs_f64(v.unwrap_or(if quick { short } else { full }).max(0.0))
+        };
+        let mut systems = Vec::new();
+        for s in &self.systems {
+            if !systems.contains(s) {
+                systems.push(*s);
+            }
+        }
+        let mut tiers = Vec::new();
+        for t in &self.tiers {
+            if !tiers.contains(t) {
+                tiers.push(*t);
+            }
+        }
+        Settings {
+            systems,
+            tiers,
+            trials: self.trials.unwrap_or(if quick { 1 } else { 5 }).max(1),
+            out: self.out.clone(),
+            quick,
+            events: self
+                .events
+                .unwrap_or(if quick { 50_000 } else { 1_000_000 })
+                .max(2),
+            payload: self.payload.max(16),
+            in_flight: self.in_flight.max(1),
+            batch: self.batch.max(1),
+            publish_max: Duration::from_secs_f64(self.publish_max_secs.max(1.0)),
+            e2e_rate: self.e2e_rate.max(1),
+            e2e_duration: secs(self.e2e_secs, 20.0, 3.0),
+            e2e_warmup: secs(self.e2e_warmup, 2.0, 0.5),
+            lookup_duration: secs(self.lookup_secs, 5.0, 1.0),
+            lookup_callers: self.lookup_callers.max(1),
+            idle_threshold: self.idle_threshold,
+            idle_wait: secs(self.idle_wait, 30.0, 3.0),
+            bin_dir: self.bin_dir.clone(),
+        }
+    }
+}

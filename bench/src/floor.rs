@@ -1,0 +1,137 @@
+//! The machine's floor, measured in the same run as the systems: what no system can beat.
+//!
+//! - TCP loopback round trip: 1 byte back and forth, `TCP_NODELAY`, one thread per side.
+//! - TCP loopback stream: 100-byte messages written in 64 KiB chunks, read as fast as possible.
+//! - write + fdatasync: append 100 bytes to a file in the temp dir (where every system keeps
+//!   its data) and sync it, one after another — the cost of one durable acknowledgement
+//!   without group commit.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Instant;
+
+use color_eyre::eyre::{Result, WrapErr, eyre};
+
+use crate::procs::Workdir;
+use crate::stats::Samples;
+
+/// What the floor measured.
+#[derive(Debug, Clone)]
+pub(crate) struct Floor {
+    pub(crate) rtt_p50_us: f64,
+    pub(crate) rtt_p99_us: f64,
+    pub(crate) tcp_mb_per_s: f64,
+    pub(crate) fsync_p50_us: f64,
+    pub(crate) fsync_p99_us: f64,
+}
+
+/// Measures the floor; `quick` uses fewer iterations.
+pub(crate) async fn measure(quick: bool) -> Result<Floor> {
+    tokio::task::spawn_blocking(move || measure_blocking(quick))
+        .await
+        .wrap_err("the floor measurement panicked")?
+}
+
+fn measure_blocking(quick: bool) -> Result<Floor> {
+    let (round_trips, stream_bytes, syncs) = if quick {
+        (2_000, 50 << 20, 100)
+    } else {
+        (20_000, 500 << 20, 1_000)
+    };
+    let rtt = tcp_round_trips(round_trips)?;
+    let mb_per_s = tcp_stream(stream_bytes)?;
+    let fsync = write_fdatasync(syncs)?;
+    Ok(Floor {
+        rtt_p50_us: rtt.p50,
+        rtt_p99_us: rtt.p99,
+        tcp_mb_per_s: mb_per_s,
+        fsync_p50_us: fsync.p50,
+        fsync_p99_us: fsync.p99,
+    })
+}
+
+fn tcp_round_trips(n: usize) -> Result<crate::stats::Percentiles> {
+    let listener = TcpListener::bind("127.0.0.1:0").wrap_err("cannot bind loopback")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        loop {
+            if s.read(&mut b)? == 0 {
+                return Ok(());
+            }
+            s.write_all(&b)?;
+        }
+    });
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut samples = Samples::with_capacity(n);
+    let mut b = [1u8; 1];
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        s.write_all(&b)?;
+        s.read_exact(&mut b)?;
+        // The first tenth warms up caches and the scheduler.
+        if i >= n / 10 {
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    drop(s);
+    echo.join()
+        .map_err(|_| eyre!("echo thread panicked"))?
+        .wrap_err("echo thread failed")?;
+    samples.percentiles().ok_or_else(|| eyre!("no round trips"))
+}
+
+fn tcp_stream(total: usize) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0").wrap_err("cannot bind loopback")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 256 << 10];
+        let mut got = 0;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(got);
+            }
+            got += n;
+        }
+    });
+    let mut s = TcpStream::connect(addr)?;
+    // 655 messages of 100 bytes per write.
+    let chunk = vec![b'x'; 65_500];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        s.write_all(&chunk)?;
+        sent += chunk.len();
+    }
+    drop(s);
+    let got = reader
+        .join()
+        .map_err(|_| eyre!("reader thread panicked"))?
+        .wrap_err("reader thread failed")?;
+    Ok(got as f64 / 1e6 / start.elapsed().as_secs_f64())
+}
+
+fn write_fdatasync(n: usize) -> Result<crate::stats::Percentiles> {
+    let dir = Workdir::new("floor")?;
+    let path = dir.path().join("fsync-probe");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .wrap_err_with(|| format!("cannot create {}", path.display()))?;
+    let record = [b'x'; 100];
+    let mut samples = Samples::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&record)?;
+        f.sync_data()
+            .wrap_err_with(|| format!("fdatasync of {} failed", path.display()))?;
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    samples.percentiles().ok_or_else(|| eyre!("no syncs"))
+}

@@ -1,0 +1,136 @@
+//! `lookup`: `GetNodeForData` throughput and latency with many concurrent callers, from the
+//! real gateway (answering from its routing table) versus the seed's way (two Consul HTTP
+//! calls per lookup, `seed_gateway.rs`), both separate processes on one Consul dev agent
+//! holding 100 mappings over 3 registered nodes. The two alternate order every trial.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use color_eyre::eyre::{Result, WrapErr, eyre};
+use ec_proto::GetNodeRequest;
+use ec_proto::gateway_client::GatewayClient;
+use tonic::transport::Channel;
+
+use crate::cluster::{self, Consul};
+use crate::procs::{Spawned, Workdir, free_port, loopback};
+use crate::stats::{Percentiles, Samples};
+
+const DATA_IDS: usize = 100;
+/// Callers share a channel in groups of this size (HTTP/2 multiplexes them).
+const CALLERS_PER_CHANNEL: usize = 16;
+
+/// One side's measurement.
+#[derive(Debug, Clone)]
+pub(crate) struct Lookup {
+    /// `gateway` or `consul-x2`.
+    pub(crate) variant: &'static str,
+    pub(crate) rate: f64,
+    pub(crate) latency: Percentiles,
+}
+
+/// Runs both variants once; `reverse` swaps their order.
+pub(crate) async fn run(
+    consul_bin: &std::path::Path,
+    gateway_bin: &std::path::Path,
+    callers: usize,
+    duration: Duration,
+    reverse: bool,
+) -> Result<Vec<Lookup>> {
+    let dir = Workdir::new("lookup")?;
+    let consul = Consul::start(consul_bin, &dir).await?;
+    for i in 0..3u16 {
+        consul
+            .register_node(&format!("node{}", i + 1), 50060 + i)
+            .await?;
+    }
+    for d in 0..DATA_IDS {
+        let mut nodes = ["node1", "node2", "node3"];
+        nodes.rotate_left(d % 3);
+        consul.put_mapping(&format!("bench-{d}"), &nodes).await?;
+    }
+    let probe = format!("bench-{}", DATA_IDS - 1);
+    let (_gateway, gateway_addr) =
+        cluster::start_gateway(gateway_bin, consul.addr, &dir, &probe).await?;
+    let seed_addr = loopback(free_port());
+    let exe = std::env::current_exe().wrap_err("cannot find this executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["seed-gateway", "--port", &seed_addr.port().to_string()])
+        .args(["--consul-addr", &consul.addr.to_string()])
+        .args(["--kv-prefix", cluster::KV_PREFIX]);
+    let mut seed = Spawned::spawn("seed-gateway", cmd, dir.path())?;
+    seed.wait_for_port(seed_addr, Duration::from_secs(30))
+        .await?;
+    cluster::wait_answers(&mut seed, seed_addr, &probe).await?;
+
+    let mut order = [("gateway", gateway_addr), ("consul-x2", seed_addr)];
+    if reverse {
+        order.reverse();
+    }
+    let mut results = Vec::new();
+    for (variant, addr) in order {
+        let (rate, latency) = load(addr, callers, duration).await?;
+        results.push(Lookup {
+            variant,
+            rate,
+            latency,
+        });
+    }
+    drop(seed);
+    drop(consul);
+    Ok(results)
+}
+
+/// `callers` tasks call `GetNodeForData` back to back for `duration` after a warm-up.
+async fn load(addr: SocketAddr, callers: usize, duration: Duration) -> Result<(f64, Percentiles)> {
+    let mut clients = Vec::new();
+    for _ in 0..callers.div_ceil(CALLERS_PER_CHANNEL) {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .wrap_err("bad address")?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .wrap_err_with(|| format!("cannot connect to {addr}"))?;
+        clients.push(GatewayClient::new(channel));
+    }
+    let round = |secs: Duration| {
+        let clients = clients.clone();
+        async move {
+            let start = Instant::now();
+            let end = start + secs;
+            let tasks: Vec<_> = (0..callers)
+                .map(|c| {
+                    let mut client = clients[c % clients.len()].clone();
+                    tokio::spawn(async move {
+                        let mut samples = Samples::with_capacity(50_000);
+                        let mut i = c;
+                        while Instant::now() < end {
+                            let t = Instant::now();
+                            client
+                                .get_node_for_data(GetNodeRequest {
+                                    data_id: format!("bench-{}", i % DATA_IDS),
+                                })
+                                .await
+                                .map_err(|s| eyre!("GetNodeForData failed: {s}"))?;
+                            samples.push(t.elapsed().as_nanos() as u64);
+                            i += callers;
+                        }
+                        Ok::<_, color_eyre::Report>(samples)
+                    })
+                })
+                .collect();
+            let mut all = Samples::default();
+            for t in tasks {
+                all.extend(t.await.wrap_err("a caller task failed")??);
+            }
+            Ok::<_, color_eyre::Report>((all, start.elapsed()))
+        }
+    };
+    round(duration.min(Duration::from_secs(1)) / 2).await?;
+    let (samples, took) = round(duration).await?;
+    let rate = samples.len() as f64 / took.as_secs_f64();
+    let latency = samples
+        .percentiles()
+        .ok_or_else(|| eyre!("no lookup completed"))?;
+    Ok((rate, latency))
+}

@@ -1,0 +1,53 @@
+//! `ec-bench`: side-by-side benchmarks of Event Catcher against NATS JetStream and Redis
+//! Streams, on one machine, in one run, with the same payloads and the same durability.
+//!
+//! Layout:
+//! - `cli.rs`: the flags; `suite.rs`: which scenario runs when (trials interleave the systems).
+//! - `procs.rs`: every server is a child process in its own temp dir on free loopback ports,
+//!   killed and reaped when its guard drops — and on Ctrl-C, through one registry.
+//! - `systems/`: one module per system (ours, Redis, JetStream), each behind the same two
+//!   small traits in `workload.rs` (publish a batch, read the next batch), so the drivers in
+//!   `workload.rs` measure every system with the same code.
+//! - `floor.rs` (what the machine can do at all), `cluster.rs` (Consul, gateway, nodes) with
+//!   `lookup.rs`, `proxy.rs`, `failover.rs`, and `seed_gateway.rs` (the seed's way of
+//!   answering `GetNodeForData`: two Consul calls per lookup, as a child process).
+//! - `machine.rs`: CPU idleness and per-process CPU time from /proc; `stats.rs`: percentiles
+//!   and medians; `report.rs`: JSON lines and the printed table with ratios.
+//!
+//! Invariant: no process outlives the run, and no traffic leaves 127.0.0.1.
+
+mod cli;
+mod cluster;
+mod failover;
+mod floor;
+mod lookup;
+mod machine;
+mod procs;
+mod proxy;
+mod report;
+mod seed_gateway;
+mod stats;
+mod suite;
+mod systems;
+mod workload;
+
+use clap::Parser;
+use color_eyre::eyre::{Result, WrapErr};
+
+fn main() -> Result<()> {
+    color_eyre::config::HookBuilder::default()
+        .display_env_section(false)
+        .install()?;
+    let cli = cli::Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .wrap_err("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        procs::kill_children_on_signal();
+        match cli.command {
+            cli::Command::SeedGateway(args) => seed_gateway::serve(args).await,
+            command => suite::run(command).await,
+        }
+    })
+}

