@@ -86,6 +86,14 @@ pub fn settings(config: &Config) -> Result<GatewaySettings> {
         kv_prefix: config.consul.kv_prefix.clone(),
         allowed_nodes,
         watch_wait: WATCH_WAIT,
+        auto_failover: config.gateway.auto_failover,
+        failover_after: config.gateway.failover_after,
+        name: format!(
+            "ec-gateway {}:{} pid {}",
+            config.gateway.host,
+            config.gateway.port,
+            std::process::id()
+        ),
     })
 }
 

@@ -9,7 +9,25 @@ use ec_discovery::{MappingError, NodeStatus};
 use ec_proto::{HealthStatus, NodeRef};
 use tonic::Status;
 
+use crate::promotion::PromoteError;
 use crate::routing::{MappingView, NodeRoute, RouteError};
+
+impl From<PromoteError> for Status {
+    fn from(e: PromoteError) -> Status {
+        let msg = e.to_string();
+        match e {
+            PromoteError::NoMapping { .. } => Status::not_found(msg),
+            PromoteError::NotInMapping { .. }
+            | PromoteError::AlreadyPrimary { .. }
+            | PromoteError::PrimaryChanged { .. }
+            | PromoteError::NotInSync { .. }
+            | PromoteError::Unhealthy { .. }
+            | PromoteError::NoCandidate { .. } => Status::failed_precondition(msg),
+            PromoteError::Changed { .. } => Status::aborted(msg),
+            PromoteError::Consul(_) => Status::unavailable(msg),
+        }
+    }
+}
 
 impl From<RouteError> for Status {
     fn from(e: RouteError) -> Status {

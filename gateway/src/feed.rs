@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::promotion::Promotion;
 use crate::routing::{Freshness, RoutingTable, Table};
 
 /// A change of one node's aggregate health, as broadcast to `WatchHealth` streams.
@@ -37,8 +38,52 @@ pub struct HealthChange {
     pub at: SystemTime,
     /// Generation of the first table that shows the change.
     pub generation: u64,
-    /// Context for operators: the data IDs that name the node.
+    /// Context for operators: the data IDs that name the node (or what a promotion did).
     pub detail: String,
+    /// Set when this is not a health change but a promotion made by this gateway; `node_id`
+    /// is then the new primary.
+    pub promotion: Option<Promotion>,
+}
+
+impl HealthChange {
+    /// The event announcing promotion `p`, with the new primary's address and health from
+    /// `table`.
+    pub(crate) fn promotion(p: &Promotion, table: &Table) -> HealthChange {
+        let state = table
+            .nodes()
+            .into_iter()
+            .find(|n| n.node_id == p.new_primary.as_str());
+        HealthChange {
+            node_id: p.new_primary.to_string(),
+            address: state
+                .as_ref()
+                .map(|s| s.address.clone())
+                .unwrap_or_default(),
+            from: None,
+            to: state.map_or(NodeStatus::Passing, |s| s.status),
+            at: SystemTime::now(),
+            generation: 0,
+            detail: format!(
+                "{} promoted {} to primary of {} (was {}): epoch {} ended, new primary's log ends at offset {}{}",
+                if p.automatic {
+                    "automatic failover"
+                } else {
+                    "operator"
+                },
+                p.new_primary,
+                p.data_id,
+                p.old_primary,
+                p.epoch,
+                p.offset,
+                if p.forced {
+                    "; FORCED: it was not in sync, acknowledged events may be lost"
+                } else {
+                    ""
+                }
+            ),
+            promotion: Some(p.clone()),
+        }
+    }
 }
 
 /// Runs until `shutdown` or until both watches are gone, keeping `table` current and
@@ -139,6 +184,7 @@ pub(crate) fn build(
                     to: tr.to,
                     at: tr.at,
                     generation: 0,
+                    promotion: None,
                 }
             })
             .collect();

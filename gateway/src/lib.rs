@@ -9,7 +9,10 @@
 //! - `service.rs`: the thin `streaming.Gateway` gRPC layer; `convert.rs`: errors to statuses
 //!   and domain values to proto messages.
 //! - `proxy.rs`: `Subscribe` through `ec-client`'s resumable stream with a resolver backed by
-//!   the table, and publish forwarding to the primary.
+//!   the table, and publish forwarding to the primary (with the caller's `ec-acks`).
+//! - `promotion.rs`: making an in-sync replica primary by a CAS write of the mapping (the
+//!   `Failover.PromoteReplica` admin RPC); `failover.rs`: doing it automatically when a
+//!   primary stays critical, in one gateway at a time (the holder of a Consul lock).
 //! - [`server`]: [`run`] wires it all and owns the shutdown order; [`cli`]: what the binary
 //!   adds (flags, settings from the configuration, signals).
 //!
@@ -18,11 +21,14 @@
 
 pub mod cli;
 mod convert;
+mod failover;
 mod feed;
+mod promotion;
 mod proxy;
 pub mod routing;
 pub mod server;
 mod service;
 
 pub use feed::{HealthChange, status_name};
+pub use promotion::{PromoteError, Promotion};
 pub use server::{GatewayError, GatewaySettings, NODE_SERVICE_NAME, run};

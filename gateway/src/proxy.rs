@@ -12,7 +12,8 @@
 //! Writing goes to the primary only: `Publish` resolves it per request, `PublishStream` per
 //! request too (keeping one upstream stream per primary node), and a primary that is not
 //! usable is `UNAVAILABLE` naming it. Nothing is retried elsewhere: a publish is not
-//! idempotent.
+//! idempotent. The caller's `ec-acks` metadata (what the acknowledgement waits for) goes
+//! along to the primary.
 //!
 //! Every producer task stops when its client leaves (the channel closes) or the gateway
 //! shuts down (the token), so open streams never hold up graceful shutdown.
@@ -30,6 +31,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
@@ -161,7 +163,27 @@ fn from_node(node: &NodeRoute, status: Status) -> Status {
     )
 }
 
-fn node_client(channels: &ChannelCache, node: &NodeRoute) -> Result<NodeClient<Channel>, Status> {
+/// The metadata naming a publish's acks (`ec-acks: leader|all`), forwarded to the primary.
+const ACKS_HEADER: &str = "ec-acks";
+
+/// The caller's `ec-acks`, if any.
+pub(crate) fn acks_of<T>(req: &tonic::Request<T>) -> Option<MetadataValue<Ascii>> {
+    req.metadata().get(ACKS_HEADER).cloned()
+}
+
+/// `inner` as a request carrying `acks`.
+fn with_acks<T>(inner: T, acks: Option<&MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(inner);
+    if let Some(v) = acks {
+        req.metadata_mut().insert(ACKS_HEADER, v.clone());
+    }
+    req
+}
+
+pub(crate) fn node_client(
+    channels: &ChannelCache,
+    node: &NodeRoute,
+) -> Result<NodeClient<Channel>, Status> {
     let channel = channels.get(&node.address).map_err(|e| e.to_status())?;
     Ok(NodeClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -179,10 +201,11 @@ pub(crate) async fn publish(
     table: &RoutingTable,
     channels: &ChannelCache,
     req: PublishRequest,
+    acks: Option<MetadataValue<Ascii>>,
 ) -> Result<PublishResponse, Status> {
     let primary = primary_of(table, &req.data_id)?;
     node_client(channels, &primary)?
-        .publish(req)
+        .publish(with_acks(req, acks.as_ref()))
         .await
         .map(tonic::Response::into_inner)
         .map_err(|s| from_node(&primary, s))
@@ -193,10 +216,11 @@ pub(crate) fn publish_stream(
     table: RoutingTable,
     channels: ChannelCache,
     inbound: Streaming<PublishRequest>,
+    acks: Option<MetadataValue<Ascii>>,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<PublishAcks, Status>> {
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(forward_stream(table, channels, inbound, tx, shutdown));
+    tokio::spawn(forward_stream(table, channels, inbound, acks, tx, shutdown));
     ReceiverStream::new(rx)
 }
 
@@ -214,6 +238,7 @@ async fn forward_stream(
     table: RoutingTable,
     channels: ChannelCache,
     mut inbound: Streaming<PublishRequest>,
+    acks_header: Option<MetadataValue<Ascii>>,
     out: mpsc::Sender<Result<PublishAcks, Status>>,
     shutdown: CancellationToken,
 ) {
@@ -248,7 +273,7 @@ async fn forward_stream(
             msg = inbound.message(), if acks_tx.is_some() => match msg {
                 Ok(Some(req)) => {
                     let routed = match primary_of(&table, &req.data_id) {
-                        Ok(primary) => open_upstream(&mut upstreams, &channels, primary, acks_tx.as_ref()).await,
+                        Ok(primary) => open_upstream(&mut upstreams, &channels, primary, acks_tx.as_ref(), acks_header.as_ref()).await,
                         Err(status) => Err(status),
                     };
                     let sent = match routed {
@@ -284,6 +309,7 @@ async fn open_upstream<'a>(
     channels: &ChannelCache,
     primary: NodeRoute,
     acks: Option<&mpsc::Sender<Result<PublishAcks, Status>>>,
+    acks_header: Option<&MetadataValue<Ascii>>,
 ) -> Result<&'a Upstream, Status> {
     if !upstreams.contains_key(&primary.node_id) {
         let Some(acks) = acks.cloned() else {
@@ -291,7 +317,7 @@ async fn open_upstream<'a>(
         };
         let (tx, rx) = mpsc::channel(UPSTREAM_BUFFER);
         let mut stream = node_client(channels, &primary)?
-            .publish_stream(ReceiverStream::new(rx))
+            .publish_stream(with_acks(ReceiverStream::new(rx), acks_header))
             .await
             .map_err(|s| from_node(&primary, s))?
             .into_inner();

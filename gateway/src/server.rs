@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use ec_client::ChannelCache;
 use ec_core::NodeId;
-use ec_discovery::{ConsulClient, MappingStore, watch_health, watch_mappings};
+use ec_discovery::{
+    ConsulClient, EpochStore, LockOptions, MappingStore, hold_lock, watch_health, watch_mappings,
+};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -23,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::feed::feed;
+use crate::promotion::Promoter;
 use crate::routing::{AllowList, RoutingTable};
 use crate::service::GatewayService;
 
@@ -49,6 +52,13 @@ pub struct GatewaySettings {
     /// How long one blocking query may wait in Consul. Changes arrive at once whatever it
     /// is; it only bounds how long a silently vanished Consul goes unnoticed.
     pub watch_wait: Duration,
+    /// `gateway.auto_failover`: promote replicas of failed primaries (when this gateway
+    /// holds the failover lock).
+    pub auto_failover: bool,
+    /// `gateway.failover_after`: how long a primary must be unusable first.
+    pub failover_after: Duration,
+    /// Who this gateway is, in the failover lock (for operators reading Consul).
+    pub name: String,
 }
 
 impl GatewaySettings {
@@ -61,8 +71,17 @@ impl GatewaySettings {
             kv_prefix: "streaming/data/".into(),
             allowed_nodes: Vec::new(),
             watch_wait: Duration::from_secs(30),
+            auto_failover: true,
+            failover_after: Duration::from_secs(20),
+            name: format!("ec-gateway pid {}", std::process::id()),
         }
     }
+}
+
+/// The Consul key of the failover lock beside the mappings under `kv_prefix`.
+pub fn failover_lock_key(kv_prefix: &str) -> String {
+    let base = kv_prefix.strip_suffix('/').unwrap_or(kv_prefix);
+    format!("{base}.failover/lock")
 }
 
 /// Why a gateway could not start or stopped with an error.
@@ -106,7 +125,7 @@ pub async fn run(
 
     let mappings = watch_mappings(store.clone(), settings.watch_wait, stop_watches.clone());
     let health = watch_health(
-        consul,
+        consul.clone(),
         NODE_SERVICE_NAME,
         settings.watch_wait,
         stop_watches.clone(),
@@ -121,11 +140,36 @@ pub async fn run(
         stop_watches.clone(),
     ));
 
+    let channels = ChannelCache::default();
+    let promoter = Promoter {
+        mappings: store.clone(),
+        epochs: EpochStore::new(consul.clone(), &settings.kv_prefix),
+        table: table.clone(),
+        channels: channels.clone(),
+    };
+    if settings.auto_failover {
+        let mut lock = LockOptions::new(
+            failover_lock_key(&settings.kv_prefix),
+            format!("{} at {addr}", settings.name),
+        );
+        lock.wait = settings.watch_wait;
+        let held = hold_lock(consul, lock, stop_watches.clone());
+        tasks.spawn(crate::failover::run(
+            promoter.clone(),
+            table.clone(),
+            held,
+            settings.failover_after,
+            changes.clone(),
+            stop_watches.clone(),
+        ));
+    }
+
     let service = GatewayService {
         table,
         store,
-        channels: ChannelCache::default(),
+        channels,
         changes,
+        promoter,
         shutdown: stop_serving.clone(),
         started: SystemTime::now(),
     };
@@ -139,6 +183,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(ec_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let failover = ec_proto::failover_server::FailoverServer::new(service.clone());
+    reporter
+        .set_serving::<ec_proto::failover_server::FailoverServer<GatewayService>>()
+        .await;
     let gateway = Server::new(service)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
@@ -147,12 +195,20 @@ pub async fn run(
         .add_service(grpc_health)
         .add_service(reflection)
         .add_service(gateway)
+        .add_service(failover)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             stop_serving.clone().cancelled_owned(),
         );
     let mut serve_task = tokio::spawn(serve);
-    info!(%addr, consul = %settings.consul_url, kv_prefix = %settings.kv_prefix, "gateway serving");
+    info!(
+        %addr,
+        consul = %settings.consul_url,
+        kv_prefix = %settings.kv_prefix,
+        auto_failover = settings.auto_failover,
+        failover_after_secs = settings.failover_after.as_secs_f64(),
+        "gateway serving"
+    );
 
     let served = tokio::select! {
         () = shutdown.cancelled() => None,

@@ -15,10 +15,10 @@ use ec_discovery::MappingStore;
 use ec_proto::gateway_server::Gateway;
 use ec_proto::{
     DeleteMappingRequest, DeleteMappingResponse, EventBatch, GatewayStatus, GetNodeRequest,
-    GetNodeResponse, GetStatusRequest, HealthEvent, HealthStatus, ListMappingsRequest,
-    ListMappingsResponse, ListNodesRequest, ListNodesResponse, NodeInfo, PublishAcks,
-    PublishRequest, PublishResponse, PutMappingRequest, PutMappingResponse, RegisterNodeRequest,
-    RegisterNodeResponse, StartFrom, StreamRequest, WatchHealthRequest,
+    GetNodeResponse, GetStatusRequest, HealthEvent, HealthEventKind, HealthStatus,
+    ListMappingsRequest, ListMappingsResponse, ListNodesRequest, ListNodesResponse, NodeInfo,
+    PublishAcks, PublishRequest, PublishResponse, PutMappingRequest, PutMappingResponse,
+    RegisterNodeRequest, RegisterNodeResponse, StartFrom, StreamRequest, WatchHealthRequest,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::convert::{epoch_ms, health_status, mapping_status};
 use crate::feed::HealthChange;
+use crate::promotion::{self, Promoter};
 use crate::proxy::{self, deliver};
 use crate::routing::{MappingView, NodeRoute, RoutingTable, Table};
 
@@ -41,8 +42,11 @@ pub(crate) struct GatewayService {
     pub(crate) store: MappingStore,
     /// Channels to the nodes, shared by every proxied stream and publish.
     pub(crate) channels: ChannelCache,
-    /// Health transitions from the feeder; one channel for all `WatchHealth` streams.
+    /// Health transitions from the feeder (and promotions); one channel for all
+    /// `WatchHealth` streams.
     pub(crate) changes: broadcast::Sender<HealthChange>,
+    /// Makes replicas primary (`PromoteReplica`).
+    pub(crate) promoter: Promoter,
     /// Cancelled when the gateway shuts down: ends every open stream.
     pub(crate) shutdown: CancellationToken,
     /// When the gateway started: the staleness reference before Consul ever answered.
@@ -126,6 +130,7 @@ fn snapshot_events(table: &Table) -> Vec<HealthEvent> {
             initial: true,
             address: n.address,
             detail: mapped_for(&n.data_ids),
+            ..HealthEvent::default()
         })
         .collect()
 }
@@ -140,7 +145,7 @@ fn mapped_for(ids: &[DataId]) -> String {
 }
 
 fn change_event(c: HealthChange) -> HealthEvent {
-    HealthEvent {
+    let mut event = HealthEvent {
         node_id: c.node_id,
         from: c.from.map_or(HealthStatus::Unknown, health_status) as i32,
         to: health_status(c.to) as i32,
@@ -148,7 +153,17 @@ fn change_event(c: HealthChange) -> HealthEvent {
         initial: false,
         address: c.address,
         detail: c.detail,
+        ..HealthEvent::default()
+    };
+    if let Some(p) = c.promotion {
+        event.kind = HealthEventKind::Promotion as i32;
+        event.data_id = p.data_id.to_string();
+        event.old_primary = p.old_primary.to_string();
+        event.new_primary = p.new_primary.to_string();
+        event.epoch = p.epoch;
+        event.offset = p.offset;
     }
+    event
 }
 
 /// Sends the table's current state; returns the table generation it reflects, or `None`
@@ -240,7 +255,8 @@ impl Gateway for GatewayService {
         &self,
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        proxy::publish(&self.table, &self.channels, req.into_inner())
+        let acks = proxy::acks_of(&req);
+        proxy::publish(&self.table, &self.channels, req.into_inner(), acks)
             .await
             .map(Response::new)
     }
@@ -251,10 +267,12 @@ impl Gateway for GatewayService {
         &self,
         req: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let acks = proxy::acks_of(&req);
         let stream = proxy::publish_stream(
             self.table.clone(),
             self.channels.clone(),
             req.into_inner(),
+            acks,
             self.shutdown.clone(),
         );
         Ok(Response::new(Box::pin(stream)))
@@ -374,7 +392,8 @@ impl Gateway for GatewayService {
                     () = shutdown.cancelled() => return,
                 };
                 match change {
-                    Ok(c) if c.generation <= seen => {}
+                    // Health already shown by the snapshot is skipped; promotions never are.
+                    Ok(c) if c.promotion.is_none() && c.generation <= seen => {}
                     Ok(c) => {
                         if !deliver(&tx, Ok(change_event(c)), &shutdown).await {
                             return;
@@ -420,6 +439,43 @@ impl Gateway for GatewayService {
     }
 }
 
+#[tonic::async_trait]
+impl ec_proto::failover_server::Failover for GatewayService {
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id, node = %req.get_ref().node_id, force = req.get_ref().force))]
+    async fn promote_replica(
+        &self,
+        req: Request<ec_proto::PromoteReplicaRequest>,
+    ) -> Result<Response<ec_proto::PromoteReplicaResponse>, Status> {
+        let req = req.into_inner();
+        let data_id = parse_data_id(&req.data_id)?;
+        let node = match req.node_id.trim() {
+            "" => None,
+            n => Some(parse_node_id(n)?),
+        };
+        let promotion = self
+            .promoter
+            .promote(promotion::Request {
+                data_id,
+                node,
+                force: req.force,
+                failed_primary: None,
+            })
+            .await
+            .map_err(Status::from)?;
+        let table = self.table.current();
+        let _ = self
+            .changes
+            .send(HealthChange::promotion(&promotion, &table));
+        Ok(Response::new(ec_proto::PromoteReplicaResponse {
+            mapping: Some(view(&table, promotion.mapping.clone()).into()),
+            old_primary: promotion.old_primary.to_string(),
+            new_primary: promotion.new_primary.to_string(),
+            epoch: promotion.epoch,
+            offset: promotion.offset,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -450,11 +506,19 @@ mod tests {
         table.publish(empty.with_health(&health, &changes));
         let (tx, _) = broadcast::channel(capacity);
         let consul = ConsulClient::new("http://127.0.0.1:1", None).expect("valid address");
+        let store = MappingStore::new(consul.clone(), "streaming/data/");
+        let promoter = Promoter {
+            mappings: store.clone(),
+            epochs: ec_discovery::EpochStore::new(consul, "streaming/data/"),
+            table: table.clone(),
+            channels: ChannelCache::default(),
+        };
         let svc = GatewayService {
             table,
-            store: MappingStore::new(consul, "streaming/data/"),
+            store,
             channels: ChannelCache::default(),
             changes: tx.clone(),
+            promoter,
             shutdown: CancellationToken::new(),
             started: SystemTime::now(),
         };
@@ -470,6 +534,7 @@ mod tests {
             at: SystemTime::now(),
             generation,
             detail: String::new(),
+            promotion: None,
         }
     }
 
