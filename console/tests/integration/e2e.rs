@@ -333,3 +333,56 @@ fn group(n: u64) -> String {
     }
     out
 }
+
+/// Prints each view of a small live cluster as text, for the README and for reviewing the
+/// layout on a real terminal: `cargo test -p ec-console --test integration -- --ignored
+/// --nocapture print_screens`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints screens for documentation; asserts only that they appear"]
+async fn print_screens() {
+    let consul = ConsulAgent::start_dev().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node1 = TestNode::start(&consul.http_url(), "node1").await;
+    let _node2 = TestNode::start(&consul.http_url(), "node2").await;
+    let mut node3 = NodeProcess::spawn(&dir.path().join("node3"), &consul.http_url(), "node3");
+    let gateway = TestGateway::start(&consul.http_url()).await;
+    let store = store(&consul);
+    for (d, nodes) in [
+        ("orders", &["node1", "node2"][..]),
+        ("payments", &["node2", "node3"][..]),
+        ("audit", &["node3"][..]),
+    ] {
+        let nodes: Vec<_> = nodes.iter().map(|n| node_id(n)).collect();
+        store.put(&data_id(d), &nodes, None).await.expect("mapping");
+    }
+    let mut client = node_client(node1.grpc_addr).await;
+    for i in 0..5 {
+        publish_with(
+            &mut client,
+            "orders",
+            &format!("{{\"order\":{i},\"sku\":\"A-1\"}}"),
+            20,
+        )
+        .await;
+    }
+    let tmux = Tmux::start(
+        &console_binary(),
+        &console_args(&consul, &gateway.addr.to_string()),
+        100,
+        30,
+    );
+    let mappings = tmux
+        .wait("three mappings, every node passing", |s| {
+            s.contains("Mappings (3)") && s.contains("✓node1") && s.contains("✓node3*")
+        })
+        .await;
+    node3.kill9();
+    tmux.keys(&["2"]);
+    let health = tmux.wait_text("node3 passing → critical").await;
+    tmux.keys(&["1", "Down", "Enter"]);
+    tmux.wait_text("100 events in order").await;
+    tmux.keys(&["Up", "Up"]);
+    publish_with(&mut client, "orders", "late", 7).await;
+    let tail = tmux.wait_text("PAUSED +7 new").await;
+    println!("--- mappings ---\n{mappings}\n--- health ---\n{health}\n--- tail ---\n{tail}");
+}
