@@ -7,6 +7,7 @@
 
 mod failover;
 mod mappings;
+mod promotion;
 mod routing;
 mod service;
 mod util;

@@ -17,7 +17,7 @@ use ec_core::{DataId, NodeId};
 use ec_discovery::{ConsulClient, MappingStore};
 use ec_gateway::{GatewayError, GatewaySettings};
 use ec_node::log::{FsyncPolicy, LogOptions, Retention};
-use ec_node::{Listeners, NodeError, NodeSettings};
+use ec_node::{Acks, Listeners, NodeError, NodeSettings, ReplicationSettings};
 use ec_proto::gateway_client::GatewayClient;
 use ec_proto::node_client::NodeClient;
 use ec_proto::{GetNodeRequest, GetNodeResponse, PublishRequest, PublishResponse};
@@ -33,7 +33,9 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 /// KV prefix used by every test (each test has its own Consul agent).
 pub const PREFIX: &str = "streaming/data/";
 
-/// Environment of the child process: `node_id|data_dir|grpc_port|health_port|consul_url`.
+/// Environment of the child process:
+/// `node_id|data_dir|grpc_port|health_port|consul_url|replicate` (`replicate`: `1` runs a
+/// replicating node, `0` a standalone one).
 const CHILD_ENV: &str = "EC_GATEWAY_TEST_NODE_CHILD";
 
 pub fn data_id(s: &str) -> DataId {
@@ -60,10 +62,21 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(consul_url: &str, allowed: &[&str]) -> TestGateway {
+        TestGateway::start_with(consul_url, |s| {
+            s.allowed_nodes = allowed.iter().map(|n| node_id(n)).collect();
+        })
+        .await
+    }
+
+    /// A gateway with the test defaults changed by `tweak`.
+    pub async fn start_with(
+        consul_url: &str,
+        tweak: impl FnOnce(&mut GatewaySettings),
+    ) -> TestGateway {
         let mut settings = GatewaySettings::new(consul_url);
         settings.kv_prefix = PREFIX.into();
-        settings.allowed_nodes = allowed.iter().map(|n| node_id(n)).collect();
         settings.watch_wait = Duration::from_secs(10);
+        tweak(&mut settings);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
@@ -148,6 +161,17 @@ pub fn node_settings(data_dir: &Path, consul_url: &str, node_id: &str) -> NodeSe
     }
 }
 
+/// Replication settings of the test nodes: acks=all by default, quick lag limits.
+pub fn replication_settings() -> ReplicationSettings {
+    ReplicationSettings {
+        kv_prefix: PREFIX.into(),
+        acks: Acks::All,
+        ack_timeout: Duration::from_secs(3),
+        max_lag_events: None,
+        max_lag_time: Duration::from_secs(3),
+    }
+}
+
 /// A node running inside the test process, registered in Consul, on its own temp dir.
 pub struct TestNode {
     pub grpc_addr: SocketAddr,
@@ -158,16 +182,32 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(consul_url: &str, node_id: &str) -> TestNode {
+        TestNode::start_as(consul_url, node_id, false).await
+    }
+
+    /// A node that follows its mappings: primary or replica per the mapping.
+    pub async fn start_replicated(consul_url: &str, node_id: &str) -> TestNode {
+        TestNode::start_as(consul_url, node_id, true).await
+    }
+
+    async fn start_as(consul_url: &str, node_id: &str, replicate: bool) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
         let health = TcpListener::bind("127.0.0.1:0").await.expect("bind health");
         let grpc_addr = grpc.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(ec_node::run(
-            node_settings(dir.path(), consul_url, node_id),
-            Listeners { grpc, health },
-            shutdown.clone(),
-        ));
+        let settings = node_settings(dir.path(), consul_url, node_id);
+        let listeners = Listeners { grpc, health };
+        let handle = if replicate {
+            tokio::spawn(ec_node::run_replicated(
+                settings,
+                replication_settings(),
+                listeners,
+                shutdown.clone(),
+            ))
+        } else {
+            tokio::spawn(ec_node::run(settings, listeners, shutdown.clone()))
+        };
         TestNode {
             grpc_addr,
             shutdown,
@@ -245,13 +285,23 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub fn spawn(data_dir: &Path, consul_url: &str, node_id: &str) -> NodeProcess {
+        NodeProcess::spawn_as(data_dir, consul_url, node_id, false)
+    }
+
+    /// A replicating node process.
+    pub fn spawn_replicated(data_dir: &Path, consul_url: &str, node_id: &str) -> NodeProcess {
+        NodeProcess::spawn_as(data_dir, consul_url, node_id, true)
+    }
+
+    fn spawn_as(data_dir: &Path, consul_url: &str, node_id: &str, replicate: bool) -> NodeProcess {
         let grpc_port = ec_testkit::free_port();
         let health_port = ec_testkit::free_port();
         let log_path = data_dir.with_extension(format!("{node_id}.{grpc_port}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
         let spec = format!(
-            "{node_id}|{}|{grpc_port}|{health_port}|{consul_url}",
-            data_dir.display()
+            "{node_id}|{}|{grpc_port}|{health_port}|{consul_url}|{}",
+            data_dir.display(),
+            u8::from(replicate)
         );
         let child = Command::new(std::env::current_exe().expect("test binary path"))
             .args([
@@ -300,9 +350,17 @@ async fn node_process_child() {
         return;
     };
     let parts: Vec<&str> = spec.split('|').collect();
-    let [node_id, data_dir, grpc_port, health_port, consul_url] = parts[..] else {
+    let [
+        node_id,
+        data_dir,
+        grpc_port,
+        health_port,
+        consul_url,
+        replicate,
+    ] = parts[..]
+    else {
         panic!(
-            "{CHILD_ENV} must be node_id|data_dir|grpc_port|health_port|consul_url, got {spec:?}"
+            "{CHILD_ENV} must be node_id|data_dir|grpc_port|health_port|consul_url|replicate, got {spec:?}"
         );
     };
     let grpc = TcpListener::bind(("127.0.0.1", grpc_port.parse::<u16>().expect("port")))
@@ -315,12 +373,19 @@ async fn node_process_child() {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         std::process::exit(0);
     });
-    let result = ec_node::run(
-        node_settings(Path::new(data_dir), consul_url, node_id),
-        Listeners { grpc, health },
-        CancellationToken::new(),
-    )
-    .await;
+    let settings = node_settings(Path::new(data_dir), consul_url, node_id);
+    let listeners = Listeners { grpc, health };
+    let result = if replicate == "1" {
+        ec_node::run_replicated(
+            settings,
+            replication_settings(),
+            listeners,
+            CancellationToken::new(),
+        )
+        .await
+    } else {
+        ec_node::run(settings, listeners, CancellationToken::new()).await
+    };
     panic!("node {node_id} stopped: {result:?}");
 }
 
