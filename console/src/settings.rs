@@ -8,6 +8,7 @@
 //! flags of `consul.host`/`consul.port` and `consul.kv_prefix`, so they are checked by the
 //! same rules and named the same way in errors.
 
+use ec_config::process::split_host_port;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -135,15 +136,10 @@ impl ConsoleArgs {
         let env: Vec<(std::ffi::OsString, std::ffi::OsString)> =
             env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         let no_color = env.iter().any(|(k, v)| k == "NO_COLOR" && !v.is_empty());
-        let (consul_host, consul_port) = match self.consul_addr.as_deref().map(split_host_port) {
-            Some((h, p)) => (Some(h), p),
-            None => (None, None),
-        };
         let loaded = ec_config::Loader::new()
             .config_file(self.config.clone())
             .env(env)
-            .flag("consul.host", "--consul-addr", consul_host)
-            .flag("consul.port", "--consul-addr", consul_port)
+            .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())
             .flag("consul.kv_prefix", "--kv-prefix", self.kv_prefix.clone())
             .load()?;
         let config = loaded.config;
@@ -177,21 +173,6 @@ impl ConsoleArgs {
             warnings: loaded.warnings,
             ..ConsoleSettings::new("", "")
         })
-    }
-}
-
-/// `host:port` → (host, Some(port)); `host` → (host, None); an `http://` prefix and IPv6
-/// brackets are dropped.
-fn split_host_port(addr: &str) -> (String, Option<String>) {
-    let addr = addr
-        .trim()
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    match addr.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && !h.ends_with(':') => {
-            (h.trim_matches(['[', ']']).to_owned(), Some(p.to_owned()))
-        }
-        _ => (addr.to_owned(), None),
     }
 }
 
