@@ -5,7 +5,7 @@
 //! the figures include the gRPC stack, the group commit and the fsync. Run it in release:
 //!
 //! ```text
-//! cargo run --release -p ec-node --example grpc_bench -- [--events N] [--size B] [--interval]
+//! cargo run --release -p ec-node --example grpc_bench -- [--events N] [--replay N] [--size B] [--interval]
 //! ```
 //!
 //! Each scenario prints events/s; run it several times and quote the median.
@@ -112,12 +112,22 @@ async fn main() {
         );
     }
 
-    // One reader replays the largest stream from offset 0.
+    // One reader replays a stream of `--replay` events (written in 1000-event batches first).
+    let replay: usize = arg("--replay", 500_000);
     let mut c = client.clone();
+    for _ in 0..replay / 1000 {
+        c.publish(PublishRequest {
+            data_id: "replay".into(),
+            events: vec![payload.clone(); 1000],
+            sequence: 0,
+        })
+        .await
+        .unwrap();
+    }
     let start = Instant::now();
     let mut stream = c
         .stream_batches(StreamRequest {
-            data_id: "p64-b16".into(),
+            data_id: "replay".into(),
             follow: Some(false),
             ..Default::default()
         })
