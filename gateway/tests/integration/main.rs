@@ -6,6 +6,7 @@
 #![allow(unreachable_pub)]
 
 mod failover;
+mod faults;
 mod mappings;
 mod promotion;
 mod routing;
