@@ -118,8 +118,10 @@ async fn sigkill_of_the_primary_is_failed_over_once_by_two_gateways_losing_nothi
 
     // Readers: raw Subscribe through gateway A, and the SDK in redirect mode via gateway B.
     let proxied: Arc<Mutex<Vec<(u64, Bytes)>>> = Arc::default();
+    // When each batch reached the Subscribe reader, to measure its longest pause.
+    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
     {
-        let (mut ga, proxied) = (ga.clone(), proxied.clone());
+        let (mut ga, proxied, arrivals) = (ga.clone(), proxied.clone(), arrivals.clone());
         tokio::spawn(async move {
             let mut sub = ga
                 .subscribe(StreamRequest {
@@ -130,6 +132,7 @@ async fn sigkill_of_the_primary_is_failed_over_once_by_two_gateways_losing_nothi
                 .expect("subscribe")
                 .into_inner();
             while let Ok(Some(b)) = sub.message().await {
+                arrivals.lock().expect("lock").push(Instant::now());
                 proxied
                     .lock()
                     .expect("lock")
@@ -174,6 +177,7 @@ async fn sigkill_of_the_primary_is_failed_over_once_by_two_gateways_losing_nothi
                 let events: Vec<Bytes> = (0..10)
                     .map(|i| Bytes::from(format!("a{attempt}-e{i}-{}", "x".repeat(180))))
                     .collect();
+                let sent_at = Instant::now();
                 let sent = gw
                     .publish(PublishRequest {
                         data_id: D.into(),
@@ -188,7 +192,8 @@ async fn sigkill_of_the_primary_is_failed_over_once_by_two_gateways_losing_nothi
                         for (i, e) in events.into_iter().enumerate() {
                             acked.insert(r.first_offset + i as u64, e);
                         }
-                        if killed_at.lock().expect("lock").is_some() {
+                        // Only a publish sent after the kill counts as "resumed".
+                        if killed_at.lock().expect("lock").is_some_and(|k| sent_at > k) {
                             first_after_kill
                                 .lock()
                                 .expect("lock")
@@ -298,8 +303,15 @@ async fn sigkill_of_the_primary_is_failed_over_once_by_two_gateways_losing_nothi
             );
         }
     }
+    let arrivals = arrivals.lock().expect("lock").clone();
+    let longest_pause = arrivals
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
     println!(
-        "failover: SIGKILL of the primary to the first acknowledged publish through the gateway: {resumed_after:?}"
+        "failover: SIGKILL of the primary to the first acknowledged publish through the gateway: {resumed_after:?}; \
+         the Subscribe reader's longest pause between batches: {longest_pause:?}"
     );
     gw_a.stop().await.expect("stop a");
     gw_b.stop().await.expect("stop b");
