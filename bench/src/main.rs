@@ -39,6 +39,13 @@ fn main() -> Result<()> {
         .display_env_section(false)
         .install()?;
     let cli = cli::Cli::parse();
+    // RUST_LOG=h2=debug,ec_client=debug etc. shows what the clients inside the bench do.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

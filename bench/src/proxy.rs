@@ -65,6 +65,7 @@ pub(crate) async fn run(r: ProxyRun<'_>) -> Result<Vec<ProxyResult>> {
     first_publish(&direct_node).await?;
     let mut publisher = EcPublish {
         publisher: direct_node.publisher(DATA_ID, 1 << 16).await?,
+        _client: direct_node.clone(),
     };
     let payload = Bytes::from(vec![b'x'; r.payload]);
     workload::publish_window(
@@ -93,6 +94,7 @@ pub(crate) async fn run(r: ProxyRun<'_>) -> Result<Vec<ProxyResult>> {
         let sub = EcSubscribe::new(&gateway, DATA_ID, Position::New, true, proxy);
         let publisher = EcPublish {
             publisher: direct_node.publisher(DATA_ID, 1 << 16).await?,
+            _client: direct_node.clone(),
         };
         let e2e = workload::end_to_end(Box::new(publisher), Box::new(sub), r.shape)
             .await

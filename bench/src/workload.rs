@@ -54,7 +54,9 @@ pub(crate) enum Position {
 /// on (the order of batches on the wire is the order of submits); the rest of it is
 /// returned as an [`Ack`].
 pub(crate) async fn start_now(fut: impl Future<Output = Result<()>> + Send + 'static) -> Ack {
-    let mut fut: Ack = Box::pin(fut);
+    // Unconstrained: tokio's cooperative budget must not turn the first poll into a
+    // `Pending` that sends nothing — a later submit could then overtake this one.
+    let mut fut: Ack = Box::pin(tokio::task::unconstrained(fut));
     let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
     match first {
         Poll::Ready(result) => Box::pin(std::future::ready(result)),
@@ -227,6 +229,9 @@ pub(crate) async fn end_to_end(
                     continue;
                 }
                 if tick != next_expected {
+                    if out_of_order < 5 {
+                        eprintln!("e2e: tick {tick} arrived when {next_expected} was expected");
+                    }
                     out_of_order += 1;
                 }
                 next_expected = tick + 1;
@@ -265,7 +270,7 @@ pub(crate) async fn end_to_end(
         let (acks, errors) = (acks.clone(), errors.clone());
         std::thread::Builder::new()
             .name("e2e-pacer".into())
-            .spawn(move || -> Result<u64> {
+            .spawn(move || -> Result<(u64, Box<dyn Publish>)> {
                 // Sleep precisely: the default 50 µs timer slack is half a tick at 10k/s.
                 let _ = nix::sys::prctl::set_timerslack(1);
                 let start = Instant::now();
@@ -299,11 +304,12 @@ pub(crate) async fn end_to_end(
                         }
                     });
                 }
-                Ok(late)
+                // Handed back: dropping it now would close the connection under the last acks.
+                Ok((late, publisher))
             })
             .wrap_err("cannot start the pacer thread")?
     };
-    let late_ticks = tokio::task::spawn_blocking(move || pacer.join())
+    let (late_ticks, _publisher) = tokio::task::spawn_blocking(move || pacer.join())
         .await
         .wrap_err("the pacer thread was lost")?
         .map_err(|_| eyre!("the pacer thread panicked"))??;

@@ -141,8 +141,12 @@ impl EcServer {
 
     pub(crate) async fn publisher(&self) -> Result<Box<dyn Publish>> {
         // The window is counted in events by the driver; batches never outnumber events.
-        let publisher = self.client()?.publisher(DATA_ID, 1 << 16).await?;
-        Ok(Box::new(EcPublish { publisher }))
+        let client = self.client()?;
+        let publisher = client.publisher(DATA_ID, 1 << 16).await?;
+        Ok(Box::new(EcPublish {
+            publisher,
+            _client: client,
+        }))
     }
 
     pub(crate) async fn subscriber(
@@ -170,6 +174,8 @@ impl EcServer {
 /// The SDK's pipelined publisher.
 pub(crate) struct EcPublish {
     pub(crate) publisher: Publisher,
+    /// Keeps the client's channels (and so the connection under the stream) alive.
+    pub(crate) _client: Client,
 }
 
 impl Publish for EcPublish {
