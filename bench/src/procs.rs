@@ -242,15 +242,15 @@ pub(crate) fn own_binary(name: &str, bin_dir: Option<&Path>) -> Result<PathBuf> 
     let mut dirs = Vec::new();
     if let Some(dir) = bin_dir {
         dirs.push(dir.to_path_buf());
-    } else if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            dirs.push(dir.to_path_buf());
-            // A test binary runs from target/<profile>/deps.
-            if dir.file_name().is_some_and(|n| n == "deps")
-                && let Some(parent) = dir.parent()
-            {
-                dirs.push(parent.to_path_buf());
-            }
+    } else if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        dirs.push(dir.to_path_buf());
+        // A test binary runs from target/<profile>/deps.
+        if dir.file_name().is_some_and(|n| n == "deps")
+            && let Some(parent) = dir.parent()
+        {
+            dirs.push(parent.to_path_buf());
         }
     }
     for dir in &dirs {

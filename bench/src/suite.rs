@@ -406,7 +406,7 @@ async fn cluster_trial(
     report: &mut Report,
 ) -> Result<usize> {
     let mut failures = 0;
-    let reverse = trial % 2 == 0;
+    let reverse = trial.is_multiple_of(2);
     if scen.lookup {
         let idle = wait_idle(s).await;
         match lookup::run(

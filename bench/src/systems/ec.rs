@@ -222,17 +222,15 @@ impl EcSubscribe {
 impl Subscribe for EcSubscribe {
     fn next_batch(&mut self) -> BoxFuture<'_, Result<Option<Vec<Bytes>>>> {
         Box::pin(async move {
-            loop {
-                match self.stream.next().await {
-                    Some(Ok(Delivery::Batch { events, .. })) => {
-                        return Ok(Some(events.into_iter().map(|e| e.data).collect()));
-                    }
-                    Some(Ok(Delivery::Failover { reason, .. })) => {
-                        bail!("the stream failed over unexpectedly: {reason}")
-                    }
-                    Some(Err(e)) => return Err(e.into()),
-                    None => return Ok(None),
+            match self.stream.next().await {
+                Some(Ok(Delivery::Batch { events, .. })) => {
+                    Ok(Some(events.into_iter().map(|e| e.data).collect()))
                 }
+                Some(Ok(Delivery::Failover { reason, .. })) => {
+                    bail!("the stream failed over unexpectedly: {reason}")
+                }
+                Some(Err(e)) => Err(e.into()),
+                None => Ok(None),
             }
         })
     }
