@@ -79,6 +79,9 @@ impl ConsulClient {
     /// Creates a session named `name` that expires unless renewed within `ttl` (Consul
     /// accepts 10 s to 24 h) and releases its locks when it ends; `lock_delay` is how long a
     /// released lock stays unavailable to others. Returns its ID.
+    ///
+    /// A freshly started agent answers 500 "Missing node registration" until it has synced
+    /// its own node into the catalog; [`hold_lock`] retries, a direct caller should too.
     pub async fn session_create(
         &self,
         name: &str,

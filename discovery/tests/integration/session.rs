@@ -14,10 +14,13 @@ async fn acquire_and_release_answer_who_holds_the_lock() {
     let agent = ConsulAgent::start_dev().await;
     let c = client(&agent);
     let ttl = Duration::from_secs(10);
-    let a = c
-        .session_create("a", ttl, Duration::ZERO)
-        .await
-        .expect("session a");
+    // Right after start the agent answers "Missing node registration" until it has synced
+    // its own node into the catalog.
+    let a = wait_for("the agent creates sessions", DEADLINE, || {
+        let c = c.clone();
+        async move { c.session_create("a", ttl, Duration::ZERO).await.ok() }
+    })
+    .await;
     let b = c
         .session_create("b", ttl, Duration::ZERO)
         .await
