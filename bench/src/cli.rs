@@ -42,6 +42,11 @@ pub(crate) enum Command {
     Proxy(RunArgs),
     /// SIGKILL the serving node mid-stream: pause until delivery resumes, offsets gapless.
     Failover(RunArgs),
+    /// Print the table of a JSON-lines file written with --out (e.g. of an interrupted run).
+    Table {
+        /// The file.
+        file: PathBuf,
+    },
     /// (internal) The seed's GetNodeForData: two Consul HTTP calls per request.
     #[command(hide = true)]
     SeedGateway(SeedGatewayArgs),
@@ -59,6 +64,7 @@ impl Command {
             Command::Lookup(_) => "lookup",
             Command::Proxy(_) => "proxy",
             Command::Failover(_) => "failover",
+            Command::Table { .. } => "table",
             Command::SeedGateway(_) => "seed-gateway",
         }
     }

@@ -54,6 +54,10 @@ fn main() -> Result<()> {
         procs::kill_children_on_signal();
         match cli.command {
             cli::Command::SeedGateway(args) => seed_gateway::serve(args).await,
+            cli::Command::Table { file } => {
+                print!("{}", report::table_of_file(&file)?);
+                Ok(())
+            }
             command => suite::run(command).await,
         }
     })

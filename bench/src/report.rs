@@ -11,12 +11,12 @@ use std::io::Write;
 use std::path::Path;
 
 use color_eyre::eyre::{Result, WrapErr};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::median_min_max;
 
 /// One measurement of one system in one trial.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Record {
     /// Identifies the run (Unix seconds at its start).
     pub(crate) run: u64,
@@ -125,6 +125,23 @@ impl Report {
     }
 }
 
+/// The table of the records in a JSON-lines file written with `--out`.
+pub(crate) fn table_of_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .wrap_err_with(|| format!("cannot read {}", path.display()))?;
+    let mut records = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record: Record = serde_json::from_str(line)
+            .wrap_err_with(|| format!("{} line {} is not a record", path.display(), i + 1))?;
+        records.push(record);
+    }
+    Ok(render_table(&records))
+}
+
 /// The metrics shown in the table for a scenario, in order, with their labels.
 fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
     match scenario {
@@ -151,6 +168,7 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("ack_p99_us", "publish ack p99 µs"),
             ("late_ticks", "late ticks"),
             ("lost", "events not delivered"),
+            ("out_of_order", "delivered out of order"),
         ],
         "lookup" => &[
             ("lookups_per_s", "lookups/s"),

@@ -98,7 +98,7 @@ pub(crate) async fn run(command: Command) -> Result<()> {
         | Command::Lookup(a)
         | Command::Proxy(a)
         | Command::Failover(a) => a,
-        Command::SeedGateway(_) => bail!("seed-gateway is not a scenario"),
+        Command::SeedGateway(_) | Command::Table { .. } => bail!("{name} is not a scenario"),
     };
     let s = args.settings();
     let scen = Scenarios::of(name);
@@ -387,6 +387,8 @@ async fn system_trial(
         }
         r.metrics.insert("late_ticks".into(), e.late_ticks as f64);
         r.metrics.insert("lost".into(), e.lost as f64);
+        r.metrics
+            .insert("out_of_order".into(), e.out_of_order as f64);
         r.metrics.insert("publish_errors".into(), e.errors as f64);
         r.params = serde_json::json!({
             "rate": s.e2e_rate, "secs": s.e2e_duration.as_secs_f64(),

@@ -172,6 +172,8 @@ pub(crate) struct E2e {
     pub(crate) late_ticks: u64,
     /// Ticks never delivered within the grace period after the last tick.
     pub(crate) lost: u64,
+    /// Deliveries whose tick was not the one after the previous delivery's.
+    pub(crate) out_of_order: u64,
     pub(crate) ticks: u64,
     pub(crate) errors: u64,
 }
@@ -228,10 +230,9 @@ pub(crate) async fn end_to_end(
                     let _ = primed_tx.send(true);
                     continue;
                 }
+                // Counted, not fatal: a client library that hands concurrent sends to its
+                // connection task out of order reorders them before the server sees them.
                 if tick != next_expected {
-                    if out_of_order < 5 {
-                        eprintln!("e2e: tick {tick} arrived when {next_expected} was expected");
-                    }
                     out_of_order += 1;
                 }
                 next_expected = tick + 1;
@@ -325,9 +326,6 @@ pub(crate) async fn end_to_end(
             reader.await.wrap_err("the reader task failed")??
         }
     };
-    if out_of_order > 0 {
-        bail!("{out_of_order} events arrived out of order");
-    }
     // Acks of the last ticks may still be in flight; give them the same grace.
     let ack_deadline = Instant::now() + Duration::from_secs(5);
     while lock(&acks).len() + (lock(&errors).0 as usize) < (ticks - warm_ticks) as usize
@@ -345,6 +343,7 @@ pub(crate) async fn end_to_end(
         ack,
         late_ticks,
         lost: ticks.saturating_sub(received),
+        out_of_order,
         ticks,
         errors: error_count,
     })
