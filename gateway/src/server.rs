@@ -33,6 +33,11 @@ use crate::service::GatewayService;
 /// checks that the two agree).
 pub const NODE_SERVICE_NAME: &str = "streaming-node";
 
+/// HTTP/2 connection-level flow-control window of the gRPC server, in bytes.
+const CONNECTION_WINDOW: u32 = 16 << 20;
+/// HTTP/2 stream-level flow-control window of the gRPC server, in bytes.
+const STREAM_WINDOW: u32 = 4 << 20;
+
 /// Health transitions kept for `WatchHealth` streams that fall behind; a watcher further
 /// behind gets a fresh snapshot instead.
 const HEALTH_EVENTS_BUFFER: usize = 1024;
@@ -192,6 +197,12 @@ pub async fn run(
         .max_encoding_message_size(64 << 20);
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // h2 lets a connection hold only half its window in small unread DATA frames before it
+        // answers GOAWAY ENHANCE_YOUR_CALM; a pipelined publisher of one-event messages hit
+        // that at the 64 KiB default while the committer applied backpressure. A larger window
+        // raises that budget (and lets fast streams run without waiting for window updates).
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
         .add_service(grpc_health)
         .add_service(reflection)
         .add_service(gateway)

@@ -28,6 +28,11 @@ use crate::registration::{Advertised, CheckSettings, registration};
 use crate::replication::{self, Replication, ReplicationSettings};
 use crate::service::NodeService;
 
+/// HTTP/2 connection-level flow-control window of the gRPC server, in bytes.
+const CONNECTION_WINDOW: u32 = 16 << 20;
+/// HTTP/2 stream-level flow-control window of the gRPC server, in bytes.
+const STREAM_WINDOW: u32 = 4 << 20;
+
 /// How often the node asks its Consul agent whether its registration is still there.
 const REGISTRATION_RECHECK: Duration = Duration::from_secs(2);
 /// How often the data IDs advertised in the registration's meta are refreshed.
@@ -239,6 +244,12 @@ async fn serve(
         .max_encoding_message_size(max_message);
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // h2 lets a connection hold only half its window in small unread DATA frames before it
+        // answers GOAWAY ENHANCE_YOUR_CALM; a pipelined publisher of one-event messages hit
+        // that at the 64 KiB default while the committer applied backpressure. A larger window
+        // raises that budget (and lets fast streams run without waiting for window updates).
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
         .add_service(grpc_health)
         .add_service(reflection)
         .add_service(node_server)
