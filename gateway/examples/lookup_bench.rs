@@ -36,9 +36,9 @@ use ec_proto::gateway_server::{Gateway, GatewayServer};
 use ec_proto::*;
 use ec_testkit::ConsulAgent;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 const PREFIX: &str = "streaming/data/";
@@ -357,12 +357,11 @@ async fn main() {
     let consul_addr = listener.local_addr().expect("addr").to_string();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(GatewayServer::new(AskConsul {
                 consul: client.clone(),
             }))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             ),
     );

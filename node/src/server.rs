@@ -17,9 +17,9 @@ use ec_discovery::ConsulClient;
 use ec_discovery::registration::Registrar;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, warn};
 
 use crate::health::{Serving, serve_http};
@@ -243,7 +243,6 @@ async fn serve(
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         // h2 lets a connection hold only half its window in small unread DATA frames before it
         // answers GOAWAY ENHANCE_YOUR_CALM; a pipelined publisher of one-event messages hit
         // that at the 64 KiB default while the committer applied backpressure. A larger window
@@ -253,8 +252,11 @@ async fn serve(
         .add_service(grpc_health)
         .add_service(reflection)
         .add_service(node_server)
+        // Nagle off on every accepted socket: tonic's `Server::tcp_nodelay` only reaches
+        // listeners it binds itself. With Nagle on, a stream's small messages waited for the
+        // reader's delayed ACKs (milliseconds of delivery latency at a few thousand events/s).
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
+            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             stop_serving.clone().cancelled_owned(),
         );
     let mut grpc_task = tokio::spawn(grpc);
