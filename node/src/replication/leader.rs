@@ -13,6 +13,8 @@
 //! - The in-sync set used for the floor is always the one stored in Consul: a replica leaves
 //!   it only after the CAS that removes it succeeded, and joins only once its end has reached
 //!   the high watermark (it holds the watermark while it closes that gap).
+//! - A replica whose session ended counts as lagging at once: it leaves the in-sync set on
+//!   the next decision (woken by the disconnect), not after `max_lag_time` of silence.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +82,10 @@ struct Progress {
     /// Latest session; reports of older sessions are ignored.
     session: u64,
     connected: bool,
+    /// Its session of this term ended and no new one opened: it counts as lagging at once,
+    /// so a dead replica leaves the in-sync set (and stops holding the high watermark)
+    /// without waiting out `max_lag_time`.
+    dropped: bool,
     /// Durable end last reported in this term.
     position: Option<u64>,
     /// The primary's end when the previous report arrived, and when.
@@ -97,6 +103,7 @@ impl Progress {
         Progress {
             session: 0,
             connected: false,
+            dropped: false,
             position: None,
             last_report_end: None,
             last_report_at: now,
@@ -140,8 +147,8 @@ pub(crate) struct LeaderTerm {
     pub(crate) heartbeat: Duration,
     state: Mutex<TermState>,
     sessions: AtomicU64,
-    /// Woken when a joining replica reached the high watermark: add it without waiting for
-    /// the next tick.
+    /// Woken when a joining replica reached the high watermark (add it) or a replica's
+    /// session ended (remove it), without waiting for the next tick.
     wake: Notify,
 }
 
@@ -225,6 +232,7 @@ impl LeaderTerm {
                 .or_insert_with(|| Progress::new(Instant::now(), None));
             p.session = session;
             p.connected = true;
+            p.dropped = false;
             // Until it reports after the cut, its end in this term is unknown.
             p.position = None;
             p.last_report_end = None;
@@ -286,13 +294,23 @@ impl LeaderTerm {
         }
     }
 
-    /// The session ended.
+    /// The session ended: the replica leaves the in-sync set now (the term loop is woken to
+    /// store the smaller set), rather than after `max_lag_time` without reports. A replica
+    /// that comes back rejoins once it has caught up, as any joiner does.
     pub(crate) fn disconnect(&self, replica: &NodeId, session: u64) {
-        let mut st = self.state();
-        if let Some(p) = st.replicas.get_mut(replica)
-            && p.session == session
-        {
-            p.connected = false;
+        let dropped = {
+            let mut st = self.state();
+            match st.replicas.get_mut(replica) {
+                Some(p) if p.session == session => {
+                    p.connected = false;
+                    p.dropped = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if dropped {
+            self.wake.notify_one();
         }
     }
 
@@ -325,7 +343,7 @@ impl LeaderTerm {
         let behind = self
             .max_lag_events
             .is_some_and(|max| end.saturating_sub(p.position.unwrap_or(0)) > max);
-        late || behind
+        p.dropped || late || behind
     }
 
     /// The in-sync set this term should store now, if it differs from the stored one.

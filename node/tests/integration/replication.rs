@@ -1,6 +1,8 @@
-//! Replication between nodes in this process, against a real Consul agent: replicas copy the
-//! primary byte for byte, `acks=all` waits for the in-sync set, the high watermark bounds
-//! readers everywhere, and nodes that are not the primary refuse publishes naming it.
+//! Replication against a real Consul agent, between nodes in this process and `ec-node`
+//! processes (where one must be frozen or killed): replicas copy the primary byte for byte,
+//! `acks=all` waits for the in-sync set, a stalled replica leaves it after its lag limit and a
+//! dead one at once, the high watermark bounds readers everywhere, and nodes that are not the
+//! primary refuse publishes naming it.
 
 use bytes::Bytes;
 use ec_core::{DataId, NodeId};
@@ -8,6 +10,7 @@ use ec_discovery::{ConsulClient, EpochStore, Mapping, MappingStore};
 use ec_proto::node_client::NodeClient;
 use ec_proto::{ReplicationStatus, StreamInfoRequest, StreamRole};
 use ec_testkit::{ConsulAgent, wait_for};
+use nix::sys::signal::Signal;
 use tonic::transport::Channel;
 
 use crate::util::*;
@@ -139,7 +142,10 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
         r.max_lag_time = std::time::Duration::from_secs(3);
     };
     let n1 = TestNode::start_replicated(&url, "n1", tweak).await;
-    let n2 = TestNode::start_replicated_in(&dir.path().join("n2"), &url, "n2", tweak).await;
+    // A process, so that it can be frozen: a stalled replica keeps its session open (a
+    // stopped process's sockets stay connected) and is dropped only for its lag.
+    let consul_addr = consul.http_addr().to_string();
+    let n2 = NodeProcess::spawn(&dir.path().join("n2"), &consul_addr, "n2", &[]);
     let mut c1 = n1.client().await;
     map(&consul, "lag", &["n1", "n2"]).await;
     wait_in_sync(&c1, "lag", &["n1", "n2"]).await;
@@ -147,8 +153,8 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
         .await
         .expect("replicated");
 
-    // The only replica goes away: acks=all cannot be confirmed in time.
-    n2.stop().await.expect("stop n2");
+    // The only replica stalls: acks=all cannot be confirmed in time.
+    n2.signal(Signal::SIGSTOP);
     let err = publish_acks(&mut c1, "lag", payloads("b", 1), "all")
         .await
         .expect_err("no in-sync replica stores it in time");
@@ -173,15 +179,13 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
     assert_eq!(visible(&mut c1, "lag").await.len(), 6);
     let s = status(&mut c1, "lag").await.expect("status");
     assert!(
-        s.replicas
-            .iter()
-            .any(|r| r.node_id == "n2" && !r.in_sync && !r.connected),
+        s.replicas.iter().any(|r| r.node_id == "n2" && !r.in_sync),
         "{s:?}"
     );
 
-    // It comes back, catches up (including the event that timed out: it "appeared later"),
+    // It resumes, catches up (including the event that timed out: it "appeared later"),
     // and rejoins; a pipelined acks=all stream is acknowledged only once both hold it.
-    let n2 = TestNode::start_replicated_in(&dir.path().join("n2"), &url, "n2", tweak).await;
+    n2.signal(Signal::SIGCONT);
     wait_in_sync(&c1, "lag", &["n1", "n2"]).await;
     let mut req = tonic::Request::new(tokio_stream::iter((0..20u64).map(|seq| {
         ec_proto::PublishRequest {
@@ -200,7 +204,7 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
             break;
         }
     }
-    let c2 = n2.client().await;
+    let c2 = connect(n2.grpc_addr).await;
     // Replicas' readers see it one heartbeat later, when they hear the high watermark.
     wait_for("n2 shows everything n1 does", DEADLINE, || {
         let (mut a, mut b) = (c1.clone(), c2.clone());
@@ -217,7 +221,57 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
         Bytes::from("b-0"),
         "the timed-out event appeared later"
     );
-    for n in [n1, n2] {
-        n.stop().await.expect("stop");
-    }
+    n1.stop().await.expect("stop n1");
+}
+
+#[tokio::test]
+async fn a_killed_replica_leaves_the_in_sync_set_at_once_and_rejoins_after_restart() {
+    let consul = ConsulAgent::start_dev().await;
+    let url = consul.http_url();
+    let dir = tempfile::tempdir().expect("dir");
+    // So long that only the ended session can take n2 out of the in-sync set in this test.
+    let tweak = |r: &mut ec_node::ReplicationSettings| {
+        r.max_lag_time = std::time::Duration::from_secs(3600);
+    };
+    let n1 = TestNode::start_replicated(&url, "n1", tweak).await;
+    let consul_addr = consul.http_addr().to_string();
+    let mut n2 = NodeProcess::spawn(&dir.path().join("n2"), &consul_addr, "n2", &[]);
+    let mut c1 = n1.client().await;
+    map(&consul, "gone", &["n1", "n2"]).await;
+    wait_in_sync(&c1, "gone", &["n1", "n2"]).await;
+    publish_acks(&mut c1, "gone", payloads("a", 3), "all")
+        .await
+        .expect("replicated");
+
+    // SIGKILL: the kernel closes its connections, so the primary's session to it ends.
+    n2.kill9();
+    wait_in_sync(&c1, "gone", &["n1"]).await;
+    // The high watermark no longer waits for it: acks=all is "on the primary", and readers
+    // see the event.
+    publish_acks(&mut c1, "gone", payloads("b", 1), "all")
+        .await
+        .expect("acks=all with the primary alone in sync");
+    assert_eq!(visible(&mut c1, "gone").await.len(), 4);
+    let s = status(&mut c1, "gone").await.expect("status");
+    assert!(
+        s.replicas
+            .iter()
+            .any(|r| r.node_id == "n2" && !r.in_sync && !r.connected),
+        "{s:?}"
+    );
+
+    // Restarted on its data, it catches up and rejoins.
+    let n2 = NodeProcess::spawn(&dir.path().join("n2"), &consul_addr, "n2", &[]);
+    wait_in_sync(&c1, "gone", &["n1", "n2"]).await;
+    let c2 = connect(n2.grpc_addr).await;
+    wait_for("n2 holds everything n1 does", DEADLINE, || {
+        let (mut a, mut b) = (c1.clone(), c2.clone());
+        async move {
+            let x = full_log(&mut a, "gone").await.ok()?;
+            let y = full_log(&mut b, "gone").await.ok()?;
+            (x == y && x.len() == 4).then_some(())
+        }
+    })
+    .await;
+    n1.stop().await.expect("stop n1");
 }

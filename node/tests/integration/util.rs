@@ -95,19 +95,6 @@ impl TestNode {
         node
     }
 
-    /// Starts a replicating node `node_id` on `data_dir` (the caller's, so that it can be
-    /// restarted on the same data).
-    pub async fn start_replicated_in(
-        data_dir: &Path,
-        consul_url: &str,
-        node_id: &str,
-        tweak: impl FnOnce(&mut ReplicationSettings),
-    ) -> TestNode {
-        let mut r = replication();
-        tweak(&mut r);
-        TestNode::spawn(settings(data_dir, consul_url, node_id), Some(r)).await
-    }
-
     /// Starts a node with exactly these settings (the data dir is the caller's).
     pub async fn start_with(s: NodeSettings) -> TestNode {
         TestNode::spawn(s, None).await
