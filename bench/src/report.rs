@@ -181,7 +181,7 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("e2e_p99_us", "e2e delivery p99 µs"),
         ],
         "failover" => &[
-            ("pause_ms", "kill → next event, ms"),
+            ("pause_ms", "kill → event from another node, ms"),
             ("max_gap_ms", "longest delivery gap, ms"),
             ("gapless", "offsets gapless (1 = yes)"),
             ("events", "events delivered"),
