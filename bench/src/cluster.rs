@@ -20,13 +20,18 @@ pub(crate) const KV_PREFIX: &str = "streaming/data/";
 
 /// A Consul dev agent.
 pub(crate) struct Consul {
-    // Kept only to be killed when the value drops.
-    _process: Spawned,
+    // Killed when the value drops.
+    process: Spawned,
     pub(crate) addr: SocketAddr,
     http: reqwest::Client,
 }
 
 impl Consul {
+    /// The agent's PID (for its CPU time).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Starts `consul agent -dev` on free loopback ports and waits for its leader.
     pub(crate) async fn start(binary: &Path, dir: &Workdir) -> Result<Consul> {
         let addr = loopback(free_port());
@@ -50,7 +55,7 @@ impl Consul {
             .build()
             .wrap_err("cannot build an HTTP client")?;
         let consul = Consul {
-            _process: process,
+            process,
             addr,
             http,
         };

@@ -2,6 +2,12 @@
 //! real gateway (answering from its routing table) versus the seed's way (two Consul HTTP
 //! calls per lookup, `seed_gateway.rs`), both separate processes on one Consul dev agent
 //! holding 100 mappings over 3 registered nodes. The two alternate order every trial.
+//!
+//! Besides throughput and latency it records the server CPU spent per lookup: the gateway's
+//! own, against the seed gateway's plus the Consul agent's (which does half the work of the
+//! seed's way). On a small machine the callers share the cores with the servers, so the
+//! throughput ratio is capped by gRPC's per-call cost on both ends; the CPU ratio is what
+//! each way costs the servers.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -13,6 +19,7 @@ use ec_proto::gateway_client::GatewayClient;
 use tonic::transport::Channel;
 
 use crate::cluster::{self, Consul};
+use crate::machine;
 use crate::procs::{Spawned, Workdir, free_port, loopback};
 use crate::stats::{Percentiles, Samples};
 
@@ -27,6 +34,8 @@ pub(crate) struct Lookup {
     pub(crate) variant: &'static str,
     pub(crate) rate: f64,
     pub(crate) latency: Percentiles,
+    /// Server CPU time per lookup (µs), when /proc could be read for every server process.
+    pub(crate) server_cpu_us: Option<f64>,
 }
 
 /// Runs both variants once; `reverse` swaps their order.
@@ -50,7 +59,7 @@ pub(crate) async fn run(
         consul.put_mapping(&format!("bench-{d}"), &nodes).await?;
     }
     let probe = format!("bench-{}", DATA_IDS - 1);
-    let (_gateway, gateway_addr) =
+    let (gateway, gateway_addr) =
         cluster::start_gateway(gateway_bin, consul.addr, &dir, &probe).await?;
     let seed_addr = loopback(free_port());
     let exe = std::env::current_exe().wrap_err("cannot find this executable")?;
@@ -63,17 +72,23 @@ pub(crate) async fn run(
         .await?;
     cluster::wait_answers(&mut seed, seed_addr, &probe).await?;
 
-    let mut order = [("gateway", gateway_addr), ("consul-x2", seed_addr)];
+    let gateway_pids: Vec<Option<u32>> = vec![gateway.pid()];
+    let seed_pids: Vec<Option<u32>> = vec![seed.pid(), consul.pid()];
+    let mut order = [
+        ("gateway", gateway_addr, &gateway_pids),
+        ("consul-x2", seed_addr, &seed_pids),
+    ];
     if reverse {
         order.reverse();
     }
     let mut results = Vec::new();
-    for (variant, addr) in order {
-        let (rate, latency) = load(addr, callers, duration).await?;
+    for (variant, addr, pids) in order {
+        let (rate, latency, server_cpu_us) = load(addr, pids, callers, duration).await?;
         results.push(Lookup {
             variant,
             rate,
             latency,
+            server_cpu_us,
         });
     }
     drop(seed);
@@ -81,8 +96,21 @@ pub(crate) async fn run(
     Ok(results)
 }
 
+/// CPU seconds used so far by all of `pids`; `None` if any cannot be read.
+fn cpu_secs(pids: &[Option<u32>]) -> Option<f64> {
+    pids.iter()
+        .map(|pid| pid.and_then(machine::process_cpu_secs))
+        .sum()
+}
+
 /// `callers` tasks call `GetNodeForData` back to back for `duration` after a warm-up.
-async fn load(addr: SocketAddr, callers: usize, duration: Duration) -> Result<(f64, Percentiles)> {
+/// Returns lookups/s, latency, and the CPU µs per lookup of the server processes `pids`.
+async fn load(
+    addr: SocketAddr,
+    pids: &[Option<u32>],
+    callers: usize,
+    duration: Duration,
+) -> Result<(f64, Percentiles, Option<f64>)> {
     let mut clients = Vec::new();
     for _ in 0..callers.div_ceil(CALLERS_PER_CHANNEL) {
         let channel = Channel::from_shared(format!("http://{addr}"))
@@ -127,10 +155,16 @@ async fn load(addr: SocketAddr, callers: usize, duration: Duration) -> Result<(f
         }
     };
     round(duration.min(Duration::from_secs(1)) / 2).await?;
+    let cpu_before = cpu_secs(pids);
     let (samples, took) = round(duration).await?;
+    let cpu_after = cpu_secs(pids);
     let rate = samples.len() as f64 / took.as_secs_f64();
+    let server_cpu_us = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) if samples.len() > 0 => Some((b - a) * 1e6 / samples.len() as f64),
+        _ => None,
+    };
     let latency = samples
         .percentiles()
         .ok_or_else(|| eyre!("no lookup completed"))?;
-    Ok((rate, latency))
+    Ok((rate, latency, server_cpu_us))
 }

@@ -174,6 +174,7 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("lookups_per_s", "lookups/s"),
             ("p50_us", "p50 µs"),
             ("p99_us", "p99 µs"),
+            ("server_cpu_us_per_lookup", "server CPU µs / lookup"),
         ],
         "proxy" => &[
             ("replay_ev_per_s", "replay events/s"),

@@ -433,6 +433,9 @@ async fn cluster_trial(
                     r.metrics.insert("lookups_per_s".into(), l.rate);
                     r.metrics.insert("p50_us".into(), l.latency.p50);
                     r.metrics.insert("p99_us".into(), l.latency.p99);
+                    if let Some(cpu) = l.server_cpu_us {
+                        r.metrics.insert("server_cpu_us_per_lookup".into(), cpu);
+                    }
                     r.params = serde_json::json!({
                         "callers": s.lookup_callers, "secs": s.lookup_duration.as_secs_f64(),
                         "data_ids": 100, "nodes": 3,
