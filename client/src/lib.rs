@@ -43,4 +43,7 @@ pub use error::ClientError;
 pub use event::{Event, Published};
 pub use publish::{PendingPublish, Publisher};
 pub use resolve::{Candidate, GatewayResolver, Resolver, Route, StaticResolver};
-pub use resume::{Delivery, DeliveryStream, EventStream, Start, StreamOptions, resumable_stream};
+pub use resume::{
+    Delivery, DeliveryStream, EventStream, RawDelivery, RawDeliveryStream, Start, StreamOptions,
+    resumable_raw_stream, resumable_stream,
+};

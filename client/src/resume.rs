@@ -19,6 +19,11 @@
 //! - The stream is lazy and owns no task: nothing happens until it is polled, and dropping it
 //!   cancels the open call.
 //!
+//! The stream comes in two shapes over the same state machine: [`DeliveryStream`] hands out
+//! SDK [`Event`]s, [`RawDeliveryStream`] hands out the node's `EventBatch` messages as they
+//! arrived (trimmed only where the bookkeeping demands it), for proxies that forward batches
+//! without converting every event twice. The offset bookkeeping above is the same for both.
+//!
 //! Until the first event is delivered, a start other than an exact offset (earliest, latest,
 //! time) is sent again as is to the next node: the reader has no position yet. `Latest` can
 //! therefore miss events written during a failover that happens before the first event.
@@ -162,6 +167,51 @@ pub enum Delivery {
     },
 }
 
+/// What a [`RawDeliveryStream`] yields: a [`Delivery`] whose batch is still the wire message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawDelivery {
+    /// The node's batch: consecutive offsets in order, never empty, exactly the events the
+    /// reader is owed (repeats dropped, cut at `max_count`). `data_id` is the stream's and
+    /// `node_id` names the node that served it, filled in if the node left it empty. In the
+    /// steady state this is the message as decoded off the wire, untouched.
+    Batch(EventBatch),
+    /// The stream moved to another node (or reconnected) after a break; as
+    /// [`Delivery::Failover`].
+    Failover {
+        /// The node of the previous stream; `None` if no stream had been open yet.
+        from: Option<String>,
+        /// The node now serving.
+        to: String,
+        /// Where the new stream starts.
+        resume_at: Start,
+        /// Why the previous stream was left.
+        reason: String,
+    },
+}
+
+impl From<RawDelivery> for Delivery {
+    fn from(raw: RawDelivery) -> Delivery {
+        match raw {
+            RawDelivery::Batch(batch) => Delivery::Batch {
+                node_id: batch.node_id,
+                // Same size and layout: the standard library reuses the allocation.
+                events: batch.events.into_iter().map(Event::from).collect(),
+            },
+            RawDelivery::Failover {
+                from,
+                to,
+                resume_at,
+                reason,
+            } => Delivery::Failover {
+                from,
+                to,
+                resume_at,
+                reason,
+            },
+        }
+    }
+}
+
 /// Which RPC a stream reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Upstream {
@@ -182,6 +232,18 @@ pub fn resumable_stream(
     resume(resolver, channels, data_id, opts, Upstream::Node)
 }
 
+/// [`resumable_stream`] for proxies: the same guarantees (gapless, duplicate-free, failover
+/// with offset resume), but batches are handed out as the `EventBatch` messages the nodes
+/// sent, so a proxy can forward them without turning every event into an [`Event`] and back.
+pub fn resumable_raw_stream(
+    resolver: Arc<dyn Resolver>,
+    channels: ChannelCache,
+    data_id: DataId,
+    opts: StreamOptions,
+) -> RawDeliveryStream {
+    resume_raw(resolver, channels, data_id, opts, Upstream::Node)
+}
+
 pub(crate) fn resume(
     resolver: Arc<dyn Resolver>,
     channels: ChannelCache,
@@ -189,6 +251,18 @@ pub(crate) fn resume(
     opts: StreamOptions,
     upstream: Upstream,
 ) -> DeliveryStream {
+    DeliveryStream {
+        inner: resume_raw(resolver, channels, data_id, opts, upstream),
+    }
+}
+
+fn resume_raw(
+    resolver: Arc<dyn Resolver>,
+    channels: ChannelCache,
+    data_id: DataId,
+    opts: StreamOptions,
+    upstream: Upstream,
+) -> RawDeliveryStream {
     let next = match opts.start {
         Start::Offset(o) => Some(o),
         Start::Earliest | Start::Latest | Start::Time(_) => None,
@@ -218,15 +292,44 @@ pub(crate) fn resume(
         let item = state.next().await?;
         Some((item, state))
     });
-    DeliveryStream {
+    RawDeliveryStream {
         inner: Box::pin(stream),
+    }
+}
+
+/// The deliveries of a resumable stream with batches as wire messages; see
+/// [`resumable_raw_stream`]. Ends like a [`DeliveryStream`].
+pub struct RawDeliveryStream {
+    inner: Pin<Box<dyn Stream<Item = Result<RawDelivery, ClientError>> + Send>>,
+}
+
+impl fmt::Debug for RawDeliveryStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawDeliveryStream").finish_non_exhaustive()
+    }
+}
+
+impl RawDeliveryStream {
+    /// A stream that yields `error` and ends: for requests refused before anything is sent.
+    pub fn failed(error: ClientError) -> RawDeliveryStream {
+        RawDeliveryStream {
+            inner: Box::pin(futures_util::stream::once(std::future::ready(Err(error)))),
+        }
+    }
+}
+
+impl Stream for RawDeliveryStream {
+    type Item = Result<RawDelivery, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
     }
 }
 
 /// The deliveries of a resumable stream. Ends after `max_count` events, at the end of the log
 /// when not following, or after a terminal error (yielded as the last item).
 pub struct DeliveryStream {
-    inner: Pin<Box<dyn Stream<Item = Result<Delivery, ClientError>> + Send>>,
+    inner: RawDeliveryStream,
 }
 
 impl fmt::Debug for DeliveryStream {
@@ -239,7 +342,7 @@ impl DeliveryStream {
     /// A stream that yields `error` and ends: for requests refused before anything is sent.
     pub fn failed(error: ClientError) -> DeliveryStream {
         DeliveryStream {
-            inner: Box::pin(futures_util::stream::once(std::future::ready(Err(error)))),
+            inner: RawDeliveryStream::failed(error),
         }
     }
 
@@ -256,7 +359,9 @@ impl Stream for DeliveryStream {
     type Item = Result<Delivery, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        Pin::new(&mut self.inner)
+            .poll_next(cx)
+            .map(|item| item.map(|delivery| delivery.map(Delivery::from)))
     }
 }
 
@@ -328,14 +433,14 @@ struct Resumer {
     /// Proxy mode: the node that served the last batch, to report the gateway's failovers.
     serving: Option<String>,
     /// A delivery to hand out on the next poll.
-    queued: Option<Delivery>,
+    queued: Option<RawDelivery>,
     /// Consecutive failures without progress.
     failures: u32,
     done: bool,
 }
 
 impl Resumer {
-    async fn next(&mut self) -> Option<Result<Delivery, ClientError>> {
+    async fn next(&mut self) -> Option<Result<RawDelivery, ClientError>> {
         if let Some(queued) = self.queued.take() {
             return Some(Ok(queued));
         }
@@ -357,7 +462,7 @@ impl Resumer {
                         let from = self.last_node.replace(to.clone());
                         if let Some(reason) = self.broke.take() {
                             info!(data_id = %self.data_id, from = from.as_deref().unwrap_or("-"), %to, resume_at = %self.position(), "stream resumed on another node");
-                            return Some(Ok(Delivery::Failover {
+                            return Some(Ok(RawDelivery::Failover {
                                 from,
                                 to,
                                 resume_at: self.position(),
@@ -483,13 +588,68 @@ impl Resumer {
     }
 
     /// Keeps the events the reader is owed; `Ok(None)` if the batch held none.
-    fn accept(&mut self, batch: EventBatch) -> Result<Option<Delivery>, ClientError> {
-        let node_id = match (&self.current, batch.node_id.is_empty()) {
-            (Some(current), true) => current.candidate.node_id.clone(),
-            _ => batch.node_id,
+    ///
+    /// The usual batch continues exactly where the last one ended and fits within
+    /// `max_count`: it is passed on as it came, after one look at each offset. Only a batch
+    /// that repeats offsets (after a resume), holds a hole, or goes past `max_count` is taken
+    /// apart.
+    fn accept(&mut self, mut batch: EventBatch) -> Result<Option<RawDelivery>, ClientError> {
+        if batch.node_id.is_empty()
+            && let Some(current) = &self.current
+        {
+            batch.node_id.clone_from(&current.candidate.node_id);
+        }
+        if batch.data_id != self.data_id.as_str() {
+            batch.data_id = self.data_id.to_string();
+        }
+        let Some(first) = batch.events.first().map(|e| Offset(e.offset)) else {
+            return Ok(None);
         };
-        let mut events = Vec::with_capacity(batch.events.len());
-        for event in batch.events {
+        let start = self.next.unwrap_or(first);
+        let len = batch.events.len() as u64;
+        let consecutive = batch
+            .events
+            .iter()
+            .zip(0u64..)
+            .all(|(e, i)| start.0.checked_add(i) == Some(e.offset));
+        if consecutive && self.remaining.is_none_or(|r| r >= len) {
+            self.next = Some(Offset(start.0 + len));
+            if let Some(remaining) = self.remaining.as_mut() {
+                *remaining -= len;
+            }
+        } else {
+            batch.events = self.owed(std::mem::take(&mut batch.events), &batch.node_id)?;
+        }
+        let Some(first) = batch.events.first().map(|e| Offset(e.offset)) else {
+            return Ok(None);
+        };
+        self.backoff.reset();
+        self.failures = 0;
+        if self.upstream == Upstream::Gateway
+            && let Some(previous) = self.serving.replace(batch.node_id.clone())
+            && previous != batch.node_id
+        {
+            let to = batch.node_id.clone();
+            self.queued = Some(RawDelivery::Batch(batch));
+            return Ok(Some(RawDelivery::Failover {
+                from: Some(previous),
+                to,
+                resume_at: Start::Offset(first),
+                reason: "the gateway moved the stream to another node".into(),
+            }));
+        }
+        Ok(Some(RawDelivery::Batch(batch)))
+    }
+
+    /// The events of `events` the reader is owed, one at a time: repeats dropped, a hole an
+    /// error, cut at `max_count`.
+    fn owed(
+        &mut self,
+        events: Vec<ec_proto::Event>,
+        node_id: &str,
+    ) -> Result<Vec<ec_proto::Event>, ClientError> {
+        let mut owed = Vec::with_capacity(events.len());
+        for event in events {
             let offset = Offset(event.offset);
             if let Some(next) = self.next {
                 if offset < next {
@@ -498,14 +658,14 @@ impl Resumer {
                 if offset > next {
                     return Err(ClientError::Gap {
                         data_id: self.data_id.to_string(),
-                        node: node_id,
+                        node: node_id.to_owned(),
                         expected: next,
                         got: offset,
                     });
                 }
             }
             self.next = Some(offset.next());
-            events.push(Event::from(event));
+            owed.push(event);
             if let Some(remaining) = self.remaining.as_mut() {
                 *remaining -= 1;
                 if *remaining == 0 {
@@ -513,28 +673,7 @@ impl Resumer {
                 }
             }
         }
-        let Some(first) = events.first().map(|e| e.offset) else {
-            return Ok(None);
-        };
-        self.backoff.reset();
-        self.failures = 0;
-        let batch = Delivery::Batch {
-            node_id: node_id.clone(),
-            events,
-        };
-        if self.upstream == Upstream::Gateway
-            && let Some(previous) = self.serving.replace(node_id.clone())
-            && previous != node_id
-        {
-            self.queued = Some(batch);
-            return Ok(Some(Delivery::Failover {
-                from: Some(previous),
-                to: node_id,
-                resume_at: Start::Offset(first),
-                reason: "the gateway moved the stream to another node".into(),
-            }));
-        }
-        Ok(Some(batch))
+        Ok(owed)
     }
 
     /// The node of the open stream (only called while one is open).
@@ -725,20 +864,23 @@ mod tests {
         assert_eq!(resolver.asked.lock().expect("lock").len(), 4);
     }
 
-    #[test]
-    fn request_carries_position_follow_and_remaining_count() {
-        let mut state = Resumer {
+    /// A resumer that has opened nothing yet.
+    fn resumer(start: Start, remaining: Option<u64>) -> Resumer {
+        Resumer {
             resolver: Arc::new(crate::resolve::StaticResolver::new(vec![])),
             channels: ChannelCache::default(),
             data_id: data_id(),
             upstream: Upstream::Node,
-            start: Start::Time(TimestampMs(1234)),
+            start,
             follow: false,
             max_retries: None,
             backoff_max: Duration::from_secs(2),
             backoff: BackoffState::new(Backoff::none()),
-            next: None,
-            remaining: Some(10),
+            next: match start {
+                Start::Offset(o) => Some(o),
+                _ => None,
+            },
+            remaining,
             candidates: VecDeque::new(),
             current: None,
             last_node: None,
@@ -747,14 +889,12 @@ mod tests {
             queued: None,
             failures: 0,
             done: false,
-        };
-        let req = state.request().expect("valid");
-        assert_eq!(req.start, StartFrom::Timestamp as i32);
-        assert_eq!(req.start_timestamp, 1234);
-        assert_eq!(req.follow, Some(false));
-        assert_eq!(req.max_count, 10);
+        }
+    }
 
-        let batch = |offsets: &[u64]| EventBatch {
+    /// A batch of `data_id()` from node n1 holding `offsets`.
+    fn batch(offsets: &[u64]) -> EventBatch {
+        EventBatch {
             data_id: "d".into(),
             node_id: "n1".into(),
             events: offsets
@@ -765,11 +905,63 @@ mod tests {
                     data: bytes::Bytes::from(o.to_string()),
                 })
                 .collect(),
-        };
-        let Some(Delivery::Batch { events, .. }) = state.accept(batch(&[7, 8])).expect("ok") else {
+        }
+    }
+
+    #[test]
+    fn batches_are_cut_at_max_count_and_holes_inside_a_batch_are_gaps() {
+        let mut state = resumer(Start::Offset(Offset(0)), Some(3));
+        let Some(RawDelivery::Batch(b)) = state.accept(batch(&[0, 1])).expect("ok") else {
             panic!("a batch");
         };
-        assert_eq!(events.len(), 2);
+        assert_eq!(b, batch(&[0, 1]));
+        let Some(RawDelivery::Batch(b)) = state.accept(batch(&[2, 3, 4])).expect("ok") else {
+            panic!("a batch");
+        };
+        assert_eq!(b, batch(&[2]), "cut at max_count");
+        assert_eq!(state.remaining, Some(0));
+
+        let mut state = resumer(Start::Earliest, None);
+        let gap = state.accept(batch(&[4, 5, 7])).expect_err("gap");
+        assert!(
+            matches!(
+                gap,
+                ClientError::Gap {
+                    expected: Offset(6),
+                    got: Offset(7),
+                    ..
+                }
+            ),
+            "{gap}"
+        );
+    }
+
+    #[test]
+    fn raw_batches_name_the_data_id_and_the_node() {
+        let mut state = resumer(Start::Earliest, None);
+        let mut unnamed = batch(&[3]);
+        unnamed.data_id = String::new();
+        let Some(RawDelivery::Batch(b)) = state.accept(unnamed).expect("ok") else {
+            panic!("a batch");
+        };
+        assert_eq!(b.data_id, "d");
+        assert_eq!(b.node_id, "n1");
+        assert_eq!(state.next, Some(Offset(4)));
+    }
+
+    #[test]
+    fn request_carries_position_follow_and_remaining_count() {
+        let mut state = resumer(Start::Time(TimestampMs(1234)), Some(10));
+        let req = state.request().expect("valid");
+        assert_eq!(req.start, StartFrom::Timestamp as i32);
+        assert_eq!(req.start_timestamp, 1234);
+        assert_eq!(req.follow, Some(false));
+        assert_eq!(req.max_count, 10);
+
+        let Some(RawDelivery::Batch(first)) = state.accept(batch(&[7, 8])).expect("ok") else {
+            panic!("a batch");
+        };
+        assert_eq!(first, batch(&[7, 8]), "an in-order batch passes untouched");
         let req = state.request().expect("valid");
         assert_eq!(
             (req.start, req.offset, req.max_count),
@@ -777,10 +969,10 @@ mod tests {
         );
 
         // Repeats are dropped, the rest delivered; a hole is an error naming both offsets.
-        let Some(Delivery::Batch { events, .. }) = state.accept(batch(&[8, 9])).expect("ok") else {
+        let Some(RawDelivery::Batch(repeated)) = state.accept(batch(&[8, 9])).expect("ok") else {
             panic!("a batch");
         };
-        assert_eq!(events.iter().map(|e| e.offset.0).collect::<Vec<_>>(), [9]);
+        assert_eq!(repeated, batch(&[9]));
         assert!(state.accept(batch(&[5, 6])).expect("ok").is_none());
         let gap = state.accept(batch(&[12])).expect_err("gap");
         assert!(
