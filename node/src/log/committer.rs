@@ -228,7 +228,7 @@ pub(super) struct Pipeline {
 struct PipelineState {
     /// Written, not yet covered by a finished sync, in write order.
     written: VecDeque<Written>,
-    /// Handed over and not yet fully published (the ones being published included).
+    /// Handed over and not yet published and answered (the ones in progress included).
     unpublished: usize,
     /// The committer has stopped: sync and publish what is left, then exit.
     stopping: bool,
@@ -718,11 +718,13 @@ fn sync_loop(store: &Store, journal: &mut JournalSync) {
             answers.push(written.publication);
         }
         pipeline.published.store(upto, Ordering::Release);
-        pipeline.lock().unpublished -= count;
-        pipeline.changed.notify_all();
         for publication in answers {
             publication.answer();
         }
+        // Counted down only after the answers went out, so that a refusal the committer
+        // answers at once (nothing in flight) never overtakes an earlier answer.
+        pipeline.lock().unpublished -= count;
+        pipeline.changed.notify_all();
     }
 }
 
