@@ -1,79 +1,47 @@
-//! Group commit: the one thread that writes appends to the log, and (under `Always`) the
-//! thread that makes them durable behind it.
+//! Group commit: the one thread that writes appends to the log.
 //!
 //! Publishers hand [`AppendRequest`]s to a bounded channel. The committer thread waits for
 //! one, drains whatever else is already queued (across all streams, up to
-//! `max_batch_bytes`), assigns offsets as the only writer and writes ONE fjall batch holding
-//! the events and the touched streams' metadata to the journal (into the OS, not synced).
-//!
-//! Under `Always` the commit is pipelined: the committer hands the written batch to the
-//! fsync thread and goes straight on to the next one, so batch k+1 is written while the
-//! fdatasync covering batch k runs. The fsync thread syncs everything written so far with
-//! one fdatasync, then, for every batch that sync covered and in write order, raises each
-//! stream's committed state and readable end, makes created streams visible, and only then
-//! answers the publishers. There is no artificial delay: while one fdatasync runs, the next
-//! batches are written and wait for the next one, so the disk is never idle while appends
-//! wait, and the number of fsyncs stays far below the number of appends.
-//!
-//! Why fdatasync on our own handle of the journal file rather than fjall's
-//! `Database::persist`: fjall holds its journal writer lock during the fsync, so no batch
-//! could be written while it runs and nothing would overlap. fdatasync applies to the file,
-//! not the handle, so ours covers every write to the active journal that returned before it.
-//! Older journals were synced by fjall itself when it sealed them (it fsyncs a journal before
-//! creating the next one, under its writer lock). If the journal files cannot be found
-//! (a fjall layout change), [`JournalSync`] falls back to `persist`, which is correct, only
-//! not overlapped.
+//! `max_batch_bytes`), assigns offsets as the only writer, writes ONE fjall batch holding the
+//! events and the touched streams' metadata, syncs it once (under `Always`), then raises each
+//! stream's committed state and readable end and only then answers the publishers. There is
+//! no artificial delay: while one batch syncs, the next one queues up, so batches grow with
+//! load and the number of fsyncs stays far below the number of appends.
 //!
 //! Invariants:
 //! - No publisher is answered before the batch holding its events is durable per the policy
-//!   (`Always`: an fdatasync that started after the batch's write returned has returned;
-//!   `Interval`: it is written to the OS).
+//!   (`Always`: the fdatasync covering it has returned; `Interval`: it is written to the OS).
 //! - No reader can see an event before its batch is durable: readers are bounded by the
-//!   committed state (and created streams by the stream table), both changed only after the
-//!   covering sync. Until then the committer builds on its own view of the written-but-not-
-//!   durable metadata ([`Pending`]), so offsets stay dense across batches in flight.
-//! - Only the committer assigns offsets; batches are published in the order they were
-//!   written, by one thread.
-//! - Every other writer (retention, truncation, `ensure`) takes the writer lock through
-//!   [`super::store::Store::lock_writes`], which also waits until every written batch has
-//!   been made durable and published. So while it holds the lock the committed state is the
-//!   whole state, it never writes metadata from a stale copy, and an access change it makes
-//!   comes after every batch of the old role is durable.
+//!   committed state, which is raised after the write/sync.
 //! - The committer is the fence: it reads each stream's [`WriteAccess`] under the writer lock
 //!   and refuses a publish to a stream this node does not lead (and a copied append to a
 //!   stream it does not follow), so once the replication layer has changed a stream's
 //!   access, no batch written afterwards carries the old role's events.
 //! - A publish is stamped with the leader's epoch; a copied append keeps the primary's
 //!   offsets, epochs and timestamps and must start exactly at the stream's end. Whenever the
-//!   epoch changes, the batch also records the new epoch's first offset in the history; the
-//!   in-memory history is extended when the batch is published.
+//!   epoch changes, the batch also records the new epoch's first offset in the history.
 //! - A failed write or fsync aborts the process (see [`fatal`]); nothing is retried.
 //! - Under `Interval`, a separate syncer thread calls `persist(SyncData)` every interval when
 //!   something was written since the last sync; fjall itself never fsyncs a batch we did not
 //!   ask it to (a batch's durability is set explicitly on each batch).
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ec_core::{DataId, Offset, TimestampMs};
-use fjall::{Database, PersistMode};
+use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::record::{self, EVENT_HEADER_LEN, EVENT_KEY_LEN, StreamMeta};
 use super::store::{Store, Stream};
 use super::{Appended, Epoch, EpochStart, LogError, WriteAccess};
 
-#[cfg(test)]
-#[path = "pipeline_tests.rs"]
-mod pipeline_tests;
 /// Which stream an append goes to.
 pub(super) enum Target {
     /// A stream that existed when the append was submitted.
@@ -128,15 +96,12 @@ pub(super) fn fatal(what: &str, error: &fjall::Error) -> ! {
     std::process::abort()
 }
 
-/// Starts the committer thread and, for `Always`, the fsync thread behind it (for
-/// `Interval`, the periodic syncer instead).
+/// Starts the committer thread (and, for `Interval`, the syncer thread).
 ///
 /// The committer runs until every sender of `requests` is dropped, then commits what is
-/// queued, lets the fsync thread make it durable and publish it, stops the syncer, syncs
-/// once more and sets `stopped` to `true`.
+/// queued, syncs, stops the syncer and sets `stopped` to `true`.
 pub(super) fn spawn(
     store: Arc<Store>,
-    dir: &Path,
     requests: mpsc::Receiver<AppendRequest>,
     max_batch_bytes: usize,
     sync_interval: Option<Duration>,
@@ -146,28 +111,10 @@ pub(super) fn spawn(
         Some(interval) => Some(Syncer::spawn(store.clone(), interval)?),
         None => None,
     };
-    let fsync = match sync_interval {
-        None => {
-            let store = store.clone();
-            let mut journal = JournalSync::new(dir);
-            Some(
-                std::thread::Builder::new()
-                    .name("ec-log-fsync".to_owned())
-                    .spawn(move || sync_loop(&store, &mut journal))?,
-            )
-        }
-        Some(_) => None,
-    };
     std::thread::Builder::new()
         .name("ec-log-committer".to_owned())
         .spawn(move || {
-            run(&store, requests, max_batch_bytes, fsync.is_some());
-            store.pipeline.stop();
-            if let Some(fsync) = fsync
-                && fsync.join().is_err()
-            {
-                tracing::error!("event log fsync thread panicked");
-            }
+            run(&store, requests, max_batch_bytes);
             if let Some(syncer) = syncer {
                 syncer.stop();
             }
@@ -182,19 +129,7 @@ pub(super) fn spawn(
         })
 }
 
-fn run(
-    store: &Store,
-    mut requests: mpsc::Receiver<AppendRequest>,
-    max_batch_bytes: usize,
-    pipelined: bool,
-) {
-    let mut committer = Committer {
-        store,
-        pipelined,
-        seq: 0,
-        streams: HashMap::new(),
-        created: HashMap::new(),
-    };
+fn run(store: &Store, mut requests: mpsc::Receiver<AppendRequest>, max_batch_bytes: usize) {
     while let Some(first) = requests.blocking_recv() {
         let mut size = first.batch_bytes();
         let mut batch = vec![first];
@@ -207,150 +142,14 @@ fn run(
                 Err(_) => break,
             }
         }
-        committer.commit(batch);
+        commit(store, batch);
     }
-}
-
-/// Batches written under `Always` and not yet published, shared by the committer, the fsync
-/// thread and every other writer (which waits in [`Pipeline::wait_drained`]).
-pub(super) struct Pipeline {
-    state: Mutex<PipelineState>,
-    /// Signalled when a batch is handed over, when batches are published, and on stop.
-    changed: Condvar,
-    /// Sequence number of the last batch whose publication has finished (0: none yet).
-    published: AtomicU64,
-    /// Test hooks: hold the fsync thread, observe what was written.
-    #[cfg(test)]
-    pub(super) test: pipeline_tests::Hooks,
-}
-
-#[derive(Default)]
-struct PipelineState {
-    /// Written, not yet covered by a finished sync, in write order.
-    written: VecDeque<Written>,
-    /// Handed over and not yet published and answered (the ones in progress included).
-    unpublished: usize,
-    /// The committer has stopped: sync and publish what is left, then exit.
-    stopping: bool,
-}
-
-impl Pipeline {
-    pub(super) fn new() -> Pipeline {
-        Pipeline {
-            state: Mutex::new(PipelineState::default()),
-            changed: Condvar::new(),
-            published: AtomicU64::new(0),
-            #[cfg(test)]
-            test: pipeline_tests::Hooks::default(),
-        }
-    }
-
-    /// Poisoning is ignored: every holder only moves batches between plain fields.
-    fn lock(&self) -> MutexGuard<'_, PipelineState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wait<'a>(&self, guard: MutexGuard<'a, PipelineState>) -> MutexGuard<'a, PipelineState> {
-        self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Blocks until every batch handed over so far is durable and published. Writers call it
-    /// holding the writer lock, so no new batch can be handed over meanwhile: afterwards the
-    /// committed state is the whole state.
-    pub(super) fn wait_drained(&self) {
-        let mut state = self.lock();
-        while state.unpublished > 0 {
-            state = self.wait(state);
-        }
-    }
-
-    fn hand_over(&self, written: Written) {
-        let mut state = self.lock();
-        state.written.push_back(written);
-        state.unpublished += 1;
-        drop(state);
-        self.changed.notify_all();
-    }
-
-    fn stop(&self) {
-        self.lock().stopping = true;
-        self.changed.notify_all();
-    }
-}
-
-/// A batch that is written and waits for the fsync covering it.
-struct Written {
-    seq: u64,
-    publication: Publication,
-}
-
-/// A publisher's answer, waiting to be sent.
-type Reply = (
-    oneshot::Sender<Result<Appended, LogError>>,
-    Result<Appended, LogError>,
-);
-
-/// What becomes visible, and who is answered, once a batch is durable.
-#[derive(Default)]
-struct Publication {
-    /// Each touched stream with its metadata after the batch and the epochs it started.
-    streams: Vec<(Arc<Stream>, StreamMeta, Vec<EpochStart>)>,
-    /// Streams the batch created, in no particular order.
-    created: Vec<Arc<Stream>>,
-    replies: Vec<Reply>,
-}
-
-impl Publication {
-    /// Raises committed state and readable ends and shows created streams. Only once the
-    /// batch is durable, and for batches in write order.
-    fn apply(&mut self, store: &Store) {
-        for (stream, meta, new_epochs) in self.streams.drain(..) {
-            if !new_epochs.is_empty() {
-                stream.epochs().extend(new_epochs);
-            }
-            stream.publish(meta);
-        }
-        store.publish_streams(self.created.drain(..));
-    }
-
-    fn answer(self) {
-        for (reply, result) in self.replies {
-            // The publisher may have gone away (cancelled); its events are committed anyway.
-            let _ = reply.send(result);
-        }
-    }
-}
-
-/// What the committer knows of a stream that a batch in flight (written, not yet published)
-/// touched: the stream's state as it will be once that batch is published.
-struct Pending {
-    meta: StreamMeta,
-    last_epoch: Option<u64>,
-    /// The last batch in flight that touched the stream.
-    seq: u64,
-}
-
-/// The committer thread's state between batches.
-struct Committer<'a> {
-    store: &'a Store,
-    /// `Always`: batches go to the fsync thread. `Interval`: published at once.
-    pipelined: bool,
-    /// Sequence number of the last batch written.
-    seq: u64,
-    /// Streams touched by batches in flight, by stream number. An entry whose batch is
-    /// published is stale (the committed state has caught up, and other writers may have
-    /// changed it since), so it is dropped before each batch.
-    streams: HashMap<u64, Pending>,
-    /// Streams created by batches in flight, not yet in the store's table.
-    created: HashMap<DataId, (Arc<Stream>, u64)>,
 }
 
 /// A stream touched by the batch being built: its metadata as it will be after the batch.
 struct Touched {
     stream: Arc<Stream>,
     meta: StreamMeta,
-    /// `meta.next` before this batch.
-    base_next: u64,
     /// Created by this batch: becomes visible to lookups only once the batch is durable.
     created: bool,
     /// Epoch of the last event as it will be after the batch (history included).
@@ -371,6 +170,7 @@ impl Touched {
         }
     }
 }
+
 /// Why one request of a batch is refused before anything of it is written.
 fn check_copied(
     stream: &Stream,
@@ -413,93 +213,146 @@ fn check_copied(
     Ok(())
 }
 
-impl Committer<'_> {
-    /// Writes one batch for `requests`; publishes it and answers at once under `Interval`,
-    /// hands it to the fsync thread under `Always`.
-    fn commit(&mut self, requests: Vec<AppendRequest>) {
-        let store = self.store;
-        let now = TimestampMs::now().0;
-        // The raw lock, not `lock_writes`: the committer must not wait for its own batches.
-        let guard = store.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let published = store.pipeline.published.load(Ordering::Acquire);
-        self.streams.retain(|_, p| p.seq > published);
-        self.created.retain(|_, (_, seq)| *seq > published);
+/// Writes one batch for `requests`, makes it durable, publishes it, answers publishers.
+fn commit(store: &Store, requests: Vec<AppendRequest>) {
+    let now = TimestampMs::now().0;
+    let guard = store.lock_writes();
+    let mut touched: HashMap<u64, Touched> = HashMap::new();
+    let mut created: HashMap<DataId, u64> = HashMap::new();
+    let mut batch = store.db.batch().durability(Some(store.batch_durability));
+    let mut replies = Vec::with_capacity(requests.len());
 
-        let mut touched: HashMap<u64, Touched> = HashMap::new();
-        // Streams created by this batch: data ID to stream number.
-        let mut created_here: HashMap<DataId, u64> = HashMap::new();
-        // Journal writes only; under `Always` durability comes from the fsync thread.
-        let mut batch = store.db.batch().durability(Some(PersistMode::Buffer));
-        let mut publication = Publication {
-            replies: Vec::with_capacity(requests.len()),
-            ..Publication::default()
+    for request in requests {
+        if request.events.is_empty() {
+            // append() rejects these before queueing; kept so offsets can never underflow.
+            replies.push((request.reply, Err(LogError::EmptyBatch)));
+            continue;
+        }
+        let stream = match request.target {
+            Target::Existing(stream) => stream,
+            Target::Create(data_id) => match created.get(&data_id) {
+                Some(number) => touched[number].stream.clone(),
+                // Created by an earlier batch after this request was submitted.
+                None => match store.stream(&data_id) {
+                    Some(stream) => stream,
+                    None => {
+                        let number = store.next_number.fetch_add(1, Ordering::Relaxed);
+                        let stream = Arc::new(Stream::new(
+                            data_id.clone(),
+                            number,
+                            StreamMeta::default(),
+                            Vec::new(),
+                            WriteAccess::Open,
+                        ));
+                        created.insert(data_id, number);
+                        touched.insert(
+                            number,
+                            Touched {
+                                stream: stream.clone(),
+                                meta: StreamMeta::default(),
+                                created: true,
+                                last_epoch: None,
+                                new_epochs: Vec::new(),
+                            },
+                        );
+                        stream
+                    }
+                },
+            },
         };
-
-        for request in requests {
-            let AppendRequest {
-                target,
-                events,
-                copied,
-                reply,
-            } = request;
-            if events.is_empty() {
-                // append() rejects these before queueing; kept so offsets can never underflow.
-                publication.replies.push((reply, Err(LogError::EmptyBatch)));
-                continue;
+        let access = stream.access();
+        let entry = match touched.entry(stream.number) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let meta = *stream.state();
+                let last_epoch = stream.epochs().last().map(|e| e.epoch.0);
+                entry.insert(Touched {
+                    stream: stream.clone(),
+                    meta,
+                    created: false,
+                    last_epoch,
+                    new_epochs: Vec::new(),
+                })
             }
-            let stream = match target {
-                Target::Existing(stream) => stream,
-                Target::Create(data_id) => {
-                    self.find_or_create(&mut touched, &mut created_here, data_id)
+        };
+        let first = entry.meta.next;
+        let result = match &request.copied {
+            None => {
+                let epoch = match access {
+                    // Outside any mapping the stream keeps the epoch it has.
+                    WriteAccess::Open => entry.last_epoch.unwrap_or(0),
+                    WriteAccess::Leader(epoch) => epoch.0,
+                    WriteAccess::Replica | WriteAccess::Closed => {
+                        replies.push((
+                            request.reply,
+                            Err(LogError::Fenced {
+                                data_id: stream.data_id.clone(),
+                                access,
+                            }),
+                        ));
+                        continue;
+                    }
+                };
+                // Timestamps never go backwards within a stream, even if the wall clock does.
+                let ts = entry.meta.last_ts.map_or(now, |last| last.max(now));
+                entry.note_epoch(epoch, first);
+                for event in &request.events {
+                    batch.insert(
+                        &store.events,
+                        record::event_key(stream.number, entry.meta.next),
+                        record::encode_event(ts, epoch, event),
+                    );
+                    entry.meta.next += 1;
+                    entry.meta.bytes += event.len() as u64;
                 }
-            };
-            let access = stream.access();
-            let entry = match touched.entry(stream.number) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => {
-                    let (meta, last_epoch) = match self.streams.get(&stream.number) {
-                        Some(p) => (p.meta, p.last_epoch),
-                        None => (*stream.state(), stream.epochs().last().map(|e| e.epoch.0)),
-                    };
-                    entry.insert(Touched {
-                        stream: stream.clone(),
-                        meta,
-                        base_next: meta.next,
-                        created: false,
-                        last_epoch,
-                        new_epochs: Vec::new(),
-                    })
+                if first == entry.meta.earliest {
+                    entry.meta.first_ts = Some(ts);
                 }
-            };
-            let result = append_one(
-                &mut batch,
-                store,
-                (&stream, access, entry),
-                &events,
-                copied.as_deref(),
-                now,
-            );
-            publication.replies.push((reply, result));
-        }
-
-        // Streams whose every request was refused are left alone.
-        touched.retain(|_, t| t.created || !t.new_epochs.is_empty() || t.meta.next != t.base_next);
-        if touched.is_empty() {
-            drop(guard);
-            if self.pipelined && store.pipeline.lock().unpublished > 0 {
-                // Refusals still wait their turn, so a pipelined publisher's answers never
-                // overtake each other.
-                self.seq += 1;
-                store.pipeline.hand_over(Written {
-                    seq: self.seq,
-                    publication,
-                });
-            } else {
-                publication.answer();
+                entry.meta.last_ts = Some(ts);
+                Appended {
+                    first: Offset(first),
+                    last: Offset(entry.meta.next - 1),
+                    timestamp: TimestampMs(ts),
+                    epoch: Epoch(epoch),
+                }
             }
-            return;
-        }
+            Some(copied) => {
+                if let Err(e) = check_copied(&stream, access, entry, &request.events, copied) {
+                    replies.push((request.reply, Err(e)));
+                    continue;
+                }
+                let mut ts = entry.meta.last_ts;
+                for (event, c) in request.events.iter().zip(copied) {
+                    entry.note_epoch(c.epoch, c.offset);
+                    batch.insert(
+                        &store.events,
+                        record::event_key(stream.number, c.offset),
+                        record::encode_event(c.timestamp, c.epoch, event),
+                    );
+                    entry.meta.next += 1;
+                    entry.meta.bytes += event.len() as u64;
+                    ts = Some(ts.map_or(c.timestamp, |t: i64| t.max(c.timestamp)));
+                    if c.offset == entry.meta.earliest {
+                        entry.meta.first_ts = Some(c.timestamp);
+                    }
+                }
+                entry.meta.last_ts = ts;
+                Appended {
+                    first: Offset(first),
+                    last: Offset(entry.meta.next - 1),
+                    timestamp: TimestampMs(ts.unwrap_or(now)),
+                    epoch: Epoch(copied.last().map_or(0, |c| c.epoch)),
+                }
+            }
+        };
+        replies.push((request.reply, Ok(result)));
+    }
 
+    // Streams whose every request was refused are left alone.
+    touched.retain(|_, t| {
+        t.created || !t.new_epochs.is_empty() || t.meta.next != t.stream.state().next
+    });
+    if !touched.is_empty() {
         for t in touched.values() {
             let mut meta = t.meta;
             // What readers may see once this batch is durable, as far as known now; the
@@ -519,290 +372,33 @@ impl Committer<'_> {
                 );
             }
         }
-        // One journal write for the whole batch.
+        // One journal write and, under `Always`, one fdatasync for the whole batch.
         if let Err(e) = batch.commit() {
             fatal("writing a batch to the event log", &e);
         }
-        self.seq += 1;
-        let seq = self.seq;
-
-        for t in touched.into_values() {
-            if self.pipelined {
-                self.streams.insert(
-                    t.stream.number,
-                    Pending {
-                        meta: t.meta,
-                        last_epoch: t.last_epoch,
-                        seq,
-                    },
-                );
-                if t.created {
-                    self.created
-                        .insert(t.stream.data_id.clone(), (t.stream.clone(), seq));
-                }
-            }
-            if t.created {
-                publication.created.push(t.stream.clone());
-            }
-            publication.streams.push((t.stream, t.meta, t.new_epochs));
-        }
-
-        if self.pipelined {
-            // Handed over before the writer lock is released, so that a writer taking the
-            // lock next waits for this batch too.
-            store.pipeline.hand_over(Written { seq, publication });
-            #[cfg(test)]
-            store.pipeline.test.note_written(seq);
-            drop(guard);
-        } else {
-            store.commits.fetch_add(1, Ordering::Relaxed);
-            store.unsynced.store(true, Ordering::Release);
-            publication.apply(store);
-            drop(guard);
-            publication.answer();
-        }
-    }
-
-    /// The stream a creating append goes to: created by a batch in flight, by a published
-    /// batch, or now (then visible only once this batch is durable).
-    fn find_or_create(
-        &mut self,
-        touched: &mut HashMap<u64, Touched>,
-        created_here: &mut HashMap<DataId, u64>,
-        data_id: DataId,
-    ) -> Arc<Stream> {
-        if let Some(number) = created_here.get(&data_id)
-            && let Some(t) = touched.get(number)
-        {
-            return t.stream.clone();
-        }
-        if let Some((stream, _)) = self.created.get(&data_id) {
-            return stream.clone();
-        }
-        // Created by a published batch after this request was submitted.
-        if let Some(stream) = self.store.stream(&data_id) {
-            return stream;
-        }
-        let number = self.store.next_number.fetch_add(1, Ordering::Relaxed);
-        let stream = Arc::new(Stream::new(
-            data_id.clone(),
-            number,
-            StreamMeta::default(),
-            Vec::new(),
-            WriteAccess::Open,
-        ));
-        created_here.insert(data_id, number);
-        touched.insert(
-            number,
-            Touched {
-                stream: stream.clone(),
-                meta: StreamMeta::default(),
-                base_next: 0,
-                created: true,
-                last_epoch: None,
-                new_epochs: Vec::new(),
-            },
-        );
-        stream
-    }
-}
-
-/// Adds one request's events to `batch` and advances `entry`; the request's answer.
-fn append_one(
-    batch: &mut fjall::OwnedWriteBatch,
-    store: &Store,
-    (stream, access, entry): (&Stream, WriteAccess, &mut Touched),
-    events: &[Bytes],
-    copied: Option<&[Copied]>,
-    now: i64,
-) -> Result<Appended, LogError> {
-    let first = entry.meta.next;
-    match copied {
-        None => {
-            let epoch = match access {
-                // Outside any mapping the stream keeps the epoch it has.
-                WriteAccess::Open => entry.last_epoch.unwrap_or(0),
-                WriteAccess::Leader(epoch) => epoch.0,
-                WriteAccess::Replica | WriteAccess::Closed => {
-                    return Err(LogError::Fenced {
-                        data_id: stream.data_id.clone(),
-                        access,
-                    });
-                }
-            };
-            // Timestamps never go backwards within a stream, even if the wall clock does.
-            let ts = entry.meta.last_ts.map_or(now, |last| last.max(now));
-            entry.note_epoch(epoch, first);
-            for event in events {
-                batch.insert(
-                    &store.events,
-                    record::event_key(stream.number, entry.meta.next),
-                    record::encode_event(ts, epoch, event),
-                );
-                entry.meta.next += 1;
-                entry.meta.bytes += event.len() as u64;
-            }
-            if first == entry.meta.earliest {
-                entry.meta.first_ts = Some(ts);
-            }
-            entry.meta.last_ts = Some(ts);
-            Ok(Appended {
-                first: Offset(first),
-                last: Offset(entry.meta.next - 1),
-                timestamp: TimestampMs(ts),
-                epoch: Epoch(epoch),
-            })
-        }
-        Some(copied) => {
-            check_copied(stream, access, entry, events, copied)?;
-            let mut ts = entry.meta.last_ts;
-            for (event, c) in events.iter().zip(copied) {
-                entry.note_epoch(c.epoch, c.offset);
-                batch.insert(
-                    &store.events,
-                    record::event_key(stream.number, c.offset),
-                    record::encode_event(c.timestamp, c.epoch, event),
-                );
-                entry.meta.next += 1;
-                entry.meta.bytes += event.len() as u64;
-                ts = Some(ts.map_or(c.timestamp, |t: i64| t.max(c.timestamp)));
-                if c.offset == entry.meta.earliest {
-                    entry.meta.first_ts = Some(c.timestamp);
-                }
-            }
-            entry.meta.last_ts = ts;
-            Ok(Appended {
-                first: Offset(first),
-                last: Offset(entry.meta.next - 1),
-                timestamp: TimestampMs(ts.unwrap_or(now)),
-                epoch: Epoch(copied.last().map_or(0, |c| c.epoch)),
-            })
-        }
-    }
-}
-
-/// The fsync thread under `Always`: one fdatasync for everything handed over so far, then
-/// publishes and answers every batch it covered, in write order.
-fn sync_loop(store: &Store, journal: &mut JournalSync) {
-    let pipeline = &store.pipeline;
-    loop {
-        let upto = {
-            let mut state = pipeline.lock();
-            loop {
-                if let Some(last) = state.written.back() {
-                    break last.seq;
-                }
-                if state.stopping {
-                    return;
-                }
-                state = pipeline.wait(state);
-            }
-        };
-        #[cfg(test)]
-        pipeline.test.before_sync();
-        // Every batch up to `upto` was written before it was handed over, so before this
-        // sync starts.
-        if let Err(e) = journal.sync(&store.db) {
-            fatal("syncing the event log", &e);
-        }
         store.commits.fetch_add(1, Ordering::Relaxed);
-        let done: Vec<Written> = {
-            let mut state = pipeline.lock();
-            let covered = state.written.iter().take_while(|w| w.seq <= upto).count();
-            state.written.drain(..covered).collect()
-        };
-        let count = done.len();
-        let mut answers = Vec::with_capacity(count);
-        for mut written in done {
-            written.publication.apply(store);
-            answers.push(written.publication);
+        if store.batch_durability == PersistMode::Buffer {
+            store.unsynced.store(true, Ordering::Release);
         }
-        pipeline.published.store(upto, Ordering::Release);
-        for publication in answers {
-            publication.answer();
-        }
-        // Counted down only after the answers went out, so that a refusal the committer
-        // answers at once (nothing in flight) never overtakes an earlier answer.
-        pipeline.lock().unpublished -= count;
-        pipeline.changed.notify_all();
-    }
-}
 
-/// fdatasync of fjall's active journal through our own handle, so that it does not hold
-/// fjall's journal writer lock (see the module docs). Relies on fjall 3's layout: journals
-/// are `<dir>/<n>.jnl`, numbered consecutively, the highest is the active one, and fjall
-/// syncs a journal before it creates the next. Falls back to `Database::persist` when no
-/// journal file is found.
-pub(super) struct JournalSync {
-    dir: PathBuf,
-    /// The active journal as last seen: its number and a handle.
-    active: Option<(u64, File)>,
-}
-
-/// How often a journal that vanished between listing and opening is looked for again.
-const JOURNAL_LOOKUPS: usize = 8;
-
-impl JournalSync {
-    pub(super) fn new(dir: &Path) -> JournalSync {
-        JournalSync {
-            dir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned()),
-            active: None,
-        }
-    }
-
-    /// Makes every journal write that returned before this call durable.
-    pub(super) fn sync(&mut self, db: &Database) -> fjall::Result<()> {
-        if self.refresh()?
-            && let Some((_, file)) = &self.active
-        {
-            return Ok(file.sync_data()?);
-        }
-        db.persist(PersistMode::SyncData)
-    }
-
-    /// Points `active` at the newest journal; `false` if none was found.
-    fn refresh(&mut self) -> std::io::Result<bool> {
-        if let Some((number, _)) = &self.active {
-            // Sealed journals were synced by fjall before the next one was created.
-            if !journal_path(&self.dir, number + 1).try_exists()? {
-                return Ok(true);
+        let mut new_streams = Vec::new();
+        for t in touched.into_values() {
+            if !t.new_epochs.is_empty() {
+                t.stream.epochs().extend(t.new_epochs.iter().copied());
             }
-            self.active = None;
-        }
-        for _ in 0..JOURNAL_LOOKUPS {
-            let Some(number) = newest_journal(&self.dir)? else {
-                return Ok(false);
-            };
-            match File::open(journal_path(&self.dir, number)) {
-                Ok(file) => {
-                    self.active = Some((number, file));
-                    return Ok(true);
-                }
-                // Sealed and removed meanwhile: a newer one exists.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+            t.stream.publish(t.meta);
+            if t.created {
+                new_streams.push(t.stream);
             }
         }
-        Ok(false)
+        store.publish_streams(new_streams);
     }
-}
+    drop(guard);
 
-fn journal_path(dir: &Path, number: u64) -> PathBuf {
-    dir.join(format!("{number}.jnl"))
-}
-
-/// Number of the newest journal file in `dir`, if any.
-pub(super) fn newest_journal(dir: &Path) -> std::io::Result<Option<u64>> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let number = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".jnl"))
-            .and_then(|n| n.parse::<u64>().ok());
-        newest = newest.max(number);
+    for (reply, result) in replies {
+        // The publisher may have gone away (cancelled); its events are committed anyway.
+        let _ = reply.send(result);
     }
-    Ok(newest)
 }
 
 /// The `Interval` policy's background fsync.

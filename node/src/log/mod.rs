@@ -402,7 +402,6 @@ impl EventLog {
         let (stopped_tx, stopped) = watch::channel(false);
         committer::spawn(
             store.clone(),
-            dir,
             queue,
             opts.max_batch_bytes.max(1),
             sync_interval,
@@ -682,8 +681,7 @@ impl EventLog {
         retention::enforce(&self.inner.store, &self.inner.retention, now)
     }
 
-    /// Number of group commits made durable: under `Always` the fdatasyncs covering appends
-    /// (each covers every batch written before it), under `Interval` the batches written.
+    /// Number of batches the committer has written (each is one fsync under `Always`).
     pub fn commit_count(&self) -> u64 {
         self.inner
             .store

@@ -35,7 +35,6 @@ use ec_core::{DataId, Offset, TimestampMs};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::watch;
 
-use super::committer::Pipeline;
 use super::record::{self, EVENT_HEADER_LEN, StreamMeta};
 use super::{Epoch, EpochStart, LogError, StoredEvent, StreamStats, WriteAccess};
 
@@ -220,18 +219,13 @@ pub(super) struct Store {
     pub(super) write_lock: Mutex<()>,
     /// Number of the next stream to create.
     pub(super) next_number: AtomicU64,
-    /// Group commits made durable: fsyncs of the committer's batches under `Always`,
-    /// batches written under `Interval`.
+    /// Number of batches written by the committer (each is one fsync under `Always`).
     pub(super) commits: AtomicU64,
     /// Set after a batch is written with `Buffer` durability; cleared by the syncer before
     /// it syncs (`Interval` policy only).
     pub(super) unsynced: AtomicBool,
-    /// Durability applied to each batch of the other writers (retention, truncation,
-    /// `ensure`): `SyncData` under `Always`, `Buffer` under `Interval`. The committer writes
-    /// with `Buffer` and syncs through its fsync thread.
+    /// Durability applied to each batch: `SyncData` under `Always`, `Buffer` under `Interval`.
     pub(super) batch_durability: PersistMode,
-    /// The committer's batches that are written but not yet durable and published.
-    pub(super) pipeline: Pipeline,
 }
 
 /// Converts a fjall error into [`LogError::Storage`] with what was being done.
@@ -326,19 +320,13 @@ impl Store {
             commits: AtomicU64::new(0),
             unsynced: AtomicBool::new(false),
             batch_durability,
-            pipeline: Pipeline::new(),
         })
     }
 
-    /// Takes the writer lock and waits until every batch the committer has written is
-    /// durable and published, so the committed state is the whole state while the lock is
-    /// held. Poisoning is ignored because a writer that panicked either aborted the process
-    /// (storage failure) or left committed state untouched. The committer itself takes the
-    /// lock without waiting (it must not wait for its own batches).
+    /// Takes the writer lock; poisoning is ignored because a writer that panicked either
+    /// aborted the process (storage failure) or left committed state untouched.
     pub(super) fn lock_writes(&self) -> MutexGuard<'_, ()> {
-        let guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.pipeline.wait_drained();
-        guard
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The stream named `data_id`, if it exists.
