@@ -3,12 +3,13 @@
 //!
 //! Reading reuses the one resumable stream of the project in its raw form
 //! (`ec_client::resumable_raw_stream`: the nodes' `EventBatch` messages are forwarded as
-//! decoded, only the offsets are looked at), with a [`TableResolver`]: candidates are the table's usable nodes, passing ones first in
-//! mapping order, so the primary (the node that has every acknowledged write first) is tried
-//! first. The resolver's `until_unhealthy` resolves as soon as a table shows the serving node
-//! critical, gone, disallowed or no longer mapped, so the stream moves on without waiting for
-//! the TCP connection to break; a killed node breaks the connection anyway and the stream
-//! resumes from the last delivered offset + 1 on the next candidate.
+//! decoded, only the offsets are looked at), with a [`TableResolver`]: candidates are the
+//! table's usable nodes, passing ones first in mapping order, so the primary (the node that
+//! has every acknowledged write first) is tried first. The resolver's `until_unhealthy`
+//! resolves as soon as a table shows the serving node critical, gone, disallowed or no longer
+//! mapped, so the stream moves on without waiting for the TCP connection to break; a killed
+//! node breaks the connection anyway and the stream resumes from the last delivered offset + 1
+//! on the next candidate.
 //!
 //! Writing goes to the primary only: `Publish` resolves it per request, `PublishStream` per
 //! request too (keeping one upstream stream per primary node), and a primary that is not
