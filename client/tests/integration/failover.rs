@@ -33,8 +33,8 @@ fn batch_payloads(batch: usize) -> Vec<Bytes> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_serving_node_is_invisible_to_the_reader() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut node1 = NodeProcess::spawn(&dir.path().join("n1"), "node1");
-    let node2 = NodeProcess::spawn(&dir.path().join("n2"), "node2");
+    let mut node1 = NodeProcess::spawn(&dir.path().join("n1"), NO_CONSUL, "node1");
+    let node2 = NodeProcess::spawn(&dir.path().join("n2"), NO_CONSUL, "node2");
     let mut c1 = connect(node1.grpc_addr).await;
     let mut c2 = connect(node2.grpc_addr).await;
 

@@ -287,8 +287,8 @@ async fn read_n(mut stream: ec_client::DeliveryStream, n: usize) -> Vec<(String,
 
 #[tokio::test]
 async fn redirect_and_proxy_modes_read_and_write_through_the_gateway() {
-    let node1 = TestNode::start("node1").await;
-    let node2 = TestNode::start("node2").await;
+    let node1 = TestNode::start(NO_CONSUL, "node1").await;
+    let node2 = TestNode::start(NO_CONSUL, "node2").await;
     let gw = start_gateway(vec![mapped(&node1, true), mapped(&node2, true)]);
     let addr = gw.addr;
     let client = Client::connect(&addr.to_string()).await.expect("connect");
@@ -374,8 +374,8 @@ async fn redirect_and_proxy_modes_read_and_write_through_the_gateway() {
 
 #[tokio::test]
 async fn publish_refuses_when_the_primary_is_unhealthy() {
-    let node1 = TestNode::start("node1").await;
-    let node2 = TestNode::start("node2").await;
+    let node1 = TestNode::start(NO_CONSUL, "node1").await;
+    let node2 = TestNode::start(NO_CONSUL, "node2").await;
     let gw = start_gateway(vec![mapped(&node1, false), mapped(&node2, true)]);
     let addr = gw.addr;
     let client = Client::connect(&addr.to_string()).await.expect("connect");
@@ -420,7 +420,7 @@ async fn publish_refuses_when_the_primary_is_unhealthy() {
 
 #[tokio::test]
 async fn subscription_resumes_after_the_gateway_restarts() {
-    let node = TestNode::start("node1").await;
+    let node = TestNode::start(NO_CONSUL, "node1").await;
     let mut c = node.client().await;
     publish(&mut c, "orders", payloads("a", 5))
         .await

@@ -11,7 +11,7 @@ use crate::util::*;
 
 #[tokio::test]
 async fn publish_and_pipelined_publisher_assign_consecutive_offsets() {
-    let node = TestNode::start("node1").await;
+    let node = TestNode::start(NO_CONSUL, "node1").await;
     let client = Client::with_nodes(vec![node.candidate()]).expect("client");
 
     let p = client
@@ -63,7 +63,7 @@ async fn publish_and_pipelined_publisher_assign_consecutive_offsets() {
 
 #[tokio::test]
 async fn a_refused_batch_fails_the_stream_and_every_later_send() {
-    let node = TestNode::start("node1").await;
+    let node = TestNode::start(NO_CONSUL, "node1").await;
     let client = Client::with_nodes(vec![node.candidate()]).expect("client");
     let publisher = client.publisher("pub", 4).await.expect("publisher");
 

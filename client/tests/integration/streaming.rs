@@ -41,7 +41,7 @@ fn no_follow(start: Start) -> StreamOptions {
 
 #[tokio::test]
 async fn reads_from_an_offset_earliest_and_a_time() {
-    let node = TestNode::start("node1").await;
+    let node = TestNode::start(NO_CONSUL, "node1").await;
     let mut c = node.client().await;
     let first = publish(&mut c, "reads", payloads("a", 5))
         .await
@@ -101,7 +101,7 @@ async fn reads_from_an_offset_earliest_and_a_time() {
 
 #[tokio::test]
 async fn latest_delivers_only_new_events() {
-    let node = TestNode::start("node1").await;
+    let node = TestNode::start(NO_CONSUL, "node1").await;
     let mut c = node.client().await;
     publish(&mut c, "latest", payloads("old", 10))
         .await
@@ -144,7 +144,7 @@ async fn latest_delivers_only_new_events() {
 
 #[tokio::test]
 async fn max_count_ends_the_stream_even_while_following() {
-    let node = TestNode::start("node1").await;
+    let node = TestNode::start(NO_CONSUL, "node1").await;
     let mut c = node.client().await;
     publish(&mut c, "count", payloads("e", 10))
         .await
@@ -178,7 +178,7 @@ async fn max_count_ends_the_stream_even_while_following() {
 
 #[tokio::test]
 async fn terminal_errors_end_the_stream_without_retrying() {
-    let node = TestNode::start("node1").await;
+    let node = TestNode::start(NO_CONSUL, "node1").await;
     let mut c = node.client().await;
     publish(&mut c, "exists", payloads("e", 3))
         .await
@@ -225,7 +225,7 @@ async fn terminal_errors_end_the_stream_without_retrying() {
 
 #[tokio::test]
 async fn unreachable_first_candidate_fails_over_to_the_next() {
-    let node = TestNode::start("node2").await;
+    let node = TestNode::start(NO_CONSUL, "node2").await;
     let mut c = node.client().await;
     publish(&mut c, "fo", payloads("e", 3))
         .await
@@ -266,9 +266,9 @@ async fn next(s: &mut ec_client::DeliveryStream) -> Delivery {
 
 #[tokio::test]
 async fn graceful_shutdown_and_unhealthy_reports_move_the_reader_on() {
-    let node1 = TestNode::start("node1").await;
-    let node2 = TestNode::start("node2").await;
-    let node3 = TestNode::start("node3").await;
+    let node1 = TestNode::start(NO_CONSUL, "node1").await;
+    let node2 = TestNode::start(NO_CONSUL, "node2").await;
+    let node3 = TestNode::start(NO_CONSUL, "node3").await;
     let mut clients = vec![
         node1.client().await,
         node2.client().await,

@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use crate::util::{
-    DEADLINE, NodeProcess, TestGateway, TestNode, Tmux, console_args, console_binary, data_id,
-    line_with, node_client, node_id, publish, publish_with, store,
+    DEADLINE, NodeProcess, TestGateway, TestNode, Tmux, connect, console_args, console_binary,
+    data_id, line_with, node_id, publish, publish_with, store,
 };
 use ec_testkit::ConsulAgent;
 
@@ -259,7 +259,7 @@ async fn tail_keeps_up_at_50k_events_per_second() {
 
     // Publish RATE events/s in batches, paced by the clock.
     let addr = node1.grpc_addr;
-    let mut client = node_client(addr).await;
+    let mut client = connect(addr).await;
     let producer = tokio::spawn(async move {
         let start = std::time::Instant::now();
         let batches = RATE * SECONDS / PER_BATCH;
@@ -355,7 +355,7 @@ async fn print_screens() {
         let nodes: Vec<_> = nodes.iter().map(|n| node_id(n)).collect();
         store.put(&data_id(d), &nodes, None).await.expect("mapping");
     }
-    let mut client = node_client(node1.grpc_addr).await;
+    let mut client = connect(node1.grpc_addr).await;
     for i in 0..5 {
         publish_with(
             &mut client,

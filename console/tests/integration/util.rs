@@ -1,53 +1,25 @@
 //! Scaffolding for driving the real `ec-console` binary: a private tmux server (its own
 //! socket, so nothing touches the user's tmux), screen polling with deadlines, and a small
-//! cluster — a real Consul agent, real nodes (in-process, or child processes that can be
-//! killed with SIGKILL), and the real gateway in-process.
+//! cluster — a real Consul agent, real nodes from `ec-testnode` (in-process, or child
+//! processes that can be killed with SIGKILL), and the real gateway in-process.
 //!
-//! Node child processes re-run this very test binary filtered to the ignored test
-//! `util::node_process_child`: Cargo builds the `ec-node` binary only for ec-node's own
-//! tests, so this is how the console's tests get a node process built from current sources.
+//! `NodeProcess` re-runs this very test binary filtered to the ignored test
+//! `util::node_process_child` below ([`ec_testnode::CHILD_TEST`]), which runs the node.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use ec_core::{DataId, NodeId};
-use ec_discovery::{ConsulClient, MappingStore};
 use ec_gateway::GatewaySettings;
-use ec_node::log::{FsyncPolicy, LogOptions, Retention};
-use ec_node::{Listeners, NodeSettings};
-use ec_proto::PublishRequest;
 use ec_proto::node_client::NodeClient;
 use ec_testkit::ConsulAgent;
+pub use ec_testnode::{
+    DEADLINE, KV_PREFIX, NodeProcess, TestNode, connect, data_id, node_id, store,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-
-/// Generous deadline for anything that normally takes a second.
-pub const DEADLINE: Duration = Duration::from_secs(30);
-
-/// The mapping prefix (each test has its own Consul agent).
-pub const PREFIX: &str = "streaming/data/";
-
-/// Environment of a node child: `node_id|data_dir|grpc_port|health_port|consul_url`.
-const CHILD_ENV: &str = "EC_CONSOLE_TEST_NODE_CHILD";
-
-pub fn data_id(s: &str) -> DataId {
-    DataId::parse(s).expect("valid data ID")
-}
-
-pub fn node_id(s: &str) -> NodeId {
-    NodeId::parse(s).expect("valid node ID")
-}
-
-pub fn store(consul: &ConsulAgent) -> MappingStore {
-    MappingStore::new(
-        ConsulClient::new(&consul.http_url(), None).expect("consul client"),
-        PREFIX,
-    )
-}
 
 /// A tmux server of our own running one console in a detached session.
 pub struct Tmux {
@@ -215,90 +187,16 @@ pub fn line_with<'a>(screen: &'a str, needle: &str) -> Option<&'a str> {
     screen.lines().find(|l| l.contains(needle))
 }
 
-pub fn node_settings(data_dir: &Path, consul_url: &str, node_id: &str) -> NodeSettings {
-    NodeSettings {
-        node_id: NodeId::parse(node_id).expect("valid node id"),
-        advertise_address: None,
-        data_dir: data_dir.to_path_buf(),
-        max_event_bytes: 1 << 20,
-        auto_create: true,
-        tags: vec![],
-        health_path: "/health".into(),
-        check_interval: Duration::from_secs(1),
-        check_timeout: Duration::from_millis(500),
-        deregister_critical_after: Duration::from_secs(60),
-        log: LogOptions {
-            fsync: FsyncPolicy::Always,
-            retention: Retention::default(),
-            max_batch_bytes: 4 << 20,
-        },
-        retention_interval: Duration::from_secs(1),
-        consul_url: consul_url.to_owned(),
-        consul_token: None,
-    }
-}
-
-/// A node inside the test process, registered in Consul.
-pub struct TestNode {
-    pub grpc_addr: SocketAddr,
-    shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl TestNode {
-    pub async fn start(consul_url: &str, node_id: &str) -> TestNode {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-        let health = TcpListener::bind("127.0.0.1:0").await.expect("bind health");
-        let grpc_addr = grpc.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        tokio::spawn(ec_node::run(
-            node_settings(dir.path(), consul_url, node_id),
-            Listeners { grpc, health },
-            shutdown.clone(),
-        ));
-        TestNode {
-            grpc_addr,
-            shutdown,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-/// A gRPC client of the node at `addr`, once it accepts connections.
-pub async fn node_client(addr: SocketAddr) -> NodeClient<Channel> {
-    let url = format!("http://{addr}");
-    ec_testkit::wait_for("node accepts gRPC connections", DEADLINE, || {
-        let url = url.clone();
-        async move { NodeClient::connect(url).await.ok() }
-    })
-    .await
-}
-
 /// Publishes `n` events `"{prefix}-{i}"` to `data_id` through `client`.
 pub async fn publish_with(client: &mut NodeClient<Channel>, data_id: &str, prefix: &str, n: usize) {
-    let events = (0..n)
-        .map(|i| Bytes::from(format!("{prefix}-{i}")))
-        .collect();
-    client
-        .publish(PublishRequest {
-            data_id: data_id.into(),
-            events,
-            sequence: 0,
-        })
+    ec_testnode::publish(client, data_id, ec_testnode::payloads(prefix, n))
         .await
         .expect("publish");
 }
 
 /// Publishes `n` events `"{prefix}-{i}"` to `data_id` on the node at `addr`.
 pub async fn publish(addr: SocketAddr, data_id: &str, prefix: &str, n: usize) {
-    publish_with(&mut node_client(addr).await, data_id, prefix, n).await;
+    publish_with(&mut connect(addr).await, data_id, prefix, n).await;
 }
 
 /// The gateway, in-process, against `consul_url`.
@@ -310,7 +208,7 @@ pub struct TestGateway {
 impl TestGateway {
     pub async fn start(consul_url: &str) -> TestGateway {
         let mut settings = GatewaySettings::new(consul_url);
-        settings.kv_prefix = PREFIX.into();
+        settings.kv_prefix = KV_PREFIX.into();
         settings.watch_wait = Duration::from_secs(10);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -326,89 +224,6 @@ impl Drop for TestGateway {
     }
 }
 
-/// A node in a child process; killed with SIGKILL when dropped.
-pub struct NodeProcess {
-    child: Child,
-    log_path: PathBuf,
-}
-
-impl NodeProcess {
-    pub fn spawn(data_dir: &Path, consul_url: &str, node_id: &str) -> NodeProcess {
-        let grpc_port = ec_testkit::free_port();
-        let health_port = ec_testkit::free_port();
-        let log_path = data_dir.with_extension(format!("{node_id}.log"));
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let spec = format!(
-            "{node_id}|{}|{grpc_port}|{health_port}|{consul_url}",
-            data_dir.display()
-        );
-        let child = Command::new(std::env::current_exe().expect("test binary path"))
-            .args([
-                "--ignored",
-                "--exact",
-                "util::node_process_child",
-                "--nocapture",
-            ])
-            .env(CHILD_ENV, spec)
-            .env_remove("RUST_LOG")
-            // The child exits when this pipe closes, so a crashed test leaves no node behind.
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn the node child process");
-        NodeProcess { child, log_path }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Not a test: the body of a [`NodeProcess`]. Runs a node until killed (or until its parent's
-/// stdin pipe closes) when started by `NodeProcess::spawn`; ignored otherwise.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "entry point of the node child process started by NodeProcess::spawn"]
-async fn node_process_child() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let parts: Vec<&str> = spec.split('|').collect();
-    let [node_id, data_dir, grpc_port, health_port, consul_url] = parts[..] else {
-        panic!(
-            "{CHILD_ENV} must be node_id|data_dir|grpc_port|health_port|consul_url, got {spec:?}"
-        );
-    };
-    let grpc = TcpListener::bind(("127.0.0.1", grpc_port.parse::<u16>().expect("port")))
-        .await
-        .expect("bind grpc");
-    let health = TcpListener::bind(("127.0.0.1", health_port.parse::<u16>().expect("port")))
-        .await
-        .expect("bind health");
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
-    let result = ec_node::run(
-        node_settings(Path::new(data_dir), consul_url, node_id),
-        Listeners { grpc, health },
-        CancellationToken::new(),
-    )
-    .await;
-    panic!("node {node_id} stopped: {result:?}");
-}
-
 /// The arguments that point the console at this test's Consul and gateway.
 pub fn console_args(consul: &ConsulAgent, gateway: &str) -> Vec<String> {
     vec![
@@ -417,7 +232,7 @@ pub fn console_args(consul: &ConsulAgent, gateway: &str) -> Vec<String> {
         "--gateway".into(),
         gateway.into(),
         "--kv-prefix".into(),
-        PREFIX.into(),
+        KV_PREFIX.into(),
         // A file that does not exist would be an error; an empty one gives the defaults, so
         // a config/config.yaml in the working directory cannot change the test.
         "--config".into(),
@@ -436,4 +251,11 @@ fn empty_config() -> PathBuf {
 /// The console binary built by Cargo for these tests.
 pub fn console_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ec-console"))
+}
+
+/// Not a test: the body of a [`NodeProcess`] (see [`ec_testnode::child_main`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of the node child process started by NodeProcess::spawn"]
+async fn node_process_child() {
+    ec_testnode::child_main().await;
 }

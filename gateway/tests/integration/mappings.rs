@@ -301,12 +301,12 @@ async fn garbage_values_are_skipped_and_listed_as_problems() {
         ("dupes", "node1,node1"),
     ] {
         client
-            .kv_put(&format!("{PREFIX}{key}"), value.as_bytes(), None)
+            .kv_put(&format!("{KV_PREFIX}{key}"), value.as_bytes(), None)
             .await
             .expect("put garbage");
     }
     client
-        .kv_put(&format!("{PREFIX}fine"), b" node1 , node2 ", None)
+        .kv_put(&format!("{KV_PREFIX}fine"), b" node1 , node2 ", None)
         .await
         .expect("put");
     let gateway = TestGateway::start(&consul.http_url(), &[]).await;
