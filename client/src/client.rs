@@ -10,6 +10,10 @@
 //! write never lands on a node that is no longer primary) and refuses with
 //! [`ClientError::PrimaryUnavailable`] when the primary is unhealthy; in [`Mode::Proxy`] the
 //! gateway forwards. [`Client::publisher`] resolves once and pipelines many batches.
+//!
+//! What an acknowledgement waits for is the node's `node.replication.acks` unless the client
+//! sets its own with [`Client::with_acks`]; it travels as the `ec-acks` gRPC metadata on every
+//! publish call, and the gateway passes it on to the primary.
 
 use std::sync::Arc;
 
@@ -37,6 +41,39 @@ pub enum Mode {
     Proxy,
 }
 
+/// What a publish acknowledgement waits for (sent as the `ec-acks` metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Durable on the primary.
+    Leader,
+    /// Durable on the primary and every replica in the in-sync set. If that takes longer
+    /// than the primary's `node.replication.ack_timeout`, the publish fails with
+    /// `DEADLINE_EXCEEDED` and the events may still appear later.
+    All,
+}
+
+impl Acks {
+    /// The `ec-acks` metadata value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Acks::Leader => "leader",
+            Acks::All => "all",
+        }
+    }
+}
+
+/// Attaches `acks` (if any) to a publish call as the `ec-acks` metadata.
+pub(crate) fn with_acks_header<T>(message: T, acks: Option<Acks>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(acks) = acks {
+        request.metadata_mut().insert(
+            "ec-acks",
+            tonic::metadata::MetadataValue::from_static(acks.as_str()),
+        );
+    }
+    request
+}
+
 /// Who the client talks to.
 #[derive(Debug, Clone)]
 enum Target {
@@ -55,6 +92,8 @@ pub struct Client {
     channels: ChannelCache,
     target: Target,
     mode: Mode,
+    /// `None`: the primary's `node.replication.acks` decides.
+    acks: Option<Acks>,
 }
 
 impl Client {
@@ -84,6 +123,7 @@ impl Client {
                 channel,
             },
             mode: Mode::Redirect,
+            acks: None,
         })
     }
 
@@ -113,7 +153,15 @@ impl Client {
                 resolver: Arc::new(StaticResolver::new(nodes)),
             },
             mode: Mode::Redirect,
+            acks: None,
         })
+    }
+
+    /// This client with every publish acknowledged once `acks` holds, instead of the
+    /// primary's configured `node.replication.acks`.
+    pub fn with_acks(mut self, acks: Acks) -> Client {
+        self.acks = Some(acks);
+        self
     }
 
     /// This client with publishes sent the given way.
@@ -201,11 +249,14 @@ impl Client {
                 data_id: data_id.to_string(),
             });
         }
-        let req = PublishRequest {
-            data_id: data_id.to_string(),
-            events,
-            sequence: 0,
-        };
+        let req = with_acks_header(
+            PublishRequest {
+                data_id: data_id.to_string(),
+                events,
+                sequence: 0,
+            },
+            self.acks,
+        );
         let (target, result) = match (self.mode, &self.target) {
             (
                 Mode::Proxy,
@@ -266,6 +317,7 @@ impl Client {
                     data_id,
                     format!("gateway {address}"),
                     max_in_flight,
+                    self.acks,
                 )
                 .await
             }
@@ -280,6 +332,7 @@ impl Client {
                     data_id,
                     format!("node {primary}"),
                     max_in_flight,
+                    self.acks,
                 )
                 .await
             }

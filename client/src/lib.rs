@@ -37,7 +37,7 @@ mod resume;
 
 pub use backoff::Backoff;
 pub use channel::{ChannelCache, ChannelSettings};
-pub use client::{Client, Mode};
+pub use client::{Acks, Client, Mode};
 pub use ec_core::{DataId, Offset, TimestampMs};
 pub use error::ClientError;
 pub use event::{Event, Published};

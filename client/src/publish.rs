@@ -30,6 +30,7 @@ use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 use tracing::debug;
 
+use crate::client::{Acks, with_acks_header};
 use crate::error::ClientError;
 use crate::event::Published;
 use crate::resume::MAX_MESSAGE_BYTES;
@@ -111,13 +112,15 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Opens the stream; `target` names the peer in errors.
+    /// Opens the stream; `target` names the peer in errors, `acks` (if set) goes along as the
+    /// `ec-acks` metadata and holds for every batch of the stream.
     pub(crate) async fn open(
         via: PublishVia,
         channel: Channel,
         data_id: DataId,
         target: String,
         max_in_flight: usize,
+        acks: Option<Acks>,
     ) -> Result<Publisher, ClientError> {
         let max_in_flight = max_in_flight.max(1);
         let label = Label {
@@ -125,7 +128,7 @@ impl Publisher {
             target,
         };
         let (requests, outbound) = mpsc::channel(max_in_flight);
-        let outbound = ReceiverStream::new(outbound);
+        let outbound = with_acks_header(ReceiverStream::new(outbound), acks);
         let opened = match via {
             PublishVia::Node => {
                 NodeClient::new(channel)

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use ec_core::{DataId, NodeId};
 use ec_discovery::{ConsulClient, MappingStore};
 use ec_node::log::{FsyncPolicy, LogOptions, Retention};
-use ec_node::{Acks, Listeners, NodeError, NodeSettings, ReplicationSettings};
+use ec_node::{Acks, Listeners, NodeError, NodeSettings};
 use ec_proto::node_client::NodeClient;
 use ec_proto::{PublishRequest, PublishResponse};
 use ec_testkit::ConsulAgent;
@@ -41,6 +41,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+/// For tests that tweak a node's replication settings ([`TestNode::start_replicated_with`])
+/// without depending on `ec-node` themselves.
+pub use ec_node::{Acks as NodeAcks, ReplicationSettings};
+/// For [`NodeProcess::signal`].
+pub use nix::sys::signal::Signal;
 pub use process::{CHILD_TEST, NodeProcess, child_main};
 
 /// Generous deadline for conditions that normally hold within a second.
@@ -100,17 +105,26 @@ pub fn replication_settings() -> ReplicationSettings {
     }
 }
 
-/// Runs a node in `mode` until `shutdown`; what both [`TestNode`] and a child process run.
+/// Runs a node until `shutdown`, standalone or (with `replication`) following its mappings;
+/// what both [`TestNode`] and a child process run.
 async fn serve(
     settings: NodeSettings,
-    mode: Mode,
+    replication: Option<ReplicationSettings>,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    match mode {
-        Mode::Standalone => ec_node::run(settings, listeners, shutdown).await,
-        Mode::Replicated => {
-            ec_node::run_replicated(settings, replication_settings(), listeners, shutdown).await
+    match replication {
+        None => ec_node::run(settings, listeners, shutdown).await,
+        Some(r) => ec_node::run_replicated(settings, r, listeners, shutdown).await,
+    }
+}
+
+impl Mode {
+    /// The replication settings a node in this mode runs with.
+    fn replication(self) -> Option<ReplicationSettings> {
+        match self {
+            Mode::Standalone => None,
+            Mode::Replicated => Some(replication_settings()),
         }
     }
 }
@@ -132,15 +146,30 @@ pub struct TestNode {
 impl TestNode {
     /// A standalone node: every data ID is local.
     pub async fn start(consul_url: &str, node_id: &str) -> TestNode {
-        TestNode::start_as(consul_url, node_id, Mode::Standalone).await
+        TestNode::start_as(consul_url, node_id, None).await
     }
 
     /// A node that follows its mappings: primary or replica per the mapping.
     pub async fn start_replicated(consul_url: &str, node_id: &str) -> TestNode {
-        TestNode::start_as(consul_url, node_id, Mode::Replicated).await
+        TestNode::start_as(consul_url, node_id, Mode::Replicated.replication()).await
     }
 
-    async fn start_as(consul_url: &str, node_id: &str, mode: Mode) -> TestNode {
+    /// [`TestNode::start_replicated`] with `tweak` applied to [`replication_settings`].
+    pub async fn start_replicated_with(
+        consul_url: &str,
+        node_id: &str,
+        tweak: impl FnOnce(&mut ReplicationSettings),
+    ) -> TestNode {
+        let mut replication = replication_settings();
+        tweak(&mut replication);
+        TestNode::start_as(consul_url, node_id, Some(replication)).await
+    }
+
+    async fn start_as(
+        consul_url: &str,
+        node_id: &str,
+        replication: Option<ReplicationSettings>,
+    ) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         // Bound before the node starts, so a client may connect as soon as this returns.
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
@@ -149,7 +178,7 @@ impl TestNode {
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(serve(
             node_settings(dir.path(), consul_url, node_id),
-            mode,
+            replication,
             Listeners { grpc, health },
             shutdown.clone(),
         ));

@@ -173,7 +173,7 @@ pub async fn child_main() {
     });
     let result = serve(
         node_settings(&data_dir, &consul_url, &node_id),
-        mode,
+        mode.replication(),
         ec_node::Listeners { grpc, health },
         CancellationToken::new(),
     )

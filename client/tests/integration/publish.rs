@@ -2,7 +2,7 @@
 //! back-pressure, and how a failed stream reports to every waiting batch.
 
 use bytes::Bytes;
-use ec_client::{Client, ClientError, Offset, Start, StreamOptions};
+use ec_client::{Acks, Client, ClientError, Offset, Start, StreamOptions};
 use futures_util::StreamExt;
 use tokio::time::timeout;
 use tonic::Code;
@@ -107,4 +107,77 @@ async fn publishing_to_a_dead_node_names_it() {
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert!(err.to_string().contains("node9"), "{err}");
     assert!(!err.is_terminal());
+}
+
+#[tokio::test]
+async fn the_acks_option_decides_what_an_acknowledgement_waits_for() {
+    let consul = ec_testkit::ConsulAgent::start_dev().await;
+    let url = consul.http_url();
+    let dir = tempfile::tempdir().expect("dir");
+    // The primary acknowledges on its own unless told otherwise, gives acks=all half a second,
+    // and keeps a frozen replica in its in-sync set for the whole test.
+    let n1 = TestNode::start_replicated_with(&url, "n1", |r| {
+        r.acks = NodeAcks::Leader;
+        r.ack_timeout = std::time::Duration::from_millis(500);
+        r.max_lag_time = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    // A process, so that it can be frozen with its connections open.
+    let mut n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
+    store(&consul)
+        .put(&data_id("acks"), &[node_id("n1"), node_id("n2")], None)
+        .await
+        .expect("map acks to n1, n2");
+    let n1_client = n1.client().await;
+    ec_testkit::wait_for("n2 in the in-sync set of acks", DEADLINE, || {
+        let mut c = n1_client.clone();
+        async move {
+            let s = c
+                .get_replication_status(ec_proto::StreamInfoRequest {
+                    data_id: "acks".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            s.in_sync.iter().any(|n| n == "n2").then_some(())
+        }
+    })
+    .await;
+    let client = Client::with_nodes(vec![n1.candidate()]).expect("client");
+    let all = client.clone().with_acks(Acks::All);
+    all.publish("acks", payloads("a", 1))
+        .await
+        .expect("acks=all while the replica keeps up");
+
+    n2.signal(Signal::SIGSTOP);
+    let deadline_exceeded = |e: &ClientError| matches!(e, ClientError::Rpc { status, .. } if status.code() == Code::DeadlineExceeded);
+    // Sent with the call: the frozen in-sync replica cannot confirm it in time.
+    let err = all
+        .publish("acks", payloads("b", 1))
+        .await
+        .expect_err("acks=all cannot be met");
+    assert!(deadline_exceeded(&err), "{err}");
+    // The pipelined publisher sends it on its stream.
+    let publisher = all.publisher("acks", 4).await.expect("publisher");
+    let pending = publisher.send(payloads("c", 1)).await.expect("send");
+    let err = timeout(DEADLINE, pending)
+        .await
+        .expect("answered in time")
+        .expect_err("acks=all cannot be met");
+    assert!(deadline_exceeded(&err), "{err}");
+    // Without the option the primary's acks=leader holds; with it set to leader, too.
+    client
+        .publish("acks", payloads("d", 1))
+        .await
+        .expect("the primary's default: leader");
+    let leader = client.clone().with_acks(Acks::Leader);
+    let publisher = leader.publisher("acks", 4).await.expect("publisher");
+    let pending = publisher.send(payloads("e", 1)).await.expect("send");
+    timeout(DEADLINE, pending)
+        .await
+        .expect("answered in time")
+        .expect("acks=leader");
+
+    n2.signal(Signal::SIGCONT);
+    n1.stop().await.expect("stop n1");
 }

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ec_client::{Candidate, ClientError, DataId, Resolver};
 pub use ec_testnode::{
-    DEADLINE, NO_CONSUL, NodeProcess, TestNode, connect, data_id, payloads, publish,
+    DEADLINE, NO_CONSUL, NodeAcks, NodeProcess, Signal, TestNode, connect, data_id, node_id,
+    payloads, publish, store,
 };
 use tokio::sync::Notify;
 

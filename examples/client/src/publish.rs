@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Args;
 use color_eyre::eyre::{Result, WrapErr, eyre};
-use ec_client::{Client, Mode, PendingPublish, Published};
+use ec_client::{Acks, Client, Mode, PendingPublish, Published};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -42,9 +42,24 @@ pub(crate) struct PublishArgs {
     /// directly.
     #[arg(long)]
     pub(crate) proxy: bool,
+    /// What an acknowledgement waits for: `leader` (durable on the primary) or `all` (also on
+    /// every in-sync replica) [default: the primary's node.replication.acks].
+    #[arg(long, value_name = "LEVEL", value_parser = parse_acks)]
+    acks: Option<Acks>,
     /// Do not print a line per acknowledged batch; only the summary on standard error.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--acks`: `leader` or `all`.
+fn parse_acks(s: &str) -> Result<Acks, String> {
+    match s {
+        "leader" => Ok(Acks::Leader),
+        "all" => Ok(Acks::All),
+        other => Err(format!(
+            "{other:?} is not an acks level; use leader (durable on the primary) or all (also on every in-sync replica)"
+        )),
+    }
 }
 
 /// What was acknowledged so far.
@@ -77,9 +92,11 @@ pub(crate) async fn run(client: &Client, args: PublishArgs) -> Result<()> {
         Mode::Redirect
     };
     let in_flight = usize::try_from(args.in_flight).unwrap_or(usize::MAX);
+    let mut client = client.clone().with_mode(mode);
+    if let Some(acks) = args.acks {
+        client = client.with_acks(acks);
+    }
     let publisher = client
-        .clone()
-        .with_mode(mode)
         .publisher(&args.data_id, in_flight)
         .await
         .wrap_err_with(|| format!("cannot start publishing to data ID {}", args.data_id))?;
