@@ -1,10 +1,14 @@
-//! Process plumbing every Event Catcher binary shares: readable error reports, the shutdown
-//! signal, and the `--consul-addr HOST:PORT` flag. It lives here, beside the settings, so
-//! that `ec-node`, `ec-gateway` and `ec-console` start and stop the same way.
+//! Process plumbing every Event Catcher binary shares: readable error reports, loading the
+//! layered configuration (warnings, `--print-config`, logging), the shutdown signal, and the
+//! `--consul-addr HOST:PORT` and `--log-*` flags. It lives here, beside the settings, so that
+//! `ec-node`, `ec-gateway` and `ec-console` start and stop the same way.
 
 use color_eyre::eyre::{Result, eyre};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
 
-use crate::{ConsulConfig, Loader};
+use crate::logging::{self, LogGuard};
+use crate::{Config, ConsulConfig, Loader};
 
 /// Installs color-eyre so that an error prints as one readable chain of causes, with no
 /// backtrace or environment section unless `RUST_BACKTRACE` asks for one.
@@ -13,6 +17,31 @@ pub fn install_error_reporting() -> Result<()> {
         .display_env_section(false)
         .install()
         .map_err(|e| eyre!("cannot install the error reporter: {e}"))
+}
+
+/// What a server binary does once its flags are parsed: loads every layer of `loader`,
+/// prints the loader's warnings to standard error, then either prints the effective settings
+/// (`print_config`; returns `None`) or installs logging and returns the configuration with
+/// the guard that keeps the log file open.
+pub fn load_or_print(loader: Loader, print_config: bool) -> Result<Option<(Config, LogGuard)>> {
+    let loaded = loader.load()?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let config = loaded.config;
+    if print_config {
+        print!("{}", config.to_yaml());
+        return Ok(None);
+    }
+    let guard = logging::init(&config.log)?;
+    Ok(Some((config, guard)))
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM, logging which one arrived.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let signal = shutdown_signal().await;
+    info!(signal, "signal received; shutting down");
+    token.cancel();
 }
 
 /// Resolves on the first SIGINT or SIGTERM (Ctrl-C elsewhere) and names it.
@@ -54,7 +83,28 @@ pub fn split_host_port(addr: &str) -> (String, Option<String>) {
     }
 }
 
+/// The logging flags of the servers, each overriding its `log.*` key.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogFlags {
+    /// trace, debug, info, warn or error [key: log.level].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// text or json [key: log.format].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Also log to this file, rolled daily [key: log.file].
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<String>,
+}
+
 impl Loader {
+    /// The `--log-level`, `--log-format` and `--log-file` flags.
+    pub fn log_flags(self, flags: &LogFlags) -> Self {
+        self.flag("log.level", "--log-level", flags.log_level.clone())
+            .flag("log.format", "--log-format", flags.log_format.clone())
+            .flag("log.file", "--log-file", flags.log_file.clone())
+    }
+
     /// The `--consul-addr HOST[:PORT]` flag: sets `consul.host` and, when given, `consul.port`,
     /// both reported as coming from `flag`.
     pub fn consul_addr_flag(self, flag: &str, addr: Option<&str>) -> Self {

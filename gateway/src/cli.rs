@@ -1,18 +1,17 @@
 //! What the `ec-gateway` binary needs beyond the library: its flags (mapped onto
 //! configuration keys, so flags go through the same parsers and error messages as the file
-//! and the environment), the translation of a validated [`Config`] into
-//! [`GatewaySettings`], and cancelling on SIGINT/SIGTERM (`ec_config::process` holds the
-//! plumbing all binaries share).
+//! and the environment) and the translation of a validated [`Config`] into
+//! [`GatewaySettings`]. `ec_config::process` holds the plumbing all binaries share (logging
+//! flags, loading, the shutdown signal).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 use color_eyre::eyre::{Result, WrapErr};
+use ec_config::process::LogFlags;
 use ec_config::{Config, Loader};
 use ec_core::NodeId;
-use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 use crate::server::GatewaySettings;
 
@@ -39,15 +38,9 @@ pub struct GatewayFlags {
     /// KV prefix of the mappings [key: consul.kv_prefix].
     #[arg(long, value_name = "PREFIX")]
     pub kv_prefix: Option<String>,
-    /// trace, debug, info, warn or error [key: log.level].
-    #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
-    /// text or json [key: log.format].
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// Also log to this file, rolled daily [key: log.file].
-    #[arg(long, value_name = "FILE")]
-    pub log_file: Option<String>,
+    /// `--log-level`, `--log-format`, `--log-file`.
+    #[command(flatten)]
+    pub log: LogFlags,
 }
 
 impl GatewayFlags {
@@ -66,9 +59,7 @@ impl GatewayFlags {
             )
             .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())
             .flag("consul.kv_prefix", "--kv-prefix", self.kv_prefix.clone())
-            .flag("log.level", "--log-level", self.log_level.clone())
-            .flag("log.format", "--log-format", self.log_format.clone())
-            .flag("log.file", "--log-file", self.log_file.clone())
+            .log_flags(&self.log)
     }
 }
 
@@ -95,13 +86,6 @@ pub fn settings(config: &Config) -> Result<GatewaySettings> {
             std::process::id()
         ),
     })
-}
-
-/// Cancels `token` on the first SIGINT or SIGTERM.
-pub async fn cancel_on_signal(token: CancellationToken) {
-    let signal = ec_config::process::shutdown_signal().await;
-    info!(signal, "signal received; shutting down");
-    token.cancel();
 }
 
 #[cfg(test)]

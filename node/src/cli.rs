@@ -1,16 +1,16 @@
 //! What the `ec-node` binary needs beyond the library: its flags (mapped onto configuration
 //! keys, so that flags go through the same parsers and error messages as the file and the
-//! environment), the translation of a validated [`Config`] into [`NodeSettings`], and
-//! cancelling on SIGINT/SIGTERM (`ec_config::process` holds the plumbing all binaries share).
+//! environment) and the translation of a validated [`Config`] into [`NodeSettings`].
+//! `ec_config::process` holds the plumbing all binaries share (logging flags, loading, the
+//! shutdown signal).
 
 use std::path::PathBuf;
 
 use clap::Args;
 use color_eyre::eyre::{Result, WrapErr};
+use ec_config::process::LogFlags;
 use ec_config::{Config, Loader};
 use ec_core::NodeId;
-use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 use crate::log::{FsyncPolicy, LogOptions, Retention};
 use crate::replication::{Acks, ReplicationSettings};
@@ -44,15 +44,9 @@ pub struct NodeFlags {
     /// Consul agent's HTTP address, HOST:PORT [keys: consul.host, consul.port].
     #[arg(long, value_name = "HOST:PORT")]
     pub consul_addr: Option<String>,
-    /// trace, debug, info, warn or error [key: log.level].
-    #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
-    /// text or json [key: log.format].
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// Also log to this file, rolled daily [key: log.file].
-    #[arg(long, value_name = "FILE")]
-    pub log_file: Option<String>,
+    /// `--log-level`, `--log-format`, `--log-file`.
+    #[command(flatten)]
+    pub log: LogFlags,
 }
 
 impl NodeFlags {
@@ -78,9 +72,7 @@ impl NodeFlags {
             .flag("node.data_dir", "--data-dir", self.data_dir.clone())
             .flag("node.storage.fsync", "--fsync", self.fsync.clone())
             .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())
-            .flag("log.level", "--log-level", self.log_level.clone())
-            .flag("log.format", "--log-format", self.log_format.clone())
-            .flag("log.file", "--log-file", self.log_file.clone())
+            .log_flags(&self.log)
     }
 }
 
@@ -131,11 +123,4 @@ pub fn replication_settings(config: &Config) -> ReplicationSettings {
         max_lag_events: r.max_lag_events,
         max_lag_time: r.max_lag_time,
     }
-}
-
-/// Cancels `token` on the first SIGINT or SIGTERM.
-pub async fn cancel_on_signal(token: CancellationToken) {
-    let signal = ec_config::process::shutdown_signal().await;
-    info!(signal, "signal received; shutting down");
-    token.cancel();
 }

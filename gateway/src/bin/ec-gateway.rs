@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use color_eyre::eyre::{Result, WrapErr};
+use ec_config::process;
 use ec_gateway::cli;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,18 +30,12 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    ec_config::process::install_error_reporting()?;
+    process::install_error_reporting()?;
     let args = Args::parse();
-    let loaded = args.gateway.loader(args.config.clone()).load()?;
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
-    }
-    let config = loaded.config;
-    if args.print_config {
-        print!("{}", config.to_yaml());
+    let loader = args.gateway.loader(args.config.clone());
+    let Some((config, _log_guard)) = process::load_or_print(loader, args.print_config)? else {
         return Ok(());
-    }
-    let _log_guard = ec_config::logging::init(&config.log)?;
+    };
     let settings = cli::settings(&config)?;
     tokio::runtime::Runtime::new()
         .wrap_err("cannot start the async runtime")?
@@ -50,7 +45,7 @@ fn main() -> Result<()> {
                 format!("cannot listen for gRPC on {addr} (gateway.host, gateway.port); is another gateway using that port?")
             })?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(cli::cancel_on_signal(shutdown.clone()));
+            tokio::spawn(process::cancel_on_signal(shutdown.clone()));
             ec_gateway::run(settings, listener, shutdown)
                 .await
                 .wrap_err("the gateway stopped with an error")

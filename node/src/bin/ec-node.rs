@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use color_eyre::eyre::{Result, WrapErr};
+use ec_config::process;
 use ec_node::cli;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,18 +30,12 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    ec_config::process::install_error_reporting()?;
+    process::install_error_reporting()?;
     let args = Args::parse();
-    let loaded = args.node.loader(args.config.clone()).load()?;
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
-    }
-    let config = loaded.config;
-    if args.print_config {
-        print!("{}", config.to_yaml());
+    let loader = args.node.loader(args.config.clone());
+    let Some((config, _log_guard)) = process::load_or_print(loader, args.print_config)? else {
         return Ok(());
-    }
-    let _log_guard = ec_config::logging::init(&config.log)?;
+    };
     let settings = cli::settings(&config)?;
     let replication = cli::replication_settings(&config);
     tokio::runtime::Runtime::new()
@@ -55,7 +50,7 @@ fn main() -> Result<()> {
                 format!("cannot listen for health checks on {health_addr} (node.host, node.health_check.port)")
             })?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(cli::cancel_on_signal(shutdown.clone()));
+            tokio::spawn(process::cancel_on_signal(shutdown.clone()));
             let listeners = ec_node::Listeners { grpc, health };
             ec_node::run_replicated(settings, replication, listeners, shutdown)
                 .await
