@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use color_eyre::eyre::{Result, WrapErr};
 use ec_node::log::{FsyncPolicy, LogOptions};
 use ec_node::{Listeners, NodeSettings};
 use ec_proto::node_client::NodeClient;
@@ -32,13 +33,13 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> Result<()> {
     let events: usize = arg("--events", 100_000);
     let size: usize = arg("--size", 200);
     let interval = std::env::args().any(|a| a == "--interval");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().wrap_err("cannot create a temp dir")?;
     let settings = NodeSettings {
-        node_id: ec_core::NodeId::parse("bench").unwrap(),
+        node_id: ec_core::NodeId::parse("bench")?,
         advertise_address: None,
         data_dir: dir.path().to_path_buf(),
         max_event_bytes: 1 << 20,
@@ -60,9 +61,9 @@ async fn main() {
         consul_url: "http://127.0.0.1:1".into(),
         consul_token: None,
     };
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = grpc.local_addr().unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let health = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = grpc.local_addr()?;
     let stop = CancellationToken::new();
     let node = tokio::spawn(ec_node::run(
         settings,
@@ -96,13 +97,13 @@ async fn main() {
                         events: vec![payload.clone(); batch],
                         sequence: 0,
                     })
-                    .await
-                    .unwrap();
+                    .await?;
                 }
+                Ok::<_, tonic::Status>(())
             }));
         }
         for t in tasks {
-            t.await.unwrap();
+            t.await??;
         }
         let n = per * publishers * batch;
         let secs = start.elapsed().as_secs_f64();
@@ -121,8 +122,7 @@ async fn main() {
             events: vec![payload.clone(); 1000],
             sequence: 0,
         })
-        .await
-        .unwrap();
+        .await?;
     }
     let start = Instant::now();
     let mut stream = c
@@ -131,11 +131,10 @@ async fn main() {
             follow: Some(false),
             ..Default::default()
         })
-        .await
-        .unwrap()
+        .await?
         .into_inner();
     let mut n = 0usize;
-    while let Some(b) = stream.message().await.unwrap() {
+    while let Some(b) = stream.message().await? {
         n += b.events.len();
     }
     let secs = start.elapsed().as_secs_f64();
@@ -144,5 +143,6 @@ async fn main() {
         n as f64 / secs
     );
     stop.cancel();
-    node.await.unwrap().unwrap();
+    node.await??;
+    Ok(())
 }

@@ -16,15 +16,18 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use color_eyre::eyre::{Result, WrapErr};
 use ec_core::{DataId, NodeId};
 use ec_discovery::{ConsulClient, MappingStore};
 use ec_node::log::{FsyncPolicy, LogOptions};
-use ec_node::{Acks, Listeners, NodeSettings, ReplicationSettings};
+use ec_node::{Acks, Listeners, NodeError, NodeSettings, ReplicationSettings};
 use ec_proto::node_client::NodeClient;
 use ec_proto::{PublishRequest, StreamInfoRequest};
-use ec_testkit::ConsulAgent;
+use ec_testkit::{ConsulAgent, wait_for};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -41,9 +44,9 @@ async fn start_node(
     id: &str,
     dir: &std::path::Path,
     stop: &CancellationToken,
-) -> NodeClient<Channel> {
+) -> Result<(NodeClient<Channel>, JoinHandle<Result<(), NodeError>>)> {
     let settings = NodeSettings {
-        node_id: NodeId::parse(id).unwrap(),
+        node_id: NodeId::parse(id)?,
         advertise_address: None,
         data_dir: dir.join(id),
         max_event_bytes: 1 << 20,
@@ -68,35 +71,38 @@ async fn start_node(
         max_lag_events: None,
         max_lag_time: Duration::from_secs(10),
     };
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = grpc.local_addr().unwrap();
-    tokio::spawn(ec_node::run_replicated(
+    let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let health = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = grpc.local_addr()?;
+    let node = tokio::spawn(ec_node::run_replicated(
         settings,
         replication,
         Listeners { grpc, health },
         stop.clone(),
     ));
-    loop {
-        if let Ok(c) = NodeClient::connect(format!("http://{addr}")).await {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let client = wait_for(
+        "the node accepts connections",
+        Duration::from_secs(30),
+        || async move { NodeClient::connect(format!("http://{addr}")).await.ok() },
+    )
+    .await;
+    Ok((client, node))
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> Result<()> {
     let events: usize = arg("--events", 100_000);
     let size: usize = arg("--size", 200);
     let consul = ConsulAgent::start_dev().await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().wrap_err("cannot create a temp dir")?;
     let stop = CancellationToken::new();
-    let primary = start_node(&consul.http_url(), "b1", dir.path(), &stop).await;
-    start_node(&consul.http_url(), "b2", dir.path(), &stop).await;
-    start_node(&consul.http_url(), "b3", dir.path(), &stop).await;
+    let mut nodes = Vec::new();
+    for id in ["b1", "b2", "b3"] {
+        nodes.push(start_node(&consul.http_url(), id, dir.path(), &stop).await?);
+    }
+    let primary = nodes[0].0.clone();
     let store = MappingStore::new(
-        ConsulClient::new(&consul.http_url(), None).unwrap(),
+        ConsulClient::new(&consul.http_url(), None)?,
         "streaming/data/",
     );
     let payload = Bytes::from(vec![b'x'; size]);
@@ -105,27 +111,26 @@ async fn main() {
     for (publishers, batch) in [(1, 1), (64, 1), (64, 16)] {
         for acks in ["leader", "all"] {
             let data_id = format!("p{publishers}-b{batch}-{acks}");
-            let nodes: Vec<NodeId> = ["b1", "b2", "b3"]
+            let nodes = ["b1", "b2", "b3"]
                 .iter()
-                .map(|n| NodeId::parse(n).unwrap())
-                .collect();
-            store
-                .put(&DataId::parse(&data_id).unwrap(), &nodes, None)
-                .await
-                .unwrap();
-            // Wait until the primary has claimed and both replicas are in sync.
-            let mut c = primary.clone();
-            loop {
-                let s = c
-                    .get_replication_status(StreamInfoRequest {
-                        data_id: data_id.clone(),
-                    })
-                    .await;
-                if s.is_ok_and(|s| s.into_inner().in_sync.len() == 3) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+                .map(|n| NodeId::parse(n))
+                .collect::<Result<Vec<_>, _>>()?;
+            store.put(&DataId::parse(&data_id)?, &nodes, None).await?;
+            wait_for(
+                "the primary claims and both replicas are in sync",
+                Duration::from_secs(30),
+                || {
+                    let (mut c, data_id) = (primary.clone(), data_id.clone());
+                    async move {
+                        let s = c
+                            .get_replication_status(StreamInfoRequest { data_id })
+                            .await
+                            .ok()?;
+                        (s.into_inner().in_sync.len() == 3).then_some(())
+                    }
+                },
+            )
+            .await;
             let per = (events / publishers / batch).max(1);
             let start = Instant::now();
             let mut tasks = Vec::new();
@@ -140,17 +145,18 @@ async fn main() {
                             events: vec![payload.clone(); batch],
                             sequence: 0,
                         });
-                        req.metadata_mut().insert("ec-acks", acks.parse().unwrap());
+                        req.metadata_mut()
+                            .insert("ec-acks", MetadataValue::from_static(acks));
                         let t = Instant::now();
-                        c.publish(req).await.unwrap();
+                        c.publish(req).await?;
                         latencies.push(t.elapsed());
                     }
-                    latencies
+                    Ok::<_, tonic::Status>(latencies)
                 }));
             }
             let mut latencies = Vec::new();
             for t in tasks {
-                latencies.extend(t.await.unwrap());
+                latencies.extend(t.await??);
             }
             let n = per * publishers * batch;
             let secs = start.elapsed().as_secs_f64();
@@ -165,5 +171,8 @@ async fn main() {
         }
     }
     stop.cancel();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (_, node) in nodes {
+        node.await??;
+    }
+    Ok(())
 }
