@@ -103,6 +103,8 @@ pub(crate) async fn run(
 
     // Reader: reopen until the replica serves it (the gateway picks round-robin).
     let seen = Arc::new(Mutex::new(Seen::default()));
+    // Bumped after every batch or error the reader records, so the wait below wakes at once.
+    let (recorded, mut on_record) = tokio::sync::watch::channel(());
     let mut reader = None;
     for _ in 0..20 {
         let mut stream = client.stream(
@@ -119,6 +121,7 @@ pub(crate) async fn run(
                     .batches
                     .push((Instant::now(), f.offset.0, l.offset.0, node_id));
                 let seen = seen.clone();
+                let recorded = recorded.clone();
                 reader = Some(tokio::spawn(async move {
                     while let Some(d) = stream.next().await {
                         match d {
@@ -130,11 +133,13 @@ pub(crate) async fn run(
                                         l.offset.0,
                                         node_id,
                                     ));
+                                    recorded.send_replace(());
                                 }
                             }
                             Ok(Delivery::Failover { .. }) => {}
                             Err(e) => {
                                 lock(&seen).error = Some(format!("{e:#}"));
+                                recorded.send_replace(());
                                 return;
                             }
                         }
@@ -166,10 +171,11 @@ pub(crate) async fn run(
         if let Some(e) = lock(&seen).error.clone() {
             bail!("the reader failed during the failover: {e}");
         }
-        if Instant::now() >= deadline {
+        // Woken by the reader's next record; the arrival times are the reader's own.
+        let next = tokio::time::timeout_at(deadline.into(), on_record.changed()).await;
+        if next.is_err() {
             break None;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
