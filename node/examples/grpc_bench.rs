@@ -39,16 +39,6 @@ async fn main() -> Result<()> {
     let interval = std::env::args().any(|a| a == "--interval");
     let dir = tempfile::tempdir().wrap_err("cannot create a temp dir")?;
     let settings = NodeSettings {
-        node_id: ec_core::NodeId::parse("bench")?,
-        advertise_address: None,
-        data_dir: dir.path().to_path_buf(),
-        max_event_bytes: 1 << 20,
-        auto_create: true,
-        tags: vec![],
-        health_path: "/health".into(),
-        check_interval: Duration::from_secs(10),
-        check_timeout: Duration::from_secs(5),
-        deregister_critical_after: Duration::from_secs(60),
         log: LogOptions {
             fsync: if interval {
                 FsyncPolicy::Interval(Duration::from_secs(1))
@@ -58,8 +48,11 @@ async fn main() -> Result<()> {
             ..LogOptions::default()
         },
         retention_interval: Duration::from_secs(3600),
-        consul_url: "http://127.0.0.1:1".into(),
-        consul_token: None,
+        ..NodeSettings::new(
+            ec_core::NodeId::parse("bench")?,
+            dir.path(),
+            "http://127.0.0.1:1",
+        )
     };
     let grpc = TcpListener::bind("127.0.0.1:0").await?;
     let health = TcpListener::bind("127.0.0.1:0").await?;

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use color_eyre::eyre::{Result, WrapErr};
 use ec_core::{DataId, NodeId};
 use ec_discovery::{ConsulClient, MappingStore};
-use ec_node::log::{FsyncPolicy, LogOptions};
 use ec_node::{Acks, Listeners, NodeError, NodeSettings, ReplicationSettings};
 use ec_proto::node_client::NodeClient;
 use ec_proto::{PublishRequest, StreamInfoRequest};
@@ -46,23 +45,8 @@ async fn start_node(
     stop: &CancellationToken,
 ) -> Result<(NodeClient<Channel>, JoinHandle<Result<(), NodeError>>)> {
     let settings = NodeSettings {
-        node_id: NodeId::parse(id)?,
-        advertise_address: None,
-        data_dir: dir.join(id),
-        max_event_bytes: 1 << 20,
-        auto_create: true,
-        tags: vec![],
-        health_path: "/health".into(),
-        check_interval: Duration::from_secs(10),
-        check_timeout: Duration::from_secs(5),
-        deregister_critical_after: Duration::from_secs(60),
-        log: LogOptions {
-            fsync: FsyncPolicy::Always,
-            ..LogOptions::default()
-        },
         retention_interval: Duration::from_secs(3600),
-        consul_url: consul.into(),
-        consul_token: None,
+        ..NodeSettings::new(NodeId::parse(id)?, dir.join(id), consul)
     };
     let replication = ReplicationSettings {
         kv_prefix: "streaming/data/".into(),

@@ -78,13 +78,36 @@ impl NodeFlags {
 
 /// The node's settings from a validated configuration.
 pub fn settings(config: &Config) -> Result<NodeSettings> {
+    let node_id = NodeId::parse(&config.node.id).wrap_err("node.id")?;
+    Ok(settings_of(node_id, config))
+}
+
+impl NodeSettings {
+    /// Node `node_id` keeping its log in `data_dir` and registering with the Consul agent at
+    /// `consul_url` (e.g. `http://127.0.0.1:8500`), every other setting at its configuration
+    /// default (README, *Configuration*): for embedding a node in tests, benchmarks and other
+    /// programs, which then change only what they need.
+    pub fn new(
+        node_id: NodeId,
+        data_dir: impl Into<PathBuf>,
+        consul_url: impl Into<String>,
+    ) -> NodeSettings {
+        NodeSettings {
+            data_dir: data_dir.into(),
+            consul_url: consul_url.into(),
+            ..settings_of(node_id, &Config::default())
+        }
+    }
+}
+
+/// [`settings`] once the node ID is parsed.
+fn settings_of(node_id: NodeId, config: &Config) -> NodeSettings {
     let node = &config.node;
-    let node_id = NodeId::parse(&node.id).wrap_err("node.id")?;
     let fsync = match node.storage.fsync {
         ec_config::FsyncPolicy::Always => FsyncPolicy::Always,
         ec_config::FsyncPolicy::Interval => FsyncPolicy::Interval(node.storage.fsync_interval),
     };
-    Ok(NodeSettings {
+    NodeSettings {
         node_id,
         advertise_address: node.advertise_address.clone(),
         data_dir: node.data_dir.clone(),
@@ -107,7 +130,7 @@ pub fn settings(config: &Config) -> Result<NodeSettings> {
         retention_interval: node.retention.check_interval,
         consul_url: config.consul.http_url(),
         consul_token: config.consul.token.clone(),
-    })
+    }
 }
 
 /// How the node replicates, from `node.replication.*` and `consul.kv_prefix`.
@@ -122,5 +145,30 @@ pub fn replication_settings(config: &Config) -> ReplicationSettings {
         ack_timeout: r.ack_timeout,
         max_lag_events: r.max_lag_events,
         max_lag_time: r.max_lag_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn new_settings_take_the_configuration_defaults() {
+        let node_id = NodeId::parse("n1").expect("valid");
+        let s = NodeSettings::new(node_id.clone(), "/tmp/n1", "http://127.0.0.1:8500");
+        assert_eq!(s.node_id, node_id);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/n1"));
+        assert_eq!(s.consul_url, "http://127.0.0.1:8500");
+        assert_eq!(s.log.fsync, FsyncPolicy::Always);
+        assert!(s.log.retention.is_unlimited(), "{:?}", s.log.retention);
+        assert_eq!(s.max_event_bytes, 1 << 20);
+        assert!(s.auto_create);
+        assert_eq!(s.health_path, "/health");
+        assert_eq!(s.check_interval, Duration::from_secs(10));
+        assert_eq!(s.deregister_critical_after, Duration::from_secs(60));
+        assert_eq!(s.advertise_address, None);
+        assert_eq!(s.consul_token, None);
     }
 }

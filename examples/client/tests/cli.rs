@@ -7,7 +7,6 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use ec_core::NodeId;
-use ec_node::log::{FsyncPolicy, LogOptions, Retention};
 use ec_node::{Listeners, NodeSettings};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -35,24 +34,14 @@ async fn start_node() -> Node {
     let health = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = grpc.local_addr().expect("addr");
     let settings = NodeSettings {
-        node_id: NodeId::parse("node1").expect("id"),
-        advertise_address: None,
-        data_dir: dir.path().to_path_buf(),
-        max_event_bytes: 1 << 20,
-        auto_create: true,
-        tags: vec![],
-        health_path: "/health".into(),
         check_interval: Duration::from_secs(1),
         check_timeout: Duration::from_millis(500),
-        deregister_critical_after: Duration::from_secs(60),
-        log: LogOptions {
-            fsync: FsyncPolicy::Always,
-            retention: Retention::default(),
-            max_batch_bytes: 4 << 20,
-        },
         retention_interval: Duration::from_secs(1),
-        consul_url: "http://127.0.0.1:1".into(),
-        consul_token: None,
+        ..NodeSettings::new(
+            NodeId::parse("node1").expect("id"),
+            dir.path(),
+            "http://127.0.0.1:1",
+        )
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(ec_node::run(

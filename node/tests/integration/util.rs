@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ec_core::NodeId;
-use ec_node::log::{FsyncPolicy, LogOptions, Retention};
 use ec_node::{Acks, Listeners, NodeError, NodeSettings, ReplicationSettings};
 use ec_proto::node_client::NodeClient;
 use ec_proto::{PublishRequest, PublishResponse, StreamRequest};
@@ -25,24 +24,14 @@ pub const NO_CONSUL: &str = "http://127.0.0.1:1";
 
 pub fn settings(data_dir: &Path, consul_url: &str, node_id: &str) -> NodeSettings {
     NodeSettings {
-        node_id: NodeId::parse(node_id).expect("valid node id"),
-        advertise_address: None,
-        data_dir: data_dir.to_path_buf(),
-        max_event_bytes: 1 << 20,
-        auto_create: true,
-        tags: vec![],
-        health_path: "/health".into(),
         check_interval: Duration::from_secs(1),
         check_timeout: Duration::from_millis(500),
-        deregister_critical_after: Duration::from_secs(60),
-        log: LogOptions {
-            fsync: FsyncPolicy::Always,
-            retention: Retention::default(),
-            max_batch_bytes: 4 << 20,
-        },
         retention_interval: Duration::from_millis(50),
-        consul_url: consul_url.to_owned(),
-        consul_token: None,
+        ..NodeSettings::new(
+            NodeId::parse(node_id).expect("valid node id"),
+            data_dir,
+            consul_url,
+        )
     }
 }
 
