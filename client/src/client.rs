@@ -254,6 +254,7 @@ impl Client {
                 data_id: data_id.to_string(),
                 events,
                 sequence: 0,
+                ..Default::default()
             },
             self.acks,
         );

@@ -197,6 +197,7 @@ impl Publisher {
             data_id: self.data_id.to_string(),
             events,
             sequence,
+            ..Default::default()
         };
         if self.requests.send(req).await.is_err() {
             lock(&self.shared).waiting.remove(&sequence);

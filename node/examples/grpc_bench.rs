@@ -89,6 +89,7 @@ async fn main() -> Result<()> {
                         data_id: data_id.clone(),
                         events: vec![payload.clone(); batch],
                         sequence: 0,
+                        ..Default::default()
                     })
                     .await?;
                 }
@@ -114,6 +115,7 @@ async fn main() -> Result<()> {
             data_id: "replay".into(),
             events: vec![payload.clone(); 1000],
             sequence: 0,
+            ..Default::default()
         })
         .await?;
     }

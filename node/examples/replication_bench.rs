@@ -128,6 +128,7 @@ async fn main() -> Result<()> {
                             data_id: data_id.clone(),
                             events: vec![payload.clone(); batch],
                             sequence: 0,
+                            ..Default::default()
                         });
                         req.metadata_mut()
                             .insert("ec-acks", MetadataValue::from_static(acks));

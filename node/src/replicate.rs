@@ -98,6 +98,7 @@ fn message(term: &LeaderTerm, log: &EventLog, events: Vec<StoredEvent>) -> pb::R
                 timestamp: e.timestamp.0,
                 epoch: e.epoch.0,
                 data: e.data,
+                ..Default::default()
             })
             .collect(),
         high_watermark: stats.as_ref().map_or(0, |s| s.high_watermark.0),

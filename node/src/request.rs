@@ -146,6 +146,7 @@ mod tests {
             data_id: "d".into(),
             events: vec![Bytes::from_static(b"ok"), Bytes::from(vec![0u8; 11])],
             sequence: 0,
+            ..Default::default()
         };
         let err = AppendRequest::parse(req, 10).expect_err("too big");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);

@@ -188,6 +188,7 @@ fn to_ack(sequence: u64, a: &Appended) -> PublishAck {
         first_offset: a.first.0,
         last_offset: a.last.0,
         timestamp: a.timestamp.0,
+        duplicate: false,
     }
 }
 
@@ -252,6 +253,7 @@ impl Node for NodeService {
             first_offset: appended.first.0,
             last_offset: appended.last.0,
             timestamp: appended.timestamp.0,
+            duplicate: false,
         }))
     }
 

@@ -227,6 +227,7 @@ pub async fn publish(
             data_id: data_id.into(),
             events,
             sequence: 0,
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)

@@ -182,6 +182,7 @@ async fn randomized_kills_and_restarts_lose_nothing_and_converge() {
                     data_id: D.into(),
                     events: events.clone(),
                     sequence: 0,
+                    ..Default::default()
                 };
                 match gw.publish(req).await {
                     Ok(r) => {

@@ -183,6 +183,7 @@ async fn sigkill_of_the_primary_is_failed_over_once_by_two_gateways_losing_nothi
                         data_id: D.into(),
                         events: events.clone(),
                         sequence: 0,
+                        ..Default::default()
                     })
                     .await;
                 match sent {

@@ -46,6 +46,7 @@ async fn publishes_go_to_the_primary_only() {
             data_id: "w".into(),
             events: vec![Bytes::from("a"), Bytes::from("b")],
             sequence: 0,
+            ..Default::default()
         })
         .await
         .expect("forwarded")
@@ -101,6 +102,7 @@ async fn publishes_go_to_the_primary_only() {
             data_id: "w".into(),
             events: vec![Bytes::from("c")],
             sequence: 0,
+            ..Default::default()
         })
         .await
         .expect_err("primary unavailable");

@@ -192,6 +192,7 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
             data_id: "lag".into(),
             events: payloads(&format!("s{seq}"), 5),
             sequence: seq,
+            ..Default::default()
         }
     })));
     req.metadata_mut()

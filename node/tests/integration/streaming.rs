@@ -213,6 +213,7 @@ async fn pipelined_publish_stream_acknowledges_every_request_in_order() {
             Bytes::from(format!("q-{seq}")),
         ],
         sequence: seq,
+        ..Default::default()
     }));
     let mut acks = c.publish_stream(requests).await.expect("open").into_inner();
     let mut next_seq = 0;

@@ -149,6 +149,7 @@ pub async fn publish(
         data_id: data_id.into(),
         events,
         sequence: 0,
+        ..Default::default()
     })
     .await
     .map(|r| r.into_inner())
@@ -273,6 +274,7 @@ pub async fn publish_acks(
         data_id: data_id.into(),
         events,
         sequence: 0,
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("ec-acks", acks.parse().expect("ascii metadata"));
