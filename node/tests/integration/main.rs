@@ -7,6 +7,7 @@ mod consul;
 mod errors;
 mod failover;
 mod process;
+mod producers;
 mod replication;
 mod streaming;
 mod util;
