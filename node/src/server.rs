@@ -222,6 +222,7 @@ async fn serve(
         settings.health_path.clone(),
         settings.node_id.to_string(),
         serving.clone(),
+        log.clone(),
         stop_serving.clone(),
     ));
 

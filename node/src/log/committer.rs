@@ -264,6 +264,14 @@ fn check_copied(
 
 /// Writes one batch for `requests`, makes it durable, publishes it, answers publishers.
 fn commit(store: &Store, requests: Vec<AppendRequest>) {
+    let needed: usize = requests.iter().map(AppendRequest::batch_bytes).sum();
+    if let Err(full) = store.space.check(needed as u64) {
+        // Nothing of this batch is written: every request gets the refusal.
+        for request in requests {
+            let _ = request.reply.send(Err(full.clone().into()));
+        }
+        return;
+    }
     let now = TimestampMs::now().0;
     let guard = store.lock_writes();
     let mut touched: HashMap<u64, Touched> = HashMap::new();

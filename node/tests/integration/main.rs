@@ -4,6 +4,7 @@
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod consul;
+mod disk;
 mod errors;
 mod failover;
 mod process;
