@@ -84,9 +84,26 @@ pub(crate) async fn serve_http(
     node_id: String,
     serving: Serving,
     log: EventLog,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new().route(
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics(),
+                    )
+                }
+            }),
+        )
+        .route(
         &path,
         get(move || {
             let serving = serving.clone();

@@ -98,6 +98,30 @@ pub struct LogOptions {
     /// Free space the log's filesystem must keep (`node.storage.min_free_bytes`): a batch
     /// that would leave less is refused before anything of it is written. 0: no check.
     pub min_free_bytes: u64,
+    /// Told of every group commit: events written and the time to write and sync them.
+    pub on_commit: Option<CommitObserver>,
+}
+
+/// A callback told of each group commit, e.g. to feed metrics; it runs on the committer
+/// thread, so it must be quick.
+#[derive(Clone)]
+pub struct CommitObserver(pub Arc<dyn Fn(&CommitStats) + Send + Sync>);
+
+/// What one group commit wrote.
+#[derive(Debug, Clone, Default)]
+pub struct CommitStats {
+    /// Events written, published and copied.
+    pub events: u64,
+    /// Time to write the batch and, under `Always`, sync it.
+    pub took: Duration,
+    /// Per data ID, events copied from a primary and their payload bytes.
+    pub copied: Vec<(DataId, u64, u64)>,
+}
+
+impl std::fmt::Debug for CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
 }
 
 impl Default for LogOptions {
@@ -108,6 +132,7 @@ impl Default for LogOptions {
             max_batch_bytes: 4 * 1024 * 1024,
             producer_expiry: Duration::from_secs(15 * 60),
             min_free_bytes: 0,
+            on_commit: None,
         }
     }
 }
@@ -462,12 +487,9 @@ impl EventLog {
             }
         };
         let expiry_ms = i64::try_from(opts.producer_expiry.as_millis()).unwrap_or(i64::MAX);
-        let store = Arc::new(Store::open(
-            dir,
-            durability,
-            expiry_ms,
-            opts.min_free_bytes,
-        )?);
+        let mut store = Store::open(dir, durability, expiry_ms, opts.min_free_bytes)?;
+        store.on_commit = opts.on_commit;
+        let store = Arc::new(store);
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let (stopped_tx, stopped) = watch::channel(false);
         committer::spawn(

@@ -231,6 +231,8 @@ pub(super) struct Store {
     pub(super) producer_expiry_ms: i64,
     /// Refuses writes that would leave the disk too full.
     pub(super) space: super::space::SpaceGuard,
+    /// Told of each group commit.
+    pub(super) on_commit: Option<super::CommitObserver>,
     /// Streams by data ID. Only the committer inserts (after the creating batch is durable).
     streams: RwLock<HashMap<DataId, Arc<Stream>>>,
     /// Held by whoever writes a batch (committer, retention), from reading the committed
@@ -355,6 +357,7 @@ impl Store {
             producers,
             producer_expiry_ms,
             space: super::space::SpaceGuard::new(dir, min_free_bytes),
+            on_commit: None,
             streams: RwLock::new(streams),
             write_lock: Mutex::new(()),
             next_number: AtomicU64::new(next_number),
