@@ -588,7 +588,6 @@ impl Driver {
                 Err(e) => e,
             };
             if !error.is_retriable_publish() {
-                warn!(data_id = %self.data_id, %error, "publish refused; giving up");
                 break Some(Failure::refused(&error));
             }
             let now = Instant::now();
@@ -601,7 +600,8 @@ impl Driver {
             outage.attempts += 1;
             outage.last = error.to_string();
             if first {
-                warn!(data_id = %self.data_id, %error, unacknowledged = self.unacked.len(), "publish failed; retrying");
+                // Expected during a failover: info, not warn; giving up is the warning.
+                info!(data_id = %self.data_id, %error, unacknowledged = self.unacked.len(), "publish failed; retrying");
                 let target = match &error {
                     ClientError::Rpc { target, .. } => target.clone(),
                     _ => String::new(),
@@ -642,6 +642,7 @@ impl Driver {
             }
         };
         if let Some(failure) = failure {
+            warn!(data_id = %self.data_id, reason = %failure.reason, "publisher gave up");
             self.fail_all(failure);
         }
     }
@@ -908,7 +909,7 @@ pub(crate) async fn publish_retrying(
             Failure::timed_out(settings.delivery_timeout, attempts, &error.to_string())
         } else {
             if attempts == 1 {
-                warn!(%data_id, %error, "publish failed; retrying");
+                info!(%data_id, %error, "publish failed; retrying");
             } else {
                 debug!(%data_id, %error, attempts, "publish retry failed");
             }
