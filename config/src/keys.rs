@@ -134,6 +134,8 @@ keys! {
         "drop events older than this, e.g. 7days; 0s = keep forever";
     "node.retention.check_interval" "EVENT_CATCHER_NODE_RETENTION_CHECK_INTERVAL" [node.retention.check_interval] duration "10s"
         "how often retention limits are enforced";
+    "node.producers.expiry" "EVENT_CATCHER_NODE_PRODUCERS_EXPIRY" [node.producers.expiry] duration "15m"
+        "forget an idempotent producer idle this long (keep it above the SDK's 2m delivery timeout)";
     "node.replication.acks" "EVENT_CATCHER_NODE_REPLICATION_ACKS" [node.replication.acks] acks "all"
         "default of a publish's acks: leader = durable on the primary; all = durable on every in-sync replica";
     "node.replication.ack_timeout" "EVENT_CATCHER_NODE_REPLICATION_ACK_TIMEOUT" [node.replication.ack_timeout] duration "5s"

@@ -114,6 +114,16 @@ pub struct NodeConfig {
     pub retention: RetentionConfig,
     /// `node.replication.*`
     pub replication: ReplicationConfig,
+    /// `node.producers.*`
+    pub producers: ProducersConfig,
+}
+
+/// `node.producers.*`: what the node remembers of idempotent producers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducersConfig {
+    /// A producer idle this long is forgotten (then a retry of one of its batches would be
+    /// stored again). Longer than the SDK's delivery timeout.
+    pub expiry: Duration,
 }
 
 /// `node.health_check.*`: the HTTP endpoint the node serves and Consul polls.

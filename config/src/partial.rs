@@ -70,6 +70,16 @@ pub struct PartialNode {
     pub retention: PartialRetention,
     /// `node.replication.*`
     pub replication: PartialReplication,
+    /// `node.producers.*`
+    pub producers: PartialProducers,
+}
+
+/// `node.producers.*`; see [`crate::ProducersConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartialProducers {
+    /// `node.producers.expiry`
+    pub expiry: Option<Duration>,
 }
 
 /// `node.health_check.*`; see [`crate::HealthCheckConfig`].

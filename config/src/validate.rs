@@ -15,7 +15,7 @@ use crate::keys::PORT_RULE;
 use crate::partial::PartialConfig;
 use crate::{
     Config, ConfigError, ConsulConfig, GatewayConfig, HealthCheckConfig, LogConfig, NodeConfig,
-    ReplicationConfig, RetentionConfig, Source, StorageConfig,
+    ProducersConfig, ReplicationConfig, RetentionConfig, Source, StorageConfig,
 };
 
 /// The layer each key's value came from.
@@ -227,6 +227,10 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         max_lag_time: c.positive("node.replication.max_lag_time", rp.max_lag_time)?,
     };
 
+    let producers = ProducersConfig {
+        expiry: c.positive("node.producers.expiry", node.producers.expiry)?,
+    };
+
     let tags = c.required("node.tags", node.tags)?;
     if let Some(bad) = tags.iter().find(|tag| tag.chars().any(char::is_control)) {
         return Err(c.invalid("node.tags", bad, "tags without control characters"));
@@ -259,6 +263,7 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         storage,
         retention,
         replication,
+        producers,
     };
 
     let kv_prefix = c.required("consul.kv_prefix", consul.kv_prefix)?;

@@ -125,6 +125,7 @@ fn settings_of(node_id: NodeId, config: &Config) -> NodeSettings {
                 max_bytes: node.retention.max_bytes,
                 max_age: node.retention.max_age,
             },
+            producer_expiry: node.producers.expiry,
             ..LogOptions::default()
         },
         retention_interval: node.retention.check_interval,

@@ -21,6 +21,9 @@ impl From<LogError> for Status {
             | LogError::EpochRegression { .. }
             | LogError::WouldHideVisible { .. }
             | LogError::SkipBackwards { .. } => Status::failed_precondition(msg),
+            // Retrying cannot help: the producer must resend the missing batches first.
+            LogError::SequenceGap { .. } => Status::failed_precondition(msg),
+            LogError::DuplicateNotRetained { .. } => Status::already_exists(msg),
             LogError::Closed | LogError::CommitterStopped => Status::unavailable(msg),
             LogError::Storage { .. }
             | LogError::Corrupt { .. }

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::health::{Serving, serve_http};
 use crate::log::{EventLog, LogError, LogOptions};
@@ -303,7 +303,7 @@ fn held_data_ids(log: &EventLog) -> Vec<DataId> {
     log.list().into_iter().map(|s| s.data_id).collect()
 }
 
-/// Applies retention every `retention_interval` and reports the data IDs held (for the
+/// Applies retention and forgets idle producers every `retention_interval`, and reports the data IDs held (for the
 /// registration's meta) every [`META_REFRESH`].
 async fn housekeeping(
     log: EventLog,
@@ -317,14 +317,22 @@ async fn housekeeping(
         tokio::select! {
             () = stop.cancelled() => return,
             _ = retention.tick() => {
-                let log = log.clone();
-                let trimmed = tokio::task::spawn_blocking(move || log.enforce_retention(TimestampMs::now())).await;
+                let for_retention = log.clone();
+                let trimmed = tokio::task::spawn_blocking(move || for_retention.enforce_retention(TimestampMs::now())).await;
                 match trimmed {
                     Ok(Ok(trimmed)) => for (data_id, earliest) in trimmed {
                         info!(%data_id, %earliest, "retention trimmed the head");
                     },
                     Ok(Err(e)) => warn!(error = %e, "retention failed; will retry"),
                     Err(e) => warn!(error = %e, "retention task panicked; will retry"),
+                }
+                let for_expiry = log.clone();
+                let forgotten = tokio::task::spawn_blocking(move || for_expiry.expire_producers(TimestampMs::now())).await;
+                match forgotten {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => debug!(producers = n, "forgot idle producers (node.producers.expiry)"),
+                    Ok(Err(e)) => warn!(error = %e, "expiring idle producers failed; will retry"),
+                    Err(e) => warn!(error = %e, "producer expiry task panicked; will retry"),
                 }
             }
             _ = meta.tick() => on_data_ids(&held_data_ids(&log)),

@@ -6,9 +6,11 @@
 //! them to the response.
 //!
 //! A publish first asks [`Replication::check_publish`] whether this node may take it (the
-//! mapping names it primary and it holds the epoch), then appends, then — for `acks=all`
-//! (request metadata `ec-acks`, default `node.replication.acks`) — waits until the high
-//! watermark passes it, i.e. every in-sync replica stored it.
+//! mapping names it primary and it holds the epoch), then appends (with its producer batch,
+//! if it has one: the log answers a retried batch with its original offsets), then — for
+//! `acks=all` (the request's `acks` field, else the request metadata `ec-acks`, else
+//! `node.replication.acks`) — waits until the high watermark passes it, i.e. every in-sync
+//! replica stored it. A duplicate waits the same way for its original events.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -79,17 +81,25 @@ impl NodeService {
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
-    async fn submit(&self, req: PublishRequest) -> Result<Submitted, Status> {
+    /// Checks and queues one publish; `acks` is what the call's metadata (or the node's
+    /// default) asks for, which the request's own `acks` field overrides.
+    async fn submit(&self, req: PublishRequest, acks: Acks) -> Result<Submitted, Status> {
         let append = AppendRequest::parse(req, self.max_event_bytes)?;
         self.replication.check_publish(&append.data_id)?;
         let pending = self
             .log
-            .submit(&append.data_id, append.events, self.auto_create)
+            .submit_as(
+                &append.data_id,
+                append.events,
+                self.auto_create,
+                append.producer,
+            )
             .await?;
         Ok(Submitted {
             data_id: append.data_id,
             pending,
             appended: None,
+            acks: append.acks.unwrap_or(acks),
         })
     }
 
@@ -148,6 +158,8 @@ struct Submitted {
     pending: PendingAppend,
     /// The commit's answer once taken from `pending` (it can be taken only once).
     appended: Option<Appended>,
+    /// What its acknowledgement waits for.
+    acks: Acks,
 }
 
 fn to_event(e: StoredEvent) -> Event {
@@ -188,7 +200,7 @@ fn to_ack(sequence: u64, a: &Appended) -> PublishAck {
         first_offset: a.first.0,
         last_offset: a.last.0,
         timestamp: a.timestamp.0,
-        duplicate: false,
+        duplicate: a.duplicate,
     }
 }
 
@@ -246,14 +258,16 @@ impl Node for NodeService {
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let acks = self.acks(&req)?;
-        let submitted = self.submit(req.into_inner()).await?;
+        let submitted = self.submit(req.into_inner(), acks).await?;
         let appended = submitted.pending.await?;
-        let appended = self.replicated(&submitted.data_id, appended, acks).await?;
+        let appended = self
+            .replicated(&submitted.data_id, appended, submitted.acks)
+            .await?;
         Ok(Response::new(PublishResponse {
             first_offset: appended.first.0,
             last_offset: appended.last.0,
             timestamp: appended.timestamp.0,
-            duplicate: false,
+            duplicate: appended.duplicate,
         }))
     }
 
@@ -277,7 +291,7 @@ impl Node for NodeService {
                     () = this.shutdown.cancelled() => return,
                 };
                 let (sequence, submitted) = match msg {
-                    Ok(Some(req)) => (req.sequence, this.submit(req).await),
+                    Ok(Some(req)) => (req.sequence, this.submit(req, policy).await),
                     Ok(None) => return,
                     Err(status) => {
                         debug!(%status, "publish stream ended by the client");
@@ -311,7 +325,7 @@ impl Node for NodeService {
                             None => s.pending.await.map_err(Status::from),
                         };
                         match committed {
-                            Ok(a) => this.replicated(&s.data_id, a, policy).await,
+                            Ok(a) => this.replicated(&s.data_id, a, s.acks).await,
                             Err(status) => Err(status),
                         }
                     }
@@ -355,7 +369,7 @@ impl Node for NodeService {
                                 // For acks=all, only once replicated; else it waits for the
                                 // next round like a pending commit.
                                 Some(a)
-                                    if policy == Acks::Leader
+                                    if s.acks == Acks::Leader
                                         || this.is_replicated(&s.data_id, &a) =>
                                 {
                                     Ok(a)
