@@ -67,6 +67,13 @@ pub const STALL_CHECK: Duration = Duration::from_secs(1);
 /// Longest wait for the route and for a stream to open, per attempt: a frozen node accepts
 /// TCP connections but never answers.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// The reason of an attempt ended by the delivery timeout rather than by a failure.
+const NO_ACK: &str = "no acknowledgement within the delivery timeout";
+
+fn is_deadline(error: &ClientError) -> bool {
+    matches!(error, ClientError::PublisherClosed { reason, .. } if reason == NO_ACK)
+}
+
 /// The SDK's default delivery timeout, as Kafka's `delivery.timeout.ms`.
 pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -598,7 +605,10 @@ impl Driver {
                 last: String::new(),
             });
             outage.attempts += 1;
-            outage.last = error.to_string();
+            // An attempt cut short by the deadline says less than the failure before it.
+            if !is_deadline(&error) || outage.last.is_empty() {
+                outage.last = error.to_string();
+            }
             if first {
                 // Expected during a failover: info, not warn; giving up is the warning.
                 info!(data_id = %self.data_id, %error, unacknowledged = self.unacked.len(), "publish failed; retrying");
@@ -757,7 +767,7 @@ impl Driver {
                             data_id: self.data_id.to_string(),
                             target: endpoint.target.clone(),
                             sequence: oldest.sequence,
-                            reason: "no acknowledgement".into(),
+                            reason: NO_ACK.into(),
                         });
                     }
                     if now.duration_since(oldest.sent) >= STALL_CHECK
@@ -850,6 +860,7 @@ pub(crate) async fn publish_retrying(
     let deadline = started + settings.delivery_timeout;
     let mut backoff = BackoffState::new(settings.backoff);
     let mut attempts = 0u32;
+    let mut last_error: Option<String> = None;
     loop {
         attempts += 1;
         let req = request(
@@ -894,7 +905,7 @@ pub(crate) async fn publish_retrying(
                     data_id: data_id.to_string(),
                     target: endpoint.target.clone(),
                     sequence,
-                    reason: "no acknowledgement".into(),
+                    reason: NO_ACK.into(),
                 }),
             }
         };
@@ -905,17 +916,26 @@ pub(crate) async fn publish_retrying(
         if !error.is_retriable_publish() {
             return Err(error);
         }
-        let failure = if Instant::now() >= deadline {
-            Failure::timed_out(settings.delivery_timeout, attempts, &error.to_string())
+        if attempts == 1 {
+            info!(%data_id, %error, "publish failed; retrying");
         } else {
-            if attempts == 1 {
-                info!(%data_id, %error, "publish failed; retrying");
-            } else {
-                debug!(%data_id, %error, attempts, "publish retry failed");
-            }
+            debug!(%data_id, %error, attempts, "publish retry failed");
+        }
+        // An attempt cut short by the deadline says less than the failure before it.
+        if !is_deadline(&error) || last_error.is_none() {
+            last_error = Some(error.to_string());
+        }
+        if Instant::now() < deadline {
             tokio::time::sleep_until(deadline.min(Instant::now() + backoff.next_delay())).await;
+        }
+        if Instant::now() < deadline {
             continue;
-        };
+        }
+        let failure = Failure::timed_out(
+            settings.delivery_timeout,
+            attempts,
+            last_error.as_deref().unwrap_or("none"),
+        );
         return Err(failure.error(data_id, producer_id, sequence));
     }
 }
