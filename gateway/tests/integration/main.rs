@@ -9,6 +9,7 @@ mod failover;
 mod faults;
 mod mappings;
 mod promotion;
+mod publisher;
 mod routing;
 mod service;
 mod util;
