@@ -299,12 +299,14 @@ fn status_code(status: &Status) -> Code {
 
 /// Whether `status` is a call that broke in the transport (connection reset or closed, h2
 /// protocol error) rather than an answer of the server. tonic reports these as `UNKNOWN`
-/// (h2 "error reading a body from connection") or, for some h2 resets, `INTERNAL`; the
-/// servers of this project never answer `UNKNOWN` themselves.
+/// (h2 "error reading a body from connection"), `CANCELLED` ("operation was canceled") or,
+/// for some h2 resets, `INTERNAL`; the servers of this project never answer `UNKNOWN` or
+/// `CANCELLED` themselves.
 pub fn transport_failure(status: &Status) -> bool {
     match status.code() {
-        Code::Unknown => true,
-        Code::Internal | Code::Cancelled => {
+        // hyper's "operation was canceled" when the connection under a call dies.
+        Code::Unknown | Code::Cancelled => true,
+        Code::Internal => {
             let msg = status.message();
             msg.starts_with("h2 protocol error")
                 || msg.starts_with("transport error")
@@ -406,6 +408,7 @@ mod tests {
         for s in [
             Status::unavailable("node lost"),
             Status::unknown("h2 protocol error: error reading a body from connection"),
+            Status::cancelled("operation was canceled"),
             Status::internal("h2 protocol error: stream error received"),
             Status::deadline_exceeded("acks=all: replicas did not confirm in 5s"),
             Status::failed_precondition(

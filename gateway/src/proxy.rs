@@ -307,14 +307,14 @@ pub(crate) async fn publish(
                         primary.node_id
                     ))
                 };
-                let status = tokio::select! {
+                let (status, moved) = tokio::select! {
                     result = call => match result {
                         Ok(resp) => return Ok(resp),
-                        Err(status) => status,
+                        Err(status) => (status, false),
                     },
-                    () = until_moved(table, &data_id, &primary.node_id) => lost(),
+                    () = until_moved(table, &data_id, &primary.node_id) => (lost(), true),
                 };
-                if !resend && is_retriable_publish_status(&status) {
+                if !resend && (moved || transport_failure(&status)) {
                     return Err(lost_without_identity(&primary, &req.data_id, &status));
                 }
                 from_node(&primary, status)

@@ -5,6 +5,10 @@
 //! the gateway's `Publish`. Every batch must be acknowledged exactly once, in send order, and
 //! the log must hold every payload exactly once at gapless offsets, each producer's in its
 //! send order, with the acknowledged offsets pointing at the acknowledged bytes.
+//!
+//! With the primary frozen (SIGSTOP) instead, a producer through the gateway moves on to the
+//! promoted node, and a publish without producer identity is not resent: it fails with
+//! `UNAVAILABLE` naming the lost primary.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +25,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::util::*;
+use ec_testnode::Signal;
 
 const D: &str = "producers";
 const EVENTS_PER_BATCH: usize = 3;
@@ -248,5 +253,99 @@ async fn publishers_ride_out_a_primary_sigkill_exactly_once_and_in_order() {
             "offset {offset} holds what was acknowledged"
         );
     }
+    gateway.stop().await.expect("stop gateway");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_is_left_and_publishes_without_identity_are_not_resent() {
+    let consul = ConsulAgent::start_dev().await;
+    let url = consul.http_url();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut n1 = NodeProcess::spawn_replicated(&dir.path().join("n1"), &url, "n1");
+    let _n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
+    let _n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
+    let c1 = connect(n1.grpc_addr).await;
+    let gateway = TestGateway::start_with(&url, |s| {
+        s.failover_after = Duration::from_secs(2);
+    })
+    .await;
+    let gw = gateway.client().await;
+    store(&consul)
+        .put(
+            &data_id(D),
+            &[node_id("n1"), node_id("n2"), node_id("n3")],
+            None,
+        )
+        .await
+        .expect("map");
+    in_sync(&c1, 3).await;
+    wait_route(&gw, D, "gateway routes to n1", |r| {
+        r.primary_node_id == "n1"
+    })
+    .await;
+
+    let proxy = Client::connect(&gateway.addr.to_string())
+        .await
+        .expect("sdk client")
+        .with_mode(Mode::Proxy);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acks, producer) = pipelined(proxy.clone(), "stream", stop.clone());
+    // Raw publishes without a producer identity, one after the other, keeping what failed.
+    let failures: Arc<Mutex<Vec<tonic::Status>>> = Arc::default();
+    let anonymous = {
+        let (mut gw, failures, stop) = (gw.clone(), failures.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let sent = gw
+                    .publish(ec_proto::PublishRequest {
+                        data_id: D.into(),
+                        events: vec![Bytes::from("anonymous")],
+                        ..Default::default()
+                    })
+                    .await;
+                if let Err(status) = sent {
+                    failures.lock().expect("lock").push(status);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let all = [("stream", acks.clone())];
+    wait_acked(&all, BEFORE, "acknowledged before the freeze").await;
+    n1.signal(Signal::SIGSTOP);
+    let at_freeze = acks.lock().expect("lock").len();
+    wait_acked(&all, at_freeze + AFTER, "acknowledged after the freeze").await;
+    stop.store(true, Ordering::SeqCst);
+    tokio::time::timeout(DEADLINE, producer)
+        .await
+        .expect("producer finishes")
+        .expect("the producer never failed");
+    tokio::time::timeout(DEADLINE, anonymous)
+        .await
+        .expect("anonymous publisher finishes")
+        .expect("no panic");
+
+    let acks = acks.lock().expect("lock").clone();
+    for (i, (n, _)) in acks.iter().enumerate() {
+        assert_eq!(*n, i, "acknowledgements in send order, each once");
+    }
+    for w in acks.windows(2) {
+        assert!(w[0].1.last < w[1].1.first, "stored in send order");
+    }
+    let failures = failures.lock().expect("lock").clone();
+    assert!(
+        !failures.is_empty(),
+        "a publish without identity was waiting on the frozen primary"
+    );
+    for status in &failures {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("n1"),
+            "names the lost primary: {status:?}"
+        );
+    }
+    let route = get_node(&mut gw.clone(), D).await.expect("route");
+    assert_ne!(route.primary_node_id, "n1", "a replica was promoted");
+    n1.signal(Signal::SIGCONT);
     gateway.stop().await.expect("stop gateway");
 }
