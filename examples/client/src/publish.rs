@@ -4,7 +4,7 @@
 //! on standard input go out together (up to `--batch`), so a pasted file is fast and a typed
 //! line is sent at once. Acknowledgements are printed in the order batches were sent, one line
 //! per batch (`offsets FIRST-LAST`), only once the primary made them durable. Progress (every
-//! second, for runs longer than that) and the final summary go to standard error.
+//! second, for `--count` runs longer than that) and the final summary go to standard error.
 //!
 //! The SDK's publisher retries through a lost primary, a failover and "not the primary" until
 //! `--delivery-timeout`, resending unacknowledged batches under the same producer identity so
@@ -337,16 +337,18 @@ async fn acknowledge(
                 Err(e) => return Err(e).wrap_err("cannot write to standard output"),
             }
         }
-        if !quiet && last_progress.elapsed() >= Duration::from_secs(1) {
+        // Progress only for a known total (--count): with standard input each acknowledgement
+        // is already a line on standard output, and a producer's log would fill with it.
+        if let Some(total) = total
+            && !quiet
+            && last_progress.elapsed() >= Duration::from_secs(1)
+        {
             last_progress = Instant::now();
             let rate = summary.events as f64 / started.elapsed().as_secs_f64();
-            match total {
-                Some(total) => eprintln!(
-                    "published {}/{total} events ({rate:.0} events/s)",
-                    summary.events
-                ),
-                None => eprintln!("published {} events ({rate:.0} events/s)", summary.events),
-            }
+            eprintln!(
+                "published {}/{total} events ({rate:.0} events/s)",
+                summary.events
+            );
         }
     }
     Ok(summary)
