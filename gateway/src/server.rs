@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ec_client::ChannelCache;
+use ec_client::{ChannelCache, ChannelSettings};
 use ec_core::NodeId;
 use ec_discovery::{
     ConsulClient, EpochStore, LockOptions, MappingStore, hold_lock, watch_health, watch_mappings,
@@ -158,7 +158,14 @@ pub async fn run_with_metrics(
         stop_watches.clone(),
     ));
 
-    let channels = ChannelCache::default();
+    // Short HTTP/2 keepalive towards the nodes: a frozen node (SIGSTOP, a hung VM) keeps its
+    // TCP connections open, and a publish or subscription forwarded to it should move on
+    // within seconds, not after the SDK's default 5 s + 5 s.
+    let channels = ChannelCache::new(ChannelSettings {
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(2),
+        ..ChannelSettings::default()
+    });
     let promoter = Promoter {
         mappings: store.clone(),
         epochs: EpochStore::new(consul.clone(), &settings.kv_prefix),

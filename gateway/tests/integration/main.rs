@@ -10,6 +10,7 @@ mod faults;
 mod mappings;
 mod metrics;
 mod promotion;
+mod publisher;
 mod routing;
 mod service;
 mod util;

@@ -112,7 +112,10 @@ async fn publishes_go_to_the_primary_only() {
         "{}",
         err.message()
     );
+    // The SDK retries (a failover may be coming) until its delivery timeout, then names it.
     let err = client
+        .clone()
+        .with_delivery_timeout(std::time::Duration::from_millis(500))
         .publisher("w", 4)
         .await
         .expect("stream opens")
