@@ -2,8 +2,8 @@
 //!
 //! Each input context (the global keys, one per view, one per popup and text prompt) is a
 //! table of [`Binding`]s. Dispatch looks a key up in the active context's table, then — for
-//! the views only — in the global table, so a view may shadow a global key (in the Tail view
-//! `1` jumps to the earliest event instead of switching to the Mappings view). The `?` help
+//! the views only — in the global table. A key means one thing in every view: no view binds a
+//! key the global table binds (a test checks it), so the digits always switch views. The `?` help
 //! overlay is rendered from these same tables, so it can never list a key that does nothing
 //! or miss one that does something. The `:` commands are described the same way in
 //! [`COMMANDS`].
@@ -440,13 +440,15 @@ static TAIL: &[Binding] = &[
         Action::Follow,
         "follow the end again",
     ),
+    // Not `1`: the digits switch views everywhere. `<`/`>` as in less(1), `0` kept for the
+    // operators who learnt it (no view has the number 0).
     b(
-        &[Key::ch('0')],
+        &[Key::ch('>'), Key::ch('0')],
         Action::SeekLatest,
         "seek to the latest event (follow)",
     ),
     b(
-        &[Key::ch('1')],
+        &[Key::ch('<')],
         Action::SeekEarliest,
         "seek to the earliest retained event",
     ),
@@ -684,16 +686,24 @@ mod tests {
         KeyEvent::new(code, mods)
     }
 
+    const VIEWS: [Context; 3] = [Context::Mappings, Context::Health, Context::Tail];
+
     #[test]
-    fn views_shadow_global_keys_and_fall_back_to_them() {
-        let one = key(KeyCode::Char('1'), KeyModifiers::NONE);
+    fn views_fall_back_to_global_keys() {
+        for ctx in VIEWS {
+            for (c, action) in [
+                ('1', Action::ShowMappings),
+                ('2', Action::ShowHealth),
+                ('3', Action::ShowTail),
+            ] {
+                let digit = key(KeyCode::Char(c), KeyModifiers::NONE);
+                assert_eq!(resolve(ctx, &digit), Resolved::Action(action), "{ctx:?}");
+            }
+        }
+        let lt = key(KeyCode::Char('<'), KeyModifiers::SHIFT);
         assert_eq!(
-            resolve(Context::Tail, &one),
+            resolve(Context::Tail, &lt),
             Resolved::Action(Action::SeekEarliest)
-        );
-        assert_eq!(
-            resolve(Context::Mappings, &one),
-            Resolved::Action(Action::ShowMappings)
         );
         let big_g = key(KeyCode::Char('G'), KeyModifiers::SHIFT);
         assert_eq!(
@@ -718,6 +728,21 @@ mod tests {
             Resolved::Action(Action::EditText(TextOp::ClearToStart))
         );
         assert_eq!(resolve(Context::Confirm, &q), Resolved::Unbound);
+    }
+
+    #[test]
+    fn no_view_shadows_a_global_key() {
+        for ctx in VIEWS {
+            for binding in ctx.bindings() {
+                for k in binding.keys {
+                    assert!(
+                        !GLOBAL.iter().any(|g| g.keys.contains(k)),
+                        "{ctx:?} binds {}, which the global keys bind: one key, one meaning",
+                        k.label()
+                    );
+                }
+            }
+        }
     }
 
     #[test]
