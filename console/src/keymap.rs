@@ -24,6 +24,8 @@ pub enum Context {
     Health,
     /// The Tail view.
     Tail,
+    /// The Replication view.
+    Replication,
     /// The add/edit mapping form.
     Form,
     /// The delete confirmation.
@@ -52,6 +54,7 @@ impl Context {
             Context::Mappings => "Mappings view",
             Context::Health => "Health view",
             Context::Tail => "Tail view",
+            Context::Replication => "Replication view",
             Context::Form => "Add / edit form",
             Context::Confirm => "Delete confirmation",
             Context::Promote => "Promote a replica",
@@ -71,6 +74,7 @@ impl Context {
             Context::Mappings => MAPPINGS,
             Context::Health => HEALTH,
             Context::Tail => TAIL,
+            Context::Replication => REPLICATION,
             Context::Form => FORM,
             Context::Confirm => CONFIRM,
             Context::Promote => PROMOTE,
@@ -90,7 +94,10 @@ impl Context {
 
     /// Whether the global keys apply under this context (only in the views).
     fn falls_back_to_global(self) -> bool {
-        matches!(self, Context::Mappings | Context::Health | Context::Tail)
+        matches!(
+            self,
+            Context::Mappings | Context::Health | Context::Tail | Context::Replication
+        )
     }
 }
 
@@ -111,6 +118,8 @@ pub enum Action {
     ShowHealth,
     /// Show the Tail view.
     ShowTail,
+    /// Show the Replication view.
+    ShowReplication,
     /// Open the `:` command line.
     CommandLine,
     /// Move the selection up one row.
@@ -309,6 +318,11 @@ pub const COMMANDS: &[CommandSpec] = &[
         help: "show the Health view",
     },
     CommandSpec {
+        names: &["replication", "r"],
+        args: "",
+        help: "show the Replication view",
+    },
+    CommandSpec {
         names: &["tail", "t"],
         args: "[DATA_ID]",
         help: "tail a data ID (without one: pick from the mappings)",
@@ -356,6 +370,7 @@ static GLOBAL: &[Binding] = &[
     b(&[Key::ch('1')], Action::ShowMappings, "Mappings view"),
     b(&[Key::ch('2')], Action::ShowHealth, "Health view"),
     b(&[Key::ch('3')], Action::ShowTail, "Tail view"),
+    b(&[Key::ch('4')], Action::ShowReplication, "Replication view"),
     b(
         &[Key::ch(':')],
         Action::CommandLine,
@@ -463,6 +478,28 @@ static TAIL: &[Binding] = &[
         &[Key::ch('t')],
         Action::PickDataId,
         "pick the data ID to tail",
+    ),
+];
+
+static REPLICATION: &[Binding] = &[
+    b(UP, Action::Up, "select the previous data ID"),
+    b(DOWN, Action::Down, "select the next data ID"),
+    b(PGUP, Action::PageUp, "one page up"),
+    b(PGDN, Action::PageDown, "one page down"),
+    b(
+        &[Key::plain(KeyCode::Home), Key::ch('g')],
+        Action::Top,
+        "first data ID",
+    ),
+    b(
+        &[Key::plain(KeyCode::End), Key::ch('G')],
+        Action::Bottom,
+        "last data ID",
+    ),
+    b(
+        &[Key::plain(KeyCode::Enter)],
+        Action::TailSelected,
+        "tail the selected data ID",
     ),
 ];
 
@@ -686,7 +723,12 @@ mod tests {
         KeyEvent::new(code, mods)
     }
 
-    const VIEWS: [Context; 3] = [Context::Mappings, Context::Health, Context::Tail];
+    const VIEWS: [Context; 4] = [
+        Context::Mappings,
+        Context::Health,
+        Context::Tail,
+        Context::Replication,
+    ];
 
     #[test]
     fn views_fall_back_to_global_keys() {
@@ -695,6 +737,7 @@ mod tests {
                 ('1', Action::ShowMappings),
                 ('2', Action::ShowHealth),
                 ('3', Action::ShowTail),
+                ('4', Action::ShowReplication),
             ] {
                 let digit = key(KeyCode::Char(c), KeyModifiers::NONE);
                 assert_eq!(resolve(ctx, &digit), Resolved::Action(action), "{ctx:?}");
@@ -752,6 +795,7 @@ mod tests {
             Context::Mappings,
             Context::Health,
             Context::Tail,
+            Context::Replication,
             Context::Form,
             Context::Confirm,
             Context::Promote,
