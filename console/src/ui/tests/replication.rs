@@ -170,3 +170,39 @@ fn replica_out_of_sync_and_a_fenced_primary() {
         app
     });
 }
+
+#[test]
+fn replication_view_reads_without_color() {
+    let mut app = shown((120, 40));
+    app.config.no_color = true;
+    let mut report = primary(
+        "node1",
+        70,
+        70,
+        vec![lag("node2", Some(50), false, 20, 5_100)],
+    );
+    report.in_sync = vec!["node1".into()];
+    app.handle(
+        round(vec![("orders", "node1", Ok(report))]),
+        t0() + Duration::from_secs(1),
+    );
+    let terminal = super::render(&app, 120, 40);
+    let buffer = terminal.backend().buffer();
+    for cell in buffer.content() {
+        assert_eq!(
+            cell.fg,
+            ratatui::style::Color::Reset,
+            "at {:?}",
+            cell.symbol()
+        );
+        assert_eq!(
+            cell.bg,
+            ratatui::style::Color::Reset,
+            "at {:?}",
+            cell.symbol()
+        );
+    }
+    // Out of sync is said in words, not by color alone.
+    let text: String = buffer.content().iter().map(|c| c.symbol()).collect();
+    assert!(text.contains("✗ no"), "{text}");
+}
