@@ -156,6 +156,12 @@ async fn ask(
         Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Err(format!(
             "the node at {address} does not serve GetReplicationStatus (an older version)"
         )),
+        // A primary creates the log when it claims the epoch, so this is the moment between
+        // the mapping being written and the claim (or a node that does not follow mappings).
+        Ok(Err(status)) if status.code() == tonic::Code::NotFound => Err(format!(
+            "the node at {address} has no log for it yet (not claimed yet?): {}",
+            status.message()
+        )),
         Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
         Ok(Ok(answer)) => Ok(report(answer.into_inner())),
     }

@@ -213,10 +213,7 @@ fn problems(app: &App, data_id: &str, entry: &Entry) -> Vec<String> {
             Some(t) => format!(" (showing its answer from {} ago)", ago(app.now, t)),
             None => String::new(),
         };
-        out.push(format!(
-            "{data_id}: {} did not answer: {error}{shown}",
-            entry.asked
-        ));
+        out.push(format!("{data_id}: asking {}: {error}{shown}", entry.asked));
     }
     // A primary's detail only names its state ("primary"); anything else explains why the
     // node asked is not acting as the primary.
