@@ -1,6 +1,7 @@
 //! The Replication view against real replicating nodes: a replica frozen with SIGSTOP drops
 //! out of the in-sync set on screen, its lag grows with what is published meanwhile, and
-//! after SIGCONT it catches up and rejoins.
+//! after SIGCONT it catches up and rejoins; a frozen primary leaves its last answer on
+//! screen, marked stale, while the view keeps updating.
 //!
 //! The nodes run with the test replication settings of `ec-testnode` (`max_lag_time` 3 s), so
 //! the primary drops the frozen replica within seconds; every wait has the generous
@@ -128,4 +129,73 @@ async fn a_frozen_replica_leaves_the_in_sync_set_on_screen_and_rejoins() {
         (0, false),
         "exit status, still on the alternate screen"
     );
+}
+
+/// The `as of HH:MM:SS` of the view's title: when the last round of answers arrived.
+fn as_of(screen: &str) -> Option<&str> {
+    let at = screen.find("as of ")? + "as of ".len();
+    screen.get(at..at + 8)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_is_shown_stale_and_the_view_keeps_updating() {
+    let consul = ConsulAgent::start_dev().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = consul.http_url();
+    let mut node1 = NodeProcess::spawn_replicated(&dir.path().join("node1"), &url, "node1");
+    let _node2 = NodeProcess::spawn_replicated(&dir.path().join("node2"), &url, "node2");
+    // No automatic promotion: the primary stays frozen and named for as long as it takes.
+    let gateway = TestGateway::start_with(&url, |s| s.auto_failover = false).await;
+    store(&consul)
+        .put(
+            &data_id("orders"),
+            &[node_id("node1"), node_id("node2")],
+            None,
+        )
+        .await
+        .expect("mapping");
+    publish_when_ready(node1.grpc_addr, "orders", "first", 30).await;
+
+    let tmux = Tmux::start(
+        &console_binary(),
+        &console_args(&consul, &gateway.addr.to_string()),
+        120,
+        40,
+    );
+    tmux.wait("orders listed", |s| {
+        s.lines()
+            .any(|l| l.contains("orders") && l.contains("node1*"))
+    })
+    .await;
+    tmux.keys(&["4"]);
+    tmux.wait("node1's answer with all 30 events", |s| {
+        primary_row(s, "orders").is_some_and(|l| l.contains(" 30 ") && l.contains("in-sync"))
+    })
+    .await;
+
+    // Should the test fail while it is frozen, dropping `node1` continues and kills it.
+    node1.signal(Signal::SIGSTOP);
+    let stale = tmux
+        .wait("orders marked stale with the reason", |s| {
+            primary_row(s, "orders").is_some_and(|l| l.contains("STALE") && l.contains(" 30 "))
+                && s.contains("orders: asking node1: no answer from")
+        })
+        .await;
+    // Rounds keep coming: a frozen node costs each round one timeout, not the view.
+    let first = as_of(&stale).map(str::to_owned);
+    assert!(first.is_some(), "{stale}");
+    tmux.wait("a later round while node1 is still frozen", |s| {
+        as_of(s).is_some_and(|t| Some(t) != first.as_deref())
+            && primary_row(s, "orders").is_some_and(|l| l.contains("STALE"))
+    })
+    .await;
+
+    node1.signal(Signal::SIGCONT);
+    tmux.wait("node1 answers again", |s| {
+        primary_row(s, "orders").is_some_and(|l| !l.contains("STALE") && l.contains("in-sync"))
+            && !s.contains("asking node1")
+    })
+    .await;
+    tmux.keys(&["q"]);
+    assert_eq!(tmux.wait_exit().await, (0, false));
 }
