@@ -30,6 +30,8 @@ pub enum Context {
     Confirm,
     /// The promote-a-replica picker.
     Promote,
+    /// The gateway refused a promotion that `force` would pass.
+    PromoteRefused,
     /// The check-and-set conflict popup.
     Conflict,
     /// One event shown whole.
@@ -55,6 +57,7 @@ impl Context {
             Context::Form => "Add / edit form",
             Context::Confirm => "Delete confirmation",
             Context::Promote => "Promote a replica",
+            Context::PromoteRefused => "Promotion refused (replica not in sync)",
             Context::Conflict => "Conflict (someone else changed the mapping)",
             Context::Detail => "Event detail",
             Context::Picker => "Pick a data ID",
@@ -74,6 +77,7 @@ impl Context {
             Context::Form => FORM,
             Context::Confirm => CONFIRM,
             Context::Promote => PROMOTE,
+            Context::PromoteRefused => PROMOTE_REFUSED,
             Context::Conflict => CONFLICT,
             Context::Detail => DETAIL,
             Context::Picker => PICKER,
@@ -175,6 +179,8 @@ pub enum Action {
     Reload,
     /// Conflict: write ours over theirs.
     Overwrite,
+    /// Refused promotion: promote anyway.
+    Force,
     /// Edit the text under the cursor.
     EditText(TextOp),
 }
@@ -508,6 +514,19 @@ static PROMOTE: &[Binding] = &[
     b(&[Key::plain(KeyCode::Esc)], Action::Cancel, "cancel"),
 ];
 
+static PROMOTE_REFUSED: &[Binding] = &[
+    b(
+        &[Key::ch('f')],
+        Action::Force,
+        "force the promotion (events acknowledged with acks=all may be lost)",
+    ),
+    b(
+        &[Key::ch('n'), Key::plain(KeyCode::Esc)],
+        Action::Cancel,
+        "cancel (keep the current primary)",
+    ),
+];
+
 static CONFLICT: &[Binding] = &[
     b(
         &[Key::ch('r')],
@@ -730,6 +749,7 @@ mod tests {
             Context::Form,
             Context::Confirm,
             Context::Promote,
+            Context::PromoteRefused,
             Context::Conflict,
             Context::Detail,
             Context::Picker,

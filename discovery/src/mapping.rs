@@ -454,41 +454,6 @@ impl MappingStore {
         .await
     }
 
-    /// Makes `node`, which must already be in `data_id`'s mapping, its primary (moves it
-    /// first, keeping the others' order).
-    pub async fn set_primary(
-        &self,
-        data_id: &DataId,
-        node: &NodeId,
-    ) -> Result<Mapping, MappingError> {
-        let invalid = |reason: String| MappingError::Invalid {
-            data_id: data_id.clone(),
-            reason,
-        };
-        let after = self
-            .update(data_id, |cur| match cur {
-                None => Err(invalid(format!(
-                    "there is no mapping, so {node} cannot become its primary; add the node first"
-                ))),
-                Some(m) if !m.contains(node) => Err(invalid(format!(
-                    "{node} is not one of its nodes ({}); add it first",
-                    m.value()
-                ))),
-                Some(m) if m.primary() == node => Ok(None),
-                Some(m) => {
-                    let mut nodes = vec![node.clone()];
-                    nodes.extend(m.nodes.iter().filter(|n| *n != node).cloned());
-                    Ok(Some(nodes))
-                }
-            })
-            .await?;
-        after.ok_or_else(|| {
-            invalid(format!(
-                "{node} became primary but the mapping read back as absent"
-            ))
-        })
-    }
-
     async fn read(&self, data_id: &DataId) -> Result<Stored, MappingError> {
         let Some(pair) = self.client.kv_get(&self.key(data_id)).await? else {
             return Ok(Stored::Absent);

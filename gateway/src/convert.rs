@@ -17,10 +17,21 @@ impl From<PromoteError> for Status {
         let msg = e.to_string();
         match e {
             PromoteError::NoMapping { .. } => Status::not_found(msg),
+            PromoteError::NotInSync { .. } => {
+                // Tell clients (the console) that `force` would pass this check, without
+                // making them parse the message.
+                let mut status = Status::failed_precondition(msg);
+                status.metadata_mut().insert(
+                    ec_proto::PROMOTE_REFUSAL_KEY,
+                    tonic::metadata::MetadataValue::from_static(
+                        ec_proto::PROMOTE_REFUSAL_NOT_IN_SYNC,
+                    ),
+                );
+                status
+            }
             PromoteError::NotInMapping { .. }
             | PromoteError::AlreadyPrimary { .. }
             | PromoteError::PrimaryChanged { .. }
-            | PromoteError::NotInSync { .. }
             | PromoteError::Unhealthy { .. }
             | PromoteError::NoCandidate { .. } => Status::failed_precondition(msg),
             PromoteError::Changed { .. } => Status::aborted(msg),

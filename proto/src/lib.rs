@@ -10,3 +10,11 @@ tonic::include_proto!("streaming");
 
 /// Encoded `FileDescriptorSet` of `streaming.proto`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("streaming_descriptor");
+
+/// Metadata key on a `FAILED_PRECONDITION` from `Failover.PromoteReplica`: which check
+/// refused the promotion, so a client can offer `force` only where it helps.
+pub const PROMOTE_REFUSAL_KEY: &str = "ec-promote-refusal";
+
+/// [`PROMOTE_REFUSAL_KEY`]'s value when the replica is not in the in-sync set: asking again
+/// with `force` promotes it (and may lose events acknowledged with `acks=all`).
+pub const PROMOTE_REFUSAL_NOT_IN_SYNC: &str = "not-in-sync";

@@ -219,20 +219,8 @@ async fn read_modify_write_helpers() {
     let again = s.add_node(&a, &n("n1")).await.expect("add again");
     assert_eq!(again, m);
 
-    s.add_node(&a, &n("n3")).await.expect("add n3");
-    let m = s.set_primary(&a, &n("n3")).await.expect("set primary");
-    assert_eq!(m.value(), "n3,n1,n2");
-    assert_eq!(s.set_primary(&a, &n("n3")).await.expect("no-op"), m);
-    match s.set_primary(&a, &n("stranger")).await {
-        Err(MappingError::Invalid { reason, .. }) => {
-            assert!(reason.contains("stranger"), "{reason}")
-        }
-        other => panic!("a node outside the mapping became primary: {other:?}"),
-    }
-    match s.set_primary(&d("nothing-here"), &n("n1")).await {
-        Err(MappingError::Invalid { .. }) => {}
-        other => panic!("expected Invalid for a missing mapping, got {other:?}"),
-    }
+    let m = s.add_node(&a, &n("n3")).await.expect("add n3");
+    assert_eq!(m.value(), "n1,n2,n3");
 
     // An error from the closure stops the update and writes nothing.
     let err = s
@@ -253,9 +241,9 @@ async fn read_modify_write_helpers() {
             .expect("remove non-member"),
         Some(m.clone())
     );
-    let m = s.remove_node(&a, &n("n3")).await.expect("remove primary");
-    assert_eq!(m.as_ref().map(|m| m.value()), Some("n1,n2".into()));
-    s.remove_node(&a, &n("n1")).await.expect("remove n1");
+    let m = s.remove_node(&a, &n("n1")).await.expect("remove primary");
+    assert_eq!(m.as_ref().map(|m| m.value()), Some("n2,n3".into()));
+    s.remove_node(&a, &n("n3")).await.expect("remove n3");
     // Removing the last node deletes the key.
     assert_eq!(
         s.remove_node(&a, &n("n2")).await.expect("remove last"),
