@@ -101,6 +101,14 @@ pub enum GatewayError {
     /// The reflection service could not be built.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server task panicked.
+    #[error("grpc server on {addr} panicked ({panic}); restart the gateway, and report the panic")]
+    ServerPanicked {
+        /// Address served.
+        addr: SocketAddr,
+        /// The panic, as the runtime described it.
+        panic: String,
+    },
     /// The gRPC server failed.
     #[error("grpc server on {addr}: {source}")]
     Serve {
@@ -244,9 +252,14 @@ pub async fn run(
     match served {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => Err(GatewayError::Serve { addr, source }),
+        // A supervisor must see a crash as a crash: a panicked server is an error, so the
+        // binary exits non-zero.
         Err(join) => {
             error!(error = %join, "grpc server task panicked");
-            Ok(())
+            Err(GatewayError::ServerPanicked {
+                addr,
+                panic: join.to_string(),
+            })
         }
     }
 }

@@ -105,6 +105,14 @@ pub enum NodeError {
     /// The reflection service could not be built.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server task panicked.
+    #[error("grpc server on {addr} panicked ({panic}); restart the node, and report the panic")]
+    ServerPanicked {
+        /// Address served.
+        addr: SocketAddr,
+        /// The panic, as the runtime described it.
+        panic: String,
+    },
     /// The gRPC server failed.
     #[error("grpc server on {addr}: {source}")]
     Serve {
@@ -292,9 +300,14 @@ async fn serve(
             addr: grpc_addr,
             source,
         }),
+        // A supervisor must see a crash as a crash: a panicked server is an error, so the
+        // binary exits non-zero.
         Err(join) => {
             error!(error = %join, "grpc server task panicked");
-            Ok(())
+            Err(NodeError::ServerPanicked {
+                addr: grpc_addr,
+                panic: join.to_string(),
+            })
         }
     }
 }
