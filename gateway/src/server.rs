@@ -9,7 +9,6 @@
 //! gRPC health stays SERVING while Consul is unreachable: the gateway keeps answering from
 //! its last table, which is more useful than refusing; `GetStatus` reports the staleness.
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use ec_client::ChannelCache;
@@ -21,8 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::feed::feed;
 use crate::promotion::Promoter;
@@ -32,11 +30,6 @@ use crate::service::GatewayService;
 /// The Consul service name storage nodes register under (`ec_node::SERVICE_NAME`; a test
 /// checks that the two agree).
 pub const NODE_SERVICE_NAME: &str = "streaming-node";
-
-/// HTTP/2 connection-level flow-control window of the gRPC server, in bytes.
-const CONNECTION_WINDOW: u32 = 16 << 20;
-/// HTTP/2 stream-level flow-control window of the gRPC server, in bytes.
-const STREAM_WINDOW: u32 = 4 << 20;
 
 /// Health transitions kept for `WatchHealth` streams that fall behind; a watcher further
 /// behind gets a fresh snapshot instead.
@@ -98,26 +91,9 @@ pub enum GatewayError {
     /// The Consul address is unusable.
     #[error("consul: {0}")]
     Consul(#[from] ec_discovery::DiscoveryError),
-    /// The reflection service could not be built.
-    #[error("grpc reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The gRPC server task panicked.
-    #[error("grpc server on {addr} panicked ({panic}); restart the gateway, and report the panic")]
-    ServerPanicked {
-        /// Address served.
-        addr: SocketAddr,
-        /// The panic, as the runtime described it.
-        panic: String,
-    },
-    /// The gRPC server failed.
-    #[error("grpc server on {addr}: {source}")]
-    Serve {
-        /// Address served.
-        addr: SocketAddr,
-        /// What tonic reported.
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// The gRPC server could not start, failed, or panicked.
+    #[error(transparent)]
+    Grpc(#[from] ec_grpc::ServeError),
 }
 
 /// Runs a gateway on `listener` until `shutdown` is cancelled, then drains and returns.
@@ -186,42 +162,25 @@ pub async fn run(
         shutdown: stop_serving.clone(),
         started: SystemTime::now(),
     };
-    let (reporter, grpc_health) = tonic_health::server::health_reporter();
-    type Server = ec_proto::gateway_server::GatewayServer<GatewayService>;
-    reporter.set_serving::<Server>().await;
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ec_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let failover = ec_proto::failover_server::FailoverServer::new(service.clone());
-    reporter
-        .set_serving::<ec_proto::failover_server::FailoverServer<GatewayService>>()
-        .await;
-    let gateway = Server::new(service)
+    let gateway = ec_proto::gateway_server::GatewayServer::new(service)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    let serve = tonic::transport::Server::builder()
-        // h2 lets a connection hold only half its window in small unread DATA frames before it
-        // answers GOAWAY ENHANCE_YOUR_CALM; a pipelined publisher of one-event messages hit
-        // that at the 64 KiB default while the committer applied backpressure. A larger window
-        // raises that budget (and lets fast streams run without waiting for window updates).
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .add_service(grpc_health)
-        .add_service(reflection)
-        .add_service(gateway)
-        .add_service(failover)
-        // Nagle off on every accepted socket: tonic's `Server::tcp_nodelay` only reaches
-        // listeners it binds itself. With Nagle on, a stream's small messages waited for the
-        // reader's delayed ACKs (milliseconds of delivery latency at a few thousand events/s).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop_serving.clone().cancelled_owned(),
-        );
-    let mut serve_task = tokio::spawn(serve);
+    let grpc = ec_grpc::GrpcServer::new()
+        .add_service(gateway, ec_proto::FILE_DESCRIPTOR_SET)
+        .await
+        .add_service(failover, ec_proto::FILE_DESCRIPTOR_SET)
+        .await;
+    let health = grpc.health();
+    let mut serve_task = match grpc.serve(listener, stop_serving.clone()).await {
+        Ok(task) => task,
+        Err(e) => {
+            stop_watches.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Err(e.into());
+        }
+    };
     info!(
         %addr,
         consul = %settings.consul_url,
@@ -236,10 +195,7 @@ pub async fn run(
         r = &mut serve_task => Some(r),
     };
     info!("shutting down: ending streams");
-    reporter.set_not_serving::<Server>().await;
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    health.not_serving().await;
     stop_serving.cancel();
     let served = match served {
         Some(r) => r,
@@ -249,17 +205,6 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     info!("gateway stopped");
-    match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(GatewayError::Serve { addr, source }),
-        // A supervisor must see a crash as a crash: a panicked server is an error, so the
-        // binary exits non-zero.
-        Err(join) => {
-            error!(error = %join, "grpc server task panicked");
-            Err(GatewayError::ServerPanicked {
-                addr,
-                panic: join.to_string(),
-            })
-        }
-    }
+    // A panicked server is an error, so the binary exits non-zero.
+    Ok(served?)
 }

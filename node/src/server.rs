@@ -8,7 +8,6 @@
 //! primary fences its streams, each replica stops copying); close the log, which commits and
 //! syncs whatever is pending. Only then does `run` return.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,19 +18,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::health::{Serving, serve_http};
 use crate::log::{EventLog, LogError, LogOptions};
 use crate::registration::{Advertised, CheckSettings, registration};
 use crate::replication::{self, Replication, ReplicationSettings};
 use crate::service::NodeService;
-
-/// HTTP/2 connection-level flow-control window of the gRPC server, in bytes.
-const CONNECTION_WINDOW: u32 = 16 << 20;
-/// HTTP/2 stream-level flow-control window of the gRPC server, in bytes.
-const STREAM_WINDOW: u32 = 4 << 20;
 
 /// How often the node asks its Consul agent whether its registration is still there.
 const REGISTRATION_RECHECK: Duration = Duration::from_secs(2);
@@ -102,26 +95,9 @@ pub enum NodeError {
     /// The Consul address is unusable.
     #[error("consul: {0}")]
     Consul(#[from] ec_discovery::DiscoveryError),
-    /// The reflection service could not be built.
-    #[error("grpc reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The gRPC server task panicked.
-    #[error("grpc server on {addr} panicked ({panic}); restart the node, and report the panic")]
-    ServerPanicked {
-        /// Address served.
-        addr: SocketAddr,
-        /// The panic, as the runtime described it.
-        panic: String,
-    },
-    /// The gRPC server failed.
-    #[error("grpc server on {addr}: {source}")]
-    Serve {
-        /// Address served.
-        addr: SocketAddr,
-        /// What tonic reported.
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// The gRPC server could not start, failed, or panicked.
+    #[error(transparent)]
+    Grpc(#[from] ec_grpc::ServeError),
 }
 
 /// Runs a node that replicates nothing until `shutdown` is cancelled, then drains and
@@ -161,13 +137,6 @@ async fn serve(
         }
     })?;
     let tasks = TaskTracker::new();
-
-    let (reporter, grpc_health) = tonic_health::server::health_reporter();
-    let serving = Serving::new(reporter).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ec_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
 
     // Everything below stops at a different point of the shutdown sequence.
     let stop_registration = CancellationToken::new();
@@ -225,14 +194,6 @@ async fn serve(
         stop_housekeeping.clone(),
     ));
 
-    let health_task = tasks.spawn(serve_http(
-        listeners.health,
-        settings.health_path.clone(),
-        settings.node_id.to_string(),
-        serving.clone(),
-        stop_serving.clone(),
-    ));
-
     let service = NodeService {
         node_id: settings.node_id.to_string(),
         log: log.clone(),
@@ -250,24 +211,33 @@ async fn serve(
     let node_server = ec_proto::node_server::NodeServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let grpc = tonic::transport::Server::builder()
-        // h2 lets a connection hold only half its window in small unread DATA frames before it
-        // answers GOAWAY ENHANCE_YOUR_CALM; a pipelined publisher of one-event messages hit
-        // that at the 64 KiB default while the committer applied backpressure. A larger window
-        // raises that budget (and lets fast streams run without waiting for window updates).
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .add_service(grpc_health)
-        .add_service(reflection)
-        .add_service(node_server)
-        // Nagle off on every accepted socket: tonic's `Server::tcp_nodelay` only reaches
-        // listeners it binds itself. With Nagle on, a stream's small messages waited for the
-        // reader's delayed ACKs (milliseconds of delivery latency at a few thousand events/s).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            stop_serving.clone().cancelled_owned(),
-        );
-    let mut grpc_task = tokio::spawn(grpc);
+    let grpc = ec_grpc::GrpcServer::new()
+        .add_service(node_server, ec_proto::FILE_DESCRIPTOR_SET)
+        .await;
+    let serving = Serving::new(grpc.health());
+    let mut grpc_task = match grpc.serve(listeners.grpc, stop_serving.clone()).await {
+        Ok(task) => task,
+        Err(e) => {
+            // Nothing was served: stop what was started and close the log before saying so.
+            for stop in [&stop_registration, &stop_replication, &stop_housekeeping] {
+                stop.cancel();
+            }
+            let _ = registrar.await;
+            tasks.close();
+            tasks.wait().await;
+            log.close().await.map_err(NodeError::CloseLog)?;
+            return Err(e.into());
+        }
+    };
+
+    let health_task = tasks.spawn(serve_http(
+        listeners.health,
+        settings.health_path.clone(),
+        settings.node_id.to_string(),
+        serving.clone(),
+        stop_serving.clone(),
+    ));
+
     info!(%grpc_addr, %health_addr, data_dir = %settings.data_dir.display(), "node serving");
 
     let served = tokio::select! {
@@ -294,22 +264,8 @@ async fn serve(
     }
     log.close().await.map_err(NodeError::CloseLog)?;
     info!("node stopped");
-    match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(NodeError::Serve {
-            addr: grpc_addr,
-            source,
-        }),
-        // A supervisor must see a crash as a crash: a panicked server is an error, so the
-        // binary exits non-zero.
-        Err(join) => {
-            error!(error = %join, "grpc server task panicked");
-            Err(NodeError::ServerPanicked {
-                addr: grpc_addr,
-                panic: join.to_string(),
-            })
-        }
-    }
+    // A panicked server is an error, so the binary exits non-zero.
+    Ok(served?)
 }
 
 fn held_data_ids(log: &EventLog) -> Vec<DataId> {

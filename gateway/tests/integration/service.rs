@@ -210,6 +210,12 @@ async fn serves_health_and_reflection_and_shuts_down_with_open_streams() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"streaming.Gateway".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"streaming.Failover".to_owned()),
+        "{names:?}"
+    );
+    // Only what the gateway serves: the node's service shares the .proto but not the port.
+    assert!(!names.contains(&"streaming.Node".to_owned()), "{names:?}");
 
     // Open streams: a following Subscribe (tailing after the one stored event) and a
     // WatchHealth.
