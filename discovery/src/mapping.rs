@@ -334,8 +334,17 @@ impl MappingStore {
     }
 
     /// Deletes `data_id`'s mapping if its `ModifyIndex` is still `expected`; otherwise
-    /// [`MappingError::Conflict`]. Deleting a mapping that is already gone succeeds.
+    /// [`MappingError::Conflict`] with what is stored now, also when nothing is (the caller
+    /// expected a mapping that is gone: someone else deleted it).
     pub async fn delete(&self, data_id: &DataId, expected: u64) -> Result<(), MappingError> {
+        // Consul answers `true` to a check-and-set delete of a key that does not exist, so
+        // absence is checked first; the CAS below still catches a change after this read.
+        if self.client.kv_get(&self.key(data_id)).await?.is_none() {
+            return Err(MappingError::Conflict {
+                data_id: data_id.clone(),
+                current: None,
+            });
+        }
         if self
             .client
             .kv_delete(&self.key(data_id), Some(expected))

@@ -69,8 +69,8 @@ pub(crate) fn mapping_status(e: MappingError) -> Status {
                 m.modify_index
             ),
             None => format!(
-                "mapping of data ID {data_id} does not exist (any more); create it with \
-                 expected_modify_index 0"
+                "mapping of data ID {data_id} does not exist (any more), so it does not have \
+                 the expected ModifyIndex; to create it, pass expected_modify_index 0"
             ),
         }),
         MappingError::Invalid { .. } => Status::invalid_argument(e.to_string()),

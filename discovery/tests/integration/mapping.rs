@@ -96,6 +96,11 @@ async fn put_get_delete_with_check_and_set() {
     }
     s.delete(&a, m2.modify_index).await.expect("delete");
     assert_eq!(s.get(&a).await.expect("get"), None);
+    // Deleting with an expected index what is gone is a conflict saying "absent", not OK.
+    match s.delete(&a, m2.modify_index).await {
+        Err(MappingError::Conflict { current: None, .. }) => {}
+        other => panic!("expected a conflict with nothing stored, got {other:?}"),
+    }
     // A stale expected index against a missing mapping is a conflict saying "absent".
     match s.put(&a, &[n("node1")], Some(m2.modify_index)).await {
         Err(MappingError::Conflict { current: None, .. }) => {}
