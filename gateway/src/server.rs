@@ -31,6 +31,9 @@ use crate::service::GatewayService;
 /// checks that the two agree).
 pub const NODE_SERVICE_NAME: &str = "streaming-node";
 
+/// Longest request message, in bytes: a forwarded publish batch of the largest events.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// Health transitions kept for `WatchHealth` streams that fall behind; a watcher further
 /// behind gets a fresh snapshot instead.
 const HEALTH_EVENTS_BUFFER: usize = 1024;
@@ -162,15 +165,18 @@ pub async fn run(
         shutdown: stop_serving.clone(),
         started: SystemTime::now(),
     };
-    let failover = ec_proto::failover_server::FailoverServer::new(service.clone());
+    let failover = ec_proto::failover_server::FailoverServer::new(service.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let gateway = ec_proto::gateway_server::GatewayServer::new(service)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    let grpc = ec_grpc::GrpcServer::new()
-        .add_service(gateway, ec_proto::FILE_DESCRIPTOR_SET)
-        .await
-        .add_service(failover, ec_proto::FILE_DESCRIPTOR_SET)
-        .await;
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let grpc = ec_grpc::GrpcServer::new(ec_grpc::ServeSettings {
+        max_message_bytes: MAX_MESSAGE_BYTES,
+    })
+    .add_service(gateway, ec_proto::FILE_DESCRIPTOR_SET)
+    .await
+    .add_service(failover, ec_proto::FILE_DESCRIPTOR_SET)
+    .await;
     let health = grpc.health();
     let mut serve_task = match grpc.serve(listener, stop_serving.clone()).await {
         Ok(task) => task,

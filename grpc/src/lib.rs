@@ -8,14 +8,21 @@
 //! - `grpc.health.v1.Health`, with every added service reported by name ([`Health`]);
 //! - server reflection in both `v1` and `v1alpha`, listing only the services this binary
 //!   serves (plus health and reflection);
+//! - one request-size limit for every RPC, refused with `RESOURCE_EXHAUSTED` naming the limit
+//!   before the message is buffered (`limits.rs`);
 //! - graceful shutdown on a [`CancellationToken`](tokio_util::sync::CancellationToken), and a
 //!   server task that panics reported as an error ([`ServeError::Panicked`]), never as a
 //!   clean stop.
+//!
+//! A malformed protobuf message is `INVALID_ARGUMENT`: that rule lives in `ec-proto`'s codec,
+//! since the generated code names its codec.
 //!
 //! Per-service policy (authentication, authorization) is not decided here: wrap a service in
 //! a tonic interceptor or a tower layer before [`GrpcServer::add_service`]; the server serves
 //! whatever it is given under the service's name.
 
+mod limits;
 mod server;
 
-pub use server::{GrpcServer, Health, ServeError, ServerTask};
+pub use limits::MessageLimitLayer;
+pub use server::{GrpcServer, Health, ServeError, ServeSettings, ServerTask};

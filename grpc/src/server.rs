@@ -1,6 +1,6 @@
 //! [`GrpcServer`]: the one way a binary serves its gRPC services.
 //!
-//! Built in three steps: `new`, `add_service` per service the
+//! Built in three steps: `new` with the [`ServeSettings`], `add_service` per service the
 //! binary implements (each is then reported SERVING by health and listed by reflection), and
 //! `serve` on a bound listener, which spawns the server and returns a [`ServerTask`] to await.
 //! [`Health`] flips every served service to NOT_SERVING when the binary starts draining.
@@ -28,6 +28,8 @@ use tonic::service::RoutesBuilder;
 use tonic::transport::server::{Connected, TcpIncoming};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+use crate::limits::MessageLimitLayer;
 
 /// HTTP/2 connection-level flow-control window of every server, in bytes.
 const CONNECTION_WINDOW: u32 = 16 << 20;
@@ -62,6 +64,27 @@ pub enum ServeError {
     },
 }
 
+/// Request-size limit when none is configured: tonic's default.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// How a server is run.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// Longest request message accepted, in bytes as encoded on the wire; longer ones are
+    /// refused with `RESOURCE_EXHAUSTED`. Give each added service's own tonic limit
+    /// (`max_decoding_message_size`) at least this value, or tonic refuses first with
+    /// `OUT_OF_RANGE`.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServeSettings {
+    fn default() -> ServeSettings {
+        ServeSettings {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
 /// Served by every server next to the binary's own services.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
@@ -69,25 +92,21 @@ const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 
 /// A binary's gRPC server being assembled; see the module docs.
 pub struct GrpcServer {
+    settings: ServeSettings,
     routes: RoutesBuilder,
     health: Health,
     /// Encoded `FileDescriptorSet`s that describe the added services, for reflection.
     descriptors: Vec<&'static [u8]>,
 }
 
-impl Default for GrpcServer {
-    fn default() -> GrpcServer {
-        GrpcServer::new()
-    }
-}
-
 impl GrpcServer {
     /// A server with health (reporting the empty service name SERVING) and nothing else yet.
-    pub fn new() -> GrpcServer {
+    pub fn new(settings: ServeSettings) -> GrpcServer {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
         GrpcServer {
+            settings,
             routes,
             health: Health {
                 reporter,
@@ -185,6 +204,7 @@ impl GrpcServer {
             // without waiting for window updates).
             .initial_connection_window_size(CONNECTION_WINDOW)
             .initial_stream_window_size(STREAM_WINDOW)
+            .layer(MessageLimitLayer::new(self.settings.max_message_bytes))
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
         Ok(ServerTask {

@@ -202,8 +202,8 @@ async fn serve(
         replication,
         shutdown: stop_serving.clone(),
     };
-    // A request may carry one event of the maximum size plus framing; a bit more is refused
-    // by tonic itself before it is decoded.
+    // A request may carry one event of the maximum size plus framing; more is refused with
+    // RESOURCE_EXHAUSTED before it is buffered.
     let max_message = usize::try_from(settings.max_event_bytes)
         .unwrap_or(usize::MAX)
         .saturating_mul(2)
@@ -211,9 +211,11 @@ async fn serve(
     let node_server = ec_proto::node_server::NodeServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let grpc = ec_grpc::GrpcServer::new()
-        .add_service(node_server, ec_proto::FILE_DESCRIPTOR_SET)
-        .await;
+    let grpc = ec_grpc::GrpcServer::new(ec_grpc::ServeSettings {
+        max_message_bytes: max_message,
+    })
+    .add_service(node_server, ec_proto::FILE_DESCRIPTOR_SET)
+    .await;
     let serving = Serving::new(grpc.health());
     let mut grpc_task = match grpc.serve(listeners.grpc, stop_serving.clone()).await {
         Ok(task) => task,

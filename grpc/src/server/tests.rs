@@ -14,7 +14,8 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::*;
 
-/// Stands in for `streaming.Gateway`: answers every call with UNIMPLEMENTED.
+/// Stands in for `streaming.Gateway`: reads the request like a generated server (so size
+/// and framing rules apply), then answers UNIMPLEMENTED.
 #[derive(Clone)]
 struct FakeGateway;
 
@@ -25,20 +26,36 @@ impl NamedService for FakeGateway {
 impl tower::Service<http::Request<Body>> for FakeGateway {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _req: http::Request<Body>) -> Self::Future {
-        std::future::ready(Ok(Status::unimplemented("stand-in").into_http()))
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        Box::pin(async move {
+            Ok(tonic::server::Grpc::new(ec_testkit::RawCodec)
+                .unary(Refuse, req)
+                .await)
+        })
+    }
+}
+
+/// The stand-in's handler, reached only by a request that was read whole.
+struct Refuse;
+
+impl tonic::server::UnaryService<Vec<u8>> for Refuse {
+    type Response = Vec<u8>;
+    type Future = std::future::Ready<Result<tonic::Response<Vec<u8>>, Status>>;
+
+    fn call(&mut self, _req: tonic::Request<Vec<u8>>) -> Self::Future {
+        std::future::ready(Err(Status::unimplemented("stand-in")))
     }
 }
 
 async fn started() -> (ServerTask, Health, Channel, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let server = GrpcServer::new()
+    let server = GrpcServer::new(ServeSettings::default())
         .add_service(FakeGateway, ec_proto::FILE_DESCRIPTOR_SET)
         .await;
     let health = server.health();
@@ -180,7 +197,7 @@ async fn a_panic_in_the_server_task_is_an_error_not_a_clean_stop() {
         },
     );
     let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-    let task = GrpcServer::new()
+    let task = GrpcServer::new(ServeSettings::default())
         .serve_incoming(addr, incoming, CancellationToken::new())
         .await
         .expect("starts");
@@ -192,4 +209,42 @@ async fn a_panic_in_the_server_task_is_an_error_not_a_clean_stop() {
         }
         other => panic!("a panicked server reported {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_is_resource_exhausted_naming_the_limit() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let task = GrpcServer::new(ServeSettings {
+        max_message_bytes: 1024,
+    })
+    .add_service(FakeGateway, ec_proto::FILE_DESCRIPTOR_SET)
+    .await
+    .serve(listener, CancellationToken::new())
+    .await
+    .expect("serve");
+    let channel = Channel::from_shared(format!("http://{}", task.addr()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let call = |len: usize| {
+        let channel = channel.clone();
+        async move {
+            ec_testkit::raw_unary(channel, "/streaming.Gateway/GetNodeForData", vec![0u8; len])
+                .await
+                .expect_err("the stand-in answers nothing")
+        }
+    };
+    // At the limit the message reaches the service.
+    let at_limit = call(1024).await;
+    assert_eq!(at_limit.code(), tonic::Code::Unimplemented, "{at_limit:?}");
+    // Over it, the server refuses before the service sees it, naming both numbers.
+    let over = call(1025).await;
+    assert_eq!(over.code(), tonic::Code::ResourceExhausted, "{over:?}");
+    assert!(over.message().contains("1025 bytes"), "{over:?}");
+    assert!(over.message().contains("limit of 1024 bytes"), "{over:?}");
+    assert!(
+        over.message().contains("/streaming.Gateway/GetNodeForData"),
+        "{over:?}"
+    );
 }
