@@ -85,6 +85,7 @@ pub fn settings(config: &Config) -> Result<GatewaySettings> {
             config.gateway.port,
             std::process::id()
         ),
+        tls: ec_grpc::TlsFiles::default(),
     })
 }
 

@@ -60,6 +60,8 @@ pub struct GatewaySettings {
     pub failover_after: Duration,
     /// Who this gateway is, in the failover lock (for operators reading Consul).
     pub name: String,
+    /// TLS of the gRPC listener and of the channels to nodes; all `None`: plaintext.
+    pub tls: ec_grpc::TlsFiles,
 }
 
 impl GatewaySettings {
@@ -75,6 +77,7 @@ impl GatewaySettings {
             auto_failover: true,
             failover_after: Duration::from_secs(20),
             name: format!("ec-gateway pid {}", std::process::id()),
+            tls: ec_grpc::TlsFiles::default(),
         }
     }
 }
@@ -94,6 +97,9 @@ pub enum GatewayError {
     /// The Consul address is unusable.
     #[error("consul: {0}")]
     Consul(#[from] ec_discovery::DiscoveryError),
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] ec_grpc::TlsError),
     /// The gRPC server could not start, failed, or panicked.
     #[error(transparent)]
     Grpc(#[from] ec_grpc::ServeError),
@@ -106,6 +112,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let addr = listener.local_addr().map_err(GatewayError::Listener)?;
+    let server_tls = settings.tls.server()?;
+    let channels = ChannelCache::new(ec_client::ChannelSettings {
+        tls: settings.tls.client()?,
+        ..ec_client::ChannelSettings::default()
+    });
     let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
     let store = MappingStore::new(consul.clone(), &settings.kv_prefix);
     let tasks = TaskTracker::new();
@@ -132,7 +143,6 @@ pub async fn run(
         stop_watches.clone(),
     ));
 
-    let channels = ChannelCache::default();
     let promoter = Promoter {
         mappings: store.clone(),
         epochs: EpochStore::new(consul.clone(), &settings.kv_prefix),
@@ -172,6 +182,7 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let grpc = ec_grpc::GrpcServer::new(ec_grpc::ServeSettings {
         max_message_bytes: MAX_MESSAGE_BYTES,
+        tls: server_tls,
     })
     .add_service(gateway, ec_proto::FILE_DESCRIPTOR_SET)
     .await

@@ -10,6 +10,8 @@
 //!   serves (plus health and reflection);
 //! - one request-size limit for every RPC, refused with `RESOURCE_EXHAUSTED` naming the limit
 //!   before the message is buffered (`limits.rs`);
+//! - TLS from the configured files, optionally requiring client certificates ([`TlsFiles`],
+//!   which also gives the client side for the binaries' outgoing channels);
 //! - graceful shutdown on a [`CancellationToken`](tokio_util::sync::CancellationToken), and a
 //!   server task that panics reported as an error ([`ServeError::Panicked`]), never as a
 //!   clean stop.
@@ -23,6 +25,8 @@
 
 mod limits;
 mod server;
+mod tls;
 
 pub use limits::MessageLimitLayer;
 pub use server::{GrpcServer, Health, ServeError, ServeSettings, ServerTask};
+pub use tls::{TlsError, TlsFiles};

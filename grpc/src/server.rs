@@ -42,6 +42,9 @@ pub enum ServeError {
     /// The listener could not report its address.
     #[error("listener has no local address: {0}")]
     Listener(#[source] std::io::Error),
+    /// The TLS settings could not be applied (a certificate or key that is not valid PEM).
+    #[error("grpc server TLS: {0}; check tls.cert_file, tls.key_file and tls.ca_file")]
+    Tls(#[source] tonic::transport::Error),
     /// The reflection service could not be built from the descriptor sets.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -75,12 +78,15 @@ pub struct ServeSettings {
     /// (`max_decoding_message_size`) at least this value, or tonic refuses first with
     /// `OUT_OF_RANGE`.
     pub max_message_bytes: usize,
+    /// TLS of the listener (see [`crate::TlsFiles::server`]); `None`: plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Default for ServeSettings {
     fn default() -> ServeSettings {
         ServeSettings {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            tls: None,
         }
     }
 }
@@ -196,7 +202,11 @@ impl GrpcServer {
         self.routes.add_service(v1).add_service(v1alpha);
         self.health.set_all(ServingStatus::Serving).await;
 
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.settings.tls.take() {
+            builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
+        }
+        let server = builder
             // h2 lets a connection hold only half its window in small unread DATA frames
             // before it answers GOAWAY ENHANCE_YOUR_CALM; a pipelined publisher of one-event
             // messages hit that at the 64 KiB default while the committer applied

@@ -130,6 +130,7 @@ fn settings_of(node_id: NodeId, config: &Config) -> NodeSettings {
         retention_interval: node.retention.check_interval,
         consul_url: config.consul.http_url(),
         consul_token: config.consul.token.clone(),
+        tls: ec_grpc::TlsFiles::default(),
     }
 }
 

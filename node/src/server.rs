@@ -63,6 +63,9 @@ pub struct NodeSettings {
     pub consul_url: String,
     /// ACL token sent to Consul, if any.
     pub consul_token: Option<String>,
+    /// TLS of the gRPC listener and of the channels to other nodes (replication); all
+    /// `None`: plaintext.
+    pub tls: ec_grpc::TlsFiles,
 }
 
 /// The sockets a node serves on, bound by the caller (so tests can bind port 0 first).
@@ -95,6 +98,9 @@ pub enum NodeError {
     /// The Consul address is unusable.
     #[error("consul: {0}")]
     Consul(#[from] ec_discovery::DiscoveryError),
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] ec_grpc::TlsError),
     /// The gRPC server could not start, failed, or panicked.
     #[error(transparent)]
     Grpc(#[from] ec_grpc::ServeError),
@@ -129,6 +135,9 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let grpc_addr = listeners.grpc.local_addr().map_err(NodeError::Listener)?;
+    // Both sides of TLS are read before anything starts, so a bad file stops the node at once.
+    let server_tls = settings.tls.server()?;
+    let client_tls = settings.tls.client()?;
     let health_addr = listeners.health.local_addr().map_err(NodeError::Listener)?;
     let log = EventLog::open(&settings.data_dir, settings.log.clone()).map_err(|source| {
         NodeError::OpenLog {
@@ -168,6 +177,7 @@ async fn serve(
             log.clone(),
             r,
             consul.clone(),
+            client_tls,
             &tasks,
             stop_replication.clone(),
         ),
@@ -213,6 +223,7 @@ async fn serve(
         .max_encoding_message_size(max_message);
     let grpc = ec_grpc::GrpcServer::new(ec_grpc::ServeSettings {
         max_message_bytes: max_message,
+        tls: server_tls,
     })
     .add_service(node_server, ec_proto::FILE_DESCRIPTOR_SET)
     .await;

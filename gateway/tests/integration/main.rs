@@ -11,4 +11,5 @@ mod mappings;
 mod promotion;
 mod routing;
 mod service;
+mod tls;
 mod util;
