@@ -45,6 +45,8 @@ pub struct GatewaySettings {
     pub consul_url: String,
     /// ACL token sent to Consul, if any.
     pub consul_token: Option<String>,
+    /// CA of Consul's HTTPS certificate (`consul.ca_file`); `None`: plain HTTP.
+    pub consul_ca_file: Option<std::path::PathBuf>,
     /// `consul.kv_prefix`: where the mappings live.
     pub kv_prefix: String,
     /// `gateway.allowed_nodes`: the only nodes routed to and allowed to register; empty
@@ -71,6 +73,7 @@ impl GatewaySettings {
         GatewaySettings {
             consul_url: consul_url.into(),
             consul_token: None,
+            consul_ca_file: None,
             kv_prefix: "streaming/data/".into(),
             allowed_nodes: Vec::new(),
             watch_wait: Duration::from_secs(30),
@@ -117,7 +120,11 @@ pub async fn run(
         tls: settings.tls.client()?,
         ..ec_client::ChannelSettings::default()
     });
-    let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
+    let consul = ConsulClient::with_ca_file(
+        &settings.consul_url,
+        settings.consul_token.clone(),
+        settings.consul_ca_file.as_deref(),
+    )?;
     let store = MappingStore::new(consul.clone(), &settings.kv_prefix);
     let tasks = TaskTracker::new();
 

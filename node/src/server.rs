@@ -63,6 +63,8 @@ pub struct NodeSettings {
     pub consul_url: String,
     /// ACL token sent to Consul, if any.
     pub consul_token: Option<String>,
+    /// CA of Consul's HTTPS certificate (`consul.ca_file`); `None`: plain HTTP.
+    pub consul_ca_file: Option<PathBuf>,
     /// TLS of the gRPC listener and of the channels to other nodes (replication); all
     /// `None`: plaintext.
     pub tls: ec_grpc::TlsFiles,
@@ -170,7 +172,11 @@ async fn serve(
         move |ids: &[DataId]| registration(&node_id, &advertised, &tags, &check, ids);
     let held = held_data_ids(&log);
     let (reg_tx, reg_rx) = watch::channel(make_registration(&held));
-    let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
+    let consul = ConsulClient::with_ca_file(
+        &settings.consul_url,
+        settings.consul_token.clone(),
+        settings.consul_ca_file.as_deref(),
+    )?;
     let replication = match replication {
         Some(r) => replication::spawn(
             settings.node_id.clone(),

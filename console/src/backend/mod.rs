@@ -62,11 +62,15 @@ impl Backend {
         tx: mpsc::Sender<AppEvent>,
         shutdown: CancellationToken,
     ) -> Result<Backend, ConsoleError> {
-        let client = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())
-            .map_err(|source| ConsoleError::Consul {
-                url: settings.consul_url.clone(),
-                source,
-            })?;
+        let client = ConsulClient::with_ca_file(
+            &settings.consul_url,
+            settings.consul_token.clone(),
+            settings.consul_ca_file.as_deref(),
+        )
+        .map_err(|source| ConsoleError::Consul {
+            url: settings.consul_url.clone(),
+            source,
+        })?;
         let store = MappingStore::new(client.clone(), &settings.kv_prefix);
         let tasks = TaskTracker::new();
         let mappings = watch_mappings(store.clone(), settings.watch_wait, shutdown.clone());
@@ -83,8 +87,12 @@ impl Backend {
             BackendMsg::Health,
             shutdown.clone(),
         ));
-        let channels = ChannelCache::default();
+        let channels = ChannelCache::new(ec_client::ChannelSettings {
+            tls: settings.tls.client()?,
+            ..ec_client::ChannelSettings::default()
+        });
         tasks.spawn(poll_gateway(
+            channels.clone(),
             settings.gateway.clone(),
             tx.clone(),
             shutdown.clone(),
@@ -250,8 +258,13 @@ async fn forward<T: Clone + Send + Sync + 'static>(
 }
 
 /// Asks the gateway's status every [`GATEWAY_POLL`]; reports changes only.
-async fn poll_gateway(address: String, tx: mpsc::Sender<AppEvent>, shutdown: CancellationToken) {
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
+async fn poll_gateway(
+    channels: ChannelCache,
+    address: String,
+    tx: mpsc::Sender<AppEvent>,
+    shutdown: CancellationToken,
+) {
+    let endpoint = match channels.endpoint(&address) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(2)),
