@@ -152,6 +152,15 @@ impl TestNode {
         TestNode::start_as(consul_url, node_id, Mode::Replicated.replication()).await
     }
 
+    /// [`TestNode::start_replicated`] with `tweak` applied to [`node_settings`] (e.g. TLS).
+    pub async fn start_replicated_with_settings(
+        consul_url: &str,
+        node_id: &str,
+        tweak: impl FnOnce(&mut NodeSettings),
+    ) -> TestNode {
+        TestNode::start_tweaked(consul_url, node_id, Some(replication_settings()), tweak).await
+    }
+
     /// [`TestNode::start_replicated`] with `tweak` applied to [`replication_settings`].
     pub async fn start_replicated_with(
         consul_url: &str,

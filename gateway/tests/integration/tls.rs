@@ -143,3 +143,79 @@ async fn tls_round_trip_and_refusals() {
     gateway.stop().await.expect("clean stop");
     node1.stop().await.expect("clean stop");
 }
+
+/// Replication between nodes over mutual TLS: the replica dials its primary with its own
+/// node certificate, and both listeners require one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_runs_over_mutual_tls() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let dir = certs.path();
+    let out = Command::new("bash")
+        .arg(ec_testkit::workspace_root().join("scripts/dev-certs.sh"))
+        .args([
+            "--out",
+            &dir.display().to_string(),
+            "--nodes",
+            "node1,node2",
+        ])
+        .output()
+        .expect("run dev-certs.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let consul = ConsulAgent::start_dev().await;
+    store(&consul)
+        .put_force(&data_id("r"), &[node_id("node1"), node_id("node2")])
+        .await
+        .expect("map");
+    let node1 = TestNode::start_replicated_with_settings(&consul.http_url(), "node1", |s| {
+        s.tls = files(dir, Some("node1"), true);
+    })
+    .await;
+    let node2 = TestNode::start_replicated_with_settings(&consul.http_url(), "node2", |s| {
+        s.tls = files(dir, Some("node2"), true);
+    })
+    .await;
+
+    let channels = ChannelCache::new(ChannelSettings {
+        tls: files(dir, Some("client"), false)
+            .client()
+            .expect("client TLS"),
+        ..ChannelSettings::default()
+    });
+    let publisher = Client::with_nodes_and_channels(
+        vec![ec_client::Candidate::new("node1", node1.address())],
+        channels.clone(),
+    )
+    .expect("client");
+    ec_testkit::wait_for("node1 takes writes as primary over TLS", DEADLINE, || {
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .publish("r", vec![Bytes::from("a"), Bytes::from("b")])
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let replica = channels.get(&node2.address()).expect("channel");
+    ec_testkit::wait_for("node2 holds the events, copied over TLS", DEADLINE, || {
+        let mut node2 = ec_proto::node_client::NodeClient::new(replica.clone());
+        async move {
+            let info = node2
+                .get_stream_info(ec_proto::StreamInfoRequest {
+                    data_id: "r".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (info.log_end_offset >= 2).then_some(())
+        }
+    })
+    .await;
+    node2.stop().await.expect("clean stop");
+    node1.stop().await.expect("clean stop");
+}
