@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .bytes(".streaming")
+        // Malformed messages are INVALID_ARGUMENT, in one place for every RPC.
+        .codec_path("crate::codec::StrictCodec")
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=streaming.proto");
     Ok(())

@@ -32,6 +32,9 @@ pub struct ChannelSettings {
     pub stream_window: u32,
     /// HTTP/2 flow-control window of a whole connection.
     pub connection_window: u32,
+    /// TLS of every channel (addresses without a scheme are dialed as `https://`); `None`:
+    /// plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for ChannelSettings {
@@ -42,6 +45,7 @@ impl Default for ChannelSettings {
             keepalive_timeout: Duration::from_secs(5),
             stream_window: 2 << 20,
             connection_window: 8 << 20,
+            tls: None,
         }
     }
 }
@@ -81,10 +85,10 @@ impl ChannelCache {
     /// A configured endpoint for `address`, for callers that want to connect eagerly.
     pub fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
         let s = &self.settings;
-        let uri = if address.contains("://") {
-            address.to_owned()
-        } else {
-            format!("http://{address}")
+        let uri = match (address.contains("://"), s.tls.is_some()) {
+            (true, _) => address.to_owned(),
+            (false, true) => format!("https://{address}"),
+            (false, false) => format!("http://{address}"),
         };
         let endpoint = Endpoint::from_shared(uri).map_err(|e| ClientError::InvalidAddress {
             address: address.to_owned(),
@@ -96,6 +100,17 @@ impl ChannelCache {
                 reason: "no port".into(),
             });
         }
+        let endpoint = match &s.tls {
+            Some(tls) => {
+                endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|e| ClientError::InvalidAddress {
+                        address: address.to_owned(),
+                        reason: format!("TLS settings: {e}"),
+                    })?
+            }
+            None => endpoint,
+        };
         Ok(endpoint
             .connect_timeout(s.connect_timeout)
             .tcp_nodelay(true)

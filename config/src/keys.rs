@@ -156,6 +156,16 @@ keys! {
         "Consul KV prefix of the data-to-node mappings; ends with /, no leading /";
     "consul.token" "EVENT_CATCHER_CONSUL_TOKEN" [consul.token] text ""
         "Consul ACL token; empty = none";
+    "consul.ca_file" "EVENT_CATCHER_CONSUL_CA_FILE" [consul.ca_file] path ""
+        "PEM CA of the Consul agent's HTTPS certificate; set = talk to Consul over HTTPS, empty = HTTP";
+    "tls.cert_file" "EVENT_CATCHER_TLS_CERT_FILE" [tls.cert_file] path ""
+        "PEM certificate of this process: served by its gRPC listener, presented as client certificate when it dials; empty = no TLS listener";
+    "tls.key_file" "EVENT_CATCHER_TLS_KEY_FILE" [tls.key_file] path ""
+        "PEM private key of tls.cert_file";
+    "tls.ca_file" "EVENT_CATCHER_TLS_CA_FILE" [tls.ca_file] path ""
+        "PEM CA that servers' (and, with require_client_cert, clients') certificates must chain to; set = dial gRPC over TLS";
+    "tls.require_client_cert" "EVENT_CATCHER_TLS_REQUIRE_CLIENT_CERT" [tls.require_client_cert] boolean "false"
+        "mutual TLS: listeners refuse clients without a certificate signed by tls.ca_file";
     "log.level" "EVENT_CATCHER_LOG_LEVEL" [log.level] level "info"
         "trace, debug, info, warn or error; RUST_LOG may refine it per module";
     "log.format" "EVENT_CATCHER_LOG_FORMAT" [log.format] format "text"

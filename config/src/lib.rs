@@ -52,7 +52,7 @@ pub use keys::{KeyInfo, key_table, markdown_reference};
 pub use loader::{DEFAULT_CONFIG_FILE, ENV_PREFIX, Loaded, Loader};
 pub use partial::{
     PartialConfig, PartialConsul, PartialGateway, PartialHealthCheck, PartialLog, PartialNode,
-    PartialReplication, PartialRetention, PartialStorage,
+    PartialReplication, PartialRetention, PartialStorage, PartialTls,
 };
 
 /// The validated settings of every Event Catcher process.
@@ -64,6 +64,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// `consul.*`: where Consul is and where the mappings live.
     pub consul: ConsulConfig,
+    /// `tls.*`: TLS of every gRPC listener and channel.
+    pub tls: TlsConfig,
     /// `log.*`: logging of every binary.
     pub log: LogConfig,
 }
@@ -210,6 +212,8 @@ pub struct ConsulConfig {
     pub kv_prefix: String,
     /// ACL token sent as `X-Consul-Token`, if any.
     pub token: Option<String>,
+    /// CA of the agent's HTTPS certificate; `Some` means HTTPS.
+    pub ca_file: Option<PathBuf>,
 }
 
 // Written by hand so that logging a config (`?config`) never prints the ACL token.
@@ -220,8 +224,22 @@ impl fmt::Debug for ConsulConfig {
             .field("port", &self.port)
             .field("kv_prefix", &self.kv_prefix)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
             .finish()
     }
+}
+
+/// `tls.*`: the files of this process's TLS identity and of the CA it trusts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate of this process.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA that peers' certificates must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Listeners require client certificates signed by `ca_file`.
+    pub require_client_cert: bool,
 }
 
 /// `log.*`

@@ -22,6 +22,8 @@ pub struct PartialConfig {
     pub node: PartialNode,
     /// `consul.*`
     pub consul: PartialConsul,
+    /// `tls.*`
+    pub tls: PartialTls,
     /// `log.*`
     pub log: PartialLog,
 }
@@ -153,6 +155,22 @@ pub struct PartialConsul {
     pub kv_prefix: Option<String>,
     /// `consul.token`; `""` means none.
     pub token: Option<String>,
+    /// `consul.ca_file`; empty means plain HTTP.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `tls.*`; see [`crate::TlsConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartialTls {
+    /// `tls.cert_file`; empty means none.
+    pub cert_file: Option<PathBuf>,
+    /// `tls.key_file`; empty means none.
+    pub key_file: Option<PathBuf>,
+    /// `tls.ca_file`; empty means none.
+    pub ca_file: Option<PathBuf>,
+    /// `tls.require_client_cert`
+    pub require_client_cert: Option<bool>,
 }
 
 /// `log.*`; see [`crate::LogConfig`].

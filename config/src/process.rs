@@ -97,7 +97,41 @@ pub struct LogFlags {
     pub log_file: Option<String>,
 }
 
+/// The TLS flags of every binary, each overriding its `tls.*` or `consul.ca_file` key.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsFlags {
+    /// PEM certificate of this process [key: tls.cert_file].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of --tls-cert [key: tls.key_file].
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// PEM CA that peers' certificates must chain to; set = gRPC over TLS [key: tls.ca_file].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<String>,
+    /// true: listeners refuse clients without a certificate signed by the CA
+    /// [key: tls.require_client_cert].
+    #[arg(long, value_name = "BOOL")]
+    pub tls_require_client_cert: Option<String>,
+    /// PEM CA of the Consul agent's HTTPS certificate; set = HTTPS [key: consul.ca_file].
+    #[arg(long, value_name = "FILE")]
+    pub consul_ca: Option<String>,
+}
+
 impl Loader {
+    /// The `--tls-*` and `--consul-ca` flags.
+    pub fn tls_flags(self, flags: &TlsFlags) -> Self {
+        self.flag("tls.cert_file", "--tls-cert", flags.tls_cert.clone())
+            .flag("tls.key_file", "--tls-key", flags.tls_key.clone())
+            .flag("tls.ca_file", "--tls-ca", flags.tls_ca.clone())
+            .flag(
+                "tls.require_client_cert",
+                "--tls-require-client-cert",
+                flags.tls_require_client_cert.clone(),
+            )
+            .flag("consul.ca_file", "--consul-ca", flags.consul_ca.clone())
+    }
+
     /// The `--log-level`, `--log-format` and `--log-file` flags.
     pub fn log_flags(self, flags: &LogFlags) -> Self {
         self.flag("log.level", "--log-level", flags.log_level.clone())
@@ -118,12 +152,18 @@ impl Loader {
 }
 
 impl ConsulConfig {
-    /// Base URL of the agent's HTTP API, e.g. `http://localhost:8500` (IPv6 in brackets).
+    /// Base URL of the agent's HTTP API, e.g. `http://localhost:8500` (IPv6 in brackets);
+    /// `https://` when `consul.ca_file` is set.
     pub fn http_url(&self) -> String {
-        if self.host.contains(':') {
-            format!("http://[{}]:{}", self.host, self.port)
+        let scheme = if self.ca_file.is_some() {
+            "https"
         } else {
-            format!("http://{}:{}", self.host, self.port)
+            "http"
+        };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
         }
     }
 }

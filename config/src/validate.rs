@@ -15,7 +15,7 @@ use crate::keys::PORT_RULE;
 use crate::partial::PartialConfig;
 use crate::{
     Config, ConfigError, ConsulConfig, GatewayConfig, HealthCheckConfig, LogConfig, NodeConfig,
-    ProducersConfig, ReplicationConfig, RetentionConfig, Source, StorageConfig,
+    ProducersConfig, ReplicationConfig, RetentionConfig, Source, StorageConfig, TlsConfig,
 };
 
 /// The layer each key's value came from.
@@ -117,6 +117,7 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         gateway,
         node,
         consul,
+        tls,
         log,
     } = partial;
 
@@ -289,6 +290,13 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         port: c.port("consul.port", consul.port)?,
         kv_prefix,
         token: Some(c.required("consul.token", consul.token)?).filter(|t| !t.is_empty()),
+        ca_file: optional_path(c.required("consul.ca_file", consul.ca_file)?),
+    };
+    let tls = TlsConfig {
+        cert_file: optional_path(c.required("tls.cert_file", tls.cert_file)?),
+        key_file: optional_path(c.required("tls.key_file", tls.key_file)?),
+        ca_file: optional_path(c.required("tls.ca_file", tls.ca_file)?),
+        require_client_cert: c.required("tls.require_client_cert", tls.require_client_cert)?,
     };
 
     let file = Some(c.required("log.file", log.file)?).filter(|f| !f.as_os_str().is_empty());
@@ -309,8 +317,14 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         gateway,
         node,
         consul,
+        tls,
         log,
     })
+}
+
+/// An empty path means "not set".
+fn optional_path(path: std::path::PathBuf) -> Option<std::path::PathBuf> {
+    Some(path).filter(|p| !p.as_os_str().is_empty())
 }
 
 /// `host` or `host:port` (IPv6 as `[addr]` or `[addr]:port`); returns what is allowed.

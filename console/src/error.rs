@@ -10,6 +10,10 @@ pub enum ConsoleError {
     #[error(transparent)]
     Config(#[from] ec_config::ConfigError),
 
+    /// The TLS files (`tls.*`) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] ec_grpc::TlsError),
+
     /// A flag's value is not usable.
     #[error("{flag} {value:?}: {reason}")]
     Flag {

@@ -83,7 +83,9 @@ pub enum GatewayState {
     },
 }
 
-/// A write to Consul the app asks for.
+/// A change of a mapping the app asks for: a check-and-set write to Consul, or a promotion
+/// through the gateway's `Failover.PromoteReplica` (which owns the reorder rule and the
+/// in-sync and health checks; the console never reorders a mapping itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
     /// Create (`expected: None`) or replace (`Some(ModifyIndex)`) a mapping, check-and-set.
@@ -102,13 +104,24 @@ pub enum WriteOp {
         /// The ModifyIndex it must still have.
         expected: u64,
     },
+    /// Ask the gateway to make `node` the primary of `data_id`.
+    Promote {
+        /// The data ID.
+        data_id: DataId,
+        /// The replica to promote.
+        node: NodeId,
+        /// Promote even if the replica is not in sync (may lose acknowledged events).
+        force: bool,
+    },
 }
 
 impl WriteOp {
     /// The data ID written.
     pub fn data_id(&self) -> &DataId {
         match self {
-            WriteOp::Put { data_id, .. } | WriteOp::Delete { data_id, .. } => data_id,
+            WriteOp::Put { data_id, .. }
+            | WriteOp::Delete { data_id, .. }
+            | WriteOp::Promote { data_id, .. } => data_id,
         }
     }
 }
@@ -127,6 +140,14 @@ pub enum WriteFailure {
     Conflict {
         /// The current mapping (`None`: absent).
         current: Option<Mapping>,
+    },
+    /// The gateway refused a promotion (the replica is not in sync, not healthy, …).
+    Refused {
+        /// The gateway's reason, as displayed.
+        reason: String,
+        /// Whether asking again with `force` would pass the check that refused it (only the
+        /// in-sync check can be forced; an unhealthy replica is refused either way).
+        forceable: bool,
     },
     /// Consul or the mapping rules refused it; the text says why.
     Failed(String),

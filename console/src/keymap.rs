@@ -32,6 +32,8 @@ pub enum Context {
     Confirm,
     /// The promote-a-replica picker.
     Promote,
+    /// The gateway refused a promotion that `force` would pass.
+    PromoteRefused,
     /// The check-and-set conflict popup.
     Conflict,
     /// One event shown whole.
@@ -58,6 +60,7 @@ impl Context {
             Context::Form => "Add / edit form",
             Context::Confirm => "Delete confirmation",
             Context::Promote => "Promote a replica",
+            Context::PromoteRefused => "Promotion refused (replica not in sync)",
             Context::Conflict => "Conflict (someone else changed the mapping)",
             Context::Detail => "Event detail",
             Context::Picker => "Pick a data ID",
@@ -78,6 +81,7 @@ impl Context {
             Context::Form => FORM,
             Context::Confirm => CONFIRM,
             Context::Promote => PROMOTE,
+            Context::PromoteRefused => PROMOTE_REFUSED,
             Context::Conflict => CONFLICT,
             Context::Detail => DETAIL,
             Context::Picker => PICKER,
@@ -184,6 +188,8 @@ pub enum Action {
     Reload,
     /// Conflict: write ours over theirs.
     Overwrite,
+    /// Refused promotion: promote anyway.
+    Force,
     /// Edit the text under the cursor.
     EditText(TextOp),
 }
@@ -547,6 +553,19 @@ static PROMOTE: &[Binding] = &[
     b(&[Key::plain(KeyCode::Esc)], Action::Cancel, "cancel"),
 ];
 
+static PROMOTE_REFUSED: &[Binding] = &[
+    b(
+        &[Key::ch('f')],
+        Action::Force,
+        "force the promotion (events acknowledged with acks=all may be lost)",
+    ),
+    b(
+        &[Key::ch('n'), Key::plain(KeyCode::Esc)],
+        Action::Cancel,
+        "cancel (keep the current primary)",
+    ),
+];
+
 static CONFLICT: &[Binding] = &[
     b(
         &[Key::ch('r')],
@@ -799,6 +818,7 @@ mod tests {
             Context::Form,
             Context::Confirm,
             Context::Promote,
+            Context::PromoteRefused,
             Context::Conflict,
             Context::Detail,
             Context::Picker,

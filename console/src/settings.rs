@@ -54,6 +54,9 @@ pub struct ConsoleArgs {
     /// Write the console's own log to this file (the screen has no room for it).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-require-client-cert`, `--consul-ca`.
+    #[command(flatten)]
+    pub tls: ec_config::process::TlsFlags,
 }
 
 /// Everything the console needs to run.
@@ -83,6 +86,10 @@ pub struct ConsoleSettings {
     pub log_file: Option<PathBuf>,
     /// Configuration warnings to show at start.
     pub warnings: Vec<String>,
+    /// CA of Consul's HTTPS certificate (`consul.ca_file`); `None`: plain HTTP.
+    pub consul_ca_file: Option<PathBuf>,
+    /// TLS of the channels to the gateway (`tls.*`); all `None`: plaintext.
+    pub tls: ec_grpc::TlsFiles,
 }
 
 impl ConsoleSettings {
@@ -102,6 +109,8 @@ impl ConsoleSettings {
             no_color: false,
             log_file: None,
             warnings: Vec::new(),
+            consul_ca_file: None,
+            tls: ec_grpc::TlsFiles::default(),
         }
     }
 
@@ -141,6 +150,7 @@ impl ConsoleArgs {
             .env(env)
             .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())
             .flag("consul.kv_prefix", "--kv-prefix", self.kv_prefix.clone())
+            .tls_flags(&self.tls)
             .load()?;
         let config = loaded.config;
         let gateway = match &self.gateway {
@@ -160,8 +170,13 @@ impl ConsoleArgs {
             None => reachable_address(&config.gateway.host, config.gateway.port),
         };
         let consul_address = reachable_address(&config.consul.host, config.consul.port);
+        let scheme = if config.consul.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Ok(ConsoleSettings {
-            consul_url: format!("http://{consul_address}"),
+            consul_url: format!("{scheme}://{consul_address}"),
             consul_address,
             consul_token: config.consul.token.clone(),
             kv_prefix: config.consul.kv_prefix.clone(),
@@ -171,6 +186,13 @@ impl ConsoleArgs {
             no_color,
             log_file: self.log_file.clone().or(config.log.file.clone()),
             warnings: loaded.warnings,
+            consul_ca_file: config.consul.ca_file.clone(),
+            tls: ec_grpc::TlsFiles {
+                cert_file: config.tls.cert_file.clone(),
+                key_file: config.tls.key_file.clone(),
+                ca_file: config.tls.ca_file.clone(),
+                require_client_cert: config.tls.require_client_cert,
+            },
             ..ConsoleSettings::new("", "")
         })
     }

@@ -123,14 +123,53 @@ impl ConsulClient {
     /// A client of the agent at `base_url`: `"http://127.0.0.1:8500"` or `"127.0.0.1:8500"`
     /// (a bare `host:port` means plain HTTP). `token` is sent as `X-Consul-Token`.
     ///
-    /// Only plain `http` is supported (the agent is local); `https` is refused here rather
-    /// than failing on every request later.
+    /// Plain `http` only; [`ConsulClient::with_ca_file`] speaks HTTPS. An `https` URL is
+    /// refused here rather than failing on every request later.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, DiscoveryError> {
-        let base = normalize_base(base_url)?;
-        let http = reqwest::Client::builder()
+        ConsulClient::build(base_url, token, None)
+    }
+
+    /// A client of the agent at `base_url` (`https://host:port`, or a bare `host:port`) over
+    /// HTTPS, trusting only the CA certificate(s) in the PEM file `ca_file`; `None` is
+    /// [`ConsulClient::new`].
+    pub fn with_ca_file(
+        base_url: &str,
+        token: Option<String>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, DiscoveryError> {
+        let Some(path) = ca_file else {
+            return ConsulClient::new(base_url, token);
+        };
+        let ca_error = |reason: String| DiscoveryError::CaFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ca_error(format!("not a PEM certificate: {e}")))?;
+        if certs.is_empty() {
+            return Err(ca_error("it holds no PEM certificate".into()));
+        }
+        ConsulClient::build(base_url, token, Some(certs))
+    }
+
+    fn build(
+        base_url: &str,
+        token: Option<String>,
+        ca: Option<Vec<reqwest::Certificate>>,
+    ) -> Result<Self, DiscoveryError> {
+        let base = normalize_base(base_url, ca.is_some())?;
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
+            .no_proxy();
+        if let Some(certs) = ca {
+            builder = builder.tls_built_in_root_certs(false).https_only(true);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| DiscoveryError::InvalidAddress {
                 address: base_url.to_string(),
@@ -216,7 +255,7 @@ impl ConsulClient {
 }
 
 /// `"http://h:p"` from `"http://h:p/"` or `"h:p"`, refusing what would not work.
-fn normalize_base(input: &str) -> Result<String, DiscoveryError> {
+fn normalize_base(input: &str, https: bool) -> Result<String, DiscoveryError> {
     let invalid = |reason: &str| DiscoveryError::InvalidAddress {
         address: input.to_string(),
         reason: reason.to_string(),
@@ -225,16 +264,22 @@ fn normalize_base(input: &str) -> Result<String, DiscoveryError> {
     if trimmed.is_empty() {
         return Err(invalid("it is empty"));
     }
+    let scheme = if https { "https" } else { "http" };
     let with_scheme = if trimmed.contains("://") {
         trimmed.to_string()
     } else {
-        format!("http://{trimmed}")
+        format!("{scheme}://{trimmed}")
     };
     let url = reqwest::Url::parse(&with_scheme).map_err(|e| invalid(&e.to_string()))?;
-    if url.scheme() != "http" {
+    if url.scheme() != scheme {
         return Err(invalid(&format!(
-            "scheme {:?} is not supported; this client speaks plain http to a local agent",
-            url.scheme()
+            "scheme {:?} does not fit the settings: {scheme} is used {}",
+            url.scheme(),
+            if https {
+                "because consul.ca_file is set"
+            } else {
+                "while consul.ca_file is empty"
+            }
         )));
     }
     let host = url.host_str().ok_or_else(|| invalid("it has no host"))?;
@@ -247,10 +292,10 @@ fn normalize_base(input: &str) -> Result<String, DiscoveryError> {
         ));
     }
     // `Url` keeps IPv6 brackets in `host_str`, and drops the port when it is the scheme's
-    // default (80), which is what we want to print back.
+    // default (80 or 443), which is what we want to print back.
     Ok(match url.port() {
-        Some(port) => format!("http://{host}:{port}"),
-        None => format!("http://{host}"),
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
     })
 }
 
@@ -330,12 +375,18 @@ mod tests {
 
     #[test]
     fn base_url_forms() {
-        let ok = |s: &str| normalize_base(s).expect(s);
+        let ok = |s: &str| normalize_base(s, false).expect(s);
         assert_eq!(ok("http://127.0.0.1:8500"), "http://127.0.0.1:8500");
         assert_eq!(ok("http://127.0.0.1:8500/"), "http://127.0.0.1:8500");
         assert_eq!(ok("127.0.0.1:8500"), "http://127.0.0.1:8500");
         assert_eq!(ok(" localhost:8500 "), "http://localhost:8500");
         assert_eq!(ok("[::1]:8500"), "http://[::1]:8500");
+        // With a CA file: HTTPS, and a plain http URL is the mistake.
+        assert_eq!(
+            normalize_base("127.0.0.1:8501", true).expect("https"),
+            "https://127.0.0.1:8501"
+        );
+        assert!(normalize_base("http://127.0.0.1:8501", true).is_err());
         for bad in [
             "",
             "https://127.0.0.1:8500",
@@ -343,7 +394,7 @@ mod tests {
             "http://u:p@h:1",
             "h:x",
         ] {
-            let e = normalize_base(bad).expect_err(bad);
+            let e = normalize_base(bad, false).expect_err(bad);
             assert!(
                 matches!(e, DiscoveryError::InvalidAddress { .. }),
                 "{bad}: {e}"

@@ -21,6 +21,15 @@ pub enum DiscoveryError {
         reason: String,
     },
 
+    /// The CA file for Consul over HTTPS (`consul.ca_file`) cannot be used.
+    #[error("cannot use {} as the CA of Consul's HTTPS certificate (consul.ca_file): {reason}", path.display())]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A KV key (or service ID/name) that cannot be sent to Consul without it reading or
     /// writing a different key (Go's HTTP router rewrites `a//b`, `a/./b`, `a/../b`).
     #[error("invalid Consul key {key:?}: {reason}")]

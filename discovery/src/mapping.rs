@@ -334,8 +334,17 @@ impl MappingStore {
     }
 
     /// Deletes `data_id`'s mapping if its `ModifyIndex` is still `expected`; otherwise
-    /// [`MappingError::Conflict`]. Deleting a mapping that is already gone succeeds.
+    /// [`MappingError::Conflict`] with what is stored now, also when nothing is (the caller
+    /// expected a mapping that is gone: someone else deleted it).
     pub async fn delete(&self, data_id: &DataId, expected: u64) -> Result<(), MappingError> {
+        // Consul answers `true` to a check-and-set delete of a key that does not exist, so
+        // absence is checked first; the CAS below still catches a change after this read.
+        if self.client.kv_get(&self.key(data_id)).await?.is_none() {
+            return Err(MappingError::Conflict {
+                data_id: data_id.clone(),
+                current: None,
+            });
+        }
         if self
             .client
             .kv_delete(&self.key(data_id), Some(expected))
@@ -452,41 +461,6 @@ impl MappingStore {
             })
         })
         .await
-    }
-
-    /// Makes `node`, which must already be in `data_id`'s mapping, its primary (moves it
-    /// first, keeping the others' order).
-    pub async fn set_primary(
-        &self,
-        data_id: &DataId,
-        node: &NodeId,
-    ) -> Result<Mapping, MappingError> {
-        let invalid = |reason: String| MappingError::Invalid {
-            data_id: data_id.clone(),
-            reason,
-        };
-        let after = self
-            .update(data_id, |cur| match cur {
-                None => Err(invalid(format!(
-                    "there is no mapping, so {node} cannot become its primary; add the node first"
-                ))),
-                Some(m) if !m.contains(node) => Err(invalid(format!(
-                    "{node} is not one of its nodes ({}); add it first",
-                    m.value()
-                ))),
-                Some(m) if m.primary() == node => Ok(None),
-                Some(m) => {
-                    let mut nodes = vec![node.clone()];
-                    nodes.extend(m.nodes.iter().filter(|n| *n != node).cloned());
-                    Ok(Some(nodes))
-                }
-            })
-            .await?;
-        after.ok_or_else(|| {
-            invalid(format!(
-                "{node} became primary but the mapping read back as absent"
-            ))
-        })
     }
 
     async fn read(&self, data_id: &DataId) -> Result<Stored, MappingError> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use color_eyre::eyre::{Result, WrapErr};
-use ec_config::process::LogFlags;
+use ec_config::process::{LogFlags, TlsFlags};
 use ec_config::{Config, Loader};
 use ec_core::NodeId;
 
@@ -44,6 +44,9 @@ pub struct GatewayFlags {
     /// `--log-level`, `--log-format`, `--log-file`.
     #[command(flatten)]
     pub log: LogFlags,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-require-client-cert`, `--consul-ca`.
+    #[command(flatten)]
+    pub tls: TlsFlags,
 }
 
 impl GatewayFlags {
@@ -67,6 +70,7 @@ impl GatewayFlags {
             )
             .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())
             .flag("consul.kv_prefix", "--kv-prefix", self.kv_prefix.clone())
+            .tls_flags(&self.tls)
             .log_flags(&self.log)
     }
 }
@@ -82,6 +86,7 @@ pub fn settings(config: &Config) -> Result<GatewaySettings> {
     Ok(GatewaySettings {
         consul_url: config.consul.http_url(),
         consul_token: config.consul.token.clone(),
+        consul_ca_file: config.consul.ca_file.clone(),
         kv_prefix: config.consul.kv_prefix.clone(),
         allowed_nodes,
         watch_wait: WATCH_WAIT,
@@ -93,6 +98,12 @@ pub fn settings(config: &Config) -> Result<GatewaySettings> {
             config.gateway.port,
             std::process::id()
         ),
+        tls: ec_grpc::TlsFiles {
+            cert_file: config.tls.cert_file.clone(),
+            key_file: config.tls.key_file.clone(),
+            ca_file: config.tls.ca_file.clone(),
+            require_client_cert: config.tls.require_client_cert,
+        },
     })
 }
 

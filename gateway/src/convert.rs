@@ -17,10 +17,21 @@ impl From<PromoteError> for Status {
         let msg = e.to_string();
         match e {
             PromoteError::NoMapping { .. } => Status::not_found(msg),
+            PromoteError::NotInSync { .. } => {
+                // Tell clients (the console) that `force` would pass this check, without
+                // making them parse the message.
+                let mut status = Status::failed_precondition(msg);
+                status.metadata_mut().insert(
+                    ec_proto::PROMOTE_REFUSAL_KEY,
+                    tonic::metadata::MetadataValue::from_static(
+                        ec_proto::PROMOTE_REFUSAL_NOT_IN_SYNC,
+                    ),
+                );
+                status
+            }
             PromoteError::NotInMapping { .. }
             | PromoteError::AlreadyPrimary { .. }
             | PromoteError::PrimaryChanged { .. }
-            | PromoteError::NotInSync { .. }
             | PromoteError::Unhealthy { .. }
             | PromoteError::NoCandidate { .. } => Status::failed_precondition(msg),
             PromoteError::Changed { .. } => Status::aborted(msg),
@@ -58,8 +69,8 @@ pub(crate) fn mapping_status(e: MappingError) -> Status {
                 m.modify_index
             ),
             None => format!(
-                "mapping of data ID {data_id} does not exist (any more); create it with \
-                 expected_modify_index 0"
+                "mapping of data ID {data_id} does not exist (any more), so it does not have \
+                 the expected ModifyIndex; to create it, pass expected_modify_index 0"
             ),
         }),
         MappingError::Invalid { .. } => Status::invalid_argument(e.to_string()),

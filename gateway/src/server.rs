@@ -9,7 +9,6 @@
 //! gRPC health stays SERVING while Consul is unreachable: the gateway keeps answering from
 //! its last table, which is more useful than refusing; `GetStatus` reports the staleness.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 use tracing::{error, info};
 
 use crate::feed::feed;
@@ -35,10 +33,8 @@ use crate::service::GatewayService;
 /// checks that the two agree).
 pub const NODE_SERVICE_NAME: &str = "streaming-node";
 
-/// HTTP/2 connection-level flow-control window of the gRPC server, in bytes.
-const CONNECTION_WINDOW: u32 = 16 << 20;
-/// HTTP/2 stream-level flow-control window of the gRPC server, in bytes.
-const STREAM_WINDOW: u32 = 4 << 20;
+/// Longest request message, in bytes: a forwarded publish batch of the largest events.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Health transitions kept for `WatchHealth` streams that fall behind; a watcher further
 /// behind gets a fresh snapshot instead.
@@ -51,6 +47,8 @@ pub struct GatewaySettings {
     pub consul_url: String,
     /// ACL token sent to Consul, if any.
     pub consul_token: Option<String>,
+    /// CA of Consul's HTTPS certificate (`consul.ca_file`); `None`: plain HTTP.
+    pub consul_ca_file: Option<std::path::PathBuf>,
     /// `consul.kv_prefix`: where the mappings live.
     pub kv_prefix: String,
     /// `gateway.allowed_nodes`: the only nodes routed to and allowed to register; empty
@@ -66,6 +64,8 @@ pub struct GatewaySettings {
     pub failover_after: Duration,
     /// Who this gateway is, in the failover lock (for operators reading Consul).
     pub name: String,
+    /// TLS of the gRPC listener and of the channels to nodes; all `None`: plaintext.
+    pub tls: ec_grpc::TlsFiles,
 }
 
 impl GatewaySettings {
@@ -75,12 +75,14 @@ impl GatewaySettings {
         GatewaySettings {
             consul_url: consul_url.into(),
             consul_token: None,
+            consul_ca_file: None,
             kv_prefix: "streaming/data/".into(),
             allowed_nodes: Vec::new(),
             watch_wait: Duration::from_secs(30),
             auto_failover: true,
             failover_after: Duration::from_secs(20),
             name: format!("ec-gateway pid {}", std::process::id()),
+            tls: ec_grpc::TlsFiles::default(),
         }
     }
 }
@@ -100,18 +102,12 @@ pub enum GatewayError {
     /// The Consul address is unusable.
     #[error("consul: {0}")]
     Consul(#[from] ec_discovery::DiscoveryError),
-    /// The reflection service could not be built.
-    #[error("grpc reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The gRPC server failed.
-    #[error("grpc server on {addr}: {source}")]
-    Serve {
-        /// Address served.
-        addr: SocketAddr,
-        /// What tonic reported.
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] ec_grpc::TlsError),
+    /// The gRPC server could not start, failed, or panicked.
+    #[error(transparent)]
+    Grpc(#[from] ec_grpc::ServeError),
 }
 
 /// Runs a gateway on `listener` until `shutdown` is cancelled, then drains and returns.
@@ -132,7 +128,21 @@ pub async fn run_with_metrics(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let addr = listener.local_addr().map_err(GatewayError::Listener)?;
-    let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
+    let server_tls = settings.tls.server()?;
+    // Short HTTP/2 keepalive towards the nodes: a frozen node (SIGSTOP, a hung VM) keeps its
+    // TCP connections open, and a publish or subscription forwarded to it should move on
+    // within seconds, not after the SDK's default 5 s + 5 s.
+    let channels = ChannelCache::new(ChannelSettings {
+        tls: settings.tls.client()?,
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(2),
+        ..ChannelSettings::default()
+    });
+    let consul = ConsulClient::with_ca_file(
+        &settings.consul_url,
+        settings.consul_token.clone(),
+        settings.consul_ca_file.as_deref(),
+    )?;
     let store = MappingStore::new(consul.clone(), &settings.kv_prefix);
     let tasks = TaskTracker::new();
 
@@ -158,14 +168,6 @@ pub async fn run_with_metrics(
         stop_watches.clone(),
     ));
 
-    // Short HTTP/2 keepalive towards the nodes: a frozen node (SIGSTOP, a hung VM) keeps its
-    // TCP connections open, and a publish or subscription forwarded to it should move on
-    // within seconds, not after the SDK's default 5 s + 5 s.
-    let channels = ChannelCache::new(ChannelSettings {
-        keepalive_interval: Duration::from_secs(1),
-        keepalive_timeout: Duration::from_secs(2),
-        ..ChannelSettings::default()
-    });
     let promoter = Promoter {
         mappings: store.clone(),
         epochs: EpochStore::new(consul.clone(), &settings.kv_prefix),
@@ -216,42 +218,29 @@ pub async fn run_with_metrics(
         started,
         metrics,
     };
-    let (reporter, grpc_health) = tonic_health::server::health_reporter();
-    type Server = ec_proto::gateway_server::GatewayServer<GatewayService>;
-    reporter.set_serving::<Server>().await;
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ec_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let failover = ec_proto::failover_server::FailoverServer::new(service.clone());
-    reporter
-        .set_serving::<ec_proto::failover_server::FailoverServer<GatewayService>>()
-        .await;
-    let gateway = Server::new(service)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    let serve = tonic::transport::Server::builder()
-        // h2 lets a connection hold only half its window in small unread DATA frames before it
-        // answers GOAWAY ENHANCE_YOUR_CALM; a pipelined publisher of one-event messages hit
-        // that at the 64 KiB default while the committer applied backpressure. A larger window
-        // raises that budget (and lets fast streams run without waiting for window updates).
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .add_service(grpc_health)
-        .add_service(reflection)
-        .add_service(gateway)
-        .add_service(failover)
-        // Nagle off on every accepted socket: tonic's `Server::tcp_nodelay` only reaches
-        // listeners it binds itself. With Nagle on, a stream's small messages waited for the
-        // reader's delayed ACKs (milliseconds of delivery latency at a few thousand events/s).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop_serving.clone().cancelled_owned(),
-        );
-    let mut serve_task = tokio::spawn(serve);
+    let failover = ec_proto::failover_server::FailoverServer::new(service.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let gateway = ec_proto::gateway_server::GatewayServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let grpc = ec_grpc::GrpcServer::new(ec_grpc::ServeSettings {
+        max_message_bytes: MAX_MESSAGE_BYTES,
+        tls: server_tls,
+    })
+    .add_service(gateway, ec_proto::FILE_DESCRIPTOR_SET)
+    .await
+    .add_service(failover, ec_proto::FILE_DESCRIPTOR_SET)
+    .await;
+    let health = grpc.health();
+    let mut serve_task = match grpc.serve(listener, stop_serving.clone()).await {
+        Ok(task) => task,
+        Err(e) => {
+            stop_watches.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Err(e.into());
+        }
+    };
     info!(
         %addr,
         consul = %settings.consul_url,
@@ -266,10 +255,7 @@ pub async fn run_with_metrics(
         r = &mut serve_task => Some(r),
     };
     info!("shutting down: ending streams");
-    reporter.set_not_serving::<Server>().await;
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    health.not_serving().await;
     stop_serving.cancel();
     let served = match served {
         Some(r) => r,
@@ -279,12 +265,6 @@ pub async fn run_with_metrics(
     tasks.close();
     tasks.wait().await;
     info!("gateway stopped");
-    match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(GatewayError::Serve { addr, source }),
-        Err(join) => {
-            error!(error = %join, "grpc server task panicked");
-            Ok(())
-        }
-    }
+    // A panicked server is an error, so the binary exits non-zero.
+    Ok(served?)
 }

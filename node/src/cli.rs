@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use color_eyre::eyre::{Result, WrapErr};
-use ec_config::process::LogFlags;
+use ec_config::process::{LogFlags, TlsFlags};
 use ec_config::{Config, Loader};
 use ec_core::NodeId;
 
@@ -44,6 +44,9 @@ pub struct NodeFlags {
     /// Consul agent's HTTP address, HOST:PORT [keys: consul.host, consul.port].
     #[arg(long, value_name = "HOST:PORT")]
     pub consul_addr: Option<String>,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-require-client-cert`, `--consul-ca`.
+    #[command(flatten)]
+    pub tls: TlsFlags,
     /// `--log-level`, `--log-format`, `--log-file`.
     #[command(flatten)]
     pub log: LogFlags,
@@ -72,6 +75,7 @@ impl NodeFlags {
             .flag("node.data_dir", "--data-dir", self.data_dir.clone())
             .flag("node.storage.fsync", "--fsync", self.fsync.clone())
             .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())
+            .tls_flags(&self.tls)
             .log_flags(&self.log)
     }
 }
@@ -132,6 +136,13 @@ fn settings_of(node_id: NodeId, config: &Config) -> NodeSettings {
         retention_interval: node.retention.check_interval,
         consul_url: config.consul.http_url(),
         consul_token: config.consul.token.clone(),
+        consul_ca_file: config.consul.ca_file.clone(),
+        tls: ec_grpc::TlsFiles {
+            cert_file: config.tls.cert_file.clone(),
+            key_file: config.tls.key_file.clone(),
+            ca_file: config.tls.ca_file.clone(),
+            require_client_cert: config.tls.require_client_cert,
+        },
     }
 }
 

@@ -18,7 +18,6 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::server::HealthReporter;
 
 use crate::log::EventLog;
 
@@ -42,33 +41,23 @@ fn json_string(s: &str) -> String {
 #[derive(Clone)]
 pub(crate) struct Serving {
     serving: Arc<AtomicBool>,
-    grpc: HealthReporter,
+    grpc: ec_grpc::Health,
 }
 
 impl Serving {
-    pub(crate) async fn new(grpc: HealthReporter) -> Serving {
-        let s = Serving {
+    /// Serving, with `grpc` (which reports the node's gRPC services SERVING from the start)
+    /// mirrored by the HTTP endpoint.
+    pub(crate) fn new(grpc: ec_grpc::Health) -> Serving {
+        Serving {
             serving: Arc::new(AtomicBool::new(true)),
             grpc,
-        };
-        s.grpc
-            .set_serving::<ec_proto::node_server::NodeServer<crate::service::NodeService>>()
-            .await;
-        s.grpc
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
-        s
+        }
     }
 
     /// Starts draining: both endpoints report not serving from now on.
     pub(crate) async fn drain(&self) {
         self.serving.store(false, Ordering::SeqCst);
-        self.grpc
-            .set_not_serving::<ec_proto::node_server::NodeServer<crate::service::NodeService>>()
-            .await;
-        self.grpc
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        self.grpc.not_serving().await;
     }
 
     fn is_serving(&self) -> bool {

@@ -8,7 +8,6 @@
 //! primary fences its streams, each replica stops copying); close the log, which commits and
 //! syncs whatever is pending. Only then does `run` return.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::health::{Serving, serve_http};
 use crate::log::{CommitObserver, CommitStats, EventLog, LogError, LogOptions};
@@ -29,11 +27,6 @@ use crate::metrics::NodeMetrics;
 use crate::registration::{Advertised, CheckSettings, registration};
 use crate::replication::{self, Replication, ReplicationSettings};
 use crate::service::NodeService;
-
-/// HTTP/2 connection-level flow-control window of the gRPC server, in bytes.
-const CONNECTION_WINDOW: u32 = 16 << 20;
-/// HTTP/2 stream-level flow-control window of the gRPC server, in bytes.
-const STREAM_WINDOW: u32 = 4 << 20;
 
 /// How often the node asks its Consul agent whether its registration is still there.
 const REGISTRATION_RECHECK: Duration = Duration::from_secs(2);
@@ -72,6 +65,11 @@ pub struct NodeSettings {
     pub consul_url: String,
     /// ACL token sent to Consul, if any.
     pub consul_token: Option<String>,
+    /// CA of Consul's HTTPS certificate (`consul.ca_file`); `None`: plain HTTP.
+    pub consul_ca_file: Option<PathBuf>,
+    /// TLS of the gRPC listener and of the channels to other nodes (replication); all
+    /// `None`: plaintext.
+    pub tls: ec_grpc::TlsFiles,
 }
 
 /// The sockets a node serves on, bound by the caller (so tests can bind port 0 first).
@@ -104,18 +102,12 @@ pub enum NodeError {
     /// The Consul address is unusable.
     #[error("consul: {0}")]
     Consul(#[from] ec_discovery::DiscoveryError),
-    /// The reflection service could not be built.
-    #[error("grpc reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The gRPC server failed.
-    #[error("grpc server on {addr}: {source}")]
-    Serve {
-        /// Address served.
-        addr: SocketAddr,
-        /// What tonic reported.
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] ec_grpc::TlsError),
+    /// The gRPC server could not start, failed, or panicked.
+    #[error(transparent)]
+    Grpc(#[from] ec_grpc::ServeError),
 }
 
 /// Runs a node that replicates nothing until `shutdown` is cancelled, then drains and
@@ -147,6 +139,9 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let grpc_addr = listeners.grpc.local_addr().map_err(NodeError::Listener)?;
+    // Both sides of TLS are read before anything starts, so a bad file stops the node at once.
+    let server_tls = settings.tls.server()?;
+    let client_tls = settings.tls.client()?;
     let health_addr = listeners.health.local_addr().map_err(NodeError::Listener)?;
     let metrics = NodeMetrics::new();
     let mut log_options = settings.log.clone();
@@ -160,13 +155,6 @@ async fn serve(
             source,
         })?;
     let tasks = TaskTracker::new();
-
-    let (reporter, grpc_health) = tonic_health::server::health_reporter();
-    let serving = Serving::new(reporter).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ec_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
 
     // Everything below stops at a different point of the shutdown sequence.
     let stop_registration = CancellationToken::new();
@@ -191,13 +179,18 @@ async fn serve(
         move |ids: &[DataId]| registration(&node_id, &advertised, &tags, &check, ids);
     let held = held_data_ids(&log);
     let (reg_tx, reg_rx) = watch::channel(make_registration(&held));
-    let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
+    let consul = ConsulClient::with_ca_file(
+        &settings.consul_url,
+        settings.consul_token.clone(),
+        settings.consul_ca_file.as_deref(),
+    )?;
     let replication = match replication {
         Some(r) => replication::spawn(
             settings.node_id.clone(),
             log.clone(),
             r,
             consul.clone(),
+            client_tls,
             &tasks,
             stop_replication.clone(),
         ),
@@ -225,18 +218,11 @@ async fn serve(
         stop_housekeeping.clone(),
     ));
 
-    let health_task = tasks.spawn(serve_http(
-        listeners.health,
-        settings.health_path.clone(),
-        settings.node_id.to_string(),
-        serving.clone(),
-        log.clone(),
-        {
-            let (metrics, log, replication) = (metrics.clone(), log.clone(), replication.clone());
-            Arc::new(move || metrics.render(&log, &replication))
-        },
-        stop_serving.clone(),
-    ));
+    // `/metrics` on the health port reads the log and the replication state at scrape time.
+    let render_metrics: Arc<dyn Fn() -> String + Send + Sync> = {
+        let (metrics, log, replication) = (metrics.clone(), log.clone(), replication.clone());
+        Arc::new(move || metrics.render(&log, &replication))
+    };
 
     let service = NodeService {
         node_id: settings.node_id.to_string(),
@@ -247,8 +233,8 @@ async fn serve(
         shutdown: stop_serving.clone(),
         metrics,
     };
-    // A request may carry one event of the maximum size plus framing; a bit more is refused
-    // by tonic itself before it is decoded.
+    // A request may carry one event of the maximum size plus framing; more is refused with
+    // RESOURCE_EXHAUSTED before it is buffered.
     let max_message = usize::try_from(settings.max_event_bytes)
         .unwrap_or(usize::MAX)
         .saturating_mul(2)
@@ -256,24 +242,38 @@ async fn serve(
     let node_server = ec_proto::node_server::NodeServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let grpc = tonic::transport::Server::builder()
-        // h2 lets a connection hold only half its window in small unread DATA frames before it
-        // answers GOAWAY ENHANCE_YOUR_CALM; a pipelined publisher of one-event messages hit
-        // that at the 64 KiB default while the committer applied backpressure. A larger window
-        // raises that budget (and lets fast streams run without waiting for window updates).
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .add_service(grpc_health)
-        .add_service(reflection)
-        .add_service(node_server)
-        // Nagle off on every accepted socket: tonic's `Server::tcp_nodelay` only reaches
-        // listeners it binds itself. With Nagle on, a stream's small messages waited for the
-        // reader's delayed ACKs (milliseconds of delivery latency at a few thousand events/s).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            stop_serving.clone().cancelled_owned(),
-        );
-    let mut grpc_task = tokio::spawn(grpc);
+    let grpc = ec_grpc::GrpcServer::new(ec_grpc::ServeSettings {
+        max_message_bytes: max_message,
+        tls: server_tls,
+    })
+    .add_service(node_server, ec_proto::FILE_DESCRIPTOR_SET)
+    .await;
+    let serving = Serving::new(grpc.health());
+    let mut grpc_task = match grpc.serve(listeners.grpc, stop_serving.clone()).await {
+        Ok(task) => task,
+        Err(e) => {
+            // Nothing was served: stop what was started and close the log before saying so.
+            for stop in [&stop_registration, &stop_replication, &stop_housekeeping] {
+                stop.cancel();
+            }
+            let _ = registrar.await;
+            tasks.close();
+            tasks.wait().await;
+            log.close().await.map_err(NodeError::CloseLog)?;
+            return Err(e.into());
+        }
+    };
+
+    let health_task = tasks.spawn(serve_http(
+        listeners.health,
+        settings.health_path.clone(),
+        settings.node_id.to_string(),
+        serving.clone(),
+        log.clone(),
+        render_metrics,
+        stop_serving.clone(),
+    ));
+
     info!(%grpc_addr, %health_addr, data_dir = %settings.data_dir.display(), "node serving");
 
     let served = tokio::select! {
@@ -300,17 +300,8 @@ async fn serve(
     }
     log.close().await.map_err(NodeError::CloseLog)?;
     info!("node stopped");
-    match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(NodeError::Serve {
-            addr: grpc_addr,
-            source,
-        }),
-        Err(join) => {
-            error!(error = %join, "grpc server task panicked");
-            Ok(())
-        }
-    }
+    // A panicked server is an error, so the binary exits non-zero.
+    Ok(served?)
 }
 
 fn held_data_ids(log: &EventLog) -> Vec<DataId> {

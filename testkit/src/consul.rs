@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -88,6 +88,8 @@ pub struct ConsulAgent {
     child: Option<Child>,
     /// Shared client for readiness checks; short timeouts so a hung agent cannot stall a poll.
     http: reqwest::Client,
+    /// An HTTPS listener next to the HTTP one: (port, certificate file, key file).
+    https: Option<(u16, PathBuf, PathBuf)>,
 }
 
 impl ConsulAgent {
@@ -103,7 +105,27 @@ impl ConsulAgent {
         Self::start(Mode::Server).await
     }
 
+    /// [`ConsulAgent::start_dev`] with an HTTPS API too, on [`ConsulAgent::https_port`],
+    /// serving the PEM certificate `cert_file` with `key_file` (readiness is still checked
+    /// over HTTP).
+    pub async fn start_dev_with_https(cert_file: &Path, key_file: &Path) -> ConsulAgent {
+        Self::start_with(
+            Mode::Dev,
+            Some((free_port(), cert_file.to_owned(), key_file.to_owned())),
+        )
+        .await
+    }
+
+    /// The HTTPS API port of an agent started with [`ConsulAgent::start_dev_with_https`].
+    pub fn https_port(&self) -> Option<u16> {
+        self.https.as_ref().map(|(port, _, _)| *port)
+    }
+
     async fn start(mode: Mode) -> ConsulAgent {
+        Self::start_with(mode, None).await
+    }
+
+    async fn start_with(mode: Mode, https: Option<(u16, PathBuf, PathBuf)>) -> ConsulAgent {
         static NEXT_ID: AtomicU32 = AtomicU32::new(0);
         let binary = consul_binary().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::Builder::new()
@@ -130,6 +152,7 @@ impl ConsulAgent {
             dir,
             child: None,
             http,
+            https,
         };
 
         for attempt in 1..=START_ATTEMPTS {
@@ -142,6 +165,9 @@ impl ConsulAgent {
                         agent.node_name
                     );
                     agent.ports = Ports::fresh();
+                    if let Some((port, _, _)) = agent.https.as_mut() {
+                        *port = free_port();
+                    }
                     if mode == Mode::Server {
                         // A half-initialised raft store would tie the agent to the old ports.
                         let _ = std::fs::remove_dir_all(agent.data_dir());
@@ -313,6 +339,17 @@ impl ConsulAgent {
             .args(["-hcl", "disable_update_check = true"])
             // Random node IDs: two agents on one host must not derive the same one.
             .arg("-disable-host-node-id");
+        if let Some((https, cert, key)) = &self.https {
+            cmd.args(["-hcl", &format!("ports {{ https = {https} }}")])
+                .args([
+                    "-hcl",
+                    &format!("cert_file = {:?}", cert.display().to_string()),
+                ])
+                .args([
+                    "-hcl",
+                    &format!("key_file = {:?}", key.display().to_string()),
+                ]);
+        }
         cmd
     }
 

@@ -1,5 +1,5 @@
-//! Test support for Event Catcher: real Consul agents on free loopback ports, and waiting on
-//! conditions with deadlines instead of bare sleeps.
+//! Test support for Event Catcher: real Consul agents on free loopback ports, waiting on
+//! conditions with deadlines instead of bare sleeps, and raw gRPC calls ([`raw_unary`]).
 //!
 //! Invariants this crate keeps for every test that uses it:
 //! - Everything listens on 127.0.0.1 only; nothing here sends traffic anywhere else, and every
@@ -14,6 +14,7 @@
 //! This is test code: failures panic, and every panic message says what to do about it.
 
 mod consul;
+mod raw;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -23,6 +24,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 pub use consul::ConsulAgent;
+pub use raw::{RawCodec, raw_unary};
 
 /// How often [`wait_for`] polls its condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);

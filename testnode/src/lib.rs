@@ -138,9 +138,27 @@ impl TestNode {
         TestNode::start_as(consul_url, node_id, None).await
     }
 
+    /// A standalone node with `tweak` applied to [`node_settings`] (e.g. TLS files).
+    pub async fn start_with(
+        consul_url: &str,
+        node_id: &str,
+        tweak: impl FnOnce(&mut NodeSettings),
+    ) -> TestNode {
+        TestNode::start_tweaked(consul_url, node_id, None, tweak).await
+    }
+
     /// A node that follows its mappings: primary or replica per the mapping.
     pub async fn start_replicated(consul_url: &str, node_id: &str) -> TestNode {
         TestNode::start_as(consul_url, node_id, Mode::Replicated.replication()).await
+    }
+
+    /// [`TestNode::start_replicated`] with `tweak` applied to [`node_settings`] (e.g. TLS).
+    pub async fn start_replicated_with_settings(
+        consul_url: &str,
+        node_id: &str,
+        tweak: impl FnOnce(&mut NodeSettings),
+    ) -> TestNode {
+        TestNode::start_tweaked(consul_url, node_id, Some(replication_settings()), tweak).await
     }
 
     /// [`TestNode::start_replicated`] with `tweak` applied to [`replication_settings`].
@@ -159,14 +177,25 @@ impl TestNode {
         node_id: &str,
         replication: Option<ReplicationSettings>,
     ) -> TestNode {
+        TestNode::start_tweaked(consul_url, node_id, replication, |_| {}).await
+    }
+
+    async fn start_tweaked(
+        consul_url: &str,
+        node_id: &str,
+        replication: Option<ReplicationSettings>,
+        tweak: impl FnOnce(&mut NodeSettings),
+    ) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = node_settings(dir.path(), consul_url, node_id);
+        tweak(&mut settings);
         // Bound before the node starts, so a client may connect as soon as this returns.
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
         let health = TcpListener::bind("127.0.0.1:0").await.expect("bind health");
         let grpc_addr = grpc.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(serve(
-            node_settings(dir.path(), consul_url, node_id),
+            settings,
             replication,
             Listeners { grpc, health },
             shutdown.clone(),

@@ -497,7 +497,7 @@ fn wrong_shapes_in_file_are_errors() {
     let (_dir, _p, result) = load_file("- a\n- b\n");
     assert_mentions(
         &result.expect_err("top-level list"),
-        &["gateway, node, consul, log"],
+        &["gateway, node, consul, tls, log"],
     );
     let (_dir, _p, result) = load_file("node: 5\n");
     assert_mentions(

@@ -12,6 +12,9 @@
 //! - Every write is a check-and-set against the ModifyIndex the operator saw. A conflict
 //!   opens a popup with both values; "overwrite" is again a check-and-set, against the value
 //!   the popup showed, so a third writer in between is caught too.
+//! - A promotion is asked of the gateway (`Failover.PromoteReplica`), never written here:
+//!   the gateway holds the one reorder rule and the in-sync and health checks. A refusal
+//!   that `force` would pass is shown with that choice; `force` is sent only on a keypress.
 //! - What is displayed is what Consul and the gateway last said, with their reachability:
 //!   when Consul goes away the last snapshot stays on screen, marked stale.
 
@@ -182,6 +185,16 @@ pub enum Popup {
         mapping: Mapping,
         /// Index into `mapping.nodes[1..]`.
         selected: usize,
+    },
+    /// The gateway refused to promote `node` because it is not in sync; `f` asks again
+    /// with force.
+    PromoteRefused {
+        /// The data ID.
+        data_id: DataId,
+        /// The replica the operator picked.
+        node: NodeId,
+        /// The gateway's reason.
+        reason: String,
     },
     /// A check-and-set conflict.
     Conflict(Conflict),
@@ -370,6 +383,7 @@ impl App {
             (Some(Popup::Form(_)), _) => Context::Form,
             (Some(Popup::ConfirmDelete(_)), _) => Context::Confirm,
             (Some(Popup::Promote { .. }), _) => Context::Promote,
+            (Some(Popup::PromoteRefused { .. }), _) => Context::PromoteRefused,
             (Some(Popup::Conflict(_)), _) => Context::Conflict,
             (Some(Popup::Detail { .. }), _) => Context::Detail,
             (Some(Popup::Picker(_)), _) => Context::Picker,
@@ -524,6 +538,17 @@ impl App {
                 _ => self.popup = None,
             },
             Context::Promote => self.act_promote(action, effects),
+            Context::PromoteRefused => match (action, self.popup.take()) {
+                (Action::Force, Some(Popup::PromoteRefused { data_id, node, .. })) => {
+                    let op = WriteOp::Promote {
+                        data_id,
+                        node: node.clone(),
+                        force: true,
+                    };
+                    self.write(op, Intent::Promote { to: node }, effects);
+                }
+                _ => self.say(Level::Info, "promotion cancelled; the primary is unchanged"),
+            },
             Context::Conflict => self.act_conflict(action, effects),
             Context::Detail => self.act_detail(action),
             Context::Picker => self.act_picker(action, effects),
@@ -710,13 +735,11 @@ impl App {
                 let Some(to) = mapping.nodes.get(*selected + 1).cloned() else {
                     return;
                 };
-                let mut nodes = mapping.nodes.clone();
-                nodes.retain(|n| *n != to);
-                nodes.insert(0, to.clone());
-                let op = WriteOp::Put {
+                // The gateway decides the new order and checks that `to` may take over.
+                let op = WriteOp::Promote {
                     data_id: mapping.data_id.clone(),
-                    nodes,
-                    expected: Some(mapping.modify_index),
+                    node: to.clone(),
+                    force: false,
                 };
                 self.popup = None;
                 self.write(op, Intent::Promote { to }, effects);
@@ -784,6 +807,9 @@ impl App {
                             return;
                         }
                     },
+                    // A promotion is not a check-and-set of ours: the gateway reads the
+                    // mapping itself, so asking again is the whole retry.
+                    op @ WriteOp::Promote { .. } => op,
                 };
                 self.popup = None;
                 self.write(op, conflict.intent, effects);
@@ -1021,12 +1047,15 @@ impl App {
                     self.popup = None;
                 }
                 let text = match (&pending.intent, ok.mapping) {
-                    (Intent::Delete, _) | (_, None) => format!("deleted the mapping of {data_id}"),
                     (Intent::Promote { to }, Some(m)) => format!(
                         "{to} is now the primary of {data_id}: {} (ModifyIndex {})",
                         m.value(),
                         m.modify_index
                     ),
+                    (Intent::Promote { to }, None) => {
+                        format!("{to} is now the primary of {data_id}")
+                    }
+                    (Intent::Delete, _) | (_, None) => format!("deleted the mapping of {data_id}"),
                     (_, Some(m)) => format!(
                         "saved {data_id} → {} (ModifyIndex {})",
                         m.value(),
@@ -1046,6 +1075,29 @@ impl App {
                     Level::Warn,
                     format!("{data_id} was changed by someone else"),
                 );
+            }
+            Err(WriteFailure::Refused { reason, forceable }) => {
+                let node = match &pending.op {
+                    WriteOp::Promote { node, .. } => Some(node.clone()),
+                    WriteOp::Put { .. } | WriteOp::Delete { .. } => None,
+                };
+                match node {
+                    Some(node) if forceable => {
+                        self.popup = Some(Popup::PromoteRefused {
+                            data_id: data_id.clone(),
+                            node: node.clone(),
+                            reason: reason.clone(),
+                        });
+                        self.say(
+                            Level::Warn,
+                            format!("{node} is not in sync: f forces the promotion, Esc cancels"),
+                        );
+                    }
+                    _ => self.say(
+                        Level::Error,
+                        format!("the gateway refused the change of {data_id}: {reason}"),
+                    ),
+                }
             }
             Err(WriteFailure::Failed(error)) => {
                 if let Some(Popup::Form(form)) = &mut self.popup {

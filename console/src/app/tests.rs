@@ -266,27 +266,98 @@ fn delete_asks_naming_the_data_id_and_a_vanished_mapping_needs_no_overwrite() {
 }
 
 #[test]
-fn promote_moves_the_chosen_replica_first() {
+fn promote_asks_the_gateway_and_never_reorders_the_mapping_itself() {
     let mut app = app();
     app.handle(ch('p'), t0());
     let (_, op) = write_id(&app.handle(key(KeyCode::Enter), t0()));
-    let WriteOp::Put {
-        nodes, expected, ..
-    } = op
-    else {
-        panic!("put");
-    };
     assert_eq!(
-        nodes.iter().map(NodeId::as_str).collect::<Vec<_>>(),
-        ["node2", "node1"]
+        op,
+        WriteOp::Promote {
+            data_id: DataId::parse("orders").expect("valid"),
+            node: NodeId::parse("node2").expect("valid"),
+            force: false,
+        }
     );
-    assert_eq!(expected, Some(41));
 
     // A mapping with one node has nothing to promote.
+    app.pending = None;
     app.handle(ch('j'), t0());
     assert!(app.handle(ch('p'), t0()).is_empty());
     assert!(app.popup.is_none());
     assert_eq!(app.message.expect("message").level, Level::Warn);
+}
+
+fn refused(id: u64, forceable: bool) -> AppEvent {
+    AppEvent::Backend(BackendMsg::WriteDone {
+        id,
+        result: Err(WriteFailure::Refused {
+            reason: "node node2 is not in sync for data ID orders (epoch 3, in sync [node1])"
+                .into(),
+            forceable,
+        }),
+    })
+}
+
+#[test]
+fn an_out_of_sync_replica_is_promoted_only_after_the_operator_forces_it() {
+    let mut app = app();
+    app.handle(ch('p'), t0());
+    let (id, _) = write_id(&app.handle(key(KeyCode::Enter), t0()));
+    assert!(app.handle(refused(id, true), t0()).is_empty());
+    assert!(app.pending.is_none());
+    let Some(Popup::PromoteRefused { node, reason, .. }) = &app.popup else {
+        panic!("refusal popup, got {:?}", app.popup);
+    };
+    assert_eq!(node.as_str(), "node2");
+    assert!(reason.contains("not in sync"), "{reason}");
+    assert_eq!(app.context(), Context::PromoteRefused);
+
+    // Esc keeps the primary: nothing is sent.
+    assert!(app.handle(key(KeyCode::Esc), t0()).is_empty());
+    assert!(app.popup.is_none());
+
+    // Asked again and refused again, f sends the same promotion with force.
+    app.handle(ch('p'), t0());
+    let (id, _) = write_id(&app.handle(key(KeyCode::Enter), t0()));
+    app.handle(refused(id, true), t0());
+    let (id, op) = write_id(&app.handle(ch('f'), t0()));
+    assert_eq!(
+        op,
+        WriteOp::Promote {
+            data_id: DataId::parse("orders").expect("valid"),
+            node: NodeId::parse("node2").expect("valid"),
+            force: true,
+        }
+    );
+    app.handle(
+        AppEvent::Backend(BackendMsg::WriteDone {
+            id,
+            result: Ok(WriteOk {
+                mapping: Some(mapping("orders", &["node2", "node1"], 60)),
+            }),
+        }),
+        t0(),
+    );
+    let message = app.message.expect("message");
+    assert_eq!(message.level, Level::Info);
+    assert!(
+        message.text.contains("node2 is now the primary of orders"),
+        "{}",
+        message.text
+    );
+}
+
+#[test]
+fn a_refusal_force_cannot_pass_is_an_error_without_the_force_choice() {
+    let mut app = app();
+    app.handle(ch('p'), t0());
+    let (id, _) = write_id(&app.handle(key(KeyCode::Enter), t0()));
+    app.handle(refused(id, false), t0());
+    assert!(app.popup.is_none());
+    assert!(app.handle(ch('f'), t0()).is_empty());
+    let message = app.message.expect("message");
+    assert_eq!(message.level, Level::Error);
+    assert!(message.text.contains("refused"), "{}", message.text);
 }
 
 #[test]

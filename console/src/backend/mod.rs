@@ -3,6 +3,7 @@
 //! - Consul: the mappings and health watches of `ec-discovery` (blocking queries, last good
 //!   snapshot kept when Consul goes away, reconnect with backoff), forwarded into the event
 //!   channel on every change; mapping writes, one task each, answered by id.
+//! - Promotions go to the gateway's `Failover.PromoteReplica`, answered like a write.
 //! - Gateway: a `GetStatus` poll every second for the header's connection state, and the
 //!   tail stream (`tail.rs`).
 //! - Nodes: while the Replication view is shown, each primary's `GetReplicationStatus`
@@ -18,11 +19,13 @@ mod tail;
 use std::time::Duration;
 
 use ec_client::ChannelCache;
+use ec_core::{DataId, NodeId};
 use ec_discovery::{
-    ConsulClient, MappingError, MappingStore, Watched, watch_health, watch_mappings,
+    ConsulClient, Mapping, MappingError, MappingStore, Watched, watch_health, watch_mappings,
 };
-use ec_proto::GetStatusRequest;
+use ec_proto::failover_client::FailoverClient;
 use ec_proto::gateway_client::GatewayClient;
+use ec_proto::{GetStatusRequest, PromoteReplicaRequest};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,6 +40,10 @@ pub const NODE_SERVICE: &str = "streaming-node";
 
 /// How often the gateway's status is asked.
 const GATEWAY_POLL: Duration = Duration::from_secs(1);
+
+/// Longest wait for the gateway to answer a promotion (it asks each candidate for its log
+/// end and writes to Consul).
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The running backend tasks.
 #[derive(Debug)]
@@ -60,16 +67,24 @@ impl Backend {
         tx: mpsc::Sender<AppEvent>,
         shutdown: CancellationToken,
     ) -> Result<Backend, ConsoleError> {
-        let client = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())
-            .map_err(|source| ConsoleError::Consul {
-                url: settings.consul_url.clone(),
-                source,
-            })?;
+        let client = ConsulClient::with_ca_file(
+            &settings.consul_url,
+            settings.consul_token.clone(),
+            settings.consul_ca_file.as_deref(),
+        )
+        .map_err(|source| ConsoleError::Consul {
+            url: settings.consul_url.clone(),
+            source,
+        })?;
         let store = MappingStore::new(client.clone(), &settings.kv_prefix);
         let tasks = TaskTracker::new();
         let mappings = watch_mappings(store.clone(), settings.watch_wait, shutdown.clone());
         let health = watch_health(client, NODE_SERVICE, settings.watch_wait, shutdown.clone());
-        let channels = ChannelCache::default();
+        // One cache for the gateway and the nodes, with the configured TLS.
+        let channels = ChannelCache::new(ec_client::ChannelSettings {
+            tls: settings.tls.client()?,
+            ..ec_client::ChannelSettings::default()
+        });
         let (replication, active) = watch::channel(false);
         tasks.spawn(replication::run(
             replication::PollInputs {
@@ -94,6 +109,7 @@ impl Backend {
             shutdown.clone(),
         ));
         tasks.spawn(poll_gateway(
+            channels.clone(),
             settings.gateway.clone(),
             tx.clone(),
             shutdown.clone(),
@@ -116,8 +132,9 @@ impl Backend {
             Effect::Write { id, op } => {
                 let store = self.store.clone();
                 let tx = self.tx.clone();
+                let gateway = self.channels.get(&self.gateway);
                 self.tasks.spawn(async move {
-                    let result = write(&store, op).await;
+                    let result = write(&store, gateway, op).await;
                     let _ = tx
                         .send(AppEvent::Backend(BackendMsg::WriteDone { id, result }))
                         .await;
@@ -159,7 +176,61 @@ impl Backend {
     }
 }
 
-async fn write(store: &MappingStore, op: WriteOp) -> Result<WriteOk, WriteFailure> {
+/// Asks the gateway to promote `node`; a refusal says whether `force` would pass it.
+async fn promote(
+    channel: tonic::transport::Channel,
+    data_id: DataId,
+    node: NodeId,
+    force: bool,
+) -> Result<WriteOk, WriteFailure> {
+    let mut client = FailoverClient::new(channel);
+    let mut request = tonic::Request::new(PromoteReplicaRequest {
+        data_id: data_id.to_string(),
+        node_id: node.to_string(),
+        force,
+    });
+    request.set_timeout(PROMOTE_TIMEOUT);
+    match client.promote_replica(request).await {
+        Ok(answer) => {
+            // The mapping as written, for the status line; the watch brings it anyway.
+            let mapping = answer.into_inner().mapping.and_then(|m| {
+                let nodes = m
+                    .node_ids
+                    .iter()
+                    .map(|n| NodeId::parse(n))
+                    .collect::<Result<Vec<_>, _>>()
+                    .ok()?;
+                Some(Mapping {
+                    data_id: data_id.clone(),
+                    nodes,
+                    modify_index: m.modify_index,
+                })
+            });
+            Ok(WriteOk { mapping })
+        }
+        Err(status) => Err(match status.code() {
+            tonic::Code::FailedPrecondition | tonic::Code::NotFound => WriteFailure::Refused {
+                forceable: status
+                    .metadata()
+                    .get(ec_proto::PROMOTE_REFUSAL_KEY)
+                    .is_some_and(|v| v == ec_proto::PROMOTE_REFUSAL_NOT_IN_SYNC),
+                reason: status.message().to_owned(),
+            },
+            tonic::Code::Unimplemented => WriteFailure::Failed(format!(
+                "the gateway at this address does not serve Failover.PromoteReplica: {}",
+                status.message()
+            )),
+            _ => WriteFailure::Failed(format!("{:?}: {}", status.code(), status.message())),
+        }),
+    }
+}
+
+/// Carries out `op`: a check-and-set write to Consul, or a promotion asked of the gateway.
+async fn write(
+    store: &MappingStore,
+    gateway: Result<tonic::transport::Channel, ec_client::ClientError>,
+    op: WriteOp,
+) -> Result<WriteOk, WriteFailure> {
     let result = match op {
         WriteOp::Put {
             data_id,
@@ -173,6 +244,14 @@ async fn write(store: &MappingStore, op: WriteOp) -> Result<WriteOk, WriteFailur
             .delete(&data_id, expected)
             .await
             .map(|()| WriteOk { mapping: None }),
+        WriteOp::Promote {
+            data_id,
+            node,
+            force,
+        } => {
+            let channel = gateway.map_err(|e| WriteFailure::Failed(e.to_string()))?;
+            return promote(channel, data_id, node, force).await;
+        }
     };
     result.map_err(|e| match e {
         MappingError::Conflict { current, .. } => WriteFailure::Conflict { current },
@@ -200,8 +279,13 @@ async fn forward<T: Clone + Send + Sync + 'static>(
 }
 
 /// Asks the gateway's status every [`GATEWAY_POLL`]; reports changes only.
-async fn poll_gateway(address: String, tx: mpsc::Sender<AppEvent>, shutdown: CancellationToken) {
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
+async fn poll_gateway(
+    channels: ChannelCache,
+    address: String,
+    tx: mpsc::Sender<AppEvent>,
+    shutdown: CancellationToken,
+) {
+    let endpoint = match channels.endpoint(&address) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(2)),

@@ -36,6 +36,7 @@ pub fn help_lines(view: View) -> Vec<HelpLine> {
         Context::Form,
         Context::Confirm,
         Context::Promote,
+        Context::PromoteRefused,
         Context::Conflict,
         Context::Picker,
         Context::Detail,

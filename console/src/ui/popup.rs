@@ -1,5 +1,6 @@
 //! Popups over the views: help, the add/edit form with live validation, the delete
-//! confirmation naming the data ID, the replica picker for promotion, the check-and-set
+//! confirmation naming the data ID, the replica picker for promotion and the gateway's
+//! refusal of it (with the choice to force), the check-and-set
 //! conflict with both values side by side, one event shown whole, and the data-ID picker.
 
 use ratatui::Frame;
@@ -74,11 +75,38 @@ pub(super) fn draw(frame: &mut Frame<'_>, popup: &Popup, app: &App, theme: &Them
                 Span::styled("Enter", theme.key()),
                 Span::raw(" promote    "),
                 Span::styled("Esc", theme.key()),
-                Span::raw(" cancel    (check-and-set on ModifyIndex "),
-                Span::raw(mapping.modify_index.to_string()),
-                Span::raw(")"),
+                Span::raw(" cancel    (the gateway checks sync, health)"),
             ]));
             box_with(frame, " Promote a replica ", lines, 68, theme);
+        }
+        Popup::PromoteRefused {
+            data_id,
+            node,
+            reason,
+        } => {
+            let lines = vec![
+                Line::from(vec![
+                    Span::raw("The gateway refused to make "),
+                    status_span(app, theme, node.as_str()),
+                    Span::raw(" the primary of "),
+                    Span::styled(data_id.to_string(), theme.title()),
+                    Span::raw(":"),
+                ]),
+                Line::from(""),
+                Line::from(Span::styled(reason.clone(), theme.warn())),
+                Line::from(""),
+                Line::from(format!(
+                    "Forcing it may lose events acknowledged with acks=all that {node} lacks."
+                )),
+                Line::from(""),
+                Line::from(vec![
+                    Span::styled("f", theme.key()),
+                    Span::raw(" force    "),
+                    Span::styled("n/Esc", theme.key()),
+                    Span::raw(" keep the current primary"),
+                ]),
+            ];
+            box_with(frame, " Promotion refused ", lines, 72, theme);
         }
         Popup::Conflict(c) => {
             let data_id = c.op.data_id();
@@ -96,6 +124,10 @@ pub(super) fn draw(frame: &mut Frame<'_>, popup: &Popup, app: &App, theme: &Them
                 WriteOp::Delete { expected, .. } => {
                     ("(delete)".to_string(), format!("ModifyIndex {expected}"))
                 }
+                WriteOp::Promote { node, .. } => (
+                    format!("(promote {node})"),
+                    "the gateway's read".to_string(),
+                ),
             };
             let theirs = c
                 .theirs

@@ -362,6 +362,28 @@ fn delete_and_promote_popups() {
         app.handle(ch('p'), t0());
         app
     });
+    snap("promote_refused", |size| {
+        let mut app = cluster(size);
+        app.handle(ch('p'), t0());
+        let effects = app.handle(key(KeyCode::Enter), t0());
+        let [Effect::Write { id, .. }] = effects.as_slice() else {
+            panic!("{effects:?}");
+        };
+        app.handle(
+            AppEvent::Backend(BackendMsg::WriteDone {
+                id: *id,
+                result: Err(WriteFailure::Refused {
+                    reason: "node node2 is not in sync for data ID orders (epoch 3, in sync \
+                             [node1]); promoting it may lose acknowledged events — pass force \
+                             to do it anyway"
+                        .into(),
+                    forceable: true,
+                }),
+            }),
+            t0(),
+        );
+        app
+    });
 }
 
 #[test]

@@ -112,6 +112,63 @@ async fn mappings_edits_land_in_consul_and_outside_changes_and_health_show_up() 
     );
 }
 
+/// `p` asks the gateway; a replica that is not in sync (standalone nodes never confirm one)
+/// is refused with the reason and the mapping is untouched, until the operator forces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_refuses_an_out_of_sync_replica_until_forced() {
+    let consul = ConsulAgent::start_dev().await;
+    let _node1 = TestNode::start(&consul.http_url(), "node1").await;
+    let _node2 = TestNode::start(&consul.http_url(), "node2").await;
+    let gateway = TestGateway::start(&consul.http_url()).await;
+    let store = store(&consul);
+    let before = store
+        .put(
+            &data_id("orders"),
+            &[node_id("node1"), node_id("node2")],
+            None,
+        )
+        .await
+        .expect("mapping");
+
+    let tmux = Tmux::start(
+        &console_binary(),
+        &console_args(&consul, &gateway.addr.to_string()),
+        120,
+        40,
+    );
+    tmux.wait("orders listed with both nodes passing", |s| {
+        line_with(s, "orders").is_some_and(|l| l.contains("✓node1*") && l.contains("✓node2"))
+    })
+    .await;
+
+    tmux.keys(&["p"]);
+    tmux.wait_text("Promote a replica").await;
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_text("Promotion refused").await;
+    assert!(screen.contains("not in sync"), "{screen}");
+    assert_eq!(
+        store.get(&data_id("orders")).await.expect("get"),
+        Some(before.clone()),
+        "a refused promotion changed the mapping"
+    );
+
+    tmux.keys(&["f"]);
+    let after = ec_testkit::wait_for("node2 primary in Consul", DEADLINE, || {
+        let store = store.clone();
+        async move {
+            store
+                .get(&data_id("orders"))
+                .await
+                .ok()
+                .flatten()
+                .filter(|m| m.primary() == &node_id("node2"))
+        }
+    })
+    .await;
+    assert_eq!(after.nodes, [node_id("node2"), node_id("node1")]);
+    tmux.wait_text("node2 is now the primary of orders").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_pause_counts_and_seek_shows_the_offset_first() {
     let consul = ConsulAgent::start_dev().await;

@@ -5,6 +5,7 @@
 mod agent;
 mod epoch;
 mod health;
+mod https;
 mod kv;
 mod mapping;
 mod registration;

@@ -96,6 +96,11 @@ async fn put_get_delete_with_check_and_set() {
     }
     s.delete(&a, m2.modify_index).await.expect("delete");
     assert_eq!(s.get(&a).await.expect("get"), None);
+    // Deleting with an expected index what is gone is a conflict saying "absent", not OK.
+    match s.delete(&a, m2.modify_index).await {
+        Err(MappingError::Conflict { current: None, .. }) => {}
+        other => panic!("expected a conflict with nothing stored, got {other:?}"),
+    }
     // A stale expected index against a missing mapping is a conflict saying "absent".
     match s.put(&a, &[n("node1")], Some(m2.modify_index)).await {
         Err(MappingError::Conflict { current: None, .. }) => {}
@@ -219,20 +224,8 @@ async fn read_modify_write_helpers() {
     let again = s.add_node(&a, &n("n1")).await.expect("add again");
     assert_eq!(again, m);
 
-    s.add_node(&a, &n("n3")).await.expect("add n3");
-    let m = s.set_primary(&a, &n("n3")).await.expect("set primary");
-    assert_eq!(m.value(), "n3,n1,n2");
-    assert_eq!(s.set_primary(&a, &n("n3")).await.expect("no-op"), m);
-    match s.set_primary(&a, &n("stranger")).await {
-        Err(MappingError::Invalid { reason, .. }) => {
-            assert!(reason.contains("stranger"), "{reason}")
-        }
-        other => panic!("a node outside the mapping became primary: {other:?}"),
-    }
-    match s.set_primary(&d("nothing-here"), &n("n1")).await {
-        Err(MappingError::Invalid { .. }) => {}
-        other => panic!("expected Invalid for a missing mapping, got {other:?}"),
-    }
+    let m = s.add_node(&a, &n("n3")).await.expect("add n3");
+    assert_eq!(m.value(), "n1,n2,n3");
 
     // An error from the closure stops the update and writes nothing.
     let err = s
@@ -253,9 +246,9 @@ async fn read_modify_write_helpers() {
             .expect("remove non-member"),
         Some(m.clone())
     );
-    let m = s.remove_node(&a, &n("n3")).await.expect("remove primary");
-    assert_eq!(m.as_ref().map(|m| m.value()), Some("n1,n2".into()));
-    s.remove_node(&a, &n("n1")).await.expect("remove n1");
+    let m = s.remove_node(&a, &n("n1")).await.expect("remove primary");
+    assert_eq!(m.as_ref().map(|m| m.value()), Some("n2,n3".into()));
+    s.remove_node(&a, &n("n3")).await.expect("remove n3");
     // Removing the last node deletes the key.
     assert_eq!(
         s.remove_node(&a, &n("n2")).await.expect("remove last"),

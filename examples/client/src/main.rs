@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use color_eyre::eyre::{Result, WrapErr, eyre};
-use ec_client::{Candidate, Client};
+use ec_client::{Candidate, ChannelCache, ChannelSettings, Client};
 
 /// Stream and publish Event Catcher events.
 ///
@@ -45,6 +45,9 @@ struct Args {
     /// config/config.yaml if it exists].
     #[arg(long, global = true, value_name = "FILE", display_order = 102)]
     config: Option<PathBuf>,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca` (set = TLS to the gateway and nodes).
+    #[command(flatten)]
+    tls: ec_config::process::TlsFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,35 +99,51 @@ async fn run(args: Args) -> Result<()> {
     }
 }
 
-/// A client for `--node`, `--gateway`, or the configured gateway.
+/// A client for `--node`, `--gateway`, or the configured gateway, with the configured TLS.
 async fn connect(args: &Args) -> Result<Client> {
+    let config = load_config(args)?;
+    let tls = &config.tls;
+    let tls = ec_grpc::TlsFiles {
+        cert_file: tls.cert_file.clone(),
+        key_file: tls.key_file.clone(),
+        ca_file: tls.ca_file.clone(),
+        require_client_cert: tls.require_client_cert,
+    };
+    let channels = ChannelCache::new(ChannelSettings {
+        tls: tls.client().wrap_err("TLS settings (tls.*, --tls-*)")?,
+        ..ChannelSettings::default()
+    });
     if let Some(node) = &args.node {
         // The node's ID is not known yet; batches carry it once streaming starts.
-        return Client::with_nodes(vec![Candidate::new(node.clone(), node.clone())])
-            .wrap_err_with(|| format!("--node {node}"));
+        return Client::with_nodes_and_channels(
+            vec![Candidate::new(node.clone(), node.clone())],
+            channels,
+        )
+        .wrap_err_with(|| format!("--node {node}"));
     }
     let gateway = match &args.gateway {
         Some(g) => g.clone(),
-        None => configured_gateway(args.config.clone())?,
+        None => reachable_address(&config.gateway.host, config.gateway.port),
     };
-    Client::connect(&gateway)
+    Client::connect_with(&gateway, channels)
         .await
         .wrap_err_with(|| format!("is a gateway running at {gateway}? (set it with --gateway HOST:PORT, or talk to a node with --node HOST:PORT)"))
 }
 
-/// `gateway.host:gateway.port` from the configuration layers; a wildcard bind address is
-/// where the gateway listens, not where to reach it, so it becomes loopback.
-fn configured_gateway(config_file: Option<PathBuf>) -> Result<String> {
+/// The configuration layers with the TLS flags on top: where the gateway is by default and
+/// the TLS files. A wildcard gateway bind address is where it listens, not where to reach
+/// it, so [`reachable_address`] makes it loopback.
+fn load_config(args: &Args) -> Result<ec_config::Config> {
     let loaded = ec_config::Loader::new()
-        .config_file(config_file)
+        .config_file(args.config.clone())
         .env(std::env::vars_os())
+        .tls_flags(&args.tls)
         .load()
-        .wrap_err("cannot read the configuration for the default gateway address; pass --gateway HOST:PORT")?;
+        .wrap_err("cannot read the configuration (default gateway address, TLS files); pass --gateway HOST:PORT")?;
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
-    let gateway = &loaded.config.gateway;
-    Ok(reachable_address(&gateway.host, gateway.port))
+    Ok(loaded.config)
 }
 
 fn reachable_address(host: &str, port: u16) -> String {

@@ -13,4 +13,5 @@ mod promotion;
 mod publisher;
 mod routing;
 mod service;
+mod tls;
 mod util;

@@ -121,6 +121,33 @@ async fn mapping_crud_with_check_and_set_conflicts() {
             .is_none()
     );
 
+    // An expected index against a mapping that is gone is ABORTED saying so, for a delete
+    // (Consul itself accepts a check-and-set delete of a missing key) and for a put.
+    let err = gw
+        .delete_mapping(DeleteMappingRequest {
+            data_id: "orders".into(),
+            expected_modify_index: 5,
+            force: false,
+        })
+        .await
+        .expect_err("delete of a missing mapping with an expected index");
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    assert!(err.message().contains("does not exist"), "{err:?}");
+    let err = gw
+        .put_mapping(put("orders", &["node1"], 5))
+        .await
+        .expect_err("put over a missing mapping with an expected index");
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    assert!(err.message().contains("does not exist"), "{err:?}");
+    assert!(
+        store(&consul)
+            .get(&data_id("orders"))
+            .await
+            .expect("get")
+            .is_none(),
+        "a refused put wrote"
+    );
+
     // Bad requests name the rule.
     let err = gw
         .put_mapping(put("orders", &[], 0))

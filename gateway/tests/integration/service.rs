@@ -213,6 +213,12 @@ async fn serves_health_and_reflection_and_shuts_down_with_open_streams() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"streaming.Gateway".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"streaming.Failover".to_owned()),
+        "{names:?}"
+    );
+    // Only what the gateway serves: the node's service shares the .proto but not the port.
+    assert!(!names.contains(&"streaming.Node".to_owned()), "{names:?}");
 
     // Open streams: a following Subscribe (tailing after the one stored event) and a
     // WatchHealth.
@@ -341,4 +347,53 @@ async fn binary_serves_and_exits_zero_on_sigterm() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("gateway.port"), "{err}");
+}
+
+/// Bad wire input on both servers, sent raw: bytes that are not protobuf are
+/// INVALID_ARGUMENT, a message over the limit is RESOURCE_EXHAUSTED naming the limit, and
+/// both servers keep serving afterwards.
+#[tokio::test]
+async fn malformed_and_oversize_messages_get_the_right_codes() {
+    let consul = ConsulAgent::start_dev().await;
+    let node1 = TestNode::start(&consul.http_url(), "node1").await;
+    let gateway = TestGateway::start(&consul.http_url(), &[]).await;
+    // An unterminated varint where a field tag belongs.
+    let garbage = vec![0xff, 0xff, 0xff];
+
+    for (addr, path) in [
+        (gateway.addr, "/streaming.Gateway/GetNodeForData"),
+        (gateway.addr, "/streaming.Gateway/PutMapping"),
+        (node1.grpc_addr, "/streaming.Node/Publish"),
+    ] {
+        let err = ec_testkit::raw_unary(channel(addr).await, path, garbage.clone())
+            .await
+            .expect_err(path);
+        assert_eq!(err.code(), Code::InvalidArgument, "{path}: {err:?}");
+        assert!(
+            err.message().contains("not a valid protobuf"),
+            "{path}: {err:?}"
+        );
+    }
+
+    // The node's limit is 16 MiB (twice the 1 MiB event limit, at least 16 MiB).
+    let limit = 16usize << 20;
+    let err = ec_testkit::raw_unary(
+        channel(node1.grpc_addr).await,
+        "/streaming.Node/Publish",
+        vec![0; limit + 1],
+    )
+    .await
+    .expect_err("oversize");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains(&format!("limit of {limit} bytes")),
+        "{err:?}"
+    );
+
+    // Still serving.
+    let mut client = node1.client().await;
+    publish(&mut client, "s", vec![Bytes::from("after")])
+        .await
+        .expect("publish after bad input");
+    gateway.stop().await.expect("clean stop");
 }

@@ -68,6 +68,7 @@ pub(crate) fn spawn(
     log: EventLog,
     settings: ReplicationSettings,
     consul: ConsulClient,
+    client_tls: Option<tonic::transport::ClientTlsConfig>,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Arc<Replication> {
@@ -78,7 +79,14 @@ pub(crate) fn spawn(
     );
     let health = watch_health(consul.clone(), SERVICE_NAME, WATCH_WAIT, stop.clone());
     let epochs = EpochStore::new(consul, &settings.kv_prefix);
-    let repl = Replication::new(me, log, settings.clone(), mappings.clone(), health);
+    let repl = Replication::new(
+        me,
+        log,
+        settings.clone(),
+        client_tls,
+        mappings.clone(),
+        health,
+    );
     tasks.spawn(run(repl.clone(), epochs, settings, mappings, stop));
     repl
 }

@@ -144,9 +144,22 @@ async fn session(
             "no address for {primary}: it is not registered in Consul"
         ));
     };
-    let channel = match Endpoint::from_shared(format!("http://{address}")) {
+    let scheme = if repl.client_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let channel = match Endpoint::from_shared(format!("{scheme}://{address}")) {
         Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
         Err(e) => return Ended::retry(format!("bad address {address} for {primary}: {e}")),
+    };
+    // The node's own certificate goes with it: the primary can tell which node dials.
+    let channel = match &repl.client_tls {
+        Some(tls) => match channel.tls_config(tls.clone()) {
+            Ok(c) => c,
+            Err(e) => return Ended::retry(format!("TLS settings for {primary}: {e}")),
+        },
+        None => channel,
     };
     let channel = match channel.connect().await {
         Ok(c) => c,

@@ -195,6 +195,8 @@ pub(crate) struct Replication {
     mappings: watch::Receiver<Watched<MappingSnapshot>>,
     /// Where the nodes are (for replicas dialing their primary).
     health: watch::Receiver<Watched<HealthSnapshot>>,
+    /// TLS of a replica's channel to its primary; `None`: plaintext.
+    pub(crate) client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -216,6 +218,7 @@ impl Replication {
             terms: Mutex::default(),
             mappings,
             health,
+            client_tls: None,
         })
     }
 
@@ -223,6 +226,7 @@ impl Replication {
         me: NodeId,
         log: EventLog,
         settings: ReplicationSettings,
+        client_tls: Option<tonic::transport::ClientTlsConfig>,
         mappings: watch::Receiver<Watched<MappingSnapshot>>,
         health: watch::Receiver<Watched<HealthSnapshot>>,
     ) -> Arc<Replication> {
@@ -236,6 +240,7 @@ impl Replication {
             terms: Mutex::default(),
             mappings,
             health,
+            client_tls,
         })
     }
 

@@ -131,6 +131,10 @@ async fn health_endpoints_report_serving_and_reflection_lists_services() {
     for want in ["streaming.Node", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
     }
+    // Only what the node serves: the gateway's services share the .proto but not the port.
+    for other in ["streaming.Gateway", "streaming.Failover"] {
+        assert!(!names.iter().any(|n| n == other), "{other} in {names:?}");
+    }
     node.stop().await.expect("stop");
 }
 

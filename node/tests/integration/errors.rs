@@ -83,11 +83,12 @@ async fn oversize_event_is_refused_naming_the_limit_and_nothing_is_written() {
         "{}",
         err.message()
     );
-    // A message far beyond any limit is refused by tonic before it is decoded (tonic
-    // reports OUT_OF_RANGE with the sizes); the node neither crashes nor stores anything.
+    // A message far beyond any limit is refused before it is buffered, RESOURCE_EXHAUSTED
+    // naming the limit; the node neither crashes nor stores anything.
     let huge = vec![Bytes::from(vec![1u8; 40 << 20])];
     let err = publish(&mut c, "big", huge).await.expect_err("huge");
-    assert!(err.message().contains("too large"), "{err:?}");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("limit of 16777216 bytes"), "{err:?}");
     // The batch was all-or-nothing: only the first event exists, and the node still serves.
     let got = collect(&mut c, read_from("big", 0)).await.expect("read");
     assert_eq!(got, vec![(0, Bytes::from("ok-0"))]);
