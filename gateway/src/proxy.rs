@@ -583,7 +583,6 @@ impl Forwarder {
                 Ok(node) => self.pending[i].node = Some(node),
                 Err((node, status)) => {
                     let identity = self.pending[i].req.producer_id != 0;
-                    let data_id = self.pending[i].req.data_id.clone();
                     if !identity || !is_retriable_publish_status(&status) {
                         // Never sent: the caller may send it again itself.
                         return Some(match node {
@@ -599,7 +598,7 @@ impl Forwarder {
                     outage.attempts = outage.attempts.saturating_add(1);
                     outage.last = status;
                     if outage.since.elapsed() >= RETRY_WINDOW {
-                        return Some(gave_up(&data_id, outage));
+                        return Some(gave_up(outage));
                     }
                     return None;
                 }
@@ -763,8 +762,7 @@ impl Forwarder {
         });
         outage.last = lost;
         if outage.since.elapsed() >= RETRY_WINDOW {
-            let data_id = upstream.node.node_id.clone();
-            return Some(gave_up(&data_id, outage));
+            return Some(gave_up(outage));
         }
         None
     }
@@ -795,10 +793,10 @@ async fn open_stream(
 }
 
 /// The status after [`RETRY_WINDOW`] of failed resends.
-fn gave_up(what: &str, outage: &Outage) -> Status {
+fn gave_up(outage: &Outage) -> Status {
     Status::unavailable(format!(
-        "the gateway resent unacknowledged publishes for {:?} ({} attempts, {what}) and no \
-         primary took them; last error: {}; retry (the SDK does, under its delivery timeout)",
+        "the gateway resent unacknowledged publishes for {:.1?} ({} attempts) and no primary \
+         took them; last error: {}; retry (the SDK does, under its delivery timeout)",
         outage.since.elapsed(),
         outage.attempts,
         outage.last.message()
