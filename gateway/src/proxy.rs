@@ -802,3 +802,131 @@ fn gave_up(outage: &Outage) -> Status {
         outage.last.message()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::AllowList;
+
+    fn forwarder() -> Forwarder {
+        Forwarder {
+            table: RoutingTable::new(AllowList::default()),
+            channels: ChannelCache::default(),
+            acks_header: None,
+            pending: VecDeque::new(),
+            front_id: 1,
+            upstreams: HashMap::new(),
+            generation: 0,
+            outage: None,
+            backoff: retry_backoff(),
+        }
+    }
+
+    fn forwarded(f: &mut Forwarder, client_sequence: u64, node: &str) {
+        let id = f.front_id + f.pending.len() as u64;
+        f.pending.push_back(Forwarded {
+            req: PublishRequest {
+                data_id: format!("d-{node}"),
+                sequence: id,
+                producer_id: 7,
+                producer_sequence: client_sequence,
+                ..Default::default()
+            },
+            client_sequence,
+            node: Some(node.to_owned()),
+            acked: None,
+        });
+    }
+
+    fn ack(sequence: u64, first_offset: u64) -> PublishAck {
+        PublishAck {
+            sequence,
+            first_offset,
+            last_offset: first_offset,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn acknowledgements_pass_on_in_request_order_across_upstreams() {
+        let mut f = forwarder();
+        forwarded(&mut f, 10, "a");
+        forwarded(&mut f, 11, "b");
+        forwarded(&mut f, 12, "a");
+        // The second request's primary answers first: held back behind the first.
+        f.acknowledge(
+            "b",
+            &PublishAcks {
+                acks: vec![ack(2, 100)],
+            },
+        );
+        assert!(f.ready_acks().is_none());
+        // An acknowledgement from a node the request is not on (a stale stream) is ignored.
+        f.acknowledge(
+            "b",
+            &PublishAcks {
+                acks: vec![ack(1, 999)],
+            },
+        );
+        assert!(f.ready_acks().is_none());
+        f.acknowledge(
+            "a",
+            &PublishAcks {
+                acks: vec![ack(1, 5), ack(3, 6)],
+            },
+        );
+        let acks = f.ready_acks().expect("all three").acks;
+        let got: Vec<(u64, u64)> = acks.iter().map(|a| (a.sequence, a.first_offset)).collect();
+        assert_eq!(
+            got,
+            [(10, 5), (11, 100), (12, 6)],
+            "the caller's sequences, in order"
+        );
+        assert!(f.pending.is_empty());
+        assert_eq!(f.front_id, 4);
+    }
+
+    #[test]
+    fn a_lost_upstream_queues_its_requests_for_resend_or_names_itself() {
+        let mut f = forwarder();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let node = NodeRoute {
+            node_id: "a".into(),
+            address: "127.0.0.1:1".into(),
+            status: ec_discovery::NodeStatus::Passing,
+        };
+        f.upstreams.insert(
+            "a".into(),
+            Upstream {
+                requests: tx.clone(),
+                node: node.clone(),
+                generation: 1,
+            },
+        );
+        forwarded(&mut f, 1, "a");
+        let lost = f.upstream_lost(
+            "a",
+            Status::unknown("h2 protocol error: error reading a body from connection"),
+        );
+        assert!(lost.is_none(), "with an identity: resent, {lost:?}");
+        assert!(f.pending[0].node.is_none() && f.outage.is_some());
+
+        // Without an identity: never resent, UNAVAILABLE naming the node.
+        let mut f = forwarder();
+        f.upstreams.insert(
+            "a".into(),
+            Upstream {
+                requests: tx,
+                node,
+                generation: 1,
+            },
+        );
+        forwarded(&mut f, 1, "a");
+        f.pending[0].req.producer_id = 0;
+        let lost = f
+            .upstream_lost("a", Status::unknown("h2 protocol error"))
+            .expect("ends the stream");
+        assert_eq!(lost.code(), tonic::Code::Unavailable);
+        assert!(lost.message().contains("primary node a"), "{lost:?}");
+    }
+}
