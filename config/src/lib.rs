@@ -82,6 +82,8 @@ pub struct GatewayConfig {
     /// How long a primary must be critical (or gone) before it is replaced; resolved here
     /// from `0s` to twice `node.health_check.interval`.
     pub failover_after: Duration,
+    /// `gateway.metrics.port`: HTTP port of `/metrics` and `/health`.
+    pub metrics_port: u16,
 }
 
 /// `node.*`
@@ -148,6 +150,8 @@ pub struct StorageConfig {
     pub fsync: FsyncPolicy,
     /// With [`FsyncPolicy::Interval`], how often the log is synced.
     pub fsync_interval: Duration,
+    /// Free bytes the data dir's filesystem keeps: writes that would leave less are refused.
+    pub min_free_bytes: u64,
 }
 
 /// When the node syncs its log to disk.

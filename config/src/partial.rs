@@ -40,6 +40,8 @@ pub struct PartialGateway {
     pub auto_failover: Option<bool>,
     /// `gateway.failover_after`; `0s` means twice `node.health_check.interval`.
     pub failover_after: Option<Duration>,
+    /// `gateway.metrics.port`
+    pub metrics_port: Option<u16>,
 }
 
 /// `node.*`; see [`crate::NodeConfig`].
@@ -106,6 +108,8 @@ pub struct PartialStorage {
     pub fsync: Option<FsyncPolicy>,
     /// `node.storage.fsync_interval`
     pub fsync_interval: Option<Duration>,
+    /// `node.storage.min_free_bytes`
+    pub min_free_bytes: Option<u64>,
 }
 
 /// `node.retention.*`; see [`crate::RetentionConfig`]. `0` means unlimited.
