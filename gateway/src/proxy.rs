@@ -229,6 +229,10 @@ pub(crate) fn node_client(
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
+/// Requests of one `PublishStream` held for acknowledgement (and a possible resend) before
+/// the gateway stops reading more from the caller.
+const MAX_PENDING: usize = 4096;
+
 /// How long the gateway keeps resending a producer's requests to whichever node becomes
 /// primary, counted from the first failure; then the caller gets `UNAVAILABLE` and its own
 /// retries (the SDK's delivery timeout) take over.
@@ -476,7 +480,8 @@ impl Forwarder {
                     retry_armed = false;
                     closing = self.resend(&acks_tx).await;
                 }
-                msg = inbound.message(), if reading => match msg {
+                // Back-pressure: a caller with too much unacknowledged waits in its own send.
+                msg = inbound.message(), if reading && self.pending.len() < MAX_PENDING => match msg {
                     Ok(Some(req)) => closing = self.accept(req, &acks_tx).await,
                     Ok(None) => {
                         reading = false;
