@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::backoff::{Backoff, BackoffState};
 use crate::channel::ChannelCache;
@@ -652,7 +652,8 @@ impl Driver {
             }
         };
         if let Some(failure) = failure {
-            warn!(data_id = %self.data_id, reason = %failure.reason, "publisher gave up");
+            // Every waiting caller gets the error; the log line is for context, not an alarm.
+            info!(data_id = %self.data_id, reason = %failure.reason, "publisher gave up");
             self.fail_all(failure);
         }
     }
