@@ -1,8 +1,8 @@
 //! The SDK's retrying publishers across a primary's SIGKILL and the gateway's automatic
 //! promotion (issue 10): three producers publish numbered batches to one data ID while the
 //! primary is killed — a pipelined publisher in redirect mode (straight to the primary), a
-//! pipelined publisher through the gateway's `PublishStream`, and `Client::publish` through
-//! the gateway's `Publish`. Every batch must be acknowledged exactly once, in send order, and
+//! pipelined publisher through the gateway's `PublishStream`, and `Client::publish` both
+//! through the gateway's `Publish` and straight to the primary. Every batch must be acknowledged exactly once, in send order, and
 //! the log must hold every payload exactly once at gapless offsets, each producer's in its
 //! send order, with the acknowledged offsets pointing at the acknowledged bytes.
 //!
@@ -156,10 +156,12 @@ async fn publishers_ride_out_a_primary_sigkill_exactly_once_and_in_order() {
     let (direct_acks, direct) = pipelined(client.clone(), "direct", stop.clone());
     let (stream_acks, streamed) = pipelined(proxy.clone(), "stream", stop.clone());
     let (unary_acks, unaried) = unary(proxy, "unary", stop.clone());
+    let (single_acks, single) = unary(client.clone(), "single", stop.clone());
     let all = [
         ("direct", direct_acks.clone()),
         ("stream", stream_acks.clone()),
         ("unary", unary_acks.clone()),
+        ("single", single_acks.clone()),
     ];
 
     wait_acked(&all, BEFORE, "every producer acknowledged before the kill").await;
@@ -181,7 +183,7 @@ async fn publishers_ride_out_a_primary_sigkill_exactly_once_and_in_order() {
     )
     .await;
     stop.store(true, Ordering::SeqCst);
-    for task in [direct, streamed, unaried] {
+    for task in [direct, streamed, unaried, single] {
         tokio::time::timeout(DEADLINE, task)
             .await
             .expect("producers finish")
