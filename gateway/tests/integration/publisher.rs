@@ -1,10 +1,11 @@
 //! The SDK's retrying publishers across a primary's SIGKILL and the gateway's automatic
-//! promotion (issue 10): three producers publish numbered batches to one data ID while the
+//! promotion (issue 10): four producers publish numbered batches to one data ID while the
 //! primary is killed — a pipelined publisher in redirect mode (straight to the primary), a
 //! pipelined publisher through the gateway's `PublishStream`, and `Client::publish` both
-//! through the gateway's `Publish` and straight to the primary. Every batch must be acknowledged exactly once, in send order, and
-//! the log must hold every payload exactly once at gapless offsets, each producer's in its
-//! send order, with the acknowledged offsets pointing at the acknowledged bytes.
+//! through the gateway's `Publish` and straight to the primary. Every batch must be
+//! acknowledged exactly once, in send order, and the log must hold every payload exactly
+//! once at gapless offsets, each producer's in its send order, with the acknowledged offsets
+//! pointing at the acknowledged bytes.
 //!
 //! With the primary frozen (SIGSTOP) instead, a producer through the gateway moves on to the
 //! promoted node, and a publish without producer identity is not resent: it fails with
