@@ -263,7 +263,7 @@ impl Client {
     /// Appends `events` to `data_id` on its primary; resolves once they are durable.
     ///
     /// The batch carries this client's producer identity and its next number for the data
-    /// ID, and is retried like a [`Publisher`]'s batches (see [`crate::publish`]'s rules)
+    /// ID, and is retried like a [`Publisher`]'s batches (see [`Publisher`] for the rules)
     /// until [`Client::with_delivery_timeout`]; a resend of a stored batch is answered with
     /// its original offsets and [`Published::duplicate`]. Publishes of one client to one data
     /// ID are serialised (the node stores a producer's batches in order); pipeline with

@@ -48,7 +48,7 @@ pub enum ClientError {
     },
 
     /// A node or the gateway answered a call with an error status, or the call broke.
-    #[error("{rpc} on {target} for data ID {data_id} failed: {:?}: {}", status.code(), status.message())]
+    #[error("{rpc} on {target} for data ID {data_id} failed: {:?}: {}", status_code(status), status.message())]
     Rpc {
         /// The RPC, e.g. `StreamBatches`.
         rpc: &'static str,

@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::backoff::{Backoff, BackoffState};
 use crate::channel::ChannelCache;
@@ -371,7 +371,20 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 /// Publishes batches of one data ID, pipelined, retrying until each is acknowledged or the
-/// delivery timeout passes (see the module documentation).
+/// delivery timeout passes.
+///
+/// Every batch carries the publisher's producer identity ([`Producer`]) and its number in
+/// the producer's sequence. Retried: node or stream lost, `UNAVAILABLE`, "not the primary",
+/// `DEADLINE_EXCEEDED` (acks=all) — with jittered backoff, asking where the primary is before
+/// each attempt and resending everything unacknowledged in order with the same numbers; the
+/// node answers a batch it already stored with its original offsets and
+/// [`Published::duplicate`]. Not retried: `INVALID_ARGUMENT`, `PERMISSION_DENIED`,
+/// `UNAUTHENTICATED`, the node's sequence-gap refusal. [`PendingPublish`]es complete in send
+/// order, each once. After giving up (a refusal, or a batch unacknowledged for the delivery
+/// timeout) the publisher is closed: every waiting and later batch fails with
+/// [`ClientError::NotDelivered`]. A batch that stays unacknowledged for [`STALL_CHECK`] makes
+/// it ask the gateway whether the primary moved, so a frozen primary is left as soon as
+/// another is named. [`Publisher::events`] reports each outage once and its end.
 pub struct Publisher {
     data_id: DataId,
     producer_id: u64,
@@ -652,7 +665,8 @@ impl Driver {
             }
         };
         if let Some(failure) = failure {
-            warn!(data_id = %self.data_id, reason = %failure.reason, "publisher gave up");
+            // Every waiting caller gets the error; the log line is for context, not an alarm.
+            info!(data_id = %self.data_id, reason = %failure.reason, "publisher gave up");
             self.fail_all(failure);
         }
     }

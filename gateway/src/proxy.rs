@@ -229,6 +229,10 @@ pub(crate) fn node_client(
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
+/// Requests of one `PublishStream` held for acknowledgement (and a possible resend) before
+/// the gateway stops reading more from the caller.
+const MAX_PENDING: usize = 4096;
+
 /// How long the gateway keeps resending a producer's requests to whichever node becomes
 /// primary, counted from the first failure; then the caller gets `UNAVAILABLE` and its own
 /// retries (the SDK's delivery timeout) take over.
@@ -476,7 +480,8 @@ impl Forwarder {
                     retry_armed = false;
                     closing = self.resend(&acks_tx).await;
                 }
-                msg = inbound.message(), if reading => match msg {
+                // Back-pressure: a caller with too much unacknowledged waits in its own send.
+                msg = inbound.message(), if reading && self.pending.len() < MAX_PENDING => match msg {
                     Ok(Some(req)) => closing = self.accept(req, &acks_tx).await,
                     Ok(None) => {
                         reading = false;
@@ -583,7 +588,6 @@ impl Forwarder {
                 Ok(node) => self.pending[i].node = Some(node),
                 Err((node, status)) => {
                     let identity = self.pending[i].req.producer_id != 0;
-                    let data_id = self.pending[i].req.data_id.clone();
                     if !identity || !is_retriable_publish_status(&status) {
                         // Never sent: the caller may send it again itself.
                         return Some(match node {
@@ -599,7 +603,7 @@ impl Forwarder {
                     outage.attempts = outage.attempts.saturating_add(1);
                     outage.last = status;
                     if outage.since.elapsed() >= RETRY_WINDOW {
-                        return Some(gave_up(&data_id, outage));
+                        return Some(gave_up(outage));
                     }
                     return None;
                 }
@@ -763,8 +767,7 @@ impl Forwarder {
         });
         outage.last = lost;
         if outage.since.elapsed() >= RETRY_WINDOW {
-            let data_id = upstream.node.node_id.clone();
-            return Some(gave_up(&data_id, outage));
+            return Some(gave_up(outage));
         }
         None
     }
@@ -795,12 +798,140 @@ async fn open_stream(
 }
 
 /// The status after [`RETRY_WINDOW`] of failed resends.
-fn gave_up(what: &str, outage: &Outage) -> Status {
+fn gave_up(outage: &Outage) -> Status {
     Status::unavailable(format!(
-        "the gateway resent unacknowledged publishes for {:?} ({} attempts, {what}) and no \
-         primary took them; last error: {}; retry (the SDK does, under its delivery timeout)",
+        "the gateway resent unacknowledged publishes for {:.1?} ({} attempts) and no primary \
+         took them; last error: {}; retry (the SDK does, under its delivery timeout)",
         outage.since.elapsed(),
         outage.attempts,
         outage.last.message()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::AllowList;
+
+    fn forwarder() -> Forwarder {
+        Forwarder {
+            table: RoutingTable::new(AllowList::default()),
+            channels: ChannelCache::default(),
+            acks_header: None,
+            pending: VecDeque::new(),
+            front_id: 1,
+            upstreams: HashMap::new(),
+            generation: 0,
+            outage: None,
+            backoff: retry_backoff(),
+        }
+    }
+
+    fn forwarded(f: &mut Forwarder, client_sequence: u64, node: &str) {
+        let id = f.front_id + f.pending.len() as u64;
+        f.pending.push_back(Forwarded {
+            req: PublishRequest {
+                data_id: format!("d-{node}"),
+                sequence: id,
+                producer_id: 7,
+                producer_sequence: client_sequence,
+                ..Default::default()
+            },
+            client_sequence,
+            node: Some(node.to_owned()),
+            acked: None,
+        });
+    }
+
+    fn ack(sequence: u64, first_offset: u64) -> PublishAck {
+        PublishAck {
+            sequence,
+            first_offset,
+            last_offset: first_offset,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn acknowledgements_pass_on_in_request_order_across_upstreams() {
+        let mut f = forwarder();
+        forwarded(&mut f, 10, "a");
+        forwarded(&mut f, 11, "b");
+        forwarded(&mut f, 12, "a");
+        // The second request's primary answers first: held back behind the first.
+        f.acknowledge(
+            "b",
+            &PublishAcks {
+                acks: vec![ack(2, 100)],
+            },
+        );
+        assert!(f.ready_acks().is_none());
+        // An acknowledgement from a node the request is not on (a stale stream) is ignored.
+        f.acknowledge(
+            "b",
+            &PublishAcks {
+                acks: vec![ack(1, 999)],
+            },
+        );
+        assert!(f.ready_acks().is_none());
+        f.acknowledge(
+            "a",
+            &PublishAcks {
+                acks: vec![ack(1, 5), ack(3, 6)],
+            },
+        );
+        let acks = f.ready_acks().expect("all three").acks;
+        let got: Vec<(u64, u64)> = acks.iter().map(|a| (a.sequence, a.first_offset)).collect();
+        assert_eq!(
+            got,
+            [(10, 5), (11, 100), (12, 6)],
+            "the caller's sequences, in order"
+        );
+        assert!(f.pending.is_empty());
+        assert_eq!(f.front_id, 4);
+    }
+
+    #[test]
+    fn a_lost_upstream_queues_its_requests_for_resend_or_names_itself() {
+        let mut f = forwarder();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let node = NodeRoute {
+            node_id: "a".into(),
+            address: "127.0.0.1:1".into(),
+            status: ec_discovery::NodeStatus::Passing,
+        };
+        f.upstreams.insert(
+            "a".into(),
+            Upstream {
+                requests: tx.clone(),
+                node: node.clone(),
+                generation: 1,
+            },
+        );
+        forwarded(&mut f, 1, "a");
+        let lost = f.upstream_lost(
+            "a",
+            Status::unknown("h2 protocol error: error reading a body from connection"),
+        );
+        assert!(lost.is_none(), "with an identity: resent, {lost:?}");
+        assert!(f.pending[0].node.is_none() && f.outage.is_some());
+
+        // Without an identity: never resent, UNAVAILABLE naming the node.
+        let mut f = forwarder();
+        f.upstreams.insert(
+            "a".into(),
+            Upstream {
+                requests: tx,
+                node,
+                generation: 1,
+            },
+        );
+        forwarded(&mut f, 1, "a");
+        f.pending[0].req.producer_id = 0;
+        let lost = f
+            .upstream_lost("a", Status::unknown("h2 protocol error"))
+            .expect("ends the stream");
+        assert_eq!(lost.code(), tonic::Code::Unavailable);
+        assert!(lost.message().contains("primary node a"), "{lost:?}");
+    }
 }

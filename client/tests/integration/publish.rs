@@ -247,3 +247,66 @@ async fn the_acks_option_decides_what_an_acknowledgement_waits_for() {
     n2.signal(Signal::SIGCONT);
     n1.stop().await.expect("stop n1");
 }
+
+#[tokio::test]
+async fn a_kept_producer_identity_survives_a_restart_and_a_gap_is_refused_at_once() {
+    let node = TestNode::start(NO_CONSUL, "node1").await;
+    let client = Client::with_nodes(vec![node.candidate()])
+        .expect("client")
+        .with_delivery_timeout(std::time::Duration::from_secs(3600));
+    let id = 0x5eed;
+    let first = ec_client::Producer::resume(id, 1).expect("valid");
+    assert!(
+        ec_client::Producer::resume(0, 1).is_none(),
+        "0 is no identity"
+    );
+    assert!(
+        ec_client::Producer::resume(id, 0).is_none(),
+        "numbers start at 1"
+    );
+
+    let publisher = client
+        .publisher_as("pub", 4, first)
+        .await
+        .expect("publisher");
+    let a = publisher.send(payloads("a", 2)).await.expect("send");
+    let b = publisher.send(payloads("b", 1)).await.expect("send");
+    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+    assert_eq!((a.first.0, a.last.0, b.first.0), (0, 1, 2));
+    assert!(!a.duplicate && !b.duplicate);
+    assert_eq!(
+        publisher.producer().await,
+        ec_client::Producer::resume(id, 3).expect("valid")
+    );
+    publisher.close().await.expect("close");
+
+    // "Restarted" without knowing what was stored: resending from 1 stores nothing again.
+    let again = client
+        .publisher_as("pub", 4, first)
+        .await
+        .expect("publisher");
+    let a2 = again.send(payloads("a", 2)).await.expect("send");
+    let b2 = again.send(payloads("b", 1)).await.expect("send");
+    let c = again.send(payloads("c", 1)).await.expect("send");
+    let (a2, b2, c) = (
+        a2.await.expect("a"),
+        b2.await.expect("b"),
+        c.await.expect("c"),
+    );
+    assert!(a2.duplicate && b2.duplicate, "{a2:?} {b2:?}");
+    assert_eq!((a2.first, a2.last, b2.first), (a.first, a.last, b.first));
+    assert_eq!((c.first.0, c.duplicate), (3, false));
+    again.close().await.expect("close");
+
+    // Skipping numbers is the producer's bug: refused at once, naming the expected number.
+    let gap = client
+        .publisher_as("pub", 4, ec_client::Producer::resume(id, 9).expect("valid"))
+        .await
+        .expect("publisher");
+    let err = timeout(DEADLINE, gap.send(payloads("z", 1)).await.expect("send"))
+        .await
+        .expect("refused before the deadline")
+        .expect_err("gap");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("expected sequence is 4"), "{err}");
+}

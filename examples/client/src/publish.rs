@@ -193,8 +193,13 @@ async fn report_outages(mut events: mpsc::UnboundedReceiver<PublisherEvent>, qui
                 } else {
                     format!(" ({target})")
                 };
+                let waiting = match unacknowledged {
+                    0 => String::new(),
+                    1 => " (1 batch waits for its acknowledgement)".to_owned(),
+                    n => format!(" ({n} batches wait for their acknowledgement)"),
+                };
                 eprintln!(
-                    "publishing interrupted{target}: {error}; retrying with {unacknowledged} batches unacknowledged (failover is automatic; giving up after {})",
+                    "publishing interrupted{target}: {error}; retrying{waiting} until the primary is back or another node is promoted (giving up after {})",
                     humantime(delivery_timeout)
                 );
             }

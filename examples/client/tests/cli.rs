@@ -234,6 +234,32 @@ async fn synthetic_publish_and_binary_payloads() {
     assert_ok(&out);
     assert_eq!(acknowledged(&out), (0..250).collect::<Vec<_>>());
 
+    // --quiet: only the final summary, on standard error.
+    let out = ec_client(
+        &[
+            "--node",
+            &addr,
+            "publish",
+            "--data-id",
+            "quiet",
+            "--count",
+            "30",
+            "--batch",
+            "7",
+            "--quiet",
+        ],
+        b"",
+    )
+    .await;
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("published 30 events to quiet") && err.contains("offsets 0-29"),
+        "{err}"
+    );
+
     let out = ec_client(
         &[
             "--node",
