@@ -1,5 +1,13 @@
-//! Automatic failover: when a data ID's primary has been critical (or gone) for
+//! Automatic failover: when a data ID's primary has been lost (this gateway's probes fail:
+//! refused, reset, NOT_SERVING or no answer — see `probe.rs`), critical or gone for
 //! `failover_after`, promote its most caught-up healthy in-sync replica.
+//!
+//! The delay depends on nothing the nodes configure: the probes are the gateway's own, so
+//! a node's `node.health_check.interval` (how often *Consul* checks it) only matters for the
+//! failures the probes cannot see (e.g. a node reachable from this gateway whose HTTP health
+//! endpoint fails). With the defaults (probe every 200 ms, 1 s without an answer is lost,
+//! `failover_after` 1 s), a killed primary is replaced about 1.2 s after its death and a
+//! frozen one about 2.2 s after it stopped answering.
 //!
 //! Invariants:
 //! - Only the holder of the Consul lock `<kv_prefix minus '/'>.failover/lock` acts, so of
@@ -25,7 +33,7 @@ use crate::promotion::{PromoteError, Promoter, Request};
 use crate::routing::{RouteError, RoutingTable, Unusable};
 
 /// How often the table is looked at even if it did not change (time passing is the trigger).
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(100);
 
 /// A primary this gateway sees unusable.
 struct Failing {
@@ -83,7 +91,7 @@ pub(crate) async fn run(
             let data_id = view.mapping.data_id.clone();
             if let Err(RouteError::PrimaryUnavailable {
                 primary,
-                why: Unusable::Critical | Unusable::NotRegistered,
+                why: Unusable::Critical | Unusable::NotRegistered | Unusable::Lost,
                 ..
             }) = current.primary(&data_id)
             {

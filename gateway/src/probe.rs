@@ -1,0 +1,295 @@
+//! The gateway's own liveness probes: a gRPC health check of every registered node every
+//! [`ProbeSettings::interval`], so that a node that died or froze is known within a fraction of
+//! a second instead of after Consul's next HTTP check (`node.health_check.interval`, 10 s by
+//! default, a setting of the nodes that the gateway cannot see).
+//!
+//! What counts as *lost*: a check that fails — the connection is refused or reset (a killed
+//! process), the node answers NOT_SERVING (it is shutting down), or no answer comes within
+//! [`ProbeSettings::timeout`] (a frozen process or host: its kernel may still accept the TCP
+//! connection, but nothing answers). The node is reported lost from the first failed check
+//! until a check succeeds again; a single failure between two successes is a blip that
+//! clears itself at the next check, and automatic failover (`failover.rs`) only acts on a
+//! primary that stays lost for `gateway.failover_after`.
+//!
+//! Invariants:
+//! - One probe task per registered node and address, on its own connection (not the channel
+//!   cache shared with readers and publishers), so a probe never waits behind data and
+//!   data never waits behind a probe.
+//! - Probes are unary calls: nothing is held open on the node, so a node's graceful shutdown
+//!   never waits for this gateway (a server-streaming health `Watch` would be).
+//! - A node that leaves the Consul catalog stops being probed and is forgotten here: Consul
+//!   already reports it gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use ec_discovery::{HealthSnapshot, Watched};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Endpoint;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tracing::{info, warn};
+
+/// How the gateway probes nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// Time between the starts of two checks of one node.
+    pub interval: Duration,
+    /// How long a check may take before the node counts as lost (also the connect timeout).
+    pub timeout: Duration,
+}
+
+impl Default for ProbeSettings {
+    /// Every 200 ms, lost after 1 s without an answer: a killed node is seen within 200 ms, a
+    /// frozen one within about 1.2 s, and a check on a live node (well under a millisecond on
+    /// a LAN) has a thousandfold margin.
+    fn default() -> Self {
+        ProbeSettings {
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A node this gateway cannot reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// When the first failed check of this outage was observed.
+    pub since: SystemTime,
+    /// Why, in words: what the last failed check saw.
+    pub reason: String,
+}
+
+/// What the probes say: the nodes that are lost right now. Nodes not listed answered their
+/// last check (or are not probed: not registered).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reachability {
+    /// Lost nodes by node ID.
+    pub lost: BTreeMap<String, Lost>,
+    /// Bumps on every change, so the feeder can tell a new picture from the one it used.
+    pub generation: u64,
+}
+
+/// Starts probing every node of the health snapshots `health` delivers; the returned receiver
+/// holds the current [`Reachability`]. Everything stops when `stop` is cancelled.
+pub(crate) fn spawn(
+    health: watch::Receiver<Watched<HealthSnapshot>>,
+    settings: ProbeSettings,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> watch::Receiver<Reachability> {
+    let (tx, rx) = watch::channel(Reachability::default());
+    tasks.spawn(supervise(health, settings, tx, tasks.clone(), stop));
+    rx
+}
+
+/// One probe task.
+struct Probe {
+    address: String,
+    stop: CancellationToken,
+}
+
+/// Keeps one probe task per registered node and address.
+async fn supervise(
+    mut health: watch::Receiver<Watched<HealthSnapshot>>,
+    settings: ProbeSettings,
+    tx: watch::Sender<Reachability>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut probes: HashMap<String, Probe> = HashMap::new();
+    loop {
+        let nodes: Vec<(String, String)> = health
+            .borrow_and_update()
+            .value
+            .as_ref()
+            .map(|s| {
+                s.nodes
+                    .values()
+                    .filter(|n| !n.address.is_empty())
+                    .map(|n| (n.node_id.clone(), n.address.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Only a new snapshot changes the set; a snapshot that did not arrive (Consul away)
+        // leaves every probe running on the last known addresses.
+        if health.borrow().value.is_some() {
+            probes.retain(|node, probe| {
+                let keep = nodes.iter().any(|(n, a)| n == node && *a == probe.address);
+                if !keep {
+                    probe.stop.cancel();
+                    forget(&tx, node);
+                }
+                keep
+            });
+            for (node, address) in nodes {
+                if probes.contains_key(&node) {
+                    continue;
+                }
+                let probe_stop = stop.child_token();
+                tasks.spawn(probe(
+                    node.clone(),
+                    address.clone(),
+                    settings,
+                    tx.clone(),
+                    probe_stop.clone(),
+                ));
+                probes.insert(
+                    node,
+                    Probe {
+                        address,
+                        stop: probe_stop,
+                    },
+                );
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = health.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Drops `node` from the lost set (it is no longer probed).
+fn forget(tx: &watch::Sender<Reachability>, node: &str) {
+    tx.send_if_modified(|r| {
+        let changed = r.lost.remove(node).is_some();
+        if changed {
+            r.generation += 1;
+        }
+        changed
+    });
+}
+
+/// Checks `node` at `address` every `settings.interval` until `stop`.
+async fn probe(
+    node: String,
+    address: String,
+    settings: ProbeSettings,
+    tx: watch::Sender<Reachability>,
+    stop: CancellationToken,
+) {
+    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+        Ok(e) => e
+            .connect_timeout(settings.timeout)
+            .tcp_nodelay(true)
+            // A connection to a frozen node must not stay usable forever: the h2 keepalive
+            // closes it, so a thawed node is reached on a fresh connection.
+            .http2_keep_alive_interval(settings.timeout)
+            .keep_alive_timeout(settings.timeout)
+            .keep_alive_while_idle(true),
+        Err(e) => {
+            warn!(%node, %address, error = %e, "cannot probe the node: its registered address is not a valid URI");
+            return;
+        }
+    };
+    let mut client = HealthClient::new(endpoint.connect_lazy());
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let asked = client.check(HealthCheckRequest {
+            service: String::new(),
+        });
+        let verdict = tokio::select! {
+            () = stop.cancelled() => return,
+            answer = tokio::time::timeout(settings.timeout, asked) => match answer {
+                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+                Ok(Ok(_)) => Err("it answers NOT_SERVING (shutting down)".to_owned()),
+                Ok(Err(status)) => Err(describe(&status)),
+                Err(_) => Err(format!(
+                    "no answer to a health check within {} ms (frozen or overloaded)",
+                    settings.timeout.as_millis()
+                )),
+            },
+        };
+        record(&tx, &node, &address, verdict);
+    }
+}
+
+/// Records one check's outcome; logs only changes.
+fn record(
+    tx: &watch::Sender<Reachability>,
+    node: &str,
+    address: &str,
+    verdict: Result<(), String>,
+) {
+    tx.send_if_modified(|r| match verdict {
+        Ok(()) => {
+            let Some(lost) = r.lost.remove(node) else {
+                return false;
+            };
+            let secs = lost.since.elapsed().map_or(0.0, |d| d.as_secs_f64());
+            info!(node, address, lost_for_secs = secs, "node reachable again");
+            r.generation += 1;
+            true
+        }
+        Err(reason) => match r.lost.get_mut(node) {
+            Some(lost) => {
+                // Still lost: keep `since`; the reason is refreshed without waking anyone.
+                lost.reason = reason;
+                false
+            }
+            None => {
+                warn!(node, address, %reason, "node lost: its health check failed");
+                r.lost.insert(
+                    node.to_owned(),
+                    Lost {
+                        since: SystemTime::now(),
+                        reason,
+                    },
+                );
+                r.generation += 1;
+                true
+            }
+        },
+    });
+}
+
+/// A failed check in a few words: tonic's transport errors carry the cause in their source.
+fn describe(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut text = status.message().to_owned();
+    let mut source = status.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text = format!("{text}: {s}");
+        }
+        source = e.source();
+    }
+    format!("health check failed ({:?}): {text}", status.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_from_the_first_failure_until_a_success_and_changes_only_bump() {
+        let (tx, rx) = watch::channel(Reachability::default());
+        record(&tx, "n1", "a:1", Ok(()));
+        assert_eq!(rx.borrow().generation, 0, "reachable and was: no change");
+        record(&tx, "n1", "a:1", Err("refused".into()));
+        let first = rx.borrow().clone();
+        assert_eq!(first.generation, 1);
+        assert_eq!(first.lost["n1"].reason, "refused");
+        record(&tx, "n1", "a:1", Err("timeout".into()));
+        let second = rx.borrow().clone();
+        assert_eq!(second.generation, 1, "still lost: no wake-up");
+        assert_eq!(second.lost["n1"].since, first.lost["n1"].since);
+        record(&tx, "n1", "a:1", Ok(()));
+        assert!(rx.borrow().lost.is_empty());
+        assert_eq!(rx.borrow().generation, 2);
+        record(&tx, "n2", "a:2", Err("refused".into()));
+        forget(&tx, "n2");
+        assert!(rx.borrow().lost.is_empty());
+        assert_eq!(rx.borrow().generation, 4);
+    }
+}
