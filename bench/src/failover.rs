@@ -136,7 +136,7 @@ pub(crate) async fn run(
                                     recorded.send_replace(());
                                 }
                             }
-                            Ok(Delivery::Failover { .. }) => {}
+                            Ok(Delivery::Failover { .. } | Delivery::Lost { .. }) => {}
                             Err(e) => {
                                 lock(&seen).error = Some(format!("{e:#}"));
                                 recorded.send_replace(());

@@ -245,6 +245,7 @@ impl Node for NodeService {
                 data_id: data_id.clone(),
                 events: events.into_iter().map(to_event).collect(),
                 node_id: node_id.clone(),
+                serving_change: None,
             }]
         })?;
         Ok(Response::new(stream))

@@ -119,7 +119,7 @@ async fn sigkill_of_the_serving_node_is_invisible_to_subscribers() {
                         .into_iter()
                         .map(|e| (e.offset.0, e.data, node_id.clone())),
                 ),
-                ec_client::Delivery::Failover { .. } => {}
+                ec_client::Delivery::Failover { .. } | ec_client::Delivery::Lost { .. } => {}
             }
         }
         Ok::<Seen, String>(seen)
