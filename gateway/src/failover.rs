@@ -5,9 +5,9 @@
 //! The delay depends on nothing the nodes configure: the probes are the gateway's own, so
 //! a node's `node.health_check.interval` (how often *Consul* checks it) only matters for the
 //! failures the probes cannot see (e.g. a node reachable from this gateway whose HTTP health
-//! endpoint fails). With the defaults (probe every 200 ms, 1 s without an answer is lost,
-//! `failover_after` 1 s), a killed primary is replaced about 1.2 s after its death and a
-//! frozen one about 2.2 s after it stopped answering.
+//! endpoint fails). With the defaults (probe every 200 ms; refused or reset is lost at once,
+//! 3 s without an answer is lost; `failover_after` 1 s), a killed primary is replaced about
+//! 1.2 s after its death and a frozen one about 4.2 s after it stopped answering.
 //!
 //! Invariants:
 //! - Only the holder of the Consul lock `<kv_prefix minus '/'>.failover/lock` acts, so of

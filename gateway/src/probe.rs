@@ -3,13 +3,17 @@
 //! a second instead of after Consul's next HTTP check (`node.health_check.interval`, 10 s by
 //! default, a setting of the nodes that the gateway cannot see).
 //!
-//! What counts as *lost*: a check that fails — the connection is refused or reset (a killed
-//! process), the node answers NOT_SERVING (it is shutting down), or no answer comes within
-//! [`ProbeSettings::timeout`] (a frozen process or host: its kernel may still accept the TCP
-//! connection, but nothing answers). The node is reported lost from the first failed check
-//! until a check succeeds again; a single failure between two successes is a blip that
-//! clears itself at the next check, and automatic failover (`failover.rs`) only acts on a
-//! primary that stays lost for `gateway.failover_after`.
+//! What counts as *lost*:
+//! - at once, a check that fails for certain: the connection is refused or reset (a killed
+//!   process: nothing listens any more), or the node answers NOT_SERVING (it is shutting
+//!   down);
+//! - after [`ProbeSettings::silence`] without any answer, checks that time out (each after
+//!   [`ProbeSettings::timeout`]): a frozen process or host, whose kernel may still accept the
+//!   TCP connection while nothing answers. One slow answer on a busy machine is not a loss.
+//!
+//! The node is reported lost until a check succeeds again, and automatic failover
+//! (`failover.rs`) only acts on a primary that stays lost for `gateway.failover_after`, so a
+//! blip clears itself.
 //!
 //! Invariants:
 //! - One probe task per registered node and address, on its own connection (not the channel
@@ -21,7 +25,7 @@
 //!   already reports it gone.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ec_discovery::{HealthSnapshot, Watched};
 use tokio::sync::watch;
@@ -38,18 +42,22 @@ use tracing::{info, warn};
 pub struct ProbeSettings {
     /// Time between the starts of two checks of one node.
     pub interval: Duration,
-    /// How long a check may take before the node counts as lost (also the connect timeout).
+    /// How long one check may take (connecting included); a check that takes longer counts
+    /// as unanswered.
     pub timeout: Duration,
+    /// How long a node may leave checks unanswered before it counts as lost.
+    pub silence: Duration,
 }
 
 impl Default for ProbeSettings {
-    /// Every 200 ms, lost after 1 s without an answer: a killed node is seen within 200 ms, a
-    /// frozen one within about 1.2 s, and a check on a live node (well under a millisecond on
-    /// a LAN) has a thousandfold margin.
+    /// Every 200 ms, each check given 1 s, lost after 3 s without an answer: a killed node
+    /// is seen within 200 ms, a frozen one within about 3.2 s, and a check on a live node
+    /// (well under a millisecond on a LAN) has a wide margin even on an overloaded machine.
     fn default() -> Self {
         ProbeSettings {
             interval: Duration::from_millis(200),
             timeout: Duration::from_secs(1),
+            silence: Duration::from_secs(3),
         }
     }
 }
@@ -172,15 +180,11 @@ async fn probe(
     tx: watch::Sender<Reachability>,
     stop: CancellationToken,
 ) {
+    // No HTTP/2 keepalive and no connect timeout of tonic's: a missed PING or a slow connect
+    // would fail the check as an error, as if the node had reset the connection. Each check's
+    // own timeout covers a silent node (and a connect that hangs) as silence instead.
     let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
-        Ok(e) => e
-            .connect_timeout(settings.timeout)
-            .tcp_nodelay(true)
-            // A connection to a frozen node must not stay usable forever: the h2 keepalive
-            // closes it, so a thawed node is reached on a fresh connection.
-            .http2_keep_alive_interval(settings.timeout)
-            .keep_alive_timeout(settings.timeout)
-            .keep_alive_while_idle(true),
+        Ok(e) => e.tcp_nodelay(true),
         Err(e) => {
             warn!(%node, %address, error = %e, "cannot probe the node: its registered address is not a valid URI");
             return;
@@ -189,6 +193,8 @@ async fn probe(
     let mut client = HealthClient::new(endpoint.connect_lazy());
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the node last answered (or probing started).
+    let mut answered = Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -197,31 +203,47 @@ async fn probe(
         let asked = client.check(HealthCheckRequest {
             service: String::new(),
         });
-        let verdict = tokio::select! {
+        let answer = tokio::select! {
             () = stop.cancelled() => return,
-            answer = tokio::time::timeout(settings.timeout, asked) => match answer {
-                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
-                Ok(Ok(_)) => Err("it answers NOT_SERVING (shutting down)".to_owned()),
-                Ok(Err(status)) => Err(describe(&status)),
-                Err(_) => Err(format!(
-                    "no answer to a health check within {} ms (frozen or overloaded)",
-                    settings.timeout.as_millis()
-                )),
-            },
+            answer = tokio::time::timeout(settings.timeout, asked) => answer,
+        };
+        let verdict = match answer {
+            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => {
+                answered = Instant::now();
+                Verdict::Reachable
+            }
+            Ok(Ok(_)) => Verdict::Lost("it answers NOT_SERVING (shutting down)".to_owned()),
+            Ok(Err(status))
+                if !matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) =>
+            {
+                Verdict::Lost(describe(&status))
+            }
+            Ok(Err(_)) | Err(_) if answered.elapsed() >= settings.silence => {
+                Verdict::Lost(format!(
+                    "no answer to its health checks for {} ms (frozen, cut off or overloaded)",
+                    answered.elapsed().as_millis()
+                ))
+            }
+            // Slow, not yet silent for long: neither lost nor confirmed reachable.
+            Ok(Err(_)) | Err(_) => continue,
         };
         record(&tx, &node, &address, verdict);
     }
 }
 
+/// What one check says about a node.
+enum Verdict {
+    Reachable,
+    Lost(String),
+}
+
 /// Records one check's outcome; logs only changes.
-fn record(
-    tx: &watch::Sender<Reachability>,
-    node: &str,
-    address: &str,
-    verdict: Result<(), String>,
-) {
+fn record(tx: &watch::Sender<Reachability>, node: &str, address: &str, verdict: Verdict) {
     tx.send_if_modified(|r| match verdict {
-        Ok(()) => {
+        Verdict::Reachable => {
             let Some(lost) = r.lost.remove(node) else {
                 return false;
             };
@@ -230,7 +252,7 @@ fn record(
             r.generation += 1;
             true
         }
-        Err(reason) => match r.lost.get_mut(node) {
+        Verdict::Lost(reason) => match r.lost.get_mut(node) {
             Some(lost) => {
                 // Still lost: keep `since`; the reason is refreshed without waking anyone.
                 lost.reason = reason;
@@ -274,20 +296,20 @@ mod tests {
     #[test]
     fn lost_from_the_first_failure_until_a_success_and_changes_only_bump() {
         let (tx, rx) = watch::channel(Reachability::default());
-        record(&tx, "n1", "a:1", Ok(()));
+        record(&tx, "n1", "a:1", Verdict::Reachable);
         assert_eq!(rx.borrow().generation, 0, "reachable and was: no change");
-        record(&tx, "n1", "a:1", Err("refused".into()));
+        record(&tx, "n1", "a:1", Verdict::Lost("refused".into()));
         let first = rx.borrow().clone();
         assert_eq!(first.generation, 1);
         assert_eq!(first.lost["n1"].reason, "refused");
-        record(&tx, "n1", "a:1", Err("timeout".into()));
+        record(&tx, "n1", "a:1", Verdict::Lost("timeout".into()));
         let second = rx.borrow().clone();
         assert_eq!(second.generation, 1, "still lost: no wake-up");
         assert_eq!(second.lost["n1"].since, first.lost["n1"].since);
-        record(&tx, "n1", "a:1", Ok(()));
+        record(&tx, "n1", "a:1", Verdict::Reachable);
         assert!(rx.borrow().lost.is_empty());
         assert_eq!(rx.borrow().generation, 2);
-        record(&tx, "n2", "a:2", Err("refused".into()));
+        record(&tx, "n2", "a:2", Verdict::Lost("refused".into()));
         forget(&tx, "n2");
         assert!(rx.borrow().lost.is_empty());
         assert_eq!(rx.borrow().generation, 4);
