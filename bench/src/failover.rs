@@ -247,11 +247,13 @@ pub(crate) struct PrimaryKill {
 /// default settings (only ports and data dirs set; fsync always), mapping
 /// `node1,node2,node3`; a publisher through the SDK at ~1k events/s retrying every
 /// millisecond, and a reader in proxy mode (the gateway's `Subscribe`) served by the primary.
-/// SIGKILL node1 and time the writes and the reads, up to the automatic promotion.
+/// SIGKILL node1 (or, with `freeze`, SIGSTOP it: alive, its sockets open, answering nothing)
+/// and time the writes and the reads, up to the automatic promotion.
 pub(crate) async fn run_primary_kill(
     consul_bin: &Path,
     node_bin: &Path,
     gateway_bin: &Path,
+    freeze: bool,
 ) -> Result<PrimaryKill> {
     let dir = Workdir::new("failover-primary")?;
     let consul = Consul::start(consul_bin, &dir).await?;
@@ -336,7 +338,11 @@ pub(crate) async fn run_primary_kill(
     let before = last.unwrap_or(0);
     let kill = Instant::now();
     *lock(&killed) = Some(kill);
-    nodes[0].process.kill();
+    if freeze {
+        nodes[0].process.signal(nix::sys::signal::Signal::SIGSTOP);
+    } else {
+        nodes[0].process.kill();
+    }
     let (mut lost, mut moved, mut resumed) = (None, None, None);
     let deadline = kill + Duration::from_secs(60);
     while resumed.is_none() {
@@ -365,6 +371,9 @@ pub(crate) async fn run_primary_kill(
     publisher.await.map_err(|e| eyre!("publisher task: {e}"))?;
     let first_write = *lock(&first_write);
     reader.abort();
+    if freeze {
+        nodes[0].process.signal(nix::sys::signal::Signal::SIGCONT);
+    }
     drop(nodes);
     let since_kill = |t: Option<Instant>, what: &str| {
         t.map(|t| t.duration_since(kill))
