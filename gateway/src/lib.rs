@@ -24,6 +24,7 @@ pub mod cli;
 mod convert;
 mod failover;
 mod feed;
+mod metrics;
 pub mod probe;
 mod promotion;
 mod proxy;
@@ -33,4 +34,4 @@ mod service;
 
 pub use feed::{HealthChange, status_name};
 pub use promotion::{PromoteError, Promotion};
-pub use server::{GatewayError, GatewaySettings, NODE_SERVICE_NAME, run};
+pub use server::{GatewayError, GatewaySettings, NODE_SERVICE_NAME, run, run_with_metrics};

@@ -8,6 +8,7 @@
 mod failover;
 mod faults;
 mod mappings;
+mod metrics;
 mod promotion;
 mod routing;
 mod service;
