@@ -92,9 +92,9 @@ keys! {
     "gateway.allowed_nodes" "EVENT_CATCHER_GATEWAY_ALLOWED_NODES" [gateway.allowed_nodes] list "[]"
         "node IDs the gateway may route to; empty = every registered node (env: comma-separated)";
     "gateway.auto_failover" "EVENT_CATCHER_GATEWAY_AUTO_FAILOVER" [gateway.auto_failover] boolean "true"
-        "promote the most caught-up in-sync replica when a primary stays critical (one gateway at a time, by Consul lock)";
+        "promote the most caught-up in-sync replica when a primary stays lost or gone (one gateway at a time, by Consul lock)";
     "gateway.failover_after" "EVENT_CATCHER_GATEWAY_FAILOVER_AFTER" [gateway.failover_after] duration "1s"
-        "how long a primary must stay lost (the gateway's own health checks of it fail) or critical/gone in Consul before automatic failover";
+        "how long a primary must stay lost (the gateway's own health checks of it fail) or gone from Consul before automatic failover";
     "gateway.metrics.port" "EVENT_CATCHER_GATEWAY_METRICS_PORT" [gateway.metrics_port] port "50050"
         "HTTP port serving GET /metrics (Prometheus) and GET /health; differs from gateway.port";
     "node.id" "EVENT_CATCHER_NODE_ID" [node.id] text "node1"

@@ -77,10 +77,10 @@ pub struct GatewayConfig {
     pub port: u16,
     /// Node IDs the gateway may route to; empty means every registered node.
     pub allowed_nodes: Vec<String>,
-    /// Promote a replica automatically when a primary stays lost or critical.
+    /// Promote a replica automatically when a primary stays lost or gone.
     pub auto_failover: bool,
-    /// How long a primary must stay lost (the gateway's own health checks fail) or critical
-    /// (or gone) in Consul before it is replaced.
+    /// How long a primary must stay lost (the gateway's own health checks fail) or gone from
+    /// Consul before it is replaced.
     pub failover_after: Duration,
     /// `gateway.metrics.port`: HTTP port of `/metrics` and `/health`.
     pub metrics_port: u16,

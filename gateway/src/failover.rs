@@ -1,11 +1,15 @@
 //! Automatic failover: when a data ID's primary has been lost (this gateway's probes fail:
-//! refused, reset, NOT_SERVING or no answer — see `probe.rs`), critical or gone for
+//! refused, reset, NOT_SERVING or no answer — see `probe.rs`) or gone from Consul for
 //! `failover_after`, promote its most caught-up healthy in-sync replica.
 //!
-//! The delay depends on nothing the nodes configure: the probes are the gateway's own, so
-//! a node's `node.health_check.interval` (how often *Consul* checks it) only matters for the
-//! failures the probes cannot see (e.g. a node reachable from this gateway whose HTTP health
-//! endpoint fails). With the defaults (probe every 200 ms; refused or reset is lost at once,
+//! A primary that Consul reports critical while this gateway's probes still reach it is not
+//! promoted away from (readers avoid it all the same): that is Consul's HTTP check failing
+//! on a node that serves (a node whose first check has not run yet, an overloaded health
+//! endpoint, maintenance mode), and a promotion would only cost a failover. An operator
+//! promotes with `PromoteReplica` if that is what they want.
+//!
+//! The delay depends on nothing the nodes configure: the probes are the gateway's own, and a
+//! node's `node.health_check.interval` (how often *Consul* checks it) plays no part. With the defaults (probe every 200 ms; refused or reset is lost at once,
 //! 3 s without an answer is lost; `failover_after` 1 s), a killed primary is replaced about
 //! 1.2 s after its death and a frozen one about 4.2 s after it stopped answering.
 //!
@@ -91,7 +95,7 @@ pub(crate) async fn run(
             let data_id = view.mapping.data_id.clone();
             if let Err(RouteError::PrimaryUnavailable {
                 primary,
-                why: Unusable::Critical | Unusable::NotRegistered | Unusable::Lost,
+                why: Unusable::NotRegistered | Unusable::Lost,
                 ..
             }) = current.primary(&data_id)
             {

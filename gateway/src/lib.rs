@@ -13,7 +13,7 @@
 //!   the table, and publish forwarding to the primary (with the caller's `ec-acks`).
 //! - `promotion.rs`: making an in-sync replica primary by a CAS write of the mapping (the
 //!   `Failover.PromoteReplica` admin RPC); `failover.rs`: doing it automatically when a
-//!   primary stays lost or critical, in one gateway at a time (the holder of a Consul lock).
+//!   primary stays lost or gone, in one gateway at a time (the holder of a Consul lock).
 //! - [`server`]: [`run`] wires it all and owns the shutdown order; [`cli`]: what the binary
 //!   adds (flags, settings from the configuration, signals).
 //!

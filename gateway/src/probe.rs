@@ -213,13 +213,19 @@ async fn probe(
                 Verdict::Reachable
             }
             Ok(Ok(_)) => Verdict::Lost("it answers NOT_SERVING (shutting down)".to_owned()),
+            // Refused, reset, closed: the transport failed, nothing answers there.
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                Verdict::Lost(describe(&status))
+            }
+            // Any other status is an answer (e.g. a node that wants credentials): it is there.
             Ok(Err(status))
                 if !matches!(
                     status.code(),
                     tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
                 ) =>
             {
-                Verdict::Lost(describe(&status))
+                answered = Instant::now();
+                Verdict::Reachable
             }
             Ok(Err(_)) | Err(_) if answered.elapsed() >= settings.silence => {
                 Verdict::Lost(format!(

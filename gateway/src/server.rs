@@ -68,7 +68,7 @@ pub struct GatewaySettings {
     /// holds the failover lock).
     pub auto_failover: bool,
     /// `gateway.failover_after`: how long a primary must stay lost (this gateway's probes
-    /// fail) or critical/gone in Consul first.
+    /// fail) or gone from Consul first.
     pub failover_after: Duration,
     /// How this gateway probes the nodes' liveness itself.
     pub probes: ProbeSettings,
