@@ -1,4 +1,4 @@
-//! `failover`: two replicating nodes (mapping `node1,node2`), a gateway, a publisher writing
+//! `failover`, replica kill: two replicating nodes (mapping `node1,node2`), a gateway, a publisher writing
 //! a steady ~2k events/s to the primary, and a reader following the data ID through the
 //! gateway (redirect mode, the SDK's resumable stream) while it is served by the replica,
 //! node2. The bench SIGKILLs node2 mid-stream and measures the time from the kill to the
@@ -136,7 +136,7 @@ pub(crate) async fn run(
                                     recorded.send_replace(());
                                 }
                             }
-                            Ok(Delivery::Failover { .. }) => {}
+                            Ok(Delivery::Failover { .. } | Delivery::Lost { .. }) => {}
                             Err(e) => {
                                 lock(&seen).error = Some(format!("{e:#}"));
                                 recorded.send_replace(());
@@ -215,11 +215,175 @@ async fn spawn_replicating(spec: &NodeSpec<'_>, dir: &Workdir) -> Result<ec::Nod
     ec::spawn_node_with_env(
         spec,
         dir,
-        &[("EVENT_CATCHER_NODE_REPLICATION_MAX_LAG_TIME", MAX_LAG_TIME)],
+        &[
+            ("EVENT_CATCHER_NODE_REPLICATION_MAX_LAG_TIME", MAX_LAG_TIME),
+            // Two nodes, one killed: with the default of 2, acks=all publishes would be
+            // refused after the kill, and this scenario times the reader while writes go on.
+            ("EVENT_CATCHER_NODE_REPLICATION_MIN_INSYNC", "1"),
+        ],
     )
     .await
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What one primary kill measured, each from the SIGKILL of the primary.
+#[derive(Debug, Clone)]
+pub(crate) struct PrimaryKill {
+    /// To the first publish sent after the kill that was acknowledged (by the new primary).
+    pub(crate) write_pause: Duration,
+    /// To the reader's `Delivery::Lost` (its serving node, the primary, was lost).
+    pub(crate) read_lost: Duration,
+    /// To the reader's `Delivery::Failover` (it reads from an in-sync replica again).
+    pub(crate) read_moved: Duration,
+    /// To the first event past the last one seen before the kill (needs the new primary).
+    pub(crate) read_pause: Duration,
+    pub(crate) gapless: bool,
+}
+
+/// `failover` with the primary killed: three replicating nodes and a gateway, all at their
+/// default settings (only ports and data dirs set; fsync always), mapping
+/// `node1,node2,node3`; a publisher through the SDK at ~1k events/s retrying every
+/// millisecond, and a reader in proxy mode (the gateway's `Subscribe`) served by the primary.
+/// SIGKILL node1 (or, with `freeze`, SIGSTOP it: alive, its sockets open, answering nothing)
+/// and time the writes and the reads, up to the automatic promotion.
+pub(crate) async fn run_primary_kill(
+    consul_bin: &Path,
+    node_bin: &Path,
+    gateway_bin: &Path,
+    freeze: bool,
+) -> Result<PrimaryKill> {
+    let dir = Workdir::new("failover-primary")?;
+    let consul = Consul::start(consul_bin, &dir).await?;
+    let ids = ["node1", "node2", "node3"];
+    consul.put_mapping(DATA_ID, &ids).await?;
+    let mut nodes = Vec::new();
+    for id in ids {
+        let spec = NodeSpec {
+            binary: node_bin,
+            id,
+            tier: Tier::B,
+            consul: Some(consul.addr),
+            check_interval: None,
+        };
+        nodes.push(ec::spawn_node(&spec, &dir).await?);
+    }
+    consul.wait_passing(&ids, Duration::from_secs(30)).await?;
+    let (_gateway, gateway_addr) =
+        cluster::start_gateway(gateway_bin, consul.addr, &dir, DATA_ID).await?;
+    let client = Client::connect(&gateway_addr.to_string()).await?;
+    first_publish(&client).await?;
+
+    let killed: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let first_write: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (client, stop, killed) = (client.clone(), stop.clone(), killed.clone());
+        let first_after_kill = first_write.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let payload = Bytes::from(vec![b'x'; 100]);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let sent_at = Instant::now();
+                let sent = client.publish(DATA_ID, vec![payload.clone()]);
+                let ok = matches!(
+                    tokio::time::timeout(Duration::from_millis(500), sent).await,
+                    Ok(Ok(_))
+                );
+                if ok && lock(&killed).is_some_and(|k| sent_at > k) {
+                    lock(&first_after_kill).get_or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+
+    // The reader, through the gateway: the primary (first candidate) serves it.
+    let (tx, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+    let mut stream = client.subscribe(
+        DATA_ID,
+        StreamOptions::from_start(Start::Offset(ec_client::Offset(0))),
+    );
+    let reader = tokio::spawn(async move {
+        while let Some(d) = stream.next().await {
+            if tx.send((Instant::now(), d)).is_err() {
+                return;
+            }
+        }
+    });
+    // The last offset delivered; every batch must continue it.
+    let mut last: Option<u64> = None;
+    let mut gapless = true;
+    let note = |d: &Delivery, last: &mut Option<u64>, gapless: &mut bool| {
+        if let Delivery::Batch { events, .. } = d {
+            for e in events {
+                if last.is_some_and(|l| e.offset.0 != l + 1) {
+                    *gapless = false;
+                }
+                *last = Some(e.offset.0);
+            }
+        }
+    };
+    let warm = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < warm {
+        match tokio::time::timeout(Duration::from_secs(10), deliveries.recv()).await {
+            Ok(Some((_, Ok(d)))) => note(&d, &mut last, &mut gapless),
+            Ok(Some((_, Err(e)))) => bail!("the reader failed before the kill: {e:#}"),
+            _ => bail!("the reader received nothing for 10 s before the kill"),
+        }
+    }
+    let before = last.unwrap_or(0);
+    let kill = Instant::now();
+    *lock(&killed) = Some(kill);
+    if freeze {
+        nodes[0].process.signal(nix::sys::signal::Signal::SIGSTOP);
+    } else {
+        nodes[0].process.kill();
+    }
+    let (mut lost, mut moved, mut resumed) = (None, None, None);
+    let deadline = kill + Duration::from_secs(60);
+    while resumed.is_none() {
+        let Ok(Some((at, d))) = tokio::time::timeout_at(deadline.into(), deliveries.recv()).await
+        else {
+            bail!("the reader got no event past offset {before} within 60 s of the kill");
+        };
+        let d = d.map_err(|e| eyre!("the reader failed during the failover: {e:#}"))?;
+        match &d {
+            Delivery::Lost { .. } if lost.is_none() => lost = Some(at),
+            Delivery::Failover { .. } if moved.is_none() => moved = Some(at),
+            Delivery::Batch { events, .. }
+                if events.last().is_some_and(|e| e.offset.0 > before) =>
+            {
+                resumed = Some(at);
+            }
+            _ => {}
+        }
+        note(&d, &mut last, &mut gapless);
+    }
+    // Writes are timed by the publisher; give it the same minute.
+    while Instant::now() < deadline && lock(&first_write).is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.map_err(|e| eyre!("publisher task: {e}"))?;
+    let first_write = *lock(&first_write);
+    reader.abort();
+    if freeze {
+        nodes[0].process.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+    drop(nodes);
+    let since_kill = |t: Option<Instant>, what: &str| {
+        t.map(|t| t.duration_since(kill))
+            .ok_or_else(|| eyre!("{what} never happened"))
+    };
+    Ok(PrimaryKill {
+        write_pause: since_kill(first_write, "an acknowledged publish after the kill")?,
+        read_lost: since_kill(lost, "the reader's Lost")?,
+        read_moved: since_kill(moved, "the reader's Failover")?,
+        read_pause: since_kill(resumed, "a new event for the reader")?,
+        gapless,
+    })
 }

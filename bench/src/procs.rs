@@ -209,6 +209,13 @@ impl Spawned {
         }
     }
 
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the child, if it runs.
+    pub(crate) fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+
     /// SIGKILLs and reaps the child now; returns when it is gone.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -186,6 +186,13 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("max_gap_ms", "longest delivery gap, ms"),
             ("gapless", "offsets gapless (1 = yes)"),
             ("events", "events delivered"),
+            ("write_pause_ms", "primary kill → next acked publish, ms"),
+            ("read_lost_ms", "primary kill → reader told, ms"),
+            ("read_moved_ms", "primary kill → reader on a replica, ms"),
+            (
+                "read_pause_ms",
+                "primary kill → reader's next new event, ms",
+            ),
         ],
         _ => &[],
     }

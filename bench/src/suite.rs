@@ -517,6 +517,37 @@ async fn cluster_trial(
             }
             Err(e) => failures += fail(report, "failover", "ec", Some(Tier::A), trial, e)?,
         }
+        for (variant, freeze, signal) in [
+            ("ec-primary-kill", false, "SIGKILL"),
+            ("ec-primary-stop", true, "SIGSTOP"),
+        ] {
+            let idle = wait_idle(s).await;
+            match failover::run_primary_kill(&bins.consul, &bins.node, &bins.gateway, freeze).await
+            {
+                Ok(f) => {
+                    let mut r = record("failover", variant, false, Some(Tier::B), trial, idle);
+                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                    r.metrics.insert("write_pause_ms".into(), ms(f.write_pause));
+                    r.metrics.insert("read_lost_ms".into(), ms(f.read_lost));
+                    r.metrics.insert("read_moved_ms".into(), ms(f.read_moved));
+                    r.metrics.insert("read_pause_ms".into(), ms(f.read_pause));
+                    r.metrics
+                        .insert("gapless".into(), if f.gapless { 1.0 } else { 0.0 });
+                    r.params = serde_json::json!({
+                        "primary": format!("node1 {signal}ed, serving the reader"), "nodes": 3,
+                        "settings": "defaults (ports and data dirs only)", "publish_rate": 1000,
+                    });
+                    if !f.gapless {
+                        failures += 1;
+                        r.failed = Some("offsets were not gapless".into());
+                    }
+                    report.add(r)?;
+                }
+                Err(e) => {
+                    failures += fail(report, "failover", variant, Some(Tier::B), trial, e)?;
+                }
+            }
+        }
     }
     Ok(failures)
 }

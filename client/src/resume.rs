@@ -7,7 +7,10 @@
 //! transport error, a non-terminal status, the stream ending while following, the resolver
 //! reporting the node unhealthy — move to the next candidate after a jittered backoff and ask
 //! it to start at the last delivered offset + 1; when the list is used up, ask the resolver
-//! again. Each switch is reported as a [`Delivery::Failover`].
+//! again. Each break is reported at once as a [`Delivery::Lost`] (so a reader can say so
+//! before any other node answers) and each switch as a [`Delivery::Failover`]. In proxy mode
+//! the gateway reports its own breaks and switches the same way, on event-less batches
+//! carrying a `ServingChange`, as they happen.
 //!
 //! Invariants:
 //! - Offsets are delivered strictly in order, each once: anything at or below the last
@@ -165,6 +168,16 @@ pub enum Delivery {
         /// Why the previous stream was left.
         reason: String,
     },
+    /// The serving node (in proxy mode: the gateway, or the node behind it) was lost; the
+    /// stream is resuming elsewhere and a [`Delivery::Failover`] follows once a node serves.
+    Lost {
+        /// The node that was serving (`"gateway"` when the gateway itself was lost).
+        node: String,
+        /// Why, in words.
+        reason: String,
+        /// Where the stream resumes.
+        resume_at: Start,
+    },
 }
 
 /// What a [`RawDeliveryStream`] yields: a [`Delivery`] whose batch is still the wire message.
@@ -187,6 +200,15 @@ pub enum RawDelivery {
         /// Why the previous stream was left.
         reason: String,
     },
+    /// The serving node was lost; as [`Delivery::Lost`].
+    Lost {
+        /// The node that was serving.
+        node: String,
+        /// Why, in words.
+        reason: String,
+        /// Where the stream resumes.
+        resume_at: Start,
+    },
 }
 
 impl From<RawDelivery> for Delivery {
@@ -207,6 +229,15 @@ impl From<RawDelivery> for Delivery {
                 to,
                 resume_at,
                 reason,
+            },
+            RawDelivery::Lost {
+                node,
+                reason,
+                resume_at,
+            } => Delivery::Lost {
+                node,
+                reason,
+                resume_at,
             },
         }
     }
@@ -383,7 +414,7 @@ impl Stream for EventStream {
             }
             match std::task::ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(Delivery::Batch { events, .. })) => self.buffered = events.into_iter(),
-                Some(Ok(Delivery::Failover { .. })) => {}
+                Some(Ok(Delivery::Failover { .. } | Delivery::Lost { .. })) => {}
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => return Poll::Ready(None),
             }
@@ -507,6 +538,7 @@ impl Resumer {
                     data_id: self.data_id.to_string(),
                 },
             };
+            let node = self.serving_candidate().node_id;
             if let Some(broken) = self.current.take()
                 && broken.opened_at.elapsed() >= self.backoff_max
             {
@@ -517,6 +549,13 @@ impl Resumer {
             if let Some(fatal) = self.fail(outcome) {
                 return Some(Err(fatal));
             }
+            // Said at once, before the backoff and the next node: the reader may have to wait
+            // for a node to serve (e.g. while no primary exists and no replica is reachable).
+            return Some(Ok(RawDelivery::Lost {
+                node,
+                reason: self.broke.clone().unwrap_or_default(),
+                resume_at: self.position(),
+            }));
         }
     }
 
@@ -602,6 +641,12 @@ impl Resumer {
         if batch.data_id != self.data_id.as_str() {
             batch.data_id = self.data_id.to_string();
         }
+        if self.upstream == Upstream::Gateway
+            && batch.events.is_empty()
+            && let Some(change) = batch.serving_change.take()
+        {
+            return Ok(Some(self.serving_changed(change)));
+        }
         let Some(first) = batch.events.first().map(|e| Offset(e.offset)) else {
             return Ok(None);
         };
@@ -639,6 +684,31 @@ impl Resumer {
             }));
         }
         Ok(Some(RawDelivery::Batch(batch)))
+    }
+
+    /// What the gateway's notice of a serving change means for this reader. The reader's
+    /// own position is where it resumes (it is what it asked the gateway for).
+    fn serving_changed(&mut self, change: ec_proto::ServingChange) -> RawDelivery {
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        if change.to_node_id.is_empty() {
+            return RawDelivery::Lost {
+                node: non_empty(change.from_node_id)
+                    .or_else(|| self.serving.clone())
+                    .unwrap_or_else(|| "-".to_owned()),
+                reason: change.reason,
+                resume_at: self.position(),
+            };
+        }
+        let from = self
+            .serving
+            .replace(change.to_node_id.clone())
+            .or_else(|| non_empty(change.from_node_id));
+        RawDelivery::Failover {
+            from,
+            to: change.to_node_id,
+            resume_at: self.position(),
+            reason: change.reason,
+        }
     }
 
     /// The events of `events` the reader is owed, one at a time: repeats dropped, a hole an
@@ -905,7 +975,54 @@ mod tests {
                     data: bytes::Bytes::from(o.to_string()),
                 })
                 .collect(),
+            serving_change: None,
         }
+    }
+
+    #[test]
+    fn gateway_notices_become_lost_and_failover_deliveries_at_once() {
+        let mut state = resumer(Start::Offset(Offset(0)), None);
+        state.upstream = Upstream::Gateway;
+        let Some(RawDelivery::Batch(_)) = state.accept(batch(&[0, 1])).expect("ok") else {
+            panic!("a batch");
+        };
+        let notice = |to: &str| EventBatch {
+            data_id: "d".into(),
+            node_id: to.into(),
+            events: vec![],
+            serving_change: Some(ec_proto::ServingChange {
+                from_node_id: "n1".into(),
+                to_node_id: to.into(),
+                reason: "n1 lost: connection refused".into(),
+                resume_offset: Some(2),
+            }),
+        };
+        let lost = state.accept(notice("")).expect("ok");
+        assert_eq!(
+            lost,
+            Some(RawDelivery::Lost {
+                node: "n1".into(),
+                reason: "n1 lost: connection refused".into(),
+                resume_at: Start::Offset(Offset(2)),
+            })
+        );
+        let moved = state.accept(notice("n2")).expect("ok");
+        assert_eq!(
+            moved,
+            Some(RawDelivery::Failover {
+                from: Some("n1".into()),
+                to: "n2".into(),
+                resume_at: Start::Offset(Offset(2)),
+                reason: "n1 lost: connection refused".into(),
+            })
+        );
+        // The next batch from n2 is just a batch: the move was reported already.
+        let mut from_n2 = batch(&[2]);
+        from_n2.node_id = "n2".into();
+        assert!(matches!(
+            state.accept(from_n2).expect("ok"),
+            Some(RawDelivery::Batch(_))
+        ));
     }
 
     #[test]

@@ -92,9 +92,9 @@ keys! {
     "gateway.allowed_nodes" "EVENT_CATCHER_GATEWAY_ALLOWED_NODES" [gateway.allowed_nodes] list "[]"
         "node IDs the gateway may route to; empty = every registered node (env: comma-separated)";
     "gateway.auto_failover" "EVENT_CATCHER_GATEWAY_AUTO_FAILOVER" [gateway.auto_failover] boolean "true"
-        "promote the most caught-up in-sync replica when a primary stays critical (one gateway at a time, by Consul lock)";
-    "gateway.failover_after" "EVENT_CATCHER_GATEWAY_FAILOVER_AFTER" [gateway.failover_after] duration "0s"
-        "how long a primary must be critical or gone before automatic failover; 0s = twice node.health_check.interval";
+        "promote the most caught-up in-sync replica when a primary stays lost or gone (one gateway at a time, by Consul lock)";
+    "gateway.failover_after" "EVENT_CATCHER_GATEWAY_FAILOVER_AFTER" [gateway.failover_after] duration "1s"
+        "how long a primary must stay lost (the gateway's own health checks of it fail) or gone from Consul before automatic failover";
     "gateway.metrics.port" "EVENT_CATCHER_GATEWAY_METRICS_PORT" [gateway.metrics_port] port "50050"
         "HTTP port serving GET /metrics (Prometheus) and GET /health; differs from gateway.port";
     "node.id" "EVENT_CATCHER_NODE_ID" [node.id] text "node1"
@@ -144,6 +144,8 @@ keys! {
         "default of a publish's acks: leader = durable on the primary; all = durable on every in-sync replica";
     "node.replication.ack_timeout" "EVENT_CATCHER_NODE_REPLICATION_ACK_TIMEOUT" [node.replication.ack_timeout] duration "5s"
         "how long an acks=all publish waits for the in-sync replicas before DEADLINE_EXCEEDED";
+    "node.replication.min_insync" "EVENT_CATCHER_NODE_REPLICATION_MIN_INSYNC" [node.replication.min_insync] count "2"
+        "acks=all publishes fail (UNAVAILABLE) while fewer nodes than this are in sync (capped at the mapping's size); 1 = the primary alone may acknowledge";
     "node.replication.max_lag_events" "EVENT_CATCHER_NODE_REPLICATION_MAX_LAG_EVENTS" [node.replication.max_lag_events] count "100000"
         "a replica further behind the primary than this many events leaves the in-sync set; 0 = no event limit";
     "node.replication.max_lag_time" "EVENT_CATCHER_NODE_REPLICATION_MAX_LAG_TIME" [node.replication.max_lag_time] duration "10s"

@@ -79,10 +79,10 @@ pub struct GatewayConfig {
     pub port: u16,
     /// Node IDs the gateway may route to; empty means every registered node.
     pub allowed_nodes: Vec<String>,
-    /// Promote a replica automatically when a primary stays critical.
+    /// Promote a replica automatically when a primary stays lost or gone.
     pub auto_failover: bool,
-    /// How long a primary must be critical (or gone) before it is replaced; resolved here
-    /// from `0s` to twice `node.health_check.interval`.
+    /// How long a primary must stay lost (the gateway's own health checks fail) or gone from
+    /// Consul before it is replaced.
     pub failover_after: Duration,
     /// `gateway.metrics.port`: HTTP port of `/metrics` and `/health`.
     pub metrics_port: u16,
@@ -186,6 +186,9 @@ pub struct ReplicationConfig {
     pub acks: AcksPolicy,
     /// How long an `acks=all` publish waits for the in-sync replicas.
     pub ack_timeout: Duration,
+    /// Fewest nodes in sync (the primary included) for an `acks=all` publish to be
+    /// acknowledged, capped at the mapping's size; at least 1.
+    pub min_insync: u64,
     /// A replica further behind than this many events is out of sync; `None`: no event limit.
     pub max_lag_events: Option<u64>,
     /// A replica that has not caught up with the primary for this long is out of sync.

@@ -40,7 +40,7 @@ pub struct PartialGateway {
     pub allowed_nodes: Option<Vec<String>>,
     /// `gateway.auto_failover`
     pub auto_failover: Option<bool>,
-    /// `gateway.failover_after`; `0s` means twice `node.health_check.interval`.
+    /// `gateway.failover_after`
     pub failover_after: Option<Duration>,
     /// `gateway.metrics.port`
     pub metrics_port: Option<u16>,
@@ -137,6 +137,8 @@ pub struct PartialReplication {
     pub acks: Option<AcksPolicy>,
     /// `node.replication.ack_timeout`
     pub ack_timeout: Option<Duration>,
+    /// `node.replication.min_insync`
+    pub min_insync: Option<u64>,
     /// `node.replication.max_lag_events`
     pub max_lag_events: Option<u64>,
     /// `node.replication.max_lag_time`

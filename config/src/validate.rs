@@ -85,6 +85,20 @@ impl Checker<'_> {
         Ok(value)
     }
 
+    /// `node.replication.min_insync`: a count of nodes, at least 1.
+    fn min_insync(&self, value: Option<u64>) -> Result<u64, ConfigError> {
+        let key = "node.replication.min_insync";
+        let value = self.required(key, value)?;
+        if value == 0 {
+            return Err(self.invalid(
+                key,
+                "0",
+                "at least 1 (1 = the primary alone may acknowledge acks=all)",
+            ));
+        }
+        Ok(value)
+    }
+
     fn conflict(
         &self,
         key: &str,
@@ -223,6 +237,7 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
     let replication = ReplicationConfig {
         acks: c.required("node.replication.acks", rp.acks)?,
         ack_timeout: c.positive("node.replication.ack_timeout", rp.ack_timeout)?,
+        min_insync: c.min_insync(rp.min_insync)?,
         max_lag_events: unlimited_if_zero(
             c.required("node.replication.max_lag_events", rp.max_lag_events)?,
         ),
@@ -252,13 +267,7 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         metrics_port,
         allowed_nodes,
         auto_failover,
-        // Unset: long enough for Consul to have run the check twice, so one slow answer is
-        // not a failover.
-        failover_after: if failover_after.is_zero() {
-            interval * 2
-        } else {
-            failover_after
-        },
+        failover_after,
     };
 
     let node = NodeConfig {

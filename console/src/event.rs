@@ -170,6 +170,16 @@ pub enum TailMsg {
     },
     /// Events, in offset order, each batch from one node.
     Events(Vec<TailBatch>),
+    /// The serving node (or the gateway) was lost; resuming. A `Failover` follows once a
+    /// node serves again.
+    Lost {
+        /// The node that was serving (`gateway` when the gateway itself was lost).
+        node: String,
+        /// Where the stream resumes.
+        resume_at: Start,
+        /// Why.
+        reason: String,
+    },
     /// The stream moved to another node (or reconnected to the gateway).
     Failover {
         /// The node before (`None`: none yet).

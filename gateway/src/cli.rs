@@ -92,6 +92,7 @@ pub fn settings(config: &Config) -> Result<GatewaySettings> {
         watch_wait: WATCH_WAIT,
         auto_failover: config.gateway.auto_failover,
         failover_after: config.gateway.failover_after,
+        probes: crate::probe::ProbeSettings::default(),
         name: format!(
             "ec-gateway {}:{} pid {}",
             config.gateway.host,
@@ -110,6 +111,20 @@ pub fn settings(config: &Config) -> Result<GatewaySettings> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn library_default_failover_delay_is_the_configuration_default() {
+        let config = GatewayFlags::default()
+            .loader(None)
+            .default_file(None)
+            .load()
+            .expect("valid")
+            .config;
+        assert_eq!(
+            settings(&config).expect("valid").failover_after,
+            crate::server::DEFAULT_FAILOVER_AFTER
+        );
+    }
 
     #[test]
     fn flags_override_their_keys() {

@@ -1,5 +1,17 @@
-//! Automatic failover: when a data ID's primary has been critical (or gone) for
+//! Automatic failover: when a data ID's primary has been lost (this gateway's probes fail:
+//! refused, reset, NOT_SERVING or no answer — see `probe.rs`) or gone from Consul for
 //! `failover_after`, promote its most caught-up healthy in-sync replica.
+//!
+//! A primary that Consul reports critical while this gateway's probes still reach it is not
+//! promoted away from (readers avoid it all the same): that is Consul's HTTP check failing
+//! on a node that serves (a node whose first check has not run yet, an overloaded health
+//! endpoint, maintenance mode), and a promotion would only cost a failover. An operator
+//! promotes with `PromoteReplica` if that is what they want.
+//!
+//! The delay depends on nothing the nodes configure: the probes are the gateway's own, and a
+//! node's `node.health_check.interval` (how often *Consul* checks it) plays no part. With the defaults (probe every 200 ms; refused or reset is lost at once,
+//! 3 s without an answer is lost; `failover_after` 1 s), a killed primary is replaced about
+//! 1.2 s after its death and a frozen one about 4.2 s after it stopped answering.
 //!
 //! Invariants:
 //! - Only the holder of the Consul lock `<kv_prefix minus '/'>.failover/lock` acts, so of
@@ -25,7 +37,7 @@ use crate::promotion::{PromoteError, Promoter, Request};
 use crate::routing::{RouteError, RoutingTable, Unusable};
 
 /// How often the table is looked at even if it did not change (time passing is the trigger).
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(100);
 
 /// A primary this gateway sees unusable.
 struct Failing {
@@ -83,7 +95,7 @@ pub(crate) async fn run(
             let data_id = view.mapping.data_id.clone();
             if let Err(RouteError::PrimaryUnavailable {
                 primary,
-                why: Unusable::Critical | Unusable::NotRegistered,
+                why: Unusable::NotRegistered | Unusable::Lost,
                 ..
             }) = current.primary(&data_id)
             {

@@ -1,5 +1,8 @@
 //! The feeder: turns what the two Consul watches publish (mapping snapshots, health
-//! snapshots, reachability) into new routing tables and health transitions.
+//! snapshots, reachability) and what this gateway's own probes see (`probe.rs`: nodes lost)
+//! into new routing tables and health transitions. A node the probes lose becomes critical
+//! in the table (and in `WatchHealth`) at once; it is back to Consul's status once a probe
+//! reaches it again.
 //!
 //! One task owns this loop, so tables are built one after the other from the previous one
 //! and every transition is computed exactly once, between consecutive health snapshots.
@@ -20,6 +23,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::probe::Reachability;
 use crate::promotion::Promotion;
 use crate::routing::{Freshness, RoutingTable, Table};
 
@@ -92,17 +96,19 @@ pub(crate) async fn feed(
     table: RoutingTable,
     mut mappings: watch::Receiver<Watched<MappingSnapshot>>,
     mut health: watch::Receiver<Watched<HealthSnapshot>>,
+    mut probes: watch::Receiver<Reachability>,
     changes: broadcast::Sender<HealthChange>,
     shutdown: CancellationToken,
 ) {
     let mut reachable: Option<bool> = None;
     let mut outage_started: Option<SystemTime> = None;
-    let (mut mappings_open, mut health_open) = (true, true);
+    let (mut mappings_open, mut health_open, mut probes_open) = (true, true, true);
     loop {
         let (next, transitions) = {
             let m = mappings.borrow_and_update();
             let h = health.borrow_and_update();
-            build(&table.current(), &m, &h, SystemTime::now())
+            let p = probes.borrow_and_update();
+            build(&table.current(), &m, &h, &p, SystemTime::now())
         };
         if let Some(next) = next {
             log_reachability(&next, &mut reachable, &mut outage_started);
@@ -121,6 +127,7 @@ pub(crate) async fn feed(
             () = shutdown.cancelled() => return,
             r = mappings.changed(), if mappings_open => mappings_open = r.is_ok(),
             r = health.changed(), if health_open => health_open = r.is_ok(),
+            r = probes.changed(), if probes_open => probes_open = r.is_ok(),
         }
         if !mappings_open && !health_open {
             return;
@@ -134,6 +141,7 @@ pub(crate) fn build(
     prev: &Table,
     mappings: &Watched<MappingSnapshot>,
     health: &Watched<HealthSnapshot>,
+    probes: &Reachability,
     now: SystemTime,
 ) -> (Option<Table>, Vec<HealthChange>) {
     let mut next: Option<Table> = None;
@@ -157,11 +165,12 @@ pub(crate) fn build(
     }
 
     if let Some(snapshot) = &health.value
-        && (!prev.health_loaded || health.generation != prev.health_generation)
+        && (!prev.health_loaded
+            || health.generation != prev.health_generation
+            || probes.generation != prev.probes_generation)
     {
         let base = next.as_ref().unwrap_or(prev);
-        let transitions = ec_discovery::transitions(&base.health, snapshot, now);
-        let mut t = base.with_health(snapshot, &transitions);
+        let (mut t, transitions) = base.with_probed_health(snapshot, probes, now);
         t.health_generation = health.generation;
         changes = transitions
             .into_iter()
@@ -172,12 +181,17 @@ pub(crate) fn build(
                     .find(|n| n.node_id == tr.node_id)
                     .map(|n| n.data_ids.iter().map(ToString::to_string).collect())
                     .unwrap_or_default();
+                let lost = t
+                    .lost(&tr.node_id)
+                    .map(|l| format!("lost by this gateway: {}", l.reason));
+                let mapped =
+                    (!serves.is_empty()).then(|| format!("mapped for {}", serves.join(", ")));
                 HealthChange {
-                    detail: if serves.is_empty() {
-                        String::new()
-                    } else {
-                        format!("mapped for {}", serves.join(", "))
-                    },
+                    detail: lost
+                        .into_iter()
+                        .chain(mapped)
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     node_id: tr.node_id,
                     address: tr.address,
                     from: tr.from,
@@ -316,7 +330,7 @@ mod tests {
         let h = watched(health(NodeStatus::Passing), 1, true);
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
 
-        let (t1, changes) = build(&t0, &m, &h, now);
+        let (t1, changes) = build(&t0, &m, &h, &none_lost(), now);
         let t1 = t1.expect("first snapshots make a table");
         assert!(t1.is_loaded() && t1.freshness().consul_reachable);
         assert_eq!(changes.len(), 1);
@@ -327,12 +341,12 @@ mod tests {
         assert_eq!(changes[0].detail, "mapped for d");
 
         // Same generations, same freshness: nothing new.
-        let (none, changes) = build(&t1, &m, &h, now);
+        let (none, changes) = build(&t1, &m, &h, &none_lost(), now);
         assert!(none.is_none() && changes.is_empty());
 
         // A new health generation with a status change is one transition.
         let h2 = watched(health(NodeStatus::Critical), 2, true);
-        let (t2, changes) = build(&t1, &m, &h2, now);
+        let (t2, changes) = build(&t1, &m, &h2, &none_lost(), now);
         let t2 = t2.expect("new table");
         assert_eq!(
             (changes[0].from, changes[0].to),
@@ -346,7 +360,7 @@ mod tests {
             last_error: Some("connection refused".into()),
             ..m.clone()
         };
-        let (t3, changes) = build(&t2, &m_down, &h2, now);
+        let (t3, changes) = build(&t2, &m_down, &h2, &none_lost(), now);
         let t3 = t3.expect("freshness changed");
         assert!(changes.is_empty());
         assert!(!t3.freshness().consul_reachable);
@@ -362,12 +376,70 @@ mod tests {
         );
     }
 
+    fn none_lost() -> Reachability {
+        Reachability::default()
+    }
+
+    #[test]
+    fn a_node_the_probes_lose_is_critical_at_once_and_back_when_reached() {
+        let t0 = Table::empty(AllowList::default());
+        let m = watched(mappings(), 1, true);
+        let h = watched(health(NodeStatus::Passing), 1, true);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let (t1, _) = build(&t0, &m, &h, &none_lost(), now);
+        let t1 = t1.expect("loaded");
+        let d = DataId::parse("d").expect("valid");
+        assert!(t1.primary(&d).is_ok());
+
+        let lost = Reachability {
+            lost: BTreeMap::from([(
+                "n1".to_owned(),
+                crate::probe::Lost {
+                    since: now,
+                    reason: "connection refused".into(),
+                },
+            )]),
+            generation: 1,
+        };
+        // Same Consul snapshot: only the probes changed.
+        let (t2, changes) = build(&t1, &m, &h, &lost, now);
+        let t2 = t2.expect("the probes changed the table");
+        assert_eq!(
+            (changes[0].from, changes[0].to),
+            (Some(NodeStatus::Passing), NodeStatus::Critical)
+        );
+        assert!(
+            changes[0]
+                .detail
+                .contains("lost by this gateway: connection refused"),
+            "{}",
+            changes[0].detail
+        );
+        assert!(matches!(
+            t2.primary(&d),
+            Err(crate::routing::RouteError::PrimaryUnavailable {
+                why: crate::routing::Unusable::Lost,
+                ..
+            })
+        ));
+        assert!(!t2.serves(&d, "n1"));
+
+        let back = Reachability {
+            lost: BTreeMap::new(),
+            generation: 2,
+        };
+        let (t3, changes) = build(&t2, &m, &h, &back, now);
+        let t3 = t3.expect("reached again");
+        assert_eq!(changes[0].to, NodeStatus::Passing);
+        assert!(t3.primary(&d).is_ok());
+    }
+
     #[test]
     fn not_loaded_until_both_watches_answered() {
         let t0 = Table::empty(AllowList::default());
         let m = watched(mappings(), 1, true);
         let h: Watched<HealthSnapshot> = Watched::default();
-        let (t1, _) = build(&t0, &m, &h, SystemTime::now());
+        let (t1, _) = build(&t0, &m, &h, &none_lost(), SystemTime::now());
         let t1 = t1.expect("mappings arrived");
         assert!(!t1.is_loaded());
         assert!(!t1.freshness().consul_reachable);

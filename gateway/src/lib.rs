@@ -4,15 +4,16 @@
 //! Layout:
 //! - [`routing`]: the routing table and its rules (usable nodes, readers' order and
 //!   round-robin, writers to the primary, allow-list) — no gRPC here.
-//! - `feed.rs`: turns the mapping and health watches of `ec-discovery` into tables and
-//!   health transitions; logs Consul outages once each.
+//! - `feed.rs`: turns the mapping and health watches of `ec-discovery`, and the gateway's own
+//!   liveness probes of the nodes ([`probe`]), into tables and health transitions; logs
+//!   Consul outages once each.
 //! - `service.rs`: the thin `streaming.Gateway` gRPC layer; `convert.rs`: errors to statuses
 //!   and domain values to proto messages.
 //! - `proxy.rs`: `Subscribe` through `ec-client`'s resumable stream with a resolver backed by
 //!   the table, and publish forwarding to the primary (with the caller's `ec-acks`).
 //! - `promotion.rs`: making an in-sync replica primary by a CAS write of the mapping (the
 //!   `Failover.PromoteReplica` admin RPC); `failover.rs`: doing it automatically when a
-//!   primary stays critical, in one gateway at a time (the holder of a Consul lock).
+//!   primary stays lost or gone, in one gateway at a time (the holder of a Consul lock).
 //! - [`server`]: [`run`] wires it all and owns the shutdown order; [`cli`]: what the binary
 //!   adds (flags, settings from the configuration, signals).
 //!
@@ -24,6 +25,7 @@ mod convert;
 mod failover;
 mod feed;
 mod metrics;
+pub mod probe;
 mod promotion;
 mod proxy;
 pub mod routing;

@@ -9,7 +9,8 @@
 //! resolves as soon as a table shows the serving node critical, gone, disallowed or no longer
 //! mapped, so the stream moves on without waiting for the TCP connection to break; a killed
 //! node breaks the connection anyway and the stream resumes from the last delivered offset + 1
-//! on the next candidate.
+//! on the next candidate. The client hears of both at once, not with the next event: the
+//! loss and the move each go out as an event-less batch carrying a `ServingChange`.
 //!
 //! Writing goes to the primary only: `Publish` resolves it per request, `PublishStream` per
 //! request too (keeping one upstream stream per primary node), and a primary that is not
@@ -37,10 +38,13 @@ use std::time::Duration;
 
 use ec_client::{
     Backoff, Candidate, ChannelCache, ClientError, DataId, RawDelivery, RawDeliveryStream,
-    Resolver, StreamOptions, is_retriable_publish_status, resumable_raw_stream, transport_failure,
+    Resolver, Start, StreamOptions, is_retriable_publish_status, resumable_raw_stream,
+    transport_failure,
 };
 use ec_proto::node_client::NodeClient;
-use ec_proto::{EventBatch, PublishAck, PublishAcks, PublishRequest, PublishResponse};
+use ec_proto::{
+    EventBatch, PublishAck, PublishAcks, PublishRequest, PublishResponse, ServingChange,
+};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -157,28 +161,62 @@ impl Stream for Subscription {
             this.done = true;
             return Poll::Ready(Some(Err(shutting_down())));
         }
-        loop {
-            match std::task::ready!(Pin::new(&mut this.upstream).poll_next(cx)) {
-                Some(Ok(RawDelivery::Batch(batch))) => return Poll::Ready(Some(Ok(batch))),
-                Some(Ok(RawDelivery::Failover {
-                    from,
-                    to,
-                    resume_at,
-                    reason,
-                })) => {
-                    info!(data_id = %this.data_id, from = from.as_deref().unwrap_or("-"), %to, %resume_at, %reason, "subscription moved to another node");
-                }
-                Some(Err(e)) => {
-                    warn!(data_id = %this.data_id, error = %e, "subscription ended with an error");
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e.to_status())));
-                }
-                None => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
+        let item = match std::task::ready!(Pin::new(&mut this.upstream).poll_next(cx)) {
+            Some(Ok(RawDelivery::Batch(batch))) => Ok(batch),
+            Some(Ok(RawDelivery::Failover {
+                from,
+                to,
+                resume_at,
+                reason,
+            })) => {
+                info!(data_id = %this.data_id, from = from.as_deref().unwrap_or("-"), %to, %resume_at, %reason, "subscription moved to another node");
+                let from = from.unwrap_or_default();
+                Ok(notice(&this.data_id, from, to, reason, resume_at))
             }
-        }
+            Some(Ok(RawDelivery::Lost {
+                node,
+                reason,
+                resume_at,
+            })) => {
+                info!(data_id = %this.data_id, %node, %resume_at, %reason, "subscription lost its node; resuming");
+                Ok(notice(
+                    &this.data_id,
+                    node,
+                    String::new(),
+                    reason,
+                    resume_at,
+                ))
+            }
+            Some(Err(e)) => {
+                warn!(data_id = %this.data_id, error = %e, "subscription ended with an error");
+                this.done = true;
+                Err(e.to_status())
+            }
+            None => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+        };
+        Poll::Ready(Some(item))
+    }
+}
+
+/// The event-less batch telling a `Subscribe` client that its stream left `from` and, unless
+/// `to` is empty (still resuming), now reads from `to`.
+fn notice(data_id: &str, from: String, to: String, reason: String, resume_at: Start) -> EventBatch {
+    EventBatch {
+        data_id: data_id.to_owned(),
+        events: Vec::new(),
+        node_id: to.clone(),
+        serving_change: Some(ServingChange {
+            from_node_id: from,
+            to_node_id: to,
+            reason,
+            resume_offset: match resume_at {
+                Start::Offset(o) => Some(o.0),
+                Start::Earliest | Start::Latest | Start::Time(_) => None,
+            },
+        }),
     }
 }
 

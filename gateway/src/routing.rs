@@ -7,10 +7,12 @@
 //! longer than a pointer copy, and never ask Consul.
 //!
 //! Rules kept here (and nowhere else):
-//! - A node is *usable* when Consul reports it passing or warning, it is named by the
-//!   mapping, and it is allowed (`gateway.allowed_nodes` empty, or listing it). Critical,
-//!   maintenance, deregistered and never-registered nodes are never routed to; neither are
-//!   nodes outside a non-empty allow-list.
+//! - A node is *usable* when Consul reports it passing or warning, this gateway's own probes
+//!   reach it (`probe.rs`), it is named by the mapping, and it is allowed
+//!   (`gateway.allowed_nodes` empty, or listing it). Critical, maintenance, deregistered,
+//!   never-registered and lost (unreachable) nodes are never routed to; neither are nodes
+//!   outside a non-empty allow-list. A lost node is shown as critical in the table's health,
+//!   so its transitions reach `WatchHealth` at once, not after Consul's next check.
 //! - Readers prefer passing nodes: candidates are the passing nodes in mapping order, then
 //!   the warning ones in mapping order. A warning node still answers (its check says "degraded",
 //!   not "down"), so it is better than nothing, but it is never chosen while a passing node is
@@ -33,6 +35,8 @@ use std::time::{Duration, SystemTime};
 use ec_core::{DataId, NodeId};
 use ec_discovery::{HealthSnapshot, Mapping, MappingProblem, MappingSnapshot, NodeStatus};
 use tokio::sync::watch;
+
+use crate::probe::{Lost, Reachability};
 
 /// A node as the router sees it: where to reach it and how healthy it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +69,9 @@ pub enum Unusable {
     NotRegistered,
     /// Not listed in a non-empty `gateway.allowed_nodes`.
     NotAllowed,
+    /// This gateway's health checks of the node fail (refused, reset, NOT_SERVING or no
+    /// answer), whatever Consul says yet.
+    Lost,
 }
 
 impl fmt::Display for Unusable {
@@ -73,6 +80,7 @@ impl fmt::Display for Unusable {
             Unusable::Critical => "critical in Consul",
             Unusable::NotRegistered => "not registered in Consul",
             Unusable::NotAllowed => "not in gateway.allowed_nodes",
+            Unusable::Lost => "lost: the gateway's health checks of it fail",
         })
     }
 }
@@ -221,8 +229,13 @@ pub struct Table {
     pub(crate) health_generation: u64,
     mappings: BTreeMap<DataId, Routed>,
     problems: Vec<MappingProblem>,
-    /// The last health snapshot, for transitions.
+    /// The last health snapshot with lost nodes marked critical (the health routing uses),
+    /// for transitions.
     pub(crate) health: HealthSnapshot,
+    /// Generation of the probes' [`Reachability`] this table was built from.
+    pub(crate) probes_generation: u64,
+    /// Nodes this gateway's probes cannot reach, with since when and why.
+    lost: BTreeMap<String, Lost>,
     /// When each node entered its current status; kept for gone nodes a mapping still names.
     since: BTreeMap<String, SystemTime>,
     /// Last known address of nodes that left Consul, while a mapping still names them.
@@ -246,6 +259,8 @@ impl Table {
                 nodes: BTreeMap::new(),
                 index: 0,
             },
+            probes_generation: 0,
+            lost: BTreeMap::new(),
             since: BTreeMap::new(),
             gone_addresses: BTreeMap::new(),
             allowed: Arc::new(allowed),
@@ -305,6 +320,37 @@ impl Table {
         next.health = snapshot.clone();
         next.prune_gone();
         next
+    }
+
+    /// A table built from `prev` with a new health snapshot whose lost nodes (per `probes`)
+    /// are marked critical; the transitions are computed against the previous table's health.
+    pub(crate) fn with_probed_health(
+        &self,
+        snapshot: &HealthSnapshot,
+        probes: &Reachability,
+        at: SystemTime,
+    ) -> (Table, Vec<ec_discovery::HealthTransition>) {
+        let mut effective = snapshot.clone();
+        for (node, health) in &mut effective.nodes {
+            if probes.lost.contains_key(node) {
+                health.status = NodeStatus::Critical;
+            }
+        }
+        let changes = ec_discovery::transitions(&self.health, &effective, at);
+        let mut next = self.with_health(&effective, &changes);
+        next.lost = probes
+            .lost
+            .iter()
+            .filter(|(n, _)| snapshot.nodes.contains_key(*n))
+            .map(|(n, l)| (n.clone(), l.clone()))
+            .collect();
+        next.probes_generation = probes.generation;
+        (next, changes)
+    }
+
+    /// Why this gateway cannot reach `node_id`, if it cannot.
+    pub fn lost(&self, node_id: &str) -> Option<&Lost> {
+        self.lost.get(node_id)
     }
 
     /// A table identical to this one but for its freshness.
@@ -379,6 +425,9 @@ impl Table {
         let Some(health) = self.health.nodes.get(node_id) else {
             return Err(Unusable::NotRegistered);
         };
+        if self.lost.contains_key(node_id) {
+            return Err(Unusable::Lost);
+        }
         match health.status {
             NodeStatus::Passing | NodeStatus::Warning => Ok(NodeRoute {
                 node_id: node_id.to_owned(),

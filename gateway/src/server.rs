@@ -25,6 +25,7 @@ use tracing::{error, info};
 
 use crate::feed::feed;
 use crate::metrics::GatewayMetrics;
+use crate::probe::ProbeSettings;
 use crate::promotion::Promoter;
 use crate::routing::{AllowList, RoutingTable};
 use crate::service::GatewayService;
@@ -39,6 +40,10 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Health transitions kept for `WatchHealth` streams that fall behind; a watcher further
 /// behind gets a fresh snapshot instead.
 const HEALTH_EVENTS_BUFFER: usize = 1024;
+
+/// `gateway.failover_after` by default (the configuration's default too; a test in `cli.rs`
+/// checks that the two agree).
+pub const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(1);
 
 /// Everything a gateway needs to run, resolved from the configuration.
 #[derive(Debug, Clone)]
@@ -60,8 +65,11 @@ pub struct GatewaySettings {
     /// `gateway.auto_failover`: promote replicas of failed primaries (when this gateway
     /// holds the failover lock).
     pub auto_failover: bool,
-    /// `gateway.failover_after`: how long a primary must be unusable first.
+    /// `gateway.failover_after`: how long a primary must stay lost (this gateway's probes
+    /// fail) or gone from Consul first.
     pub failover_after: Duration,
+    /// How this gateway probes the nodes' liveness itself.
+    pub probes: ProbeSettings,
     /// Who this gateway is, in the failover lock (for operators reading Consul).
     pub name: String,
     /// TLS of the gRPC listener and of the channels to nodes; all `None`: plaintext.
@@ -80,7 +88,8 @@ impl GatewaySettings {
             allowed_nodes: Vec::new(),
             watch_wait: Duration::from_secs(30),
             auto_failover: true,
-            failover_after: Duration::from_secs(20),
+            failover_after: DEFAULT_FAILOVER_AFTER,
+            probes: ProbeSettings::default(),
             name: format!("ec-gateway pid {}", std::process::id()),
             tls: ec_grpc::TlsFiles::default(),
         }
@@ -158,12 +167,19 @@ pub async fn run_with_metrics(
         settings.watch_wait,
         stop_watches.clone(),
     );
+    let probes = crate::probe::spawn(
+        health.clone(),
+        settings.probes,
+        &tasks,
+        stop_watches.clone(),
+    );
     let table = RoutingTable::new(AllowList::new(settings.allowed_nodes.iter().cloned()));
     let (changes, _) = broadcast::channel(HEALTH_EVENTS_BUFFER);
     tasks.spawn(feed(
         table.clone(),
         mappings,
         health,
+        probes,
         changes.clone(),
         stop_watches.clone(),
     ));

@@ -54,6 +54,7 @@ async fn start_node(
         ack_timeout: Duration::from_secs(10),
         max_lag_events: None,
         max_lag_time: Duration::from_secs(10),
+        min_insync: 2,
     };
     let grpc = TcpListener::bind("127.0.0.1:0").await?;
     let health = TcpListener::bind("127.0.0.1:0").await?;

@@ -158,6 +158,7 @@ pub fn replication_settings(config: &Config) -> ReplicationSettings {
         ack_timeout: r.ack_timeout,
         max_lag_events: r.max_lag_events,
         max_lag_time: r.max_lag_time,
+        min_insync: usize::try_from(r.min_insync).unwrap_or(usize::MAX),
     }
 }
 

@@ -128,9 +128,10 @@ impl NodeService {
         })
     }
 
-    /// Whether `a` is below the high watermark already (replicated to the in-sync set).
+    /// Whether `a` is below the high watermark already (replicated to the in-sync set, and
+    /// that set is at least `node.replication.min_insync`).
     fn is_replicated(&self, data_id: &ec_core::DataId, a: &Appended) -> bool {
-        self.log.is_visible(data_id, a).unwrap_or(false)
+        self.replication.is_replicated(data_id, a)
     }
 
     /// The acks a request asks for (metadata), or the node's default.
@@ -168,6 +169,15 @@ impl NodeService {
                 "offsets {}..={} of data ID {data_id} were not kept: node {} stopped being the primary before its in-sync replicas stored them, and the new primary's events took those offsets; publish them again to the primary",
                 a.first, a.last, self.node_id
             ))),
+            Err(NotReplicated::NotEnoughInSync { in_sync, required }) => {
+                Err(Status::unavailable(format!(
+                    "offsets {}..={} of data ID {data_id} are durable on primary {} but not acknowledged: acks=all needs {required} nodes in sync (node.replication.min_insync) and only [{}] are; they may still reach the replicas, or be lost if this primary fails — retry once a replica has caught up, or publish with acks=leader",
+                    a.first,
+                    a.last,
+                    self.node_id,
+                    NotReplicated::describe_in_sync(&in_sync)
+                )))
+            }
             Err(NotReplicated::Log(e)) => Err(e.into()),
         }
     }
@@ -289,6 +299,7 @@ impl Node for NodeService {
                 data_id: data_id.clone(),
                 events: events.into_iter().map(to_event).collect(),
                 node_id: node_id.clone(),
+                serving_change: None,
             }]
         })?;
         Ok(Response::new(stream))

@@ -91,6 +91,7 @@ pub fn replication_settings() -> ReplicationSettings {
         ack_timeout: Duration::from_secs(3),
         max_lag_events: None,
         max_lag_time: Duration::from_secs(3),
+        min_insync: 2,
     }
 }
 

@@ -226,7 +226,7 @@ impl Subscribe for EcSubscribe {
                 Some(Ok(Delivery::Batch { events, .. })) => {
                     Ok(Some(events.into_iter().map(|e| e.data).collect()))
                 }
-                Some(Ok(Delivery::Failover { reason, .. })) => {
+                Some(Ok(Delivery::Failover { reason, .. } | Delivery::Lost { reason, .. })) => {
                     bail!("the stream failed over unexpectedly: {reason}")
                 }
                 Some(Err(e)) => Err(e.into()),

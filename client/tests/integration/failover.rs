@@ -124,6 +124,7 @@ async fn sigkill_of_the_serving_node_is_invisible_to_the_reader() {
                 );
             }
             failover @ Delivery::Failover { .. } => failovers.push((at, failover)),
+            Delivery::Lost { .. } => {}
         }
         if killed_at.is_none() && received.len() >= KILL_AFTER {
             node1.kill9();

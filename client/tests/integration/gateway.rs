@@ -134,8 +134,9 @@ impl Gateway for FakeGateway {
                         data_id: id,
                         events: events.into_iter().map(Into::into).collect(),
                         node_id,
+                        serving_change: None,
                     })),
-                    Ok(Delivery::Failover { .. }) => None,
+                    Ok(Delivery::Failover { .. } | Delivery::Lost { .. }) => None,
                     Err(e) => Some(Err(e.to_status())),
                 }
             }
@@ -477,6 +478,7 @@ async fn subscription_resumes_after_the_gateway_restarts() {
                 rest.extend(events.into_iter().map(|e| (e.offset.0, e.data)))
             }
             f @ Delivery::Failover { .. } => failover = Some(f),
+            Delivery::Lost { .. } => {}
         }
     }
     assert_eq!(rest.iter().map(|e| e.0).collect::<Vec<_>>(), [5, 6, 7]);

@@ -295,8 +295,19 @@ async fn graceful_shutdown_and_unhealthy_reports_move_the_reader_on() {
     };
     assert_eq!((node_id.as_str(), events.len()), ("node1", 10));
 
-    // node1 shuts down: its stream ends while we follow, so we move to node2 at offset 10.
+    // node1 shuts down: its stream ends while we follow, which is said at once, and we move
+    // to node2 at offset 10.
     node1.stop().await.expect("clean stop");
+    let Delivery::Lost {
+        node, resume_at, ..
+    } = next(&mut stream).await
+    else {
+        panic!("the loss first");
+    };
+    assert_eq!(
+        (node.as_str(), resume_at),
+        ("node1", Start::Offset(Offset(10)))
+    );
     let Delivery::Failover {
         from,
         to,
@@ -311,6 +322,11 @@ async fn graceful_shutdown_and_unhealthy_reports_move_the_reader_on() {
 
     // node2 is reported unhealthy while its stream is open and quiet: move to node3.
     resolver.mark_unhealthy("node2");
+    let Delivery::Lost { node, reason, .. } = next(&mut stream).await else {
+        panic!("the loss first");
+    };
+    assert_eq!(node, "node2");
+    assert!(reason.contains("unhealthy"), "{reason}");
     let Delivery::Failover {
         from, to, reason, ..
     } = next(&mut stream).await

@@ -187,6 +187,7 @@ fn defaults_are_the_seeds() {
     assert_eq!(c.node.retention.check_interval, Duration::from_secs(10));
     assert_eq!(c.node.replication.acks, AcksPolicy::All);
     assert_eq!(c.node.replication.ack_timeout, Duration::from_secs(5));
+    assert_eq!(c.node.replication.min_insync, 2);
     assert_eq!(c.node.replication.max_lag_events, Some(100_000));
     assert_eq!(c.node.replication.max_lag_time, Duration::from_secs(10));
     assert_eq!(c.consul.host, "localhost");
@@ -538,17 +539,18 @@ fn rules_between_keys_name_both_sources() {
 }
 
 #[test]
-fn failover_keys_default_to_twice_the_check_interval() {
+fn failover_delay_is_its_own_key_whatever_the_check_interval() {
     let c = Config::default();
     assert!(c.gateway.auto_failover);
-    assert_eq!(c.gateway.failover_after, Duration::from_secs(20));
+    assert_eq!(c.gateway.failover_after, Duration::from_secs(1));
+    // The nodes' check interval (which the gateway may not see) changes nothing.
     let c = load_env(&[
         ("EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL", "3s"),
         ("EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT", "1s"),
     ])
     .expect("valid")
     .config;
-    assert_eq!(c.gateway.failover_after, Duration::from_secs(6));
+    assert_eq!(c.gateway.failover_after, Duration::from_secs(1));
     let c = load_env(&[
         ("EVENT_CATCHER_GATEWAY_AUTO_FAILOVER", "false"),
         ("EVENT_CATCHER_GATEWAY_FAILOVER_AFTER", "45s"),
@@ -566,10 +568,12 @@ fn replication_keys_from_env_and_file() {
         ("EVENT_CATCHER_NODE_REPLICATION_ACK_TIMEOUT", "250ms"),
         ("EVENT_CATCHER_NODE_REPLICATION_MAX_LAG_EVENTS", "0"),
         ("EVENT_CATCHER_NODE_REPLICATION_MAX_LAG_TIME", "2s"),
+        ("EVENT_CATCHER_NODE_REPLICATION_MIN_INSYNC", "3"),
     ])
     .expect("valid")
     .config;
     let r = &c.node.replication;
+    assert_eq!(r.min_insync, 3);
     assert_eq!(r.acks, AcksPolicy::Leader);
     assert_eq!(r.ack_timeout, Duration::from_millis(250));
     assert_eq!(r.max_lag_events, None, "0 = no event limit");
@@ -593,6 +597,9 @@ fn replication_keys_from_env_and_file() {
     let err = load_env(&[("EVENT_CATCHER_NODE_REPLICATION_ACK_TIMEOUT", "0s")])
         .expect_err("zero timeout");
     assert_mentions(&err, &["node.replication.ack_timeout", "above zero"]);
+    let err = load_env(&[("EVENT_CATCHER_NODE_REPLICATION_MIN_INSYNC", "0")])
+        .expect_err("zero min_insync");
+    assert_mentions(&err, &["node.replication.min_insync", "at least 1"]);
 }
 
 #[test]

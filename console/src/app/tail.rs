@@ -119,6 +119,8 @@ pub struct TailState {
     pub last_gap: Option<Gap>,
     /// Recent failovers, oldest first.
     pub failovers: VecDeque<FailoverNote>,
+    /// The node whose loss was announced and whose resumption has not come yet.
+    pub resuming_from: Option<String>,
     /// Something the operator must know about the start (a clamped seek).
     pub note: Option<String>,
     /// When `note` was set.
@@ -153,6 +155,7 @@ impl TailState {
             gaps: 0,
             last_gap: None,
             failovers: VecDeque::new(),
+            resuming_from: None,
             note: None,
             note_at: None,
             received: 0,
@@ -215,6 +218,12 @@ impl TailState {
                     self.push(batch, now);
                 }
             }
+            TailMsg::Lost { node, .. } => {
+                // Nobody serves until the Failover that follows; the note says so now.
+                self.serving = None;
+                self.resuming_from = Some(node.clone());
+                self.note_failover(format!("{node} lost, resuming…"), now);
+            }
             TailMsg::Failover {
                 from,
                 to,
@@ -225,17 +234,27 @@ impl TailState {
                     Start::Offset(o) => o.0.to_string(),
                     other => other.to_string(),
                 };
-                let text = match from {
-                    Some(from) if from == to => {
+                let text = match &from {
+                    Some(from) if *from == to => {
                         format!("{from} connection lost → resumed at {at} ({reason})")
                     }
                     Some(from) => format!("{from} lost → resumed at {at} on {to}"),
                     None => format!("connected to {to} at {at}"),
                 };
-                if self.failovers.len() == FAILOVER_NOTES {
-                    self.failovers.pop_front();
+                // The "lost, resuming…" note of the same loss becomes this one.
+                if self
+                    .resuming_from
+                    .take()
+                    .is_some_and(|lost| from.as_deref() == Some(lost.as_str()))
+                    && self
+                        .failovers
+                        .back()
+                        .is_some_and(|n| n.text.ends_with("resuming…"))
+                {
+                    self.failovers.pop_back();
                 }
-                self.failovers.push_back(FailoverNote { at: now, text });
+                self.serving = Some(to.into());
+                self.note_failover(text, now);
             }
             TailMsg::Error {
                 message,
@@ -253,6 +272,13 @@ impl TailState {
             }
         }
         true
+    }
+
+    fn note_failover(&mut self, text: String, now: SystemTime) {
+        if self.failovers.len() == FAILOVER_NOTES {
+            self.failovers.pop_front();
+        }
+        self.failovers.push_back(FailoverNote { at: now, text });
     }
 
     fn record_gap(&mut self, expected: u64, got: u64, now: SystemTime) {
@@ -610,5 +636,40 @@ mod tests {
             t0(),
         );
         assert_eq!(t.failovers[0].text, "node1 lost → resumed at 1042 on node2");
+
+        // A loss is said at once; the resumption replaces that note.
+        t.on_msg(
+            g,
+            TailMsg::Lost {
+                node: "node2".into(),
+                resume_at: Start::Offset(Offset(1100)),
+                reason: "connection refused".into(),
+            },
+            t0(),
+        );
+        assert_eq!(
+            t.failovers.back().map(|n| n.text.as_str()),
+            Some("node2 lost, resuming…")
+        );
+        assert_eq!(t.serving, None, "nobody serves while resuming");
+        t.on_msg(
+            g,
+            TailMsg::Failover {
+                from: Some("node2".into()),
+                to: "node3".into(),
+                resume_at: Start::Offset(Offset(1100)),
+                reason: "x".into(),
+            },
+            t0(),
+        );
+        let texts: Vec<&str> = t.failovers.iter().map(|n| n.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "node1 lost → resumed at 1042 on node2",
+                "node2 lost → resumed at 1100 on node3"
+            ]
+        );
+        assert_eq!(t.serving.as_deref(), Some("node3"));
     }
 }

@@ -285,6 +285,24 @@ async fn pump(mut stream: DeliveryStream, out: &Out) -> End {
                     count += events.len();
                     batches.push(TailBatch { node: name, events });
                 }
+                Ok(Delivery::Lost {
+                    node,
+                    reason,
+                    resume_at,
+                }) => {
+                    // Said at once: the next event may be a while (no node may serve yet).
+                    if !flush(&mut batches, out).await {
+                        return End::Stop;
+                    }
+                    let msg = TailMsg::Lost {
+                        node,
+                        resume_at,
+                        reason,
+                    };
+                    if !out.send(msg).await {
+                        return End::Stop;
+                    }
+                }
                 Ok(Delivery::Failover {
                     from,
                     to,

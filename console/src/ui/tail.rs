@@ -109,7 +109,13 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
     }
     l1.push(Span::raw(format!(
         "  {} · {} ev/s · buffer {}/{}",
-        t.serving.as_deref().unwrap_or("no node yet"),
+        t.serving
+            .as_deref()
+            .unwrap_or(if t.resuming_from.is_some() {
+                "resuming…"
+            } else {
+                "no node yet"
+            }),
         grouped(t.rate.round() as u64),
         grouped(t.buffer.len() as u64),
         grouped(t.capacity as u64),

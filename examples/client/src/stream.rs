@@ -117,6 +117,13 @@ pub(crate) async fn run(client: &Client, args: StreamArgs) -> Result<()> {
                     from.as_deref().unwrap_or("(no stream yet)")
                 );
             }
+            Delivery::Lost {
+                node,
+                reason,
+                resume_at,
+            } => {
+                eprintln!("{node} lost, resuming at {resume_at}… ({reason})");
+            }
         }
     }
     flush(&mut out)?;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ec_client::{Client, Start, StreamOptions};
 use ec_proto::StreamRequest;
-use ec_testkit::ConsulAgent;
+use ec_testkit::{ConsulAgent, wait_for};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -119,7 +119,7 @@ async fn sigkill_of_the_serving_node_is_invisible_to_subscribers() {
                         .into_iter()
                         .map(|e| (e.offset.0, e.data, node_id.clone())),
                 ),
-                ec_client::Delivery::Failover { .. } => {}
+                ec_client::Delivery::Failover { .. } | ec_client::Delivery::Lost { .. } => {}
             }
         }
         Ok::<Seen, String>(seen)
@@ -302,4 +302,251 @@ async fn read_until(
             .expect("open");
         seen.extend(b.events.iter().map(|e| (e.offset, b.node_id.clone())));
     }
+}
+
+/// While no primary exists (automatic failover off, so nobody promotes), a raw `Subscribe`
+/// reader and an SDK reader in proxy mode hear at once that the serving node was lost and
+/// where their stream resumed: on an in-sync replica, from the next offset. Once an operator
+/// promotes a replica, the new events arrive on the same streams without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_move_to_a_replica_at_once_while_no_primary_exists() {
+    const D: &str = "noprimary";
+    let consul = ConsulAgent::start_dev().await;
+    let url = consul.http_url();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut n1 = NodeProcess::spawn_replicated(&dir.path().join("n1"), &url, "n1");
+    let _n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
+    let _n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
+    let mut c1 = connect(n1.grpc_addr).await;
+    let gateway = TestGateway::start_with(&url, |s| s.auto_failover = false).await;
+    let gw = gateway.client().await;
+    store(&consul)
+        .put(
+            &data_id(D),
+            &[node_id("n1"), node_id("n2"), node_id("n3")],
+            None,
+        )
+        .await
+        .expect("map");
+    wait_for("three nodes in sync", DEADLINE, || {
+        let mut c = c1.clone();
+        async move {
+            let s = c
+                .get_replication_status(ec_proto::StreamInfoRequest { data_id: D.into() })
+                .await
+                .ok()?
+                .into_inner();
+            (s.in_sync.len() == 3).then_some(())
+        }
+    })
+    .await;
+    wait_route(&gw, D, "n1 primary, three candidates", |r| {
+        r.primary_node_id == "n1" && r.candidates.len() == 3
+    })
+    .await;
+    for b in 0..10 {
+        publish(&mut c1, D, batch_payloads(b))
+            .await
+            .expect("acks=all publish to n1");
+    }
+
+    // Reader 1: the gateway's Subscribe, raw, with each message's arrival time.
+    let (raw_tx, mut raw) = mpsc::unbounded_channel::<(Instant, ec_proto::EventBatch)>();
+    let mut sub = gw
+        .clone()
+        .subscribe(StreamRequest {
+            data_id: D.into(),
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    tokio::spawn(async move {
+        while let Ok(Some(b)) = sub.message().await {
+            if raw_tx.send((Instant::now(), b)).is_err() {
+                return;
+            }
+        }
+    });
+    // Reader 2: the SDK in proxy mode.
+    let client = Client::connect(&gateway.addr.to_string())
+        .await
+        .expect("sdk client");
+    let (sdk_tx, mut sdk) = mpsc::unbounded_channel::<(Instant, ec_client::Delivery)>();
+    let mut stream = client.subscribe(
+        D,
+        StreamOptions::from_start(Start::Offset(ec_client::Offset(0))),
+    );
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = stream.next().await {
+            if sdk_tx.send((Instant::now(), d)).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut raw_seen: Vec<(u64, Bytes)> = Vec::new();
+    let mut notices: Vec<(Instant, ec_proto::ServingChange)> = Vec::new();
+    let next_raw = |raw_seen: &mut Vec<(u64, Bytes)>,
+                    notices: &mut Vec<(Instant, ec_proto::ServingChange)>,
+                    (at, b): (Instant, ec_proto::EventBatch)| {
+        if let Some(change) = b.serving_change {
+            assert!(b.events.is_empty(), "a notice carries no events");
+            notices.push((at, change));
+        }
+        raw_seen.extend(b.events.into_iter().map(|e| (e.offset, e.data)));
+    };
+    while raw_seen.len() < 100 {
+        let item = tokio::time::timeout(DEADLINE, raw.recv())
+            .await
+            .expect("events in time")
+            .expect("reader alive");
+        assert!(
+            item.1.events.is_empty() || item.1.node_id == "n1",
+            "the primary serves first"
+        );
+        next_raw(&mut raw_seen, &mut notices, item);
+    }
+    let mut sdk_seen = 0usize;
+    while sdk_seen < 100 {
+        let (_, d) = tokio::time::timeout(DEADLINE, sdk.recv())
+            .await
+            .expect("events in time")
+            .expect("reader alive");
+        if let ec_client::Delivery::Batch { events, .. } = d {
+            sdk_seen += events.len();
+        }
+    }
+
+    // Taken before: kill9 returns once the process is reaped, the notices may be faster.
+    let killed = Instant::now();
+    n1.kill9();
+
+    // Raw reader: "n1 lost" at once, then "now n2 (or n3) from offset 100".
+    while !notices.iter().any(|(_, c)| !c.to_node_id.is_empty()) {
+        let item = tokio::time::timeout(DEADLINE, raw.recv())
+            .await
+            .expect("a notice in time")
+            .expect("reader alive");
+        next_raw(&mut raw_seen, &mut notices, item);
+    }
+    let (lost_at, lost) = &notices[0];
+    assert_eq!(
+        (lost.from_node_id.as_str(), lost.to_node_id.as_str()),
+        ("n1", ""),
+        "the loss comes first: {notices:?}"
+    );
+    let (moved_at, moved) = notices.last().expect("a move");
+    assert!(
+        moved.to_node_id == "n2" || moved.to_node_id == "n3",
+        "{moved:?}"
+    );
+    assert_eq!(moved.resume_offset, Some(100));
+    println!(
+        "subscribe reader: told of the loss {:?} after the kill, resumed on {} {:?} after it",
+        *lost_at - killed,
+        moved.to_node_id,
+        *moved_at - killed
+    );
+
+    // SDK reader: Lost, then Failover to a replica at offset 100.
+    let mut sdk_events: Vec<(Instant, ec_client::Delivery)> = Vec::new();
+    while !sdk_events
+        .iter()
+        .any(|(_, d)| matches!(d, ec_client::Delivery::Failover { .. }))
+    {
+        let item = tokio::time::timeout(DEADLINE, sdk.recv())
+            .await
+            .expect("a failover in time")
+            .expect("reader alive");
+        sdk_events.push(item);
+    }
+    let (at, first) = &sdk_events[0];
+    let ec_client::Delivery::Lost {
+        node, resume_at, ..
+    } = first
+    else {
+        panic!("the loss first: {sdk_events:?}");
+    };
+    assert_eq!(
+        (node.as_str(), *resume_at),
+        ("n1", Start::Offset(ec_client::Offset(100)))
+    );
+    let (failover_at, failover) = sdk_events.last().expect("failover");
+    let ec_client::Delivery::Failover { from, to, .. } = failover else {
+        panic!("{failover:?}");
+    };
+    assert_eq!(from.as_deref(), Some("n1"));
+    assert!(to == "n2" || to == "n3", "{to}");
+    println!(
+        "sdk proxy reader: Lost {:?} after the kill, Failover to {to} {:?} after it",
+        *at - killed,
+        *failover_at - killed
+    );
+
+    // An operator promotes a replica; new events reach both readers, gapless.
+    let mut admin = ec_proto::failover_client::FailoverClient::new(channel(gateway.addr).await);
+    admin
+        .promote_replica(ec_proto::PromoteReplicaRequest {
+            data_id: D.into(),
+            node_id: String::new(),
+            force: false,
+        })
+        .await
+        .expect("promote an in-sync replica");
+    for b in 10..15 {
+        wait_for(
+            "a publish through the gateway after the promotion",
+            DEADLINE,
+            || {
+                let mut gw = gw.clone();
+                async move {
+                    gw.publish(ec_proto::PublishRequest {
+                        data_id: D.into(),
+                        events: batch_payloads(b),
+                        sequence: 0,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()
+                }
+            },
+        )
+        .await;
+    }
+    while raw_seen.len() < 150 {
+        let item = tokio::time::timeout(DEADLINE, raw.recv())
+            .await
+            .expect("events in time")
+            .expect("reader alive");
+        next_raw(&mut raw_seen, &mut notices, item);
+    }
+    let offsets: Vec<u64> = raw_seen.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (0..150).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    for (o, data) in &raw_seen {
+        let (b, i) = (*o as usize / BATCH, *o as usize % BATCH);
+        assert_eq!(data, &batch_payloads(b)[i], "payload of offset {o}");
+    }
+    let mut sdk_offsets: Vec<u64> = Vec::new();
+    for (_, d) in &sdk_events {
+        if let ec_client::Delivery::Batch { events, .. } = d {
+            sdk_offsets.extend(events.iter().map(|e| e.offset.0));
+        }
+    }
+    while sdk_offsets.len() < 50 {
+        let (_, d) = tokio::time::timeout(DEADLINE, sdk.recv())
+            .await
+            .expect("events in time")
+            .expect("reader alive");
+        if let ec_client::Delivery::Batch { events, .. } = d {
+            sdk_offsets.extend(events.iter().map(|e| e.offset.0));
+        }
+    }
+    assert_eq!(sdk_offsets, (100..150).collect::<Vec<_>>());
+    gateway.stop().await.expect("clean stop");
 }

@@ -95,11 +95,9 @@ async fn sigkill_of_the_primary_is_failed_over_once_by_two_gateways_losing_nothi
     let n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
     let n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
     let c1 = connect(n1.grpc_addr).await;
-    let failover = |s: &mut ec_gateway::GatewaySettings| {
-        s.failover_after = Duration::from_secs(2);
-    };
-    let gw_a = TestGateway::start_with(&url, failover).await;
-    let gw_b = TestGateway::start_with(&url, failover).await;
+    // Default failover settings: the gateways' own probes and gateway.failover_after (1 s).
+    let gw_a = TestGateway::start_with(&url, |_| {}).await;
+    let gw_b = TestGateway::start_with(&url, |_| {}).await;
     let (ga, gb) = (gw_a.client().await, gw_b.client().await);
     let promoted = [promotions(ga.clone()), promotions(gb.clone())];
     store(&consul)
@@ -414,4 +412,190 @@ async fn promote_replica_refuses_a_replica_that_is_not_in_sync_unless_forced() {
     for n in [n1, n2, n3] {
         n.stop().await.expect("stop node");
     }
+}
+
+/// A publish through the gateway that gives up after `limit` (a publish forwarded to a frozen
+/// primary waits for it; that is the publisher's concern, not what this test measures).
+async fn publish_within(
+    gw: &mut GatewayClient<Channel>,
+    events: Vec<Bytes>,
+    limit: Duration,
+) -> Option<ec_proto::PublishResponse> {
+    let sent = gw.publish(PublishRequest {
+        data_id: D.into(),
+        events,
+        sequence: 0,
+        ..Default::default()
+    });
+    match tokio::time::timeout(limit, sent).await {
+        Ok(Ok(r)) => Some(r.into_inner()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_of_the_primary_is_failed_over_and_the_thawed_primary_is_fenced() {
+    let consul = ConsulAgent::start_dev().await;
+    let url = consul.http_url();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut n1 = NodeProcess::spawn_replicated(&dir.path().join("n1"), &url, "n1");
+    let n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
+    let n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
+    let c1 = connect(n1.grpc_addr).await;
+    // Default failover settings.
+    let gateway = TestGateway::start_with(&url, |_| {}).await;
+    let gw = gateway.client().await;
+    store(&consul)
+        .put(
+            &data_id(D),
+            &[node_id("n1"), node_id("n2"), node_id("n3")],
+            None,
+        )
+        .await
+        .expect("map");
+    wait_in_sync(&c1, D, 3).await;
+    wait_route(&gw, D, "gateway routes to n1", |r| {
+        r.primary_node_id == "n1"
+    })
+    .await;
+
+    // One publisher through the gateway (acks=all, the nodes' default), a new payload per
+    // attempt; what was acknowledged, and when the first publish sent after the freeze was.
+    let acked: Arc<Mutex<BTreeMap<u64, Bytes>>> = Arc::default();
+    let stopped_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let first_after_stop: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let publisher = {
+        let (mut gw, acked) = (gw.clone(), acked.clone());
+        let (stopped_at, first_after_stop) = (stopped_at.clone(), first_after_stop.clone());
+        tokio::spawn(async move {
+            let mut attempt = 0usize;
+            loop {
+                let after = stopped_at.lock().expect("lock").is_some()
+                    && first_after_stop.lock().expect("lock").is_some();
+                if after && acked.lock().expect("lock").len() >= 600 {
+                    return;
+                }
+                attempt += 1;
+                let events: Vec<Bytes> = (0..5)
+                    .map(|i| Bytes::from(format!("s{attempt}-e{i}")))
+                    .collect();
+                let sent_at = Instant::now();
+                match publish_within(&mut gw, events.clone(), Duration::from_millis(500)).await {
+                    Some(r) => {
+                        let mut acked = acked.lock().expect("lock");
+                        for (i, e) in events.into_iter().enumerate() {
+                            acked.insert(r.first_offset + i as u64, e);
+                        }
+                        if stopped_at
+                            .lock()
+                            .expect("lock")
+                            .is_some_and(|s| sent_at > s)
+                        {
+                            first_after_stop
+                                .lock()
+                                .expect("lock")
+                                .get_or_insert_with(Instant::now);
+                        }
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+    };
+    wait_for("200 events acknowledged", DEADLINE, || {
+        let n = acked.lock().expect("lock").len();
+        async move { (n >= 200).then_some(()) }
+    })
+    .await;
+
+    // Frozen: alive, its sockets open, answering nothing.
+    n1.signal(ec_testnode::Signal::SIGSTOP);
+    let stop = Instant::now();
+    *stopped_at.lock().expect("lock") = Some(stop);
+    let mappings = store(&consul);
+    let new_primary = wait_for("a replica is promoted", DEADLINE, || {
+        let mappings = mappings.clone();
+        async move {
+            let m = mappings.get(&data_id(D)).await.ok()??;
+            (m.primary().as_str() != "n1").then(|| m.primary().to_string())
+        }
+    })
+    .await;
+    let promoted_after = stop.elapsed();
+    publisher
+        .await
+        .expect("the publisher goes on after the freeze");
+    let resumed_after = first_after_stop
+        .lock()
+        .expect("lock")
+        .map(|t| t - stop)
+        .expect("a publish succeeded after the freeze");
+    assert!(new_primary == "n2" || new_primary == "n3", "{new_primary}");
+
+    // Thawed, the old primary still believes for a moment that it leads; it must not
+    // acknowledge an acks=all write (its replicas follow the new primary), and soon refuses
+    // every write naming the new primary.
+    n1.signal(ec_testnode::Signal::SIGCONT);
+    let mut direct = c1.clone();
+    let stale = publish(&mut direct, D, vec![Bytes::from("stale")]).await;
+    assert!(
+        stale.is_err(),
+        "the thawed old primary acknowledged an acks=all write: {stale:?}"
+    );
+    let refusal = wait_for("the thawed old primary refuses writes", DEADLINE, || {
+        let mut c = c1.clone();
+        async move {
+            match publish(&mut c, D, vec![Bytes::from("stale")]).await {
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => Some(s),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        refusal.message().contains(&new_primary),
+        "names the new primary: {}",
+        refusal.message()
+    );
+
+    // It rejoins as a replica: all three logs converge, holding every acknowledged event.
+    let mut clients = vec![
+        connect(n1.grpc_addr).await,
+        connect(n2.grpc_addr).await,
+        connect(n3.grpc_addr).await,
+    ];
+    wait_for("all three nodes hold the same log", DEADLINE, || {
+        let clients = clients.clone();
+        async move {
+            let mut ends = Vec::new();
+            for mut c in clients {
+                let i = c
+                    .get_stream_info(StreamInfoRequest { data_id: D.into() })
+                    .await
+                    .ok()?
+                    .into_inner();
+                ends.push((i.next_offset, i.log_end_offset));
+            }
+            (ends[0].0 == ends[0].1 && ends.iter().all(|e| *e == ends[0])).then_some(())
+        }
+    })
+    .await;
+    let mut logs = Vec::new();
+    for c in &mut clients {
+        logs.push(full_log(c).await);
+    }
+    assert_eq!(logs[0], logs[1], "n1 and n2 byte-identical");
+    assert_eq!(logs[1], logs[2], "n2 and n3 byte-identical");
+    for (offset, data) in acked.lock().expect("lock").iter() {
+        assert_eq!(
+            logs[0].get(*offset as usize).map(|e| &e.2),
+            Some(data),
+            "acknowledged offset {offset}"
+        );
+    }
+    println!(
+        "failover: SIGSTOP of the primary to the promotion of {new_primary}: {promoted_after:?}; \
+         to the first acknowledged publish through the gateway: {resumed_after:?}"
+    );
+    gateway.stop().await.expect("stop");
 }

@@ -418,6 +418,14 @@ impl LeaderTerm {
         }
     }
 
+    /// The stored in-sync set and the number required, if the set has fewer than `min`
+    /// nodes (capped at the mapping's size: a one-node mapping needs only the primary).
+    pub(crate) fn short_of(&self, min: usize) -> Option<(Vec<NodeId>, usize)> {
+        let st = self.state();
+        let required = min.min(st.members.len() + 1).max(1);
+        (st.in_sync.len() < required).then(|| (st.in_sync.clone(), required))
+    }
+
     fn record_index(&self) -> u64 {
         self.state().record_index
     }

@@ -29,7 +29,12 @@
 //! once it is within both limits and has stored everything up to the high watermark (while
 //! it closes that last gap it holds the high watermark, so it never joins below it).
 //! `acks=all` answers once the high watermark passes the publish: then every member of the
-//! in-sync set stored it durably.
+//! in-sync set stored it durably — and only while the in-sync set holds at least
+//! `min_insync` nodes (capped at the mapping's size; Kafka's `min.insync.replicas`). Without
+//! that floor a primary cut off from its replicas (a partition) would drop them from the set
+//! and then acknowledge `acks=all` alone; with it, such publishes fail with UNAVAILABLE
+//! instead. `acks=leader` publishes are still taken by such a primary until it learns it was
+//! deposed, and are lost (cut when it rejoins) if a replica was promoted meanwhile.
 //!
 //! # High watermark
 //! On the primary: the lowest durable end over the in-sync set (a member that has not reported
@@ -104,6 +109,9 @@ pub struct ReplicationSettings {
     pub acks: Acks,
     /// How long an `acks=all` publish waits.
     pub ack_timeout: Duration,
+    /// Fewest nodes in sync (primary included) for an `acks=all` acknowledgement, capped at
+    /// the mapping's size.
+    pub min_insync: usize,
     /// A replica further behind than this many events leaves the in-sync set.
     pub max_lag_events: Option<u64>,
     /// A replica not caught up for this long leaves the in-sync set.
@@ -189,6 +197,8 @@ pub(crate) struct Replication {
     pub(crate) default_acks: Acks,
     /// How long `acks=all` waits.
     pub(crate) ack_timeout: Duration,
+    /// `node.replication.min_insync`.
+    pub(crate) min_insync: usize,
     views: Mutex<HashMap<DataId, View>>,
     terms: Mutex<HashMap<DataId, Arc<LeaderTerm>>>,
     /// The mappings as last seen (`value` is `None` until Consul first answered).
@@ -214,6 +224,7 @@ impl Replication {
             settings: None,
             default_acks: Acks::Leader,
             ack_timeout: Duration::from_secs(5),
+            min_insync: 1,
             views: Mutex::default(),
             terms: Mutex::default(),
             mappings,
@@ -235,6 +246,7 @@ impl Replication {
             log,
             default_acks: settings.acks,
             ack_timeout: settings.ack_timeout,
+            min_insync: settings.min_insync,
             settings: Some(settings),
             views: Mutex::default(),
             terms: Mutex::default(),
@@ -340,11 +352,16 @@ impl Replication {
     /// a primary deposed while waiting may have its unreplicated events cut and the offsets
     /// refilled by the new primary, whose high watermark then passes them; so the events are
     /// checked to still be the ones appended (same epoch at the last offset).
+    ///
+    /// While this node leads `data_id` with fewer than `min_insync` nodes in sync, the wait
+    /// fails at once with [`NotReplicated::NotEnoughInSync`], also after the high watermark
+    /// passed (it passes the primary's end as soon as the set is the primary alone).
     pub(crate) async fn wait_replicated(
         &self,
         data_id: &DataId,
         a: &Appended,
     ) -> Result<(), NotReplicated> {
+        self.check_min_insync(data_id)?;
         let mut visible = self.log.subscribe(data_id).map_err(NotReplicated::Log)?;
         let timeout = self.ack_timeout;
         // The watch's guard is dropped here: holding it while the log takes its own locks
@@ -354,12 +371,32 @@ impl Replication {
             .map(|r| r.map(|_| ()));
         match passed {
             Ok(Ok(())) => match self.log.is_visible(data_id, a) {
-                Ok(true) => Ok(()),
+                Ok(true) => self.check_min_insync(data_id),
                 Ok(false) => Err(NotReplicated::Replaced),
                 Err(e) => Err(NotReplicated::Log(e)),
             },
             Ok(Err(_)) => Err(NotReplicated::Log(LogError::Closed)),
             Err(_) => Err(NotReplicated::TimedOut(timeout)),
+        }
+    }
+}
+
+impl Replication {
+    /// Whether `a` may be acknowledged for `acks=all` now: below the high watermark, still
+    /// the events appended, and enough nodes in sync. Never waits.
+    pub(crate) fn is_replicated(&self, data_id: &DataId, a: &Appended) -> bool {
+        self.log.is_visible(data_id, a).unwrap_or(false) && self.check_min_insync(data_id).is_ok()
+    }
+
+    /// `Err` while this node leads `data_id` with fewer nodes in sync than `min_insync`
+    /// (capped at the mapping's size).
+    fn check_min_insync(&self, data_id: &DataId) -> Result<(), NotReplicated> {
+        let Some(term) = self.term(data_id) else {
+            return Ok(());
+        };
+        match term.short_of(self.min_insync) {
+            None => Ok(()),
+            Some((in_sync, required)) => Err(NotReplicated::NotEnoughInSync { in_sync, required }),
         }
     }
 }
@@ -372,6 +409,25 @@ pub(crate) enum NotReplicated {
     /// This node stopped being the primary and its events at those offsets were replaced by
     /// the new primary's: they are not stored.
     Replaced,
+    /// Fewer nodes are in sync than `node.replication.min_insync` asks for: the events are
+    /// durable on the primary (and whichever replicas still copy) but not acknowledged.
+    NotEnoughInSync {
+        /// The in-sync set now, the primary included.
+        in_sync: Vec<NodeId>,
+        /// How many nodes must be in sync.
+        required: usize,
+    },
     /// The log failed or closed.
     Log(LogError),
+}
+
+impl NotReplicated {
+    /// The in-sync set of a [`NotReplicated::NotEnoughInSync`], for messages.
+    pub(crate) fn describe_in_sync(in_sync: &[NodeId]) -> String {
+        in_sync
+            .iter()
+            .map(NodeId::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }

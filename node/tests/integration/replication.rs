@@ -1,7 +1,8 @@
 //! Replication against a real Consul agent, between nodes in this process and `ec-node`
 //! processes (where one must be frozen or killed): replicas copy the primary byte for byte,
-//! `acks=all` waits for the in-sync set, a stalled replica leaves it after its lag limit and a
-//! dead one at once, the high watermark bounds readers everywhere, and nodes that are not the
+//! `acks=all` waits for the in-sync set (and is refused while fewer than
+//! `node.replication.min_insync` nodes are in it), a stalled replica leaves it after its lag
+//! limit and a dead one at once, the high watermark bounds readers everywhere, and nodes that are not the
 //! primary refuse publishes naming it.
 
 use bytes::Bytes;
@@ -171,11 +172,19 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
     // Readers do not see what the in-sync set has not stored.
     assert_eq!(visible(&mut c1, "lag").await.len(), 3);
 
-    // After max_lag_time it leaves the in-sync set, and acks=all means "on the primary".
+    // After max_lag_time it leaves the in-sync set. The primary alone is fewer than
+    // node.replication.min_insync (2): acks=all is refused, not acknowledged by the primary
+    // alone; the event is stored on the primary (and reaches n2 once it catches up).
     wait_in_sync(&c1, "lag", &["n1"]).await;
-    publish_acks(&mut c1, "lag", payloads("d", 1), "all")
+    let err = publish_acks(&mut c1, "lag", payloads("d", 1), "all")
         .await
-        .expect("acks=all with the primary alone in sync");
+        .expect_err("acks=all with the primary alone in sync");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("node.replication.min_insync") && err.message().contains("[n1]"),
+        "{}",
+        err.message()
+    );
     assert_eq!(visible(&mut c1, "lag").await.len(), 6);
     let s = status(&mut c1, "lag").await.expect("status");
     assert!(
@@ -247,12 +256,41 @@ async fn a_killed_replica_leaves_the_in_sync_set_at_once_and_rejoins_after_resta
     // SIGKILL: the kernel closes its connections, so the primary's session to it ends.
     n2.kill9();
     wait_in_sync(&c1, "gone", &["n1"]).await;
-    // The high watermark no longer waits for it: acks=all is "on the primary", and readers
-    // see the event.
-    publish_acks(&mut c1, "gone", payloads("b", 1), "all")
+    // The high watermark no longer waits for it, so readers see the event; but the primary
+    // alone is fewer than node.replication.min_insync (2), so acks=all is refused — a
+    // primary cut off from its replicas never acknowledges acks=all alone — while
+    // acks=leader is taken.
+    let err = publish_acks(&mut c1, "gone", payloads("b", 1), "all")
         .await
-        .expect("acks=all with the primary alone in sync");
-    assert_eq!(visible(&mut c1, "gone").await.len(), 4);
+        .expect_err("acks=all with the primary alone in sync");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("node.replication.min_insync"),
+        "{}",
+        err.message()
+    );
+    publish_acks(&mut c1, "gone", payloads("c", 1), "leader")
+        .await
+        .expect("acks=leader with the primary alone in sync");
+    // The pipelined form is refused the same way.
+    let mut req = tonic::Request::new(tokio_stream::iter([ec_proto::PublishRequest {
+        data_id: "gone".into(),
+        events: payloads("p", 1),
+        sequence: 0,
+        ..Default::default()
+    }]));
+    req.metadata_mut()
+        .insert("ec-acks", "all".parse().expect("metadata"));
+    let mut acks = c1.publish_stream(req).await.expect("stream").into_inner();
+    let refused = loop {
+        match acks.message().await {
+            Ok(Some(batch)) => assert!(batch.acks.is_empty(), "acknowledged: {batch:?}"),
+            Ok(None) => panic!("the stream ended without an answer"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(visible(&mut c1, "gone").await.len(), 6);
     let s = status(&mut c1, "gone").await.expect("status");
     assert!(
         s.replicas
@@ -270,9 +308,13 @@ async fn a_killed_replica_leaves_the_in_sync_set_at_once_and_rejoins_after_resta
         async move {
             let x = full_log(&mut a, "gone").await.ok()?;
             let y = full_log(&mut b, "gone").await.ok()?;
-            (x == y && x.len() == 4).then_some(())
+            (x == y && x.len() == 6).then_some(())
         }
     })
     .await;
+    // Two in sync again: acks=all is acknowledged.
+    publish_acks(&mut c1, "gone", payloads("d", 1), "all")
+        .await
+        .expect("acks=all with two in sync");
     n1.stop().await.expect("stop n1");
 }

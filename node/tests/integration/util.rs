@@ -46,6 +46,7 @@ pub fn replication() -> ReplicationSettings {
         ack_timeout: Duration::from_secs(5),
         max_lag_events: None,
         max_lag_time: Duration::from_secs(2),
+        min_insync: 2,
     }
 }
 

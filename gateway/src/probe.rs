@@ -1,0 +1,323 @@
+//! The gateway's own liveness probes: a gRPC health check of every registered node every
+//! [`ProbeSettings::interval`], so that a node that died or froze is known within a fraction of
+//! a second instead of after Consul's next HTTP check (`node.health_check.interval`, 10 s by
+//! default, a setting of the nodes that the gateway cannot see).
+//!
+//! What counts as *lost*:
+//! - at once, a check that fails for certain: the connection is refused or reset (a killed
+//!   process: nothing listens any more), or the node answers NOT_SERVING (it is shutting
+//!   down);
+//! - after [`ProbeSettings::silence`] without any answer, checks that time out (each after
+//!   [`ProbeSettings::timeout`]): a frozen process or host, whose kernel may still accept the
+//!   TCP connection while nothing answers. One slow answer on a busy machine is not a loss.
+//!
+//! The node is reported lost until a check succeeds again, and automatic failover
+//! (`failover.rs`) only acts on a primary that stays lost for `gateway.failover_after`, so a
+//! blip clears itself.
+//!
+//! Invariants:
+//! - One probe task per registered node and address, on its own connection (not the channel
+//!   cache shared with readers and publishers), so a probe never waits behind data and
+//!   data never waits behind a probe.
+//! - Probes are unary calls: nothing is held open on the node, so a node's graceful shutdown
+//!   never waits for this gateway (a server-streaming health `Watch` would be).
+//! - A node that leaves the Consul catalog stops being probed and is forgotten here: Consul
+//!   already reports it gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime};
+
+use ec_discovery::{HealthSnapshot, Watched};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Endpoint;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tracing::{info, warn};
+
+/// How the gateway probes nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// Time between the starts of two checks of one node.
+    pub interval: Duration,
+    /// How long one check may take (connecting included); a check that takes longer counts
+    /// as unanswered.
+    pub timeout: Duration,
+    /// How long a node may leave checks unanswered before it counts as lost.
+    pub silence: Duration,
+}
+
+impl Default for ProbeSettings {
+    /// Every 200 ms, each check given 1 s, lost after 3 s without an answer: a killed node
+    /// is seen within 200 ms, a frozen one within about 3.2 s, and a check on a live node
+    /// (well under a millisecond on a LAN) has a wide margin even on an overloaded machine.
+    fn default() -> Self {
+        ProbeSettings {
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_secs(1),
+            silence: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A node this gateway cannot reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// When the first failed check of this outage was observed.
+    pub since: SystemTime,
+    /// Why, in words: what the last failed check saw.
+    pub reason: String,
+}
+
+/// What the probes say: the nodes that are lost right now. Nodes not listed answered their
+/// last check (or are not probed: not registered).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reachability {
+    /// Lost nodes by node ID.
+    pub lost: BTreeMap<String, Lost>,
+    /// Bumps on every change, so the feeder can tell a new picture from the one it used.
+    pub generation: u64,
+}
+
+/// Starts probing every node of the health snapshots `health` delivers; the returned receiver
+/// holds the current [`Reachability`]. Everything stops when `stop` is cancelled.
+pub(crate) fn spawn(
+    health: watch::Receiver<Watched<HealthSnapshot>>,
+    settings: ProbeSettings,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> watch::Receiver<Reachability> {
+    let (tx, rx) = watch::channel(Reachability::default());
+    tasks.spawn(supervise(health, settings, tx, tasks.clone(), stop));
+    rx
+}
+
+/// One probe task.
+struct Probe {
+    address: String,
+    stop: CancellationToken,
+}
+
+/// Keeps one probe task per registered node and address.
+async fn supervise(
+    mut health: watch::Receiver<Watched<HealthSnapshot>>,
+    settings: ProbeSettings,
+    tx: watch::Sender<Reachability>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut probes: HashMap<String, Probe> = HashMap::new();
+    loop {
+        let nodes: Vec<(String, String)> = health
+            .borrow_and_update()
+            .value
+            .as_ref()
+            .map(|s| {
+                s.nodes
+                    .values()
+                    .filter(|n| !n.address.is_empty())
+                    .map(|n| (n.node_id.clone(), n.address.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Only a new snapshot changes the set; a snapshot that did not arrive (Consul away)
+        // leaves every probe running on the last known addresses.
+        if health.borrow().value.is_some() {
+            probes.retain(|node, probe| {
+                let keep = nodes.iter().any(|(n, a)| n == node && *a == probe.address);
+                if !keep {
+                    probe.stop.cancel();
+                    forget(&tx, node);
+                }
+                keep
+            });
+            for (node, address) in nodes {
+                if probes.contains_key(&node) {
+                    continue;
+                }
+                let probe_stop = stop.child_token();
+                tasks.spawn(probe(
+                    node.clone(),
+                    address.clone(),
+                    settings,
+                    tx.clone(),
+                    probe_stop.clone(),
+                ));
+                probes.insert(
+                    node,
+                    Probe {
+                        address,
+                        stop: probe_stop,
+                    },
+                );
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = health.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Drops `node` from the lost set (it is no longer probed).
+fn forget(tx: &watch::Sender<Reachability>, node: &str) {
+    tx.send_if_modified(|r| {
+        let changed = r.lost.remove(node).is_some();
+        if changed {
+            r.generation += 1;
+        }
+        changed
+    });
+}
+
+/// Checks `node` at `address` every `settings.interval` until `stop`.
+async fn probe(
+    node: String,
+    address: String,
+    settings: ProbeSettings,
+    tx: watch::Sender<Reachability>,
+    stop: CancellationToken,
+) {
+    // No HTTP/2 keepalive and no connect timeout of tonic's: a missed PING or a slow connect
+    // would fail the check as an error, as if the node had reset the connection. Each check's
+    // own timeout covers a silent node (and a connect that hangs) as silence instead.
+    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+        Ok(e) => e.tcp_nodelay(true),
+        Err(e) => {
+            warn!(%node, %address, error = %e, "cannot probe the node: its registered address is not a valid URI");
+            return;
+        }
+    };
+    let mut client = HealthClient::new(endpoint.connect_lazy());
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the node last answered (or probing started).
+    let mut answered = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let asked = client.check(HealthCheckRequest {
+            service: String::new(),
+        });
+        let answer = tokio::select! {
+            () = stop.cancelled() => return,
+            answer = tokio::time::timeout(settings.timeout, asked) => answer,
+        };
+        let verdict = match answer {
+            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => {
+                answered = Instant::now();
+                Verdict::Reachable
+            }
+            Ok(Ok(_)) => Verdict::Lost("it answers NOT_SERVING (shutting down)".to_owned()),
+            // Refused, reset, closed: the transport failed, nothing answers there.
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                Verdict::Lost(describe(&status))
+            }
+            // Any other status is an answer (e.g. a node that wants credentials): it is there.
+            Ok(Err(status))
+                if !matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) =>
+            {
+                answered = Instant::now();
+                Verdict::Reachable
+            }
+            Ok(Err(_)) | Err(_) if answered.elapsed() >= settings.silence => {
+                Verdict::Lost(format!(
+                    "no answer to its health checks for {} ms (frozen, cut off or overloaded)",
+                    answered.elapsed().as_millis()
+                ))
+            }
+            // Slow, not yet silent for long: neither lost nor confirmed reachable.
+            Ok(Err(_)) | Err(_) => continue,
+        };
+        record(&tx, &node, &address, verdict);
+    }
+}
+
+/// What one check says about a node.
+enum Verdict {
+    Reachable,
+    Lost(String),
+}
+
+/// Records one check's outcome; logs only changes.
+fn record(tx: &watch::Sender<Reachability>, node: &str, address: &str, verdict: Verdict) {
+    tx.send_if_modified(|r| match verdict {
+        Verdict::Reachable => {
+            let Some(lost) = r.lost.remove(node) else {
+                return false;
+            };
+            let secs = lost.since.elapsed().map_or(0.0, |d| d.as_secs_f64());
+            info!(node, address, lost_for_secs = secs, "node reachable again");
+            r.generation += 1;
+            true
+        }
+        Verdict::Lost(reason) => match r.lost.get_mut(node) {
+            Some(lost) => {
+                // Still lost: keep `since`; the reason is refreshed without waking anyone.
+                lost.reason = reason;
+                false
+            }
+            None => {
+                warn!(node, address, %reason, "node lost: its health check failed");
+                r.lost.insert(
+                    node.to_owned(),
+                    Lost {
+                        since: SystemTime::now(),
+                        reason,
+                    },
+                );
+                r.generation += 1;
+                true
+            }
+        },
+    });
+}
+
+/// A failed check in a few words: tonic's transport errors carry the cause in their source.
+fn describe(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut text = status.message().to_owned();
+    let mut source = status.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text = format!("{text}: {s}");
+        }
+        source = e.source();
+    }
+    format!("health check failed ({:?}): {text}", status.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_from_the_first_failure_until_a_success_and_changes_only_bump() {
+        let (tx, rx) = watch::channel(Reachability::default());
+        record(&tx, "n1", "a:1", Verdict::Reachable);
+        assert_eq!(rx.borrow().generation, 0, "reachable and was: no change");
+        record(&tx, "n1", "a:1", Verdict::Lost("refused".into()));
+        let first = rx.borrow().clone();
+        assert_eq!(first.generation, 1);
+        assert_eq!(first.lost["n1"].reason, "refused");
+        record(&tx, "n1", "a:1", Verdict::Lost("timeout".into()));
+        let second = rx.borrow().clone();
+        assert_eq!(second.generation, 1, "still lost: no wake-up");
+        assert_eq!(second.lost["n1"].since, first.lost["n1"].since);
+        record(&tx, "n1", "a:1", Verdict::Reachable);
+        assert!(rx.borrow().lost.is_empty());
+        assert_eq!(rx.borrow().generation, 2);
+        record(&tx, "n2", "a:2", Verdict::Lost("refused".into()));
+        forget(&tx, "n2");
+        assert!(rx.borrow().lost.is_empty());
+        assert_eq!(rx.borrow().generation, 4);
+    }
+}
