@@ -31,7 +31,7 @@ use ec_discovery::{HealthSnapshot, Watched};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -83,14 +83,17 @@ pub struct Reachability {
 
 /// Starts probing every node of the health snapshots `health` delivers; the returned receiver
 /// holds the current [`Reachability`]. Everything stops when `stop` is cancelled.
+/// `tls`: the client TLS the gateway uses towards nodes, if any (a probe must speak it, or a
+/// node that requires TLS would look unreachable).
 pub(crate) fn spawn(
     health: watch::Receiver<Watched<HealthSnapshot>>,
     settings: ProbeSettings,
+    tls: Option<ClientTlsConfig>,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> watch::Receiver<Reachability> {
     let (tx, rx) = watch::channel(Reachability::default());
-    tasks.spawn(supervise(health, settings, tx, tasks.clone(), stop));
+    tasks.spawn(supervise(health, settings, tls, tx, tasks.clone(), stop));
     rx
 }
 
@@ -104,6 +107,7 @@ struct Probe {
 async fn supervise(
     mut health: watch::Receiver<Watched<HealthSnapshot>>,
     settings: ProbeSettings,
+    tls: Option<ClientTlsConfig>,
     tx: watch::Sender<Reachability>,
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -142,6 +146,7 @@ async fn supervise(
                     node.clone(),
                     address.clone(),
                     settings,
+                    tls.clone(),
                     tx.clone(),
                     probe_stop.clone(),
                 ));
@@ -177,13 +182,19 @@ async fn probe(
     node: String,
     address: String,
     settings: ProbeSettings,
+    tls: Option<ClientTlsConfig>,
     tx: watch::Sender<Reachability>,
     stop: CancellationToken,
 ) {
     // No HTTP/2 keepalive and no connect timeout of tonic's: a missed PING or a slow connect
     // would fail the check as an error, as if the node had reset the connection. Each check's
     // own timeout covers a silent node (and a connect that hangs) as silence instead.
-    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = match Endpoint::from_shared(format!("{scheme}://{address}"))
+        .and_then(|e| match tls {
+            Some(tls) => e.tls_config(tls),
+            None => Ok(e),
+        }) {
         Ok(e) => e.tcp_nodelay(true),
         Err(e) => {
             warn!(%node, %address, error = %e, "cannot probe the node: its registered address is not a valid URI");

@@ -170,6 +170,7 @@ pub async fn run_with_metrics(
     let probes = crate::probe::spawn(
         health.clone(),
         settings.probes,
+        settings.tls.client()?,
         &tasks,
         stop_watches.clone(),
     );
