@@ -127,7 +127,9 @@ impl Permission {
         let pattern = || {
             let p = given.unwrap_or("*");
             if p.is_empty() {
-                Err(format!("permission {s:?} has an empty pattern; use * for every data ID"))
+                Err(format!(
+                    "permission {s:?} has an empty pattern; use * for every data ID"
+                ))
             } else {
                 Ok(Pattern(p.to_owned()))
             }
@@ -389,12 +391,8 @@ mod tests {
 
     #[test]
     fn token_entries_parse_and_grant() {
-        let t = TokenTable::parse(&[
-            "adm admin",
-            "w publish:orders.* read:* create:orders.*",
-            "",
-        ])
-        .expect("valid");
+        let t = TokenTable::parse(&["adm admin", "w publish:orders.* read:* create:orders.*", ""])
+            .expect("valid");
         let adm = t.find("adm").expect("adm");
         assert!(adm.allows(Action::Admin));
         assert!(!adm.allows(Action::Publish("orders.eu")));
@@ -448,10 +446,24 @@ mod tests {
             tls: false,
             protected_mode: true,
         };
-        for local in ["127.0.0.1:1", "[::1]:1", "[::ffff:127.0.0.1]:1", "127.8.9.10:1"] {
-            assert_eq!(policy.check(None, peer(local), Action::Admin), Ok(()), "{local}");
+        for local in [
+            "127.0.0.1:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+            "127.8.9.10:1",
+        ] {
+            assert_eq!(
+                policy.check(None, peer(local), Action::Admin),
+                Ok(()),
+                "{local}"
+            );
         }
-        for remote in ["10.1.2.3:1", "192.168.1.1:9", "[fe80::1]:1", "[::ffff:10.0.0.1]:1"] {
+        for remote in [
+            "10.1.2.3:1",
+            "192.168.1.1:9",
+            "[fe80::1]:1",
+            "[::ffff:10.0.0.1]:1",
+        ] {
             let r = policy.check(None, peer(remote), Action::Publish("x"));
             assert!(
                 matches!(&r, Err(Refusal::Denied(m)) if m.contains("protected mode") && m.contains("security.protected_mode: false")),
@@ -459,13 +471,19 @@ mod tests {
             );
             assert_eq!(policy.check(None, peer(remote), Action::Read("x")), Ok(()));
         }
-        assert!(policy.check(None, None, Action::Admin).is_err(), "unknown peer is remote");
+        assert!(
+            policy.check(None, None, Action::Admin).is_err(),
+            "unknown peer is remote"
+        );
         let off = Policy {
             protected_mode: false,
             ..policy.clone()
         };
         assert_eq!(off.check(None, peer("10.1.2.3:1"), Action::Admin), Ok(()));
-        let tls = Policy { tls: true, ..policy };
+        let tls = Policy {
+            tls: true,
+            ..policy
+        };
         assert_eq!(tls.check(None, peer("10.1.2.3:1"), Action::Admin), Ok(()));
     }
 

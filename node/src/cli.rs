@@ -11,6 +11,7 @@ use color_eyre::eyre::{Result, WrapErr};
 use ec_config::process::LogFlags;
 use ec_config::{Config, Loader};
 use ec_core::NodeId;
+use ec_core::auth::Policy;
 
 use crate::log::{FsyncPolicy, LogOptions, Retention};
 use crate::replication::{Acks, ReplicationSettings};
@@ -130,6 +131,16 @@ fn settings_of(node_id: NodeId, config: &Config) -> NodeSettings {
         retention_interval: node.retention.check_interval,
         consul_url: config.consul.http_url(),
         consul_token: config.consul.token.clone(),
+        cluster_secret: node.cluster_secret.clone(),
+        policy: Policy {
+            tokens: config.security.tokens.clone(),
+            // TLS arrives with the transport settings; until then no listener has it.
+            tls: false,
+            protected_mode: config.security.protected_mode,
+        },
+        max_created_data_ids: config.limits.max_created_data_ids,
+        max_streams_per_connection: config.limits.max_streams_per_connection,
+        max_request_bytes: config.limits.max_request_bytes,
     }
 }
 

@@ -12,9 +12,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ec_core::auth::{Policy, Secret};
 use ec_core::{DataId, NodeId, TimestampMs};
-use ec_discovery::ConsulClient;
 use ec_discovery::registration::Registrar;
+use ec_discovery::{ConsulClient, provision_cluster_secret};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, warn};
 
+use crate::auth::{ClusterCredential, Guard};
 use crate::health::{Serving, serve_http};
 use crate::log::{EventLog, LogError, LogOptions};
 use crate::registration::{Advertised, CheckSettings, registration};
@@ -70,6 +72,17 @@ pub struct NodeSettings {
     pub consul_url: String,
     /// ACL token sent to Consul, if any.
     pub consul_token: Option<String>,
+    /// `node.cluster_secret`: what members present to open `Replicate`; `None`: the secret
+    /// provisioned in Consul beside the mappings.
+    pub cluster_secret: Option<Secret>,
+    /// Client credentials (`security.tokens`) and protected mode.
+    pub policy: Policy,
+    /// `limits.max_created_data_ids`: `None` = unlimited.
+    pub max_created_data_ids: Option<u64>,
+    /// `limits.max_streams_per_connection`.
+    pub max_streams_per_connection: u32,
+    /// `limits.max_request_bytes` (raised to fit one event of `max_event_bytes`).
+    pub max_request_bytes: u64,
 }
 
 /// The sockets a node serves on, bound by the caller (so tests can bind port 0 first).
@@ -185,16 +198,24 @@ async fn serve(
     let held = held_data_ids(&log);
     let (reg_tx, reg_rx) = watch::channel(make_registration(&held));
     let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
+    let cluster = cluster_credential(
+        settings.cluster_secret.clone(),
+        replication.as_ref().map(|r| r.kv_prefix.clone()),
+        consul.clone(),
+        &tasks,
+        stop_replication.clone(),
+    );
     let replication = match replication {
         Some(r) => replication::spawn(
             settings.node_id.clone(),
             log.clone(),
             r,
             consul.clone(),
+            cluster.clone(),
             &tasks,
             stop_replication.clone(),
         ),
-        None => Replication::standalone(settings.node_id.clone(), log.clone()),
+        None => Replication::standalone(settings.node_id.clone(), log.clone(), cluster.clone()),
     };
     let registrar = Registrar::spawn(
         consul,
@@ -232,13 +253,20 @@ async fn serve(
         auto_create: settings.auto_create,
         replication,
         shutdown: stop_serving.clone(),
+        guard: Guard {
+            policy: std::sync::Arc::new(settings.policy.clone()),
+            cluster,
+            max_created_data_ids: settings.max_created_data_ids,
+        },
     };
-    // A request may carry one event of the maximum size plus framing; a bit more is refused
-    // by tonic itself before it is decoded.
-    let max_message = usize::try_from(settings.max_event_bytes)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(2)
-        .max(16 << 20);
+    // A request may carry one event of the maximum size plus framing; more is refused by
+    // tonic itself before it is decoded.
+    let max_message = usize::try_from(
+        settings
+            .max_request_bytes
+            .max(settings.max_event_bytes.saturating_add(64 << 10)),
+    )
+    .unwrap_or(usize::MAX);
     let node_server = ec_proto::node_server::NodeServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -249,6 +277,8 @@ async fn serve(
         // raises that budget (and lets fast streams run without waiting for window updates).
         .initial_connection_window_size(CONNECTION_WINDOW)
         .initial_stream_window_size(STREAM_WINDOW)
+        // limits.max_streams_per_connection: HTTP/2 refuses further streams on a connection.
+        .max_concurrent_streams(settings.max_streams_per_connection)
         .add_service(grpc_health)
         .add_service(reflection)
         .add_service(node_server)
@@ -297,6 +327,60 @@ async fn serve(
             Ok(())
         }
     }
+}
+
+/// The cluster credential: the configured one, or (for a node that replicates) the one in
+/// Consul, fetched — and created if the cluster has none yet — in the background and retried
+/// until it is known. Until then replication sessions are refused both ways.
+fn cluster_credential(
+    configured: Option<Secret>,
+    kv_prefix: Option<String>,
+    consul: ConsulClient,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> ClusterCredential {
+    if let Some(secret) = configured {
+        return watch::channel(Ok(secret)).1;
+    }
+    let Some(kv_prefix) = kv_prefix else {
+        return watch::channel(Err(
+            "this node does not replicate (it follows no mappings) and node.cluster_secret is not set".to_owned(),
+        ))
+        .1;
+    };
+    let (tx, rx) = watch::channel(Err("reading the cluster secret from Consul".to_owned()));
+    tasks.spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        let mut last_error = String::new();
+        loop {
+            match provision_cluster_secret(&consul, &kv_prefix).await {
+                Ok(secret) => {
+                    if !last_error.is_empty() {
+                        info!("cluster secret read from Consul; replication sessions resume");
+                    }
+                    let _ = tx.send(Ok(secret));
+                    return;
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "cannot read or create the cluster secret in Consul ({e}); set node.cluster_secret on every node, or give consul.token read and write on the key"
+                    );
+                    // Logged once per distinct failure, not on every retry.
+                    if reason != last_error {
+                        warn!(error = %reason, "replication refused until the cluster secret is known");
+                        last_error.clone_from(&reason);
+                    }
+                    let _ = tx.send(Err(reason));
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    });
+    rx
 }
 
 fn held_data_ids(log: &EventLog) -> Vec<DataId> {

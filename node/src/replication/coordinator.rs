@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 
 use super::{Replication, ReplicationSettings, Role, follower, leader};
 use crate::SERVICE_NAME;
+use crate::auth::ClusterCredential;
 use crate::log::{EventLog, WriteAccess};
 
 /// How long Consul may hold each blocking query of the watches.
@@ -68,6 +69,7 @@ pub(crate) fn spawn(
     log: EventLog,
     settings: ReplicationSettings,
     consul: ConsulClient,
+    cluster: ClusterCredential,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Arc<Replication> {
@@ -78,7 +80,7 @@ pub(crate) fn spawn(
     );
     let health = watch_health(consul.clone(), SERVICE_NAME, WATCH_WAIT, stop.clone());
     let epochs = EpochStore::new(consul, &settings.kv_prefix);
-    let repl = Replication::new(me, log, settings.clone(), mappings.clone(), health);
+    let repl = Replication::new(me, log, settings.clone(), mappings.clone(), health, cluster);
     tasks.spawn(run(repl.clone(), epochs, settings, mappings, stop));
     repl
 }

@@ -67,6 +67,7 @@ use ec_core::{DataId, NodeId};
 use ec_discovery::{HealthSnapshot, MappingSnapshot, Watched};
 use tokio::sync::watch;
 
+use crate::auth::ClusterCredential;
 use crate::log::{Appended, EventLog, LogError, WriteAccess};
 
 pub(crate) use coordinator::spawn;
@@ -195,6 +196,8 @@ pub(crate) struct Replication {
     mappings: watch::Receiver<Watched<MappingSnapshot>>,
     /// Where the nodes are (for replicas dialing their primary).
     health: watch::Receiver<Watched<HealthSnapshot>>,
+    /// What a replica presents to its primary to prove it is a cluster member.
+    pub(crate) cluster: ClusterCredential,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,7 +206,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Replication {
     /// A node that replicates nothing: every data ID is standalone.
-    pub(crate) fn standalone(me: NodeId, log: EventLog) -> Arc<Replication> {
+    pub(crate) fn standalone(
+        me: NodeId,
+        log: EventLog,
+        cluster: ClusterCredential,
+    ) -> Arc<Replication> {
         let (_, mappings) = watch::channel(Watched::default());
         let (_, health) = watch::channel(Watched::default());
         Arc::new(Replication {
@@ -216,6 +223,7 @@ impl Replication {
             terms: Mutex::default(),
             mappings,
             health,
+            cluster,
         })
     }
 
@@ -225,6 +233,7 @@ impl Replication {
         settings: ReplicationSettings,
         mappings: watch::Receiver<Watched<MappingSnapshot>>,
         health: watch::Receiver<Watched<HealthSnapshot>>,
+        cluster: ClusterCredential,
     ) -> Arc<Replication> {
         Arc::new(Replication {
             me,
@@ -236,6 +245,7 @@ impl Replication {
             terms: Mutex::default(),
             mappings,
             health,
+            cluster,
         })
     }
 

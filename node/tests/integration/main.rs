@@ -8,5 +8,6 @@ mod errors;
 mod failover;
 mod process;
 mod replication;
+mod security;
 mod streaming;
 mod util;
