@@ -291,6 +291,24 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether a caller presenting `bearer` may use calls that need no particular
+    /// permission (status, lists filtered by permission): any configured token, or any
+    /// caller when no tokens are configured.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<(), Refusal> {
+        if self.tokens.is_empty() {
+            return Ok(());
+        }
+        match bearer {
+            Some(presented) if self.tokens.find(presented).is_some() => Ok(()),
+            Some(_) => Err(Refusal::Unauthenticated(
+                "the bearer token is not a configured credential (security.tokens)".into(),
+            )),
+            None => Err(Refusal::Unauthenticated(
+                "this service requires a credential: send metadata \"authorization: Bearer <token>\" (SDK and CLI: --token or EVENT_CATCHER_CLIENT_TOKEN)".into(),
+            )),
+        }
+    }
+
     /// Whether `action` by a caller presenting `bearer` (the token of an `authorization:
     /// Bearer` header) from `peer` may go ahead.
     pub fn check(

@@ -85,6 +85,16 @@ pub fn settings(config: &Config) -> Result<GatewaySettings> {
             config.gateway.port,
             std::process::id()
         ),
+        policy: ec_core::auth::Policy {
+            tokens: config.security.tokens.clone(),
+            // TLS arrives with the transport settings; until then no listener has it.
+            tls: false,
+            protected_mode: config.security.protected_mode,
+        },
+        node_token: config.client.token.clone(),
+        max_nodes_per_mapping: config.limits.max_nodes_per_mapping,
+        max_streams_per_connection: config.limits.max_streams_per_connection,
+        max_request_bytes: config.limits.max_request_bytes,
     })
 }
 

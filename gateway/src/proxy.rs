@@ -191,16 +191,42 @@ fn from_node(node: &NodeRoute, status: Status) -> Status {
 /// The metadata naming a publish's acks (`ec-acks: leader|all`), forwarded to the primary.
 const ACKS_HEADER: &str = "ec-acks";
 
-/// The caller's `ec-acks`, if any.
-pub(crate) fn acks_of<T>(req: &tonic::Request<T>) -> Option<MetadataValue<Ascii>> {
-    req.metadata().get(ACKS_HEADER).cloned()
+/// The caller's credential, forwarded to the primary so that the node applies its own
+/// permissions.
+const AUTHORIZATION: &str = "authorization";
+
+/// The metadata a forwarded publish carries: the caller's `ec-acks`, and its credential
+/// (or the gateway's own `client.token` when the caller sent none).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Forwarded {
+    acks: Option<MetadataValue<Ascii>>,
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
-/// `inner` as a request carrying `acks`.
-fn with_acks<T>(inner: T, acks: Option<&MetadataValue<Ascii>>) -> tonic::Request<T> {
+/// What to forward of `req`'s metadata; `own_token` stands in for a missing credential.
+pub(crate) fn forwarded_of<T>(
+    req: &tonic::Request<T>,
+    own_token: Option<&ec_core::auth::Secret>,
+) -> Forwarded {
+    let authorization = req.metadata().get(AUTHORIZATION).cloned().or_else(|| {
+        own_token.and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.expose())).ok())
+    });
+    Forwarded {
+        acks: req.metadata().get(ACKS_HEADER).cloned(),
+        authorization,
+    }
+}
+
+/// `inner` as a request carrying the forwarded metadata.
+fn with_acks<T>(inner: T, forwarded: Option<&Forwarded>) -> tonic::Request<T> {
     let mut req = tonic::Request::new(inner);
-    if let Some(v) = acks {
-        req.metadata_mut().insert(ACKS_HEADER, v.clone());
+    if let Some(f) = forwarded {
+        if let Some(v) = &f.acks {
+            req.metadata_mut().insert(ACKS_HEADER, v.clone());
+        }
+        if let Some(v) = &f.authorization {
+            req.metadata_mut().insert(AUTHORIZATION, v.clone());
+        }
     }
     req
 }
@@ -226,7 +252,7 @@ pub(crate) async fn publish(
     table: &RoutingTable,
     channels: &ChannelCache,
     req: PublishRequest,
-    acks: Option<MetadataValue<Ascii>>,
+    acks: Option<Forwarded>,
 ) -> Result<PublishResponse, Status> {
     let primary = primary_of(table, &req.data_id)?;
     node_client(channels, &primary)?
@@ -241,7 +267,7 @@ pub(crate) fn publish_stream(
     table: RoutingTable,
     channels: ChannelCache,
     inbound: Streaming<PublishRequest>,
-    acks: Option<MetadataValue<Ascii>>,
+    acks: Option<Forwarded>,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<PublishAcks, Status>> {
     let (tx, rx) = mpsc::channel(16);
@@ -263,7 +289,7 @@ async fn forward_stream(
     table: RoutingTable,
     channels: ChannelCache,
     mut inbound: Streaming<PublishRequest>,
-    acks_header: Option<MetadataValue<Ascii>>,
+    acks_header: Option<Forwarded>,
     out: mpsc::Sender<Result<PublishAcks, Status>>,
     shutdown: CancellationToken,
 ) {
@@ -334,7 +360,7 @@ async fn open_upstream<'a>(
     channels: &ChannelCache,
     primary: NodeRoute,
     acks: Option<&mpsc::Sender<Result<PublishAcks, Status>>>,
-    acks_header: Option<&MetadataValue<Ascii>>,
+    acks_header: Option<&Forwarded>,
 ) -> Result<&'a Upstream, Status> {
     if !upstreams.contains_key(&primary.node_id) {
         let Some(acks) = acks.cloned() else {

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use ec_client::ChannelCache;
 use ec_core::NodeId;
+use ec_core::auth::{Policy, Secret};
 use ec_discovery::{
     ConsulClient, EpochStore, LockOptions, MappingStore, hold_lock, watch_health, watch_mappings,
 };
@@ -24,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tracing::{error, info};
 
+use crate::auth::Guard;
 use crate::feed::feed;
 use crate::promotion::Promoter;
 use crate::routing::{AllowList, RoutingTable};
@@ -64,6 +66,16 @@ pub struct GatewaySettings {
     pub failover_after: Duration,
     /// Who this gateway is, in the failover lock (for operators reading Consul).
     pub name: String,
+    /// Client credentials (`security.tokens`) and protected mode.
+    pub policy: Policy,
+    /// `client.token`: presented to nodes for forwarded publishes when the caller sent none.
+    pub node_token: Option<Secret>,
+    /// `limits.max_nodes_per_mapping`.
+    pub max_nodes_per_mapping: usize,
+    /// `limits.max_streams_per_connection`.
+    pub max_streams_per_connection: u32,
+    /// `limits.max_request_bytes`.
+    pub max_request_bytes: u64,
 }
 
 impl GatewaySettings {
@@ -79,6 +91,14 @@ impl GatewaySettings {
             auto_failover: true,
             failover_after: Duration::from_secs(20),
             name: format!("ec-gateway pid {}", std::process::id()),
+            policy: Policy {
+                protected_mode: true,
+                ..Policy::default()
+            },
+            node_token: None,
+            max_nodes_per_mapping: ec_discovery::DEFAULT_MAX_NODES_PER_MAPPING,
+            max_streams_per_connection: 1024,
+            max_request_bytes: 16 << 20,
         }
     }
 }
@@ -120,7 +140,8 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let addr = listener.local_addr().map_err(GatewayError::Listener)?;
     let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
-    let store = MappingStore::new(consul.clone(), &settings.kv_prefix);
+    let store = MappingStore::new(consul.clone(), &settings.kv_prefix)
+        .with_max_nodes(settings.max_nodes_per_mapping);
     let tasks = TaskTracker::new();
 
     // Stopped last: the table keeps being fed while streams drain.
@@ -177,6 +198,10 @@ pub async fn run(
         promoter,
         shutdown: stop_serving.clone(),
         started: SystemTime::now(),
+        guard: Guard {
+            policy: std::sync::Arc::new(settings.policy.clone()),
+        },
+        node_token: settings.node_token.clone(),
     };
     let (reporter, grpc_health) = tonic_health::server::health_reporter();
     type Server = ec_proto::gateway_server::GatewayServer<GatewayService>;
@@ -192,8 +217,9 @@ pub async fn run(
     reporter
         .set_serving::<ec_proto::failover_server::FailoverServer<GatewayService>>()
         .await;
+    let max_message = usize::try_from(settings.max_request_bytes).unwrap_or(usize::MAX);
     let gateway = Server::new(service)
-        .max_decoding_message_size(64 << 20)
+        .max_decoding_message_size(max_message)
         .max_encoding_message_size(64 << 20);
     let serve = tonic::transport::Server::builder()
         // h2 lets a connection hold only half its window in small unread DATA frames before it
@@ -202,6 +228,8 @@ pub async fn run(
         // raises that budget (and lets fast streams run without waiting for window updates).
         .initial_connection_window_size(CONNECTION_WINDOW)
         .initial_stream_window_size(STREAM_WINDOW)
+        // limits.max_streams_per_connection: HTTP/2 refuses further streams on a connection.
+        .max_concurrent_streams(settings.max_streams_per_connection)
         .add_service(grpc_health)
         .add_service(reflection)
         .add_service(gateway)

@@ -141,6 +141,7 @@ fn settings_of(node_id: NodeId, config: &Config) -> NodeSettings {
         max_created_data_ids: config.limits.max_created_data_ids,
         max_streams_per_connection: config.limits.max_streams_per_connection,
         max_request_bytes: config.limits.max_request_bytes,
+        max_nodes_per_mapping: config.limits.max_nodes_per_mapping,
     }
 }
 

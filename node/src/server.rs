@@ -15,7 +15,7 @@ use std::time::Duration;
 use ec_core::auth::{Policy, Secret};
 use ec_core::{DataId, NodeId, TimestampMs};
 use ec_discovery::registration::Registrar;
-use ec_discovery::{ConsulClient, provision_cluster_secret};
+use ec_discovery::{ConsulClient, MappingStore, provision_cluster_secret};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,8 @@ pub struct NodeSettings {
     pub max_streams_per_connection: u32,
     /// `limits.max_request_bytes` (raised to fit one event of `max_event_bytes`).
     pub max_request_bytes: u64,
+    /// `limits.max_nodes_per_mapping`: a longer mapping in Consul is a problem, not a role.
+    pub max_nodes_per_mapping: usize,
 }
 
 /// The sockets a node serves on, bound by the caller (so tests can bind port 0 first).
@@ -209,8 +211,9 @@ async fn serve(
         Some(r) => replication::spawn(
             settings.node_id.clone(),
             log.clone(),
+            MappingStore::new(consul.clone(), &r.kv_prefix)
+                .with_max_nodes(settings.max_nodes_per_mapping),
             r,
-            consul.clone(),
             cluster.clone(),
             &tasks,
             stop_replication.clone(),

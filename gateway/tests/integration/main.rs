@@ -10,5 +10,6 @@ mod faults;
 mod mappings;
 mod promotion;
 mod routing;
+mod security;
 mod service;
 mod util;

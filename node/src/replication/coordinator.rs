@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ec_core::{DataId, NodeId};
-use ec_discovery::{ConsulClient, EpochStore, Mapping, MappingStore, watch_health, watch_mappings};
+use ec_discovery::{EpochStore, Mapping, MappingStore, watch_health, watch_mappings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -67,17 +67,14 @@ struct Task {
 pub(crate) fn spawn(
     me: NodeId,
     log: EventLog,
+    store: MappingStore,
     settings: ReplicationSettings,
-    consul: ConsulClient,
     cluster: ClusterCredential,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Arc<Replication> {
-    let mappings = watch_mappings(
-        MappingStore::new(consul.clone(), &settings.kv_prefix),
-        WATCH_WAIT,
-        stop.clone(),
-    );
+    let consul = store.client().clone();
+    let mappings = watch_mappings(store, WATCH_WAIT, stop.clone());
     let health = watch_health(consul.clone(), SERVICE_NAME, WATCH_WAIT, stop.clone());
     let epochs = EpochStore::new(consul, &settings.kv_prefix);
     let repl = Replication::new(me, log, settings.clone(), mappings.clone(), health, cluster);

@@ -185,3 +185,209 @@ async fn replicas_still_join_with_the_provisioned_secret() {
         .expect("acks=all with a real replica");
     drop((n1, n2));
 }
+
+/// Publishes one event as `token` (if any) over `c`.
+async fn publish_as(
+    c: &mut NodeClient<Channel>,
+    token: Option<&str>,
+    data_id: &str,
+) -> Result<ec_proto::PublishResponse, Status> {
+    let mut req = tonic::Request::new(ec_proto::PublishRequest {
+        data_id: data_id.into(),
+        events: payloads("e", 1),
+        ..Default::default()
+    });
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+    }
+    c.publish(req).await.map(tonic::Response::into_inner)
+}
+
+/// The data IDs `c` lists (as `token`).
+async fn listed(c: &mut NodeClient<Channel>, token: Option<&str>) -> Vec<String> {
+    let mut req = tonic::Request::new(ec_proto::ListStreamsRequest::default());
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+    }
+    let mut ids: Vec<String> = c
+        .list_streams(req)
+        .await
+        .expect("list")
+        .into_inner()
+        .streams
+        .into_iter()
+        .map(|s| s.data_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn tokens(entries: &[&str]) -> ec_core::auth::TokenTable {
+    ec_core::auth::TokenTable::parse(entries).expect("valid tokens")
+}
+
+#[tokio::test]
+async fn tokens_grant_publish_read_and_create_per_data_id_pattern() {
+    let node = TestNode::start(NO_CONSUL, |s| {
+        s.policy.tokens = tokens(&[
+            "writer publish:orders.* create:orders.* read:orders.*",
+            "appender publish:*",
+            "reader read:*",
+        ]);
+        s.max_created_data_ids = Some(2);
+    })
+    .await;
+    let mut c = node.client().await;
+
+    // No token, an unknown one: UNAUTHENTICATED, and nothing is created.
+    let err = publish_as(&mut c, None, "orders.eu")
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("authorization: Bearer"), "{err:?}");
+    let err = publish_as(&mut c, Some("guess"), "orders.eu")
+        .await
+        .expect_err("unknown token");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // A token without the permission: PERMISSION_DENIED naming it.
+    let err = publish_as(&mut c, Some("reader"), "orders.eu")
+        .await
+        .expect_err("reader publishes");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("publish:orders.eu"), "{err:?}");
+    let err = publish_as(&mut c, Some("writer"), "billing")
+        .await
+        .expect_err("outside the pattern");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Publish without create: the data ID does not exist yet, so it is refused.
+    let err = publish_as(&mut c, Some("appender"), "orders.eu")
+        .await
+        .expect_err("create without permission");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("create:orders.eu"), "{err:?}");
+    assert!(listed(&mut c, Some("reader")).await.is_empty());
+
+    publish_as(&mut c, Some("writer"), "orders.eu")
+        .await
+        .expect("writer creates");
+    publish_as(&mut c, Some("appender"), "orders.eu")
+        .await
+        .expect("appender appends to an existing data ID");
+    publish_as(&mut c, Some("writer"), "orders.us")
+        .await
+        .expect("second data ID");
+    // limits.max_created_data_ids = 2.
+    let err = publish_as(&mut c, Some("writer"), "orders.asia")
+        .await
+        .expect_err("third data ID");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("limits.max_created_data_ids"),
+        "{err:?}"
+    );
+    assert_eq!(
+        listed(&mut c, Some("reader")).await,
+        ["orders.eu", "orders.us"]
+    );
+
+    // Reads need the read permission too.
+    let err = c
+        .get_stream_info(ec_proto::StreamInfoRequest {
+            data_id: "orders.eu".into(),
+        })
+        .await
+        .expect_err("read without token");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let mut read = collect_as(&mut c, Some("appender"), "orders.eu").await;
+    assert_eq!(
+        read.as_ref().map_err(Status::code),
+        Err(Code::PermissionDenied)
+    );
+    read = collect_as(&mut c, Some("reader"), "orders.eu").await;
+    assert_eq!(read.expect("reader reads").len(), 2);
+    drop(node);
+}
+
+async fn collect_as(
+    c: &mut NodeClient<Channel>,
+    token: Option<&str>,
+    data_id: &str,
+) -> Result<Vec<ec_proto::Event>, Status> {
+    let mut req = tonic::Request::new(read_from(data_id, 0));
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+    }
+    let mut stream = c.stream_batches(req).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) = stream.message().await? {
+        out.extend(batch.events);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn protected_mode_refuses_remote_state_changes_and_allows_loopback() {
+    // Through loopback, an unsecured node takes publishes (the default test setup).
+    let node = TestNode::start_bound("0.0.0.0", |_| {}).await;
+    let port = node.grpc_addr.port();
+    let mut local = connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    publish_as(&mut local, None, "orders")
+        .await
+        .expect("loopback publishes");
+
+    let Some(ip) = non_loopback_ip() else {
+        // The peer-address rule itself is unit-tested in ec-core (auth::tests).
+        eprintln!("no non-loopback address on this machine; remote half of the test skipped");
+        return;
+    };
+    let mut remote = connect(std::net::SocketAddr::new(ip, port)).await;
+    let err = publish_as(&mut remote, None, "orders")
+        .await
+        .expect_err("remote publish in protected mode");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    for needle in [
+        "protected mode",
+        "security.tokens",
+        "security.protected_mode: false",
+    ] {
+        assert!(err.message().contains(needle), "{needle}: {err:?}");
+    }
+    // Reads stay open; nothing was appended by the refused publish.
+    let info = remote
+        .get_stream_info(ec_proto::StreamInfoRequest {
+            data_id: "orders".into(),
+        })
+        .await
+        .expect("remote read")
+        .into_inner();
+    assert_eq!(info.next_offset, 1);
+    drop(node);
+
+    // Opted out: remote publishes are taken.
+    let open = TestNode::start_bound("0.0.0.0", |s| s.policy.protected_mode = false).await;
+    let mut remote = connect(std::net::SocketAddr::new(ip, open.grpc_addr.port())).await;
+    publish_as(&mut remote, None, "orders")
+        .await
+        .expect("protected_mode false");
+    drop(open);
+
+    // With credentials configured, a remote caller with a token is served.
+    let secured = TestNode::start_bound("0.0.0.0", |s| {
+        s.policy.tokens = tokens(&["w publish create read"]);
+    })
+    .await;
+    let mut remote = connect(std::net::SocketAddr::new(ip, secured.grpc_addr.port())).await;
+    publish_as(&mut remote, Some("w"), "orders")
+        .await
+        .expect("token from remote");
+    drop(secured);
+}

@@ -1,0 +1,217 @@
+//! Who may call the gateway, against a real Consul: admin calls need an admin token when
+//! tokens are configured, and are refused from non-loopback peers when nothing is secured
+//! (protected mode); mappings are bounded in size on write and on read.
+
+use ec_core::auth::TokenTable;
+use ec_proto::gateway_client::GatewayClient;
+use ec_proto::{DeleteMappingRequest, ListMappingsRequest, PutMappingRequest, RegisterNodeRequest};
+use ec_testkit::{ConsulAgent, wait_for};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::util::*;
+
+fn as_token<T>(inner: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(inner);
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+    }
+    req
+}
+
+fn put(data_id: &str, nodes: &[&str]) -> PutMappingRequest {
+    PutMappingRequest {
+        data_id: data_id.into(),
+        node_ids: nodes.iter().map(|n| n.to_string()).collect(),
+        force: true,
+        ..Default::default()
+    }
+}
+
+async fn put_as(
+    gw: &mut GatewayClient<Channel>,
+    token: Option<&str>,
+    req: PutMappingRequest,
+) -> Result<(), tonic::Status> {
+    gw.put_mapping(as_token(req, token)).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn admin_calls_need_the_admin_permission_and_change_nothing_when_refused() {
+    let consul = ConsulAgent::start_dev().await;
+    let gateway = TestGateway::start_with(&consul.http_url(), |s| {
+        s.policy.tokens =
+            TokenTable::parse(&["adm admin read", "rd read:*"]).expect("valid tokens");
+        s.max_nodes_per_mapping = 3;
+    })
+    .await;
+    let mut gw = gateway.client().await;
+    let store = store(&consul);
+
+    let err = put_as(&mut gw, None, put("orders", &["n1"]))
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let err = put_as(&mut gw, Some("rd"), put("orders", &["n1"]))
+        .await
+        .expect_err("reader");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("admin"), "{err:?}");
+    let err = gw
+        .register_node(as_token(
+            RegisterNodeRequest {
+                node_id: "evil".into(),
+                data_id: "orders".into(),
+            },
+            Some("rd"),
+        ))
+        .await
+        .expect_err("reader registers");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = gw
+        .delete_mapping(as_token(
+            DeleteMappingRequest {
+                data_id: "orders".into(),
+                force: true,
+                ..Default::default()
+            },
+            None,
+        ))
+        .await
+        .expect_err("anonymous delete");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let mut failover = ec_proto::failover_client::FailoverClient::new(channel(gateway.addr).await);
+    let err = failover
+        .promote_replica(as_token(
+            ec_proto::PromoteReplicaRequest {
+                data_id: "orders".into(),
+                node_id: "n2".into(),
+                force: true,
+            },
+            Some("rd"),
+        ))
+        .await
+        .expect_err("reader promotes");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        store.get(&data_id("orders")).await.expect("read").is_none(),
+        "a refused call wrote a mapping"
+    );
+
+    // The admin token: the mapping bound holds for PutMapping and RegisterNode.
+    let huge: Vec<String> = (0..45_000).map(|i| format!("n{i}")).collect();
+    let huge: Vec<&str> = huge.iter().map(String::as_str).collect();
+    let err = put_as(&mut gw, Some("adm"), put("orders", &huge))
+        .await
+        .expect_err("45000 nodes");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("limits.max_nodes_per_mapping"),
+        "{err:?}"
+    );
+    put_as(&mut gw, Some("adm"), put("orders", &["n1", "n2", "n3"]))
+        .await
+        .expect("admin writes");
+    let err = gw
+        .register_node(as_token(
+            RegisterNodeRequest {
+                node_id: "n4".into(),
+                data_id: "orders".into(),
+            },
+            Some("adm"),
+        ))
+        .await
+        .expect_err("a fourth node");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("limits.max_nodes_per_mapping (3)"),
+        "{err:?}"
+    );
+    assert_eq!(
+        store
+            .get(&data_id("orders"))
+            .await
+            .expect("read")
+            .expect("mapped")
+            .value(),
+        "n1,n2,n3"
+    );
+
+    // A mapping written around the gateway is reported as a problem, not routed.
+    store
+        .client()
+        .kv_put(&format!("{KV_PREFIX}huge"), b"a,b,c,d", None)
+        .await
+        .expect("write around the gateway");
+    let problems = wait_for("the oversized mapping is reported", DEADLINE, || {
+        let mut gw = gw.clone();
+        async move {
+            let list = gw
+                .list_mappings(as_token(ListMappingsRequest::default(), Some("rd")))
+                .await
+                .ok()?
+                .into_inner();
+            (!list.problems.is_empty()).then_some(list.problems)
+        }
+    })
+    .await;
+    assert!(
+        problems[0].key.ends_with("huge") && problems[0].reason.contains("4 nodes"),
+        "{problems:?}"
+    );
+    drop(gateway);
+}
+
+#[tokio::test]
+async fn protected_mode_refuses_remote_admin_calls_but_not_reads() {
+    let consul = ConsulAgent::start_dev().await;
+    let gateway = TestGateway::start_on("0.0.0.0", &consul.http_url(), |_| {}).await;
+    let port = gateway.addr.port();
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut gw = GatewayClient::new(channel(local).await);
+    put_as(&mut gw, None, put("orders", &["n1"]))
+        .await
+        .expect("loopback admin call");
+
+    let ip = {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+        socket
+            .connect("192.0.2.1:9")
+            .ok()
+            .and(socket.local_addr().ok())
+            .map(|a| a.ip())
+    };
+    let Some(ip) = ip.filter(|ip| !ip.is_loopback() && !ip.is_unspecified()) else {
+        eprintln!("no non-loopback address on this machine; remote half of the test skipped");
+        return;
+    };
+    let mut remote = GatewayClient::new(channel(std::net::SocketAddr::new(ip, port)).await);
+    let err = put_as(&mut remote, None, put("orders", &["evil"]))
+        .await
+        .expect_err("remote admin call in protected mode");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("protected mode")
+            && err.message().contains("security.protected_mode: false"),
+        "{err:?}"
+    );
+    let listed = remote
+        .list_mappings(ListMappingsRequest::default())
+        .await
+        .expect("remote read")
+        .into_inner();
+    assert_eq!(
+        store(&consul)
+            .get(&data_id("orders"))
+            .await
+            .expect("read")
+            .expect("mapped")
+            .value(),
+        "n1",
+        "{listed:?}"
+    );
+    drop(gateway);
+}
