@@ -346,6 +346,13 @@ impl MappingStore {
     /// `q.index` is set. Invalid keys are reported in `problems`, not as an error.
     pub async fn list(&self, q: &QueryOptions) -> Result<MappingSnapshot, MappingError> {
         let answer = self.client.kv_list(&self.prefix, q).await?;
+        if answer.value.is_empty() {
+            // Consul's ACLs hide keys a token may not read: the listing is then empty, as
+            // for a prefix that holds nothing. A single-key read is refused outright (403),
+            // so reading the prefix's own key tells the two apart: "no mappings" must never
+            // be what a permission problem looks like.
+            self.client.kv_get(&self.prefix).await?;
+        }
         Ok(MappingSnapshot::from_kv_within(
             &self.prefix,
             answer.value,

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-pub use consul::ConsulAgent;
+pub use consul::{ConsulAgent, MANAGEMENT_TOKEN};
 
 /// How often [`wait_for`] polls its condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);

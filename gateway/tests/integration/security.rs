@@ -215,3 +215,85 @@ async fn protected_mode_refuses_remote_admin_calls_but_not_reads() {
     );
     drop(gateway);
 }
+
+/// The smallest Consul ACL policy of a gateway that routes only (README, "Consul ACLs").
+const GATEWAY_READ_POLICY: &str = r#"
+key_prefix "streaming/data/" { policy = "read" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+"#;
+
+#[tokio::test]
+async fn a_gateway_without_consul_rights_says_permission_denied_not_no_mapping() {
+    let consul = ConsulAgent::start_dev_with_acls().await;
+    let url = consul.http_url();
+    let admin = ec_discovery::MappingStore::new(
+        ec_discovery::ConsulClient::new(&url, Some(ec_testkit::MANAGEMENT_TOKEN.into()))
+            .expect("client"),
+        KV_PREFIX,
+    );
+    admin
+        .put(&data_id("orders"), &[node_id("n1")], None)
+        .await
+        .expect("write mapping as management");
+
+    let blind = TestGateway::start_with(&url, |s| s.auto_failover = false).await;
+    let mut gw = blind.client().await;
+    let status = wait_for("the gateway reports the ACL refusal", DEADLINE, || {
+        let mut gw = gw.clone();
+        async move {
+            let s = gw
+                .get_status(ec_proto::GetStatusRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            s.last_error.contains("permission denied").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.mappings, 0, "{status:?}");
+    let err = get_node(&mut gw, "orders").await.expect_err("routed blind");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains("cannot read mappings from Consul: permission denied"),
+        "{err:?}"
+    );
+    drop(blind);
+
+    let token = consul.create_token("ec-gateway", GATEWAY_READ_POLICY).await;
+    let gateway = TestGateway::start_with(&url, |s| {
+        s.auto_failover = false;
+        s.consul_token = Some(token);
+    })
+    .await;
+    let mut gw = gateway.client().await;
+    let listed = wait_for(
+        "the mapping is visible with the minimal policy",
+        DEADLINE,
+        || {
+            let mut gw = gw.clone();
+            async move {
+                let list = gw
+                    .list_mappings(ListMappingsRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner();
+                (!list.mappings.is_empty()).then_some(list)
+            }
+        },
+    )
+    .await;
+    assert_eq!(listed.mappings[0].data_id, "orders");
+    let status = gw
+        .get_status(ec_proto::GetStatusRequest::default())
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.last_error, "", "{status:?}");
+    // Routing answers from the mapping: no node is registered, so UNAVAILABLE, not
+    // NOT_FOUND.
+    let err = get_node(&mut gw, "orders").await.expect_err("no node");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    drop(gateway);
+}

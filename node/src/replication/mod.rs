@@ -168,11 +168,16 @@ pub(crate) enum PublishRefused {
         data_id: DataId,
         detail: String,
     },
-    /// The data ID is coordinated here but the mapping is not known (yet).
+    /// The mappings could not be read from Consul (yet): the node does not know whether
+    /// another node is the primary, so it never takes the publish as standalone.
     #[error(
-        "node {me} does not know the mapping of data ID {data_id} yet (Consul has not answered since it started); retry shortly"
+        "node {me} cannot read the mapping of data ID {data_id} from Consul ({reason}), so it takes no publish for it: without the mapping it cannot know whether another node is the primary; retry shortly"
     )]
-    MappingUnknown { me: NodeId, data_id: DataId },
+    MappingUnknown {
+        me: NodeId,
+        data_id: DataId,
+        reason: String,
+    },
     /// The data ID was under a mapping that no longer exists.
     #[error(
         "data ID {data_id} was replicated under a mapping that has been deleted; node {me} takes no publish for it until a mapping names it primary"
@@ -298,13 +303,20 @@ impl Replication {
         if self.settings.is_none() {
             return Ok(());
         }
-        // Outer `None`: no snapshot yet; inner `None`: not mapped.
-        let mapping = self
-            .mappings
-            .borrow()
-            .value
-            .as_ref()
-            .map(|snapshot| snapshot.mappings.get(data_id).cloned());
+        // Outer `None`: no snapshot yet (Consul not answered, or its ACLs refuse the read);
+        // inner `None`: not mapped.
+        let (mapping, reason) = {
+            let watched = self.mappings.borrow();
+            let mapping = watched
+                .value
+                .as_ref()
+                .map(|snapshot| snapshot.mappings.get(data_id).cloned());
+            let reason = watched
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "Consul has not answered since the node started".to_owned());
+            (mapping, reason)
+        };
         match mapping {
             Some(Some(m)) if m.primary() != &self.me => Err(PublishRefused::NotPrimary {
                 me: self.me.clone(),
@@ -330,13 +342,12 @@ impl Replication {
                 })
             }
             Some(None) => Ok(()),
-            None if self.log.access(data_id) != WriteAccess::Open => {
-                Err(PublishRefused::MappingUnknown {
-                    me: self.me.clone(),
-                    data_id: data_id.clone(),
-                })
-            }
-            None => Ok(()),
+            // Never standalone without knowing the mapping: it may name another primary.
+            None => Err(PublishRefused::MappingUnknown {
+                me: self.me.clone(),
+                data_id: data_id.clone(),
+                reason,
+            }),
         }
     }
 

@@ -391,3 +391,85 @@ async fn protected_mode_refuses_remote_state_changes_and_allows_loopback() {
         .expect("token from remote");
     drop(secured);
 }
+
+/// The smallest Consul ACL policy a node needs (README, "Consul ACLs").
+pub const NODE_POLICY: &str = r#"
+key_prefix "streaming/data/" { policy = "read" }
+key_prefix "streaming/data.epochs/" { policy = "write" }
+key "streaming/data.cluster/secret" { policy = "write" }
+service "streaming-node" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+"#;
+
+#[tokio::test]
+async fn a_node_that_cannot_read_its_mappings_never_acts_standalone() {
+    let consul = ConsulAgent::start_dev_with_acls().await;
+    let url = consul.http_url();
+    let admin = ec_discovery::MappingStore::new(
+        ec_discovery::ConsulClient::new(&url, Some(ec_testkit::MANAGEMENT_TOKEN.into()))
+            .expect("client"),
+        KV_PREFIX,
+    );
+    admin
+        .put(
+            &DataId::parse("orders").expect("id"),
+            &[
+                NodeId::parse("n2").expect("id"),
+                NodeId::parse("n1").expect("id"),
+            ],
+            None,
+        )
+        .await
+        .expect("write mapping as management");
+
+    // No Consul token: the mappings cannot be read, so neither the mapped data ID nor a
+    // new one is taken as standalone.
+    let blind = TestNode::start_replicated(&url, "n1", |_| {}).await;
+    let mut c = blind.client().await;
+    for data_id in ["orders", "fresh"] {
+        let err = wait_for(
+            &format!("{data_id} refused for a permission reason"),
+            DEADLINE,
+            || {
+                let mut c = c.clone();
+                async move {
+                    let err = publish_acks(&mut c, data_id, payloads("x", 1), "leader")
+                        .await
+                        .err()?;
+                    err.message().contains("permission denied").then_some(err)
+                }
+            },
+        )
+        .await;
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("cannot read the mapping"), "{err:?}");
+    }
+    assert!(listed(&mut c, None).await.is_empty(), "nothing was created");
+    drop(blind);
+
+    // The minimal node policy: mapped elsewhere is refused naming the primary, a new data
+    // ID is created (Consul is readable and has no mapping for it).
+    let token = consul.create_token("ec-node", NODE_POLICY).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut s = settings(dir.path(), &url, "n3");
+    s.consul_token = Some(token);
+    let node = TestNode::start_replicated_with(s, replication()).await;
+    let mut c = node.client().await;
+    // Once the first mappings snapshot is in (UNAVAILABLE until then, as above).
+    wait_for("auto-create with a readable Consul", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            publish_acks(&mut c, "fresh", payloads("x", 1), "leader")
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let err = publish_acks(&mut c, "orders", payloads("x", 1), "leader")
+        .await
+        .expect_err("mapped to n2");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("n2"), "{err:?}");
+    drop(node);
+}

@@ -84,6 +84,11 @@ impl TestNode {
         node
     }
 
+    /// Starts a replicating node with exactly these settings (the data dir is the caller's).
+    pub async fn start_replicated_with(s: NodeSettings, r: ReplicationSettings) -> TestNode {
+        TestNode::spawn(s, Some(r)).await
+    }
+
     /// Starts a node with exactly these settings (the data dir is the caller's).
     pub async fn start_with(s: NodeSettings) -> TestNode {
         TestNode::spawn(s, None).await
