@@ -111,6 +111,8 @@ keys! {
         "create a data ID's log on its first publish; false refuses publishes to unknown data IDs";
     "node.tags" "EVENT_CATCHER_NODE_TAGS" [node.tags] list "[]"
         "extra Consul service tags for this node (env: comma-separated)";
+    "node.standalone" "EVENT_CATCHER_NODE_STANDALONE" [node.standalone] boolean "false"
+        "serve every data ID locally and ignore the mappings in Consul (no replication); false = follow the mappings and take no publish before they are read";
     "node.cluster_secret" "EVENT_CATCHER_NODE_CLUSTER_SECRET" [node.cluster_secret] text ""
         "shared secret nodes present to open Replicate on each other; empty = created once in Consul KV (<kv_prefix without />.cluster/secret) and read with consul.token; never printed";
     "node.health_check.path" "EVENT_CATCHER_NODE_HEALTH_CHECK_PATH" [node.health_check.path] text "/health"

@@ -112,6 +112,8 @@ pub struct NodeConfig {
     pub auto_create: bool,
     /// Extra Consul service tags for this node.
     pub tags: Vec<String>,
+    /// Serve every data ID locally, ignoring the mappings (no replication).
+    pub standalone: bool,
     /// Shared secret of cluster members (opens `Replicate`); `None`: provisioned in Consul.
     pub cluster_secret: Option<ec_core::auth::Secret>,
     /// `node.health_check.*`

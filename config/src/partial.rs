@@ -68,6 +68,8 @@ pub struct PartialNode {
     pub auto_create: Option<bool>,
     /// `node.tags`
     pub tags: Option<Vec<String>>,
+    /// `node.standalone`
+    pub standalone: Option<bool>,
     /// `node.cluster_secret`; `""` means: provisioned in Consul.
     pub cluster_secret: Option<String>,
     /// `node.health_check.*`

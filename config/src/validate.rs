@@ -260,6 +260,7 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         max_event_bytes,
         auto_create: c.required("node.auto_create", node.auto_create)?,
         tags,
+        standalone: c.required("node.standalone", node.standalone)?,
         cluster_secret: Secret::new(c.required("node.cluster_secret", node.cluster_secret)?),
         health_check,
         storage,
