@@ -115,11 +115,12 @@ impl Client {
                 address: address.to_owned(),
                 source,
             })?;
+        let resolver = GatewayResolver::new(channel.clone(), address).authorized_by(&channels);
         Ok(Client {
             channels,
             target: Target::Gateway {
                 address: address.to_owned(),
-                resolver: Arc::new(GatewayResolver::new(channel.clone(), address)),
+                resolver: Arc::new(resolver),
                 channel,
             },
             mode: Mode::Redirect,
@@ -249,7 +250,7 @@ impl Client {
                 data_id: data_id.to_string(),
             });
         }
-        let req = with_acks_header(
+        let mut req = with_acks_header(
             PublishRequest {
                 data_id: data_id.to_string(),
                 events,
@@ -258,6 +259,7 @@ impl Client {
             },
             self.acks,
         );
+        self.channels.authorize(&mut req);
         let (target, result) = match (self.mode, &self.target) {
             (
                 Mode::Proxy,

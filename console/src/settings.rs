@@ -54,6 +54,10 @@ pub struct ConsoleArgs {
     /// Write the console's own log to this file (the screen has no room for it).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Bearer token presented to the gateway [default: client.token from the configuration;
+    /// prefer EVENT_CATCHER_CLIENT_TOKEN, which `ps` does not show].
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 /// Everything the console needs to run.
@@ -65,6 +69,8 @@ pub struct ConsoleSettings {
     pub consul_address: String,
     /// ACL token for Consul.
     pub consul_token: Option<String>,
+    /// Bearer token for the gateway (`client.token`).
+    pub client_token: Option<String>,
     /// KV prefix of the mappings.
     pub kv_prefix: String,
     /// The gateway's `host:port`.
@@ -93,6 +99,7 @@ impl ConsoleSettings {
             consul_url: format!("http://{consul_address}"),
             consul_address: consul_address.to_owned(),
             consul_token: None,
+            client_token: None,
             kv_prefix: "streaming/data/".into(),
             gateway: gateway.to_owned(),
             buffer: 50_000,
@@ -164,6 +171,10 @@ impl ConsoleArgs {
             consul_url: format!("http://{consul_address}"),
             consul_address,
             consul_token: config.consul.token.clone(),
+            client_token: self
+                .token
+                .clone()
+                .or_else(|| config.client.token.as_ref().map(|t| t.expose().to_owned())),
             kv_prefix: config.consul.kv_prefix.clone(),
             gateway,
             buffer: usize::try_from(self.buffer).unwrap_or(usize::MAX),

@@ -76,9 +76,15 @@ impl Backend {
             BackendMsg::Health,
             shutdown.clone(),
         ));
-        let channels = ChannelCache::default();
+        let channels = match settings.client_token.as_deref() {
+            Some(token) => ChannelCache::default()
+                .with_token(token)
+                .map_err(|e| ConsoleError::Token(e.to_string()))?,
+            None => ChannelCache::default(),
+        };
         tasks.spawn(poll_gateway(
             settings.gateway.clone(),
+            channels.clone(),
             tx.clone(),
             shutdown.clone(),
         ));
@@ -180,7 +186,12 @@ async fn forward<T: Clone + Send + Sync + 'static>(
 }
 
 /// Asks the gateway's status every [`GATEWAY_POLL`]; reports changes only.
-async fn poll_gateway(address: String, tx: mpsc::Sender<AppEvent>, shutdown: CancellationToken) {
+async fn poll_gateway(
+    address: String,
+    credentials: ChannelCache,
+    tx: mpsc::Sender<AppEvent>,
+    shutdown: CancellationToken,
+) {
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
@@ -197,7 +208,9 @@ async fn poll_gateway(address: String, tx: mpsc::Sender<AppEvent>, shutdown: Can
     let mut client = GatewayClient::new(endpoint.connect_lazy());
     let mut last = GatewayState::Unknown;
     loop {
-        let state = match client.get_status(GetStatusRequest {}).await {
+        let mut req = tonic::Request::new(GetStatusRequest {});
+        credentials.authorize(&mut req);
+        let state = match client.get_status(req).await {
             Ok(r) => {
                 let r = r.into_inner();
                 GatewayState::Up {

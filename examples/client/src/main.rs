@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use color_eyre::eyre::{Result, WrapErr, eyre};
-use ec_client::{Candidate, Client};
+use ec_client::{Candidate, ChannelCache, Client};
 
 /// Stream and publish Event Catcher events.
 ///
@@ -45,6 +45,10 @@ struct Args {
     /// config/config.yaml if it exists].
     #[arg(long, global = true, value_name = "FILE", display_order = 102)]
     config: Option<PathBuf>,
+    /// Bearer token presented to the gateway and nodes [default: client.token from the
+    /// configuration; prefer EVENT_CATCHER_CLIENT_TOKEN, which `ps` does not show].
+    #[arg(long, global = true, value_name = "TOKEN", display_order = 103)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,18 +102,43 @@ async fn run(args: Args) -> Result<()> {
 
 /// A client for `--node`, `--gateway`, or the configured gateway.
 async fn connect(args: &Args) -> Result<Client> {
+    let token = match &args.token {
+        Some(t) => Some(t.clone()),
+        None => configured_token(args.config.clone()),
+    };
+    let channels = match token.as_deref().filter(|t| !t.trim().is_empty()) {
+        Some(t) => ChannelCache::default()
+            .with_token(t)
+            .wrap_err("--token / client.token")?,
+        None => ChannelCache::default(),
+    };
     if let Some(node) = &args.node {
         // The node's ID is not known yet; batches carry it once streaming starts.
-        return Client::with_nodes(vec![Candidate::new(node.clone(), node.clone())])
-            .wrap_err_with(|| format!("--node {node}"));
+        return Client::with_nodes_and_channels(
+            vec![Candidate::new(node.clone(), node.clone())],
+            channels,
+        )
+        .wrap_err_with(|| format!("--node {node}"));
     }
     let gateway = match &args.gateway {
         Some(g) => g.clone(),
         None => configured_gateway(args.config.clone())?,
     };
-    Client::connect(&gateway)
+    Client::connect_with(&gateway, channels)
         .await
         .wrap_err_with(|| format!("is a gateway running at {gateway}? (set it with --gateway HOST:PORT, or talk to a node with --node HOST:PORT)"))
+}
+
+/// `client.token` from the configuration layers (file, then `EVENT_CATCHER_CLIENT_TOKEN`);
+/// `None` when unset or when the configuration cannot be read (the gateway address, if
+/// needed, reports that error).
+fn configured_token(config_file: Option<PathBuf>) -> Option<String> {
+    let loaded = ec_config::Loader::new()
+        .config_file(config_file)
+        .env(std::env::vars_os())
+        .load()
+        .ok()?;
+    loaded.config.client.token.map(|t| t.expose().to_owned())
 }
 
 /// `gateway.host:gateway.port` from the configuration layers; a wildcard bind address is

@@ -297,3 +297,48 @@ async fn a_gateway_without_consul_rights_says_permission_denied_not_no_mapping()
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     drop(gateway);
 }
+
+#[tokio::test]
+async fn the_sdk_presents_its_token_to_a_secured_gateway() {
+    let consul = ConsulAgent::start_dev().await;
+    let url = consul.http_url();
+    let node = TestNode::start(&url, "n1").await;
+    store(&consul)
+        .put(&data_id("orders"), &[node_id("n1")], None)
+        .await
+        .expect("map orders");
+    let gateway = TestGateway::start_with(&url, |s| {
+        s.policy.tokens =
+            TokenTable::parse(&["app publish:orders read:orders"]).expect("valid tokens");
+    })
+    .await;
+    let address = gateway.addr.to_string();
+
+    let anonymous = ec_client::Client::connect(&address).await.expect("connect");
+    let err = anonymous.route("orders").await.expect_err("no token");
+    assert!(err.to_string().contains("credential"), "{err}");
+
+    let channels = ec_client::ChannelCache::default()
+        .with_token("app")
+        .expect("ascii token");
+    let app = ec_client::Client::connect_with(&address, channels)
+        .await
+        .expect("connect")
+        .with_mode(ec_client::Mode::Proxy);
+    wait_for("orders routable with the token", DEADLINE, || {
+        let app = app.clone();
+        async move { app.route("orders").await.ok() }
+    })
+    .await;
+    let published = app
+        .publish("orders", vec!["hello".into()])
+        .await
+        .expect("publish through the gateway with the token");
+    assert_eq!(published.first.0, 0);
+    let err = app
+        .publish("billing", vec!["x".into()])
+        .await
+        .expect_err("outside the token's pattern");
+    assert!(err.to_string().contains("publish:billing"), "{err}");
+    drop((gateway, node));
+}
