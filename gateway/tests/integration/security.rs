@@ -342,3 +342,70 @@ async fn the_sdk_presents_its_token_to_a_secured_gateway() {
     assert!(err.to_string().contains("publish:billing"), "{err}");
     drop((gateway, node));
 }
+
+#[tokio::test]
+async fn the_gateway_forwards_the_callers_token_to_a_secured_node() {
+    let consul = ConsulAgent::start_dev().await;
+    let url = consul.http_url();
+    let tokens = TokenTable::parse(&["app publish:orders create:orders read:orders", "ro read"])
+        .expect("valid tokens");
+    // A node with the same tokens, registered in this Consul.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut settings = ec_testnode::node_settings(dir.path(), &url, "n1");
+    settings.policy.tokens = tokens.clone();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let node = tokio::spawn(ec_node::run(
+        settings,
+        ec_node::Listeners { grpc, health },
+        stop.clone(),
+    ));
+    store(&consul)
+        .put(&data_id("orders"), &[node_id("n1")], None)
+        .await
+        .expect("map orders");
+    let gateway = TestGateway::start_with(&url, |s| s.policy.tokens = tokens).await;
+    let mut gw = gateway.client().await;
+    wait_for("orders routable", DEADLINE, || {
+        let mut gw = gw.clone();
+        async move {
+            gw.get_node_for_data(as_token(
+                ec_proto::GetNodeRequest {
+                    data_id: "orders".into(),
+                },
+                Some("app"),
+            ))
+            .await
+            .ok()
+        }
+    })
+    .await;
+    let publish = |token| {
+        as_token(
+            ec_proto::PublishRequest {
+                data_id: "orders".into(),
+                events: vec!["e".into()],
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    // The node has tokens too: it takes the publish only because the gateway forwarded
+    // the caller's credential.
+    gw.publish(publish(Some("app")))
+        .await
+        .expect("the node accepts the forwarded token");
+    let err = gw
+        .publish(publish(Some("ro")))
+        .await
+        .expect_err("read-only");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    stop.cancel();
+    let _ = node.await;
+    drop(gateway);
+}
