@@ -21,6 +21,7 @@ use ec_proto::{
     PublishAcks, PublishRequest, PublishResponse, PutMappingRequest, PutMappingResponse,
     RegisterNodeRequest, RegisterNodeResponse, StartFrom, StreamRequest, WatchHealthRequest,
 };
+use futures_util::StreamExt as _;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,7 @@ use tracing::{info, warn};
 use crate::auth::Guard;
 use crate::convert::{epoch_ms, health_status, mapping_status};
 use crate::feed::HealthChange;
+use crate::metrics::GatewayMetrics;
 use crate::promotion::{self, Promoter};
 use crate::proxy::{self, deliver};
 use crate::routing::{MappingView, NodeRoute, RoutingTable, Table};
@@ -57,6 +59,8 @@ pub(crate) struct GatewayService {
     pub(crate) guard: Guard,
     /// `client.token`: presented to nodes when a caller sent no credential.
     pub(crate) node_token: Option<ec_core::auth::Secret>,
+    /// What `/metrics` reports.
+    pub(crate) metrics: GatewayMetrics,
 }
 
 type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
@@ -197,8 +201,10 @@ impl Gateway for GatewayService {
     ) -> Result<Response<GetNodeResponse>, Status> {
         self.guard
             .check(&req, Action::Read(&req.get_ref().data_id))?;
-        let data_id = parse_data_id(&req.get_ref().data_id)?;
-        let route = self.table.current().route(&data_id)?;
+        let route = parse_data_id(&req.get_ref().data_id)
+            .and_then(|data_id| Ok(self.table.current().route(&data_id)?));
+        self.metrics.lookup(route.as_ref().err().map(Status::code));
+        let route = route?;
         Ok(Response::new(GetNodeResponse {
             node_address: route.chosen.address,
             node_id: route.chosen.node_id,
@@ -258,6 +264,18 @@ impl Gateway for GatewayService {
             opts,
             self.shutdown.clone(),
         );
+        // Counted while open; a batch from another node than the last one is a failover.
+        let (metrics, open) = (self.metrics.clone(), self.metrics.proxy_stream());
+        let mut serving: Option<String> = None;
+        let stream = stream.inspect(move |item| {
+            let _open = &open;
+            if let Ok(batch) = item {
+                if serving.as_ref().is_some_and(|n| *n != batch.node_id) {
+                    metrics.proxy_failover();
+                }
+                serving = Some(batch.node_id.clone());
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -269,9 +287,11 @@ impl Gateway for GatewayService {
         self.guard
             .check(&req, Action::Publish(&req.get_ref().data_id))?;
         let acks = Some(proxy::forwarded_of(&req, self.node_token.as_ref()));
-        proxy::publish(&self.table, &self.channels, req.into_inner(), acks)
-            .await
-            .map(Response::new)
+        let events = req.get_ref().events.len() as u64;
+        let result = proxy::publish(&self.table, &self.channels, req.into_inner(), acks).await;
+        self.metrics
+            .forwarded(result.as_ref().err().map(Status::code), events);
+        result.map(Response::new)
     }
 
     type PublishStreamStream = ResponseStream<PublishAcks>;
@@ -296,6 +316,15 @@ impl Gateway for GatewayService {
             acks,
             self.shutdown.clone(),
         );
+        let metrics = self.metrics.clone();
+        let stream = stream.inspect(move |item| match item {
+            Ok(acks) => {
+                for ack in &acks.acks {
+                    metrics.forwarded(None, (ack.last_offset + 1).saturating_sub(ack.first_offset));
+                }
+            }
+            Err(status) => metrics.forwarded(Some(status.code()), 0),
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -561,6 +590,7 @@ mod tests {
             started: SystemTime::now(),
             guard: Guard::default(),
             node_token: None,
+            metrics: GatewayMetrics::new(),
         };
         (svc, tx)
     }
