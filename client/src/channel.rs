@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
@@ -54,6 +55,9 @@ impl Default for ChannelSettings {
 #[derive(Debug, Clone, Default)]
 pub struct ChannelCache {
     settings: Arc<ChannelSettings>,
+    /// `authorization: Bearer <token>` sent with every call of this client (never printed:
+    /// tonic's metadata value hides sensitive values in `Debug`).
+    authorization: Option<MetadataValue<Ascii>>,
     // A std mutex: held only to look up or insert, never across an await.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
@@ -63,7 +67,30 @@ impl ChannelCache {
     pub fn new(settings: ChannelSettings) -> ChannelCache {
         ChannelCache {
             settings: Arc::new(settings),
+            authorization: None,
             channels: Arc::default(),
+        }
+    }
+
+    /// This cache presenting `token` as `authorization: Bearer <token>` on every call made
+    /// through the SDK (config `client.token`, `EVENT_CATCHER_CLIENT_TOKEN`, `--token`).
+    pub fn with_token(mut self, token: &str) -> Result<ChannelCache, ClientError> {
+        let mut value =
+            MetadataValue::try_from(format!("Bearer {}", token.trim())).map_err(|_| {
+                ClientError::InvalidAddress {
+                    address: "client.token".into(),
+                    reason: "the token must be printable ASCII without line breaks".into(),
+                }
+            })?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
+    }
+
+    /// Adds this client's credential (if any) to `req`.
+    pub fn authorize<T>(&self, req: &mut tonic::Request<T>) {
+        if let Some(v) = &self.authorization {
+            req.metadata_mut().insert("authorization", v.clone());
         }
     }
 

@@ -122,11 +122,12 @@ impl Client {
                 address: address.to_owned(),
                 source,
             })?;
+        let resolver = GatewayResolver::new(channel.clone(), address).authorized_by(&channels);
         Ok(Client {
             channels,
             target: Target::Gateway {
                 address: address.to_owned(),
-                resolver: Arc::new(GatewayResolver::new(channel.clone(), address)),
+                resolver: Arc::new(resolver),
                 channel,
             },
             mode: Mode::Redirect,

@@ -700,7 +700,8 @@ impl Driver {
             data_id: data_id.clone(),
             status,
         };
-        let outbound = with_acks_header(UnboundedReceiverStream::new(rx), self.settings.acks);
+        let mut outbound = with_acks_header(UnboundedReceiverStream::new(rx), self.settings.acks);
+        self.channels.authorize(&mut outbound);
         let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
             match endpoint.via {
                 PublishVia::Node => {
@@ -892,7 +893,8 @@ pub(crate) async fn publish_retrying(
                         data_id: data_id.to_string(),
                         primary: format!("(no route within {OPEN_TIMEOUT:?})"),
                     })??;
-            let req = with_acks_header(req, settings.acks);
+            let mut req = with_acks_header(req, settings.acks);
+            channels.authorize(&mut req);
             let call = async {
                 match endpoint.via {
                     PublishVia::Node => NodeClient::new(endpoint.channel.clone())

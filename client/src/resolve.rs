@@ -16,6 +16,7 @@ use ec_proto::gateway_client::GatewayClient;
 use ec_proto::{GetNodeRequest, GetNodeResponse, HealthStatus};
 use tonic::transport::Channel;
 
+use crate::channel::ChannelCache;
 use crate::error::ClientError;
 
 /// A node that may serve a data ID.
@@ -146,6 +147,8 @@ pub struct GatewayResolver {
     client: GatewayClient<Channel>,
     /// `host:port` of the gateway, for messages.
     address: String,
+    /// Adds the client's credential to each lookup.
+    credentials: ChannelCache,
 }
 
 impl GatewayResolver {
@@ -154,7 +157,15 @@ impl GatewayResolver {
         GatewayResolver {
             client: GatewayClient::new(channel),
             address: address.into(),
+            credentials: ChannelCache::default(),
         }
+    }
+
+    /// This resolver presenting the credential of `channels` (see
+    /// [`ChannelCache::with_token`]) with every lookup.
+    pub fn authorized_by(mut self, channels: &ChannelCache) -> GatewayResolver {
+        self.credentials = channels.clone();
+        self
     }
 
     /// The gateway's route for `data_id`: `NOT_FOUND` without a mapping, `UNAVAILABLE` when
@@ -163,8 +174,12 @@ impl GatewayResolver {
         let resp = self
             .client
             .clone()
-            .get_node_for_data(GetNodeRequest {
-                data_id: data_id.to_string(),
+            .get_node_for_data({
+                let mut req = tonic::Request::new(GetNodeRequest {
+                    data_id: data_id.to_string(),
+                });
+                self.credentials.authorize(&mut req);
+                req
             })
             .await
             .map_err(|status| ClientError::Rpc {

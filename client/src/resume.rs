@@ -592,7 +592,8 @@ impl Resumer {
                 data_id: self.data_id.to_string(),
             });
         };
-        let req = self.request()?;
+        let mut req = tonic::Request::new(self.request()?);
+        self.channels.authorize(&mut req);
         let channel = self.channels.get(&candidate.address)?;
         debug!(data_id = %self.data_id, node = %candidate, start = %self.position(), "opening stream");
         let opened = match self.upstream {

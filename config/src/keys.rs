@@ -113,6 +113,10 @@ keys! {
         "create a data ID's log on its first publish; false refuses publishes to unknown data IDs";
     "node.tags" "EVENT_CATCHER_NODE_TAGS" [node.tags] list "[]"
         "extra Consul service tags for this node (env: comma-separated)";
+    "node.standalone" "EVENT_CATCHER_NODE_STANDALONE" [node.standalone] boolean "false"
+        "serve every data ID locally and ignore the mappings in Consul (no replication); false = follow the mappings and take no publish before they are read";
+    "node.cluster_secret" "EVENT_CATCHER_NODE_CLUSTER_SECRET" [node.cluster_secret] text ""
+        "shared secret nodes present to open Replicate on each other; empty = created once in Consul KV (<kv_prefix without />.cluster/secret) and read with consul.token; never printed";
     "node.health_check.path" "EVENT_CATCHER_NODE_HEALTH_CHECK_PATH" [node.health_check.path] text "/health"
         "HTTP path of the health endpoint Consul polls; starts with /";
     "node.health_check.port" "EVENT_CATCHER_NODE_HEALTH_CHECK_PORT" [node.health_check.port] port "50053"
@@ -168,6 +172,20 @@ keys! {
         "PEM CA that servers' (and, with require_client_cert, clients') certificates must chain to; set = dial gRPC over TLS";
     "tls.require_client_cert" "EVENT_CATCHER_TLS_REQUIRE_CLIENT_CERT" [tls.require_client_cert] boolean "false"
         "mutual TLS: listeners refuse clients without a certificate signed by tls.ca_file";
+    "security.tokens" "EVENT_CATCHER_SECURITY_TOKENS" [security.tokens] list "[]"
+        "client credentials, each \"<token> <permission>...\" with permissions admin, publish[:PATTERN], read[:PATTERN], create[:PATTERN] (PATTERN: data ID with * wildcards); empty = no client authentication; never printed (env: comma-separated)";
+    "security.protected_mode" "EVENT_CATCHER_SECURITY_PROTECTED_MODE" [security.protected_mode] boolean "true"
+        "without TLS and without security.tokens, refuse state changes (admin, publish, replication) from peers that are not on loopback";
+    "client.token" "EVENT_CATCHER_CLIENT_TOKEN" [client.token] text ""
+        "bearer token the console, ec-client and the gateway (towards nodes) present; empty = none; never printed";
+    "limits.max_nodes_per_mapping" "EVENT_CATCHER_LIMITS_MAX_NODES_PER_MAPPING" [limits.max_nodes_per_mapping] count "32"
+        "most node IDs in one mapping (PutMapping, RegisterNode, and mappings read from Consul); 1-1000";
+    "limits.max_created_data_ids" "EVENT_CATCHER_LIMITS_MAX_CREATED_DATA_IDS" [limits.max_created_data_ids] count "10000"
+        "a node creates a data ID by publishing only while it holds fewer data IDs than this; 0 = unlimited";
+    "limits.max_streams_per_connection" "EVENT_CATCHER_LIMITS_MAX_STREAMS_PER_CONNECTION" [limits.max_streams_per_connection] count "1024"
+        "most concurrent gRPC calls (HTTP/2 streams) one client connection may hold open on a node or gateway; 1-1000000";
+    "limits.max_request_bytes" "EVENT_CATCHER_LIMITS_MAX_REQUEST_BYTES" [limits.max_request_bytes] bytes "16MiB"
+        "largest gRPC message a node or gateway decodes (a node raises it to fit one node.max_event_bytes event)";
     "log.level" "EVENT_CATCHER_LOG_LEVEL" [log.level] level "info"
         "trace, debug, info, warn or error; RUST_LOG may refine it per module";
     "log.format" "EVENT_CATCHER_LOG_FORMAT" [log.format] format "text"

@@ -51,8 +51,9 @@ pub use error::{ConfigError, Conflict, Source};
 pub use keys::{KeyInfo, key_table, markdown_reference};
 pub use loader::{DEFAULT_CONFIG_FILE, ENV_PREFIX, Loaded, Loader};
 pub use partial::{
-    PartialConfig, PartialConsul, PartialGateway, PartialHealthCheck, PartialLog, PartialNode,
-    PartialReplication, PartialRetention, PartialStorage, PartialTls,
+    PartialClient, PartialConfig, PartialConsul, PartialGateway, PartialHealthCheck, PartialLimits,
+    PartialLog, PartialNode, PartialReplication, PartialRetention, PartialSecurity, PartialStorage,
+    PartialTls,
 };
 
 /// The validated settings of every Event Catcher process.
@@ -66,6 +67,12 @@ pub struct Config {
     pub consul: ConsulConfig,
     /// `tls.*`: TLS of every gRPC listener and channel.
     pub tls: TlsConfig,
+    /// `security.*`: client credentials and protected mode.
+    pub security: SecurityConfig,
+    /// `client.*`: what clients (console, ec-client, the gateway towards nodes) present.
+    pub client: ClientConfig,
+    /// `limits.*`: bounds against abuse.
+    pub limits: LimitsConfig,
     /// `log.*`: logging of every binary.
     pub log: LogConfig,
 }
@@ -110,6 +117,10 @@ pub struct NodeConfig {
     pub auto_create: bool,
     /// Extra Consul service tags for this node.
     pub tags: Vec<String>,
+    /// Serve every data ID locally, ignoring the mappings (no replication).
+    pub standalone: bool,
+    /// Shared secret of cluster members (opens `Replicate`); `None`: provisioned in Consul.
+    pub cluster_secret: Option<ec_core::auth::Secret>,
     /// `node.health_check.*`
     pub health_check: HealthCheckConfig,
     /// `node.storage.*`
@@ -245,6 +256,36 @@ pub struct TlsConfig {
     pub require_client_cert: bool,
 }
 
+/// `security.*`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// Client credentials with their permissions; empty = no client authentication.
+    pub tokens: ec_core::auth::TokenTable,
+    /// Refuse remote state changes when neither TLS nor tokens are configured.
+    pub protected_mode: bool,
+}
+
+/// `client.*`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Bearer token presented to gateways and nodes.
+    pub token: Option<ec_core::auth::Secret>,
+}
+
+/// `limits.*`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Most node IDs in one mapping.
+    pub max_nodes_per_mapping: usize,
+    /// A node creates data IDs by publishing only while it holds fewer than this; `None`:
+    /// unlimited.
+    pub max_created_data_ids: Option<u64>,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub max_streams_per_connection: u32,
+    /// Largest gRPC message decoded.
+    pub max_request_bytes: u64,
+}
+
 /// `log.*`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -333,7 +374,8 @@ impl Default for Config {
 impl Config {
     /// Every effective key as YAML, in the layout of `config/config.yaml`, for
     /// `--print-config`. Loading the output gives this config back, except that a set
-    /// `consul.token` is printed as `<redacted>` so the output is safe to paste.
+    /// `consul.token`, `node.cluster_secret`, `security.tokens` and `client.token` are
+    /// printed as `<redacted>` so the output is safe to paste.
     pub fn to_yaml(&self) -> String {
         render::to_yaml(self)
     }

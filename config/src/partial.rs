@@ -24,6 +24,12 @@ pub struct PartialConfig {
     pub consul: PartialConsul,
     /// `tls.*`
     pub tls: PartialTls,
+    /// `security.*`
+    pub security: PartialSecurity,
+    /// `client.*`
+    pub client: PartialClient,
+    /// `limits.*`
+    pub limits: PartialLimits,
     /// `log.*`
     pub log: PartialLog,
 }
@@ -66,6 +72,10 @@ pub struct PartialNode {
     pub auto_create: Option<bool>,
     /// `node.tags`
     pub tags: Option<Vec<String>>,
+    /// `node.standalone`
+    pub standalone: Option<bool>,
+    /// `node.cluster_secret`; `""` means: provisioned in Consul.
+    pub cluster_secret: Option<String>,
     /// `node.health_check.*`
     pub health_check: PartialHealthCheck,
     /// `node.storage.*`
@@ -173,6 +183,38 @@ pub struct PartialTls {
     pub ca_file: Option<PathBuf>,
     /// `tls.require_client_cert`
     pub require_client_cert: Option<bool>,
+}
+
+/// `security.*`; see [`crate::SecurityConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartialSecurity {
+    /// `security.tokens`
+    pub tokens: Option<Vec<String>>,
+    /// `security.protected_mode`
+    pub protected_mode: Option<bool>,
+}
+
+/// `client.*`; see [`crate::ClientConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartialClient {
+    /// `client.token`; `""` means none.
+    pub token: Option<String>,
+}
+
+/// `limits.*`; see [`crate::LimitsConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartialLimits {
+    /// `limits.max_nodes_per_mapping`
+    pub max_nodes_per_mapping: Option<u64>,
+    /// `limits.max_created_data_ids`; `0` means unlimited.
+    pub max_created_data_ids: Option<u64>,
+    /// `limits.max_streams_per_connection`
+    pub max_streams_per_connection: Option<u64>,
+    /// `limits.max_request_bytes`
+    pub max_request_bytes: Option<u64>,
 }
 
 /// `log.*`; see [`crate::LogConfig`].

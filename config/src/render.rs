@@ -3,11 +3,14 @@
 //! The output has the layout of `config/config.yaml` (sections from the dotted keys, in key
 //! table order) and reads back through the loader to the same config: "unset" optional values
 //! print as the value that means unset (`""`, `0`, `0s`). Strings are always double-quoted so
-//! that values like `no`, `1.0` or `*` stay strings. The one exception to the round trip is
-//! `consul.token`, printed as `<redacted>` when set.
+//! that values like `no`, `1.0` or `*` stay strings. The exceptions to the round trip are the
+//! secrets (`consul.token`, `node.cluster_secret`, `security.tokens`, `client.token`),
+//! printed as `<redacted>` when set.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use ec_core::auth::{Secret, TokenTable};
 
 use crate::keys::{OPS, key_table};
 use crate::{AcksPolicy, Config, FsyncPolicy, LogFormat, LogLevel};
@@ -95,6 +98,40 @@ impl Render for Option<Duration> {
     }
 }
 
+impl Render for usize {
+    fn render(&self) -> Rendered {
+        Rendered::Plain(self.to_string())
+    }
+}
+
+impl Render for u32 {
+    fn render(&self) -> Rendered {
+        Rendered::Plain(self.to_string())
+    }
+}
+
+// Secrets render as themselves only for the round-trip shape; `to_yaml` redacts every key
+// in SECRET_KEYS before printing.
+impl Render for Option<Secret> {
+    fn render(&self) -> Rendered {
+        Rendered::Quoted(
+            self.as_ref()
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Render for TokenTable {
+    fn render(&self) -> Rendered {
+        if self.is_empty() {
+            Rendered::List(Vec::new())
+        } else {
+            Rendered::Quoted("<redacted>".to_owned())
+        }
+    }
+}
+
 impl Render for FsyncPolicy {
     fn render(&self) -> Rendered {
         Rendered::Plain(self.to_string())
@@ -120,7 +157,12 @@ impl Render for LogFormat {
 }
 
 /// Keys whose value must never be printed.
-const SECRET_KEYS: &[&str] = &["consul.token"];
+const SECRET_KEYS: &[&str] = &[
+    "consul.token",
+    "node.cluster_secret",
+    "security.tokens",
+    "client.token",
+];
 
 pub(crate) fn to_yaml(config: &Config) -> String {
     let mut out = String::new();
@@ -138,7 +180,10 @@ pub(crate) fn to_yaml(config: &Config) -> String {
             open.push(section);
         }
         let mut value = (ops.render)(config);
-        if SECRET_KEYS.contains(&info.key) && value != Rendered::Quoted(String::new()) {
+        if SECRET_KEYS.contains(&info.key)
+            && value != Rendered::Quoted(String::new())
+            && value != Rendered::List(Vec::new())
+        {
             value = Rendered::Quoted("<redacted>".to_owned());
         }
         out.push_str(&"  ".repeat(open.len()));

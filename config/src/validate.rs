@@ -9,13 +9,15 @@ use std::fmt::Display;
 use std::time::Duration;
 
 use ec_core::NodeId;
+use ec_core::auth::{Secret, TokenTable};
 
 use crate::error::Conflict;
 use crate::keys::PORT_RULE;
 use crate::partial::PartialConfig;
 use crate::{
-    Config, ConfigError, ConsulConfig, GatewayConfig, HealthCheckConfig, LogConfig, NodeConfig,
-    ProducersConfig, ReplicationConfig, RetentionConfig, Source, StorageConfig, TlsConfig,
+    ClientConfig, Config, ConfigError, ConsulConfig, GatewayConfig, HealthCheckConfig,
+    LimitsConfig, LogConfig, NodeConfig, ProducersConfig, ReplicationConfig, RetentionConfig,
+    SecurityConfig, Source, StorageConfig, TlsConfig,
 };
 
 /// The layer each key's value came from.
@@ -132,6 +134,9 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         node,
         consul,
         tls,
+        security,
+        client,
+        limits,
         log,
     } = partial;
 
@@ -279,6 +284,8 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         max_event_bytes,
         auto_create: c.required("node.auto_create", node.auto_create)?,
         tags,
+        standalone: c.required("node.standalone", node.standalone)?,
+        cluster_secret: Secret::new(c.required("node.cluster_secret", node.cluster_secret)?),
         health_check,
         storage,
         retention,
@@ -308,6 +315,56 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         require_client_cert: c.required("tls.require_client_cert", tls.require_client_cert)?,
     };
 
+    let tokens = c.required("security.tokens", security.tokens)?;
+    let security = SecurityConfig {
+        // The entry is never shown: it holds the token.
+        tokens: TokenTable::parse(&tokens)
+            .map_err(|e| c.invalid("security.tokens", "<redacted>", e))?,
+        protected_mode: c.required("security.protected_mode", security.protected_mode)?,
+    };
+    let client = ClientConfig {
+        token: Secret::new(c.required("client.token", client.token)?),
+    };
+
+    let max_nodes = c.required("limits.max_nodes_per_mapping", limits.max_nodes_per_mapping)?;
+    if !(1..=1000).contains(&max_nodes) {
+        return Err(c.invalid(
+            "limits.max_nodes_per_mapping",
+            max_nodes,
+            "a number of nodes from 1 to 1000",
+        ));
+    }
+    let max_streams = c.required(
+        "limits.max_streams_per_connection",
+        limits.max_streams_per_connection,
+    )?;
+    let max_streams = u32::try_from(max_streams)
+        .ok()
+        .filter(|n| (1..=1_000_000).contains(n))
+        .ok_or_else(|| {
+            c.invalid(
+                "limits.max_streams_per_connection",
+                max_streams,
+                "a number of concurrent calls from 1 to 1000000",
+            )
+        })?;
+    let max_request_bytes = c.required("limits.max_request_bytes", limits.max_request_bytes)?;
+    if !(1024..=(1 << 30)).contains(&max_request_bytes) {
+        return Err(c.invalid(
+            "limits.max_request_bytes",
+            max_request_bytes,
+            "a size from 1KiB to 1GiB",
+        ));
+    }
+    let limits = LimitsConfig {
+        max_nodes_per_mapping: usize::try_from(max_nodes).unwrap_or(1000),
+        max_created_data_ids: unlimited_if_zero(
+            c.required("limits.max_created_data_ids", limits.max_created_data_ids)?,
+        ),
+        max_streams_per_connection: max_streams,
+        max_request_bytes,
+    };
+
     let file = Some(c.required("log.file", log.file)?).filter(|f| !f.as_os_str().is_empty());
     if let Some(file) = file.as_ref().filter(|f| f.file_name().is_none()) {
         return Err(c.invalid(
@@ -327,6 +384,9 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         node,
         consul,
         tls,
+        security,
+        client,
+        limits,
         log,
     })
 }

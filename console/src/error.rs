@@ -25,6 +25,10 @@ pub enum ConsoleError {
         reason: String,
     },
 
+    /// The client token cannot be sent as gRPC metadata.
+    #[error("--token / client.token: {0}")]
+    Token(String),
+
     /// No Consul client could be built for this address.
     #[error("cannot use Consul at {url}: {source}")]
     Consul {

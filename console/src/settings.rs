@@ -57,6 +57,10 @@ pub struct ConsoleArgs {
     /// `--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-require-client-cert`, `--consul-ca`.
     #[command(flatten)]
     pub tls: ec_config::process::TlsFlags,
+    /// Bearer token presented to the gateway [default: client.token from the configuration;
+    /// prefer EVENT_CATCHER_CLIENT_TOKEN, which `ps` does not show].
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 /// Everything the console needs to run.
@@ -68,6 +72,8 @@ pub struct ConsoleSettings {
     pub consul_address: String,
     /// ACL token for Consul.
     pub consul_token: Option<String>,
+    /// Bearer token for the gateway (`client.token`).
+    pub client_token: Option<String>,
     /// KV prefix of the mappings.
     pub kv_prefix: String,
     /// The gateway's `host:port`.
@@ -100,6 +106,7 @@ impl ConsoleSettings {
             consul_url: format!("http://{consul_address}"),
             consul_address: consul_address.to_owned(),
             consul_token: None,
+            client_token: None,
             kv_prefix: "streaming/data/".into(),
             gateway: gateway.to_owned(),
             buffer: 50_000,
@@ -179,6 +186,10 @@ impl ConsoleArgs {
             consul_url: format!("{scheme}://{consul_address}"),
             consul_address,
             consul_token: config.consul.token.clone(),
+            client_token: self
+                .token
+                .clone()
+                .or_else(|| config.client.token.as_ref().map(|t| t.expose().to_owned())),
             kv_prefix: config.consul.kv_prefix.clone(),
             gateway,
             buffer: usize::try_from(self.buffer).unwrap_or(usize::MAX),

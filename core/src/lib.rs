@@ -5,6 +5,8 @@
 //! node ID passed where a data ID belongs, and so that a value of these types is always
 //! valid: the only way to build one from user input is `parse`, which checks the rules.
 
+pub mod auth;
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -98,6 +98,12 @@ impl Answer {
         if body.is_empty() {
             body = "(empty body)".to_string();
         }
+        if self.status == StatusCode::FORBIDDEN {
+            return DiscoveryError::PermissionDenied {
+                url: self.url,
+                body,
+            };
+        }
         DiscoveryError::Status {
             url: self.url,
             status: self.status.as_u16(),

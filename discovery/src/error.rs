@@ -66,6 +66,18 @@ pub enum DiscoveryError {
         body: String,
     },
 
+    /// Consul refused the request for lack of ACL rights (HTTP 403), or hid what the token
+    /// may not read (detected by a probe, e.g. an empty listing of an unreadable prefix).
+    #[error(
+        "permission denied by Consul's ACLs at {url} ({body}); give consul.token the rights in README \"Consul ACLs\" (key read on the mapping prefix, service read)"
+    )]
+    PermissionDenied {
+        /// The request URL.
+        url: String,
+        /// Consul's reason, e.g. "Permission denied" or "ACL not found".
+        body: String,
+    },
+
     /// Consul answered 2xx but the body is not what this call expects.
     #[error(
         "cannot decode Consul's answer from {url}: {source} (is {url} really a Consul 1.x agent?)"
@@ -110,5 +122,10 @@ impl DiscoveryError {
     /// callers use it to choose between "retry later" and "report the answer".
     pub fn is_transport(&self) -> bool {
         matches!(self, DiscoveryError::Transport { .. })
+    }
+
+    /// True when Consul's ACLs refused the request.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, DiscoveryError::PermissionDenied { .. })
     }
 }

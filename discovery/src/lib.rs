@@ -15,7 +15,8 @@
 //!   last good snapshot as [`Watched`];
 //! - `epoch`: [`EpochStore`], each replicated data ID's leader epoch, primary and in-sync
 //!   set, beside the mappings, every write a check-and-set;
-//! - `session`: sessions and [`hold_lock`], one lock held by at most one process at a time.
+//! - `session`: sessions and [`hold_lock`], one lock held by at most one process at a time;
+//! - `cluster`: [`provision_cluster_secret`], the shared credential of cluster members.
 //!
 //! Rules this crate keeps for every caller (see "Talking to Consul" in the design page):
 //! `recurse` is never sent on a single-key read or delete; `null` lists and maps decode as
@@ -29,6 +30,7 @@ mod agent;
 mod backoff;
 mod blocking;
 mod client;
+mod cluster;
 mod epoch;
 mod error;
 mod health;
@@ -42,6 +44,7 @@ mod wire;
 pub use agent::{AgentService, AgentServiceHealth, HttpCheck, ServiceRegistration};
 pub use blocking::{Indexed, MAX_WAIT, QueryOptions, next_index};
 pub use client::ConsulClient;
+pub use cluster::{cluster_secret_key, provision_cluster_secret};
 pub use epoch::{EpochError, EpochState, EpochStore, epoch_prefix};
 pub use error::DiscoveryError;
 pub use health::{
@@ -50,7 +53,8 @@ pub use health::{
 };
 pub use kv::KvPair;
 pub use mapping::{
-    MAX_CAS_ATTEMPTS, Mapping, MappingError, MappingProblem, MappingSnapshot, MappingStore,
+    DEFAULT_MAX_NODES_PER_MAPPING, MAX_CAS_ATTEMPTS, Mapping, MappingError, MappingProblem,
+    MappingSnapshot, MappingStore,
 };
 pub use session::{LockOptions, hold_lock};
 pub use watch::{Watched, watch_health, watch_mappings};

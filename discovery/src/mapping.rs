@@ -63,6 +63,18 @@ impl Mapping {
     /// empty value, an invalid ID, a duplicate or bytes that are not UTF-8 give the reason
     /// as an `Err`.
     pub fn parse(data_id: DataId, raw: &[u8], modify_index: u64) -> Result<Mapping, String> {
+        Mapping::parse_within(data_id, raw, modify_index, DEFAULT_MAX_NODES_PER_MAPPING)
+    }
+
+    /// [`Mapping::parse`] refusing more than `max_nodes` node IDs
+    /// (`limits.max_nodes_per_mapping`), counted before any is parsed so that a huge value
+    /// costs one pass.
+    pub fn parse_within(
+        data_id: DataId,
+        raw: &[u8],
+        modify_index: u64,
+        max_nodes: usize,
+    ) -> Result<Mapping, String> {
         let text = std::str::from_utf8(raw).map_err(|e| {
             format!(
                 "the value is not UTF-8 ({e}); expected comma-separated node IDs such as \"node1,node2\""
@@ -73,6 +85,10 @@ impl Mapping {
                 "the value is empty; expected comma-separated node IDs, primary first, such as \"node1,node2\""
                     .to_string(),
             );
+        }
+        let count = text.split(',').count();
+        if count > max_nodes {
+            return Err(too_many(count, max_nodes));
         }
         let mut nodes = Vec::new();
         for (i, part) in text.split(',').enumerate() {
@@ -85,7 +101,7 @@ impl Mapping {
             })?;
             nodes.push(node);
         }
-        check_nodes(&nodes)?;
+        check_nodes(&nodes, max_nodes)?;
         Ok(Mapping {
             data_id,
             nodes,
@@ -147,6 +163,17 @@ impl MappingSnapshot {
     /// a data ID. The prefix's own key (a "folder" created in the Consul UI) is ignored;
     /// every other key that is not a valid mapping becomes a [`MappingProblem`].
     pub fn from_kv(prefix: &str, pairs: Vec<KvPair>, index: u64) -> MappingSnapshot {
+        MappingSnapshot::from_kv_within(prefix, pairs, index, DEFAULT_MAX_NODES_PER_MAPPING)
+    }
+
+    /// [`MappingSnapshot::from_kv`] where a mapping naming more than `max_nodes` nodes is a
+    /// [`MappingProblem`], not a mapping.
+    pub fn from_kv_within(
+        prefix: &str,
+        pairs: Vec<KvPair>,
+        index: u64,
+        max_nodes: usize,
+    ) -> MappingSnapshot {
         let mut snap = MappingSnapshot {
             index,
             ..MappingSnapshot::default()
@@ -182,7 +209,8 @@ impl MappingSnapshot {
                     continue;
                 }
             };
-            match Mapping::parse(data_id.clone(), &pair.value, pair.modify_index) {
+            match Mapping::parse_within(data_id.clone(), &pair.value, pair.modify_index, max_nodes)
+            {
                 Ok(m) => {
                     snap.mappings.insert(data_id, m);
                 }
@@ -259,6 +287,8 @@ enum Stored {
 pub struct MappingStore {
     client: ConsulClient,
     prefix: String,
+    /// `limits.max_nodes_per_mapping`: longer mappings are neither written nor read.
+    max_nodes: usize,
 }
 
 impl MappingStore {
@@ -268,7 +298,20 @@ impl MappingStore {
         MappingStore {
             client,
             prefix: kv_prefix.to_string(),
+            max_nodes: DEFAULT_MAX_NODES_PER_MAPPING,
         }
+    }
+
+    /// This store refusing mappings of more than `max_nodes` nodes (at least 1), on write
+    /// and on read (a stored one is reported as a problem).
+    pub fn with_max_nodes(mut self, max_nodes: usize) -> MappingStore {
+        self.max_nodes = max_nodes.max(1);
+        self
+    }
+
+    /// Most nodes one mapping may name.
+    pub fn max_nodes(&self) -> usize {
+        self.max_nodes
     }
 
     /// The Consul client this store uses.
@@ -303,10 +346,18 @@ impl MappingStore {
     /// `q.index` is set. Invalid keys are reported in `problems`, not as an error.
     pub async fn list(&self, q: &QueryOptions) -> Result<MappingSnapshot, MappingError> {
         let answer = self.client.kv_list(&self.prefix, q).await?;
-        Ok(MappingSnapshot::from_kv(
+        if answer.value.is_empty() {
+            // Consul's ACLs hide keys a token may not read: the listing is then empty, as
+            // for a prefix that holds nothing. A single-key read is refused outright (403),
+            // so reading the prefix's own key tells the two apart: "no mappings" must never
+            // be what a permission problem looks like.
+            self.client.kv_get(&self.prefix).await?;
+        }
+        Ok(MappingSnapshot::from_kv_within(
             &self.prefix,
             answer.value,
             answer.index,
+            self.max_nodes,
         ))
     }
 
@@ -468,7 +519,12 @@ impl MappingStore {
             return Ok(Stored::Absent);
         };
         Ok(
-            match Mapping::parse(data_id.clone(), &pair.value, pair.modify_index) {
+            match Mapping::parse_within(
+                data_id.clone(),
+                &pair.value,
+                pair.modify_index,
+                self.max_nodes,
+            ) {
                 Ok(m) => Stored::Valid(m),
                 Err(reason) => Stored::Garbage {
                     modify_index: pair.modify_index,
@@ -485,7 +541,7 @@ impl MappingStore {
         nodes: &[NodeId],
         cas: Option<u64>,
     ) -> Result<Option<Mapping>, MappingError> {
-        check_nodes(nodes).map_err(|reason| MappingError::Invalid {
+        check_nodes(nodes, self.max_nodes).map_err(|reason| MappingError::Invalid {
             data_id: data_id.clone(),
             reason,
         })?;
@@ -545,16 +601,34 @@ impl MappingStore {
 }
 
 /// Refuses what must never be stored: no node, or a node twice.
-fn check_nodes(nodes: &[NodeId]) -> Result<(), String> {
+fn check_nodes(nodes: &[NodeId], max_nodes: usize) -> Result<(), String> {
     if nodes.is_empty() {
         return Err("the node list is empty; a mapping needs at least one node".to_string());
     }
-    for (i, n) in nodes.iter().enumerate() {
-        if nodes[..i].contains(n) {
-            return Err(format!("node {n} is listed twice in {}", join(nodes)));
+    if nodes.len() > max_nodes {
+        return Err(too_many(nodes.len(), max_nodes));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(nodes.len());
+    for n in nodes {
+        if !seen.insert(n) {
+            return Err(format!(
+                "node {n} is listed twice in {}",
+                quoted(&join(nodes))
+            ));
         }
     }
     Ok(())
+}
+
+/// Most nodes in one mapping unless configured otherwise (`limits.max_nodes_per_mapping`):
+/// every node of a mapping holds a copy, so a few suffice; a bound keeps one write from
+/// costing every watcher work on each change.
+pub const DEFAULT_MAX_NODES_PER_MAPPING: usize = 32;
+
+fn too_many(count: usize, max: usize) -> String {
+    format!(
+        "it names {count} nodes, more than limits.max_nodes_per_mapping ({max}) allows; every node of a mapping holds a full copy, so list a few replicas, or raise the limit"
+    )
 }
 
 fn join(nodes: &[NodeId]) -> String {
@@ -635,6 +709,32 @@ mod tests {
     }
 
     #[test]
+    fn mappings_beyond_the_node_limit_are_problems() {
+        let huge: Vec<String> = (0..45_000).map(|i| format!("n{i}")).collect();
+        let huge = huge.join(",");
+        let e = Mapping::parse(d("a"), huge.as_bytes(), 1).expect_err("45000 nodes");
+        assert!(
+            e.contains("45000 nodes") && e.contains("limits.max_nodes_per_mapping (32)"),
+            "{e}"
+        );
+        let three = b"n1,n2,n3";
+        assert!(Mapping::parse_within(d("a"), three, 1, 2).is_err());
+        assert!(Mapping::parse_within(d("a"), three, 1, 3).is_ok());
+        let snap = MappingSnapshot::from_kv_within(
+            "p/",
+            vec![pair("p/a", three, 2), pair("p/b", b"n1", 3)],
+            3,
+            2,
+        );
+        assert_eq!(snap.mappings.len(), 1);
+        assert_eq!(snap.problems.len(), 1);
+        assert_eq!(snap.problems[0].key, "p/a");
+        let many: Vec<NodeId> = (0..33).map(|i| n(&format!("n{i}"))).collect();
+        assert!(check_nodes(&many, 32).is_err());
+        assert!(check_nodes(&many[..32], 32).is_ok());
+    }
+
+    #[test]
     fn snapshot_skips_and_reports_bad_keys() {
         let p = "streaming/data/";
         let pairs = vec![
@@ -675,13 +775,13 @@ mod tests {
 
     #[test]
     fn node_lists_are_checked_before_writing() {
-        assert!(check_nodes(&[]).is_err());
+        assert!(check_nodes(&[], 32).is_err());
         assert!(
-            check_nodes(&[n("a"), n("b"), n("a")])
+            check_nodes(&[n("a"), n("b"), n("a")], 32)
                 .expect_err("dup")
                 .contains("twice")
         );
-        assert!(check_nodes(&[n("a"), n("b")]).is_ok());
+        assert!(check_nodes(&[n("a"), n("b")], 32).is_ok());
     }
 
     #[test]

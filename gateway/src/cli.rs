@@ -105,6 +105,16 @@ pub fn settings(config: &Config) -> Result<GatewaySettings> {
             ca_file: config.tls.ca_file.clone(),
             require_client_cert: config.tls.require_client_cert,
         },
+        policy: ec_core::auth::Policy {
+            tokens: config.security.tokens.clone(),
+            // A listener with a certificate serves TLS (tls.cert_file): no protected mode.
+            tls: config.tls.cert_file.is_some(),
+            protected_mode: config.security.protected_mode,
+        },
+        node_token: config.client.token.clone(),
+        max_nodes_per_mapping: config.limits.max_nodes_per_mapping,
+        max_streams_per_connection: config.limits.max_streams_per_connection,
+        max_request_bytes: config.limits.max_request_bytes,
     })
 }
 

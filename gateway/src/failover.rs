@@ -63,11 +63,17 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_holder = false;
+    // The table is scanned only when it changed: a tick only moves the clocks of the
+    // failures already known, so an idle gateway's cost does not grow with the table.
+    let mut rescan = true;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
-            r = tables.changed() => if r.is_err() { return },
+            r = tables.changed() => {
+                if r.is_err() { return }
+                rescan = true;
+            }
             r = lock.changed() => if r.is_err() { return },
         }
         let holder = *lock.borrow_and_update();
@@ -88,27 +94,29 @@ pub(crate) async fn run(
             continue;
         }
         let now = Instant::now();
-        // Which primaries are unusable right now.
-        let mut seen: HashMap<DataId, NodeId> = HashMap::new();
-        let (views, _) = current.mappings();
-        for view in views {
-            let data_id = view.mapping.data_id.clone();
-            if let Err(RouteError::PrimaryUnavailable {
-                primary,
-                why: Unusable::NotRegistered | Unusable::Lost,
-                ..
-            }) = current.primary(&data_id)
-            {
-                seen.insert(data_id, primary);
+        if std::mem::take(&mut rescan) {
+            // Which primaries are unusable right now.
+            let mut seen: HashMap<DataId, NodeId> = HashMap::new();
+            let (views, _) = current.mappings();
+            for view in views {
+                let data_id = view.mapping.data_id.clone();
+                if let Err(RouteError::PrimaryUnavailable {
+                    primary,
+                    why: Unusable::NotRegistered | Unusable::Lost,
+                    ..
+                }) = current.primary(&data_id)
+                {
+                    seen.insert(data_id, primary);
+                }
             }
-        }
-        failing.retain(|d, f| seen.get(d) == Some(&f.primary));
-        for (data_id, primary) in seen {
-            failing.entry(data_id).or_insert(Failing {
-                primary,
-                since: now,
-                tried: None,
-            });
+            failing.retain(|d, f| seen.get(d) == Some(&f.primary));
+            for (data_id, primary) in seen {
+                failing.entry(data_id).or_insert(Failing {
+                    primary,
+                    since: now,
+                    tried: None,
+                });
+            }
         }
         if !holder {
             continue;

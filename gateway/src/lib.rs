@@ -14,12 +14,15 @@
 //! - `promotion.rs`: making an in-sync replica primary by a CAS write of the mapping (the
 //!   `Failover.PromoteReplica` admin RPC); `failover.rs`: doing it automatically when a
 //!   primary stays lost or gone, in one gateway at a time (the holder of a Consul lock).
+//! - `auth.rs`: who may call what (client tokens, protected mode); publishes carry the
+//!   caller's credential on to the node.
 //! - [`server`]: [`run`] wires it all and owns the shutdown order; [`cli`]: what the binary
 //!   adds (flags, settings from the configuration, signals).
 //!
 //! The gateway never asks Consul on a request path: lookups, subscriptions and publishes are
 //! routed from memory, and keep working from the last table while Consul is away.
 
+mod auth;
 pub mod cli;
 mod convert;
 mod failover;

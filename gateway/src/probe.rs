@@ -190,11 +190,12 @@ async fn probe(
     // would fail the check as an error, as if the node had reset the connection. Each check's
     // own timeout covers a silent node (and a connect that hangs) as silence instead.
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let endpoint = match Endpoint::from_shared(format!("{scheme}://{address}"))
-        .and_then(|e| match tls {
+    let endpoint = match Endpoint::from_shared(format!("{scheme}://{address}")).and_then(|e| {
+        match tls {
             Some(tls) => e.tls_config(tls),
             None => Ok(e),
-        }) {
+        }
+    }) {
         Ok(e) => e.tcp_nodelay(true),
         Err(e) => {
             warn!(%node, %address, error = %e, "cannot probe the node: its registered address is not a valid URI");

@@ -243,16 +243,42 @@ fn from_node(node: &NodeRoute, status: Status) -> Status {
 /// The metadata naming a publish's acks (`ec-acks: leader|all`), forwarded to the primary.
 const ACKS_HEADER: &str = "ec-acks";
 
-/// The caller's `ec-acks`, if any.
-pub(crate) fn acks_of<T>(req: &tonic::Request<T>) -> Option<MetadataValue<Ascii>> {
-    req.metadata().get(ACKS_HEADER).cloned()
+/// The caller's credential, forwarded to the primary so that the node applies its own
+/// permissions.
+const AUTHORIZATION: &str = "authorization";
+
+/// The metadata a forwarded publish carries: the caller's `ec-acks`, and its credential
+/// (or the gateway's own `client.token` when the caller sent none).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ForwardedMeta {
+    acks: Option<MetadataValue<Ascii>>,
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
-/// `inner` as a request carrying `acks`.
-fn with_acks<T>(inner: T, acks: Option<&MetadataValue<Ascii>>) -> tonic::Request<T> {
+/// What to forward of `req`'s metadata; `own_token` stands in for a missing credential.
+pub(crate) fn forwarded_of<T>(
+    req: &tonic::Request<T>,
+    own_token: Option<&ec_core::auth::Secret>,
+) -> ForwardedMeta {
+    let authorization = req.metadata().get(AUTHORIZATION).cloned().or_else(|| {
+        own_token.and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.expose())).ok())
+    });
+    ForwardedMeta {
+        acks: req.metadata().get(ACKS_HEADER).cloned(),
+        authorization,
+    }
+}
+
+/// `inner` as a request carrying the forwarded metadata.
+fn with_acks<T>(inner: T, forwarded: Option<&ForwardedMeta>) -> tonic::Request<T> {
     let mut req = tonic::Request::new(inner);
-    if let Some(v) = acks {
-        req.metadata_mut().insert(ACKS_HEADER, v.clone());
+    if let Some(f) = forwarded {
+        if let Some(v) = &f.acks {
+            req.metadata_mut().insert(ACKS_HEADER, v.clone());
+        }
+        if let Some(v) = &f.authorization {
+            req.metadata_mut().insert(AUTHORIZATION, v.clone());
+        }
     }
     req
 }
@@ -324,7 +350,7 @@ pub(crate) async fn publish(
     table: &RoutingTable,
     channels: &ChannelCache,
     req: PublishRequest,
-    acks: Option<MetadataValue<Ascii>>,
+    acks: Option<ForwardedMeta>,
 ) -> Result<PublishResponse, Status> {
     let data_id =
         DataId::parse(&req.data_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -381,7 +407,7 @@ pub(crate) fn publish_stream(
     table: RoutingTable,
     channels: ChannelCache,
     inbound: Streaming<PublishRequest>,
-    acks: Option<MetadataValue<Ascii>>,
+    acks: Option<ForwardedMeta>,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<PublishAcks, Status>> {
     let (tx, rx) = mpsc::channel(16);
@@ -444,7 +470,7 @@ struct Outage {
 struct Forwarder {
     table: RoutingTable,
     channels: ChannelCache,
-    acks_header: Option<MetadataValue<Ascii>>,
+    acks_header: Option<ForwardedMeta>,
     /// Requests not yet acknowledged to the caller, in arrival order.
     pending: VecDeque<Forwarded>,
     /// The gateway sequence of `pending[0]`; they are consecutive from there.

@@ -119,7 +119,10 @@ pub enum RouteError {
         why: Unusable,
     },
     /// The gateway has not received its first snapshots from Consul yet.
-    #[error("the routing table is not loaded yet: Consul has not answered since the gateway started{}", last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    #[error("{}", match last_error {
+        Some(e) => format!("cannot read mappings from Consul: {e}"),
+        None => "the routing table is not loaded yet: Consul has not answered since the gateway started".to_owned(),
+    })]
     NotLoaded {
         /// The watches' last error, if any.
         last_error: Option<String>,

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use ec_client::{ChannelCache, ChannelSettings};
 use ec_core::NodeId;
+use ec_core::auth::{Policy, Secret};
 use ec_discovery::{
     ConsulClient, EpochStore, LockOptions, MappingStore, hold_lock, watch_health, watch_mappings,
 };
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
+use crate::auth::Guard;
 use crate::feed::feed;
 use crate::metrics::GatewayMetrics;
 use crate::probe::ProbeSettings;
@@ -74,6 +76,16 @@ pub struct GatewaySettings {
     pub name: String,
     /// TLS of the gRPC listener and of the channels to nodes; all `None`: plaintext.
     pub tls: ec_grpc::TlsFiles,
+    /// Client credentials (`security.tokens`) and protected mode.
+    pub policy: Policy,
+    /// `client.token`: presented to nodes for forwarded publishes when the caller sent none.
+    pub node_token: Option<Secret>,
+    /// `limits.max_nodes_per_mapping`.
+    pub max_nodes_per_mapping: usize,
+    /// `limits.max_streams_per_connection`.
+    pub max_streams_per_connection: u32,
+    /// `limits.max_request_bytes`.
+    pub max_request_bytes: u64,
 }
 
 impl GatewaySettings {
@@ -92,6 +104,14 @@ impl GatewaySettings {
             probes: ProbeSettings::default(),
             name: format!("ec-gateway pid {}", std::process::id()),
             tls: ec_grpc::TlsFiles::default(),
+            policy: Policy {
+                protected_mode: true,
+                ..Policy::default()
+            },
+            node_token: None,
+            max_nodes_per_mapping: ec_discovery::DEFAULT_MAX_NODES_PER_MAPPING,
+            max_streams_per_connection: 1024,
+            max_request_bytes: 16 << 20,
         }
     }
 }
@@ -152,7 +172,8 @@ pub async fn run_with_metrics(
         settings.consul_token.clone(),
         settings.consul_ca_file.as_deref(),
     )?;
-    let store = MappingStore::new(consul.clone(), &settings.kv_prefix);
+    let store = MappingStore::new(consul.clone(), &settings.kv_prefix)
+        .with_max_nodes(settings.max_nodes_per_mapping);
     let tasks = TaskTracker::new();
 
     // Stopped last: the table keeps being fed while streams drain.
@@ -234,15 +255,22 @@ pub async fn run_with_metrics(
         shutdown: stop_serving.clone(),
         started,
         metrics,
+        guard: Guard {
+            policy: std::sync::Arc::new(settings.policy.clone()),
+        },
+        node_token: settings.node_token.clone(),
     };
+    // limits.max_request_bytes bounds what is decoded; answers may be as large as before.
+    let max_request = usize::try_from(settings.max_request_bytes).unwrap_or(usize::MAX);
     let failover = ec_proto::failover_server::FailoverServer::new(service.clone())
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_request);
     let gateway = ec_proto::gateway_server::GatewayServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(max_request)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let grpc = ec_grpc::GrpcServer::new(ec_grpc::ServeSettings {
-        max_message_bytes: MAX_MESSAGE_BYTES,
+        max_message_bytes: max_request,
         tls: server_tls,
+        max_concurrent_streams: Some(settings.max_streams_per_connection),
     })
     .add_service(gateway, ec_proto::FILE_DESCRIPTOR_SET)
     .await

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::time::SystemTime;
 
 use ec_client::{ChannelCache, StreamOptions};
+use ec_core::auth::Action;
 use ec_core::{DataId, NodeId, Offset, TimestampMs};
 use ec_discovery::MappingStore;
 use ec_proto::gateway_server::Gateway;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::auth::Guard;
 use crate::convert::{epoch_ms, health_status, mapping_status};
 use crate::feed::HealthChange;
 use crate::metrics::GatewayMetrics;
@@ -53,6 +55,10 @@ pub(crate) struct GatewayService {
     pub(crate) shutdown: CancellationToken,
     /// When the gateway started: the staleness reference before Consul ever answered.
     pub(crate) started: SystemTime,
+    /// Credentials, permissions, protected mode.
+    pub(crate) guard: Guard,
+    /// `client.token`: presented to nodes when a caller sent no credential.
+    pub(crate) node_token: Option<ec_core::auth::Secret>,
     /// What `/metrics` reports.
     pub(crate) metrics: GatewayMetrics,
 }
@@ -193,6 +199,8 @@ impl Gateway for GatewayService {
         &self,
         req: Request<GetNodeRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
+        self.guard
+            .check(&req, Action::Read(&req.get_ref().data_id))?;
         let route = parse_data_id(&req.get_ref().data_id)
             .and_then(|data_id| Ok(self.table.current().route(&data_id)?));
         self.metrics.lookup(route.as_ref().err().map(Status::code));
@@ -210,6 +218,7 @@ impl Gateway for GatewayService {
         &self,
         req: Request<RegisterNodeRequest>,
     ) -> Result<Response<RegisterNodeResponse>, Status> {
+        self.guard.check(&req, Action::Admin)?;
         let req = req.into_inner();
         let node = parse_node_id(&req.node_id)?;
         let data_id = parse_data_id(&req.data_id)?;
@@ -242,6 +251,8 @@ impl Gateway for GatewayService {
         &self,
         req: Request<StreamRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.guard
+            .check(&req, Action::Read(&req.get_ref().data_id))?;
         let (data_id, opts) = stream_options(req.get_ref())?;
         // Refuse at once what cannot be served now (no mapping, no usable node), rather
         // than opening a stream that waits silently.
@@ -273,7 +284,9 @@ impl Gateway for GatewayService {
         &self,
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let acks = proxy::acks_of(&req);
+        self.guard
+            .check(&req, Action::Publish(&req.get_ref().data_id))?;
+        let acks = Some(proxy::forwarded_of(&req, self.node_token.as_ref()));
         let events = req.get_ref().events.len() as u64;
         let result = proxy::publish(&self.table, &self.channels, req.into_inner(), acks).await;
         self.metrics
@@ -287,7 +300,15 @@ impl Gateway for GatewayService {
         &self,
         req: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let acks = proxy::acks_of(&req);
+        // The data IDs arrive with each message: here the caller must be allowed to publish
+        // at all (protected mode, a known token); the primary checks each data ID with the
+        // forwarded credential.
+        if self.guard.policy.tokens.is_empty() {
+            self.guard.check(&req, Action::Publish(""))?;
+        } else {
+            self.guard.authenticate(&req)?;
+        }
+        let acks = Some(proxy::forwarded_of(&req, self.node_token.as_ref()));
         let stream = proxy::publish_stream(
             self.table.clone(),
             self.channels.clone(),
@@ -309,11 +330,22 @@ impl Gateway for GatewayService {
 
     async fn list_mappings(
         &self,
-        _req: Request<ListMappingsRequest>,
+        req: Request<ListMappingsRequest>,
     ) -> Result<Response<ListMappingsResponse>, Status> {
+        self.guard.authenticate(&req)?;
+        let caller = crate::auth::Caller::of(&req);
         let (views, problems) = self.table.current().mappings();
         Ok(Response::new(ListMappingsResponse {
-            mappings: views.into_iter().map(Into::into).collect(),
+            // Only the mappings the caller may read are listed.
+            mappings: views
+                .into_iter()
+                .filter(|v| {
+                    self.guard
+                        .allows(&caller, Action::Read(v.mapping.data_id.as_str()))
+                        .is_ok()
+                })
+                .map(Into::into)
+                .collect(),
             problems: problems
                 .into_iter()
                 .map(|p| ec_proto::MappingProblem {
@@ -329,6 +361,7 @@ impl Gateway for GatewayService {
         &self,
         req: Request<PutMappingRequest>,
     ) -> Result<Response<PutMappingResponse>, Status> {
+        self.guard.check(&req, Action::Admin)?;
         let req = req.into_inner();
         let data_id = parse_data_id(&req.data_id)?;
         if req.node_ids.is_empty() {
@@ -359,6 +392,7 @@ impl Gateway for GatewayService {
         &self,
         req: Request<DeleteMappingRequest>,
     ) -> Result<Response<DeleteMappingResponse>, Status> {
+        self.guard.check(&req, Action::Admin)?;
         let req = req.into_inner();
         let data_id = parse_data_id(&req.data_id)?;
         if req.force {
@@ -377,8 +411,9 @@ impl Gateway for GatewayService {
 
     async fn list_nodes(
         &self,
-        _req: Request<ListNodesRequest>,
+        req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        self.guard.authenticate(&req)?;
         let nodes = self
             .table
             .current()
@@ -401,8 +436,9 @@ impl Gateway for GatewayService {
 
     async fn watch_health(
         &self,
-        _req: Request<WatchHealthRequest>,
+        req: Request<WatchHealthRequest>,
     ) -> Result<Response<Self::WatchHealthStream>, Status> {
+        self.guard.authenticate(&req)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let table = self.table.clone();
         let changes = self.changes.clone();
@@ -449,8 +485,9 @@ impl Gateway for GatewayService {
 
     async fn get_status(
         &self,
-        _req: Request<GetStatusRequest>,
+        req: Request<GetStatusRequest>,
     ) -> Result<Response<GatewayStatus>, Status> {
+        self.guard.authenticate(&req)?;
         let table = self.table.current();
         let f = table.freshness();
         let now = SystemTime::now();
@@ -475,6 +512,7 @@ impl ec_proto::failover_server::Failover for GatewayService {
         &self,
         req: Request<ec_proto::PromoteReplicaRequest>,
     ) -> Result<Response<ec_proto::PromoteReplicaResponse>, Status> {
+        self.guard.check(&req, Action::Admin)?;
         let req = req.into_inner();
         let data_id = parse_data_id(&req.data_id)?;
         let node = match req.node_id.trim() {
@@ -550,6 +588,8 @@ mod tests {
             promoter,
             shutdown: CancellationToken::new(),
             started: SystemTime::now(),
+            guard: Guard::default(),
+            node_token: None,
             metrics: GatewayMetrics::new(),
         };
         (svc, tx)

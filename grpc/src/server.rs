@@ -80,6 +80,9 @@ pub struct ServeSettings {
     pub max_message_bytes: usize,
     /// TLS of the listener (see [`crate::TlsFiles::server`]); `None`: plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Most concurrent calls (HTTP/2 streams) one connection may hold open
+    /// (`limits.max_streams_per_connection`); `None`: h2's default.
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl Default for ServeSettings {
@@ -87,6 +90,7 @@ impl Default for ServeSettings {
         ServeSettings {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             tls: None,
+            max_concurrent_streams: None,
         }
     }
 }
@@ -214,6 +218,7 @@ impl GrpcServer {
             // without waiting for window updates).
             .initial_connection_window_size(CONNECTION_WINDOW)
             .initial_stream_window_size(STREAM_WINDOW)
+            .max_concurrent_streams(self.settings.max_concurrent_streams)
             .layer(MessageLimitLayer::new(self.settings.max_message_bytes))
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());

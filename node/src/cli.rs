@@ -11,6 +11,7 @@ use color_eyre::eyre::{Result, WrapErr};
 use ec_config::process::{LogFlags, TlsFlags};
 use ec_config::{Config, Loader};
 use ec_core::NodeId;
+use ec_core::auth::Policy;
 
 use crate::log::{FsyncPolicy, LogOptions, Retention};
 use crate::replication::{Acks, ReplicationSettings};
@@ -143,6 +144,17 @@ fn settings_of(node_id: NodeId, config: &Config) -> NodeSettings {
             ca_file: config.tls.ca_file.clone(),
             require_client_cert: config.tls.require_client_cert,
         },
+        cluster_secret: node.cluster_secret.clone(),
+        policy: Policy {
+            tokens: config.security.tokens.clone(),
+            // A listener with a certificate serves TLS (tls.cert_file): no protected mode.
+            tls: config.tls.cert_file.is_some(),
+            protected_mode: config.security.protected_mode,
+        },
+        max_created_data_ids: config.limits.max_created_data_ids,
+        max_streams_per_connection: config.limits.max_streams_per_connection,
+        max_request_bytes: config.limits.max_request_bytes,
+        max_nodes_per_mapping: config.limits.max_nodes_per_mapping,
     }
 }
 

@@ -8,9 +8,12 @@
 //!   `replicate.rs` serves the primary's side of the `Replicate` RPC.
 //! - `request.rs` checks proto requests into domain requests; `service.rs` is the thin gRPC
 //!   layer; `convert.rs` maps log errors to statuses; `stream.rs` produces server streams.
+//! - `auth.rs`: who may call what (cluster credential on `Replicate`, client tokens,
+//!   protected mode, the data-ID creation limit).
 //! - `health.rs`, `registration.rs`: what Consul and operators see.
 //! - [`server`]: [`run`] wires it all and owns the shutdown order.
 
+mod auth;
 pub mod cli;
 mod convert;
 mod health;

@@ -10,6 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ec_core::{NodeId, Offset};
 use ec_proto as pb;
@@ -17,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::log::{Epoch, EpochStart, EventLog, LogError, StoredEvent};
 use crate::replication::{Cut, LeaderTerm, Replication, SessionStart};
@@ -75,14 +76,25 @@ pub(crate) async fn serve(
         "replica connected"
     );
     let (tx, rx) = mpsc::channel(4);
+    // Ends this session only (a refused report), or with the node.
+    let session_stop = shutdown.child_token();
+    let sent = Arc::new(AtomicU64::new(cut.resume_at().0));
     tokio::spawn(send(
         repl.log.clone(),
         term.clone(),
         cut,
-        tx,
-        shutdown.clone(),
+        tx.clone(),
+        sent.clone(),
+        session_stop.clone(),
     ));
-    tokio::spawn(receive(term, replica, session, inbound, shutdown));
+    tokio::spawn(receive(
+        term,
+        replica,
+        session,
+        inbound,
+        Refuse { tx, sent },
+        session_stop,
+    ));
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
@@ -113,6 +125,7 @@ async fn send(
     term: Arc<LeaderTerm>,
     cut: Cut,
     tx: mpsc::Sender<Result<pb::ReplicationMessage, Status>>,
+    sent: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
     let data_id = term.data_id.clone();
@@ -150,6 +163,8 @@ async fn send(
                 continue;
             };
             next = last.offset.next();
+            // Before the events leave: the replica may report them as soon as it has them.
+            sent.store(next.0, Ordering::Release);
             message(&term, &log, events)
         } else {
             tokio::select! {
@@ -200,11 +215,19 @@ async fn read(
         .unwrap_or(Err(LogError::Closed))
 }
 
+/// How the receiving side ends a session whose replica reports what it was never sent.
+struct Refuse {
+    tx: mpsc::Sender<Result<pb::ReplicationMessage, Status>>,
+    /// End of what the session sent.
+    sent: Arc<AtomicU64>,
+}
+
 async fn receive(
     term: Arc<LeaderTerm>,
     replica: NodeId,
     session: u64,
     mut inbound: Streaming<pb::ReplicaMessage>,
+    refuse: Refuse,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -214,7 +237,18 @@ async fn receive(
             () = shutdown.cancelled() => break,
         };
         match msg {
-            Ok(Some(m)) => term.report(&replica, session, Offset(m.next_offset)),
+            Ok(Some(m)) => {
+                let sent = Offset(refuse.sent.load(Ordering::Acquire));
+                if let Err(e) = term.report(&replica, session, Offset(m.next_offset), sent) {
+                    warn!(data_id = %term.data_id, %replica, error = %e, "replication session refused");
+                    let _ = refuse
+                        .tx
+                        .send(Err(Status::failed_precondition(e.to_string())))
+                        .await;
+                    shutdown.cancel();
+                    break;
+                }
+            }
             Ok(None) => break,
             Err(status) => {
                 debug!(data_id = %term.data_id, %replica, %status, "replica stream broke");

@@ -12,15 +12,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ec_core::auth::{Policy, Secret};
 use ec_core::{DataId, NodeId, TimestampMs};
-use ec_discovery::ConsulClient;
 use ec_discovery::registration::Registrar;
+use ec_discovery::{ConsulClient, MappingStore, provision_cluster_secret};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::auth::{ClusterCredential, Guard};
 use crate::health::{Serving, serve_http};
 use crate::log::{CommitObserver, CommitStats, EventLog, LogError, LogOptions};
 use crate::metrics::NodeMetrics;
@@ -70,6 +72,19 @@ pub struct NodeSettings {
     /// TLS of the gRPC listener and of the channels to other nodes (replication); all
     /// `None`: plaintext.
     pub tls: ec_grpc::TlsFiles,
+    /// `node.cluster_secret`: what members present to open `Replicate`; `None`: the secret
+    /// provisioned in Consul beside the mappings.
+    pub cluster_secret: Option<Secret>,
+    /// Client credentials (`security.tokens`) and protected mode.
+    pub policy: Policy,
+    /// `limits.max_created_data_ids`: `None` = unlimited.
+    pub max_created_data_ids: Option<u64>,
+    /// `limits.max_streams_per_connection`.
+    pub max_streams_per_connection: u32,
+    /// `limits.max_request_bytes` (raised to fit one event of `max_event_bytes`).
+    pub max_request_bytes: u64,
+    /// `limits.max_nodes_per_mapping`: a longer mapping in Consul is a problem, not a role.
+    pub max_nodes_per_mapping: usize,
 }
 
 /// The sockets a node serves on, bound by the caller (so tests can bind port 0 first).
@@ -184,17 +199,26 @@ async fn serve(
         settings.consul_token.clone(),
         settings.consul_ca_file.as_deref(),
     )?;
+    let cluster = cluster_credential(
+        settings.cluster_secret.clone(),
+        replication.as_ref().map(|r| r.kv_prefix.clone()),
+        consul.clone(),
+        &tasks,
+        stop_replication.clone(),
+    );
     let replication = match replication {
         Some(r) => replication::spawn(
             settings.node_id.clone(),
             log.clone(),
+            MappingStore::new(consul.clone(), &r.kv_prefix)
+                .with_max_nodes(settings.max_nodes_per_mapping),
             r,
-            consul.clone(),
             client_tls,
+            cluster.clone(),
             &tasks,
             stop_replication.clone(),
         ),
-        None => Replication::standalone(settings.node_id.clone(), log.clone()),
+        None => Replication::standalone(settings.node_id.clone(), log.clone(), cluster.clone()),
     };
     let registrar = Registrar::spawn(
         consul,
@@ -231,20 +255,28 @@ async fn serve(
         auto_create: settings.auto_create,
         replication,
         shutdown: stop_serving.clone(),
+        guard: Guard {
+            policy: std::sync::Arc::new(settings.policy.clone()),
+            cluster,
+            max_created_data_ids: settings.max_created_data_ids,
+        },
         metrics,
     };
-    // A request may carry one event of the maximum size plus framing; more is refused with
-    // RESOURCE_EXHAUSTED before it is buffered.
-    let max_message = usize::try_from(settings.max_event_bytes)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(2)
-        .max(16 << 20);
+    // limits.max_request_bytes, raised so that one event of the maximum size plus framing
+    // fits; more is refused with RESOURCE_EXHAUSTED before it is buffered.
+    let max_message = usize::try_from(
+        settings
+            .max_request_bytes
+            .max(settings.max_event_bytes.saturating_add(64 << 10)),
+    )
+    .unwrap_or(usize::MAX);
     let node_server = ec_proto::node_server::NodeServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let grpc = ec_grpc::GrpcServer::new(ec_grpc::ServeSettings {
         max_message_bytes: max_message,
         tls: server_tls,
+        max_concurrent_streams: Some(settings.max_streams_per_connection),
     })
     .add_service(node_server, ec_proto::FILE_DESCRIPTOR_SET)
     .await;
@@ -302,6 +334,60 @@ async fn serve(
     info!("node stopped");
     // A panicked server is an error, so the binary exits non-zero.
     Ok(served?)
+}
+
+/// The cluster credential: the configured one, or (for a node that replicates) the one in
+/// Consul, fetched — and created if the cluster has none yet — in the background and retried
+/// until it is known. Until then replication sessions are refused both ways.
+fn cluster_credential(
+    configured: Option<Secret>,
+    kv_prefix: Option<String>,
+    consul: ConsulClient,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> ClusterCredential {
+    if let Some(secret) = configured {
+        return watch::channel(Ok(secret)).1;
+    }
+    let Some(kv_prefix) = kv_prefix else {
+        return watch::channel(Err(
+            "this node does not replicate (it follows no mappings) and node.cluster_secret is not set".to_owned(),
+        ))
+        .1;
+    };
+    let (tx, rx) = watch::channel(Err("reading the cluster secret from Consul".to_owned()));
+    tasks.spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        let mut last_error = String::new();
+        loop {
+            match provision_cluster_secret(&consul, &kv_prefix).await {
+                Ok(secret) => {
+                    if !last_error.is_empty() {
+                        info!("cluster secret read from Consul; replication sessions resume");
+                    }
+                    let _ = tx.send(Ok(secret));
+                    return;
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "cannot read or create the cluster secret in Consul ({e}); set node.cluster_secret on every node, or give consul.token read and write on the key"
+                    );
+                    // Logged once per distinct failure, not on every retry.
+                    if reason != last_error {
+                        warn!(error = %reason, "replication refused until the cluster secret is known");
+                        last_error.clone_from(&reason);
+                    }
+                    let _ = tx.send(Err(reason));
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    });
+    rx
 }
 
 fn held_data_ids(log: &EventLog) -> Vec<DataId> {

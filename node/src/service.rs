@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ec_core::Offset;
+use ec_core::auth::Action;
 use ec_proto::node_server::Node;
 use ec_proto::{
     DataChunk, Event, EventBatch, ListStreamsRequest, ListStreamsResponse, PublishAck, PublishAcks,
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use crate::auth::{Caller, Guard};
 use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats, WriteAccess};
 use crate::metrics::NodeMetrics;
 use crate::replication::{Acks, NotReplicated, Replication, Role};
@@ -57,6 +59,8 @@ pub(crate) struct NodeService {
     pub(crate) replication: Arc<Replication>,
     /// Cancelled when the node shuts down: ends every open stream.
     pub(crate) shutdown: CancellationToken,
+    /// Credentials, permissions, protected mode, cluster membership.
+    pub(crate) guard: Guard,
     /// What `/metrics` reports.
     pub(crate) metrics: NodeMetrics,
 }
@@ -273,6 +277,8 @@ impl Node for NodeService {
         req: Request<StreamRequest>,
     ) -> Result<Response<Self::StreamDataStream>, Status> {
         let data_id = req.get_ref().data_id.clone();
+        self.guard
+            .check(&Caller::of(&req), Action::Read(&data_id))?;
         let stream = self.open_read(req.get_ref(), 256, move |events| {
             events
                 .into_iter()
@@ -293,6 +299,8 @@ impl Node for NodeService {
         req: Request<StreamRequest>,
     ) -> Result<Response<Self::StreamBatchesStream>, Status> {
         let data_id = req.get_ref().data_id.clone();
+        self.guard
+            .check(&Caller::of(&req), Action::Read(&data_id))?;
         let node_id = self.node_id.clone();
         let stream = self.open_read(req.get_ref(), 4, move |events| {
             vec![EventBatch {
@@ -312,6 +320,8 @@ impl Node for NodeService {
     ) -> Result<Response<PublishResponse>, Status> {
         let result = async {
             let acks = self.acks(&req)?;
+            self.guard
+                .check_publish(&Caller::of(&req), &self.log, &req.get_ref().data_id)?;
             let mut submitted = self.submit(req.into_inner(), acks).await?;
             let appended = (&mut submitted.pending).await?;
             let appended = self
@@ -335,6 +345,7 @@ impl Node for NodeService {
         req: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let policy = self.acks(&req)?;
+        let caller = Caller::of(&req);
         let mut inbound = req.into_inner();
         let (pending_tx, mut pending_rx) =
             mpsc::channel::<(u64, Result<Submitted, Status>)>(MAX_IN_FLIGHT);
@@ -350,7 +361,12 @@ impl Node for NodeService {
                     () = this.shutdown.cancelled() => return,
                 };
                 let (sequence, submitted) = match msg {
-                    Ok(Some(req)) => (req.sequence, this.submit(req, policy).await),
+                    Ok(Some(req)) => {
+                        match this.guard.check_publish(&caller, &this.log, &req.data_id) {
+                            Ok(()) => (req.sequence, this.submit(req, policy).await),
+                            Err(refused) => (req.sequence, Err(refused)),
+                        }
+                    }
                     Ok(None) => return,
                     Err(status) => {
                         debug!(%status, "publish stream ended by the client");
@@ -471,6 +487,8 @@ impl Node for NodeService {
         &self,
         req: Request<StreamInfoRequest>,
     ) -> Result<Response<StreamInfo>, Status> {
+        self.guard
+            .check(&Caller::of(&req), Action::Read(&req.get_ref().data_id))?;
         let data_id = parse_data_id(&req.get_ref().data_id)?;
         Ok(Response::new(to_info(self.log.stats(&data_id)?)))
     }
@@ -479,6 +497,8 @@ impl Node for NodeService {
         &self,
         req: Request<StreamInfoRequest>,
     ) -> Result<Response<ReplicationStatus>, Status> {
+        self.guard
+            .check(&Caller::of(&req), Action::Read(&req.get_ref().data_id))?;
         let data_id = parse_data_id(&req.get_ref().data_id)?;
         let stats = self.log.stats(&data_id)?;
         let mut status = ReplicationStatus {
@@ -544,6 +564,7 @@ impl Node for NodeService {
         &self,
         req: Request<Streaming<ReplicaMessage>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
+        self.guard.check_member(&req)?;
         let stream = crate::replicate::serve(
             self.replication.clone(),
             req.into_inner(),
@@ -555,9 +576,21 @@ impl Node for NodeService {
 
     async fn list_streams(
         &self,
-        _req: Request<ListStreamsRequest>,
+        req: Request<ListStreamsRequest>,
     ) -> Result<Response<ListStreamsResponse>, Status> {
-        let streams = self.log.list().into_iter().map(to_info).collect();
+        // Only the data IDs the caller may read are listed.
+        let caller = Caller::of(&req);
+        let streams = self
+            .log
+            .list()
+            .into_iter()
+            .filter(|s| {
+                self.guard
+                    .check(&caller, Action::Read(s.data_id.as_str()))
+                    .is_ok()
+            })
+            .map(to_info)
+            .collect();
         Ok(Response::new(ListStreamsResponse { streams }))
     }
 }

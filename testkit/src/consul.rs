@@ -43,7 +43,13 @@ const LOG_TAIL_BYTES: u64 = 64 * 1024;
 enum Mode {
     Dev,
     Server,
+    /// `-dev` with ACLs on, `default_policy = "deny"`, and [`MANAGEMENT_TOKEN`] as the
+    /// management ("master") token.
+    DevAcl,
 }
+
+/// The management token of an agent started with [`ConsulAgent::start_dev_with_acls`].
+pub const MANAGEMENT_TOKEN: &str = "6c1b5e7a-0000-4000-8000-ec7e57ac1000";
 
 /// The loopback ports one agent listens on.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +103,57 @@ impl ConsulAgent {
     /// `/v1/agent/self` answers. Retries with new ports if the agent dies at start.
     pub async fn start_dev() -> ConsulAgent {
         Self::start(Mode::Dev).await
+    }
+
+    /// Starts `consul agent -dev` with ACLs enabled and `default_policy = "deny"`: a request
+    /// without a token sees nothing and may change nothing. [`MANAGEMENT_TOKEN`] may do
+    /// everything; [`ConsulAgent::create_token`] makes tokens with narrower policies.
+    pub async fn start_dev_with_acls() -> ConsulAgent {
+        Self::start(Mode::DevAcl).await
+    }
+
+    /// Creates an ACL policy from `rules` (HCL) and a token holding it; returns the token's
+    /// secret. Only for agents started with [`ConsulAgent::start_dev_with_acls`].
+    pub async fn create_token(&self, name: &str, rules: &str) -> String {
+        let url = self.http_url();
+        let put = |path: &str, body: serde_json::Value| {
+            self.http
+                .put(format!("{url}{path}"))
+                .header("X-Consul-Token", MANAGEMENT_TOKEN)
+                .json(&body)
+                .send()
+        };
+        let policy = put(
+            "/v1/acl/policy",
+            serde_json::json!({ "Name": name, "Rules": rules }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot create ACL policy {name}: {e}"));
+        assert!(
+            policy.status().is_success(),
+            "creating ACL policy {name} answered {}: {}",
+            policy.status(),
+            policy.text().await.unwrap_or_default()
+        );
+        let token = put(
+            "/v1/acl/token",
+            serde_json::json!({ "Description": name, "Policies": [{ "Name": name }] }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot create ACL token {name}: {e}"));
+        assert!(
+            token.status().is_success(),
+            "creating ACL token {name}: {}",
+            token.status()
+        );
+        let body: serde_json::Value = token
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("ACL token answer is not JSON: {e}"));
+        body["SecretID"]
+            .as_str()
+            .unwrap_or_else(|| panic!("ACL token answer without SecretID: {body}"))
+            .to_owned()
     }
 
     /// Starts a one-server agent (`-server -bootstrap-expect 1`) whose data dir survives
@@ -320,6 +377,15 @@ impl ConsulAgent {
             Mode::Dev => {
                 cmd.arg("-dev");
             }
+            Mode::DevAcl => {
+                // Consul 1.8 names the management token `master` (later `initial_management`).
+                cmd.arg("-dev").args([
+                    "-hcl",
+                    &format!(
+                        "acl {{ enabled = true default_policy = \"deny\" enable_token_persistence = false tokens {{ master = \"{MANAGEMENT_TOKEN}\" agent = \"{MANAGEMENT_TOKEN}\" }} }}"
+                    ),
+                ]);
+            }
             Mode::Server => {
                 cmd.args(["-server", "-bootstrap-expect", "1", "-data-dir"])
                     .arg(self.data_dir())
@@ -428,8 +494,12 @@ impl ConsulAgent {
         if leader.is_empty() {
             return false;
         }
+        let mut agent_self = self.http.get(format!("{url}/v1/agent/self"));
+        if self.mode == Mode::DevAcl {
+            agent_self = agent_self.header("X-Consul-Token", MANAGEMENT_TOKEN);
+        }
         matches!(
-            self.http.get(format!("{url}/v1/agent/self")).send().await,
+            agent_self.send().await,
             Ok(resp) if resp.status().is_success()
         )
     }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-pub use consul::ConsulAgent;
+pub use consul::{ConsulAgent, MANAGEMENT_TOKEN};
 pub use raw::{RawCodec, raw_unary};
 
 /// How often [`wait_for`] polls its condition.

@@ -76,6 +76,11 @@ pub(crate) async fn spawn_node_with_env(
         cmd.env("EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL", interval)
             .env("EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT", interval);
     }
+    if spec.consul.is_none() {
+        // Without Consul the node must be standalone: a replicating node takes no publish
+        // before it has read the mappings.
+        cmd.env("EVENT_CATCHER_NODE_STANDALONE", "true");
+    }
     cmd.envs(env.iter().copied());
     let mut process = Spawned::spawn(spec.id, cmd, dir.path())?;
     process.wait_for_port(grpc, Duration::from_secs(30)).await?;

@@ -291,7 +291,7 @@ fn file_accepts_yaml_lists_and_optional_values() {
     let (_dir, path, result) = load_file(
         "gateway:\n  allowed_nodes: [node1, node-2]\nnode:\n  tags:\n    - blue\n    - \"zone a\"\n  \
          advertise_address: 10.1.2.3:7000\n  max_event_bytes: 256KiB\n  retention:\n    \
-         max_age: 7days\n    max_bytes: 1GiB\nconsul:\n  token: secret\nlog:\n  file: logs/node.log\n",
+         max_age: 7days\n    max_bytes: 1GiB\nconsul:\n  token: s3cr3t-value\nlog:\n  file: logs/node.log\n",
     );
     let loaded = result.expect("loads");
     let c = &loaded.config;
@@ -304,11 +304,11 @@ fn file_accepts_yaml_lists_and_optional_values() {
         Some(Duration::from_secs(7 * 86_400))
     );
     assert_eq!(c.node.retention.max_bytes, Some(1 << 30));
-    assert_eq!(c.consul.token.as_deref(), Some("secret"));
+    assert_eq!(c.consul.token.as_deref(), Some("s3cr3t-value"));
     assert_eq!(c.log.file, Some(PathBuf::from("logs/node.log")));
     assert_eq!(loaded.origins["consul.token"], Source::File(path));
     assert!(
-        !format!("{c:?}").contains("secret"),
+        !format!("{c:?}").contains("s3cr3t-value"),
         "Debug must not print the token"
     );
 }
@@ -498,7 +498,7 @@ fn wrong_shapes_in_file_are_errors() {
     let (_dir, _p, result) = load_file("- a\n- b\n");
     assert_mentions(
         &result.expect_err("top-level list"),
-        &["gateway, node, consul, tls, log"],
+        &["gateway, node, consul, tls, security, client, limits, log"],
     );
     let (_dir, _p, result) = load_file("node: 5\n");
     assert_mentions(
@@ -759,6 +759,41 @@ fn to_yaml_redacts_the_token() {
     let yaml = config.to_yaml();
     assert!(!yaml.contains("s3cr3t"), "{yaml}");
     assert!(yaml.contains("token: \"<redacted>\""), "{yaml}");
+}
+
+#[test]
+fn to_yaml_and_debug_redact_every_secret() {
+    let config = load_env(&[
+        ("EVENT_CATCHER_NODE_CLUSTER_SECRET", "clu5ter-s3cr3t"),
+        (
+            "EVENT_CATCHER_SECURITY_TOKENS",
+            "adm1n-t0ken admin,wr1ter-t0ken publish:orders.* read",
+        ),
+        ("EVENT_CATCHER_CLIENT_TOKEN", "cl1ent-t0ken"),
+    ])
+    .expect("loads")
+    .config;
+    let printed = format!("{}\n{config:?}", config.to_yaml());
+    for secret in [
+        "clu5ter-s3cr3t",
+        "adm1n-t0ken",
+        "wr1ter-t0ken",
+        "cl1ent-t0ken",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed: {printed}");
+    }
+    assert!(
+        printed.contains("cluster_secret: \"<redacted>\""),
+        "{printed}"
+    );
+    assert!(config.security.tokens.find("wr1ter-t0ken").is_some());
+    let bad = load_env(&[("EVENT_CATCHER_SECURITY_TOKENS", "t0ken-x fly")])
+        .expect_err("unknown permission");
+    assert_mentions(&bad, &["security.tokens", "fly", "admin, publish"]);
+    assert!(!bad.to_string().contains("t0ken-x"), "{bad}");
+    let bad =
+        load_env(&[("EVENT_CATCHER_LIMITS_MAX_NODES_PER_MAPPING", "0")]).expect_err("zero nodes");
+    assert_mentions(&bad, &["limits.max_nodes_per_mapping", "1 to 1000"]);
 }
 
 #[test]

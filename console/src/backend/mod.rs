@@ -80,11 +80,17 @@ impl Backend {
         let tasks = TaskTracker::new();
         let mappings = watch_mappings(store.clone(), settings.watch_wait, shutdown.clone());
         let health = watch_health(client, NODE_SERVICE, settings.watch_wait, shutdown.clone());
-        // One cache for the gateway and the nodes, with the configured TLS.
+        // One cache for the gateway and the nodes, with the configured TLS and token.
         let channels = ChannelCache::new(ec_client::ChannelSettings {
             tls: settings.tls.client()?,
             ..ec_client::ChannelSettings::default()
         });
+        let channels = match settings.client_token.as_deref() {
+            Some(token) => channels
+                .with_token(token)
+                .map_err(|e| ConsoleError::Token(e.to_string()))?,
+            None => channels,
+        };
         let (replication, active) = watch::channel(false);
         tasks.spawn(replication::run(
             replication::PollInputs {
@@ -301,7 +307,9 @@ async fn poll_gateway(
     let mut client = GatewayClient::new(endpoint.connect_lazy());
     let mut last = GatewayState::Unknown;
     loop {
-        let state = match client.get_status(GetStatusRequest {}).await {
+        let mut req = tonic::Request::new(GetStatusRequest {});
+        channels.authorize(&mut req);
+        let state = match client.get_status(req).await {
             Ok(r) => {
                 let r = r.into_inner();
                 GatewayState::Up {

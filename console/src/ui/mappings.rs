@@ -43,6 +43,10 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
 
     let Some(snapshot) = &state.snapshot else {
         let text = match &app.consul_mappings.last_error {
+            Some(e) if e.contains("permission denied") => format!(
+                "Consul at {} refuses to show the mappings: {e}\nRetrying…",
+                app.config.consul_address
+            ),
             Some(e) => format!(
                 "Consul at {} does not answer: {e}\nRetrying…",
                 app.config.consul_address

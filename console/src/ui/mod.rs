@@ -148,6 +148,16 @@ fn draw_connections(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme)
         spans.push(Span::styled("● up", theme.ok()));
     } else if contact.is_none() && m.last_error.is_none() && h.last_error.is_none() {
         spans.push(Span::styled("… connecting", theme.warn()));
+    } else if [&m.last_error, &h.last_error]
+        .into_iter()
+        .flatten()
+        .any(|e| e.contains("permission denied"))
+    {
+        // Reachable but refused: an ACL problem, not an outage; say which.
+        spans.push(Span::styled(
+            "✗ PERMISSION DENIED: consul.token lacks ACL rights (README, Consul ACLs)",
+            theme.error(),
+        ));
     } else {
         let since = contact.map_or("never answered".to_string(), |t| {
             format!("data {} old", ago(app.now, t))

@@ -168,6 +168,24 @@ fn mappings_view_waiting_for_consul_and_gateway() {
 }
 
 #[test]
+fn header_names_an_acl_refusal() {
+    snap("mappings_consul_permission_denied", |size| {
+        let mut app = App::new(crate::app::AppConfig::default(), t0(), size);
+        app.handle(
+            AppEvent::Backend(BackendMsg::Mappings(Watched {
+                value: None,
+                reachable: false,
+                last_contact: None,
+                last_error: Some("permission denied by Consul's ACLs at http://127.0.0.1:8500/v1/kv/streaming/data/ (Permission denied)".into()),
+                generation: 0,
+            })),
+            t0(),
+        );
+        app
+    });
+}
+
+#[test]
 fn mappings_view_consul_lost_keeps_last_data() {
     snap("mappings_consul_down", |size| {
         let mut app = cluster(size);

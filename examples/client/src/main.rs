@@ -48,6 +48,10 @@ struct Args {
     /// `--tls-cert`, `--tls-key`, `--tls-ca` (set = TLS to the gateway and nodes).
     #[command(flatten)]
     tls: ec_config::process::TlsFlags,
+    /// Bearer token presented to the gateway and nodes [default: client.token from the
+    /// configuration; prefer EVENT_CATCHER_CLIENT_TOKEN, which `ps` does not show].
+    #[arg(long, global = true, value_name = "TOKEN", display_order = 103)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -113,6 +117,14 @@ async fn connect(args: &Args) -> Result<Client> {
         tls: tls.client().wrap_err("TLS settings (tls.*, --tls-*)")?,
         ..ChannelSettings::default()
     });
+    let token = args
+        .token
+        .clone()
+        .or_else(|| config.client.token.as_ref().map(|t| t.expose().to_owned()));
+    let channels = match token.as_deref().filter(|t| !t.trim().is_empty()) {
+        Some(t) => channels.with_token(t).wrap_err("--token / client.token")?,
+        None => channels,
+    };
     if let Some(node) = &args.node {
         // The node's ID is not known yet; batches carry it once streaming starts.
         return Client::with_nodes_and_channels(

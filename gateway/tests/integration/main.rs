@@ -12,6 +12,7 @@ mod metrics;
 mod promotion;
 mod publisher;
 mod routing;
+mod security;
 mod service;
 mod tls;
 mod util;

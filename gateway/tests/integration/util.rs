@@ -42,11 +42,20 @@ impl TestGateway {
         consul_url: &str,
         tweak: impl FnOnce(&mut GatewaySettings),
     ) -> TestGateway {
+        TestGateway::start_on("127.0.0.1", consul_url, tweak).await
+    }
+
+    /// [`TestGateway::start_with`] listening on `ip` (e.g. `0.0.0.0`).
+    pub async fn start_on(
+        ip: &str,
+        consul_url: &str,
+        tweak: impl FnOnce(&mut GatewaySettings),
+    ) -> TestGateway {
         let mut settings = GatewaySettings::new(consul_url);
         settings.kv_prefix = KV_PREFIX.into();
         settings.watch_wait = Duration::from_secs(10);
         tweak(&mut settings);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let metrics_addr = metrics.local_addr().expect("addr");

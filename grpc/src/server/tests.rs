@@ -216,7 +216,7 @@ async fn a_message_over_the_limit_is_resource_exhausted_naming_the_limit() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let task = GrpcServer::new(ServeSettings {
         max_message_bytes: 1024,
-        tls: None,
+        ..ServeSettings::default()
     })
     .add_service(FakeGateway, ec_proto::FILE_DESCRIPTOR_SET)
     .await

@@ -52,8 +52,11 @@ fn main() -> Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(process::cancel_on_signal(shutdown.clone()));
             let listeners = ec_node::Listeners { grpc, health };
-            ec_node::run_replicated(settings, replication, listeners, shutdown)
-                .await
-                .wrap_err("the node stopped with an error")
+            if config.node.standalone {
+                ec_node::run(settings, listeners, shutdown).await
+            } else {
+                ec_node::run_replicated(settings, replication, listeners, shutdown).await
+            }
+            .wrap_err("the node stopped with an error")
         })
 }

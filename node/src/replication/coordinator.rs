@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ec_core::{DataId, NodeId};
-use ec_discovery::{ConsulClient, EpochStore, Mapping, MappingStore, watch_health, watch_mappings};
+use ec_discovery::{EpochStore, Mapping, MappingStore, watch_health, watch_mappings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 
 use super::{Replication, ReplicationSettings, Role, follower, leader};
 use crate::SERVICE_NAME;
+use crate::auth::ClusterCredential;
 use crate::log::{EventLog, WriteAccess};
 
 /// How long Consul may hold each blocking query of the watches.
@@ -63,20 +64,21 @@ struct Task {
 
 /// Starts replication: the mappings and health watches and the coordinator, in `tasks`.
 /// Everything stops when `stop` is cancelled.
+// Each argument is a distinct piece the coordinator owns from here on; a struct holding them
+// would only be built to be taken apart again.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     me: NodeId,
     log: EventLog,
+    store: MappingStore,
     settings: ReplicationSettings,
-    consul: ConsulClient,
     client_tls: Option<tonic::transport::ClientTlsConfig>,
+    cluster: ClusterCredential,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Arc<Replication> {
-    let mappings = watch_mappings(
-        MappingStore::new(consul.clone(), &settings.kv_prefix),
-        WATCH_WAIT,
-        stop.clone(),
-    );
+    let consul = store.client().clone();
+    let mappings = watch_mappings(store, WATCH_WAIT, stop.clone());
     let health = watch_health(consul.clone(), SERVICE_NAME, WATCH_WAIT, stop.clone());
     let epochs = EpochStore::new(consul, &settings.kv_prefix);
     let repl = Replication::new(
@@ -86,6 +88,7 @@ pub(crate) fn spawn(
         client_tls,
         mappings.clone(),
         health,
+        cluster,
     );
     tasks.spawn(run(repl.clone(), epochs, settings, mappings, stop));
     repl

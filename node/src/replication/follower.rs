@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::coordinator::Assignment;
 use super::{Replication, Role};
+use crate::auth::CLUSTER_HEADER;
 use crate::log::{CopiedEvent, Epoch, PendingAppend, ProducerTag, WriteAccess};
 
 /// First pause after a failed session; doubles up to [`MAX_BACKOFF`].
@@ -192,7 +193,24 @@ async fn session(
     if tx.send(hello).await.is_err() {
         return Ended::retry("the session closed before it opened");
     }
-    let mut inbound = match client.replicate(ReceiverStream::new(rx)).await {
+    // Membership proof: without the cluster credential the primary refuses the session.
+    let secret = match repl.cluster.borrow().clone() {
+        Ok(secret) => secret,
+        Err(reason) => return Ended::retry(format!("no cluster credential yet: {reason}")),
+    };
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    match tonic::metadata::MetadataValue::try_from(secret.expose()) {
+        Ok(value) => {
+            request.metadata_mut().insert(CLUSTER_HEADER, value);
+        }
+        Err(_) => {
+            return Ended {
+                reason: "node.cluster_secret holds characters that cannot be sent as gRPC metadata; use printable ASCII".to_owned(),
+                pause: Some(STUCK_PAUSE),
+            };
+        }
+    }
+    let mut inbound = match client.replicate(request).await {
         Ok(r) => r.into_inner(),
         Err(status) => return refused(primary, status),
     };

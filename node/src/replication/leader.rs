@@ -72,6 +72,18 @@ pub(crate) enum SessionRefused {
         replica: NodeId,
         data_id: DataId,
     },
+    #[error(
+        "replica {replica} reported next_offset {claimed} for data ID {data_id}, beyond the end of primary {me}'s log at {end}{sent}: a replica can only hold what the primary sent it; session refused"
+    )]
+    BeyondEnd {
+        me: NodeId,
+        replica: NodeId,
+        data_id: DataId,
+        claimed: u64,
+        end: u64,
+        /// What this session sent, when that is the bound that was crossed.
+        sent: String,
+    },
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -254,19 +266,42 @@ impl LeaderTerm {
         Ok((session, cut))
     }
 
-    /// A replica's durable end, reported in `session`.
-    pub(crate) fn report(&self, replica: &NodeId, session: u64, next: Offset) {
+    /// A replica's durable end, reported in `session`, no further than `sent` (the end of
+    /// what the session sent it). A report beyond that, or beyond this log's end, is refused
+    /// and never counts for the in-sync set or the high watermark: only a forged or broken
+    /// replica claims events it was never sent.
+    pub(crate) fn report(
+        &self,
+        replica: &NodeId,
+        session: u64,
+        next: Offset,
+        sent: Offset,
+    ) -> Result<(), SessionRefused> {
         let Ok(end) = self.log.stats(&self.data_id).map(|s| s.next.0) else {
-            return;
+            return Ok(());
         };
+        if next.0 > end || next > sent {
+            return Err(SessionRefused::BeyondEnd {
+                me: self.me.clone(),
+                replica: replica.clone(),
+                data_id: self.data_id.clone(),
+                claimed: next.0,
+                end,
+                sent: if next.0 > end {
+                    String::new()
+                } else {
+                    format!(" (this session sent it events up to {})", sent.0)
+                },
+            });
+        }
         let now = Instant::now();
         let joined = {
             let mut st = self.state();
             let Some(p) = st.replicas.get_mut(replica) else {
-                return;
+                return Ok(());
             };
             if p.session != session {
-                return;
+                return Ok(());
             }
             // Kafka's rule: at or past the end the primary has now, or had at the previous
             // report, means caught up now, or then.
@@ -292,6 +327,7 @@ impl LeaderTerm {
         {
             self.wake.notify_one();
         }
+        Ok(())
     }
 
     /// The session ended: the replica leaves the in-sync set now (the term loop is woken to

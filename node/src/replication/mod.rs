@@ -72,6 +72,7 @@ use ec_core::{DataId, NodeId};
 use ec_discovery::{HealthSnapshot, MappingSnapshot, Watched};
 use tokio::sync::watch;
 
+use crate::auth::ClusterCredential;
 use crate::log::{Appended, EventLog, LogError, WriteAccess};
 
 pub(crate) use coordinator::spawn;
@@ -175,11 +176,16 @@ pub(crate) enum PublishRefused {
         data_id: DataId,
         detail: String,
     },
-    /// The data ID is coordinated here but the mapping is not known (yet).
+    /// The mappings could not be read from Consul (yet): the node does not know whether
+    /// another node is the primary, so it never takes the publish as standalone.
     #[error(
-        "node {me} does not know the mapping of data ID {data_id} yet (Consul has not answered since it started); retry shortly"
+        "node {me} cannot read the mapping of data ID {data_id} from Consul ({reason}), so it takes no publish for it: without the mapping it cannot know whether another node is the primary; retry shortly"
     )]
-    MappingUnknown { me: NodeId, data_id: DataId },
+    MappingUnknown {
+        me: NodeId,
+        data_id: DataId,
+        reason: String,
+    },
     /// The data ID was under a mapping that no longer exists.
     #[error(
         "data ID {data_id} was replicated under a mapping that has been deleted; node {me} takes no publish for it until a mapping names it primary"
@@ -207,6 +213,8 @@ pub(crate) struct Replication {
     health: watch::Receiver<Watched<HealthSnapshot>>,
     /// TLS of a replica's channel to its primary; `None`: plaintext.
     pub(crate) client_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// What a replica presents to its primary to prove it is a cluster member.
+    pub(crate) cluster: ClusterCredential,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -215,7 +223,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Replication {
     /// A node that replicates nothing: every data ID is standalone.
-    pub(crate) fn standalone(me: NodeId, log: EventLog) -> Arc<Replication> {
+    pub(crate) fn standalone(
+        me: NodeId,
+        log: EventLog,
+        cluster: ClusterCredential,
+    ) -> Arc<Replication> {
         let (_, mappings) = watch::channel(Watched::default());
         let (_, health) = watch::channel(Watched::default());
         Arc::new(Replication {
@@ -230,6 +242,7 @@ impl Replication {
             mappings,
             health,
             client_tls: None,
+            cluster,
         })
     }
 
@@ -240,6 +253,7 @@ impl Replication {
         client_tls: Option<tonic::transport::ClientTlsConfig>,
         mappings: watch::Receiver<Watched<MappingSnapshot>>,
         health: watch::Receiver<Watched<HealthSnapshot>>,
+        cluster: ClusterCredential,
     ) -> Arc<Replication> {
         Arc::new(Replication {
             me,
@@ -253,6 +267,7 @@ impl Replication {
             mappings,
             health,
             client_tls,
+            cluster,
         })
     }
 
@@ -305,13 +320,20 @@ impl Replication {
         if self.settings.is_none() {
             return Ok(());
         }
-        // Outer `None`: no snapshot yet; inner `None`: not mapped.
-        let mapping = self
-            .mappings
-            .borrow()
-            .value
-            .as_ref()
-            .map(|snapshot| snapshot.mappings.get(data_id).cloned());
+        // Outer `None`: no snapshot yet (Consul not answered, or its ACLs refuse the read);
+        // inner `None`: not mapped.
+        let (mapping, reason) = {
+            let watched = self.mappings.borrow();
+            let mapping = watched
+                .value
+                .as_ref()
+                .map(|snapshot| snapshot.mappings.get(data_id).cloned());
+            let reason = watched
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "Consul has not answered since the node started".to_owned());
+            (mapping, reason)
+        };
         match mapping {
             Some(Some(m)) if m.primary() != &self.me => Err(PublishRefused::NotPrimary {
                 me: self.me.clone(),
@@ -337,13 +359,12 @@ impl Replication {
                 })
             }
             Some(None) => Ok(()),
-            None if self.log.access(data_id) != WriteAccess::Open => {
-                Err(PublishRefused::MappingUnknown {
-                    me: self.me.clone(),
-                    data_id: data_id.clone(),
-                })
-            }
-            None => Ok(()),
+            // Never standalone without knowing the mapping: it may name another primary.
+            None => Err(PublishRefused::MappingUnknown {
+                me: self.me.clone(),
+                data_id: data_id.clone(),
+                reason,
+            }),
         }
     }
 

@@ -11,5 +11,6 @@ mod metrics;
 mod process;
 mod producers;
 mod replication;
+mod security;
 mod streaming;
 mod util;

@@ -28,11 +28,13 @@ async fn scrape(node: &NodeProcess) -> String {
 async fn a_standalone_node_counts_what_it_was_sent() {
     let consul = ConsulAgent::start_dev().await;
     let dir = tempfile::tempdir().expect("dir");
-    let node = NodeProcess::spawn(
+    // Standalone: a replicating node would refuse publishes until it has read the mappings.
+    let node = NodeProcess::spawn_env(
         &dir.path().join("n1"),
         &consul.http_addr().to_string(),
         "n1",
         &[],
+        &[("EVENT_CATCHER_NODE_STANDALONE", "true")],
     );
     let mut c = connect(node.grpc_addr).await;
     // 7 events of 10 bytes, in 3 publishes; then a retried producer batch (a duplicate).

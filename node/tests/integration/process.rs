@@ -15,15 +15,31 @@ fn payload(task: usize, seq: usize, i: usize) -> Bytes {
     Bytes::from(format!("t{task}-s{seq}-e{i}-{}", "p".repeat(150)))
 }
 
+/// Waits until the node has read its mappings from Consul: until then it refuses publishes
+/// (UNAVAILABLE), since any data ID might be mapped to another primary.
+async fn wait_until_it_takes_publishes(
+    c: &ec_proto::node_client::NodeClient<tonic::transport::Channel>,
+) {
+    wait_for("the node takes publishes", DEADLINE, || {
+        let mut c = c.clone();
+        async move { publish(&mut c, "ready", payloads("r", 1)).await.ok() }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn sigkill_during_publishing_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().expect("dir");
     let data_dir = dir.path().join("data");
     // Acknowledged offset -> payload, across all cycles.
     let acked: Arc<Mutex<BTreeMap<u64, Bytes>>> = Arc::default();
+    // A node takes publishes only once it has read the mappings (none here).
+    let consul = ConsulAgent::start_dev().await;
+    let consul_addr = consul.http_addr().to_string();
     for cycle in 0..3 {
-        let mut node = NodeProcess::spawn(&data_dir, "127.0.0.1:1", "node1", &[]);
+        let mut node = NodeProcess::spawn(&data_dir, &consul_addr, "node1", &[]);
         let client = connect(node.grpc_addr).await;
+        wait_until_it_takes_publishes(&client).await;
         let mut publishers = Vec::new();
         for task in 0..4 {
             let mut c = client.clone();
@@ -100,6 +116,7 @@ async fn sigterm_deregisters_finishes_and_exits_zero() {
         &[],
     );
     let mut c = connect(node.grpc_addr).await;
+    wait_until_it_takes_publishes(&c).await;
     publish(&mut c, "t", payloads("x", 3))
         .await
         .expect("publish");

@@ -85,14 +85,38 @@ impl TestNode {
         node
     }
 
+    /// Starts a replicating node with exactly these settings (the data dir is the caller's).
+    pub async fn start_replicated_with(s: NodeSettings, r: ReplicationSettings) -> TestNode {
+        TestNode::spawn(s, Some(r)).await
+    }
+
     /// Starts a node with exactly these settings (the data dir is the caller's).
     pub async fn start_with(s: NodeSettings) -> TestNode {
         TestNode::spawn(s, None).await
     }
 
+    /// Starts a standalone node listening on `ip` (e.g. `0.0.0.0`, to be reached from a
+    /// non-loopback address), with `tweak` applied to the default test settings.
+    pub async fn start_bound(ip: &str, tweak: impl FnOnce(&mut NodeSettings)) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = settings(dir.path(), NO_CONSUL, "node1");
+        tweak(&mut s);
+        let mut node = TestNode::spawn_on(ip, s, None).await;
+        node._dir = Some(dir);
+        node
+    }
+
     async fn spawn(s: NodeSettings, replication: Option<ReplicationSettings>) -> TestNode {
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-        let health = TcpListener::bind("127.0.0.1:0").await.expect("bind health");
+        TestNode::spawn_on("127.0.0.1", s, replication).await
+    }
+
+    async fn spawn_on(
+        ip: &str,
+        s: NodeSettings,
+        replication: Option<ReplicationSettings>,
+    ) -> TestNode {
+        let grpc = TcpListener::bind((ip, 0)).await.expect("bind grpc");
+        let health = TcpListener::bind((ip, 0)).await.expect("bind health");
         let grpc_addr = grpc.local_addr().expect("addr");
         let health_addr = health.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
@@ -122,6 +146,15 @@ impl TestNode {
             .expect("node stops within the deadline")
             .expect("node task did not panic")
     }
+}
+
+/// An address of this machine that is not loopback (the one it would use towards other
+/// hosts), if it has one. No packet is sent: connecting a UDP socket only picks the route.
+pub fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
 pub async fn connect(addr: SocketAddr) -> NodeClient<Channel> {
