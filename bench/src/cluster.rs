@@ -201,3 +201,33 @@ pub(crate) async fn wait_answers(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A gRPC health server on a free loopback port that answers SERVING, standing in for nodes
+/// the lookup benchmark only registers (the gateway probes every registered node). Returns
+/// the port and the server task (aborted when dropped with the scenario).
+pub(crate) async fn health_responder() -> Result<(u16, AbortOnDrop)> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .wrap_err("cannot bind a port for the stand-in health server")?;
+    let port = listener.local_addr().wrap_err("local address")?.port();
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    Ok((port, AbortOnDrop(task)))
+}
+
+/// Aborts its task when dropped.
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
