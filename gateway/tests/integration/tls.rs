@@ -114,8 +114,11 @@ async fn tls_round_trip_and_refusals() {
     for (what, tls) in refusals {
         let refused = match client(gateway.addr.to_string(), tls).await {
             Err(e) => e.to_string(),
+            // The retrying publisher would keep trying a refused handshake (it looks like a
+            // lost connection) for its whole delivery timeout: keep that short here.
             Ok(c) => match c
                 .with_mode(Mode::Proxy)
+                .with_delivery_timeout(std::time::Duration::from_secs(3))
                 .publish("secure", vec![Bytes::from("intruder")])
                 .await
             {
@@ -125,7 +128,10 @@ async fn tls_round_trip_and_refusals() {
         };
         // The refusal happens in the TLS handshake, before any RPC is decided.
         assert!(
-            refused.contains("transport error") || refused.contains("Cancelled"),
+            refused.contains("transport error")
+                || refused.contains("Cancelled")
+                || refused.contains("canceled")
+                || refused.contains("h2 protocol error"),
             "{what}: {refused}"
         );
     }
