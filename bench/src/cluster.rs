@@ -161,6 +161,7 @@ pub(crate) async fn start_gateway(
     let addr = loopback(free_port());
     let mut cmd = Command::new(binary);
     cmd.args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args(["--metrics-port", &free_port().to_string()])
         .args(["--consul-addr", &consul.to_string()])
         .args(["--kv-prefix", KV_PREFIX, "--log-level", "warn"]);
     let mut process = Spawned::spawn("ec-gateway", cmd, dir.path())?;

@@ -95,6 +95,8 @@ keys! {
         "promote the most caught-up in-sync replica when a primary stays critical (one gateway at a time, by Consul lock)";
     "gateway.failover_after" "EVENT_CATCHER_GATEWAY_FAILOVER_AFTER" [gateway.failover_after] duration "0s"
         "how long a primary must be critical or gone before automatic failover; 0s = twice node.health_check.interval";
+    "gateway.metrics.port" "EVENT_CATCHER_GATEWAY_METRICS_PORT" [gateway.metrics_port] port "50050"
+        "HTTP port serving GET /metrics (Prometheus) and GET /health; differs from gateway.port";
     "node.id" "EVENT_CATCHER_NODE_ID" [node.id] text "node1"
         "this node's ID and Consul service ID: 1-128 characters of [A-Za-z0-9._-]";
     "node.host" "EVENT_CATCHER_NODE_HOST" [node.host] text "0.0.0.0"
@@ -126,6 +128,8 @@ keys! {
         "always = sync before acknowledging a publish; interval = sync every fsync_interval";
     "node.storage.fsync_interval" "EVENT_CATCHER_NODE_STORAGE_FSYNC_INTERVAL" [node.storage.fsync_interval] duration "1s"
         "sync period when fsync is interval";
+    "node.storage.min_free_bytes" "EVENT_CATCHER_NODE_STORAGE_MIN_FREE_BYTES" [node.storage.min_free_bytes] bytes "256MiB"
+        "refuse publishes (RESOURCE_EXHAUSTED) before the data dir's disk has less free; reads go on; 0 = no check";
     "node.retention.max_events" "EVENT_CATCHER_NODE_RETENTION_MAX_EVENTS" [node.retention.max_events] count "0"
         "keep at most this many events per data ID; 0 = unlimited";
     "node.retention.max_bytes" "EVENT_CATCHER_NODE_RETENTION_MAX_BYTES" [node.retention.max_bytes] bytes "0"
@@ -134,6 +138,8 @@ keys! {
         "drop events older than this, e.g. 7days; 0s = keep forever";
     "node.retention.check_interval" "EVENT_CATCHER_NODE_RETENTION_CHECK_INTERVAL" [node.retention.check_interval] duration "10s"
         "how often retention limits are enforced";
+    "node.producers.expiry" "EVENT_CATCHER_NODE_PRODUCERS_EXPIRY" [node.producers.expiry] duration "15m"
+        "forget an idempotent producer idle this long (keep it above the SDK's 2m delivery timeout)";
     "node.replication.acks" "EVENT_CATCHER_NODE_REPLICATION_ACKS" [node.replication.acks] acks "all"
         "default of a publish's acks: leader = durable on the primary; all = durable on every in-sync replica";
     "node.replication.ack_timeout" "EVENT_CATCHER_NODE_REPLICATION_ACK_TIMEOUT" [node.replication.ack_timeout] duration "5s"

@@ -84,6 +84,8 @@ pub struct GatewayConfig {
     /// How long a primary must be critical (or gone) before it is replaced; resolved here
     /// from `0s` to twice `node.health_check.interval`.
     pub failover_after: Duration,
+    /// `gateway.metrics.port`: HTTP port of `/metrics` and `/health`.
+    pub metrics_port: u16,
 }
 
 /// `node.*`
@@ -116,6 +118,16 @@ pub struct NodeConfig {
     pub retention: RetentionConfig,
     /// `node.replication.*`
     pub replication: ReplicationConfig,
+    /// `node.producers.*`
+    pub producers: ProducersConfig,
+}
+
+/// `node.producers.*`: what the node remembers of idempotent producers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducersConfig {
+    /// A producer idle this long is forgotten (then a retry of one of its batches would be
+    /// stored again). Longer than the SDK's delivery timeout.
+    pub expiry: Duration,
 }
 
 /// `node.health_check.*`: the HTTP endpoint the node serves and Consul polls.
@@ -140,6 +152,8 @@ pub struct StorageConfig {
     pub fsync: FsyncPolicy,
     /// With [`FsyncPolicy::Interval`], how often the log is synced.
     pub fsync_interval: Duration,
+    /// Free bytes the data dir's filesystem keeps: writes that would leave less are refused.
+    pub min_free_bytes: u64,
 }
 
 /// When the node syncs its log to disk.

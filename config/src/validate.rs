@@ -15,7 +15,7 @@ use crate::keys::PORT_RULE;
 use crate::partial::PartialConfig;
 use crate::{
     Config, ConfigError, ConsulConfig, GatewayConfig, HealthCheckConfig, LogConfig, NodeConfig,
-    ReplicationConfig, RetentionConfig, Source, StorageConfig, TlsConfig,
+    ProducersConfig, ReplicationConfig, RetentionConfig, Source, StorageConfig, TlsConfig,
 };
 
 /// The layer each key's value came from.
@@ -207,6 +207,7 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
     let storage = StorageConfig {
         fsync: c.required("node.storage.fsync", node.storage.fsync)?,
         fsync_interval: c.positive("node.storage.fsync_interval", node.storage.fsync_interval)?,
+        min_free_bytes: c.required("node.storage.min_free_bytes", node.storage.min_free_bytes)?,
     };
 
     let r = node.retention;
@@ -228,14 +229,27 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         max_lag_time: c.positive("node.replication.max_lag_time", rp.max_lag_time)?,
     };
 
+    let producers = ProducersConfig {
+        expiry: c.positive("node.producers.expiry", node.producers.expiry)?,
+    };
+
     let tags = c.required("node.tags", node.tags)?;
     if let Some(bad) = tags.iter().find(|tag| tag.chars().any(char::is_control)) {
         return Err(c.invalid("node.tags", bad, "tags without control characters"));
     }
 
+    let metrics_port = c.port("gateway.metrics.port", gateway.metrics_port)?;
+    if metrics_port == gateway_port {
+        return Err(c.invalid(
+            "gateway.metrics.port",
+            metrics_port,
+            "a port other than gateway.port (the metrics endpoint speaks HTTP/1.1)",
+        ));
+    }
     let gateway = GatewayConfig {
         host: gateway_host,
         port: gateway_port,
+        metrics_port,
         allowed_nodes,
         auto_failover,
         // Unset: long enough for Consul to have run the check twice, so one slow answer is
@@ -260,6 +274,7 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         storage,
         retention,
         replication,
+        producers,
     };
 
     let kv_prefix = c.required("consul.kv_prefix", consul.kv_prefix)?;

@@ -9,9 +9,10 @@
 //! gRPC health stays SERVING while Consul is unreachable: the gateway keeps answering from
 //! its last table, which is more useful than refusing; `GetStatus` reports the staleness.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ec_client::ChannelCache;
+use ec_client::{ChannelCache, ChannelSettings};
 use ec_core::NodeId;
 use ec_discovery::{
     ConsulClient, EpochStore, LockOptions, MappingStore, hold_lock, watch_health, watch_mappings,
@@ -20,9 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::feed::feed;
+use crate::metrics::GatewayMetrics;
 use crate::promotion::Promoter;
 use crate::routing::{AllowList, RoutingTable};
 use crate::service::GatewayService;
@@ -114,11 +116,27 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    run_with_metrics(settings, listener, None, shutdown).await
+}
+
+/// Like [`run`], also serving `GET /metrics` and `GET /health` over HTTP on
+/// `metrics_listener` (`gateway.metrics.port`) when given.
+pub async fn run_with_metrics(
+    settings: GatewaySettings,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
     let addr = listener.local_addr().map_err(GatewayError::Listener)?;
     let server_tls = settings.tls.server()?;
-    let channels = ChannelCache::new(ec_client::ChannelSettings {
+    // Short HTTP/2 keepalive towards the nodes: a frozen node (SIGSTOP, a hung VM) keeps its
+    // TCP connections open, and a publish or subscription forwarded to it should move on
+    // within seconds, not after the SDK's default 5 s + 5 s.
+    let channels = ChannelCache::new(ChannelSettings {
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(2),
         tls: settings.tls.client()?,
-        ..ec_client::ChannelSettings::default()
+        ..ChannelSettings::default()
     });
     let consul = ConsulClient::with_ca_file(
         &settings.consul_url,
@@ -173,6 +191,23 @@ pub async fn run(
         ));
     }
 
+    let metrics = GatewayMetrics::new();
+    let started = SystemTime::now();
+    tasks.spawn(
+        metrics
+            .clone()
+            .follow(changes.subscribe(), table.clone(), stop_watches.clone()),
+    );
+    if let Some(listener) = metrics_listener {
+        let (metrics, table) = (metrics.clone(), table.clone());
+        let render = Arc::new(move || metrics.render(&table, started));
+        let stop = stop_serving.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, render, stop).await {
+                error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
     let service = GatewayService {
         table,
         store,
@@ -180,7 +215,8 @@ pub async fn run(
         changes,
         promoter,
         shutdown: stop_serving.clone(),
-        started: SystemTime::now(),
+        started,
+        metrics,
     };
     let failover = ec_proto::failover_server::FailoverServer::new(service.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES);

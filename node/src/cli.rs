@@ -129,6 +129,8 @@ fn settings_of(node_id: NodeId, config: &Config) -> NodeSettings {
                 max_bytes: node.retention.max_bytes,
                 max_age: node.retention.max_age,
             },
+            producer_expiry: node.producers.expiry,
+            min_free_bytes: node.storage.min_free_bytes,
             ..LogOptions::default()
         },
         retention_interval: node.retention.check_interval,

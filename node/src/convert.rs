@@ -21,6 +21,10 @@ impl From<LogError> for Status {
             | LogError::EpochRegression { .. }
             | LogError::WouldHideVisible { .. }
             | LogError::SkipBackwards { .. } => Status::failed_precondition(msg),
+            // Retrying cannot help: the producer must resend the missing batches first.
+            LogError::SequenceGap { .. } => Status::failed_precondition(msg),
+            LogError::DuplicateNotRetained { .. } => Status::already_exists(msg),
+            LogError::DiskFull { .. } => Status::resource_exhausted(msg),
             LogError::Closed | LogError::CommitterStopped => Status::unavailable(msg),
             LogError::Storage { .. }
             | LogError::Corrupt { .. }

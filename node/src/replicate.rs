@@ -98,7 +98,8 @@ fn message(term: &LeaderTerm, log: &EventLog, events: Vec<StoredEvent>) -> pb::R
                 timestamp: e.timestamp.0,
                 epoch: e.epoch.0,
                 data: e.data,
-                ..Default::default()
+                producer_id: e.producer.map_or(0, |p| p.id),
+                producer_sequence: e.producer.map_or(0, |p| p.sequence),
             })
             .collect(),
         high_watermark: stats.as_ref().map_or(0, |s| s.high_watermark.0),

@@ -9,6 +9,9 @@ use ec_core::{DataId, Offset, TimestampMs};
 use ec_proto::{PublishRequest, StartFrom, StreamRequest};
 use tonic::Status;
 
+use crate::log::ProducerTag;
+use crate::replication::Acks;
+
 /// Where a read starts, before it is resolved against the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StartPosition {
@@ -76,6 +79,10 @@ impl TryFrom<&StreamRequest> for ReadRequest {
 pub(crate) struct AppendRequest {
     pub(crate) data_id: DataId,
     pub(crate) events: Vec<Bytes>,
+    /// The producer batch, for a publish with a producer identity.
+    pub(crate) producer: Option<ProducerTag>,
+    /// The acks asked for in the request itself (`None`: not chosen there).
+    pub(crate) acks: Option<Acks>,
 }
 
 impl AppendRequest {
@@ -99,9 +106,36 @@ impl AppendRequest {
                 e.len()
             )));
         }
+        let producer = match (req.producer_id, req.producer_sequence) {
+            (0, 0) => None,
+            (0, seq) => {
+                return Err(Status::invalid_argument(format!(
+                    "producer_sequence: {seq} is set without producer_id; set both (idempotent publishing) or neither"
+                )));
+            }
+            (id, 0) => {
+                return Err(Status::invalid_argument(format!(
+                    "producer_sequence: 0 with producer_id {id:#x}; a producer numbers its batches from 1"
+                )));
+            }
+            (id, sequence) => Some(ProducerTag { id, sequence }),
+        };
+        let acks = match req.acks.map(ec_proto::Acks::try_from) {
+            None | Some(Ok(ec_proto::Acks::Unspecified)) => None,
+            Some(Ok(ec_proto::Acks::Leader)) => Some(Acks::Leader),
+            Some(Ok(ec_proto::Acks::All)) => Some(Acks::All),
+            Some(Err(_)) => {
+                return Err(Status::invalid_argument(format!(
+                    "acks: unknown value {}; use 1 (ACKS_LEADER) or 2 (ACKS_ALL)",
+                    req.acks.unwrap_or_default()
+                )));
+            }
+        };
         Ok(AppendRequest {
             data_id,
             events: req.events,
+            producer,
+            acks,
         })
     }
 }

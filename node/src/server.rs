@@ -9,6 +9,7 @@
 //! syncs whatever is pending. Only then does `run` return.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ec_core::{DataId, NodeId, TimestampMs};
@@ -18,10 +19,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::health::{Serving, serve_http};
-use crate::log::{EventLog, LogError, LogOptions};
+use crate::log::{CommitObserver, CommitStats, EventLog, LogError, LogOptions};
+use crate::metrics::NodeMetrics;
 use crate::registration::{Advertised, CheckSettings, registration};
 use crate::replication::{self, Replication, ReplicationSettings};
 use crate::service::NodeService;
@@ -141,12 +143,17 @@ async fn serve(
     let server_tls = settings.tls.server()?;
     let client_tls = settings.tls.client()?;
     let health_addr = listeners.health.local_addr().map_err(NodeError::Listener)?;
-    let log = EventLog::open(&settings.data_dir, settings.log.clone()).map_err(|source| {
-        NodeError::OpenLog {
+    let metrics = NodeMetrics::new();
+    let mut log_options = settings.log.clone();
+    log_options.on_commit = Some(CommitObserver(Arc::new({
+        let metrics = metrics.clone();
+        move |c: &CommitStats| metrics.committed(c)
+    })));
+    let log =
+        EventLog::open(&settings.data_dir, log_options).map_err(|source| NodeError::OpenLog {
             dir: settings.data_dir.clone(),
             source,
-        }
-    })?;
+        })?;
     let tasks = TaskTracker::new();
 
     // Everything below stops at a different point of the shutdown sequence.
@@ -198,6 +205,7 @@ async fn serve(
 
     tasks.spawn(housekeeping(
         log.clone(),
+        metrics.clone(),
         settings.retention_interval,
         move |ids| {
             reg_tx.send_if_modified(|reg| {
@@ -210,6 +218,12 @@ async fn serve(
         stop_housekeeping.clone(),
     ));
 
+    // The metrics endpoint reads the replication state; the service takes ownership below.
+    let render_metrics = {
+        let (metrics, log, replication) = (metrics.clone(), log.clone(), replication.clone());
+        Arc::new(move || metrics.render(&log, &replication))
+    };
+
     let service = NodeService {
         node_id: settings.node_id.to_string(),
         log: log.clone(),
@@ -217,6 +231,7 @@ async fn serve(
         auto_create: settings.auto_create,
         replication,
         shutdown: stop_serving.clone(),
+        metrics,
     };
     // A request may carry one event of the maximum size plus framing; more is refused with
     // RESOURCE_EXHAUSTED before it is buffered.
@@ -254,6 +269,8 @@ async fn serve(
         settings.health_path.clone(),
         settings.node_id.to_string(),
         serving.clone(),
+        log.clone(),
+        render_metrics,
         stop_serving.clone(),
     ));
 
@@ -291,10 +308,11 @@ fn held_data_ids(log: &EventLog) -> Vec<DataId> {
     log.list().into_iter().map(|s| s.data_id).collect()
 }
 
-/// Applies retention every `retention_interval` and reports the data IDs held (for the
+/// Applies retention and forgets idle producers every `retention_interval`, and reports the data IDs held (for the
 /// registration's meta) every [`META_REFRESH`].
 async fn housekeeping(
     log: EventLog,
+    metrics: NodeMetrics,
     retention_interval: Duration,
     mut on_data_ids: impl FnMut(&[DataId]) + Send + 'static,
     stop: CancellationToken,
@@ -305,14 +323,25 @@ async fn housekeeping(
         tokio::select! {
             () = stop.cancelled() => return,
             _ = retention.tick() => {
-                let log = log.clone();
-                let trimmed = tokio::task::spawn_blocking(move || log.enforce_retention(TimestampMs::now())).await;
+                let for_retention = log.clone();
+                let trimmed = tokio::task::spawn_blocking(move || for_retention.enforce_retention(TimestampMs::now())).await;
                 match trimmed {
-                    Ok(Ok(trimmed)) => for (data_id, earliest) in trimmed {
-                        info!(%data_id, %earliest, "retention trimmed the head");
-                    },
+                    Ok(Ok(trimmed)) => {
+                        metrics.trimmed(trimmed.len());
+                        for (data_id, earliest) in trimmed {
+                            info!(%data_id, %earliest, "retention trimmed the head");
+                        }
+                    }
                     Ok(Err(e)) => warn!(error = %e, "retention failed; will retry"),
                     Err(e) => warn!(error = %e, "retention task panicked; will retry"),
+                }
+                let for_expiry = log.clone();
+                let forgotten = tokio::task::spawn_blocking(move || for_expiry.expire_producers(TimestampMs::now())).await;
+                match forgotten {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => debug!(producers = n, "forgot idle producers (node.producers.expiry)"),
+                    Ok(Err(e)) => warn!(error = %e, "expiring idle producers failed; will retry"),
+                    Err(e) => warn!(error = %e, "producer expiry task panicked; will retry"),
                 }
             }
             _ = meta.tick() => on_data_ids(&held_data_ids(&log)),

@@ -20,13 +20,19 @@
 //! - A publish is stamped with the leader's epoch; a copied append keeps the primary's
 //!   offsets, epochs and timestamps and must start exactly at the stream's end. Whenever the
 //!   epoch changes, the batch also records the new epoch's first offset in the history.
+//! - A publish with a producer identity is admitted by [`producers::admit`] against the
+//!   producer's record as it stands after every earlier request of the same batch, so
+//!   pipelined batches of one producer are judged in order; a duplicate is answered with its
+//!   original offsets only after the batch that stored it is durable (it is in an earlier
+//!   commit, or in this one). Changed producer records go into the same fjall batch as the
+//!   events; copied events update them from their tags exactly as on the primary.
 //! - A failed write or fsync aborts the process (see [`fatal`]); nothing is retried.
 //! - Under `Interval`, a separate syncer thread calls `persist(SyncData)` every interval when
 //!   something was written since the last sync; fjall itself never fsyncs a batch we did not
 //!   ask it to (a batch's durability is set explicitly on each batch).
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -38,9 +44,12 @@ use ec_core::{DataId, Offset, TimestampMs};
 use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::record::{self, EVENT_HEADER_LEN, EVENT_KEY_LEN, StreamMeta};
+use super::producers::{self, Admission};
+use super::record::{
+    self, EVENT_HEADER_LEN, EVENT_KEY_LEN, ProducerRecord, ProducerTag, StreamMeta,
+};
 use super::store::{Store, Stream};
-use super::{Appended, Epoch, EpochStart, LogError, WriteAccess};
+use super::{Appended, CommitStats, Epoch, EpochStart, LogError, WriteAccess};
 
 /// Which stream an append goes to.
 pub(super) enum Target {
@@ -57,12 +66,15 @@ pub(super) struct Copied {
     pub(super) offset: u64,
     pub(super) epoch: u64,
     pub(super) timestamp: i64,
+    pub(super) producer: Option<ProducerTag>,
 }
 
 /// One publisher's (or replica's) append, waiting for the committer.
 pub(super) struct AppendRequest {
     pub(super) target: Target,
     pub(super) events: Vec<Bytes>,
+    /// The producer batch of a publish with an identity.
+    pub(super) producer: Option<ProducerTag>,
     /// `None`: a publish, the committer assigns offsets, timestamp and epoch. `Some`: events
     /// copied from the primary, one entry per event.
     pub(super) copied: Option<Vec<Copied>>,
@@ -156,9 +168,46 @@ struct Touched {
     last_epoch: Option<u64>,
     /// Epochs that start in this batch, in order.
     new_epochs: Vec<EpochStart>,
+    /// Producer records as they will be after the batch: seeded from the stream's records
+    /// on first use, changed by the requests of this batch.
+    producers: HashMap<u64, ProducerRecord>,
+    /// Producers whose record this batch changes (written with the events).
+    changed: HashSet<u64>,
+    /// Producer batches stored by this batch, for a retry that arrives in the same batch.
+    stored: Vec<(ProducerTag, ProducerRecord)>,
 }
 
 impl Touched {
+    fn new(
+        stream: Arc<Stream>,
+        meta: StreamMeta,
+        created: bool,
+        last_epoch: Option<u64>,
+    ) -> Touched {
+        Touched {
+            stream,
+            meta,
+            created,
+            last_epoch,
+            new_epochs: Vec::new(),
+            producers: HashMap::new(),
+            changed: HashSet::new(),
+            stored: Vec::new(),
+        }
+    }
+
+    /// Producer `id`'s record as it stands in this batch (`None` if unknown or expired).
+    fn producer(&mut self, id: u64, now: i64, expiry_ms: i64) -> Option<&ProducerRecord> {
+        if let Entry::Vacant(slot) = self.producers.entry(id)
+            && let Some(r) = self.stream.producers().get(&id)
+        {
+            slot.insert(*r);
+        }
+        self.producers
+            .get(&id)
+            .filter(|r| !producers::expired(r.timestamp, now, expiry_ms))
+    }
+
     /// Records that an event of `epoch` lands at `offset`, starting a new epoch if needed.
     fn note_epoch(&mut self, epoch: u64, offset: u64) {
         if self.last_epoch != Some(epoch) {
@@ -215,12 +264,22 @@ fn check_copied(
 
 /// Writes one batch for `requests`, makes it durable, publishes it, answers publishers.
 fn commit(store: &Store, requests: Vec<AppendRequest>) {
+    let needed: usize = requests.iter().map(AppendRequest::batch_bytes).sum();
+    if let Err(full) = store.space.check(needed as u64) {
+        // Nothing of this batch is written: every request gets the refusal.
+        for request in requests {
+            let _ = request.reply.send(Err(full.clone().into()));
+        }
+        return;
+    }
     let now = TimestampMs::now().0;
     let guard = store.lock_writes();
     let mut touched: HashMap<u64, Touched> = HashMap::new();
     let mut created: HashMap<DataId, u64> = HashMap::new();
     let mut batch = store.db.batch().durability(Some(store.batch_durability));
     let mut replies = Vec::with_capacity(requests.len());
+    // Events copied from a primary, per request, for the commit observer.
+    let mut copied_stats: Vec<(DataId, u64, u64)> = Vec::new();
 
     for request in requests {
         if request.events.is_empty() {
@@ -247,13 +306,7 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                         created.insert(data_id, number);
                         touched.insert(
                             number,
-                            Touched {
-                                stream: stream.clone(),
-                                meta: StreamMeta::default(),
-                                created: true,
-                                last_epoch: None,
-                                new_epochs: Vec::new(),
-                            },
+                            Touched::new(stream.clone(), StreamMeta::default(), true, None),
                         );
                         stream
                     }
@@ -266,13 +319,7 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
             Entry::Vacant(entry) => {
                 let meta = *stream.state();
                 let last_epoch = stream.epochs().last().map(|e| e.epoch.0);
-                entry.insert(Touched {
-                    stream: stream.clone(),
-                    meta,
-                    created: false,
-                    last_epoch,
-                    new_epochs: Vec::new(),
-                })
+                entry.insert(Touched::new(stream.clone(), meta, false, last_epoch))
             }
         };
         let first = entry.meta.next;
@@ -293,6 +340,19 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                         continue;
                     }
                 };
+                if let Some(tag) = request.producer {
+                    match admit_producer(store, entry, tag, now) {
+                        Ok(None) => {}
+                        Ok(Some(original)) => {
+                            replies.push((request.reply, Ok(original)));
+                            continue;
+                        }
+                        Err(e) => {
+                            replies.push((request.reply, Err(e)));
+                            continue;
+                        }
+                    }
+                }
                 // Timestamps never go backwards within a stream, even if the wall clock does.
                 let ts = entry.meta.last_ts.map_or(now, |last| last.max(now));
                 entry.note_epoch(epoch, first);
@@ -300,7 +360,7 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                     batch.insert(
                         &store.events,
                         record::event_key(stream.number, entry.meta.next),
-                        record::encode_event(ts, epoch, event),
+                        record::encode_event(ts, epoch, request.producer, event),
                     );
                     entry.meta.next += 1;
                     entry.meta.bytes += event.len() as u64;
@@ -309,17 +369,35 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                     entry.meta.first_ts = Some(ts);
                 }
                 entry.meta.last_ts = Some(ts);
-                Appended {
+                let appended = Appended {
                     first: Offset(first),
                     last: Offset(entry.meta.next - 1),
                     timestamp: TimestampMs(ts),
                     epoch: Epoch(epoch),
+                    duplicate: false,
+                };
+                if let Some(tag) = request.producer {
+                    let r = ProducerRecord {
+                        sequence: tag.sequence,
+                        first,
+                        last: appended.last.0,
+                        timestamp: ts,
+                        epoch,
+                    };
+                    entry.producers.insert(tag.id, r);
+                    entry.changed.insert(tag.id);
+                    entry.stored.push((tag, r));
                 }
+                appended
             }
             Some(copied) => {
                 if let Err(e) = check_copied(&stream, access, entry, &request.events, copied) {
                     replies.push((request.reply, Err(e)));
                     continue;
+                }
+                if store.on_commit.is_some() {
+                    let bytes = request.events.iter().map(|e| e.len() as u64).sum();
+                    copied_stats.push((stream.data_id.clone(), request.events.len() as u64, bytes));
                 }
                 let mut ts = entry.meta.last_ts;
                 for (event, c) in request.events.iter().zip(copied) {
@@ -327,8 +405,21 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                     batch.insert(
                         &store.events,
                         record::event_key(stream.number, c.offset),
-                        record::encode_event(c.timestamp, c.epoch, event),
+                        record::encode_event(c.timestamp, c.epoch, c.producer, event),
                     );
+                    if let Some(tag) = c.producer {
+                        // Seed from the stream's record: a batch may continue from the last
+                        // replication message.
+                        let _ = entry.producer(tag.id, now, i64::MAX);
+                        producers::note_event(
+                            &mut entry.producers,
+                            tag,
+                            c.offset,
+                            c.timestamp,
+                            c.epoch,
+                        );
+                        entry.changed.insert(tag.id);
+                    }
                     entry.meta.next += 1;
                     entry.meta.bytes += event.len() as u64;
                     ts = Some(ts.map_or(c.timestamp, |t: i64| t.max(c.timestamp)));
@@ -342,6 +433,7 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                     last: Offset(entry.meta.next - 1),
                     timestamp: TimestampMs(ts.unwrap_or(now)),
                     epoch: Epoch(copied.last().map_or(0, |c| c.epoch)),
+                    duplicate: false,
                 }
             }
         };
@@ -371,10 +463,30 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                     e.start.0.to_be_bytes(),
                 );
             }
+            for id in &t.changed {
+                if let Some(r) = t.producers.get(id) {
+                    batch.insert(
+                        &store.producers,
+                        record::producer_key(t.stream.number, *id),
+                        record::encode_producer(r),
+                    );
+                }
+            }
         }
         // One journal write and, under `Always`, one fdatasync for the whole batch.
+        let started = std::time::Instant::now();
         if let Err(e) = batch.commit() {
             fatal("writing a batch to the event log", &e);
+        }
+        if let Some(observer) = &store.on_commit {
+            (observer.0)(&CommitStats {
+                events: touched
+                    .values()
+                    .map(|t| t.meta.next.saturating_sub(t.stream.state().next))
+                    .sum(),
+                took: started.elapsed(),
+                copied: copied_stats,
+            });
         }
         store.commits.fetch_add(1, Ordering::Relaxed);
         if store.batch_durability == PersistMode::Buffer {
@@ -385,6 +497,14 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
         for t in touched.into_values() {
             if !t.new_epochs.is_empty() {
                 t.stream.epochs().extend(t.new_epochs.iter().copied());
+            }
+            if !t.changed.is_empty() {
+                let mut records = t.stream.producers();
+                for id in &t.changed {
+                    if let Some(r) = t.producers.get(id) {
+                        records.insert(*id, *r);
+                    }
+                }
             }
             t.stream.publish(t.meta);
             if t.created {
@@ -398,6 +518,38 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
     for (reply, result) in replies {
         // The publisher may have gone away (cancelled); its events are committed anyway.
         let _ = reply.send(result);
+    }
+}
+
+/// Decides about batch `tag` of a producer publishing to the stream of `entry`: `Ok(None)`
+/// to store it, `Ok(Some(original))` for a batch already stored (answered, not stored), or
+/// the error that refuses it.
+fn admit_producer(
+    store: &Store,
+    entry: &mut Touched,
+    tag: ProducerTag,
+    now: i64,
+) -> Result<Option<Appended>, LogError> {
+    let expiry = store.producer_expiry_ms;
+    match producers::admit(entry.producer(tag.id, now, expiry), tag.sequence) {
+        Admission::Store => Ok(None),
+        Admission::Last(r) => Ok(Some(producers::duplicate_answer(&r))),
+        Admission::Gap { expected } => Err(producers::gap(&entry.stream.data_id, tag, expected)),
+        Admission::Earlier => {
+            if let Some((_, r)) = entry.stored.iter().find(|(t, _)| *t == tag) {
+                return Ok(Some(producers::duplicate_answer(r)));
+            }
+            let below = entry.stream.state().next;
+            let not_before = now.saturating_sub(expiry);
+            match producers::find_batch(store, &entry.stream, tag, below, not_before)? {
+                Some(r) => Ok(Some(producers::duplicate_answer(&r))),
+                None => Err(LogError::DuplicateNotRetained {
+                    data_id: entry.stream.data_id.clone(),
+                    producer: tag.id,
+                    sequence: tag.sequence,
+                }),
+            }
+        }
     }
 }
 

@@ -23,13 +23,20 @@
 //!   primary's offsets, epochs and timestamps, so the stored bytes are identical.
 //! - Who may append is per stream ([`WriteAccess`]) and checked by the committer itself, so a
 //!   fence set by [`EventLog::set_access`] holds for every batch written after it returns.
+//! - A batch published with a producer identity is stored at most once: the committer
+//!   answers a retry with the original offsets ([`Appended::duplicate`]) and refuses a
+//!   sequence gap ([`LogError::SequenceGap`]); the producer records are durable with the
+//!   events, copied by replicas, and kept across restart, truncation and promotion
+//!   ([`producers`]).
 //! - A failed write or fsync aborts the process (see `committer::fatal`).
 //! - Publishers are never blocked by readers: readers take no writer lock, read from fjall
 //!   snapshots (block cache, then disk) and hold no per-reader buffers in the log.
 
 mod committer;
+mod producers;
 mod record;
 mod retention;
+mod space;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -45,7 +52,7 @@ use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use committer::{AppendRequest, Copied, Target};
-pub use record::RecordError;
+pub use record::{ProducerTag, RecordError};
 use store::{Bound, Store};
 
 /// Appends queued for the committer before publishers wait (backpressure). Each is one
@@ -86,6 +93,35 @@ pub struct LogOptions {
     /// Most bytes the committer gathers into one batch (one append is never split, so a
     /// larger append makes a larger batch). Default 4 MiB.
     pub max_batch_bytes: usize,
+    /// How long a producer is remembered after its last batch (`node.producers.expiry`).
+    pub producer_expiry: Duration,
+    /// Free space the log's filesystem must keep (`node.storage.min_free_bytes`): a batch
+    /// that would leave less is refused before anything of it is written. 0: no check.
+    pub min_free_bytes: u64,
+    /// Told of every group commit: events written and the time to write and sync them.
+    pub on_commit: Option<CommitObserver>,
+}
+
+/// A callback told of each group commit, e.g. to feed metrics; it runs on the committer
+/// thread, so it must be quick.
+#[derive(Clone)]
+pub struct CommitObserver(pub Arc<dyn Fn(&CommitStats) + Send + Sync>);
+
+/// What one group commit wrote.
+#[derive(Debug, Clone, Default)]
+pub struct CommitStats {
+    /// Events written, published and copied.
+    pub events: u64,
+    /// Time to write the batch and, under `Always`, sync it.
+    pub took: Duration,
+    /// Per data ID, events copied from a primary and their payload bytes.
+    pub copied: Vec<(DataId, u64, u64)>,
+}
+
+impl std::fmt::Debug for CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
 }
 
 impl Default for LogOptions {
@@ -94,6 +130,9 @@ impl Default for LogOptions {
             fsync: FsyncPolicy::Always,
             retention: Retention::default(),
             max_batch_bytes: 4 * 1024 * 1024,
+            producer_expiry: Duration::from_secs(15 * 60),
+            min_free_bytes: 0,
+            on_commit: None,
         }
     }
 }
@@ -152,6 +191,8 @@ pub struct StoredEvent {
     pub timestamp: TimestampMs,
     /// Leader epoch it was written in.
     pub epoch: Epoch,
+    /// The producer batch it belongs to, if it was published with an identity.
+    pub producer: Option<ProducerTag>,
     /// The payload as published.
     pub data: Bytes,
 }
@@ -165,6 +206,8 @@ pub struct CopiedEvent {
     pub epoch: Epoch,
     /// The primary's timestamp.
     pub timestamp: TimestampMs,
+    /// The producer batch it belongs to on the primary, if any.
+    pub producer: Option<ProducerTag>,
     /// The payload.
     pub data: Bytes,
 }
@@ -180,6 +223,9 @@ pub struct Appended {
     pub timestamp: TimestampMs,
     /// Epoch of the last appended event (for a publish: of all of them).
     pub epoch: Epoch,
+    /// The batch was already stored by this producer: the fields above describe that first
+    /// storing, and nothing was stored this time.
+    pub duplicate: bool,
 }
 
 /// What the log holds for one data ID.
@@ -325,6 +371,49 @@ pub enum LogError {
         /// The high watermark.
         hwm: Offset,
     },
+    /// A producer's batch skips sequence numbers: the batches in between were never stored.
+    #[error(
+        "producer {producer:#x} sent batch {got} for data ID {data_id}, but the expected sequence is {expected}: batches {expected}..{got} were not stored; resend them in order"
+    )]
+    SequenceGap {
+        /// The stream.
+        data_id: DataId,
+        /// The producer.
+        producer: u64,
+        /// The sequence the log expects next.
+        expected: u64,
+        /// The sequence received.
+        got: u64,
+    },
+    /// A producer retried a batch that was stored before its last one but is no longer
+    /// retained, so its offsets cannot be reported (it is not stored again).
+    #[error(
+        "batch {sequence} of producer {producer:#x} for data ID {data_id} was already stored, but retention has removed it since, so its offsets are no longer known"
+    )]
+    DuplicateNotRetained {
+        /// The stream.
+        data_id: DataId,
+        /// The producer.
+        producer: u64,
+        /// The batch's sequence.
+        sequence: u64,
+    },
+    /// The log's filesystem is too full to take this write: it would leave less than
+    /// `node.storage.min_free_bytes` free. Nothing was written; reads continue.
+    #[error(
+        "the node's disk is full: {free} bytes free in {dir} and this write needs {needed} more, but node.storage.min_free_bytes keeps {min_free} free; publishes are refused until space is freed (reads continue, no restart needed)",
+        dir = dir.display()
+    )]
+    DiskFull {
+        /// The log's directory.
+        dir: std::path::PathBuf,
+        /// Bytes free for the node.
+        free: u64,
+        /// Bytes the refused write needed.
+        needed: u64,
+        /// The configured reserve.
+        min_free: u64,
+    },
     /// A skip ahead asked to move a stream backwards.
     #[error(
         "cannot skip data ID {data_id} ahead to offset {start}: its log already ends at {next}"
@@ -397,7 +486,10 @@ impl EventLog {
                 (PersistMode::Buffer, Some(every.max(MIN_SYNC_INTERVAL)))
             }
         };
-        let store = Arc::new(Store::open(dir, durability)?);
+        let expiry_ms = i64::try_from(opts.producer_expiry.as_millis()).unwrap_or(i64::MAX);
+        let mut store = Store::open(dir, durability, expiry_ms, opts.min_free_bytes)?;
+        store.on_commit = opts.on_commit;
+        let store = Arc::new(store);
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let (stopped_tx, stopped) = watch::channel(false);
         committer::spawn(
@@ -455,6 +547,20 @@ impl EventLog {
         events: Vec<Bytes>,
         create: bool,
     ) -> Result<PendingAppend, LogError> {
+        self.submit_as(data_id, events, create, None).await
+    }
+
+    /// Like [`EventLog::submit`], for batch `producer` of an idempotent producer: if that
+    /// batch is already stored, it resolves to the original offsets with
+    /// [`Appended::duplicate`] set and stores nothing; a sequence beyond the producer's next
+    /// is [`LogError::SequenceGap`].
+    pub async fn submit_as(
+        &self,
+        data_id: &DataId,
+        events: Vec<Bytes>,
+        create: bool,
+        producer: Option<ProducerTag>,
+    ) -> Result<PendingAppend, LogError> {
         if events.is_empty() {
             return Err(LogError::EmptyBatch);
         }
@@ -467,13 +573,14 @@ impl EventLog {
                 });
             }
         };
-        self.enqueue(target, events, None).await
+        self.enqueue(target, events, producer, None).await
     }
 
     async fn enqueue(
         &self,
         target: Target,
         events: Vec<Bytes>,
+        producer: Option<ProducerTag>,
         copied: Option<Vec<Copied>>,
     ) -> Result<PendingAppend, LogError> {
         let (reply, answer) = oneshot::channel();
@@ -481,6 +588,7 @@ impl EventLog {
             .send(AppendRequest {
                 target,
                 events,
+                producer,
                 copied,
                 reply,
             })
@@ -508,10 +616,11 @@ impl EventLog {
                 offset: e.offset.0,
                 epoch: e.epoch.0,
                 timestamp: e.timestamp.0,
+                producer: e.producer,
             })
             .collect();
         let payloads = events.into_iter().map(|e| e.data).collect();
-        self.enqueue(Target::Existing(stream), payloads, Some(copied))
+        self.enqueue(Target::Existing(stream), payloads, None, Some(copied))
             .await
     }
 
@@ -679,6 +788,30 @@ impl EventLog {
         // Checked so that no write happens after close() returned.
         let _open = self.sender()?;
         retention::enforce(&self.inner.store, &self.inner.retention, now)
+    }
+
+    /// Forgets producers idle for longer than the producer expiry, as of `now`; returns how
+    /// many were forgotten. Blocking (one write): call it from `spawn_blocking`.
+    pub fn expire_producers(&self, now: TimestampMs) -> Result<usize, LogError> {
+        let _open = self.sender()?;
+        self.inner.store.expire_producers(now.0)
+    }
+
+    /// Why the log refuses writes for lack of space, if it does (as of its last write or
+    /// check): the same message publishers get.
+    pub fn disk_full(&self) -> Option<String> {
+        self.inner.store.space.refusal()
+    }
+
+    /// Whether the disk is too full for writes right now (checked now, so it shows before
+    /// the next publish is refused), and why. For health checks.
+    pub fn check_space(&self) -> Option<String> {
+        self.inner.store.space.low()
+    }
+
+    /// Number of producers `data_id` remembers.
+    pub fn producer_count(&self, data_id: &DataId) -> Result<usize, LogError> {
+        Ok(self.inner.store.existing(data_id)?.producers().len())
     }
 
     /// Number of batches the committer has written (each is one fsync under `Always`).

@@ -5,8 +5,10 @@
 //! - An event key is `stream number (u64 BE) ‖ offset (u64 BE)`, so one stream's events are
 //!   contiguous and in offset order in the `events` keyspace, and a prefix scan on the stream
 //!   number visits exactly that stream.
-//! - An event value starts with a fixed header (format version, timestamp, epoch) followed by
-//!   the payload, byte for byte as published. The epoch is the leader epoch of the primary
+//! - An event value starts with a header (format version, timestamp, epoch, and for format 2
+//!   the producer batch it belongs to: producer ID and sequence) followed by the payload, byte
+//!   for byte as published. Events published without a producer identity keep format 1, so
+//!   they cost no more than before. The epoch is the leader epoch of the primary
 //!   that first wrote the event (0 for a node that is not under a mapping); a replica stores
 //!   the primary's epoch and timestamp unchanged, so the value is byte-identical on every node.
 //! - A metadata record is keyed by the stream number alone and carries the data ID, so the
@@ -18,6 +20,9 @@
 //! - An epoch record is keyed by `stream number (u64 BE) ‖ epoch (u64 BE)` and holds the first
 //!   offset written in that epoch: the stream's leader-epoch history, in epoch order, which is
 //!   also offset order. It is written in the batch that stores the epoch's first event.
+//! - A producer record is keyed by `stream number (u64 BE) ‖ producer ID (u64 BE)` and holds
+//!   the producer's last stored batch: its sequence, offsets, timestamp and epoch. It is
+//!   written in the batch that stores that batch's events (see `super::producers`).
 //!
 //! Decoding never panics on bad bytes: it returns [`RecordError`] naming what was wrong.
 
@@ -26,11 +31,27 @@ use ec_core::DataId;
 /// Length of an event key: stream number and offset, both u64 big-endian.
 pub(super) const EVENT_KEY_LEN: usize = 16;
 
-/// Length of the header in front of each event's payload.
+/// Length of the header in front of each event's payload (format 1: no producer).
 pub(super) const EVENT_HEADER_LEN: usize = 1 + 8 + 8;
 
-/// Version byte of the event value layout written by this code.
+/// Length of the header of an event that belongs to a producer batch (format 2).
+const EVENT_HEADER_V2_LEN: usize = EVENT_HEADER_LEN + 8 + 8;
+
+/// Version byte of an event value without producer.
 const EVENT_FORMAT: u8 = 1;
+
+/// Version byte of an event value that carries its producer batch.
+const EVENT_FORMAT_PRODUCER: u8 = 2;
+
+/// Length of a producer record's key: stream number and producer ID.
+pub(super) const PRODUCER_KEY_LEN: usize = 16;
+
+/// Version byte of the producer record layout.
+const PRODUCER_FORMAT: u8 = 1;
+
+/// Length of a producer record's value: format, sequence, first and last offset, timestamp,
+/// epoch.
+const PRODUCER_VALUE_LEN: usize = 1 + 8 * 5;
 
 /// Version byte of the metadata record layout written by this code.
 const META_FORMAT: u8 = 2;
@@ -124,44 +145,155 @@ pub(super) fn decode_event_key(key: &[u8]) -> Result<(u64, u64), RecordError> {
     Ok((be_u64(&key[..8]), be_u64(&key[8..])))
 }
 
-/// Encodes an event value: header followed by `payload`.
-pub(super) fn encode_event(timestamp: i64, epoch: u64, payload: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(EVENT_HEADER_LEN + payload.len());
-    value.push(EVENT_FORMAT);
+/// Encodes an event value: header followed by `payload`. `producer` is the producer batch
+/// the event belongs to, if it was published with an identity.
+pub(super) fn encode_event(
+    timestamp: i64,
+    epoch: u64,
+    producer: Option<ProducerTag>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let header_len = if producer.is_some() {
+        EVENT_HEADER_V2_LEN
+    } else {
+        EVENT_HEADER_LEN
+    };
+    let mut value = Vec::with_capacity(header_len + payload.len());
+    value.push(if producer.is_some() {
+        EVENT_FORMAT_PRODUCER
+    } else {
+        EVENT_FORMAT
+    });
     value.extend_from_slice(&timestamp.to_be_bytes());
     value.extend_from_slice(&epoch.to_be_bytes());
+    if let Some(tag) = producer {
+        value.extend_from_slice(&tag.id.to_be_bytes());
+        value.extend_from_slice(&tag.sequence.to_be_bytes());
+    }
     value.extend_from_slice(payload);
     value
 }
 
-/// The decoded header of an event value; the payload is `value[EVENT_HEADER_LEN..]`.
+/// The decoded header of an event value; the payload is `value[header.len..]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct EventHeader {
     /// Milliseconds since the Unix epoch, assigned by the committer of the primary.
     pub(super) timestamp: i64,
     /// Leader epoch of the primary that wrote the event.
     pub(super) epoch: u64,
+    /// The producer batch the event belongs to, if it was published with an identity.
+    pub(super) producer: Option<ProducerTag>,
+    /// Length of the header: where the payload starts.
+    pub(super) len: usize,
 }
 
 /// Decodes the header of an event value.
 pub(super) fn decode_event_header(value: &[u8]) -> Result<EventHeader, RecordError> {
-    if value.len() < EVENT_HEADER_LEN {
+    let len = match value.first() {
+        Some(&EVENT_FORMAT) => EVENT_HEADER_LEN,
+        Some(&EVENT_FORMAT_PRODUCER) => EVENT_HEADER_V2_LEN,
+        Some(&version) => {
+            return Err(RecordError::BadFormat {
+                what: "event value",
+                version,
+            });
+        }
+        None => 0,
+    };
+    if value.len() < len.max(EVENT_HEADER_LEN) {
         return Err(RecordError::BadLength {
             what: "event value",
             len: value.len(),
-            expected: format!("at least {EVENT_HEADER_LEN}"),
+            expected: format!("at least {}", len.max(EVENT_HEADER_LEN)),
         });
     }
-    if value[0] != EVENT_FORMAT {
-        return Err(RecordError::BadFormat {
-            what: "event value",
-            version: value[0],
-        });
-    }
+    let producer = (len == EVENT_HEADER_V2_LEN).then(|| ProducerTag {
+        id: be_u64(&value[17..25]),
+        sequence: be_u64(&value[25..33]),
+    });
     Ok(EventHeader {
         timestamp: be_i64(&value[1..9]),
         epoch: be_u64(&value[9..17]),
+        producer,
+        len,
     })
+}
+
+/// A producer batch an event belongs to: who published it and the batch's number in that
+/// producer's sequence for the data ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProducerTag {
+    /// The producer's identity (never 0: 0 means "no identity" on the wire).
+    pub id: u64,
+    /// The batch's number in the producer's sequence.
+    pub sequence: u64,
+}
+
+/// A producer's last stored batch, as its record holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ProducerRecord {
+    /// The batch's sequence number.
+    pub(super) sequence: u64,
+    /// Offset of its first event.
+    pub(super) first: u64,
+    /// Offset of its last event.
+    pub(super) last: u64,
+    /// Its commit timestamp (the producer's last activity).
+    pub(super) timestamp: i64,
+    /// The epoch it was written in.
+    pub(super) epoch: u64,
+}
+
+/// Encodes the key of producer `id`'s record in stream `number`.
+pub(super) fn producer_key(number: u64, id: u64) -> [u8; PRODUCER_KEY_LEN] {
+    event_key(number, id)
+}
+
+/// Encodes a producer record's value.
+pub(super) fn encode_producer(r: &ProducerRecord) -> [u8; PRODUCER_VALUE_LEN] {
+    let mut value = [0u8; PRODUCER_VALUE_LEN];
+    value[0] = PRODUCER_FORMAT;
+    value[1..9].copy_from_slice(&r.sequence.to_be_bytes());
+    value[9..17].copy_from_slice(&r.first.to_be_bytes());
+    value[17..25].copy_from_slice(&r.last.to_be_bytes());
+    value[25..33].copy_from_slice(&r.timestamp.to_be_bytes());
+    value[33..41].copy_from_slice(&r.epoch.to_be_bytes());
+    value
+}
+
+/// Decodes a producer record into (stream number, producer ID, record).
+pub(super) fn decode_producer(
+    key: &[u8],
+    value: &[u8],
+) -> Result<(u64, u64, ProducerRecord), RecordError> {
+    if key.len() != PRODUCER_KEY_LEN {
+        return Err(RecordError::BadLength {
+            what: "producer key",
+            len: key.len(),
+            expected: PRODUCER_KEY_LEN.to_string(),
+        });
+    }
+    if value.len() != PRODUCER_VALUE_LEN {
+        return Err(RecordError::BadLength {
+            what: "producer record",
+            len: value.len(),
+            expected: PRODUCER_VALUE_LEN.to_string(),
+        });
+    }
+    if value[0] != PRODUCER_FORMAT {
+        return Err(RecordError::BadFormat {
+            what: "producer record",
+            version: value[0],
+        });
+    }
+    let record = ProducerRecord {
+        sequence: be_u64(&value[1..9]),
+        first: be_u64(&value[9..17]),
+        last: be_u64(&value[17..25]),
+        timestamp: be_i64(&value[25..33]),
+        epoch: be_u64(&value[33..41]),
+    };
+    Ok((be_u64(&key[..8]), be_u64(&key[8..]), record))
 }
 
 /// Encodes the key of the epoch record of `epoch` in stream `number`.
@@ -343,10 +475,14 @@ mod tests {
 
     #[test]
     fn event_value_round_trip() {
-        let value = encode_event(-5, 7, b"payload");
+        let value = encode_event(-5, 7, None, b"payload");
         let header = decode_event_header(&value).unwrap();
-        assert_eq!((header.timestamp, header.epoch), (-5, 7));
-        assert_eq!(&value[EVENT_HEADER_LEN..], b"payload");
+        assert_eq!(
+            (header.timestamp, header.epoch, header.producer),
+            (-5, 7, None)
+        );
+        assert_eq!(&value[header.len..], b"payload");
+        assert_eq!(header.len, EVENT_HEADER_LEN);
         assert!(decode_event_header(&value[..3]).is_err());
         let mut bad = value.clone();
         bad[0] = 9;
@@ -357,6 +493,47 @@ mod tests {
                 version: 9
             })
         );
+    }
+
+    #[test]
+    fn event_with_producer_round_trip() {
+        let tag = ProducerTag {
+            id: u64::MAX - 1,
+            sequence: 42,
+        };
+        let value = encode_event(9, 3, Some(tag), b"xy");
+        let header = decode_event_header(&value).unwrap();
+        assert_eq!((header.timestamp, header.epoch), (9, 3));
+        assert_eq!(header.producer, Some(tag));
+        assert_eq!(&value[header.len..], b"xy");
+        // A format-2 value cut inside its producer fields is refused, not misread.
+        assert!(decode_event_header(&value[..EVENT_HEADER_LEN + 4]).is_err());
+        // An empty payload is fine.
+        assert_eq!(
+            decode_event_header(&encode_event(1, 1, Some(tag), b""))
+                .unwrap()
+                .len,
+            EVENT_HEADER_V2_LEN
+        );
+    }
+
+    #[test]
+    fn producer_record_round_trip_and_rejects_garbage() {
+        let r = ProducerRecord {
+            sequence: 7,
+            first: 100,
+            last: 104,
+            timestamp: -3,
+            epoch: 2,
+        };
+        let key = producer_key(5, 0xfeed);
+        let value = encode_producer(&r);
+        assert_eq!(decode_producer(&key, &value), Ok((5, 0xfeed, r)));
+        assert!(decode_producer(&key[..3], &value).is_err());
+        assert!(decode_producer(&key, &value[..10]).is_err());
+        let mut bad = value;
+        bad[0] = 7;
+        assert!(decode_producer(&key, &bad).is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use ec_core::{DataId, Offset, TimestampMs};
 use fjall::PersistMode;
 
 use super::committer::fatal;
-use super::record::{self, EVENT_HEADER_LEN};
+use super::record;
 use super::store::{Store, Stream};
 use super::{LogError, Retention};
 
@@ -111,7 +111,7 @@ fn trim_chunk(
             });
         }
         let header = record::decode_event_header(&value).map_err(corrupt)?;
-        let size = (value.len() - EVENT_HEADER_LEN) as u64;
+        let size = (value.len() - header.len) as u64;
         let expired = offset < count_floor
             || cutoff.is_some_and(|cutoff| header.timestamp < cutoff)
             || retention.max_bytes.is_some_and(|max| new.bytes > max);

@@ -20,6 +20,9 @@
 //! - At open, each stream's readable end comes from its metadata record (written atomically
 //!   with its events) and is cross-checked against the last event key: a mismatch means the
 //!   store is damaged, and opening fails with [`LogError::Corrupt`] rather than serving a gap.
+//! - Keyspace `producers` holds each stream's producer records (see [`super::producers`]),
+//!   loaded at open into [`Stream::producers`] and changed only by writers holding
+//!   `write_lock`, in the batch that changes the events they describe.
 //! - Lock order: `write_lock` → `streams` → `Stream::access` → `Stream::state` →
 //!   `Stream::epochs`. Readers never take `write_lock`. The `end` and `visible` watches are
 //!   sent to only after the state lock is released (a receiver may hold a watch's guard while
@@ -35,7 +38,7 @@ use ec_core::{DataId, Offset, TimestampMs};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::watch;
 
-use super::record::{self, EVENT_HEADER_LEN, StreamMeta};
+use super::record::{self, ProducerRecord, StreamMeta};
 use super::{Epoch, EpochStart, LogError, StoredEvent, StreamStats, WriteAccess};
 
 /// Name of the keyspace holding every stream's events.
@@ -44,6 +47,8 @@ const EVENTS_KEYSPACE: &str = "events";
 const META_KEYSPACE: &str = "meta";
 /// Name of the keyspace holding every stream's epoch history.
 const EPOCHS_KEYSPACE: &str = "epochs";
+/// Name of the keyspace holding every stream's producer records.
+const PRODUCERS_KEYSPACE: &str = "producers";
 
 /// `floor` value meaning "no bound from replication": the high watermark follows `next`.
 pub(super) const NO_FLOOR: u64 = u64::MAX;
@@ -79,6 +84,9 @@ pub(super) struct Stream {
     pub(super) epochs: Mutex<Vec<EpochStart>>,
     /// Who may append; checked by the committer under the writer lock.
     pub(super) access: Mutex<WriteAccess>,
+    /// Each remembered producer's last stored batch, by producer ID; changed only under the
+    /// writer lock, together with the batch that writes its records.
+    pub(super) producers: Mutex<HashMap<u64, ProducerRecord>>,
 }
 
 impl Stream {
@@ -101,7 +109,13 @@ impl Stream {
             floor: AtomicU64::new(default_floor(access)),
             epochs: Mutex::new(epochs),
             access: Mutex::new(access),
+            producers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The producer records (poisoning ignored as for [`Stream::state`]).
+    pub(super) fn producers(&self) -> MutexGuard<'_, HashMap<u64, ProducerRecord>> {
+        self.producers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The committed metadata; a poisoned lock still holds consistent plain data (every
@@ -212,6 +226,13 @@ pub(super) struct Store {
     pub(super) events: Keyspace,
     pub(super) meta: Keyspace,
     pub(super) epochs: Keyspace,
+    pub(super) producers: Keyspace,
+    /// How long a producer's record is kept after its last batch, in milliseconds.
+    pub(super) producer_expiry_ms: i64,
+    /// Refuses writes that would leave the disk too full.
+    pub(super) space: super::space::SpaceGuard,
+    /// Told of each group commit.
+    pub(super) on_commit: Option<super::CommitObserver>,
     /// Streams by data ID. Only the committer inserts (after the creating batch is durable).
     streams: RwLock<HashMap<DataId, Arc<Stream>>>,
     /// Held by whoever writes a batch (committer, retention), from reading the committed
@@ -236,7 +257,12 @@ pub(super) fn storage(context: impl Into<String>) -> impl FnOnce(fjall::Error) -
 
 impl Store {
     /// Opens or creates the database under `dir` and rebuilds the stream table.
-    pub(super) fn open(dir: &Path, batch_durability: PersistMode) -> Result<Store, LogError> {
+    pub(super) fn open(
+        dir: &Path,
+        batch_durability: PersistMode,
+        producer_expiry_ms: i64,
+        min_free_bytes: u64,
+    ) -> Result<Store, LogError> {
         std::fs::create_dir_all(dir).map_err(|e| LogError::Storage {
             context: format!("creating log directory {}", dir.display()),
             source: e.into(),
@@ -254,6 +280,21 @@ impl Store {
         let epochs = db
             .keyspace(EPOCHS_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(storage("opening keyspace `epochs`"))?;
+        let producers = db
+            .keyspace(PRODUCERS_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(storage("opening keyspace `producers`"))?;
+        let mut producer_records: HashMap<u64, HashMap<u64, ProducerRecord>> = HashMap::new();
+        for guard in producers.iter() {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(storage("scanning producer records"))?;
+            let (number, id, r) =
+                record::decode_producer(&key, &value).map_err(|source| LogError::Corrupt {
+                    context: "decoding a producer record".to_owned(),
+                    source,
+                })?;
+            producer_records.entry(number).or_default().insert(id, r);
+        }
 
         let mut histories: HashMap<u64, Vec<EpochStart>> = HashMap::new();
         for guard in epochs.iter() {
@@ -299,28 +340,113 @@ impl Store {
             } else {
                 WriteAccess::Open
             };
-            streams.insert(
-                data_id.clone(),
-                Arc::new(Stream::new(data_id, number, stream_meta, history, access)),
-            );
+            let stream = Stream::new(data_id.clone(), number, stream_meta, history, access);
+            *stream.producers() = producer_records.remove(&number).unwrap_or_default();
+            streams.insert(data_id, Arc::new(stream));
         }
         tracing::info!(
             dir = %dir.display(),
             streams = streams.len(),
             "event log opened"
         );
-        Ok(Store {
+        let store = Store {
             db,
             events,
             meta,
             epochs,
+            producers,
+            producer_expiry_ms,
+            space: super::space::SpaceGuard::new(dir, min_free_bytes),
+            on_commit: None,
             streams: RwLock::new(streams),
             write_lock: Mutex::new(()),
             next_number: AtomicU64::new(next_number),
             commits: AtomicU64::new(0),
             unsynced: AtomicBool::new(false),
             batch_durability,
-        })
+        };
+        // A crash in the middle of a truncation can leave records of batches it removed.
+        for stream in store.all_streams() {
+            store.repair_producers(&stream)?;
+        }
+        Ok(store)
+    }
+
+    /// Makes `stream`'s producer records agree with its log after its tail was removed:
+    /// each record of a batch at or beyond the end is replaced by the producer's latest
+    /// batch still stored (within the expiry window), or dropped. The caller may hold the
+    /// writer lock; this takes none.
+    pub(super) fn repair_producers(&self, stream: &Stream) -> Result<(), LogError> {
+        let next = stream.state().next;
+        let stale: Vec<u64> = stream
+            .producers()
+            .iter()
+            .filter(|(_, r)| r.last >= next)
+            .map(|(id, _)| *id)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let not_before = TimestampMs::now().0.saturating_sub(self.producer_expiry_ms);
+        let found = super::producers::latest_batches(self, stream, &stale, next, not_before)?;
+        let mut batch = self.db.batch().durability(Some(self.batch_durability));
+        for id in &stale {
+            let key = record::producer_key(stream.number, *id);
+            match found.get(id) {
+                Some(r) => batch.insert(&self.producers, key, record::encode_producer(r)),
+                None => batch.remove(&self.producers, key),
+            }
+        }
+        if let Err(e) = batch.commit() {
+            super::committer::fatal("rewriting producer records of the event log", &e);
+        }
+        if self.batch_durability == PersistMode::Buffer {
+            self.unsynced.store(true, Ordering::Release);
+        }
+        let mut records = stream.producers();
+        for id in stale {
+            match found.get(&id) {
+                Some(r) => records.insert(id, *r),
+                None => records.remove(&id),
+            };
+        }
+        Ok(())
+    }
+
+    /// Forgets every producer idle since before `now` minus the expiry, on every stream.
+    /// Returns how many were forgotten.
+    pub(super) fn expire_producers(&self, now: i64) -> Result<usize, LogError> {
+        let _writer = self.lock_writes();
+        let mut batch = self.db.batch().durability(Some(self.batch_durability));
+        let mut forgotten = 0;
+        for stream in self.all_streams() {
+            let mut records = stream.producers();
+            records.retain(|id, r| {
+                let keep = !super::producers::expired(r.timestamp, now, self.producer_expiry_ms);
+                if !keep {
+                    batch.remove(&self.producers, record::producer_key(stream.number, *id));
+                    forgotten += 1;
+                }
+                keep
+            });
+        }
+        if forgotten > 0 {
+            if let Err(e) = batch.commit() {
+                super::committer::fatal("removing expired producer records", &e);
+            }
+            if self.batch_durability == PersistMode::Buffer {
+                self.unsynced.store(true, Ordering::Release);
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// Drops every producer record of `stream` into `batch` (the stream's events are all
+    /// dropped); the caller applies it to memory after the batch is written.
+    pub(super) fn drop_producers(&self, stream: &Stream, batch: &mut fjall::OwnedWriteBatch) {
+        for id in stream.producers().keys() {
+            batch.remove(&self.producers, record::producer_key(stream.number, *id));
+        }
     }
 
     /// Takes the writer lock; poisoning is ignored because a writer that panicked either
@@ -452,7 +578,7 @@ impl Store {
             }
             let header = record::decode_event_header(&value)
                 .map_err(|source| corrupt(stream, offset, source))?;
-            let payload = &value[EVENT_HEADER_LEN..];
+            let payload = &value[header.len..];
             if !out.is_empty() && total + payload.len() > max_bytes {
                 break;
             }
@@ -461,6 +587,7 @@ impl Store {
                 offset: Offset(offset),
                 timestamp: TimestampMs(header.timestamp),
                 epoch: Epoch(header.epoch),
+                producer: header.producer,
                 // Copy out: holding fjall's slice would pin a whole cached block.
                 data: Bytes::copy_from_slice(payload),
             });

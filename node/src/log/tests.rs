@@ -584,7 +584,7 @@ async fn open_refuses_events_that_disagree_with_metadata() {
         events
             .insert(
                 record::event_key(0, 5),
-                record::encode_event(0, 0, b"stray"),
+                record::encode_event(0, 0, None, b"stray"),
             )
             .unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
@@ -781,6 +781,7 @@ fn copied(from: u64, epoch: u64, payloads: &[&str]) -> Vec<CopiedEvent> {
             offset: Offset(from + i as u64),
             epoch: Epoch(epoch),
             timestamp: TimestampMs(1_000 + (from + i as u64) as i64),
+            producer: None,
             data: ev(p),
         })
         .collect()
@@ -1126,5 +1127,248 @@ async fn a_publish_cut_and_refilled_by_another_epoch_is_not_visible_as_ours() {
     log.set_floor(&a, None).unwrap();
     let mine = log.append(&a, vec![ev("mine")], false).await.unwrap();
     assert!(log.is_visible(&a, &mine).unwrap());
+    log.close().await.unwrap();
+}
+
+// Idempotent producers: duplicates, gaps, restart, replication, truncation, expiry.
+
+fn tag(id: u64, sequence: u64) -> Option<ProducerTag> {
+    Some(ProducerTag { id, sequence })
+}
+
+async fn publish_as(
+    log: &EventLog,
+    data_id: &DataId,
+    t: Option<ProducerTag>,
+    p: &[&str],
+) -> Result<Appended, LogError> {
+    log.submit_as(data_id, p.iter().map(|s| ev(s)).collect(), true, t)
+        .await?
+        .await
+}
+
+/// Events copied from a primary that published them as producer batches `(id, seq, n)`,
+/// with current timestamps, starting at `from`.
+fn copied_batches(from: u64, epoch: u64, batches: &[(u64, u64, usize)]) -> Vec<CopiedEvent> {
+    let now = TimestampMs::now();
+    let mut offset = from;
+    let mut out = Vec::new();
+    for &(id, sequence, n) in batches {
+        for i in 0..n {
+            out.push(CopiedEvent {
+                offset: Offset(offset),
+                epoch: Epoch(epoch),
+                timestamp: now,
+                producer: tag(id, sequence),
+                data: ev(&format!("{id}-{sequence}-{i}")),
+            });
+            offset += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_retried_batch_is_answered_with_its_original_offsets_and_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = id("a");
+    let first = publish_as(&log, &a, tag(7, 1), &["x", "y"]).await.unwrap();
+    publish_as(&log, &a, None, &["other"]).await.unwrap();
+    let retry = publish_as(&log, &a, tag(7, 1), &["x", "y"]).await.unwrap();
+    assert!(retry.duplicate && !first.duplicate);
+    assert_eq!(
+        (retry.first, retry.last, retry.timestamp, retry.epoch),
+        (first.first, first.last, first.timestamp, first.epoch)
+    );
+    let next = publish_as(&log, &a, tag(7, 2), &["z"]).await.unwrap();
+    assert_eq!((next.first, next.duplicate), (Offset(3), false));
+    assert_eq!(
+        payloads(&log.read(&a, Offset(0), 10, usize::MAX).unwrap()),
+        ["x", "y", "other", "z"]
+    );
+    // Another producer has its own sequence.
+    assert!(
+        !publish_as(&log, &a, tag(8, 1), &["w"])
+            .await
+            .unwrap()
+            .duplicate
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn pipelined_batches_and_their_retries_in_one_queue_are_each_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = id("a");
+    // Submitted back to back, so most share a commit; then all resent, as after a lost stream.
+    let mut pending = Vec::new();
+    for round in 0..2 {
+        for seq in 1..=20u64 {
+            let payload = format!("b{seq}");
+            pending.push((
+                round,
+                seq,
+                log.submit_as(&a, vec![ev(&payload)], true, tag(3, seq))
+                    .await
+                    .unwrap(),
+            ));
+        }
+    }
+    let mut first_offsets = std::collections::HashMap::new();
+    for (round, seq, p) in pending {
+        let got = p.await.unwrap();
+        assert_eq!(got.duplicate, round == 1, "seq {seq} round {round}");
+        let was = *first_offsets.entry(seq).or_insert(got.first);
+        assert_eq!(
+            got.first, was,
+            "seq {seq}: a retry reports the original offset"
+        );
+    }
+    let stored = payloads(&log.read(&a, Offset(0), 100, usize::MAX).unwrap());
+    let expected: Vec<String> = (1..=20).map(|s| format!("b{s}")).collect();
+    assert_eq!(stored, expected);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sequence_gap_is_refused_naming_the_expected_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = id("a");
+    // A producer the log does not know may start anywhere (e.g. after expiry).
+    publish_as(&log, &a, tag(5, 41), &["p"]).await.unwrap();
+    let err = publish_as(&log, &a, tag(5, 43), &["q"]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::SequenceGap {
+                expected: 42,
+                got: 43,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("expected sequence is 42"), "{err}");
+    assert_eq!(log.stats(&a).unwrap().next, Offset(1), "nothing stored");
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn producers_are_remembered_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    publish_as(&log, &a, tag(9, 1), &["a"]).await.unwrap();
+    let second = publish_as(&log, &a, tag(9, 2), &["b", "c"]).await.unwrap();
+    log.close().await.unwrap();
+    drop(log);
+
+    let log = open(dir.path());
+    let retry = publish_as(&log, &a, tag(9, 2), &["b", "c"]).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!((retry.first, retry.last), (second.first, second.last));
+    // An older batch is found in the log itself.
+    let older = publish_as(&log, &a, tag(9, 1), &["a"]).await.unwrap();
+    assert!(older.duplicate);
+    assert_eq!((older.first, older.last), (Offset(0), Offset(0)));
+    assert_eq!(log.stats(&a).unwrap().next, Offset(3));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replica_remembers_producers_so_a_promoted_primary_refuses_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Replica).await.unwrap();
+    // Producer 4's batch 2 arrives split over two replication messages.
+    let mut events = copied_batches(0, 1, &[(4, 1, 2), (6, 1, 1), (4, 2, 3)]);
+    let tail = events.split_off(4);
+    log.submit_copied(&a, events).await.unwrap().await.unwrap();
+    log.submit_copied(&a, tail).await.unwrap().await.unwrap();
+    // Promotion, then the producer's retry of its last batch reaches the new primary.
+    log.ensure(&a, WriteAccess::Leader(Epoch(2))).await.unwrap();
+    let retry = publish_as(&log, &a, tag(4, 2), &["r0", "r1", "r2"])
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.first, retry.last, retry.epoch),
+        (Offset(3), Offset(5), Epoch(1))
+    );
+    let earlier = publish_as(&log, &a, tag(4, 1), &["e"]).await.unwrap();
+    assert_eq!(
+        (earlier.first, earlier.last, earlier.duplicate),
+        (Offset(0), Offset(1), true)
+    );
+    let next = publish_as(&log, &a, tag(4, 3), &["n"]).await.unwrap();
+    assert_eq!((next.first, next.duplicate), (Offset(6), false));
+    // The primary's events carry the tags, so its replicas learn them too.
+    let read = log.read_log(&a, Offset(6), 1, usize::MAX).unwrap();
+    assert_eq!(read[0].producer, tag(4, 3));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn truncation_rolls_producer_state_back_to_the_batches_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Replica).await.unwrap();
+    let events = copied_batches(0, 1, &[(4, 1, 2), (6, 1, 1), (4, 2, 3), (6, 2, 1)]);
+    log.submit_copied(&a, events).await.unwrap().await.unwrap();
+    // The new primary never had offsets 3.. (batch 2 of both producers): cut them.
+    assert_eq!(log.truncate(&a, Offset(3)).await.unwrap(), 4);
+    log.close().await.unwrap();
+    drop(log);
+
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Leader(Epoch(2))).await.unwrap();
+    // Batch 2 is no longer stored, so its retry is stored now, once.
+    let again = publish_as(&log, &a, tag(4, 2), &["x"]).await.unwrap();
+    assert_eq!((again.first, again.duplicate), (Offset(3), false));
+    let dup = publish_as(&log, &a, tag(6, 1), &["y"]).await.unwrap();
+    assert_eq!((dup.first, dup.duplicate), (Offset(2), true));
+    assert!(
+        !publish_as(&log, &a, tag(6, 2), &["z"])
+            .await
+            .unwrap()
+            .duplicate
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_producers_expire_and_may_then_start_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = EventLog::open(
+        dir.path(),
+        LogOptions {
+            producer_expiry: Duration::from_secs(60),
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    publish_as(&log, &a, tag(2, 1), &["a"]).await.unwrap();
+    assert_eq!(log.expire_producers(TimestampMs::now()).unwrap(), 0);
+    assert_eq!(log.producer_count(&a).unwrap(), 1);
+    let later = TimestampMs(TimestampMs::now().0 + 61_000);
+    assert_eq!(log.expire_producers(later).unwrap(), 1);
+    assert_eq!(log.producer_count(&a).unwrap(), 0);
+    log.close().await.unwrap();
+    drop(log);
+    // Forgotten durably: after a restart a far-off sequence is taken as the first.
+    let log = open(dir.path());
+    assert_eq!(log.producer_count(&a).unwrap(), 0);
+    assert!(
+        !publish_as(&log, &a, tag(2, 50), &["b"])
+            .await
+            .unwrap()
+            .duplicate
+    );
     log.close().await.unwrap();
 }

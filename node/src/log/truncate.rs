@@ -13,6 +13,10 @@
 //!   new metadata, dropped epoch records) written under the writer lock. A truncation lowers
 //!   `next` from the top and a skip raises `earliest` from the bottom, so every intermediate
 //!   state is a valid log and a crash midway leaves a log that the next attempt finishes.
+//! - Producer records follow the log: after a truncation each record of a removed batch is
+//!   replaced by the producer's latest batch still stored ([`Store::repair_producers`], also
+//!   run at open for a truncation a crash interrupted); a skip ahead drops them all, since
+//!   none of the batches they describe is kept.
 
 use std::sync::atomic::Ordering;
 
@@ -21,7 +25,7 @@ use fjall::PersistMode;
 
 use super::LogError;
 use super::committer::fatal;
-use super::record::{self, EVENT_HEADER_LEN, StreamMeta};
+use super::record::{self, StreamMeta};
 use super::store::{Store, Stream};
 
 /// Most events removed per batch.
@@ -34,6 +38,7 @@ pub(super) fn truncate(store: &Store, stream: &Stream, to: u64) -> Result<u64, L
         let _writer = store.lock_writes();
         let old = *stream.state();
         if to >= old.next {
+            store.repair_producers(stream)?;
             return Ok(removed);
         }
         if to < old.hwm {
@@ -108,8 +113,10 @@ pub(super) fn skip_to(store: &Store, stream: &Stream, start: u64) -> Result<(), 
         for epoch in &epochs {
             batch.remove(&store.epochs, record::epoch_key(stream.number, *epoch));
         }
+        store.drop_producers(stream, &mut batch);
         write(store, stream, batch, &new, "skipping the event log ahead");
         stream.epochs().clear();
+        stream.producers().clear();
         return Ok(());
     }
 }
@@ -132,7 +139,14 @@ fn remove_range(
             ),
             source,
         })?;
-        bytes += value.len().saturating_sub(EVENT_HEADER_LEN) as u64;
+        let header = record::decode_event_header(&value).map_err(|source| LogError::Corrupt {
+            context: format!(
+                "decoding data ID {} from offset {low} to rewrite its tail",
+                stream.data_id
+            ),
+            source,
+        })?;
+        bytes += (value.len() - header.len) as u64;
         batch.remove(&store.events, key);
     }
     Ok(bytes)

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::coordinator::Assignment;
 use super::{Replication, Role};
-use crate::log::{CopiedEvent, Epoch, PendingAppend, WriteAccess};
+use crate::log::{CopiedEvent, Epoch, PendingAppend, ProducerTag, WriteAccess};
 
 /// First pause after a failed session; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -276,6 +276,10 @@ async fn session(
                     offset: Offset(e.offset),
                     epoch: Epoch(e.epoch),
                     timestamp: TimestampMs(e.timestamp),
+                    producer: (e.producer_id != 0).then_some(ProducerTag {
+                        id: e.producer_id,
+                        sequence: e.producer_sequence,
+                    }),
                     data: e.data,
                 })
                 .collect();

@@ -4,9 +4,12 @@
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod consul;
+mod disk;
 mod errors;
 mod failover;
+mod metrics;
 mod process;
+mod producers;
 mod replication;
 mod streaming;
 mod util;
