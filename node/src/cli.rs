@@ -196,5 +196,41 @@ mod tests {
         assert_eq!(s.deregister_critical_after, Duration::from_secs(60));
         assert_eq!(s.advertise_address, None);
         assert_eq!(s.consul_token, None);
+        assert!(!s.tls.enabled(), "TLS is off by default: {:?}", s.tls);
+        assert_eq!(s.consul_ca_file, None);
+    }
+
+    #[test]
+    fn tls_flags_and_environment_reach_the_settings() {
+        let flags = NodeFlags {
+            tls: TlsFlags {
+                tls_cert: Some("certs/node1.pem".into()),
+                tls_key: Some("certs/node1.key".into()),
+                tls_require_client_cert: Some("true".into()),
+                ..TlsFlags::default()
+            },
+            ..NodeFlags::default()
+        };
+        let loaded = Loader::new()
+            .env([
+                ("EVENT_CATCHER_TLS_CA_FILE", "certs/ca.pem"),
+                ("EVENT_CATCHER_CONSUL_CA_FILE", "certs/consul-ca.pem"),
+            ])
+            .flag("node.id", "--id", Some("node1".to_owned()))
+            .tls_flags(&flags.tls)
+            .load()
+            .expect("valid configuration");
+        let s = settings(&loaded.config).expect("settings");
+        assert_eq!(
+            s.tls,
+            ec_grpc::TlsFiles {
+                cert_file: Some("certs/node1.pem".into()),
+                key_file: Some("certs/node1.key".into()),
+                ca_file: Some("certs/ca.pem".into()),
+                require_client_cert: true,
+            }
+        );
+        assert_eq!(s.consul_ca_file, Some(PathBuf::from("certs/consul-ca.pem")));
+        assert_eq!(s.consul_url, "https://localhost:8500");
     }
 }

@@ -126,7 +126,8 @@ async fn tls_round_trip_and_refusals() {
                 Ok(p) => panic!("{what}: a publish was accepted: {p:?}"),
             },
         };
-        // The refusal happens in the TLS handshake, before any RPC is decided.
+        // The refusal happens in the TLS handshake, before any RPC is decided: a transport
+        // failure, reported as such or as the delivery timeout it ran into.
         assert!(
             refused.contains("transport error")
                 || refused.contains("Cancelled")
