@@ -125,8 +125,9 @@ pub(crate) struct FailoverArgs {
     /// Seconds of load kept up after writes resumed (default 2; 1 with --quick).
     #[arg(long)]
     pub(crate) after_secs: Option<f64>,
-    /// Longest wait for writes and reads to resume after the kill, seconds.
-    #[arg(long, default_value_t = 90.0)]
+    /// Longest wait for writes and reads to resume after the kill, seconds (a JetStream
+    /// ordered consumer whose server died resumes only after missing two idle heartbeats).
+    #[arg(long, default_value_t = 120.0)]
     pub(crate) resume_deadline: f64,
 }
 
