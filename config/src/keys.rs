@@ -126,6 +126,8 @@ keys! {
         "always = sync before acknowledging a publish; interval = sync every fsync_interval";
     "node.storage.fsync_interval" "EVENT_CATCHER_NODE_STORAGE_FSYNC_INTERVAL" [node.storage.fsync_interval] duration "1s"
         "sync period when fsync is interval";
+    "node.storage.min_free_bytes" "EVENT_CATCHER_NODE_STORAGE_MIN_FREE_BYTES" [node.storage.min_free_bytes] bytes "256MiB"
+        "refuse publishes (RESOURCE_EXHAUSTED) before the data dir's disk has less free; reads go on; 0 = no check";
     "node.retention.max_events" "EVENT_CATCHER_NODE_RETENTION_MAX_EVENTS" [node.retention.max_events] count "0"
         "keep at most this many events per data ID; 0 = unlimited";
     "node.retention.max_bytes" "EVENT_CATCHER_NODE_RETENTION_MAX_BYTES" [node.retention.max_bytes] bytes "0"

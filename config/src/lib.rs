@@ -148,6 +148,8 @@ pub struct StorageConfig {
     pub fsync: FsyncPolicy,
     /// With [`FsyncPolicy::Interval`], how often the log is synced.
     pub fsync_interval: Duration,
+    /// Free bytes the data dir's filesystem keeps: writes that would leave less are refused.
+    pub min_free_bytes: u64,
 }
 
 /// When the node syncs its log to disk.

@@ -106,6 +106,8 @@ pub struct PartialStorage {
     pub fsync: Option<FsyncPolicy>,
     /// `node.storage.fsync_interval`
     pub fsync_interval: Option<Duration>,
+    /// `node.storage.min_free_bytes`
+    pub min_free_bytes: Option<u64>,
 }
 
 /// `node.retention.*`; see [`crate::RetentionConfig`]. `0` means unlimited.

@@ -206,6 +206,7 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
     let storage = StorageConfig {
         fsync: c.required("node.storage.fsync", node.storage.fsync)?,
         fsync_interval: c.positive("node.storage.fsync_interval", node.storage.fsync_interval)?,
+        min_free_bytes: c.required("node.storage.min_free_bytes", node.storage.min_free_bytes)?,
     };
 
     let r = node.retention;

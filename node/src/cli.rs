@@ -126,6 +126,7 @@ fn settings_of(node_id: NodeId, config: &Config) -> NodeSettings {
                 max_age: node.retention.max_age,
             },
             producer_expiry: node.producers.expiry,
+            min_free_bytes: node.storage.min_free_bytes,
             ..LogOptions::default()
         },
         retention_interval: node.retention.check_interval,

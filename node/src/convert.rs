@@ -24,6 +24,7 @@ impl From<LogError> for Status {
             // Retrying cannot help: the producer must resend the missing batches first.
             LogError::SequenceGap { .. } => Status::failed_precondition(msg),
             LogError::DuplicateNotRetained { .. } => Status::already_exists(msg),
+            LogError::DiskFull { .. } => Status::resource_exhausted(msg),
             LogError::Closed | LogError::CommitterStopped => Status::unavailable(msg),
             LogError::Storage { .. }
             | LogError::Corrupt { .. }

@@ -4,6 +4,11 @@
 //! There is one source of truth, [`Serving`]: `true` from start until shutdown begins, then
 //! `false` for the whole drain, so Consul turns the node critical and routers stop sending
 //! traffic before streams are ended and the process exits.
+//!
+//! A node whose disk is below `node.storage.min_free_bytes` answers 429 ("degraded", with the
+//! reason): Consul shows it as `warning`, which routers still use for reads (they prefer
+//! passing nodes) while its publishes are refused with `RESOURCE_EXHAUSTED`. Critical would
+//! take its reads away too, for a condition that does not affect them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +19,24 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
+
+use crate::log::EventLog;
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
 
 /// Whether the node serves (`true`) or drains (`false`); shared by both health endpoints.
 #[derive(Clone)]
@@ -53,21 +76,54 @@ impl Serving {
     }
 }
 
-/// Serves `GET path` on `listener`: 200 while serving, 503 while draining, until `stop`.
+/// Serves `GET path` on `listener`: 200 while serving, 429 while serving with too little
+/// disk for writes, 503 while draining, until `stop`.
 pub(crate) async fn serve_http(
     listener: TcpListener,
     path: String,
     node_id: String,
     serving: Serving,
+    log: EventLog,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new().route(
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics(),
+                    )
+                }
+            }),
+        )
+        .route(
         &path,
         get(move || {
             let serving = serving.clone();
             let node_id = node_id.clone();
+            let log = log.clone();
             async move {
-                if serving.is_serving() {
+                let disk = if serving.is_serving() {
+                    log.check_space()
+                } else {
+                    None
+                };
+                if let Some(reason) = disk {
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "{{\"status\":\"degraded\",\"node_id\":\"{node_id}\",\"reason\":{}}}\n",
+                            json_string(&reason)
+                        ),
+                    )
+                } else if serving.is_serving() {
                     (
                         StatusCode::OK,
                         format!("{{\"status\":\"serving\",\"node_id\":\"{node_id}\"}}\n"),

@@ -15,6 +15,7 @@ pub mod cli;
 mod convert;
 mod health;
 pub mod log;
+mod metrics;
 mod registration;
 mod replicate;
 mod replication;

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ec_core::{DataId, NodeId, TimestampMs};
@@ -23,7 +24,8 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{debug, error, info, warn};
 
 use crate::health::{Serving, serve_http};
-use crate::log::{EventLog, LogError, LogOptions};
+use crate::log::{CommitObserver, CommitStats, EventLog, LogError, LogOptions};
+use crate::metrics::NodeMetrics;
 use crate::registration::{Advertised, CheckSettings, registration};
 use crate::replication::{self, Replication, ReplicationSettings};
 use crate::service::NodeService;
@@ -146,12 +148,17 @@ async fn serve(
 ) -> Result<(), NodeError> {
     let grpc_addr = listeners.grpc.local_addr().map_err(NodeError::Listener)?;
     let health_addr = listeners.health.local_addr().map_err(NodeError::Listener)?;
-    let log = EventLog::open(&settings.data_dir, settings.log.clone()).map_err(|source| {
-        NodeError::OpenLog {
+    let metrics = NodeMetrics::new();
+    let mut log_options = settings.log.clone();
+    log_options.on_commit = Some(CommitObserver(Arc::new({
+        let metrics = metrics.clone();
+        move |c: &CommitStats| metrics.committed(c)
+    })));
+    let log =
+        EventLog::open(&settings.data_dir, log_options).map_err(|source| NodeError::OpenLog {
             dir: settings.data_dir.clone(),
             source,
-        }
-    })?;
+        })?;
     let tasks = TaskTracker::new();
 
     let (reporter, grpc_health) = tonic_health::server::health_reporter();
@@ -205,6 +212,7 @@ async fn serve(
 
     tasks.spawn(housekeeping(
         log.clone(),
+        metrics.clone(),
         settings.retention_interval,
         move |ids| {
             reg_tx.send_if_modified(|reg| {
@@ -222,6 +230,11 @@ async fn serve(
         settings.health_path.clone(),
         settings.node_id.to_string(),
         serving.clone(),
+        log.clone(),
+        {
+            let (metrics, log, replication) = (metrics.clone(), log.clone(), replication.clone());
+            Arc::new(move || metrics.render(&log, &replication))
+        },
         stop_serving.clone(),
     ));
 
@@ -232,6 +245,7 @@ async fn serve(
         auto_create: settings.auto_create,
         replication,
         shutdown: stop_serving.clone(),
+        metrics,
     };
     // A request may carry one event of the maximum size plus framing; a bit more is refused
     // by tonic itself before it is decoded.
@@ -307,6 +321,7 @@ fn held_data_ids(log: &EventLog) -> Vec<DataId> {
 /// registration's meta) every [`META_REFRESH`].
 async fn housekeeping(
     log: EventLog,
+    metrics: NodeMetrics,
     retention_interval: Duration,
     mut on_data_ids: impl FnMut(&[DataId]) + Send + 'static,
     stop: CancellationToken,
@@ -320,9 +335,12 @@ async fn housekeeping(
                 let for_retention = log.clone();
                 let trimmed = tokio::task::spawn_blocking(move || for_retention.enforce_retention(TimestampMs::now())).await;
                 match trimmed {
-                    Ok(Ok(trimmed)) => for (data_id, earliest) in trimmed {
-                        info!(%data_id, %earliest, "retention trimmed the head");
-                    },
+                    Ok(Ok(trimmed)) => {
+                        metrics.trimmed(trimmed.len());
+                        for (data_id, earliest) in trimmed {
+                            info!(%data_id, %earliest, "retention trimmed the head");
+                        }
+                    }
                     Ok(Err(e)) => warn!(error = %e, "retention failed; will retry"),
                     Err(e) => warn!(error = %e, "retention task panicked; will retry"),
                 }

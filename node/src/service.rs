@@ -14,6 +14,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ec_core::Offset;
 use ec_proto::node_server::Node;
@@ -29,6 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats, WriteAccess};
+use crate::metrics::NodeMetrics;
 use crate::replication::{Acks, NotReplicated, Replication, Role};
 use crate::request::{AppendRequest, ReadRequest, parse_data_id};
 use crate::stream::{produce, resolve_start};
@@ -55,6 +57,8 @@ pub(crate) struct NodeService {
     pub(crate) replication: Arc<Replication>,
     /// Cancelled when the node shuts down: ends every open stream.
     pub(crate) shutdown: CancellationToken,
+    /// What `/metrics` reports.
+    pub(crate) metrics: NodeMetrics,
 }
 
 type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
@@ -70,13 +74,26 @@ impl NodeService {
         let start = resolve_start(&self.log, &read)?;
         debug!(data_id = %read.data_id, %start, follow = read.follow, "stream opened");
         let (tx, rx) = mpsc::channel(channel);
+        // Counts the reader while the producer (which owns the closure) runs.
+        let (metrics, reader, data_id) = (
+            self.metrics.clone(),
+            self.metrics.reader(),
+            read.data_id.clone(),
+        );
+        let mut encode = encode;
+        let counted = move |events: Vec<StoredEvent>| {
+            let _open = &reader;
+            let bytes = events.iter().map(|e| e.data.len() as u64).sum();
+            metrics.read(&data_id, events.len() as u64, bytes);
+            encode(events)
+        };
         tokio::spawn(produce(
             self.log.clone(),
             read,
             start,
             tx,
             self.shutdown.clone(),
-            encode,
+            counted,
         ));
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
@@ -84,7 +101,12 @@ impl NodeService {
     /// Checks and queues one publish; `acks` is what the call's metadata (or the node's
     /// default) asks for, which the request's own `acks` field overrides.
     async fn submit(&self, req: PublishRequest, acks: Acks) -> Result<Submitted, Status> {
+        let arrived = Instant::now();
         let append = AppendRequest::parse(req, self.max_event_bytes)?;
+        let (events, bytes) = (
+            append.events.len() as u64,
+            append.events.iter().map(|e| e.len() as u64).sum(),
+        );
         self.replication.check_publish(&append.data_id)?;
         let pending = self
             .log
@@ -100,6 +122,9 @@ impl NodeService {
             pending,
             appended: None,
             acks: append.acks.unwrap_or(acks),
+            arrived,
+            events,
+            bytes,
         })
     }
 
@@ -160,6 +185,23 @@ struct Submitted {
     appended: Option<Appended>,
     /// What its acknowledgement waits for.
     acks: Acks,
+    /// When the request arrived, and its size, for the metrics.
+    arrived: Instant,
+    events: u64,
+    bytes: u64,
+}
+
+impl Submitted {
+    /// Records the acknowledgement `a` of this publish in `metrics`.
+    fn acknowledged(&self, metrics: &NodeMetrics, a: &Appended) {
+        metrics.published(
+            &self.data_id,
+            self.events,
+            self.bytes,
+            a.duplicate,
+            self.arrived.elapsed(),
+        );
+    }
 }
 
 fn to_event(e: StoredEvent) -> Event {
@@ -257,12 +299,18 @@ impl Node for NodeService {
         &self,
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let acks = self.acks(&req)?;
-        let submitted = self.submit(req.into_inner(), acks).await?;
-        let appended = submitted.pending.await?;
-        let appended = self
-            .replicated(&submitted.data_id, appended, submitted.acks)
-            .await?;
+        let result = async {
+            let acks = self.acks(&req)?;
+            let mut submitted = self.submit(req.into_inner(), acks).await?;
+            let appended = (&mut submitted.pending).await?;
+            let appended = self
+                .replicated(&submitted.data_id, appended, submitted.acks)
+                .await?;
+            submitted.acknowledged(&self.metrics, &appended);
+            Ok::<_, Status>(appended)
+        }
+        .await;
+        let appended = result.inspect_err(|s| self.metrics.grpc_error("Publish", s.code()))?;
         Ok(Response::new(PublishResponse {
             first_offset: appended.first.0,
             last_offset: appended.last.0,
@@ -319,21 +367,25 @@ impl Node for NodeService {
                 };
                 let mut acks = Vec::new();
                 let first = match submitted {
-                    Ok(s) => {
+                    Ok(mut s) => {
                         let committed = match s.appended {
                             Some(a) => Ok(a),
-                            None => s.pending.await.map_err(Status::from),
+                            None => (&mut s.pending).await.map_err(Status::from),
                         };
                         match committed {
-                            Ok(a) => this.replicated(&s.data_id, a, s.acks).await,
+                            Ok(a) => this.replicated(&s.data_id, a, s.acks).await.map(|a| (a, s)),
                             Err(status) => Err(status),
                         }
                     }
                     Err(status) => Err(status),
                 };
                 match first {
-                    Ok(a) => acks.push(to_ack(sequence, &a)),
+                    Ok((a, s)) => {
+                        s.acknowledged(&this.metrics, &a);
+                        acks.push(to_ack(sequence, &a));
+                    }
                     Err(status) => {
+                        this.metrics.grpc_error("PublishStream", status.code());
                         warn!(%status, sequence, "publish stream request failed");
                         let _ = acks_tx.send(Err(status)).await;
                         return;
@@ -372,6 +424,7 @@ impl Node for NodeService {
                                     if s.acks == Acks::Leader
                                         || this.is_replicated(&s.data_id, &a) =>
                                 {
+                                    s.acknowledged(&this.metrics, &a);
                                     Ok(a)
                                 }
                                 _ => {
@@ -394,6 +447,7 @@ impl Node for NodeService {
                     return;
                 }
                 if let Some(status) = failure {
+                    this.metrics.grpc_error("PublishStream", status.code());
                     let _ = acks_tx.send(Err(status)).await;
                     return;
                 }

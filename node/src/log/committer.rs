@@ -49,7 +49,7 @@ use super::record::{
     self, EVENT_HEADER_LEN, EVENT_KEY_LEN, ProducerRecord, ProducerTag, StreamMeta,
 };
 use super::store::{Store, Stream};
-use super::{Appended, Epoch, EpochStart, LogError, WriteAccess};
+use super::{Appended, CommitStats, Epoch, EpochStart, LogError, WriteAccess};
 
 /// Which stream an append goes to.
 pub(super) enum Target {
@@ -264,12 +264,22 @@ fn check_copied(
 
 /// Writes one batch for `requests`, makes it durable, publishes it, answers publishers.
 fn commit(store: &Store, requests: Vec<AppendRequest>) {
+    let needed: usize = requests.iter().map(AppendRequest::batch_bytes).sum();
+    if let Err(full) = store.space.check(needed as u64) {
+        // Nothing of this batch is written: every request gets the refusal.
+        for request in requests {
+            let _ = request.reply.send(Err(full.clone().into()));
+        }
+        return;
+    }
     let now = TimestampMs::now().0;
     let guard = store.lock_writes();
     let mut touched: HashMap<u64, Touched> = HashMap::new();
     let mut created: HashMap<DataId, u64> = HashMap::new();
     let mut batch = store.db.batch().durability(Some(store.batch_durability));
     let mut replies = Vec::with_capacity(requests.len());
+    // Events copied from a primary, per request, for the commit observer.
+    let mut copied_stats: Vec<(DataId, u64, u64)> = Vec::new();
 
     for request in requests {
         if request.events.is_empty() {
@@ -385,6 +395,10 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                     replies.push((request.reply, Err(e)));
                     continue;
                 }
+                if store.on_commit.is_some() {
+                    let bytes = request.events.iter().map(|e| e.len() as u64).sum();
+                    copied_stats.push((stream.data_id.clone(), request.events.len() as u64, bytes));
+                }
                 let mut ts = entry.meta.last_ts;
                 for (event, c) in request.events.iter().zip(copied) {
                     entry.note_epoch(c.epoch, c.offset);
@@ -460,8 +474,19 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
             }
         }
         // One journal write and, under `Always`, one fdatasync for the whole batch.
+        let started = std::time::Instant::now();
         if let Err(e) = batch.commit() {
             fatal("writing a batch to the event log", &e);
+        }
+        if let Some(observer) = &store.on_commit {
+            (observer.0)(&CommitStats {
+                events: touched
+                    .values()
+                    .map(|t| t.meta.next.saturating_sub(t.stream.state().next))
+                    .sum(),
+                took: started.elapsed(),
+                copied: copied_stats,
+            });
         }
         store.commits.fetch_add(1, Ordering::Relaxed);
         if store.batch_durability == PersistMode::Buffer {

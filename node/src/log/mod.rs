@@ -36,6 +36,7 @@ mod committer;
 mod producers;
 mod record;
 mod retention;
+mod space;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -94,6 +95,33 @@ pub struct LogOptions {
     pub max_batch_bytes: usize,
     /// How long a producer is remembered after its last batch (`node.producers.expiry`).
     pub producer_expiry: Duration,
+    /// Free space the log's filesystem must keep (`node.storage.min_free_bytes`): a batch
+    /// that would leave less is refused before anything of it is written. 0: no check.
+    pub min_free_bytes: u64,
+    /// Told of every group commit: events written and the time to write and sync them.
+    pub on_commit: Option<CommitObserver>,
+}
+
+/// A callback told of each group commit, e.g. to feed metrics; it runs on the committer
+/// thread, so it must be quick.
+#[derive(Clone)]
+pub struct CommitObserver(pub Arc<dyn Fn(&CommitStats) + Send + Sync>);
+
+/// What one group commit wrote.
+#[derive(Debug, Clone, Default)]
+pub struct CommitStats {
+    /// Events written, published and copied.
+    pub events: u64,
+    /// Time to write the batch and, under `Always`, sync it.
+    pub took: Duration,
+    /// Per data ID, events copied from a primary and their payload bytes.
+    pub copied: Vec<(DataId, u64, u64)>,
+}
+
+impl std::fmt::Debug for CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
 }
 
 impl Default for LogOptions {
@@ -103,6 +131,8 @@ impl Default for LogOptions {
             retention: Retention::default(),
             max_batch_bytes: 4 * 1024 * 1024,
             producer_expiry: Duration::from_secs(15 * 60),
+            min_free_bytes: 0,
+            on_commit: None,
         }
     }
 }
@@ -368,6 +398,22 @@ pub enum LogError {
         /// The batch's sequence.
         sequence: u64,
     },
+    /// The log's filesystem is too full to take this write: it would leave less than
+    /// `node.storage.min_free_bytes` free. Nothing was written; reads continue.
+    #[error(
+        "the node's disk is full: {free} bytes free in {dir} and this write needs {needed} more, but node.storage.min_free_bytes keeps {min_free} free; publishes are refused until space is freed (reads continue, no restart needed)",
+        dir = dir.display()
+    )]
+    DiskFull {
+        /// The log's directory.
+        dir: std::path::PathBuf,
+        /// Bytes free for the node.
+        free: u64,
+        /// Bytes the refused write needed.
+        needed: u64,
+        /// The configured reserve.
+        min_free: u64,
+    },
     /// A skip ahead asked to move a stream backwards.
     #[error(
         "cannot skip data ID {data_id} ahead to offset {start}: its log already ends at {next}"
@@ -441,7 +487,9 @@ impl EventLog {
             }
         };
         let expiry_ms = i64::try_from(opts.producer_expiry.as_millis()).unwrap_or(i64::MAX);
-        let store = Arc::new(Store::open(dir, durability, expiry_ms)?);
+        let mut store = Store::open(dir, durability, expiry_ms, opts.min_free_bytes)?;
+        store.on_commit = opts.on_commit;
+        let store = Arc::new(store);
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let (stopped_tx, stopped) = watch::channel(false);
         committer::spawn(
@@ -747,6 +795,18 @@ impl EventLog {
     pub fn expire_producers(&self, now: TimestampMs) -> Result<usize, LogError> {
         let _open = self.sender()?;
         self.inner.store.expire_producers(now.0)
+    }
+
+    /// Why the log refuses writes for lack of space, if it does (as of its last write or
+    /// check): the same message publishers get.
+    pub fn disk_full(&self) -> Option<String> {
+        self.inner.store.space.refusal()
+    }
+
+    /// Whether the disk is too full for writes right now (checked now, so it shows before
+    /// the next publish is refused), and why. For health checks.
+    pub fn check_space(&self) -> Option<String> {
+        self.inner.store.space.low()
     }
 
     /// Number of producers `data_id` remembers.

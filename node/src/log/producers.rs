@@ -240,6 +240,7 @@ pub(super) fn gap(data_id: &DataId, tag: ProducerTag, expected: u64) -> LogError
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -229,6 +229,10 @@ pub(super) struct Store {
     pub(super) producers: Keyspace,
     /// How long a producer's record is kept after its last batch, in milliseconds.
     pub(super) producer_expiry_ms: i64,
+    /// Refuses writes that would leave the disk too full.
+    pub(super) space: super::space::SpaceGuard,
+    /// Told of each group commit.
+    pub(super) on_commit: Option<super::CommitObserver>,
     /// Streams by data ID. Only the committer inserts (after the creating batch is durable).
     streams: RwLock<HashMap<DataId, Arc<Stream>>>,
     /// Held by whoever writes a batch (committer, retention), from reading the committed
@@ -257,6 +261,7 @@ impl Store {
         dir: &Path,
         batch_durability: PersistMode,
         producer_expiry_ms: i64,
+        min_free_bytes: u64,
     ) -> Result<Store, LogError> {
         std::fs::create_dir_all(dir).map_err(|e| LogError::Storage {
             context: format!("creating log directory {}", dir.display()),
@@ -351,6 +356,8 @@ impl Store {
             epochs,
             producers,
             producer_expiry_ms,
+            space: super::space::SpaceGuard::new(dir, min_free_bytes),
+            on_commit: None,
             streams: RwLock::new(streams),
             write_lock: Mutex::new(()),
             next_number: AtomicU64::new(next_number),

@@ -4,8 +4,10 @@
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod consul;
+mod disk;
 mod errors;
 mod failover;
+mod metrics;
 mod process;
 mod producers;
 mod replication;

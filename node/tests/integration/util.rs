@@ -182,6 +182,8 @@ pub async fn collect(
 pub struct NodeProcess {
     pub child: Child,
     pub grpc_addr: SocketAddr,
+    /// The HTTP health endpoint (`/health`).
+    pub health_addr: SocketAddr,
     pub log_path: PathBuf,
 }
 
@@ -219,6 +221,7 @@ impl NodeProcess {
         NodeProcess {
             child,
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+            health_addr: SocketAddr::from(([127, 0, 0, 1], health_port)),
             log_path,
         }
     }

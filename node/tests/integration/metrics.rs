@@ -1,0 +1,184 @@
+//! `GET /metrics` on the health port, scraped after known traffic: the numbers must match
+//! what was sent, on a standalone node and on a replicating pair.
+
+use bytes::Bytes;
+use ec_proto::PublishRequest;
+use ec_testkit::{ConsulAgent, wait_for};
+
+use crate::replication::{map, wait_in_sync};
+use crate::util::*;
+
+/// The value of the sample `series` (name with its labels, as printed) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.split(' ').next()?.parse().ok()
+    })
+}
+
+async fn scrape(node: &NodeProcess) -> String {
+    let resp = reqwest::get(format!("http://{}/metrics", node.health_addr))
+        .await
+        .expect("GET /metrics");
+    assert!(resp.status().is_success());
+    resp.text().await.expect("body")
+}
+
+#[tokio::test]
+async fn a_standalone_node_counts_what_it_was_sent() {
+    let consul = ConsulAgent::start_dev().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let node = NodeProcess::spawn(
+        &dir.path().join("n1"),
+        &consul.http_addr().to_string(),
+        "n1",
+        &[],
+    );
+    let mut c = connect(node.grpc_addr).await;
+    // 7 events of 10 bytes, in 3 publishes; then a retried producer batch (a duplicate).
+    for n in [2, 2, 3] {
+        publish(
+            &mut c,
+            "m",
+            (0..n).map(|_| Bytes::from("0123456789")).collect(),
+        )
+        .await
+        .expect("publish");
+    }
+    for _ in 0..2 {
+        c.publish(PublishRequest {
+            data_id: "m".into(),
+            events: vec![Bytes::from("0123456789")],
+            producer_id: 42,
+            producer_sequence: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("idempotent publish");
+    }
+    // A refused publish: an empty batch.
+    let refused = publish(&mut c, "m", vec![]).await.expect_err("empty batch");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    // Read all 8 events once.
+    let log = full_log(&mut c, "m").await.expect("read");
+    assert_eq!(log.len(), 8);
+
+    let text = wait_for("the reader is closed in the metrics", DEADLINE, || {
+        let node = &node;
+        async move {
+            let text = scrape(node).await;
+            (sample(&text, "ec_node_open_readers") == Some(0.0)).then_some(text)
+        }
+    })
+    .await;
+    let d = "{data_id=\"m\"}";
+    assert_eq!(
+        sample(&text, &format!("ec_node_published_events_total{d}")),
+        Some(8.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &format!("ec_node_published_bytes_total{d}")),
+        Some(80.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("ec_node_producer_duplicates_total{d}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("ec_node_read_events_total{d}")),
+        Some(8.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("ec_node_read_bytes_total{d}")),
+        Some(80.0)
+    );
+    assert_eq!(sample(&text, &format!("ec_node_log_events{d}")), Some(8.0));
+    assert_eq!(
+        sample(&text, &format!("ec_node_log_end_offset{d}")),
+        Some(8.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("ec_node_high_watermark{d}")),
+        Some(8.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ec_node_grpc_errors_total{method=\"Publish\",code=\"InvalidArgument\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "ec_node_publish_duration_seconds_count"),
+        Some(5.0)
+    );
+    let commits = sample(&text, "ec_node_commit_duration_seconds_count").expect("commits");
+    assert!(
+        (1.0..=4.0).contains(&commits),
+        "4 stored publishes in 1..=4 commits: {commits}"
+    );
+    assert_eq!(sample(&text, "ec_node_commit_batch_events_sum"), Some(8.0));
+    assert_eq!(sample(&text, "ec_node_disk_low"), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_primary_reports_its_replicas_and_a_replica_what_it_copied() {
+    let consul = ConsulAgent::start_dev().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let addr = consul.http_addr().to_string();
+    let n1 = NodeProcess::spawn(&dir.path().join("n1"), &addr, "n1", &[]);
+    let n2 = NodeProcess::spawn(&dir.path().join("n2"), &addr, "n2", &[]);
+    let c1 = connect(n1.grpc_addr).await;
+    map(&consul, "r", &["n1", "n2"]).await;
+    wait_in_sync(&c1, "r", &["n1", "n2"]).await;
+    publish_acks(
+        &mut c1.clone(),
+        "r",
+        (0..5).map(|_| Bytes::from("abcd")).collect(),
+        "all",
+    )
+    .await
+    .expect("acks=all");
+
+    let d = "{data_id=\"r\"}";
+    let primary = wait_for(
+        "the primary's metrics show the replica caught up",
+        DEADLINE,
+        || {
+            let n1 = &n1;
+            async move {
+                let text = scrape(n1).await;
+                (sample(
+                    &text,
+                    "ec_node_replica_lag_events{data_id=\"r\",replica=\"n2\"}",
+                ) == Some(0.0)
+                    && sample(&text, &format!("ec_node_high_watermark{d}")) == Some(5.0))
+                .then_some(text)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        sample(&primary, &format!("ec_node_in_sync_replicas{d}")),
+        Some(2.0)
+    );
+    assert!(sample(&primary, &format!("ec_node_epoch{d}")).is_some_and(|e| e >= 1.0));
+    let replica = wait_for("the replica counted the copies", DEADLINE, || {
+        let n2 = &n2;
+        async move {
+            let text = scrape(n2).await;
+            (sample(&text, &format!("ec_node_replicated_events_total{d}")) == Some(5.0))
+                .then_some(text)
+        }
+    })
+    .await;
+    assert_eq!(
+        sample(&replica, &format!("ec_node_replicated_bytes_total{d}")),
+        Some(20.0)
+    );
+    assert_eq!(
+        sample(&replica, &format!("ec_node_published_events_total{d}")),
+        None
+    );
+}
