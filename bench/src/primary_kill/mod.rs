@@ -62,7 +62,7 @@ pub(crate) struct Shape {
 }
 
 /// Room for the identity at the start of every payload.
-pub(crate) const MIN_PAYLOAD: usize = 24;
+pub(crate) const MIN_PAYLOAD: usize = 21;
 
 /// The payload of event `index` of batch `batch`: its identity, then padding.
 pub(crate) fn payload(batch: u64, index: u32, size: usize) -> Bytes {
@@ -75,7 +75,8 @@ pub(crate) fn payload(batch: u64, index: u32, size: usize) -> Bytes {
 
 /// The (batch, index) identity of a payload written by [`payload`]; `None` for any other.
 pub(crate) fn event_id(payload: &[u8]) -> Option<(u64, u32)> {
-    let text = std::str::from_utf8(payload.get(..23)?).ok()?;
+    // "pk:" + 12 digits + ":" + 4 digits + ":" (fixed width).
+    let text = std::str::from_utf8(payload.get(..21)?).ok()?;
     let rest = text.strip_prefix("pk:")?;
     let (batch, rest) = rest.split_once(':')?;
     let (index, _) = rest.split_once(':')?;
