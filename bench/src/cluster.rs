@@ -189,6 +189,7 @@ async fn spawn_gateway(
     let addr = loopback(free_port());
     let mut cmd = Command::new(binary);
     cmd.args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args(["--metrics-port", &free_port().to_string()])
         .args(["--consul-addr", &consul.to_string()])
         .args(extra);
     let mut process = Spawned::spawn("ec-gateway", cmd, dir.path())?;

@@ -60,6 +60,11 @@ impl Backoff {
         }
     }
 
+    /// [`Backoff::delay`] with the thread's random generator.
+    pub fn jittered_delay(&self, attempt: u32) -> Duration {
+        self.delay(attempt, &mut rand::rng())
+    }
+
     /// The wait before retry number `attempt`, jitter applied.
     pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
         let base = self.base_delay(attempt);

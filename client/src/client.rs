@@ -6,30 +6,34 @@
 //! Both are the same resumable stream and resume by themselves from the last offset + 1.
 //!
 //! Writes go to the data ID's primary: in [`Mode::Redirect`] the client asks the gateway for
-//! the primary on every [`Client::publish`] (so a changed mapping is followed at once and a
-//! write never lands on a node that is no longer primary) and refuses with
-//! [`ClientError::PrimaryUnavailable`] when the primary is unhealthy; in [`Mode::Proxy`] the
-//! gateway forwards. [`Client::publisher`] resolves once and pipelines many batches.
+//! the primary before every attempt (so a changed mapping is followed at once and a write
+//! never lands on a node that is no longer primary); in [`Mode::Proxy`] the gateway forwards.
+//! Every publish carries a producer identity and a per-data-ID sequence number, so the SDK
+//! retries it through node loss, failover and "not the primary" until the delivery timeout
+//! ([`Client::with_delivery_timeout`], 2 min by default) without storing anything twice: see
+//! `publish.rs`. [`Client::publisher`] pipelines many batches.
 //!
 //! What an acknowledgement waits for is the node's `node.replication.acks` unless the client
-//! sets its own with [`Client::with_acks`]; it travels as the `ec-acks` gRPC metadata on every
-//! publish call, and the gateway passes it on to the primary.
+//! sets its own with [`Client::with_acks`]; it travels in the request's `acks` field and, for
+//! nodes and gateways from before that field, as the `ec-acks` gRPC metadata.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ec_core::DataId;
-use ec_proto::PublishRequest;
-use ec_proto::gateway_client::GatewayClient;
-use ec_proto::node_client::NodeClient;
+use tonic::Code;
 use tonic::transport::Channel;
+
+use crate::backoff::Backoff;
 
 use crate::channel::ChannelCache;
 use crate::error::ClientError;
 use crate::event::Published;
-use crate::publish::{PublishVia, Publisher};
+use crate::publish::{Destination, Producer, PublishSettings, Publisher, publish_retrying};
 use crate::resolve::{Candidate, GatewayResolver, Resolver, Route, StaticResolver};
-use crate::resume::{DeliveryStream, MAX_MESSAGE_BYTES, StreamOptions, Upstream, resume};
+use crate::resume::{DeliveryStream, StreamOptions, Upstream, resume};
 
 /// How publishes travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,8 +96,11 @@ pub struct Client {
     channels: ChannelCache,
     target: Target,
     mode: Mode,
-    /// `None`: the primary's `node.replication.acks` decides.
-    acks: Option<Acks>,
+    /// Acks level, delivery timeout and backoff of every publish.
+    publish: PublishSettings,
+    /// The identity and numbering [`Client::publish`] uses per data ID; shared by clones, so
+    /// every clone is one producer.
+    producers: Arc<Mutex<HashMap<DataId, Arc<tokio::sync::Mutex<Producer>>>>>,
 }
 
 impl Client {
@@ -123,7 +130,8 @@ impl Client {
                 channel,
             },
             mode: Mode::Redirect,
-            acks: None,
+            publish: PublishSettings::default(),
+            producers: Arc::default(),
         })
     }
 
@@ -153,14 +161,29 @@ impl Client {
                 resolver: Arc::new(StaticResolver::new(nodes)),
             },
             mode: Mode::Redirect,
-            acks: None,
+            publish: PublishSettings::default(),
+            producers: Arc::default(),
         })
     }
 
     /// This client with every publish acknowledged once `acks` holds, instead of the
     /// primary's configured `node.replication.acks`.
     pub fn with_acks(mut self, acks: Acks) -> Client {
-        self.acks = Some(acks);
+        self.publish.acks = Some(acks);
+        self
+    }
+
+    /// This client with publishes retried until a batch has waited `timeout` for its
+    /// acknowledgement (default 2 min, as Kafka's `delivery.timeout.ms`); errors no retry can
+    /// fix are reported at once whatever the timeout.
+    pub fn with_delivery_timeout(mut self, timeout: Duration) -> Client {
+        self.publish.delivery_timeout = timeout;
+        self
+    }
+
+    /// This client with `backoff` between publish attempts (default: [`Backoff::default`]).
+    pub fn with_publish_backoff(mut self, backoff: Backoff) -> Client {
+        self.publish.backoff = backoff;
         self
     }
 
@@ -238,6 +261,14 @@ impl Client {
     }
 
     /// Appends `events` to `data_id` on its primary; resolves once they are durable.
+    ///
+    /// The batch carries this client's producer identity and its next number for the data
+    /// ID, and is retried like a [`Publisher`]'s batches (see [`crate::publish`]'s rules)
+    /// until [`Client::with_delivery_timeout`]; a resend of a stored batch is answered with
+    /// its original offsets and [`Published::duplicate`]. Publishes of one client to one data
+    /// ID are serialised (the node stores a producer's batches in order); pipeline with
+    /// [`Client::publisher`]. After a failure whose outcome is unknown, this client numbers
+    /// the data ID's later batches under a fresh identity.
     pub async fn publish(
         &self,
         data_id: impl AsRef<str>,
@@ -249,106 +280,107 @@ impl Client {
                 data_id: data_id.to_string(),
             });
         }
-        let req = with_acks_header(
-            PublishRequest {
-                data_id: data_id.to_string(),
-                events,
-                sequence: 0,
-                ..Default::default()
-            },
-            self.acks,
-        );
-        let (target, result) = match (self.mode, &self.target) {
-            (
-                Mode::Proxy,
-                Target::Gateway {
-                    address, channel, ..
-                },
-            ) => (
-                format!("gateway {address}"),
-                GatewayClient::new(channel.clone())
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
-                    .publish(req)
-                    .await,
-            ),
-            (Mode::Proxy, Target::Nodes { .. }) => {
-                return Err(ClientError::NoGateway {
-                    operation: "publishing in proxy mode",
-                });
+        let destination = self.destination()?;
+        let slot = self.producer_slot(&data_id);
+        let mut producer = slot.lock().await;
+        let result = publish_retrying(
+            &destination,
+            &self.channels,
+            &self.publish,
+            &data_id,
+            events,
+            producer.id(),
+            producer.next_sequence(),
+        )
+        .await;
+        match &result {
+            Ok(_) => {
+                *producer = Producer::resume(producer.id(), producer.next_sequence() + 1)
+                    .unwrap_or_else(Producer::random);
             }
-            (Mode::Redirect, _) => {
-                let primary = self.primary(&data_id).await?;
-                (
-                    format!("node {primary}"),
-                    NodeClient::new(self.channels.get(&primary.address)?)
-                        .max_encoding_message_size(MAX_MESSAGE_BYTES)
-                        .publish(req)
-                        .await,
-                )
-            }
-        };
+            // Refused before anything was stored: the number is still free.
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated
+                ) => {}
+            // Maybe stored, maybe not, or the node's numbering disagrees: start afresh.
+            Err(_) => *producer = Producer::random(),
+        }
         result
-            .map(|resp| Published::from(resp.into_inner()))
-            .map_err(|status| ClientError::Rpc {
-                rpc: "Publish",
-                target,
-                data_id: data_id.to_string(),
-                status,
-            })
     }
 
-    /// A pipelined publisher for `data_id` with at most `max_in_flight` unacknowledged batches.
-    /// In redirect mode the primary is resolved once, when the publisher opens.
+    /// A pipelined publisher for `data_id` with at most `max_in_flight` unacknowledged
+    /// batches, under a fresh random producer identity. It finds the primary (redirect mode)
+    /// or goes through the gateway (proxy mode) before every attempt, so it follows
+    /// failovers by itself.
     pub async fn publisher(
         &self,
         data_id: impl AsRef<str>,
         max_in_flight: usize,
     ) -> Result<Publisher, ClientError> {
+        self.publisher_as(data_id, max_in_flight, Producer::random())
+            .await
+    }
+
+    /// [`Client::publisher`] under a given identity and numbering, for a producer that wants
+    /// exactly-once across its own restarts (see [`Producer`]).
+    pub async fn publisher_as(
+        &self,
+        data_id: impl AsRef<str>,
+        max_in_flight: usize,
+        producer: Producer,
+    ) -> Result<Publisher, ClientError> {
         let data_id = DataId::parse(data_id.as_ref())?;
+        Ok(Publisher::start(
+            self.destination()?,
+            self.channels.clone(),
+            data_id,
+            producer,
+            max_in_flight,
+            self.publish.clone(),
+        ))
+    }
+
+    /// Where this client's publishes go.
+    fn destination(&self) -> Result<Destination, ClientError> {
         match (self.mode, &self.target) {
             (
                 Mode::Proxy,
                 Target::Gateway {
                     address, channel, ..
                 },
-            ) => {
-                Publisher::open(
-                    PublishVia::Gateway,
-                    channel.clone(),
-                    data_id,
-                    format!("gateway {address}"),
-                    max_in_flight,
-                    self.acks,
-                )
-                .await
-            }
+            ) => Ok(Destination::Gateway {
+                address: address.clone(),
+                channel: channel.clone(),
+            }),
             (Mode::Proxy, Target::Nodes { .. }) => Err(ClientError::NoGateway {
                 operation: "publishing in proxy mode",
             }),
-            (Mode::Redirect, _) => {
-                let primary = self.primary(&data_id).await?;
-                Publisher::open(
-                    PublishVia::Node,
-                    self.channels.get(&primary.address)?,
-                    data_id,
-                    format!("node {primary}"),
-                    max_in_flight,
-                    self.acks,
-                )
-                .await
+            (Mode::Redirect, Target::Gateway { resolver, .. }) => {
+                Ok(Destination::Primary(resolver.clone()))
             }
+            (Mode::Redirect, Target::Nodes { resolver }) => resolver
+                .nodes()
+                .first()
+                .cloned()
+                .map(Destination::Node)
+                .ok_or_else(|| ClientError::InvalidAddress {
+                    address: String::new(),
+                    reason: "no node given".into(),
+                }),
         }
     }
 
-    /// The data ID's primary, if healthy.
-    async fn primary(&self, data_id: &DataId) -> Result<Candidate, ClientError> {
-        let route = self.route(data_id).await?;
-        route
-            .healthy_primary()
-            .cloned()
-            .ok_or_else(|| ClientError::PrimaryUnavailable {
-                data_id: data_id.to_string(),
-                primary: route.primary.clone(),
-            })
+    /// This client's producer state for `data_id`, shared by its clones.
+    fn producer_slot(&self, data_id: &DataId) -> Arc<tokio::sync::Mutex<Producer>> {
+        let mut producers = self
+            .producers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        producers
+            .entry(data_id.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Producer::random())))
+            .clone()
     }
 }

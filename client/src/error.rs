@@ -4,7 +4,18 @@
 //! gateway that answered, the offset. [`ClientError::code`] gives every error a gRPC code
 //! (local checks included: a bad data ID is `INVALID_ARGUMENT` whether the node or the SDK
 //! caught it), and [`ClientError::is_terminal`] is the single rule the resumable stream uses to
-//! decide between failing over and giving up.
+//! decide between failing over and giving up. Publishing has its own rule,
+//! [`ClientError::is_retriable_publish`]: a producer with an identity may resend a batch
+//! whatever happened to the first try (the node answers a stored batch as a duplicate), so
+//! everything that says "this node, this moment" is retried, and only what says "this
+//! request" or "this producer's numbering" is given up on.
+//!
+//! A call that broke in the transport (h2's "error reading a body from connection", a reset
+//! connection) arrives from tonic as `UNKNOWN` or `INTERNAL`; [`transport_failure`] recognises
+//! it and [`ClientError::code`] reports it as `UNAVAILABLE`, so a broken upstream never
+//! reaches a caller as `UNKNOWN`.
+
+use std::time::Duration;
 
 use ec_core::{IdError, Offset};
 use tonic::{Code, Status};
@@ -140,6 +151,41 @@ pub enum ClientError {
         operation: &'static str,
     },
 
+    /// The primary of a data ID changed (or stopped being usable) while a publish to the old
+    /// one waited for its acknowledgement; the publisher resends to the new primary.
+    #[error(
+        "data ID {data_id} moved away from primary node {from} ({now}) while a publish waited for its acknowledgement"
+    )]
+    PrimaryChanged {
+        /// The data ID published to.
+        data_id: String,
+        /// The node the publish went to.
+        from: String,
+        /// What the gateway says now, e.g. `primary is node2`.
+        now: String,
+    },
+
+    /// A publisher gave up on a batch: a refusal no retry can fix, or the delivery timeout
+    /// passed while the batch was unacknowledged. Whether a timed-out batch was stored is not
+    /// known; the publisher never sends it again.
+    #[error(
+        "batch {sequence} of producer {producer_id:016x} to data ID {data_id} was not published: {reason}"
+    )]
+    NotDelivered {
+        /// The data ID published to.
+        data_id: String,
+        /// The producer identity the batch carried.
+        producer_id: u64,
+        /// The batch's sequence number.
+        sequence: u64,
+        /// The code of the failure (`UNAVAILABLE` for a delivery timeout).
+        code: Code,
+        /// What happened, naming the node or gateway of the last attempt.
+        reason: String,
+        /// Set when the delivery timeout ran out (the batch may have been stored).
+        timed_out: Option<Duration>,
+    },
+
     /// A pipelined publisher's stream ended before this request was acknowledged.
     #[error(
         "the publish stream of data ID {data_id} to {target} closed before request {sequence} was acknowledged: {reason}"
@@ -184,8 +230,10 @@ impl ClientError {
             | ClientError::Unhealthy { .. }
             | ClientError::NoCandidates { .. }
             | ClientError::PrimaryUnavailable { .. }
+            | ClientError::PrimaryChanged { .. }
             | ClientError::PublisherClosed { .. } => Code::Unavailable,
-            ClientError::Rpc { status, .. } => status.code(),
+            ClientError::Rpc { status, .. } => status_code(status),
+            ClientError::NotDelivered { code, .. } => *code,
             ClientError::Gap { .. } => Code::DataLoss,
             ClientError::RetriesExhausted { last, .. } => last.code(),
             ClientError::NoGateway { .. } => Code::FailedPrecondition,
@@ -206,9 +254,86 @@ impl ClientError {
             | ClientError::Unhealthy { .. }
             | ClientError::NoCandidates { .. }
             | ClientError::PrimaryUnavailable { .. }
+            | ClientError::PrimaryChanged { .. }
             | ClientError::PublisherClosed { .. } => false,
             other => is_terminal_code(other.code()),
         }
+    }
+
+    /// Whether a publisher with a producer identity resends after this error (to the primary
+    /// the gateway names then): the node was lost, the stream broke, the node is not (or no
+    /// longer) the primary, `UNAVAILABLE`, or `DEADLINE_EXCEEDED` (acks=all waiting on
+    /// replicas). Not retried: refusals of the request itself (`INVALID_ARGUMENT`,
+    /// `PERMISSION_DENIED`, `UNAUTHENTICATED`, no mapping) and the node's sequence-gap
+    /// refusal, which says this producer's batches would be stored out of order.
+    pub fn is_retriable_publish(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::StreamEnded { .. }
+            | ClientError::Unhealthy { .. }
+            | ClientError::NoCandidates { .. }
+            | ClientError::PrimaryUnavailable { .. }
+            | ClientError::PrimaryChanged { .. }
+            | ClientError::PublisherClosed { .. } => true,
+            ClientError::Rpc { status, .. } => is_retriable_publish_status(status),
+            ClientError::InvalidDataId(_)
+            | ClientError::InvalidAddress { .. }
+            | ClientError::Gap { .. }
+            | ClientError::OffsetTooLarge { .. }
+            | ClientError::RetriesExhausted { .. }
+            | ClientError::EmptyBatch { .. }
+            | ClientError::NoGateway { .. }
+            | ClientError::NotDelivered { .. } => false,
+        }
+    }
+}
+
+/// The code a caller should see for `status`: a transport failure is `UNAVAILABLE`.
+fn status_code(status: &Status) -> Code {
+    if transport_failure(status) {
+        Code::Unavailable
+    } else {
+        status.code()
+    }
+}
+
+/// Whether `status` is a call that broke in the transport (connection reset or closed, h2
+/// protocol error) rather than an answer of the server. tonic reports these as `UNKNOWN`
+/// (h2 "error reading a body from connection"), `CANCELLED` ("operation was canceled") or,
+/// for some h2 resets, `INTERNAL`; the servers of this project never answer `UNKNOWN` or
+/// `CANCELLED` themselves.
+pub fn transport_failure(status: &Status) -> bool {
+    match status.code() {
+        // hyper's "operation was canceled" when the connection under a call dies.
+        Code::Unknown | Code::Cancelled => true,
+        Code::Internal => {
+            let msg = status.message();
+            msg.starts_with("h2 protocol error")
+                || msg.starts_with("transport error")
+                || msg.contains("connection")
+        }
+        _ => false,
+    }
+}
+
+/// The node's words for "not the primary (any more)": the mapping names another primary, or
+/// the node was fenced by a newer epoch. Both mean "ask where the primary is and go there".
+const NOT_PRIMARY_MARKERS: [&str; 2] = [
+    "is not the primary",
+    "takes no publish on this node right now",
+];
+
+/// The publish rule of [`ClientError::is_retriable_publish`] for a status, shared with the
+/// gateway's publish forwarding.
+pub fn is_retriable_publish_status(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => true,
+        Code::FailedPrecondition => {
+            let msg = status.message();
+            !msg.contains("expected sequence")
+                && NOT_PRIMARY_MARKERS.iter().any(|m| msg.contains(m))
+        }
+        _ => transport_failure(status),
     }
 }
 
@@ -257,6 +382,14 @@ mod tests {
         ] {
             assert!(!rpc(s).is_terminal());
         }
+        assert_eq!(
+            rpc(Status::unknown(
+                "h2 protocol error: error reading a body from connection"
+            ))
+            .code(),
+            Code::Unavailable,
+            "a broken connection is UNAVAILABLE, never UNKNOWN"
+        );
         let bad = ec_core::DataId::parse("../x").expect_err("invalid");
         assert!(ClientError::from(bad).is_terminal());
     }
@@ -268,5 +401,43 @@ mod tests {
         assert!(msg.contains("node node1"), "{msg}");
         assert!(msg.contains("data ID d"), "{msg}");
         assert!(msg.contains("no such data ID"), "{msg}");
+    }
+
+    #[test]
+    fn publish_retries_node_trouble_but_not_bad_requests_or_sequence_gaps() {
+        for s in [
+            Status::unavailable("node lost"),
+            Status::unknown("h2 protocol error: error reading a body from connection"),
+            Status::cancelled("operation was canceled"),
+            Status::internal("h2 protocol error: stream error received"),
+            Status::deadline_exceeded("acks=all: replicas did not confirm in 5s"),
+            Status::failed_precondition(
+                "node n1 is not the primary of data ID d: its mapping (ModifyIndex 7) names n2 first; publish to n2",
+            ),
+            Status::failed_precondition(
+                "data ID d takes no publish on this node right now: it is replica here",
+            ),
+        ] {
+            assert!(rpc(s.clone()).is_retriable_publish(), "{s:?}");
+        }
+        for s in [
+            Status::invalid_argument("event larger than node.max_event_bytes"),
+            Status::permission_denied("x"),
+            Status::unauthenticated("x"),
+            Status::not_found("no mapping"),
+            Status::internal("storage failed"),
+            Status::failed_precondition(
+                "producer 1 of data ID d: batch 9 is out of order; expected sequence 4",
+            ),
+        ] {
+            assert!(!rpc(s.clone()).is_retriable_publish(), "{s:?}");
+        }
+        assert!(
+            ClientError::PrimaryUnavailable {
+                data_id: "d".into(),
+                primary: "n1".into()
+            }
+            .is_retriable_publish()
+        );
     }
 }

@@ -46,6 +46,9 @@ pub struct Published {
     pub last: Offset,
     /// Commit time of the batch.
     pub timestamp: TimestampMs,
+    /// The batch had been stored before (a resend after a lost acknowledgement): these are
+    /// its original offsets and nothing was stored again.
+    pub duplicate: bool,
 }
 
 impl Published {
@@ -61,6 +64,7 @@ impl From<ec_proto::PublishResponse> for Published {
             first: Offset(r.first_offset),
             last: Offset(r.last_offset),
             timestamp: TimestampMs(r.timestamp),
+            duplicate: r.duplicate,
         }
     }
 }
@@ -71,6 +75,7 @@ impl From<&ec_proto::PublishAck> for Published {
             first: Offset(a.first_offset),
             last: Offset(a.last_offset),
             timestamp: TimestampMs(a.timestamp),
+            duplicate: a.duplicate,
         }
     }
 }

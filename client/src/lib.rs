@@ -23,8 +23,10 @@
 //! - `resolve.rs`: the [`Resolver`] trait (where to read a data ID) and its gateway and static
 //!   implementations; `channel.rs`: one gRPC channel per node address, with keepalive.
 //! - `backoff.rs`: jittered exponential backoff between attempts.
-//! - `client.rs`: [`Client`]; `publish.rs`: the pipelined [`Publisher`].
-//! - `error.rs`: [`ClientError`], with [`ClientError::is_terminal`] deciding retry vs give up.
+//! - `client.rs`: [`Client`]; `publish.rs`: the retrying, pipelined [`Publisher`] (producer
+//!   identity, per-data-ID sequence numbers, resend in order after a failover).
+//! - `error.rs`: [`ClientError`], with [`ClientError::is_terminal`] deciding retry vs give up
+//!   for readers and [`ClientError::is_retriable_publish`] for publishers.
 
 mod backoff;
 mod channel;
@@ -39,9 +41,11 @@ pub use backoff::Backoff;
 pub use channel::{ChannelCache, ChannelSettings};
 pub use client::{Acks, Client, Mode};
 pub use ec_core::{DataId, Offset, TimestampMs};
-pub use error::ClientError;
+pub use error::{ClientError, is_retriable_publish_status, transport_failure};
 pub use event::{Event, Published};
-pub use publish::{PendingPublish, Publisher};
+pub use publish::{
+    DEFAULT_DELIVERY_TIMEOUT, PendingPublish, Producer, Publisher, PublisherEvent, STALL_CHECK,
+};
 pub use resolve::{Candidate, GatewayResolver, Resolver, Route, StaticResolver};
 pub use resume::{
     Delivery, DeliveryStream, EventStream, RawDelivery, RawDeliveryStream, Start, StreamOptions,

@@ -95,6 +95,8 @@ keys! {
         "promote the most caught-up in-sync replica when a primary stays critical (one gateway at a time, by Consul lock)";
     "gateway.failover_after" "EVENT_CATCHER_GATEWAY_FAILOVER_AFTER" [gateway.failover_after] duration "0s"
         "how long a primary must be critical or gone before automatic failover; 0s = twice node.health_check.interval";
+    "gateway.metrics.port" "EVENT_CATCHER_GATEWAY_METRICS_PORT" [gateway.metrics_port] port "50050"
+        "HTTP port serving GET /metrics (Prometheus) and GET /health; differs from gateway.port";
     "node.id" "EVENT_CATCHER_NODE_ID" [node.id] text "node1"
         "this node's ID and Consul service ID: 1-128 characters of [A-Za-z0-9._-]";
     "node.host" "EVENT_CATCHER_NODE_HOST" [node.host] text "0.0.0.0"

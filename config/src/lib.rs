@@ -82,6 +82,8 @@ pub struct GatewayConfig {
     /// How long a primary must be critical (or gone) before it is replaced; resolved here
     /// from `0s` to twice `node.health_check.interval`.
     pub failover_after: Duration,
+    /// `gateway.metrics.port`: HTTP port of `/metrics` and `/health`.
+    pub metrics_port: u16,
 }
 
 /// `node.*`

@@ -40,6 +40,8 @@ pub struct PartialGateway {
     pub auto_failover: Option<bool>,
     /// `gateway.failover_after`; `0s` means twice `node.health_check.interval`.
     pub failover_after: Option<Duration>,
+    /// `gateway.metrics.port`
+    pub metrics_port: Option<u16>,
 }
 
 /// `node.*`; see [`crate::NodeConfig`].

@@ -237,9 +237,18 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         return Err(c.invalid("node.tags", bad, "tags without control characters"));
     }
 
+    let metrics_port = c.port("gateway.metrics.port", gateway.metrics_port)?;
+    if metrics_port == gateway_port {
+        return Err(c.invalid(
+            "gateway.metrics.port",
+            metrics_port,
+            "a port other than gateway.port (the metrics endpoint speaks HTTP/1.1)",
+        ));
+    }
     let gateway = GatewayConfig {
         host: gateway_host,
         port: gateway_port,
+        metrics_port,
         allowed_nodes,
         auto_failover,
         // Unset: long enough for Consul to have run the check twice, so one slow answer is

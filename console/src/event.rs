@@ -20,6 +20,8 @@ use ratatui::crossterm::event::{self as term, KeyEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::replication::ReplicationRound;
+
 /// One thing that happened.
 #[derive(Debug, Clone)]
 pub enum AppEvent {
@@ -58,6 +60,8 @@ pub enum BackendMsg {
         /// What happened.
         msg: TailMsg,
     },
+    /// One round of `GetReplicationStatus` answers from the primaries.
+    Replication(ReplicationRound),
 }
 
 /// How the gateway answers.

@@ -2,8 +2,8 @@
 //!
 //! Each input context (the global keys, one per view, one per popup and text prompt) is a
 //! table of [`Binding`]s. Dispatch looks a key up in the active context's table, then — for
-//! the views only — in the global table, so a view may shadow a global key (in the Tail view
-//! `1` jumps to the earliest event instead of switching to the Mappings view). The `?` help
+//! the views only — in the global table. A key means one thing in every view: no view binds a
+//! key the global table binds (a test checks it), so the digits always switch views. The `?` help
 //! overlay is rendered from these same tables, so it can never list a key that does nothing
 //! or miss one that does something. The `:` commands are described the same way in
 //! [`COMMANDS`].
@@ -24,6 +24,8 @@ pub enum Context {
     Health,
     /// The Tail view.
     Tail,
+    /// The Replication view.
+    Replication,
     /// The add/edit mapping form.
     Form,
     /// The delete confirmation.
@@ -52,6 +54,7 @@ impl Context {
             Context::Mappings => "Mappings view",
             Context::Health => "Health view",
             Context::Tail => "Tail view",
+            Context::Replication => "Replication view",
             Context::Form => "Add / edit form",
             Context::Confirm => "Delete confirmation",
             Context::Promote => "Promote a replica",
@@ -71,6 +74,7 @@ impl Context {
             Context::Mappings => MAPPINGS,
             Context::Health => HEALTH,
             Context::Tail => TAIL,
+            Context::Replication => REPLICATION,
             Context::Form => FORM,
             Context::Confirm => CONFIRM,
             Context::Promote => PROMOTE,
@@ -90,7 +94,10 @@ impl Context {
 
     /// Whether the global keys apply under this context (only in the views).
     fn falls_back_to_global(self) -> bool {
-        matches!(self, Context::Mappings | Context::Health | Context::Tail)
+        matches!(
+            self,
+            Context::Mappings | Context::Health | Context::Tail | Context::Replication
+        )
     }
 }
 
@@ -111,6 +118,8 @@ pub enum Action {
     ShowHealth,
     /// Show the Tail view.
     ShowTail,
+    /// Show the Replication view.
+    ShowReplication,
     /// Open the `:` command line.
     CommandLine,
     /// Move the selection up one row.
@@ -309,6 +318,11 @@ pub const COMMANDS: &[CommandSpec] = &[
         help: "show the Health view",
     },
     CommandSpec {
+        names: &["replication", "r"],
+        args: "",
+        help: "show the Replication view",
+    },
+    CommandSpec {
         names: &["tail", "t"],
         args: "[DATA_ID]",
         help: "tail a data ID (without one: pick from the mappings)",
@@ -356,6 +370,7 @@ static GLOBAL: &[Binding] = &[
     b(&[Key::ch('1')], Action::ShowMappings, "Mappings view"),
     b(&[Key::ch('2')], Action::ShowHealth, "Health view"),
     b(&[Key::ch('3')], Action::ShowTail, "Tail view"),
+    b(&[Key::ch('4')], Action::ShowReplication, "Replication view"),
     b(
         &[Key::ch(':')],
         Action::CommandLine,
@@ -440,13 +455,15 @@ static TAIL: &[Binding] = &[
         Action::Follow,
         "follow the end again",
     ),
+    // Not `1`: the digits switch views everywhere. `<`/`>` as in less(1), `0` kept for the
+    // operators who learnt it (no view has the number 0).
     b(
-        &[Key::ch('0')],
+        &[Key::ch('>'), Key::ch('0')],
         Action::SeekLatest,
         "seek to the latest event (follow)",
     ),
     b(
-        &[Key::ch('1')],
+        &[Key::ch('<')],
         Action::SeekEarliest,
         "seek to the earliest retained event",
     ),
@@ -461,6 +478,28 @@ static TAIL: &[Binding] = &[
         &[Key::ch('t')],
         Action::PickDataId,
         "pick the data ID to tail",
+    ),
+];
+
+static REPLICATION: &[Binding] = &[
+    b(UP, Action::Up, "select the previous data ID"),
+    b(DOWN, Action::Down, "select the next data ID"),
+    b(PGUP, Action::PageUp, "one page up"),
+    b(PGDN, Action::PageDown, "one page down"),
+    b(
+        &[Key::plain(KeyCode::Home), Key::ch('g')],
+        Action::Top,
+        "first data ID",
+    ),
+    b(
+        &[Key::plain(KeyCode::End), Key::ch('G')],
+        Action::Bottom,
+        "last data ID",
+    ),
+    b(
+        &[Key::plain(KeyCode::Enter)],
+        Action::TailSelected,
+        "tail the selected data ID",
     ),
 ];
 
@@ -684,16 +723,30 @@ mod tests {
         KeyEvent::new(code, mods)
     }
 
+    const VIEWS: [Context; 4] = [
+        Context::Mappings,
+        Context::Health,
+        Context::Tail,
+        Context::Replication,
+    ];
+
     #[test]
-    fn views_shadow_global_keys_and_fall_back_to_them() {
-        let one = key(KeyCode::Char('1'), KeyModifiers::NONE);
+    fn views_fall_back_to_global_keys() {
+        for ctx in VIEWS {
+            for (c, action) in [
+                ('1', Action::ShowMappings),
+                ('2', Action::ShowHealth),
+                ('3', Action::ShowTail),
+                ('4', Action::ShowReplication),
+            ] {
+                let digit = key(KeyCode::Char(c), KeyModifiers::NONE);
+                assert_eq!(resolve(ctx, &digit), Resolved::Action(action), "{ctx:?}");
+            }
+        }
+        let lt = key(KeyCode::Char('<'), KeyModifiers::SHIFT);
         assert_eq!(
-            resolve(Context::Tail, &one),
+            resolve(Context::Tail, &lt),
             Resolved::Action(Action::SeekEarliest)
-        );
-        assert_eq!(
-            resolve(Context::Mappings, &one),
-            Resolved::Action(Action::ShowMappings)
         );
         let big_g = key(KeyCode::Char('G'), KeyModifiers::SHIFT);
         assert_eq!(
@@ -721,12 +774,28 @@ mod tests {
     }
 
     #[test]
+    fn no_view_shadows_a_global_key() {
+        for ctx in VIEWS {
+            for binding in ctx.bindings() {
+                for k in binding.keys {
+                    assert!(
+                        !GLOBAL.iter().any(|g| g.keys.contains(k)),
+                        "{ctx:?} binds {}, which the global keys bind: one key, one meaning",
+                        k.label()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn no_key_is_bound_twice_in_one_context() {
         for ctx in [
             Context::Global,
             Context::Mappings,
             Context::Health,
             Context::Tail,
+            Context::Replication,
             Context::Form,
             Context::Confirm,
             Context::Promote,

@@ -1,22 +1,24 @@
 //! `ec-console`: the operator's terminal console for Event Catcher — edit the data-to-node
-//! mappings in Consul, watch node health transitions as they happen, and tail any data ID
-//! through the gateway with pause, scroll and seek.
+//! mappings in Consul, watch node health transitions as they happen, tail any data ID
+//! through the gateway with pause, scroll and seek, and watch each data ID's in-sync set and
+//! replica lag.
 //!
 //! Layout (state apart from drawing, network apart from both):
 //! - [`app`]: [`App`], the whole state, changed only by [`App::handle`] from one
 //!   [`AppEvent`] at a time, returning [`Effect`]s; the per-view state (`mappings`, `health`,
-//!   `tail`), the add/edit form and its validation, the `:` command parser.
+//!   `tail`, `replication`), the add/edit form and its validation, the `:` command parser.
 //! - [`ui`]: [`ui::draw`], a pure function from `&App` to a frame, for any ratatui backend.
 //! - [`keymap`]: every key binding as data; dispatch and the `?` help both read it.
 //! - [`event`]: the event and backend-message types, the input thread and the tick.
 //! - [`backend`]: the tasks that own the network — Consul watches and writes, the gateway
-//!   status poll, the tail stream.
+//!   status poll, the tail stream, the replication-status poll of the primaries.
 //! - [`runner`]: the loop tying them together on a real terminal; [`terminal`]: raw mode,
 //!   the alternate screen and their restoration (also after a panic).
 //! - [`settings`]: flags and the shared configuration; [`clock`]: the injected time.
 //!
 //! The console reads mappings and health from Consul directly, so it keeps working when the
-//! gateway is down; only the Tail view needs the gateway. What it shows is what Consul and
+//! gateway is down; only the Tail view needs the gateway (the Replication view asks the
+//! primaries themselves, at the addresses Consul gives). What it shows is what Consul and
 //! the gateway last said, with their reachability always on screen.
 
 pub mod app;

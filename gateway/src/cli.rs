@@ -28,6 +28,9 @@ pub struct GatewayFlags {
     /// gRPC port [key: gateway.port].
     #[arg(long, value_name = "PORT")]
     pub port: Option<String>,
+    /// HTTP port of GET /metrics (Prometheus) and GET /health [key: gateway.metrics.port].
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<String>,
     /// Only these node IDs are routed to and may register, comma-separated; empty = all
     /// [key: gateway.allowed_nodes].
     #[arg(long, value_name = "IDS")]
@@ -52,6 +55,11 @@ impl GatewayFlags {
             .env(std::env::vars_os())
             .flag("gateway.host", "--host", self.host.clone())
             .flag("gateway.port", "--port", self.port.clone())
+            .flag(
+                "gateway.metrics.port",
+                "--metrics-port",
+                self.metrics_port.clone(),
+            )
             .flag(
                 "gateway.allowed_nodes",
                 "--allowed-nodes",

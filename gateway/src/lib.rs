@@ -23,6 +23,7 @@ pub mod cli;
 mod convert;
 mod failover;
 mod feed;
+mod metrics;
 mod promotion;
 mod proxy;
 pub mod routing;
@@ -31,4 +32,4 @@ mod service;
 
 pub use feed::{HealthChange, status_name};
 pub use promotion::{PromoteError, Promotion};
-pub use server::{GatewayError, GatewaySettings, NODE_SERVICE_NAME, run};
+pub use server::{GatewayError, GatewaySettings, NODE_SERVICE_NAME, run, run_with_metrics};

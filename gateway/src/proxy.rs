@@ -13,29 +13,38 @@
 //!
 //! Writing goes to the primary only: `Publish` resolves it per request, `PublishStream` per
 //! request too (keeping one upstream stream per primary node), and a primary that is not
-//! usable is `UNAVAILABLE` naming it. Nothing is retried elsewhere: a publish is not
-//! idempotent. The caller's `ec-acks` metadata (what the acknowledgement waits for) goes
-//! along to the primary.
+//! usable is `UNAVAILABLE` naming it. A request with a producer identity (`producer_id`) is
+//! safe to resend (the node answers a stored batch as a duplicate with its original
+//! offsets), so when its primary is lost, refuses as "not the primary", or stops being the
+//! primary in the routing table while the request waits (a frozen node never breaks its
+//! connection), the gateway resends it, with the same identity and sequence, to the new
+//! primary, for up to [`RETRY_WINDOW`]. A request without one is never resent (it could be
+//! stored twice): its caller gets `UNAVAILABLE` naming the lost primary. `PublishStream`
+//! passes acknowledgements on strictly in request order, also across such a change of
+//! primary. A broken upstream is `UNAVAILABLE`, never `UNKNOWN`. The caller's `ec-acks`
+//! metadata (what the acknowledgement waits for) goes along to the primary.
 //!
 //! Every stream stops when its client leaves (the channel closes, or tonic drops a
 //! [`Subscription`]) or the gateway shuts down (the token), so open streams never hold up
 //! graceful shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use ec_client::{
-    Candidate, ChannelCache, ClientError, DataId, RawDelivery, RawDeliveryStream, Resolver,
-    StreamOptions, resumable_raw_stream,
+    Backoff, Candidate, ChannelCache, ClientError, DataId, RawDelivery, RawDeliveryStream,
+    Resolver, StreamOptions, is_retriable_publish_status, resumable_raw_stream, transport_failure,
 };
 use ec_proto::node_client::NodeClient;
-use ec_proto::{EventBatch, PublishAcks, PublishRequest, PublishResponse};
+use ec_proto::{EventBatch, PublishAck, PublishAcks, PublishRequest, PublishResponse};
 use futures_util::Stream;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::time::Instant;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
@@ -46,8 +55,6 @@ use crate::routing::{NodeRoute, RoutingTable};
 
 /// Largest message forwarded; the nodes' own limit is far below it.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
-/// Requests of one `PublishStream` buffered towards one primary.
-const UPSTREAM_BUFFER: usize = 1024;
 
 /// Candidates for a data ID from the routing table: the gateway's own [`Resolver`].
 pub(crate) struct TableResolver {
@@ -175,10 +182,17 @@ impl Stream for Subscription {
     }
 }
 
-/// A node's answer, with the node named so the client knows who refused.
+/// A node's answer, with the node named so the client knows who refused; a call that broke
+/// in the transport (tonic's `UNKNOWN` "error reading a body from connection") is
+/// `UNAVAILABLE`, never `UNKNOWN`.
 fn from_node(node: &NodeRoute, status: Status) -> Status {
+    let code = if transport_failure(&status) {
+        tonic::Code::Unavailable
+    } else {
+        status.code()
+    };
     Status::new(
-        status.code(),
+        code,
         format!(
             "primary node {} ({}): {}",
             node.node_id,
@@ -215,25 +229,109 @@ pub(crate) fn node_client(
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-/// The usable primary of `data_id`, or the status to answer.
-fn primary_of(table: &RoutingTable, data_id: &str) -> Result<NodeRoute, Status> {
-    let data_id = DataId::parse(data_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Ok(table.current().primary(&data_id)?)
+/// How long the gateway keeps resending a producer's requests to whichever node becomes
+/// primary, counted from the first failure; then the caller gets `UNAVAILABLE` and its own
+/// retries (the SDK's delivery timeout) take over.
+const RETRY_WINDOW: Duration = Duration::from_secs(20);
+
+/// Waits between resend attempts (jittered, doubling up to 1 s): a promotion in progress is
+/// noticed through the routing table at once anyway.
+fn retry_backoff() -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(1),
+        ..Backoff::default()
+    }
 }
 
-/// Forwards one `Publish` to the data ID's primary.
+/// Resolves once `data_id`'s primary is no longer `node` in the routing table (another node,
+/// or none usable): the call to `node` is then abandoned, whether or not its connection
+/// broke. A frozen primary keeps its TCP connection open; this is what moves the publish on
+/// as soon as the failover made another node primary.
+async fn until_moved(table: &RoutingTable, data_id: &DataId, node: &str) {
+    let mut tables = table.subscribe();
+    loop {
+        let still =
+            matches!(tables.borrow_and_update().primary(data_id), Ok(p) if p.node_id == node);
+        if !still {
+            return;
+        }
+        if tables.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// The status for a request lost with `node` that was not resent: a request without a
+/// producer identity could be stored twice by a resend.
+fn lost_without_identity(node: &NodeRoute, data_id: &str, status: &Status) -> Status {
+    Status::unavailable(format!(
+        "primary node {} ({}) of data ID {data_id} was lost before acknowledging ({}); the \
+         request carried no producer_id, so the gateway did not resend it (a resend could store \
+         it twice): publish with a producer identity (the SDK does) to have it retried",
+        node.node_id,
+        node.address,
+        status.message()
+    ))
+}
+
+/// Forwards one `Publish` to the data ID's primary. With a producer identity, retriable
+/// failures are retried against whichever node the table names primary, for up to
+/// [`RETRY_WINDOW`]; without one, a single attempt.
 pub(crate) async fn publish(
     table: &RoutingTable,
     channels: &ChannelCache,
     req: PublishRequest,
     acks: Option<MetadataValue<Ascii>>,
 ) -> Result<PublishResponse, Status> {
-    let primary = primary_of(table, &req.data_id)?;
-    node_client(channels, &primary)?
-        .publish(with_acks(req, acks.as_ref()))
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| from_node(&primary, s))
+    let data_id =
+        DataId::parse(&req.data_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let resend = req.producer_id != 0;
+    let started = Instant::now();
+    let backoff = retry_backoff();
+    let mut attempt = 0u32;
+    let mut tables = table.subscribe();
+    loop {
+        let status = match table.current().primary(&data_id) {
+            Err(e) => Status::from(e),
+            Ok(primary) => {
+                let call = async {
+                    node_client(channels, &primary)?
+                        .publish(with_acks(req.clone(), acks.as_ref()))
+                        .await
+                        .map(tonic::Response::into_inner)
+                };
+                let lost = || {
+                    Status::unavailable(format!(
+                        "node {} is no longer the usable primary",
+                        primary.node_id
+                    ))
+                };
+                let (status, moved) = tokio::select! {
+                    result = call => match result {
+                        Ok(resp) => return Ok(resp),
+                        Err(status) => (status, false),
+                    },
+                    () = until_moved(table, &data_id, &primary.node_id) => (lost(), true),
+                };
+                if !resend && (moved || transport_failure(&status)) {
+                    return Err(lost_without_identity(&primary, &req.data_id, &status));
+                }
+                from_node(&primary, status)
+            }
+        };
+        if !resend || !is_retriable_publish_status(&status) || started.elapsed() >= RETRY_WINDOW {
+            return Err(status);
+        }
+        debug!(%data_id, %status, attempt, "publish failed; resending to the current primary");
+        let delay = backoff.jittered_delay(attempt);
+        attempt = attempt.saturating_add(1);
+        tables.borrow_and_update();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = tables.changed() => {}
+        }
+    }
 }
 
 /// Forwards one `PublishStream` to the primaries of the data IDs it carries.
@@ -245,130 +343,464 @@ pub(crate) fn publish_stream(
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<PublishAcks, Status>> {
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(forward_stream(table, channels, inbound, acks, tx, shutdown));
+    let forwarder = Forwarder {
+        table,
+        channels,
+        acks_header: acks,
+        pending: VecDeque::new(),
+        front_id: 1,
+        upstreams: HashMap::new(),
+        generation: 0,
+        outage: None,
+        backoff: retry_backoff(),
+    };
+    tokio::spawn(forwarder.run(inbound, tx, shutdown));
     ReceiverStream::new(rx)
+}
+
+/// One request of a forwarded stream, from arrival until its acknowledgement is passed on.
+struct Forwarded {
+    /// As sent upstream: `sequence` is the gateway's own number (unique in this stream, so
+    /// acknowledgements from several upstreams cannot be confused).
+    req: PublishRequest,
+    /// The caller's `sequence`, put back into the acknowledgement.
+    client_sequence: u64,
+    /// The node it was last sent to; `None` while it waits to be (re)sent.
+    node: Option<String>,
+    acked: Option<PublishAck>,
 }
 
 /// One upstream `PublishStream` to a primary.
 struct Upstream {
-    requests: mpsc::Sender<PublishRequest>,
+    requests: mpsc::UnboundedSender<PublishRequest>,
     node: NodeRoute,
+    /// Tells its acknowledgements apart from those of an earlier stream to the same node.
+    generation: u64,
 }
 
-/// The loop behind [`publish_stream`]. Requests go to their data ID's current primary, one
-/// upstream stream per node; acknowledgements from all upstreams are merged. When a request
-/// cannot be routed, the gateway stops reading, lets the upstreams acknowledge what they
-/// already have, then ends the stream with the routing error.
-async fn forward_stream(
+/// What an upstream reader task reports.
+type UpstreamItem = (String, u64, Result<Option<PublishAcks>, Status>);
+
+/// Retrying after an upstream was lost.
+struct Outage {
+    since: Instant,
+    attempts: u32,
+    /// The lost primary and why, for the final error.
+    last: Status,
+}
+
+/// The state behind [`publish_stream`]. Requests go to their data ID's current primary, one
+/// upstream stream per node; acknowledgements are passed on strictly in request order (held
+/// back until every earlier request is acknowledged), whichever upstream they come from.
+///
+/// When an upstream fails or its node stops being the data ID's primary: if every request
+/// waiting on it carries a producer identity and the failure is retriable, those requests
+/// (and every later one) are resent in order to the current primaries, with the same identity
+/// and sequence numbers, for up to [`RETRY_WINDOW`]; the nodes answer what they already stored
+/// as duplicates. Otherwise the stream ends with `UNAVAILABLE` naming the lost primary (or the
+/// node's refusal), after the acknowledgements that were complete.
+struct Forwarder {
     table: RoutingTable,
     channels: ChannelCache,
-    mut inbound: Streaming<PublishRequest>,
     acks_header: Option<MetadataValue<Ascii>>,
-    out: mpsc::Sender<Result<PublishAcks, Status>>,
-    shutdown: CancellationToken,
-) {
-    let mut upstreams: HashMap<String, Upstream> = HashMap::new();
-    let (acks_tx, mut acks_rx) = mpsc::channel::<Result<PublishAcks, Status>>(16);
-    // Taken when no more upstreams will open, so `acks_rx` ends once they are all done.
-    let mut acks_tx = Some(acks_tx);
-    let mut failure: Option<Status> = None;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = out.try_send(Err(shutting_down()));
-                return;
-            }
-            ack = acks_rx.recv() => match ack {
-                Some(Ok(acks)) => {
-                    if !deliver(&out, Ok(acks), &shutdown).await {
-                        return;
-                    }
-                }
-                Some(Err(status)) => {
-                    let _ = deliver(&out, Err(status), &shutdown).await;
-                    return;
-                }
-                None => {
-                    if let Some(status) = failure {
-                        let _ = deliver(&out, Err(status), &shutdown).await;
-                    }
-                    return;
-                }
-            },
-            msg = inbound.message(), if acks_tx.is_some() => match msg {
-                Ok(Some(req)) => {
-                    let routed = match primary_of(&table, &req.data_id) {
-                        Ok(primary) => open_upstream(&mut upstreams, &channels, primary, acks_tx.as_ref(), acks_header.as_ref()).await,
-                        Err(status) => Err(status),
-                    };
-                    let sent = match routed {
-                        Ok(upstream) => upstream.requests.send(req).await.map_err(|_| {
-                            // Its reader task saw the stream fail and reports why on `acks`.
-                            Status::unavailable(format!("the publish stream to primary node {} closed", upstream.node.node_id))
-                        }),
-                        Err(status) => Err(status),
-                    };
-                    if let Err(status) = sent {
-                        debug!(%status, "publish stream stops: a request cannot be forwarded");
-                        failure = Some(status);
-                        upstreams.clear();
-                        acks_tx = None;
-                    }
-                }
-                Ok(None) => {
-                    upstreams.clear();
-                    acks_tx = None;
-                }
-                Err(status) => {
-                    debug!(%status, "publish stream ended by the client");
-                    return;
-                }
-            },
-        }
-    }
+    /// Requests not yet acknowledged to the caller, in arrival order.
+    pending: VecDeque<Forwarded>,
+    /// The gateway sequence of `pending[0]`; they are consecutive from there.
+    front_id: u64,
+    upstreams: HashMap<String, Upstream>,
+    generation: u64,
+    outage: Option<Outage>,
+    backoff: Backoff,
 }
 
-/// The upstream to `primary`, opened on first use.
-async fn open_upstream<'a>(
-    upstreams: &'a mut HashMap<String, Upstream>,
-    channels: &ChannelCache,
-    primary: NodeRoute,
-    acks: Option<&mpsc::Sender<Result<PublishAcks, Status>>>,
-    acks_header: Option<&MetadataValue<Ascii>>,
-) -> Result<&'a Upstream, Status> {
-    if !upstreams.contains_key(&primary.node_id) {
-        let Some(acks) = acks.cloned() else {
-            return Err(Status::internal("publish stream already closing"));
+impl Forwarder {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<PublishRequest>,
+        out: mpsc::Sender<Result<PublishAcks, Status>>,
+        shutdown: CancellationToken,
+    ) {
+        let (acks_tx, mut acks_rx) = mpsc::channel::<UpstreamItem>(64);
+        let mut tables = self.table.subscribe();
+        let mut reading = true;
+        // Set when the stream must end: sent after the complete acknowledgements.
+        let mut closing: Option<Status> = None;
+        let retry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(retry);
+        let mut retry_armed = false;
+        loop {
+            if let Some(acks) = self.ready_acks()
+                && !deliver(&out, Ok(acks), &shutdown).await
+            {
+                return;
+            }
+            if let Some(status) = closing.take() {
+                let _ = deliver(&out, Err(status), &shutdown).await;
+                return;
+            }
+            if !reading && self.pending.is_empty() {
+                return;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = out.try_send(Err(shutting_down()));
+                    return;
+                }
+                item = acks_rx.recv() => {
+                    // `acks_tx` lives in this loop, so the channel never closes.
+                    let Some((node, generation, result)) = item else { continue };
+                    if self.upstreams.get(&node).is_none_or(|u| u.generation != generation) {
+                        continue;
+                    }
+                    match result {
+                        Ok(Some(acks)) => self.acknowledge(&node, &acks),
+                        Ok(None) => {
+                            let status = Status::unavailable(format!("primary node {node} ended the publish stream"));
+                            closing = self.upstream_lost(&node, status);
+                        }
+                        Err(status) => closing = self.upstream_lost(&node, status),
+                    }
+                }
+                changed = tables.changed() => {
+                    if changed.is_err() {
+                        // The table is gone: the gateway is shutting down and ends the stream.
+                        continue;
+                    }
+                    tables.borrow_and_update();
+                    closing = self.check_moves();
+                    if closing.is_none() && self.outage.is_some() {
+                        closing = self.resend(&acks_tx).await;
+                    }
+                }
+                () = &mut retry, if retry_armed => {
+                    retry_armed = false;
+                    closing = self.resend(&acks_tx).await;
+                }
+                msg = inbound.message(), if reading => match msg {
+                    Ok(Some(req)) => closing = self.accept(req, &acks_tx).await,
+                    Ok(None) => {
+                        reading = false;
+                        // Half-close the upstreams once nothing is left to resend.
+                        if self.outage.is_none() && self.pending.is_empty() {
+                            self.upstreams.clear();
+                        }
+                    }
+                    Err(status) => {
+                        debug!(%status, "publish stream ended by the client");
+                        return;
+                    }
+                },
+            }
+            if closing.is_some() {
+                reading = false;
+            }
+            if self.outage.is_some() && !retry_armed && closing.is_none() {
+                let attempts = self.outage.as_ref().map_or(0, |o| o.attempts);
+                let delay = self.backoff.jittered_delay(attempts);
+                retry.as_mut().reset(Instant::now() + delay);
+                retry_armed = true;
+            }
+        }
+    }
+
+    /// Takes a request from the caller: sent at once to its primary, unless earlier requests
+    /// wait to be resent (it queues behind them, to keep each producer's order).
+    async fn accept(
+        &mut self,
+        mut req: PublishRequest,
+        acks_tx: &mpsc::Sender<UpstreamItem>,
+    ) -> Option<Status> {
+        let id = self.front_id + self.pending.len() as u64;
+        let client_sequence = req.sequence;
+        req.sequence = id;
+        self.pending.push_back(Forwarded {
+            req,
+            client_sequence,
+            node: None,
+            acked: None,
+        });
+        if self.outage.is_some() {
+            return None;
+        }
+        self.resend(acks_tx).await
+    }
+
+    /// Sends every request that waits for it, in order, to its data ID's current primary.
+    /// A request whose data ID still has earlier requests on another node (the primary
+    /// changed under them) makes those count as lost first, so that no producer's later
+    /// batch overtakes an earlier one.
+    async fn resend(&mut self, acks_tx: &mpsc::Sender<UpstreamItem>) -> Option<Status> {
+        let table = self.table.current();
+        for i in 0..self.pending.len() {
+            if self.pending[i].node.is_some() || self.pending[i].acked.is_some() {
+                continue;
+            }
+            let data_id = match DataId::parse(&self.pending[i].req.data_id) {
+                Ok(d) => d,
+                Err(e) => return Some(Status::invalid_argument(e.to_string())),
+            };
+            let routed = match table.primary(&data_id) {
+                Ok(primary) => {
+                    let elsewhere = self.pending.iter().take(i).find_map(|f| {
+                        (f.req.data_id == self.pending[i].req.data_id
+                            && f.acked.is_none()
+                            && f.node.as_deref().is_some_and(|n| n != primary.node_id))
+                        .then(|| f.node.clone())
+                        .flatten()
+                    });
+                    if let Some(old) = elsewhere {
+                        let status = Status::unavailable(format!(
+                            "node {old} is no longer the primary of data ID {data_id}"
+                        ));
+                        if let Some(fatal) = self.upstream_lost(&old, status) {
+                            return Some(fatal);
+                        }
+                        // Everything from the first request of `old` on waits again.
+                        return None;
+                    }
+                    self.open_upstream(primary, acks_tx).await
+                }
+                Err(e) => Err((None, Status::from(e))),
+            };
+            let sent = match routed {
+                Ok(node) => {
+                    let upstream = self.upstreams.get(&node);
+                    let req = self.pending[i].req.clone();
+                    match upstream.map(|u| u.requests.send(req)) {
+                        Some(Ok(())) => Ok(node),
+                        // Its reader reports why on the acks channel; resend after that.
+                        _ => Err((
+                            upstream.map(|u| u.node.clone()),
+                            Status::unavailable(format!(
+                                "the publish stream to node {node} closed"
+                            )),
+                        )),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(node) => self.pending[i].node = Some(node),
+                Err((node, status)) => {
+                    let identity = self.pending[i].req.producer_id != 0;
+                    let data_id = self.pending[i].req.data_id.clone();
+                    if !identity || !is_retriable_publish_status(&status) {
+                        // Never sent: the caller may send it again itself.
+                        return Some(match node {
+                            Some(n) => from_node(&n, status),
+                            None => status,
+                        });
+                    }
+                    let outage = self.outage.get_or_insert(Outage {
+                        since: Instant::now(),
+                        attempts: 0,
+                        last: status.clone(),
+                    });
+                    outage.attempts = outage.attempts.saturating_add(1);
+                    outage.last = status;
+                    if outage.since.elapsed() >= RETRY_WINDOW {
+                        return Some(gave_up(&data_id, outage));
+                    }
+                    return None;
+                }
+            }
+        }
+        if let Some(outage) = self.outage.take() {
+            info!(attempts = outage.attempts, after = ?outage.since.elapsed(), "publish stream resent its unacknowledged requests");
+        }
+        None
+    }
+
+    /// The upstream to `primary`, opened on first use; its node ID, or the node and the
+    /// status it failed with.
+    async fn open_upstream(
+        &mut self,
+        primary: NodeRoute,
+        acks_tx: &mpsc::Sender<UpstreamItem>,
+    ) -> Result<String, (Option<NodeRoute>, Status)> {
+        if self.upstreams.contains_key(&primary.node_id) {
+            return Ok(primary.node_id);
+        }
+        let fail = |status| (Some(primary.clone()), status);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = node_client(&self.channels, &primary).map_err(fail)?;
+        let opened = tokio::select! {
+            opened = open_stream(client, with_acks(UnboundedReceiverStream::new(rx), self.acks_header.as_ref())) => opened,
+            () = until_moved_route(&self.table, &primary.node_id, &self.pending) => Err(Status::unavailable(format!("node {} is no longer the usable primary", primary.node_id))),
         };
-        let (tx, rx) = mpsc::channel(UPSTREAM_BUFFER);
-        let mut stream = node_client(channels, &primary)?
-            .publish_stream(with_acks(ReceiverStream::new(rx), acks_header))
-            .await
-            .map_err(|s| from_node(&primary, s))?
-            .into_inner();
-        let node = primary.clone();
+        let mut stream = opened.map_err(fail)?;
+        self.generation += 1;
+        let generation = self.generation;
+        let node_id = primary.node_id.clone();
+        let acks = acks_tx.clone();
         tokio::spawn(async move {
             loop {
-                let item = match stream.message().await {
-                    Ok(Some(acks)) => Ok(acks),
-                    Ok(None) => return,
-                    Err(status) => Err(from_node(&node, status)),
-                };
-                let failed = item.is_err();
-                if acks.send(item).await.is_err() || failed {
+                let item = stream.message().await;
+                let done = !matches!(item, Ok(Some(_)));
+                if acks
+                    .send((node_id.clone(), generation, item))
+                    .await
+                    .is_err()
+                    || done
+                {
                     return;
                 }
             }
         });
-        upstreams.insert(
+        self.upstreams.insert(
             primary.node_id.clone(),
             Upstream {
                 requests: tx,
                 node: primary.clone(),
+                generation,
             },
         );
+        Ok(primary.node_id)
     }
-    upstreams
-        .get(&primary.node_id)
-        .ok_or_else(|| Status::internal("upstream vanished"))
+
+    /// Records acknowledgements from `node`.
+    fn acknowledge(&mut self, node: &str, acks: &PublishAcks) {
+        for ack in &acks.acks {
+            let Some(index) = ack.sequence.checked_sub(self.front_id) else {
+                continue;
+            };
+            let Ok(index) = usize::try_from(index) else {
+                continue;
+            };
+            if let Some(f) = self.pending.get_mut(index)
+                && f.node.as_deref() == Some(node)
+                && f.acked.is_none()
+            {
+                let mut ack = *ack;
+                ack.sequence = f.client_sequence;
+                f.acked = Some(ack);
+            }
+        }
+    }
+
+    /// The acknowledged head of the queue, in request order, taken off it.
+    fn ready_acks(&mut self) -> Option<PublishAcks> {
+        let mut acks = Vec::new();
+        while self.pending.front().is_some_and(|f| f.acked.is_some()) {
+            if let Some(ack) = self.pending.pop_front().and_then(|f| f.acked) {
+                acks.push(ack);
+            }
+            self.front_id += 1;
+        }
+        (!acks.is_empty()).then_some(PublishAcks { acks })
+    }
+
+    /// Upstreams whose node is no longer the primary of a data ID with requests waiting on
+    /// it count as lost.
+    fn check_moves(&mut self) -> Option<Status> {
+        let table = self.table.current();
+        let moved: Vec<(String, String)> = self
+            .pending
+            .iter()
+            .filter(|f| f.acked.is_none())
+            .filter_map(|f| {
+                let node = f.node.as_deref()?;
+                let data_id = DataId::parse(&f.req.data_id).ok()?;
+                let still = matches!(table.primary(&data_id), Ok(p) if p.node_id == node);
+                (!still).then(|| (node.to_owned(), f.req.data_id.clone()))
+            })
+            .collect();
+        for (node, data_id) in moved {
+            if !self.upstreams.contains_key(&node) {
+                continue;
+            }
+            let status = Status::unavailable(format!(
+                "node {node} is no longer the usable primary of data ID {data_id}"
+            ));
+            if let Some(fatal) = self.upstream_lost(&node, status) {
+                return Some(fatal);
+            }
+        }
+        None
+    }
+
+    /// The upstream to `node` failed with `status`: its unacknowledged requests (and all
+    /// later ones, to keep order) wait to be resent, or, if one of them has no producer
+    /// identity or the failure is a refusal, the stream ends with the returned status.
+    fn upstream_lost(&mut self, node: &str, status: Status) -> Option<Status> {
+        let upstream = self.upstreams.remove(node)?;
+        let waiting: Vec<&Forwarded> = self
+            .pending
+            .iter()
+            .filter(|f| f.acked.is_none() && f.node.as_deref() == Some(node))
+            .collect();
+        if waiting.is_empty() {
+            return None;
+        }
+        debug!(node, %status, waiting = waiting.len(), "publish upstream lost");
+        if !is_retriable_publish_status(&status) {
+            return Some(from_node(&upstream.node, status));
+        }
+        if let Some(f) = waiting.iter().find(|f| f.req.producer_id == 0) {
+            return Some(lost_without_identity(
+                &upstream.node,
+                &f.req.data_id,
+                &status,
+            ));
+        }
+        let first = self
+            .pending
+            .iter()
+            .position(|f| f.acked.is_none() && f.node.as_deref() == Some(node))
+            .unwrap_or(0);
+        // Requests after the first lost one wait too: a later batch of the same producer must
+        // not be stored before the lost one is. Those still on a healthy upstream stay there.
+        for f in self.pending.iter_mut().skip(first) {
+            if f.acked.is_none() && f.node.as_deref() == Some(node) {
+                f.node = None;
+            }
+        }
+        let lost = from_node(&upstream.node, status);
+        let outage = self.outage.get_or_insert(Outage {
+            since: Instant::now(),
+            attempts: 0,
+            last: lost.clone(),
+        });
+        outage.last = lost;
+        if outage.since.elapsed() >= RETRY_WINDOW {
+            let data_id = upstream.node.node_id.clone();
+            return Some(gave_up(&data_id, outage));
+        }
+        None
+    }
+}
+
+/// Resolves when no request of `pending` waiting for `node`'s stream can go there any more
+/// (its node stopped being the primary), so that opening a stream to a frozen node does not
+/// hang; never resolves while it still is the primary of something waiting.
+async fn until_moved_route(table: &RoutingTable, node: &str, pending: &VecDeque<Forwarded>) {
+    let Some(data_id) = pending
+        .iter()
+        .find(|f| f.acked.is_none() && f.node.is_none())
+        .and_then(|f| DataId::parse(&f.req.data_id).ok())
+    else {
+        return std::future::pending().await;
+    };
+    until_moved(table, &data_id, node).await;
+}
+
+async fn open_stream(
+    mut client: NodeClient<Channel>,
+    req: tonic::Request<UnboundedReceiverStream<PublishRequest>>,
+) -> Result<Streaming<PublishAcks>, Status> {
+    client
+        .publish_stream(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The status after [`RETRY_WINDOW`] of failed resends.
+fn gave_up(what: &str, outage: &Outage) -> Status {
+    Status::unavailable(format!(
+        "the gateway resent unacknowledged publishes for {:?} ({} attempts, {what}) and no \
+         primary took them; last error: {}; retry (the SDK does, under its delivery timeout)",
+        outage.since.elapsed(),
+        outage.attempts,
+        outage.last.message()
+    ))
 }

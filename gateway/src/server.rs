@@ -10,9 +10,10 @@
 //! its last table, which is more useful than refusing; `GetStatus` reports the staleness.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ec_client::ChannelCache;
+use ec_client::{ChannelCache, ChannelSettings};
 use ec_core::NodeId;
 use ec_discovery::{
     ConsulClient, EpochStore, LockOptions, MappingStore, hold_lock, watch_health, watch_mappings,
@@ -25,6 +26,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{error, info};
 
 use crate::feed::feed;
+use crate::metrics::GatewayMetrics;
 use crate::promotion::Promoter;
 use crate::routing::{AllowList, RoutingTable};
 use crate::service::GatewayService;
@@ -118,6 +120,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    run_with_metrics(settings, listener, None, shutdown).await
+}
+
+/// Like [`run`], also serving `GET /metrics` and `GET /health` over HTTP on
+/// `metrics_listener` (`gateway.metrics.port`) when given.
+pub async fn run_with_metrics(
+    settings: GatewaySettings,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
     let addr = listener.local_addr().map_err(GatewayError::Listener)?;
     let consul = ConsulClient::new(&settings.consul_url, settings.consul_token.clone())?;
     let store = MappingStore::new(consul.clone(), &settings.kv_prefix);
@@ -145,7 +158,14 @@ pub async fn run(
         stop_watches.clone(),
     ));
 
-    let channels = ChannelCache::default();
+    // Short HTTP/2 keepalive towards the nodes: a frozen node (SIGSTOP, a hung VM) keeps its
+    // TCP connections open, and a publish or subscription forwarded to it should move on
+    // within seconds, not after the SDK's default 5 s + 5 s.
+    let channels = ChannelCache::new(ChannelSettings {
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(2),
+        ..ChannelSettings::default()
+    });
     let promoter = Promoter {
         mappings: store.clone(),
         epochs: EpochStore::new(consul.clone(), &settings.kv_prefix),
@@ -169,6 +189,23 @@ pub async fn run(
         ));
     }
 
+    let metrics = GatewayMetrics::new();
+    let started = SystemTime::now();
+    tasks.spawn(
+        metrics
+            .clone()
+            .follow(changes.subscribe(), table.clone(), stop_watches.clone()),
+    );
+    if let Some(listener) = metrics_listener {
+        let (metrics, table) = (metrics.clone(), table.clone());
+        let render = Arc::new(move || metrics.render(&table, started));
+        let stop = stop_serving.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, render, stop).await {
+                error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
     let service = GatewayService {
         table,
         store,
@@ -176,7 +213,8 @@ pub async fn run(
         changes,
         promoter,
         shutdown: stop_serving.clone(),
-        started: SystemTime::now(),
+        started,
+        metrics,
     };
     let (reporter, grpc_health) = tonic_health::server::health_reporter();
     type Server = ec_proto::gateway_server::GatewayServer<GatewayService>;

@@ -20,6 +20,7 @@ use ec_proto::{
     PublishAcks, PublishRequest, PublishResponse, PutMappingRequest, PutMappingResponse,
     RegisterNodeRequest, RegisterNodeResponse, StartFrom, StreamRequest, WatchHealthRequest,
 };
+use futures_util::StreamExt as _;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::convert::{epoch_ms, health_status, mapping_status};
 use crate::feed::HealthChange;
+use crate::metrics::GatewayMetrics;
 use crate::promotion::{self, Promoter};
 use crate::proxy::{self, deliver};
 use crate::routing::{MappingView, NodeRoute, RoutingTable, Table};
@@ -51,6 +53,8 @@ pub(crate) struct GatewayService {
     pub(crate) shutdown: CancellationToken,
     /// When the gateway started: the staleness reference before Consul ever answered.
     pub(crate) started: SystemTime,
+    /// What `/metrics` reports.
+    pub(crate) metrics: GatewayMetrics,
 }
 
 type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
@@ -189,8 +193,10 @@ impl Gateway for GatewayService {
         &self,
         req: Request<GetNodeRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
-        let data_id = parse_data_id(&req.get_ref().data_id)?;
-        let route = self.table.current().route(&data_id)?;
+        let route = parse_data_id(&req.get_ref().data_id)
+            .and_then(|data_id| Ok(self.table.current().route(&data_id)?));
+        self.metrics.lookup(route.as_ref().err().map(Status::code));
+        let route = route?;
         Ok(Response::new(GetNodeResponse {
             node_address: route.chosen.address,
             node_id: route.chosen.node_id,
@@ -247,6 +253,18 @@ impl Gateway for GatewayService {
             opts,
             self.shutdown.clone(),
         );
+        // Counted while open; a batch from another node than the last one is a failover.
+        let (metrics, open) = (self.metrics.clone(), self.metrics.proxy_stream());
+        let mut serving: Option<String> = None;
+        let stream = stream.inspect(move |item| {
+            let _open = &open;
+            if let Ok(batch) = item {
+                if serving.as_ref().is_some_and(|n| *n != batch.node_id) {
+                    metrics.proxy_failover();
+                }
+                serving = Some(batch.node_id.clone());
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -256,9 +274,11 @@ impl Gateway for GatewayService {
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let acks = proxy::acks_of(&req);
-        proxy::publish(&self.table, &self.channels, req.into_inner(), acks)
-            .await
-            .map(Response::new)
+        let events = req.get_ref().events.len() as u64;
+        let result = proxy::publish(&self.table, &self.channels, req.into_inner(), acks).await;
+        self.metrics
+            .forwarded(result.as_ref().err().map(Status::code), events);
+        result.map(Response::new)
     }
 
     type PublishStreamStream = ResponseStream<PublishAcks>;
@@ -275,6 +295,15 @@ impl Gateway for GatewayService {
             acks,
             self.shutdown.clone(),
         );
+        let metrics = self.metrics.clone();
+        let stream = stream.inspect(move |item| match item {
+            Ok(acks) => {
+                for ack in &acks.acks {
+                    metrics.forwarded(None, (ack.last_offset + 1).saturating_sub(ack.first_offset));
+                }
+            }
+            Err(status) => metrics.forwarded(Some(status.code()), 0),
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -521,6 +550,7 @@ mod tests {
             promoter,
             shutdown: CancellationToken::new(),
             started: SystemTime::now(),
+            metrics: GatewayMetrics::new(),
         };
         (svc, tx)
     }

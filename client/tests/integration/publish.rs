@@ -98,15 +98,68 @@ async fn a_refused_batch_fails_the_stream_and_every_later_send() {
 
 #[tokio::test]
 async fn publishing_to_a_dead_node_names_it() {
+    // Retried until the delivery timeout, then reported with the last error.
     let client = Client::with_nodes(vec![ec_client::Candidate::new("node9", dead_address())])
-        .expect("client");
+        .expect("client")
+        .with_delivery_timeout(std::time::Duration::from_millis(300));
     let err = client
         .publish("pub", payloads("a", 1))
         .await
         .expect_err("no node");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert!(err.to_string().contains("node9"), "{err}");
+    assert!(err.to_string().contains("delivery timeout"), "{err}");
     assert!(!err.is_terminal());
+
+    // The pipelined publisher gives up the same way, on every waiting batch, and stays closed.
+    let publisher = client.publisher("pub", 4).await.expect("publisher");
+    let a = publisher.send(payloads("a", 1)).await.expect("queued");
+    let b = publisher.send(payloads("b", 1)).await.expect("queued");
+    for pending in [a, b] {
+        let err = timeout(DEADLINE, pending)
+            .await
+            .expect("in time")
+            .expect_err("not delivered");
+        assert!(
+            matches!(
+                err,
+                ClientError::NotDelivered {
+                    timed_out: Some(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    let later = publisher.send(payloads("c", 1)).await.expect_err("closed");
+    assert!(later.to_string().contains("node9"), "{later}");
+}
+
+#[tokio::test]
+async fn a_non_retriable_refusal_is_reported_at_once_whatever_the_delivery_timeout() {
+    let node = TestNode::start(NO_CONSUL, "node1").await;
+    // An hour: if the refusal were retried, the test would hit its deadline.
+    let client = Client::with_nodes(vec![node.candidate()])
+        .expect("client")
+        .with_delivery_timeout(std::time::Duration::from_secs(3600));
+    let oversize = vec![Bytes::from(vec![b'x'; (1 << 20) + 1])];
+    let err = timeout(DEADLINE, client.publish("pub", oversize.clone()))
+        .await
+        .expect("reported before the deadline")
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let publisher = client.publisher("pub", 4).await.expect("publisher");
+    let err = timeout(DEADLINE, publisher.send(oversize).await.expect("queued"))
+        .await
+        .expect("reported before the deadline")
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    // The refused number stays free: the client's next publish is stored.
+    let p = client
+        .publish("pub", payloads("ok", 2))
+        .await
+        .expect("publish");
+    assert_eq!((p.first.0, p.duplicate), (0, false));
 }
 
 #[tokio::test]
@@ -144,13 +197,26 @@ async fn the_acks_option_decides_what_an_acknowledgement_waits_for() {
     })
     .await;
     let client = Client::with_nodes(vec![n1.candidate()]).expect("client");
-    let all = client.clone().with_acks(Acks::All);
+    // DEADLINE_EXCEEDED under acks=all is retried (the resend is answered as a duplicate once
+    // the replica confirms); with the replica frozen, the delivery timeout ends it.
+    let all = client
+        .clone()
+        .with_acks(Acks::All)
+        .with_delivery_timeout(std::time::Duration::from_secs(2));
     all.publish("acks", payloads("a", 1))
         .await
         .expect("acks=all while the replica keeps up");
 
     n2.signal(Signal::SIGSTOP);
-    let deadline_exceeded = |e: &ClientError| matches!(e, ClientError::Rpc { status, .. } if status.code() == Code::DeadlineExceeded);
+    let deadline_exceeded = |e: &ClientError| {
+        matches!(
+            e,
+            ClientError::NotDelivered {
+                timed_out: Some(_),
+                ..
+            }
+        ) && e.to_string().contains("DeadlineExceeded")
+    };
     // Sent with the call: the frozen in-sync replica cannot confirm it in time.
     let err = all
         .publish("acks", payloads("b", 1))

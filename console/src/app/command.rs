@@ -44,6 +44,8 @@ pub enum Command {
     Mappings,
     /// Show the Health view.
     Health,
+    /// Show the Replication view.
+    Replication,
     /// Tail a data ID, or open the picker.
     Tail(Option<DataId>),
     /// Restart the tail stream.
@@ -85,6 +87,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
     match spec.names[0] {
         "mappings" => no_args(Command::Mappings),
         "health" => no_args(Command::Health),
+        "replication" => no_args(Command::Replication),
         "help" => no_args(Command::Help),
         "quit" => no_args(Command::Quit),
         "filter" => Ok(Command::Filter(rest.to_owned())),

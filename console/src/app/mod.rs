@@ -20,6 +20,7 @@ pub mod form;
 pub mod health;
 pub mod line;
 pub mod mappings;
+pub mod replication;
 pub mod tail;
 
 use std::collections::BTreeMap;
@@ -37,12 +38,13 @@ use form::MappingForm;
 use health::HealthState;
 use line::LineEdit;
 use mappings::MappingsState;
+use replication::ReplicationState;
 use tail::TailState;
 
 /// How long an informational status message stays.
 const MESSAGE_TTL: Duration = Duration::from_secs(10);
 
-/// The three views.
+/// The views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
     /// Data ID → nodes.
@@ -51,11 +53,13 @@ pub enum View {
     Health,
     /// One data ID's events.
     Tail,
+    /// Each data ID's in-sync set and replica lag, each node's rates.
+    Replication,
 }
 
 impl View {
     /// Every view, in tab order.
-    pub const ALL: [View; 3] = [View::Mappings, View::Health, View::Tail];
+    pub const ALL: [View; 4] = [View::Mappings, View::Health, View::Tail, View::Replication];
 
     /// The tab title.
     pub fn title(self) -> &'static str {
@@ -63,6 +67,7 @@ impl View {
             View::Mappings => "Mappings",
             View::Health => "Health",
             View::Tail => "Tail",
+            View::Replication => "Replication",
         }
     }
 
@@ -72,6 +77,7 @@ impl View {
             View::Mappings => Context::Mappings,
             View::Health => Context::Health,
             View::Tail => Context::Tail,
+            View::Replication => Context::Replication,
         }
     }
 
@@ -103,6 +109,11 @@ pub enum Effect {
         data_id: DataId,
         /// Where to start.
         target: SeekTarget,
+    },
+    /// Start (`true`) or stop asking the primaries for their replication status.
+    PollReplication {
+        /// Whether to poll.
+        active: bool,
     },
 }
 
@@ -311,6 +322,8 @@ pub struct App {
     pub health: HealthState,
     /// Tail view state.
     pub tail: TailState,
+    /// Replication view state.
+    pub replication: ReplicationState,
     /// The status line.
     pub message: Option<Message>,
     /// The mapping write in flight.
@@ -336,6 +349,7 @@ impl App {
             consul_health: WatchState::default(),
             gateway: GatewayState::Unknown,
             mappings: MappingsState::default(),
+            replication: ReplicationState::default(),
             message: None,
             pending: None,
             next_write_id: 1,
@@ -411,6 +425,7 @@ impl App {
             AppEvent::Backend(msg) => self.on_backend(msg),
             AppEvent::Terminate => self.quit = true,
         }
+        self.poll_replication_if_shown(&mut effects);
         effects
     }
 
@@ -472,10 +487,14 @@ impl App {
                     .step(if action == Action::NextView { 1 } else { -1 });
                 return;
             }
-            Action::ShowMappings | Action::ShowHealth | Action::ShowTail => {
+            Action::ShowMappings
+            | Action::ShowHealth
+            | Action::ShowTail
+            | Action::ShowReplication => {
                 self.view = match action {
                     Action::ShowMappings => View::Mappings,
                     Action::ShowHealth => View::Health,
+                    Action::ShowReplication => View::Replication,
                     _ => View::Tail,
                 };
                 return;
@@ -490,6 +509,7 @@ impl App {
             Context::Mappings => self.act_mappings(action, effects),
             Context::Health => self.act_health(action),
             Context::Tail => self.act_tail(action, effects),
+            Context::Replication => self.act_replication(action, effects),
             Context::Form => self.act_form(action, effects),
             Context::Confirm => match action {
                 Action::Confirm => {
@@ -875,6 +895,7 @@ impl App {
         match cmd {
             Command::Mappings => self.view = View::Mappings,
             Command::Health => self.view = View::Health,
+            Command::Replication => self.view = View::Replication,
             Command::Tail(None) => {
                 self.view = View::Tail;
                 self.popup = Some(Popup::Picker(Picker::default()));
@@ -982,6 +1003,7 @@ impl App {
             BackendMsg::Tail { generation, msg } => {
                 self.tail.on_msg(generation, msg, self.now);
             }
+            BackendMsg::Replication(round) => self.replication.on_round(round, self.now),
         }
     }
 

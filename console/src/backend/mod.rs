@@ -5,11 +5,14 @@
 //!   channel on every change; mapping writes, one task each, answered by id.
 //! - Gateway: a `GetStatus` poll every second for the header's connection state, and the
 //!   tail stream (`tail.rs`).
+//! - Nodes: while the Replication view is shown, each primary's `GetReplicationStatus`
+//!   every second (`replication.rs`).
 //!
 //! Invariants: at most one tail stream runs; starting one cancels the previous one, and its
 //! messages carry their generation so any already queued are dropped by the app. Every task
 //! stops when the shutdown token is cancelled or the event channel closes.
 
+mod replication;
 mod tail;
 
 use std::time::Duration;
@@ -46,6 +49,8 @@ pub struct Backend {
     channels: ChannelCache,
     /// Cancels the running tail stream.
     tail: Option<CancellationToken>,
+    /// Switches the replication poll on and off.
+    replication: watch::Sender<bool>,
 }
 
 impl Backend {
@@ -64,6 +69,18 @@ impl Backend {
         let tasks = TaskTracker::new();
         let mappings = watch_mappings(store.clone(), settings.watch_wait, shutdown.clone());
         let health = watch_health(client, NODE_SERVICE, settings.watch_wait, shutdown.clone());
+        let channels = ChannelCache::default();
+        let (replication, active) = watch::channel(false);
+        tasks.spawn(replication::run(
+            replication::PollInputs {
+                mappings: mappings.clone(),
+                health: health.clone(),
+                active,
+            },
+            channels.clone(),
+            tx.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(forward(
             mappings,
             tx.clone(),
@@ -76,7 +93,6 @@ impl Backend {
             BackendMsg::Health,
             shutdown.clone(),
         ));
-        let channels = ChannelCache::default();
         tasks.spawn(poll_gateway(
             settings.gateway.clone(),
             tx.clone(),
@@ -90,6 +106,7 @@ impl Backend {
             gateway: settings.gateway.clone(),
             channels,
             tail: None,
+            replication,
         })
     }
 
@@ -127,6 +144,9 @@ impl Backend {
                     self.tx.clone(),
                     cancel,
                 ));
+            }
+            Effect::PollReplication { active } => {
+                self.replication.send_replace(active);
             }
         }
     }

@@ -49,11 +49,6 @@ pub fn help_lines(view: View) -> Vec<HelpLine> {
         for b in ctx.bindings() {
             lines.push(HelpLine::Entry(b.keys_label(), b.help));
         }
-        if ctx == Context::Tail {
-            lines.push(HelpLine::Text(
-                "(in the Tail view, 1 means earliest; use Tab or :m to switch views)",
-            ));
-        }
         lines.push(HelpLine::Blank);
     }
     lines.push(HelpLine::Heading(

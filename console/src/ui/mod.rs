@@ -15,6 +15,7 @@ mod health;
 mod help;
 mod mappings;
 mod popup;
+mod replication;
 mod tail;
 mod theme;
 
@@ -85,6 +86,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
         View::Mappings => mappings::draw(frame, a.body, app, &theme),
         View::Health => health::draw(frame, a.body, app, &theme),
         View::Tail => tail::draw(frame, a.body, app, &theme),
+        View::Replication => replication::draw(frame, a.body, app, &theme),
     }
     draw_status(frame, a.status, app, &theme);
     draw_keys(frame, a.keys, app, &theme);
@@ -233,6 +235,7 @@ fn draw_keys(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
             Action::ShowEvent,
             Action::PickDataId,
         ],
+        Context::Replication => &[Action::Up, Action::TailSelected],
         _ => &[],
     };
     let mut spans = Vec::new();
@@ -240,7 +243,10 @@ fn draw_keys(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
         spans.push(Span::styled(format!(" {keys}"), theme.key()));
         spans.push(Span::raw(format!(" {what} ")));
     };
-    if matches!(ctx, Context::Mappings | Context::Health | Context::Tail) {
+    if matches!(
+        ctx,
+        Context::Mappings | Context::Health | Context::Tail | Context::Replication
+    ) {
         for action in wanted {
             if let Some(b) = ctx.bindings().iter().find(|b| b.action == *action) {
                 push(b.keys[0].label(), short_name(*action));

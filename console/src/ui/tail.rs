@@ -26,7 +26,7 @@ pub(super) fn table_area(body: Rect) -> Rect {
 }
 
 /// `12345` → `12,345`.
-fn grouped(n: u64) -> String {
+pub(super) fn grouped(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {

@@ -18,6 +18,8 @@ use crate::app::tests::{
 use crate::app::{App, Effect};
 use crate::event::{AppEvent, BackendMsg, GatewayState, TailMsg, WriteFailure};
 
+mod replication;
+
 const SIZES: [(u16, u16); 2] = [(80, 24), (120, 40)];
 
 fn render(app: &App, width: u16, height: u16) -> Terminal<TestBackend> {
@@ -442,7 +444,7 @@ fn no_color_draws_no_color() {
 fn tiny_terminals_do_not_panic() {
     let (app, _) = tailing((10, 4));
     for (w, h) in [(1, 1), (10, 4), (20, 6), (40, 10)] {
-        for view in ['1', '2', '3'] {
+        for view in ['1', '2', '3', '4'] {
             let mut a = app.clone();
             a.handle(ch(view), t0());
             render(&a, w, h);

@@ -6,4 +6,5 @@
 #![allow(unreachable_pub)]
 
 mod e2e;
+mod replication;
 mod util;

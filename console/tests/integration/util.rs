@@ -207,9 +207,18 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(consul_url: &str) -> TestGateway {
+        TestGateway::start_with(consul_url, |_| {}).await
+    }
+
+    /// [`TestGateway::start`] with `tweak` applied to the settings.
+    pub async fn start_with(
+        consul_url: &str,
+        tweak: impl FnOnce(&mut GatewaySettings),
+    ) -> TestGateway {
         let mut settings = GatewaySettings::new(consul_url);
         settings.kv_prefix = KV_PREFIX.into();
         settings.watch_wait = Duration::from_secs(10);
+        tweak(&mut settings);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();

@@ -4,7 +4,12 @@
 //! on standard input go out together (up to `--batch`), so a pasted file is fast and a typed
 //! line is sent at once. Acknowledgements are printed in the order batches were sent, one line
 //! per batch (`offsets FIRST-LAST`), only once the primary made them durable. Progress (every
-//! second, for runs longer than that) and the final summary go to standard error.
+//! second, for `--count` runs longer than that) and the final summary go to standard error.
+//!
+//! The SDK's publisher retries through a lost primary, a failover and "not the primary" until
+//! `--delivery-timeout`, resending unacknowledged batches under the same producer identity so
+//! nothing is stored twice; synthetic payload numbers therefore stay continuous. One line
+//! says when an outage starts and one when publishing resumed, not one per attempt.
 
 use std::io::Write;
 use std::time::Duration;
@@ -12,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Args;
 use color_eyre::eyre::{Result, WrapErr, eyre};
-use ec_client::{Acks, Client, Mode, PendingPublish, Published};
+use ec_client::{Acks, Client, Mode, PendingPublish, Published, PublisherEvent};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -46,9 +51,38 @@ pub(crate) struct PublishArgs {
     /// every in-sync replica) [default: the primary's node.replication.acks].
     #[arg(long, value_name = "LEVEL", value_parser = parse_acks)]
     acks: Option<Acks>,
-    /// Do not print a line per acknowledged batch; only the summary on standard error.
+    /// How long a batch may wait for its acknowledgement while the publisher retries (the
+    /// primary lost, a failover in progress, the gateway away) before giving up, e.g. 30s,
+    /// 2m, 1h. Refusals no retry can fix (bad input, no permission) fail at once.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    delivery_timeout: Duration,
+    /// Print only the final summary (on standard error): no line per acknowledged batch, no
+    /// progress, no retry lines.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--delivery-timeout`: a number with a unit (ms, s, m, h).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. 30s, 2m or 1h"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h, e.g. 2m")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("{s:?}: the delivery timeout must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// `--acks`: `leader` or `all`.
@@ -92,7 +126,10 @@ pub(crate) async fn run(client: &Client, args: PublishArgs) -> Result<()> {
         Mode::Redirect
     };
     let in_flight = usize::try_from(args.in_flight).unwrap_or(usize::MAX);
-    let mut client = client.clone().with_mode(mode);
+    let mut client = client
+        .clone()
+        .with_mode(mode)
+        .with_delivery_timeout(args.delivery_timeout);
     if let Some(acks) = args.acks {
         client = client.with_acks(acks);
     }
@@ -101,6 +138,9 @@ pub(crate) async fn run(client: &Client, args: PublishArgs) -> Result<()> {
         .await
         .wrap_err_with(|| format!("cannot start publishing to data ID {}", args.data_id))?;
 
+    if let Some(events) = publisher.events() {
+        tokio::spawn(report_outages(events, args.quiet));
+    }
     let (acks_tx, acks_rx) = mpsc::channel::<PendingPublish>(in_flight);
     let started = Instant::now();
     let printer = tokio::spawn(acknowledge(acks_rx, args.quiet, args.count, started));
@@ -132,6 +172,52 @@ pub(crate) async fn run(client: &Client, args: PublishArgs) -> Result<()> {
         summary.events as f64 / secs.max(1e-9)
     );
     Ok(())
+}
+
+/// One line when an outage starts and one when publishing resumed (the SDK reports each
+/// outage once, however many attempts it takes).
+async fn report_outages(mut events: mpsc::UnboundedReceiver<PublisherEvent>, quiet: bool) {
+    while let Some(event) = events.recv().await {
+        if quiet {
+            continue;
+        }
+        match event {
+            PublisherEvent::Retrying {
+                target,
+                error,
+                unacknowledged,
+                delivery_timeout,
+            } => {
+                let target = if target.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({target})")
+                };
+                eprintln!(
+                    "publishing interrupted{target}: {error}; retrying with {unacknowledged} batches unacknowledged (failover is automatic; giving up after {})",
+                    humantime(delivery_timeout)
+                );
+            }
+            PublisherEvent::Resumed {
+                target,
+                outage,
+                attempts,
+                resent,
+            } => eprintln!(
+                "publishing resumed on {target} after {:.1}s ({attempts} failed attempts, {resent} batches resent; the node recognises those already stored)",
+                outage.as_secs_f64()
+            ),
+        }
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs >= 60.0 && secs % 60.0 == 0.0 {
+        format!("{}m", secs / 60.0)
+    } else {
+        format!("{secs}s")
+    }
 }
 
 /// Sends one batch and queues its acknowledgement; `false` when the printer stopped.
@@ -251,16 +337,18 @@ async fn acknowledge(
                 Err(e) => return Err(e).wrap_err("cannot write to standard output"),
             }
         }
-        if last_progress.elapsed() >= Duration::from_secs(1) {
+        // Progress only for a known total (--count): with standard input each acknowledgement
+        // is already a line on standard output, and a producer's log would fill with it.
+        if let Some(total) = total
+            && !quiet
+            && last_progress.elapsed() >= Duration::from_secs(1)
+        {
             last_progress = Instant::now();
             let rate = summary.events as f64 / started.elapsed().as_secs_f64();
-            match total {
-                Some(total) => eprintln!(
-                    "published {}/{total} events ({rate:.0} events/s)",
-                    summary.events
-                ),
-                None => eprintln!("published {} events ({rate:.0} events/s)", summary.events),
-            }
+            eprintln!(
+                "published {}/{total} events ({rate:.0} events/s)",
+                summary.events
+            );
         }
     }
     Ok(summary)
@@ -269,6 +357,16 @@ async fn acknowledge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_timeouts_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "5", "0s", "abc", "3d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn synthetic_events_have_the_asked_size_and_their_number() {

@@ -44,9 +44,13 @@ fn main() -> Result<()> {
             let listener = TcpListener::bind(&addr).await.wrap_err_with(|| {
                 format!("cannot listen for gRPC on {addr} (gateway.host, gateway.port); is another gateway using that port?")
             })?;
+            let metrics_addr = format!("{}:{}", config.gateway.host, config.gateway.metrics_port);
+            let metrics = TcpListener::bind(&metrics_addr).await.wrap_err_with(|| {
+                format!("cannot listen for HTTP metrics on {metrics_addr} (gateway.host, gateway.metrics.port); is another gateway using that port? choose another with --metrics-port")
+            })?;
             let shutdown = CancellationToken::new();
             tokio::spawn(process::cancel_on_signal(shutdown.clone()));
-            ec_gateway::run(settings, listener, shutdown)
+            ec_gateway::run_with_metrics(settings, listener, Some(metrics), shutdown)
                 .await
                 .wrap_err("the gateway stopped with an error")
         })

@@ -1,8 +1,11 @@
-//! A randomized fault run (issue 4): publishers and readers go through the gateway while
-//! replicating node processes are killed with SIGKILL and restarted at random; the gateway
-//! fails over automatically. At the end a checker verifies: every acknowledged event is in
-//! the final log with its bytes; every reader's sequence is a gapless prefix of the final
-//! log (so no offset was ever seen with two contents); all nodes converge to one log.
+//! A randomized fault run (issues 4 and 10): publishers, retrying idempotent producers and
+//! readers go through the gateway while replicating node processes are killed with SIGKILL
+//! (and restarted) or frozen with SIGSTOP (and continued) at random; the gateway fails over
+//! automatically. At the end a checker verifies: every acknowledged event is in the final log
+//! with its bytes; every producer batch was acknowledged exactly once, in send order, and is
+//! stored exactly once, in send order, even when a retry crossed a failover; every reader's
+//! sequence is a gapless prefix of the final log (so no offset was ever seen with two
+//! contents); all nodes converge to one byte-identical log.
 //!
 //! Seeded and reproducible: the seed is printed at the start and in every failure message;
 //! set `EC_FAULT_SEED` to replay one, `EC_FAULT_SECS` to run longer than the default 12 s.
@@ -13,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ec_client::{Client, Start, StreamOptions};
+use ec_client::{Client, Mode, Published, Start, StreamOptions};
 use ec_proto::gateway_client::GatewayClient;
 use ec_proto::{PublishRequest, StreamInfoRequest, StreamRequest};
 use ec_testkit::{ConsulAgent, wait_for};
@@ -43,6 +46,71 @@ impl Rng {
 }
 
 type Log = Arc<Mutex<Vec<(u64, Bytes)>>>;
+
+/// The payloads of batch `n` of producer `who`.
+fn batch(who: &str, n: usize) -> Vec<Bytes> {
+    (0..3)
+        .map(|i| Bytes::from(format!("{who}-{n:06}-{i}")))
+        .collect()
+}
+
+/// What one producer got back: (batch number, acknowledgement), in completion order.
+type Acks = Arc<Mutex<Vec<(usize, Published)>>>;
+
+/// A retrying idempotent producer until `stop`: pipelined (`window` batches in flight) when
+/// `window > 1`, else one `Client::publish` at a time. Fails the test if it ever gives up.
+fn producer(
+    client: Client,
+    who: &'static str,
+    window: usize,
+    stop: CancellationToken,
+    seed: u64,
+) -> (Acks, tokio::task::JoinHandle<()>) {
+    let acks: Acks = Arc::default();
+    let out = acks.clone();
+    let task = tokio::spawn(async move {
+        let mut n = 0;
+        if window <= 1 {
+            while !stop.is_cancelled() {
+                let published = client
+                    .publish(D, batch(who, n))
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}: producer {who} gave up: {e}"));
+                out.lock().expect("lock").push((n, published));
+                n += 1;
+            }
+            return;
+        }
+        let publisher = client
+            .publisher(D, window)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: producer {who}: {e}"));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, ec_client::PendingPublish)>(64);
+        let waiter = tokio::spawn(async move {
+            while let Some((n, pending)) = rx.recv().await {
+                let published = pending
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}: producer {who} gave up: {e}"));
+                out.lock().expect("lock").push((n, published));
+            }
+        });
+        while !stop.is_cancelled() {
+            let pending = publisher
+                .send(batch(who, n))
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: producer {who}: {e}"));
+            if tx.send((n, pending)).await.is_err() {
+                break;
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(tx);
+        waiter.await.expect("every batch acknowledged");
+        publisher.close().await.expect("clean close");
+    });
+    (acks, task)
+}
 
 /// A reader through the gateway's `Subscribe`, resubscribing from its next offset when the
 /// stream ends; it checks order as it goes.
@@ -202,46 +270,77 @@ async fn randomized_kills_and_restarts_lose_nothing_and_converge() {
             }
         }));
     }
+    let gateway_addr = gateway.addr.to_string();
+    let sdk = Client::connect(&gateway_addr).await.expect("sdk client");
+    let (pipelined_acks, pipelined) = producer(
+        sdk.clone().with_mode(Mode::Proxy),
+        "pipe",
+        8,
+        stop.clone(),
+        seed,
+    );
+    let (unary_acks, unary) = producer(sdk, "one", 1, stop.clone(), seed);
     let proxied = proxy_reader(gw.clone(), stop.clone(), seed);
     let client = Client::connect(&gateway.addr.to_string())
         .await
         .expect("sdk client");
     let redirected = redirect_reader(client, stop.clone(), seed);
 
-    // Faults: at most one node down at a time; each one comes back after a while.
+    // Faults: at most one node down at a time, killed (then restarted) or frozen (then
+    // continued); each one comes back after a while.
     let end = Instant::now() + Duration::from_secs(secs);
-    let mut down: Option<(usize, Instant)> = None;
-    let mut kills = 0;
+    let mut down: Option<(usize, bool, Instant)> = None;
+    let (mut kills, mut stops) = (0, 0);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
         match down {
             None => {
                 let victim = rng.below(3) as usize;
-                if let Some(mut n) = nodes[victim].take() {
+                let freeze = rng.below(3) == 0;
+                if freeze {
+                    if let Some(n) = &mut nodes[victim] {
+                        n.signal(ec_testnode::Signal::SIGSTOP);
+                        stops += 1;
+                    }
+                } else if let Some(mut n) = nodes[victim].take() {
                     n.kill9();
                     kills += 1;
-                    println!(
-                        "seed {seed}: SIGKILL {} at {:?}",
-                        ids[victim],
-                        end - Instant::now()
-                    );
                 }
+                println!(
+                    "seed {seed}: {} {} at {:?}",
+                    if freeze { "SIGSTOP" } else { "SIGKILL" },
+                    ids[victim],
+                    end - Instant::now()
+                );
                 down = Some((
                     victim,
+                    freeze,
                     Instant::now() + Duration::from_millis(1000 + rng.below(2500)),
                 ));
             }
-            Some((victim, back)) if Instant::now() >= back => {
-                nodes[victim] = Some(NodeProcess::spawn_replicated(
-                    &dirs[victim],
-                    &url,
-                    ids[victim],
-                ));
-                println!("seed {seed}: restart {}", ids[victim]);
+            Some((victim, freeze, back)) if Instant::now() >= back => {
+                if freeze {
+                    if let Some(n) = &mut nodes[victim] {
+                        n.signal(ec_testnode::Signal::SIGCONT);
+                    }
+                    println!("seed {seed}: SIGCONT {}", ids[victim]);
+                } else {
+                    nodes[victim] = Some(NodeProcess::spawn_replicated(
+                        &dirs[victim],
+                        &url,
+                        ids[victim],
+                    ));
+                    println!("seed {seed}: restart {}", ids[victim]);
+                }
                 down = None;
             }
             Some(_) => {}
         }
+    }
+    if let Some((victim, true, _)) = down
+        && let Some(n) = &mut nodes[victim]
+    {
+        n.signal(ec_testnode::Signal::SIGCONT);
     }
     for (i, slot) in nodes.iter_mut().enumerate() {
         if slot.is_none() {
@@ -262,6 +361,12 @@ async fn randomized_kills_and_restarts_lose_nothing_and_converge() {
     stop.cancel();
     for p in publishers {
         p.await.expect("publisher task");
+    }
+    for p in [pipelined, unary] {
+        tokio::time::timeout(Duration::from_secs(150), p)
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: a producer still waits for acknowledgements"))
+            .expect("producer task");
     }
 
     // Converge: every node holds the same log, all of it visible.
@@ -328,6 +433,47 @@ async fn randomized_kills_and_restarts_lose_nothing_and_converge() {
             "seed {seed}: acknowledged offset {offset} is in the final log with its bytes"
         );
     }
+    // Every producer batch: acknowledged once, in send order, at the offsets that hold its
+    // bytes; stored once, in send order, whatever retries crossed the failovers.
+    for (who, acks) in [("pipe", &pipelined_acks), ("one", &unary_acks)] {
+        let acks = acks.lock().expect("lock").clone();
+        assert!(!acks.is_empty(), "seed {seed}: producer {who} published");
+        let mut last_offset = None;
+        for (i, (n, p)) in acks.iter().enumerate() {
+            assert_eq!(
+                *n, i,
+                "seed {seed}: {who} acknowledged in send order, each once"
+            );
+            assert!(
+                last_offset.is_none_or(|l| l < p.first.0),
+                "seed {seed}: {who} batch {n} stored after the one before"
+            );
+            last_offset = Some(p.last.0);
+            for (k, payload) in batch(who, *n).iter().enumerate() {
+                assert_eq!(
+                    final_log.get(p.first.0 as usize + k).map(|e| &e.2),
+                    Some(payload),
+                    "seed {seed}: {who} batch {n} is where its acknowledgement says"
+                );
+            }
+        }
+        let prefix = format!("{who}-");
+        let stored: Vec<&Bytes> = final_log
+            .iter()
+            .map(|e| &e.2)
+            .filter(|d| d.starts_with(prefix.as_bytes()))
+            .collect();
+        let sent: Vec<Bytes> = (0..acks.len()).flat_map(|n| batch(who, n)).collect();
+        assert_eq!(
+            stored.len(),
+            sent.len(),
+            "seed {seed}: every {who} event stored exactly once (no duplicate, none missing)"
+        );
+        assert!(
+            stored.iter().zip(&sent).all(|(a, b)| *a == b),
+            "seed {seed}: {who}'s events are stored in its send order"
+        );
+    }
     for (who, seen) in [("subscribe", &proxied), ("redirect", &redirected)] {
         let seen = seen.lock().expect("lock").clone();
         assert!(
@@ -344,13 +490,18 @@ async fn randomized_kills_and_restarts_lose_nothing_and_converge() {
         }
     }
     println!(
-        "fault run: seed={seed} kills={kills} acknowledged={} final log={} subscribe saw {} redirect saw {}",
+        "fault run: seed={seed} kills={kills} stops={stops} acknowledged={} producer batches={}+{} final log={} subscribe saw {} redirect saw {}",
         acked.len(),
+        pipelined_acks.lock().expect("lock").len(),
+        unary_acks.lock().expect("lock").len(),
         final_log.len(),
         proxied.lock().expect("lock").len(),
         redirected.lock().expect("lock").len()
     );
-    assert!(kills >= 2, "seed {seed}: the run killed nodes");
+    assert!(
+        kills + stops >= 2,
+        "seed {seed}: the run killed or froze nodes"
+    );
     assert!(!acked.is_empty());
     gateway.stop().await.expect("stop");
 }

@@ -8,7 +8,9 @@
 mod failover;
 mod faults;
 mod mappings;
+mod metrics;
 mod promotion;
+mod publisher;
 mod routing;
 mod service;
 mod util;

@@ -112,7 +112,10 @@ async fn publishes_go_to_the_primary_only() {
         "{}",
         err.message()
     );
+    // The SDK retries (a failover may be coming) until its delivery timeout, then names it.
     let err = client
+        .clone()
+        .with_delivery_timeout(std::time::Duration::from_millis(500))
         .publisher("w", 4)
         .await
         .expect("stream opens")
@@ -254,11 +257,13 @@ async fn serves_health_and_reflection_and_shuts_down_with_open_streams() {
 async fn binary_serves_and_exits_zero_on_sigterm() {
     let consul = ConsulAgent::start_dev().await;
     let port = ec_testkit::free_port();
+    let metrics_port = ec_testkit::free_port();
     let dir = tempfile::tempdir().expect("dir");
     let log_path = dir.path().join("gateway.log");
     let log = std::fs::File::create(&log_path).expect("log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ec-gateway"))
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--metrics-port", &metrics_port.to_string()])
         .args(["--consul-addr", &consul.http_addr().to_string()])
         .args(["--log-level", "info"])
         .current_dir(dir.path())
@@ -290,6 +295,21 @@ async fn binary_serves_and_exits_zero_on_sigterm() {
     .await;
     let err = get_node(&mut gw, "unmapped").await.expect_err("no mapping");
     assert_eq!(err.code(), Code::NotFound);
+    // The binary serves its metrics and health over HTTP on gateway.metrics.port.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        metrics.contains("ec_gateway_lookups_total{result=\"NotFound\"} 1"),
+        "{metrics}"
+    );
+    let health = reqwest::get(format!("http://127.0.0.1:{metrics_port}/health"))
+        .await
+        .expect("GET /health");
+    assert!(health.status().is_success());
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");

@@ -23,6 +23,8 @@ use tonic::transport::Channel;
 /// A gateway running inside the test process.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` and `GET /health` are served.
+    pub metrics_addr: SocketAddr,
     pub shutdown: CancellationToken,
     handle: JoinHandle<Result<(), GatewayError>>,
 }
@@ -46,10 +48,18 @@ impl TestGateway {
         tweak(&mut settings);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let metrics_addr = metrics.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(ec_gateway::run(settings, listener, shutdown.clone()));
+        let handle = tokio::spawn(ec_gateway::run_with_metrics(
+            settings,
+            listener,
+            Some(metrics),
+            shutdown.clone(),
+        ));
         TestGateway {
             addr,
+            metrics_addr,
             shutdown,
             handle,
         }
