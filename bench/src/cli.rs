@@ -40,8 +40,29 @@ pub(crate) enum Command {
     Lookup(RunArgs),
     /// Streaming through the gateway versus directly from the node.
     Proxy(RunArgs),
-    /// SIGKILL the serving node mid-stream: pause until delivery resumes, offsets gapless.
-    Failover(RunArgs),
+    /// SIGKILL a node mid-stream: the serving replica (reader pause), or with `--kill
+    /// primary` the write leader, beside a 3-server JetStream cluster (write and read pause).
+    ///
+    /// `--kill replica` (the default, also what `suite` runs): two replicating nodes with a 1 s
+    /// check interval; the replica serving a reader is SIGKILLed; the reader's pause and offsets.
+    ///
+    /// `--kill primary`: the write leader is SIGKILLed while a producer publishes
+    /// `--publish-rate` batches/s of `--events-per-batch` events (one batch in flight, each
+    /// failed publish retried by the bench loop every 10 ms with the same payloads) and readers
+    /// follow from offset 0. Ours: three replicating ec-nodes (mapping node1,node2,node3), a
+    /// gateway and a Consul dev agent, all at DEFAULT settings except ports and data dirs
+    /// (health-check interval 10 s, gateway.failover_after, fsync always, acks all: what a new
+    /// user gets); the producer uses the SDK's Client::publish, one reader the SDK's stream
+    /// (redirect) and one the gateway's Subscribe (proxy); the primary, node1, is killed. JetStream (`jetstream`
+    /// in --systems, nats-server found as for the other scenarios, else SKIPPED): three
+    /// nats-servers clustered on loopback, an R3 file stream, default server settings,
+    /// Nats-Msg-Id per event, an ordered consumer; the stream leader (stream info
+    /// cluster.leader) is killed. Measured: write pause (kill → first acknowledgement of a
+    /// publish attempt started after the kill), read pause (kill → first delivered event
+    /// committed after the kill), the longest gaps between acknowledgements and between
+    /// deliveries, and whether the final log holds every acknowledged event exactly once and
+    /// each reader saw gapless offsets. Records: scenario `primary-kill`.
+    Failover(FailoverArgs),
     /// Print the table of a JSON-lines file written with --out (e.g. of an interrupted run).
     Table {
         /// The file.
@@ -82,6 +103,59 @@ pub(crate) struct SeedGatewayArgs {
     /// KV prefix of the mappings.
     #[arg(long, default_value = "streaming/data/")]
     pub(crate) kv_prefix: String,
+}
+
+/// Flags of `failover`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct FailoverArgs {
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+    /// What to SIGKILL, comma-separated: replica, primary.
+    #[arg(long, value_delimiter = ',', default_value = "replica")]
+    pub(crate) kill: Vec<KillTarget>,
+    /// Batches per second the producer aims at with --kill primary.
+    #[arg(long, default_value_t = 400)]
+    pub(crate) publish_rate: u32,
+    /// Events per batch with --kill primary.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) events_per_batch: usize,
+    /// Seconds of steady load before the kill (default 3; 1 with --quick).
+    #[arg(long)]
+    pub(crate) before_secs: Option<f64>,
+    /// Seconds of load kept up after writes resumed (default 2; 1 with --quick).
+    #[arg(long)]
+    pub(crate) after_secs: Option<f64>,
+    /// Longest wait for writes and reads to resume after the kill, seconds (a JetStream
+    /// ordered consumer whose server died resumes only after missing two idle heartbeats).
+    #[arg(long, default_value_t = 120.0)]
+    pub(crate) resume_deadline: f64,
+}
+
+/// What `failover` kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum KillTarget {
+    /// The replica serving the reader (ours only).
+    Replica,
+    /// The write leader: our primary, JetStream's stream leader.
+    Primary,
+}
+
+impl FailoverArgs {
+    /// The load and limits of `--kill primary`.
+    pub(crate) fn primary_kill_shape(&self) -> crate::primary_kill::Shape {
+        let quick = self.run.quick;
+        let secs = |v: Option<f64>, full: f64, short: f64| {
+            Duration::from_secs_f64(v.unwrap_or(if quick { short } else { full }).max(0.0))
+        };
+        crate::primary_kill::Shape {
+            rate: self.publish_rate.max(1),
+            events_per_batch: self.events_per_batch.max(1),
+            payload: self.run.payload.max(crate::primary_kill::MIN_PAYLOAD),
+            before: secs(self.before_secs, 3.0, 1.0),
+            after: secs(self.after_secs, 2.0, 1.0),
+            deadline: Duration::from_secs_f64(self.resume_deadline.max(1.0)),
+        }
+    }
 }
 
 /// A system under test.

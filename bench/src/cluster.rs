@@ -158,12 +158,40 @@ pub(crate) async fn start_gateway(
     dir: &Workdir,
     probe_data_id: &str,
 ) -> Result<(Spawned, SocketAddr)> {
+    spawn_gateway(
+        binary,
+        consul,
+        dir,
+        probe_data_id,
+        &["--kv-prefix", KV_PREFIX, "--log-level", "warn"],
+    )
+    .await
+}
+
+/// [`start_gateway`] with every setting at its default except the port, the loopback
+/// address it binds and Consul's address.
+pub(crate) async fn start_default_gateway(
+    binary: &Path,
+    consul: SocketAddr,
+    dir: &Workdir,
+    probe_data_id: &str,
+) -> Result<(Spawned, SocketAddr)> {
+    spawn_gateway(binary, consul, dir, probe_data_id, &[]).await
+}
+
+async fn spawn_gateway(
+    binary: &Path,
+    consul: SocketAddr,
+    dir: &Workdir,
+    probe_data_id: &str,
+    extra: &[&str],
+) -> Result<(Spawned, SocketAddr)> {
     let addr = loopback(free_port());
     let mut cmd = Command::new(binary);
     cmd.args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
         .args(["--metrics-port", &free_port().to_string()])
         .args(["--consul-addr", &consul.to_string()])
-        .args(["--kv-prefix", KV_PREFIX, "--log-level", "warn"]);
+        .args(extra);
     let mut process = Spawned::spawn("ec-gateway", cmd, dir.path())?;
     process.wait_for_port(addr, Duration::from_secs(30)).await?;
     wait_answers(&mut process, addr, probe_data_id).await?;

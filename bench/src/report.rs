@@ -20,7 +20,7 @@ use crate::stats::median_min_max;
 pub(crate) struct Record {
     /// Identifies the run (Unix seconds at its start).
     pub(crate) run: u64,
-    /// floor, publish, replay, resume, e2e, lookup, proxy, failover.
+    /// floor, publish, replay, resume, e2e, lookup, proxy, failover, primary-kill.
     pub(crate) scenario: String,
     /// ec, redis, jetstream, or a variant (gateway, consul-x2, direct, proxy).
     pub(crate) system: String,
@@ -194,12 +194,31 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
                 "primary kill → reader's next new event, ms",
             ),
         ],
+        "primary-kill" => &[
+            ("write_pause_ms", "write pause ms"),
+            ("write_max_gap_ms", "longest ack gap ms"),
+            ("read_pause_ms", "read pause ms"),
+            ("read_max_gap_ms", "longest delivery gap ms"),
+            ("proxy_read_pause_ms", "read pause ms, via gateway"),
+            ("lost", "acked events lost"),
+            ("duplicates", "events stored twice"),
+            ("readers_gapless", "readers gapless (1 = yes)"),
+            ("batches_per_s", "batches/s before the kill"),
+        ],
         _ => &[],
     }
 }
 
-const SCENARIO_ORDER: [&str; 8] = [
-    "floor", "publish", "replay", "resume", "e2e", "lookup", "proxy", "failover",
+const SCENARIO_ORDER: [&str; 9] = [
+    "floor",
+    "publish",
+    "replay",
+    "resume",
+    "e2e",
+    "lookup",
+    "proxy",
+    "failover",
+    "primary-kill",
 ];
 
 fn render_table(records: &[Record]) -> String {

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use color_eyre::eyre::{Result, WrapErr, bail};
 
-use crate::cli::{Command, Settings, SystemKind, Tier};
+use crate::cli::{Command, KillTarget, Settings, SystemKind, Tier};
 use crate::machine::{self, Idle};
 use crate::report::{Record, Report, record};
 use crate::systems::{self, Server};
 use crate::workload::{self, E2eShape, Position};
-use crate::{failover, floor, lookup, procs, proxy};
+use crate::{failover, floor, lookup, primary_kill, procs, proxy};
 
 /// Which scenarios a command runs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,6 +32,8 @@ struct Scenarios {
     lookup: bool,
     proxy: bool,
     failover: bool,
+    /// `failover --kill primary`: ours and JetStream (never part of `suite`).
+    primary_kill: bool,
 }
 
 impl Scenarios {
@@ -47,6 +49,7 @@ impl Scenarios {
                 lookup: true,
                 proxy: true,
                 failover: true,
+                primary_kill: false,
             },
             "floor" => Scenarios {
                 floor: true,
@@ -89,6 +92,8 @@ impl Scenarios {
 /// Runs `command` (anything but the internal seed gateway).
 pub(crate) async fn run(command: Command) -> Result<()> {
     let name = command.name();
+    let mut scen = Scenarios::of(name);
+    let mut primary_kill = None;
     let args = match command {
         Command::Suite(a)
         | Command::Floor(a)
@@ -96,12 +101,16 @@ pub(crate) async fn run(command: Command) -> Result<()> {
         | Command::Replay(a)
         | Command::E2e(a)
         | Command::Lookup(a)
-        | Command::Proxy(a)
-        | Command::Failover(a) => a,
+        | Command::Proxy(a) => a,
+        Command::Failover(f) => {
+            scen.failover = f.kill.contains(&KillTarget::Replica);
+            scen.primary_kill = f.kill.contains(&KillTarget::Primary);
+            primary_kill = Some(f.primary_kill_shape());
+            f.run
+        }
         Command::SeedGateway(_) | Command::Table { .. } => bail!("{name} is not a scenario"),
     };
     let s = args.settings();
-    let scen = Scenarios::of(name);
     let mut report = Report::new(s.out.as_deref())?;
     println!("ec-bench {name} on {}", machine::describe());
     println!(
@@ -139,20 +148,43 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             }
         }
     }
-    let cluster_bins =
-        if (scen.lookup || scen.proxy || scen.failover) && s.systems.contains(&SystemKind::Ec) {
-            match cluster_binaries(&s) {
-                Ok(b) => Some(b),
-                Err(why) => {
-                    let mut r = record(name, "ec-cluster", false, None, 0, idle_now());
-                    r.skipped = Some(why);
-                    report.add(r)?;
-                    None
-                }
+    let cluster_bins = if (scen.lookup || scen.proxy || scen.failover || scen.primary_kill)
+        && s.systems.contains(&SystemKind::Ec)
+    {
+        match cluster_binaries(&s) {
+            Ok(b) => Some(b),
+            Err(why) => {
+                let mut r = record(name, "ec-cluster", false, None, 0, idle_now());
+                r.skipped = Some(why);
+                report.add(r)?;
+                None
             }
-        } else {
-            None
-        };
+        }
+    } else {
+        None
+    };
+
+    // JetStream's side of the primary kill: its own cluster of nats-servers.
+    let nats = if scen.primary_kill && s.systems.contains(&SystemKind::Jetstream) {
+        match systems::locate(SystemKind::Jetstream, &s) {
+            Ok(bin) => Some(bin),
+            Err(why) => {
+                let mut r = record(
+                    primary_kill::SCENARIO,
+                    "jetstream",
+                    true,
+                    None,
+                    0,
+                    idle_now(),
+                );
+                r.skipped = Some(why);
+                report.add(r)?;
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     for trial in 1..=s.trials {
         println!("\n== trial {trial}/{} ==", s.trials);
@@ -186,6 +218,19 @@ pub(crate) async fn run(command: Command) -> Result<()> {
         }
         if let Some(bins) = &cluster_bins {
             failures += cluster_trial(bins, trial, &s, scen, &mut report).await?;
+        }
+        if scen.primary_kill
+            && let Some(shape) = primary_kill
+        {
+            failures += primary_kill_trial(
+                cluster_bins.as_ref(),
+                nats.as_ref(),
+                shape,
+                trial,
+                &s,
+                &mut report,
+            )
+            .await?;
         }
     }
 
@@ -546,6 +591,62 @@ async fn cluster_trial(
                 Err(e) => {
                     failures += fail(report, "failover", variant, Some(Tier::B), trial, e)?;
                 }
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// `failover --kill primary` for one trial: ours, then JetStream (each skipped when its
+/// binaries are missing); returns the number of failures. A check that fails on ours
+/// (an acknowledged event lost or stored twice, a reader's gap) counts as a failure; on
+/// JetStream it is recorded in the notes.
+async fn primary_kill_trial(
+    ours: Option<&ClusterBins>,
+    nats: Option<&PathBuf>,
+    shape: primary_kill::Shape,
+    trial: usize,
+    s: &Settings,
+    report: &mut Report,
+) -> Result<usize> {
+    let mut failures = 0;
+    let scenario = primary_kill::SCENARIO;
+    let params = serde_json::json!({
+        "batches_per_s": shape.rate, "events_per_batch": shape.events_per_batch,
+        "payload": shape.payload, "before_secs": shape.before.as_secs_f64(),
+        "after_secs": shape.after.as_secs_f64(),
+        "retry_delay_ms": primary_kill::RETRY_DELAY.as_secs_f64() * 1e3,
+    });
+    if let Some(bins) = ours {
+        let idle = wait_idle(s).await;
+        let outcome = primary_kill::ec::run(&bins.consul, &bins.node, &bins.gateway, shape).await;
+        match outcome {
+            Ok((observed, log)) => {
+                let result = primary_kill::analyse(&observed, &log, shape.events_per_batch);
+                let mut r = record(scenario, "ec", false, None, trial, idle);
+                primary_kill::fill(&mut r, &result, primary_kill::ec::DESCRIBE, &params);
+                if !result.correct() {
+                    failures += 1;
+                }
+                report.add(r)?;
+            }
+            Err(e) => failures += fail(report, scenario, "ec", None, trial, e)?,
+        }
+    }
+    if let Some(bin) = nats {
+        let idle = wait_idle(s).await;
+        match primary_kill::jetstream::run(bin, shape).await {
+            Ok((observed, log)) => {
+                let result = primary_kill::analyse(&observed, &log, shape.events_per_batch);
+                let mut r = record(scenario, "jetstream", true, None, trial, idle);
+                primary_kill::fill(&mut r, &result, primary_kill::jetstream::DESCRIBE, &params);
+                report.add(r)?;
+            }
+            Err(e) => {
+                let mut r = record(scenario, "jetstream", true, None, trial, idle_now());
+                r.failed = Some(format!("{e:#}"));
+                report.add(r)?;
+                failures += 1;
             }
         }
     }

@@ -162,3 +162,26 @@ fn quick_suite_prints_the_table_and_writes_json_lines() {
         assert_eq!(failover["metrics"]["gapless"], 1.0, "{failover}");
     }
 }
+
+/// `failover --kill primary` is documented where a user looks first; running it takes a
+/// failover at default settings (tens of seconds), so the scenario itself is left to
+/// `ec-bench failover --kill primary` and BENCHMARKS.md.
+#[test]
+fn failover_help_explains_the_primary_kill() {
+    let out = Command::new(bench_exe())
+        .args(["failover", "--help"])
+        .output()
+        .expect("run ec-bench failover --help");
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--kill",
+        "primary",
+        "write pause",
+        "read pause",
+        "JetStream",
+        "--publish-rate",
+    ] {
+        assert!(help.contains(needle), "no {needle:?} in:\n{help}");
+    }
+}

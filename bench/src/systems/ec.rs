@@ -82,10 +82,36 @@ pub(crate) async fn spawn_node_with_env(
         cmd.env("EVENT_CATCHER_NODE_STANDALONE", "true");
     }
     cmd.envs(env.iter().copied());
-    let mut process = Spawned::spawn(spec.id, cmd, dir.path())?;
+    let process = Spawned::spawn(spec.id, cmd, dir.path())?;
+    ready(process, spec.id, grpc).await
+}
+
+/// Spawns a node at its default settings except its ports, its data dir (`dir/<id>`), the
+/// loopback address it binds and `consul`; waits until it takes a publish.
+pub(crate) async fn spawn_default_node(
+    binary: &std::path::Path,
+    id: &str,
+    consul: SocketAddr,
+    dir: &Workdir,
+) -> Result<Node> {
+    let grpc = loopback(free_port());
+    let mut cmd = Command::new(binary);
+    cmd.args(["--id", id, "--host", "127.0.0.1"])
+        .args(["--port", &grpc.port().to_string()])
+        .args(["--health-port", &free_port().to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join(id))
+        .args(["--consul-addr", &consul.to_string()]);
+    let process = Spawned::spawn(id, cmd, dir.path())?;
+    ready(process, id, grpc).await
+}
+
+/// Waits until the node `id` listens on `grpc` and takes a publish: the readiness that
+/// matters (the log is open, the service is up). The publish goes to a data ID of its own
+/// (`warmup`), which no mapping names.
+async fn ready(mut process: Spawned, id: &str, grpc: SocketAddr) -> Result<Node> {
     process.wait_for_port(grpc, Duration::from_secs(30)).await?;
-    // Taking a publish is the readiness that matters (the log is open, the service is up).
-    let client = Client::with_nodes(vec![Candidate::new(spec.id, grpc.to_string())])?;
+    let client = Client::with_nodes(vec![Candidate::new(id, grpc.to_string())])?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         process.check_running()?;
@@ -95,7 +121,7 @@ pub(crate) async fn spawn_node_with_env(
         {
             Ok(_) => break,
             Err(e) if Instant::now() >= deadline => {
-                return Err(e).wrap_err_with(|| format!("{} never took a publish", spec.id));
+                return Err(e).wrap_err_with(|| format!("{id} never took a publish"));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }

@@ -1,0 +1,162 @@
+//! Ours for `failover --kill primary`: a Consul dev agent, three replicating `ec-node`s
+//! (mapping `node1,node2,node3`, node1 the primary) and an `ec-gateway`, every one at its
+//! default settings except ports, data dirs, the loopback address and Consul's address
+//! (so the health-check interval, `gateway.failover_after`, fsync and acks are what a new
+//! user gets). The producer writes through the SDK's [`Client::publish`] in redirect mode
+//! (the client asks the gateway for the primary); two readers follow through the gateway:
+//! `redirect` (the SDK's resumable stream from a node the gateway names) and `proxy` (the
+//! gateway's `Subscribe`). The primary is SIGKILLed (the gateway's primary: node1 unless
+//! something failed over before); the final log is read from the new primary.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use color_eyre::eyre::{Result, WrapErr, bail};
+use ec_client::{Client, Delivery, DeliveryStream, Start, StreamOptions};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+
+use super::{Observed, Producer, ReadBatch, Reader, Seen, Shape};
+use crate::cluster::{self, Consul};
+use crate::procs::Workdir;
+use crate::proxy::first_publish;
+use crate::systems::ec::{DATA_ID, spawn_default_node};
+
+/// The nodes of the mapping, primary first.
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
+
+/// How ours was set up, for the record.
+pub(crate) const DESCRIBE: &str = "3 ec-nodes (mapping node1,node2,node3) + ec-gateway + Consul dev agent, all at default settings (node.storage.fsync always, node.replication.acks all, node.health_check.interval 10s, gateway.failover_after 0s = 2 × interval); SDK Client::publish in redirect mode";
+
+/// Runs one primary kill on ours; returns what was observed and the final log's payloads.
+pub(crate) async fn run(
+    consul_bin: &Path,
+    node_bin: &Path,
+    gateway_bin: &Path,
+    shape: Shape,
+) -> Result<(Observed, Vec<Bytes>)> {
+    let dir = Workdir::new("primary-kill-ec")?;
+    let consul = Consul::start(consul_bin, &dir).await?;
+    consul.put_mapping(DATA_ID, &NODES).await?;
+    let mut nodes = Vec::new();
+    for id in NODES {
+        nodes.push(spawn_default_node(node_bin, id, consul.addr, &dir).await?);
+    }
+    // Consul staggers the first run of each check over its interval (10 s by default).
+    consul.wait_passing(&NODES, Duration::from_secs(60)).await?;
+    let (_gateway, gateway_addr) =
+        cluster::start_default_gateway(gateway_bin, consul.addr, &dir, DATA_ID).await?;
+    let gateway = gateway_addr.to_string();
+    let client = Client::connect(&gateway).await?;
+    first_publish(&client).await?;
+
+    // Each on a connection of its own, as separate processes would be.
+    let producer = Box::new(EcProducer {
+        client: Client::connect(&gateway).await?,
+    });
+    let from_zero = || StreamOptions::from_start(Start::Offset(ec_client::Offset(0)));
+    let redirect = Client::connect(&gateway).await?;
+    let proxy = Client::connect(&gateway).await?;
+    let readers: Vec<(String, Box<dyn Reader>)> = vec![
+        (
+            "redirect".into(),
+            Box::new(EcReader(redirect.stream(DATA_ID, from_zero()))),
+        ),
+        (
+            "proxy".into(),
+            Box::new(EcReader(proxy.subscribe(DATA_ID, from_zero()))),
+        ),
+    ];
+    let observed = super::drive(
+        shape,
+        producer,
+        readers,
+        // The gateway's answer, which the producer follows too (node1 unless something
+        // already failed over).
+        async || Ok(client.route(DATA_ID).await?.primary),
+        |primary| {
+            let Some(i) = NODES.iter().position(|n| *n == primary) else {
+                bail!("the gateway names {primary} primary, none of {NODES:?}");
+            };
+            nodes[i].process.kill();
+            Ok(())
+        },
+    )
+    .await?;
+
+    // The final log, from the new primary itself (every acknowledged event is there).
+    let route = client
+        .route(DATA_ID)
+        .await
+        .wrap_err("cannot ask the gateway for the new primary")?;
+    let Some(new_primary) = route.healthy_primary().cloned() else {
+        bail!(
+            "the gateway names no healthy primary after the failover (primary {})",
+            route.primary
+        );
+    };
+    let reader = Client::with_nodes(vec![new_primary.clone()])?;
+    let mut stream = reader.stream(DATA_ID, from_zero().follow(false));
+    let mut log = Vec::new();
+    while let Some(d) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .wrap_err("reading the final log stalled for 30 s")?
+    {
+        match d.wrap_err_with(|| format!("cannot read the final log from {new_primary}"))? {
+            Delivery::Batch { events, .. } => {
+                for e in events {
+                    if e.offset.0 != log.len() as u64 {
+                        bail!(
+                            "the final log on {new_primary} has offset {} where {} was due",
+                            e.offset.0,
+                            log.len()
+                        );
+                    }
+                    log.push(e.data);
+                }
+            }
+            Delivery::Failover { .. } => {}
+        }
+    }
+    drop(nodes);
+    Ok((observed, log))
+}
+
+struct EcProducer {
+    client: Client,
+}
+
+impl Producer for EcProducer {
+    fn publish(&mut self, _batch: u64, events: Vec<Bytes>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move { Ok(self.client.publish(DATA_ID, events).await?.last.0) })
+    }
+}
+
+struct EcReader(DeliveryStream);
+
+impl Reader for EcReader {
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<ReadBatch>>> {
+        Box::pin(async move {
+            loop {
+                match self.0.next().await {
+                    Some(Ok(Delivery::Batch { node_id, events })) => {
+                        return Ok(Some(ReadBatch {
+                            events: events
+                                .iter()
+                                .map(|e| Seen {
+                                    offset: e.offset.0,
+                                    committed_ns: i128::from(e.timestamp.0) * 1_000_000,
+                                })
+                                .collect(),
+                            source: Some(node_id),
+                        }));
+                    }
+                    Some(Ok(Delivery::Failover { .. })) => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Ok(None),
+                }
+            }
+        })
+    }
+}
