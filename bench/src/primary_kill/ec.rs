@@ -116,7 +116,7 @@ pub(crate) async fn run(
                     log.push(e.data);
                 }
             }
-            Delivery::Failover { .. } => {}
+            Delivery::Failover { .. } | Delivery::Lost { .. } => {}
         }
     }
     drop(nodes);
@@ -152,7 +152,7 @@ impl Reader for EcReader {
                             source: Some(node_id),
                         }));
                     }
-                    Some(Ok(Delivery::Failover { .. })) => continue,
+                    Some(Ok(Delivery::Failover { .. } | Delivery::Lost { .. })) => continue,
                     Some(Err(e)) => return Err(e.into()),
                     None => return Ok(None),
                 }
