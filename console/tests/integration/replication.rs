@@ -49,6 +49,9 @@ async fn publish_when_ready(addr: std::net::SocketAddr, data_id: &str, prefix: &
             events: ec_testnode::payloads(prefix, n),
             producer_id: producer,
             producer_sequence: 1,
+            // acks=leader: with the replica frozen, acks=all is refused (min_insync 2), and
+            // this test is about what the view shows, not about acknowledgements.
+            acks: Some(ec_proto::Acks::Leader as i32),
             ..Default::default()
         };
         match client.publish(req).await {
