@@ -198,12 +198,7 @@ impl ConsoleArgs {
             log_file: self.log_file.clone().or(config.log.file.clone()),
             warnings: loaded.warnings,
             consul_ca_file: config.consul.ca_file.clone(),
-            tls: ec_grpc::TlsFiles {
-                cert_file: config.tls.cert_file.clone(),
-                key_file: config.tls.key_file.clone(),
-                ca_file: config.tls.ca_file.clone(),
-                require_client_cert: config.tls.require_client_cert,
-            },
+            tls: ec_grpc::TlsFiles::from(&config.tls),
             ..ConsoleSettings::new("", "")
         })
     }

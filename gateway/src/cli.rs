@@ -99,12 +99,7 @@ pub fn settings(config: &Config) -> Result<GatewaySettings> {
             config.gateway.port,
             std::process::id()
         ),
-        tls: ec_grpc::TlsFiles {
-            cert_file: config.tls.cert_file.clone(),
-            key_file: config.tls.key_file.clone(),
-            ca_file: config.tls.ca_file.clone(),
-            require_client_cert: config.tls.require_client_cert,
-        },
+        tls: ec_grpc::TlsFiles::from(&config.tls),
         policy: ec_core::auth::Policy {
             tokens: config.security.tokens.clone(),
             // A listener with a certificate serves TLS (tls.cert_file): no protected mode.

@@ -25,6 +25,18 @@ pub struct TlsFiles {
     pub require_client_cert: bool,
 }
 
+impl From<&ec_config::TlsConfig> for TlsFiles {
+    /// The `tls.*` settings of a loaded configuration.
+    fn from(c: &ec_config::TlsConfig) -> TlsFiles {
+        TlsFiles {
+            cert_file: c.cert_file.clone(),
+            key_file: c.key_file.clone(),
+            ca_file: c.ca_file.clone(),
+            require_client_cert: c.require_client_cert,
+        }
+    }
+}
+
 /// Why the TLS files cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

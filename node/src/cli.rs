@@ -138,12 +138,7 @@ fn settings_of(node_id: NodeId, config: &Config) -> NodeSettings {
         consul_url: config.consul.http_url(),
         consul_token: config.consul.token.clone(),
         consul_ca_file: config.consul.ca_file.clone(),
-        tls: ec_grpc::TlsFiles {
-            cert_file: config.tls.cert_file.clone(),
-            key_file: config.tls.key_file.clone(),
-            ca_file: config.tls.ca_file.clone(),
-            require_client_cert: config.tls.require_client_cert,
-        },
+        tls: ec_grpc::TlsFiles::from(&config.tls),
         cluster_secret: node.cluster_secret.clone(),
         policy: Policy {
             tokens: config.security.tokens.clone(),

@@ -106,13 +106,7 @@ async fn run(args: Args) -> Result<()> {
 /// A client for `--node`, `--gateway`, or the configured gateway, with the configured TLS.
 async fn connect(args: &Args) -> Result<Client> {
     let config = load_config(args)?;
-    let tls = &config.tls;
-    let tls = ec_grpc::TlsFiles {
-        cert_file: tls.cert_file.clone(),
-        key_file: tls.key_file.clone(),
-        ca_file: tls.ca_file.clone(),
-        require_client_cert: tls.require_client_cert,
-    };
+    let tls = ec_grpc::TlsFiles::from(&config.tls);
     let channels = ChannelCache::new(ChannelSettings {
         tls: tls.client().wrap_err("TLS settings (tls.*, --tls-*)")?,
         ..ChannelSettings::default()
