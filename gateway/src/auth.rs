@@ -10,34 +10,12 @@
 //! own permissions (per data ID also inside a publish stream, and `create`); when the caller
 //! sent none, the gateway presents its own `client.token`, if configured.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ec_core::auth::{Action, Policy, Refusal, bearer_token};
+use ec_core::auth::{Action, Policy, Refusal};
 use tonic::{Request, Status};
 
-/// Who called, as far as the checks care.
-#[derive(Debug, Clone)]
-pub(crate) struct Caller {
-    bearer: Option<String>,
-    peer: Option<SocketAddr>,
-}
-
-impl Caller {
-    /// The caller of `req`: its bearer token (if any) and its address.
-    pub(crate) fn of<T>(req: &Request<T>) -> Caller {
-        let bearer = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .map(str::to_owned);
-        Caller {
-            bearer,
-            peer: req.remote_addr(),
-        }
-    }
-}
+pub(crate) use ec_grpc::auth::Caller;
 
 /// The gateway's checks, shared by every RPC.
 #[derive(Clone, Default)]
@@ -46,10 +24,7 @@ pub(crate) struct Guard {
 }
 
 fn status(refusal: Refusal) -> Status {
-    match refusal {
-        Refusal::Unauthenticated(m) => Status::unauthenticated(m),
-        Refusal::Denied(m) => Status::permission_denied(m),
-    }
+    ec_grpc::auth::refusal_status(refusal)
 }
 
 impl Guard {

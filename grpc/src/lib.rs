@@ -23,6 +23,7 @@
 //! a tonic interceptor or a tower layer before [`GrpcServer::add_service`]; the server serves
 //! whatever it is given under the service's name.
 
+pub mod auth;
 mod limits;
 mod server;
 mod tls;

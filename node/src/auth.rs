@@ -12,13 +12,14 @@
 //!
 //! A refusal changes nothing: the checks run before the request reaches the log.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ec_core::DataId;
-use ec_core::auth::{Action, Policy, Refusal, Secret, bearer_token};
+use ec_core::auth::{Action, Policy, Refusal, Secret};
 use tokio::sync::watch;
 use tonic::{Request, Status};
+
+pub(crate) use ec_grpc::auth::Caller;
 
 use crate::log::EventLog;
 
@@ -27,29 +28,6 @@ pub(crate) const CLUSTER_HEADER: &str = "ec-cluster-secret";
 
 /// The cluster credential as this node knows it now; `Err` says why it does not (yet).
 pub(crate) type ClusterCredential = watch::Receiver<Result<Secret, String>>;
-
-/// Who called, as far as the checks care.
-#[derive(Debug, Clone)]
-pub(crate) struct Caller {
-    bearer: Option<String>,
-    peer: Option<SocketAddr>,
-}
-
-impl Caller {
-    /// The caller of `req`: its bearer token (if any) and its address.
-    pub(crate) fn of<T>(req: &Request<T>) -> Caller {
-        let bearer = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .map(str::to_owned);
-        Caller {
-            bearer,
-            peer: req.remote_addr(),
-        }
-    }
-}
 
 /// The node's checks, shared by every RPC.
 #[derive(Clone)]
@@ -61,10 +39,7 @@ pub(crate) struct Guard {
 }
 
 fn status(refusal: Refusal) -> Status {
-    match refusal {
-        Refusal::Unauthenticated(m) => Status::unauthenticated(m),
-        Refusal::Denied(m) => Status::permission_denied(m),
-    }
+    ec_grpc::auth::refusal_status(refusal)
 }
 
 impl Guard {
