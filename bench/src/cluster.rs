@@ -101,7 +101,7 @@ impl Consul {
     /// Registers a `streaming-node` instance without a check (Consul counts it passing).
     pub(crate) async fn register_node(&self, id: &str, port: u16) -> Result<()> {
         let body = serde_json::json!({
-            "ID": id, "Name": "streaming-node", "Address": "127.0.0.1", "Port": port,
+            "ID": id, "Name": ec_proto::contract::NODE_SERVICE, "Address": "127.0.0.1", "Port": port,
         });
         let resp = self
             .http

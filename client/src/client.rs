@@ -71,7 +71,7 @@ pub(crate) fn with_acks_header<T>(message: T, acks: Option<Acks>) -> tonic::Requ
     let mut request = tonic::Request::new(message);
     if let Some(acks) = acks {
         request.metadata_mut().insert(
-            "ec-acks",
+            ec_proto::contract::ACKS_METADATA,
             tonic::metadata::MetadataValue::from_static(acks.as_str()),
         );
     }

@@ -58,7 +58,7 @@ use crate::resolve::{Candidate, Resolver};
 
 /// Largest message the SDK accepts: a node's batch is at most about 1 MiB, so this only
 /// guards against nonsense without ever cutting a legitimate batch.
-pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub(crate) const MAX_MESSAGE_BYTES: usize = ec_proto::contract::MAX_MESSAGE_BYTES;
 
 /// Where a stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -58,7 +58,7 @@ use tracing::{debug, info, warn};
 use crate::routing::{NodeRoute, RoutingTable};
 
 /// Largest message forwarded; the nodes' own limit is far below it.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+const MAX_MESSAGE_BYTES: usize = ec_proto::contract::MAX_MESSAGE_BYTES;
 
 /// Candidates for a data ID from the routing table: the gateway's own [`Resolver`].
 pub(crate) struct TableResolver {
@@ -241,7 +241,7 @@ fn from_node(node: &NodeRoute, status: Status) -> Status {
 }
 
 /// The metadata naming a publish's acks (`ec-acks: leader|all`), forwarded to the primary.
-const ACKS_HEADER: &str = "ec-acks";
+const ACKS_HEADER: &str = ec_proto::contract::ACKS_METADATA;
 
 /// The caller's credential, forwarded to the primary so that the node applies its own
 /// permissions.

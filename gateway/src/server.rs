@@ -34,10 +34,10 @@ use crate::service::GatewayService;
 
 /// The Consul service name storage nodes register under (`ec_node::SERVICE_NAME`; a test
 /// checks that the two agree).
-pub const NODE_SERVICE_NAME: &str = "streaming-node";
+pub const NODE_SERVICE_NAME: &str = ec_proto::contract::NODE_SERVICE;
 
 /// Longest request message, in bytes: a forwarded publish batch of the largest events.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+const MAX_MESSAGE_BYTES: usize = ec_proto::contract::MAX_MESSAGE_BYTES;
 
 /// Health transitions kept for `WatchHealth` streams that fall behind; a watcher further
 /// behind gets a fresh snapshot instead.

@@ -13,13 +13,14 @@ use ec_client::{ChannelCache, StreamOptions};
 use ec_core::auth::Action;
 use ec_core::{DataId, NodeId, Offset, TimestampMs};
 use ec_discovery::MappingStore;
+use ec_proto::contract::{StartAt, start_of};
 use ec_proto::gateway_server::Gateway;
 use ec_proto::{
     DeleteMappingRequest, DeleteMappingResponse, EventBatch, GatewayStatus, GetNodeRequest,
     GetNodeResponse, GetStatusRequest, HealthEvent, HealthEventKind, HealthStatus,
     ListMappingsRequest, ListMappingsResponse, ListNodesRequest, ListNodesResponse, NodeInfo,
     PublishAcks, PublishRequest, PublishResponse, PutMappingRequest, PutMappingResponse,
-    RegisterNodeRequest, RegisterNodeResponse, StartFrom, StreamRequest, WatchHealthRequest,
+    RegisterNodeRequest, RegisterNodeResponse, StreamRequest, WatchHealthRequest,
 };
 use futures_util::StreamExt as _;
 use tokio::sync::{broadcast, mpsc};
@@ -76,25 +77,11 @@ fn parse_node_id(s: &str) -> Result<NodeId, Status> {
 /// A `StreamRequest` as resumable-stream options.
 fn stream_options(req: &StreamRequest) -> Result<(DataId, StreamOptions), Status> {
     let data_id = parse_data_id(&req.data_id)?;
-    let start = match StartFrom::try_from(req.start) {
-        Ok(StartFrom::Offset) => {
-            let offset = u64::try_from(req.offset).map_err(|_| {
-                Status::invalid_argument(format!(
-                    "offset {} is negative; offsets start at 0",
-                    req.offset
-                ))
-            })?;
-            ec_client::Start::Offset(Offset(offset))
-        }
-        Ok(StartFrom::Earliest) => ec_client::Start::Earliest,
-        Ok(StartFrom::Latest) => ec_client::Start::Latest,
-        Ok(StartFrom::Timestamp) => ec_client::Start::Time(TimestampMs(req.start_timestamp)),
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "start {} is not a StartFrom value (0 offset, 1 earliest, 2 latest, 3 timestamp)",
-                req.start
-            )));
-        }
+    let start = match start_of(req).map_err(Status::invalid_argument)? {
+        StartAt::Offset(o) => ec_client::Start::Offset(Offset(o)),
+        StartAt::Earliest => ec_client::Start::Earliest,
+        StartAt::Latest => ec_client::Start::Latest,
+        StartAt::Timestamp(t) => ec_client::Start::Time(TimestampMs(t)),
     };
     let opts = StreamOptions::from_start(start)
         .follow(req.follow.unwrap_or(true))
@@ -670,7 +657,7 @@ mod tests {
 
         let (_, opts) = stream_options(&StreamRequest {
             data_id: "d".into(),
-            start: StartFrom::Latest as i32,
+            start: ec_proto::StartFrom::Latest as i32,
             ..Default::default()
         })
         .expect("valid");

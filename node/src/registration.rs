@@ -10,7 +10,7 @@ use ec_core::{DataId, NodeId};
 use ec_discovery::{HttpCheck, ServiceRegistration};
 
 /// The Consul service name every storage node registers under.
-pub const SERVICE_NAME: &str = "streaming-node";
+pub const SERVICE_NAME: &str = ec_proto::contract::NODE_SERVICE;
 
 /// Consul refuses meta values longer than this.
 const MAX_META_VALUE: usize = 512;

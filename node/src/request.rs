@@ -6,7 +6,8 @@
 
 use bytes::Bytes;
 use ec_core::{DataId, Offset, TimestampMs};
-use ec_proto::{PublishRequest, StartFrom, StreamRequest};
+use ec_proto::contract::{StartAt, start_of};
+use ec_proto::{PublishRequest, StreamRequest};
 use tonic::Status;
 
 use crate::log::ProducerTag;
@@ -45,25 +46,11 @@ impl TryFrom<&StreamRequest> for ReadRequest {
 
     fn try_from(req: &StreamRequest) -> Result<Self, Status> {
         let data_id = parse_data_id(&req.data_id)?;
-        let start = match StartFrom::try_from(req.start) {
-            Ok(StartFrom::Offset) => {
-                let offset = u64::try_from(req.offset).map_err(|_| {
-                    Status::invalid_argument(format!(
-                        "offset: {} is negative; offsets start at 0 (use start=START_FROM_EARLIEST for the earliest retained event)",
-                        req.offset
-                    ))
-                })?;
-                StartPosition::Offset(Offset(offset))
-            }
-            Ok(StartFrom::Earliest) => StartPosition::Earliest,
-            Ok(StartFrom::Latest) => StartPosition::Latest,
-            Ok(StartFrom::Timestamp) => StartPosition::Time(TimestampMs(req.start_timestamp)),
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "start: unknown start position {}; use 0 (offset), 1 (earliest), 2 (latest) or 3 (timestamp)",
-                    req.start
-                )));
-            }
+        let start = match start_of(req).map_err(Status::invalid_argument)? {
+            StartAt::Offset(o) => StartPosition::Offset(Offset(o)),
+            StartAt::Earliest => StartPosition::Earliest,
+            StartAt::Latest => StartPosition::Latest,
+            StartAt::Timestamp(t) => StartPosition::Time(TimestampMs(t)),
         };
         Ok(ReadRequest {
             data_id,

@@ -38,7 +38,7 @@ use crate::request::{AppendRequest, ReadRequest, parse_data_id};
 use crate::stream::{produce, resolve_start};
 
 /// Request metadata choosing a publish's acks: `leader` or `all`.
-pub(crate) const ACKS_HEADER: &str = "ec-acks";
+pub(crate) const ACKS_HEADER: &str = ec_proto::contract::ACKS_METADATA;
 
 /// Publish requests of one `PublishStream` that may wait for their commit at once.
 const MAX_IN_FLIGHT: usize = 4096;

@@ -9,6 +9,7 @@
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
 mod codec;
+pub mod contract;
 
 pub use codec::{StrictCodec, StrictDecoder};
 

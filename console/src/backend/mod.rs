@@ -36,7 +36,7 @@ use crate::event::{AppEvent, BackendMsg, GatewayState, WriteFailure, WriteOk, Wr
 use crate::settings::ConsoleSettings;
 
 /// The Consul service the storage nodes register as.
-pub const NODE_SERVICE: &str = "streaming-node";
+pub const NODE_SERVICE: &str = ec_proto::contract::NODE_SERVICE;
 
 /// How often the gateway's status is asked.
 const GATEWAY_POLL: Duration = Duration::from_secs(1);

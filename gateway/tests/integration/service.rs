@@ -151,6 +151,12 @@ async fn publishes_go_to_the_primary_only() {
         .await
         .expect_err("negative offset");
     assert_eq!(err.code(), Code::InvalidArgument);
+    // The same words as the node's (one rule, ec_proto::contract::start_of).
+    assert!(
+        err.message().starts_with("offset: -3 is negative"),
+        "{}",
+        err.message()
+    );
 
     gateway.stop().await.expect("clean stop");
     node1.stop().await.expect("node1");

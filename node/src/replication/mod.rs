@@ -91,12 +91,10 @@ pub enum Acks {
 impl Acks {
     /// Parses `leader` or `all` (any case).
     pub fn parse(s: &str) -> Option<Acks> {
-        if s.trim().eq_ignore_ascii_case("leader") {
-            Some(Acks::Leader)
-        } else if s.trim().eq_ignore_ascii_case("all") {
-            Some(Acks::All)
-        } else {
-            None
+        match ec_proto::contract::parse_acks(s)? {
+            ec_proto::Acks::Leader => Some(Acks::Leader),
+            ec_proto::Acks::All => Some(Acks::All),
+            ec_proto::Acks::Unspecified => None,
         }
     }
 }
