@@ -27,7 +27,7 @@ use crate::systems::ec::{DATA_ID, spawn_default_node};
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
 /// How ours was set up, for the record.
-pub(crate) const DESCRIBE: &str = "3 ec-nodes (mapping node1,node2,node3) + ec-gateway + Consul dev agent, all at default settings (node.storage.fsync always, node.replication.acks all, node.health_check.interval 10s, gateway.failover_after 0s = 2 × interval); SDK Client::publish in redirect mode";
+pub(crate) const DESCRIBE: &str = "3 ec-nodes (mapping node1,node2,node3) + ec-gateway + Consul dev agent, all at default settings (node.storage.fsync always, node.replication.acks all, the gateway probes each node every 200 ms, gateway.failover_after 1s, node.replication.min_insync 2); SDK Client::publish in redirect mode";
 
 /// Runs one primary kill on ours; returns what was observed and the final log's payloads.
 pub(crate) async fn run(
