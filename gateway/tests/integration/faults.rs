@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ec_client::{Client, Mode, Published, Start, StreamOptions};
+use ec_client::{Client, Mode, Start, StreamOptions};
 use ec_proto::gateway_client::GatewayClient;
 use ec_proto::{PublishRequest, StreamInfoRequest, StreamRequest};
 use ec_testkit::{ConsulAgent, wait_for};
@@ -46,16 +46,6 @@ impl Rng {
 }
 
 type Log = Arc<Mutex<Vec<(u64, Bytes)>>>;
-
-/// The payloads of batch `n` of producer `who`.
-fn batch(who: &str, n: usize) -> Vec<Bytes> {
-    (0..3)
-        .map(|i| Bytes::from(format!("{who}-{n:06}-{i}")))
-        .collect()
-}
-
-/// What one producer got back: (batch number, acknowledgement), in completion order.
-type Acks = Arc<Mutex<Vec<(usize, Published)>>>;
 
 /// A retrying idempotent producer until `stop`: pipelined (`window` batches in flight) when
 /// `window > 1`, else one `Client::publish` at a time. Fails the test if it ever gives up.

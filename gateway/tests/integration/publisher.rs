@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ec_client::{Client, Mode, Published, Start, StreamOptions};
+use ec_client::{Client, Mode, Start, StreamOptions};
 use ec_proto::StreamInfoRequest;
 use ec_proto::node_client::NodeClient;
 use ec_testkit::{ConsulAgent, wait_for};
@@ -29,20 +29,9 @@ use crate::util::*;
 use ec_testnode::Signal;
 
 const D: &str = "producers";
-const EVENTS_PER_BATCH: usize = 3;
 /// Batches each producer has acknowledged before the kill, and again after it.
 const BEFORE: usize = 60;
 const AFTER: usize = 60;
-
-/// The payloads of batch `n` of producer `who`.
-fn batch(who: &str, n: usize) -> Vec<Bytes> {
-    (0..EVENTS_PER_BATCH)
-        .map(|i| Bytes::from(format!("{who}-{n:06}-{i}")))
-        .collect()
-}
-
-/// What one producer got back: (batch number, acknowledgement), in completion order.
-type Acks = Arc<Mutex<Vec<(usize, Published)>>>;
 
 /// A pipelined publisher sending batches until `stop`, awaiting acknowledgements in order.
 fn pipelined(

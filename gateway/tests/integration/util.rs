@@ -157,3 +157,16 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 async fn node_process_child() {
     ec_testnode::child_main().await;
 }
+
+/// Events per numbered producer batch in the publisher and fault tests.
+pub const EVENTS_PER_BATCH: usize = 3;
+
+/// The payloads of batch `n` of producer `who`: `"{who}-{n:06}-{i}"`.
+pub fn batch(who: &str, n: usize) -> Vec<bytes::Bytes> {
+    (0..EVENTS_PER_BATCH)
+        .map(|i| bytes::Bytes::from(format!("{who}-{n:06}-{i}")))
+        .collect()
+}
+
+/// What one producer got back: (batch number, acknowledgement), in completion order.
+pub type Acks = std::sync::Arc<std::sync::Mutex<Vec<(usize, ec_client::Published)>>>;
