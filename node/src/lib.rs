@@ -4,10 +4,10 @@
 //! Layout:
 //! - [`log`]: the durable log with group commit — the only module that touches the disk.
 //! - `replication/`: each data ID's role from its Consul mapping — primary (epoch claim,
-//!   in-sync set, high watermark) or replica (follows the primary) — and the fences;
-//!   `replicate.rs` serves the primary's side of the `Replicate` RPC.
-//! - `request.rs` checks proto requests into domain requests; `service.rs` is the thin gRPC
-//!   layer; `convert.rs` maps log errors to statuses; `stream.rs` produces server streams.
+//!   in-sync set, high watermark) or replica (follows the primary) — and the fences.
+//! - `grpc/`: the thin gRPC layer — requests checked into domain requests, the `Node`
+//!   service, the one error-to-status mapping, reader streams and the primary's side of the
+//!   `Replicate` RPC.
 //! - `auth.rs`: who may call what (cluster credential on `Replicate`, client tokens,
 //!   protected mode, the data-ID creation limit).
 //! - `health.rs`, `registration.rs`: what Consul and operators see.
@@ -15,17 +15,13 @@
 
 mod auth;
 pub mod cli;
-mod convert;
+mod grpc;
 mod health;
 pub mod log;
 mod metrics;
 mod registration;
-mod replicate;
 mod replication;
-mod request;
 pub mod server;
-mod service;
-mod stream;
 
 pub use registration::SERVICE_NAME;
 pub use replication::{Acks, ReplicationSettings};

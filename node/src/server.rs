@@ -23,12 +23,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::auth::{ClusterCredential, Guard};
+use crate::grpc::NodeService;
 use crate::health::{Serving, serve_http};
 use crate::log::{CommitObserver, CommitStats, EventLog, LogError, LogOptions};
 use crate::metrics::NodeMetrics;
 use crate::registration::{Advertised, CheckSettings, registration};
 use crate::replication::{self, Replication, ReplicationSettings};
-use crate::service::NodeService;
 
 /// How often the node asks its Consul agent whether its registration is still there.
 const REGISTRATION_RECHECK: Duration = Duration::from_secs(2);

@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
+use super::request::parse_data_id;
 use crate::log::{Epoch, EpochStart, EventLog, LogError, StoredEvent};
 use crate::replication::{Cut, LeaderTerm, Replication, SessionStart};
-use crate::request::parse_data_id;
 
 /// Most events per replication message.
 const BATCH_EVENTS: usize = 4096;

@@ -30,12 +30,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use super::request::{AppendRequest, ReadRequest, parse_data_id};
+use super::stream::{produce, resolve_start};
 use crate::auth::{Caller, Guard};
 use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats, WriteAccess};
 use crate::metrics::NodeMetrics;
 use crate::replication::{Acks, NotReplicated, Replication, Role};
-use crate::request::{AppendRequest, ReadRequest, parse_data_id};
-use crate::stream::{produce, resolve_start};
 
 /// Request metadata choosing a publish's acks: `leader` or `all`.
 pub(crate) const ACKS_HEADER: &str = ec_proto::contract::ACKS_METADATA;
@@ -565,7 +565,7 @@ impl Node for NodeService {
         req: Request<Streaming<ReplicaMessage>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
         self.guard.check_member(&req)?;
-        let stream = crate::replicate::serve(
+        let stream = super::replicate::serve(
             self.replication.clone(),
             req.into_inner(),
             self.shutdown.clone(),

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::request::{ReadRequest, StartPosition};
 use crate::log::{EventLog, LogError, StoredEvent};
-use crate::request::{ReadRequest, StartPosition};
 
 /// Most events read from the log per batch.
 const BATCH_EVENTS: usize = 2048;

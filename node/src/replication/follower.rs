@@ -1,5 +1,5 @@
 //! The replica's side: follow the primary the mapping names, over its `Replicate` RPC (this
-//! file is a gRPC *client* of the primary; the server side is `crate::replicate`).
+//! file is a gRPC *client* of the primary; the server side is `crate::grpc::replicate`).
 //!
 //! One session: read the epoch record (the primary must hold the current epoch, else wait for
 //! its claim), dial the primary at the address it registered in Consul, send the log's shape
