@@ -18,7 +18,11 @@
 //!   finds the mapping changed.
 //! - Among candidates, the one with the highest durable log end wins (ties: mapping order),
 //!   so the fewest unacknowledged events are cut.
+//!
+//! The choice and the new order are decided by the pure planner in `promotion/plan.rs`; this
+//! file gathers its facts and writes what it decided.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ec_client::ChannelCache;
@@ -29,6 +33,8 @@ use tracing::{info, warn};
 
 use crate::proxy::node_client;
 use crate::routing::{NodeRoute, RoutingTable};
+
+mod plan;
 
 /// How long a candidate may take to report its log end.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -173,7 +179,9 @@ pub(crate) struct Request {
 }
 
 impl Promoter {
-    /// Promotes per `req`; see the module docs for the rules.
+    /// Promotes per `req`: gathers the facts (the mapping and epoch record from Consul, the
+    /// usable nodes from the table, the candidates' log ends), lets `plan` decide, and
+    /// writes the decision with check-and-set.
     pub(crate) async fn promote(&self, req: Request) -> Result<Promotion, PromoteError> {
         let data_id = &req.data_id;
         let mapping = self
@@ -183,125 +191,56 @@ impl Promoter {
             .ok_or_else(|| PromoteError::NoMapping {
                 data_id: data_id.clone(),
             })?;
-        let old_primary = mapping.primary().clone();
-        if let Some(expected) = &req.failed_primary
-            && *expected != old_primary
-        {
-            return Err(PromoteError::PrimaryChanged {
-                data_id: data_id.clone(),
-                expected: expected.clone(),
-                now: old_primary,
-            });
-        }
         let record = self.epochs.get(data_id).await?;
-        let in_sync = |n: &NodeId| record.as_ref().is_some_and(|r| r.is_in_sync(n));
-        let describe_isr = || match &record {
-            Some(r) => {
-                let isr: Vec<&str> = r.in_sync.iter().map(NodeId::as_str).collect();
-                format!("epoch {}, in sync [{}]", r.epoch, isr.join(","))
-            }
-            None => "no epoch record: no replica has been confirmed in sync".to_owned(),
+        let routes: Vec<NodeRoute> = self.table.current().candidates(data_id).unwrap_or_default();
+        let usable: Vec<NodeId> = mapping
+            .nodes
+            .iter()
+            .filter(|n| routes.iter().any(|r| r.node_id == n.as_str()))
+            .cloned()
+            .collect();
+        let facts = plan::Facts {
+            mapping: &mapping,
+            epoch: record.as_ref(),
+            usable: &usable,
         };
-        let usable: Vec<NodeRoute> = self.table.current().candidates(data_id).unwrap_or_default();
-        let route_of = |n: &NodeId| usable.iter().find(|r| r.node_id == n.as_str()).cloned();
-
-        let candidates: Vec<(NodeId, NodeRoute)> = match &req.node {
-            Some(node) => {
-                if !mapping.contains(node) {
-                    return Err(PromoteError::NotInMapping {
-                        data_id: data_id.clone(),
-                        node: node.clone(),
-                        mapping: mapping.value(),
-                    });
-                }
-                if *node == old_primary {
-                    return Err(PromoteError::AlreadyPrimary {
-                        data_id: data_id.clone(),
-                        node: node.clone(),
-                    });
-                }
-                if !req.force && !in_sync(node) {
-                    return Err(PromoteError::NotInSync {
-                        data_id: data_id.clone(),
-                        node: node.clone(),
-                        in_sync: describe_isr(),
-                    });
-                }
-                let route = route_of(node).ok_or_else(|| PromoteError::Unhealthy {
-                    data_id: data_id.clone(),
-                    node: node.clone(),
-                })?;
-                vec![(node.clone(), route)]
-            }
-            None => {
-                let found: Vec<(NodeId, NodeRoute)> = mapping
-                    .nodes
-                    .iter()
-                    .filter(|n| **n != old_primary && (req.force || in_sync(n)))
-                    .filter_map(|n| route_of(n).map(|r| (n.clone(), r)))
-                    .collect();
-                if found.is_empty() {
-                    return Err(PromoteError::NoCandidate {
-                        data_id: data_id.clone(),
-                        why: format!(
-                            "no healthy replica of {} is in sync ({})",
-                            mapping.value(),
-                            describe_isr()
-                        ),
-                    });
-                }
-                found
-            }
+        let ask = plan::Ask {
+            node: req.node.as_ref(),
+            force: req.force,
+            failed_primary: req.failed_primary.as_ref(),
         };
-
-        // The most caught-up candidate: highest durable end, mapping order on ties.
-        let mut best: Option<(NodeId, u64)> = None;
-        for (node, route) in &candidates {
-            match self.log_end(data_id, route).await {
-                Some(end) if best.as_ref().is_none_or(|(_, b)| end > *b) => {
-                    best = Some((node.clone(), end));
-                }
-                Some(_) => {}
-                None if req.node.is_some() => best = Some((node.clone(), 0)),
-                None => {
-                    warn!(%data_id, node = %node, "candidate did not report its log end; skipped")
-                }
+        let mut log_ends = BTreeMap::new();
+        for node in plan::candidates(facts, ask)? {
+            let route = routes.iter().find(|r| r.node_id == node.as_str());
+            match route {
+                Some(route) => match self.log_end(data_id, route).await {
+                    Some(end) => {
+                        log_ends.insert(node, end);
+                    }
+                    None => warn!(%data_id, %node, "candidate did not report its log end"),
+                },
+                None => warn!(%data_id, %node, "candidate has no route any more"),
             }
         }
-        let (chosen, offset) = best.ok_or_else(|| PromoteError::NoCandidate {
-            data_id: data_id.clone(),
-            why: "no candidate answered with its log end".to_owned(),
-        })?;
-        let forced = !in_sync(&chosen);
-        if forced && let Some(r) = &record {
+        let decision = plan::decide(facts, ask, &log_ends)?;
+        if let (Some(isr), Some(r)) = (&decision.in_sync, &record) {
             // Let the forced node claim: the node claims only from the in-sync set.
-            let mut isr = r.in_sync.clone();
-            isr.push(chosen.clone());
             self.epochs
-                .put(data_id, r.epoch, &r.primary, &isr, Some(r.modify_index))
+                .put(data_id, r.epoch, &r.primary, isr, Some(r.modify_index))
                 .await?;
         }
-        let mut nodes = vec![chosen.clone()];
-        nodes.extend(
-            mapping
-                .nodes
-                .iter()
-                .filter(|n| **n != chosen && **n != old_primary)
-                .cloned(),
-        );
-        nodes.push(old_primary.clone());
         let written = self
             .mappings
-            .put(data_id, &nodes, Some(mapping.modify_index))
+            .put(data_id, &decision.order, Some(mapping.modify_index))
             .await?;
         let promotion = Promotion {
             data_id: data_id.clone(),
-            old_primary,
-            new_primary: chosen,
+            old_primary: mapping.primary().clone(),
+            new_primary: decision.chosen,
             epoch: record.as_ref().map_or(0, |r| r.epoch),
-            offset,
+            offset: decision.offset,
             mapping: written,
-            forced,
+            forced: decision.forced,
             automatic: req.failed_primary.is_some(),
         };
         info!(
