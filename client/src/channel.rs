@@ -9,6 +9,10 @@
 //! that vanished without closing its socket (a cut cable, a frozen VM) is noticed within
 //! `keepalive_interval + keepalive_timeout` instead of never, and with a connect timeout so a
 //! black-holed address fails fast enough to move on to the next candidate.
+//!
+//! The cache only grows on its own; a process that outlives the nodes it talks to drops
+//! the channels of departed nodes with [`ChannelCache::retain`] (the gateway does so on
+//! every routing-table change).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -109,6 +113,33 @@ impl ChannelCache {
         Ok(channel)
     }
 
+    /// Drops the channels to every address for which `keep` is false, so that a long-running
+    /// process (the gateway) does not hold a channel, and its reconnect attempts, for each
+    /// node that ever existed. Calls already made on a dropped channel go on: tonic closes
+    /// the connection when the last clone is gone. Returns how many were dropped.
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) -> usize {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = channels.len();
+        channels.retain(|address, _| keep(address));
+        before - channels.len()
+    }
+
+    /// How many channels are cached.
+    pub fn len(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    /// True when no channel is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A configured endpoint for `address`, for callers that want to connect eagerly.
     pub fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
         let s = &self.settings;
@@ -161,6 +192,11 @@ mod tests {
         assert_eq!(cache.channels.lock().expect("lock").len(), 2);
         cache.get("127.0.0.1:1").expect("cached");
         assert_eq!(cache.channels.lock().expect("lock").len(), 2);
+
+        assert_eq!(cache.retain(|address| address == "127.0.0.1:1"), 1);
+        assert_eq!(cache.len(), 1);
+        cache.get("127.0.0.1:1").expect("still cached");
+        assert_eq!(cache.len(), 1);
 
         for bad in ["127.0.0.1", "not an address:1"] {
             let err = cache.get(bad).expect_err(bad).to_string();

@@ -283,6 +283,33 @@ fn with_acks<T>(inner: T, forwarded: Option<&ForwardedMeta>) -> tonic::Request<T
     req
 }
 
+/// Keeps `channels` to the nodes registered in Consul: on every new routing table, drops
+/// the channels to addresses no registered node has any more (deregistered nodes, nodes that
+/// moved). A node that comes back gets a new channel on its first call. Runs until `stop`.
+pub(crate) async fn drop_departed_channels(
+    table: RoutingTable,
+    channels: ChannelCache,
+    stop: CancellationToken,
+) {
+    let mut tables = table.subscribe();
+    loop {
+        let dropped = {
+            let current = tables.borrow_and_update();
+            match current.registered_addresses() {
+                Some(registered) => channels.retain(|address| registered.contains(address)),
+                None => 0,
+            }
+        };
+        if dropped > 0 {
+            debug!(dropped, "dropped the channels to departed nodes");
+        }
+        tokio::select! {
+            changed = tables.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
 pub(crate) fn node_client(
     channels: &ChannelCache,
     node: &NodeRoute,
@@ -876,6 +903,69 @@ fn gave_up(outage: &Outage) -> Status {
 mod tests {
     use super::*;
     use crate::routing::AllowList;
+
+    #[tokio::test]
+    async fn channels_to_departed_nodes_are_dropped() {
+        use ec_discovery::{HealthSnapshot, NodeHealth, NodeStatus};
+        let registered = |addresses: &[&str]| HealthSnapshot {
+            nodes: addresses
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let node_id = format!("n{i}");
+                    let health = NodeHealth {
+                        node_id: node_id.clone(),
+                        address: (*a).to_owned(),
+                        status: NodeStatus::Passing,
+                        checks_passing: 1,
+                        checks_total: 1,
+                        meta: Default::default(),
+                    };
+                    (node_id, health)
+                })
+                .collect(),
+            index: 1,
+        };
+        let table = RoutingTable::new(AllowList::default());
+        let channels = ChannelCache::default();
+        for address in ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"] {
+            channels.get(address).expect("valid address");
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(drop_departed_channels(
+            table.clone(),
+            channels.clone(),
+            stop.clone(),
+        ));
+        let wait_for = |n: usize| {
+            let channels = channels.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while channels.len() != n {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{} channels, expected {n}",
+                        channels.len()
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+
+        // Node 3 left Consul: its channel goes, the others stay.
+        let current = table.current();
+        table.publish(current.with_health(&registered(&["127.0.0.1:1", "127.0.0.1:2"]), &[]));
+        wait_for(2).await;
+        // Node 1 comes back elsewhere (a new address): the old address goes.
+        let current = table.current();
+        table.publish(current.with_health(&registered(&["127.0.0.1:2", "127.0.0.1:9"]), &[]));
+        wait_for(1).await;
+        channels.get("127.0.0.1:2").expect("still cached");
+        assert_eq!(channels.len(), 1);
+
+        stop.cancel();
+        task.await.expect("the task ends when stopped");
+    }
 
     fn forwarder() -> Forwarder {
         Forwarder {

@@ -409,6 +409,19 @@ impl Table {
         self.health.nodes.len()
     }
 
+    /// The gRPC addresses of the nodes registered in Consul now; `None` until the health
+    /// watch has delivered its first snapshot (an empty table knows nothing yet, which is
+    /// not the same as "no node is left").
+    pub fn registered_addresses(&self) -> Option<BTreeSet<&str>> {
+        self.health_loaded.then(|| {
+            self.health
+                .nodes
+                .values()
+                .map(|h| h.address.as_str())
+                .collect()
+        })
+    }
+
     /// The mapping of `data_id`, if there is a valid one.
     pub fn mapping(&self, data_id: &DataId) -> Option<&Mapping> {
         self.mappings.get(data_id).map(|r| &r.mapping)
@@ -735,6 +748,17 @@ mod tests {
             Err(RouteError::NotLoaded { .. })
         ));
         assert!(t.serves(&id("d"), "n1"), "nothing known: keep serving");
+        assert_eq!(
+            t.registered_addresses(),
+            None,
+            "no health yet: nothing is known"
+        );
+        let t = t.with_health(&health(&[("n1", Passing)]), &[]);
+        assert_eq!(
+            t.registered_addresses(),
+            Some(BTreeSet::from(["n1:1"])),
+            "registered nodes only"
+        );
     }
 
     #[test]

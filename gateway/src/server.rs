@@ -206,6 +206,12 @@ pub async fn run_with_metrics(
         stop_watches.clone(),
     ));
 
+    tasks.spawn(crate::proxy::drop_departed_channels(
+        table.clone(),
+        channels.clone(),
+        stop_watches.clone(),
+    ));
+
     let promoter = Promoter {
         mappings: store.clone(),
         epochs: EpochStore::new(consul.clone(), &settings.kv_prefix),
