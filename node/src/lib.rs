@@ -13,6 +13,7 @@
 //! - `health.rs`, `registration.rs`: what Consul and operators see.
 //! - [`server`]: [`run`] wires it all and owns the shutdown order.
 
+mod acknowledger;
 mod auth;
 pub mod cli;
 mod grpc;

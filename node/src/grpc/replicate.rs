@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::request::parse_data_id;
 use crate::log::{Epoch, EpochStart, EventLog, LogError, StoredEvent};
-use crate::replication::{Cut, LeaderTerm, Replication, SessionStart};
+use crate::replication::{Cut, LeaderTerm, Replication, Session, SessionStart};
 
 /// Most events per replication message.
 const BATCH_EVENTS: usize = 4096;
@@ -87,14 +87,7 @@ pub(crate) async fn serve(
         sent.clone(),
         session_stop.clone(),
     ));
-    tokio::spawn(receive(
-        term,
-        replica,
-        session,
-        inbound,
-        Refuse { tx, sent },
-        session_stop,
-    ));
+    tokio::spawn(receive(session, inbound, Refuse { tx, sent }, session_stop));
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
@@ -222,14 +215,14 @@ struct Refuse {
     sent: Arc<AtomicU64>,
 }
 
+/// Owns the session: it ends when this task does, in whatever way.
 async fn receive(
-    term: Arc<LeaderTerm>,
-    replica: NodeId,
-    session: u64,
+    session: Session,
     mut inbound: Streaming<pb::ReplicaMessage>,
     refuse: Refuse,
     shutdown: CancellationToken,
 ) {
+    let (term, replica) = (session.term(), session.replica());
     loop {
         let msg = tokio::select! {
             msg = inbound.message() => msg,
@@ -239,7 +232,7 @@ async fn receive(
         match msg {
             Ok(Some(m)) => {
                 let sent = Offset(refuse.sent.load(Ordering::Acquire));
-                if let Err(e) = term.report(&replica, session, Offset(m.next_offset), sent) {
+                if let Err(e) = session.report(Offset(m.next_offset), sent) {
                     warn!(data_id = %term.data_id, %replica, error = %e, "replication session refused");
                     let _ = refuse
                         .tx
@@ -256,6 +249,4 @@ async fn receive(
             }
         }
     }
-    term.disconnect(&replica, session);
-    info!(data_id = %term.data_id, %replica, "replica disconnected");
 }

@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 
 use super::request::{AppendRequest, ReadRequest, parse_data_id};
 use super::stream::{produce, resolve_start};
+use crate::acknowledger::{Acknowledger, Outcome, Reply};
 use crate::auth::{Caller, Guard};
 use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats, WriteAccess};
 use crate::metrics::NodeMetrics;
@@ -126,6 +127,7 @@ impl NodeService {
             pending,
             appended: None,
             acks: append.acks.unwrap_or(acks),
+            replicated: false,
             arrived,
             events,
             bytes,
@@ -187,6 +189,57 @@ impl NodeService {
     }
 }
 
+impl NodeService {
+    /// Waits until the oldest request of a `PublishStream` may be answered: its commit, then
+    /// for `acks=all` its replication. A failure replaces the request by its status.
+    async fn settle(&self, request: &mut Result<Submitted, Status>) {
+        let Ok(s) = request else {
+            return;
+        };
+        let committed = match s.appended.take() {
+            Some(a) => Ok(a),
+            None => (&mut s.pending).await.map_err(Status::from),
+        };
+        let settled = match committed {
+            Ok(a) => self.replicated(&s.data_id, a, s.acks).await,
+            Err(status) => Err(status),
+        };
+        match settled {
+            Ok(a) => {
+                s.appended = Some(a);
+                s.replicated = true;
+            }
+            Err(status) => *request = Err(status),
+        }
+    }
+
+    /// What became of a request of a `PublishStream` so far, without waiting; records the
+    /// acknowledgement in the metrics when it is ready.
+    fn outcome(&self, request: &mut Result<Submitted, Status>) -> Outcome<Appended, Status> {
+        let s = match request {
+            Ok(s) => s,
+            Err(status) => return Outcome::Failed(status.clone()),
+        };
+        if s.appended.is_none() {
+            match s.pending.try_result() {
+                Some(Ok(a)) => s.appended = Some(a),
+                Some(Err(e)) => return Outcome::Failed(e.into()),
+                None => return Outcome::Waiting,
+            }
+        }
+        match s.appended {
+            // For acks=all, only once replicated.
+            Some(a)
+                if s.replicated || s.acks == Acks::Leader || self.is_replicated(&s.data_id, &a) =>
+            {
+                s.acknowledged(&self.metrics, &a);
+                Outcome::Done(a)
+            }
+            _ => Outcome::Waiting,
+        }
+    }
+}
+
 fn humantime(d: std::time::Duration) -> String {
     format!("{}ms", d.as_millis())
 }
@@ -199,6 +252,8 @@ struct Submitted {
     appended: Option<Appended>,
     /// What its acknowledgement waits for.
     acks: Acks,
+    /// The `acks=all` wait already passed.
+    replicated: bool,
     /// When the request arrived, and its size, for the metrics.
     arrived: Instant,
     events: u64,
@@ -347,8 +402,9 @@ impl Node for NodeService {
         let policy = self.acks(&req)?;
         let caller = Caller::of(&req);
         let mut inbound = req.into_inner();
+        // The acknowledger holds up to one message's worth besides: MAX_IN_FLIGHT in all.
         let (pending_tx, mut pending_rx) =
-            mpsc::channel::<(u64, Result<Submitted, Status>)>(MAX_IN_FLIGHT);
+            mpsc::channel::<(u64, Result<Submitted, Status>)>(MAX_IN_FLIGHT - MAX_ACKS_PER_MESSAGE);
         let (acks_tx, acks_rx) = mpsc::channel(16);
 
         // Submitting in arrival order fixes the offsets in that order; the commit is awaited
@@ -382,100 +438,41 @@ impl Node for NodeService {
 
         let this = self.clone();
         tokio::spawn(async move {
-            // A request taken from the queue whose commit has not happened yet.
-            let mut held = None;
+            let mut queue = Acknowledger::new(MAX_ACKS_PER_MESSAGE);
             loop {
-                let next = match held.take() {
-                    Some(item) => Some(item),
-                    None => pending_rx.recv().await,
-                };
-                let Some((sequence, submitted)) = next else {
-                    return;
-                };
-                let mut acks = Vec::new();
-                let first = match submitted {
-                    Ok(mut s) => {
-                        let committed = match s.appended {
-                            Some(a) => Ok(a),
-                            None => (&mut s.pending).await.map_err(Status::from),
-                        };
-                        match committed {
-                            Ok(a) => this.replicated(&s.data_id, a, s.acks).await.map(|a| (a, s)),
-                            Err(status) => Err(status),
+                if queue.is_empty() {
+                    let Some((sequence, submitted)) = pending_rx.recv().await else {
+                        return;
+                    };
+                    queue.push(sequence, submitted);
+                }
+                // The next message waits for the oldest request; the ones behind it join it
+                // only if they are finished already (usually by the same commit).
+                if let Some(first) = queue.first() {
+                    this.settle(first).await;
+                }
+                while queue.len() < MAX_ACKS_PER_MESSAGE {
+                    let Ok((sequence, submitted)) = pending_rx.try_recv() else {
+                        break;
+                    };
+                    queue.push(sequence, submitted);
+                }
+                for reply in queue.answer(|request| this.outcome(request)) {
+                    let message = match reply {
+                        Reply::Acks(acks) => Ok(PublishAcks {
+                            acks: acks.iter().map(|(seq, a)| to_ack(*seq, a)).collect(),
+                        }),
+                        Reply::Failed(status) => {
+                            this.metrics.grpc_error("PublishStream", status.code());
+                            warn!(%status, "publish stream request failed");
+                            Err(status)
                         }
-                    }
-                    Err(status) => Err(status),
-                };
-                match first {
-                    Ok((a, s)) => {
-                        s.acknowledged(&this.metrics, &a);
-                        acks.push(to_ack(sequence, &a));
-                    }
-                    Err(status) => {
-                        this.metrics.grpc_error("PublishStream", status.code());
-                        warn!(%status, sequence, "publish stream request failed");
-                        let _ = acks_tx.send(Err(status)).await;
+                    };
+                    if acks_tx.send(message).await.is_err() {
                         return;
                     }
                 }
-                // Requests already committed (usually by the same commit) are acknowledged in
-                // the same message; the first one still pending waits for the next round.
-                let mut failure = None;
-                while acks.len() < MAX_ACKS_PER_MESSAGE {
-                    let ready = match held.take() {
-                        Some(item) => Some(item),
-                        None => pending_rx.try_recv().ok(),
-                    };
-                    let Some((sequence, mut submitted)) = ready else {
-                        break;
-                    };
-                    let result = match &mut submitted {
-                        Ok(s) => {
-                            if s.appended.is_none() {
-                                match s.pending.try_result() {
-                                    Some(Ok(a)) => s.appended = Some(a),
-                                    Some(Err(e)) => {
-                                        failure = Some(Status::from(e));
-                                        break;
-                                    }
-                                    None => {
-                                        held = Some((sequence, submitted));
-                                        break;
-                                    }
-                                }
-                            }
-                            match s.appended {
-                                // For acks=all, only once replicated; else it waits for the
-                                // next round like a pending commit.
-                                Some(a)
-                                    if s.acks == Acks::Leader
-                                        || this.is_replicated(&s.data_id, &a) =>
-                                {
-                                    s.acknowledged(&this.metrics, &a);
-                                    Ok(a)
-                                }
-                                _ => {
-                                    held = Some((sequence, submitted));
-                                    break;
-                                }
-                            }
-                        }
-                        Err(status) => Err(status.clone()),
-                    };
-                    match result {
-                        Ok(a) => acks.push(to_ack(sequence, &a)),
-                        Err(status) => {
-                            failure = Some(status);
-                            break;
-                        }
-                    }
-                }
-                if acks_tx.send(Ok(PublishAcks { acks })).await.is_err() {
-                    return;
-                }
-                if let Some(status) = failure {
-                    this.metrics.grpc_error("PublishStream", status.code());
-                    let _ = acks_tx.send(Err(status)).await;
+                if queue.is_over() {
                     return;
                 }
             }

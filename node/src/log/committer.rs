@@ -48,7 +48,7 @@ use super::producers::{self, Admission};
 use super::record::{
     self, EVENT_HEADER_LEN, EVENT_KEY_LEN, ProducerRecord, ProducerTag, StreamMeta,
 };
-use super::store::{Store, Stream};
+use super::store::{Store, Stream, raised_hwm};
 use super::{Appended, CommitStats, Epoch, EpochStart, LogError, WriteAccess};
 
 /// Which stream an append goes to.
@@ -450,7 +450,7 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
             // What readers may see once this batch is durable, as far as known now; the
             // stored value may lag the real one, never lead it.
             let floor = t.stream.floor.load(Ordering::Acquire);
-            meta.hwm = meta.hwm.max(meta.next.min(floor));
+            meta.hwm = raised_hwm(meta.hwm, meta.next, floor);
             batch.insert(
                 &store.meta,
                 t.stream.number.to_be_bytes(),

@@ -53,6 +53,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use committer::{AppendRequest, Copied, Target};
 pub use record::{ProducerTag, RecordError};
+/// For the replication layer's property tests, which check its floor against this rule.
+#[cfg(test)]
+pub(crate) use store::raised_hwm;
 use store::{Bound, Store};
 
 /// Appends queued for the committer before publishers wait (backpressure). Each is one

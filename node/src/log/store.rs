@@ -175,8 +175,7 @@ impl Stream {
     }
 
     fn raise_hwm_locked(&self, state: &mut StreamMeta) {
-        let floor = self.floor.load(Ordering::Acquire);
-        state.hwm = state.hwm.max(state.next.min(floor));
+        state.hwm = raised_hwm(state.hwm, state.next, self.floor.load(Ordering::Acquire));
     }
 
     /// Raises the watched high watermark to `hwm`; never lowers it, so concurrent raisers
@@ -208,6 +207,12 @@ impl Stream {
             access: self.access(),
         }
     }
+}
+
+/// The high watermark's one rule: it rises to the durable end `next` as far as the
+/// replication layer's `floor` allows, and never goes down.
+pub(crate) fn raised_hwm(hwm: u64, next: u64, floor: u64) -> u64 {
+    hwm.max(next.min(floor))
 }
 
 /// The floor that goes with an access mode until the replication layer says more: a stream

@@ -1,23 +1,21 @@
 //! The primary's side: claiming an epoch in Consul, then one *term* — serving replication
-//! sessions, tracking each replica's durable end, keeping the in-sync set (by CAS on the epoch
-//! record) and the high watermark — until the mapping names someone else, the node stops, or
-//! a failed CAS shows that another node claimed a newer epoch.
+//! sessions, feeding each replica's durable end to the in-sync set ([`super::insync`], which
+//! decides), storing that set in Consul by CAS and bounding the high watermark with it —
+//! until the mapping names someone else, the node stops, or a failed CAS shows that another
+//! node claimed a newer epoch.
 //!
 //! Invariants:
 //! - The stream takes publishes stamped with this epoch only between a successful claim and
 //!   the end of the term; the end of a term fences the stream (`WriteAccess::Closed`) before
 //!   anything else, so no publish lands after the node learned it was deposed.
-//! - The high watermark's floor is the lowest reported end over the in-sync set and the
-//!   replicas joining it; a member that has not reported in this term holds it. It is applied
-//!   after every report and every change of the set.
+//! - The floor from the in-sync set is applied to the log after every report and every
+//!   change of the set or of the joiners.
 //! - The in-sync set used for the floor is always the one stored in Consul: a replica leaves
-//!   it only after the CAS that removes it succeeded, and joins only once its end has reached
-//!   the high watermark (it holds the watermark while it closes that gap).
-//! - A replica whose session ended counts as lagging at once: it leaves the in-sync set on
-//!   the next decision (woken by the disconnect), not after `max_lag_time` of silence.
+//!   it only after the CAS that removes it succeeded.
+//! - A session lives as long as its [`Session`] guard: however the session ends, dropping
+//!   the guard marks the replica lagging and wakes the term loop, so it leaves the in-sync
+//!   set on the next decision, not after `max_lag_time` of silence.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,6 +27,7 @@ use tracing::{info, warn};
 
 use super::coordinator::Assignment;
 use super::divergence::{self, Cut, LogShape};
+use super::insync::{InSync, LagLimits, ReplicaStatus};
 use super::{ReplicationSettings, Role};
 use crate::log::{Epoch, EpochStart, EventLog, LogError, WriteAccess};
 use crate::replication::Replication;
@@ -88,61 +87,10 @@ pub(crate) enum SessionRefused {
     Log(#[from] LogError),
 }
 
-/// A replica as the primary sees it in one term.
-#[derive(Debug, Clone)]
-struct Progress {
-    /// Latest session; reports of older sessions are ignored.
-    session: u64,
-    connected: bool,
-    /// Its session of this term ended and no new one opened: it counts as lagging at once,
-    /// so a dead replica leaves the in-sync set (and stops holding the high watermark)
-    /// without waiting out `max_lag_time`.
-    dropped: bool,
-    /// Durable end last reported in this term.
-    position: Option<u64>,
-    /// The primary's end when the previous report arrived, and when.
-    last_report_end: Option<u64>,
-    last_report_at: Instant,
-    /// When the replica was last seen caught up with the primary's end (`None`: not in
-    /// this term; members of the in-sync set start with the term's start as grace).
-    caught_up_at: Option<Instant>,
-    /// Within the lag limits but not yet in the in-sync set: holds the high watermark.
-    joining: bool,
-}
-
-impl Progress {
-    fn new(now: Instant, caught_up_at: Option<Instant>) -> Progress {
-        Progress {
-            session: 0,
-            connected: false,
-            dropped: false,
-            position: None,
-            last_report_end: None,
-            last_report_at: now,
-            caught_up_at,
-            joining: false,
-        }
-    }
-}
-
 struct TermState {
-    /// The mapping's other nodes.
-    members: Vec<NodeId>,
-    /// The in-sync set as stored in Consul (this node included).
-    in_sync: Vec<NodeId>,
+    set: InSync,
     /// `ModifyIndex` of the epoch record this term last wrote or adopted.
     record_index: u64,
-    replicas: HashMap<NodeId, Progress>,
-}
-
-/// One replica's progress, for status.
-#[derive(Debug, Clone)]
-pub(crate) struct ReplicaStatus {
-    pub(crate) node: NodeId,
-    pub(crate) connected: bool,
-    pub(crate) in_sync: bool,
-    pub(crate) position: Option<u64>,
-    pub(crate) caught_up_ago: Duration,
 }
 
 /// One uninterrupted epoch of this node as a data ID's primary.
@@ -153,15 +101,46 @@ pub(crate) struct LeaderTerm {
     pub(crate) cancel: CancellationToken,
     me: NodeId,
     log: EventLog,
-    max_lag_events: Option<u64>,
-    max_lag_time: Duration,
     /// How often a session sends a heartbeat to an idle replica.
     pub(crate) heartbeat: Duration,
     state: Mutex<TermState>,
-    sessions: AtomicU64,
     /// Woken when a joining replica reached the high watermark (add it) or a replica's
     /// session ended (remove it), without waiting for the next tick.
     wake: Notify,
+}
+
+/// An open replication session. Dropping it ends the session however it ends (its task
+/// returns, fails, panics or is aborted): the replica then counts as lagging at once and
+/// leaves the in-sync set on the next decision.
+pub(crate) struct Session {
+    term: Arc<LeaderTerm>,
+    replica: NodeId,
+    number: u64,
+}
+
+impl Session {
+    /// The term this session belongs to.
+    pub(crate) fn term(&self) -> &Arc<LeaderTerm> {
+        &self.term
+    }
+
+    /// The replica on the other end.
+    pub(crate) fn replica(&self) -> &NodeId {
+        &self.replica
+    }
+
+    /// The replica's durable end `next`, no further than `sent` (the end of what this
+    /// session sent it); see [`LeaderTerm::report`].
+    pub(crate) fn report(&self, next: Offset, sent: Offset) -> Result<(), SessionRefused> {
+        self.term.report(&self.replica, self.number, next, sent)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.term.disconnect(&self.replica, self.number);
+        info!(data_id = %self.term.data_id, replica = %self.replica, "replica disconnected");
+    }
 }
 
 impl LeaderTerm {
@@ -172,37 +151,28 @@ impl LeaderTerm {
         claimed: &EpochState,
         mapping: &Mapping,
     ) -> LeaderTerm {
-        let now = Instant::now();
-        let members: Vec<NodeId> = mapping
-            .nodes
-            .iter()
-            .filter(|n| **n != me)
-            .cloned()
-            .collect();
-        // Members of the in-sync set get the lag limit as grace to report in this term.
-        let replicas = members
-            .iter()
-            .map(|n| {
-                let grace = claimed.in_sync.contains(n).then_some(now);
-                (n.clone(), Progress::new(now, grace))
-            })
-            .collect();
+        let limits = LagLimits {
+            max_events: settings.max_lag_events,
+            max_time: settings.max_lag_time,
+        };
+        let set = InSync::new(
+            me.clone(),
+            limits,
+            &mapping.nodes,
+            claimed.in_sync.clone(),
+            Instant::now(),
+        );
         LeaderTerm {
             data_id: claimed.data_id.clone(),
             epoch: Epoch(claimed.epoch),
             cancel: CancellationToken::new(),
             me,
             log,
-            max_lag_events: settings.max_lag_events,
-            max_lag_time: settings.max_lag_time,
             heartbeat: settings.heartbeat(),
             state: Mutex::new(TermState {
-                members,
-                in_sync: claimed.in_sync.clone(),
+                set,
                 record_index: claimed.modify_index,
-                replicas,
             }),
-            sessions: AtomicU64::new(0),
             wake: Notify::new(),
         }
     }
@@ -212,8 +182,11 @@ impl LeaderTerm {
     }
 
     /// Accepts a replica's session: checks the epoch and membership, and says where its log
-    /// must be cut. Returns the session number for its reports.
-    pub(crate) fn open_session(&self, start: &SessionStart) -> Result<(u64, Cut), SessionRefused> {
+    /// must be cut. The session lasts as long as the returned guard.
+    pub(crate) fn open_session(
+        self: &Arc<Self>,
+        start: &SessionStart,
+    ) -> Result<(Session, Cut), SessionRefused> {
         if self.cancel.is_cancelled() {
             return Err(SessionRefused::NotPrimary {
                 me: self.me.clone(),
@@ -228,27 +201,20 @@ impl LeaderTerm {
                 asked: start.leader_epoch,
             });
         }
-        let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-        {
-            let mut st = self.state();
-            if !st.members.contains(&start.replica) {
-                return Err(SessionRefused::NotAMember {
-                    me: self.me.clone(),
-                    replica: start.replica.clone(),
-                    data_id: self.data_id.clone(),
-                });
-            }
-            let p = st
-                .replicas
-                .entry(start.replica.clone())
-                .or_insert_with(|| Progress::new(Instant::now(), None));
-            p.session = session;
-            p.connected = true;
-            p.dropped = false;
-            // Until it reports after the cut, its end in this term is unknown.
-            p.position = None;
-            p.last_report_end = None;
-        }
+        let opened = self.state().set.open(&start.replica, Instant::now());
+        let Some(number) = opened else {
+            return Err(SessionRefused::NotAMember {
+                me: self.me.clone(),
+                replica: start.replica.clone(),
+                data_id: self.data_id.clone(),
+            });
+        };
+        // From here on, any way out closes the session.
+        let session = Session {
+            term: self.clone(),
+            replica: start.replica.clone(),
+            number,
+        };
         let stats = self.log.stats(&self.data_id)?;
         let epochs = self.log.epochs(&self.data_id)?;
         let cut = divergence::cut(
@@ -270,16 +236,17 @@ impl LeaderTerm {
     /// what the session sent it). A report beyond that, or beyond this log's end, is refused
     /// and never counts for the in-sync set or the high watermark: only a forged or broken
     /// replica claims events it was never sent.
-    pub(crate) fn report(
+    fn report(
         &self,
         replica: &NodeId,
         session: u64,
         next: Offset,
         sent: Offset,
     ) -> Result<(), SessionRefused> {
-        let Ok(end) = self.log.stats(&self.data_id).map(|s| s.next.0) else {
+        let Ok(stats) = self.log.stats(&self.data_id) else {
             return Ok(());
         };
+        let end = stats.next.0;
         if next.0 > end || next > sent {
             return Err(SessionRefused::BeyondEnd {
                 me: self.me.clone(),
@@ -294,37 +261,13 @@ impl LeaderTerm {
                 },
             });
         }
-        let now = Instant::now();
-        let joined = {
-            let mut st = self.state();
-            let Some(p) = st.replicas.get_mut(replica) else {
-                return Ok(());
-            };
-            if p.session != session {
-                return Ok(());
-            }
-            // Kafka's rule: at or past the end the primary has now, or had at the previous
-            // report, means caught up now, or then.
-            if next.0 >= end {
-                p.caught_up_at = Some(now);
-            } else if p.last_report_end.is_some_and(|prev| next.0 >= prev) {
-                p.caught_up_at = Some(
-                    p.caught_up_at
-                        .map_or(p.last_report_at, |t| t.max(p.last_report_at)),
-                );
-            }
-            p.last_report_end = Some(end);
-            p.last_report_at = now;
-            p.position = Some(next.0);
-            p.joining
-        };
+        let positions = (end, stats.high_watermark.0);
+        let reached = self
+            .state()
+            .set
+            .report(replica, session, next.0, positions, Instant::now());
         self.apply_floor();
-        if joined
-            && self
-                .log
-                .high_watermark(&self.data_id)
-                .is_ok_and(|hwm| next >= hwm)
-        {
+        if reached {
             self.wake.notify_one();
         }
         Ok(())
@@ -333,19 +276,9 @@ impl LeaderTerm {
     /// The session ended: the replica leaves the in-sync set now (the term loop is woken to
     /// store the smaller set), rather than after `max_lag_time` without reports. A replica
     /// that comes back rejoins once it has caught up, as any joiner does.
-    pub(crate) fn disconnect(&self, replica: &NodeId, session: u64) {
-        let dropped = {
-            let mut st = self.state();
-            match st.replicas.get_mut(replica) {
-                Some(p) if p.session == session => {
-                    p.connected = false;
-                    p.dropped = true;
-                    true
-                }
-                _ => false,
-            }
-        };
-        if dropped {
+    fn disconnect(&self, replica: &NodeId, session: u64) {
+        let closed = self.state().set.close(replica, session);
+        if closed {
             self.wake.notify_one();
         }
     }
@@ -355,111 +288,39 @@ impl LeaderTerm {
         let Ok(hwm) = self.log.high_watermark(&self.data_id) else {
             return;
         };
-        let floor = {
-            let st = self.state();
-            let holders = st.in_sync.iter().filter(|n| **n != self.me).chain(
-                st.replicas
-                    .iter()
-                    .filter(|(_, p)| p.joining)
-                    .map(|(n, _)| n),
-            );
-            holders
-                .map(|n| st.replicas.get(n).and_then(|p| p.position).unwrap_or(hwm.0))
-                .min()
-        };
+        let floor = self.state().set.floor(hwm.0);
         if let Err(e) = self.log.set_floor(&self.data_id, floor.map(Offset)) {
             warn!(data_id = %self.data_id, error = %e, "cannot bound the high watermark");
         }
-    }
-
-    fn lagging(&self, p: &Progress, now: Instant, end: u64) -> bool {
-        let late = p
-            .caught_up_at
-            .is_none_or(|t| now.duration_since(t) > self.max_lag_time);
-        let behind = self
-            .max_lag_events
-            .is_some_and(|max| end.saturating_sub(p.position.unwrap_or(0)) > max);
-        p.dropped || late || behind
     }
 
     /// The in-sync set this term should store now, if it differs from the stored one.
     fn desired_in_sync(&self) -> Option<Vec<NodeId>> {
         let stats = self.log.stats(&self.data_id).ok()?;
         let (end, hwm) = (stats.next.0, stats.high_watermark.0);
-        let now = Instant::now();
-        let wanted = {
-            let mut st = self.state();
-            let TermState {
-                members,
-                in_sync,
-                replicas,
-                ..
-            } = &mut *st;
-            let mut wanted: Vec<NodeId> = in_sync
-                .iter()
-                .filter(|n| {
-                    **n == self.me
-                        || (members.contains(n)
-                            && replicas.get(*n).is_some_and(|p| !self.lagging(p, now, end)))
-                })
-                .cloned()
-                .collect();
-            for n in members.iter() {
-                if wanted.contains(n) || in_sync.contains(n) {
-                    continue;
-                }
-                let Some(p) = replicas.get_mut(n) else {
-                    continue;
-                };
-                p.joining = p.connected && p.position.is_some() && !self.lagging(p, now, end);
-                if p.joining && p.position.is_some_and(|pos| pos >= hwm) {
-                    wanted.push(n.clone());
-                }
-            }
-            wanted
-        };
+        let wanted = self.state().set.decide(end, hwm, Instant::now());
+        // The joiners changed: they hold the high watermark from now on.
         self.apply_floor();
-        let st = self.state();
-        (wanted != st.in_sync).then_some(wanted)
+        wanted
     }
 
     fn set_in_sync(&self, in_sync: Vec<NodeId>, record_index: u64) {
         {
             let mut st = self.state();
-            for n in &in_sync {
-                if let Some(p) = st.replicas.get_mut(n) {
-                    p.joining = false;
-                }
-            }
-            st.in_sync = in_sync;
+            st.set.stored(in_sync);
             st.record_index = record_index;
         }
         self.apply_floor();
     }
 
     fn set_members(&self, mapping: &Mapping) {
-        let now = Instant::now();
-        let mut st = self.state();
-        st.members = mapping
-            .nodes
-            .iter()
-            .filter(|n| **n != self.me)
-            .cloned()
-            .collect();
-        let members = st.members.clone();
-        for n in members {
-            st.replicas
-                .entry(n)
-                .or_insert_with(|| Progress::new(now, None));
-        }
+        self.state().set.set_members(&mapping.nodes, Instant::now());
     }
 
     /// The stored in-sync set and the number required, if the set has fewer than `min`
     /// nodes (capped at the mapping's size: a one-node mapping needs only the primary).
     pub(crate) fn short_of(&self, min: usize) -> Option<(Vec<NodeId>, usize)> {
-        let st = self.state();
-        let required = min.min(st.members.len() + 1).max(1);
-        (st.in_sync.len() < required).then(|| (st.in_sync.clone(), required))
+        self.state().set.short_of(min)
     }
 
     fn record_index(&self) -> u64 {
@@ -468,26 +329,8 @@ impl LeaderTerm {
 
     /// The stored in-sync set and each replica's progress.
     pub(crate) fn status(&self) -> (Vec<NodeId>, Vec<ReplicaStatus>) {
-        let now = Instant::now();
         let st = self.state();
-        let mut replicas: Vec<ReplicaStatus> = st
-            .members
-            .iter()
-            .map(|n| {
-                let p = st.replicas.get(n);
-                ReplicaStatus {
-                    node: n.clone(),
-                    connected: p.is_some_and(|p| p.connected),
-                    in_sync: st.in_sync.contains(n),
-                    position: p.and_then(|p| p.position),
-                    caught_up_ago: p
-                        .and_then(|p| p.caught_up_at)
-                        .map_or(Duration::MAX, |t| now.duration_since(t)),
-                }
-            })
-            .collect();
-        replicas.sort_by(|a, b| a.node.cmp(&b.node));
-        (st.in_sync.clone(), replicas)
+        (st.set.in_sync().to_vec(), st.set.status(Instant::now()))
     }
 }
 
@@ -714,4 +557,118 @@ async fn run_term(
     term.cancel.cancel();
     repl.unregister_term(&term);
     info!(%data_id, %epoch, reason = ended, "term as primary ended");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! The session guard: however a session's task ends, its replica leaves the in-sync set.
+
+    use std::time::Duration;
+
+    use ec_core::{DataId, NodeId, Offset};
+    use ec_discovery::{EpochState, Mapping};
+
+    use super::{LeaderTerm, SessionStart};
+    use crate::log::{Epoch, EventLog, LogOptions, WriteAccess};
+    use crate::replication::{Acks, ReplicationSettings};
+
+    fn node(s: &str) -> NodeId {
+        NodeId::parse(s).unwrap()
+    }
+
+    /// A term of `n1` over a real log, with `n2` in sync and reporting caught up.
+    async fn term_with_replica(dir: &std::path::Path) -> std::sync::Arc<LeaderTerm> {
+        let data_id = DataId::parse("orders").unwrap();
+        let log = EventLog::open(dir, LogOptions::default()).unwrap();
+        log.ensure(&data_id, WriteAccess::Leader(Epoch(7)))
+            .await
+            .unwrap();
+        let settings = ReplicationSettings {
+            kv_prefix: "streaming/data/".into(),
+            acks: Acks::All,
+            ack_timeout: Duration::from_secs(5),
+            min_insync: 1,
+            max_lag_events: None,
+            // Long enough that only the end of a session can remove the replica here.
+            max_lag_time: Duration::from_secs(3600),
+        };
+        let nodes = vec![node("n1"), node("n2")];
+        let claimed = EpochState {
+            data_id: data_id.clone(),
+            epoch: 7,
+            primary: node("n1"),
+            in_sync: nodes.clone(),
+            modify_index: 1,
+        };
+        let mapping = Mapping {
+            data_id,
+            nodes,
+            modify_index: 1,
+        };
+        std::sync::Arc::new(LeaderTerm::new(
+            node("n1"),
+            log,
+            &settings,
+            &claimed,
+            &mapping,
+        ))
+    }
+
+    fn start(term: &LeaderTerm) -> SessionStart {
+        SessionStart {
+            replica: node("n2"),
+            leader_epoch: term.epoch,
+            epochs: term.log.epochs(&term.data_id).unwrap(),
+            earliest: Offset(0),
+            next: Offset(0),
+        }
+    }
+
+    /// Runs a session in a task that ends as `end` says, then checks the set.
+    async fn ends_and_leaves(end: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let term = term_with_replica(dir.path()).await;
+        let (session, _cut) = term.open_session(&start(&term)).unwrap();
+        session.report(Offset(0), Offset(0)).unwrap();
+        assert_eq!(term.desired_in_sync(), None, "n2 is caught up and stays");
+
+        let task = match end {
+            "panic" => tokio::spawn(async move {
+                let _session = session;
+                panic!("injected: the session task panics");
+            }),
+            "abort" => tokio::spawn(async move {
+                let _session = session;
+                std::future::pending::<()>().await;
+            }),
+            _ => tokio::spawn(async move { drop(session) }),
+        };
+        if end == "abort" {
+            task.abort();
+        }
+        let joined = task.await;
+        assert_eq!(joined.is_err(), end != "return", "{end}: {joined:?}");
+
+        // The term loop is woken, and its next decision drops the replica.
+        tokio::time::timeout(Duration::from_secs(30), term.wake.notified())
+            .await
+            .expect("the end of the session wakes the term loop");
+        assert_eq!(term.desired_in_sync(), Some(vec![node("n1")]), "{end}");
+    }
+
+    #[tokio::test]
+    async fn a_panicked_session_leaves_the_in_sync_set() {
+        ends_and_leaves("panic").await;
+    }
+
+    #[tokio::test]
+    async fn an_aborted_session_leaves_the_in_sync_set() {
+        ends_and_leaves("abort").await;
+    }
+
+    #[tokio::test]
+    async fn a_returned_session_leaves_the_in_sync_set() {
+        ends_and_leaves("return").await;
+    }
 }

@@ -62,6 +62,7 @@
 mod coordinator;
 mod divergence;
 mod follower;
+mod insync;
 mod leader;
 
 use std::collections::HashMap;
@@ -77,7 +78,7 @@ use crate::log::{Appended, EventLog, LogError, WriteAccess};
 
 pub(crate) use coordinator::spawn;
 pub(crate) use divergence::Cut;
-pub(crate) use leader::{LeaderTerm, SessionStart};
+pub(crate) use leader::{LeaderTerm, Session, SessionStart};
 
 /// What a publish waits for before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
