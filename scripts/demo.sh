@@ -8,6 +8,9 @@
 #   scripts/demo.sh down     stop exactly what `up` started (by its PID files), nothing else
 #   scripts/demo.sh kill nodeN     SIGKILL one node (by its PID file), as a crash would
 #   scripts/demo.sh restart nodeN  start a killed node again on its data dir: it rejoins
+#   scripts/demo.sh secure   like `up`, with security on: mutual TLS everywhere (certificates
+#                            from scripts/dev-certs.sh in .demo/secure/certs), client tokens
+#                            with permissions; prints how client commands must look
 #
 # Everything lives under .demo/ in the repo (git-ignored): data dirs, logs, pids/; `up` wipes
 # the previous run's data and logs, `down` keeps them for a look. Processes
@@ -179,18 +182,20 @@ start_node() {
     mkdir -p "$DEMO/$id"
     log "starting $id on 127.0.0.1:$(node_grpc_port "$i") (health :$(node_health_port "$i"), data $DEMO/$id)"
     # Short health-check interval so a killed node turns critical within seconds.
-    EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL=2s EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT=1s \
+    secure_setup "$id"
+    env "${SEC_ENV[@]}" EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL=2s EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT=1s \
         setsid "$BIN/ec-node" --id "$id" --host 127.0.0.1 \
         --port "$(node_grpc_port "$i")" --health-port "$(node_health_port "$i")" \
-        --data-dir "$DEMO/$id" --consul-addr "127.0.0.1:$CONSUL_PORT" \
+        --data-dir "$DEMO/$id" --consul-addr "127.0.0.1:$CONSUL_PORT" "${SEC_FLAGS[@]}" \
         </dev/null >"$LOGS/$id.log" 2>&1 &
     write_pid "$id" $! "--data-dir $DEMO/$id"
 }
 
 start_gateway() {
     log "starting the gateway on 127.0.0.1:$GATEWAY_PORT"
-    setsid "$BIN/ec-gateway" --host 127.0.0.1 --port "$GATEWAY_PORT" \
-        --consul-addr "127.0.0.1:$CONSUL_PORT" \
+    secure_setup gateway
+    env "${SEC_ENV[@]}" setsid "$BIN/ec-gateway" --host 127.0.0.1 --port "$GATEWAY_PORT" \
+        --consul-addr "127.0.0.1:$CONSUL_PORT" "${SEC_FLAGS[@]}" \
         </dev/null >"$LOGS/gateway.log" 2>&1 &
     write_pid gateway $! "--port $GATEWAY_PORT"
 }
@@ -210,7 +215,8 @@ start_producer() {
         die "EC_DEMO_RATE must be a positive number of events per second, got '$RATE'"
     # setsid makes the loop its own process group, so `down` stops all of it at once. The
     # marker comment identifies this process in the PID check.
-    RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 setsid bash -c "
+    secure_setup client
+    env "${SEC_ENV[@]}" RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 setsid bash -c "
         # EC_DEMO_PRODUCER_MARK
         seq_file='$DEMO/producer.seq'
         while :; do
@@ -222,7 +228,7 @@ start_producer() {
                     echo \"\$i\" >\"\$seq_file\"
                     sleep $interval
                 done
-            } | '$BIN/ec-client' publish --gateway 127.0.0.1:$GATEWAY_PORT --data-id $DATA_ID \\
+            } | '$BIN/ec-client' ${SEC_FLAGS[*]} publish --gateway 127.0.0.1:$GATEWAY_PORT --data-id $DATA_ID \\
                 --delivery-timeout 24h >/dev/null
             echo \"\$(date -u +%T) publisher stopped; restarting in 2 s\" >&2
             sleep 2
@@ -232,7 +238,8 @@ start_producer() {
 }
 
 routable() {
-    timeout 5 "$BIN/ec-client" stream --gateway "127.0.0.1:$GATEWAY_PORT" --data-id "$DATA_ID" \
+    secure_setup client
+    env "${SEC_ENV[@]}" timeout 5 "$BIN/ec-client" "${SEC_FLAGS[@]}" stream --gateway "127.0.0.1:$GATEWAY_PORT" --data-id "$DATA_ID" \
         --from earliest --count 1
 }
 
@@ -248,11 +255,12 @@ up() {
     check_ports
     # Consul's dev agent starts empty, so the nodes' old logs (and their replication epochs)
     # would not match it: every `up` starts from a clean slate.
-    rm -rf "$DEMO"/node1 "$DEMO"/node2 "$DEMO"/node3 "$LOGS" "$DEMO/producer.seq"
+    rm -rf "$DEMO"/node1 "$DEMO"/node2 "$DEMO"/node3 "$LOGS" "$DEMO/producer.seq" "$SECURE_DIR"
     mkdir -p "$DEMO" "$PIDS" "$LOGS"
     # Keep the demo's state out of git without touching the repo's .gitignore.
     printf '*\n' >"$DEMO/.gitignore"
     build
+    if [[ "${SECURE:-0}" == 1 ]]; then make_credentials; fi
     # If anything below fails, stop what was started.
     trap 'rc=$?; if [[ $rc != 0 ]]; then log "start failed; stopping what was started"; down_all; fi' EXIT
     start_consul
@@ -267,7 +275,7 @@ up() {
     start_producer
     wait_until "the first event of $DATA_ID reaching readers through the gateway" routable
     trap - EXIT
-    print_next
+    if [[ "${SECURE:-0}" == 1 ]]; then print_next_secure; else print_next; fi
 }
 
 print_next() {
@@ -375,8 +383,108 @@ restart_node() {
     target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
     BIN="$target/$PROFILE"
     [[ -x "$BIN/ec-node" ]] || die "$BIN/ec-node is missing; run scripts/demo.sh up first"
+    if [[ -f "$SECURE_DIR/tokens.env" ]]; then SECURE=1; fi
     start_node "$n"
     log "$id restarted on its data dir; it rejoins as a replica of the current primary"
+}
+
+# --------------------------------------------------------------------------------------------
+# secure: the same demo with mutual TLS and client tokens
+# --------------------------------------------------------------------------------------------
+
+SECURE_DIR="$DEMO/secure"
+CERTS="$SECURE_DIR/certs"
+
+# Certificates for node1..3, the gateway and a client (scripts/dev-certs.sh), and three
+# random tokens: admin (mappings, promotion, everything), app (publish, create, read; no
+# admin) and the gateway's own (read, for what it asks the nodes itself). Processes get the
+# tokens through the environment (EVENT_CATCHER_SECURITY_TOKENS, EVENT_CATCHER_CLIENT_TOKEN),
+# never on a command line that `ps` shows; tokens.env and env.sh keep them for the user.
+make_credentials() {
+    command -v openssl >/dev/null || die "openssl is required for 'secure' (e.g. apt-get install openssl)"
+    mkdir -p "$SECURE_DIR"
+    chmod 700 "$SECURE_DIR"
+    log "making a CA and certificates in $CERTS (scripts/dev-certs.sh)"
+    "$ROOT/scripts/dev-certs.sh" --out "$CERTS" --nodes node1,node2,node3 >&2
+    local admin app gateway
+    admin="admin-$(openssl rand -hex 16)"
+    app="app-$(openssl rand -hex 16)"
+    gateway="gateway-$(openssl rand -hex 16)"
+    (
+        umask 077
+        printf 'EC_DEMO_ADMIN_TOKEN=%s\nEC_DEMO_APP_TOKEN=%s\nEC_DEMO_GATEWAY_TOKEN=%s\n' \
+            "$admin" "$app" "$gateway" >"$SECURE_DIR/tokens.env"
+        # For the user's shell: after `source .demo/secure/env.sh`, ec-client and ec-console
+        # speak mutual TLS with the client certificate and present the app token.
+        {
+            echo "export EVENT_CATCHER_TLS_CA_FILE='$CERTS/ca.pem'"
+            echo "export EVENT_CATCHER_TLS_CERT_FILE='$CERTS/client.pem'"
+            echo "export EVENT_CATCHER_TLS_KEY_FILE='$CERTS/client.key'"
+            echo "export EVENT_CATCHER_CLIENT_TOKEN='$app'"
+        } >"$SECURE_DIR/env.sh"
+    )
+}
+
+# SEC_FLAGS: the TLS flags of one component (node1..3, gateway, client), SEC_ENV: the
+# token settings it is started with; both empty unless SECURE=1.
+secure_setup() {
+    SEC_FLAGS=()
+    SEC_ENV=()
+    [[ "${SECURE:-0}" == 1 ]] || return 0
+    # shellcheck source=/dev/null
+    source "$SECURE_DIR/tokens.env"
+    SEC_ENV=("EVENT_CATCHER_SECURITY_TOKENS=$EC_DEMO_ADMIN_TOKEN admin publish create read,$EC_DEMO_APP_TOKEN publish create read,$EC_DEMO_GATEWAY_TOKEN read")
+    case "$1" in
+    gateway) SEC_ENV+=("EVENT_CATCHER_CLIENT_TOKEN=$EC_DEMO_GATEWAY_TOKEN") ;;
+    client) SEC_ENV+=("EVENT_CATCHER_CLIENT_TOKEN=$EC_DEMO_APP_TOKEN") ;;
+    esac
+    SEC_FLAGS=(--tls-ca "$CERTS/ca.pem" --tls-cert "$CERTS/$1.pem" --tls-key "$CERTS/$1.key")
+    if [[ "$1" != client ]]; then SEC_FLAGS+=(--tls-require-client-cert true); fi
+}
+
+secure() {
+    SECURE=1
+    up
+}
+
+print_next_secure() {
+    local gw="127.0.0.1:$GATEWAY_PORT" BIN="${BIN#"$ROOT"/}" c="${CERTS#"$ROOT"/}" s="${SECURE_DIR#"$ROOT"/}"
+    local tls="--tls-ca $c/ca.pem --tls-cert $c/client.pem --tls-key $c/client.key"
+    local app="\$(sed -n 's/^EC_DEMO_APP_TOKEN=//p' $s/tokens.env)"
+    local admin="\$(sed -n 's/^EC_DEMO_ADMIN_TOKEN=//p' $s/tokens.env)"
+    cat <<EOF
+
+Event Catcher demo is running with security on (logs and data in .demo/, credentials in $s/):
+  gateway    $gw   mutual TLS: clients need a certificate signed by $c/ca.pem
+  nodes      node1 127.0.0.1:$(node_grpc_port 1)   node2 127.0.0.1:$(node_grpc_port 2)   node3 127.0.0.1:$(node_grpc_port 3)
+             mutual TLS; a replica's certificate must name its node ID
+  tokens     $s/tokens.env: admin (mappings, promotion, all), app (publish, create, read),
+             gateway (its own reads of the nodes); every call needs one
+  Consul     http://127.0.0.1:$CONSUL_PORT/ui (plain HTTP without ACLs here; README "Consul ACLs")
+  producer   $RATE events/s to data ID '$DATA_ID', over mutual TLS with the app token
+
+Every client command needs the CA, a client certificate and a token. Pass them:
+  EVENT_CATCHER_CLIENT_TOKEN=$app \\
+    $BIN/ec-client $tls \\
+    stream --gateway $gw --data-id $DATA_ID
+or set them once for this shell (the TLS files and the app token as EVENT_CATCHER_* variables):
+  source $s/env.sh
+  $BIN/ec-client stream --gateway $gw --data-id $DATA_ID --proxy
+  echo hello | $BIN/ec-client publish --gateway $gw --data-id other   # after mapping 'other'
+EOF
+    if [[ -x "$BIN/ec-console" ]]; then
+        echo "  EVENT_CATCHER_CLIENT_TOKEN=$admin $BIN/ec-console --gateway $gw --consul-addr 127.0.0.1:$CONSUL_PORT   # after env.sh"
+    fi
+    cat <<EOF
+
+Refused, to see it:
+  $BIN/ec-client --tls-ca $c/ca.pem stream --gateway $gw --data-id $DATA_ID   # no client certificate
+  EVENT_CATCHER_CLIENT_TOKEN= $BIN/ec-client $tls stream --gateway $gw --data-id $DATA_ID   # no token
+  python3 scripts/attacks/forged_replica.py --tls-ca $c/ca.pem --tls-cert $c/node2.pem \\
+    --tls-key $c/node2.key --claim node3 --token $app   # a forged replica with node2's certificate
+
+  scripts/demo.sh kill node1 | restart node1 | status | down   # as in the plain demo
+EOF
 }
 
 case "${1:-up}" in
@@ -385,6 +493,7 @@ down) down ;;
 status) status ;;
 kill) kill_node "${2:-}" ;;
 restart) restart_node "${2:-}" ;;
--h | --help | help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' ;;
-*) die "unknown command '$1'; use up, status, kill nodeN, restart nodeN or down" ;;
+secure) secure ;;
+-h | --help | help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' ;;
+*) die "unknown command '$1'; use up, secure, status, kill nodeN, restart nodeN or down" ;;
 esac

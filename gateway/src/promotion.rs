@@ -260,9 +260,12 @@ impl Promoter {
     /// A candidate's durable log end, or `None` if it does not answer in time.
     async fn log_end(&self, data_id: &DataId, route: &NodeRoute) -> Option<u64> {
         let mut client = node_client(&self.channels, route).ok()?;
-        let asked = client.get_stream_info(StreamInfoRequest {
+        let mut req = tonic::Request::new(StreamInfoRequest {
             data_id: data_id.to_string(),
         });
+        // Nodes with security.tokens answer reads only with a credential.
+        self.channels.authorize(&mut req);
+        let asked = client.get_stream_info(req);
         match tokio::time::timeout(PROBE_TIMEOUT, asked).await {
             Ok(Ok(info)) => Some(info.into_inner().log_end_offset),
             // A replica that holds nothing yet has no stream: its end is 0.

@@ -134,6 +134,9 @@ pub enum GatewayError {
     /// The TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] ec_grpc::TlsError),
+    /// `client.token` cannot be sent as gRPC metadata.
+    #[error("client.token: {0}")]
+    NodeToken(#[source] ec_client::ClientError),
     /// The gRPC server could not start, failed, or panicked.
     #[error(transparent)]
     Grpc(#[from] ec_grpc::ServeError),
@@ -167,6 +170,14 @@ pub async fn run_with_metrics(
         keepalive_timeout: Duration::from_secs(2),
         ..ChannelSettings::default()
     });
+    // The gateway's own calls to nodes (the reads behind Subscribe, promotion's log-end
+    // checks) present client.token; forwarded publishes carry the caller's token instead.
+    let channels = match &settings.node_token {
+        Some(token) => channels
+            .with_token(token.expose())
+            .map_err(GatewayError::NodeToken)?,
+        None => channels,
+    };
     let consul = ConsulClient::with_ca_file(
         &settings.consul_url,
         settings.consul_token.clone(),

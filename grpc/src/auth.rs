@@ -1,5 +1,11 @@
 //! What the node's and the gateway's permission checks read off a gRPC request, and how a
 //! refusal becomes a status: one place for the transport side of `ec_core::auth`.
+//!
+//! A caller's certificate identity is the list of DNS names in the subjectAltName of the
+//! client certificate it presented ([`certificate_names`]). The TLS handshake has verified
+//! that certificate against `tls.ca_file` before any request arrives, so the names are as
+//! trustworthy as the CA; the common name is not read (SANs are what rustls verifies
+//! server names against, and one rule for both directions is easier to reason about).
 
 use std::net::SocketAddr;
 
@@ -37,4 +43,18 @@ pub fn refusal_status(refusal: Refusal) -> Status {
         Refusal::Unauthenticated(m) => Status::unauthenticated(m),
         Refusal::Denied(m) => Status::permission_denied(m),
     }
+}
+
+/// The DNS names (subjectAltName) of the client certificate the caller of `req` presented
+/// and the TLS handshake verified; `None` when it presented none (TLS off, or a listener that
+/// does not ask for client certificates). A certificate that cannot be parsed names nothing:
+/// `Some(vec![])`, which no identity check accepts.
+pub fn certificate_names<T>(req: &Request<T>) -> Option<Vec<String>> {
+    let certs = req.peer_certs()?;
+    let leaf = certs.first()?;
+    let names = match webpki::EndEntityCert::try_from(leaf) {
+        Ok(cert) => cert.valid_dns_names().map(str::to_owned).collect(),
+        Err(_) => Vec::new(),
+    };
+    Some(names)
 }

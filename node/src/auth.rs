@@ -4,7 +4,10 @@
 //!   (metadata [`CLUSTER_HEADER`]), compared in constant time with `node.cluster_secret` or,
 //!   when that is not set, the secret provisioned in Consul (`ec_discovery::
 //!   provision_cluster_secret`). Until the node knows the secret it refuses every session
-//!   (fail closed), `UNAVAILABLE` with the reason.
+//!   (fail closed), `UNAVAILABLE` with the reason. With mutual TLS the replica's client
+//!   certificate must also name the node ID it claims (a DNS subjectAltName equal to it):
+//!   a stolen or leaked node certificate lets its holder act as that node only
+//!   ([`Member::check_claim`], `PERMISSION_DENIED` naming both).
 //! - Every other call goes through [`Policy`]: with `security.tokens`, a bearer token that
 //!   grants the call; without, protected mode refuses remote state changes.
 //! - Creating a data ID by publishing needs the `create` permission (with tokens) and stays
@@ -14,8 +17,8 @@
 
 use std::sync::Arc;
 
-use ec_core::DataId;
 use ec_core::auth::{Action, Policy, Refusal, Secret};
+use ec_core::{DataId, NodeId};
 use tokio::sync::watch;
 use tonic::{Request, Status};
 
@@ -78,7 +81,9 @@ impl Guard {
     }
 
     /// May the caller of `req` open `Replicate`: does it present the cluster credential?
-    pub(crate) fn check_member<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// The answer carries its certificate identity, checked against the node ID it claims
+    /// once the session's first message names it.
+    pub(crate) fn check_member<T>(&self, req: &Request<T>) -> Result<Member, Status> {
         let expected = self.cluster.borrow().clone();
         let secret = expected.map_err(|reason| {
             Status::unavailable(format!(
@@ -93,10 +98,70 @@ impl Guard {
             None => Err(Status::unauthenticated(format!(
                 "Replicate is for cluster members only: present the cluster credential in metadata {CLUSTER_HEADER} (nodes do this themselves, from node.cluster_secret or the secret in Consul KV)"
             ))),
-            Some(p) if secret.matches(p) => Ok(()),
+            Some(p) if secret.matches(p) => Ok(Member {
+                cert_names: ec_grpc::auth::certificate_names(req),
+            }),
             Some(_) => Err(Status::unauthenticated(format!(
                 "the cluster credential in metadata {CLUSTER_HEADER} is wrong: every node must use the same node.cluster_secret (or all leave it empty to share the one in Consul KV)"
             ))),
         }
+    }
+}
+
+/// A caller that proved cluster membership, and what its certificate says it is.
+#[derive(Debug)]
+pub(crate) struct Member {
+    /// DNS names of its verified client certificate; `None` without one (TLS off, or the
+    /// listener does not require client certificates).
+    cert_names: Option<Vec<String>>,
+}
+
+impl Member {
+    /// May this member replicate as `claimed`? Always, without a client certificate (the
+    /// cluster credential is the proof then); with one, only if the certificate names
+    /// `claimed`.
+    pub(crate) fn check_claim(&self, claimed: &NodeId) -> Result<(), Status> {
+        let Some(names) = &self.cert_names else {
+            return Ok(());
+        };
+        if names.iter().any(|n| n == claimed.as_str()) {
+            return Ok(());
+        }
+        let named = if names.is_empty() {
+            "no DNS name".to_owned()
+        } else {
+            names.join(", ")
+        };
+        Err(Status::permission_denied(format!(
+            "replica claims node ID {claimed}, but its client certificate names {named} (subjectAltName DNS): a node replicates only as the node ID its certificate names; give {claimed} its own certificate (scripts/dev-certs.sh --nodes {claimed})"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(names: Option<&[&str]>) -> Member {
+        Member {
+            cert_names: names.map(|n| n.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    }
+
+    #[test]
+    fn a_certificate_admits_only_the_node_id_it_names() {
+        let n2 = NodeId::parse("n2").expect("id");
+        let n3 = NodeId::parse("n3").expect("id");
+        assert!(member(None).check_claim(&n3).is_ok(), "no certificate");
+        let cert = member(Some(&["n2", "localhost"]));
+        assert!(cert.check_claim(&n2).is_ok());
+        let err = cert
+            .check_claim(&n3)
+            .expect_err("n2's certificate claiming n3");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("claims node ID n3"), "{err:?}");
+        assert!(err.message().contains("names n2, localhost"), "{err:?}");
+        let err = member(Some(&[])).check_claim(&n2).expect_err("no names");
+        assert!(err.message().contains("no DNS name"), "{err:?}");
     }
 }

@@ -347,8 +347,12 @@ async fn the_sdk_presents_its_token_to_a_secured_gateway() {
 async fn the_gateway_forwards_the_callers_token_to_a_secured_node() {
     let consul = ConsulAgent::start_dev().await;
     let url = consul.http_url();
-    let tokens = TokenTable::parse(&["app publish:orders create:orders read:orders", "ro read"])
-        .expect("valid tokens");
+    let tokens = TokenTable::parse(&[
+        "app publish:orders create:orders read:orders",
+        "ro read",
+        "gw read",
+    ])
+    .expect("valid tokens");
     // A node with the same tokens, registered in this Consul.
     let dir = tempfile::tempdir().expect("dir");
     let mut settings = ec_testnode::node_settings(dir.path(), &url, "n1");
@@ -369,7 +373,11 @@ async fn the_gateway_forwards_the_callers_token_to_a_secured_node() {
         .put(&data_id("orders"), &[node_id("n1")], None)
         .await
         .expect("map orders");
-    let gateway = TestGateway::start_with(&url, |s| s.policy.tokens = tokens).await;
+    let gateway = TestGateway::start_with(&url, |s| {
+        s.policy.tokens = tokens;
+        s.node_token = ec_core::auth::Secret::new("gw");
+    })
+    .await;
     let mut gw = gateway.client().await;
     wait_for("orders routable", DEADLINE, || {
         let mut gw = gw.clone();
@@ -405,6 +413,27 @@ async fn the_gateway_forwards_the_callers_token_to_a_secured_node() {
         .await
         .expect_err("read-only");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // A read through the gateway: the gateway checks the caller's token, then reads from
+    // the node presenting its own client.token (the node refuses reads without one).
+    let mut events = gw
+        .subscribe(as_token(
+            ec_proto::StreamRequest {
+                data_id: "orders".into(),
+                offset: 0,
+                ..Default::default()
+            },
+            Some("ro"),
+        ))
+        .await
+        .expect("subscribe through the gateway")
+        .into_inner();
+    let batch = events
+        .message()
+        .await
+        .expect("a batch, not a refusal")
+        .expect("a batch");
+    assert_eq!(batch.events.len(), 1, "{batch:?}");
+    drop(events);
     stop.cancel();
     let _ = node.await;
     drop(gateway);

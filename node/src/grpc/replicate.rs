@@ -1,6 +1,9 @@
 //! The `Replicate` RPC on the primary: one session per replica connection, turned into
 //! calls on the data ID's [`LeaderTerm`].
 //!
+//! The caller has proved cluster membership (`auth.rs`); its first message names the replica
+//! it is, which must match its certificate identity when it presented one.
+//!
 //! A session is two tasks. The sender first tells the replica where to cut its log, then
 //! streams the log from there up to the *durable* end (never past it: nothing is sent that a
 //! crash could still take back), with the high watermark on every message, and heartbeats
@@ -21,6 +24,7 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::request::parse_data_id;
+use crate::auth::Member;
 use crate::log::{Epoch, EpochStart, EventLog, LogError, StoredEvent};
 use crate::replication::{Cut, LeaderTerm, Replication, Session, SessionStart};
 
@@ -35,6 +39,7 @@ type Outbound =
 /// Opens a session from the replica's first message and starts its tasks.
 pub(crate) async fn serve(
     repl: Arc<Replication>,
+    member: Member,
     mut inbound: Streaming<pb::ReplicaMessage>,
     shutdown: CancellationToken,
 ) -> Result<Outbound, Status> {
@@ -44,6 +49,7 @@ pub(crate) async fn serve(
     let data_id = parse_data_id(&hello.data_id)?;
     let replica = NodeId::parse(&hello.replica_id)
         .map_err(|e| Status::invalid_argument(format!("replica_id: {e}")))?;
+    member.check_claim(&replica)?;
     let Some(term) = repl.term(&data_id) else {
         return Err(Status::failed_precondition(format!(
             "node {} is not the primary of data ID {data_id} (it holds no epoch for it)",

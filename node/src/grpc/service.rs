@@ -561,9 +561,10 @@ impl Node for NodeService {
         &self,
         req: Request<Streaming<ReplicaMessage>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
-        self.guard.check_member(&req)?;
+        let member = self.guard.check_member(&req)?;
         let stream = super::replicate::serve(
             self.replication.clone(),
+            member,
             req.into_inner(),
             self.shutdown.clone(),
         )

@@ -1,7 +1,8 @@
 //! Who may call a node, against real nodes and a real Consul: the forged-replica attack (a
 //! plain gRPC client opening `Replicate` without, or with a wrong, cluster credential, as a
 //! node the mapping does not name, or claiming events it was never sent), client tokens with
-//! permissions, and the limit on data IDs created by publishing.
+//! permissions, the limit on data IDs created by publishing, and, over mutual TLS between
+//! `ec-node` processes, a node certificate that may replicate only as the node it names.
 
 use std::time::Duration;
 
@@ -472,4 +473,146 @@ async fn a_node_that_cannot_read_its_mappings_never_acts_standalone() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("n2"), "{err:?}");
     drop(node);
+}
+
+/// A CA and certificates for `nodes` and a client, by `scripts/dev-certs.sh`, in `dir`.
+fn dev_certs(dir: &std::path::Path, nodes: &str) {
+    let out = std::process::Command::new("bash")
+        .arg(ec_testkit::workspace_root().join("scripts/dev-certs.sh"))
+        .args(["--out", &dir.display().to_string(), "--nodes", nodes])
+        .output()
+        .expect("run dev-certs.sh");
+    assert!(
+        out.status.success(),
+        "dev-certs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A node client over mutual TLS presenting `name`'s certificate from `dir`.
+async fn tls_client(
+    dir: &std::path::Path,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> NodeClient<Channel> {
+    let tls = ec_grpc::TlsFiles {
+        cert_file: Some(dir.join(format!("{name}.pem"))),
+        key_file: Some(dir.join(format!("{name}.key"))),
+        ca_file: Some(dir.join("ca.pem")),
+        require_client_cert: false,
+    }
+    .client()
+    .expect("client TLS files")
+    .expect("TLS on");
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls config");
+    let channel = wait_for("the node accepts TLS connections", DEADLINE, || {
+        let endpoint = endpoint.clone();
+        async move { endpoint.connect().await.ok() }
+    })
+    .await;
+    NodeClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_replicates_only_as_the_node_it_names() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let dir = certs.path();
+    dev_certs(dir, "n1,n2,n3");
+    let consul = ConsulAgent::start_dev().await;
+    map(&consul, "orders", &["n1", "n2", "n3"]).await;
+
+    // Two ec-node processes on mutual TLS, each with its own node certificate; n3 is down.
+    // The cluster secret is configured, so the attacker below holds it too: what stops it
+    // is the certificate alone.
+    let data = tempfile::tempdir().expect("temp dir");
+    let secret = "s3cret-of-the-cluster";
+    let spawn = |id: &str| {
+        let (cert, key, ca) = (
+            dir.join(format!("{id}.pem")),
+            dir.join(format!("{id}.key")),
+            dir.join("ca.pem"),
+        );
+        NodeProcess::spawn_env(
+            &data.path().join(id),
+            &consul.http_addr().to_string(),
+            id,
+            &[
+                "--tls-cert",
+                &cert.display().to_string(),
+                "--tls-key",
+                &key.display().to_string(),
+                "--tls-ca",
+                &ca.display().to_string(),
+                "--tls-require-client-cert",
+                "true",
+            ],
+            &[
+                ("EVENT_CATCHER_NODE_CLUSTER_SECRET", secret),
+                ("EVENT_CATCHER_NODE_REPLICATION_MIN_INSYNC", "1"),
+            ],
+        )
+    };
+    let n1 = spawn("n1");
+    let n2 = spawn("n2");
+    let mut c = tls_client(dir, "client", n1.grpc_addr).await;
+    wait_for("n1 takes publishes as primary over TLS", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            publish_acks(&mut c, "orders", payloads("a", 3), "leader")
+                .await
+                .ok()
+        }
+    })
+    .await;
+    // The real n2 replicates over mutual TLS with its own certificate.
+    crate::replication::wait_in_sync(&c, "orders", &["n1", "n2"]).await;
+    let before = status(&mut c, "orders").await.expect("status");
+
+    // n2's certificate (stolen, or n2 itself misbehaving) claiming to be n3: refused,
+    // naming both, before anything of the session exists.
+    let mut stolen = tls_client(dir, "n2", n1.grpc_addr).await;
+    let Err(err) = open_replicate(
+        &mut stolen,
+        Some(secret),
+        "orders",
+        "n3",
+        before.epoch,
+        before.log_end_offset + 1000,
+    )
+    .await
+    else {
+        panic!("n2's certificate was accepted as n3");
+    };
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    for needle in ["claims node ID n3", "names n2"] {
+        assert!(err.message().contains(needle), "{needle}: {err:?}");
+    }
+    // A client certificate names no node at all.
+    let mut client_cert = tls_client(dir, "client", n1.grpc_addr).await;
+    let Err(err) = open_replicate(
+        &mut client_cert,
+        Some(secret),
+        "orders",
+        "n3",
+        before.epoch,
+        0,
+    )
+    .await
+    else {
+        panic!("a client certificate was accepted as n3");
+    };
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // Nothing changed: n3 never reported, the high watermark is within the log, and the
+    // real n2 is still in sync.
+    let after = status(&mut c, "orders").await.expect("status");
+    let n3 = after.replicas.iter().find(|r| r.node_id == "n3");
+    assert!(n3.is_none_or(|r| !r.known && !r.connected), "{after:?}");
+    assert!(after.high_watermark <= after.log_end_offset, "{after:?}");
+    assert_eq!(after.log_end_offset, before.log_end_offset);
+    assert!(after.in_sync.iter().any(|n| n == "n2"), "{after:?}");
+    drop((n1, n2));
 }
