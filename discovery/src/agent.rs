@@ -70,6 +70,13 @@ pub struct HttpCheck {
         skip_serializing_if = "Option::is_none"
     )]
     pub deregister_critical_service_after: Option<Duration>,
+    /// The status the check has until its first run (Consul's default is critical). The
+    /// agent runs an HTTP check first at a random moment within `interval`, so without this a
+    /// service that is up shows critical for up to one interval after it registered. Only a
+    /// *new* check takes it: registering again over an existing check keeps that check's
+    /// last status, so a node restarted after a crash is not reported passing on its word.
+    #[serde(rename = "Status", skip_serializing_if = "Option::is_none")]
+    pub initial_status: Option<CheckStatus>,
 }
 
 /// A service as an agent (or the health endpoint) reports it.
@@ -216,6 +223,7 @@ mod tests {
                 interval: Duration::from_secs(10),
                 timeout: Duration::from_millis(500),
                 deregister_critical_service_after: Some(Duration::from_secs(60)),
+                initial_status: Some(CheckStatus::Passing),
             }),
         };
         let v = serde_json::to_value(&reg).expect("json");
@@ -225,7 +233,8 @@ mod tests {
                 "ID": "node1", "Name": "streaming-node", "Address": "127.0.0.1", "Port": 50052,
                 "Tags": ["v1"], "Meta": {"data_ids": "a,b"},
                 "Check": {"HTTP": "http://127.0.0.1:50052/health", "Interval": "10s",
-                          "Timeout": "500ms", "DeregisterCriticalServiceAfter": "60s"}
+                          "Timeout": "500ms", "DeregisterCriticalServiceAfter": "60s",
+                          "Status": "passing"}
             })
         );
         let bare = ServiceRegistration {
@@ -240,10 +249,12 @@ mod tests {
         );
         let no_reap = HttpCheck {
             deregister_critical_service_after: None,
+            initial_status: None,
             ..reg.check.clone().expect("check")
         };
         let v = serde_json::to_value(&no_reap).expect("json");
         assert!(v.get("DeregisterCriticalServiceAfter").is_none());
+        assert!(v.get("Status").is_none());
     }
 
     #[test]

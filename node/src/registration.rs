@@ -1,13 +1,14 @@
 //! What this node tells Consul about itself: service `streaming-node`, ID = node ID, the
 //! address and port clients dial, tags, meta (version, data IDs held), and an HTTP check on
-//! the node's health endpoint. Keeping it registered (retries, re-registration after Consul
-//! forgets it, deregistration on shutdown) is `ec_discovery::registration::Registrar`'s job.
+//! the node's health endpoint, passing from the start. Keeping it registered (retries,
+//! re-registration after Consul forgets it, deregistration on shutdown) is
+//! `ec_discovery::registration::Registrar`'s job.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ec_core::{DataId, NodeId};
-use ec_discovery::{HttpCheck, ServiceRegistration};
+use ec_discovery::{CheckStatus, HttpCheck, ServiceRegistration};
 
 /// The Consul service name every storage node registers under.
 pub const SERVICE_NAME: &str = ec_proto::contract::NODE_SERVICE;
@@ -95,6 +96,11 @@ pub(crate) fn registration(
             interval: check.interval,
             timeout: check.timeout,
             deregister_critical_service_after: Some(check.deregister_after),
+            // The node registers once its listeners are bound, so it answers its check from
+            // the first moment; without this Consul shows it critical until the first run,
+            // up to `node.health_check.interval` later. A check the agent still holds (a
+            // node restarted after a crash) keeps its own status until it runs.
+            initial_status: Some(CheckStatus::Passing),
         }),
     }
 }

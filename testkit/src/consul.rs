@@ -8,6 +8,10 @@
 //!   survives [`ConsulAgent::restart`] so KV written before a restart is still there.
 //! - A restart reuses the same ports, node name and data dir, so clients keep their address.
 //! - Dropping the agent SIGKILLs and reaps the process and removes the temp dir.
+//! - Members of a multi-agent cluster ([`crate::ConsulCluster`]) keep `data/` too, gossip
+//!   with timings short enough that a killed agent is marked failed in ~1.5 s, and retry
+//!   joining the servers' serf LAN ports every 200 ms, so a restarted member finds the
+//!   cluster again by itself.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -46,7 +50,42 @@ enum Mode {
     /// `-dev` with ACLs on, `default_policy = "deny"`, and [`MANAGEMENT_TOKEN`] as the
     /// management ("master") token.
     DevAcl,
+    /// One of `expect` servers of a Raft cluster (`-server -bootstrap-expect <expect>`).
+    ClusterServer {
+        expect: usize,
+        gossip: Gossip,
+    },
+    /// A client agent of a cluster: no Raft state, forwards to the servers.
+    ClusterClient {
+        gossip: Gossip,
+    },
 }
+
+/// The Serf LAN timings of a cluster's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gossip {
+    /// `FAST_GOSSIP`: a dead member is failed ~1.5 s after its death; for tests.
+    Fast,
+    /// Consul's own defaults (probe every 1 s, suspicion multiplier 4): what a deployment
+    /// gets, for measurements that should show it.
+    ConsulDefault,
+}
+
+impl Mode {
+    /// Whether the agent keeps state in `data/` that must survive a restart.
+    fn has_data_dir(self) -> bool {
+        matches!(
+            self,
+            Mode::Server | Mode::ClusterServer { .. } | Mode::ClusterClient { .. }
+        )
+    }
+}
+
+/// Serf LAN timings of cluster members: a member that stops answering is suspected after one
+/// missed probe and declared failed (its `serfHealth` check critical) ~1.5 s after it died,
+/// instead of ~5-10 s with Consul's defaults. Loopback has no packet loss to tolerate.
+const FAST_GOSSIP: &str = "gossip_lan { gossip_interval = \"100ms\" probe_interval = \"200ms\" \
+                           probe_timeout = \"100ms\" suspicion_mult = 2 }";
 
 /// The management token of an agent started with [`ConsulAgent::start_dev_with_acls`].
 pub const MANAGEMENT_TOKEN: &str = "6c1b5e7a-0000-4000-8000-ec7e57ac1000";
@@ -96,6 +135,8 @@ pub struct ConsulAgent {
     http: reqwest::Client,
     /// An HTTPS listener next to the HTTP one: (port, certificate file, key file).
     https: Option<(u16, PathBuf, PathBuf)>,
+    /// Serf LAN ports of the cluster's servers to `-retry-join` (cluster members only).
+    join: Vec<u16>,
 }
 
 impl ConsulAgent {
@@ -183,6 +224,13 @@ impl ConsulAgent {
     }
 
     async fn start_with(mode: Mode, https: Option<(u16, PathBuf, PathBuf)>) -> ConsulAgent {
+        let mut agent = Self::unstarted(mode, https);
+        agent.start_retrying().await;
+        agent
+    }
+
+    /// An agent with fresh ports and its own dir, not running yet.
+    fn unstarted(mode: Mode, https: Option<(u16, PathBuf, PathBuf)>) -> ConsulAgent {
         static NEXT_ID: AtomicU32 = AtomicU32::new(0);
         let binary = consul_binary().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::Builder::new()
@@ -201,7 +249,7 @@ impl ConsulAgent {
             .no_proxy()
             .build()
             .unwrap_or_else(|e| panic!("cannot build an HTTP client for readiness checks: {e}"));
-        let mut agent = ConsulAgent {
+        ConsulAgent {
             binary,
             mode,
             ports: Ports::fresh(),
@@ -210,25 +258,82 @@ impl ConsulAgent {
             child: None,
             http,
             https,
-        };
+            join: Vec::new(),
+        }
+    }
 
+    /// A server of a cluster of `expect` servers, not running yet (see [`crate::ConsulCluster`]).
+    pub(crate) fn unstarted_cluster_server(expect: usize, gossip: Gossip) -> ConsulAgent {
+        Self::unstarted(Mode::ClusterServer { expect, gossip }, None)
+    }
+
+    /// A client agent of a cluster, not running yet (see [`crate::ConsulCluster`]).
+    pub(crate) fn unstarted_cluster_client(gossip: Gossip) -> ConsulAgent {
+        Self::unstarted(Mode::ClusterClient { gossip }, None)
+    }
+
+    /// Sets the serf LAN ports this agent retry-joins.
+    pub(crate) fn set_join(&mut self, serf_lan_ports: Vec<u16>) {
+        self.join = serf_lan_ports;
+    }
+
+    /// Spawns the agent without waiting for it to be ready (members of a cluster are all
+    /// spawned first: none has a leader before enough servers run).
+    pub(crate) fn spawn_only(&mut self) {
+        self.spawn_child();
+    }
+
+    /// Waits until an agent spawned with [`ConsulAgent::spawn_only`] is ready, respawning it
+    /// on fresh ports if it died at start.
+    pub(crate) async fn wait_started(&mut self) {
+        match self.wait_ready().await {
+            Ok(()) => {}
+            Err(StartFailure::Exited(status)) => {
+                eprintln!(
+                    "ec-testkit: consul agent {} exited at start ({status}); retrying on new ports",
+                    self.node_name
+                );
+                self.fresh_ports();
+                self.start_retrying().await;
+            }
+            Err(StartFailure::NotReady) => self.panic_not_ready(),
+        }
+    }
+
+    fn panic_not_ready(&self) -> ! {
+        panic!(
+            "consul agent on {} was not ready within {READY_DEADLINE:?} (no leader or \
+             /v1/agent/self not answering); is the machine overloaded? Log tail:\n{}",
+            self.http_url(),
+            self.log_tail()
+        )
+    }
+
+    /// New ports (and, for an agent with state, a clean data dir: a half-initialised raft
+    /// store would tie the agent to the old ports).
+    fn fresh_ports(&mut self) {
+        self.ports = Ports::fresh();
+        if let Some((port, _, _)) = self.https.as_mut() {
+            *port = free_port();
+        }
+        if self.mode.has_data_dir() {
+            let _ = std::fs::remove_dir_all(self.data_dir());
+        }
+    }
+
+    /// Spawns and waits until ready, on fresh ports after each exit at start.
+    async fn start_retrying(&mut self) {
+        let agent = self;
         for attempt in 1..=START_ATTEMPTS {
             match agent.spawn_and_wait().await {
-                Ok(()) => return agent,
+                Ok(()) => return,
                 Err(StartFailure::Exited(status)) if attempt < START_ATTEMPTS => {
                     eprintln!(
                         "ec-testkit: consul agent {} exited at start ({status}), attempt \
                          {attempt}/{START_ATTEMPTS}; retrying on new ports",
                         agent.node_name
                     );
-                    agent.ports = Ports::fresh();
-                    if let Some((port, _, _)) = agent.https.as_mut() {
-                        *port = free_port();
-                    }
-                    if mode == Mode::Server {
-                        // A half-initialised raft store would tie the agent to the old ports.
-                        let _ = std::fs::remove_dir_all(agent.data_dir());
-                    }
+                    agent.fresh_ports();
                 }
                 Err(StartFailure::Exited(status)) => panic!(
                     "consul agent exited at start {START_ATTEMPTS} times (last: {status}); are \
@@ -237,12 +342,7 @@ impl ConsulAgent {
                     agent.binary.display(),
                     agent.log_tail()
                 ),
-                Err(StartFailure::NotReady) => panic!(
-                    "consul agent on {} was not ready within {READY_DEADLINE:?} (no leader or \
-                     /v1/agent/self not answering); is the machine overloaded? Log tail:\n{}",
-                    agent.http_url(),
-                    agent.log_tail()
-                ),
+                Err(StartFailure::NotReady) => agent.panic_not_ready(),
             }
         }
         unreachable!("the last start attempt either returns or panics")
@@ -266,6 +366,26 @@ impl ConsulAgent {
     /// The agent's HTTP API port.
     pub fn port(&self) -> u16 {
         self.ports.http
+    }
+
+    /// The agent's serf LAN port (what other agents join).
+    pub fn serf_lan_port(&self) -> u16 {
+        self.ports.serf_lan
+    }
+
+    /// The server RPC address, as `/v1/status/leader` names the leader (`127.0.0.1:PORT`).
+    pub fn server_rpc_addr(&self) -> String {
+        format!("{}:{}", Ipv4Addr::LOCALHOST, self.ports.server)
+    }
+
+    /// The agent's Consul node name (unique per agent).
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Whether the agent process is running (not killed or stopped by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills the agent with SIGKILL and reaps it; a crash, as far as Consul is concerned.
@@ -392,6 +512,25 @@ impl ConsulAgent {
                     // Leader in ~1.5 s instead of ~9 s with the production default of 5.
                     .args(["-hcl", "performance { raft_multiplier = 1 }"]);
             }
+            Mode::ClusterServer { expect, .. } => {
+                cmd.args(["-server", "-bootstrap-expect", &expect.to_string()])
+                    .arg("-data-dir")
+                    .arg(self.data_dir())
+                    // What Consul recommends for production servers too.
+                    .args(["-hcl", "performance { raft_multiplier = 1 }"]);
+            }
+            Mode::ClusterClient { .. } => {
+                cmd.arg("-data-dir").arg(self.data_dir());
+            }
+        }
+        if let Mode::ClusterServer { gossip, .. } | Mode::ClusterClient { gossip } = self.mode {
+            if gossip == Gossip::Fast {
+                cmd.args(["-hcl", FAST_GOSSIP]);
+            }
+            cmd.args(["-retry-interval", "200ms"]);
+            for port in &self.join {
+                cmd.arg("-retry-join").arg(format!("127.0.0.1:{port}"));
+            }
         }
         let port = |p: u16| p.to_string();
         cmd.args(["-node", &self.node_name])
@@ -421,6 +560,12 @@ impl ConsulAgent {
 
     /// Spawns the agent (the log is appended to) and waits until it is ready.
     async fn spawn_and_wait(&mut self) -> Result<(), StartFailure> {
+        self.spawn_child();
+        self.wait_ready().await
+    }
+
+    /// Spawns the agent process; its output is appended to the log.
+    fn spawn_child(&mut self) {
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -451,7 +596,10 @@ impl ConsulAgent {
             )
         });
         self.child = Some(child);
+    }
 
+    /// Waits until the spawned agent is ready, or has exited, or the deadline passed.
+    async fn wait_ready(&mut self) -> Result<(), StartFailure> {
         let deadline = tokio::time::Instant::now() + READY_DEADLINE;
         loop {
             if let Some(child) = self.child.as_mut() {

@@ -1,4 +1,5 @@
-//! Test support for Event Catcher: real Consul agents on free loopback ports, waiting on
+//! Test support for Event Catcher: real Consul agents on free loopback ports (one dev agent,
+//! or a multi-server cluster with client agents: [`ConsulCluster`]), waiting on
 //! conditions with deadlines instead of bare sleeps, and raw gRPC calls ([`raw_unary`]).
 //!
 //! Invariants this crate keeps for every test that uses it:
@@ -13,6 +14,7 @@
 //!
 //! This is test code: failures panic, and every panic message says what to do about it.
 
+mod cluster;
 mod consul;
 mod raw;
 
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+pub use cluster::ConsulCluster;
 pub use consul::{ConsulAgent, MANAGEMENT_TOKEN};
 pub use raw::{RawCodec, raw_unary};
 

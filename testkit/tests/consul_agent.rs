@@ -103,3 +103,59 @@ async fn agents_side_by_side_get_different_ports() {
     let ports: HashSet<u16> = [a.port(), b.port()].into_iter().collect();
     assert_eq!(ports.len(), 2);
 }
+
+#[tokio::test]
+async fn cluster_keeps_kv_through_server_loss_and_marks_a_dead_client_failed() {
+    let mut cluster = ec_testkit::ConsulCluster::start(3, 2).await;
+    // A write through one client agent is read through another: one cluster.
+    kv_put(cluster.client(0), "ec/cluster", "one").await;
+    assert_eq!(
+        kv_get(cluster.client(1), "ec/cluster").await.as_deref(),
+        Some("one")
+    );
+
+    // The leader dies: the other two elect a new one and KV goes on.
+    let leader = cluster.wait_leader(DEADLINE).await;
+    cluster.server_mut(leader).kill();
+    let next = cluster.wait_leader(DEADLINE).await;
+    assert_ne!(next, leader);
+    wait_for("a KV write without the old leader", DEADLINE, || async {
+        let resp = client()
+            .put(format!("{}/v1/kv/ec/cluster", cluster.client(1).http_url()))
+            .body("two")
+            .send()
+            .await
+            .ok()?;
+        resp.status().is_success().then_some(())
+    })
+    .await;
+    // It comes back on its data dir and rejoins.
+    cluster.server_mut(leader).restart().await;
+    assert_eq!(
+        kv_get(cluster.server(leader), "ec/cluster")
+            .await
+            .as_deref(),
+        Some("two")
+    );
+
+    // A client agent SIGKILLed: Serf marks its node failed.
+    assert_eq!(
+        cluster.serf_health(cluster.client(1)).await.as_deref(),
+        Some("passing")
+    );
+    cluster.client_mut(1).kill();
+    wait_for(
+        "serfHealth critical for the dead agent",
+        DEADLINE,
+        || async {
+            (cluster.serf_health(cluster.client(1)).await.as_deref() == Some("critical"))
+                .then_some(())
+        },
+    )
+    .await;
+    cluster.client_mut(1).restart().await;
+    wait_for("serfHealth passing again", DEADLINE, || async {
+        (cluster.serf_health(cluster.client(1)).await.as_deref() == Some("passing")).then_some(())
+    })
+    .await;
+}

@@ -93,6 +93,7 @@ impl CheckTarget {
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(500),
             deregister_critical_service_after: None,
+            initial_status: None,
         }
     }
 }

@@ -83,6 +83,25 @@ async fn registers_with_a_passing_check_and_deregisters_on_shutdown() {
 }
 
 #[tokio::test]
+async fn is_passing_from_registration_before_consul_first_runs_its_check() {
+    let consul = ConsulAgent::start_dev().await;
+    // Consul runs an HTTP check first at a random moment within its interval: with an hour,
+    // not during this test, so the status seen is the one the node registered with.
+    let _node = TestNode::start(&consul.http_url(), |s| {
+        s.check_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let entry = wait_for("node1 registered", DEADLINE, || async {
+        health_entries(&consul)
+            .await?
+            .into_iter()
+            .find(|e| e["Service"]["ID"] == "node1")
+    })
+    .await;
+    assert_eq!(check_status(&entry), Some("passing"), "{entry}");
+}
+
+#[tokio::test]
 async fn health_endpoints_report_serving_and_reflection_lists_services() {
     let node = TestNode::start(NO_CONSUL, |_| {}).await;
     let body = reqwest::get(format!("http://{}/health", node.health_addr))

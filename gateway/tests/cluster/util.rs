@@ -1,0 +1,422 @@
+//! Scaffolding of the cluster tests: the topology (Consul cluster, machines, gateway), the
+//! producers and readers that run through it, and the final check of what they saw.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ec_client::{Client, Mode, Start, StreamOptions};
+use ec_proto::gateway_client::GatewayClient;
+use ec_proto::{GetNodeRequest, GetNodeResponse, StreamInfoRequest, StreamRequest};
+use ec_testkit::{ConsulCluster, wait_for};
+pub use ec_testnode::{DEADLINE, NodeProcess, connect, data_id, node_id, store};
+use futures_util::StreamExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// One test topology at a time (see the crate docs).
+pub static TOPOLOGY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Consul servers of the topology.
+pub const SERVERS: usize = 3;
+/// Machines that run a node; one more agent runs the gateway.
+pub const MACHINES: usize = 3;
+
+/// The whole deployment: Consul, three machines (agent + node) and a gateway on a fourth
+/// agent. Dropping it kills every process and removes every dir.
+pub struct Topology {
+    pub consul: ConsulCluster,
+    /// The node of machine `i`, `None` while it is down.
+    pub nodes: Vec<Option<NodeProcess>>,
+    /// The node IDs, `n1`.. by machine.
+    pub ids: Vec<String>,
+    /// The node data dirs, kept across restarts.
+    dirs: Vec<PathBuf>,
+    pub gateway: TestGateway,
+    _dir: tempfile::TempDir,
+}
+
+impl Topology {
+    /// Starts Consul (3 servers, 4 client agents), one replicating node per machine registered
+    /// with its machine's agent, and a gateway on the fourth agent; waits until the gateway
+    /// sees every node.
+    pub async fn start() -> Topology {
+        let consul = ConsulCluster::start(SERVERS, MACHINES + 1).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let ids: Vec<String> = (1..=MACHINES).map(|i| format!("n{i}")).collect();
+        let dirs: Vec<PathBuf> = ids.iter().map(|id| dir.path().join(id)).collect();
+        let nodes = (0..MACHINES)
+            .map(|m| {
+                Some(NodeProcess::spawn_replicated(
+                    &dirs[m],
+                    &consul.client(m).http_url(),
+                    &ids[m],
+                ))
+            })
+            .collect();
+        let gateway = TestGateway::start(&consul.client(MACHINES).http_url()).await;
+        Topology {
+            consul,
+            nodes,
+            ids,
+            dirs,
+            gateway,
+            _dir: dir,
+        }
+    }
+
+    /// The machine (0-based) that runs node `id`.
+    pub fn machine_of(&self, id: &str) -> usize {
+        self.ids
+            .iter()
+            .position(|n| n == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// SIGKILLs the node of machine `m`.
+    pub fn kill_node(&mut self, m: usize) {
+        if let Some(mut n) = self.nodes[m].take() {
+            n.kill9();
+        }
+    }
+
+    /// Starts the node of machine `m` again on its data dir, registered with its agent.
+    pub fn restart_node(&mut self, m: usize) {
+        self.nodes[m] = Some(NodeProcess::spawn_replicated(
+            &self.dirs[m],
+            &self.consul.client(m).http_url(),
+            &self.ids[m],
+        ));
+    }
+
+    /// SIGKILLs machine `m`: its Consul agent and its node, as a power cut would.
+    pub fn kill_machine(&mut self, m: usize) {
+        self.consul.client_mut(m).kill();
+        self.kill_node(m);
+    }
+
+    /// Boots machine `m` again: its agent (same ports and data dir), then its node.
+    pub async fn restart_machine(&mut self, m: usize) {
+        self.consul.client_mut(m).restart().await;
+        self.restart_node(m);
+    }
+
+    /// Ensures every node runs and waits until every node holds the same complete log of
+    /// `data_id`; returns that log as (offset, payload).
+    pub async fn converged_log(&mut self, data_id: &str) -> Vec<(u64, Bytes)> {
+        for m in 0..MACHINES {
+            if self.nodes[m].is_none() {
+                self.restart_node(m);
+            }
+        }
+        let mut clients = Vec::new();
+        for n in self.nodes.iter().flatten() {
+            clients.push(connect(n.grpc_addr).await);
+        }
+        wait_for("all nodes converge", DEADLINE * 2, || {
+            let clients = clients.clone();
+            async move {
+                let mut ends = Vec::new();
+                for mut c in clients {
+                    let i = c
+                        .get_stream_info(StreamInfoRequest {
+                            data_id: data_id.into(),
+                        })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    ends.push((i.next_offset, i.log_end_offset));
+                }
+                (ends[0].0 == ends[0].1 && ends.iter().all(|e| *e == ends[0])).then_some(())
+            }
+        })
+        .await;
+        let mut logs = Vec::new();
+        for c in &mut clients {
+            let mut stream = c
+                .stream_batches(StreamRequest {
+                    data_id: data_id.into(),
+                    follow: Some(false),
+                    ..Default::default()
+                })
+                .await
+                .expect("read")
+                .into_inner();
+            let mut log = Vec::new();
+            while let Some(b) = stream.message().await.expect("batch") {
+                log.extend(b.events.into_iter().map(|e| (e.offset, e.data)));
+            }
+            logs.push(log);
+        }
+        for (i, log) in logs.iter().enumerate().skip(1) {
+            assert!(
+                log == &logs[0],
+                "{} and {} differ",
+                self.ids[0],
+                self.ids[i]
+            );
+        }
+        logs.swap_remove(0)
+    }
+}
+
+/// A gateway inside the test process, on the fourth machine's agent.
+pub struct TestGateway {
+    pub addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), ec_gateway::GatewayError>>,
+}
+
+impl TestGateway {
+    async fn start(consul_url: &str) -> TestGateway {
+        let mut settings = ec_gateway::GatewaySettings::new(consul_url);
+        settings.kv_prefix = ec_testnode::KV_PREFIX.into();
+        settings.watch_wait = Duration::from_secs(10);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(ec_gateway::run(settings, listener, shutdown.clone()));
+        TestGateway {
+            addr,
+            shutdown,
+            handle,
+        }
+    }
+
+    pub async fn client(&self) -> GatewayClient<Channel> {
+        let url = format!("http://{}", self.addr);
+        wait_for("gateway accepts gRPC connections", DEADLINE, || {
+            let url = url.clone();
+            async move { GatewayClient::connect(url).await.ok() }
+        })
+        .await
+    }
+
+    /// Graceful shutdown; fails the test if the gateway stopped with an error.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, self.handle)
+            .await
+            .expect("gateway stops within the deadline")
+            .expect("gateway task did not panic")
+            .expect("gateway stopped cleanly");
+    }
+}
+
+/// Waits until `GetNodeForData(data_id)` answers and `pred` holds for the answer.
+pub async fn wait_route(
+    gw: &GatewayClient<Channel>,
+    data_id: &str,
+    what: &str,
+    pred: impl Fn(&GetNodeResponse) -> bool,
+) -> GetNodeResponse {
+    wait_for(what, DEADLINE, || {
+        let mut gw = gw.clone();
+        let pred = &pred;
+        async move {
+            gw.get_node_for_data(GetNodeRequest {
+                data_id: data_id.into(),
+            })
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+            .filter(|r| pred(r))
+        }
+    })
+    .await
+}
+
+/// The candidates' node IDs of a route.
+pub fn candidate_ids(r: &GetNodeResponse) -> Vec<&str> {
+    r.candidates.iter().map(|c| c.node_id.as_str()).collect()
+}
+
+/// Events per producer batch.
+const EVENTS_PER_BATCH: usize = 3;
+
+/// The payloads of batch `n` of producer `who`: `"{who}-{n:06}-{i}"`.
+pub fn batch(who: &str, n: usize) -> Vec<Bytes> {
+    (0..EVENTS_PER_BATCH)
+        .map(|i| Bytes::from(format!("{who}-{n:06}-{i}")))
+        .collect()
+}
+
+/// What one producer got back: (batch number, acknowledgement), in completion order.
+pub type Acks = Arc<Mutex<Vec<(usize, ec_client::Published)>>>;
+
+/// A retrying idempotent producer through the gateway until `stop`: pipelined (`window`
+/// batches in flight) in proxy mode when `window > 1`, else one `Client::publish` at a time
+/// in redirect mode. Fails the test if it ever gives up.
+pub fn producer(
+    gateway: &TestGateway,
+    data_id: &'static str,
+    who: &'static str,
+    window: usize,
+    stop: CancellationToken,
+) -> (Acks, JoinHandle<()>) {
+    let acks: Acks = Arc::default();
+    let out = acks.clone();
+    let addr = gateway.addr.to_string();
+    let task = tokio::spawn(async move {
+        let client = Client::connect(&addr).await.expect("sdk client");
+        let mut n = 0;
+        if window <= 1 {
+            while !stop.is_cancelled() {
+                let published = client
+                    .publish(data_id, batch(who, n))
+                    .await
+                    .unwrap_or_else(|e| panic!("producer {who} gave up: {e}"));
+                out.lock().expect("lock").push((n, published));
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            return;
+        }
+        let publisher = client
+            .with_mode(Mode::Proxy)
+            .publisher(data_id, window)
+            .await
+            .unwrap_or_else(|e| panic!("producer {who}: {e}"));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, ec_client::PendingPublish)>(64);
+        let waiter = tokio::spawn(async move {
+            while let Some((n, pending)) = rx.recv().await {
+                let published = pending
+                    .await
+                    .unwrap_or_else(|e| panic!("producer {who} gave up: {e}"));
+                out.lock().expect("lock").push((n, published));
+            }
+        });
+        while !stop.is_cancelled() {
+            let pending = publisher
+                .send(batch(who, n))
+                .await
+                .unwrap_or_else(|e| panic!("producer {who}: {e}"));
+            if tx.send((n, pending)).await.is_err() {
+                break;
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(tx);
+        waiter.await.expect("every batch acknowledged");
+        publisher.close().await.expect("clean close");
+    });
+    (acks, task)
+}
+
+/// Waits until `acks` holds `more` acknowledgements beyond what it holds now; returns how
+/// long that took.
+pub async fn wait_acks(acks: &Acks, more: usize, what: &str) -> Duration {
+    let start = Instant::now();
+    let before = acks.lock().expect("lock").len();
+    wait_for(what, DEADLINE * 2, || {
+        let n = acks.lock().expect("lock").len();
+        async move { (n >= before + more).then_some(()) }
+    })
+    .await;
+    start.elapsed()
+}
+
+/// What a reader saw: (offset, payload) in delivery order.
+pub type Seen = Arc<Mutex<Vec<(u64, Bytes)>>>;
+
+/// A reader through the SDK's resumable stream (redirect mode: straight to a node the gateway
+/// names), from offset 0, following; it checks order as it goes.
+pub fn reader(gateway: &TestGateway, data_id: &'static str, stop: CancellationToken) -> Seen {
+    let seen: Seen = Arc::default();
+    let out = seen.clone();
+    let addr = gateway.addr.to_string();
+    tokio::spawn(async move {
+        let client = Client::connect(&addr).await.expect("sdk client");
+        while !stop.is_cancelled() {
+            let next = out.lock().expect("lock").len() as u64;
+            let mut stream = client.stream(
+                data_id,
+                StreamOptions::from_start(Start::Offset(ec_client::Offset(next))),
+            );
+            loop {
+                let item = tokio::select! {
+                    () = stop.cancelled() => return,
+                    item = stream.next() => item,
+                };
+                match item {
+                    Some(Ok(ec_client::Delivery::Batch { events, .. })) => {
+                        let mut seen = out.lock().expect("lock");
+                        for e in events {
+                            assert_eq!(e.offset.0, seen.len() as u64, "reader out of order");
+                            seen.push((e.offset.0, e.data));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    seen
+}
+
+/// Every batch of `who`: acknowledged once, in send order, where its acknowledgement says in
+/// `log`; stored exactly once, in send order.
+pub fn check_producer(who: &str, acks: &Acks, log: &[(u64, Bytes)]) {
+    let acks = acks.lock().expect("lock").clone();
+    assert!(!acks.is_empty(), "producer {who} published");
+    let mut last_offset = None;
+    for (i, (n, p)) in acks.iter().enumerate() {
+        assert_eq!(*n, i, "{who} acknowledged in send order, each once");
+        assert!(
+            last_offset.is_none_or(|l| l < p.first.0),
+            "{who} batch {n} stored after the one before"
+        );
+        last_offset = Some(p.last.0);
+        for (k, payload) in batch(who, *n).iter().enumerate() {
+            assert_eq!(
+                log.get(p.first.0 as usize + k).map(|e| &e.1),
+                Some(payload),
+                "{who} batch {n} is where its acknowledgement says"
+            );
+        }
+    }
+    let prefix = format!("{who}-");
+    let stored: Vec<&Bytes> = log
+        .iter()
+        .map(|e| &e.1)
+        .filter(|d| d.starts_with(prefix.as_bytes()))
+        .collect();
+    let sent: Vec<Bytes> = (0..acks.len()).flat_map(|n| batch(who, n)).collect();
+    assert_eq!(
+        stored.len(),
+        sent.len(),
+        "every {who} event stored exactly once (no duplicate, none missing)"
+    );
+    assert!(
+        stored.iter().zip(&sent).all(|(a, b)| *a == b),
+        "{who}'s events are stored in its send order"
+    );
+}
+
+/// A reader saw a gapless prefix of `log`, each offset with its content.
+pub fn check_reader(seen: &Seen, log: &[(u64, Bytes)]) {
+    let seen = seen.lock().expect("lock").clone();
+    assert!(!seen.is_empty(), "the reader saw events");
+    assert!(seen.len() <= log.len(), "the reader saw more than exists");
+    for (i, (offset, data)) in seen.iter().enumerate() {
+        assert_eq!(*offset, i as u64, "reader gapless");
+        assert_eq!(
+            Some(data),
+            log.get(i).map(|e| &e.1),
+            "reader saw offset {i} with other content than the final log"
+        );
+    }
+}
+
+/// Not a test: the body of a [`NodeProcess`] (see [`ec_testnode::child_main`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of the node child process started by NodeProcess::spawn"]
+async fn node_process_child() {
+    ec_testnode::child_main().await;
+}
