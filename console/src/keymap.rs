@@ -49,6 +49,14 @@ pub enum Context {
 }
 
 impl Context {
+    /// The views' contexts, in tab order.
+    pub const VIEWS: [Context; 4] = [
+        Context::Mappings,
+        Context::Health,
+        Context::Tail,
+        Context::Replication,
+    ];
+
     /// Heading of this context in the help overlay.
     pub fn title(self) -> &'static str {
         match self {
@@ -98,10 +106,7 @@ impl Context {
 
     /// Whether the global keys apply under this context (only in the views).
     fn falls_back_to_global(self) -> bool {
-        matches!(
-            self,
-            Context::Mappings | Context::Health | Context::Tail | Context::Replication
-        )
+        Context::VIEWS.contains(&self)
     }
 }
 
@@ -681,6 +686,72 @@ static HELP: &[Binding] = &[
     ),
 ];
 
+/// One line of the help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelpLine {
+    /// A section title.
+    Heading(&'static str),
+    /// Keys and what they do.
+    Entry(String, &'static str),
+    /// Free text.
+    Text(&'static str),
+    /// Space between sections.
+    Blank,
+}
+
+/// Every line of the `?` help, with the keys of `view` (a view's context) first after the
+/// global ones; the other views, the popups, the `:` commands and the status legend follow.
+pub fn help_lines(view: Context) -> Vec<HelpLine> {
+    let mut contexts = vec![Context::Global, view];
+    contexts.extend(Context::VIEWS.into_iter().filter(|c| *c != view));
+    contexts.extend([
+        Context::Form,
+        Context::Confirm,
+        Context::Promote,
+        Context::PromoteRefused,
+        Context::Conflict,
+        Context::Picker,
+        Context::Detail,
+        Context::Prompt,
+        Context::Text,
+        Context::Help,
+    ]);
+    let mut lines = Vec::new();
+    for ctx in contexts {
+        lines.push(HelpLine::Heading(ctx.title()));
+        for b in ctx.bindings() {
+            lines.push(HelpLine::Entry(b.keys_label(), b.help));
+        }
+        lines.push(HelpLine::Blank);
+    }
+    lines.push(HelpLine::Heading(
+        "Commands (type : then the command, Enter)",
+    ));
+    for c in COMMANDS {
+        let names = c
+            .names
+            .iter()
+            .map(|n| format!(":{n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let shown = if c.args.is_empty() {
+            names
+        } else {
+            format!("{names} {}", c.args)
+        };
+        lines.push(HelpLine::Entry(shown, c.help));
+    }
+    lines.push(HelpLine::Blank);
+    lines.push(HelpLine::Heading("Node status"));
+    lines.push(HelpLine::Text(
+        "✓ passing   ! warning   ✗ critical   – gone (deregistered)   ? not registered in Consul",
+    ));
+    lines.push(HelpLine::Text(
+        "⚡ flapping: many transitions in the last 10 minutes   * primary   times are UTC",
+    ));
+    lines
+}
+
 /// What a key press means in `context`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
@@ -742,12 +813,7 @@ mod tests {
         KeyEvent::new(code, mods)
     }
 
-    const VIEWS: [Context; 4] = [
-        Context::Mappings,
-        Context::Health,
-        Context::Tail,
-        Context::Replication,
-    ];
+    const VIEWS: [Context; 4] = Context::VIEWS;
 
     #[test]
     fn views_fall_back_to_global_keys() {

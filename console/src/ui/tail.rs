@@ -6,24 +6,15 @@
 //! screen, so drawing costs the same at 10 or 50 000 events/s.
 
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, TableState};
 
 use crate::app::App;
 use crate::app::command::{clock_time, clock_time_ms};
 use crate::app::tail::{StreamStatus, TailMode};
+use crate::geometry::{table_rows, tail_split};
 use crate::ui::Theme;
-
-/// Lines of status above the table.
-const STATUS_LINES: u16 = 3;
-
-/// The table's area within the view's area.
-pub(super) fn table_area(body: Rect) -> Rect {
-    let [_, table] =
-        Layout::vertical([Constraint::Length(STATUS_LINES), Constraint::Min(0)]).areas(body);
-    table
-}
 
 /// `12345` → `12,345`.
 pub(super) fn grouped(n: u64) -> String {
@@ -93,8 +84,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
         );
         return;
     };
-    let [status_area, table_area] =
-        Layout::vertical([Constraint::Length(STATUS_LINES), Constraint::Min(0)]).areas(area);
+    let (status_area, table_area) = tail_split(area);
 
     // Line 1: what, mode, who, how fast, how full.
     let mut l1 = vec![Span::styled(format!(" {data_id} "), theme.title())];
@@ -189,7 +179,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
         status_area,
     );
 
-    let rows_visible = usize::from(table_area.height.saturating_sub(3)).max(1);
+    let rows_visible = table_rows(table_area);
     let (start, end, selected) = t.window(rows_visible);
     let offset_width = t
         .buffer
