@@ -466,10 +466,10 @@ static TAIL: &[Binding] = &[
         Action::Follow,
         "follow the end again",
     ),
-    // Not `1`: the digits switch views everywhere. `<`/`>` as in less(1), `0` kept for the
-    // operators who learnt it (no view has the number 0).
+    // Not digits: they switch views everywhere (k9s and gitui number their views the same
+    // way). `<`/`>` go to either end as in less(1).
     b(
-        &[Key::ch('>'), Key::ch('0')],
+        &[Key::ch('>')],
         Action::SeekLatest,
         "seek to the latest event (follow)",
     ),
@@ -539,11 +539,11 @@ static FORM: &[Binding] = &[
 ];
 
 static CONFIRM: &[Binding] = &[
-    b(&[Key::ch('y')], Action::Confirm, "yes, delete"),
+    b(&[Key::ch('y')], Action::Confirm, "delete (yes)"),
     b(
         &[Key::ch('n'), Key::plain(KeyCode::Esc)],
         Action::Cancel,
-        "no, keep it",
+        "keep it (no)",
     ),
 ];
 
@@ -553,7 +553,7 @@ static PROMOTE: &[Binding] = &[
     b(
         &[Key::plain(KeyCode::Enter)],
         Action::Confirm,
-        "make it the primary",
+        "promote: make it the primary",
     ),
     b(&[Key::plain(KeyCode::Esc)], Action::Cancel, "cancel"),
 ];
@@ -594,7 +594,11 @@ static DETAIL: &[Binding] = &[
     b(DOWN, Action::Down, "scroll down"),
     b(PGUP, Action::PageUp, "page up"),
     b(PGDN, Action::PageDown, "page down"),
-    b(&[Key::ch('x')], Action::ToggleHex, "text / hex dump"),
+    b(
+        &[Key::ch('x')],
+        Action::ToggleHex,
+        "toggle hex (text / hex dump)",
+    ),
     b(
         &[
             Key::plain(KeyCode::Esc),
@@ -838,6 +842,21 @@ mod tests {
             resolve(Context::Tail, &big_g),
             Resolved::Action(Action::Follow)
         );
+    }
+
+    #[test]
+    fn digits_only_switch_views() {
+        for ctx in VIEWS {
+            for binding in ctx.bindings() {
+                for k in binding.keys {
+                    assert!(
+                        !matches!(k.code, KeyCode::Char('0'..='9')),
+                        "{ctx:?} binds {}: the digits switch views, the tab bar says so",
+                        k.label()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

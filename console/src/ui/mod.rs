@@ -224,13 +224,22 @@ fn draw_keys(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
         push("q".into(), "quit");
     } else {
         for b in ctx.bindings().iter().take(6) {
-            push(
-                b.keys_label(),
-                b.help.split([' ', '(']).next().unwrap_or(b.help),
-            );
+            push(b.keys_label(), hint(b.help));
         }
     }
     frame.render_widget(Paragraph::new(Line::from(spans)).style(theme.dim()), area);
+}
+
+/// The key hint for a binding's help line: what comes before a comma, colon or
+/// parenthesis, if that is one or two words (`scroll up`, `cancel`), else its first word
+/// (`promote: make it the primary` → `promote`).
+fn hint(help: &str) -> &str {
+    let head = help.split([',', ':', '(']).next().unwrap_or(help).trim();
+    if head.split_whitespace().count() <= 2 {
+        head
+    } else {
+        head.split_whitespace().next().unwrap_or(head)
+    }
 }
 
 fn short_name(action: Action) -> &'static str {
