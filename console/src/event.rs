@@ -167,6 +167,9 @@ pub enum TailMsg {
         start: Start,
         /// Set when the asked offset was below the retained range: (asked, earliest).
         clamped: Option<(u64, u64)>,
+        /// The end of the log (the next offset to be written) when the stream started, if
+        /// known: events below it are history, not news.
+        end: Option<u64>,
     },
     /// Events, in offset order, each batch from one node.
     Events(Vec<TailBatch>),

@@ -49,6 +49,14 @@ pub enum Context {
 }
 
 impl Context {
+    /// The views' contexts, in tab order.
+    pub const VIEWS: [Context; 4] = [
+        Context::Mappings,
+        Context::Health,
+        Context::Tail,
+        Context::Replication,
+    ];
+
     /// Heading of this context in the help overlay.
     pub fn title(self) -> &'static str {
         match self {
@@ -98,10 +106,7 @@ impl Context {
 
     /// Whether the global keys apply under this context (only in the views).
     fn falls_back_to_global(self) -> bool {
-        matches!(
-            self,
-            Context::Mappings | Context::Health | Context::Tail | Context::Replication
-        )
+        Context::VIEWS.contains(&self)
     }
 }
 
@@ -461,10 +466,10 @@ static TAIL: &[Binding] = &[
         Action::Follow,
         "follow the end again",
     ),
-    // Not `1`: the digits switch views everywhere. `<`/`>` as in less(1), `0` kept for the
-    // operators who learnt it (no view has the number 0).
+    // Not digits: they switch views everywhere (k9s and gitui number their views the same
+    // way). `<`/`>` go to either end as in less(1).
     b(
-        &[Key::ch('>'), Key::ch('0')],
+        &[Key::ch('>')],
         Action::SeekLatest,
         "seek to the latest event (follow)",
     ),
@@ -534,11 +539,11 @@ static FORM: &[Binding] = &[
 ];
 
 static CONFIRM: &[Binding] = &[
-    b(&[Key::ch('y')], Action::Confirm, "yes, delete"),
+    b(&[Key::ch('y')], Action::Confirm, "delete (yes)"),
     b(
         &[Key::ch('n'), Key::plain(KeyCode::Esc)],
         Action::Cancel,
-        "no, keep it",
+        "keep it (no)",
     ),
 ];
 
@@ -548,7 +553,7 @@ static PROMOTE: &[Binding] = &[
     b(
         &[Key::plain(KeyCode::Enter)],
         Action::Confirm,
-        "make it the primary",
+        "promote: make it the primary",
     ),
     b(&[Key::plain(KeyCode::Esc)], Action::Cancel, "cancel"),
 ];
@@ -589,7 +594,11 @@ static DETAIL: &[Binding] = &[
     b(DOWN, Action::Down, "scroll down"),
     b(PGUP, Action::PageUp, "page up"),
     b(PGDN, Action::PageDown, "page down"),
-    b(&[Key::ch('x')], Action::ToggleHex, "text / hex dump"),
+    b(
+        &[Key::ch('x')],
+        Action::ToggleHex,
+        "toggle hex (text / hex dump)",
+    ),
     b(
         &[
             Key::plain(KeyCode::Esc),
@@ -681,6 +690,72 @@ static HELP: &[Binding] = &[
     ),
 ];
 
+/// One line of the help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelpLine {
+    /// A section title.
+    Heading(&'static str),
+    /// Keys and what they do.
+    Entry(String, &'static str),
+    /// Free text.
+    Text(&'static str),
+    /// Space between sections.
+    Blank,
+}
+
+/// Every line of the `?` help, with the keys of `view` (a view's context) first after the
+/// global ones; the other views, the popups, the `:` commands and the status legend follow.
+pub fn help_lines(view: Context) -> Vec<HelpLine> {
+    let mut contexts = vec![Context::Global, view];
+    contexts.extend(Context::VIEWS.into_iter().filter(|c| *c != view));
+    contexts.extend([
+        Context::Form,
+        Context::Confirm,
+        Context::Promote,
+        Context::PromoteRefused,
+        Context::Conflict,
+        Context::Picker,
+        Context::Detail,
+        Context::Prompt,
+        Context::Text,
+        Context::Help,
+    ]);
+    let mut lines = Vec::new();
+    for ctx in contexts {
+        lines.push(HelpLine::Heading(ctx.title()));
+        for b in ctx.bindings() {
+            lines.push(HelpLine::Entry(b.keys_label(), b.help));
+        }
+        lines.push(HelpLine::Blank);
+    }
+    lines.push(HelpLine::Heading(
+        "Commands (type : then the command, Enter)",
+    ));
+    for c in COMMANDS {
+        let names = c
+            .names
+            .iter()
+            .map(|n| format!(":{n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let shown = if c.args.is_empty() {
+            names
+        } else {
+            format!("{names} {}", c.args)
+        };
+        lines.push(HelpLine::Entry(shown, c.help));
+    }
+    lines.push(HelpLine::Blank);
+    lines.push(HelpLine::Heading("Node status"));
+    lines.push(HelpLine::Text(
+        "✓ passing   ! warning   ✗ critical   – gone (deregistered)   ? not registered in Consul",
+    ));
+    lines.push(HelpLine::Text(
+        "⚡ flapping: many transitions in the last 10 minutes   * primary   times are UTC",
+    ));
+    lines
+}
+
 /// What a key press means in `context`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
@@ -742,12 +817,7 @@ mod tests {
         KeyEvent::new(code, mods)
     }
 
-    const VIEWS: [Context; 4] = [
-        Context::Mappings,
-        Context::Health,
-        Context::Tail,
-        Context::Replication,
-    ];
+    const VIEWS: [Context; 4] = Context::VIEWS;
 
     #[test]
     fn views_fall_back_to_global_keys() {
@@ -772,6 +842,21 @@ mod tests {
             resolve(Context::Tail, &big_g),
             Resolved::Action(Action::Follow)
         );
+    }
+
+    #[test]
+    fn digits_only_switch_views() {
+        for ctx in VIEWS {
+            for binding in ctx.bindings() {
+                for k in binding.keys {
+                    assert!(
+                        !matches!(k.code, KeyCode::Char('0'..='9')),
+                        "{ctx:?} binds {}: the digits switch views, the tab bar says so",
+                        k.label()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

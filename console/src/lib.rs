@@ -8,6 +8,8 @@
 //!   [`AppEvent`] at a time, returning [`Effect`]s; the per-view state (`mappings`, `health`,
 //!   `tail`, `replication`), the add/edit form and its validation, the `:` command parser.
 //! - [`ui`]: [`ui::draw`], a pure function from `&App` to a frame, for any ratatui backend.
+//! - [`geometry`]: where each region goes on a screen of a given size; below both `app`
+//!   (which pages by it) and `ui` (which draws into it). `app` never imports `ui`.
 //! - [`keymap`]: every key binding as data; dispatch and the `?` help both read it.
 //! - [`event`]: the event and backend-message types, the input thread and the tick.
 //! - [`backend`]: the tasks that own the network — Consul watches and writes, the gateway
@@ -26,6 +28,7 @@ pub mod backend;
 pub mod clock;
 pub mod error;
 pub mod event;
+pub mod geometry;
 pub mod keymap;
 pub mod runner;
 pub mod settings;
@@ -57,4 +60,22 @@ pub fn log_to_file(path: &std::path::Path) -> Result<(), ConsoleError> {
         .with_env_filter(filter)
         .try_init();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The layering rule of the module docs: state never depends on drawing.
+    #[test]
+    fn app_never_imports_ui() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/app");
+        for entry in std::fs::read_dir(&dir).expect("src/app") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("source");
+            assert!(
+                !text.contains("crate::ui") && !text.contains("super::ui"),
+                "{} imports the ui layer; put shared geometry in geometry.rs",
+                path.display()
+            );
+        }
+    }
 }

@@ -408,7 +408,7 @@ impl App {
 
     /// Rows of the tail table at the current terminal size.
     pub fn tail_rows(&self) -> usize {
-        crate::ui::tail_rows(self.screen_rect())
+        crate::geometry::tail_rows(self.screen_rect())
     }
 
     fn screen_rect(&self) -> Rect {
@@ -416,9 +416,7 @@ impl App {
     }
 
     fn page(&self) -> usize {
-        crate::ui::body_rows(self.screen_rect())
-            .saturating_sub(3)
-            .max(1)
+        crate::geometry::page_rows(self.screen_rect())
     }
 
     /// Handles one event that happened at `now`; returns what the runner must do.
@@ -555,7 +553,7 @@ impl App {
             Context::Prompt => self.act_prompt(action, effects),
             Context::Help => {
                 if let Some(Popup::Help { scroll }) = &mut self.popup {
-                    let max = crate::ui::help_lines(self.view).len();
+                    let max = keymap::help_lines(self.view.context()).len();
                     match action {
                         Action::Up => *scroll = scroll.saturating_sub(1),
                         Action::Down => *scroll = (*scroll + 1).min(max),

@@ -10,7 +10,11 @@
 //!   first one must be the exact offset asked for, when an exact offset was asked for).
 //!   Anything else is recorded as a gap and shown in red; it is never hidden.
 //! - Pausing only freezes the view: the stream keeps running, events keep entering the
-//!   buffer, and `arrived` counts them.
+//!   buffer, and `arrived` counts the new ones among them: events at or past the end the
+//!   log had when the stream started. History read after a seek is not news.
+//! - A seek to the latest event keeps the last rows of the stream before it, shown above a
+//!   marker until new events fill the table, so the screen never goes blank; they are
+//!   display only and never enter the buffer or the gap check.
 //! - Positions are kept as offsets, not row numbers, so dropping old events from the front of
 //!   the buffer never shifts what a paused operator is looking at.
 
@@ -45,7 +49,7 @@ pub enum TailMode {
     Follow,
     /// The view stays where it is.
     Paused {
-        /// Events received since pausing.
+        /// New events (at or past the log's end at the start) received since pausing.
         arrived: u64,
     },
 }
@@ -85,6 +89,9 @@ pub struct FailoverNote {
 
 /// Most failover notes kept.
 const FAILOVER_NOTES: usize = 5;
+
+/// Most rows kept from before a seek to the latest event (more than any screen shows).
+const PREVIOUS_ROWS: usize = 500;
 
 /// The Tail view's state.
 #[derive(Debug, Clone)]
@@ -134,6 +141,13 @@ pub struct TailState {
     /// Events per second over the last measured second.
     pub rate: f64,
     rate_window: Option<(SystemTime, u64)>,
+    /// The log's end (next offset) when this stream started, if the backend learnt it.
+    pub end_at_start: Option<u64>,
+    /// The first offset this stream will deliver, when it is an exact one.
+    pub first_expected: Option<u64>,
+    /// The last rows before a seek to the latest event, shown above a marker until new
+    /// rows fill the table.
+    pub previous: Vec<TailEvent>,
 }
 
 impl TailState {
@@ -163,6 +177,9 @@ impl TailState {
             hex: false,
             rate: 0.0,
             rate_window: None,
+            end_at_start: None,
+            first_expected: None,
+            previous: Vec::new(),
         }
     }
 
@@ -172,7 +189,19 @@ impl TailState {
         let hex = self.hex;
         let capacity = self.capacity;
         let generation = self.generation + 1;
+        // Seeking the same data ID to its latest event: the old rows stay on screen until
+        // new ones come (the newest first, with what was kept from an earlier seek).
+        let keep = target == SeekTarget::Latest && self.data_id.as_ref() == Some(&data_id);
+        let mut previous = std::mem::take(&mut self.previous);
+        if keep {
+            previous.extend(std::mem::take(&mut self.buffer));
+            let excess = previous.len().saturating_sub(PREVIOUS_ROWS);
+            previous.drain(..excess);
+        } else {
+            previous.clear();
+        }
         *self = TailState::new(capacity);
+        self.previous = previous;
         self.hex = hex;
         self.generation = generation;
         self.data_id = Some(data_id);
@@ -197,13 +226,21 @@ impl TailState {
                     self.status = StreamStatus::Waiting(detail);
                 }
             }
-            TailMsg::Started { start, clamped } => {
+            TailMsg::Started {
+                start,
+                clamped,
+                end,
+            } => {
                 self.status = StreamStatus::Streaming;
+                if self.received == 0 {
+                    self.end_at_start = end;
+                }
                 if let Start::Offset(o) = start
                     && self.next_expected.is_none()
                     && self.received == 0
                 {
                     self.next_expected = Some(o.0);
+                    self.first_expected = Some(o.0);
                 }
                 if let Some((asked, earliest)) = clamped {
                     self.note_at = Some(now);
@@ -295,8 +332,13 @@ impl TailState {
         if n == 0 {
             return;
         }
+        // History read from before the log's end at the start is not news.
+        let mut new = 0;
         for e in batch.events {
             let offset = e.offset.0;
+            if self.end_at_start.is_none_or(|end| offset >= end) {
+                new += 1;
+            }
             match self.next_expected {
                 Some(expected) if offset != expected => self.record_gap(expected, offset, now),
                 _ => self.checked += 1,
@@ -315,7 +357,7 @@ impl TailState {
             self.buffer.pop_front();
         }
         if let TailMode::Paused { arrived } = &mut self.mode {
-            *arrived += n;
+            *arrived += new;
             let front = self.buffer.front().map(|e| e.offset);
             if self.top.is_none() {
                 self.top = front;
@@ -434,6 +476,24 @@ impl TailState {
         self.cursor = front;
     }
 
+    /// The stream starts past the log's end and nothing came yet: (start, end).
+    pub fn waiting_beyond_end(&self) -> Option<(u64, u64)> {
+        match (self.first_expected, self.end_at_start) {
+            (Some(first), Some(end)) if first > end && self.received == 0 => Some((first, end)),
+            _ => None,
+        }
+    }
+
+    /// Rows kept from before a seek to the latest event that still fit above the marker in a
+    /// following table of `rows` lines (the marker takes one line).
+    pub fn previous_shown(&self, rows: usize) -> &[TailEvent] {
+        if self.mode != TailMode::Follow || self.previous.is_empty() {
+            return &[];
+        }
+        let room = rows.saturating_sub(self.buffer.len() + 1);
+        &self.previous[self.previous.len().saturating_sub(room)..]
+    }
+
     /// Events received while paused (0 when following).
     pub fn arrived_while_paused(&self) -> Option<u64> {
         match self.mode {
@@ -479,6 +539,7 @@ mod tests {
             TailMsg::Started {
                 start: Start::Latest,
                 clamped: None,
+                end: None,
             },
             t0(),
         );
@@ -527,6 +588,7 @@ mod tests {
             TailMsg::Started {
                 start: Start::Offset(Offset(100)),
                 clamped: None,
+                end: None,
             },
             t0(),
         );
@@ -549,6 +611,7 @@ mod tests {
             TailMsg::Started {
                 start: Start::Offset(Offset(500)),
                 clamped: Some((3, 500)),
+                end: None,
             },
             t0(),
         );
@@ -567,6 +630,7 @@ mod tests {
             TailMsg::Started {
                 start: Start::Offset(Offset(10)),
                 clamped: None,
+                end: None,
             },
             t0(),
         );
@@ -671,5 +735,66 @@ mod tests {
             ]
         );
         assert_eq!(t.serving.as_deref(), Some("node3"));
+    }
+
+    fn started_at(t: &mut TailState, g: u64, offset: u64, end: u64) {
+        t.on_msg(
+            g,
+            TailMsg::Started {
+                start: Start::Offset(Offset(offset)),
+                clamped: None,
+                end: Some(end),
+            },
+            t0(),
+        );
+    }
+
+    #[test]
+    fn history_after_a_seek_is_not_counted_as_new() {
+        let mut t = TailState::new(10_000);
+        let g = started(&mut t, SeekTarget::Offset(5), false);
+        started_at(&mut t, g, 5, 1035);
+        t.on_msg(g, batch("n", 5..578), t0());
+        assert_eq!(t.arrived_while_paused(), Some(0), "all of it was history");
+        t.on_msg(g, batch("n", 578..1040), t0());
+        assert_eq!(t.arrived_while_paused(), Some(5), "1035..1040 are new");
+    }
+
+    #[test]
+    fn a_start_past_the_end_says_so_until_events_come() {
+        let mut t = TailState::new(100);
+        let g = started(&mut t, SeekTarget::Offset(99_999), false);
+        started_at(&mut t, g, 99_999, 1035);
+        assert_eq!(t.waiting_beyond_end(), Some((99_999, 1035)));
+        t.on_msg(g, batch("n", 99_999..100_000), t0());
+        assert_eq!(t.waiting_beyond_end(), None);
+        let g = started(&mut t, SeekTarget::Offset(1035), false);
+        started_at(&mut t, g, 1035, 1035);
+        assert_eq!(t.waiting_beyond_end(), None, "at the end is not past it");
+    }
+
+    #[test]
+    fn seeking_latest_keeps_the_last_rows_above_a_marker() {
+        let mut t = TailState::new(1000);
+        let orders = DataId::parse("orders").expect("valid");
+        let g = t.start(orders.clone(), SeekTarget::Latest, true);
+        t.on_msg(g, batch("n", 0..30), t0());
+        let g = t.start(orders.clone(), SeekTarget::Latest, true);
+        assert!(t.buffer.is_empty(), "the new stream starts empty");
+        let shown: Vec<u64> = t.previous_shown(10).iter().map(|e| e.offset).collect();
+        assert_eq!(
+            shown,
+            (21..30).collect::<Vec<_>>(),
+            "9 old rows + the marker"
+        );
+        t.on_msg(g, batch("n", 40..44), t0());
+        assert_eq!(t.previous_shown(10).len(), 5, "new rows push old ones out");
+        t.on_msg(g, batch("n", 44..60), t0());
+        assert!(t.previous_shown(10).is_empty());
+        assert_eq!(t.gaps, 0, "kept rows are not part of the gap check");
+
+        // Another data ID, or another kind of seek, starts clean.
+        t.start(orders, SeekTarget::Earliest, false);
+        assert!(t.previous.is_empty());
     }
 }

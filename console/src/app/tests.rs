@@ -444,6 +444,7 @@ fn seek_below_retention_is_clamped_and_old_generations_are_dropped() {
             TailMsg::Started {
                 start: Start::Offset(Offset(500)),
                 clamped: Some((3, 500)),
+                end: None,
             },
         ),
         t0(),
@@ -490,7 +491,7 @@ fn pause_counts_arrivals_and_angle_brackets_seek_the_ends() {
         "< is earliest in the Tail view: {effects:?}"
     );
     assert_eq!(app.view, View::Tail);
-    let effects = app.handle(ch('0'), t0());
+    let effects = app.handle(ch('>'), t0());
     assert!(matches!(
         effects.as_slice(),
         [Effect::StartTail {
@@ -514,6 +515,7 @@ fn gaps_and_failovers_from_the_stream_are_shown() {
             TailMsg::Started {
                 start: Start::Offset(Offset(1000)),
                 clamped: None,
+                end: None,
             },
         ),
         t0(),

@@ -112,7 +112,11 @@ async fn tail(req: &TailRequest, out: &Out) {
     let mut reresolved = false;
     delay = RETRY_MIN;
     loop {
-        let (start, clamped) = match resolve(&client, &req.data_id, target).await {
+        let Resolved {
+            start,
+            clamped,
+            end,
+        } = match resolve(&client, &req.data_id, target).await {
             Ok(resolved) => resolved,
             Err(e) => {
                 if !out
@@ -128,7 +132,14 @@ async fn tail(req: &TailRequest, out: &Out) {
                 continue;
             }
         };
-        if !out.send(TailMsg::Started { start, clamped }).await {
+        if !out
+            .send(TailMsg::Started {
+                start,
+                clamped,
+                end,
+            })
+            .await
+        {
             return;
         }
         let stream = client.subscribe(&req.data_id, StreamOptions::from_start(start));
@@ -190,35 +201,58 @@ fn short(e: &ClientError) -> String {
         .map_or_else(|| e.to_string(), |s| s.message().to_owned())
 }
 
+/// A seek target made a start position.
+struct Resolved {
+    start: Start,
+    /// The asked offset was below retention: (asked, earliest).
+    clamped: Option<(u64, u64)>,
+    /// The log's end (next offset) when resolved, if a node said.
+    end: Option<u64>,
+}
+
 /// Turns a seek target into a start position, clamping an exact offset below retention.
+/// The log's end is asked for every target but `latest` (where everything is new), so the
+/// view can tell history from news and say when a start lies beyond the end.
 async fn resolve(
     client: &Client,
     data_id: &DataId,
     target: SeekTarget,
-) -> Result<(Start, Option<(u64, u64)>), ClientError> {
-    Ok(match target {
-        SeekTarget::Earliest => (Start::Earliest, None),
-        SeekTarget::Latest => (Start::Latest, None),
-        SeekTarget::Time(t) => (Start::Time(t), None),
-        SeekTarget::Offset(n) => match stream_info(client, data_id).await {
-            Ok(info) if n < info.earliest_offset => (
-                Start::Offset(Offset(info.earliest_offset)),
-                Some((n, info.earliest_offset)),
-            ),
-            // Not knowing the range is no reason not to try: the node checks it anyway.
-            _ => (Start::Offset(Offset(n)), None),
-        },
-        SeekTarget::FromEnd(n) => match stream_info(client, data_id).await {
-            Ok(info) => (
-                Start::Offset(Offset(
-                    info.next_offset.saturating_sub(n).max(info.earliest_offset),
-                )),
-                None,
-            ),
-            // No log yet: everything that comes is within the last N.
-            Err(e) if e.code() == tonic::Code::NotFound => (Start::Offset(Offset(0)), None),
-            Err(e) => return Err(e),
-        },
+) -> Result<Resolved, ClientError> {
+    let info = match target {
+        SeekTarget::Latest => None,
+        _ => Some(stream_info(client, data_id).await),
+    };
+    let end = match &info {
+        Some(Ok(i)) => Some(i.next_offset),
+        _ => None,
+    };
+    let (start, clamped) = match (target, info) {
+        (SeekTarget::Earliest, _) => (Start::Earliest, None),
+        (SeekTarget::Latest, _) => (Start::Latest, None),
+        (SeekTarget::Time(t), _) => (Start::Time(t), None),
+        (SeekTarget::Offset(n), Some(Ok(info))) if n < info.earliest_offset => (
+            Start::Offset(Offset(info.earliest_offset)),
+            Some((n, info.earliest_offset)),
+        ),
+        // Not knowing the range is no reason not to try: the node checks it anyway.
+        (SeekTarget::Offset(n), _) => (Start::Offset(Offset(n)), None),
+        (SeekTarget::FromEnd(n), Some(Ok(info))) => (
+            Start::Offset(Offset(
+                info.next_offset.saturating_sub(n).max(info.earliest_offset),
+            )),
+            None,
+        ),
+        // No log yet: everything that comes is within the last N.
+        (SeekTarget::FromEnd(_), Some(Err(e))) if e.code() == tonic::Code::NotFound => {
+            (Start::Offset(Offset(0)), None)
+        }
+        (SeekTarget::FromEnd(_), Some(Err(e))) => return Err(e),
+        (SeekTarget::FromEnd(_), None) => (Start::Offset(Offset(0)), None),
+    };
+    Ok(Resolved {
+        start,
+        clamped,
+        end,
     })
 }
 

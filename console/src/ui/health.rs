@@ -48,16 +48,25 @@ fn draw_nodes(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
     }
     // Narrow screens get short forms, so the data IDs keep some room.
     let wide = area.width >= 110;
+    let since_of = |since: Option<std::time::SystemTime>| match since {
+        Some(t) if wide => format!("{} ({} ago)", &clock_time(t)[..8], ago(app.now, t)),
+        Some(t) => format!("{} {}", &clock_time(t)[..8], ago(app.now, t)),
+        None => "before start".to_string(),
+    };
+    // As wide as its longest value: `12:02:06 (1m44s ago)` must not lose its end.
+    let since_width = h
+        .nodes
+        .values()
+        .map(|n| since_of(n.since).chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5) as u16;
     let rows: Vec<Row<'_>> = h
         .nodes
         .values()
         .map(|n| {
             let style = theme.status(Some(n.status));
-            let since = match n.since {
-                Some(t) if wide => format!("{} ({} ago)", &clock_time(t)[..8], ago(app.now, t)),
-                Some(t) => format!("{} {}", &clock_time(t)[..8], ago(app.now, t)),
-                None => "before start".to_string(),
-            };
+            let since = since_of(n.since);
             let data_ids = app
                 .mappings
                 .by_node
@@ -98,7 +107,7 @@ fn draw_nodes(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
             Constraint::Length(node_width),
             Constraint::Length(15),
             Constraint::Length(10),
-            Constraint::Length(if wide { 19 } else { 12 }),
+            Constraint::Length(since_width),
             Constraint::Length(6),
             Constraint::Fill(1),
             Constraint::Length(if wide { 12 } else { 8 }),

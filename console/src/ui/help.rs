@@ -1,84 +1,13 @@
-//! The `?` overlay, generated from the key map ([`crate::keymap`]) and the command list, so
-//! it always tells the truth about the keys. The current view's keys come right after the
-//! global ones; the popups' keys, the `:` commands and the status legend follow.
+//! The `?` overlay: draws [`crate::keymap::help_lines`], which are generated from the key
+//! map and the command list, so the help always tells the truth about the keys.
 
 use ratatui::Frame;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph};
 
 use crate::app::View;
-use crate::keymap::{COMMANDS, Context};
+use crate::keymap::{HelpLine, help_lines};
 use crate::ui::Theme;
-
-/// One line of the help.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HelpLine {
-    /// A section title.
-    Heading(&'static str),
-    /// Keys and what they do.
-    Entry(String, &'static str),
-    /// Free text.
-    Text(&'static str),
-    /// Space between sections.
-    Blank,
-}
-
-/// Every line of the help, with `view`'s keys first after the global ones.
-pub fn help_lines(view: View) -> Vec<HelpLine> {
-    let mut contexts = vec![Context::Global, view.context()];
-    contexts.extend(
-        View::ALL
-            .iter()
-            .map(|v| v.context())
-            .filter(|c| *c != view.context()),
-    );
-    contexts.extend([
-        Context::Form,
-        Context::Confirm,
-        Context::Promote,
-        Context::PromoteRefused,
-        Context::Conflict,
-        Context::Picker,
-        Context::Detail,
-        Context::Prompt,
-        Context::Text,
-        Context::Help,
-    ]);
-    let mut lines = Vec::new();
-    for ctx in contexts {
-        lines.push(HelpLine::Heading(ctx.title()));
-        for b in ctx.bindings() {
-            lines.push(HelpLine::Entry(b.keys_label(), b.help));
-        }
-        lines.push(HelpLine::Blank);
-    }
-    lines.push(HelpLine::Heading(
-        "Commands (type : then the command, Enter)",
-    ));
-    for c in COMMANDS {
-        let names = c
-            .names
-            .iter()
-            .map(|n| format!(":{n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let shown = if c.args.is_empty() {
-            names
-        } else {
-            format!("{names} {}", c.args)
-        };
-        lines.push(HelpLine::Entry(shown, c.help));
-    }
-    lines.push(HelpLine::Blank);
-    lines.push(HelpLine::Heading("Node status"));
-    lines.push(HelpLine::Text(
-        "✓ passing   ! warning   ✗ critical   – gone (deregistered)   ? not registered in Consul",
-    ));
-    lines.push(HelpLine::Text(
-        "⚡ flapping: many transitions in the last 10 minutes   * primary   times are UTC",
-    ));
-    lines
-}
 
 /// Draws the overlay scrolled by `scroll` lines.
 pub(super) fn draw(frame: &mut Frame<'_>, app_view: View, scroll: usize, theme: &Theme) {
@@ -88,7 +17,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, app_view: View, scroll: usize, theme: 
         screen.width.saturating_sub(4).min(100),
         screen.height.saturating_sub(2),
     );
-    let lines = help_lines(app_view);
+    let lines = help_lines(app_view.context());
     let key_width = lines
         .iter()
         .filter_map(|l| match l {

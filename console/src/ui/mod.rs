@@ -8,8 +8,8 @@
 //!
 //! Invariants: every piece of state that matters is legible without color (`NO_COLOR`):
 //! statuses carry a glyph and a word, gaps say "GAP", the selected row is reversed.
-//! Layout sizes used by the app for paging ([`tail_rows`], [`body_rows`]) are computed here
-//! by the same functions that lay out the screen, so paging matches what is drawn.
+//! The regions come from [`crate::geometry`], which the app also pages by, so paging
+//! matches what is drawn.
 
 mod health;
 mod help;
@@ -22,59 +22,17 @@ mod theme;
 use std::time::{Duration, SystemTime};
 
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
 use crate::app::command::clock_time;
 use crate::app::{App, Level, Prompt, View};
 use crate::event::GatewayState;
+use crate::geometry::areas;
 use crate::keymap::{Action, Context};
 
-pub use help::help_lines;
 pub use theme::Theme;
-
-/// The screen's regions.
-struct Areas {
-    tabs: Rect,
-    connections: Rect,
-    body: Rect,
-    status: Rect,
-    keys: Rect,
-}
-
-fn areas(area: Rect) -> Areas {
-    let [tabs, connections, body, status, keys] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Length(1),
-        Constraint::Min(0),
-        Constraint::Length(1),
-        Constraint::Length(1),
-    ])
-    .areas(area);
-    Areas {
-        tabs,
-        connections,
-        body,
-        status,
-        keys,
-    }
-}
-
-/// Lines of the view area on a screen of this size.
-pub fn body_rows(screen: Rect) -> usize {
-    usize::from(areas(screen).body.height)
-}
-
-/// Event rows of the Tail view's table on a screen of this size.
-pub fn tail_rows(screen: Rect) -> usize {
-    usize::from(
-        tail::table_area(areas(screen).body)
-            .height
-            .saturating_sub(3),
-    )
-    .max(1)
-}
 
 /// Draws the whole console.
 pub fn draw(frame: &mut Frame<'_>, app: &App) {
@@ -266,13 +224,22 @@ fn draw_keys(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) {
         push("q".into(), "quit");
     } else {
         for b in ctx.bindings().iter().take(6) {
-            push(
-                b.keys_label(),
-                b.help.split([' ', '(']).next().unwrap_or(b.help),
-            );
+            push(b.keys_label(), hint(b.help));
         }
     }
     frame.render_widget(Paragraph::new(Line::from(spans)).style(theme.dim()), area);
+}
+
+/// The key hint for a binding's help line: what comes before a comma, colon or
+/// parenthesis, if that is one or two words (`scroll up`, `cancel`), else its first word
+/// (`promote: make it the primary` → `promote`).
+fn hint(help: &str) -> &str {
+    let head = help.split([',', ':', '(']).next().unwrap_or(help).trim();
+    if head.split_whitespace().count() <= 2 {
+        head
+    } else {
+        head.split_whitespace().next().unwrap_or(head)
+    }
 }
 
 fn short_name(action: Action) -> &'static str {

@@ -5,6 +5,7 @@
 
 use ratatui::Frame;
 use ratatui::layout::Rect;
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
 
@@ -206,6 +207,41 @@ fn box_with(
     area
 }
 
+/// Width of the add/edit form.
+const FORM_WIDTH: u16 = 72;
+
+/// `text` after `prefix`, word-wrapped to `width` columns with every further line indented
+/// as far as the first one's text, so a long message reads as one block.
+fn hanging<'a>(prefix: &str, text: &str, width: usize, style: Style) -> Vec<Line<'a>> {
+    let indent = prefix.chars().count();
+    let room = width.saturating_sub(indent).max(8);
+    let mut rows: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for word in text.split_whitespace() {
+        let needed =
+            current.chars().count() + usize::from(!current.is_empty()) + word.chars().count();
+        if !current.is_empty() && needed > room {
+            rows.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(word);
+    }
+    rows.push(current);
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let lead = if i == 0 {
+                prefix.to_owned()
+            } else {
+                " ".repeat(indent)
+            };
+            Line::from(Span::styled(format!("{lead}{row}"), style))
+        })
+        .collect()
+}
+
 fn draw_form(frame: &mut Frame<'_>, form: &MappingForm, app: &App, theme: &Theme) {
     let known = app.known_nodes();
     let v = form.validate(&known, app.mappings.snapshot.as_ref());
@@ -238,6 +274,7 @@ fn draw_form(frame: &mut Frame<'_>, form: &MappingForm, app: &App, theme: &Theme
         ])
     };
     let editing = matches!(form.mode, FormMode::Edit { .. });
+    let inner = usize::from(FORM_WIDTH.min(frame.area().width).saturating_sub(2));
     let mut lines = Vec::new();
     let mut l = field(
         "Data ID",
@@ -247,11 +284,11 @@ fn draw_form(frame: &mut Frame<'_>, form: &MappingForm, app: &App, theme: &Theme
     );
     l.spans.push(verdict(v.data_id.as_ref().map(|_| ())));
     lines.push(l);
+    let mut data_id_error_lines = 0;
     if let Err(e) = &v.data_id {
-        lines.push(Line::from(Span::styled(
-            format!("         {e}"),
-            theme.error(),
-        )));
+        let wrapped = hanging("         ", e, inner, theme.error());
+        data_id_error_lines = wrapped.len();
+        lines.extend(wrapped);
     }
     let mut l = field(
         "Nodes",
@@ -262,10 +299,7 @@ fn draw_form(frame: &mut Frame<'_>, form: &MappingForm, app: &App, theme: &Theme
     l.spans.push(verdict(v.nodes.as_ref().map(|_| ())));
     lines.push(l);
     match &v.nodes {
-        Err(e) => lines.push(Line::from(Span::styled(
-            format!("         {e}"),
-            theme.error(),
-        ))),
+        Err(e) => lines.extend(hanging("         ", e, inner, theme.error())),
         Ok(nodes) => lines.push(Line::from(Span::styled(
             format!(
                 "         primary: {}  (first listed; comma-separated)",
@@ -275,7 +309,7 @@ fn draw_form(frame: &mut Frame<'_>, form: &MappingForm, app: &App, theme: &Theme
         ))),
     }
     for w in &v.warnings {
-        lines.push(Line::from(Span::styled(format!("  ⚠ {w}"), theme.warn())));
+        lines.extend(hanging("  ⚠ ", w, inner, theme.warn()));
     }
     let mut known_line = vec![Span::styled("Known nodes: ", theme.dim())];
     if v.suggestions.is_empty() {
@@ -296,7 +330,7 @@ fn draw_form(frame: &mut Frame<'_>, form: &MappingForm, app: &App, theme: &Theme
     }
     lines.push(Line::from(known_line));
     if let Some(e) = &form.error {
-        lines.push(Line::from(Span::styled(format!("✗ {e}"), theme.error())));
+        lines.extend(hanging("✗ ", e, inner, theme.error()));
     }
     lines.push(Line::from(""));
     lines.push(if form.saving {
@@ -311,12 +345,15 @@ fn draw_form(frame: &mut Frame<'_>, form: &MappingForm, app: &App, theme: &Theme
             Span::raw(" cancel"),
         ])
     });
-    let area = box_with(frame, &title, lines, 72, theme);
+    let area = box_with(frame, &title, lines, FORM_WIDTH, theme);
     // The cursor in the focused field: below the title and, for Nodes, below the data ID
     // line and its error line.
     let (edit, row) = match form.focus {
         Field::DataId => (&form.data_id, 0),
-        Field::Nodes => (&form.nodes, 1 + u16::from(v.data_id.is_err())),
+        Field::Nodes => (
+            &form.nodes,
+            1 + u16::try_from(data_id_error_lines).unwrap_or(0),
+        ),
     };
     let x = area.x + 1 + 9 + u16::try_from(edit.cursor()).unwrap_or(0);
     if x < area.right().saturating_sub(1) && area.height > row + 2 {

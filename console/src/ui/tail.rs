@@ -6,24 +6,15 @@
 //! screen, so drawing costs the same at 10 or 50 000 events/s.
 
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Block, Cell, HighlightSpacing, Paragraph, Row, Table, TableState};
 
 use crate::app::App;
 use crate::app::command::{clock_time, clock_time_ms};
-use crate::app::tail::{StreamStatus, TailMode};
+use crate::app::tail::{StreamStatus, TailEvent, TailMode};
+use crate::geometry::{table_rows, tail_split};
 use crate::ui::Theme;
-
-/// Lines of status above the table.
-const STATUS_LINES: u16 = 3;
-
-/// The table's area within the view's area.
-pub(super) fn table_area(body: Rect) -> Rect {
-    let [_, table] =
-        Layout::vertical([Constraint::Length(STATUS_LINES), Constraint::Min(0)]).areas(body);
-    table
-}
 
 /// `12345` → `12,345`.
 pub(super) fn grouped(n: u64) -> String {
@@ -93,8 +84,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
         );
         return;
     };
-    let [status_area, table_area] =
-        Layout::vertical([Constraint::Length(STATUS_LINES), Constraint::Min(0)]).areas(area);
+    let (status_area, table_area) = tail_split(area);
 
     // Line 1: what, mode, who, how fast, how full.
     let mut l1 = vec![Span::styled(format!(" {data_id} "), theme.title())];
@@ -107,15 +97,15 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
                 .add_modifier(ratatui::style::Modifier::REVERSED),
         )),
     }
+    let serving = match (&t.serving, t.waiting_beyond_end()) {
+        (Some(node), _) => node.to_string(),
+        (None, _) if t.resuming_from.is_some() => "resuming…".to_string(),
+        (None, Some((first, end))) => format!("waiting at offset {first} (the end is {end})"),
+        (None, None) if t.status == StreamStatus::Streaming => "waiting for events".to_string(),
+        (None, None) => "no node yet".to_string(),
+    };
     l1.push(Span::raw(format!(
-        "  {} · {} ev/s · buffer {}/{}",
-        t.serving
-            .as_deref()
-            .unwrap_or(if t.resuming_from.is_some() {
-                "resuming…"
-            } else {
-                "no node yet"
-            }),
+        "  {serving} · {} ev/s · buffer {}/{}",
         grouped(t.rate.round() as u64),
         grouped(t.buffer.len() as u64),
         grouped(t.capacity as u64),
@@ -189,35 +179,50 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
         status_area,
     );
 
-    let rows_visible = usize::from(table_area.height.saturating_sub(3)).max(1);
+    let rows_visible = table_rows(table_area);
     let (start, end, selected) = t.window(rows_visible);
+    // Rows from before a seek to the latest event, above a marker, until new ones fill in.
+    let previous = t.previous_shown(rows_visible);
     let offset_width = t
         .buffer
         .back()
+        .or(previous.last())
         .map_or(6, |e| e.offset.to_string().len())
         .max(6) as u16;
-    let node_width = t
-        .buffer
-        .range(start..end)
+    let node_width = previous
+        .iter()
+        .chain(t.buffer.range(start..end))
         .map(|e| e.node.chars().count())
         .max()
         .unwrap_or(4)
         .clamp(4, 16) as u16;
-    let fixed = offset_width + 12 + 7 + node_width + 4 + 2;
+    // Four gaps between five columns, two borders, the selection column.
+    let fixed = offset_width + 12 + 7 + node_width + 4 + 2 + 1;
     let payload_width = usize::from(table_area.width.saturating_sub(fixed)).max(8);
-    let rows: Vec<Row<'_>> = t
-        .buffer
-        .range(start..end)
-        .map(|e| {
+    let row = |e: &TailEvent| {
+        Row::new(vec![
+            Cell::from(Line::from(e.offset.to_string()).right_aligned()),
+            Cell::from(clock_time_ms(e.timestamp)),
+            Cell::from(Line::from(e.data.len().to_string()).right_aligned()),
+            Cell::from(e.node.to_string()),
+            Cell::from(preview(&e.data, t.hex, payload_width)),
+        ])
+    };
+    let mut rows: Vec<Row<'_>> = previous.iter().map(|e| row(e).style(theme.dim())).collect();
+    if !previous.is_empty() {
+        rows.push(
             Row::new(vec![
-                Cell::from(Line::from(e.offset.to_string()).right_aligned()),
-                Cell::from(clock_time_ms(e.timestamp)),
-                Cell::from(Line::from(e.data.len().to_string()).right_aligned()),
-                Cell::from(e.node.to_string()),
-                Cell::from(preview(&e.data, t.hex, payload_width)),
+                Cell::from(Line::from("──────").right_aligned()),
+                Cell::from("────────────"),
+                Cell::from(""),
+                Cell::from(""),
+                Cell::from("▲ before · seek to latest · new ▼"),
             ])
-        })
-        .collect();
+            .style(theme.dim()),
+        );
+    }
+    let skipped = rows.len();
+    rows.extend(t.buffer.range(start..end).map(row));
     // Only a paused view shows a selection; when following, the newest row is simply last.
     let paused = t.arrived_while_paused().is_some();
     let title = format!(
@@ -245,14 +250,17 @@ pub(super) fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, theme: &Theme) 
         .style(theme.header()),
     )
     .row_highlight_style(theme.selected())
-    // The selection only matters (and is only shown) while paused.
-    .highlight_symbol(if paused { "▶" } else { "" })
+    // The selection only matters (and is only shown) while paused; its column is always
+    // there, so the columns do not move when the view pauses.
+    .highlight_symbol("▶")
+    .highlight_spacing(HighlightSpacing::Always)
     .block(Block::bordered().title(title));
     let mut state = TableState::default().with_offset(0).with_selected(
         selected
             .filter(|_| paused)
             .and_then(|s| s.checked_sub(start))
-            .filter(|s| start + s < end),
+            .filter(|s| start + s < end)
+            .map(|s| s + skipped),
     );
     frame.render_stateful_widget(table, table_area, &mut state);
 }

@@ -103,6 +103,7 @@ fn tailing(size: (u16, u16)) -> (App, u64) {
             TailMsg::Started {
                 start: Start::Offset(Offset(900)),
                 clamped: None,
+                end: None,
             },
         ),
         t0(),
@@ -258,6 +259,32 @@ fn health_view() {
 }
 
 #[test]
+fn health_view_since_is_never_cut() {
+    snap("health_since", |size| {
+        let mut app = cluster(size);
+        app.handle(ch('2'), t0());
+        let passing = [
+            ("node1", NodeStatus::Passing),
+            ("node2", NodeStatus::Passing),
+        ];
+        app.handle(health_msg(&passing, 2), t0());
+        let later = t0() + Duration::from_secs(600);
+        app.handle(
+            health_msg(
+                &[
+                    ("node1", NodeStatus::Passing),
+                    ("node2", NodeStatus::Critical),
+                ],
+                3,
+            ),
+            later,
+        );
+        app.handle(AppEvent::Tick, later + Duration::from_secs(104));
+        app
+    });
+}
+
+#[test]
 fn tail_view_following_with_a_failover() {
     snap("tail_follow", |size| tailing(size).0);
 }
@@ -294,11 +321,75 @@ fn tail_view_clamped_seek() {
                 TailMsg::Started {
                     start: Start::Offset(Offset(500)),
                     clamped: Some((3, 500)),
+                    end: None,
                 },
             ),
             t0(),
         );
         app.handle(events(g, "node1", 500..530), t0());
+        app
+    });
+}
+
+/// `:seek TEXT` in the Tail view; returns the new generation.
+fn seek(app: &mut App, text: &str) -> u64 {
+    app.handle(ch(':'), t0());
+    type_text(app, &format!("seek {text}"));
+    let effects = app.handle(key(KeyCode::Enter), t0());
+    let [Effect::StartTail { generation, .. }] = effects.as_slice() else {
+        panic!("{effects:?}");
+    };
+    *generation
+}
+
+fn started(app: &mut App, g: u64, start: Start, end: Option<u64>) {
+    app.handle(
+        tail_msg(
+            g,
+            TailMsg::Started {
+                start,
+                clamped: None,
+                end,
+            },
+        ),
+        t0(),
+    );
+}
+
+#[test]
+fn tail_view_history_after_a_seek_is_not_new() {
+    snap("tail_seek_history", |size| {
+        let (mut app, _) = tailing(size);
+        let g = seek(&mut app, "5");
+        started(&mut app, g, Start::Offset(Offset(5)), Some(1100));
+        app.handle(events(g, "node2", 5..578), t0());
+        // Published after the seek: these five are news.
+        app.handle(events(g, "node2", 578..1105), t0());
+        app
+    });
+}
+
+#[test]
+fn tail_view_waits_past_the_end() {
+    snap("tail_beyond_end", |size| {
+        let (mut app, _) = tailing(size);
+        let g = seek(&mut app, "99999");
+        started(&mut app, g, Start::Offset(Offset(99_999)), Some(1100));
+        app
+    });
+}
+
+#[test]
+fn tail_view_seek_latest_keeps_the_last_rows() {
+    snap("tail_seek_latest", |size| {
+        let (mut app, _) = tailing(size);
+        let effects = app.handle(ch('>'), t0());
+        let [Effect::StartTail { generation: g, .. }] = effects.as_slice() else {
+            panic!("{effects:?}");
+        };
+        let g = *g;
+        started(&mut app, g, Start::Latest, None);
+        app.handle(events(g, "node2", 1100..1103), t0());
         app
     });
 }

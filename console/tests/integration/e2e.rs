@@ -228,7 +228,15 @@ async fn tail_pause_counts_and_seek_shows_the_offset_first() {
             first_row(s).is_some_and(|r| r.starts_with("10 ") && r.contains("first-10"))
         })
         .await;
-    assert!(screen.contains("PAUSED"), "{screen}");
+    // Offsets 10..69 were there before the seek: history, not news.
+    assert!(screen.contains("PAUSED +0 new"), "{screen}");
+
+    // A start past the end says where it waits and where the end is.
+    tmux.keys(&[":"]);
+    tmux.type_text("seek 99999");
+    tmux.keys(&["Enter"]);
+    tmux.wait_text("waiting at offset 99999 (the end is 70)")
+        .await;
 
     // :seek -5 starts 5 before the end (offset 65).
     tmux.keys(&[":"]);
@@ -239,15 +247,20 @@ async fn tail_pause_counts_and_seek_shows_the_offset_first() {
     })
     .await;
 
-    // 0 jumps to latest (follow): nothing old is shown, only what is published afterwards.
-    // The stream opens asynchronously, so publish until an event shows up.
-    tmux.keys(&["0"]);
-    tmux.wait_text("FOLLOWING").await;
+    // > jumps to latest (follow): the last rows stay on screen above a marker, and what is
+    // published afterwards comes below it. The stream opens asynchronously, so publish until
+    // an event shows up.
+    tmux.keys(&[">"]);
+    let screen = tmux.wait_text("FOLLOWING").await;
+    assert!(
+        line_with(&screen, "second-19").is_some() && screen.contains("seek to latest"),
+        "the old rows stay, marked:\n{screen}"
+    );
     let deadline = std::time::Instant::now() + DEADLINE;
     let screen = loop {
         publish(node1.grpc_addr, "orders", "third", 1).await;
         let screen = tmux.screen();
-        if first_row(&screen).is_some_and(|r| r.contains("third-0")) {
+        if line_with(&screen, "third-0").is_some() {
             break screen;
         }
         assert!(
@@ -256,9 +269,11 @@ async fn tail_pause_counts_and_seek_shows_the_offset_first() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
+    let row = |text: &str| screen.lines().position(|l| l.contains(text));
+    let (old, marker, new) = (row("second-19"), row("seek to latest"), row("third-0"));
     assert!(
-        line_with(&screen, "second-").is_none(),
-        "old events after seek latest:\n{screen}"
+        old.is_some() && old < marker && marker < new,
+        "old rows, the marker, then the new ones:\n{screen}"
     );
     assert!(screen.contains("in order, no gap"), "{screen}");
 
