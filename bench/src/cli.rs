@@ -101,7 +101,7 @@ pub(crate) struct SeedGatewayArgs {
     #[arg(long)]
     pub(crate) consul_addr: String,
     /// KV prefix of the mappings.
-    #[arg(long, default_value = "streaming/data/")]
+    #[arg(long, default_value = ec_discovery::DEFAULT_KV_PREFIX)]
     pub(crate) kv_prefix: String,
 }
 
