@@ -223,10 +223,17 @@ impl Resolver for GatewayResolver {
                         return;
                     }
                 }
-                // A gateway without WatchHealth (the seed's): the connection breaking is
-                // the only sign, as before.
-                Err(status) if status.code() == tonic::Code::Unimplemented => {
-                    debug!(gateway = %self.address, "the gateway has no WatchHealth; a frozen node is noticed by keepalive only");
+                // A gateway without WatchHealth (the seed's), or one that will not show it
+                // to this client: the connection breaking is the only sign, as before.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unimplemented
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    debug!(gateway = %self.address, error = %status, "no health events from the gateway; a frozen node is noticed by keepalive only");
                     return std::future::pending().await;
                 }
                 Err(status) => {
