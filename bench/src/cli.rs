@@ -40,28 +40,31 @@ pub(crate) enum Command {
     Lookup(RunArgs),
     /// Streaming through the gateway versus directly from the node.
     Proxy(RunArgs),
-    /// SIGKILL a node mid-stream: the serving replica (reader pause), or with `--kill
-    /// primary` the write leader, beside a 3-server JetStream cluster (write and read pause).
+    /// SIGKILL a node mid-stream: the serving replica (reader pause), and the write leader,
+    /// SIGKILLed and SIGSTOPped, beside a 3-server JetStream cluster (write and read pause).
     ///
-    /// `--kill replica` (the default, also what `suite` runs): two replicating nodes with a 1 s
-    /// check interval; the replica serving a reader is SIGKILLed; the reader's pause and offsets.
+    /// `--kill replica` (also what `suite` runs): two replicating nodes with a 1 s check
+    /// interval; the replica serving a reader is SIGKILLed; the reader's pause and offsets.
     ///
-    /// `--kill primary`: the write leader is SIGKILLed while a producer publishes
+    /// `--kill primary` (`suite` runs it for ours only): the write leader is sent each
+    /// `--signal` (SIGKILL; SIGSTOP: frozen, sockets open) while a producer publishes
     /// `--publish-rate` batches/s of `--events-per-batch` events (one batch in flight, each
     /// failed publish retried by the bench loop every 10 ms with the same payloads) and readers
     /// follow from offset 0. Ours: three replicating ec-nodes (mapping node1,node2,node3), a
     /// gateway and a Consul dev agent, all at DEFAULT settings except ports and data dirs
     /// (health-check interval 10 s, gateway.failover_after, fsync always, acks all: what a new
     /// user gets); the producer uses the SDK's Client::publish, one reader the SDK's stream
-    /// (redirect) and one the gateway's Subscribe (proxy); the primary, node1, is killed. JetStream (`jetstream`
+    /// (redirect) and one the gateway's Subscribe (proxy), both served by the primary, node1,
+    /// which is killed. JetStream (`jetstream`
     /// in --systems, nats-server found as for the other scenarios, else SKIPPED): three
     /// nats-servers clustered on loopback, an R3 file stream, default server settings,
     /// Nats-Msg-Id per event, an ordered consumer; the stream leader (stream info
     /// cluster.leader) is killed. Measured: write pause (kill → first acknowledgement of a
-    /// publish attempt started after the kill), read pause (kill → first delivered event
-    /// committed after the kill), the longest gaps between acknowledgements and between
-    /// deliveries, and whether the final log holds every acknowledged event exactly once and
-    /// each reader saw gapless offsets. Records: scenario `primary-kill`.
+    /// publish attempt started after the kill), read pause (kill → the reader reads from an
+    /// in-sync replica, as its client says; ours only), the first new event a reader gets,
+    /// the longest gaps between acknowledgements and between deliveries, and whether the
+    /// final log holds every acknowledged event exactly once and each reader saw gapless
+    /// offsets. Records: scenarios `primary-kill` (SIGKILL) and `primary-stop` (SIGSTOP).
     Failover(FailoverArgs),
     /// Print the table of a JSON-lines file written with --out (e.g. of an interrupted run).
     Table {
@@ -101,7 +104,7 @@ pub(crate) struct SeedGatewayArgs {
     #[arg(long)]
     pub(crate) consul_addr: String,
     /// KV prefix of the mappings.
-    #[arg(long, default_value = "streaming/data/")]
+    #[arg(long, default_value = ec_discovery::DEFAULT_KV_PREFIX)]
     pub(crate) kv_prefix: String,
 }
 
@@ -110,9 +113,12 @@ pub(crate) struct SeedGatewayArgs {
 pub(crate) struct FailoverArgs {
     #[command(flatten)]
     pub(crate) run: RunArgs,
-    /// What to SIGKILL, comma-separated: replica, primary.
-    #[arg(long, value_delimiter = ',', default_value = "replica")]
+    /// What to take out, comma-separated: replica, primary.
+    #[arg(long, value_delimiter = ',', default_value = "replica,primary")]
     pub(crate) kill: Vec<KillTarget>,
+    /// How the primary is taken out, comma-separated: kill (SIGKILL), stop (SIGSTOP).
+    #[arg(long, value_delimiter = ',', default_value = "kill,stop")]
+    pub(crate) signal: Vec<Signal>,
     /// Batches per second the producer aims at with --kill primary.
     #[arg(long, default_value_t = 400)]
     pub(crate) publish_rate: u32,
@@ -129,6 +135,25 @@ pub(crate) struct FailoverArgs {
     /// ordered consumer whose server died resumes only after missing two idle heartbeats).
     #[arg(long, default_value_t = 120.0)]
     pub(crate) resume_deadline: f64,
+}
+
+/// How `failover --kill primary` takes the primary out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Signal {
+    /// SIGKILL: gone, connections reset.
+    Kill,
+    /// SIGSTOP: frozen, connections open, nothing answers.
+    Stop,
+}
+
+impl Signal {
+    /// The fault it stands for.
+    pub(crate) fn fault(self) -> crate::primary_kill::Fault {
+        match self {
+            Signal::Kill => crate::primary_kill::Fault::Kill,
+            Signal::Stop => crate::primary_kill::Fault::Stop,
+        }
+    }
 }
 
 /// What `failover` kills.

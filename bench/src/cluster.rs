@@ -16,7 +16,7 @@ use ec_proto::gateway_client::GatewayClient;
 use crate::procs::{Spawned, Workdir, free_port, loopback};
 
 /// KV prefix of the mappings (the default).
-pub(crate) const KV_PREFIX: &str = "streaming/data/";
+pub(crate) const KV_PREFIX: &str = ec_discovery::DEFAULT_KV_PREFIX;
 
 /// A Consul dev agent.
 pub(crate) struct Consul {
@@ -85,9 +85,11 @@ impl Consul {
 
     /// Writes the mapping of `data_id`: these node IDs, primary first.
     pub(crate) async fn put_mapping(&self, data_id: &str, nodes: &[&str]) -> Result<()> {
+        let key =
+            ec_discovery::KvLayout::new(KV_PREFIX).mapping_key(&ec_core::DataId::parse(data_id)?);
         let resp = self
             .http
-            .put(self.url(&format!("/v1/kv/{KV_PREFIX}{data_id}")))
+            .put(self.url(&format!("/v1/kv/{key}")))
             .body(nodes.join(","))
             .send()
             .await

@@ -9,8 +9,9 @@
 //!   small traits in `workload.rs` (publish a batch, read the next batch), so the drivers in
 //!   `workload.rs` measure every system with the same code.
 //! - `floor.rs` (what the machine can do at all), `cluster.rs` (Consul, gateway, nodes) with
-//!   `lookup.rs`, `proxy.rs`, `failover.rs`, `primary_kill/` (the write leader SIGKILLed, on
-//!   ours and on a JetStream cluster), and `seed_gateway.rs` (the seed's way of
+//!   `lookup.rs`, `proxy.rs`, `failover.rs` (the serving replica killed), `primary_kill/`
+//!   (the only primary-loss scenario: the write leader SIGKILLed or SIGSTOPped, on ours and
+//!   on a JetStream cluster), and `seed_gateway.rs` (the seed's way of
 //!   answering `GetNodeForData`: two Consul calls per lookup, as a child process).
 //! - `machine.rs`: CPU idleness and per-process CPU time from /proc; `stats.rs`: percentiles
 //!   and medians; `report.rs`: JSON lines and the printed table with ratios.

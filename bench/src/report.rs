@@ -20,7 +20,8 @@ use crate::stats::median_min_max;
 pub(crate) struct Record {
     /// Identifies the run (Unix seconds at its start).
     pub(crate) run: u64,
-    /// floor, publish, replay, resume, e2e, lookup, proxy, failover, primary-kill.
+    /// floor, publish, replay, resume, e2e, lookup, proxy, failover, primary-kill,
+    /// primary-stop.
     pub(crate) scenario: String,
     /// ec, redis, jetstream, or a variant (gateway, consul-x2, direct, proxy).
     pub(crate) system: String,
@@ -186,20 +187,16 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("max_gap_ms", "longest delivery gap, ms"),
             ("gapless", "offsets gapless (1 = yes)"),
             ("events", "events delivered"),
-            ("write_pause_ms", "primary kill → next acked publish, ms"),
-            ("read_lost_ms", "primary kill → reader told, ms"),
-            ("read_moved_ms", "primary kill → reader on a replica, ms"),
-            (
-                "read_pause_ms",
-                "primary kill → reader's next new event, ms",
-            ),
         ],
-        "primary-kill" => &[
+        "primary-kill" | "primary-stop" => &[
             ("write_pause_ms", "write pause ms"),
             ("write_max_gap_ms", "longest ack gap ms"),
-            ("read_pause_ms", "read pause ms"),
+            ("read_moved_ms", "read pause ms (on a replica)"),
+            ("proxy_read_moved_ms", "read pause ms, via gateway"),
+            ("read_lost_ms", "reader told of the loss ms"),
+            ("read_pause_ms", "first new event ms"),
+            ("proxy_read_pause_ms", "first new event ms, gateway"),
             ("read_max_gap_ms", "longest delivery gap ms"),
-            ("proxy_read_pause_ms", "read pause ms, via gateway"),
             ("lost", "acked events lost"),
             ("duplicates", "events stored twice"),
             ("readers_gapless", "readers gapless (1 = yes)"),
@@ -209,7 +206,7 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
     }
 }
 
-const SCENARIO_ORDER: [&str; 9] = [
+const SCENARIO_ORDER: [&str; 10] = [
     "floor",
     "publish",
     "replay",
@@ -219,6 +216,7 @@ const SCENARIO_ORDER: [&str; 9] = [
     "proxy",
     "failover",
     "primary-kill",
+    "primary-stop",
 ];
 
 fn render_table(records: &[Record]) -> String {

@@ -1,7 +1,8 @@
 //! What runs when. A run is `trials` rounds; each round measures the floor, then for each
 //! tier every system in turn (A B C, A B C, …: systems interleave, so a slow drift of the
 //! machine hits all of them alike), each on a fresh server, then the scenarios of ours alone
-//! (lookup, proxy, failover). Before each measurement the run waits for an idle machine and
+//! (lookup, proxy, failover), then the primary's loss (ours, and JetStream's beside it when
+//! `failover` asks). Before each measurement the run waits for an idle machine and
 //! marks the records CONTENDED if it never got one.
 //!
 //! A peer whose binary is missing is SKIPPED (printed and recorded) and the rest runs; a
@@ -32,7 +33,7 @@ struct Scenarios {
     lookup: bool,
     proxy: bool,
     failover: bool,
-    /// `failover --kill primary`: ours and JetStream (never part of `suite`).
+    /// The primary killed and stopped (`failover --kill primary`; ours only in `suite`).
     primary_kill: bool,
 }
 
@@ -49,7 +50,7 @@ impl Scenarios {
                 lookup: true,
                 proxy: true,
                 failover: true,
-                primary_kill: false,
+                primary_kill: true,
             },
             "floor" => Scenarios {
                 floor: true,
@@ -93,7 +94,10 @@ impl Scenarios {
 pub(crate) async fn run(command: Command) -> Result<()> {
     let name = command.name();
     let mut scen = Scenarios::of(name);
-    let mut primary_kill = None;
+    // How the primary is taken out, and whether JetStream runs beside ours.
+    let mut primary_faults = vec![primary_kill::Fault::Kill, primary_kill::Fault::Stop];
+    let mut primary_shape = None;
+    let mut jetstream_too = false;
     let args = match command {
         Command::Suite(a)
         | Command::Floor(a)
@@ -105,12 +109,17 @@ pub(crate) async fn run(command: Command) -> Result<()> {
         Command::Failover(f) => {
             scen.failover = f.kill.contains(&KillTarget::Replica);
             scen.primary_kill = f.kill.contains(&KillTarget::Primary);
-            primary_kill = Some(f.primary_kill_shape());
+            primary_shape = Some(f.primary_kill_shape());
+            primary_faults = f.signal.iter().map(|s| s.fault()).collect();
+            primary_faults.dedup();
+            jetstream_too = true;
             f.run
         }
         Command::SeedGateway(_) | Command::Table { .. } => bail!("{name} is not a scenario"),
     };
     let s = args.settings();
+    let primary_shape =
+        primary_shape.unwrap_or_else(|| primary_kill::Shape::defaults(s.payload, s.quick));
     let mut report = Report::new(s.out.as_deref())?;
     println!("ec-bench {name} on {}", machine::describe());
     println!(
@@ -165,12 +174,12 @@ pub(crate) async fn run(command: Command) -> Result<()> {
     };
 
     // JetStream's side of the primary kill: its own cluster of nats-servers.
-    let nats = if scen.primary_kill && s.systems.contains(&SystemKind::Jetstream) {
+    let nats = if scen.primary_kill && jetstream_too && s.systems.contains(&SystemKind::Jetstream) {
         match systems::locate(SystemKind::Jetstream, &s) {
             Ok(bin) => Some(bin),
             Err(why) => {
                 let mut r = record(
-                    primary_kill::SCENARIO,
+                    primary_kill::Fault::Kill.scenario(),
                     "jetstream",
                     true,
                     None,
@@ -219,18 +228,19 @@ pub(crate) async fn run(command: Command) -> Result<()> {
         if let Some(bins) = &cluster_bins {
             failures += cluster_trial(bins, trial, &s, scen, &mut report).await?;
         }
-        if scen.primary_kill
-            && let Some(shape) = primary_kill
-        {
-            failures += primary_kill_trial(
-                cluster_bins.as_ref(),
-                nats.as_ref(),
-                shape,
-                trial,
-                &s,
-                &mut report,
-            )
-            .await?;
+        if scen.primary_kill {
+            for &fault in &primary_faults {
+                failures += primary_kill_trial(
+                    cluster_bins.as_ref(),
+                    nats.as_ref(),
+                    primary_shape,
+                    fault,
+                    trial,
+                    &s,
+                    &mut report,
+                )
+                .await?;
+            }
         }
     }
 
@@ -562,56 +572,27 @@ async fn cluster_trial(
             }
             Err(e) => failures += fail(report, "failover", "ec", Some(Tier::A), trial, e)?,
         }
-        for (variant, freeze, signal) in [
-            ("ec-primary-kill", false, "SIGKILL"),
-            ("ec-primary-stop", true, "SIGSTOP"),
-        ] {
-            let idle = wait_idle(s).await;
-            match failover::run_primary_kill(&bins.consul, &bins.node, &bins.gateway, freeze).await
-            {
-                Ok(f) => {
-                    let mut r = record("failover", variant, false, Some(Tier::B), trial, idle);
-                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-                    r.metrics.insert("write_pause_ms".into(), ms(f.write_pause));
-                    r.metrics.insert("read_lost_ms".into(), ms(f.read_lost));
-                    r.metrics.insert("read_moved_ms".into(), ms(f.read_moved));
-                    r.metrics.insert("read_pause_ms".into(), ms(f.read_pause));
-                    r.metrics
-                        .insert("gapless".into(), if f.gapless { 1.0 } else { 0.0 });
-                    r.params = serde_json::json!({
-                        "primary": format!("node1 {signal}ed, serving the reader"), "nodes": 3,
-                        "settings": "defaults (ports and data dirs only)", "publish_rate": 1000,
-                    });
-                    if !f.gapless {
-                        failures += 1;
-                        r.failed = Some("offsets were not gapless".into());
-                    }
-                    report.add(r)?;
-                }
-                Err(e) => {
-                    failures += fail(report, "failover", variant, Some(Tier::B), trial, e)?;
-                }
-            }
-        }
     }
     Ok(failures)
 }
 
-/// `failover --kill primary` for one trial: ours, then JetStream (each skipped when its
-/// binaries are missing); returns the number of failures. A check that fails on ours
+/// The primary taken out by `fault` for one trial: ours, then JetStream (each skipped when
+/// its binaries are missing or not asked for); returns the number of failures. A check that fails on ours
 /// (an acknowledged event lost or stored twice, a reader's gap) counts as a failure; on
 /// JetStream it is recorded in the notes.
 async fn primary_kill_trial(
     ours: Option<&ClusterBins>,
     nats: Option<&PathBuf>,
     shape: primary_kill::Shape,
+    fault: primary_kill::Fault,
     trial: usize,
     s: &Settings,
     report: &mut Report,
 ) -> Result<usize> {
     let mut failures = 0;
-    let scenario = primary_kill::SCENARIO;
+    let scenario = fault.scenario();
     let params = serde_json::json!({
+        "signal": format!("{:?}", fault.signal()),
         "batches_per_s": shape.rate, "events_per_batch": shape.events_per_batch,
         "payload": shape.payload, "before_secs": shape.before.as_secs_f64(),
         "after_secs": shape.after.as_secs_f64(),
@@ -619,7 +600,8 @@ async fn primary_kill_trial(
     });
     if let Some(bins) = ours {
         let idle = wait_idle(s).await;
-        let outcome = primary_kill::ec::run(&bins.consul, &bins.node, &bins.gateway, shape).await;
+        let outcome =
+            primary_kill::ec::run(&bins.consul, &bins.node, &bins.gateway, shape, fault).await;
         match outcome {
             Ok((observed, log)) => {
                 let result = primary_kill::analyse(&observed, &log, shape.events_per_batch);
@@ -635,7 +617,7 @@ async fn primary_kill_trial(
     }
     if let Some(bin) = nats {
         let idle = wait_idle(s).await;
-        match primary_kill::jetstream::run(bin, shape).await {
+        match primary_kill::jetstream::run(bin, shape, fault).await {
             Ok((observed, log)) => {
                 let result = primary_kill::analyse(&observed, &log, shape.events_per_batch);
                 let mut r = record(scenario, "jetstream", true, None, trial, idle);

@@ -8,13 +8,25 @@
 //! Invariant: a resolver returns only nodes it believes healthy, in the order they should be
 //! tried. An empty list is not an error of the request but of the moment (no healthy node
 //! right now): the stream backs off and asks again.
+//!
+//! How an SDK reader learns that its node is gone without waiting for its connection to
+//! break (a frozen node keeps its TCP connections open): [`GatewayResolver::until_unhealthy`]
+//! follows the gateway's `WatchHealth`. It resolves when the node turns critical or leaves
+//! Consul, or when the gateway *suspects* it (its probes went unanswered for a moment) and
+//! the gateway's route offers a better node: a reader leaves a suspect node only for a node
+//! that is not suspect, so it never moves in circles.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::time::Duration;
 
 use ec_core::DataId;
 use ec_proto::gateway_client::GatewayClient;
-use ec_proto::{GetNodeRequest, GetNodeResponse, HealthStatus};
+use ec_proto::{
+    GetNodeRequest, GetNodeResponse, HealthEvent, HealthEventKind, HealthStatus, WatchHealthRequest,
+};
 use tonic::transport::Channel;
+use tracing::debug;
 
 use crate::channel::ChannelCache;
 use crate::error::ClientError;
@@ -196,6 +208,106 @@ impl GatewayResolver {
 impl Resolver for GatewayResolver {
     async fn candidates(&self, data_id: &DataId) -> Result<Vec<Candidate>, ClientError> {
         Ok(self.route(data_id).await?.candidates)
+    }
+
+    async fn until_unhealthy(&self, data_id: &DataId, node_id: &str) {
+        loop {
+            let mut req = tonic::Request::new(WatchHealthRequest {});
+            self.credentials.authorize(&mut req);
+            match self.client.clone().watch_health(req).await {
+                Ok(events) => {
+                    if self
+                        .watch_until_unhealthy(events.into_inner(), data_id, node_id)
+                        .await
+                    {
+                        return;
+                    }
+                }
+                // A gateway without WatchHealth (the seed's), or one that will not show it
+                // to this client: the connection breaking is the only sign, as before.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unimplemented
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    debug!(gateway = %self.address, error = %status, "no health events from the gateway; a frozen node is noticed by keepalive only");
+                    return std::future::pending().await;
+                }
+                Err(status) => {
+                    debug!(gateway = %self.address, error = %status, "cannot watch the gateway's health events; retrying");
+                }
+            }
+            // The watch ended (the gateway restarted, or is unreachable): the node is not
+            // unhealthy for that; watch again a little later.
+            tokio::time::sleep(HEALTH_WATCH_RETRY).await;
+        }
+    }
+}
+
+/// Wait before watching the gateway's health events again after the watch failed.
+const HEALTH_WATCH_RETRY: Duration = Duration::from_millis(500);
+
+impl GatewayResolver {
+    /// Follows `events` until `node_id` should stop serving `data_id` (`true`), or the watch
+    /// ends (`false`).
+    async fn watch_until_unhealthy(
+        &self,
+        mut events: tonic::Streaming<HealthEvent>,
+        data_id: &DataId,
+        node_id: &str,
+    ) -> bool {
+        // The nodes the gateway suspects, as its events say.
+        let mut suspects: HashSet<String> = HashSet::new();
+        while let Ok(Some(event)) = events.message().await {
+            match HealthEventKind::try_from(event.kind).unwrap_or(HealthEventKind::Health) {
+                HealthEventKind::Health => {
+                    if event.node_id == node_id
+                        && matches!(
+                            HealthStatus::try_from(event.to),
+                            Ok(HealthStatus::Critical | HealthStatus::Gone)
+                        )
+                    {
+                        debug!(%data_id, node = node_id, "the gateway reports the serving node down");
+                        return true;
+                    }
+                    // A node's suspicion, if any, follows its health event (in a snapshot)
+                    // or ended with it (lost is a health change).
+                    suspects.remove(&event.node_id);
+                }
+                HealthEventKind::Suspect if event.suspect => {
+                    suspects.insert(event.node_id);
+                }
+                HealthEventKind::Suspect => {
+                    suspects.remove(&event.node_id);
+                }
+                HealthEventKind::Promotion => continue,
+            }
+            // While the node is suspect, any change may have made a better node available.
+            if suspects.contains(node_id) && self.offers_better(data_id, node_id, &suspects).await {
+                debug!(%data_id, node = node_id, "the gateway suspects the serving node; moving to another");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the gateway's route for `data_id` offers a node other than `node_id` that is
+    /// not suspect.
+    async fn offers_better(
+        &self,
+        data_id: &DataId,
+        node_id: &str,
+        suspects: &HashSet<String>,
+    ) -> bool {
+        self.route(data_id).await.is_ok_and(|route| {
+            route
+                .candidates
+                .iter()
+                .any(|c| c.node_id != node_id && !suspects.contains(&c.node_id))
+        })
     }
 }
 

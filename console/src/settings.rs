@@ -107,7 +107,7 @@ impl ConsoleSettings {
             consul_address: consul_address.to_owned(),
             consul_token: None,
             client_token: None,
-            kv_prefix: "streaming/data/".into(),
+            kv_prefix: ec_discovery::DEFAULT_KV_PREFIX.into(),
             gateway: gateway.to_owned(),
             buffer: 50_000,
             watch_wait: Duration::from_secs(30),

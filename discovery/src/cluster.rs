@@ -1,9 +1,9 @@
 //! The cluster credential: the shared secret a node presents when it opens `Replicate` on
 //! another node, so that only cluster members replicate.
 //!
-//! Where: `<kv_prefix without its trailing '/'>.cluster/secret` — `streaming/data.cluster/secret`
-//! for the default prefix, beside the mappings and the epoch records, so that a policy
-//! granting `key_prefix "streaming/data/"` (what a gateway needs) does not reveal it.
+//! Where: [`KvLayout::cluster_secret_key`] (`streaming/data.cluster/secret` for the default
+//! prefix), beside the mappings and the epoch records, so that a policy granting
+//! `key_prefix "streaming/data/"` (what a gateway needs) does not reveal it.
 //!
 //! Zero configuration: the first node that finds no secret creates one — 32 random bytes,
 //! hex — by check-and-set on "must not exist" (`cas=0`); of two nodes racing, one write wins
@@ -14,25 +14,17 @@ use ec_core::auth::Secret;
 
 use crate::client::ConsulClient;
 use crate::error::DiscoveryError;
+use crate::layout::KvLayout;
 
 /// Rounds of create-then-read before giving up (only a concurrent delete could use them).
 const ATTEMPTS: usize = 5;
-
-/// The key of the cluster secret of the mappings under `kv_prefix`.
-pub fn cluster_secret_key(kv_prefix: &str) -> String {
-    let base = kv_prefix.strip_suffix('/').unwrap_or(kv_prefix);
-    if base.is_empty() {
-        return "event-catcher.cluster/secret".to_owned();
-    }
-    format!("{base}.cluster/secret")
-}
 
 /// Reads the cluster secret, creating it first if there is none.
 pub async fn provision_cluster_secret(
     consul: &ConsulClient,
     kv_prefix: &str,
 ) -> Result<Secret, DiscoveryError> {
-    let key = cluster_secret_key(kv_prefix);
+    let key = KvLayout::new(kv_prefix).cluster_secret_key();
     for _ in 0..ATTEMPTS {
         if let Some(pair) = consul.kv_get(&key).await? {
             let text = String::from_utf8_lossy(&pair.value).into_owned();
@@ -69,12 +61,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_sits_beside_the_prefix() {
-        assert_eq!(
-            cluster_secret_key("streaming/data/"),
-            "streaming/data.cluster/secret"
-        );
-        assert_eq!(cluster_secret_key("/"), "event-catcher.cluster/secret");
+    fn secrets_are_fresh_hex() {
         assert_eq!(fresh().len(), 64);
         assert_ne!(fresh(), fresh());
     }

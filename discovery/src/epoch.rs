@@ -2,8 +2,8 @@
 //! and which nodes are in sync with it. This is the record every replication decision is
 //! agreed on; nothing else decides who may write.
 //!
-//! Where: `<kv_prefix without its trailing '/'>.epochs/<data_id>` — for the default prefix
-//! `streaming/data/` that is `streaming/data.epochs/orders`. The key sits *beside* the
+//! Where: [`KvLayout::epoch_key`] — for the default prefix `streaming/data/` that is
+//! `streaming/data.epochs/orders`. The key sits *beside* the
 //! mapping prefix, not under it, so a listing of the mappings never sees it (it would be a
 //! nested key there, reported as a problem).
 //!
@@ -30,18 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::blocking::QueryOptions;
 use crate::client::ConsulClient;
 use crate::error::DiscoveryError;
-
-/// Where the epoch records of the mappings under `kv_prefix` live: the prefix without its
-/// trailing `/`, then `.epochs/` (`streaming/data/` → `streaming/data.epochs/`).
-pub fn epoch_prefix(kv_prefix: &str) -> String {
-    let base = kv_prefix.strip_suffix('/').unwrap_or(kv_prefix);
-    if base.is_empty() {
-        // A mapping prefix of "" or "/" (not allowed by the configuration, but possible
-        // through the library): keep the records out of the root.
-        return "event-catcher.epochs/".to_string();
-    }
-    format!("{base}.epochs/")
-}
+use crate::layout::KvLayout;
 
 /// One data ID's epoch record, as stored at one `ModifyIndex`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,11 +114,11 @@ pub struct EpochStore {
 }
 
 impl EpochStore {
-    /// The epoch records of the mappings under `kv_prefix` (see [`epoch_prefix`]).
+    /// The epoch records of the mappings under `kv_prefix` (see [`KvLayout::epoch_prefix`]).
     pub fn new(client: ConsulClient, kv_prefix: &str) -> EpochStore {
         EpochStore {
             client,
-            prefix: epoch_prefix(kv_prefix),
+            prefix: KvLayout::new(kv_prefix).epoch_prefix(),
         }
     }
 
@@ -294,14 +283,6 @@ mod tests {
 
     fn n(s: &str) -> NodeId {
         NodeId::parse(s).expect("node id")
-    }
-
-    #[test]
-    fn prefix_sits_beside_the_mappings() {
-        assert_eq!(epoch_prefix("streaming/data/"), "streaming/data.epochs/");
-        assert_eq!(epoch_prefix("ec/map"), "ec/map.epochs/");
-        assert_eq!(epoch_prefix("/"), "event-catcher.epochs/");
-        assert!(!epoch_prefix("streaming/data/").starts_with("streaming/data/"));
     }
 
     #[test]

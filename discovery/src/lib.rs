@@ -16,7 +16,9 @@
 //! - `epoch`: [`EpochStore`], each replicated data ID's leader epoch, primary and in-sync
 //!   set, beside the mappings, every write a check-and-set;
 //! - `session`: sessions and [`hold_lock`], one lock held by at most one process at a time;
-//! - `cluster`: [`provision_cluster_secret`], the shared credential of cluster members.
+//! - `cluster`: [`provision_cluster_secret`], the shared credential of cluster members;
+//! - `layout`: [`KvLayout`], every key this project keeps in Consul KV, derived from the
+//!   mapping prefix: the only place the key layout is spelled.
 //!
 //! Rules this crate keeps for every caller (see "Talking to Consul" in the design page):
 //! `recurse` is never sent on a single-key read or delete; `null` lists and maps decode as
@@ -35,6 +37,7 @@ mod epoch;
 mod error;
 mod health;
 mod kv;
+mod layout;
 mod mapping;
 pub mod registration;
 mod session;
@@ -44,14 +47,15 @@ mod wire;
 pub use agent::{AgentService, AgentServiceHealth, HttpCheck, ServiceRegistration};
 pub use blocking::{Indexed, MAX_WAIT, QueryOptions, next_index};
 pub use client::ConsulClient;
-pub use cluster::{cluster_secret_key, provision_cluster_secret};
-pub use epoch::{EpochError, EpochState, EpochStore, epoch_prefix};
+pub use cluster::provision_cluster_secret;
+pub use epoch::{EpochError, EpochState, EpochStore};
 pub use error::DiscoveryError;
 pub use health::{
     CatalogNode, CheckStatus, HealthCheck, HealthSnapshot, HealthTransition, NodeHealth,
     NodeStatus, ServiceEntry, transitions,
 };
 pub use kv::KvPair;
+pub use layout::{DEFAULT_KV_PREFIX, KvLayout};
 pub use mapping::{
     DEFAULT_MAX_NODES_PER_MAPPING, MAX_CAS_ATTEMPTS, Mapping, MappingError, MappingProblem,
     MappingSnapshot, MappingStore,

@@ -29,6 +29,7 @@ use crate::blocking::QueryOptions;
 use crate::client::ConsulClient;
 use crate::error::DiscoveryError;
 use crate::kv::KvPair;
+use crate::layout::KvLayout;
 
 /// How many check-and-set attempts a read-modify-write makes before giving up.
 pub const MAX_CAS_ATTEMPTS: u32 = 64;
@@ -286,7 +287,8 @@ enum Stored {
 #[derive(Debug, Clone)]
 pub struct MappingStore {
     client: ConsulClient,
-    prefix: String,
+    /// The keys: `<prefix><data_id>`.
+    layout: KvLayout,
     /// `limits.max_nodes_per_mapping`: longer mappings are neither written nor read.
     max_nodes: usize,
 }
@@ -297,7 +299,7 @@ impl MappingStore {
     pub fn new(client: ConsulClient, kv_prefix: &str) -> MappingStore {
         MappingStore {
             client,
-            prefix: kv_prefix.to_string(),
+            layout: KvLayout::new(kv_prefix),
             max_nodes: DEFAULT_MAX_NODES_PER_MAPPING,
         }
     }
@@ -321,12 +323,17 @@ impl MappingStore {
 
     /// The KV prefix.
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        self.layout.mapping_prefix()
+    }
+
+    /// Where this deployment's keys live (mappings, epochs, locks, secret).
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
     }
 
     /// The Consul key of `data_id`'s mapping.
     pub fn key(&self, data_id: &DataId) -> String {
-        format!("{}{}", self.prefix, data_id)
+        self.layout.mapping_key(data_id)
     }
 
     /// The mapping of `data_id`; `None` if there is none. A stored value that is not a
@@ -345,16 +352,16 @@ impl MappingStore {
     /// Every mapping under the prefix, blocking until something under it changes when
     /// `q.index` is set. Invalid keys are reported in `problems`, not as an error.
     pub async fn list(&self, q: &QueryOptions) -> Result<MappingSnapshot, MappingError> {
-        let answer = self.client.kv_list(&self.prefix, q).await?;
+        let answer = self.client.kv_list(self.prefix(), q).await?;
         if answer.value.is_empty() {
             // Consul's ACLs hide keys a token may not read: the listing is then empty, as
             // for a prefix that holds nothing. A single-key read is refused outright (403),
             // so reading the prefix's own key tells the two apart: "no mappings" must never
             // be what a permission problem looks like.
-            self.client.kv_get(&self.prefix).await?;
+            self.client.kv_get(self.prefix()).await?;
         }
         Ok(MappingSnapshot::from_kv_within(
-            &self.prefix,
+            self.prefix(),
             answer.value,
             answer.index,
             self.max_nodes,

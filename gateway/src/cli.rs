@@ -118,7 +118,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn library_default_failover_delay_is_the_configuration_default() {
+    fn library_defaults_are_the_configuration_defaults() {
         let config = GatewayFlags::default()
             .loader(None)
             .default_file(None)
@@ -129,6 +129,7 @@ mod tests {
             settings(&config).expect("valid").failover_after,
             crate::server::DEFAULT_FAILOVER_AFTER
         );
+        assert_eq!(config.consul.kv_prefix, ec_discovery::DEFAULT_KV_PREFIX);
     }
 
     #[test]

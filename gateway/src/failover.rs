@@ -14,7 +14,7 @@
 //! 1.2 s after its death and a frozen one about 4.2 s after it stopped answering.
 //!
 //! Invariants:
-//! - Only the holder of the Consul lock `<kv_prefix minus '/'>.failover/lock` acts, so of
+//! - Only the holder of the Consul lock `KvLayout::failover_lock_key` acts, so of
 //!   several gateways exactly one promotes; every gateway still watches, so a new holder
 //!   acts at once on failures it has already seen long enough. The promotion itself is a
 //!   check-and-set that also requires the primary to still be the failed one, so even a lock

@@ -47,6 +47,11 @@ pub struct HealthChange {
     /// Set when this is not a health change but a promotion made by this gateway; `node_id`
     /// is then the new primary.
     pub promotion: Option<Promotion>,
+    /// Set when this is not a health change but a change of this gateway's suspicion of the
+    /// node (`probe.rs`): `Some(true)` when its checks began to go unanswered (readers
+    /// should leave it), `Some(false)` when it answers again. `from` and `to` are then both
+    /// its current status.
+    pub suspect: Option<bool>,
 }
 
 impl HealthChange {
@@ -86,6 +91,7 @@ impl HealthChange {
                 }
             ),
             promotion: Some(p.clone()),
+            suspect: None,
         }
     }
 }
@@ -116,7 +122,10 @@ pub(crate) async fn feed(
             table.publish(next);
             for mut change in transitions {
                 change.generation = generation;
-                info!(node = %change.node_id, from = change.from.map_or("-", status_name), to = status_name(change.to), "node health changed");
+                // Suspicions are logged by the probes themselves.
+                if change.suspect.is_none() {
+                    info!(node = %change.node_id, from = change.from.map_or("-", status_name), to = status_name(change.to), "node health changed");
+                }
                 // No receiver is fine: nobody is watching.
                 let _ = changes.send(change);
             }
@@ -199,9 +208,11 @@ pub(crate) fn build(
                     at: tr.at,
                     generation: 0,
                     promotion: None,
+                    suspect: None,
                 }
             })
             .collect();
+        changes.extend(suspicions(base, &t, now));
         next = Some(t);
     }
 
@@ -221,6 +232,47 @@ pub(crate) fn build(
         next = Some(base.with_freshness(freshness));
     }
     (next, changes)
+}
+
+/// The changes of suspicion between `prev` and `next` (nodes that became suspect, and
+/// suspect nodes that are neither suspect nor lost any more), as events for readers.
+fn suspicions(prev: &Table, next: &Table, now: SystemTime) -> Vec<HealthChange> {
+    let nodes = next.nodes();
+    let event = |node_id: &str, suspect: bool, detail: String| {
+        let state = nodes.iter().find(|n| n.node_id == node_id);
+        let status = state.map_or(NodeStatus::Gone, |s| s.status);
+        HealthChange {
+            node_id: node_id.to_owned(),
+            address: state.map(|s| s.address.clone()).unwrap_or_default(),
+            from: Some(status),
+            to: status,
+            at: now,
+            generation: 0,
+            detail,
+            promotion: None,
+            suspect: Some(suspect),
+        }
+    };
+    let mut changes = Vec::new();
+    for (node, _) in next.suspects() {
+        if prev.suspect(node).is_none() {
+            changes.push(event(
+                node,
+                true,
+                "suspect: this gateway's health checks of it go unanswered; readers move to another node".to_owned(),
+            ));
+        }
+    }
+    for (node, _) in prev.suspects() {
+        if next.suspect(node).is_none() && next.lost(node).is_none() {
+            changes.push(event(
+                node,
+                false,
+                "answers this gateway's health checks again".to_owned(),
+            ));
+        }
+    }
+    changes
 }
 
 fn log_reachability(
@@ -400,6 +452,7 @@ mod tests {
                 },
             )]),
             generation: 1,
+            ..Reachability::default()
         };
         // Same Consul snapshot: only the probes changed.
         let (t2, changes) = build(&t1, &m, &h, &lost, now);
@@ -425,13 +478,47 @@ mod tests {
         assert!(!t2.serves(&d, "n1"));
 
         let back = Reachability {
-            lost: BTreeMap::new(),
             generation: 2,
+            ..Reachability::default()
         };
         let (t3, changes) = build(&t2, &m, &h, &back, now);
         let t3 = t3.expect("reached again");
         assert_eq!(changes[0].to, NodeStatus::Passing);
         assert!(t3.primary(&d).is_ok());
+    }
+
+    #[test]
+    fn a_suspect_node_is_announced_for_readers_without_a_health_change() {
+        let t0 = Table::empty(AllowList::default());
+        let m = watched(mappings(), 1, true);
+        let h = watched(health(NodeStatus::Passing), 1, true);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let (t1, _) = build(&t0, &m, &h, &none_lost(), now);
+        let t1 = t1.expect("loaded");
+        let suspect = Reachability {
+            suspect: BTreeMap::from([("n1".to_owned(), now)]),
+            generation: 1,
+            ..Reachability::default()
+        };
+        let (t2, changes) = build(&t1, &m, &h, &suspect, now);
+        let t2 = t2.expect("the probes changed the table");
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].suspect, Some(true));
+        assert_eq!(
+            (changes[0].from, changes[0].to),
+            (Some(NodeStatus::Passing), NodeStatus::Passing),
+            "not a health change"
+        );
+        let d = DataId::parse("d").expect("valid");
+        assert!(t2.primary(&d).is_ok(), "writes ignore suspicion");
+
+        let back = Reachability {
+            generation: 2,
+            ..Reachability::default()
+        };
+        let (_, changes) = build(&t2, &m, &h, &back, now);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].suspect, Some(false));
     }
 
     #[test]

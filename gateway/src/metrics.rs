@@ -204,6 +204,8 @@ impl GatewayMetrics {
                     Ok(c) if c.promotion.is_some() => {
                         self.inner.promotions.inc();
                     }
+                    // Not a change of health: the probes' suspicion, for readers.
+                    Ok(c) if c.suspect.is_some() => {}
                     Ok(c) => {
                         let status = vec![("status", format!("{:?}", c.to).to_lowercase())];
                         self.inner.health_transitions.get_or_create(&status).inc();

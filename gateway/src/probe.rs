@@ -15,6 +15,14 @@
 //! (`failover.rs`) only acts on a primary that stays lost for `gateway.failover_after`, so a
 //! blip clears itself.
 //!
+//! Before a silent node is lost it is *suspect*: once it has left its checks unanswered for
+//! [`ProbeSettings::suspect_after`] (a check still pending counts), it is reported suspect
+//! until any answer comes back. Suspicion is a signal for readers only: moving a reader is
+//! always safe (it resumes from its next offset, and every in-sync replica serves up to its
+//! high watermark), so readers leave a suspect node within a fraction of a second, while
+//! writes, the primary's standing and promotion wait for the conservative *lost* verdict. A
+//! slow answer on a busy machine then costs a reader a move, never a failover.
+//!
 //! Invariants:
 //! - One probe task per registered node and address, on its own connection (not the channel
 //!   cache shared with readers and publishers), so a probe never waits behind data and
@@ -25,10 +33,11 @@
 //!   already reports it gone.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use ec_discovery::{HealthSnapshot, Watched};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{ClientTlsConfig, Endpoint};
@@ -47,17 +56,23 @@ pub struct ProbeSettings {
     pub timeout: Duration,
     /// How long a node may leave checks unanswered before it counts as lost.
     pub silence: Duration,
+    /// How long a node may leave checks unanswered before readers leave it (it is
+    /// *suspect*); shorter than `silence`, and never a reason to promote.
+    pub suspect_after: Duration,
 }
 
 impl Default for ProbeSettings {
-    /// Every 200 ms, each check given 1 s, lost after 3 s without an answer: a killed node
-    /// is seen within 200 ms, a frozen one within about 3.2 s, and a check on a live node
-    /// (well under a millisecond on a LAN) has a wide margin even on an overloaded machine.
+    /// Every 200 ms, each check given 1 s, suspect after 600 ms and lost after 3 s without
+    /// an answer: a killed node is seen within 200 ms, readers leave a frozen one within
+    /// about 0.6 s and it is lost within about 3.2 s, and a check on a live node (well under
+    /// a millisecond on a LAN) has a wide margin even on an overloaded machine (missing it
+    /// only moves readers).
     fn default() -> Self {
         ProbeSettings {
             interval: Duration::from_millis(200),
             timeout: Duration::from_secs(1),
             silence: Duration::from_secs(3),
+            suspect_after: Duration::from_millis(600),
         }
     }
 }
@@ -71,12 +86,16 @@ pub struct Lost {
     pub reason: String,
 }
 
-/// What the probes say: the nodes that are lost right now. Nodes not listed answered their
-/// last check (or are not probed: not registered).
+/// What the probes say: the nodes that are lost or suspect right now. Nodes not listed
+/// answered their last check (or are not probed: not registered).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reachability {
     /// Lost nodes by node ID.
     pub lost: BTreeMap<String, Lost>,
+    /// Suspect nodes (silent for [`ProbeSettings::suspect_after`], not lost) by node ID, with
+    /// when the suspicion began. Only read routing looks at these. A lost node is never
+    /// listed here too.
+    pub suspect: BTreeMap<String, SystemTime>,
     /// Bumps on every change, so the feeder can tell a new picture from the one it used.
     pub generation: u64,
 }
@@ -166,10 +185,10 @@ async fn supervise(
     }
 }
 
-/// Drops `node` from the lost set (it is no longer probed).
+/// Drops `node` from the lost and suspect sets (it is no longer probed).
 fn forget(tx: &watch::Sender<Reachability>, node: &str) {
     tx.send_if_modified(|r| {
-        let changed = r.lost.remove(node).is_some();
+        let changed = r.lost.remove(node).is_some() | r.suspect.remove(node).is_some();
         if changed {
             r.generation += 1;
         }
@@ -205,19 +224,44 @@ async fn probe(
     let mut client = HealthClient::new(endpoint.connect_lazy());
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // When the node last answered (or probing started).
+    // When the node last answered (or probing started), and whether it is suspect now.
     let mut answered = Instant::now();
+    let mut suspect = false;
+    // Resolves once the node has been silent for `suspect_after`, if it is not suspect yet;
+    // raced against every wait below, so a check still pending counts as silence.
+    let suspect_after = settings.suspect_after;
+    let suspicion = move |answered: Instant, suspect: bool| async move {
+        if suspect {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep_until(answered + suspect_after).await;
+    };
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
+            () = suspicion(answered, suspect) => {
+                suspect = true;
+                record(&tx, &node, &address, Verdict::Suspect(answered.elapsed()));
+                continue;
+            }
         }
-        let asked = client.check(HealthCheckRequest {
-            service: String::new(),
-        });
-        let answer = tokio::select! {
-            () = stop.cancelled() => return,
-            answer = tokio::time::timeout(settings.timeout, asked) => answer,
+        let asked = tokio::time::timeout(
+            settings.timeout,
+            client.check(HealthCheckRequest {
+                service: String::new(),
+            }),
+        );
+        tokio::pin!(asked);
+        let answer = loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                answer = &mut asked => break answer,
+                () = suspicion(answered, suspect) => {
+                    suspect = true;
+                    record(&tx, &node, &address, Verdict::Suspect(answered.elapsed()));
+                }
+            }
         };
         let verdict = match answer {
             Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => {
@@ -245,16 +289,22 @@ async fn probe(
                     answered.elapsed().as_millis()
                 ))
             }
-            // Slow, not yet silent for long: neither lost nor confirmed reachable.
+            // Slow, not yet silent for long: not lost, and suspect only once the suspicion
+            // timer above says so.
             Ok(Err(_)) | Err(_) => continue,
         };
+        // Whatever the verdict, the suspicion is settled: reachable clears it, lost
+        // supersedes it.
+        suspect = matches!(verdict, Verdict::Lost(_));
         record(&tx, &node, &address, verdict);
     }
 }
 
-/// What one check says about a node.
+/// What one check (or the silence since the last answer) says about a node.
 enum Verdict {
     Reachable,
+    /// Silent for this long: readers should leave it.
+    Suspect(Duration),
     Lost(String),
 }
 
@@ -262,33 +312,55 @@ enum Verdict {
 fn record(tx: &watch::Sender<Reachability>, node: &str, address: &str, verdict: Verdict) {
     tx.send_if_modified(|r| match verdict {
         Verdict::Reachable => {
+            let was_suspect = r.suspect.remove(node).is_some();
             let Some(lost) = r.lost.remove(node) else {
-                return false;
+                if was_suspect {
+                    info!(node, address, "suspect node answers again");
+                    r.generation += 1;
+                }
+                return was_suspect;
             };
             let secs = lost.since.elapsed().map_or(0.0, |d| d.as_secs_f64());
             info!(node, address, lost_for_secs = secs, "node reachable again");
             r.generation += 1;
             true
         }
-        Verdict::Lost(reason) => match r.lost.get_mut(node) {
-            Some(lost) => {
-                // Still lost: keep `since`; the reason is refreshed without waking anyone.
-                lost.reason = reason;
-                false
+        Verdict::Suspect(silent) => {
+            if r.lost.contains_key(node) || r.suspect.contains_key(node) {
+                return false;
             }
-            None => {
-                warn!(node, address, %reason, "node lost: its health check failed");
-                r.lost.insert(
-                    node.to_owned(),
-                    Lost {
-                        since: SystemTime::now(),
-                        reason,
-                    },
-                );
-                r.generation += 1;
-                true
+            info!(
+                node,
+                address,
+                silent_ms = silent.as_millis() as u64,
+                "node suspect: its health checks go unanswered; readers move off it"
+            );
+            r.suspect.insert(node.to_owned(), SystemTime::now());
+            r.generation += 1;
+            true
+        }
+        Verdict::Lost(reason) => {
+            r.suspect.remove(node);
+            match r.lost.get_mut(node) {
+                Some(lost) => {
+                    // Still lost: keep `since`; the reason is refreshed without waking anyone.
+                    lost.reason = reason;
+                    false
+                }
+                None => {
+                    warn!(node, address, %reason, "node lost: its health check failed");
+                    r.lost.insert(
+                        node.to_owned(),
+                        Lost {
+                            since: SystemTime::now(),
+                            reason,
+                        },
+                    );
+                    r.generation += 1;
+                    true
+                }
             }
-        },
+        }
     });
 }
 
@@ -331,5 +403,34 @@ mod tests {
         forget(&tx, "n2");
         assert!(rx.borrow().lost.is_empty());
         assert_eq!(rx.borrow().generation, 4);
+    }
+
+    #[test]
+    fn suspect_until_an_answer_and_lost_supersedes_it() {
+        let (tx, rx) = watch::channel(Reachability::default());
+        let silent = Duration::from_millis(600);
+        record(&tx, "n1", "a:1", Verdict::Suspect(silent));
+        assert!(rx.borrow().suspect.contains_key("n1"));
+        assert!(rx.borrow().lost.is_empty(), "a suspicion is not a loss");
+        assert_eq!(rx.borrow().generation, 1);
+        record(&tx, "n1", "a:1", Verdict::Suspect(silent));
+        assert_eq!(rx.borrow().generation, 1, "still suspect: no wake-up");
+        record(&tx, "n1", "a:1", Verdict::Reachable);
+        assert!(rx.borrow().suspect.is_empty(), "back at once");
+        assert_eq!(rx.borrow().generation, 2);
+
+        record(&tx, "n1", "a:1", Verdict::Suspect(silent));
+        record(&tx, "n1", "a:1", Verdict::Lost("no answer".into()));
+        let r = rx.borrow().clone();
+        assert!(r.lost.contains_key("n1") && r.suspect.is_empty());
+        assert_eq!(r.generation, 4);
+        record(&tx, "n1", "a:1", Verdict::Suspect(silent));
+        assert!(
+            rx.borrow().suspect.is_empty(),
+            "lost stays lost, not suspect"
+        );
+        record(&tx, "n2", "a:2", Verdict::Suspect(silent));
+        forget(&tx, "n2");
+        assert!(rx.borrow().suspect.is_empty());
     }
 }

@@ -14,7 +14,11 @@
 //!   outside a non-empty allow-list. A lost node is shown as critical in the table's health,
 //!   so its transitions reach `WatchHealth` at once, not after Consul's next check.
 //! - Readers prefer passing nodes: candidates are the passing nodes in mapping order, then
-//!   the warning ones in mapping order. A warning node still answers (its check says "degraded",
+//!   the warning ones in mapping order, then the *suspect* ones (usable, but this gateway's
+//!   probes have gone unanswered for a moment, see `probe.rs`), which are a last resort. A
+//!   reader served by a suspect node is moved off it when another candidate exists
+//!   ([`Table::serves`]), and since a suspect node is never preferred, the move does not
+//!   flap back. Suspicion concerns readers only: writes and promotion ignore it. A warning node still answers (its check says "degraded",
 //!   not "down"), so it is better than nothing, but it is never chosen while a passing node is
 //!   there. `GetNodeForData` picks round-robin among the passing candidates (among the warning
 //!   ones only when none passes).
@@ -56,7 +60,8 @@ pub struct Route {
     pub chosen: NodeRoute,
     /// The mapping's first node, where writes go (whether or not it is usable).
     pub primary: NodeId,
-    /// Every usable node of the mapping: passing ones in mapping order, then warning ones.
+    /// Every usable node of the mapping: passing ones in mapping order, then warning ones,
+    /// then suspect ones.
     pub candidates: Vec<NodeRoute>,
 }
 
@@ -239,6 +244,9 @@ pub struct Table {
     pub(crate) probes_generation: u64,
     /// Nodes this gateway's probes cannot reach, with since when and why.
     lost: BTreeMap<String, Lost>,
+    /// Nodes this gateway's probes suspect (silent for a moment, not lost), with since when:
+    /// readers avoid them.
+    suspect: BTreeMap<String, SystemTime>,
     /// When each node entered its current status; kept for gone nodes a mapping still names.
     since: BTreeMap<String, SystemTime>,
     /// Last known address of nodes that left Consul, while a mapping still names them.
@@ -264,6 +272,7 @@ impl Table {
             },
             probes_generation: 0,
             lost: BTreeMap::new(),
+            suspect: BTreeMap::new(),
             since: BTreeMap::new(),
             gone_addresses: BTreeMap::new(),
             allowed: Arc::new(allowed),
@@ -347,6 +356,12 @@ impl Table {
             .filter(|(n, _)| snapshot.nodes.contains_key(*n))
             .map(|(n, l)| (n.clone(), l.clone()))
             .collect();
+        next.suspect = probes
+            .suspect
+            .iter()
+            .filter(|(n, _)| snapshot.nodes.contains_key(*n))
+            .map(|(n, t)| (n.clone(), *t))
+            .collect();
         next.probes_generation = probes.generation;
         (next, changes)
     }
@@ -354,6 +369,16 @@ impl Table {
     /// Why this gateway cannot reach `node_id`, if it cannot.
     pub fn lost(&self, node_id: &str) -> Option<&Lost> {
         self.lost.get(node_id)
+    }
+
+    /// Since when this gateway's probes suspect `node_id`, if they do (readers avoid it).
+    pub fn suspect(&self, node_id: &str) -> Option<SystemTime> {
+        self.suspect.get(node_id).copied()
+    }
+
+    /// The nodes this gateway's probes suspect right now.
+    pub fn suspects(&self) -> impl Iterator<Item = (&str, SystemTime)> {
+        self.suspect.iter().map(|(n, t)| (n.as_str(), *t))
     }
 
     /// A table identical to this one but for its freshness.
@@ -455,16 +480,26 @@ impl Table {
         }
     }
 
-    /// The usable nodes of `data_id`'s mapping, passing ones first (mapping order within
-    /// each group), so the primary comes first when it passes.
+    /// The usable nodes of `data_id`'s mapping in the order readers should try them: passing
+    /// ones first, then warning ones, then suspect ones (mapping order within each group), so
+    /// the primary comes first when it passes and is not suspect.
     pub fn candidates(&self, data_id: &DataId) -> Result<Vec<NodeRoute>, RouteError> {
-        self.candidates_with_turn(data_id).map(|(c, _)| c)
+        self.candidates_with_turn(data_id).map(|(c, _, _)| c)
     }
 
+    /// How much a reader wants `node`: lower is better.
+    fn read_rank(&self, node: &NodeRoute) -> u8 {
+        let suspect = u8::from(self.suspect.contains_key(&node.node_id));
+        let warning = u8::from(node.status != NodeStatus::Passing);
+        2 * suspect + warning
+    }
+
+    /// The candidates, how many of them (from the front) are equally preferred, and the
+    /// mapping's round-robin turn.
     fn candidates_with_turn(
         &self,
         data_id: &DataId,
-    ) -> Result<(Vec<NodeRoute>, &AtomicUsize), RouteError> {
+    ) -> Result<(Vec<NodeRoute>, usize, &AtomicUsize), RouteError> {
         if let Some(e) = self.not_loaded() {
             return Err(e);
         }
@@ -474,34 +509,35 @@ impl Table {
             .ok_or_else(|| RouteError::NotFound {
                 data_id: data_id.clone(),
             })?;
-        let mut passing = Vec::with_capacity(routed.mapping.nodes.len());
-        let mut warning = Vec::new();
+        let mut usable = Vec::with_capacity(routed.mapping.nodes.len());
         let mut unusable = Vec::new();
         for node in &routed.mapping.nodes {
             match self.node(node.as_str()) {
-                Ok(r) if r.status == NodeStatus::Passing => passing.push(r),
-                Ok(r) => warning.push(r),
+                Ok(r) => usable.push(r),
                 Err(why) => unusable.push((node.clone(), why)),
             }
         }
-        if passing.is_empty() && warning.is_empty() {
+        if usable.is_empty() {
             return Err(RouteError::NoHealthyNode {
                 data_id: data_id.clone(),
                 nodes: unusable,
             });
         }
-        passing.extend(warning);
-        Ok((passing, &routed.turn))
+        // Stable: mapping order within each rank.
+        usable.sort_by_key(|n| self.read_rank(n));
+        let best = self.read_rank(&usable[0]);
+        let preferred = usable
+            .iter()
+            .take_while(|n| self.read_rank(n) == best)
+            .count();
+        Ok((usable, preferred, &routed.turn))
     }
 
-    /// Where to read `data_id`: a node picked round-robin among the passing candidates (the
-    /// warning ones when none passes), with all candidates and the primary.
+    /// Where to read `data_id`: a node picked round-robin among the most preferred candidates
+    /// (passing ones; warning ones when none passes; suspect ones only when nothing else is
+    /// usable), with all candidates and the primary.
     pub fn route(&self, data_id: &DataId) -> Result<Route, RouteError> {
-        let (candidates, turn) = self.candidates_with_turn(data_id)?;
-        let preferred = candidates
-            .iter()
-            .take_while(|c| c.status == candidates[0].status)
-            .count();
+        let (candidates, preferred, turn) = self.candidates_with_turn(data_id)?;
         let i = turn.fetch_add(1, Ordering::Relaxed) % preferred;
         let primary = self
             .mapping(data_id)
@@ -533,15 +569,25 @@ impl Table {
             })
     }
 
-    /// Whether `node_id` may keep serving readers of `data_id`: the mapping still names it
-    /// and it is usable. `true` while the table is not loaded (nothing is known yet).
+    /// Whether `node_id` may keep serving readers of `data_id`: the mapping still names it,
+    /// it is usable, and it is not suspect while a candidate that is not suspect exists (a
+    /// reader leaves a suspect node only for a better one, so it never moves in circles).
+    /// `true` while the table is not loaded (nothing is known yet).
     pub fn serves(&self, data_id: &DataId, node_id: &str) -> bool {
         if !self.is_loaded() {
             return true;
         }
-        self.mapping(data_id)
-            .is_some_and(|m| m.nodes.iter().any(|n| n.as_str() == node_id))
-            && self.node(node_id).is_ok()
+        let named = self
+            .mapping(data_id)
+            .is_some_and(|m| m.nodes.iter().any(|n| n.as_str() == node_id));
+        if !named || self.node(node_id).is_err() {
+            return false;
+        }
+        !self.suspect.contains_key(node_id)
+            || self.candidates(data_id).is_ok_and(|c| {
+                c.first()
+                    .is_none_or(|best| self.suspect.contains_key(&best.node_id))
+            })
     }
 
     /// The state of one node, registered or only named by a mapping.
@@ -758,6 +804,64 @@ mod tests {
             t.registered_addresses(),
             Some(BTreeSet::from(["n1:1"])),
             "registered nodes only"
+        );
+    }
+
+    /// `t` with `suspect` suspected by the probes (Consul's health unchanged).
+    fn suspecting(t: &Table, suspect: &[&str]) -> Table {
+        let probes = Reachability {
+            suspect: suspect
+                .iter()
+                .map(|n| ((*n).to_owned(), SystemTime::UNIX_EPOCH))
+                .collect(),
+            generation: 1,
+            ..Reachability::default()
+        };
+        let snapshot = t.health.clone();
+        t.with_probed_health(&snapshot, &probes, SystemTime::UNIX_EPOCH)
+            .0
+    }
+
+    #[test]
+    fn readers_leave_a_suspect_node_for_a_better_one_and_writes_stay() {
+        let t = table(
+            &[],
+            &[mapping("d", &["n1", "n2", "n3"])],
+            &[("n1", Passing), ("n2", Warning), ("n3", Passing)],
+        );
+        let s = suspecting(&t, &["n1"]);
+        assert_eq!(
+            ids(&s.candidates(&id("d")).expect("candidates")),
+            ["n3", "n2", "n1"],
+            "suspect last, behind even a warning node"
+        );
+        for _ in 0..4 {
+            assert_eq!(s.route(&id("d")).expect("route").chosen.node_id, "n3");
+        }
+        assert!(!s.serves(&id("d"), "n1"), "a reader leaves the suspect");
+        assert!(s.serves(&id("d"), "n3"));
+        assert_eq!(
+            s.primary(&id("d"))
+                .expect("writes ignore suspicion")
+                .node_id,
+            "n1"
+        );
+        assert!(s.lost("n1").is_none());
+
+        // Everyone suspect: they are still served (no better node to move to), no circles.
+        let all = suspecting(&t, &["n1", "n2", "n3"]);
+        assert_eq!(
+            ids(&all.candidates(&id("d")).expect("candidates")),
+            ["n1", "n3", "n2"]
+        );
+        assert!(all.serves(&id("d"), "n1") && all.serves(&id("d"), "n2"));
+
+        // Answers again: back at once.
+        let back = suspecting(&s, &[]);
+        assert!(back.serves(&id("d"), "n1"));
+        assert_eq!(
+            ids(&back.candidates(&id("d")).expect("candidates")),
+            ["n1", "n3", "n2"]
         );
     }
 

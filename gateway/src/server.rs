@@ -16,7 +16,8 @@ use ec_client::{ChannelCache, ChannelSettings};
 use ec_core::NodeId;
 use ec_core::auth::{Policy, Secret};
 use ec_discovery::{
-    ConsulClient, EpochStore, LockOptions, MappingStore, hold_lock, watch_health, watch_mappings,
+    ConsulClient, EpochStore, KvLayout, LockOptions, MappingStore, hold_lock, watch_health,
+    watch_mappings,
 };
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -96,7 +97,7 @@ impl GatewaySettings {
             consul_url: consul_url.into(),
             consul_token: None,
             consul_ca_file: None,
-            kv_prefix: "streaming/data/".into(),
+            kv_prefix: ec_discovery::DEFAULT_KV_PREFIX.into(),
             allowed_nodes: Vec::new(),
             watch_wait: Duration::from_secs(30),
             auto_failover: true,
@@ -114,12 +115,6 @@ impl GatewaySettings {
             max_request_bytes: 16 << 20,
         }
     }
-}
-
-/// The Consul key of the failover lock beside the mappings under `kv_prefix`.
-pub fn failover_lock_key(kv_prefix: &str) -> String {
-    let base = kv_prefix.strip_suffix('/').unwrap_or(kv_prefix);
-    format!("{base}.failover/lock")
 }
 
 /// Why a gateway could not start or stopped with an error.
@@ -231,7 +226,7 @@ pub async fn run_with_metrics(
     };
     if settings.auto_failover {
         let mut lock = LockOptions::new(
-            failover_lock_key(&settings.kv_prefix),
+            KvLayout::new(&settings.kv_prefix).failover_lock_key(),
             format!("{} at {addr}", settings.name),
         );
         lock.wait = settings.watch_wait;

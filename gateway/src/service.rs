@@ -114,22 +114,36 @@ fn view(table: &Table, mapping: ec_discovery::Mapping) -> MappingView {
     MappingView { mapping, nodes }
 }
 
-/// The state of every node as `initial` health events.
+/// The state of every node as `initial` health events, each suspect node followed by its
+/// `SUSPECT` event.
 fn snapshot_events(table: &Table) -> Vec<HealthEvent> {
-    table
-        .nodes()
-        .into_iter()
-        .map(|n| HealthEvent {
+    let mut events = Vec::new();
+    for n in table.nodes() {
+        let status = health_status(n.status) as i32;
+        let suspect = table.suspect(&n.node_id).map(|since| HealthEvent {
+            node_id: n.node_id.clone(),
+            from: status,
+            to: status,
+            at: epoch_ms(Some(since)),
+            initial: true,
+            address: n.address.clone(),
+            kind: HealthEventKind::Suspect as i32,
+            suspect: true,
+            ..HealthEvent::default()
+        });
+        events.push(HealthEvent {
             node_id: n.node_id,
             from: HealthStatus::Unknown as i32,
-            to: health_status(n.status) as i32,
+            to: status,
             at: epoch_ms(n.since),
             initial: true,
             address: n.address,
             detail: mapped_for(&n.data_ids),
             ..HealthEvent::default()
-        })
-        .collect()
+        });
+        events.extend(suspect);
+    }
+    events
 }
 
 fn mapped_for(ids: &[DataId]) -> String {
@@ -152,6 +166,10 @@ fn change_event(c: HealthChange) -> HealthEvent {
         detail: c.detail,
         ..HealthEvent::default()
     };
+    if let Some(suspect) = c.suspect {
+        event.kind = HealthEventKind::Suspect as i32;
+        event.suspect = suspect;
+    }
     if let Some(p) = c.promotion {
         event.kind = HealthEventKind::Promotion as i32;
         event.data_id = p.data_id.to_string();
@@ -592,6 +610,7 @@ mod tests {
             generation,
             detail: String::new(),
             promotion: None,
+            suspect: None,
         }
     }
 

@@ -49,7 +49,7 @@ async fn start_node(
         ..NodeSettings::new(NodeId::parse(id)?, dir.join(id), consul)
     };
     let replication = ReplicationSettings {
-        kv_prefix: "streaming/data/".into(),
+        kv_prefix: ec_discovery::DEFAULT_KV_PREFIX.into(),
         acks: Acks::All,
         ack_timeout: Duration::from_secs(10),
         max_lag_events: None,
@@ -88,7 +88,7 @@ async fn main() -> Result<()> {
     let primary = nodes[0].0.clone();
     let store = MappingStore::new(
         ConsulClient::new(&consul.http_url(), None)?,
-        "streaming/data/",
+        ec_discovery::DEFAULT_KV_PREFIX,
     );
     let payload = Bytes::from(vec![b'x'; size]);
     println!("3 nodes, fsync=always, size={size}B, events/scenario={events}");

@@ -56,7 +56,7 @@ pub const NO_CONSUL: &str = "http://127.0.0.1:1";
 
 /// The mapping prefix in Consul KV that replicating nodes follow and [`store`] writes (each
 /// test has its own Consul agent, so one prefix serves all).
-pub const KV_PREFIX: &str = "streaming/data/";
+pub const KV_PREFIX: &str = ec_discovery::DEFAULT_KV_PREFIX;
 
 /// Whether a node serves its data IDs on its own or follows their mappings in Consul.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

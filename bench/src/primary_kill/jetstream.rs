@@ -6,7 +6,8 @@
 //! (JetStream's deduplication, default window 2 min) and awaits the batch's acks together;
 //! the reader is an ordered pull consumer. Clients connect with all three URLs and the
 //! client library's defaults. The stream leader (stream info → `cluster.leader`) is
-//! SIGKILLed; the final log is read with a fresh ordered consumer.
+//! SIGKILLed or SIGSTOPped (and continued before the final log is read with a fresh
+//! ordered consumer).
 
 use std::path::Path;
 use std::process::Command;
@@ -18,7 +19,7 @@ use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 
-use super::{Observed, Producer, ReadBatch, Reader, Seen, Shape, event_id};
+use super::{Fault, Observed, Producer, ReadBatch, Reader, Seen, Shape, event_id};
 use crate::procs::{Spawned, Workdir, free_port, loopback};
 
 const STREAM: &str = "bench";
@@ -28,8 +29,13 @@ const SERVERS: [&str; 3] = ["n1", "n2", "n3"];
 /// How JetStream was set up, for the record.
 pub(crate) const DESCRIBE: &str = "3 nats-servers clustered on loopback, R3 file stream, all server settings default (sync_interval default); Nats-Msg-Id per event; async-nats defaults (ordered pull consumer)";
 
-/// Runs one leader kill on JetStream; returns what was observed and the final log's payloads.
-pub(crate) async fn run(binary: &Path, shape: Shape) -> Result<(Observed, Vec<Bytes>)> {
+/// Runs one leader kill (or stop) on JetStream; returns what was observed and the final
+/// log's payloads.
+pub(crate) async fn run(
+    binary: &Path,
+    shape: Shape,
+    fault: Fault,
+) -> Result<(Observed, Vec<Bytes>)> {
     let dir = Workdir::new("primary-kill-js")?;
     let client_ports: Vec<u16> = SERVERS.iter().map(|_| free_port()).collect();
     let route_ports: Vec<u16> = SERVERS.iter().map(|_| free_port()).collect();
@@ -83,11 +89,18 @@ pub(crate) async fn run(binary: &Path, shape: Shape) -> Result<(Observed, Vec<By
             let Some((_, process)) = servers.iter_mut().find(|(n, _)| *n == leader) else {
                 bail!("the stream leader {leader} is none of {SERVERS:?}");
             };
-            process.kill();
+            match fault {
+                Fault::Kill => process.kill(),
+                Fault::Stop => process.signal(fault.signal()),
+            }
             Ok(())
         },
     )
     .await?;
+    // A frozen server would stall the clients below that try it first.
+    for (_, process) in &servers {
+        process.signal(nix::sys::signal::Signal::SIGCONT);
+    }
 
     // The final log: a fresh consumer up to the stream's last sequence.
     let js = jetstream::new(connect(&urls).await?);
@@ -264,6 +277,7 @@ impl Reader for JsReader {
                     committed_ns: info.published.unix_timestamp_nanos(),
                 }],
                 source: None,
+                notice: None,
             }))
         })
     }

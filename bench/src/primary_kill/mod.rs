@@ -1,24 +1,32 @@
-//! `failover --kill primary`: the write leader of a replicated stream is SIGKILLed while a
-//! producer writes at a steady rate and readers follow, on ours (three replicating ec-nodes
-//! and a gateway, [`ec`]) and on a three-server NATS JetStream cluster with an R3 stream
-//! ([`jetstream`]), every server at its default settings except ports and data dirs.
+//! `failover --kill primary`: the write leader of a replicated stream is SIGKILLed (or, with
+//! [`Fault::Stop`], SIGSTOPped: alive, its sockets open, answering nothing) while a producer
+//! writes at a steady rate and readers follow, on ours (three replicating ec-nodes and a
+//! gateway, [`ec`]) and on a three-server NATS JetStream cluster with an R3 stream
+//! ([`jetstream`]), every server at its default settings except ports and data dirs. This is
+//! the bench's only primary-loss scenario.
 //!
 //! The measurement is written once, here, for both systems; each only provides a
 //! [`Producer`] (publish one numbered batch, resolve once every event is acknowledged), one or
-//! more [`Reader`]s (the next delivered events with their offsets and commit times), the kill
-//! and a read of the final log.
+//! more [`Reader`]s (the next delivered events with their offsets and commit times, and, where
+//! the client says so, that its server was lost and where it reads now), the fault and a read
+//! of the final log.
 //!
-//! What is measured, all from the moment just before the SIGKILL:
+//! What is measured, all from the moment just before the signal:
 //! - **write pause**: the kill → the first acknowledgement of a publish attempt that started
 //!   after the kill (so an acknowledgement the old leader sent just before it died does not
 //!   count; a publish that was in flight at the kill and is retried inside the client counts
 //!   from the next one, one publish round trip later). The producer's own loop retries every
 //!   failed publish of the same batch (same payloads, same JetStream `Nats-Msg-Id`) every
 //!   [`RETRY_DELAY`] until it is acknowledged; it never skips a batch.
-//! - **read pause**: the kill → the first delivery of an event past the last one the reader
-//!   had seen, counting only events committed after the kill (by commit time, which both
-//!   systems stamp from the same machine clock). Events the old leader had already sent and
-//!   that arrive a fraction of a millisecond after the kill are thus not a resumption.
+//! - **read pause**: the kill → the reader reads again from a live in-sync server (the
+//!   client's move, [`Notice::Moved`], after the kill; ours says so, JetStream's ordered
+//!   consumer does not). A reader whose server was not the one killed is not interrupted and
+//!   has none. Also the kill → the reader told its server was lost ([`Notice::Lost`]).
+//! - **first new event**: the kill → the first delivery of an event past the last one the
+//!   reader had seen, counting only events committed after the kill (by commit time, which
+//!   both systems stamp from the same machine clock). Events the old leader had already sent
+//!   and that arrive a fraction of a millisecond after the kill are thus not a resumption.
+//!   It needs a new write, so it is never shorter than the write pause.
 //! - the longest gap between two consecutive acknowledgements and between two consecutive
 //!   deliveries over the whole run (the same outage seen without any definition of "after").
 //! - correctness: the final log, read from the new leader, holds every acknowledged event
@@ -38,8 +46,33 @@ use bytes::{BufMut, Bytes, BytesMut};
 use color_eyre::eyre::{Result, bail, eyre};
 use futures_util::future::BoxFuture;
 
-/// The scenario's name in records and the table.
-pub(crate) const SCENARIO: &str = "primary-kill";
+/// How the write leader is taken out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// SIGKILL: the process is gone, its connections are reset.
+    Kill,
+    /// SIGSTOP: the process is frozen, its connections stay open and nothing answers; it is
+    /// continued (SIGCONT) once the measurement is over.
+    Stop,
+}
+
+impl Fault {
+    /// The scenario's name in records and the table.
+    pub(crate) fn scenario(self) -> &'static str {
+        match self {
+            Fault::Kill => "primary-kill",
+            Fault::Stop => "primary-stop",
+        }
+    }
+
+    /// The signal sent.
+    pub(crate) fn signal(self) -> nix::sys::signal::Signal {
+        match self {
+            Fault::Kill => nix::sys::signal::Signal::SIGKILL,
+            Fault::Stop => nix::sys::signal::Signal::SIGSTOP,
+        }
+    }
+}
 
 /// Wait between two attempts of the producer's loop at the same batch.
 pub(crate) const RETRY_DELAY: Duration = Duration::from_millis(10);
@@ -59,6 +92,23 @@ pub(crate) struct Shape {
     pub(crate) after: Duration,
     /// Longest wait for writes (and each reader) to resume after the kill.
     pub(crate) deadline: Duration,
+}
+
+impl Shape {
+    /// The load `failover` uses by default (`suite` too): 400 batches/s of 4 events, 3 s
+    /// before the fault and 2 s after writes resume (1 s each with `quick`), and up to 2 min
+    /// for anything to resume.
+    pub(crate) fn defaults(payload: usize, quick: bool) -> Shape {
+        let (before, after) = if quick { (1.0, 1.0) } else { (3.0, 2.0) };
+        Shape {
+            rate: 400,
+            events_per_batch: 4,
+            payload: payload.max(MIN_PAYLOAD),
+            before: Duration::from_secs_f64(before),
+            after: Duration::from_secs_f64(after),
+            deadline: Duration::from_secs(120),
+        }
+    }
 }
 
 /// Room for the identity at the start of every payload.
@@ -97,13 +147,24 @@ pub(crate) struct Seen {
     pub(crate) committed_ns: i128,
 }
 
+/// What a reader's client says about where it reads, beside the events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// The server it read from was lost; it is resuming elsewhere.
+    Lost,
+    /// It reads from this server now, after a break.
+    Moved(String),
+}
+
 /// What a reader delivered at once.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ReadBatch {
-    /// In delivery order, never empty.
+    /// In delivery order; empty only for a [`Notice`].
     pub(crate) events: Vec<Seen>,
     /// The node or server that served them, when the client says.
     pub(crate) source: Option<String>,
+    /// The client's word about a break or a move, if this is one.
+    pub(crate) notice: Option<Notice>,
 }
 
 /// Following the stream from offset 0.
@@ -130,6 +191,10 @@ pub(crate) struct ReaderLog {
     /// (arrival, first offset, last offset, newest commit time ns) per delivery; offsets
     /// within one delivery are checked as they arrive.
     pub(crate) deliveries: Vec<(Instant, u64, u64, i128)>,
+    /// When the client said its server was lost.
+    pub(crate) lost: Vec<Instant>,
+    /// When the client said it reads from another server, and which.
+    pub(crate) moved: Vec<(Instant, String)>,
     /// Events within one delivery that did not follow each other.
     pub(crate) inner_breaks: u64,
     pub(crate) errors: Vec<String>,
@@ -170,7 +235,7 @@ fn now_ns() -> i128 {
 }
 
 /// Runs the producer and the readers; after `shape.before` asks `find_leader` which server
-/// leads now and has `kill` SIGKILL it; waits until writes and every reader resumed, keeps the load for
+/// leads now and has `kill` signal it; waits until writes and every reader resumed, keeps the load for
 /// `shape.after`, stops, and waits until every reader has reached the last acknowledged
 /// offset.
 pub(crate) async fn drive(
@@ -249,7 +314,14 @@ pub(crate) async fn drive(
                 let log = &mut s.readers[i];
                 match next {
                     Ok(Some(b)) => {
+                        match &b.notice {
+                            Some(Notice::Lost) => log.lost.push(arrival),
+                            Some(Notice::Moved(to)) => log.moved.push((arrival, to.clone())),
+                            None => {}
+                        }
                         let (Some(first), Some(last)) = (b.events.first(), b.events.last()) else {
+                            drop(s);
+                            recorded.send_replace(());
                             continue;
                         };
                         for pair in b.events.windows(2) {
@@ -420,7 +492,12 @@ async fn wait_until(
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ReaderResult {
     pub(crate) name: String,
-    /// `None`: no event committed after the kill ever arrived.
+    /// Kill → the client said it reads from another server; `None`: it never moved (its
+    /// server was not the one killed, or the client does not say).
+    pub(crate) moved: Option<Duration>,
+    /// Kill → the client said its server was lost.
+    pub(crate) told_lost: Option<Duration>,
+    /// Kill → first event committed after the kill; `None`: none ever arrived.
     pub(crate) pause: Option<Duration>,
     pub(crate) max_gap: Duration,
     /// Offsets consecutive from 0, no duplicate, up to the last acknowledged offset.
@@ -483,6 +560,16 @@ pub(crate) fn analyse(obs: &Observed, final_log: &[Bytes], events_per_batch: usi
                 .iter()
                 .find(|d| d.0 > obs.killed_at && d.3 > obs.killed_ns)
                 .map(|d| d.0.duration_since(obs.killed_at));
+            let moved = r
+                .moved
+                .iter()
+                .find(|m| m.0 > obs.killed_at)
+                .map(|m| m.0.duration_since(obs.killed_at));
+            let told_lost = r
+                .lost
+                .iter()
+                .find(|t| **t > obs.killed_at)
+                .map(|t| t.duration_since(obs.killed_at));
             let max_gap = r
                 .deliveries
                 .windows(2)
@@ -496,6 +583,8 @@ pub(crate) fn analyse(obs: &Observed, final_log: &[Bytes], events_per_batch: usi
                 && r.deliveries.last().map(|d| d.2) >= last_acked;
             ReaderResult {
                 name: r.name.clone(),
+                moved,
+                told_lost,
                 pause,
                 max_gap,
                 gapless,
@@ -559,6 +648,12 @@ pub(crate) fn fill(
         } else {
             format!("{}_read", r.name)
         };
+        if let Some(p) = r.moved {
+            m.insert(format!("{prefix}_moved_ms"), ms(p));
+        }
+        if let Some(p) = r.told_lost {
+            m.insert(format!("{prefix}_lost_ms"), ms(p));
+        }
         if let Some(p) = r.pause {
             m.insert(format!("{prefix}_pause_ms"), ms(p));
         }
@@ -591,6 +686,9 @@ pub(crate) fn fill(
                 r.sources.join(" → ")
             }
         );
+        if r.moved.is_none() {
+            note.push_str("; not moved (not interrupted, or the client does not say)");
+        }
         if r.pause.is_none() {
             note.push_str("; NO event committed after the kill arrived");
         }
@@ -661,6 +759,9 @@ mod tests {
                 (at(base, 1001), 4, 4, ns(999)),
                 (at(base, 3002), 5, 7, ns(3000)),
             ],
+            // Told at 1005, reading from a replica at 1050 (before any new event).
+            lost: vec![at(base, 1005)],
+            moved: vec![(at(base, 1050), "n2".into())],
             ..ReaderLog::default()
         };
         Observed {
@@ -685,6 +786,8 @@ mod tests {
         assert_eq!(r.write_pause, Duration::from_millis(2000));
         assert_eq!(r.write_max_gap, Duration::from_millis(2100));
         assert_eq!(r.readers[0].pause, Some(Duration::from_millis(2002)));
+        assert_eq!(r.readers[0].told_lost, Some(Duration::from_millis(5)));
+        assert_eq!(r.readers[0].moved, Some(Duration::from_millis(50)));
         assert_eq!(r.readers[0].max_gap, Duration::from_millis(2001));
         assert!(r.readers[0].gapless);
         assert_eq!((r.lost, r.duplicates, r.unacked_stored), (0, 0, 0));

@@ -297,7 +297,7 @@ impl Default for AppConfig {
     fn default() -> Self {
         AppConfig {
             consul_address: "127.0.0.1:8500".into(),
-            kv_prefix: "streaming/data/".into(),
+            kv_prefix: ec_discovery::DEFAULT_KV_PREFIX.into(),
             gateway_address: "127.0.0.1:50051".into(),
             buffer: 50_000,
             flap_threshold: 4,

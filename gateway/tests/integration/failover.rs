@@ -550,3 +550,235 @@ async fn readers_move_to_a_replica_at_once_while_no_primary_exists() {
     assert_eq!(sdk_offsets, (100..150).collect::<Vec<_>>());
     gateway.stop().await.expect("clean stop");
 }
+
+/// Reads `stream` until `until` events arrived, recording each delivery.
+async fn deliveries_until(
+    stream: &mut ec_client::DeliveryStream,
+    seen: &mut Vec<ec_client::Delivery>,
+    until: impl Fn(&[ec_client::Delivery]) -> bool,
+    what: &str,
+) {
+    while !until(seen) {
+        let d = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: nothing in time; so far {seen:?}"))
+            .expect("the stream goes on")
+            .expect("no error");
+        seen.push(d);
+    }
+}
+
+/// (offset, node) of every event delivered, in order.
+fn delivered(seen: &[ec_client::Delivery]) -> Vec<(u64, String)> {
+    seen.iter()
+        .flat_map(|d| match d {
+            ec_client::Delivery::Batch { node_id, events } => events
+                .iter()
+                .map(|e| (e.offset.0, node_id.clone()))
+                .collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn moved_to_replica(seen: &[ec_client::Delivery]) -> bool {
+    seen.iter()
+        .any(|d| matches!(d, ec_client::Delivery::Failover { to, .. } if to == "n2" || to == "n3"))
+}
+
+/// A serving node frozen with SIGSTOP (alive, its connections open, answering nothing) loses
+/// its readers to an in-sync replica while it is still frozen, on the gateway's suspicion
+/// alone: the gateway here never declares a node lost (its probes' `silence` is longer than
+/// the test), so no promotion can happen and the mapping keeps the frozen primary. Both SDK
+/// readers (redirect mode, reading the node directly, and proxy mode through `Subscribe`)
+/// move, then read the events published after the thaw from the replica they moved to (no
+/// move back), every offset once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_leave_a_frozen_node_on_suspicion_without_a_promotion() {
+    const D: &str = "frozen";
+    let consul = ConsulAgent::start_dev().await;
+    let url = consul.http_url();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut n1 = NodeProcess::spawn_replicated(&dir.path().join("n1"), &url, "n1");
+    let _n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
+    let _n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
+    let mut c1 = connect(n1.grpc_addr).await;
+    let gateway = TestGateway::start_with(&url, |s| {
+        s.probes.silence = Duration::from_secs(3600);
+    })
+    .await;
+    let gw = gateway.client().await;
+    store(&consul)
+        .put(
+            &data_id(D),
+            &[node_id("n1"), node_id("n2"), node_id("n3")],
+            None,
+        )
+        .await
+        .expect("map");
+    wait_for("three nodes in sync", DEADLINE, || {
+        let mut c = c1.clone();
+        async move {
+            let s = c
+                .get_replication_status(ec_proto::StreamInfoRequest { data_id: D.into() })
+                .await
+                .ok()?
+                .into_inner();
+            (s.in_sync.len() == 3).then_some(())
+        }
+    })
+    .await;
+    wait_route(&gw, D, "n1 primary, three candidates", |r| {
+        r.primary_node_id == "n1" && r.candidates.len() == 3
+    })
+    .await;
+    for b in 0..10 {
+        publish(&mut c1, D, batch_payloads(b))
+            .await
+            .expect("acks=all publish to n1");
+    }
+
+    // The gateway's health events, to see the suspicion.
+    let (events_tx, mut health) = mpsc::unbounded_channel::<ec_proto::HealthEvent>();
+    let mut watch = gw
+        .clone()
+        .watch_health(ec_proto::WatchHealthRequest {})
+        .await
+        .expect("watch health")
+        .into_inner();
+    tokio::spawn(async move {
+        while let Ok(Some(e)) = watch.message().await {
+            if events_tx.send(e).is_err() {
+                return;
+            }
+        }
+    });
+
+    let client = Client::connect(&gateway.addr.to_string())
+        .await
+        .expect("sdk client");
+    let from_zero = || StreamOptions::from_start(Start::Offset(ec_client::Offset(0)));
+    // Proxy mode: the gateway tries the primary first.
+    let mut proxy = client.subscribe(D, from_zero());
+    let mut proxy_seen = Vec::new();
+    deliveries_until(
+        &mut proxy,
+        &mut proxy_seen,
+        |s| delivered(s).len() >= 100,
+        "proxy reader before the freeze",
+    )
+    .await;
+    assert!(
+        delivered(&proxy_seen).iter().all(|(_, n)| n == "n1"),
+        "the primary serves first: {proxy_seen:?}"
+    );
+    // Redirect mode: the gateway names nodes round-robin; keep the stream n1 serves.
+    let mut redirect_seen = Vec::new();
+    let mut redirect = None;
+    for _ in 0..30 {
+        let mut stream = client.stream(D, from_zero());
+        let mut seen = Vec::new();
+        deliveries_until(
+            &mut stream,
+            &mut seen,
+            |s| !delivered(s).is_empty(),
+            "redirect reader's first batch",
+        )
+        .await;
+        if delivered(&seen)[0].1 == "n1" {
+            redirect_seen = seen;
+            redirect = Some(stream);
+            break;
+        }
+    }
+    let mut redirect = redirect.expect("the gateway names n1 for a redirect reader");
+    deliveries_until(
+        &mut redirect,
+        &mut redirect_seen,
+        |s| delivered(s).len() >= 100,
+        "redirect reader before the freeze",
+    )
+    .await;
+
+    n1.signal(ec_testnode::Signal::SIGSTOP);
+
+    // Both readers move to an in-sync replica while n1 is frozen.
+    deliveries_until(
+        &mut proxy,
+        &mut proxy_seen,
+        moved_to_replica,
+        "proxy reader moving off the frozen n1",
+    )
+    .await;
+    deliveries_until(
+        &mut redirect,
+        &mut redirect_seen,
+        moved_to_replica,
+        "redirect reader moving off the frozen n1",
+    )
+    .await;
+    // The SDK reader moved because the gateway said so (its connection to the frozen node
+    // stays open for the keepalive's 10 s), not because its stream broke.
+    let why: Vec<&str> = redirect_seen
+        .iter()
+        .filter_map(|d| match d {
+            ec_client::Delivery::Lost { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        why.iter().any(|r| r.contains("turned unhealthy")),
+        "the redirect reader left n1 on the gateway's word: {why:?}"
+    );
+    // The gateway said why: it suspects n1.
+    let suspected = tokio::time::timeout(DEADLINE, async {
+        while let Some(e) = health.recv().await {
+            if e.node_id == "n1" && e.kind == ec_proto::HealthEventKind::Suspect as i32 && e.suspect
+            {
+                return;
+            }
+        }
+        panic!("the health watch ended");
+    })
+    .await;
+    assert!(suspected.is_ok(), "a SUSPECT event for n1 in time");
+    // No promotion: n1 is still the primary, frozen.
+    let mapping = store(&consul)
+        .get(&data_id(D))
+        .await
+        .expect("read the mapping")
+        .expect("mapped");
+    assert_eq!(
+        mapping.primary().as_str(),
+        "n1",
+        "no promotion on a suspicion"
+    );
+
+    // Thawed, n1 takes writes again; the readers stay where they moved and miss nothing.
+    n1.signal(ec_testnode::Signal::SIGCONT);
+    for b in 10..20 {
+        wait_for("an acks=all publish to the thawed n1", DEADLINE, || {
+            let mut c = c1.clone();
+            async move { publish(&mut c, D, batch_payloads(b)).await.ok() }
+        })
+        .await;
+    }
+    for (name, stream, seen) in [
+        ("proxy", &mut proxy, &mut proxy_seen),
+        ("redirect", &mut redirect, &mut redirect_seen),
+    ] {
+        deliveries_until(stream, seen, |s| delivered(s).len() >= 200, name).await;
+        let got = delivered(seen);
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (0..200).collect::<Vec<_>>(),
+            "{name}: no gap, no duplicate"
+        );
+        assert!(
+            got[100..].iter().all(|(_, n)| n == "n2" || n == "n3"),
+            "{name}: after the move the replica serves, no move back: {got:?}"
+        );
+    }
+    gateway.stop().await.expect("clean stop");
+}

@@ -10,7 +10,7 @@
 //! more publishes for it (reads keep working). A data ID that was never under a mapping is
 //! *standalone*: publishes are taken as before replication existed.
 //!
-//! # Epochs: `<kv_prefix minus '/'>.epochs/<data_id>` (see `ec_discovery::EpochStore`)
+//! # Epochs: `ec_discovery::KvLayout::epoch_key` (see `ec_discovery::EpochStore`)
 //! `{"epoch":E,"primary":"n2","in_sync":["n2","n3"]}`. The mapping says who *should* lead; the
 //! epoch record says who *does*, and which nodes hold everything acknowledged. A node named
 //! primary *claims* a new epoch by CAS-writing the record it read, which it may only do if it

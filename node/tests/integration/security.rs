@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use ec_core::{DataId, NodeId};
-use ec_discovery::{EpochStore, cluster_secret_key};
+use ec_discovery::{EpochStore, KvLayout};
 use ec_proto::node_client::NodeClient;
 use ec_proto::{ReplicaMessage, ReplicationMessage};
 use ec_testkit::{ConsulAgent, wait_for};
@@ -106,7 +106,10 @@ async fn forged_replica_sessions_are_refused_and_acks_all_waits_for_a_real_repli
     let secret = wait_for("the cluster secret is in Consul", DEADLINE, || {
         let consul = consul_client(&consul);
         async move {
-            let pair = consul.kv_get(&cluster_secret_key(KV_PREFIX)).await.ok()??;
+            let pair = consul
+                .kv_get(&KvLayout::new(KV_PREFIX).cluster_secret_key())
+                .await
+                .ok()??;
             String::from_utf8(pair.value).ok()
         }
     })

@@ -36,7 +36,7 @@ pub fn settings(data_dir: &Path, consul_url: &str, node_id: &str) -> NodeSetting
 }
 
 /// The mapping prefix every replication test uses.
-pub const KV_PREFIX: &str = "streaming/data/";
+pub const KV_PREFIX: &str = ec_discovery::DEFAULT_KV_PREFIX;
 
 /// Replication settings for tests: short lag limits so that membership changes are quick.
 pub fn replication() -> ReplicationSettings {
