@@ -14,6 +14,13 @@
 //! connection) arrives from tonic as `UNKNOWN` or `INTERNAL`; [`transport_failure`] recognises
 //! it and [`ClientError::code`] reports it as `UNAVAILABLE`, so a broken upstream never
 //! reaches a caller as `UNKNOWN`.
+//!
+//! A TLS handshake that fails because of certificates (the server's is not signed by
+//! `tls.ca_file` or does not name the address dialed, or the server refused or missed this
+//! client's certificate) also arrives as a transport failure, but no retry can fix it:
+//! [`certificate_problem`] finds it in the error's source chain, the error is then
+//! `UNAUTHENTICATED`, terminal for streams and not retried by publishers, and its message
+//! names the setting to fix.
 
 use std::time::Duration;
 
@@ -38,7 +45,10 @@ pub enum ClientError {
     },
 
     /// A connection to the gateway could not be made.
-    #[error("cannot connect to the gateway at {address}: {source}")]
+    #[error(
+        "cannot connect to the gateway at {address}: {source}{}",
+        certificate_hint(source)
+    )]
     Connect {
         /// `host:port` of the gateway.
         address: String,
@@ -48,7 +58,7 @@ pub enum ClientError {
     },
 
     /// A node or the gateway answered a call with an error status, or the call broke.
-    #[error("{rpc} on {target} for data ID {data_id} failed: {:?}: {}", status_code(status), status.message())]
+    #[error("{rpc} on {target} for data ID {data_id} failed: {:?}: {}{}", status_code(status), status.message(), certificate_hint(status))]
     Rpc {
         /// The RPC, e.g. `StreamBatches`.
         rpc: &'static str,
@@ -225,6 +235,9 @@ impl ClientError {
             | ClientError::InvalidAddress { .. }
             | ClientError::OffsetTooLarge { .. }
             | ClientError::EmptyBatch { .. } => Code::InvalidArgument,
+            ClientError::Connect { source, .. } if certificate_problem(source).is_some() => {
+                Code::Unauthenticated
+            }
             ClientError::Connect { .. }
             | ClientError::StreamEnded { .. }
             | ClientError::Unhealthy { .. }
@@ -249,8 +262,8 @@ impl ClientError {
             ClientError::Gap { .. }
             | ClientError::RetriesExhausted { .. }
             | ClientError::NoGateway { .. } => true,
-            ClientError::Connect { .. }
-            | ClientError::StreamEnded { .. }
+            ClientError::Connect { source, .. } => certificate_problem(source).is_some(),
+            ClientError::StreamEnded { .. }
             | ClientError::Unhealthy { .. }
             | ClientError::NoCandidates { .. }
             | ClientError::PrimaryUnavailable { .. }
@@ -264,12 +277,13 @@ impl ClientError {
     /// the gateway names then): the node was lost, the stream broke, the node is not (or no
     /// longer) the primary, `UNAVAILABLE`, or `DEADLINE_EXCEEDED` (acks=all waiting on
     /// replicas). Not retried: refusals of the request itself (`INVALID_ARGUMENT`,
-    /// `PERMISSION_DENIED`, `UNAUTHENTICATED`, no mapping) and the node's sequence-gap
-    /// refusal, which says this producer's batches would be stored out of order.
+    /// `PERMISSION_DENIED`, `UNAUTHENTICATED`, no mapping), a TLS handshake refused over
+    /// certificates ([`certificate_problem`]), and the node's sequence-gap refusal, which
+    /// says this producer's batches would be stored out of order.
     pub fn is_retriable_publish(&self) -> bool {
         match self {
-            ClientError::Connect { .. }
-            | ClientError::StreamEnded { .. }
+            ClientError::Connect { source, .. } => certificate_problem(source).is_none(),
+            ClientError::StreamEnded { .. }
             | ClientError::Unhealthy { .. }
             | ClientError::NoCandidates { .. }
             | ClientError::PrimaryUnavailable { .. }
@@ -288,9 +302,12 @@ impl ClientError {
     }
 }
 
-/// The code a caller should see for `status`: a transport failure is `UNAVAILABLE`.
+/// The code a caller should see for `status`: a certificate problem is `UNAUTHENTICATED`,
+/// another transport failure `UNAVAILABLE`.
 fn status_code(status: &Status) -> Code {
-    if transport_failure(status) {
+    if certificate_problem(status).is_some() {
+        Code::Unauthenticated
+    } else if transport_failure(status) {
         Code::Unavailable
     } else {
         status.code()
@@ -316,6 +333,75 @@ pub fn transport_failure(status: &Status) -> bool {
     }
 }
 
+/// Why a TLS handshake failed because of certificates, and which setting fixes it: `None`
+/// when `error` (searched through its whole source chain, where tonic and hyper keep
+/// rustls's error) failed for another reason.
+pub fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(problem) = tls.and_then(describe_certificate_error) {
+            return Some(problem);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// The advice for a certificate-related rustls error; `None` for other TLS failures.
+fn describe_certificate_error(e: &rustls::Error) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+    const CA: &str = "tls.ca_file (--tls-ca, EVENT_CATCHER_TLS_CA_FILE)";
+    const OWN: &str = "tls.cert_file and tls.key_file (--tls-cert/--tls-key, EVENT_CATCHER_TLS_CERT_FILE/EVENT_CATCHER_TLS_KEY_FILE)";
+    let advice = match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            Cert::UnknownIssuer | Cert::BadSignature => format!(
+                "the server's certificate is not signed by the CA in {CA}: set it to the CA that issued the server's certificate"
+            ),
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. } => format!(
+                "the server's certificate does not name the address dialed ({c:?}): dial a host name or IP address it names, or reissue it with that name (scripts/dev-certs.sh names localhost and 127.0.0.1)"
+            ),
+            Cert::Expired | Cert::ExpiredContext { .. } => {
+                "the server's certificate has expired: reissue it".to_owned()
+            }
+            Cert::NotValidYet | Cert::NotValidYetContext { .. } => {
+                "the server's certificate is not valid yet (check the clocks), or reissue it"
+                    .to_owned()
+            }
+            other => format!("the server's certificate was refused ({other:?}); check {CA}"),
+        },
+        rustls::Error::AlertReceived(alert) => match alert {
+            Alert::CertificateRequired => format!(
+                "the server requires a client certificate: set {OWN} to a certificate signed by the CA the server trusts"
+            ),
+            Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::AccessDenied
+            | Alert::HandshakeFailure => format!(
+                "the server refused this client's certificate ({alert:?}): set {OWN} to a valid certificate signed by the CA the server trusts (its tls.ca_file)"
+            ),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(advice)
+}
+
+/// `"; TLS certificate problem: <advice>"` for an error caused by certificates, else "".
+fn certificate_hint(error: &(dyn std::error::Error + 'static)) -> String {
+    certificate_problem(error)
+        .map(|p| format!(" (TLS certificate problem, not retried: {p})"))
+        .unwrap_or_default()
+}
+
 /// The node's words for "not the primary (any more)": the mapping names another primary, or
 /// the node was fenced by a newer epoch. Both mean "ask where the primary is and go there".
 const NOT_PRIMARY_MARKERS: [&str; 2] = [
@@ -326,6 +412,9 @@ const NOT_PRIMARY_MARKERS: [&str; 2] = [
 /// The publish rule of [`ClientError::is_retriable_publish`] for a status, shared with the
 /// gateway's publish forwarding.
 pub fn is_retriable_publish_status(status: &Status) -> bool {
+    if certificate_problem(status).is_some() {
+        return false;
+    }
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => true,
         Code::FailedPrecondition => {
@@ -401,6 +490,41 @@ mod tests {
         assert!(msg.contains("node node1"), "{msg}");
         assert!(msg.contains("data ID d"), "{msg}");
         assert!(msg.contains("no such data ID"), "{msg}");
+    }
+
+    #[test]
+    fn certificate_failures_are_terminal_and_name_the_setting() {
+        use rustls::{AlertDescription, CertificateError};
+        let cases = [
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "tls.ca_file",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                "does not name the address",
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+                "tls.cert_file and tls.key_file",
+            ),
+        ];
+        for (tls, needle) in cases {
+            // As hyper hands it up: an io::Error wrapping rustls's, under tonic's status.
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+            let status = Status::from_error(Box::new(io));
+            let e = rpc(status);
+            assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+            assert!(e.is_terminal(), "{e}");
+            assert!(!e.is_retriable_publish(), "{e}");
+            assert!(e.to_string().contains(needle), "{needle}: {e}");
+            assert!(e.to_string().contains("not retried"), "{e}");
+        }
+        // Other TLS trouble (a peer speaking something else) stays a transport failure.
+        let other = std::io::Error::other(rustls::Error::DecryptError);
+        let e = rpc(Status::from_error(Box::new(other)));
+        assert!(certificate_problem(e.status().expect("status")).is_none());
+        assert!(!e.to_string().contains("certificate"), "{e}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub use backoff::Backoff;
 pub use channel::{ChannelCache, ChannelSettings};
 pub use client::{Acks, Client, Mode};
 pub use ec_core::{DataId, Offset, TimestampMs};
-pub use error::{ClientError, is_retriable_publish_status, transport_failure};
+pub use error::{ClientError, certificate_problem, is_retriable_publish_status, transport_failure};
 pub use event::{Event, Published};
 pub use publish::{
     DEFAULT_DELIVERY_TIMEOUT, PendingPublish, Producer, Publisher, PublisherEvent, STALL_CHECK,

@@ -106,7 +106,8 @@ impl http_body::Body for LimitedBody {
             let limit = this.frames.limit;
             return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
                 "request message to {} is {len} bytes, more than the limit of {limit} bytes; \
-                 send smaller messages (split the batch) or raise the server's limit",
+                 send smaller messages (split the batch) or raise the server's \
+                 limits.max_request_bytes",
                 this.path
             )))));
         }

@@ -1,7 +1,8 @@
 //! TLS end to end, with certificates made by `scripts/dev-certs.sh`: a node and a gateway on
 //! TLS listeners (the gateway requiring client certificates), the SDK publishing and reading
 //! through the gateway (gateway to node over TLS too) and straight to the node; a client that
-//! trusts another CA, one without a client certificate and one speaking plaintext are refused.
+//! trusts another CA, one without a client certificate and one speaking plaintext are refused;
+//! certificate problems the client finds in the handshake are not retried and name the setting.
 
 use std::path::Path;
 use std::process::Command;
@@ -39,8 +40,15 @@ fn files(dir: &Path, name: Option<&str>, require_client_cert: bool) -> TlsFiles 
 }
 
 async fn client(gateway: String, tls: TlsFiles) -> Result<Client, ec_client::ClientError> {
+    client_with(gateway, tls.client().expect("client TLS files")).await
+}
+
+async fn client_with(
+    gateway: String,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<Client, ec_client::ClientError> {
     let channels = ChannelCache::new(ChannelSettings {
-        tls: tls.client().expect("client TLS files"),
+        tls,
         ..ChannelSettings::default()
     });
     Client::connect_with(&gateway, channels).await
@@ -136,6 +144,48 @@ async fn tls_round_trip_and_refusals() {
             "{what}: {refused}"
         );
     }
+    // Certificate problems the client itself finds in the handshake end at once, as
+    // UNAUTHENTICATED naming the setting to fix, instead of being retried as a lost
+    // connection until the delivery timeout: a server certificate from another CA, and one
+    // that does not name the host dialed.
+    let wrong_name = files(dir, Some("client"), false)
+        .client()
+        .expect("client TLS files")
+        .map(|t| t.domain_name("not-the-gateway.example"));
+    let certificate_problems = [
+        (
+            "another CA",
+            files(other.path(), Some("client"), false)
+                .client()
+                .expect("client TLS files"),
+            "tls.ca_file",
+        ),
+        ("a name the certificate lacks", wrong_name, "does not name"),
+    ];
+    for (what, tls, setting) in certificate_problems {
+        let refused = match client_with(gateway.addr.to_string(), tls).await {
+            Err(e) => e,
+            Ok(c) => tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                c.with_mode(Mode::Proxy)
+                    .with_delivery_timeout(std::time::Duration::from_secs(600))
+                    .publish("secure", vec![Bytes::from("intruder")]),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the publisher kept retrying"))
+            .expect_err("refused"),
+        };
+        let message = refused.to_string();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unauthenticated,
+            "{what}: {message}"
+        );
+        assert!(!refused.is_retriable_publish(), "{what}: {message}");
+        assert!(message.contains(setting), "{what}: {message}");
+        assert!(message.contains("not retried"), "{what}: {message}");
+    }
+
     let after: Vec<u64> = proxy
         .subscribe(
             "secure",

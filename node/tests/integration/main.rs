@@ -7,6 +7,7 @@ mod consul;
 mod disk;
 mod errors;
 mod failover;
+mod limits;
 mod metrics;
 mod process;
 mod producers;
