@@ -8,6 +8,11 @@
 //! no artificial delay: while one batch syncs, the next one queues up, so batches grow with
 //! load and the number of fsyncs stays far below the number of appends.
 //!
+//! One batch goes through [`commit`]'s stages in order: admit (free space) → place each
+//! request (fence, producer admission, offsets and epochs: [`super::assign`], pure) →
+//! encode (into one fjall batch, sealed with the streams' metadata) → write and sync →
+//! publish the new ends → answer.
+//!
 //! Invariants:
 //! - No publisher is answered before the batch holding its events is durable per the policy
 //!   (`Always`: the fdatasync covering it has returned; `Interval`: it is written to the OS).
@@ -40,16 +45,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ec_core::{DataId, Offset, TimestampMs};
+use ec_core::{DataId, TimestampMs};
 use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::assign::Tail;
 use super::producers::{self, Admission};
 use super::record::{
     self, EVENT_HEADER_LEN, EVENT_KEY_LEN, ProducerRecord, ProducerTag, StreamMeta,
 };
 use super::store::{Store, Stream, raised_hwm};
-use super::{Appended, CommitStats, Epoch, EpochStart, LogError, WriteAccess};
+use super::{Appended, CommitStats, LogError, WriteAccess};
 
 /// Which stream an append goes to.
 pub(super) enum Target {
@@ -158,16 +164,13 @@ fn run(store: &Store, mut requests: mpsc::Receiver<AppendRequest>, max_batch_byt
     }
 }
 
-/// A stream touched by the batch being built: its metadata as it will be after the batch.
+/// A stream touched by the batch being built: its end and producer records as they will be
+/// after the batch.
 struct Touched {
     stream: Arc<Stream>,
-    meta: StreamMeta,
+    tail: Tail,
     /// Created by this batch: becomes visible to lookups only once the batch is durable.
     created: bool,
-    /// Epoch of the last event as it will be after the batch (history included).
-    last_epoch: Option<u64>,
-    /// Epochs that start in this batch, in order.
-    new_epochs: Vec<EpochStart>,
     /// Producer records as they will be after the batch: seeded from the stream's records
     /// on first use, changed by the requests of this batch.
     producers: HashMap<u64, ProducerRecord>,
@@ -186,10 +189,8 @@ impl Touched {
     ) -> Touched {
         Touched {
             stream,
-            meta,
+            tail: Tail::new(meta, last_epoch),
             created,
-            last_epoch,
-            new_epochs: Vec::new(),
             producers: HashMap::new(),
             changed: HashSet::new(),
             stored: Vec::new(),
@@ -208,256 +209,222 @@ impl Touched {
             .filter(|r| !producers::expired(r.timestamp, now, expiry_ms))
     }
 
-    /// Records that an event of `epoch` lands at `offset`, starting a new epoch if needed.
-    fn note_epoch(&mut self, epoch: u64, offset: u64) {
-        if self.last_epoch != Some(epoch) {
-            self.new_epochs.push(EpochStart {
-                epoch: Epoch(epoch),
-                start: Offset(offset),
-            });
-            self.last_epoch = Some(epoch);
-        }
+    /// Whether the batch writes anything for this stream (streams whose every request was
+    /// refused are left alone).
+    fn written(&self) -> bool {
+        self.created
+            || !self.tail.new_epochs.is_empty()
+            || self.tail.meta.next != self.stream.state().next
     }
-}
-
-/// Why one request of a batch is refused before anything of it is written.
-fn check_copied(
-    stream: &Stream,
-    access: WriteAccess,
-    t: &Touched,
-    events: &[Bytes],
-    copied: &[Copied],
-) -> Result<(), LogError> {
-    if access != WriteAccess::Replica {
-        return Err(LogError::Fenced {
-            data_id: stream.data_id.clone(),
-            access,
-        });
-    }
-    let expected = t.meta.next;
-    let first = copied.first().map(|c| c.offset);
-    let dense = copied
-        .iter()
-        .enumerate()
-        .all(|(i, c)| c.offset == expected + i as u64);
-    if copied.len() != events.len() || !dense {
-        return Err(LogError::OutOfSequence {
-            data_id: stream.data_id.clone(),
-            expected: Offset(expected),
-            got: Offset(first.unwrap_or(expected)),
-        });
-    }
-    let mut last = t.last_epoch.unwrap_or(0);
-    for c in copied {
-        if c.epoch < last {
-            return Err(LogError::EpochRegression {
-                data_id: stream.data_id.clone(),
-                offset: Offset(c.offset),
-                epoch: Epoch(c.epoch),
-                last: Epoch(last),
-            });
-        }
-        last = c.epoch;
-    }
-    Ok(())
 }
 
 /// Writes one batch for `requests`, makes it durable, publishes it, answers publishers.
+///
+/// The stages, in order: admit (free space) → place (offsets, epochs, producer admission,
+/// per request, against the streams as the earlier requests left them) → encode (into one
+/// fjall batch) → write and sync → publish the new ends → answer. Nothing is answered
+/// before the sync, and nothing is published to readers before it either.
 fn commit(store: &Store, requests: Vec<AppendRequest>) {
-    let needed: usize = requests.iter().map(AppendRequest::batch_bytes).sum();
-    if let Err(full) = store.space.check(needed as u64) {
-        // Nothing of this batch is written: every request gets the refusal.
-        for request in requests {
-            let _ = request.reply.send(Err(full.clone().into()));
-        }
+    let Some(requests) = admit_space(store, requests) else {
         return;
-    }
-    let now = TimestampMs::now().0;
+    };
     let guard = store.lock_writes();
-    let mut touched: HashMap<u64, Touched> = HashMap::new();
-    let mut created: HashMap<DataId, u64> = HashMap::new();
-    let mut batch = store.db.batch().durability(Some(store.batch_durability));
-    let mut replies = Vec::with_capacity(requests.len());
-    // Events copied from a primary, per request, for the commit observer.
-    let mut copied_stats: Vec<(DataId, u64, u64)> = Vec::new();
+    let mut plan = Plan::new(store);
+    let replies: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let result = plan.add(
+                request.target,
+                &request.events,
+                request.producer,
+                request.copied.as_deref(),
+            );
+            (request.reply, result)
+        })
+        .collect();
+    if let Some(written) = plan.seal() {
+        write_and_sync(store, written.batch, &written.touched, written.copied_stats);
+        publish_ends(store, written.touched);
+    }
+    drop(guard);
+    for (reply, result) in replies {
+        // The publisher may have gone away (cancelled); its events are committed anyway.
+        let _ = reply.send(result);
+    }
+}
 
-    for request in requests {
-        if request.events.is_empty() {
-            // append() rejects these before queueing; kept so offsets can never underflow.
-            replies.push((request.reply, Err(LogError::EmptyBatch)));
-            continue;
+/// Admit: the requests if the disk has room for them, else every one gets the refusal and
+/// nothing of the batch is written.
+fn admit_space(store: &Store, requests: Vec<AppendRequest>) -> Option<Vec<AppendRequest>> {
+    let needed: usize = requests.iter().map(AppendRequest::batch_bytes).sum();
+    match store.space.check(needed as u64) {
+        Ok(()) => Some(requests),
+        Err(full) => {
+            for request in requests {
+                let _ = request.reply.send(Err(full.clone().into()));
+            }
+            None
         }
-        let stream = match request.target {
-            Target::Existing(stream) => stream,
-            Target::Create(data_id) => match created.get(&data_id) {
-                Some(number) => touched[number].stream.clone(),
-                // Created by an earlier batch after this request was submitted.
-                None => match store.stream(&data_id) {
-                    Some(stream) => stream,
-                    None => {
-                        let number = store.next_number.fetch_add(1, Ordering::Relaxed);
-                        let stream = Arc::new(Stream::new(
-                            data_id.clone(),
-                            number,
-                            StreamMeta::default(),
-                            Vec::new(),
-                            WriteAccess::Open,
-                        ));
-                        created.insert(data_id, number);
-                        touched.insert(
-                            number,
-                            Touched::new(stream.clone(), StreamMeta::default(), true, None),
-                        );
-                        stream
-                    }
-                },
-            },
-        };
-        let access = stream.access();
-        let entry = match touched.entry(stream.number) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                let meta = *stream.state();
-                let last_epoch = stream.epochs().last().map(|e| e.epoch.0);
-                entry.insert(Touched::new(stream.clone(), meta, false, last_epoch))
-            }
-        };
-        let first = entry.meta.next;
-        let result = match &request.copied {
-            None => {
-                let epoch = match access {
-                    // Outside any mapping the stream keeps the epoch it has.
-                    WriteAccess::Open => entry.last_epoch.unwrap_or(0),
-                    WriteAccess::Leader(epoch) => epoch.0,
-                    WriteAccess::Replica | WriteAccess::Closed => {
-                        replies.push((
-                            request.reply,
-                            Err(LogError::Fenced {
-                                data_id: stream.data_id.clone(),
-                                access,
-                            }),
-                        ));
-                        continue;
-                    }
-                };
-                if let Some(tag) = request.producer {
-                    match admit_producer(store, entry, tag, now) {
-                        Ok(None) => {}
-                        Ok(Some(original)) => {
-                            replies.push((request.reply, Ok(original)));
-                            continue;
-                        }
-                        Err(e) => {
-                            replies.push((request.reply, Err(e)));
-                            continue;
-                        }
-                    }
-                }
-                // Timestamps never go backwards within a stream, even if the wall clock does.
-                let ts = entry.meta.last_ts.map_or(now, |last| last.max(now));
-                entry.note_epoch(epoch, first);
-                for event in &request.events {
-                    batch.insert(
-                        &store.events,
-                        record::event_key(stream.number, entry.meta.next),
-                        record::encode_event(ts, epoch, request.producer, event),
-                    );
-                    entry.meta.next += 1;
-                    entry.meta.bytes += event.len() as u64;
-                }
-                if first == entry.meta.earliest {
-                    entry.meta.first_ts = Some(ts);
-                }
-                entry.meta.last_ts = Some(ts);
-                let appended = Appended {
-                    first: Offset(first),
-                    last: Offset(entry.meta.next - 1),
-                    timestamp: TimestampMs(ts),
-                    epoch: Epoch(epoch),
-                    duplicate: false,
-                };
-                if let Some(tag) = request.producer {
-                    let r = ProducerRecord {
-                        sequence: tag.sequence,
-                        first,
-                        last: appended.last.0,
-                        timestamp: ts,
-                        epoch,
-                    };
-                    entry.producers.insert(tag.id, r);
-                    entry.changed.insert(tag.id);
-                    entry.stored.push((tag, r));
-                }
-                appended
-            }
-            Some(copied) => {
-                if let Err(e) = check_copied(&stream, access, entry, &request.events, copied) {
-                    replies.push((request.reply, Err(e)));
-                    continue;
-                }
-                if store.on_commit.is_some() {
-                    let bytes = request.events.iter().map(|e| e.len() as u64).sum();
-                    copied_stats.push((stream.data_id.clone(), request.events.len() as u64, bytes));
-                }
-                let mut ts = entry.meta.last_ts;
-                for (event, c) in request.events.iter().zip(copied) {
-                    entry.note_epoch(c.epoch, c.offset);
-                    batch.insert(
-                        &store.events,
-                        record::event_key(stream.number, c.offset),
-                        record::encode_event(c.timestamp, c.epoch, c.producer, event),
-                    );
-                    if let Some(tag) = c.producer {
-                        // Seed from the stream's record: a batch may continue from the last
-                        // replication message.
-                        let _ = entry.producer(tag.id, now, i64::MAX);
-                        producers::note_event(
-                            &mut entry.producers,
-                            tag,
-                            c.offset,
-                            c.timestamp,
-                            c.epoch,
-                        );
-                        entry.changed.insert(tag.id);
-                    }
-                    entry.meta.next += 1;
-                    entry.meta.bytes += event.len() as u64;
-                    ts = Some(ts.map_or(c.timestamp, |t: i64| t.max(c.timestamp)));
-                    if c.offset == entry.meta.earliest {
-                        entry.meta.first_ts = Some(c.timestamp);
-                    }
-                }
-                entry.meta.last_ts = ts;
-                Appended {
-                    first: Offset(first),
-                    last: Offset(entry.meta.next - 1),
-                    timestamp: TimestampMs(ts.unwrap_or(now)),
-                    epoch: Epoch(copied.last().map_or(0, |c| c.epoch)),
-                    duplicate: false,
-                }
-            }
-        };
-        replies.push((request.reply, Ok(result)));
+    }
+}
+
+/// The batch being built: the streams it touches and its encoded writes.
+struct Plan<'s> {
+    store: &'s Store,
+    /// Wall-clock time of the batch, in ms: the timestamp of its publishes.
+    now: i64,
+    touched: HashMap<u64, Touched>,
+    /// Streams this batch creates, by data ID.
+    created: HashMap<DataId, u64>,
+    batch: fjall::OwnedWriteBatch,
+    /// Events copied from a primary, per request, for the commit observer.
+    copied_stats: Vec<(DataId, u64, u64)>,
+}
+
+/// A sealed batch with something to write.
+struct Sealed {
+    batch: fjall::OwnedWriteBatch,
+    touched: HashMap<u64, Touched>,
+    copied_stats: Vec<(DataId, u64, u64)>,
+}
+
+impl<'s> Plan<'s> {
+    fn new(store: &'s Store) -> Plan<'s> {
+        Plan {
+            store,
+            now: TimestampMs::now().0,
+            touched: HashMap::new(),
+            created: HashMap::new(),
+            batch: store.db.batch().durability(Some(store.batch_durability)),
+            copied_stats: Vec::new(),
+        }
     }
 
-    // Streams whose every request was refused are left alone.
-    touched.retain(|_, t| {
-        t.created || !t.new_epochs.is_empty() || t.meta.next != t.stream.state().next
-    });
-    if !touched.is_empty() {
-        for t in touched.values() {
-            let mut meta = t.meta;
+    /// The stream a request goes to, created (in this batch) if the target asks for it.
+    fn stream(&mut self, target: Target) -> Arc<Stream> {
+        let data_id = match target {
+            Target::Existing(stream) => return stream,
+            Target::Create(data_id) => data_id,
+        };
+        if let Some(number) = self.created.get(&data_id) {
+            return self.touched[number].stream.clone();
+        }
+        // Created by an earlier batch after this request was submitted.
+        if let Some(stream) = self.store.stream(&data_id) {
+            return stream;
+        }
+        let number = self.store.next_number.fetch_add(1, Ordering::Relaxed);
+        let stream = Arc::new(Stream::new(
+            data_id.clone(),
+            number,
+            StreamMeta::default(),
+            Vec::new(),
+            WriteAccess::Open,
+        ));
+        self.created.insert(data_id, number);
+        self.touched.insert(
+            number,
+            Touched::new(stream.clone(), StreamMeta::default(), true, None),
+        );
+        stream
+    }
+
+    /// Places one request and encodes its events; its answer, given once the batch is
+    /// durable.
+    fn add(
+        &mut self,
+        target: Target,
+        events: &[Bytes],
+        producer: Option<ProducerTag>,
+        copied: Option<&[Copied]>,
+    ) -> Result<Appended, LogError> {
+        if events.is_empty() {
+            // append() rejects these before queueing; kept so offsets can never underflow.
+            return Err(LogError::EmptyBatch);
+        }
+        let stream = self.stream(target);
+        let access = stream.access();
+        let (store, now) = (self.store, self.now);
+        let entry = self.touched.entry(stream.number).or_insert_with(|| {
+            let last_epoch = stream.epochs().last().map(|e| e.epoch.0);
+            Touched::new(stream.clone(), *stream.state(), false, last_epoch)
+        });
+        let Some(copied) = copied else {
+            let epoch = entry.tail.publish_epoch(&stream.data_id, access)?;
+            if let Some(tag) = producer
+                && let Some(original) = admit_producer(store, entry, tag, now)?
+            {
+                return Ok(original);
+            }
+            let appended = entry.tail.place_publish(epoch, now, events);
+            for (offset, event) in (appended.first.0..).zip(events) {
+                self.batch.insert(
+                    &store.events,
+                    record::event_key(stream.number, offset),
+                    record::encode_event(appended.timestamp.0, epoch, producer, event),
+                );
+            }
+            if let Some(tag) = producer {
+                let r = ProducerRecord {
+                    sequence: tag.sequence,
+                    first: appended.first.0,
+                    last: appended.last.0,
+                    timestamp: appended.timestamp.0,
+                    epoch,
+                };
+                entry.producers.insert(tag.id, r);
+                entry.changed.insert(tag.id);
+                entry.stored.push((tag, r));
+            }
+            return Ok(appended);
+        };
+        entry
+            .tail
+            .check_copied(&stream.data_id, access, events.len(), copied)?;
+        if store.on_commit.is_some() {
+            let bytes = events.iter().map(|e| e.len() as u64).sum();
+            self.copied_stats
+                .push((stream.data_id.clone(), events.len() as u64, bytes));
+        }
+        let appended = entry.tail.place_copied(copied, events, now);
+        for (event, c) in events.iter().zip(copied) {
+            self.batch.insert(
+                &store.events,
+                record::event_key(stream.number, c.offset),
+                record::encode_event(c.timestamp, c.epoch, c.producer, event),
+            );
+            if let Some(tag) = c.producer {
+                // Seed from the stream's record: a batch may continue from the last
+                // replication message.
+                let _ = entry.producer(tag.id, now, i64::MAX);
+                producers::note_event(&mut entry.producers, tag, c.offset, c.timestamp, c.epoch);
+                entry.changed.insert(tag.id);
+            }
+        }
+        Ok(appended)
+    }
+
+    /// Adds each written stream's metadata, epoch starts and producer records to the batch;
+    /// `None` if the batch writes nothing.
+    fn seal(mut self) -> Option<Sealed> {
+        self.touched.retain(|_, t| t.written());
+        if self.touched.is_empty() {
+            return None;
+        }
+        let store = self.store;
+        for t in self.touched.values() {
+            let mut meta = t.tail.meta;
             // What readers may see once this batch is durable, as far as known now; the
             // stored value may lag the real one, never lead it.
             let floor = t.stream.floor.load(Ordering::Acquire);
             meta.hwm = raised_hwm(meta.hwm, meta.next, floor);
-            batch.insert(
+            self.batch.insert(
                 &store.meta,
                 t.stream.number.to_be_bytes(),
                 record::encode_meta(&t.stream.data_id, &meta),
             );
-            for e in &t.new_epochs {
-                batch.insert(
+            for e in &t.tail.new_epochs {
+                self.batch.insert(
                     &store.epochs,
                     record::epoch_key(t.stream.number, e.epoch.0),
                     e.start.0.to_be_bytes(),
@@ -465,7 +432,7 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
             }
             for id in &t.changed {
                 if let Some(r) = t.producers.get(id) {
-                    batch.insert(
+                    self.batch.insert(
                         &store.producers,
                         record::producer_key(t.stream.number, *id),
                         record::encode_producer(r),
@@ -473,52 +440,64 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
                 }
             }
         }
-        // One journal write and, under `Always`, one fdatasync for the whole batch.
-        let started = std::time::Instant::now();
-        if let Err(e) = batch.commit() {
-            fatal("writing a batch to the event log", &e);
-        }
-        if let Some(observer) = &store.on_commit {
-            (observer.0)(&CommitStats {
-                events: touched
-                    .values()
-                    .map(|t| t.meta.next.saturating_sub(t.stream.state().next))
-                    .sum(),
-                took: started.elapsed(),
-                copied: copied_stats,
-            });
-        }
-        store.commits.fetch_add(1, Ordering::Relaxed);
-        if store.batch_durability == PersistMode::Buffer {
-            store.unsynced.store(true, Ordering::Release);
-        }
+        Some(Sealed {
+            batch: self.batch,
+            touched: self.touched,
+            copied_stats: self.copied_stats,
+        })
+    }
+}
 
-        let mut new_streams = Vec::new();
-        for t in touched.into_values() {
-            if !t.new_epochs.is_empty() {
-                t.stream.epochs().extend(t.new_epochs.iter().copied());
-            }
-            if !t.changed.is_empty() {
-                let mut records = t.stream.producers();
-                for id in &t.changed {
-                    if let Some(r) = t.producers.get(id) {
-                        records.insert(*id, *r);
-                    }
+/// Write and sync: one journal write and, under `Always`, one fdatasync for the whole batch.
+/// A failure aborts the node ([`fatal`]).
+fn write_and_sync(
+    store: &Store,
+    batch: fjall::OwnedWriteBatch,
+    touched: &HashMap<u64, Touched>,
+    copied: Vec<(DataId, u64, u64)>,
+) {
+    let started = std::time::Instant::now();
+    if let Err(e) = batch.commit() {
+        fatal("writing a batch to the event log", &e);
+    }
+    if let Some(observer) = &store.on_commit {
+        (observer.0)(&CommitStats {
+            events: touched
+                .values()
+                .map(|t| t.tail.meta.next.saturating_sub(t.stream.state().next))
+                .sum(),
+            took: started.elapsed(),
+            copied,
+        });
+    }
+    store.commits.fetch_add(1, Ordering::Relaxed);
+    if store.batch_durability == PersistMode::Buffer {
+        store.unsynced.store(true, Ordering::Release);
+    }
+}
+
+/// Publish: now that the batch is durable, raises each stream's epochs, producer records and
+/// end (which wakes readers and replication senders), and makes new streams visible.
+fn publish_ends(store: &Store, touched: HashMap<u64, Touched>) {
+    let mut new_streams = Vec::new();
+    for t in touched.into_values() {
+        if !t.tail.new_epochs.is_empty() {
+            t.stream.epochs().extend(t.tail.new_epochs.iter().copied());
+        }
+        if !t.changed.is_empty() {
+            let mut records = t.stream.producers();
+            for id in &t.changed {
+                if let Some(r) = t.producers.get(id) {
+                    records.insert(*id, *r);
                 }
             }
-            t.stream.publish(t.meta);
-            if t.created {
-                new_streams.push(t.stream);
-            }
         }
-        store.publish_streams(new_streams);
+        t.stream.publish(t.tail.meta);
+        if t.created {
+            new_streams.push(t.stream);
+        }
     }
-    drop(guard);
-
-    for (reply, result) in replies {
-        // The publisher may have gone away (cancelled); its events are committed anyway.
-        let _ = reply.send(result);
-    }
+    store.publish_streams(new_streams);
 }
 
 /// Decides about batch `tag` of a producer publishing to the stream of `entry`: `Ok(None)`
