@@ -77,7 +77,7 @@ use crate::log::{Appended, EventLog, LogError, WriteAccess};
 
 pub(crate) use coordinator::spawn;
 pub(crate) use divergence::Cut;
-pub(crate) use leader::{LeaderTerm, SessionStart};
+pub(crate) use leader::{LeaderTerm, SessionRefused, SessionStart};
 
 /// What a publish waits for before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
