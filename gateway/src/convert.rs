@@ -74,6 +74,8 @@ pub(crate) fn mapping_status(e: MappingError) -> Status {
             ),
         }),
         MappingError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        // What Consul holds is broken: an operator must replace it; retrying cannot help.
+        MappingError::Unreadable { .. } => Status::failed_precondition(e.to_string()),
         MappingError::Contended { .. } => Status::aborted(e.to_string()),
     }
 }
