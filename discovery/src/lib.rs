@@ -57,8 +57,8 @@ pub use health::{
 pub use kv::KvPair;
 pub use layout::{DEFAULT_KV_PREFIX, KvLayout};
 pub use mapping::{
-    DEFAULT_MAX_NODES_PER_MAPPING, MAX_CAS_ATTEMPTS, Mapping, MappingError, MappingProblem,
-    MappingSnapshot, MappingStore,
+    DEFAULT_MAX_NODES_PER_MAPPING, InvalidMapping, MAX_CAS_ATTEMPTS, Mapping, MappingError,
+    MappingProblem, MappingSnapshot, MappingStore,
 };
 pub use session::{LockOptions, hold_lock};
 pub use watch::{Watched, watch_health, watch_mappings};

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use ec_core::{DataId, NodeId};
+use ec_core::{DataId, IdError, NodeId};
 use tracing::debug;
 
 use crate::backoff::Backoff;
@@ -63,7 +63,11 @@ impl Mapping {
     /// Parses a KV value: comma-separated node IDs, whitespace around each tolerated. An
     /// empty value, an invalid ID, a duplicate or bytes that are not UTF-8 give the reason
     /// as an `Err`.
-    pub fn parse(data_id: DataId, raw: &[u8], modify_index: u64) -> Result<Mapping, String> {
+    pub fn parse(
+        data_id: DataId,
+        raw: &[u8],
+        modify_index: u64,
+    ) -> Result<Mapping, InvalidMapping> {
         Mapping::parse_within(data_id, raw, modify_index, DEFAULT_MAX_NODES_PER_MAPPING)
     }
 
@@ -75,30 +79,24 @@ impl Mapping {
         raw: &[u8],
         modify_index: u64,
         max_nodes: usize,
-    ) -> Result<Mapping, String> {
-        let text = std::str::from_utf8(raw).map_err(|e| {
-            format!(
-                "the value is not UTF-8 ({e}); expected comma-separated node IDs such as \"node1,node2\""
-            )
-        })?;
+    ) -> Result<Mapping, InvalidMapping> {
+        let text = std::str::from_utf8(raw).map_err(InvalidMapping::NotUtf8)?;
         if text.trim().is_empty() {
-            return Err(
-                "the value is empty; expected comma-separated node IDs, primary first, such as \"node1,node2\""
-                    .to_string(),
-            );
+            return Err(InvalidMapping::EmptyValue);
         }
         let count = text.split(',').count();
         if count > max_nodes {
-            return Err(too_many(count, max_nodes));
+            return Err(InvalidMapping::TooMany {
+                count,
+                max: max_nodes,
+            });
         }
         let mut nodes = Vec::new();
         for (i, part) in text.split(',').enumerate() {
-            let node = NodeId::parse(part.trim()).map_err(|e| {
-                format!(
-                    "entry {} of {:?} is not a node ID: {e}",
-                    i + 1,
-                    quoted(text)
-                )
+            let node = NodeId::parse(part.trim()).map_err(|error| InvalidMapping::BadNode {
+                entry: i + 1,
+                value: quoted(text),
+                error,
             })?;
             nodes.push(node);
         }
@@ -215,7 +213,7 @@ impl MappingSnapshot {
                 Ok(m) => {
                     snap.mappings.insert(data_id, m);
                 }
-                Err(reason) => snap.problems.push(problem(reason)),
+                Err(reason) => snap.problems.push(problem(reason.to_string())),
             }
         }
         snap
@@ -242,14 +240,30 @@ pub enum MappingError {
         current: Option<Mapping>,
     },
 
-    /// The requested mapping is not valid (empty node list, duplicate node, node not in the
-    /// mapping), or the stored value is not a valid mapping and so cannot be edited in place.
+    /// The requested mapping is not valid (no node, a node twice, too many nodes).
     #[error("invalid mapping for {data_id}: {reason}")]
     Invalid {
         /// The data ID.
         data_id: DataId,
         /// What is wrong.
-        reason: String,
+        reason: InvalidMapping,
+    },
+
+    /// The stored value is not a valid mapping, so it is neither routed to nor edited in
+    /// place: only a forced put or a delete replaces it.
+    #[error(
+        "key {key:?} holds a value that is not a mapping (at ModifyIndex {modify_index}): \
+         {reason}; replace it with a forced put or delete it"
+    )]
+    Unreadable {
+        /// The data ID.
+        data_id: DataId,
+        /// The Consul key.
+        key: String,
+        /// The key's `ModifyIndex`.
+        modify_index: u64,
+        /// What is wrong with the value (boxed: it is rare, and keeps every `Result` small).
+        reason: Box<InvalidMapping>,
     },
 
     /// A read-modify-write lost the check-and-set race this many times in a row.
@@ -279,7 +293,7 @@ enum Stored {
     /// Present but not a valid mapping.
     Garbage {
         modify_index: u64,
-        reason: String,
+        reason: InvalidMapping,
     },
 }
 
@@ -337,7 +351,7 @@ impl MappingStore {
     }
 
     /// The mapping of `data_id`; `None` if there is none. A stored value that is not a
-    /// valid mapping is [`MappingError::Invalid`].
+    /// valid mapping is [`MappingError::Unreadable`].
     pub async fn get(&self, data_id: &DataId) -> Result<Option<Mapping>, MappingError> {
         match self.read(data_id).await? {
             Stored::Absent => Ok(None),
@@ -345,7 +359,7 @@ impl MappingStore {
             Stored::Garbage {
                 modify_index,
                 reason,
-            } => Err(self.garbage(data_id, modify_index, &reason)),
+            } => Err(self.garbage(data_id, modify_index, reason)),
         }
     }
 
@@ -428,7 +442,7 @@ impl MappingStore {
     /// the mapping as stored afterwards (`None`: there is none).
     ///
     /// `f` may run several times and must decide from its argument only. A stored value that
-    /// is not a valid mapping stops the update with [`MappingError::Invalid`]. A Consul error
+    /// is not a valid mapping stops the update with [`MappingError::Unreadable`]. A Consul error
     /// is returned at once: retrying when Consul is down is the caller's decision.
     pub async fn update<F>(
         &self,
@@ -447,7 +461,7 @@ impl MappingStore {
                 Stored::Garbage {
                     modify_index,
                     reason,
-                } => return Err(self.garbage(data_id, modify_index, &reason)),
+                } => return Err(self.garbage(data_id, modify_index, reason)),
             };
             let Some(nodes) = f(current.as_ref())? else {
                 return Ok(current);
@@ -496,10 +510,11 @@ impl MappingStore {
                 })
             })
             .await?;
-        // The closure never asks for an empty list, so a mapping exists afterwards.
-        after.ok_or_else(|| MappingError::Invalid {
+        // The closure never asks for an empty list, so a mapping exists afterwards unless
+        // someone deleted it in between.
+        after.ok_or_else(|| MappingError::Conflict {
             data_id: data_id.clone(),
-            reason: format!("node {node} was added but the mapping read back as absent"),
+            current: None,
         })
     }
 
@@ -590,38 +605,39 @@ impl MappingStore {
             Ok(Stored::Garbage {
                 modify_index,
                 reason,
-            }) => self.garbage(data_id, modify_index, &reason),
+            }) => self.garbage(data_id, modify_index, reason),
             Err(e) => e,
         }
     }
 
-    fn garbage(&self, data_id: &DataId, modify_index: u64, reason: &str) -> MappingError {
-        MappingError::Invalid {
+    fn garbage(&self, data_id: &DataId, modify_index: u64, reason: InvalidMapping) -> MappingError {
+        MappingError::Unreadable {
             data_id: data_id.clone(),
-            reason: format!(
-                "key {:?} holds a value that is not a mapping (at ModifyIndex {modify_index}): \
-                 {reason}; replace it with a forced put or delete it",
-                self.key(data_id)
-            ),
+            key: self.key(data_id),
+            modify_index,
+            reason: Box::new(reason),
         }
     }
 }
 
 /// Refuses what must never be stored: no node, or a node twice.
-fn check_nodes(nodes: &[NodeId], max_nodes: usize) -> Result<(), String> {
+fn check_nodes(nodes: &[NodeId], max_nodes: usize) -> Result<(), InvalidMapping> {
     if nodes.is_empty() {
-        return Err("the node list is empty; a mapping needs at least one node".to_string());
+        return Err(InvalidMapping::NoNodes);
     }
     if nodes.len() > max_nodes {
-        return Err(too_many(nodes.len(), max_nodes));
+        return Err(InvalidMapping::TooMany {
+            count: nodes.len(),
+            max: max_nodes,
+        });
     }
     let mut seen = std::collections::HashSet::with_capacity(nodes.len());
     for n in nodes {
         if !seen.insert(n) {
-            return Err(format!(
-                "node {n} is listed twice in {}",
-                quoted(&join(nodes))
-            ));
+            return Err(InvalidMapping::Duplicate {
+                node: n.clone(),
+                value: quoted(&join(nodes)),
+            });
         }
     }
     Ok(())
@@ -632,10 +648,50 @@ fn check_nodes(nodes: &[NodeId], max_nodes: usize) -> Result<(), String> {
 /// costing every watcher work on each change.
 pub const DEFAULT_MAX_NODES_PER_MAPPING: usize = 32;
 
-fn too_many(count: usize, max: usize) -> String {
-    format!(
+/// Why a node list or a stored value is not a valid mapping.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidMapping {
+    /// The stored bytes are not UTF-8.
+    #[error(
+        "the value is not UTF-8 ({0}); expected comma-separated node IDs such as \"node1,node2\""
+    )]
+    NotUtf8(std::str::Utf8Error),
+    /// The stored value is empty (or only whitespace).
+    #[error(
+        "the value is empty; expected comma-separated node IDs, primary first, such as \"node1,node2\""
+    )]
+    EmptyValue,
+    /// A node list to write is empty.
+    #[error("the node list is empty; a mapping needs at least one node")]
+    NoNodes,
+    /// An entry is not a node ID.
+    #[error("entry {entry} of {value:?} is not a node ID: {error}")]
+    BadNode {
+        /// 1-based position in the list.
+        entry: usize,
+        /// The value, shortened for the message.
+        value: String,
+        /// Why the entry is not a node ID.
+        error: IdError,
+    },
+    /// A node is named twice.
+    #[error("node {node} is listed twice in {value:?}")]
+    Duplicate {
+        /// The node.
+        node: NodeId,
+        /// The list, shortened for the message.
+        value: String,
+    },
+    /// More nodes than `limits.max_nodes_per_mapping`.
+    #[error(
         "it names {count} nodes, more than limits.max_nodes_per_mapping ({max}) allows; every node of a mapping holds a full copy, so list a few replicas, or raise the limit"
-    )
+    )]
+    TooMany {
+        /// How many nodes it names.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 fn join(nodes: &[NodeId]) -> String {
@@ -710,7 +766,9 @@ mod tests {
             (&[0xff, 0xfe, b'n'], "UTF-8"),
         ];
         for (raw, want) in cases {
-            let e = Mapping::parse(d("a"), raw, 1).expect_err(&format!("{raw:?} accepted"));
+            let e = Mapping::parse(d("a"), raw, 1)
+                .expect_err(&format!("{raw:?} accepted"))
+                .to_string();
             assert!(e.contains(want), "{raw:?}: {e:?} lacks {want:?}");
         }
     }
@@ -719,7 +777,9 @@ mod tests {
     fn mappings_beyond_the_node_limit_are_problems() {
         let huge: Vec<String> = (0..45_000).map(|i| format!("n{i}")).collect();
         let huge = huge.join(",");
-        let e = Mapping::parse(d("a"), huge.as_bytes(), 1).expect_err("45000 nodes");
+        let e = Mapping::parse(d("a"), huge.as_bytes(), 1)
+            .expect_err("45000 nodes")
+            .to_string();
         assert!(
             e.contains("45000 nodes") && e.contains("limits.max_nodes_per_mapping (32)"),
             "{e}"
@@ -786,6 +846,7 @@ mod tests {
         assert!(
             check_nodes(&[n("a"), n("b"), n("a")], 32)
                 .expect_err("dup")
+                .to_string()
                 .contains("twice")
         );
         assert!(check_nodes(&[n("a"), n("b")], 32).is_ok());

@@ -5,7 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ec_discovery::{MappingError, NodeStatus};
+use ec_discovery::{EpochError, MappingError, NodeStatus};
 use ec_proto::{HealthStatus, NodeRef};
 use tonic::Status;
 
@@ -35,8 +35,20 @@ impl From<PromoteError> for Status {
             | PromoteError::Unhealthy { .. }
             | PromoteError::NoCandidate { .. } => Status::failed_precondition(msg),
             PromoteError::Changed { .. } => Status::aborted(msg),
-            PromoteError::Consul(_) => Status::unavailable(msg),
+            PromoteError::Mapping(e) => mapping_status(e),
+            PromoteError::Epoch(e) => epoch_status(e),
         }
+    }
+}
+
+/// An epoch-record failure as a status.
+fn epoch_status(e: EpochError) -> Status {
+    let msg = e.to_string();
+    match e {
+        EpochError::Consul(_) => Status::unavailable(msg),
+        EpochError::Conflict { .. } => Status::aborted(msg),
+        // What Consul holds is broken: an operator must repair it; retrying cannot help.
+        EpochError::Invalid { .. } => Status::failed_precondition(msg),
     }
 }
 
@@ -74,6 +86,8 @@ pub(crate) fn mapping_status(e: MappingError) -> Status {
             ),
         }),
         MappingError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        // What Consul holds is broken: an operator must replace it; retrying cannot help.
+        MappingError::Unreadable { .. } => Status::failed_precondition(e.to_string()),
         MappingError::Contended { .. } => Status::aborted(e.to_string()),
     }
 }
@@ -152,6 +166,30 @@ mod tests {
         for (e, code) in cases {
             assert_eq!(Status::from(e).code(), code);
         }
+    }
+
+    #[test]
+    fn a_broken_mapping_is_not_reported_as_a_consul_outage() {
+        let d = DataId::parse("d").expect("valid");
+        let unreadable = PromoteError::from(MappingError::Unreadable {
+            data_id: d.clone(),
+            key: "streaming/data/d".into(),
+            modify_index: 3,
+            reason: Box::new(ec_discovery::InvalidMapping::EmptyValue),
+        });
+        let status = Status::from(unreadable);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("streaming/data/d"), "{status:?}");
+        let record = PromoteError::from(EpochError::Invalid {
+            key: "streaming/data/.epoch/d".into(),
+            reason: "not JSON".into(),
+        });
+        assert_eq!(Status::from(record).code(), Code::FailedPrecondition);
+        let raced = PromoteError::from(MappingError::Conflict {
+            data_id: d,
+            current: None,
+        });
+        assert_eq!(Status::from(raced).code(), Code::Aborted);
     }
 
     #[test]

@@ -133,9 +133,14 @@ pub enum PromoteError {
         /// The data ID.
         data_id: DataId,
     },
-    /// Consul failed.
-    #[error("Consul: {0}")]
-    Consul(String),
+    /// Reading or writing the mapping failed: Consul is unreachable or refused, or the
+    /// stored value is not a mapping. (A lost check-and-set is [`PromoteError::Changed`].)
+    #[error(transparent)]
+    Mapping(MappingError),
+    /// Reading or writing the epoch record failed: Consul is unreachable or refused, or the
+    /// stored record is not valid. (A lost check-and-set is [`PromoteError::Changed`].)
+    #[error(transparent)]
+    Epoch(EpochError),
 }
 
 impl From<MappingError> for PromoteError {
@@ -144,7 +149,7 @@ impl From<MappingError> for PromoteError {
             MappingError::Conflict { data_id, .. } | MappingError::Contended { data_id, .. } => {
                 PromoteError::Changed { data_id }
             }
-            other => PromoteError::Consul(other.to_string()),
+            other => PromoteError::Mapping(other),
         }
     }
 }
@@ -153,7 +158,7 @@ impl From<EpochError> for PromoteError {
     fn from(e: EpochError) -> PromoteError {
         match e {
             EpochError::Conflict { data_id, .. } => PromoteError::Changed { data_id },
-            other => PromoteError::Consul(other.to_string()),
+            other => PromoteError::Epoch(other),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ec_core::{DataId, NodeId};
-use ec_discovery::{MappingError, MappingStore, QueryOptions, watch_mappings};
+use ec_discovery::{InvalidMapping, MappingError, MappingStore, QueryOptions, watch_mappings};
 use ec_testkit::ConsulAgent;
 use tokio::sync::Barrier;
 use tokio_util::sync::CancellationToken;
@@ -232,12 +232,21 @@ async fn read_modify_write_helpers() {
         .update(&a, |_| {
             Err(MappingError::Invalid {
                 data_id: d("helpers"),
-                reason: "refused by the caller".into(),
+                reason: InvalidMapping::NoNodes,
             })
         })
         .await
         .expect_err("closure error");
-    assert!(err.to_string().contains("refused by the caller"));
+    assert!(
+        matches!(
+            err,
+            MappingError::Invalid {
+                reason: InvalidMapping::NoNodes,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(s.get(&a).await.expect("get"), Some(m.clone()));
 
     assert_eq!(
@@ -352,14 +361,15 @@ async fn garbage_under_the_prefix_is_reported_per_key_and_skipped() {
     // Garbage is not edited in place, and get says why.
     for id in ["empty", "dup", "binary"] {
         match s.get(&d(id)).await {
-            Err(MappingError::Invalid { reason, .. }) => {
-                assert!(reason.contains(&format!("streaming/data/{id}")), "{reason}")
+            Err(e @ MappingError::Unreadable { .. }) => {
+                let e = e.to_string();
+                assert!(e.contains(&format!("streaming/data/{id}")), "{e}")
             }
-            other => panic!("{id}: expected Invalid, got {other:?}"),
+            other => panic!("{id}: expected Unreadable, got {other:?}"),
         }
         assert!(matches!(
             s.add_node(&d(id), &n("node7")).await,
-            Err(MappingError::Invalid { .. })
+            Err(MappingError::Unreadable { .. })
         ));
     }
     let still = c

@@ -70,9 +70,7 @@ pub(crate) async fn serve(
         earliest: Offset(hello.earliest_offset),
         next: Offset(hello.next_offset),
     };
-    let (session, cut) = term
-        .open_session(&start)
-        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    let (session, cut) = term.open_session(&start)?;
     info!(
         %data_id,
         %replica,
@@ -240,10 +238,7 @@ async fn receive(
                 let sent = Offset(refuse.sent.load(Ordering::Acquire));
                 if let Err(e) = session.report(Offset(m.next_offset), sent) {
                     warn!(data_id = %term.data_id, %replica, error = %e, "replication session refused");
-                    let _ = refuse
-                        .tx
-                        .send(Err(Status::failed_precondition(e.to_string())))
-                        .await;
+                    let _ = refuse.tx.send(Err(Status::from(e))).await;
                     shutdown.cancel();
                     break;
                 }

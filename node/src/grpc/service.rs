@@ -30,13 +30,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use super::convert::NotAcknowledged;
 use super::request::{AppendRequest, ReadRequest, parse_data_id};
 use super::stream::{produce, resolve_start};
 use crate::acknowledger::{Acknowledger, Outcome, Reply};
 use crate::auth::{Caller, Guard};
 use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats, WriteAccess};
 use crate::metrics::NodeMetrics;
-use crate::replication::{Acks, NotReplicated, Replication, Role};
+use crate::replication::{Acks, Replication, Role};
 
 /// Request metadata choosing a publish's acks: `leader` or `all`.
 pub(crate) const ACKS_HEADER: &str = ec_proto::contract::ACKS_METADATA;
@@ -164,27 +165,13 @@ impl NodeService {
         }
         match self.replication.wait_replicated(data_id, &a).await {
             Ok(()) => Ok(a),
-            Err(NotReplicated::TimedOut(waited)) => Err(Status::deadline_exceeded(format!(
-                "offsets {}..={} of data ID {data_id} are durable on primary {} but not yet on every in-sync replica after {} (node.replication.ack_timeout); they may still appear later, or be lost if this primary fails first — do not assume either",
-                a.first,
-                a.last,
-                self.node_id,
-                humantime(waited)
-            ))),
-            Err(NotReplicated::Replaced) => Err(Status::aborted(format!(
-                "offsets {}..={} of data ID {data_id} were not kept: node {} stopped being the primary before its in-sync replicas stored them, and the new primary's events took those offsets; publish them again to the primary",
-                a.first, a.last, self.node_id
-            ))),
-            Err(NotReplicated::NotEnoughInSync { in_sync, required }) => {
-                Err(Status::unavailable(format!(
-                    "offsets {}..={} of data ID {data_id} are durable on primary {} but not acknowledged: acks=all needs {required} nodes in sync (node.replication.min_insync) and only [{}] are; they may still reach the replicas, or be lost if this primary fails — retry once a replica has caught up, or publish with acks=leader",
-                    a.first,
-                    a.last,
-                    self.node_id,
-                    NotReplicated::describe_in_sync(&in_sync)
-                )))
+            Err(why) => Err(NotAcknowledged {
+                data_id,
+                appended: &a,
+                primary: &self.node_id,
+                why,
             }
-            Err(NotReplicated::Log(e)) => Err(e.into()),
+            .into()),
         }
     }
 }
@@ -238,10 +225,6 @@ impl NodeService {
             _ => Outcome::Waiting,
         }
     }
-}
-
-fn humantime(d: std::time::Duration) -> String {
-    format!("{}ms", d.as_millis())
 }
 
 /// A publish queued in the log, with its data ID for the acks=all wait.

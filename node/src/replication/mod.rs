@@ -78,7 +78,7 @@ use crate::log::{Appended, EventLog, LogError, WriteAccess};
 
 pub(crate) use coordinator::spawn;
 pub(crate) use divergence::Cut;
-pub(crate) use leader::{LeaderTerm, Session, SessionStart};
+pub(crate) use leader::{LeaderTerm, Session, SessionRefused, SessionStart};
 
 /// What a publish waits for before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
