@@ -108,7 +108,10 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             primary_kill = Some(f.primary_kill_shape());
             f.run
         }
-        Command::SeedGateway(_) | Command::Table { .. } => bail!("{name} is not a scenario"),
+        Command::SeedGateway(_)
+        | Command::Table { .. }
+        | Command::Deployment(_)
+        | Command::Scale(_) => bail!("{name} is not a suite scenario"),
     };
     let s = args.settings();
     let mut report = Report::new(s.out.as_deref())?;
