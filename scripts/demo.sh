@@ -11,6 +11,13 @@
 #   scripts/demo.sh secure   like `up`, with security on: mutual TLS everywhere (certificates
 #                            from scripts/dev-certs.sh in .demo/secure/certs), client tokens
 #                            with permissions; prints how client commands must look
+#   scripts/demo.sh cluster  the deployment shape instead of one dev agent: 3 Consul servers,
+#                            one Consul client agent per "machine" (machine1-3 each run a node
+#                            registered with its own agent; machine4 runs the gateway and is
+#                            where the console and tools talk to Consul), then as `up`
+#   scripts/demo.sh kill machineN     (cluster) SIGKILL machine N's agent and node: a dead
+#                                     machine, which Consul's Serf failure detection notices
+#   scripts/demo.sh restart machineN  (cluster) boot it again: agent, then node
 #
 # Everything lives under .demo/ in the repo (git-ignored): data dirs, logs, pids/; `up` wipes
 # the previous run's data and logs, `down` keeps them for a look. Processes
@@ -27,6 +34,8 @@
 # not have and follows it as a replica.
 #
 # Environment: EC_DEMO_PROFILE=debug|release (default debug: builds faster),
+# EC_DEMO_CLUSTER_PORT (18500: in `cluster` mode member k uses HTTP base+10k, serf LAN +1,
+# serf WAN +2, server RPC +3; servers are k=1-3, machine1-4 k=4-7),
 # EC_DEMO_CONSUL_PORT (8500), EC_DEMO_GATEWAY_PORT (50051), EC_DEMO_NODE_PORT (50052: node N
 # uses gRPC port base+2(N-1) and health port base+2(N-1)+1), EC_DEMO_RATE (events/s, 3).
 set -euo pipefail
@@ -53,6 +62,10 @@ die() {
 }
 
 node_grpc_port() { echo $((NODE_PORT + 2 * ($1 - 1))); }
+# The Consul agent node N registers with: its machine's agent in cluster mode, else the one.
+node_consul_port() {
+    if [[ "${CLUSTER:-0}" == 1 ]]; then member_port "machine$1" http; else echo "$CONSUL_PORT"; fi
+}
 node_health_port() { echo $((NODE_PORT + 2 * ($1 - 1) + 1)); }
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +199,7 @@ start_node() {
     env "${SEC_ENV[@]}" EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL=2s EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT=1s \
         setsid "$BIN/ec-node" --id "$id" --host 127.0.0.1 \
         --port "$(node_grpc_port "$i")" --health-port "$(node_health_port "$i")" \
-        --data-dir "$DEMO/$id" --consul-addr "127.0.0.1:$CONSUL_PORT" "${SEC_FLAGS[@]}" \
+        --data-dir "$DEMO/$id" --consul-addr "127.0.0.1:$(node_consul_port "$i")" "${SEC_FLAGS[@]}" \
         </dev/null >"$LOGS/$id.log" 2>&1 &
     write_pid "$id" $! "--data-dir $DEMO/$id"
 }
@@ -252,7 +265,9 @@ up() {
     for tool in curl jq; do
         command -v "$tool" >/dev/null || die "$tool is required (e.g. apt-get install $tool)"
     done
+    use_dev_layout
     check_ports
+    rm -f "$DEMO/mode"
     # Consul's dev agent starts empty, so the nodes' old logs (and their replication epochs)
     # would not match it: every `up` starts from a clean slate.
     rm -rf "$DEMO"/node1 "$DEMO"/node2 "$DEMO"/node3 "$LOGS" "$DEMO/producer.seq" "$SECURE_DIR"
@@ -336,6 +351,7 @@ status() {
         curl -sf "http://127.0.0.1:$CONSUL_PORT/v1/health/service/streaming-node" |
             jq -r '.[] | "  \(.Service.ID)  \(.Service.Address):\(.Service.Port)  " +
                 ([.Checks[].Status] | if any(. == "critical") then "critical" elif any(. == "warning") then "warning" else "passing" end)'
+        if [[ "${CLUSTER:-0}" == 1 ]]; then cluster_members; fi
     fi
 }
 
@@ -379,7 +395,11 @@ restart_node() {
     if pid_of "$id" >/dev/null; then
         die "$id is running (pid $(pid_of "$id")); 'scripts/demo.sh kill $id' first"
     fi
-    pid_of consul >/dev/null || die "the demo is not running; start it with scripts/demo.sh"
+    if [[ "${CLUSTER:-0}" == 1 ]]; then
+        pid_of "machine$n" >/dev/null || die "machine$n's Consul agent is not running: 'scripts/demo.sh restart machine$n'"
+    else
+        pid_of consul >/dev/null || die "the demo is not running; start it with scripts/demo.sh"
+    fi
     target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
     BIN="$target/$PROFILE"
     [[ -x "$BIN/ec-node" ]] || die "$BIN/ec-node is missing; run scripts/demo.sh up first"
@@ -487,13 +507,193 @@ Refused, to see it:
 EOF
 }
 
+# --------------------------------------------------------------------------------------------
+# cluster: 3 Consul servers and one client agent per machine, as production runs Consul
+# --------------------------------------------------------------------------------------------
+
+CLUSTER_PORT="${EC_DEMO_CLUSTER_PORT:-18500}"
+SERVERS=(server1 server2 server3)
+CLUSTER_MEMBERS=(server1 server2 server3 machine1 machine2 machine3 machine4)
+CLUSTER_COMPONENTS=("${CLUSTER_MEMBERS[@]}" node1 node2 node3 gateway producer)
+
+# Port `kind` (http, lan, wan, server) of Consul member `name` (serverN, machineN).
+member_port() {
+    local k base
+    case "$1" in
+    server*) k="${1#server}" ;;
+    machine*) k=$((${1#machine} + 3)) ;;
+    *) die "no Consul member $1" ;;
+    esac
+    base=$((CLUSTER_PORT + 10 * k))
+    case "$2" in
+    http) echo "$base" ;;
+    lan) echo $((base + 1)) ;;
+    wan) echo $((base + 2)) ;;
+    server) echo $((base + 3)) ;;
+    esac
+}
+
+# A demo started with `cluster` stays one until the next `up`: status, kill and down follow it.
+DEV_COMPONENTS=("${COMPONENTS[@]}")
+DEV_CONSUL_PORT="$CONSUL_PORT"
+use_dev_layout() {
+    CLUSTER=0
+    COMPONENTS=("${DEV_COMPONENTS[@]}")
+    CONSUL_PORT="$DEV_CONSUL_PORT"
+}
+use_cluster_layout() {
+    CLUSTER=1
+    COMPONENTS=("${CLUSTER_COMPONENTS[@]}")
+    # The gateway, the console and setup-consul.sh talk to machine4's agent.
+    CONSUL_PORT="$(member_port machine4 http)"
+}
+if [[ -f "$DEMO/mode" && "$(cat "$DEMO/mode")" == cluster ]]; then
+    use_cluster_layout
+fi
+
+# One Consul agent: a server (bootstrap-expect 3) or a machine's client agent, with its own
+# data dir and ports; every one retry-joins the servers, so a rebooted member finds them.
+# Gossip keeps Consul's production timings: a dead machine is marked failed in a few seconds.
+start_member() {
+    local name="$1" consul="$2" args=() s
+    mkdir -p "$DEMO/consul/$name"
+    case "$name" in
+    server*) args=(-server -bootstrap-expect 3 -hcl 'performance { raft_multiplier = 1 }') ;;
+    machine4) args=(-ui) ;;
+    esac
+    for s in "${SERVERS[@]}"; do
+        args+=(-retry-join "127.0.0.1:$(member_port "$s" lan)")
+    done
+    log "starting Consul $name on 127.0.0.1:$(member_port "$name" http)"
+    setsid "$consul" agent -node "demo-$name" -data-dir "$DEMO/consul/$name" \
+        -bind 127.0.0.1 -client 127.0.0.1 -disable-host-node-id \
+        -http-port "$(member_port "$name" http)" -serf-lan-port "$(member_port "$name" lan)" \
+        -serf-wan-port "$(member_port "$name" wan)" -server-port "$(member_port "$name" server)" \
+        -dns-port -1 -hcl 'ports { grpc = -1 }' -hcl 'disable_update_check = true' \
+        -retry-interval 1s "${args[@]}" </dev/null >>"$LOGS/$name.log" 2>&1 &
+    write_pid "$name" $! "-node demo-$name"
+}
+
+# Every Consul member as the gateway's agent sees it: a killed machine shows `failed`.
+cluster_members() {
+    echo "Consul members:"
+    curl -sf "http://127.0.0.1:$CONSUL_PORT/v1/agent/members" |
+        jq -r 'sort_by(.Name)[] | "  \(.Name)  \(.Tags.role)  " +
+            ({"1": "alive", "2": "leaving", "3": "left", "4": "failed"}[.Status | tostring] // "status \(.Status)")'
+}
+
+members_alive() {
+    local n
+    n="$(curl -sf "http://127.0.0.1:$CONSUL_PORT/v1/agent/members" | jq '[.[] | select(.Status == 1)] | length')"
+    [[ "$n" -ge ${#CLUSTER_MEMBERS[@]} ]]
+}
+
+cluster_up() {
+    local c consul p
+    for c in "${CLUSTER_COMPONENTS[@]}" consul; do
+        if pid_of "$c" >/dev/null; then
+            die "the demo is already running ($c has pid $(pid_of "$c")); 'scripts/demo.sh status' or 'scripts/demo.sh down'"
+        fi
+    done
+    for tool in curl jq; do
+        command -v "$tool" >/dev/null || die "$tool is required (e.g. apt-get install $tool)"
+    done
+    use_cluster_layout
+    for c in "${CLUSTER_MEMBERS[@]}"; do
+        for p in http lan wan server; do
+            if port_busy "$(member_port "$c" "$p")"; then
+                die "port $(member_port "$c" "$p") on 127.0.0.1 is in use; stop what uses it or pick another base with EC_DEMO_CLUSTER_PORT"
+            fi
+        done
+    done
+    for c in 1 2 3; do
+        for p in "$(node_grpc_port "$c")" "$(node_health_port "$c")"; do
+            if port_busy "$p"; then
+                die "port $p on 127.0.0.1 is in use; pick other ports with EC_DEMO_NODE_PORT"
+            fi
+        done
+    done
+    if port_busy "$GATEWAY_PORT"; then
+        die "port $GATEWAY_PORT on 127.0.0.1 is in use; pick another with EC_DEMO_GATEWAY_PORT"
+    fi
+    # Fresh Consul state and fresh node logs: their replication epochs must match.
+    rm -rf "$DEMO"/node1 "$DEMO"/node2 "$DEMO"/node3 "$DEMO/consul" "$LOGS" "$DEMO/producer.seq"
+    mkdir -p "$DEMO" "$PIDS" "$LOGS"
+    printf '*\n' >"$DEMO/.gitignore"
+    echo cluster >"$DEMO/mode"
+    build
+    trap 'rc=$?; if [[ $rc != 0 ]]; then log "start failed; stopping what was started"; down_all; fi' EXIT
+    consul="$("$ROOT/scripts/install-consul.sh" | tail -n 1)"
+    [[ -x "$consul" ]] || die "scripts/install-consul.sh did not provide a consul binary"
+    for c in "${CLUSTER_MEMBERS[@]}"; do
+        start_member "$c" "$consul"
+    done
+    wait_until "the three Consul servers electing a leader" consul_has_leader
+    wait_until "all seven Consul agents alive in the cluster" members_alive
+    for c in 1 2 3; do
+        start_node "$c"
+    done
+    start_gateway
+    wait_until "all three nodes passing their Consul health checks" nodes_passing
+    log "mapping data ID $DATA_ID to node1,node2,node3 (node1 is the primary)"
+    "$ROOT/scripts/setup-consul.sh" --consul-addr="127.0.0.1:$CONSUL_PORT" \
+        --data-id="$DATA_ID" --node-id=node1,node2,node3 >&2
+    start_producer
+    wait_until "the first event of $DATA_ID reaching readers through the gateway" routable
+    trap - EXIT
+    print_next
+    cat <<EOF
+
+Cluster layout (Consul HTTP API ports):
+  servers      server1 :$(member_port server1 http)  server2 :$(member_port server2 http)  server3 :$(member_port server3 http)
+  machine1-3   client agents :$(member_port machine1 http) :$(member_port machine2 http) :$(member_port machine3 http), node1-3 registered with their own
+  machine4     client agent :$(member_port machine4 http) for the gateway, the console and the UI
+  scripts/demo.sh kill machine1      # agent and node die together: Serf marks the machine
+                                     # failed and the gateway promotes a replica
+  scripts/demo.sh restart machine1   # boots it again: it rejoins and follows the new primary
+EOF
+}
+
+# The number N of `machineN` (1-3: the machines with a node); dies otherwise.
+machine_number() {
+    [[ "${1:-}" =~ ^machine([123])$ ]] || die "name a machine with a node: machine1, machine2 or machine3 (got '${1:-}')"
+    echo "${BASH_REMATCH[1]}"
+}
+
+kill_machine() {
+    local n pid c
+    [[ "${CLUSTER:-0}" == 1 ]] || die "machines exist in cluster mode only: scripts/demo.sh cluster"
+    n="$(machine_number "$1")"
+    for c in "machine$n" "node$n"; do
+        if pid="$(pid_of "$c")"; then
+            log "SIGKILL $c (pid $pid); the PID file stays, so 'status' shows it STOPPED"
+            kill -KILL "$pid"
+        fi
+    done
+}
+
+restart_machine() {
+    local n consul
+    [[ "${CLUSTER:-0}" == 1 ]] || die "machines exist in cluster mode only: scripts/demo.sh cluster"
+    n="$(machine_number "$1")"
+    if pid_of "machine$n" >/dev/null; then
+        die "machine$n is running; 'scripts/demo.sh kill machine$n' first"
+    fi
+    consul="$("$ROOT/scripts/install-consul.sh" | tail -n 1)"
+    start_member "machine$n" "$consul"
+    wait_until "machine$n's agent rejoining the cluster" \
+        curl -sf "http://127.0.0.1:$(member_port "machine$n" http)/v1/catalog/nodes"
+    pid_of "node$n" >/dev/null || restart_node "node$n"
+}
+
 case "${1:-up}" in
 up) up ;;
+cluster) cluster_up ;;
 down) down ;;
 status) status ;;
-kill) kill_node "${2:-}" ;;
-restart) restart_node "${2:-}" ;;
+kill) if [[ "${2:-}" == machine* ]]; then kill_machine "$2"; else kill_node "${2:-}"; fi ;;
+restart) if [[ "${2:-}" == machine* ]]; then restart_machine "$2"; else restart_node "${2:-}"; fi ;;
 secure) secure ;;
--h | --help | help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' ;;
-*) die "unknown command '$1'; use up, secure, status, kill nodeN, restart nodeN or down" ;;
+-h | --help | help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//' ;;
+*) die "unknown command '$1'; use up, secure, cluster, status, kill nodeN|machineN, restart nodeN|machineN or down" ;;
 esac

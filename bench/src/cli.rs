@@ -66,6 +66,22 @@ pub(crate) enum Command {
     /// final log holds every acknowledged event exactly once and each reader saw gapless
     /// offsets. Records: scenarios `primary-kill` (SIGKILL) and `primary-stop` (SIGSTOP).
     Failover(FailoverArgs),
+    /// Failover times in the deployment shape: 3 Consul servers, a Consul client agent per
+    /// machine (Consul's own gossip timings), a replicating ec-node registered with each of
+    /// three machines' agents, the gateway on a fourth; every ec process at default settings.
+    /// Faults: `node` (the primary's process SIGKILLed), `machine` (the primary's agent and
+    /// node SIGKILLed), `server` (a Consul follower SIGKILLed), `leader` (the Consul leader
+    /// SIGKILLed, then started again). A producer publishes through the SDK (redirect mode)
+    /// every 5 ms and a reader follows; measured: kill → first acknowledgement and first
+    /// delivery after the kill, Serf's failure detection (machine), Consul's re-election and
+    /// the first committed KV write after the kill (server, leader). Prints each trial and the
+    /// medians.
+    Deployment(DeploymentArgs),
+    /// One gateway with many mappings over 3 nodes (Consul dev agent): its RSS growth, the
+    /// time from a mapping write to the gateway routing it, the gateway's CPU per mapping
+    /// change, the size of the KV listing every change makes each gateway read, and lookup
+    /// throughput; for each of --mappings.
+    Scale(ScaleArgs),
     /// Print the table of a JSON-lines file written with --out (e.g. of an interrupted run).
     Table {
         /// The file.
@@ -88,6 +104,8 @@ impl Command {
             Command::Lookup(_) => "lookup",
             Command::Proxy(_) => "proxy",
             Command::Failover(_) => "failover",
+            Command::Deployment(_) => "deployment",
+            Command::Scale(_) => "scale",
             Command::Table { .. } => "table",
             Command::SeedGateway(_) => "seed-gateway",
         }
@@ -154,6 +172,44 @@ impl Signal {
             Signal::Stop => crate::primary_kill::Fault::Stop,
         }
     }
+}
+
+/// Flags of `deployment`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DeploymentArgs {
+    /// Faults to inject, comma-separated, each in its own fresh deployment per trial.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "node,machine,server,leader"
+    )]
+    pub(crate) faults: Vec<crate::deployment::Fault>,
+    /// Trials per fault.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) trials: usize,
+    /// Where ec-node and ec-gateway are (default: beside this executable).
+    #[arg(long, env = "EC_BENCH_BIN_DIR", value_name = "DIR")]
+    pub(crate) bin_dir: Option<PathBuf>,
+}
+
+/// Flags of `scale`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ScaleArgs {
+    /// Mapping counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    pub(crate) mappings: Vec<usize>,
+    /// Mapping writes timed per count (write → routable).
+    #[arg(long, default_value_t = 20)]
+    pub(crate) updates: usize,
+    /// Seconds of lookups per count.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) lookup_secs: f64,
+    /// Concurrent GetNodeForData callers.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) lookup_callers: usize,
+    /// Where ec-gateway is (default: beside this executable).
+    #[arg(long, env = "EC_BENCH_BIN_DIR", value_name = "DIR")]
+    pub(crate) bin_dir: Option<PathBuf>,
 }
 
 /// What `failover` kills.

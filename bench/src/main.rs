@@ -13,6 +13,8 @@
 //!   (the only primary-loss scenario: the write leader SIGKILLed or SIGSTOPped, on ours and
 //!   on a JetStream cluster), and `seed_gateway.rs` (the seed's way of
 //!   answering `GetNodeForData`: two Consul calls per lookup, as a child process).
+//! - `deployment.rs` (failover times with 3 Consul servers and an agent per machine) and
+//!   `scale.rs` (a gateway with thousands of mappings): standalone, not part of `suite`.
 //! - `machine.rs`: CPU idleness and per-process CPU time from /proc; `stats.rs`: percentiles
 //!   and medians; `report.rs`: JSON lines and the printed table with ratios.
 //!
@@ -20,6 +22,7 @@
 
 mod cli;
 mod cluster;
+mod deployment;
 mod failover;
 mod floor;
 mod lookup;
@@ -28,6 +31,7 @@ mod primary_kill;
 mod procs;
 mod proxy;
 mod report;
+mod scale;
 mod seed_gateway;
 mod stats;
 mod suite;
@@ -57,6 +61,8 @@ fn main() -> Result<()> {
         procs::kill_children_on_signal();
         match cli.command {
             cli::Command::SeedGateway(args) => seed_gateway::serve(args).await,
+            cli::Command::Deployment(args) => deployment::run(args).await,
+            cli::Command::Scale(args) => scale::run(args).await,
             cli::Command::Table { file } => {
                 print!("{}", report::table_of_file(&file)?);
                 Ok(())

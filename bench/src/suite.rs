@@ -115,7 +115,10 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             jetstream_too = true;
             f.run
         }
-        Command::SeedGateway(_) | Command::Table { .. } => bail!("{name} is not a scenario"),
+        Command::SeedGateway(_)
+        | Command::Table { .. }
+        | Command::Deployment(_)
+        | Command::Scale(_) => bail!("{name} is not a suite scenario"),
     };
     let s = args.settings();
     let primary_shape =
