@@ -11,7 +11,6 @@
 mod publish;
 mod stream;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -65,13 +64,12 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    let colors = std::io::stderr().is_terminal();
-    let mut hook = color_eyre::config::HookBuilder::default().display_env_section(false);
-    if !colors {
-        hook = hook.theme(color_eyre::config::Theme::new());
-    }
-    hook.install()
-        .map_err(|e| eyre!("cannot install the error reporter: {e}"))?;
+    ec_config::process::install_error_reporting()?;
+    ec_config::process::user_error(start())
+}
+
+fn start() -> Result<()> {
+    let colors = ec_config::process::stderr_colors();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

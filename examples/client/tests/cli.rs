@@ -627,3 +627,15 @@ mod util {
         ec_testnode::child_main().await;
     }
 }
+
+/// A user error (here a data ID breaking the naming rule) reads the same on a pipe and on a
+/// terminal: colour only on a terminal without `NO_COLOR`, no backtrace even with
+/// `RUST_BACKTRACE=1` (those are for bugs).
+#[test]
+fn a_user_error_is_plain_text_without_a_backtrace() {
+    ec_testkit::terminal::assert_plain_user_error(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ec-client")),
+        &["--node", "127.0.0.1:1", "stream", "--data-id", "../etc"],
+        "[A-Za-z0-9._-]",
+    );
+}
