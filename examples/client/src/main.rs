@@ -129,9 +129,14 @@ async fn connect(args: &Args) -> Result<Client> {
         Some(g) => g.clone(),
         None => reachable_address(&config.gateway.host, config.gateway.port),
     };
-    Client::connect_with(&gateway, channels)
-        .await
-        .wrap_err_with(|| format!("is a gateway running at {gateway}? (set it with --gateway HOST:PORT, or talk to a node with --node HOST:PORT)"))
+    match Client::connect_with(&gateway, channels).await {
+        Ok(client) => Ok(client),
+        // A malformed address is the problem itself, not a sign of a missing gateway.
+        Err(e @ ec_client::ClientError::InvalidAddress { .. }) => Err(eyre!(
+            "--gateway {gateway}: {e} (e.g. localhost:50051)"
+        )),
+        Err(e) => Err(e).wrap_err_with(|| format!("is a gateway running at {gateway}? (set it with --gateway HOST:PORT, or talk to a node with --node HOST:PORT)")),
+    }
 }
 
 /// The configuration layers with the TLS flags on top: where the gateway is by default and

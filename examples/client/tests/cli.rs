@@ -639,3 +639,30 @@ fn a_user_error_is_plain_text_without_a_backtrace() {
         "[A-Za-z0-9._-]",
     );
 }
+
+/// `--gateway localhost` leads with the real problem (no port), not with a guess about a
+/// gateway that is not running; and, like every user error, it reads the same on a pipe and
+/// on a terminal: colour only on a terminal without `NO_COLOR`, no backtrace even with
+/// `RUST_BACKTRACE=1`.
+#[test]
+fn a_bad_gateway_address_is_said_first_and_plainly() {
+    let args = ["--gateway", "localhost", "stream", "--data-id", "x"];
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_ec-client"));
+    let printed = ec_testkit::terminal::run_piped(program, &args, &[]);
+    let first = printed
+        .text
+        .lines()
+        .find(|l| !l.trim().is_empty() && l.trim() != "Error:")
+        .unwrap_or_default();
+    assert!(
+        first.contains("--gateway localhost") && first.contains("no port"),
+        "{}",
+        printed.text
+    );
+    assert!(
+        !printed.text.contains("is a gateway running"),
+        "{}",
+        printed.text
+    );
+    ec_testkit::terminal::assert_plain_user_error(program, &args, "no port");
+}
