@@ -11,7 +11,6 @@
 mod publish;
 mod stream;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -65,13 +64,12 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    let colors = std::io::stderr().is_terminal();
-    let mut hook = color_eyre::config::HookBuilder::default().display_env_section(false);
-    if !colors {
-        hook = hook.theme(color_eyre::config::Theme::new());
-    }
-    hook.install()
-        .map_err(|e| eyre!("cannot install the error reporter: {e}"))?;
+    ec_config::process::install_error_reporting()?;
+    ec_config::process::user_error(start())
+}
+
+fn start() -> Result<()> {
+    let colors = ec_config::process::stderr_colors();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -131,9 +129,14 @@ async fn connect(args: &Args) -> Result<Client> {
         Some(g) => g.clone(),
         None => reachable_address(&config.gateway.host, config.gateway.port),
     };
-    Client::connect_with(&gateway, channels)
-        .await
-        .wrap_err_with(|| format!("is a gateway running at {gateway}? (set it with --gateway HOST:PORT, or talk to a node with --node HOST:PORT)"))
+    match Client::connect_with(&gateway, channels).await {
+        Ok(client) => Ok(client),
+        // A malformed address is the problem itself, not a sign of a missing gateway.
+        Err(e @ ec_client::ClientError::InvalidAddress { .. }) => Err(eyre!(
+            "--gateway {gateway}: {e} (e.g. localhost:50051)"
+        )),
+        Err(e) => Err(e).wrap_err_with(|| format!("is a gateway running at {gateway}? (set it with --gateway HOST:PORT, or talk to a node with --node HOST:PORT)")),
+    }
 }
 
 /// The configuration layers with the TLS flags on top: where the gateway is by default and

@@ -112,18 +112,15 @@ pub(crate) async fn run(client: &Client, args: StreamArgs) -> Result<()> {
                 resume_at,
                 reason,
             } => {
+                // One line per failover, once the stream goes on: the loss itself is not
+                // printed (nor logged by the SDK as a warning), so it is never said twice.
+                // While no node answers, the SDK warns of each failed attempt.
                 eprintln!(
-                    "failover: {} -> {to}, resuming at {resume_at} ({reason})",
+                    "failover: {} -> {to}, resumed at {resume_at} ({reason})",
                     from.as_deref().unwrap_or("(no stream yet)")
                 );
             }
-            Delivery::Lost {
-                node,
-                reason,
-                resume_at,
-            } => {
-                eprintln!("{node} lost, resuming at {resume_at}… ({reason})");
-            }
+            Delivery::Lost { .. } => {}
         }
     }
     flush(&mut out)?;

@@ -627,3 +627,148 @@ mod util {
         ec_testnode::child_main().await;
     }
 }
+
+/// A user error (here a data ID breaking the naming rule) reads the same on a pipe and on a
+/// terminal: colour only on a terminal without `NO_COLOR`, no backtrace even with
+/// `RUST_BACKTRACE=1` (those are for bugs).
+#[test]
+fn a_user_error_is_plain_text_without_a_backtrace() {
+    ec_testkit::terminal::assert_plain_user_error(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ec-client")),
+        &["--node", "127.0.0.1:1", "stream", "--data-id", "../etc"],
+        "[A-Za-z0-9._-]",
+    );
+}
+
+/// `--gateway localhost` leads with the real problem (no port), not with a guess about a
+/// gateway that is not running; and, like every user error, it reads the same on a pipe and
+/// on a terminal: colour only on a terminal without `NO_COLOR`, no backtrace even with
+/// `RUST_BACKTRACE=1`.
+#[test]
+fn a_bad_gateway_address_is_said_first_and_plainly() {
+    let args = ["--gateway", "localhost", "stream", "--data-id", "x"];
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_ec-client"));
+    let printed = ec_testkit::terminal::run_piped(program, &args, &[]);
+    let first = printed
+        .text
+        .lines()
+        .find(|l| !l.trim().is_empty() && l.trim() != "Error:")
+        .unwrap_or_default();
+    assert!(
+        first.contains("--gateway localhost") && first.contains("no port"),
+        "{}",
+        printed.text
+    );
+    assert!(
+        !printed.text.contains("is a gateway running"),
+        "{}",
+        printed.text
+    );
+    ec_testkit::terminal::assert_plain_user_error(program, &args, "no port");
+}
+
+/// A node restarted under a reader: the CLI says so in one line (`failover: … resumed at
+/// N`), not also as a log warning about the same break, and the reader goes on at the next
+/// offset without a gap or a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_is_printed_once() {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = grpc.local_addr().expect("addr");
+    let start = |grpc: TcpListener| {
+        let data = dir.path().to_owned();
+        async move {
+            let health = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let settings = NodeSettings::new(
+                NodeId::parse("node1").expect("id"),
+                &data,
+                "http://127.0.0.1:1",
+            );
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(ec_node::run(
+                settings,
+                Listeners { grpc, health },
+                shutdown.clone(),
+            ));
+            (shutdown, task)
+        }
+    };
+    let (shutdown, task) = start(grpc).await;
+    let node = addr.to_string();
+    assert_ok(
+        &ec_client(
+            &["--node", &node, "publish", "--data-id", "x"],
+            b"a\nb\nc\n",
+        )
+        .await,
+    );
+
+    let mut reader = Command::new(env!("CARGO_BIN_EXE_ec-client"))
+        .args([
+            "--node",
+            &node,
+            "stream",
+            "--data-id",
+            "x",
+            "--from",
+            "earliest",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ec-client stream");
+    let mut lines = tokio::io::BufReader::new(reader.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    let mut read_until = async |n: usize, seen: &mut Vec<String>| {
+        while seen.len() < n {
+            let line = tokio::time::timeout(DEADLINE, lines.next_line())
+                .await
+                .expect("the reader prints within the deadline")
+                .expect("read stdout")
+                .expect("the reader keeps running");
+            seen.push(line);
+        }
+    };
+    read_until(3, &mut seen).await;
+
+    // Stop the node gracefully (its stream ends), then start it again on the same port and
+    // data dir; the reader reconnects by itself.
+    shutdown.cancel();
+    task.await.expect("node task").expect("clean stop");
+    let grpc = ec_testkit::wait_for("the port is free again", DEADLINE, || async move {
+        TcpListener::bind(addr).await.ok()
+    })
+    .await;
+    let (shutdown, task) = start(grpc).await;
+    assert_ok(&ec_client(&["--node", &node, "publish", "--data-id", "x"], b"d\ne\n").await);
+    read_until(5, &mut seen).await;
+    let offsets_and_payloads: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|l| {
+            let (offset, rest) = l.split_once(' ').expect("OFFSET TIME PAYLOAD");
+            (offset, rest.rsplit(' ').next().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(
+        offsets_and_payloads,
+        [("0", "a"), ("1", "b"), ("2", "c"), ("3", "d"), ("4", "e")],
+        "no gap, no duplicate"
+    );
+
+    reader.start_kill().expect("kill the reader");
+    let out = reader.wait_with_output().await.expect("reader output");
+    let err = stderr(&out);
+    assert_eq!(err.matches("failover:").count(), 1, "once:\n{err}");
+    assert!(err.contains("resumed at offset 3"), "{err}");
+    assert!(
+        !err.contains("stream broke"),
+        "said once, not also as a warning:\n{err}"
+    );
+    shutdown.cancel();
+    task.await.expect("node task").expect("clean stop");
+}

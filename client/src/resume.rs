@@ -502,7 +502,7 @@ impl Resumer {
                         }
                     }
                     Err(e) => {
-                        if let Some(fatal) = self.fail(e) {
+                        if let Some(fatal) = self.fail(e, false) {
                             return Some(Err(fatal));
                         }
                     }
@@ -546,7 +546,7 @@ impl Resumer {
                 self.backoff.reset();
                 self.failures = 0;
             }
-            if let Some(fatal) = self.fail(outcome) {
+            if let Some(fatal) = self.fail(outcome, true) {
                 return Some(Err(fatal));
             }
             // Said at once, before the backoff and the next node: the reader may have to wait
@@ -559,8 +559,10 @@ impl Resumer {
         }
     }
 
-    /// Records a failure; returns the error to hand out if the stream must end.
-    fn fail(&mut self, error: ClientError) -> Option<ClientError> {
+    /// Records a failure; returns the error to hand out if the stream must end. A break the
+    /// reader is told of (`announced`: a `Lost` follows) is logged at info, so that a reader
+    /// that prints it does not show it twice; an attempt that fails unannounced is a warning.
+    fn fail(&mut self, error: ClientError, announced: bool) -> Option<ClientError> {
         self.current = None;
         if error.is_terminal() {
             self.done = true;
@@ -577,7 +579,11 @@ impl Resumer {
                 last: Box::new(error),
             });
         }
-        warn!(data_id = %self.data_id, error = %error, resume_at = %self.position(), failures = self.failures, "stream broke; resuming");
+        if announced {
+            info!(data_id = %self.data_id, error = %error, resume_at = %self.position(), failures = self.failures, "stream broke; resuming");
+        } else {
+            warn!(data_id = %self.data_id, error = %error, resume_at = %self.position(), failures = self.failures, "cannot open the stream; retrying");
+        }
         self.broke = Some(error.to_string());
         None
     }

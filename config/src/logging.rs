@@ -6,7 +6,6 @@
 //! File writes go through a background thread so that a slow disk never blocks a request; the
 //! returned [`LogGuard`] flushes that thread when dropped, so `main` must keep it alive.
 
-use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing::Subscriber;
@@ -88,7 +87,7 @@ fn layers<S>(cfg: &LogConfig) -> Result<(Vec<BoxedLayer<S>>, Option<WorkerGuard>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let ansi = std::io::stderr().is_terminal();
+    let ansi = crate::process::stderr_colors();
     let mut layers: Vec<BoxedLayer<S>> = vec![match cfg.format {
         LogFormat::Text => fmt::layer()
             .with_writer(std::io::stderr)

@@ -3,6 +3,9 @@
 //! `--consul-addr HOST:PORT` and `--log-*` flags. It lives here, beside the settings, so that
 //! `ec-node`, `ec-gateway` and `ec-console` start and stop the same way.
 
+use std::io::IsTerminal;
+
+use color_eyre::Section;
 use color_eyre::eyre::{Result, eyre};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -10,13 +13,30 @@ use tracing::info;
 use crate::logging::{self, LogGuard};
 use crate::{Config, ConsulConfig, Loader};
 
+/// Whether standard error may carry ANSI colours: it is a terminal, and `NO_COLOR`
+/// (<https://no-color.org>) is unset or empty. A log file or a pipe gets plain text.
+pub fn stderr_colors() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs color-eyre so that an error prints as one readable chain of causes, with no
-/// backtrace or environment section unless `RUST_BACKTRACE` asks for one.
+/// environment section, in colour only when [`stderr_colors`] allows. A panic (a bug)
+/// still prints its backtrace when `RUST_BACKTRACE` asks for one; an error returned from
+/// `main` does not (see [`user_error`]).
 pub fn install_error_reporting() -> Result<()> {
-    color_eyre::config::HookBuilder::default()
-        .display_env_section(false)
-        .install()
+    let mut hook = color_eyre::config::HookBuilder::default().display_env_section(false);
+    if !stderr_colors() {
+        hook = hook.theme(color_eyre::config::Theme::new());
+    }
+    hook.install()
         .map_err(|e| eyre!("cannot install the error reporter: {e}"))
+}
+
+/// What `main` returns: an error that reached `main` is the user's to fix (a bad flag, an
+/// unknown data ID, a port in use), so it prints as its chain of causes without a
+/// backtrace, even with `RUST_BACKTRACE=1` set. Backtraces are for bugs, which panic.
+pub fn user_error<T>(result: Result<T>) -> Result<T> {
+    result.map_err(|report| report.suppress_backtrace(true))
 }
 
 /// What a server binary does once its flags are parsed: loads every layer of `loader`,

@@ -619,6 +619,13 @@ impl Table {
         }
     }
 
+    /// Whether Consul's catalog (as last seen) has `node_id` registered as a streaming
+    /// node; `None` while the table is not loaded.
+    pub fn is_registered(&self, node_id: &str) -> Option<bool> {
+        self.is_loaded()
+            .then(|| self.health.nodes.contains_key(node_id))
+    }
+
     /// Every node registered in Consul, plus every node a mapping names that is not
     /// registered (as gone), sorted by ID.
     pub fn nodes(&self) -> Vec<NodeState> {

@@ -239,13 +239,24 @@ impl Gateway for GatewayService {
             .await
             .map_err(mapping_status)?;
         info!(mapping = %mapping.value(), modify_index = mapping.modify_index, "node registered");
+        let mut message = format!(
+            "node {node} holds data ID {data_id}; mapping is now {} (ModifyIndex {})",
+            mapping.value(),
+            mapping.modify_index
+        );
+        // The mapping is written either way (a node may register in Consul later), but a
+        // typo must not pass silently: say what the console says of such a node.
+        if self.table.current().is_registered(node.as_str()) == Some(false) {
+            warn!(%node, "mapped a node that is not registered in Consul");
+            message.push_str(&format!(
+                "; warning: node {node} is not registered in Consul (service {}), so nothing \
+                 is routed to it until it registers and passes its health check",
+                ec_proto::contract::NODE_SERVICE
+            ));
+        }
         Ok(Response::new(RegisterNodeResponse {
             success: true,
-            message: format!(
-                "node {node} holds data ID {data_id}; mapping is now {} (ModifyIndex {})",
-                mapping.value(),
-                mapping.modify_index
-            ),
+            message,
         }))
     }
 

@@ -1,6 +1,7 @@
 //! Test support for Event Catcher: real Consul agents on free loopback ports (one dev agent,
 //! or a multi-server cluster with client agents: [`ConsulCluster`]), waiting on
-//! conditions with deadlines instead of bare sleeps, and raw gRPC calls ([`raw_unary`]).
+//! conditions with deadlines instead of bare sleeps, raw gRPC calls ([`raw_unary`]), and
+//! binaries run on a terminal or a pipe to check what a person sees ([`terminal`]).
 //!
 //! Invariants this crate keeps for every test that uses it:
 //! - Everything listens on 127.0.0.1 only; nothing here sends traffic anywhere else, and every
@@ -17,6 +18,7 @@
 mod cluster;
 mod consul;
 mod raw;
+pub mod terminal;
 
 use std::collections::HashSet;
 use std::future::Future;

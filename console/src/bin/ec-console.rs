@@ -5,14 +5,16 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use color_eyre::eyre::{Result, WrapErr, eyre};
+use color_eyre::eyre::{Result, WrapErr};
+use ec_config::process;
 use ec_console::{ConsoleArgs, SystemClock};
 
 fn main() -> Result<()> {
-    color_eyre::config::HookBuilder::default()
-        .display_env_section(false)
-        .install()
-        .map_err(|e| eyre!("cannot install the error reporter: {e}"))?;
+    process::install_error_reporting()?;
+    process::user_error(run())
+}
+
+fn run() -> Result<()> {
     let args = ConsoleArgs::parse();
     let settings = args.settings().wrap_err("cannot load the settings")?;
     if let Some(path) = &settings.log_file {

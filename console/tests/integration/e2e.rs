@@ -463,3 +463,14 @@ async fn print_screens() {
     let tail = tmux.wait_text("PAUSED +7 new").await;
     println!("--- mappings ---\n{mappings}\n--- health ---\n{health}\n--- tail ---\n{tail}");
 }
+
+/// A user error (here a bad Consul port) reads the same on a pipe and on a terminal: colour
+/// only on a terminal without `NO_COLOR`, and no backtrace even with `RUST_BACKTRACE=1`.
+#[test]
+fn a_user_error_is_plain_text_without_a_backtrace() {
+    ec_testkit::terminal::assert_plain_user_error(
+        &crate::util::console_binary(),
+        &["--consul-addr", "127.0.0.1:99999"],
+        "consul.port",
+    );
+}

@@ -31,6 +31,10 @@ struct Args {
 
 fn main() -> Result<()> {
     process::install_error_reporting()?;
+    process::user_error(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let loader = args.gateway.loader(args.config.clone());
     let Some((config, _log_guard)) = process::load_or_print(loader, args.print_config)? else {

@@ -303,6 +303,34 @@ async fn refusals_not_found_unavailable_permission_denied() {
     let unchanged = s.get(&data_id("good")).await.expect("get").expect("exists");
     assert_eq!(unchanged.nodes, [node_id("node1")], "nothing written");
 
+    // A node Consul does not know is mapped (it may register later), with a warning; a
+    // registered one without.
+    let ghost = gw
+        .register_node(RegisterNodeRequest {
+            node_id: "ghost".into(),
+            data_id: "haunted".into(),
+        })
+        .await
+        .expect("mapped all the same")
+        .into_inner();
+    assert!(ghost.success, "{}", ghost.message);
+    assert!(
+        ghost
+            .message
+            .contains("node ghost is not registered in Consul"),
+        "{}",
+        ghost.message
+    );
+    let known = gw
+        .register_node(RegisterNodeRequest {
+            node_id: "node1".into(),
+            data_id: "good".into(),
+        })
+        .await
+        .expect("registered")
+        .into_inner();
+    assert!(!known.message.contains("warning"), "{}", known.message);
+
     let l = list(&mut gw).await;
     assert!(
         l.problems

@@ -404,3 +404,14 @@ async fn malformed_and_oversize_messages_get_the_right_codes() {
         .expect("publish after bad input");
     gateway.stop().await.expect("clean stop");
 }
+
+/// A user error reads the same on a pipe and on a terminal: colour only on a terminal
+/// without `NO_COLOR`, and no backtrace even with `RUST_BACKTRACE=1` (those are for bugs).
+#[test]
+fn a_user_error_is_plain_text_without_a_backtrace() {
+    ec_testkit::terminal::assert_plain_user_error(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ec-gateway")),
+        &["--port", "99999"],
+        "gateway.port",
+    );
+}

@@ -286,3 +286,14 @@ fn bad_configuration_exits_non_zero_naming_key_and_source() {
         }
     }
 }
+
+/// A user error reads the same on a pipe and on a terminal: colour only on a terminal
+/// without `NO_COLOR`, and no backtrace even with `RUST_BACKTRACE=1` (those are for bugs).
+#[test]
+fn a_user_error_is_plain_text_without_a_backtrace() {
+    ec_testkit::terminal::assert_plain_user_error(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ec-node")),
+        &["--port", "99999"],
+        "node.port",
+    );
+}
