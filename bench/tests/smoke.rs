@@ -176,6 +176,8 @@ fn failover_help_explains_the_primary_kill() {
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "--kill",
+        "--signal",
+        "SIGSTOP",
         "primary",
         "write pause",
         "read pause",

@@ -19,7 +19,8 @@
 //! Layout:
 //! - [`resume`](resumable_stream): the one resumable stream (gapless, duplicate-free across
 //!   failovers) that every reader in the project uses — redirect and proxy mode here, the
-//!   gateway's `Subscribe` proxy, the console and the benchmark.
+//!   gateway's `Subscribe` proxy, the console and the benchmark; `cursor.rs`: its offset
+//!   bookkeeping (which events are owed, where to resume), pure and property-tested.
 //! - `resolve.rs`: the [`Resolver`] trait (where to read a data ID) and its gateway and static
 //!   implementations; `channel.rs`: one gRPC channel per node address, with keepalive.
 //! - `backoff.rs`: jittered exponential backoff between attempts.
@@ -31,6 +32,7 @@
 mod backoff;
 mod channel;
 mod client;
+mod cursor;
 mod error;
 mod event;
 mod publish;

@@ -16,6 +16,7 @@
 //! - Offsets are delivered strictly in order, each once: anything at or below the last
 //!   delivered offset is dropped (a resumed node may repeat), anything beyond the next
 //!   expected offset is a [`ClientError::Gap`] that ends the stream — never a silent hole.
+//!   These decisions are `cursor.rs`'s, without I/O and property-tested.
 //! - Terminal errors ([`ClientError::is_terminal`]: bad argument, unknown data ID, offset below
 //!   retention, permission) are returned at once and end the stream: retrying elsewhere
 //!   cannot fix the request.
@@ -52,6 +53,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, BackoffState};
 use crate::channel::ChannelCache;
+use crate::cursor::{Admit, Cursor};
 use crate::error::ClientError;
 use crate::event::Event;
 use crate::resolve::{Candidate, Resolver};
@@ -294,22 +296,16 @@ fn resume_raw(
     opts: StreamOptions,
     upstream: Upstream,
 ) -> RawDeliveryStream {
-    let next = match opts.start {
-        Start::Offset(o) => Some(o),
-        Start::Earliest | Start::Latest | Start::Time(_) => None,
-    };
     let state = Resumer {
         resolver,
         channels,
         data_id,
         upstream,
-        start: opts.start,
         follow: opts.follow,
         max_retries: opts.max_retries,
         backoff_max: opts.backoff.max,
         backoff: BackoffState::new(opts.backoff),
-        next,
-        remaining: opts.max_count,
+        cursor: Cursor::new(opts.start, opts.max_count),
         candidates: VecDeque::new(),
         current: None,
         last_node: None,
@@ -443,17 +439,13 @@ struct Resumer {
     channels: ChannelCache,
     data_id: DataId,
     upstream: Upstream,
-    /// The start asked for, used until the first event is delivered.
-    start: Start,
     follow: bool,
     max_retries: Option<u32>,
     /// A stream that stayed open this long before breaking counts as progress.
     backoff_max: Duration,
     backoff: BackoffState,
-    /// The next offset owed to the reader; `None` until known.
-    next: Option<Offset>,
-    /// Events still wanted; `None` for no limit.
-    remaining: Option<u64>,
+    /// The offsets owed to the reader and where to resume (`cursor.rs`).
+    cursor: Cursor,
     /// Candidates not tried yet since the last resolution.
     candidates: VecDeque<Candidate>,
     current: Option<Current>,
@@ -476,7 +468,7 @@ impl Resumer {
             return Some(Ok(queued));
         }
         loop {
-            if self.done || self.remaining == Some(0) {
+            if self.done || self.cursor.satisfied() {
                 // Close the open call now rather than when the stream is dropped.
                 self.current = None;
                 self.done = true;
@@ -654,23 +646,23 @@ impl Resumer {
         {
             return Ok(Some(self.serving_changed(change)));
         }
-        let Some(first) = batch.events.first().map(|e| Offset(e.offset)) else {
-            return Ok(None);
-        };
-        let start = self.next.unwrap_or(first);
-        let len = batch.events.len() as u64;
-        let consecutive = batch
-            .events
-            .iter()
-            .zip(0u64..)
-            .all(|(e, i)| start.0.checked_add(i) == Some(e.offset));
-        if consecutive && self.remaining.is_none_or(|r| r >= len) {
-            self.next = Some(Offset(start.0 + len));
-            if let Some(remaining) = self.remaining.as_mut() {
-                *remaining -= len;
+        match self.cursor.admit(batch.events.iter().map(|e| e.offset)) {
+            Ok(Admit::All) => {}
+            Ok(Admit::Some(keep)) => {
+                let mut events = std::mem::take(&mut batch.events).into_iter().enumerate();
+                batch.events = keep
+                    .into_iter()
+                    .filter_map(|k| events.find(|(i, _)| *i == k).map(|(_, e)| e))
+                    .collect();
             }
-        } else {
-            batch.events = self.owed(std::mem::take(&mut batch.events), &batch.node_id)?;
+            Err(gap) => {
+                return Err(ClientError::Gap {
+                    data_id: self.data_id.to_string(),
+                    node: batch.node_id.clone(),
+                    expected: gap.expected,
+                    got: gap.got,
+                });
+            }
         }
         let Some(first) = batch.events.first().map(|e| Offset(e.offset)) else {
             return Ok(None);
@@ -718,41 +710,6 @@ impl Resumer {
         }
     }
 
-    /// The events of `events` the reader is owed, one at a time: repeats dropped, a hole an
-    /// error, cut at `max_count`.
-    fn owed(
-        &mut self,
-        events: Vec<ec_proto::Event>,
-        node_id: &str,
-    ) -> Result<Vec<ec_proto::Event>, ClientError> {
-        let mut owed = Vec::with_capacity(events.len());
-        for event in events {
-            let offset = Offset(event.offset);
-            if let Some(next) = self.next {
-                if offset < next {
-                    continue;
-                }
-                if offset > next {
-                    return Err(ClientError::Gap {
-                        data_id: self.data_id.to_string(),
-                        node: node_id.to_owned(),
-                        expected: next,
-                        got: offset,
-                    });
-                }
-            }
-            self.next = Some(offset.next());
-            owed.push(event);
-            if let Some(remaining) = self.remaining.as_mut() {
-                *remaining -= 1;
-                if *remaining == 0 {
-                    break;
-                }
-            }
-        }
-        Ok(owed)
-    }
-
     /// The node of the open stream (only called while one is open).
     fn serving_candidate(&self) -> Candidate {
         self.current
@@ -763,7 +720,7 @@ impl Resumer {
 
     /// Where the next stream must start.
     fn position(&self) -> Start {
-        self.next.map_or(self.start, Start::Offset)
+        self.cursor.position()
     }
 
     fn request(&self) -> Result<StreamRequest, ClientError> {
@@ -784,7 +741,7 @@ impl Resumer {
             offset,
             start: start as i32,
             follow: Some(self.follow),
-            max_count: self.remaining.unwrap_or(0),
+            max_count: self.cursor.remaining().unwrap_or(0),
             start_timestamp,
         })
     }
@@ -948,16 +905,11 @@ mod tests {
             channels: ChannelCache::default(),
             data_id: data_id(),
             upstream: Upstream::Node,
-            start,
             follow: false,
             max_retries: None,
             backoff_max: Duration::from_secs(2),
             backoff: BackoffState::new(Backoff::none()),
-            next: match start {
-                Start::Offset(o) => Some(o),
-                _ => None,
-            },
-            remaining,
+            cursor: Cursor::new(start, remaining),
             candidates: VecDeque::new(),
             current: None,
             last_node: None,
@@ -1043,7 +995,7 @@ mod tests {
             panic!("a batch");
         };
         assert_eq!(b, batch(&[2]), "cut at max_count");
-        assert_eq!(state.remaining, Some(0));
+        assert!(state.cursor.satisfied());
 
         let mut state = resumer(Start::Earliest, None);
         let gap = state.accept(batch(&[4, 5, 7])).expect_err("gap");
@@ -1070,7 +1022,7 @@ mod tests {
         };
         assert_eq!(b.data_id, "d");
         assert_eq!(b.node_id, "n1");
-        assert_eq!(state.next, Some(Offset(4)));
+        assert_eq!(state.cursor.position(), Start::Offset(Offset(4)));
     }
 
     #[test]
