@@ -16,7 +16,9 @@
 //! - `epoch`: [`EpochStore`], each replicated data ID's leader epoch, primary and in-sync
 //!   set, beside the mappings, every write a check-and-set;
 //! - `session`: sessions and [`hold_lock`], one lock held by at most one process at a time;
-//! - `cluster`: [`provision_cluster_secret`], the shared credential of cluster members.
+//! - `cluster`: [`provision_cluster_secret`], the shared credential of cluster members;
+//! - `rights`: [`missing_rights`] and [`watch_rights`], what the Consul token lacks of what
+//!   a node or a gateway needs, found by probes that change nothing.
 //!
 //! Rules this crate keeps for every caller (see "Talking to Consul" in the design page):
 //! `recurse` is never sent on a single-key read or delete; `null` lists and maps decode as
@@ -37,6 +39,7 @@ mod health;
 mod kv;
 mod mapping;
 pub mod registration;
+mod rights;
 mod session;
 mod watch;
 mod wire;
@@ -55,6 +58,9 @@ pub use kv::KvPair;
 pub use mapping::{
     DEFAULT_MAX_NODES_PER_MAPPING, MAX_CAS_ATTEMPTS, Mapping, MappingError, MappingProblem,
     MappingSnapshot, MappingStore,
+};
+pub use rights::{
+    Check, Need, RIGHTS_RECHECK, gateway_needs, missing_rights, node_needs, watch_rights,
 };
 pub use session::{LockOptions, hold_lock};
 pub use watch::{Watched, watch_health, watch_mappings};
