@@ -53,12 +53,13 @@ fn base(kv_prefix: &str) -> &str {
 }
 
 /// What a node needs (see README "Consul ACLs"): read the mappings, write the epoch
-/// records, read the cluster secret (created once by the first node; reading is what every
-/// later start needs). Registering its service is checked by the registration itself.
-pub fn node_needs(kv_prefix: &str) -> Vec<Need> {
+/// records, and, unless `node.cluster_secret` is configured (`shared_secret`), read the
+/// cluster secret (created once by the first node; reading is what every later start
+/// needs). Registering its service is checked by the registration itself.
+pub fn node_needs(kv_prefix: &str, shared_secret: bool) -> Vec<Need> {
     let epochs = epoch_prefix(kv_prefix);
     let secret = crate::cluster_secret_key(kv_prefix);
-    vec![
+    let mut needs = vec![
         Need {
             purpose: "read the data-to-node mappings",
             check: Check::KeyRead(kv_prefix.to_owned()),
@@ -69,12 +70,15 @@ pub fn node_needs(kv_prefix: &str) -> Vec<Need> {
             check: Check::KeyWrite(format!("{epochs}{PROBE_KEY}")),
             rule: format!("key_prefix \"{epochs}\" {{ policy = \"write\" }}"),
         },
-        Need {
+    ];
+    if !shared_secret {
+        needs.push(Need {
             purpose: "read the cluster secret that replication checks",
             check: Check::KeyRead(secret.clone()),
             rule: format!("key \"{secret}\" {{ policy = \"write\" }}"),
-        },
-    ]
+        });
+    }
+    needs
 }
 
 /// What a gateway needs: read the mappings; with automatic failover also take the failover
@@ -193,7 +197,9 @@ mod tests {
 
     #[test]
     fn needs_name_the_keys_beside_the_prefix() {
-        let node = node_needs("streaming/data/");
+        let node = node_needs("streaming/data/", false);
+        assert_eq!(node.len(), 3);
+        assert_eq!(node_needs("streaming/data/", true).len(), 2);
         assert!(node.iter().any(|n| n.check
             == Check::KeyWrite("streaming/data.epochs/ec-rights-probe".into())));
         assert!(
