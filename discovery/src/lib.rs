@@ -19,6 +19,8 @@
 //! - `cluster`: [`provision_cluster_secret`], the shared credential of cluster members;
 //! - `layout`: [`KvLayout`], every key this project keeps in Consul KV, derived from the
 //!   mapping prefix: the only place the key layout is spelled.
+//! - `rights`: [`missing_rights`] and [`watch_rights`], what the Consul token lacks of what
+//!   a node or a gateway needs, found by probes that change nothing.
 //!
 //! Rules this crate keeps for every caller (see "Talking to Consul" in the design page):
 //! `recurse` is never sent on a single-key read or delete; `null` lists and maps decode as
@@ -40,6 +42,7 @@ mod kv;
 mod layout;
 mod mapping;
 pub mod registration;
+mod rights;
 mod session;
 mod watch;
 mod wire;
@@ -59,6 +62,9 @@ pub use layout::{DEFAULT_KV_PREFIX, KvLayout};
 pub use mapping::{
     DEFAULT_MAX_NODES_PER_MAPPING, InvalidMapping, MAX_CAS_ATTEMPTS, Mapping, MappingError,
     MappingProblem, MappingSnapshot, MappingStore,
+};
+pub use rights::{
+    Check, Need, RIGHTS_RECHECK, gateway_needs, missing_rights, node_needs, watch_rights,
 };
 pub use session::{LockOptions, hold_lock};
 pub use watch::{Watched, watch_health, watch_mappings};

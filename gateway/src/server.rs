@@ -218,6 +218,14 @@ pub async fn run_with_metrics(
         stop_watches.clone(),
     ));
 
+    // Report at start (and in GetStatus) what the Consul token lacks, rather than a lock
+    // that is never taken or a promotion that fails when it is needed.
+    let consul_rights_missing = ec_discovery::watch_rights(
+        consul.clone(),
+        ec_discovery::gateway_needs(&settings.kv_prefix, settings.auto_failover),
+        "gateway",
+        stop_watches.clone(),
+    );
     let promoter = Promoter {
         mappings: store.clone(),
         epochs: EpochStore::new(consul.clone(), &settings.kv_prefix),
@@ -271,6 +279,7 @@ pub async fn run_with_metrics(
             policy: std::sync::Arc::new(settings.policy.clone()),
         },
         node_token: settings.node_token.clone(),
+        consul_rights_missing,
     };
     // limits.max_request_bytes bounds what is decoded; answers may be as large as before.
     let max_request = usize::try_from(settings.max_request_bytes).unwrap_or(usize::MAX);

@@ -62,6 +62,8 @@ pub(crate) struct GatewayService {
     pub(crate) node_token: Option<ec_core::auth::Secret>,
     /// What `/metrics` reports.
     pub(crate) metrics: GatewayMetrics,
+    /// Rights this gateway needs that its Consul token lacks (`ec_discovery::watch_rights`).
+    pub(crate) consul_rights_missing: tokio::sync::watch::Receiver<Vec<String>>,
 }
 
 type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
@@ -510,13 +512,21 @@ impl Gateway for GatewayService {
         let staleness = f
             .staleness(now)
             .unwrap_or_else(|| now.duration_since(self.started).unwrap_or_default());
+        let rights = self.consul_rights_missing.borrow().clone();
+        // A missing right is the error to show when nothing else is wrong right now.
+        let last_error = f
+            .last_error
+            .clone()
+            .or_else(|| (!rights.is_empty()).then(|| rights.join("; ")))
+            .unwrap_or_default();
         Ok(Response::new(GatewayStatus {
             consul_reachable: f.consul_reachable,
             last_consul_contact: epoch_ms(f.last_contact),
             staleness_ms: u64::try_from(staleness.as_millis()).unwrap_or(u64::MAX),
             mappings: table.mapping_count() as u64,
             nodes: table.node_count() as u64,
-            last_error: f.last_error.clone().unwrap_or_default(),
+            last_error,
+            consul_rights_missing: rights,
         }))
     }
 }
@@ -607,6 +617,7 @@ mod tests {
             guard: Guard::default(),
             node_token: None,
             metrics: GatewayMetrics::new(),
+            consul_rights_missing: tokio::sync::watch::channel(Vec::new()).1,
         };
         (svc, tx)
     }

@@ -37,6 +37,15 @@ fn json_string(s: &str) -> String {
     out
 }
 
+/// `,"consul_rights_missing":[...]` for a non-empty list, else nothing.
+fn rights_json(missing: &[String]) -> String {
+    if missing.is_empty() {
+        return String::new();
+    }
+    let items: Vec<String> = missing.iter().map(|m| json_string(m)).collect();
+    format!(",\"consul_rights_missing\":[{}]", items.join(","))
+}
+
 /// Whether the node serves (`true`) or drains (`false`); shared by both health endpoints.
 #[derive(Clone)]
 pub(crate) struct Serving {
@@ -66,13 +75,17 @@ impl Serving {
 }
 
 /// Serves `GET path` on `listener`: 200 while serving, 429 while serving with too little
-/// disk for writes, 503 while draining, until `stop`.
+/// disk for writes, 503 while draining, until `stop`. The JSON body also lists, as
+/// `consul_rights_missing`, what the Consul token lacks (the status code does not change:
+/// the node serves reads and what it holds either way; operators and the console read it).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_http(
     listener: TcpListener,
     path: String,
     node_id: String,
     serving: Serving,
     log: EventLog,
+    consul_rights_missing: tokio::sync::watch::Receiver<Vec<String>>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -98,6 +111,7 @@ pub(crate) async fn serve_http(
             let serving = serving.clone();
             let node_id = node_id.clone();
             let log = log.clone();
+            let rights = rights_json(&consul_rights_missing.borrow());
             async move {
                 let disk = if serving.is_serving() {
                     log.check_space()
@@ -108,14 +122,14 @@ pub(crate) async fn serve_http(
                     (
                         StatusCode::TOO_MANY_REQUESTS,
                         format!(
-                            "{{\"status\":\"degraded\",\"node_id\":\"{node_id}\",\"reason\":{}}}\n",
+                            "{{\"status\":\"degraded\",\"node_id\":\"{node_id}\",\"reason\":{}{rights}}}\n",
                             json_string(&reason)
                         ),
                     )
                 } else if serving.is_serving() {
                     (
                         StatusCode::OK,
-                        format!("{{\"status\":\"serving\",\"node_id\":\"{node_id}\"}}\n"),
+                        format!("{{\"status\":\"serving\",\"node_id\":\"{node_id}\"{rights}}}\n"),
                     )
                 } else {
                     (

@@ -206,6 +206,17 @@ async fn serve(
         &tasks,
         stop_replication.clone(),
     );
+    // What the Consul token lacks of what replication needs: logged at start and on every
+    // change, and shown by the health endpoint.
+    let consul_rights_missing = match &replication {
+        Some(r) => ec_discovery::watch_rights(
+            consul.clone(),
+            ec_discovery::node_needs(&r.kv_prefix, settings.cluster_secret.is_some()),
+            "node",
+            stop_replication.clone(),
+        ),
+        None => watch::channel(Vec::new()).1,
+    };
     let replication = match replication {
         Some(r) => replication::spawn(
             settings.node_id.clone(),
@@ -302,6 +313,7 @@ async fn serve(
         settings.node_id.to_string(),
         serving.clone(),
         log.clone(),
+        consul_rights_missing,
         render_metrics,
         stop_serving.clone(),
     ));

@@ -438,3 +438,92 @@ async fn the_gateway_forwards_the_callers_token_to_a_secured_node() {
     let _ = node.await;
     drop(gateway);
 }
+
+/// README's policy for a gateway that also promotes (automatic failover, admin calls).
+const GATEWAY_FAILOVER_POLICY: &str = r#"
+key_prefix "streaming/data/" { policy = "write" }
+key_prefix "streaming/data.epochs/" { policy = "write" }
+key_prefix "streaming/data.failover/" { policy = "write" }
+session_prefix "" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+"#;
+
+async fn status_of(gw: &mut GatewayClient<Channel>) -> Option<ec_proto::GatewayStatus> {
+    gw.get_status(ec_proto::GetStatusRequest::default())
+        .await
+        .ok()
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_token_without_the_failover_rights_is_reported_at_start() {
+    let consul = ConsulAgent::start_dev_with_acls().await;
+    let url = consul.http_url();
+
+    // A token that reads the mappings (routing works) but cannot take the failover lock or
+    // promote: reported in GetStatus right away, naming each missing rule.
+    let partial = consul
+        .create_token("ec-gateway-read", GATEWAY_READ_POLICY)
+        .await;
+    let gateway = TestGateway::start_with(&url, |s| s.consul_token = Some(partial)).await;
+    let gw = gateway.client().await;
+    let status = wait_for("the missing rights are reported", DEADLINE, || {
+        let mut gw = gw.clone();
+        async move {
+            let s = status_of(&mut gw).await?;
+            (!s.consul_rights_missing.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    let missing = status.consul_rights_missing.join("\n");
+    for rule in [
+        r#"key_prefix "streaming/data.failover/" { policy = "write" }"#,
+        r#"session_prefix "" { policy = "write" }"#,
+        r#"key_prefix "streaming/data/" { policy = "write" }"#,
+        r#"key_prefix "streaming/data.epochs/" { policy = "write" }"#,
+    ] {
+        assert!(missing.contains(rule), "{rule} in {missing}");
+    }
+    assert!(
+        !missing.contains("read the data-to-node mappings"),
+        "{missing}"
+    );
+    assert!(status.last_error.contains("failover lock"), "{status:?}");
+    drop(gateway);
+
+    // README's failover policy: nothing missing.
+    let full = consul
+        .create_token("ec-gateway-failover", GATEWAY_FAILOVER_POLICY)
+        .await;
+    // The probes themselves, as the gateway runs them: nothing missing, nothing written.
+    let client = ec_discovery::ConsulClient::new(&url, Some(full.clone())).expect("client");
+    let needs = ec_discovery::gateway_needs(KV_PREFIX, true);
+    let missing = ec_discovery::missing_rights(&client, &needs)
+        .await
+        .expect("Consul answers");
+    assert!(missing.is_empty(), "{missing:?}");
+    let admin = ec_discovery::ConsulClient::new(&url, Some(ec_testkit::MANAGEMENT_TOKEN.into()))
+        .expect("client");
+    let keys = admin
+        .kv_list("streaming", &ec_discovery::QueryOptions::now())
+        .await
+        .expect("list");
+    assert!(
+        keys.value
+            .iter()
+            .all(|k| !k.key.contains("ec-rights-probe")),
+        "a probe wrote a key: {keys:?}"
+    );
+    let gateway = TestGateway::start_with(&url, |s| s.consul_token = Some(full)).await;
+    let mut gw = gateway.client().await;
+    wait_for("the gateway reaches Consul", DEADLINE, || {
+        let mut gw = gw.clone();
+        async move { status_of(&mut gw).await.filter(|s| s.consul_reachable) }
+    })
+    .await;
+    let status = status_of(&mut gw).await.expect("status");
+    assert!(status.consul_rights_missing.is_empty(), "{status:?}");
+    assert_eq!(status.last_error, "", "{status:?}");
+    drop(gateway);
+}

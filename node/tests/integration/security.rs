@@ -619,3 +619,67 @@ async fn a_node_certificate_replicates_only_as_the_node_it_names() {
     assert!(after.in_sync.iter().any(|n| n == "n2"), "{after:?}");
     drop((n1, n2));
 }
+
+/// A node policy that reads the mappings and registers, but cannot claim epochs or read the
+/// cluster secret.
+const NODE_READ_ONLY_POLICY: &str = r#"
+key_prefix "streaming/data/" { policy = "read" }
+service "streaming-node" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+"#;
+
+#[tokio::test]
+async fn a_node_token_missing_rights_is_reported_by_the_health_endpoint() {
+    let consul = ConsulAgent::start_dev_with_acls().await;
+    let url = consul.http_url();
+    let partial = consul
+        .create_token("ec-node-partial", NODE_READ_ONLY_POLICY)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut s = settings(dir.path(), &url, "n1");
+    s.consul_token = Some(partial);
+    let node = TestNode::start_replicated_with(s, replication()).await;
+    let health = format!("http://{}/health", node.health_addr);
+    let body = wait_for(
+        "the health endpoint lists the missing rights",
+        DEADLINE,
+        || {
+            let health = health.clone();
+            async move {
+                let body = reqwest::get(&health).await.ok()?.text().await.ok()?;
+                body.contains("consul_rights_missing").then_some(body)
+            }
+        },
+    )
+    .await;
+    for rule in [
+        r#"key_prefix \"streaming/data.epochs/\" { policy = \"write\" }"#,
+        r#"key \"streaming/data.cluster/secret\""#,
+    ] {
+        assert!(body.contains(rule), "{rule} in {body}");
+    }
+    assert!(!body.contains("read the data-to-node mappings"), "{body}");
+    drop(node);
+
+    // README's node policy: nothing missing, and the probes wrote nothing.
+    let token = consul.create_token("ec-node", NODE_POLICY).await;
+    let client = ec_discovery::ConsulClient::new(&url, Some(token)).expect("client");
+    let missing =
+        ec_discovery::missing_rights(&client, &ec_discovery::node_needs(KV_PREFIX, false))
+            .await
+            .expect("Consul answers");
+    assert!(missing.is_empty(), "{missing:?}");
+    let admin = ec_discovery::ConsulClient::new(&url, Some(ec_testkit::MANAGEMENT_TOKEN.into()))
+        .expect("client");
+    let keys = admin
+        .kv_list("streaming", &ec_discovery::QueryOptions::now())
+        .await
+        .expect("list");
+    assert!(
+        keys.value
+            .iter()
+            .all(|k| !k.key.contains("ec-rights-probe")),
+        "{keys:?}"
+    );
+}
