@@ -298,7 +298,7 @@ impl Promoter {
             data_id: data_id.clone(),
             old_primary,
             new_primary: chosen,
-            epoch: record.as_ref().map_or(0, |r| r.epoch),
+            epoch: record.as_ref().map_or(0, |r| r.epoch.0),
             offset,
             mapping: written,
             forced,

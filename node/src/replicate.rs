@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ec_core::{NodeId, Offset};
+use ec_core::{Epoch, NodeId, Offset};
 use ec_proto as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::log::{Epoch, EpochStart, EventLog, LogError, StoredEvent};
+use crate::log::{EpochStart, EventLog, LogError, StoredEvent};
 use crate::replication::{Cut, LeaderTerm, Replication, Session, SessionStart};
 use crate::request::parse_data_id;
 
