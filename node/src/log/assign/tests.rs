@@ -61,7 +61,7 @@ fn payloads(n: usize) -> Vec<Bytes> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn placement_rules_hold(
