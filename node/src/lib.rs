@@ -7,7 +7,8 @@
 //!   in-sync set, high watermark) or replica (follows the primary) — and the fences;
 //!   `replicate.rs` serves the primary's side of the `Replicate` RPC.
 //! - `request.rs` checks proto requests into domain requests; `service.rs` is the thin gRPC
-//!   layer; `convert.rs` maps log errors to statuses; `stream.rs` produces server streams.
+//!   layer; `convert.rs` maps log errors to statuses; `stream.rs` produces server streams;
+//!   `acknowledger.rs` decides the order of a publish stream's answers.
 //! - `auth.rs`: who may call what (cluster credential on `Replicate`, client tokens,
 //!   protected mode, the data-ID creation limit).
 //! - `health.rs`, `registration.rs`: what Consul and operators see.
