@@ -258,7 +258,7 @@ async fn session(
         data_id,
         Role::Replica {
             primary: primary.clone(),
-            epoch: Some(record.epoch.0),
+            epoch: Some(record.epoch),
             mapping_index,
         },
         format!("following {primary}"),

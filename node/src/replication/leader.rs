@@ -472,7 +472,7 @@ async fn run_term(
     repl.set_view(
         data_id,
         Role::Primary {
-            epoch: Some(epoch.0),
+            epoch: Some(epoch),
             mapping_index: mapping.modify_index,
         },
         "primary",
@@ -501,7 +501,7 @@ async fn run_term(
                         term.set_members(m);
                         repl.set_view(
                             data_id,
-                            Role::Primary { epoch: Some(epoch.0), mapping_index: m.modify_index },
+                            Role::Primary { epoch: Some(epoch), mapping_index: m.modify_index },
                             "primary",
                         );
                     }
