@@ -1,9 +1,10 @@
 //! Domain types every Event Catcher crate shares.
 //!
 //! A [`DataId`] names one stream of events; a [`NodeId`] names one storage node; an [`Offset`]
-//! is a position in one data ID's log. They are newtypes so that the compiler catches a
-//! node ID passed where a data ID belongs, and so that a value of these types is always
-//! valid: the only way to build one from user input is `parse`, which checks the rules.
+//! is a position in one data ID's log; an [`Epoch`] is one primary's term over it. They are
+//! newtypes so that the compiler catches a node ID passed where a data ID belongs (or an
+//! epoch where an offset belongs), and so that a value of the ID types is always valid: the
+//! only way to build one from user input is `parse`, which checks the rules.
 
 pub mod auth;
 
@@ -140,6 +141,18 @@ impl Offset {
 }
 
 impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A leader epoch: which primary's term wrote an event. Epochs of a data ID only grow from
+/// one primary to the next (each claim in Consul takes a new one); 0 is the epoch of a node
+/// writing outside any mapping. On disk and on the wire it is the bare number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use ec_core::{DataId, NodeId};
+use ec_core::{DataId, Epoch, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::blocking::QueryOptions;
@@ -38,7 +38,7 @@ pub struct EpochState {
     /// The data ID.
     pub data_id: DataId,
     /// The current leader epoch: only `primary` writes events in it.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The node that claimed `epoch`.
     pub primary: NodeId,
     /// Nodes holding everything the primary has acknowledged to `acks=all` publishers (and
@@ -71,7 +71,7 @@ impl fmt::Display for EpochState {
     }
 }
 
-/// The stored JSON.
+/// The stored JSON (the epoch as a bare number).
 #[derive(Serialize, Deserialize)]
 struct Wire {
     epoch: u64,
@@ -185,7 +185,7 @@ impl EpochStore {
     pub async fn put(
         &self,
         data_id: &DataId,
-        epoch: u64,
+        epoch: Epoch,
         primary: &NodeId,
         in_sync: &[NodeId],
         expected: Option<u64>,
@@ -193,7 +193,7 @@ impl EpochStore {
         let key = self.key(data_id);
         check(&key, primary, in_sync)?;
         let wire = Wire {
-            epoch,
+            epoch: epoch.0,
             primary: primary.to_string(),
             in_sync: in_sync.iter().map(ToString::to_string).collect(),
         };
@@ -270,7 +270,7 @@ fn decode(
     check(key, &primary, &in_sync)?;
     Ok(EpochState {
         data_id,
-        epoch: wire.epoch,
+        epoch: Epoch(wire.epoch),
         primary,
         in_sync,
         modify_index,
@@ -302,7 +302,7 @@ mod tests {
                 ok.in_sync.clone(),
                 ok.modify_index
             ),
-            (7, n("b"), vec![n("b"), n("a")], 9)
+            (Epoch(7), n("b"), vec![n("b"), n("a")], 9)
         );
         assert!(ok.is_in_sync(&n("a")) && !ok.is_in_sync(&n("c")));
         for bad in [

@@ -20,8 +20,8 @@
 use std::time::Duration;
 
 use crate::client::ConsulClient;
-use crate::layout::KvLayout;
 use crate::error::DiscoveryError;
+use crate::layout::KvLayout;
 
 /// The key under a prefix used to probe write rights; never written.
 const PROBE_KEY: &str = "ec-rights-probe";

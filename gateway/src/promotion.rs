@@ -242,7 +242,7 @@ impl Promoter {
             data_id: data_id.clone(),
             old_primary: mapping.primary().clone(),
             new_primary: decision.chosen,
-            epoch: record.as_ref().map_or(0, |r| r.epoch),
+            epoch: record.as_ref().map_or(0, |r| r.epoch.0),
             offset: decision.offset,
             mapping: written,
             forced: decision.forced,

@@ -8,6 +8,7 @@
 //! - `grpc/`: the thin gRPC layer — requests checked into domain requests, the `Node`
 //!   service, the one error-to-status mapping, reader streams and the primary's side of the
 //!   `Replicate` RPC.
+//! - `acknowledger.rs` decides the order of a publish stream's answers.
 //! - `auth.rs`: who may call what (cluster credential on `Replicate`, client tokens,
 //!   protected mode, the data-ID creation limit).
 //! - `health.rs`, `registration.rs`: what Consul and operators see.

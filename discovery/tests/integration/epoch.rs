@@ -1,7 +1,7 @@
 //! Epoch records against a real agent: create only if absent, CAS on the exact index each
 //! write returns, a lost race names what is stored, listing beside (not under) the mappings.
 
-use ec_core::{DataId, NodeId};
+use ec_core::{DataId, Epoch, NodeId};
 use ec_discovery::{EpochError, EpochStore, MappingStore, QueryOptions};
 use ec_testkit::ConsulAgent;
 
@@ -20,12 +20,12 @@ async fn claims_are_check_and_set_and_one_of_two_racers_wins() {
     assert_eq!(store.key(&d), "streaming/data.epochs/orders");
 
     let first = store
-        .put(&d, 5, &n("a"), &[n("a"), n("b")], None)
+        .put(&d, Epoch(5), &n("a"), &[n("a"), n("b")], None)
         .await
         .expect("create");
     assert_eq!(store.get(&d).await.expect("get"), Some(first.clone()));
     // Creating again is a conflict that shows what is there.
-    match store.put(&d, 6, &n("b"), &[n("b")], None).await {
+    match store.put(&d, Epoch(6), &n("b"), &[n("b")], None).await {
         Err(EpochError::Conflict { current, .. }) => assert_eq!(current, Some(first.clone())),
         other => panic!("expected a conflict, got {other:?}"),
     }
@@ -34,8 +34,8 @@ async fn claims_are_check_and_set_and_one_of_two_racers_wins() {
     let (a, b) = (n("a"), n("b"));
     let (only_b, both) = ([b.clone()], [a.clone(), b.clone()]);
     let (x, y) = tokio::join!(
-        store.put(&d, 6, &b, &only_b, Some(first.modify_index)),
-        store.put(&d, 6, &a, &both, Some(first.modify_index)),
+        store.put(&d, Epoch(6), &b, &only_b, Some(first.modify_index)),
+        store.put(&d, Epoch(6), &a, &both, Some(first.modify_index)),
     );
     assert_eq!(
         [x.is_ok(), y.is_ok()].iter().filter(|ok| **ok).count(),
@@ -43,23 +43,29 @@ async fn claims_are_check_and_set_and_one_of_two_racers_wins() {
         "{x:?} {y:?}"
     );
     let now = store.get(&d).await.expect("get").expect("present");
-    assert_eq!(now.epoch, 6);
+    assert_eq!(now.epoch, Epoch(6));
     assert!(now.modify_index > first.modify_index);
 
     // Chained writes use the index each write answered.
     let next = store
-        .put(&d, 6, &now.primary, &now.in_sync, Some(now.modify_index))
+        .put(
+            &d,
+            Epoch(6),
+            &now.primary,
+            &now.in_sync,
+            Some(now.modify_index),
+        )
         .await
         .expect("same content, same index");
     let after = store
-        .put(&d, 7, &n("b"), &[n("b")], Some(next.modify_index))
+        .put(&d, Epoch(7), &n("b"), &[n("b")], Some(next.modify_index))
         .await
         .expect("chained");
     assert_eq!(store.get(&d).await.expect("get"), Some(after));
 
     // Invalid requests never reach Consul.
     let e = store
-        .put(&d, 8, &n("c"), &[n("b")], None)
+        .put(&d, Epoch(8), &n("c"), &[n("b")], None)
         .await
         .expect_err("primary outside its in-sync set");
     assert!(matches!(e, EpochError::Invalid { .. }), "{e}");
@@ -74,7 +80,7 @@ async fn records_are_listed_beside_the_mappings_not_under_them() {
     let d = DataId::parse("d1").expect("id");
     mappings.put(&d, &[n("a")], None).await.expect("mapping");
     store
-        .put(&d, 3, &n("a"), &[n("a")], None)
+        .put(&d, Epoch(3), &n("a"), &[n("a")], None)
         .await
         .expect("epoch");
     c.kv_put("streaming/data.epochs/bad", b"not json", None)

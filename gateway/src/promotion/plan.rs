@@ -293,7 +293,7 @@ mod tests {
                         Case {
                             epoch: isr.map(|mask| EpochState {
                                 data_id: data_id.clone(),
-                                epoch,
+                                epoch: ec_core::Epoch(epoch),
                                 primary: nodes[0].clone(),
                                 in_sync: pick(&mask),
                                 modify_index: epoch,
@@ -427,7 +427,7 @@ mod tests {
         };
         let epoch = EpochState {
             data_id: mapping.data_id.clone(),
-            epoch: 4,
+            epoch: ec_core::Epoch(4),
             primary: node(1),
             in_sync: vec![node(1)],
             modify_index: 5,

@@ -79,7 +79,7 @@ fn run(reqs: &[(usize, bool)], steps: &[Step], max: usize) -> Vec<Reply<u64, u64
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1024))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn in_order_and_exactly_once(

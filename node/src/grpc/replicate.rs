@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ec_core::{NodeId, Offset};
+use ec_core::{Epoch, NodeId, Offset};
 use ec_proto as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::request::parse_data_id;
 use crate::auth::Member;
-use crate::log::{Epoch, EpochStart, EventLog, LogError, StoredEvent};
+use crate::log::{EpochStart, EventLog, LogError, StoredEvent};
 use crate::replication::{Cut, LeaderTerm, Replication, Session, SessionStart};
 
 /// Most events per replication message.

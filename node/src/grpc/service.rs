@@ -497,7 +497,7 @@ impl Node for NodeService {
                     mapping_index,
                 } => {
                     status.primary_node_id = self.node_id.clone();
-                    status.epoch = epoch.unwrap_or(status.epoch);
+                    status.epoch = epoch.map_or(status.epoch, |e| e.0);
                     status.mapping_modify_index = mapping_index;
                 }
                 Role::Replica {
@@ -506,7 +506,7 @@ impl Node for NodeService {
                     mapping_index,
                 } => {
                     status.primary_node_id = primary.to_string();
-                    status.epoch = epoch.unwrap_or(status.epoch);
+                    status.epoch = epoch.map_or(status.epoch, |e| e.0);
                     status.mapping_modify_index = mapping_index;
                 }
                 Role::NotMember {

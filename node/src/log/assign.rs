@@ -15,11 +15,11 @@
 //! - Whenever the epoch changes, the tail records the new epoch's first offset.
 
 use bytes::Bytes;
-use ec_core::{DataId, Offset, TimestampMs};
+use ec_core::{DataId, Epoch, Offset, TimestampMs};
 
 use super::committer::Copied;
 use super::record::StreamMeta;
-use super::{Appended, Epoch, EpochStart, LogError, WriteAccess};
+use super::{Appended, EpochStart, LogError, WriteAccess};
 
 /// One stream's end as it will be after the batch being built.
 #[derive(Debug, Clone)]

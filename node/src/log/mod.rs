@@ -48,7 +48,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ec_core::{DataId, Offset, TimestampMs};
+use ec_core::{DataId, Epoch, Offset, TimestampMs};
 use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -138,17 +138,6 @@ impl Default for LogOptions {
             min_free_bytes: 0,
             on_commit: None,
         }
-    }
-}
-
-/// A leader epoch: which primary's term wrote an event. Epochs of a data ID only grow from
-/// one primary to the next; 0 is the epoch of a node writing outside any mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Epoch(pub u64);
-
-impl std::fmt::Display for Epoch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
     }
 }
 

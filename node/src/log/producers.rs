@@ -23,8 +23,8 @@ use ec_core::DataId;
 
 use super::record::{self, ProducerRecord, ProducerTag};
 use super::store::{Store, Stream};
-use super::{Appended, Epoch, LogError};
-use ec_core::{Offset, TimestampMs};
+use super::{Appended, LogError};
+use ec_core::{Epoch, Offset, TimestampMs};
 
 /// What to do with a producer's batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,12 +34,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
-use ec_core::{DataId, Offset, TimestampMs};
+use ec_core::{DataId, Epoch, Offset, TimestampMs};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::watch;
 
 use super::record::{self, ProducerRecord, StreamMeta};
-use super::{Epoch, EpochStart, LogError, StoredEvent, StreamStats, WriteAccess};
+use super::{EpochStart, LogError, StoredEvent, StreamStats, WriteAccess};
 
 /// Name of the keyspace holding every stream's events.
 const EVENTS_KEYSPACE: &str = "events";

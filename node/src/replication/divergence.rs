@@ -13,9 +13,9 @@
 //! the primary's earliest offset, or that diverges below it, cannot copy what it lacks: it
 //! skips ahead to the primary's earliest offset.
 
-use ec_core::Offset;
+use ec_core::{Epoch, Offset};
 
-use crate::log::{Epoch, EpochStart};
+use crate::log::EpochStart;
 
 /// One side of the comparison.
 #[derive(Debug, Clone, Copy)]

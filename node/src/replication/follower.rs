@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ec_core::{DataId, NodeId, Offset, TimestampMs};
+use ec_core::{DataId, Epoch, NodeId, Offset, TimestampMs};
 use ec_discovery::EpochStore;
 use ec_proto as pb;
 use ec_proto::node_client::NodeClient;
@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use super::coordinator::Assignment;
 use super::{Replication, Role};
 use crate::auth::CLUSTER_HEADER;
-use crate::log::{CopiedEvent, Epoch, PendingAppend, ProducerTag, WriteAccess};
+use crate::log::{CopiedEvent, PendingAppend, ProducerTag, WriteAccess};
 
 /// First pause after a failed session; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -179,7 +179,7 @@ async fn session(
     let hello = pb::ReplicaMessage {
         data_id: data_id.to_string(),
         replica_id: repl.me.to_string(),
-        leader_epoch: record.epoch,
+        leader_epoch: record.epoch.0,
         epochs: history
             .iter()
             .map(|e| pb::EpochStart {
@@ -263,7 +263,7 @@ async fn session(
         },
         format!("following {primary}"),
     );
-    info!(%data_id, %primary, epoch = record.epoch, from = next, "following the primary");
+    info!(%data_id, %primary, epoch = %record.epoch, from = next, "following the primary");
 
     // Commits are awaited in order by the acker, which reports each new end; this loop only
     // queues copies, so many batches are in flight and share commits with other streams.

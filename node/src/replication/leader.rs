@@ -19,7 +19,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ec_core::{DataId, NodeId, Offset};
+use ec_core::{DataId, Epoch, NodeId, Offset};
 use ec_discovery::{EpochError, EpochState, EpochStore, Mapping};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ use super::coordinator::Assignment;
 use super::divergence::{self, Cut, LogShape};
 use super::insync::{InSync, LagLimits, ReplicaStatus};
 use super::{ReplicationSettings, Role};
-use crate::log::{Epoch, EpochStart, EventLog, LogError, WriteAccess};
+use crate::log::{EpochStart, EventLog, LogError, WriteAccess};
 use crate::replication::Replication;
 
 /// How long a refused claim waits before reading the epoch record again (an operator may
@@ -164,7 +164,7 @@ impl LeaderTerm {
         );
         LeaderTerm {
             data_id: claimed.data_id.clone(),
-            epoch: Epoch(claimed.epoch),
+            epoch: claimed.epoch,
             cancel: CancellationToken::new(),
             me,
             log,
@@ -366,7 +366,7 @@ async fn claim(
                     .filter(|n| *n != me && **n != r.primary && mapping.contains(n))
                     .cloned(),
             );
-            (Some(r.modify_index), r.epoch, in_sync)
+            (Some(r.modify_index), r.epoch.0, in_sync)
         }
         Some(r) => {
             let isr: Vec<&str> = r.in_sync.iter().map(NodeId::as_str).collect();
@@ -378,7 +378,7 @@ async fn claim(
             ));
         }
     };
-    let epoch = (base + 1).max(mapping.modify_index).max(my_last + 1);
+    let epoch = Epoch((base + 1).max(mapping.modify_index).max(my_last + 1));
     match epochs.put(data_id, epoch, me, &in_sync, expected).await {
         Ok(state) => Claim::Won(state),
         Err(EpochError::Conflict { .. }) => {
@@ -455,7 +455,7 @@ async fn run_term(
     stop: &CancellationToken,
 ) {
     let data_id = &claimed.data_id;
-    let epoch = Epoch(claimed.epoch);
+    let epoch = claimed.epoch;
     if let Err(e) = repl.log.ensure(data_id, WriteAccess::Leader(epoch)).await {
         warn!(%data_id, error = %e, "cannot open the stream for writes");
         return;
@@ -472,7 +472,7 @@ async fn run_term(
     repl.set_view(
         data_id,
         Role::Primary {
-            epoch: Some(epoch.0),
+            epoch: Some(epoch),
             mapping_index: mapping.modify_index,
         },
         "primary",
@@ -501,7 +501,7 @@ async fn run_term(
                         term.set_members(m);
                         repl.set_view(
                             data_id,
-                            Role::Primary { epoch: Some(epoch.0), mapping_index: m.modify_index },
+                            Role::Primary { epoch: Some(epoch), mapping_index: m.modify_index },
                             "primary",
                         );
                     }
@@ -516,13 +516,7 @@ async fn run_term(
             continue;
         };
         match epochs
-            .put(
-                data_id,
-                epoch.0,
-                &repl.me,
-                &wanted,
-                Some(term.record_index()),
-            )
+            .put(data_id, epoch, &repl.me, &wanted, Some(term.record_index()))
             .await
         {
             Ok(state) => {
@@ -532,7 +526,7 @@ async fn run_term(
             }
             Err(EpochError::Conflict {
                 current: Some(c), ..
-            }) if c.primary == repl.me && c.epoch == epoch.0 => {
+            }) if c.primary == repl.me && c.epoch == epoch => {
                 // An operator edited the set of our epoch: adopt it and decide again.
                 term.set_in_sync(c.in_sync, c.modify_index);
             }
@@ -566,11 +560,11 @@ mod tests {
 
     use std::time::Duration;
 
-    use ec_core::{DataId, NodeId, Offset};
+    use ec_core::{DataId, Epoch, NodeId, Offset};
     use ec_discovery::{EpochState, Mapping};
 
     use super::{LeaderTerm, SessionStart};
-    use crate::log::{Epoch, EventLog, LogOptions, WriteAccess};
+    use crate::log::{EventLog, LogOptions, WriteAccess};
     use crate::replication::{Acks, ReplicationSettings};
 
     fn node(s: &str) -> NodeId {
@@ -596,7 +590,7 @@ mod tests {
         let nodes = vec![node("n1"), node("n2")];
         let claimed = EpochState {
             data_id: data_id.clone(),
-            epoch: 7,
+            epoch: Epoch(7),
             primary: node("n1"),
             in_sync: nodes.clone(),
             modify_index: 1,

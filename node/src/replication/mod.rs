@@ -69,7 +69,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ec_core::{DataId, NodeId};
+use ec_core::{DataId, Epoch, NodeId};
 use ec_discovery::{HealthSnapshot, MappingSnapshot, Watched};
 use tokio::sync::watch;
 
@@ -131,13 +131,13 @@ impl ReplicationSettings {
 pub(crate) enum Role {
     /// Named primary; `epoch` once claimed.
     Primary {
-        epoch: Option<u64>,
+        epoch: Option<Epoch>,
         mapping_index: u64,
     },
     /// Named replica of `primary`; `epoch` of the primary once connected.
     Replica {
         primary: NodeId,
-        epoch: Option<u64>,
+        epoch: Option<Epoch>,
         mapping_index: u64,
     },
     /// Holds the data ID but its mapping names only other nodes.

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bytes::Bytes;
+use ec_proto::PublishResponse;
+use ec_proto::node_client::NodeClient;
 use ec_testkit::{ConsulAgent, wait_for};
+use tonic::transport::Channel;
 
 use crate::util::*;
 
@@ -85,6 +88,25 @@ fn event(i: usize) -> Bytes {
     Bytes::from(e)
 }
 
+/// Publishes one event to `D`. A node just started takes no publish until it has read its
+/// mappings from Consul (UNAVAILABLE until then); that wait is retried, any other answer
+/// is returned.
+async fn publish_once_mapped(
+    c: &NodeClient<Channel>,
+    e: Bytes,
+) -> Result<PublishResponse, tonic::Status> {
+    wait_for("the node has read its mappings", DEADLINE, || {
+        let (mut c, e) = (c.clone(), e.clone());
+        async move {
+            match publish(&mut c, D, vec![e]).await {
+                Err(s) if s.code() == tonic::Code::Unavailable => None,
+                answer => Some(answer),
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
     if !nix::unistd::geteuid().is_root() {
@@ -106,7 +128,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart()
             i < 2000,
             "the node never refused although the disk is 48 MiB"
         );
-        match publish(&mut c, D, vec![event(i)]).await {
+        match publish_once_mapped(&c, event(i)).await {
             Ok(r) => acked.push((r.first_offset, event(i))),
             Err(status) => break status,
         }
@@ -144,7 +166,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart()
     let again = loop {
         let i = acked.len();
         assert!(i < 4000, "the node never refused after its restart");
-        match publish(&mut c, D, vec![event(i)]).await {
+        match publish_once_mapped(&c, event(i)).await {
             Ok(r) => acked.push((r.first_offset, event(i))),
             Err(status) => break status,
         }

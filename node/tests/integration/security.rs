@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ec_core::{DataId, NodeId};
+use ec_core::{DataId, Epoch, NodeId};
 use ec_discovery::{EpochStore, KvLayout};
 use ec_proto::node_client::NodeClient;
 use ec_proto::{ReplicaMessage, ReplicationMessage};
@@ -74,7 +74,7 @@ async fn forged_replica_sessions_are_refused_and_acks_all_waits_for_a_real_repli
     // A long lag limit keeps it in the set for the whole test, as after a recent crash.
     let epochs = EpochStore::new(consul_client(&consul), KV_PREFIX);
     epochs
-        .put(&orders, 1, &n1, &[n1.clone(), n2.clone()], None)
+        .put(&orders, Epoch(1), &n1, &[n1.clone(), n2.clone()], None)
         .await
         .expect("seed epoch record");
     let node = TestNode::start_replicated(&url, "n1", |r| {
@@ -89,7 +89,8 @@ async fn forged_replica_sessions_are_refused_and_acks_all_waits_for_a_real_repli
         let orders = orders.clone();
         async move {
             let r = epochs.get(&orders).await.ok()??;
-            (r.primary.as_str() == "n1" && r.epoch > 1 && r.in_sync.len() == 2).then_some(r.epoch)
+            (r.primary.as_str() == "n1" && r.epoch > Epoch(1) && r.in_sync.len() == 2)
+                .then_some(r.epoch.0)
         }
     })
     .await;

@@ -3,13 +3,13 @@
 //! down) against one tail, checked against the rules of the module doc.
 
 use bytes::Bytes;
-use ec_core::DataId;
+use ec_core::{DataId, Epoch};
 use proptest::prelude::*;
 
 use super::Tail;
 use crate::log::committer::Copied;
 use crate::log::record::StreamMeta;
-use crate::log::{Epoch, LogError, WriteAccess};
+use crate::log::{LogError, WriteAccess};
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -61,7 +61,7 @@ fn payloads(n: usize) -> Vec<Bytes> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn placement_rules_hold(
