@@ -141,6 +141,7 @@ async fn connect(args: &Args) -> Result<Client> {
 /// it, so [`reachable_address`] makes it loopback.
 fn load_config(args: &Args) -> Result<ec_config::Config> {
     let loaded = ec_config::Loader::new()
+        .for_binary(ec_config::Binary::Client)
         .config_file(args.config.clone())
         .env(std::env::vars_os())
         .tls_flags(&args.tls)

@@ -28,13 +28,12 @@ pub fn load_or_print(loader: Loader, print_config: bool) -> Result<Option<(Confi
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
-    let config = loaded.config;
     if print_config {
-        print!("{}", config.to_yaml());
+        print!("{}", loaded.to_yaml());
         return Ok(None);
     }
-    let guard = logging::init(&config.log)?;
-    Ok(Some((config, guard)))
+    let guard = logging::init(&loaded.config.log)?;
+    Ok(Some((loaded.config, guard)))
 }
 
 /// Cancels `token` on the first SIGINT or SIGTERM, logging which one arrived.

@@ -153,6 +153,7 @@ impl ConsoleArgs {
             env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         let no_color = env.iter().any(|(k, v)| k == "NO_COLOR" && !v.is_empty());
         let loaded = ec_config::Loader::new()
+            .for_binary(ec_config::Binary::Console)
             .config_file(self.config.clone())
             .env(env)
             .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())

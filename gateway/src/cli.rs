@@ -54,6 +54,7 @@ impl GatewayFlags {
     /// environment, and these flags.
     pub fn loader(&self, config_file: Option<PathBuf>) -> Loader {
         Loader::new()
+            .for_binary(ec_config::Binary::Gateway)
             .config_file(config_file)
             .env(std::env::vars_os())
             .flag("gateway.host", "--host", self.host.clone())

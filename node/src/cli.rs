@@ -58,6 +58,7 @@ impl NodeFlags {
     /// environment, and these flags.
     pub fn loader(&self, config_file: Option<PathBuf>) -> Loader {
         Loader::new()
+            .for_binary(ec_config::Binary::Node)
             .config_file(config_file)
             .env(std::env::vars_os())
             .flag("node.id", "--id", self.id.clone())
