@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use color_eyre::eyre::{Result, WrapErr, eyre};
+use ec_cli::SharedFlags;
 use ec_client::{Candidate, ChannelCache, ChannelSettings, Client};
 
 /// Stream and publish Event Catcher events.
@@ -47,7 +48,7 @@ struct Args {
     config: Option<PathBuf>,
     /// `--tls-cert`, `--tls-key`, `--tls-ca` (set = TLS to the gateway and nodes).
     #[command(flatten)]
-    tls: ec_config::process::TlsFlags,
+    tls: ec_cli::TlsFlags,
     /// Bearer token presented to the gateway and nodes [default: client.token from the
     /// configuration; prefer EVENT_CATCHER_CLIENT_TOKEN, which `ps` does not show].
     #[arg(long, global = true, value_name = "TOKEN", display_order = 103)]

@@ -14,7 +14,6 @@
 //! - [`server`]: [`run`] wires it all and owns the shutdown order.
 
 mod auth;
-pub mod cli;
 mod grpc;
 mod health;
 pub mod log;
