@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use color_eyre::eyre::{Result, WrapErr, eyre};
+use ec_cli::SharedFlags;
 use ec_client::{Candidate, ChannelCache, ChannelSettings, Client};
 
 /// Stream and publish Event Catcher events.
@@ -46,7 +47,7 @@ struct Args {
     config: Option<PathBuf>,
     /// `--tls-cert`, `--tls-key`, `--tls-ca` (set = TLS to the gateway and nodes).
     #[command(flatten)]
-    tls: ec_config::process::TlsFlags,
+    tls: ec_cli::TlsFlags,
     /// Bearer token presented to the gateway and nodes [default: client.token from the
     /// configuration; prefer EVENT_CATCHER_CLIENT_TOKEN, which `ps` does not show].
     #[arg(long, global = true, value_name = "TOKEN", display_order = 103)]
@@ -64,8 +65,8 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    ec_config::process::install_error_reporting()?;
-    ec_config::process::user_error(start())
+    ec_cli::install_error_reporting()?;
+    ec_cli::user_error(start())
 }
 
 fn start() -> Result<()> {
@@ -144,6 +145,7 @@ async fn connect(args: &Args) -> Result<Client> {
 /// it, so [`reachable_address`] makes it loopback.
 fn load_config(args: &Args) -> Result<ec_config::Config> {
     let loaded = ec_config::Loader::new()
+        .for_binary(ec_config::Binary::Client)
         .config_file(args.config.clone())
         .env(std::env::vars_os())
         .tls_flags(&args.tls)

@@ -124,7 +124,7 @@ keys! {
     "node.health_check.interval" "EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL" [node.health_check.interval] duration "10s"
         "how often Consul runs the health check (at least 1s)";
     "node.health_check.timeout" "EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT" [node.health_check.timeout] duration "5s"
-        "how long Consul waits for the health endpoint; at most the interval";
+        "how long Consul waits for the health endpoint; at most the interval (left at its default, it follows a shorter interval)";
     "node.health_check.deregister_critical_after" "EVENT_CATCHER_NODE_HEALTH_CHECK_DEREGISTER_CRITICAL_AFTER"
         [node.health_check.deregister_critical_after] duration "1m"
         "Consul removes the node after it has been critical this long (Consul applies at least 1m)";

@@ -12,6 +12,11 @@
 //!   themselves are parsed from it, so the documented default is the real one.
 //! - A [`Config`] that leaves [`Loader::load`] is valid: ports in 1-65535, IDs follow
 //!   [`ec_core::NodeId`] rules, the health-check timeout does not exceed its interval, and so on.
+//!   Loaded [`Loader::for_binary`], it is valid in the keys that binary reads; a broken key
+//!   it does not read is a warning, not a refusal to start.
+//! - A default that conflicts with a key the operator set follows that key instead of
+//!   refusing (the health-check timeout follows a shorter interval); [`Loaded::derived`]
+//!   says so, and `--print-config` prints it as a comment.
 //! - Every failure is a [`ConfigError`] naming the key, the bad value, where it came from
 //!   ([`Source`]) and what is allowed. Unknown `EVENT_CATCHER_*` variables are warnings
 //!   returned in [`Loaded::warnings`], not errors; unknown keys in the file are errors.
@@ -33,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+mod binary;
 mod error;
 mod keys;
 mod loader;
@@ -47,6 +53,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use binary::Binary;
 pub use error::{ConfigError, Conflict, Source};
 pub use keys::{KeyInfo, key_table, markdown_reference};
 pub use loader::{DEFAULT_CONFIG_FILE, ENV_PREFIX, Loaded, Loader};

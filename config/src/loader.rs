@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
+use crate::binary::{Binary, binds};
 use crate::keys::{OPS, RawValue, index_of, index_of_env, key_table};
 use crate::partial::PartialConfig;
 use crate::validate::{Origins, validate};
@@ -30,6 +31,8 @@ pub const ENV_PREFIX: &str = "EVENT_CATCHER_";
 // No `Debug`: it holds environment values, which may include the Consul token.
 #[derive(Clone)]
 pub struct Loader {
+    /// Whose rules bind; `None`: every rule.
+    binary: Option<Binary>,
     config_file: Option<PathBuf>,
     default_file: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
@@ -62,6 +65,17 @@ pub struct Loaded {
     pub file: Option<PathBuf>,
     /// The layer that set each key's effective value, by dotted key.
     pub origins: BTreeMap<&'static str, Source>,
+    /// Keys no layer set whose value is not their default, because a default would have
+    /// conflicted with a key the operator did set; with why, as `--print-config` shows it.
+    pub derived: BTreeMap<&'static str, String>,
+}
+
+impl Loaded {
+    /// The effective settings as YAML, for `--print-config`: [`Config::to_yaml`], with a
+    /// comment on each [`Loaded::derived`] key saying why it has that value.
+    pub fn to_yaml(&self) -> String {
+        crate::render::to_yaml_noted(&self.config, &self.derived)
+    }
 }
 
 impl Default for Loader {
@@ -74,11 +88,19 @@ impl Loader {
     /// A loader with only the defaults and [`DEFAULT_CONFIG_FILE`] (read if it exists).
     pub fn new() -> Self {
         Loader {
+            binary: None,
             config_file: None,
             default_file: Some(PathBuf::from(DEFAULT_CONFIG_FILE)),
             env: Vec::new(),
             flags: Vec::new(),
         }
+    }
+
+    /// Checks only the rules of the keys `binary` reads: a broken value of any other key is
+    /// a warning in [`Loaded::warnings`], not an error. Without this, every rule binds.
+    pub fn for_binary(mut self, binary: Binary) -> Self {
+        self.binary = Some(binary);
+        self
     }
 
     /// The file given with `--config`: when `Some`, it is read instead of the default file
@@ -148,7 +170,10 @@ impl Loader {
 
     /// Reads and merges the layers, then validates them into a [`Config`].
     pub fn load(self) -> Result<Loaded, ConfigError> {
-        let mut layers = Layers::default();
+        let mut layers = Layers {
+            binary: self.binary,
+            ..Layers::default()
+        };
         for (index, info) in key_table().iter().enumerate() {
             layers.apply(
                 index,
@@ -202,12 +227,15 @@ impl Loader {
             }
         }
 
-        let config = validate(layers.partial, &layers.origins)?;
+        let validated = validate(layers.partial, &layers.origins, self.binary)?;
+        let mut warnings = layers.warnings;
+        warnings.extend(validated.warnings);
         Ok(Loaded {
-            config,
-            warnings: layers.warnings,
+            config: validated.config,
+            warnings,
             file: file.map(|(path, _)| path),
             origins: layers.origins,
+            derived: validated.derived,
         })
     }
 }
@@ -222,6 +250,7 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 /// The layers merged so far.
 #[derive(Default)]
 struct Layers {
+    binary: Option<Binary>,
     partial: PartialConfig,
     origins: Origins,
     warnings: Vec<String>,
@@ -229,14 +258,27 @@ struct Layers {
 
 impl Layers {
     /// Parses `raw` into key number `index`, overriding any lower layer.
+    /// A value that does not parse is an error, or, for a key the binary does not read, a
+    /// warning that leaves the lower layer's value in place.
     fn apply(&mut self, index: usize, raw: &RawValue, source: Source) -> Result<(), ConfigError> {
         let key = key_table()[index].key;
-        (OPS[index].parse)(&mut self.partial, raw).map_err(|expected| ConfigError::Invalid {
-            key: key.to_owned(),
-            value: raw.shown(),
-            origin: source.clone(),
-            expected,
-        })?;
+        if let Err(expected) = (OPS[index].parse)(&mut self.partial, raw) {
+            let error = ConfigError::Invalid {
+                key: key.to_owned(),
+                value: raw.shown(),
+                origin: source,
+                expected,
+            };
+            return match self.binary {
+                Some(binary) if !binds(Some(binary), &[key]) => {
+                    self.warnings.push(format!(
+                        "{error} (ignored: {binary} does not use {key}; other programs will refuse it)"
+                    ));
+                    Ok(())
+                }
+                _ => Err(error),
+            };
+        }
         self.origins.insert(key, source);
         Ok(())
     }

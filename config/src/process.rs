@@ -1,91 +1,16 @@
-//! Process plumbing every Event Catcher binary shares: readable error reports, loading the
-//! layered configuration (warnings, `--print-config`, logging), the shutdown signal, and the
-//! `--consul-addr HOST:PORT` and `--log-*` flags. It lives here, beside the settings, so that
-//! `ec-node`, `ec-gateway` and `ec-console` start and stop the same way.
+//! Addresses as binaries take them: `--consul-addr HOST:PORT` onto `consul.host` and
+//! `consul.port`, the Consul agent's URL from the validated settings, and whether standard
+//! error takes colour ([`stderr_colors`]). Flags themselves
+//! (clap), error reports and the shutdown signal live in the binaries' `ec-cli` crate.
 
 use std::io::IsTerminal;
 
-use color_eyre::Section;
-use color_eyre::eyre::{Result, eyre};
-use tokio_util::sync::CancellationToken;
-use tracing::info;
-
-use crate::logging::{self, LogGuard};
-use crate::{Config, ConsulConfig, Loader};
+use crate::{ConsulConfig, Loader};
 
 /// Whether standard error may carry ANSI colours: it is a terminal, and `NO_COLOR`
 /// (<https://no-color.org>) is unset or empty. A log file or a pipe gets plain text.
 pub fn stderr_colors() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-/// Installs color-eyre so that an error prints as one readable chain of causes, with no
-/// environment section, in colour only when [`stderr_colors`] allows. A panic (a bug)
-/// still prints its backtrace when `RUST_BACKTRACE` asks for one; an error returned from
-/// `main` does not (see [`user_error`]).
-pub fn install_error_reporting() -> Result<()> {
-    let mut hook = color_eyre::config::HookBuilder::default().display_env_section(false);
-    if !stderr_colors() {
-        hook = hook.theme(color_eyre::config::Theme::new());
-    }
-    hook.install()
-        .map_err(|e| eyre!("cannot install the error reporter: {e}"))
-}
-
-/// What `main` returns: an error that reached `main` is the user's to fix (a bad flag, an
-/// unknown data ID, a port in use), so it prints as its chain of causes without a
-/// backtrace, even with `RUST_BACKTRACE=1` set. Backtraces are for bugs, which panic.
-pub fn user_error<T>(result: Result<T>) -> Result<T> {
-    result.map_err(|report| report.suppress_backtrace(true))
-}
-
-/// What a server binary does once its flags are parsed: loads every layer of `loader`,
-/// prints the loader's warnings to standard error, then either prints the effective settings
-/// (`print_config`; returns `None`) or installs logging and returns the configuration with
-/// the guard that keeps the log file open.
-pub fn load_or_print(loader: Loader, print_config: bool) -> Result<Option<(Config, LogGuard)>> {
-    let loaded = loader.load()?;
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
-    }
-    let config = loaded.config;
-    if print_config {
-        print!("{}", config.to_yaml());
-        return Ok(None);
-    }
-    let guard = logging::init(&config.log)?;
-    Ok(Some((config, guard)))
-}
-
-/// Cancels `token` on the first SIGINT or SIGTERM, logging which one arrived.
-pub async fn cancel_on_signal(token: CancellationToken) {
-    let signal = shutdown_signal().await;
-    info!(signal, "signal received; shutting down");
-    token.cancel();
-}
-
-/// Resolves on the first SIGINT or SIGTERM (Ctrl-C elsewhere) and names it.
-#[cfg(unix)]
-pub async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the process can only be killed; it never shuts down by itself.
-        return std::future::pending::<&'static str>().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
-}
-
-/// Resolves on the first SIGINT or SIGTERM (Ctrl-C elsewhere) and names it.
-#[cfg(not(unix))]
-pub async fn shutdown_signal() -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "Ctrl-C"
 }
 
 /// `host:port` → (host, Some(port)); `host` → (host, None). Accepts `http://` and IPv6 in
@@ -103,62 +28,7 @@ pub fn split_host_port(addr: &str) -> (String, Option<String>) {
     }
 }
 
-/// The logging flags of the servers, each overriding its `log.*` key.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct LogFlags {
-    /// trace, debug, info, warn or error [key: log.level].
-    #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
-    /// text or json [key: log.format].
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// Also log to this file, rolled daily [key: log.file].
-    #[arg(long, value_name = "FILE")]
-    pub log_file: Option<String>,
-}
-
-/// The TLS flags of every binary, each overriding its `tls.*` or `consul.ca_file` key.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct TlsFlags {
-    /// PEM certificate of this process [key: tls.cert_file].
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<String>,
-    /// PEM private key of --tls-cert [key: tls.key_file].
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<String>,
-    /// PEM CA that peers' certificates must chain to; set = gRPC over TLS [key: tls.ca_file].
-    #[arg(long, value_name = "FILE")]
-    pub tls_ca: Option<String>,
-    /// true: listeners refuse clients without a certificate signed by the CA
-    /// [key: tls.require_client_cert].
-    #[arg(long, value_name = "BOOL")]
-    pub tls_require_client_cert: Option<String>,
-    /// PEM CA of the Consul agent's HTTPS certificate; set = HTTPS [key: consul.ca_file].
-    #[arg(long, value_name = "FILE")]
-    pub consul_ca: Option<String>,
-}
-
 impl Loader {
-    /// The `--tls-*` and `--consul-ca` flags.
-    pub fn tls_flags(self, flags: &TlsFlags) -> Self {
-        self.flag("tls.cert_file", "--tls-cert", flags.tls_cert.clone())
-            .flag("tls.key_file", "--tls-key", flags.tls_key.clone())
-            .flag("tls.ca_file", "--tls-ca", flags.tls_ca.clone())
-            .flag(
-                "tls.require_client_cert",
-                "--tls-require-client-cert",
-                flags.tls_require_client_cert.clone(),
-            )
-            .flag("consul.ca_file", "--consul-ca", flags.consul_ca.clone())
-    }
-
-    /// The `--log-level`, `--log-format` and `--log-file` flags.
-    pub fn log_flags(self, flags: &LogFlags) -> Self {
-        self.flag("log.level", "--log-level", flags.log_level.clone())
-            .flag("log.format", "--log-format", flags.log_format.clone())
-            .flag("log.file", "--log-file", flags.log_file.clone())
-    }
-
     /// The `--consul-addr HOST[:PORT]` flag: sets `consul.host` and, when given, `consul.port`,
     /// both reported as coming from `flag`.
     pub fn consul_addr_flag(self, flag: &str, addr: Option<&str>) -> Self {

@@ -7,6 +7,7 @@
 //! secrets (`consul.token`, `node.cluster_secret`, `security.tokens`, `client.token`),
 //! printed as `<redacted>` when set.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -165,6 +166,11 @@ const SECRET_KEYS: &[&str] = &[
 ];
 
 pub(crate) fn to_yaml(config: &Config) -> String {
+    to_yaml_noted(config, &BTreeMap::new())
+}
+
+/// [`to_yaml`] with `# note` after the value of each key in `notes`.
+pub(crate) fn to_yaml_noted(config: &Config, notes: &BTreeMap<&'static str, String>) -> String {
     let mut out = String::new();
     let mut open: Vec<&str> = Vec::new();
     for (info, ops) in key_table().iter().zip(OPS) {
@@ -198,6 +204,10 @@ pub(crate) fn to_yaml(config: &Config) -> String {
                 out.push_str(&items.join(", "));
                 out.push(']');
             }
+        }
+        if let Some(note) = notes.get(info.key) {
+            out.push_str("  # ");
+            out.push_str(&note.replace('\n', " "));
         }
         out.push('\n');
     }

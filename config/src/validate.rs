@@ -3,7 +3,13 @@
 //! Each rule's error names the key, its value, the layer that value came from and what is
 //! allowed; rules between two keys name both, each with its own layer. "Unset" markers of
 //! optional keys (`""`, `0`) become `None` here and nowhere else.
+//!
+//! When a [`Binary`] loads, only the rules of keys it reads stop it; a broken key it does
+//! not read is a warning (the value is kept as given, and unused). A default that conflicts
+//! only because the operator changed its partner follows the partner instead of refusing,
+//! and says so (`derived`, shown by `--print-config`).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::time::Duration;
@@ -11,8 +17,9 @@ use std::time::Duration;
 use ec_core::NodeId;
 use ec_core::auth::{Secret, TokenTable};
 
+use crate::binary::{Binary, binds};
 use crate::error::Conflict;
-use crate::keys::PORT_RULE;
+use crate::keys::{PORT_RULE, key_table};
 use crate::partial::PartialConfig;
 use crate::{
     ClientConfig, Config, ConfigError, ConsulConfig, GatewayConfig, HealthCheckConfig,
@@ -29,13 +36,51 @@ const MAX_EVENT_BYTES_LIMIT: u64 = 64 << 20;
 /// Consul runs checks at most once a second and silently raises shorter intervals.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A validated configuration with what the operator should hear about it.
+pub(crate) struct Validated {
+    pub(crate) config: Config,
+    /// Broken keys the binary does not read, each with the rule it breaks.
+    pub(crate) warnings: Vec<String>,
+    /// Keys whose effective value is not their default although no layer set them, with why.
+    pub(crate) derived: BTreeMap<&'static str, String>,
+}
+
 struct Checker<'a> {
     origins: &'a Origins,
+    binary: Option<Binary>,
+    warnings: RefCell<Vec<String>>,
 }
 
 impl Checker<'_> {
     fn origin(&self, key: &str) -> Source {
         self.origins.get(key).cloned().unwrap_or(Source::Default)
+    }
+
+    /// Whether `key` holds its built-in default and no environment variable or flag set it:
+    /// a file that restates the default (as the shipped `config/config.yaml` does) has not
+    /// chosen a value either.
+    fn is_default(&self, key: &str, value: Duration) -> bool {
+        let restated = key_table()
+            .iter()
+            .find(|info| info.key == key)
+            .and_then(|info| humantime::parse_duration(info.default).ok())
+            == Some(value);
+        restated && matches!(self.origin(key), Source::Default | Source::File(_))
+    }
+
+    /// `Err(error)` if the rule of `keys` binds this binary; otherwise a warning and `Ok`.
+    fn enforce(&self, keys: &[&str], error: ConfigError) -> Result<(), ConfigError> {
+        match self.binary {
+            _ if binds(self.binary, keys) => Err(error),
+            Some(binary) => {
+                self.warnings.borrow_mut().push(format!(
+                    "{error} (ignored: {binary} does not use {}; other programs will refuse it)",
+                    keys.join(" and ")
+                ));
+                Ok(())
+            }
+            None => Err(error),
+        }
     }
 
     fn invalid(&self, key: &str, value: impl Display, expected: impl Into<String>) -> ConfigError {
@@ -54,35 +99,46 @@ impl Checker<'_> {
     }
 
     fn port(&self, key: &str, value: Option<u16>) -> Result<u16, ConfigError> {
-        match self.required(key, value)? {
-            0 => Err(self.invalid(key, 0, PORT_RULE)),
-            port => Ok(port),
+        let port = self.required(key, value)?;
+        if port == 0 {
+            self.enforce(&[key], self.invalid(key, 0, PORT_RULE))?;
         }
+        Ok(port)
     }
 
     /// A host name or address: non-empty, no whitespace.
     fn host(&self, key: &str, value: Option<String>) -> Result<String, ConfigError> {
         let host = self.required(key, value)?;
         if host.is_empty() || host.chars().any(char::is_whitespace) {
-            return Err(self.invalid(
-                key,
-                &host,
-                "a host name or IP address, non-empty and without spaces",
-            ));
+            self.enforce(
+                &[key],
+                self.invalid(
+                    key,
+                    &host,
+                    "a host name or IP address, non-empty and without spaces",
+                ),
+            )?;
         }
         Ok(host)
     }
 
     fn node_id(&self, key: &str, id: &str) -> Result<(), ConfigError> {
-        NodeId::parse(id)
-            .map(|_| ())
-            .map_err(|e| self.invalid(key, id, format!("a valid node ID ({e})")))
+        match NodeId::parse(id) {
+            Ok(_) => Ok(()),
+            Err(e) => self.enforce(
+                &[key],
+                self.invalid(key, id, format!("a valid node ID ({e})")),
+            ),
+        }
     }
 
     fn positive(&self, key: &str, value: Option<Duration>) -> Result<Duration, ConfigError> {
         let value = self.required(key, value)?;
         if value.is_zero() {
-            return Err(self.invalid(key, "0s", "a duration above zero, such as 500ms or 10s"));
+            self.enforce(
+                &[key],
+                self.invalid(key, "0s", "a duration above zero, such as 500ms or 10s"),
+            )?;
         }
         Ok(value)
     }
@@ -92,11 +148,14 @@ impl Checker<'_> {
         let key = "node.replication.min_insync";
         let value = self.required(key, value)?;
         if value == 0 {
-            return Err(self.invalid(
-                key,
-                "0",
-                "at least 1 (1 = the primary alone may acknowledge acks=all)",
-            ));
+            self.enforce(
+                &[key],
+                self.invalid(
+                    key,
+                    "0",
+                    "at least 1 (1 = the primary alone may acknowledge acks=all)",
+                ),
+            )?;
         }
         Ok(value)
     }
@@ -127,8 +186,17 @@ fn show(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }
 
-pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Config, ConfigError> {
-    let c = Checker { origins };
+pub(crate) fn validate(
+    partial: PartialConfig,
+    origins: &Origins,
+    binary: Option<Binary>,
+) -> Result<Validated, ConfigError> {
+    let c = Checker {
+        origins,
+        binary,
+        warnings: RefCell::new(Vec::new()),
+    };
+    let mut derived = BTreeMap::new();
     let PartialConfig {
         gateway,
         node,
@@ -155,62 +223,99 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
     let advertise_address = match c.required("node.advertise_address", node.advertise_address)? {
         address if address.is_empty() => None,
         address => {
-            check_advertise_address(&address)
-                .map_err(|expected| c.invalid("node.advertise_address", &address, expected))?;
+            if let Err(expected) = check_advertise_address(&address) {
+                c.enforce(
+                    &["node.advertise_address"],
+                    c.invalid("node.advertise_address", &address, expected),
+                )?;
+            }
             Some(address)
         }
     };
     let data_dir = c.required("node.data_dir", node.data_dir)?;
     if data_dir.as_os_str().is_empty() {
-        return Err(c.invalid("node.data_dir", "", "a directory path, non-empty"));
+        c.enforce(
+            &["node.data_dir"],
+            c.invalid("node.data_dir", "", "a directory path, non-empty"),
+        )?;
     }
     let max_event_bytes = c.required("node.max_event_bytes", node.max_event_bytes)?;
     if max_event_bytes == 0 || max_event_bytes > MAX_EVENT_BYTES_LIMIT {
-        return Err(c.invalid(
-            "node.max_event_bytes",
-            max_event_bytes,
-            "a size from 1 byte to 64MiB (67108864); an event travels in one gRPC message",
-        ));
+        c.enforce(
+            &["node.max_event_bytes"],
+            c.invalid(
+                "node.max_event_bytes",
+                max_event_bytes,
+                "a size from 1 byte to 64MiB (67108864); an event travels in one gRPC message",
+            ),
+        )?;
     }
 
     let hc = node.health_check;
     let path = c.required("node.health_check.path", hc.path)?;
     if !path.starts_with('/') || path.chars().any(char::is_whitespace) {
-        return Err(c.invalid(
-            "node.health_check.path",
-            &path,
-            "an HTTP path starting with / and without spaces, such as /health",
-        ));
+        c.enforce(
+            &["node.health_check.path"],
+            c.invalid(
+                "node.health_check.path",
+                &path,
+                "an HTTP path starting with / and without spaces, such as /health",
+            ),
+        )?;
     }
     let health_port = c.port("node.health_check.port", hc.port)?;
     if health_port == port {
-        return Err(c.conflict(
-            "node.health_check.port",
-            health_port,
-            "must differ from",
-            "node.port",
-            port,
-            "the HTTP health endpoint and the gRPC server each need their own port",
-        ));
+        c.enforce(
+            &["node.health_check.port", "node.port"],
+            c.conflict(
+                "node.health_check.port",
+                health_port,
+                "must differ from",
+                "node.port",
+                port,
+                "the HTTP health endpoint and the gRPC server each need their own port",
+            ),
+        )?;
     }
     let interval = c.positive("node.health_check.interval", hc.interval)?;
     if interval < MIN_CHECK_INTERVAL {
-        return Err(c.invalid(
-            "node.health_check.interval",
-            show(interval),
-            "at least 1s (Consul runs checks at most once a second)",
-        ));
+        c.enforce(
+            &["node.health_check.interval"],
+            c.invalid(
+                "node.health_check.interval",
+                show(interval),
+                "at least 1s (Consul runs checks at most once a second)",
+            ),
+        )?;
     }
-    let timeout = c.positive("node.health_check.timeout", hc.timeout)?;
+    let mut timeout = c.positive("node.health_check.timeout", hc.timeout)?;
     if timeout > interval {
-        return Err(c.conflict(
-            "node.health_check.timeout",
-            show(timeout),
-            "must not exceed",
-            "node.health_check.interval",
-            show(interval),
-            "a check may not still be waiting when the next one is due",
-        ));
+        if c.is_default("node.health_check.timeout", timeout) {
+            // Only the interval was chosen: the default timeout follows it rather than
+            // refusing a setting the operator never made.
+            derived.insert(
+                "node.health_check.timeout",
+                format!(
+                    "follows node.health_check.interval ({}, from {}): the default {} would exceed it",
+                    show(interval),
+                    c.origin("node.health_check.interval"),
+                    show(timeout)
+                ),
+            );
+            timeout = interval;
+        } else {
+            c.enforce(
+                &["node.health_check.timeout", "node.health_check.interval"],
+                c.conflict(
+                    "node.health_check.timeout",
+                    show(timeout),
+                    "must not exceed",
+                    "node.health_check.interval",
+                    show(interval),
+                    "a check may not still be waiting when the next one is due",
+                ),
+            )?;
+        }
     }
     let health_check = HealthCheckConfig {
         path,
@@ -255,16 +360,22 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
 
     let tags = c.required("node.tags", node.tags)?;
     if let Some(bad) = tags.iter().find(|tag| tag.chars().any(char::is_control)) {
-        return Err(c.invalid("node.tags", bad, "tags without control characters"));
+        c.enforce(
+            &["node.tags"],
+            c.invalid("node.tags", bad, "tags without control characters"),
+        )?;
     }
 
     let metrics_port = c.port("gateway.metrics.port", gateway.metrics_port)?;
     if metrics_port == gateway_port {
-        return Err(c.invalid(
-            "gateway.metrics.port",
-            metrics_port,
-            "a port other than gateway.port (the metrics endpoint speaks HTTP/1.1)",
-        ));
+        c.enforce(
+            &["gateway.metrics.port", "gateway.port"],
+            c.invalid(
+                "gateway.metrics.port",
+                metrics_port,
+                "a port other than gateway.port (the metrics endpoint speaks HTTP/1.1)",
+            ),
+        )?;
     }
     let gateway = GatewayConfig {
         host: gateway_host,
@@ -295,11 +406,14 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
 
     let kv_prefix = c.required("consul.kv_prefix", consul.kv_prefix)?;
     if kv_prefix.is_empty() || !kv_prefix.ends_with('/') || kv_prefix.starts_with('/') {
-        return Err(c.invalid(
-            "consul.kv_prefix",
-            &kv_prefix,
-            "a non-empty Consul KV prefix ending with / and not starting with /, such as streaming/data/",
-        ));
+        c.enforce(
+            &["consul.kv_prefix"],
+            c.invalid(
+                "consul.kv_prefix",
+                &kv_prefix,
+                "a non-empty Consul KV prefix ending with / and not starting with /, such as streaming/data/",
+            ),
+        )?;
     }
     let consul = ConsulConfig {
         host: c.host("consul.host", consul.host)?,
@@ -316,10 +430,19 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
     };
 
     let tokens = c.required("security.tokens", security.tokens)?;
+    let tokens = match TokenTable::parse(&tokens) {
+        Ok(table) => table,
+        Err(e) => {
+            // The entry is never shown: it holds the token.
+            c.enforce(
+                &["security.tokens"],
+                c.invalid("security.tokens", "<redacted>", e),
+            )?;
+            TokenTable::default()
+        }
+    };
     let security = SecurityConfig {
-        // The entry is never shown: it holds the token.
-        tokens: TokenTable::parse(&tokens)
-            .map_err(|e| c.invalid("security.tokens", "<redacted>", e))?,
+        tokens,
         protected_mode: c.required("security.protected_mode", security.protected_mode)?,
     };
     let client = ClientConfig {
@@ -328,33 +451,46 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
 
     let max_nodes = c.required("limits.max_nodes_per_mapping", limits.max_nodes_per_mapping)?;
     if !(1..=1000).contains(&max_nodes) {
-        return Err(c.invalid(
-            "limits.max_nodes_per_mapping",
-            max_nodes,
-            "a number of nodes from 1 to 1000",
-        ));
+        c.enforce(
+            &["limits.max_nodes_per_mapping"],
+            c.invalid(
+                "limits.max_nodes_per_mapping",
+                max_nodes,
+                "a number of nodes from 1 to 1000",
+            ),
+        )?;
     }
     let max_streams = c.required(
         "limits.max_streams_per_connection",
         limits.max_streams_per_connection,
     )?;
-    let max_streams = u32::try_from(max_streams)
+    let max_streams = match u32::try_from(max_streams)
         .ok()
         .filter(|n| (1..=1_000_000).contains(n))
-        .ok_or_else(|| {
-            c.invalid(
-                "limits.max_streams_per_connection",
-                max_streams,
-                "a number of concurrent calls from 1 to 1000000",
-            )
-        })?;
+    {
+        Some(n) => n,
+        None => {
+            c.enforce(
+                &["limits.max_streams_per_connection"],
+                c.invalid(
+                    "limits.max_streams_per_connection",
+                    max_streams,
+                    "a number of concurrent calls from 1 to 1000000",
+                ),
+            )?;
+            u32::try_from(max_streams).unwrap_or(u32::MAX)
+        }
+    };
     let max_request_bytes = c.required("limits.max_request_bytes", limits.max_request_bytes)?;
     if !(1024..=(1 << 30)).contains(&max_request_bytes) {
-        return Err(c.invalid(
-            "limits.max_request_bytes",
-            max_request_bytes,
-            "a size from 1KiB to 1GiB",
-        ));
+        c.enforce(
+            &["limits.max_request_bytes"],
+            c.invalid(
+                "limits.max_request_bytes",
+                max_request_bytes,
+                "a size from 1KiB to 1GiB",
+            ),
+        )?;
     }
     let limits = LimitsConfig {
         max_nodes_per_mapping: usize::try_from(max_nodes).unwrap_or(1000),
@@ -366,12 +502,15 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
     };
 
     let file = Some(c.required("log.file", log.file)?).filter(|f| !f.as_os_str().is_empty());
-    if let Some(file) = file.as_ref().filter(|f| f.file_name().is_none()) {
-        return Err(c.invalid(
-            "log.file",
-            file.display(),
-            "a file path such as logs/node.log (empty = stderr only)",
-        ));
+    if let Some(bad) = file.as_ref().filter(|f| f.file_name().is_none()) {
+        c.enforce(
+            &["log.file"],
+            c.invalid(
+                "log.file",
+                bad.display(),
+                "a file path such as logs/node.log (empty = stderr only)",
+            ),
+        )?;
     }
     let log = LogConfig {
         level: c.required("log.level", log.level)?,
@@ -379,7 +518,7 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         file,
     };
 
-    Ok(Config {
+    let config = Config {
         gateway,
         node,
         consul,
@@ -388,6 +527,11 @@ pub(crate) fn validate(partial: PartialConfig, origins: &Origins) -> Result<Conf
         client,
         limits,
         log,
+    };
+    Ok(Validated {
+        config,
+        warnings: c.warnings.into_inner(),
+        derived,
     })
 }
 

@@ -8,6 +8,7 @@
 //! flags of `consul.host`/`consul.port` and `consul.kv_prefix`, so they are checked by the
 //! same rules and named the same way in errors.
 
+use ec_cli::SharedFlags;
 use ec_config::process::split_host_port;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,7 +57,7 @@ pub struct ConsoleArgs {
     pub log_file: Option<PathBuf>,
     /// `--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-require-client-cert`, `--consul-ca`.
     #[command(flatten)]
-    pub tls: ec_config::process::TlsFlags,
+    pub tls: ec_cli::TlsFlags,
     /// Bearer token presented to the gateway [default: client.token from the configuration;
     /// prefer EVENT_CATCHER_CLIENT_TOKEN, which `ps` does not show].
     #[arg(long, value_name = "TOKEN")]
@@ -153,6 +154,7 @@ impl ConsoleArgs {
             env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         let no_color = env.iter().any(|(k, v)| k == "NO_COLOR" && !v.is_empty());
         let loaded = ec_config::Loader::new()
+            .for_binary(ec_config::Binary::Console)
             .config_file(self.config.clone())
             .env(env)
             .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())

@@ -16,14 +16,14 @@
 //!   primary stays lost or gone, in one gateway at a time (the holder of a Consul lock).
 //! - `auth.rs`: who may call what (client tokens, protected mode); publishes carry the
 //!   caller's credential on to the node.
-//! - [`server`]: [`run`] wires it all and owns the shutdown order; [`cli`]: what the binary
-//!   adds (flags, settings from the configuration, signals).
+//! - [`server`]: [`run`] wires it all and owns the shutdown order;
+//!   [`GatewaySettings::from_config`] turns a validated configuration into its settings.
+//!   The binary (`src/bin/ec-gateway/`) adds only flags, logging and signals.
 //!
 //! The gateway never asks Consul on a request path: lookups, subscriptions and publishes are
 //! routed from memory, and keep working from the last table while Consul is away.
 
 mod auth;
-pub mod cli;
 mod convert;
 mod failover;
 mod feed;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ec_client::{ChannelCache, ChannelSettings};
-use ec_core::NodeId;
 use ec_core::auth::{Policy, Secret};
+use ec_core::{IdError, NodeId};
 use ec_discovery::{
     ConsulClient, EpochStore, KvLayout, LockOptions, MappingStore, hold_lock, watch_health,
     watch_mappings,
@@ -44,9 +44,12 @@ const MAX_MESSAGE_BYTES: usize = ec_proto::contract::MAX_MESSAGE_BYTES;
 /// behind gets a fresh snapshot instead.
 const HEALTH_EVENTS_BUFFER: usize = 1024;
 
-/// `gateway.failover_after` by default (the configuration's default too; a test in `cli.rs`
-/// checks that the two agree).
+/// `gateway.failover_after` by default (the configuration's default too; a test below checks
+/// that the two agree).
 pub const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(1);
+
+/// How long one Consul blocking query waits; see [`GatewaySettings::watch_wait`].
+const WATCH_WAIT: Duration = Duration::from_secs(30);
 
 /// Everything a gateway needs to run, resolved from the configuration.
 #[derive(Debug, Clone)]
@@ -99,7 +102,7 @@ impl GatewaySettings {
             consul_ca_file: None,
             kv_prefix: ec_discovery::DEFAULT_KV_PREFIX.into(),
             allowed_nodes: Vec::new(),
-            watch_wait: Duration::from_secs(30),
+            watch_wait: WATCH_WAIT,
             auto_failover: true,
             failover_after: DEFAULT_FAILOVER_AFTER,
             probes: ProbeSettings::default(),
@@ -114,6 +117,46 @@ impl GatewaySettings {
             max_streams_per_connection: 1024,
             max_request_bytes: 16 << 20,
         }
+    }
+
+    /// The gateway's settings from a validated configuration; an error only if
+    /// `gateway.allowed_nodes` names something that is not a node ID (a configuration
+    /// validated for `ec-gateway` never does).
+    pub fn from_config(config: &ec_config::Config) -> Result<GatewaySettings, IdError> {
+        let allowed_nodes = config
+            .gateway
+            .allowed_nodes
+            .iter()
+            .map(|n| NodeId::parse(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GatewaySettings {
+            consul_url: config.consul.http_url(),
+            consul_token: config.consul.token.clone(),
+            consul_ca_file: config.consul.ca_file.clone(),
+            kv_prefix: config.consul.kv_prefix.clone(),
+            allowed_nodes,
+            watch_wait: WATCH_WAIT,
+            auto_failover: config.gateway.auto_failover,
+            failover_after: config.gateway.failover_after,
+            probes: ProbeSettings::default(),
+            name: format!(
+                "ec-gateway {}:{} pid {}",
+                config.gateway.host,
+                config.gateway.port,
+                std::process::id()
+            ),
+            tls: ec_grpc::TlsFiles::from(&config.tls),
+            policy: Policy {
+                tokens: config.security.tokens.clone(),
+                // A listener with a certificate serves TLS (tls.cert_file): no protected mode.
+                tls: config.tls.cert_file.is_some(),
+                protected_mode: config.security.protected_mode,
+            },
+            node_token: config.client.token.clone(),
+            max_nodes_per_mapping: config.limits.max_nodes_per_mapping,
+            max_streams_per_connection: config.limits.max_streams_per_connection,
+            max_request_bytes: config.limits.max_request_bytes,
+        })
     }
 }
 
@@ -333,4 +376,26 @@ pub async fn run_with_metrics(
     info!("gateway stopped");
     // A panicked server is an error, so the binary exits non-zero.
     Ok(served?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_defaults_are_the_configuration_defaults() {
+        let from_config =
+            GatewaySettings::from_config(&ec_config::Config::default()).expect("valid");
+        let new = GatewaySettings::new("http://localhost:8500");
+        assert_eq!(from_config.failover_after, DEFAULT_FAILOVER_AFTER);
+        assert_eq!(from_config.consul_url, new.consul_url);
+        assert_eq!(from_config.kv_prefix, new.kv_prefix);
+        assert_eq!(from_config.kv_prefix, ec_discovery::DEFAULT_KV_PREFIX);
+        assert_eq!(from_config.watch_wait, new.watch_wait);
+        assert_eq!(from_config.max_request_bytes, new.max_request_bytes);
+        assert_eq!(
+            from_config.max_streams_per_connection,
+            new.max_streams_per_connection
+        );
+    }
 }

@@ -16,7 +16,6 @@
 
 mod acknowledger;
 mod auth;
-pub mod cli;
 mod grpc;
 mod health;
 pub mod log;

@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ec_config::Config;
 use ec_core::auth::{Policy, Secret};
-use ec_core::{DataId, NodeId, TimestampMs};
+use ec_core::{DataId, IdError, NodeId, TimestampMs};
 use ec_discovery::registration::Registrar;
 use ec_discovery::{ConsulClient, MappingStore, provision_cluster_secret};
 use tokio::net::TcpListener;
@@ -25,7 +26,9 @@ use tracing::{debug, info, warn};
 use crate::auth::{ClusterCredential, Guard};
 use crate::grpc::NodeService;
 use crate::health::{Serving, serve_http};
-use crate::log::{CommitObserver, CommitStats, EventLog, LogError, LogOptions};
+use crate::log::{
+    CommitObserver, CommitStats, EventLog, FsyncPolicy, LogError, LogOptions, Retention,
+};
 use crate::metrics::NodeMetrics;
 use crate::registration::{Advertised, CheckSettings, registration};
 use crate::replication::{self, Replication, ReplicationSettings};
@@ -85,6 +88,77 @@ pub struct NodeSettings {
     pub max_request_bytes: u64,
     /// `limits.max_nodes_per_mapping`: a longer mapping in Consul is a problem, not a role.
     pub max_nodes_per_mapping: usize,
+}
+
+impl NodeSettings {
+    /// Node `node_id` keeping its log in `data_dir` and registering with the Consul agent at
+    /// `consul_url` (e.g. `http://127.0.0.1:8500`), every other setting at its configuration
+    /// default (README, *Configuration*): for embedding a node in tests, benchmarks and other
+    /// programs, which then change only what they need.
+    pub fn new(
+        node_id: NodeId,
+        data_dir: impl Into<PathBuf>,
+        consul_url: impl Into<String>,
+    ) -> NodeSettings {
+        NodeSettings {
+            data_dir: data_dir.into(),
+            consul_url: consul_url.into(),
+            ..NodeSettings::of(node_id, &Config::default())
+        }
+    }
+
+    /// The node's settings from a validated configuration; an error only if `node.id` is not
+    /// a node ID (a configuration validated for `ec-node` never has one).
+    pub fn from_config(config: &Config) -> Result<NodeSettings, IdError> {
+        Ok(NodeSettings::of(NodeId::parse(&config.node.id)?, config))
+    }
+
+    fn of(node_id: NodeId, config: &Config) -> NodeSettings {
+        let node = &config.node;
+        let fsync = match node.storage.fsync {
+            ec_config::FsyncPolicy::Always => FsyncPolicy::Always,
+            ec_config::FsyncPolicy::Interval => FsyncPolicy::Interval(node.storage.fsync_interval),
+        };
+        NodeSettings {
+            node_id,
+            advertise_address: node.advertise_address.clone(),
+            data_dir: node.data_dir.clone(),
+            max_event_bytes: node.max_event_bytes,
+            auto_create: node.auto_create,
+            tags: node.tags.clone(),
+            health_path: node.health_check.path.clone(),
+            check_interval: node.health_check.interval,
+            check_timeout: node.health_check.timeout,
+            deregister_critical_after: node.health_check.deregister_critical_after,
+            log: LogOptions {
+                fsync,
+                retention: Retention {
+                    max_events: node.retention.max_events,
+                    max_bytes: node.retention.max_bytes,
+                    max_age: node.retention.max_age,
+                },
+                producer_expiry: node.producers.expiry,
+                min_free_bytes: node.storage.min_free_bytes,
+                ..LogOptions::default()
+            },
+            retention_interval: node.retention.check_interval,
+            consul_url: config.consul.http_url(),
+            consul_token: config.consul.token.clone(),
+            consul_ca_file: config.consul.ca_file.clone(),
+            tls: ec_grpc::TlsFiles::from(&config.tls),
+            cluster_secret: node.cluster_secret.clone(),
+            policy: Policy {
+                tokens: config.security.tokens.clone(),
+                // A listener with a certificate serves TLS (tls.cert_file): no protected mode.
+                tls: config.tls.cert_file.is_some(),
+                protected_mode: config.security.protected_mode,
+            },
+            max_created_data_ids: config.limits.max_created_data_ids,
+            max_streams_per_connection: config.limits.max_streams_per_connection,
+            max_request_bytes: config.limits.max_request_bytes,
+            max_nodes_per_mapping: config.limits.max_nodes_per_mapping,
+        }
+    }
 }
 
 /// The sockets a node serves on, bound by the caller (so tests can bind port 0 first).
@@ -444,5 +518,30 @@ async fn housekeeping(
             }
             _ = meta.tick() => on_data_ids(&held_data_ids(&log)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_settings_take_the_configuration_defaults() {
+        let node_id = NodeId::parse("n1").expect("valid");
+        let s = NodeSettings::new(node_id.clone(), "/tmp/n1", "http://127.0.0.1:8500");
+        assert_eq!(s.node_id, node_id);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/n1"));
+        assert_eq!(s.consul_url, "http://127.0.0.1:8500");
+        assert_eq!(s.log.fsync, FsyncPolicy::Always);
+        assert!(s.log.retention.is_unlimited(), "{:?}", s.log.retention);
+        assert_eq!(s.max_event_bytes, 1 << 20);
+        assert!(s.auto_create);
+        assert_eq!(s.health_path, "/health");
+        assert_eq!(s.check_interval, Duration::from_secs(10));
+        assert_eq!(s.deregister_critical_after, Duration::from_secs(60));
+        assert_eq!(s.advertise_address, None);
+        assert_eq!(s.consul_token, None);
+        assert!(!s.tls.enabled(), "TLS is off by default: {:?}", s.tls);
+        assert_eq!(s.consul_ca_file, None);
     }
 }

@@ -803,3 +803,108 @@ fn edit_distance_counts_edits() {
     assert_eq!(edit_distance("same", "same"), 0);
     assert_eq!(edit_distance("prot", "port"), 1);
 }
+
+#[test]
+fn a_node_rule_does_not_stop_the_other_binaries() {
+    // Below Consul's 1 s minimum: a node refuses it, nobody else reads it.
+    let vars = [
+        ("EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL", "500ms"),
+        ("EVENT_CATCHER_NODE_STORAGE_FSYNC", "sometimes"),
+    ];
+    for binary in [Binary::Gateway, Binary::Console, Binary::Client] {
+        let loaded = env_loader(&vars)
+            .for_binary(binary)
+            .load()
+            .unwrap_or_else(|e| panic!("{binary} refused a node-only rule: {e}"));
+        for key in ["node.health_check.interval", "node.storage.fsync"] {
+            assert!(
+                loaded
+                    .warnings
+                    .iter()
+                    .any(|w| w.contains(key) && w.contains(binary.name())),
+                "{binary}: no warning about {key}: {:?}",
+                loaded.warnings
+            );
+        }
+    }
+    let err = env_loader(&vars)
+        .for_binary(Binary::Node)
+        .load()
+        .expect_err("the node needs them");
+    assert_mentions(&err, &["EVENT_CATCHER_NODE_"]);
+}
+
+#[test]
+fn a_gateway_rule_does_not_stop_a_node_but_shared_keys_bind_everyone() {
+    let same_ports = [("EVENT_CATCHER_GATEWAY_METRICS_PORT", "50051")];
+    env_loader(&same_ports)
+        .for_binary(Binary::Node)
+        .load()
+        .expect("a node does not serve the gateway's metrics");
+    env_loader(&same_ports)
+        .for_binary(Binary::Console)
+        .load()
+        .expect("the console reads gateway.port, not the metrics port");
+    env_loader(&same_ports)
+        .for_binary(Binary::Gateway)
+        .load()
+        .expect_err("the gateway binds both");
+    // The console dials gateway.port: a bad one stops it too.
+    let err = env_loader(&[("EVENT_CATCHER_GATEWAY_PORT", "0")])
+        .for_binary(Binary::Console)
+        .load()
+        .expect_err("port 0");
+    assert_mentions(&err, &["`gateway.port`"]);
+}
+
+#[test]
+fn the_default_timeout_follows_a_shorter_interval() {
+    let interval = [("EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL", "1s")];
+    for binary in [None, Some(Binary::Node), Some(Binary::Gateway)] {
+        let loader = env_loader(&interval);
+        let loader = match binary {
+            Some(b) => loader.for_binary(b),
+            None => loader,
+        };
+        let loaded = loader.load().expect("only the interval was set");
+        let hc = &loaded.config.node.health_check;
+        assert_eq!(hc.interval, Duration::from_secs(1));
+        assert_eq!(hc.timeout, Duration::from_secs(1), "follows the interval");
+        let note = &loaded.derived["node.health_check.timeout"];
+        assert!(
+            note.contains("node.health_check.interval")
+                && note.contains("EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL")
+                && note.contains("5s"),
+            "{note}"
+        );
+        let yaml = loaded.to_yaml();
+        assert!(
+            yaml.contains("timeout: \"1s\"  # follows node.health_check.interval"),
+            "{yaml}"
+        );
+    }
+    // The shipped config/config.yaml restates the default timeout: it follows all the same.
+    let loaded = env_loader(&interval)
+        .config_file(Some(shipped_file()))
+        .for_binary(Binary::Node)
+        .load()
+        .expect("the shipped file restates defaults only");
+    assert_eq!(
+        loaded.config.node.health_check.timeout,
+        Duration::from_secs(1)
+    );
+    // A timeout the operator chose is never changed behind their back.
+    let err = env_loader(&[
+        ("EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL", "1s"),
+        ("EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT", "5s"),
+    ])
+    .for_binary(Binary::Node)
+    .load()
+    .expect_err("both set, in conflict");
+    assert_mentions(
+        &err,
+        &["must not exceed", "EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT"],
+    );
+    // Nothing derived when nothing conflicts.
+    assert!(load_env(&[]).expect("defaults").derived.is_empty());
+}

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use clap::Parser;
 use color_eyre::eyre::{Result, WrapErr};
-use ec_config::process;
+
 use ec_console::{ConsoleArgs, SystemClock};
 
 fn main() -> Result<()> {
-    process::install_error_reporting()?;
-    process::user_error(run())
+    ec_cli::install_error_reporting()?;
+    ec_cli::user_error(run())
 }
 
 fn run() -> Result<()> {

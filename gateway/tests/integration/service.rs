@@ -356,6 +356,27 @@ async fn binary_serves_and_exits_zero_on_sigterm() {
     assert!(err.contains("gateway.port"), "{err}");
 }
 
+/// A rule only nodes need does not keep a gateway from starting: it is a warning naming the
+/// key and the binary that ignores it.
+#[test]
+fn a_node_only_rule_is_a_warning_for_the_gateway() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_ec-gateway"))
+        .arg("--print-config")
+        .env("EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL", "500ms")
+        .current_dir(dir.path())
+        .output()
+        .expect("run --print-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("node.health_check.interval")
+            && stderr.contains("ec-gateway does not use"),
+        "{stderr}"
+    );
+}
+
 /// Bad wire input on both servers, sent raw: bytes that are not protobuf are
 /// INVALID_ARGUMENT, a message over the limit is RESOURCE_EXHAUSTED naming the limit, and
 /// both servers keep serving afterwards.

@@ -119,6 +119,23 @@ pub struct ReplicationSettings {
 }
 
 impl ReplicationSettings {
+    /// How a node replicates, from a validated configuration's `node.replication.*` and
+    /// `consul.kv_prefix`.
+    pub fn from_config(config: &ec_config::Config) -> ReplicationSettings {
+        let r = &config.node.replication;
+        ReplicationSettings {
+            kv_prefix: config.consul.kv_prefix.clone(),
+            acks: match r.acks {
+                ec_config::AcksPolicy::Leader => Acks::Leader,
+                ec_config::AcksPolicy::All => Acks::All,
+            },
+            ack_timeout: r.ack_timeout,
+            max_lag_events: r.max_lag_events,
+            max_lag_time: r.max_lag_time,
+            min_insync: usize::try_from(r.min_insync).unwrap_or(usize::MAX),
+        }
+    }
+
     /// How often a primary sends a heartbeat to an idle replica (and evaluates its in-sync
     /// set): a fraction of `max_lag_time`, so an idle replica reports often enough to stay in.
     pub(crate) fn heartbeat(&self) -> Duration {

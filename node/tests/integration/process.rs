@@ -225,6 +225,29 @@ fn print_config_applies_every_seed_environment_variable() {
 }
 
 #[test]
+fn a_shorter_interval_carries_the_default_timeout_and_says_so() {
+    let out = ec_node()
+        .arg("--print-config")
+        .env("EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL", "1s")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let timeout = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("timeout:"))
+        .expect("timeout line");
+    assert!(
+        timeout.contains("\"1s\"") && timeout.contains("# follows node.health_check.interval"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn bad_configuration_exits_non_zero_naming_key_and_source() {
     let dir = tempfile::tempdir().expect("dir");
     let bad_file = dir.path().join("bad.yaml");

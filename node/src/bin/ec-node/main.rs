@@ -1,14 +1,16 @@
-//! `ec-node`: parse flags, load the layered configuration, install logging, bind, and run the
-//! node until SIGINT or SIGTERM. Everything else lives in the `ec_node` library.
+//! `ec-node`: parse flags (`flags.rs`), load the layered configuration, install logging,
+//! bind, and run the node until SIGINT or SIGTERM. Everything else lives in the `ec_node`
+//! library.
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use color_eyre::eyre::{Result, WrapErr};
-use ec_config::process;
-use ec_node::cli;
+use ec_node::{NodeSettings, ReplicationSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+mod flags;
 
 /// Event Catcher storage node: keeps durable per-data-ID event logs, accepts publishes,
 /// streams events from any offset in real time, registers itself in Consul, and replicates
@@ -26,22 +28,22 @@ struct Args {
     #[arg(long)]
     print_config: bool,
     #[command(flatten)]
-    node: cli::NodeFlags,
+    node: flags::NodeFlags,
 }
 
 fn main() -> Result<()> {
-    process::install_error_reporting()?;
-    process::user_error(run())
+    ec_cli::install_error_reporting()?;
+    ec_cli::user_error(run())
 }
 
 fn run() -> Result<()> {
     let args = Args::parse();
     let loader = args.node.loader(args.config.clone());
-    let Some((config, _log_guard)) = process::load_or_print(loader, args.print_config)? else {
+    let Some((config, _log_guard)) = ec_cli::load_or_print(loader, args.print_config)? else {
         return Ok(());
     };
-    let settings = cli::settings(&config)?;
-    let replication = cli::replication_settings(&config);
+    let settings = NodeSettings::from_config(&config).wrap_err("node.id")?;
+    let replication = ReplicationSettings::from_config(&config);
     tokio::runtime::Runtime::new()
         .wrap_err("cannot start the async runtime")?
         .block_on(async move {
@@ -54,7 +56,7 @@ fn run() -> Result<()> {
                 format!("cannot listen for health checks on {health_addr} (node.host, node.health_check.port)")
             })?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(process::cancel_on_signal(shutdown.clone()));
+            tokio::spawn(ec_cli::cancel_on_signal(shutdown.clone()));
             let listeners = ec_node::Listeners { grpc, health };
             if config.node.standalone {
                 ec_node::run(settings, listeners, shutdown).await

@@ -1,14 +1,16 @@
-//! `ec-gateway`: parse flags, load the layered configuration, install logging, bind, and run
-//! the gateway until SIGINT or SIGTERM. Everything else lives in the `ec_gateway` library.
+//! `ec-gateway`: parse flags (`flags.rs`), load the layered configuration, install logging,
+//! bind, and run the gateway until SIGINT or SIGTERM. Everything else lives in the
+//! `ec_gateway` library.
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use color_eyre::eyre::{Result, WrapErr};
-use ec_config::process;
-use ec_gateway::cli;
+use ec_gateway::GatewaySettings;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+mod flags;
 
 /// Event Catcher gateway: routes clients to the nodes holding a data ID from a routing
 /// table that Consul watches keep current, proxies streams with failover, forwards publishes
@@ -26,21 +28,21 @@ struct Args {
     #[arg(long)]
     print_config: bool,
     #[command(flatten)]
-    gateway: cli::GatewayFlags,
+    gateway: flags::GatewayFlags,
 }
 
 fn main() -> Result<()> {
-    process::install_error_reporting()?;
-    process::user_error(run())
+    ec_cli::install_error_reporting()?;
+    ec_cli::user_error(run())
 }
 
 fn run() -> Result<()> {
     let args = Args::parse();
     let loader = args.gateway.loader(args.config.clone());
-    let Some((config, _log_guard)) = process::load_or_print(loader, args.print_config)? else {
+    let Some((config, _log_guard)) = ec_cli::load_or_print(loader, args.print_config)? else {
         return Ok(());
     };
-    let settings = cli::settings(&config)?;
+    let settings = GatewaySettings::from_config(&config).wrap_err("gateway.allowed_nodes")?;
     tokio::runtime::Runtime::new()
         .wrap_err("cannot start the async runtime")?
         .block_on(async move {
@@ -53,7 +55,7 @@ fn run() -> Result<()> {
                 format!("cannot listen for HTTP metrics on {metrics_addr} (gateway.host, gateway.metrics.port); is another gateway using that port? choose another with --metrics-port")
             })?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(process::cancel_on_signal(shutdown.clone()));
+            tokio::spawn(ec_cli::cancel_on_signal(shutdown.clone()));
             ec_gateway::run_with_metrics(settings, listener, Some(metrics), shutdown)
                 .await
                 .wrap_err("the gateway stopped with an error")
