@@ -43,6 +43,15 @@ pub fn epoch_prefix(kv_prefix: &str) -> String {
     format!("{base}.epochs/")
 }
 
+/// The epoch a node claims after `ended`: above the ended one, above the Consul index of the
+/// mapping that named it primary (so a later mapping always means a later epoch), and above
+/// the last epoch in its own log. One rule: the node claims with it, and the gateway names
+/// the epoch its promotion leads to with it (`last_in_log` 0: a replica's log holds no
+/// epoch later than the record's).
+pub fn next_epoch(ended: u64, mapping_index: u64, last_in_log: u64) -> u64 {
+    (ended + 1).max(mapping_index).max(last_in_log + 1)
+}
+
 /// One data ID's epoch record, as stored at one `ModifyIndex`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochState {
@@ -294,6 +303,14 @@ mod tests {
 
     fn n(s: &str) -> NodeId {
         NodeId::parse(s).expect("node id")
+    }
+
+    #[test]
+    fn the_next_epoch_is_above_everything_it_follows() {
+        assert_eq!(next_epoch(0, 0, 0), 1, "the first epoch");
+        assert_eq!(next_epoch(21, 5, 3), 22, "after the ended one");
+        assert_eq!(next_epoch(21, 37, 3), 37, "the mapping's index, when later");
+        assert_eq!(next_epoch(21, 5, 40), 41, "after the log's last epoch");
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub use agent::{AgentService, AgentServiceHealth, HttpCheck, ServiceRegistration
 pub use blocking::{Indexed, MAX_WAIT, QueryOptions, next_index};
 pub use client::ConsulClient;
 pub use cluster::{cluster_secret_key, provision_cluster_secret};
-pub use epoch::{EpochError, EpochState, EpochStore, epoch_prefix};
+pub use epoch::{EpochError, EpochState, EpochStore, epoch_prefix, next_epoch};
 pub use error::DiscoveryError;
 pub use health::{
     CatalogNode, CheckStatus, HealthCheck, HealthSnapshot, HealthTransition, NodeHealth,
