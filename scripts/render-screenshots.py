@@ -41,6 +41,7 @@ FONT_SIZE = 14
 PAD = 10
 
 BG = "#1d1f21"
+SELECTED = "#3a3f4b"
 FG = "#c5c8c6"
 COLOURS = {
     "dim": "#7f8487",
@@ -130,6 +131,12 @@ def render(lines: list[str], title: str) -> str:
     for row, line in enumerate(lines):
         style = styles_of(line, row == len(lines) - 1)
         y = PAD + row * LINE_H + LINE_H * 0.75
+        if line.startswith("│▶"):
+            # The selected row of a paused table is drawn reversed by the console.
+            out.append(
+                f'<rect x="{PAD + CELL_W:.1f}" y="{PAD + row * LINE_H}" '
+                f'width="{(cols - 2) * CELL_W:.1f}" height="{LINE_H}" fill="{SELECTED}"/>'
+            )
         col = 0
         runs = []  # [start column, style, text, end column]: one word in one style
         for ch, st in zip(line, style):
