@@ -158,14 +158,12 @@ nodes_passing() {
 }
 
 build() {
-    local flags=() packages=(-p ec-node -p ec-gateway -p ec-client-cli)
+    local flags=()
     [[ "$PROFILE" == release ]] && flags+=(--release)
-    # The console is built when the workspace has it.
-    if cargo metadata --format-version 1 --no-deps 2>/dev/null | jq -e '.packages[] | select(.name == "ec-console")' >/dev/null; then
-        packages+=(-p ec-console)
-    fi
-    log "building ${packages[*]} ($PROFILE)"
-    (cd "$ROOT" && cargo build "${flags[@]}" "${packages[@]}" --bins) >&2
+    # The whole workspace, as scripts/test.sh builds it: selecting packages with -p would
+    # unify the dependencies' features differently and recompile ~80 crates.
+    log "building the workspace's binaries ($PROFILE)"
+    (cd "$ROOT" && cargo build "${flags[@]}" --workspace --bins) >&2
     local target
     target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
     BIN="$target/$PROFILE"

@@ -48,4 +48,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 section "cargo test --workspace $*"
 cargo test --workspace "$@"
 
+section "README screenshots match the console snapshots"
+if command -v python3 >/dev/null 2>&1; then
+    python3 scripts/render-screenshots.py --check
+else
+    echo "python3 not found; skipped (the screenshots are checked where it exists)"
+fi
+
 section "all checks passed"

@@ -32,6 +32,15 @@ use crate::client::ConsulClient;
 use crate::error::DiscoveryError;
 use crate::layout::KvLayout;
 
+/// The epoch a node claims after `ended`: above the ended one, above the Consul index of the
+/// mapping that named it primary (so a later mapping always means a later epoch), and above
+/// the last epoch in its own log. One rule: the node claims with it, and the gateway names
+/// the epoch its promotion leads to with it (`last_in_log` 0: a replica's log holds no
+/// epoch later than the record's).
+pub fn next_epoch(ended: Epoch, mapping_index: u64, last_in_log: Epoch) -> Epoch {
+    Epoch((ended.0 + 1).max(mapping_index).max(last_in_log.0 + 1))
+}
+
 /// One data ID's epoch record, as stored at one `ModifyIndex`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochState {
@@ -283,6 +292,23 @@ mod tests {
 
     fn n(s: &str) -> NodeId {
         NodeId::parse(s).expect("node id")
+    }
+
+    #[test]
+    fn the_next_epoch_is_above_everything_it_follows() {
+        let e = Epoch;
+        assert_eq!(next_epoch(e(0), 0, e(0)), e(1), "the first epoch");
+        assert_eq!(next_epoch(e(21), 5, e(3)), e(22), "after the ended one");
+        assert_eq!(
+            next_epoch(e(21), 37, e(3)),
+            e(37),
+            "the mapping's index, when later"
+        );
+        assert_eq!(
+            next_epoch(e(21), 5, e(40)),
+            e(41),
+            "after the log's last epoch"
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub use agent::{AgentService, AgentServiceHealth, HttpCheck, ServiceRegistration
 pub use blocking::{Indexed, MAX_WAIT, QueryOptions, next_index};
 pub use client::ConsulClient;
 pub use cluster::provision_cluster_secret;
-pub use epoch::{EpochError, EpochState, EpochStore};
+pub use epoch::{EpochError, EpochState, EpochStore, next_epoch};
 pub use error::DiscoveryError;
 pub use health::{
     CatalogNode, CheckStatus, HealthCheck, HealthSnapshot, HealthTransition, NodeHealth,

@@ -248,11 +248,18 @@ impl Promoter {
             forced: decision.forced,
             automatic: req.failed_primary.is_some(),
         };
+        // The new primary claims its epoch itself, by the one rule, from this mapping.
+        let new_epoch = ec_discovery::next_epoch(
+            ec_core::Epoch(promotion.epoch),
+            promotion.mapping.modify_index,
+            ec_core::Epoch(0),
+        );
         info!(
             data_id = %promotion.data_id,
             old_primary = %promotion.old_primary,
             new_primary = %promotion.new_primary,
-            epoch = promotion.epoch,
+            ended_epoch = promotion.epoch,
+            new_epoch = new_epoch.0,
             offset = promotion.offset,
             forced = promotion.forced,
             automatic = promotion.automatic,

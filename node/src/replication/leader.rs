@@ -334,9 +334,15 @@ impl LeaderTerm {
     }
 }
 
+/// A won claim: the record as written and the epoch it ended (0: none before).
+struct Won {
+    state: EpochState,
+    ended_epoch: u64,
+}
+
 /// What a claim came to.
 enum Claim {
-    Won(EpochState),
+    Won(Won),
     /// Not allowed (not in sync); the reason.
     Refused(String),
     /// Consul failed or a race was lost; the reason; retry after a pause (`true`) or at once.
@@ -378,9 +384,12 @@ async fn claim(
             ));
         }
     };
-    let epoch = Epoch((base + 1).max(mapping.modify_index).max(my_last + 1));
+    let epoch = ec_discovery::next_epoch(Epoch(base), mapping.modify_index, Epoch(my_last));
     match epochs.put(data_id, epoch, me, &in_sync, expected).await {
-        Ok(state) => Claim::Won(state),
+        Ok(state) => Claim::Won(Won {
+            state,
+            ended_epoch: base,
+        }),
         Err(EpochError::Conflict { .. }) => {
             Claim::Retry("the epoch record changed while claiming".into(), false)
         }
@@ -416,9 +425,9 @@ pub(super) async fn lead(
         };
         repl.set_view(data_id, role(None), "claiming the epoch in Consul");
         let pause = match claim(repl, epochs, data_id, &mapping).await {
-            Claim::Won(state) => {
+            Claim::Won(won) => {
                 backoff = CLAIM_BACKOFF;
-                run_term(repl, epochs, settings, &state, &mapping, assignment, stop).await;
+                run_term(repl, epochs, settings, &won, &mapping, assignment, stop).await;
                 continue;
             }
             Claim::Refused(reason) => {
@@ -449,11 +458,12 @@ async fn run_term(
     repl: &Arc<Replication>,
     epochs: &EpochStore,
     settings: &ReplicationSettings,
-    claimed: &EpochState,
+    won: &Won,
     mapping: &Mapping,
     assignment: &mut watch::Receiver<Assignment>,
     stop: &CancellationToken,
 ) {
+    let claimed = &won.state;
     let data_id = &claimed.data_id;
     let epoch = claimed.epoch;
     if let Err(e) = repl.log.ensure(data_id, WriteAccess::Leader(epoch)).await {
@@ -478,9 +488,11 @@ async fn run_term(
         "primary",
     );
     let isr: Vec<&str> = claimed.in_sync.iter().map(NodeId::as_str).collect();
+    // Both epochs, named as the gateway's promotion line names them.
     info!(
         %data_id,
-        %epoch,
+        ended_epoch = won.ended_epoch,
+        new_epoch = epoch.0,
         in_sync = %isr.join(","),
         end = repl.log.stats(data_id).map_or(0, |s| s.next.0),
         "claimed the epoch: this node is the primary"
