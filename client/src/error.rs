@@ -409,6 +409,16 @@ const NOT_PRIMARY_MARKERS: [&str; 2] = [
     "takes no publish on this node right now",
 ];
 
+/// Whether a node refused a publish as "not the primary" (its mapping names another primary,
+/// or a newer epoch fenced it). The node checks this before storing anything, so even a
+/// request without a producer identity may be sent again elsewhere.
+pub fn is_not_primary_refusal(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition
+        && NOT_PRIMARY_MARKERS
+            .iter()
+            .any(|m| status.message().contains(m))
+}
+
 /// The publish rule of [`ClientError::is_retriable_publish`] for a status, shared with the
 /// gateway's publish forwarding.
 pub fn is_retriable_publish_status(status: &Status) -> bool {
@@ -418,9 +428,7 @@ pub fn is_retriable_publish_status(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => true,
         Code::FailedPrecondition => {
-            let msg = status.message();
-            !msg.contains("expected sequence")
-                && NOT_PRIMARY_MARKERS.iter().any(|m| msg.contains(m))
+            !status.message().contains("expected sequence") && is_not_primary_refusal(status)
         }
         _ => transport_failure(status),
     }

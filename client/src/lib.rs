@@ -43,7 +43,10 @@ pub use backoff::Backoff;
 pub use channel::{ChannelCache, ChannelSettings};
 pub use client::{Acks, Client, Mode};
 pub use ec_core::{DataId, Offset, TimestampMs};
-pub use error::{ClientError, certificate_problem, is_retriable_publish_status, transport_failure};
+pub use error::{
+    ClientError, certificate_problem, is_not_primary_refusal, is_retriable_publish_status,
+    transport_failure,
+};
 pub use event::{Event, Published};
 pub use publish::{
     DEFAULT_DELIVERY_TIMEOUT, PendingPublish, Producer, Publisher, PublisherEvent, STALL_CHECK,

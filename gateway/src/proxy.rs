@@ -20,7 +20,10 @@
 //! primary in the routing table while the request waits (a frozen node never breaks its
 //! connection), the gateway resends it, with the same identity and sequence, to the new
 //! primary, for up to [`RETRY_WINDOW`]. A request without one is never resent (it could be
-//! stored twice): its caller gets `UNAVAILABLE` naming the lost primary. `PublishStream`
+//! stored twice): its caller gets `UNAVAILABLE` naming the lost primary. The one exception is
+//! a `Publish` the node refused as "not the primary", which it does before storing anything:
+//! during a promotion the new primary may see its new mapping a moment after the gateway
+//! does, and the request goes to it again once it has. `PublishStream`
 //! passes acknowledgements on strictly in request order, also across such a change of
 //! primary. A broken upstream is `UNAVAILABLE`, never `UNKNOWN`. The caller's `ec-acks`
 //! metadata (what the acknowledgement waits for) goes along to the primary.
@@ -38,8 +41,8 @@ use std::time::Duration;
 
 use ec_client::{
     Backoff, Candidate, ChannelCache, ClientError, DataId, RawDelivery, RawDeliveryStream,
-    Resolver, Start, StreamOptions, is_retriable_publish_status, resumable_raw_stream,
-    transport_failure,
+    Resolver, Start, StreamOptions, is_not_primary_refusal, is_retriable_publish_status,
+    resumable_raw_stream, transport_failure,
 };
 use ec_proto::node_client::NodeClient;
 use ec_proto::{
@@ -415,7 +418,8 @@ pub(crate) async fn publish(
                 from_node(&primary, status)
             }
         };
-        if !resend || !is_retriable_publish_status(&status) || started.elapsed() >= RETRY_WINDOW {
+        let safe = resend || is_not_primary_refusal(&status);
+        if !safe || !is_retriable_publish_status(&status) || started.elapsed() >= RETRY_WINDOW {
             return Err(status);
         }
         debug!(%data_id, %status, attempt, "publish failed; resending to the current primary");
