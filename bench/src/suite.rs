@@ -609,7 +609,7 @@ async fn primary_kill_trial(
             Ok((observed, log)) => {
                 let result = primary_kill::analyse(&observed, &log, shape.events_per_batch);
                 let mut r = record(scenario, "ec", false, None, trial, idle);
-                primary_kill::fill(&mut r, &result, primary_kill::ec::DESCRIBE, &params);
+                primary_kill::fill(&mut r, &result, fault, primary_kill::ec::DESCRIBE, &params);
                 if !result.correct() {
                     failures += 1;
                 }
@@ -624,7 +624,13 @@ async fn primary_kill_trial(
             Ok((observed, log)) => {
                 let result = primary_kill::analyse(&observed, &log, shape.events_per_batch);
                 let mut r = record(scenario, "jetstream", true, None, trial, idle);
-                primary_kill::fill(&mut r, &result, primary_kill::jetstream::DESCRIBE, &params);
+                primary_kill::fill(
+                    &mut r,
+                    &result,
+                    fault,
+                    primary_kill::jetstream::DESCRIBE,
+                    &params,
+                );
                 report.add(r)?;
             }
             Err(e) => {

@@ -263,8 +263,14 @@ fn suspicions(prev: &Table, next: &Table, now: SystemTime) -> Vec<HealthChange> 
             ));
         }
     }
+    // A node that left Consul is reported gone by its health change instead.
+    let registered = |node: &str| {
+        nodes
+            .iter()
+            .any(|n| n.node_id == node && n.status != NodeStatus::Gone)
+    };
     for (node, _) in prev.suspects() {
-        if next.suspect(node).is_none() && next.lost(node).is_none() {
+        if next.suspect(node).is_none() && next.lost(node).is_none() && registered(node) {
             changes.push(event(
                 node,
                 false,

@@ -599,10 +599,10 @@ mod tests {
         table.publish(empty.with_health(&health, &changes));
         let (tx, _) = broadcast::channel(capacity);
         let consul = ConsulClient::new("http://127.0.0.1:1", None).expect("valid address");
-        let store = MappingStore::new(consul.clone(), "streaming/data/");
+        let store = MappingStore::new(consul.clone(), ec_discovery::DEFAULT_KV_PREFIX);
         let promoter = Promoter {
             mappings: store.clone(),
-            epochs: ec_discovery::EpochStore::new(consul, "streaming/data/"),
+            epochs: ec_discovery::EpochStore::new(consul, ec_discovery::DEFAULT_KV_PREFIX),
             table: table.clone(),
             channels: ChannelCache::default(),
         };

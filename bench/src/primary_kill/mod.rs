@@ -634,6 +634,7 @@ pub(crate) fn analyse(obs: &Observed, final_log: &[Bytes], events_per_batch: usi
 pub(crate) fn fill(
     record: &mut crate::report::Record,
     result: &PrimaryKill,
+    fault: Fault,
     describe: &str,
     params: &serde_json::Value,
 ) {
@@ -675,7 +676,14 @@ pub(crate) fn fill(
     m.insert("batches_per_s".into(), result.rate_before);
     record.params = params.clone();
     record.notes.push(describe.to_owned());
-    record.notes.push(format!("killed {}", result.killed));
+    record.notes.push(format!(
+        "{} {}",
+        match fault {
+            Fault::Kill => "killed",
+            Fault::Stop => "stopped",
+        },
+        result.killed
+    ));
     for r in &result.readers {
         let mut note = format!(
             "reader {}: served by {}",
