@@ -45,7 +45,7 @@ const HEALTH_EVENTS_BUFFER: usize = 1024;
 
 /// `gateway.failover_after` by default (the configuration's default too; a test below checks
 /// that the two agree).
-pub const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(1);
 
 /// How long one Consul blocking query waits; see [`GatewaySettings::watch_wait`].
 const WATCH_WAIT: Duration = Duration::from_secs(30);
@@ -160,7 +160,7 @@ impl GatewaySettings {
 }
 
 /// The Consul key of the failover lock beside the mappings under `kv_prefix`.
-pub fn failover_lock_key(kv_prefix: &str) -> String {
+pub(crate) fn failover_lock_key(kv_prefix: &str) -> String {
     let base = kv_prefix.strip_suffix('/').unwrap_or(kv_prefix);
     format!("{base}.failover/lock")
 }
