@@ -6,10 +6,12 @@
 //! carry neither clap nor color-eyre: they take a validated `ec_config::Config` and return
 //! typed errors; only binaries parse flags and print reports.
 
+use std::path::PathBuf;
+
 use color_eyre::Section;
 use color_eyre::eyre::{Result, eyre};
 use ec_config::logging::{self, LogGuard};
-use ec_config::{Config, Loader};
+use ec_config::{Binary, Config, Loader};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -114,6 +116,42 @@ pub struct TlsFlags {
     /// PEM CA of the Consul agent's HTTPS certificate; set = HTTPS [key: consul.ca_file].
     #[arg(long, value_name = "FILE")]
     pub consul_ca: Option<String>,
+}
+
+/// The flags every server binary has, so that `ec-node` and `ec-gateway` spell and load them
+/// the same way: `--config`, `--print-config`, `--consul-addr`, `--tls-*`, `--log-*`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerFlags {
+    /// YAML configuration file (default: config/config.yaml if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Consul agent's HTTP address, HOST:PORT [keys: consul.host, consul.port].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub consul_addr: Option<String>,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-require-client-cert`, `--consul-ca`.
+    #[command(flatten)]
+    pub tls: TlsFlags,
+    /// `--log-level`, `--log-format`, `--log-file`.
+    #[command(flatten)]
+    pub log: LogFlags,
+}
+
+impl ServerFlags {
+    /// A loader checking `binary`'s rules, with every layer: the file (`--config` or
+    /// config/config.yaml), the process environment and these flags. The binary adds its own
+    /// flags to it.
+    pub fn loader(&self, binary: Binary) -> Loader {
+        Loader::new()
+            .for_binary(binary)
+            .config_file(self.config.clone())
+            .env(std::env::vars_os())
+            .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())
+            .tls_flags(&self.tls)
+            .log_flags(&self.log)
+    }
 }
 
 /// The shared flags as layers of a [`Loader`]: `loader.tls_flags(&f.tls).log_flags(&f.log)`.

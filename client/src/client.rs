@@ -118,9 +118,9 @@ impl Client {
             .endpoint(address)?
             .connect()
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|transport| ClientError::Connect {
                 address: address.to_owned(),
-                source,
+                transport,
             })?;
         let resolver = GatewayResolver::new(channel.clone(), address).authorized_by(&channels);
         Ok(Client {

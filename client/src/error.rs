@@ -44,21 +44,27 @@ pub enum ClientError {
         reason: String,
     },
 
-    /// A connection to the gateway could not be made.
+    /// A connection to the gateway could not be made. The message carries the transport's
+    /// causes, each once (tonic and hyper repeat "transport error" and "tcp connect
+    /// error"), so it reads as one sentence ending in the root cause.
     #[error(
-        "cannot connect to the gateway at {address}: {source}{}",
-        certificate_hint(source)
+        "cannot connect to the gateway at {address}: {}{}",
+        causes(transport),
+        certificate_hint(transport)
     )]
     Connect {
         /// `host:port` of the gateway.
         address: String,
         /// What the transport reported.
-        #[source]
-        source: tonic::transport::Error,
+        transport: tonic::transport::Error,
     },
 
     /// A node or the gateway answered a call with an error status, or the call broke.
-    #[error("{rpc} on {target} for data ID {data_id} failed: {:?}: {}{}", status_code(status), status.message(), certificate_hint(status))]
+    #[error(
+        "{}{}",
+        describe_rpc(rpc, target, data_id, status),
+        certificate_hint(status)
+    )]
     Rpc {
         /// The RPC, e.g. `StreamBatches`.
         rpc: &'static str,
@@ -68,6 +74,18 @@ pub enum ClientError {
         data_id: String,
         /// The status as received.
         status: Status,
+    },
+
+    /// A router that answers from memory (the gateway's routing table) cannot name a node:
+    /// its own reason, which names the data ID, and the code it would answer with.
+    #[error("{reason}")]
+    Unroutable {
+        /// The data ID asked for.
+        data_id: String,
+        /// `NOT_FOUND` (no mapping) or `UNAVAILABLE` (no usable node, not loaded yet).
+        code: Code,
+        /// Why, in the router's words.
+        reason: String,
     },
 
     /// A following stream ended although the reader wants more (the node is shutting down).
@@ -235,7 +253,7 @@ impl ClientError {
             | ClientError::InvalidAddress { .. }
             | ClientError::OffsetTooLarge { .. }
             | ClientError::EmptyBatch { .. } => Code::InvalidArgument,
-            ClientError::Connect { source, .. } if certificate_problem(source).is_some() => {
+            ClientError::Connect { transport, .. } if certificate_problem(transport).is_some() => {
                 Code::Unauthenticated
             }
             ClientError::Connect { .. }
@@ -246,7 +264,7 @@ impl ClientError {
             | ClientError::PrimaryChanged { .. }
             | ClientError::PublisherClosed { .. } => Code::Unavailable,
             ClientError::Rpc { status, .. } => status_code(status),
-            ClientError::NotDelivered { code, .. } => *code,
+            ClientError::NotDelivered { code, .. } | ClientError::Unroutable { code, .. } => *code,
             ClientError::Gap { .. } => Code::DataLoss,
             ClientError::RetriesExhausted { last, .. } => last.code(),
             ClientError::NoGateway { .. } => Code::FailedPrecondition,
@@ -262,7 +280,7 @@ impl ClientError {
             ClientError::Gap { .. }
             | ClientError::RetriesExhausted { .. }
             | ClientError::NoGateway { .. } => true,
-            ClientError::Connect { source, .. } => certificate_problem(source).is_some(),
+            ClientError::Connect { transport, .. } => certificate_problem(transport).is_some(),
             ClientError::StreamEnded { .. }
             | ClientError::Unhealthy { .. }
             | ClientError::NoCandidates { .. }
@@ -282,7 +300,7 @@ impl ClientError {
     /// says this producer's batches would be stored out of order.
     pub fn is_retriable_publish(&self) -> bool {
         match self {
-            ClientError::Connect { source, .. } => certificate_problem(source).is_none(),
+            ClientError::Connect { transport, .. } => certificate_problem(transport).is_none(),
             ClientError::StreamEnded { .. }
             | ClientError::Unhealthy { .. }
             | ClientError::NoCandidates { .. }
@@ -290,6 +308,7 @@ impl ClientError {
             | ClientError::PrimaryChanged { .. }
             | ClientError::PublisherClosed { .. } => true,
             ClientError::Rpc { status, .. } => is_retriable_publish_status(status),
+            ClientError::Unroutable { code, .. } => *code == Code::Unavailable,
             ClientError::InvalidDataId(_)
             | ClientError::InvalidAddress { .. }
             | ClientError::Gap { .. }
@@ -300,6 +319,69 @@ impl ClientError {
             | ClientError::NotDelivered { .. } => false,
         }
     }
+}
+
+/// `error`'s message and those of its sources, each once, without tonic's bare
+/// "transport error", joined with `: ` (e.g. `tcp connect error: Connection refused`).
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let parts = add_causes(Vec::new(), Some(error));
+    if parts.is_empty() {
+        "the connection failed".to_owned()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// `parts` followed by the messages of `error` and its sources that say something new.
+fn add_causes(
+    mut parts: Vec<String>,
+    mut next: Option<&(dyn std::error::Error + 'static)>,
+) -> Vec<String> {
+    while let Some(e) = next {
+        let text = e.to_string();
+        let known = parts.iter().any(|p| p.contains(text.as_str()));
+        if !known && text != "transport error" && !text.is_empty() {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts
+}
+
+/// One sentence for a failed call: the RPC, the data ID unless the status message names it
+/// already, who answered, the code (`UNAVAILABLE`, ...) and the message with its causes.
+fn describe_rpc(rpc: &str, target: &str, data_id: &str, status: &Status) -> String {
+    let first = Some(status.message().to_owned()).filter(|m| !m.is_empty());
+    let message = add_causes(
+        first.into_iter().collect(),
+        std::error::Error::source(status),
+    );
+    let message = if message.is_empty() {
+        "no message".to_owned()
+    } else {
+        message.join(": ")
+    };
+    let for_data_id = if data_id.is_empty() || message.contains(&format!("data ID {data_id}")) {
+        String::new()
+    } else {
+        format!(" for data ID {data_id}")
+    };
+    format!(
+        "{rpc}{for_data_id} on {target} failed with {}: {message}",
+        code_name(status_code(status))
+    )
+}
+
+/// A code as the gRPC specification spells it: `FAILED_PRECONDITION`.
+fn code_name(code: Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 /// The code a caller should see for `status`: a certificate problem is `UNAUTHENTICATED`,
@@ -450,6 +532,60 @@ pub(crate) fn is_terminal_code(code: Code) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_call_reads_as_one_sentence() {
+        let e = ClientError::Rpc {
+            rpc: "GetNodeForData",
+            target: "gateway 127.0.0.1:50051".into(),
+            data_id: "demo".into(),
+            status: Status::not_found("data ID demo has no mapping"),
+        };
+        assert_eq!(
+            e.to_string(),
+            "GetNodeForData on gateway 127.0.0.1:50051 failed with NOT_FOUND: data ID demo has no mapping"
+        );
+        let e = ClientError::Rpc {
+            rpc: "StreamBatches",
+            target: "node n1 (127.0.0.1:50052)".into(),
+            data_id: "demo".into(),
+            status: Status::failed_precondition("stream ended"),
+        };
+        assert_eq!(
+            e.to_string(),
+            "StreamBatches for data ID demo on node n1 (127.0.0.1:50052) failed with FAILED_PRECONDITION: stream ended"
+        );
+    }
+
+    #[test]
+    fn repeated_causes_are_said_once() {
+        #[derive(Debug)]
+        struct Layer(&'static str, Option<Box<Layer>>);
+        impl std::fmt::Display for Layer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Layer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|l| l as _)
+            }
+        }
+        let chain = Layer(
+            "transport error",
+            Some(Box::new(Layer(
+                "tcp connect error",
+                Some(Box::new(Layer(
+                    "tcp connect error",
+                    Some(Box::new(Layer("Connection refused (os error 111)", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            causes(&chain),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
 
     fn rpc(status: Status) -> ClientError {
         ClientError::Rpc {

@@ -52,7 +52,12 @@ impl Candidate {
 
 impl fmt::Display for Candidate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.node_id, self.address)
+        if self.node_id == self.address {
+            // A node known only by its address (`--node`): say it once.
+            write!(f, "{}", self.address)
+        } else {
+            write!(f, "{} ({})", self.node_id, self.address)
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! in memory that Consul watches keep current, and proxies the data path.
 //!
 //! Layout:
-//! - [`routing`]: the routing table and its rules (usable nodes, readers' order and
+//! - `routing.rs`: the routing table and its rules (usable nodes, readers' order and
 //!   round-robin, writers to the primary, allow-list) — no gRPC here.
 //! - `feed.rs`: turns the mapping and health watches of `ec-discovery`, and the gateway's own
 //!   liveness probes of the nodes ([`probe`]), into tables and health transitions; logs
@@ -16,7 +16,7 @@
 //!   primary stays lost or gone, in one gateway at a time (the holder of a Consul lock).
 //! - `auth.rs`: who may call what (client tokens, protected mode); publishes carry the
 //!   caller's credential on to the node.
-//! - [`server`]: [`run`] wires it all and owns the shutdown order;
+//! - `server.rs`: [`run`] wires it all and owns the shutdown order;
 //!   [`GatewaySettings::from_config`] turns a validated configuration into its settings.
 //!   The binary (`src/bin/ec-gateway/`) adds only flags, logging and signals.
 //!
@@ -31,10 +31,10 @@ mod metrics;
 pub mod probe;
 mod promotion;
 mod proxy;
-pub mod routing;
-pub mod server;
+mod routing;
+mod server;
 mod service;
 
 pub use feed::{HealthChange, status_name};
-pub use promotion::{PromoteError, Promotion};
+pub use promotion::Promotion;
 pub use server::{GatewayError, GatewaySettings, NODE_SERVICE_NAME, run, run_with_metrics};

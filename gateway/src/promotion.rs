@@ -62,35 +62,23 @@ pub struct Promotion {
 
 /// Why a promotion was not made.
 #[derive(Debug, thiserror::Error)]
-pub enum PromoteError {
+pub(crate) enum PromoteError {
     /// The data ID has no mapping.
     #[error("data ID {data_id} has no mapping")]
-    NoMapping {
-        /// The data ID.
-        data_id: DataId,
-    },
+    NoMapping { data_id: DataId },
     /// The node is not one of the mapping's nodes.
     #[error("node {node} is not in the mapping of data ID {data_id} ({mapping}); add it first")]
     NotInMapping {
-        /// The data ID.
         data_id: DataId,
-        /// The node asked for.
         node: NodeId,
-        /// The mapping's value.
         mapping: String,
     },
     /// The node already is the primary.
     #[error("node {node} already is the primary of data ID {data_id}")]
-    AlreadyPrimary {
-        /// The data ID.
-        data_id: DataId,
-        /// The node.
-        node: NodeId,
-    },
+    AlreadyPrimary { data_id: DataId, node: NodeId },
     /// The primary is no longer the one that failed (someone promoted already).
     #[error("the primary of data ID {data_id} is {now}, not {expected} any more; nothing to do")]
     PrimaryChanged {
-        /// The data ID.
         data_id: DataId,
         /// The primary that failed.
         expected: NodeId,
@@ -102,37 +90,21 @@ pub enum PromoteError {
         "node {node} is not in sync for data ID {data_id} ({in_sync}); promoting it may lose acknowledged events — pass force to do it anyway"
     )]
     NotInSync {
-        /// The data ID.
         data_id: DataId,
-        /// The node asked for.
         node: NodeId,
-        /// The in-sync set, described.
         in_sync: String,
     },
     /// The node is not usable (critical, gone, or not allowed).
     #[error(
         "node {node} cannot serve data ID {data_id} now: it is not healthy in Consul (or not allowed)"
     )]
-    Unhealthy {
-        /// The data ID.
-        data_id: DataId,
-        /// The node.
-        node: NodeId,
-    },
+    Unhealthy { data_id: DataId, node: NodeId },
     /// No replica qualifies.
     #[error("no replica of data ID {data_id} can be promoted: {why}")]
-    NoCandidate {
-        /// The data ID.
-        data_id: DataId,
-        /// Why, in words.
-        why: String,
-    },
+    NoCandidate { data_id: DataId, why: String },
     /// The mapping changed while promoting.
     #[error("the mapping of data ID {data_id} changed while promoting; read it again")]
-    Changed {
-        /// The data ID.
-        data_id: DataId,
-    },
+    Changed { data_id: DataId },
     /// Reading or writing the mapping failed: Consul is unreachable or refused, or the
     /// stored value is not a mapping. (A lost check-and-set is [`PromoteError::Changed`].)
     #[error(transparent)]

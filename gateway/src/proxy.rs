@@ -76,11 +76,10 @@ impl Resolver for TableResolver {
                 .into_iter()
                 .map(|n| Candidate::new(n.node_id, n.address))
                 .collect()),
-            Err(e) => Err(ClientError::Rpc {
-                rpc: "route",
-                target: "the gateway's routing table".into(),
+            Err(e) => Err(ClientError::Unroutable {
                 data_id: data_id.to_string(),
-                status: Status::from(e),
+                code: Status::from(e.clone()).code(),
+                reason: e.to_string(),
             }),
         }
     }

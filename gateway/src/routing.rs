@@ -44,30 +44,30 @@ use crate::probe::{Lost, Reachability};
 
 /// A node as the router sees it: where to reach it and how healthy it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRoute {
+pub(crate) struct NodeRoute {
     /// The node's ID (its Consul service ID).
-    pub node_id: String,
+    pub(crate) node_id: String,
     /// `host:port` of its gRPC server, as registered in Consul; empty if it is not registered.
-    pub address: String,
+    pub(crate) address: String,
     /// Its aggregate health.
-    pub status: NodeStatus,
+    pub(crate) status: NodeStatus,
 }
 
 /// The answer to "where do I read this data ID".
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
+pub(crate) struct Route {
     /// The node picked for this request (round-robin among the preferred candidates).
-    pub chosen: NodeRoute,
+    pub(crate) chosen: NodeRoute,
     /// The mapping's first node, where writes go (whether or not it is usable).
-    pub primary: NodeId,
+    pub(crate) primary: NodeId,
     /// Every usable node of the mapping: passing ones in mapping order, then warning ones,
     /// then suspect ones.
-    pub candidates: Vec<NodeRoute>,
+    pub(crate) candidates: Vec<NodeRoute>,
 }
 
 /// Why a node of a mapping cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unusable {
+pub(crate) enum Unusable {
     /// Consul reports it critical (or in maintenance).
     Critical,
     /// Not registered in Consul: deregistered, or never started.
@@ -92,7 +92,7 @@ impl fmt::Display for Unusable {
 
 /// Why the table cannot route a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     /// The data ID has no (valid) mapping.
     #[error(
         "data ID {data_id} has no mapping; create one with PutMapping or \
@@ -144,49 +144,49 @@ fn list_unusable(nodes: &[(NodeId, Unusable)]) -> String {
 
 /// What a node's health was when the table was built, with when it entered that state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeState {
+pub(crate) struct NodeState {
     /// The node's ID.
-    pub node_id: String,
+    pub(crate) node_id: String,
     /// `host:port` of its gRPC server; empty if never registered.
-    pub address: String,
+    pub(crate) address: String,
     /// Aggregate health; [`NodeStatus::Gone`] for a node named by a mapping but not registered.
-    pub status: NodeStatus,
+    pub(crate) status: NodeStatus,
     /// When the gateway saw it enter `status`; `None` if it never saw the node at all.
-    pub since: Option<SystemTime>,
+    pub(crate) since: Option<SystemTime>,
     /// Checks passing, of `checks_total`.
-    pub checks_passing: u32,
+    pub(crate) checks_passing: u32,
     /// Checks of the node and its service.
-    pub checks_total: u32,
+    pub(crate) checks_total: u32,
     /// Data IDs whose mapping names this node.
-    pub data_ids: Vec<DataId>,
+    pub(crate) data_ids: Vec<DataId>,
 }
 
 /// A mapping with each node's state, for operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MappingView {
+pub(crate) struct MappingView {
     /// The mapping as stored in Consul.
-    pub mapping: Mapping,
+    pub(crate) mapping: Mapping,
     /// Its nodes in mapping order, with address and health.
-    pub nodes: Vec<NodeRoute>,
+    pub(crate) nodes: Vec<NodeRoute>,
 }
 
 /// How fresh the table is: whether the watches reach Consul.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Freshness {
+pub(crate) struct Freshness {
     /// Both watches' last query succeeded.
-    pub consul_reachable: bool,
+    pub(crate) consul_reachable: bool,
     /// The older of the two watches' last successful answers: everything in the table was
     /// confirmed at least then.
-    pub last_contact: Option<SystemTime>,
+    pub(crate) last_contact: Option<SystemTime>,
     /// The error of the last failed query, while a watch is failing.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 impl Freshness {
     /// How long the table has gone unconfirmed at `now`: zero while both watches are
     /// connected (a blocking query in progress would report any change), else the time since
     /// the last contact (or `None` if Consul was never reached).
-    pub fn staleness(&self, now: SystemTime) -> Option<Duration> {
+    pub(crate) fn staleness(&self, now: SystemTime) -> Option<Duration> {
         if self.consul_reachable {
             return Some(Duration::ZERO);
         }
@@ -205,28 +205,23 @@ struct Routed {
 
 /// The node allow-list: empty means every node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList(BTreeSet<String>);
+pub(crate) struct AllowList(BTreeSet<String>);
 
 impl AllowList {
     /// An allow-list of `nodes`; empty allows everyone.
-    pub fn new(nodes: impl IntoIterator<Item = NodeId>) -> AllowList {
+    pub(crate) fn new(nodes: impl IntoIterator<Item = NodeId>) -> AllowList {
         AllowList(nodes.into_iter().map(|n| n.to_string()).collect())
     }
 
     /// Whether `node_id` may be routed to and may register.
-    pub fn allows(&self, node_id: &str) -> bool {
+    pub(crate) fn allows(&self, node_id: &str) -> bool {
         self.0.is_empty() || self.0.contains(node_id)
-    }
-
-    /// Whether the list restricts anything.
-    pub fn is_restricted(&self) -> bool {
-        !self.0.is_empty()
     }
 }
 
 /// An immutable picture of mappings and node health. Cheap to share (`Arc<Table>`).
 #[derive(Debug, Clone)]
-pub struct Table {
+pub(crate) struct Table {
     /// Bumps on every rebuild.
     generation: u64,
     /// Whether each watch has delivered a snapshot.
@@ -257,7 +252,7 @@ pub struct Table {
 
 impl Table {
     /// An empty, not yet loaded table.
-    pub fn empty(allowed: AllowList) -> Table {
+    pub(crate) fn empty(allowed: AllowList) -> Table {
         Table {
             generation: 0,
             mappings_loaded: false,
@@ -281,7 +276,7 @@ impl Table {
     }
 
     /// A table built from `prev` with a new mapping snapshot (if `Some`).
-    pub fn with_mappings(&self, snapshot: Option<&MappingSnapshot>) -> Table {
+    pub(crate) fn with_mappings(&self, snapshot: Option<&MappingSnapshot>) -> Table {
         let mut next = self.clone();
         next.generation += 1;
         if let Some(snapshot) = snapshot {
@@ -312,7 +307,7 @@ impl Table {
 
     /// A table built from `prev` with a new health snapshot, observed at `at`; `changes`
     /// are the transitions between the previous snapshot and this one.
-    pub fn with_health(
+    pub(crate) fn with_health(
         &self,
         snapshot: &HealthSnapshot,
         changes: &[ec_discovery::HealthTransition],
@@ -367,22 +362,22 @@ impl Table {
     }
 
     /// Why this gateway cannot reach `node_id`, if it cannot.
-    pub fn lost(&self, node_id: &str) -> Option<&Lost> {
+    pub(crate) fn lost(&self, node_id: &str) -> Option<&Lost> {
         self.lost.get(node_id)
     }
 
     /// Since when this gateway's probes suspect `node_id`, if they do (readers avoid it).
-    pub fn suspect(&self, node_id: &str) -> Option<SystemTime> {
+    pub(crate) fn suspect(&self, node_id: &str) -> Option<SystemTime> {
         self.suspect.get(node_id).copied()
     }
 
     /// The nodes this gateway's probes suspect right now.
-    pub fn suspects(&self) -> impl Iterator<Item = (&str, SystemTime)> {
+    pub(crate) fn suspects(&self) -> impl Iterator<Item = (&str, SystemTime)> {
         self.suspect.iter().map(|(n, t)| (n.as_str(), *t))
     }
 
     /// A table identical to this one but for its freshness.
-    pub fn with_freshness(&self, freshness: Freshness) -> Table {
+    pub(crate) fn with_freshness(&self, freshness: Freshness) -> Table {
         let mut next = self.clone();
         next.generation += 1;
         next.freshness = freshness;
@@ -405,39 +400,39 @@ impl Table {
     }
 
     /// Bumps on every rebuild; a watcher of the table compares it to skip old events.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
     /// Whether both watches have delivered a snapshot.
-    pub fn is_loaded(&self) -> bool {
+    pub(crate) fn is_loaded(&self) -> bool {
         self.mappings_loaded && self.health_loaded
     }
 
     /// How fresh the table is.
-    pub fn freshness(&self) -> &Freshness {
+    pub(crate) fn freshness(&self) -> &Freshness {
         &self.freshness
     }
 
     /// The allow-list in force.
-    pub fn allowed(&self) -> &AllowList {
+    pub(crate) fn allowed(&self) -> &AllowList {
         &self.allowed
     }
 
     /// Number of valid mappings.
-    pub fn mapping_count(&self) -> usize {
+    pub(crate) fn mapping_count(&self) -> usize {
         self.mappings.len()
     }
 
     /// Number of nodes registered in Consul.
-    pub fn node_count(&self) -> usize {
+    pub(crate) fn node_count(&self) -> usize {
         self.health.nodes.len()
     }
 
     /// The gRPC addresses of the nodes registered in Consul now; `None` until the health
     /// watch has delivered its first snapshot (an empty table knows nothing yet, which is
     /// not the same as "no node is left").
-    pub fn registered_addresses(&self) -> Option<BTreeSet<&str>> {
+    pub(crate) fn registered_addresses(&self) -> Option<BTreeSet<&str>> {
         self.health_loaded.then(|| {
             self.health
                 .nodes
@@ -448,7 +443,7 @@ impl Table {
     }
 
     /// The mapping of `data_id`, if there is a valid one.
-    pub fn mapping(&self, data_id: &DataId) -> Option<&Mapping> {
+    pub(crate) fn mapping(&self, data_id: &DataId) -> Option<&Mapping> {
         self.mappings.get(data_id).map(|r| &r.mapping)
     }
 
@@ -483,7 +478,7 @@ impl Table {
     /// The usable nodes of `data_id`'s mapping in the order readers should try them: passing
     /// ones first, then warning ones, then suspect ones (mapping order within each group), so
     /// the primary comes first when it passes and is not suspect.
-    pub fn candidates(&self, data_id: &DataId) -> Result<Vec<NodeRoute>, RouteError> {
+    pub(crate) fn candidates(&self, data_id: &DataId) -> Result<Vec<NodeRoute>, RouteError> {
         self.candidates_with_turn(data_id).map(|(c, _, _)| c)
     }
 
@@ -536,7 +531,7 @@ impl Table {
     /// Where to read `data_id`: a node picked round-robin among the most preferred candidates
     /// (passing ones; warning ones when none passes; suspect ones only when nothing else is
     /// usable), with all candidates and the primary.
-    pub fn route(&self, data_id: &DataId) -> Result<Route, RouteError> {
+    pub(crate) fn route(&self, data_id: &DataId) -> Result<Route, RouteError> {
         let (candidates, preferred, turn) = self.candidates_with_turn(data_id)?;
         let i = turn.fetch_add(1, Ordering::Relaxed) % preferred;
         let primary = self
@@ -553,7 +548,7 @@ impl Table {
     }
 
     /// Where to write `data_id`: its primary, if usable.
-    pub fn primary(&self, data_id: &DataId) -> Result<NodeRoute, RouteError> {
+    pub(crate) fn primary(&self, data_id: &DataId) -> Result<NodeRoute, RouteError> {
         if let Some(e) = self.not_loaded() {
             return Err(e);
         }
@@ -573,7 +568,7 @@ impl Table {
     /// it is usable, and it is not suspect while a candidate that is not suspect exists (a
     /// reader leaves a suspect node only for a better one, so it never moves in circles).
     /// `true` while the table is not loaded (nothing is known yet).
-    pub fn serves(&self, data_id: &DataId, node_id: &str) -> bool {
+    pub(crate) fn serves(&self, data_id: &DataId, node_id: &str) -> bool {
         if !self.is_loaded() {
             return true;
         }
@@ -621,14 +616,14 @@ impl Table {
 
     /// Whether Consul's catalog (as last seen) has `node_id` registered as a streaming
     /// node; `None` while the table is not loaded.
-    pub fn is_registered(&self, node_id: &str) -> Option<bool> {
+    pub(crate) fn is_registered(&self, node_id: &str) -> Option<bool> {
         self.is_loaded()
             .then(|| self.health.nodes.contains_key(node_id))
     }
 
     /// Every node registered in Consul, plus every node a mapping names that is not
     /// registered (as gone), sorted by ID.
-    pub fn nodes(&self) -> Vec<NodeState> {
+    pub(crate) fn nodes(&self) -> Vec<NodeState> {
         let mut data_ids: BTreeMap<&str, Vec<DataId>> = self
             .health
             .nodes
@@ -651,7 +646,7 @@ impl Table {
 
     /// Every valid mapping with its nodes' health, and the problems: keys whose value is not
     /// a valid mapping, and mappings naming nodes the allow-list excludes.
-    pub fn mappings(&self) -> (Vec<MappingView>, Vec<MappingProblem>) {
+    pub(crate) fn mappings(&self) -> (Vec<MappingView>, Vec<MappingProblem>) {
         let mut problems = self.problems.clone();
         let views = self
             .mappings
@@ -691,13 +686,13 @@ impl Table {
 /// The current [`Table`], shared by the service, the proxy's resolvers and the feeder.
 /// Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct RoutingTable {
+pub(crate) struct RoutingTable {
     current: Arc<watch::Sender<Arc<Table>>>,
 }
 
 impl RoutingTable {
     /// A routing table that is not loaded yet and routes only to `allowed` nodes (all if empty).
-    pub fn new(allowed: AllowList) -> RoutingTable {
+    pub(crate) fn new(allowed: AllowList) -> RoutingTable {
         let (tx, _) = watch::channel(Arc::new(Table::empty(allowed)));
         RoutingTable {
             current: Arc::new(tx),
@@ -705,17 +700,17 @@ impl RoutingTable {
     }
 
     /// The table in force now.
-    pub fn current(&self) -> Arc<Table> {
+    pub(crate) fn current(&self) -> Arc<Table> {
         self.current.borrow().clone()
     }
 
     /// A receiver that wakes on every new table.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Table>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Table>> {
         self.current.subscribe()
     }
 
     /// Puts `table` in force.
-    pub fn publish(&self, table: Table) {
+    pub(crate) fn publish(&self, table: Table) {
         self.current.send_replace(Arc::new(table));
     }
 }

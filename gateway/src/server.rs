@@ -46,7 +46,7 @@ const HEALTH_EVENTS_BUFFER: usize = 1024;
 
 /// `gateway.failover_after` by default (the configuration's default too; a test below checks
 /// that the two agree).
-pub const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(1);
 
 /// How long one Consul blocking query waits; see [`GatewaySettings::watch_wait`].
 const WATCH_WAIT: Duration = Duration::from_secs(30);

@@ -12,7 +12,7 @@
 //! - `auth.rs`: who may call what (cluster credential on `Replicate`, client tokens,
 //!   protected mode, the data-ID creation limit).
 //! - `health.rs`, `registration.rs`: what Consul and operators see.
-//! - [`server`]: [`run`] wires it all and owns the shutdown order.
+//! - `server.rs`: [`run`] wires it all and owns the shutdown order.
 
 mod acknowledger;
 mod auth;
@@ -22,7 +22,7 @@ pub mod log;
 mod metrics;
 mod registration;
 mod replication;
-pub mod server;
+mod server;
 
 pub use registration::SERVICE_NAME;
 pub use replication::{Acks, ReplicationSettings};

@@ -215,7 +215,7 @@ async fn the_acks_option_decides_what_an_acknowledgement_waits_for() {
                 timed_out: Some(_),
                 ..
             }
-        ) && e.to_string().contains("DeadlineExceeded")
+        ) && e.to_string().contains("DEADLINE_EXCEEDED")
     };
     // Sent with the call: the frozen in-sync replica cannot confirm it in time.
     let err = all

@@ -1,10 +1,8 @@
 //! The flags of `ec-gateway`, each mapped onto a configuration key so that a flag goes
 //! through the same parser and error message as the file and the environment.
 
-use std::path::PathBuf;
-
 use clap::Args;
-use ec_cli::{LogFlags, SharedFlags, TlsFlags};
+use ec_cli::ServerFlags;
 use ec_config::{Binary, Loader};
 
 /// Flags of `ec-gateway`. Each one overrides a configuration key; unset flags leave the
@@ -24,28 +22,19 @@ pub(crate) struct GatewayFlags {
     /// [key: gateway.allowed_nodes].
     #[arg(long, value_name = "IDS")]
     allowed_nodes: Option<String>,
-    /// Consul agent's HTTP address, HOST:PORT [keys: consul.host, consul.port].
-    #[arg(long, value_name = "HOST:PORT")]
-    consul_addr: Option<String>,
     /// KV prefix of the mappings [key: consul.kv_prefix].
     #[arg(long, value_name = "PREFIX")]
     kv_prefix: Option<String>,
-    /// `--log-level`, `--log-format`, `--log-file`.
+    /// `--config`, `--print-config`, `--consul-addr`, `--tls-*`, `--log-*`.
     #[command(flatten)]
-    log: LogFlags,
-    /// `--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-require-client-cert`, `--consul-ca`.
-    #[command(flatten)]
-    tls: TlsFlags,
+    pub(crate) server: ServerFlags,
 }
 
 impl GatewayFlags {
-    /// A loader with every layer: `config_file` (or config/config.yaml), the process
-    /// environment, and these flags, checking the rules a gateway needs.
-    pub(crate) fn loader(&self, config_file: Option<PathBuf>) -> Loader {
-        Loader::new()
-            .for_binary(Binary::Gateway)
-            .config_file(config_file)
-            .env(std::env::vars_os())
+    /// A loader with every layer and these flags, checking the rules a gateway needs.
+    pub(crate) fn loader(&self) -> Loader {
+        self.server
+            .loader(Binary::Gateway)
             .flag("gateway.host", "--host", self.host.clone())
             .flag("gateway.port", "--port", self.port.clone())
             .flag(
@@ -58,10 +47,7 @@ impl GatewayFlags {
                 "--allowed-nodes",
                 self.allowed_nodes.clone(),
             )
-            .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())
             .flag("consul.kv_prefix", "--kv-prefix", self.kv_prefix.clone())
-            .tls_flags(&self.tls)
-            .log_flags(&self.log)
     }
 }
 
@@ -76,12 +62,15 @@ mod tests {
     fn flags_override_their_keys() {
         let flags = GatewayFlags {
             port: Some("6000".into()),
-            consul_addr: Some("127.0.0.1:8600".into()),
             allowed_nodes: Some("n1,n2".into()),
+            server: ServerFlags {
+                consul_addr: Some("127.0.0.1:8600".into()),
+                ..ServerFlags::default()
+            },
             ..GatewayFlags::default()
         };
         let config = flags
-            .loader(None)
+            .loader()
             .default_file(None)
             .load()
             .expect("valid")

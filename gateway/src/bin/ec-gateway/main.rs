@@ -2,8 +2,6 @@
 //! bind, and run the gateway until SIGINT or SIGTERM. Everything else lives in the
 //! `ec_gateway` library.
 
-use std::path::PathBuf;
-
 use clap::Parser;
 use color_eyre::eyre::{Result, WrapErr};
 use ec_gateway::GatewaySettings;
@@ -21,12 +19,6 @@ mod flags;
 #[derive(Debug, Parser)]
 #[command(name = "ec-gateway", version)]
 struct Args {
-    /// YAML configuration file (default: config/config.yaml if it exists).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Print the effective settings as YAML and exit.
-    #[arg(long)]
-    print_config: bool,
     #[command(flatten)]
     gateway: flags::GatewayFlags,
 }
@@ -38,8 +30,10 @@ fn main() -> Result<()> {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let loader = args.gateway.loader(args.config.clone());
-    let Some((config, _log_guard)) = ec_cli::load_or_print(loader, args.print_config)? else {
+    let loader = args.gateway.loader();
+    let Some((config, _log_guard)) =
+        ec_cli::load_or_print(loader, args.gateway.server.print_config)?
+    else {
         return Ok(());
     };
     let settings = GatewaySettings::from_config(&config).wrap_err("gateway.allowed_nodes")?;

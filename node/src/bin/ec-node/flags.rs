@@ -1,10 +1,8 @@
 //! The flags of `ec-node`, each mapped onto a configuration key so that a flag goes through
 //! the same parser and error message as the file and the environment.
 
-use std::path::PathBuf;
-
 use clap::Args;
-use ec_cli::{LogFlags, SharedFlags, TlsFlags};
+use ec_cli::ServerFlags;
 use ec_config::{Binary, Loader};
 
 /// Flags of `ec-node`. Each one overrides a configuration key; unset flags leave the lower
@@ -32,25 +30,16 @@ pub(crate) struct NodeFlags {
     /// `always` (sync before acknowledging) or `interval` [key: node.storage.fsync].
     #[arg(long, value_name = "POLICY")]
     fsync: Option<String>,
-    /// Consul agent's HTTP address, HOST:PORT [keys: consul.host, consul.port].
-    #[arg(long, value_name = "HOST:PORT")]
-    consul_addr: Option<String>,
-    /// `--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-require-client-cert`, `--consul-ca`.
+    /// `--config`, `--print-config`, `--consul-addr`, `--tls-*`, `--log-*`.
     #[command(flatten)]
-    tls: TlsFlags,
-    /// `--log-level`, `--log-format`, `--log-file`.
-    #[command(flatten)]
-    log: LogFlags,
+    pub(crate) server: ServerFlags,
 }
 
 impl NodeFlags {
-    /// A loader with every layer: `config_file` (or config/config.yaml), the process
-    /// environment, and these flags, checking the rules a node needs.
-    pub(crate) fn loader(&self, config_file: Option<PathBuf>) -> Loader {
-        Loader::new()
-            .for_binary(Binary::Node)
-            .config_file(config_file)
-            .env(std::env::vars_os())
+    /// A loader with every layer and these flags, checking the rules a node needs.
+    pub(crate) fn loader(&self) -> Loader {
+        self.server
+            .loader(Binary::Node)
             .flag("node.id", "--id", self.id.clone())
             .flag("node.host", "--host", self.host.clone())
             .flag("node.port", "--port", self.port.clone())
@@ -66,14 +55,12 @@ impl NodeFlags {
             )
             .flag("node.data_dir", "--data-dir", self.data_dir.clone())
             .flag("node.storage.fsync", "--fsync", self.fsync.clone())
-            .consul_addr_flag("--consul-addr", self.consul_addr.as_deref())
-            .tls_flags(&self.tls)
-            .log_flags(&self.log)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use ec_cli::TlsFlags;
     use ec_node::NodeSettings;
 
     use super::*;
@@ -81,23 +68,25 @@ mod tests {
     #[test]
     fn tls_flags_and_environment_reach_the_settings() {
         let flags = NodeFlags {
-            tls: TlsFlags {
-                tls_cert: Some("certs/node1.pem".into()),
-                tls_key: Some("certs/node1.key".into()),
-                tls_require_client_cert: Some("true".into()),
-                ..TlsFlags::default()
+            id: Some("node1".into()),
+            server: ServerFlags {
+                tls: TlsFlags {
+                    tls_cert: Some("certs/node1.pem".into()),
+                    tls_key: Some("certs/node1.key".into()),
+                    tls_require_client_cert: Some("true".into()),
+                    ..TlsFlags::default()
+                },
+                ..ServerFlags::default()
             },
             ..NodeFlags::default()
         };
-        let loaded = Loader::new()
-            .for_binary(Binary::Node)
+        let loaded = flags
+            .loader()
             .default_file(None)
             .env([
                 ("EVENT_CATCHER_TLS_CA_FILE", "certs/ca.pem"),
                 ("EVENT_CATCHER_CONSUL_CA_FILE", "certs/consul-ca.pem"),
             ])
-            .flag("node.id", "--id", Some("node1".to_owned()))
-            .tls_flags(&flags.tls)
             .load()
             .expect("valid configuration");
         let s = NodeSettings::from_config(&loaded.config).expect("settings");
@@ -122,11 +111,14 @@ mod tests {
         let flags = NodeFlags {
             id: Some("n7".into()),
             port: Some("6000".into()),
-            consul_addr: Some("127.0.0.1:8600".into()),
+            server: ServerFlags {
+                consul_addr: Some("127.0.0.1:8600".into()),
+                ..ServerFlags::default()
+            },
             ..NodeFlags::default()
         };
         let config = flags
-            .loader(None)
+            .loader()
             .default_file(None)
             .load()
             .expect("valid")

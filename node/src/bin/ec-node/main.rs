@@ -2,8 +2,6 @@
 //! bind, and run the node until SIGINT or SIGTERM. Everything else lives in the `ec_node`
 //! library.
 
-use std::path::PathBuf;
-
 use clap::Parser;
 use color_eyre::eyre::{Result, WrapErr};
 use ec_node::{NodeSettings, ReplicationSettings};
@@ -21,12 +19,6 @@ mod flags;
 #[derive(Debug, Parser)]
 #[command(name = "ec-node", version)]
 struct Args {
-    /// YAML configuration file (default: config/config.yaml if it exists).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Print the effective settings as YAML and exit.
-    #[arg(long)]
-    print_config: bool,
     #[command(flatten)]
     node: flags::NodeFlags,
 }
@@ -38,8 +30,9 @@ fn main() -> Result<()> {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let loader = args.node.loader(args.config.clone());
-    let Some((config, _log_guard)) = ec_cli::load_or_print(loader, args.print_config)? else {
+    let loader = args.node.loader();
+    let Some((config, _log_guard)) = ec_cli::load_or_print(loader, args.node.server.print_config)?
+    else {
         return Ok(());
     };
     let settings = NodeSettings::from_config(&config).wrap_err("node.id")?;
