@@ -66,7 +66,9 @@ pub(crate) enum Command {
     /// final log holds every acknowledged event exactly once and each reader saw gapless
     /// offsets. Records: scenarios `primary-kill` (SIGKILL) and `primary-stop` (SIGSTOP).
     Failover(FailoverArgs),
-    /// Failover times in the deployment shape: 3 Consul servers, a Consul client agent per
+    /// Failover times in the multi-machine deployment shape (not part of `suite`).
+    ///
+    /// 3 Consul servers, a Consul client agent per
     /// machine (Consul's own gossip timings), a replicating ec-node registered with each of
     /// three machines' agents, the gateway on a fourth; every ec process at default settings.
     /// Faults: `node` (the primary's process SIGKILLed), `machine` (the primary's agent and
@@ -77,6 +79,8 @@ pub(crate) enum Command {
     /// the first committed KV write after the kill (server, leader). Prints each trial and the
     /// medians.
     Deployment(DeploymentArgs),
+    /// One gateway with many mappings: memory, update latency, watch cost, lookups.
+    ///
     /// One gateway with many mappings over 3 nodes (Consul dev agent): its RSS growth, the
     /// time from a mapping write to the gateway routing it, the gateway's CPU per mapping
     /// change, the size of the KV listing every change makes each gateway read, and lookup

@@ -246,10 +246,15 @@ fn result(code: Option<tonic::Code>) -> Labels {
     )]
 }
 
-/// Serves `GET /metrics` and `GET /health` on `listener` until `stop`.
+/// Serves `GET /metrics` and `GET /health` on `listener` until `stop`. `/health` answers
+/// 503 `loading` until `ready` says the routing table has loaded from Consul (until then every
+/// lookup would be "unavailable, try again"), then 200 `serving`: what a load balancer or
+/// systemd's readiness check should wait for. A table that loaded stays in force when Consul
+/// goes away, so the answer does not flap with Consul.
 pub(crate) async fn serve(
     listener: TcpListener,
     render: Arc<dyn Fn() -> String + Send + Sync>,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -270,7 +275,19 @@ pub(crate) async fn serve(
         )
         .route(
             "/health",
-            get(|| async { (StatusCode::OK, "{\"status\":\"serving\"}\n") }),
+            get(move || {
+                let ready = ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "{\"status\":\"serving\"}\n")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "{\"status\":\"loading\",\"reason\":\"the routing table has not loaded from Consul yet\"}\n",
+                        )
+                    }
+                }
+            }),
         );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -301,10 +301,12 @@ pub async fn run_with_metrics(
     );
     if let Some(listener) = metrics_listener {
         let (metrics, table) = (metrics.clone(), table.clone());
+        let loaded = table.clone();
         let render = Arc::new(move || metrics.render(&table, started));
+        let ready = Arc::new(move || loaded.current().is_loaded());
         let stop = stop_serving.clone();
         tasks.spawn(async move {
-            if let Err(e) = crate::metrics::serve(listener, render, stop).await {
+            if let Err(e) = crate::metrics::serve(listener, render, ready, stop).await {
                 error!(error = %e, "the metrics endpoint stopped");
             }
         });

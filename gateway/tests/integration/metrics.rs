@@ -133,3 +133,31 @@ async fn metrics_count_what_went_through_the_gateway() {
     n1.stop().await.expect("n1");
     n2.stop().await.expect("n2");
 }
+
+/// `GET /health` status of a gateway.
+async fn health_status(gateway: &TestGateway) -> Option<u16> {
+    let resp = reqwest::get(format!("http://{}/health", gateway.metrics_addr))
+        .await
+        .ok()?;
+    Some(resp.status().as_u16())
+}
+
+#[tokio::test]
+async fn health_says_loading_until_the_routing_table_has_loaded() {
+    // Nothing listens at this Consul address: the table can never load.
+    let nowhere = format!("http://127.0.0.1:{}", ec_testkit::free_port());
+    let stranded = TestGateway::start(&nowhere, &[]).await;
+    let status = wait_for("GET /health answers", DEADLINE, || health_status(&stranded)).await;
+    assert_eq!(status, 503, "a gateway without its table is not ready");
+
+    let consul = ConsulAgent::start_dev().await;
+    let gateway = TestGateway::start(&consul.http_url(), &[]).await;
+    wait_for(
+        "GET /health serving once the table loaded",
+        DEADLINE,
+        || async { (health_status(&gateway).await == Some(200)).then_some(()) },
+    )
+    .await;
+    stranded.stop().await.expect("stop");
+    gateway.stop().await.expect("stop");
+}

@@ -319,10 +319,14 @@ async fn binary_serves_and_exits_zero_on_sigterm() {
         metrics.contains("ec_gateway_lookups_total{result=\"NotFound\"} 1"),
         "{metrics}"
     );
-    let health = reqwest::get(format!("http://127.0.0.1:{metrics_port}/health"))
-        .await
-        .expect("GET /health");
-    assert!(health.status().is_success());
+    // 200 once the routing table has loaded (503 `loading` before).
+    ec_testkit::wait_for("GET /health serving", DEADLINE, || async {
+        let health = reqwest::get(format!("http://127.0.0.1:{metrics_port}/health"))
+            .await
+            .ok()?;
+        health.status().is_success().then_some(())
+    })
+    .await;
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
