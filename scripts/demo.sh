@@ -68,6 +68,39 @@ node_consul_port() {
 }
 node_health_port() { echo $((NODE_PORT + 2 * ($1 - 1) + 1)); }
 
+# Consul's HTTP API as the demo's own calls reach it. After `secure`: over HTTPS (CA from
+# .demo/secure/certs) and with the management token, from a header file (never on a command
+# line that `ps` shows, never printed).
+consul_base() {
+    if [[ -f "$SECURE_DIR/consul.hcl" ]]; then echo "https://127.0.0.1:$CONSUL_PORT"; else echo "http://127.0.0.1:$CONSUL_PORT"; fi
+}
+consul_curl() {
+    local args=(-sf)
+    [[ -f "$SECURE_DIR/consul.hcl" ]] && args+=(--cacert "$CERTS/ca.pem")
+    [[ -f "$SECURE_DIR/consul-management.header" ]] && args+=(-H "@$SECURE_DIR/consul-management.header")
+    curl "${args[@]}" "$@"
+}
+# scripts/setup-consul.sh against the demo's Consul, with the same CA and token (exported,
+# so they stay off command lines).
+setup_consul() {
+    (
+        if [[ -f "$SECURE_DIR/consul.hcl" ]]; then export CONSUL_CACERT="$CERTS/ca.pem"; fi
+        if [[ -f "$SECURE_DIR/consul-management.header" ]]; then
+            # shellcheck source=/dev/null
+            source "$SECURE_DIR/tokens.env"
+            export CONSUL_HTTP_TOKEN="$EC_DEMO_CONSUL_MANAGEMENT_TOKEN"
+        fi
+        exec "$ROOT/scripts/setup-consul.sh" --consul-addr="$(consul_base)" "$@"
+    )
+}
+# Runs "$@" with SEC_ENV's VAR=value settings exported; unlike `env VAR=value cmd`, the
+# secrets never appear in a command line, not even for the instant before exec.
+exec_with_sec_env() {
+    local kv
+    for kv in "${SEC_ENV[@]}"; do export "${kv?}"; done
+    exec "$@"
+}
+
 # --------------------------------------------------------------------------------------------
 # PID files: one per component, "PID" on the first line and a string its command line must
 # contain on the second.
@@ -148,12 +181,12 @@ wait_until() {
 }
 
 consul_has_leader() {
-    [[ "$(curl -sf "http://127.0.0.1:$CONSUL_PORT/v1/status/leader")" == *:* ]]
+    [[ "$(consul_curl "$(consul_base)/v1/status/leader")" == *:* ]]
 }
 
 nodes_passing() {
     local n
-    n="$(curl -sf "http://127.0.0.1:$CONSUL_PORT/v1/health/service/streaming-node?passing" | jq length)"
+    n="$(consul_curl "$(consul_base)/v1/health/service/streaming-node?passing" | jq length)"
     [[ "$n" -ge 3 ]]
 }
 
@@ -176,11 +209,13 @@ start_consul() {
     local consul
     consul="$("$ROOT/scripts/install-consul.sh" | tail -n 1)"
     [[ -x "$consul" ]] || die "scripts/install-consul.sh did not provide a consul binary"
-    log "starting Consul dev agent on 127.0.0.1:$CONSUL_PORT"
+    local http=(-http-port "$CONSUL_PORT")
+    if [[ "${SECURE:-0}" == 1 ]]; then http=(-http-port -1 -config-file "$SECURE_DIR/consul.hcl"); fi
+    log "starting Consul dev agent on $(consul_base)"
     # Dev mode keeps everything in memory: `down` + `up` starts from a clean slate. DNS and
     # gRPC ports are off; the update check would reach the internet, so it is disabled.
     setsid "$consul" agent -dev -node demo-consul -bind 127.0.0.1 -client 127.0.0.1 \
-        -http-port "$CONSUL_PORT" -dns-port -1 \
+        "${http[@]}" -dns-port -1 \
         -hcl 'disable_update_check = true' -hcl 'ports { grpc = -1 }' \
         -hcl 'ports { serf_lan = 18301, serf_wan = 18302, server = 18300 }' \
         </dev/null >"$LOGS/consul.log" 2>&1 &
@@ -194,10 +229,10 @@ start_node() {
     log "starting $id on 127.0.0.1:$(node_grpc_port "$i") (health :$(node_health_port "$i"), data $DEMO/$id)"
     # Short health-check interval so a killed node turns critical within seconds.
     secure_setup "$id"
-    env "${SEC_ENV[@]}" EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL=2s EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT=1s \
-        setsid "$BIN/ec-node" --id "$id" --host 127.0.0.1 \
+    SEC_ENV+=(EVENT_CATCHER_NODE_HEALTH_CHECK_INTERVAL=2s EVENT_CATCHER_NODE_HEALTH_CHECK_TIMEOUT=1s)
+    (exec_with_sec_env setsid "$BIN/ec-node" --id "$id" --host 127.0.0.1 \
         --port "$(node_grpc_port "$i")" --health-port "$(node_health_port "$i")" \
-        --data-dir "$DEMO/$id" --consul-addr "127.0.0.1:$(node_consul_port "$i")" "${SEC_FLAGS[@]}" \
+        --data-dir "$DEMO/$id" --consul-addr "127.0.0.1:$(node_consul_port "$i")" "${SEC_FLAGS[@]}") \
         </dev/null >"$LOGS/$id.log" 2>&1 &
     write_pid "$id" $! "--data-dir $DEMO/$id"
 }
@@ -205,8 +240,8 @@ start_node() {
 start_gateway() {
     log "starting the gateway on 127.0.0.1:$GATEWAY_PORT"
     secure_setup gateway
-    env "${SEC_ENV[@]}" setsid "$BIN/ec-gateway" --host 127.0.0.1 --port "$GATEWAY_PORT" \
-        --consul-addr "127.0.0.1:$CONSUL_PORT" "${SEC_FLAGS[@]}" \
+    (exec_with_sec_env setsid "$BIN/ec-gateway" --host 127.0.0.1 --port "$GATEWAY_PORT" \
+        --consul-addr "127.0.0.1:$CONSUL_PORT" "${SEC_FLAGS[@]}") \
         </dev/null >"$LOGS/gateway.log" 2>&1 &
     write_pid gateway $! "--port $GATEWAY_PORT"
 }
@@ -227,7 +262,8 @@ start_producer() {
     # setsid makes the loop its own process group, so `down` stops all of it at once. The
     # marker comment identifies this process in the PID check.
     secure_setup client
-    env "${SEC_ENV[@]}" RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 setsid bash -c "
+    SEC_ENV+=(RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0)
+    (exec_with_sec_env setsid bash -c "
         # EC_DEMO_PRODUCER_MARK
         seq_file='$DEMO/producer.seq'
         while :; do
@@ -244,14 +280,14 @@ start_producer() {
             echo \"\$(date -u +%T) publisher stopped; restarting in 2 s\" >&2
             sleep 2
         done
-    " </dev/null >>"$LOGS/producer.log" 2>&1 &
+    ") </dev/null >>"$LOGS/producer.log" 2>&1 &
     write_pid producer $! "EC_DEMO_PRODUCER_MARK"
 }
 
 routable() {
     secure_setup client
-    env "${SEC_ENV[@]}" timeout 5 "$BIN/ec-client" "${SEC_FLAGS[@]}" stream --gateway "127.0.0.1:$GATEWAY_PORT" --data-id "$DATA_ID" \
-        --from earliest --count 1
+    (exec_with_sec_env timeout 5 "$BIN/ec-client" "${SEC_FLAGS[@]}" stream --gateway "127.0.0.1:$GATEWAY_PORT" --data-id "$DATA_ID" \
+        --from earliest --count 1)
 }
 
 up() {
@@ -277,14 +313,14 @@ up() {
     # If anything below fails, stop what was started.
     trap 'rc=$?; if [[ $rc != 0 ]]; then log "start failed; stopping what was started"; down_all; fi' EXIT
     start_consul
+    if [[ "${SECURE:-0}" == 1 ]]; then consul_acls; fi
     for i in 1 2 3; do
         start_node "$i"
     done
     start_gateway
     wait_until "all three nodes passing their Consul health checks" nodes_passing
     log "mapping data ID $DATA_ID to node1,node2,node3 (node1 is the primary)"
-    "$ROOT/scripts/setup-consul.sh" --consul-addr="127.0.0.1:$CONSUL_PORT" \
-        --data-id="$DATA_ID" --node-id=node1,node2,node3 >&2
+    setup_consul --data-id="$DATA_ID" --node-id=node1,node2,node3 >&2
     start_producer
     wait_until "the first event of $DATA_ID reaching readers through the gateway" routable
     trap - EXIT
@@ -344,9 +380,9 @@ status() {
     if consul_has_leader 2>/dev/null; then
         echo
         echo "mappings:"
-        "$ROOT/scripts/setup-consul.sh" --consul-addr="127.0.0.1:$CONSUL_PORT" --list | sed 's/^/  /'
+        setup_consul --list | sed 's/^/  /'
         echo "node health (Consul):"
-        curl -sf "http://127.0.0.1:$CONSUL_PORT/v1/health/service/streaming-node" |
+        consul_curl "$(consul_base)/v1/health/service/streaming-node" |
             jq -r '.[] | "  \(.Service.ID)  \(.Service.Address):\(.Service.Port)  " +
                 ([.Checks[].Status] | if any(. == "critical") then "critical" elif any(. == "warning") then "warning" else "passing" end)'
         if [[ "${CLUSTER:-0}" == 1 ]]; then cluster_members; fi
@@ -423,7 +459,8 @@ make_credentials() {
     mkdir -p "$SECURE_DIR"
     chmod 700 "$SECURE_DIR"
     log "making a CA and certificates in $CERTS (scripts/dev-certs.sh)"
-    "$ROOT/scripts/dev-certs.sh" --out "$CERTS" --nodes node1,node2,node3 >&2
+    # `consul` is the Consul agent's HTTPS certificate (valid for 127.0.0.1, like every one).
+    "$ROOT/scripts/dev-certs.sh" --out "$CERTS" --nodes node1,node2,node3,consul >&2
     local admin app gateway
     admin="admin-$(openssl rand -hex 16)"
     app="app-$(openssl rand -hex 16)"
@@ -440,7 +477,90 @@ make_credentials() {
             echo "export EVENT_CATCHER_TLS_KEY_FILE='$CERTS/client.key'"
             echo "export EVENT_CATCHER_CLIENT_TOKEN='$app'"
         } >"$SECURE_DIR/env.sh"
+        # Consul with ACLs (deny by default) and its API on HTTPS only; read by start_consul.
+        cat >"$SECURE_DIR/consul.hcl" <<HCL
+acl {
+  enabled        = true
+  default_policy = "deny"
+  down_policy    = "extend-cache"
+}
+ports {
+  http  = -1
+  https = $CONSUL_PORT
+}
+cert_file = "$CERTS/consul.pem"
+key_file  = "$CERTS/consul.key"
+# API callers prove who they are with ACL tokens; client certificates are not required.
+verify_incoming = false
+HCL
     )
+}
+
+# Consul's ACL rules per binary: README's minimal policies ("Consul ACLs"), the gateway's with
+# admin calls and automatic failover; the console edits mappings and promotes like it.
+ACL_NODE='key_prefix "streaming/data/" { policy = "read" }
+key_prefix "streaming/data.epochs/" { policy = "write" }
+key "streaming/data.cluster/secret" { policy = "write" }
+service "streaming-node" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }'
+ACL_GATEWAY='key_prefix "streaming/data/" { policy = "write" }
+key_prefix "streaming/data.epochs/" { policy = "write" }
+key_prefix "streaming/data.failover/" { policy = "write" }
+session_prefix "" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }'
+# The dev agent's own token: it writes its node's catalog entry and coordinates.
+ACL_AGENT='node "demo-consul" { policy = "write" }
+service_prefix "" { policy = "read" }'
+
+consul_bootstrap() {
+    (
+        umask 077
+        curl -sf --cacert "$CERTS/ca.pem" -X PUT "$(consul_base)/v1/acl/bootstrap" >"$SECURE_DIR/consul-bootstrap.json"
+    )
+}
+
+# Creates ACL policy ec-demo-NAME with RULES and a token holding it; prints the token.
+consul_token() {
+    jq -n --arg n "ec-demo-$1" --arg r "$2" '{Name: $n, Rules: $r}' |
+        consul_curl -X PUT --data-binary @- "$(consul_base)/v1/acl/policy" >/dev/null ||
+        die "Consul refused ACL policy ec-demo-$1; see $LOGS/consul.log"
+    jq -n --arg n "ec-demo-$1" '{Description: $n, Policies: [{Name: $n}]}' |
+        consul_curl -X PUT --data-binary @- "$(consul_base)/v1/acl/token" | jq -re .SecretID ||
+        die "Consul refused a token for ec-demo-$1; see $LOGS/consul.log"
+}
+
+# Bootstraps Consul's ACLs (the management token), gives the agent its token, and makes a
+# token per binary. They join tokens.env (mode 600); the management token also goes to a
+# header file for the demo's own curl calls, the console's token to env.sh.
+consul_acls() {
+    log "bootstrapping Consul ACLs (default deny); tokens for node, gateway, console in $SECURE_DIR"
+    wait_until "Consul accepting the ACL bootstrap" consul_bootstrap
+    local mgmt node gateway console agent
+    mgmt="$(jq -re .SecretID "$SECURE_DIR/consul-bootstrap.json")" || die "Consul's ACL bootstrap answer has no SecretID"
+    rm -f "$SECURE_DIR/consul-bootstrap.json"
+    (
+        umask 077
+        printf 'X-Consul-Token: %s\n' "$mgmt" >"$SECURE_DIR/consul-management.header"
+    )
+    agent="$(consul_token agent "$ACL_AGENT")"
+    jq -n --arg t "$agent" '{Token: $t}' |
+        consul_curl -X PUT --data-binary @- "$(consul_base)/v1/agent/token/agent" >/dev/null ||
+        die "Consul refused the agent token; see $LOGS/consul.log"
+    node="$(consul_token node "$ACL_NODE")"
+    gateway="$(consul_token gateway "$ACL_GATEWAY")"
+    console="$(consul_token console "$ACL_GATEWAY")"
+    printf 'EC_DEMO_CONSUL_MANAGEMENT_TOKEN=%s\nEC_DEMO_CONSUL_NODE_TOKEN=%s\nEC_DEMO_CONSUL_GATEWAY_TOKEN=%s\nEC_DEMO_CONSUL_CONSOLE_TOKEN=%s\n' \
+        "$mgmt" "$node" "$gateway" "$console" >>"$SECURE_DIR/tokens.env"
+    # ec-console's Consul settings, and the same for setup-consul.sh and the consul CLI.
+    {
+        echo "export EVENT_CATCHER_CONSUL_TOKEN='$console'"
+        echo "export EVENT_CATCHER_CONSUL_CA_FILE='$CERTS/ca.pem'"
+        echo "export CONSUL_HTTP_TOKEN='$console'"
+        echo "export CONSUL_HTTP_ADDR='$(consul_base)'"
+        echo "export CONSUL_CACERT='$CERTS/ca.pem'"
+    } >>"$SECURE_DIR/env.sh"
 }
 
 # SEC_FLAGS: the TLS flags of one component (node1..3, gateway, client), SEC_ENV: the
@@ -453,7 +573,9 @@ secure_setup() {
     source "$SECURE_DIR/tokens.env"
     SEC_ENV=("EVENT_CATCHER_SECURITY_TOKENS=$EC_DEMO_ADMIN_TOKEN admin publish create read,$EC_DEMO_APP_TOKEN publish create read,$EC_DEMO_GATEWAY_TOKEN read")
     case "$1" in
-    gateway) SEC_ENV+=("EVENT_CATCHER_CLIENT_TOKEN=$EC_DEMO_GATEWAY_TOKEN") ;;
+    node*) SEC_ENV+=("EVENT_CATCHER_CONSUL_TOKEN=$EC_DEMO_CONSUL_NODE_TOKEN" "EVENT_CATCHER_CONSUL_CA_FILE=$CERTS/ca.pem") ;;
+    gateway) SEC_ENV+=("EVENT_CATCHER_CLIENT_TOKEN=$EC_DEMO_GATEWAY_TOKEN"
+        "EVENT_CATCHER_CONSUL_TOKEN=$EC_DEMO_CONSUL_GATEWAY_TOKEN" "EVENT_CATCHER_CONSUL_CA_FILE=$CERTS/ca.pem") ;;
     client) SEC_ENV+=("EVENT_CATCHER_CLIENT_TOKEN=$EC_DEMO_APP_TOKEN") ;;
     esac
     SEC_FLAGS=(--tls-ca "$CERTS/ca.pem" --tls-cert "$CERTS/$1.pem" --tls-key "$CERTS/$1.key")
@@ -478,14 +600,17 @@ Event Catcher demo is running with security on (logs and data in .demo/, credent
              mutual TLS; a replica's certificate must name its node ID
   tokens     $s/tokens.env: admin (mappings, promotion, all), app (publish, create, read),
              gateway (its own reads of the nodes); every call needs one
-  Consul     http://127.0.0.1:$CONSUL_PORT/ui (plain HTTP without ACLs here; README "Consul ACLs")
+  Consul     https://127.0.0.1:$CONSUL_PORT/ui   HTTPS only (certificate from $c/ca.pem), ACLs on,
+             default deny: a token per binary (README "Consul ACLs") in $s/tokens.env;
+             the management token is EC_DEMO_CONSUL_MANAGEMENT_TOKEN there
   producer   $RATE events/s to data ID '$DATA_ID', over mutual TLS with the app token
 
 Every client command needs the CA, a client certificate and a token. Pass them:
   EVENT_CATCHER_CLIENT_TOKEN=$app \\
     $BIN/ec-client $tls \\
     stream --gateway $gw --data-id $DATA_ID
-or set them once for this shell (the TLS files and the app token as EVENT_CATCHER_* variables):
+or set them once for this shell (the TLS files, the app token and the console's Consul token
+as EVENT_CATCHER_* variables; CONSUL_HTTP_* and CONSUL_CACERT for setup-consul.sh and consul):
   source $s/env.sh
   $BIN/ec-client stream --gateway $gw --data-id $DATA_ID --proxy
   echo hello | $BIN/ec-client publish --gateway $gw --data-id other   # after mapping 'other'
@@ -615,7 +740,7 @@ cluster_up() {
         die "port $GATEWAY_PORT on 127.0.0.1 is in use; pick another with EC_DEMO_GATEWAY_PORT"
     fi
     # Fresh Consul state and fresh node logs: their replication epochs must match.
-    rm -rf "$DEMO"/node1 "$DEMO"/node2 "$DEMO"/node3 "$DEMO/consul" "$LOGS" "$DEMO/producer.seq"
+    rm -rf "$DEMO"/node1 "$DEMO"/node2 "$DEMO"/node3 "$DEMO/consul" "$LOGS" "$DEMO/producer.seq" "$SECURE_DIR"
     mkdir -p "$DEMO" "$PIDS" "$LOGS"
     printf '*\n' >"$DEMO/.gitignore"
     echo cluster >"$DEMO/mode"
@@ -634,8 +759,7 @@ cluster_up() {
     start_gateway
     wait_until "all three nodes passing their Consul health checks" nodes_passing
     log "mapping data ID $DATA_ID to node1,node2,node3 (node1 is the primary)"
-    "$ROOT/scripts/setup-consul.sh" --consul-addr="127.0.0.1:$CONSUL_PORT" \
-        --data-id="$DATA_ID" --node-id=node1,node2,node3 >&2
+    setup_consul --data-id="$DATA_ID" --node-id=node1,node2,node3 >&2
     start_producer
     wait_until "the first event of $DATA_ID reaching readers through the gateway" routable
     trap - EXIT

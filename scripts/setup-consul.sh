@@ -34,7 +34,8 @@ Options (each also accepted as '--name value'):
   --kv-prefix=PREFIX   KV prefix (default: \$EVENT_CATCHER_CONSUL_KV_PREFIX, else streaming/data/)
   -h, --help           show this help
 
-Environment: CONSUL_HTTP_TOKEN is sent as the X-Consul-Token header when set.
+Environment: CONSUL_HTTP_TOKEN is sent as the X-Consul-Token header when set;
+CONSUL_CACERT (a PEM CA file) verifies an https:// Consul address.
 
 Examples:
   $PROG --data-id=test-data --node-id=node1
@@ -214,6 +215,9 @@ if [[ -n "${CONSUL_HTTP_TOKEN:-}" ]]; then
     # Passed through a header file so the token does not show up in `ps`.
     printf 'X-Consul-Token: %s\n' "$CONSUL_HTTP_TOKEN" >"$TMP/headers"
     CURL_ARGS+=(--header "@$TMP/headers")
+fi
+if [[ -n "${CONSUL_CACERT:-}" ]]; then
+    CURL_ARGS+=(--cacert "$CONSUL_CACERT")
 fi
 
 # consul_http METHOD PATH_AND_QUERY [BODY]: sets STATUS and leaves the body in $TMP/body.
