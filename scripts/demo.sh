@@ -10,7 +10,8 @@
 #   scripts/demo.sh restart nodeN  start a killed node again on its data dir: it rejoins
 #   scripts/demo.sh secure   like `up`, with security on: mutual TLS everywhere (certificates
 #                            from scripts/dev-certs.sh in .demo/secure/certs), client tokens
-#                            with permissions; prints how client commands must look
+#                            with permissions, Consul with ACLs (default deny, a token per
+#                            binary) and HTTPS only; prints how client commands must look
 #   scripts/demo.sh cluster  the deployment shape instead of one dev agent: 3 Consul servers,
 #                            one Consul client agent per "machine" (machine1-3 each run a node
 #                            registered with its own agent; machine4 runs the gateway and is
