@@ -817,6 +817,6 @@ status) status ;;
 kill) if [[ "${2:-}" == machine* ]]; then kill_machine "$2"; else kill_node "${2:-}"; fi ;;
 restart) if [[ "${2:-}" == machine* ]]; then restart_machine "$2"; else restart_node "${2:-}"; fi ;;
 secure) secure ;;
--h | --help | help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//' ;;
+-h | --help | help) sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//' ;;
 *) die "unknown command '$1'; use up, secure, cluster, status, kill nodeN|machineN, restart nodeN|machineN or down" ;;
 esac
