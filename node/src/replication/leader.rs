@@ -345,8 +345,33 @@ enum Claim {
     Won(Won),
     /// Not allowed (not in sync); the reason.
     Refused(String),
-    /// Consul failed or a race was lost; the reason; retry after a pause (`true`) or at once.
-    Retry(String, bool),
+    /// Consul failed or a race was lost: try again.
+    Retry(ClaimRetry),
+}
+
+/// Why a claim must be tried again. The message is what the node's view and log show.
+#[derive(Debug, thiserror::Error)]
+enum ClaimRetry {
+    /// Consul did not answer the read of the epoch record.
+    #[error("cannot read the epoch record: {0}")]
+    ReadFailed(EpochError),
+    /// The check-and-set lost a race: someone wrote the record after we read it.
+    #[error("the epoch record changed while claiming")]
+    LostRace,
+    /// Consul did not accept the write of the epoch record (other than a lost race).
+    #[error("cannot write the epoch record: {0}")]
+    WriteFailed(EpochError),
+}
+
+impl ClaimRetry {
+    /// Whether to back off before the next attempt. A lost race is retried at once: the
+    /// record that won is already there to read. A failing Consul gets time to recover.
+    fn backs_off(&self) -> bool {
+        match self {
+            Self::ReadFailed(_) | Self::WriteFailed(_) => true,
+            Self::LostRace => false,
+        }
+    }
 }
 
 /// Reads the epoch record and claims a new epoch for this node if it may.
@@ -359,7 +384,7 @@ async fn claim(
     let me = &repl.me;
     let record = match epochs.get(data_id).await {
         Ok(r) => r,
-        Err(e) => return Claim::Retry(format!("cannot read the epoch record: {e}"), true),
+        Err(e) => return Claim::Retry(ClaimRetry::ReadFailed(e)),
     };
     let my_last = repl.log.stats(data_id).map_or(0, |s| s.last_epoch.0);
     let (expected, base, in_sync) = match &record {
@@ -390,10 +415,8 @@ async fn claim(
             state,
             ended_epoch: base,
         }),
-        Err(EpochError::Conflict { .. }) => {
-            Claim::Retry("the epoch record changed while claiming".into(), false)
-        }
-        Err(e) => Claim::Retry(format!("cannot write the epoch record: {e}"), true),
+        Err(EpochError::Conflict { .. }) => Claim::Retry(ClaimRetry::LostRace),
+        Err(e) => Claim::Retry(ClaimRetry::WriteFailed(e)),
     }
 }
 
@@ -435,9 +458,9 @@ pub(super) async fn lead(
                 repl.set_view(data_id, role(None), reason);
                 CLAIM_RECHECK
             }
-            Claim::Retry(reason, pause) => {
-                repl.set_view(data_id, role(None), reason.clone());
-                if !pause {
+            Claim::Retry(reason) => {
+                repl.set_view(data_id, role(None), reason.to_string());
+                if !reason.backs_off() {
                     continue;
                 }
                 warn!(%data_id, %reason, "claiming the epoch failed; retrying");
