@@ -1,6 +1,7 @@
 //! What every Event Catcher binary does the same way before and after its library runs:
 //! readable error reports (color-eyre), the `--log-*` and `--tls-*` flags (clap), loading the
-//! layered configuration with `--print-config`, and the shutdown signal.
+//! layered configuration with `--print-config`, the shutdown signal, and turning a configured
+//! bind address into one a client can dial.
 //!
 //! It is its own small crate so that the libraries (`ec-config`, `ec-node`, `ec-gateway`)
 //! carry neither clap nor color-eyre: they take a validated `ec_config::Config` and return
@@ -81,6 +82,18 @@ pub async fn shutdown_signal() -> &'static str {
 pub async fn shutdown_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "Ctrl-C"
+}
+
+/// Where a client reaches a server that binds `host:port` (a configured bind address): a
+/// wildcard bind address is where the server listens, not where to reach it, so it becomes
+/// loopback; an IPv6 host gets brackets so the result parses as `HOST:PORT`.
+pub fn reachable_address(host: &str, port: u16) -> String {
+    match host {
+        "0.0.0.0" | "" => format!("127.0.0.1:{port}"),
+        "::" | "[::]" => format!("[::1]:{port}"),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]:{port}"),
+        h => format!("{h}:{port}"),
+    }
 }
 
 /// The logging flags of the servers, each overriding its `log.*` key.
@@ -185,6 +198,17 @@ impl SharedFlags for Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcard_bind_addresses_become_loopback() {
+        assert_eq!(reachable_address("0.0.0.0", 50051), "127.0.0.1:50051");
+        assert_eq!(reachable_address("", 4), "127.0.0.1:4");
+        assert_eq!(reachable_address("::", 1), "[::1]:1");
+        assert_eq!(reachable_address("[::]", 5), "[::1]:5");
+        assert_eq!(reachable_address("gw.local", 2), "gw.local:2");
+        assert_eq!(reachable_address("fe80::1", 3), "[fe80::1]:3");
+        assert_eq!(reachable_address("[fe80::1]", 6), "[fe80::1]:6");
+    }
 
     #[test]
     fn shared_flags_set_their_keys() {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use color_eyre::eyre::{Result, WrapErr, eyre};
-use ec_cli::SharedFlags;
+use ec_cli::{SharedFlags, reachable_address};
 use ec_client::{Candidate, ChannelCache, ChannelSettings, Client};
 
 /// Stream and publish Event Catcher events.
@@ -157,15 +157,6 @@ fn load_config(args: &Args) -> Result<ec_config::Config> {
     Ok(loaded.config)
 }
 
-fn reachable_address(host: &str, port: u16) -> String {
-    match host {
-        "0.0.0.0" | "" => format!("127.0.0.1:{port}"),
-        "::" | "[::]" => format!("[::1]:{port}"),
-        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]:{port}"),
-        h => format!("{h}:{port}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,13 +165,5 @@ mod tests {
     #[test]
     fn flags_are_consistent() {
         Args::command().debug_assert();
-    }
-
-    #[test]
-    fn wildcard_bind_addresses_become_loopback() {
-        assert_eq!(reachable_address("0.0.0.0", 50051), "127.0.0.1:50051");
-        assert_eq!(reachable_address("::", 1), "[::1]:1");
-        assert_eq!(reachable_address("gw.local", 2), "gw.local:2");
-        assert_eq!(reachable_address("fe80::1", 3), "[fe80::1]:3");
     }
 }

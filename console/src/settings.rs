@@ -8,7 +8,7 @@
 //! flags of `consul.host`/`consul.port` and `consul.kv_prefix`, so they are checked by the
 //! same rules and named the same way in errors.
 
-use ec_cli::SharedFlags;
+use ec_cli::{SharedFlags, reachable_address};
 use ec_config::process::split_host_port;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -203,17 +203,6 @@ impl ConsoleArgs {
             tls: ec_grpc::TlsFiles::from(&config.tls),
             ..ConsoleSettings::new("", "")
         })
-    }
-}
-
-/// Where to reach a server bound at `host:port`: a wildcard bind address becomes loopback;
-/// an IPv6 host gets brackets.
-fn reachable_address(host: &str, port: u16) -> String {
-    match host {
-        "0.0.0.0" | "" => format!("127.0.0.1:{port}"),
-        "::" | "[::]" => format!("[::1]:{port}"),
-        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]:{port}"),
-        h => format!("{h}:{port}"),
     }
 }
 
