@@ -24,8 +24,9 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::request::parse_data_id;
+use super::stream::read_hot_or_cold;
 use crate::auth::Member;
-use crate::log::{EpochStart, EventLog, LogError, StoredEvent};
+use crate::log::{EpochStart, EventLog, StoredEvent};
 use crate::replication::{Cut, LeaderTerm, Replication, Session, SessionStart};
 
 /// Most events per replication message.
@@ -148,7 +149,12 @@ async fn send(
         let durable = *end.borrow_and_update();
         visible.borrow_and_update();
         let msg = if next < durable {
-            let events = match read(&log, &data_id, next, durable).await {
+            // Near the durable end the events were just written and sit in memory.
+            let hot = durable.0 - next.0 <= BATCH_EVENTS as u64;
+            let read = read_hot_or_cold(&log, &data_id, hot, move |log, data_id| {
+                log.read_log(data_id, next, BATCH_EVENTS, BATCH_BYTES)
+            });
+            let events = match read.await {
                 Ok(events) => events,
                 Err(e) => {
                     // Below retention: the replica skips ahead on its next session.
@@ -193,23 +199,6 @@ async fn send(
         }
         heartbeat.reset();
     }
-}
-
-/// Reads the next batch; on the runtime when it is hot (near the end), else off it.
-async fn read(
-    log: &EventLog,
-    data_id: &ec_core::DataId,
-    from: Offset,
-    durable: Offset,
-) -> Result<Vec<StoredEvent>, LogError> {
-    if durable.0 - from.0 <= BATCH_EVENTS as u64 {
-        return log.read_log(data_id, from, BATCH_EVENTS, BATCH_BYTES);
-    }
-    let log = log.clone();
-    let data_id = data_id.clone();
-    tokio::task::spawn_blocking(move || log.read_log(&data_id, from, BATCH_EVENTS, BATCH_BYTES))
-        .await
-        .unwrap_or(Err(LogError::Closed))
 }
 
 /// How the receiving side ends a session whose replica reports what it was never sent.

@@ -10,7 +10,7 @@
 //! were sent, when a non-following reader reaches the end, or when the node shuts down — an
 //! open stream that ignored shutdown would keep graceful shutdown from finishing.
 
-use ec_core::Offset;
+use ec_core::{DataId, Offset};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -92,11 +92,10 @@ pub(crate) async fn produce<T, F>(
         // Events near the readable end were just committed and sit in memory: read them on
         // this task for the lowest tail latency. Older ranges may touch the disk.
         let hot = readable.0 - next.0 <= BATCH_EVENTS as u64;
-        let read = if hot {
-            log.read(&req.data_id, next, want, BATCH_BYTES)
-        } else {
-            read_batch(&log, &req, next, want).await
-        };
+        let read = read_hot_or_cold(&log, &req.data_id, hot, move |log, data_id| {
+            log.read(data_id, next, want, BATCH_BYTES)
+        })
+        .await;
         let events = match read {
             Ok(events) => events,
             Err(e) => {
@@ -120,16 +119,24 @@ pub(crate) async fn produce<T, F>(
     }
 }
 
-/// Reads one batch off the async runtime's worker: a cold read may touch the disk.
-async fn read_batch(
+/// Runs one batch read of `data_id`: on this task when `hot` (the caller's range was just
+/// committed and sits in memory, so this gives the lowest tail latency), else on the blocking
+/// pool (an older range may touch the disk, which would stall an async worker). Reader
+/// streams and replication sessions both read this way.
+pub(super) async fn read_hot_or_cold<F>(
     log: &EventLog,
-    req: &ReadRequest,
-    from: Offset,
-    max_events: usize,
-) -> Result<Vec<StoredEvent>, LogError> {
-    let log = log.clone();
-    let data_id = req.data_id.clone();
-    tokio::task::spawn_blocking(move || log.read(&data_id, from, max_events, BATCH_BYTES))
+    data_id: &DataId,
+    hot: bool,
+    read: F,
+) -> Result<Vec<StoredEvent>, LogError>
+where
+    F: FnOnce(&EventLog, &DataId) -> Result<Vec<StoredEvent>, LogError> + Send + 'static,
+{
+    if hot {
+        return read(log, data_id);
+    }
+    let (log, data_id) = (log.clone(), data_id.clone());
+    tokio::task::spawn_blocking(move || read(&log, &data_id))
         .await
         .unwrap_or(Err(LogError::Closed))
 }
