@@ -2,7 +2,8 @@
 //! gateway, the console): [`TestNode`] runs `ec_node::run` inside the test process,
 //! [`NodeProcess`] runs it in a child process that a test can kill with SIGKILL, stop with
 //! SIGSTOP, and start again on the same data dir. Plus the few gRPC conveniences every such
-//! test needs ([`connect`], [`publish`], [`payloads`]).
+//! test needs ([`connect`], [`publish`], [`payloads`]) and the waits and reads that check a
+//! replicated log ([`wait_in_sync`], [`wait_converged`], [`read_log`]).
 //!
 //! Invariants kept for every test that uses this crate:
 //! - Every node listens on 127.0.0.1 only: in-process nodes bind port 0, child nodes get ports
@@ -33,7 +34,7 @@ use ec_core::{DataId, NodeId};
 use ec_discovery::{ConsulClient, MappingStore};
 use ec_node::{Acks, Listeners, NodeError, NodeSettings};
 use ec_proto::node_client::NodeClient;
-use ec_proto::{PublishRequest, PublishResponse};
+use ec_proto::{Event, PublishRequest, PublishResponse, StreamInfoRequest, StreamRequest};
 use ec_testkit::ConsulAgent;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -268,6 +269,76 @@ pub fn payloads(prefix: &str, n: usize) -> Vec<Bytes> {
     (0..n)
         .map(|i| Bytes::from(format!("{prefix}-{i}")))
         .collect()
+}
+
+/// Waits up to [`DEADLINE`] until `primary` reports exactly `n` nodes in the in-sync set of
+/// `data_id`.
+pub async fn wait_in_sync(primary: &NodeClient<Channel>, data_id: &str, n: usize) {
+    ec_testkit::wait_for(
+        &format!("{n} nodes in sync for {data_id}"),
+        DEADLINE,
+        || {
+            let mut c = primary.clone();
+            async move {
+                let s = c
+                    .get_replication_status(StreamInfoRequest {
+                        data_id: data_id.into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (s.in_sync.len() == n).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits up to `deadline` until every node of `clients` holds the same log of `data_id`,
+/// all of it visible: on each, the next offset is the log end, and it is the same on all.
+/// `what` names the wait in the failure message.
+pub async fn wait_converged(
+    clients: &[NodeClient<Channel>],
+    data_id: &str,
+    what: &str,
+    deadline: Duration,
+) {
+    ec_testkit::wait_for(what, deadline, || {
+        let clients = clients.to_vec();
+        async move {
+            let mut ends = Vec::new();
+            for mut c in clients {
+                let i = c
+                    .get_stream_info(StreamInfoRequest {
+                        data_id: data_id.into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                ends.push((i.next_offset, i.log_end_offset));
+            }
+            (ends[0].0 == ends[0].1 && ends.iter().all(|e| *e == ends[0])).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Every visible event of `data_id` on `c`, read without following.
+pub async fn read_log(c: &mut NodeClient<Channel>, data_id: &str) -> Vec<Event> {
+    let mut stream = c
+        .stream_batches(StreamRequest {
+            data_id: data_id.into(),
+            follow: Some(false),
+            ..Default::default()
+        })
+        .await
+        .expect("read")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(b) = stream.message().await.expect("batch") {
+        events.extend(b.events);
+    }
+    events
 }
 
 /// Parses a data ID the test knows to be valid.

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ec_client::{Client, Mode, Start, StreamOptions};
 use ec_proto::gateway_client::GatewayClient;
-use ec_proto::{GetNodeRequest, GetNodeResponse, StreamInfoRequest, StreamRequest};
+use ec_proto::{GetNodeRequest, GetNodeResponse};
 use ec_testkit::{ConsulCluster, wait_for};
-pub use ec_testnode::{DEADLINE, NodeProcess, connect, data_id, node_id, store};
+pub use ec_testnode::{
+    DEADLINE, NodeProcess, connect, data_id, node_id, read_log, store, wait_converged,
+};
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -116,39 +118,14 @@ impl Topology {
         for n in self.nodes.iter().flatten() {
             clients.push(connect(n.grpc_addr).await);
         }
-        wait_for("all nodes converge", DEADLINE * 2, || {
-            let clients = clients.clone();
-            async move {
-                let mut ends = Vec::new();
-                for mut c in clients {
-                    let i = c
-                        .get_stream_info(StreamInfoRequest {
-                            data_id: data_id.into(),
-                        })
-                        .await
-                        .ok()?
-                        .into_inner();
-                    ends.push((i.next_offset, i.log_end_offset));
-                }
-                (ends[0].0 == ends[0].1 && ends.iter().all(|e| *e == ends[0])).then_some(())
-            }
-        })
-        .await;
+        wait_converged(&clients, data_id, "all nodes converge", DEADLINE * 2).await;
         let mut logs = Vec::new();
         for c in &mut clients {
-            let mut stream = c
-                .stream_batches(StreamRequest {
-                    data_id: data_id.into(),
-                    follow: Some(false),
-                    ..Default::default()
-                })
+            let log: Vec<_> = read_log(c, data_id)
                 .await
-                .expect("read")
-                .into_inner();
-            let mut log = Vec::new();
-            while let Some(b) = stream.message().await.expect("batch") {
-                log.extend(b.events.into_iter().map(|e| (e.offset, e.data)));
-            }
+                .into_iter()
+                .map(|e| (e.offset, e.data))
+                .collect();
             logs.push(log);
         }
         for (i, log) in logs.iter().enumerate().skip(1) {

@@ -328,18 +328,7 @@ async fn readers_move_to_a_replica_at_once_while_no_primary_exists() {
         )
         .await
         .expect("map");
-    wait_for("three nodes in sync", DEADLINE, || {
-        let mut c = c1.clone();
-        async move {
-            let s = c
-                .get_replication_status(ec_proto::StreamInfoRequest { data_id: D.into() })
-                .await
-                .ok()?
-                .into_inner();
-            (s.in_sync.len() == 3).then_some(())
-        }
-    })
-    .await;
+    wait_in_sync(&c1, D, 3).await;
     wait_route(&gw, D, "n1 primary, three candidates", |r| {
         r.primary_node_id == "n1" && r.candidates.len() == 3
     })
@@ -616,18 +605,7 @@ async fn readers_leave_a_frozen_node_on_suspicion_without_a_promotion() {
         )
         .await
         .expect("map");
-    wait_for("three nodes in sync", DEADLINE, || {
-        let mut c = c1.clone();
-        async move {
-            let s = c
-                .get_replication_status(ec_proto::StreamInfoRequest { data_id: D.into() })
-                .await
-                .ok()?
-                .into_inner();
-            (s.in_sync.len() == 3).then_some(())
-        }
-    })
-    .await;
+    wait_in_sync(&c1, D, 3).await;
     wait_route(&gw, D, "n1 primary, three candidates", |r| {
         r.primary_node_id == "n1" && r.candidates.len() == 3
     })

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ec_client::{Client, Mode, Start, StreamOptions};
 use ec_proto::gateway_client::GatewayClient;
-use ec_proto::{PublishRequest, StreamInfoRequest, StreamRequest};
+use ec_proto::{PublishRequest, StreamRequest};
 use ec_testkit::{ConsulAgent, wait_for};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -364,45 +364,15 @@ async fn randomized_kills_and_restarts_lose_nothing_and_converge() {
     for n in nodes.iter().flatten() {
         clients.push(connect(n.grpc_addr).await);
     }
-    wait_for(
-        &format!("seed {seed}: all nodes converge"),
-        DEADLINE,
-        || {
-            let clients = clients.clone();
-            async move {
-                let mut ends = Vec::new();
-                for mut c in clients {
-                    let i = c
-                        .get_stream_info(StreamInfoRequest { data_id: D.into() })
-                        .await
-                        .ok()?
-                        .into_inner();
-                    ends.push((i.next_offset, i.log_end_offset));
-                }
-                (ends[0].0 == ends[0].1 && ends.iter().all(|e| *e == ends[0])).then_some(())
-            }
-        },
-    )
-    .await;
+    let what = format!("seed {seed}: all nodes converge");
+    wait_converged(&clients, D, &what, DEADLINE).await;
     let mut logs = Vec::new();
     for c in &mut clients {
-        let mut stream = c
-            .stream_batches(StreamRequest {
-                data_id: D.into(),
-                follow: Some(false),
-                ..Default::default()
-            })
+        let log: Vec<_> = read_log(c, D)
             .await
-            .expect("read")
-            .into_inner();
-        let mut log = Vec::new();
-        while let Some(b) = stream.message().await.expect("batch") {
-            log.extend(
-                b.events
-                    .into_iter()
-                    .map(|e| (e.offset, e.timestamp, e.data)),
-            );
-        }
+            .into_iter()
+            .map(|e| (e.offset, e.timestamp, e.data))
+            .collect();
         logs.push(log);
     }
     for (i, log) in logs.iter().enumerate().skip(1) {

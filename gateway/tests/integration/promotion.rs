@@ -24,28 +24,6 @@ use crate::util::*;
 
 const D: &str = "replicated";
 
-/// Waits until `c` (the primary) reports exactly `n` nodes in sync for `data_id`.
-async fn wait_in_sync(c: &NodeClient<Channel>, data_id: &str, n: usize) {
-    wait_for(
-        &format!("{n} nodes in sync for {data_id}"),
-        DEADLINE,
-        || {
-            let mut c = c.clone();
-            async move {
-                let s = c
-                    .get_replication_status(StreamInfoRequest {
-                        data_id: data_id.into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (s.in_sync.len() == n).then_some(())
-            }
-        },
-    )
-    .await;
-}
-
 /// Collects the promotion events of one gateway's `WatchHealth`.
 fn promotions(mut gw: GatewayClient<Channel>) -> Arc<Mutex<Vec<HealthEvent>>> {
     let seen: Arc<Mutex<Vec<HealthEvent>>> = Arc::default();
@@ -66,24 +44,11 @@ fn promotions(mut gw: GatewayClient<Channel>) -> Arc<Mutex<Vec<HealthEvent>>> {
 
 /// Every event a node lets readers see, with its timestamp.
 async fn full_log(c: &mut NodeClient<Channel>) -> Vec<(u64, i64, Bytes)> {
-    let mut stream = c
-        .stream_batches(StreamRequest {
-            data_id: D.into(),
-            follow: Some(false),
-            ..Default::default()
-        })
+    read_log(c, D)
         .await
-        .expect("read")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(b) = stream.message().await.expect("batch") {
-        out.extend(
-            b.events
-                .into_iter()
-                .map(|e| (e.offset, e.timestamp, e.data)),
-        );
-    }
-    out
+        .into_iter()
+        .map(|e| (e.offset, e.timestamp, e.data))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,22 +193,7 @@ async fn sigkill_of_the_primary_is_failed_over_once_by_two_gateways_losing_nothi
         connect(n2.grpc_addr).await,
         connect(n3.grpc_addr).await,
     ];
-    wait_for("all three nodes hold the same log", DEADLINE, || {
-        let clients = clients.clone();
-        async move {
-            let mut ends = Vec::new();
-            for mut c in clients {
-                let i = c
-                    .get_stream_info(StreamInfoRequest { data_id: D.into() })
-                    .await
-                    .ok()?
-                    .into_inner();
-                ends.push((i.next_offset, i.log_end_offset));
-            }
-            (ends[0].0 == ends[0].1 && ends.iter().all(|e| *e == ends[0])).then_some(())
-        }
-    })
-    .await;
+    wait_converged(&clients, D, "all three nodes hold the same log", DEADLINE).await;
     let mut logs = Vec::new();
     for c in &mut clients {
         logs.push(full_log(c).await);
@@ -564,22 +514,7 @@ async fn sigstop_of_the_primary_is_failed_over_and_the_thawed_primary_is_fenced(
         connect(n2.grpc_addr).await,
         connect(n3.grpc_addr).await,
     ];
-    wait_for("all three nodes hold the same log", DEADLINE, || {
-        let clients = clients.clone();
-        async move {
-            let mut ends = Vec::new();
-            for mut c in clients {
-                let i = c
-                    .get_stream_info(StreamInfoRequest { data_id: D.into() })
-                    .await
-                    .ok()?
-                    .into_inner();
-                ends.push((i.next_offset, i.log_end_offset));
-            }
-            (ends[0].0 == ends[0].1 && ends.iter().all(|e| *e == ends[0])).then_some(())
-        }
-    })
-    .await;
+    wait_converged(&clients, D, "all three nodes hold the same log", DEADLINE).await;
     let mut logs = Vec::new();
     for c in &mut clients {
         logs.push(full_log(c).await);

@@ -18,12 +18,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ec_client::{Client, Mode, Start, StreamOptions};
-use ec_proto::StreamInfoRequest;
-use ec_proto::node_client::NodeClient;
 use ec_testkit::{ConsulAgent, wait_for};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use crate::util::*;
 use ec_testnode::Signal;
@@ -95,21 +92,6 @@ async fn wait_acked(acks: &[(&str, Acks)], at_least: usize, what: &str) {
     .await;
 }
 
-async fn in_sync(c: &NodeClient<Channel>, n: usize) {
-    wait_for(&format!("{n} nodes in sync"), DEADLINE, || {
-        let mut c = c.clone();
-        async move {
-            let s = c
-                .get_replication_status(StreamInfoRequest { data_id: D.into() })
-                .await
-                .ok()?
-                .into_inner();
-            (s.in_sync.len() == n).then_some(())
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishers_ride_out_a_primary_sigkill_exactly_once_and_in_order() {
     let consul = ConsulAgent::start_dev().await;
@@ -132,7 +114,7 @@ async fn publishers_ride_out_a_primary_sigkill_exactly_once_and_in_order() {
         )
         .await
         .expect("map");
-    in_sync(&c1, 3).await;
+    wait_in_sync(&c1, D, 3).await;
     wait_route(&gw, D, "gateway routes to n1", |r| {
         r.primary_node_id == "n1"
     })
@@ -270,7 +252,7 @@ async fn a_frozen_primary_is_left_and_publishes_without_identity_are_not_resent(
         )
         .await
         .expect("map");
-    in_sync(&c1, 3).await;
+    wait_in_sync(&c1, D, 3).await;
     wait_route(&gw, D, "gateway routes to n1", |r| {
         r.primary_node_id == "n1"
     })

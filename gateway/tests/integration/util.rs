@@ -13,7 +13,8 @@ use ec_proto::gateway_client::GatewayClient;
 use ec_proto::{GetNodeRequest, GetNodeResponse};
 use ec_testkit::ConsulAgent;
 pub use ec_testnode::{
-    DEADLINE, KV_PREFIX, NodeProcess, TestNode, connect, data_id, node_id, publish, store,
+    DEADLINE, KV_PREFIX, NodeProcess, TestNode, connect, data_id, node_id, publish, read_log,
+    store, wait_converged, wait_in_sync,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
