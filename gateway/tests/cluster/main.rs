@@ -14,5 +14,7 @@
 // Helpers in `util` are shared by the test modules of this one binary; nothing is exported.
 #![allow(unreachable_pub)]
 
+#[path = "../common/producers.rs"]
+mod producers;
 mod topology;
 mod util;

@@ -153,8 +153,8 @@ async fn writes_and_reads_survive_node_machine_and_consul_server_failures() {
             .expect("producer task");
     }
     let log = t.converged_log(D).await;
-    check_producer("pipe", &pipe_acks, &log);
-    check_producer("one", &one_acks, &log);
+    check_producer("", "pipe", &pipe_acks, &log);
+    check_producer("", "one", &one_acks, &log);
     check_reader(&seen, &log);
     println!(
         "cluster: final log {} events; producers {}+{} batches; reader saw {}",

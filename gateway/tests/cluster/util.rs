@@ -19,6 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub use crate::producers::{Acks, Producer, batch, check_producer};
+
 /// One test topology at a time (see the crate docs).
 pub static TOPOLOGY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -211,22 +213,9 @@ pub fn candidate_ids(r: &GetNodeResponse) -> Vec<&str> {
     r.candidates.iter().map(|c| c.node_id.as_str()).collect()
 }
 
-/// Events per producer batch.
-const EVENTS_PER_BATCH: usize = 3;
-
-/// The payloads of batch `n` of producer `who`: `"{who}-{n:06}-{i}"`.
-pub fn batch(who: &str, n: usize) -> Vec<Bytes> {
-    (0..EVENTS_PER_BATCH)
-        .map(|i| Bytes::from(format!("{who}-{n:06}-{i}")))
-        .collect()
-}
-
-/// What one producer got back: (batch number, acknowledgement), in completion order.
-pub type Acks = Arc<Mutex<Vec<(usize, ec_client::Published)>>>;
-
 /// A retrying idempotent producer through the gateway until `stop`: pipelined (`window`
 /// batches in flight) in proxy mode when `window > 1`, else one `Client::publish` at a time
-/// in redirect mode. Fails the test if it ever gives up.
+/// in redirect mode, a batch every 10 ms. Fails the test if it ever gives up.
 pub fn producer(
     gateway: &TestGateway,
     data_id: &'static str,
@@ -239,47 +228,19 @@ pub fn producer(
     let addr = gateway.addr.to_string();
     let task = tokio::spawn(async move {
         let client = Client::connect(&addr).await.expect("sdk client");
-        let mut n = 0;
-        if window <= 1 {
-            while !stop.is_cancelled() {
-                let published = client
-                    .publish(data_id, batch(who, n))
-                    .await
-                    .unwrap_or_else(|e| panic!("producer {who} gave up: {e}"));
-                out.lock().expect("lock").push((n, published));
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            return;
-        }
-        let publisher = client
-            .with_mode(Mode::Proxy)
-            .publisher(data_id, window)
-            .await
-            .unwrap_or_else(|e| panic!("producer {who}: {e}"));
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, ec_client::PendingPublish)>(64);
-        let waiter = tokio::spawn(async move {
-            while let Some((n, pending)) = rx.recv().await {
-                let published = pending
-                    .await
-                    .unwrap_or_else(|e| panic!("producer {who} gave up: {e}"));
-                out.lock().expect("lock").push((n, published));
-            }
-        });
-        while !stop.is_cancelled() {
-            let pending = publisher
-                .send(batch(who, n))
-                .await
-                .unwrap_or_else(|e| panic!("producer {who}: {e}"));
-            if tx.send((n, pending)).await.is_err() {
-                break;
-            }
-            n += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        drop(tx);
-        waiter.await.expect("every batch acknowledged");
-        publisher.close().await.expect("clean close");
+        let client = if window <= 1 {
+            client
+        } else {
+            client.with_mode(Mode::Proxy)
+        };
+        let producer = Producer {
+            data_id,
+            who,
+            window,
+            pause: Duration::from_millis(10),
+            context: String::new(),
+        };
+        producer.run(client, stop, out).await;
     });
     (acks, task)
 }
@@ -335,45 +296,6 @@ pub fn reader(gateway: &TestGateway, data_id: &'static str, stop: CancellationTo
         }
     });
     seen
-}
-
-/// Every batch of `who`: acknowledged once, in send order, where its acknowledgement says in
-/// `log`; stored exactly once, in send order.
-pub fn check_producer(who: &str, acks: &Acks, log: &[(u64, Bytes)]) {
-    let acks = acks.lock().expect("lock").clone();
-    assert!(!acks.is_empty(), "producer {who} published");
-    let mut last_offset = None;
-    for (i, (n, p)) in acks.iter().enumerate() {
-        assert_eq!(*n, i, "{who} acknowledged in send order, each once");
-        assert!(
-            last_offset.is_none_or(|l| l < p.first.0),
-            "{who} batch {n} stored after the one before"
-        );
-        last_offset = Some(p.last.0);
-        for (k, payload) in batch(who, *n).iter().enumerate() {
-            assert_eq!(
-                log.get(p.first.0 as usize + k).map(|e| &e.1),
-                Some(payload),
-                "{who} batch {n} is where its acknowledgement says"
-            );
-        }
-    }
-    let prefix = format!("{who}-");
-    let stored: Vec<&Bytes> = log
-        .iter()
-        .map(|e| &e.1)
-        .filter(|d| d.starts_with(prefix.as_bytes()))
-        .collect();
-    let sent: Vec<Bytes> = (0..acks.len()).flat_map(|n| batch(who, n)).collect();
-    assert_eq!(
-        stored.len(),
-        sent.len(),
-        "every {who} event stored exactly once (no duplicate, none missing)"
-    );
-    assert!(
-        stored.iter().zip(&sent).all(|(a, b)| *a == b),
-        "{who}'s events are stored in its send order"
-    );
 }
 
 /// A reader saw a gapless prefix of `log`, each offset with its content.

@@ -47,8 +47,9 @@ impl Rng {
 
 type Log = Arc<Mutex<Vec<(u64, Bytes)>>>;
 
-/// A retrying idempotent producer until `stop`: pipelined (`window` batches in flight) when
-/// `window > 1`, else one `Client::publish` at a time. Fails the test if it ever gives up.
+/// A retrying idempotent producer until `stop`: pipelined (`window` batches in flight, a
+/// batch every 5 ms) when `window > 1`, else one `Client::publish` at a time, back to back.
+/// Fails the test if it ever gives up.
 fn producer(
     client: Client,
     who: &'static str,
@@ -57,48 +58,18 @@ fn producer(
     seed: u64,
 ) -> (Acks, tokio::task::JoinHandle<()>) {
     let acks: Acks = Arc::default();
-    let out = acks.clone();
-    let task = tokio::spawn(async move {
-        let mut n = 0;
-        if window <= 1 {
-            while !stop.is_cancelled() {
-                let published = client
-                    .publish(D, batch(who, n))
-                    .await
-                    .unwrap_or_else(|e| panic!("seed {seed}: producer {who} gave up: {e}"));
-                out.lock().expect("lock").push((n, published));
-                n += 1;
-            }
-            return;
-        }
-        let publisher = client
-            .publisher(D, window)
-            .await
-            .unwrap_or_else(|e| panic!("seed {seed}: producer {who}: {e}"));
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, ec_client::PendingPublish)>(64);
-        let waiter = tokio::spawn(async move {
-            while let Some((n, pending)) = rx.recv().await {
-                let published = pending
-                    .await
-                    .unwrap_or_else(|e| panic!("seed {seed}: producer {who} gave up: {e}"));
-                out.lock().expect("lock").push((n, published));
-            }
-        });
-        while !stop.is_cancelled() {
-            let pending = publisher
-                .send(batch(who, n))
-                .await
-                .unwrap_or_else(|e| panic!("seed {seed}: producer {who}: {e}"));
-            if tx.send((n, pending)).await.is_err() {
-                break;
-            }
-            n += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        drop(tx);
-        waiter.await.expect("every batch acknowledged");
-        publisher.close().await.expect("clean close");
-    });
+    let producer = Producer {
+        data_id: D,
+        who,
+        window,
+        pause: if window <= 1 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(5)
+        },
+        context: format!("seed {seed}: "),
+    };
+    let task = tokio::spawn(producer.run(client, stop, acks.clone()));
     (acks, task)
 }
 
@@ -395,44 +366,10 @@ async fn randomized_kills_and_restarts_lose_nothing_and_converge() {
     }
     // Every producer batch: acknowledged once, in send order, at the offsets that hold its
     // bytes; stored once, in send order, whatever retries crossed the failovers.
+    let payloads: Vec<(u64, Bytes)> = final_log.iter().map(|e| (e.0, e.2.clone())).collect();
+    let context = format!("seed {seed}: ");
     for (who, acks) in [("pipe", &pipelined_acks), ("one", &unary_acks)] {
-        let acks = acks.lock().expect("lock").clone();
-        assert!(!acks.is_empty(), "seed {seed}: producer {who} published");
-        let mut last_offset = None;
-        for (i, (n, p)) in acks.iter().enumerate() {
-            assert_eq!(
-                *n, i,
-                "seed {seed}: {who} acknowledged in send order, each once"
-            );
-            assert!(
-                last_offset.is_none_or(|l| l < p.first.0),
-                "seed {seed}: {who} batch {n} stored after the one before"
-            );
-            last_offset = Some(p.last.0);
-            for (k, payload) in batch(who, *n).iter().enumerate() {
-                assert_eq!(
-                    final_log.get(p.first.0 as usize + k).map(|e| &e.2),
-                    Some(payload),
-                    "seed {seed}: {who} batch {n} is where its acknowledgement says"
-                );
-            }
-        }
-        let prefix = format!("{who}-");
-        let stored: Vec<&Bytes> = final_log
-            .iter()
-            .map(|e| &e.2)
-            .filter(|d| d.starts_with(prefix.as_bytes()))
-            .collect();
-        let sent: Vec<Bytes> = (0..acks.len()).flat_map(|n| batch(who, n)).collect();
-        assert_eq!(
-            stored.len(),
-            sent.len(),
-            "seed {seed}: every {who} event stored exactly once (no duplicate, none missing)"
-        );
-        assert!(
-            stored.iter().zip(&sent).all(|(a, b)| *a == b),
-            "seed {seed}: {who}'s events are stored in its send order"
-        );
+        check_producer(&context, who, acks, &payloads);
     }
     for (who, seen) in [("subscribe", &proxied), ("redirect", &redirected)] {
         let seen = seen.lock().expect("lock").clone();

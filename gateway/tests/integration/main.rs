@@ -9,6 +9,8 @@ mod failover;
 mod faults;
 mod mappings;
 mod metrics;
+#[path = "../common/producers.rs"]
+mod producers;
 mod promotion;
 mod publisher;
 mod routing;

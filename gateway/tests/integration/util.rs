@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub use crate::producers::{Acks, EVENTS_PER_BATCH, Producer, batch, check_producer};
+
 /// A gateway running inside the test process.
 pub struct TestGateway {
     pub addr: SocketAddr,
@@ -158,16 +160,3 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 async fn node_process_child() {
     ec_testnode::child_main().await;
 }
-
-/// Events per numbered producer batch in the publisher and fault tests.
-pub const EVENTS_PER_BATCH: usize = 3;
-
-/// The payloads of batch `n` of producer `who`: `"{who}-{n:06}-{i}"`.
-pub fn batch(who: &str, n: usize) -> Vec<bytes::Bytes> {
-    (0..EVENTS_PER_BATCH)
-        .map(|i| bytes::Bytes::from(format!("{who}-{n:06}-{i}")))
-        .collect()
-}
-
-/// What one producer got back: (batch number, acknowledgement), in completion order.
-pub type Acks = std::sync::Arc<std::sync::Mutex<Vec<(usize, ec_client::Published)>>>;
