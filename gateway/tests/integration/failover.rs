@@ -314,20 +314,11 @@ async fn readers_move_to_a_replica_at_once_while_no_primary_exists() {
     let consul = ConsulAgent::start_dev().await;
     let url = consul.http_url();
     let dir = tempfile::tempdir().expect("dir");
-    let mut n1 = NodeProcess::spawn_replicated(&dir.path().join("n1"), &url, "n1");
-    let _n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
-    let _n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
+    let [mut n1, _n2, _n3] = spawn_three(dir.path(), &url);
     let mut c1 = connect(n1.grpc_addr).await;
     let gateway = TestGateway::start_with(&url, |s| s.auto_failover = false).await;
     let gw = gateway.client().await;
-    store(&consul)
-        .put(
-            &data_id(D),
-            &[node_id("n1"), node_id("n2"), node_id("n3")],
-            None,
-        )
-        .await
-        .expect("map");
+    map_three(&consul, D).await;
     wait_in_sync(&c1, D, 3).await;
     wait_route(&gw, D, "n1 primary, three candidates", |r| {
         r.primary_node_id == "n1" && r.candidates.len() == 3
@@ -588,23 +579,14 @@ async fn readers_leave_a_frozen_node_on_suspicion_without_a_promotion() {
     let consul = ConsulAgent::start_dev().await;
     let url = consul.http_url();
     let dir = tempfile::tempdir().expect("dir");
-    let mut n1 = NodeProcess::spawn_replicated(&dir.path().join("n1"), &url, "n1");
-    let _n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
-    let _n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
+    let [mut n1, _n2, _n3] = spawn_three(dir.path(), &url);
     let mut c1 = connect(n1.grpc_addr).await;
     let gateway = TestGateway::start_with(&url, |s| {
         s.probes.silence = Duration::from_secs(3600);
     })
     .await;
     let gw = gateway.client().await;
-    store(&consul)
-        .put(
-            &data_id(D),
-            &[node_id("n1"), node_id("n2"), node_id("n3")],
-            None,
-        )
-        .await
-        .expect("map");
+    map_three(&consul, D).await;
     wait_in_sync(&c1, D, 3).await;
     wait_route(&gw, D, "n1 primary, three candidates", |r| {
         r.primary_node_id == "n1" && r.candidates.len() == 3

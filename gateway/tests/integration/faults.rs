@@ -185,14 +185,7 @@ async fn randomized_kills_and_restarts_lose_nothing_and_converge() {
     })
     .await;
     let gw = gateway.client().await;
-    store(&consul)
-        .put(
-            &data_id(D),
-            &[node_id("n1"), node_id("n2"), node_id("n3")],
-            None,
-        )
-        .await
-        .expect("map");
+    map_three(&consul, D).await;
     wait_route(&gw, D, "routable", |r| r.candidates.len() == 3).await;
 
     let stop = CancellationToken::new();

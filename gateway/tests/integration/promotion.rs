@@ -56,23 +56,14 @@ async fn sigkill_of_the_primary_is_failed_over_once_by_two_gateways_losing_nothi
     let consul = ConsulAgent::start_dev().await;
     let url = consul.http_url();
     let dir = tempfile::tempdir().expect("dir");
-    let mut n1 = NodeProcess::spawn_replicated(&dir.path().join("n1"), &url, "n1");
-    let n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
-    let n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
+    let [mut n1, n2, n3] = spawn_three(dir.path(), &url);
     let c1 = connect(n1.grpc_addr).await;
     // Default failover settings: the gateways' own probes and gateway.failover_after (1 s).
     let gw_a = TestGateway::start_with(&url, |_| {}).await;
     let gw_b = TestGateway::start_with(&url, |_| {}).await;
     let (ga, gb) = (gw_a.client().await, gw_b.client().await);
     let promoted = [promotions(ga.clone()), promotions(gb.clone())];
-    store(&consul)
-        .put(
-            &data_id(D),
-            &[node_id("n1"), node_id("n2"), node_id("n3")],
-            None,
-        )
-        .await
-        .expect("map");
+    map_three(&consul, D).await;
     wait_in_sync(&c1, D, 3).await;
     wait_route(&ga, D, "gateway routes to n1", |r| {
         r.primary_node_id == "n1"
@@ -278,14 +269,7 @@ async fn promote_replica_refuses_a_replica_that_is_not_in_sync_unless_forced() {
     let gw = gateway.client().await;
     let mut admin = FailoverClient::new(channel(gateway.addr).await);
     let promoted = promotions(gw.clone());
-    store(&consul)
-        .put(
-            &data_id("m"),
-            &[node_id("n1"), node_id("n2"), node_id("n3")],
-            None,
-        )
-        .await
-        .expect("map");
+    map_three(&consul, "m").await;
     let c1 = n1.client().await;
     wait_in_sync(&c1, "m", 2).await;
     wait_route(&gw, "m", "all three routable", |r| r.candidates.len() == 3).await;
@@ -388,21 +372,12 @@ async fn sigstop_of_the_primary_is_failed_over_and_the_thawed_primary_is_fenced(
     let consul = ConsulAgent::start_dev().await;
     let url = consul.http_url();
     let dir = tempfile::tempdir().expect("dir");
-    let mut n1 = NodeProcess::spawn_replicated(&dir.path().join("n1"), &url, "n1");
-    let n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
-    let n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
+    let [mut n1, n2, n3] = spawn_three(dir.path(), &url);
     let c1 = connect(n1.grpc_addr).await;
     // Default failover settings.
     let gateway = TestGateway::start_with(&url, |_| {}).await;
     let gw = gateway.client().await;
-    store(&consul)
-        .put(
-            &data_id(D),
-            &[node_id("n1"), node_id("n2"), node_id("n3")],
-            None,
-        )
-        .await
-        .expect("map");
+    map_three(&consul, D).await;
     wait_in_sync(&c1, D, 3).await;
     wait_route(&gw, D, "gateway routes to n1", |r| {
         r.primary_node_id == "n1"

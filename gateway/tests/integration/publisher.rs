@@ -97,23 +97,14 @@ async fn publishers_ride_out_a_primary_sigkill_exactly_once_and_in_order() {
     let consul = ConsulAgent::start_dev().await;
     let url = consul.http_url();
     let dir = tempfile::tempdir().expect("dir");
-    let mut n1 = NodeProcess::spawn_replicated(&dir.path().join("n1"), &url, "n1");
-    let _n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
-    let _n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
+    let [mut n1, _n2, _n3] = spawn_three(dir.path(), &url);
     let c1 = connect(n1.grpc_addr).await;
     let gateway = TestGateway::start_with(&url, |s| {
         s.failover_after = Duration::from_secs(2);
     })
     .await;
     let gw = gateway.client().await;
-    store(&consul)
-        .put(
-            &data_id(D),
-            &[node_id("n1"), node_id("n2"), node_id("n3")],
-            None,
-        )
-        .await
-        .expect("map");
+    map_three(&consul, D).await;
     wait_in_sync(&c1, D, 3).await;
     wait_route(&gw, D, "gateway routes to n1", |r| {
         r.primary_node_id == "n1"
@@ -235,23 +226,14 @@ async fn a_frozen_primary_is_left_and_publishes_without_identity_are_not_resent(
     let consul = ConsulAgent::start_dev().await;
     let url = consul.http_url();
     let dir = tempfile::tempdir().expect("dir");
-    let mut n1 = NodeProcess::spawn_replicated(&dir.path().join("n1"), &url, "n1");
-    let _n2 = NodeProcess::spawn_replicated(&dir.path().join("n2"), &url, "n2");
-    let _n3 = NodeProcess::spawn_replicated(&dir.path().join("n3"), &url, "n3");
+    let [mut n1, _n2, _n3] = spawn_three(dir.path(), &url);
     let c1 = connect(n1.grpc_addr).await;
     let gateway = TestGateway::start_with(&url, |s| {
         s.failover_after = Duration::from_secs(2);
     })
     .await;
     let gw = gateway.client().await;
-    store(&consul)
-        .put(
-            &data_id(D),
-            &[node_id("n1"), node_id("n2"), node_id("n3")],
-            None,
-        )
-        .await
-        .expect("map");
+    map_three(&consul, D).await;
     wait_in_sync(&c1, D, 3).await;
     wait_route(&gw, D, "gateway routes to n1", |r| {
         r.primary_node_id == "n1"

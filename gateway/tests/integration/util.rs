@@ -6,6 +6,7 @@
 //! `util::node_process_child` below ([`ec_testnode::CHILD_TEST`]), which runs the node.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use ec_gateway::{GatewayError, GatewaySettings};
@@ -159,4 +160,22 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 #[ignore = "entry point of the node child process started by NodeProcess::spawn"]
 async fn node_process_child() {
     ec_testnode::child_main().await;
+}
+
+/// The three replicating node processes `n1`, `n2` and `n3` of the failover tests, each with
+/// its data dir under `dir`, started in that order.
+pub fn spawn_three(dir: &Path, consul_url: &str) -> [NodeProcess; 3] {
+    ["n1", "n2", "n3"].map(|id| NodeProcess::spawn_replicated(&dir.join(id), consul_url, id))
+}
+
+/// Creates the mapping of `data_id` to `n1`, `n2`, `n3` in `consul`, `n1` the primary.
+pub async fn map_three(consul: &ConsulAgent, data_id: &str) {
+    store(consul)
+        .put(
+            &ec_testnode::data_id(data_id),
+            &[node_id("n1"), node_id("n2"), node_id("n3")],
+            None,
+        )
+        .await
+        .expect("map");
 }
