@@ -14,7 +14,7 @@
 // Helpers in `util` are shared by the test modules of this one binary; nothing is exported.
 #![allow(unreachable_pub)]
 
-#[path = "../common/producers.rs"]
-mod producers;
 mod topology;
+#[path = "../common/traffic.rs"]
+mod traffic;
 mod util;

@@ -2,24 +2,25 @@
 //! producers and readers that run through it, and the final check of what they saw.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ec_client::{Client, Mode, Start, StreamOptions};
+use ec_client::{Client, Mode};
 use ec_proto::gateway_client::GatewayClient;
 use ec_proto::{GetNodeRequest, GetNodeResponse};
 use ec_testkit::{ConsulCluster, wait_for};
 pub use ec_testnode::{
     DEADLINE, NodeProcess, connect, data_id, node_id, read_log, store, wait_converged,
 };
-use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-pub use crate::producers::{Acks, Producer, batch, check_producer};
+pub use crate::traffic::{
+    Acks, Producer, Seen, batch, check_producer, check_reader, read_redirected,
+};
 
 /// One test topology at a time (see the crate docs).
 pub static TOPOLOGY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -258,9 +259,6 @@ pub async fn wait_acks(acks: &Acks, more: usize, what: &str) -> Duration {
     start.elapsed()
 }
 
-/// What a reader saw: (offset, payload) in delivery order.
-pub type Seen = Arc<Mutex<Vec<(u64, Bytes)>>>;
-
 /// A reader through the SDK's resumable stream (redirect mode: straight to a node the gateway
 /// names), from offset 0, following; it checks order as it goes.
 pub fn reader(gateway: &TestGateway, data_id: &'static str, stop: CancellationToken) -> Seen {
@@ -269,48 +267,9 @@ pub fn reader(gateway: &TestGateway, data_id: &'static str, stop: CancellationTo
     let addr = gateway.addr.to_string();
     tokio::spawn(async move {
         let client = Client::connect(&addr).await.expect("sdk client");
-        while !stop.is_cancelled() {
-            let next = out.lock().expect("lock").len() as u64;
-            let mut stream = client.stream(
-                data_id,
-                StreamOptions::from_start(Start::Offset(ec_client::Offset(next))),
-            );
-            loop {
-                let item = tokio::select! {
-                    () = stop.cancelled() => return,
-                    item = stream.next() => item,
-                };
-                match item {
-                    Some(Ok(ec_client::Delivery::Batch { events, .. })) => {
-                        let mut seen = out.lock().expect("lock");
-                        for e in events {
-                            assert_eq!(e.offset.0, seen.len() as u64, "reader out of order");
-                            seen.push((e.offset.0, e.data));
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break,
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        read_redirected(client, data_id, String::new(), stop, out).await;
     });
     seen
-}
-
-/// A reader saw a gapless prefix of `log`, each offset with its content.
-pub fn check_reader(seen: &Seen, log: &[(u64, Bytes)]) {
-    let seen = seen.lock().expect("lock").clone();
-    assert!(!seen.is_empty(), "the reader saw events");
-    assert!(seen.len() <= log.len(), "the reader saw more than exists");
-    for (i, (offset, data)) in seen.iter().enumerate() {
-        assert_eq!(*offset, i as u64, "reader gapless");
-        assert_eq!(
-            Some(data),
-            log.get(i).map(|e| &e.1),
-            "reader saw offset {i} with other content than the final log"
-        );
-    }
 }
 
 /// Not a test: the body of a [`NodeProcess`] (see [`ec_testnode::child_main`]).

@@ -16,11 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ec_client::{Client, Mode, Start, StreamOptions};
+use ec_client::{Client, Mode};
 use ec_proto::gateway_client::GatewayClient;
 use ec_proto::{PublishRequest, StreamRequest};
 use ec_testkit::{ConsulAgent, wait_for};
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -44,8 +43,6 @@ impl Rng {
         self.next() % n
     }
 }
-
-type Log = Arc<Mutex<Vec<(u64, Bytes)>>>;
 
 /// A retrying idempotent producer until `stop`: pipelined (`window` batches in flight, a
 /// batch every 5 ms) when `window > 1`, else one `Client::publish` at a time, back to back.
@@ -75,8 +72,8 @@ fn producer(
 
 /// A reader through the gateway's `Subscribe`, resubscribing from its next offset when the
 /// stream ends; it checks order as it goes.
-fn proxy_reader(gw: GatewayClient<Channel>, stop: CancellationToken, seed: u64) -> Log {
-    let seen: Log = Arc::default();
+fn proxy_reader(gw: GatewayClient<Channel>, stop: CancellationToken, seed: u64) -> Seen {
+    let seen: Seen = Arc::default();
     let out = seen.clone();
     tokio::spawn(async move {
         while !stop.is_cancelled() {
@@ -116,40 +113,10 @@ fn proxy_reader(gw: GatewayClient<Channel>, stop: CancellationToken, seed: u64) 
 }
 
 /// A reader in redirect mode through the SDK (its own resumable stream).
-fn redirect_reader(client: Client, stop: CancellationToken, seed: u64) -> Log {
-    let seen: Log = Arc::default();
-    let out = seen.clone();
-    tokio::spawn(async move {
-        while !stop.is_cancelled() {
-            let next = out.lock().expect("lock").len() as u64;
-            let mut stream = client.stream(
-                D,
-                StreamOptions::from_start(Start::Offset(ec_client::Offset(next))),
-            );
-            loop {
-                let item = tokio::select! {
-                    () = stop.cancelled() => return,
-                    item = stream.next() => item,
-                };
-                match item {
-                    Some(Ok(ec_client::Delivery::Batch { events, .. })) => {
-                        let mut seen = out.lock().expect("lock");
-                        for e in events {
-                            assert_eq!(
-                                e.offset.0,
-                                seen.len() as u64,
-                                "seed {seed}: redirect reader got offsets out of order"
-                            );
-                            seen.push((e.offset.0, e.data));
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break,
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+fn redirect_reader(client: Client, stop: CancellationToken, seed: u64) -> Seen {
+    let seen: Seen = Arc::default();
+    let context = format!("seed {seed}: ");
+    tokio::spawn(read_redirected(client, D, context, stop, seen.clone()));
     seen
 }
 
@@ -365,19 +332,7 @@ async fn randomized_kills_and_restarts_lose_nothing_and_converge() {
         check_producer(&context, who, acks, &payloads);
     }
     for (who, seen) in [("subscribe", &proxied), ("redirect", &redirected)] {
-        let seen = seen.lock().expect("lock").clone();
-        assert!(
-            seen.len() <= final_log.len(),
-            "seed {seed}: {who} saw more than exists"
-        );
-        for (i, (offset, data)) in seen.iter().enumerate() {
-            assert_eq!(*offset, i as u64, "seed {seed}: {who} gapless");
-            assert_eq!(
-                Some(data),
-                final_log.get(i).map(|e| &e.2),
-                "seed {seed}: {who} saw offset {i} with other content than the final log"
-            );
-        }
+        check_reader(&context, who, seen, &payloads);
     }
     println!(
         "fault run: seed={seed} kills={kills} stops={stops} acknowledged={} producer batches={}+{} final log={} subscribe saw {} redirect saw {}",

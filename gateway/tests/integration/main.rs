@@ -9,12 +9,12 @@ mod failover;
 mod faults;
 mod mappings;
 mod metrics;
-#[path = "../common/producers.rs"]
-mod producers;
 mod promotion;
 mod publisher;
 mod routing;
 mod security;
 mod service;
 mod tls;
+#[path = "../common/traffic.rs"]
+mod traffic;
 mod util;

@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-pub use crate::producers::{Acks, EVENTS_PER_BATCH, Producer, batch, check_producer};
+pub use crate::traffic::{
+    Acks, EVENTS_PER_BATCH, Producer, Seen, batch, check_producer, check_reader, read_redirected,
+};
 
 /// A gateway running inside the test process.
 pub struct TestGateway {

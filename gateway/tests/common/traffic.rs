@@ -1,17 +1,20 @@
-//! Numbered-batch producers through the gateway and the check of what they got back, shared
-//! by the gateway's two test binaries (`integration` and `cluster`, each including this file
-//! with `#[path]`). `ec-testnode` cannot hold them: it would have to depend on `ec-client`,
-//! whose own tests depend on `ec-testnode`.
+//! The test traffic through the gateway, shared by the gateway's two test binaries
+//! (`integration` and `cluster`, each including this file with `#[path]`): numbered-batch
+//! producers, resuming readers, and the checks of what they got back. `ec-testnode` cannot
+//! hold them: it would have to depend on `ec-client`, whose own tests depend on `ec-testnode`.
 //!
-//! A [`Producer`] publishes its batch `n` as [`batch`]`(who, n)` until stopped and
-//! records each acknowledgement with its batch number; [`check_producer`] then holds the final
-//! log to the exactly-once, in-order promise of the retrying idempotent publisher.
+//! A [`Producer`] publishes its batch `n` as [`batch`]`(who, n)` until stopped and records
+//! each acknowledgement with its batch number; [`check_producer`] then holds the final log to
+//! the exactly-once, in-order promise of the retrying idempotent publisher. A redirect reader
+//! ([`read_redirected`]) follows the log with the SDK's resumable stream; [`check_reader`]
+//! holds what it saw to a gapless prefix of the final log.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ec_client::Client;
+use ec_client::{Client, Start, StreamOptions};
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 /// Events per numbered producer batch.
@@ -142,4 +145,67 @@ pub fn check_producer(context: &str, who: &str, acks: &Acks, log: &[(u64, Bytes)
         stored.iter().zip(&sent).all(|(a, b)| *a == b),
         "{context}{who}'s events are stored in its send order"
     );
+}
+
+/// What a reader saw: (offset, payload) in delivery order.
+pub type Seen = Arc<Mutex<Vec<(u64, Bytes)>>>;
+
+/// Follows `data_id` through `client`'s resumable stream (redirect mode: straight to a node
+/// the gateway names) from offset 0 until `stop`, pushing each event to `seen`; when the
+/// stream ends it starts a new one 50 ms later from the next offset. Panics on an offset out
+/// of order; `context` opens the message.
+pub async fn read_redirected(
+    client: Client,
+    data_id: &'static str,
+    context: String,
+    stop: CancellationToken,
+    seen: Seen,
+) {
+    while !stop.is_cancelled() {
+        let next = seen.lock().expect("lock").len() as u64;
+        let mut stream = client.stream(
+            data_id,
+            StreamOptions::from_start(Start::Offset(ec_client::Offset(next))),
+        );
+        loop {
+            let item = tokio::select! {
+                () = stop.cancelled() => return,
+                item = stream.next() => item,
+            };
+            match item {
+                Some(Ok(ec_client::Delivery::Batch { events, .. })) => {
+                    let mut seen = seen.lock().expect("lock");
+                    for e in events {
+                        assert_eq!(
+                            e.offset.0,
+                            seen.len() as u64,
+                            "{context}redirect reader got offsets out of order"
+                        );
+                        seen.push((e.offset.0, e.data));
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reader `who` saw a gapless prefix of `log` (offset, payload), each offset with its
+/// content. `context` opens every failure message.
+pub fn check_reader(context: &str, who: &str, seen: &Seen, log: &[(u64, Bytes)]) {
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.len() <= log.len(),
+        "{context}{who} saw more than exists"
+    );
+    for (i, (offset, data)) in seen.iter().enumerate() {
+        assert_eq!(*offset, i as u64, "{context}{who} gapless");
+        assert_eq!(
+            Some(data),
+            log.get(i).map(|e| &e.1),
+            "{context}{who} saw offset {i} with other content than the final log"
+        );
+    }
 }
