@@ -14,6 +14,8 @@
 // Helpers in `util` are shared by the test modules of this one binary; nothing is exported.
 #![allow(unreachable_pub)]
 
+#[path = "../common/routes.rs"]
+mod routes;
 mod topology;
 #[path = "../common/traffic.rs"]
 mod traffic;

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ec_client::{Client, Mode};
 use ec_proto::gateway_client::GatewayClient;
-use ec_proto::{GetNodeRequest, GetNodeResponse};
 use ec_testkit::{ConsulCluster, wait_for};
 pub use ec_testnode::{
     DEADLINE, NodeProcess, connect, data_id, node_id, read_log, store, wait_converged,
@@ -18,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub use crate::routes::{candidate_ids, wait_route};
 pub use crate::traffic::{
     Acks, Producer, Seen, batch, check_producer, check_reader, read_redirected,
 };
@@ -184,34 +184,6 @@ impl TestGateway {
             .expect("gateway task did not panic")
             .expect("gateway stopped cleanly");
     }
-}
-
-/// Waits until `GetNodeForData(data_id)` answers and `pred` holds for the answer.
-pub async fn wait_route(
-    gw: &GatewayClient<Channel>,
-    data_id: &str,
-    what: &str,
-    pred: impl Fn(&GetNodeResponse) -> bool,
-) -> GetNodeResponse {
-    wait_for(what, DEADLINE, || {
-        let mut gw = gw.clone();
-        let pred = &pred;
-        async move {
-            gw.get_node_for_data(GetNodeRequest {
-                data_id: data_id.into(),
-            })
-            .await
-            .ok()
-            .map(tonic::Response::into_inner)
-            .filter(|r| pred(r))
-        }
-    })
-    .await
-}
-
-/// The candidates' node IDs of a route.
-pub fn candidate_ids(r: &GetNodeResponse) -> Vec<&str> {
-    r.candidates.iter().map(|c| c.node_id.as_str()).collect()
 }
 
 /// A retrying idempotent producer through the gateway until `stop`: pipelined (`window`

@@ -11,6 +11,8 @@ mod mappings;
 mod metrics;
 mod promotion;
 mod publisher;
+#[path = "../common/routes.rs"]
+mod routes;
 mod routing;
 mod security;
 mod service;

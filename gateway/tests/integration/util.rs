@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub use crate::routes::{candidate_ids, wait_route};
 pub use crate::traffic::{
     Acks, EVENTS_PER_BATCH, Producer, Seen, batch, check_producer, check_reader, read_redirected,
 };
@@ -108,26 +109,6 @@ pub async fn get_node(
     })
     .await
     .map(tonic::Response::into_inner)
-}
-
-/// Waits until `GetNodeForData(data_id)` answers and `pred` holds for the answer.
-pub async fn wait_route(
-    gw: &GatewayClient<Channel>,
-    data_id: &str,
-    what: &str,
-    pred: impl Fn(&GetNodeResponse) -> bool,
-) -> GetNodeResponse {
-    ec_testkit::wait_for(what, DEADLINE, || {
-        let mut gw = gw.clone();
-        let pred = &pred;
-        async move { get_node(&mut gw, data_id).await.ok().filter(|r| pred(r)) }
-    })
-    .await
-}
-
-/// The candidates' node IDs of a route.
-pub fn candidate_ids(r: &GetNodeResponse) -> Vec<&str> {
-    r.candidates.iter().map(|c| c.node_id.as_str()).collect()
 }
 
 /// Puts a node's Consul service into maintenance (critical) or takes it out.
