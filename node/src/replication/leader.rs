@@ -343,10 +343,23 @@ struct Won {
 /// What a claim came to.
 enum Claim {
     Won(Won),
-    /// Not allowed (not in sync); the reason.
-    Refused(String),
+    /// Not allowed: this node is not in the stored in-sync set.
+    Refused(NotInSync),
     /// Consul failed or a race was lost: try again.
     Retry(ClaimRetry),
+}
+
+/// Why a claim is refused: the epoch record names an in-sync set without this node, so it
+/// may lack events that were acknowledged; only an operator (promote, or force) changes that.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "not in the in-sync set of epoch {epoch} (primary {primary}, in sync [{}]), so it may lack acknowledged events; promote an in-sync replica instead (or force it)",
+    in_sync.iter().map(NodeId::as_str).collect::<Vec<_>>().join(",")
+)]
+struct NotInSync {
+    epoch: Epoch,
+    primary: NodeId,
+    in_sync: Vec<NodeId>,
 }
 
 /// Why a claim must be tried again. The message is what the node's view and log show.
@@ -400,13 +413,11 @@ async fn claim(
             (Some(r.modify_index), r.epoch.0, in_sync)
         }
         Some(r) => {
-            let isr: Vec<&str> = r.in_sync.iter().map(NodeId::as_str).collect();
-            return Claim::Refused(format!(
-                "not in the in-sync set of epoch {} (primary {}, in sync [{}]), so it may lack acknowledged events; promote an in-sync replica instead (or force it)",
-                r.epoch,
-                r.primary,
-                isr.join(",")
-            ));
+            return Claim::Refused(NotInSync {
+                epoch: r.epoch,
+                primary: r.primary.clone(),
+                in_sync: r.in_sync.clone(),
+            });
         }
     };
     let epoch = ec_discovery::next_epoch(Epoch(base), mapping.modify_index, Epoch(my_last));
@@ -455,7 +466,7 @@ pub(super) async fn lead(
             }
             Claim::Refused(reason) => {
                 warn!(%data_id, %reason, "named primary but may not claim the epoch");
-                repl.set_view(data_id, role(None), reason);
+                repl.set_view(data_id, role(None), reason.to_string());
                 CLAIM_RECHECK
             }
             Claim::Retry(reason) => {
@@ -592,18 +603,49 @@ async fn run_term(
 #[allow(clippy::unwrap_used)]
 mod tests {
     //! The session guard: however a session's task ends, its replica leaves the in-sync set.
+    //! And the claim outcomes: what a refusal says, which retries back off.
 
     use std::time::Duration;
 
     use ec_core::{DataId, Epoch, NodeId, Offset};
-    use ec_discovery::{EpochState, Mapping};
+    use ec_discovery::{EpochError, EpochState, Mapping};
 
-    use super::{LeaderTerm, SessionStart};
+    use super::{ClaimRetry, LeaderTerm, NotInSync, SessionStart};
     use crate::log::{EventLog, LogOptions, WriteAccess};
     use crate::replication::{Acks, ReplicationSettings};
 
     fn node(s: &str) -> NodeId {
         NodeId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_refused_claim_names_the_record_and_the_way_out() {
+        let refused = NotInSync {
+            epoch: Epoch(7),
+            primary: node("n1"),
+            in_sync: vec![node("n1"), node("n2")],
+        };
+        let text = refused.to_string();
+        assert!(
+            text.contains("epoch 7 (primary n1, in sync [n1,n2])"),
+            "{text}"
+        );
+        assert!(text.contains("promote an in-sync replica"), "{text}");
+    }
+
+    #[test]
+    fn only_consul_failures_back_off() {
+        let consul = || EpochError::Invalid {
+            key: "k".into(),
+            reason: "r".into(),
+        };
+        assert!(ClaimRetry::ReadFailed(consul()).backs_off());
+        assert!(ClaimRetry::WriteFailed(consul()).backs_off());
+        assert!(!ClaimRetry::LostRace.backs_off());
+        assert_eq!(
+            ClaimRetry::LostRace.to_string(),
+            "the epoch record changed while claiming"
+        );
     }
 
     /// A term of `n1` over a real log, with `n2` in sync and reporting caught up.
