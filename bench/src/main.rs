@@ -42,9 +42,13 @@ use clap::Parser;
 use color_eyre::eyre::{Result, WrapErr};
 
 fn main() -> Result<()> {
-    color_eyre::config::HookBuilder::default()
-        .display_env_section(false)
-        .install()?;
+    // The same reports as the product's binaries: plain text off a terminal or with
+    // NO_COLOR, and no backtrace for a failed measurement (only for a panic).
+    ec_cli::install_error_reporting()?;
+    ec_cli::user_error(run())
+}
+
+fn run() -> Result<()> {
     let cli = cli::Cli::parse();
     // RUST_LOG=h2=debug,ec_client=debug etc. shows what the clients inside the bench do.
     if std::env::var_os("RUST_LOG").is_some() {
