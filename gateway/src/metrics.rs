@@ -258,21 +258,7 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let render = render.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        render(),
-                    )
-                }
-            }),
-        )
+        .route("/metrics", ec_grpc::metrics_route(render))
         .route(
             "/health",
             get(move || {

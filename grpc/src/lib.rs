@@ -12,6 +12,7 @@
 //!   before the message is buffered (`limits.rs`);
 //! - TLS from the configured files, optionally requiring client certificates ([`TlsFiles`],
 //!   which also gives the client side for the binaries' outgoing channels);
+//! - the `GET /metrics` route of the HTTP port ([`metrics_route`]);
 //! - graceful shutdown on a [`CancellationToken`](tokio_util::sync::CancellationToken), and a
 //!   server task that panics reported as an error ([`ServeError::Panicked`]), never as a
 //!   clean stop.
@@ -25,9 +26,11 @@
 
 pub mod auth;
 mod limits;
+mod metrics;
 mod server;
 mod tls;
 
 pub use limits::MessageLimitLayer;
+pub use metrics::metrics_route;
 pub use server::{GrpcServer, Health, ServeError, ServeSettings, ServerTask};
 pub use tls::{TlsError, TlsFiles};

@@ -90,21 +90,7 @@ pub(crate) async fn serve_http(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics(),
-                    )
-                }
-            }),
-        )
+        .route("/metrics", ec_grpc::metrics_route(metrics))
         .route(
         &path,
         get(move || {
