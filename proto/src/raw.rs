@@ -1,0 +1,842 @@
+//! Pass-through `EventBatch`es: the message as the node encoded it, with only what a reader's
+//! bookkeeping needs read out of it, for proxies that forward batches without decoding and
+//! re-encoding every payload.
+//!
+//! [`RawEventBatch::parse`] walks the protobuf wire format of one `EventBatch`: it reads the
+//! names (`data_id`, `node_id`), each event's `offset`, and where each event and the
+//! `serving_change` lie in the buffer, and skips payload bytes without copying them. It is
+//! as strict as prost: a truncated varint or field, a varint longer than ten bytes, a field
+//! number 0, a known field with the wrong wire type, a length past the end of the message, a
+//! name that is not UTF-8 or an unbalanced group is an error naming the field and the byte
+//! position, never a panic (the property test holds its verdict equal to prost's).
+//!
+//! The codecs put it on the wire: [`RawBatchClientCodec`] reads `EventBatch` responses as
+//! [`RawEventBatch`] (zero-copy: the batch keeps a slice of tonic's receive buffer), and
+//! [`RawBatchServerCodec`] writes a [`RawEventBatch`] as it is, so clients of the proxy still
+//! receive ordinary `EventBatch` messages. Malformed responses are `INVALID_ARGUMENT` naming the
+//! type, as with [`StrictCodec`](crate::StrictCodec).
+//!
+//! Changing a batch (dropping events a reader already has, naming the data ID or node) is the
+//! rare path: [`RawEventBatch::rebuilt`] writes a new message from the spans of the old one,
+//! still without decoding payloads. Unknown fields are not carried into a rebuilt batch.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use prost::Message;
+use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic_prost::ProstEncoder;
+
+use crate::codec::StrictDecoder;
+use crate::{EventBatch, ServingChange};
+
+/// Field numbers of `EventBatch` and `Event` in `streaming.proto`.
+const BATCH_DATA_ID: u32 = 1;
+const BATCH_EVENTS: u32 = 2;
+const BATCH_NODE_ID: u32 = 3;
+const BATCH_SERVING_CHANGE: u32 = 4;
+const EVENT_OFFSET: u32 = 1;
+const EVENT_TIMESTAMP: u32 = 2;
+const EVENT_DATA: u32 = 3;
+const CHANGE_FROM: u32 = 1;
+const CHANGE_TO: u32 = 2;
+const CHANGE_REASON: u32 = 3;
+const CHANGE_RESUME_OFFSET: u32 = 4;
+
+/// Nesting of unknown groups accepted before the message counts as malformed (prost's limit).
+const MAX_GROUP_DEPTH: u32 = 100;
+
+/// The protobuf wire types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WireType {
+    Varint,
+    Fixed64,
+    Len,
+    StartGroup,
+    EndGroup,
+    Fixed32,
+}
+
+impl WireType {
+    fn name(self) -> &'static str {
+        match self {
+            WireType::Varint => "varint",
+            WireType::Fixed64 => "64-bit",
+            WireType::Len => "length-delimited",
+            WireType::StartGroup => "start-group",
+            WireType::EndGroup => "end-group",
+            WireType::Fixed32 => "32-bit",
+        }
+    }
+}
+
+/// Why bytes are not a valid `EventBatch`; `at` is the byte position in the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The message ends inside a varint, a fixed-size value or a key.
+    #[error("truncated {what} at byte {at}")]
+    Truncated { what: &'static str, at: usize },
+    /// A varint runs past ten bytes or past 64 bits.
+    #[error("invalid varint at byte {at} (longer than 64 bits)")]
+    VarintOverflow { at: usize },
+    /// A key with field number 0, a key beyond 32 bits, or wire type 6 or 7.
+    #[error("invalid field key {key} at byte {at}")]
+    InvalidKey { key: u64, at: usize },
+    /// A known field sent with another wire type than `streaming.proto` gives it.
+    #[error("field {field} has wire type {got}, expected {expected} (at byte {at})")]
+    WrongWireType {
+        field: &'static str,
+        got: &'static str,
+        expected: &'static str,
+        at: usize,
+    },
+    /// A length-delimited field claims more bytes than the message has left.
+    #[error("field at byte {at} claims {len} bytes but only {remaining} remain")]
+    LengthOverrun {
+        at: usize,
+        len: u64,
+        remaining: usize,
+    },
+    /// A string field that is not UTF-8.
+    #[error("field {field} is not valid UTF-8 (at byte {at})")]
+    InvalidUtf8 { field: &'static str, at: usize },
+    /// An end-group without its start-group, a group closed by another field number, or
+    /// groups nested too deep.
+    #[error("unbalanced or too deeply nested group at byte {at}")]
+    BadGroup { at: usize },
+}
+
+/// Where one event lies in its batch, and its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EventSpan {
+    offset: u64,
+    /// The encoded `Event` message (without its key and length).
+    body: Range<usize>,
+}
+
+/// One encoded `EventBatch` and what was read out of it. Cloning shares the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEventBatch {
+    /// The whole message, exactly as received (or as rebuilt).
+    bytes: Bytes,
+    events: Vec<EventSpan>,
+    /// The last `data_id` field's value (protobuf: the last one wins); empty if absent.
+    data_id: Range<usize>,
+    /// The last `node_id` field's value; empty if absent.
+    node_id: Range<usize>,
+    /// The `serving_change` message's body, if present (the last occurrence; prost would merge
+    /// several, which no sender of ours produces).
+    serving_change: Option<Range<usize>>,
+}
+
+impl RawEventBatch {
+    /// Reads the bookkeeping fields of the encoded `EventBatch` in `bytes`, keeping `bytes`.
+    pub fn parse(bytes: Bytes) -> Result<RawEventBatch, WireError> {
+        let mut r = Reader::new(&bytes, 0);
+        let mut batch = RawEventBatch {
+            bytes: Bytes::new(),
+            events: Vec::new(),
+            data_id: 0..0,
+            node_id: 0..0,
+            serving_change: None,
+        };
+        while let Some((field, wire, at)) = r.key()? {
+            match field {
+                BATCH_DATA_ID => batch.data_id = r.string("EventBatch.data_id", wire, at)?,
+                BATCH_EVENTS => {
+                    let body = r.len_field("EventBatch.events", wire, at)?;
+                    let offset = event_offset(&bytes, body.clone())?;
+                    batch.events.push(EventSpan { offset, body });
+                }
+                BATCH_NODE_ID => batch.node_id = r.string("EventBatch.node_id", wire, at)?,
+                BATCH_SERVING_CHANGE => {
+                    let body = r.len_field("EventBatch.serving_change", wire, at)?;
+                    check_serving_change(&bytes, body.clone())?;
+                    batch.serving_change = Some(body);
+                }
+                _ => r.skip(field, wire, at, 0)?,
+            }
+        }
+        batch.bytes = bytes;
+        Ok(batch)
+    }
+
+    /// The encoded message, to write as is.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The events' offsets, in the order sent.
+    pub fn offsets(&self) -> impl ExactSizeIterator<Item = u64> + Clone + '_ {
+        self.events.iter().map(|e| e.offset)
+    }
+
+    /// Whether the batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The number of events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// `data_id` (checked UTF-8 by [`RawEventBatch::parse`]); empty if absent.
+    pub fn data_id(&self) -> &str {
+        self.str_at(&self.data_id)
+    }
+
+    /// `node_id`; empty if absent.
+    pub fn node_id(&self) -> &str {
+        self.str_at(&self.node_id)
+    }
+
+    /// Whether a `serving_change` is present.
+    pub fn has_serving_change(&self) -> bool {
+        self.serving_change.is_some()
+    }
+
+    fn str_at(&self, range: &Range<usize>) -> &str {
+        // Checked in `parse` (or written from a `&str` by `rebuilt`); never fails.
+        std::str::from_utf8(&self.bytes[range.clone()]).unwrap_or_default()
+    }
+
+    /// A new batch named `data_id` and `node_id` holding only the events at `keep` (positions
+    /// in this batch, in order; `None` keeps them all) and this batch's `serving_change`. The
+    /// events are copied as encoded, never decoded.
+    pub fn rebuilt(&self, data_id: &str, node_id: &str, keep: Option<&[usize]>) -> RawEventBatch {
+        let kept: Vec<&EventSpan> = match keep {
+            None => self.events.iter().collect(),
+            Some(positions) => positions
+                .iter()
+                .filter_map(|&i| self.events.get(i))
+                .collect(),
+        };
+        let mut out = BytesMut::with_capacity(
+            self.bytes.len()
+                + data_id.len()
+                + node_id.len()
+                + 2 * prost::length_delimiter_len(usize::MAX),
+        );
+        let mut spans = Vec::with_capacity(kept.len());
+        let data_range = put_len_field(&mut out, BATCH_DATA_ID, data_id.as_bytes());
+        for event in kept {
+            let body = put_len_field(&mut out, BATCH_EVENTS, &self.bytes[event.body.clone()]);
+            spans.push(EventSpan {
+                offset: event.offset,
+                body,
+            });
+        }
+        let node_range = put_len_field(&mut out, BATCH_NODE_ID, node_id.as_bytes());
+        let serving_change = self
+            .serving_change
+            .as_ref()
+            .map(|body| put_len_field(&mut out, BATCH_SERVING_CHANGE, &self.bytes[body.clone()]));
+        RawEventBatch {
+            bytes: out.freeze(),
+            events: spans,
+            data_id: data_range,
+            node_id: node_range,
+            serving_change,
+        }
+    }
+
+    /// `batch` encoded (for messages the proxy makes itself, such as serving-change notices).
+    pub fn encode(batch: &EventBatch) -> RawEventBatch {
+        let bytes = Bytes::from(batch.encode_to_vec());
+        // A message prost just encoded is valid; an empty batch is the impossible fallback.
+        RawEventBatch::parse(bytes).unwrap_or_else(|_| RawEventBatch::empty())
+    }
+
+    /// Decodes the whole message with prost (tests and rare paths only: it copies nothing but
+    /// builds every event).
+    pub fn decode(&self) -> Result<EventBatch, prost::DecodeError> {
+        EventBatch::decode(self.bytes.clone())
+    }
+
+    fn empty() -> RawEventBatch {
+        RawEventBatch {
+            bytes: Bytes::new(),
+            events: Vec::new(),
+            data_id: 0..0,
+            node_id: 0..0,
+            serving_change: None,
+        }
+    }
+
+    /// The serving change, decoded (small; only on event-less notices).
+    pub fn serving_change(&self) -> Option<ServingChange> {
+        let body = self.serving_change.clone()?;
+        ServingChange::decode(self.bytes.slice(body)).ok()
+    }
+}
+
+/// Writes `field` as a length-delimited field holding `value`; returns where `value` landed.
+fn put_len_field(out: &mut BytesMut, field: u32, value: &[u8]) -> Range<usize> {
+    if value.is_empty() {
+        // proto3 leaves empty strings out; an empty event or change still goes out.
+        if field == BATCH_DATA_ID || field == BATCH_NODE_ID {
+            return 0..0;
+        }
+    }
+    prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(value.len() as u64, out);
+    let start = out.len();
+    out.put_slice(value);
+    start..out.len()
+}
+
+/// The offset of the encoded `Event` at `body` of `buf` (0 if absent, as in proto3); checks
+/// the event's other fields' wire types.
+fn event_offset(buf: &[u8], body: Range<usize>) -> Result<u64, WireError> {
+    let mut r = Reader::new(&buf[..body.end], body.start);
+    let mut offset = 0;
+    while let Some((field, wire, at)) = r.key()? {
+        match field {
+            EVENT_OFFSET => offset = r.varint_field("Event.offset", wire, at)?,
+            EVENT_TIMESTAMP => {
+                r.varint_field("Event.timestamp", wire, at)?;
+            }
+            EVENT_DATA => {
+                r.len_field("Event.data", wire, at)?;
+            }
+            _ => r.skip(field, wire, at, 0)?,
+        }
+    }
+    Ok(offset)
+}
+
+/// Checks the encoded `ServingChange` at `body` of `buf` as prost would decode it.
+fn check_serving_change(buf: &[u8], body: Range<usize>) -> Result<(), WireError> {
+    let mut r = Reader::new(&buf[..body.end], body.start);
+    while let Some((field, wire, at)) = r.key()? {
+        match field {
+            CHANGE_FROM => drop(r.string("ServingChange.from_node_id", wire, at)?),
+            CHANGE_TO => drop(r.string("ServingChange.to_node_id", wire, at)?),
+            CHANGE_REASON => drop(r.string("ServingChange.reason", wire, at)?),
+            CHANGE_RESUME_OFFSET => {
+                r.varint_field("ServingChange.resume_offset", wire, at)?;
+            }
+            _ => r.skip(field, wire, at, 0)?,
+        }
+    }
+    Ok(())
+}
+
+/// A cursor over `buf[pos..]`: every read checks the bounds.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], pos: usize) -> Reader<'a> {
+        Reader { buf, pos }
+    }
+
+    fn varint(&mut self, what: &'static str) -> Result<u64, WireError> {
+        let at = self.pos;
+        let mut value = 0u64;
+        for i in 0..10 {
+            let Some(&byte) = self.buf.get(self.pos) else {
+                return Err(WireError::Truncated { what, at });
+            };
+            self.pos += 1;
+            // The tenth byte may only carry the 64th bit.
+            if i == 9 && byte > 1 {
+                return Err(WireError::VarintOverflow { at });
+            }
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(WireError::VarintOverflow { at })
+    }
+
+    /// The next key, or `None` at the end of the message.
+    fn key(&mut self) -> Result<Option<(u32, WireType, usize)>, WireError> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        let at = self.pos;
+        let key = self.varint("field key")?;
+        let invalid = WireError::InvalidKey { key, at };
+        let Ok(key32) = u32::try_from(key) else {
+            return Err(invalid);
+        };
+        let wire = match key32 & 7 {
+            0 => WireType::Varint,
+            1 => WireType::Fixed64,
+            2 => WireType::Len,
+            3 => WireType::StartGroup,
+            4 => WireType::EndGroup,
+            5 => WireType::Fixed32,
+            _ => return Err(invalid),
+        };
+        let field = key32 >> 3;
+        if field == 0 {
+            return Err(invalid);
+        }
+        Ok(Some((field, wire, at)))
+    }
+
+    fn expect(
+        field: &'static str,
+        wire: WireType,
+        expected: WireType,
+        at: usize,
+    ) -> Result<(), WireError> {
+        if wire == expected {
+            Ok(())
+        } else {
+            Err(WireError::WrongWireType {
+                field,
+                got: wire.name(),
+                expected: expected.name(),
+                at,
+            })
+        }
+    }
+
+    fn varint_field(
+        &mut self,
+        field: &'static str,
+        wire: WireType,
+        at: usize,
+    ) -> Result<u64, WireError> {
+        Self::expect(field, wire, WireType::Varint, at)?;
+        self.varint(field)
+    }
+
+    /// A length-delimited value's range, skipped without reading it.
+    fn len_field(
+        &mut self,
+        field: &'static str,
+        wire: WireType,
+        at: usize,
+    ) -> Result<Range<usize>, WireError> {
+        Self::expect(field, wire, WireType::Len, at)?;
+        self.len_body(at)
+    }
+
+    fn len_body(&mut self, at: usize) -> Result<Range<usize>, WireError> {
+        let len = self.varint("length")?;
+        let remaining = self.buf.len() - self.pos;
+        match usize::try_from(len) {
+            Ok(n) if n <= remaining => {
+                let start = self.pos;
+                self.pos += n;
+                Ok(start..self.pos)
+            }
+            _ => Err(WireError::LengthOverrun { at, len, remaining }),
+        }
+    }
+
+    fn string(
+        &mut self,
+        field: &'static str,
+        wire: WireType,
+        at: usize,
+    ) -> Result<Range<usize>, WireError> {
+        let range = self.len_field(field, wire, at)?;
+        match std::str::from_utf8(&self.buf[range.clone()]) {
+            Ok(_) => Ok(range),
+            Err(_) => Err(WireError::InvalidUtf8 { field, at }),
+        }
+    }
+
+    fn fixed(&mut self, n: usize, what: &'static str, at: usize) -> Result<(), WireError> {
+        if self.buf.len() - self.pos < n {
+            return Err(WireError::Truncated { what, at });
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    /// Skips an unknown field (as prost does: any wire type, groups balanced).
+    fn skip(&mut self, field: u32, wire: WireType, at: usize, depth: u32) -> Result<(), WireError> {
+        match wire {
+            WireType::Varint => self.varint("varint").map(drop),
+            WireType::Fixed64 => self.fixed(8, "64-bit value", at),
+            WireType::Fixed32 => self.fixed(4, "32-bit value", at),
+            WireType::Len => self.len_body(at).map(drop),
+            WireType::EndGroup => Err(WireError::BadGroup { at }),
+            WireType::StartGroup => {
+                if depth >= MAX_GROUP_DEPTH {
+                    return Err(WireError::BadGroup { at });
+                }
+                loop {
+                    let Some((inner, inner_wire, inner_at)) = self.key()? else {
+                        return Err(WireError::Truncated { what: "group", at });
+                    };
+                    if inner_wire == WireType::EndGroup {
+                        if inner != field {
+                            return Err(WireError::BadGroup { at: inner_at });
+                        }
+                        return Ok(());
+                    }
+                    self.skip(inner, inner_wire, inner_at, depth + 1)?;
+                }
+            }
+        }
+    }
+}
+
+/// The status of a malformed `EventBatch`, worded like [`StrictCodec`](crate::StrictCodec)'s.
+fn malformed(error: &WireError) -> Status {
+    Status::invalid_argument(format!(
+        "the message is not a valid protobuf EventBatch: {error}; check that the sender was \
+         built from the same streaming.proto"
+    ))
+}
+
+/// Reads each `EventBatch` as a [`RawEventBatch`], sharing tonic's receive buffer.
+#[derive(Debug, Default)]
+pub struct RawBatchDecoder;
+
+impl Decoder for RawBatchDecoder {
+    type Item = RawEventBatch;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<RawEventBatch>, Status> {
+        // Splits the message off tonic's buffer: no copy.
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        RawEventBatch::parse(bytes)
+            .map(Some)
+            .map_err(|e| malformed(&e))
+    }
+}
+
+/// Writes a [`RawEventBatch`] as it is.
+#[derive(Debug, Default)]
+pub struct RawBatchEncoder;
+
+impl Encoder for RawBatchEncoder {
+    type Item = RawEventBatch;
+    type Error = Status;
+
+    fn encode(&mut self, item: RawEventBatch, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.put_slice(&item.bytes);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+/// The client's codec for an RPC answering `EventBatch`es, read as [`RawEventBatch`]:
+/// requests `Req` go out through prost.
+#[derive(Debug)]
+pub struct RawBatchClientCodec<Req> {
+    _request: PhantomData<Req>,
+}
+
+impl<Req> Default for RawBatchClientCodec<Req> {
+    fn default() -> Self {
+        RawBatchClientCodec {
+            _request: PhantomData,
+        }
+    }
+}
+
+impl<Req: Message + Send + 'static> Codec for RawBatchClientCodec<Req> {
+    type Encode = Req;
+    type Decode = RawEventBatch;
+    type Encoder = ProstEncoder<Req>;
+    type Decoder = RawBatchDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawBatchDecoder
+    }
+}
+
+/// The server's codec for an RPC answering `EventBatch`es from [`RawEventBatch`]es written
+/// as they are; requests `Req` are decoded strictly (malformed is `INVALID_ARGUMENT`).
+#[derive(Debug)]
+pub struct RawBatchServerCodec<Req> {
+    _request: PhantomData<Req>,
+}
+
+impl<Req> Default for RawBatchServerCodec<Req> {
+    fn default() -> Self {
+        RawBatchServerCodec {
+            _request: PhantomData,
+        }
+    }
+}
+
+impl<Req: Message + Default + Send + 'static> Codec for RawBatchServerCodec<Req> {
+    type Encode = RawEventBatch;
+    type Decode = Req;
+    type Encoder = RawBatchEncoder;
+    type Decoder = StrictDecoder<Req>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawBatchEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        crate::StrictCodec::<(), Req>::default().decoder()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::Event;
+
+    fn batch(offsets: &[u64]) -> EventBatch {
+        EventBatch {
+            data_id: "orders".into(),
+            node_id: "node1".into(),
+            events: offsets
+                .iter()
+                .map(|&o| Event {
+                    offset: o,
+                    timestamp: 1_700_000_000_000,
+                    data: Bytes::from(vec![b'x'; 100]),
+                })
+                .collect(),
+            serving_change: None,
+        }
+    }
+
+    fn parse(bytes: &[u8]) -> Result<RawEventBatch, WireError> {
+        RawEventBatch::parse(Bytes::copy_from_slice(bytes))
+    }
+
+    #[test]
+    fn reads_offsets_and_names_and_keeps_the_bytes() {
+        let encoded = Bytes::from(batch(&[7, 8, 9]).encode_to_vec());
+        let raw = RawEventBatch::parse(encoded.clone()).expect("valid");
+        assert_eq!(raw.offsets().collect::<Vec<_>>(), [7, 8, 9]);
+        assert_eq!((raw.data_id(), raw.node_id()), ("orders", "node1"));
+        assert!(!raw.has_serving_change());
+        assert_eq!(raw.as_bytes(), &encoded);
+        assert_eq!(
+            raw.as_bytes().as_ptr(),
+            encoded.as_ptr(),
+            "shared, not copied"
+        );
+    }
+
+    #[test]
+    fn an_absent_offset_is_zero_and_unknown_fields_are_skipped() {
+        // Event { timestamp: 5 } then an unknown fixed32 (field 9) and an unknown group
+        // (field 10) holding a varint.
+        let event = [0x10, 0x05];
+        let mut msg = vec![0x12, event.len() as u8];
+        msg.extend_from_slice(&event);
+        msg.extend_from_slice(&[0x4d, 1, 2, 3, 4]);
+        msg.extend_from_slice(&[0x53, 0x08, 0x01, 0x54]);
+        let raw = parse(&msg).expect("valid");
+        assert_eq!(raw.offsets().collect::<Vec<_>>(), [0]);
+        assert!(EventBatch::decode(msg.as_slice()).is_ok(), "prost agrees");
+    }
+
+    #[test]
+    fn malformed_bytes_are_errors_naming_the_problem() {
+        let cases: &[(&[u8], &str)] = &[
+            // Key then nothing: the length is missing.
+            (&[0x12], "truncated length at byte 1"),
+            // An event whose offset varint never ends.
+            (
+                &[0x12, 0x02, 0x08, 0x80],
+                "truncated Event.offset at byte 3",
+            ),
+            // Eleven continuation bytes.
+            (
+                &[
+                    0x28, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+                ],
+                "invalid varint at byte 1",
+            ),
+            // data_id sent as a varint.
+            (
+                &[0x08, 0x01],
+                "field EventBatch.data_id has wire type varint",
+            ),
+            // An event's offset sent as length-delimited.
+            (
+                &[0x12, 0x02, 0x0a, 0x00],
+                "field Event.offset has wire type length-delimited",
+            ),
+            // events claims far more bytes than there are.
+            (
+                &[0x12, 0xff, 0xff, 0xff, 0xff, 0x0f],
+                "claims 4294967295 bytes but only 0 remain",
+            ),
+            // A length beyond u64 range in a varint of ten bytes.
+            (
+                &[
+                    0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ],
+                "claims 18446744073709551615 bytes",
+            ),
+            // Field number 0, and wire type 7.
+            (&[0x02, 0x00], "invalid field key 2 at byte 0"),
+            (&[0x0f], "invalid field key 15"),
+            // node_id not UTF-8.
+            (&[0x1a, 0x01, 0xff], "EventBatch.node_id is not valid UTF-8"),
+            // An end-group with no start, and a group closed by another field.
+            (&[0x4c], "unbalanced"),
+            (&[0x4b, 0x54], "unbalanced"),
+            // A serving change whose resume offset is a string.
+            (
+                &[0x22, 0x02, 0x22, 0x00],
+                "ServingChange.resume_offset has wire type",
+            ),
+            // A fixed64 cut short.
+            (&[0x49, 1, 2, 3], "truncated 64-bit value"),
+        ];
+        for (bytes, expected) in cases {
+            let err = parse(bytes).expect_err("malformed");
+            assert!(
+                err.to_string().contains(expected),
+                "{bytes:02x?}: {err} (expected {expected:?})"
+            );
+            assert!(
+                EventBatch::decode(*bytes).is_err(),
+                "prost agrees on {bytes:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_decoder_status_names_the_type() {
+        let status = malformed(&WireError::Truncated {
+            what: "length",
+            at: 1,
+        });
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("not a valid protobuf EventBatch"));
+    }
+
+    #[test]
+    fn rebuilt_batches_keep_the_chosen_events_and_rename() {
+        let raw = RawEventBatch::encode(&batch(&[3, 4, 5]));
+        let trimmed = raw.rebuilt("orders", "node2", Some(&[1, 2]));
+        assert_eq!(trimmed.offsets().collect::<Vec<_>>(), [4, 5]);
+        let decoded = trimmed.decode().expect("valid");
+        let mut expected = batch(&[4, 5]);
+        expected.node_id = "node2".into();
+        assert_eq!(decoded, expected);
+        assert_eq!(
+            RawEventBatch::parse(trimmed.as_bytes().clone()),
+            Ok(trimmed)
+        );
+
+        let notice = EventBatch {
+            serving_change: Some(ServingChange {
+                from_node_id: "node1".into(),
+                to_node_id: String::new(),
+                reason: "lost".into(),
+                resume_offset: Some(6),
+            }),
+            ..batch(&[])
+        };
+        let raw = RawEventBatch::encode(&notice);
+        assert!(raw.has_serving_change());
+        assert_eq!(raw.serving_change(), notice.serving_change);
+        let renamed = raw.rebuilt("other", "", None);
+        let mut expected = notice.clone();
+        expected.data_id = "other".into();
+        expected.node_id = String::new();
+        assert_eq!(renamed.decode().expect("valid"), expected);
+    }
+
+    fn any_batch() -> impl Strategy<Value = EventBatch> {
+        let event = (
+            any::<u64>(),
+            any::<i64>(),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(offset, timestamp, data)| Event {
+                offset,
+                timestamp,
+                data: Bytes::from(data),
+            });
+        let change = proptest::option::of(
+            (
+                ".{0,8}",
+                ".{0,8}",
+                ".{0,12}",
+                proptest::option::of(any::<u64>()),
+            )
+                .prop_map(|(from_node_id, to_node_id, reason, resume_offset)| {
+                    ServingChange {
+                        from_node_id,
+                        to_node_id,
+                        reason,
+                        resume_offset,
+                    }
+                }),
+        );
+        (
+            ".{0,12}",
+            proptest::collection::vec(event, 0..20),
+            ".{0,8}",
+            change,
+        )
+            .prop_map(|(data_id, events, node_id, serving_change)| EventBatch {
+                data_id,
+                events,
+                node_id,
+                serving_change,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn walker_reads_what_prost_decodes(batch in any_batch()) {
+            let raw = RawEventBatch::encode(&batch);
+            let offsets: Vec<u64> = batch.events.iter().map(|e| e.offset).collect();
+            prop_assert_eq!(raw.offsets().collect::<Vec<_>>(), offsets);
+            prop_assert_eq!(raw.data_id(), batch.data_id.as_str());
+            prop_assert_eq!(raw.node_id(), batch.node_id.as_str());
+            prop_assert_eq!(raw.serving_change(), batch.serving_change.clone());
+            prop_assert_eq!(raw.decode().expect("valid"), batch);
+        }
+
+        /// Cut or corrupted encodings: the walker refuses exactly what prost refuses, and
+        /// agrees on the offsets of what both accept.
+        #[test]
+        fn walker_and_prost_agree_on_damaged_bytes(
+            batch in any_batch(),
+            cut in any::<prop::sample::Index>(),
+            flip in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+        ) {
+            let mut bytes = batch.encode_to_vec();
+            if let Some((at, value)) = flip && !bytes.is_empty() {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            let len = if bytes.is_empty() { 0 } else { cut.index(bytes.len() + 1) };
+            bytes.truncate(len);
+            let walked = parse(&bytes);
+            let decoded = EventBatch::decode(bytes.as_slice());
+            prop_assert_eq!(walked.is_ok(), decoded.is_ok(), "{:?} vs {:?}", walked, decoded);
+            if let (Ok(walked), Ok(decoded)) = (walked, decoded) {
+                let offsets: Vec<u64> = decoded.events.iter().map(|e| e.offset).collect();
+                prop_assert_eq!(walked.offsets().collect::<Vec<_>>(), offsets);
+                prop_assert_eq!(walked.data_id(), decoded.data_id.as_str());
+                prop_assert_eq!(walked.node_id(), decoded.node_id.as_str());
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic_and_match_prost(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(parse(&bytes).is_ok(), EventBatch::decode(bytes.as_slice()).is_ok());
+        }
+    }
+}
