@@ -38,6 +38,7 @@ mod event;
 mod publish;
 mod resolve;
 mod resume;
+mod wire;
 
 pub use backoff::Backoff;
 pub use channel::{ChannelCache, ChannelSettings};

@@ -24,9 +24,10 @@
 //!   cancels the open call.
 //!
 //! The stream comes in two shapes over the same state machine: [`DeliveryStream`] hands out
-//! SDK [`Event`]s, [`RawDeliveryStream`] hands out the node's `EventBatch` messages as they
-//! arrived (trimmed only where the bookkeeping demands it), for proxies that forward batches
-//! without converting every event twice. The offset bookkeeping above is the same for both.
+//! SDK [`Event`]s, [`RawDeliveryStream`] hands out the node's `EventBatch` messages still
+//! encoded, as [`RawEventBatch`]es (rebuilt only where the bookkeeping demands it), for
+//! proxies that forward the node's bytes without decoding a payload. The offset bookkeeping
+//! above is the same for both; what it needs of a batch is `wire.rs`'s `WireBatch`.
 //!
 //! Until the first event is delivered, a start other than an exact offset (earliest, latest,
 //! time) is sent again as is to the next node: the reader has no position yet. `Latest` can
@@ -43,8 +44,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ec_core::{DataId, Offset, TimestampMs};
-use ec_proto::gateway_client::GatewayClient;
-use ec_proto::node_client::NodeClient;
+use ec_proto::raw::RawEventBatch;
 use ec_proto::{EventBatch, StartFrom, StreamRequest};
 use futures_util::Stream;
 use tokio::time::Instant;
@@ -57,6 +57,7 @@ use crate::cursor::{Admit, Cursor};
 use crate::error::ClientError;
 use crate::event::Event;
 use crate::resolve::{Candidate, Resolver};
+use crate::wire::WireBatch;
 
 /// Largest message the SDK accepts: a node's batch is at most about 1 MiB, so this only
 /// guards against nonsense without ever cutting a legitimate batch.
@@ -182,14 +183,15 @@ pub enum Delivery {
     },
 }
 
-/// What a [`RawDeliveryStream`] yields: a [`Delivery`] whose batch is still the wire message.
+/// What a [`RawDeliveryStream`] yields: a [`Delivery`] whose batch is still the wire message
+/// (`B`: the encoded [`RawEventBatch`]; the SDK's own readers use the decoded `EventBatch`).
 #[derive(Debug, Clone, PartialEq)]
-pub enum RawDelivery {
+pub enum RawDelivery<B = RawEventBatch> {
     /// The node's batch: consecutive offsets in order, never empty, exactly the events the
     /// reader is owed (repeats dropped, cut at `max_count`). `data_id` is the stream's and
     /// `node_id` names the node that served it, filled in if the node left it empty. In the
-    /// steady state this is the message as decoded off the wire, untouched.
-    Batch(EventBatch),
+    /// steady state this is the message as it came off the wire, untouched.
+    Batch(B),
     /// The stream moved to another node (or reconnected) after a break; as
     /// [`Delivery::Failover`].
     Failover {
@@ -213,8 +215,8 @@ pub enum RawDelivery {
     },
 }
 
-impl From<RawDelivery> for Delivery {
-    fn from(raw: RawDelivery) -> Delivery {
+impl From<RawDelivery<EventBatch>> for Delivery {
+    fn from(raw: RawDelivery<EventBatch>) -> Delivery {
         match raw {
             RawDelivery::Batch(batch) => Delivery::Batch {
                 node_id: batch.node_id,
@@ -266,8 +268,8 @@ pub fn resumable_stream(
 }
 
 /// [`resumable_stream`] for proxies: the same guarantees (gapless, duplicate-free, failover
-/// with offset resume), but batches are handed out as the `EventBatch` messages the nodes
-/// sent, so a proxy can forward them without turning every event into an [`Event`] and back.
+/// with offset resume), but batches are handed out as the encoded `EventBatch` messages the
+/// nodes sent, so a proxy can forward their bytes without decoding or encoding a payload.
 pub fn resumable_raw_stream(
     resolver: Arc<dyn Resolver>,
     channels: ChannelCache,
@@ -289,13 +291,13 @@ pub(crate) fn resume(
     }
 }
 
-fn resume_raw(
+fn resume_raw<B: WireBatch>(
     resolver: Arc<dyn Resolver>,
     channels: ChannelCache,
     data_id: DataId,
     opts: StreamOptions,
     upstream: Upstream,
-) -> RawDeliveryStream {
+) -> RawDeliveryStream<B> {
     let state = Resumer {
         resolver,
         channels,
@@ -326,27 +328,27 @@ fn resume_raw(
 
 /// The deliveries of a resumable stream with batches as wire messages; see
 /// [`resumable_raw_stream`]. Ends like a [`DeliveryStream`].
-pub struct RawDeliveryStream {
-    inner: Pin<Box<dyn Stream<Item = Result<RawDelivery, ClientError>> + Send>>,
+pub struct RawDeliveryStream<B = RawEventBatch> {
+    inner: Pin<Box<dyn Stream<Item = Result<RawDelivery<B>, ClientError>> + Send>>,
 }
 
-impl fmt::Debug for RawDeliveryStream {
+impl<B> fmt::Debug for RawDeliveryStream<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawDeliveryStream").finish_non_exhaustive()
     }
 }
 
-impl RawDeliveryStream {
+impl<B: Send + 'static> RawDeliveryStream<B> {
     /// A stream that yields `error` and ends: for requests refused before anything is sent.
-    pub fn failed(error: ClientError) -> RawDeliveryStream {
+    pub fn failed(error: ClientError) -> RawDeliveryStream<B> {
         RawDeliveryStream {
             inner: Box::pin(futures_util::stream::once(std::future::ready(Err(error)))),
         }
     }
 }
 
-impl Stream for RawDeliveryStream {
-    type Item = Result<RawDelivery, ClientError>;
+impl<B> Stream for RawDeliveryStream<B> {
+    type Item = Result<RawDelivery<B>, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
@@ -356,7 +358,7 @@ impl Stream for RawDeliveryStream {
 /// The deliveries of a resumable stream. Ends after `max_count` events, at the end of the log
 /// when not following, or after a terminal error (yielded as the last item).
 pub struct DeliveryStream {
-    inner: RawDeliveryStream,
+    inner: RawDeliveryStream<EventBatch>,
 }
 
 impl fmt::Debug for DeliveryStream {
@@ -419,22 +421,22 @@ impl Stream for EventStream {
 }
 
 /// The stream currently read.
-struct Current {
+struct Current<B> {
     candidate: Candidate,
-    stream: Streaming<EventBatch>,
+    stream: Streaming<B>,
     /// The resolver's [`Resolver::until_unhealthy`] for this node, created once per stream.
     unhealthy: Pin<Box<dyn Future<Output = ()> + Send>>,
     opened_at: Instant,
 }
 
 /// What one read of the current stream produced.
-enum Read {
-    Message(Result<Option<EventBatch>, tonic::Status>),
+enum Read<B> {
+    Message(Result<Option<B>, tonic::Status>),
     Unhealthy,
 }
 
 /// The state behind a [`DeliveryStream`].
-struct Resumer {
+struct Resumer<B> {
     resolver: Arc<dyn Resolver>,
     channels: ChannelCache,
     data_id: DataId,
@@ -448,7 +450,7 @@ struct Resumer {
     cursor: Cursor,
     /// Candidates not tried yet since the last resolution.
     candidates: VecDeque<Candidate>,
-    current: Option<Current>,
+    current: Option<Current<B>>,
     /// The node of the last stream that opened.
     last_node: Option<String>,
     /// Why the last stream broke, until the next one opens and the failover is reported.
@@ -456,14 +458,14 @@ struct Resumer {
     /// Proxy mode: the node that served the last batch, to report the gateway's failovers.
     serving: Option<String>,
     /// A delivery to hand out on the next poll.
-    queued: Option<RawDelivery>,
+    queued: Option<RawDelivery<B>>,
     /// Consecutive failures without progress.
     failures: u32,
     done: bool,
 }
 
-impl Resumer {
-    async fn next(&mut self) -> Option<Result<RawDelivery, ClientError>> {
+impl<B: WireBatch> Resumer<B> {
+    async fn next(&mut self) -> Option<Result<RawDelivery<B>, ClientError>> {
         if let Some(queued) = self.queued.take() {
             return Some(Ok(queued));
         }
@@ -581,7 +583,7 @@ impl Resumer {
     }
 
     /// Opens a stream on the next candidate, resolving again when none is left.
-    async fn open(&mut self) -> Result<Current, ClientError> {
+    async fn open(&mut self) -> Result<Current<B>, ClientError> {
         if self.candidates.is_empty() {
             self.candidates = self.resolver.candidates(&self.data_id).await?.into();
         }
@@ -594,23 +596,9 @@ impl Resumer {
         self.channels.authorize(&mut req);
         let channel = self.channels.get(&candidate.address)?;
         debug!(data_id = %self.data_id, node = %candidate, start = %self.position(), "opening stream");
-        let opened = match self.upstream {
-            Upstream::Node => {
-                NodeClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .stream_batches(req)
-                    .await
-            }
-            Upstream::Gateway => {
-                GatewayClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .subscribe(req)
-                    .await
-            }
-        };
-        let stream = opened
-            .map_err(|status| self.rpc_error(&candidate, status))?
-            .into_inner();
+        let stream = B::open(channel, req, self.upstream)
+            .await
+            .map_err(|status| self.rpc_error(&candidate, status))?;
         let unhealthy = {
             let resolver = self.resolver.clone();
             let data_id = self.data_id.clone();
@@ -631,49 +619,49 @@ impl Resumer {
     /// `max_count`: it is passed on as it came, after one look at each offset. Only a batch
     /// that repeats offsets (after a resume), holds a hole, or goes past `max_count` is taken
     /// apart.
-    fn accept(&mut self, mut batch: EventBatch) -> Result<Option<RawDelivery>, ClientError> {
-        if batch.node_id.is_empty()
-            && let Some(current) = &self.current
-        {
-            batch.node_id.clone_from(&current.candidate.node_id);
-        }
-        if batch.data_id != self.data_id.as_str() {
-            batch.data_id = self.data_id.to_string();
-        }
+    fn accept(&mut self, mut batch: B) -> Result<Option<RawDelivery<B>>, ClientError> {
         if self.upstream == Upstream::Gateway
-            && batch.events.is_empty()
-            && let Some(change) = batch.serving_change.take()
+            && batch.offsets().len() == 0
+            && let Some(change) = batch.take_serving_change()
         {
             return Ok(Some(self.serving_changed(change)));
         }
-        match self.cursor.admit(batch.events.iter().map(|e| e.offset)) {
-            Ok(Admit::All) => {}
-            Ok(Admit::Some(keep)) => {
-                let mut events = std::mem::take(&mut batch.events).into_iter().enumerate();
-                batch.events = keep
-                    .into_iter()
-                    .filter_map(|k| events.find(|(i, _)| *i == k).map(|(_, e)| e))
-                    .collect();
-            }
+        // A node that left its name out is named after the stream's node.
+        let unnamed = match &self.current {
+            Some(current) if batch.node_id().is_empty() => Some(current.candidate.node_id.clone()),
+            _ => None,
+        };
+        let keep = match self.cursor.admit(batch.offsets()) {
+            Ok(Admit::All) => None,
+            Ok(Admit::Some(keep)) => Some(keep),
             Err(gap) => {
                 return Err(ClientError::Gap {
                     data_id: self.data_id.to_string(),
-                    node: batch.node_id.clone(),
+                    node: unnamed.unwrap_or_else(|| batch.node_id().to_owned()),
                     expected: gap.expected,
                     got: gap.got,
                 });
             }
-        }
-        let Some(first) = batch.events.first().map(|e| Offset(e.offset)) else {
+        };
+        let first = match &keep {
+            None => batch.offsets().next(),
+            Some(keep) => keep.first().and_then(|&i| batch.offsets().nth(i)),
+        };
+        let Some(first) = first.map(Offset) else {
             return Ok(None);
         };
+        if unnamed.is_some() || keep.is_some() || batch.data_id() != self.data_id.as_str() {
+            // The rare path: a raw batch is rebuilt (its payloads copied, not decoded).
+            let node_id = unnamed.unwrap_or_else(|| batch.node_id().to_owned());
+            batch = batch.reshaped(self.data_id.as_str(), &node_id, keep);
+        }
         self.backoff.reset();
         self.failures = 0;
         if self.upstream == Upstream::Gateway
-            && let Some(previous) = self.serving.replace(batch.node_id.clone())
-            && previous != batch.node_id
+            && let Some(previous) = self.serving.replace(batch.node_id().to_owned())
+            && previous != batch.node_id()
         {
-            let to = batch.node_id.clone();
+            let to = batch.node_id().to_owned();
             self.queued = Some(RawDelivery::Batch(batch));
             return Ok(Some(RawDelivery::Failover {
                 from: Some(previous),
@@ -687,7 +675,7 @@ impl Resumer {
 
     /// What the gateway's notice of a serving change means for this reader. The reader's
     /// own position is where it resumes (it is what it asked the gateway for).
-    fn serving_changed(&mut self, change: ec_proto::ServingChange) -> RawDelivery {
+    fn serving_changed(&mut self, change: ec_proto::ServingChange) -> RawDelivery<B> {
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         if change.to_node_id.is_empty() {
             return RawDelivery::Lost {
@@ -899,7 +887,7 @@ mod tests {
     }
 
     /// A resumer that has opened nothing yet.
-    fn resumer(start: Start, remaining: Option<u64>) -> Resumer {
+    fn resumer(start: Start, remaining: Option<u64>) -> Resumer<EventBatch> {
         Resumer {
             resolver: Arc::new(crate::resolve::StaticResolver::new(vec![])),
             channels: ChannelCache::default(),

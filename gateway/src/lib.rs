@@ -10,7 +10,8 @@
 //! - `service.rs`: the thin `streaming.Gateway` gRPC layer; `convert.rs`: errors to statuses
 //!   and domain values to proto messages.
 //! - `proxy.rs`: `Subscribe` through `ec-client`'s resumable stream with a resolver backed by
-//!   the table, and publish forwarding to the primary (with the caller's `ec-acks`).
+//!   the table, and publish forwarding to the primary (with the caller's `ec-acks`);
+//!   `passthrough.rs` serves `Subscribe` with the pass-through codec (the nodes' bytes as is).
 //! - `promotion.rs`: making an in-sync replica primary by a CAS write of the mapping (the
 //!   `Failover.PromoteReplica` admin RPC); `failover.rs`: doing it automatically when a
 //!   primary stays lost or gone, in one gateway at a time (the holder of a Consul lock).
@@ -28,6 +29,7 @@ mod convert;
 mod failover;
 mod feed;
 mod metrics;
+mod passthrough;
 pub mod probe;
 mod promotion;
 mod proxy;

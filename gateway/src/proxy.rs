@@ -2,8 +2,10 @@
 //! stream over the routing table) and publish forwarding to the primary.
 //!
 //! Reading reuses the one resumable stream of the project in its raw form
-//! (`ec_client::resumable_raw_stream`: the nodes' `EventBatch` messages are forwarded as
-//! decoded, only the offsets are looked at), with a [`TableResolver`]: candidates are the
+//! (`ec_client::resumable_raw_stream`: the nodes' `EventBatch` messages are forwarded as the
+//! bytes the node encoded, only the offsets and names are read out of them, see
+//! `ec_proto::raw`; `passthrough.rs` writes them to the caller as they are), with a
+//! [`TableResolver`]: candidates are the
 //! table's usable nodes, passing ones first in mapping order, so the primary (the node that
 //! has every acknowledged write first) is tried first. The resolver's `until_unhealthy`
 //! resolves as soon as a table shows the serving node critical, gone, disallowed or no longer
@@ -45,6 +47,7 @@ use ec_client::{
     resumable_raw_stream, transport_failure,
 };
 use ec_proto::node_client::NodeClient;
+use ec_proto::raw::RawEventBatch;
 use ec_proto::{
     EventBatch, PublishAck, PublishAcks, PublishRequest, PublishResponse, ServingChange,
 };
@@ -133,12 +136,12 @@ pub(crate) fn subscribe(
 }
 
 /// The response stream of one `Subscribe`: the node's batches from the raw resumable stream,
-/// forwarded as they were decoded.
+/// forwarded as the node encoded them.
 ///
 /// Unlike the other streaming RPCs this is not a producer task feeding a channel: the
 /// response body polls the upstream call directly, so a batch goes from the node's
-/// connection to the client's with one task hop fewer and no copy into SDK events and back
-/// (that hop and conversion were most of what proxying added to delivery latency). The
+/// connection to the client's with one task hop fewer, and its bytes are never decoded or
+/// encoded (that hop and the conversions were most of what proxying added). The
 /// guarantees stay: when the client leaves, tonic drops this stream and with it the
 /// upstream call; when the gateway shuts down it ends with `UNAVAILABLE` at once, so
 /// graceful shutdown never waits on it.
@@ -152,7 +155,7 @@ pub(crate) struct Subscription {
 }
 
 impl Stream for Subscription {
-    type Item = Result<EventBatch, Status>;
+    type Item = Result<RawEventBatch, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -205,8 +208,14 @@ impl Stream for Subscription {
 
 /// The event-less batch telling a `Subscribe` client that its stream left `from` and, unless
 /// `to` is empty (still resuming), now reads from `to`.
-fn notice(data_id: &str, from: String, to: String, reason: String, resume_at: Start) -> EventBatch {
-    EventBatch {
+fn notice(
+    data_id: &str,
+    from: String,
+    to: String,
+    reason: String,
+    resume_at: Start,
+) -> RawEventBatch {
+    RawEventBatch::encode(&EventBatch {
         data_id: data_id.to_owned(),
         events: Vec::new(),
         node_id: to.clone(),
@@ -219,7 +228,7 @@ fn notice(data_id: &str, from: String, to: String, reason: String, resume_at: St
                 Start::Earliest | Start::Latest | Start::Time(_) => None,
             },
         }),
-    }
+    })
 }
 
 /// A node's answer, with the node named so the client knows who refused; a call that broke

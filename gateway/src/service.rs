@@ -15,6 +15,7 @@ use ec_core::{DataId, NodeId, Offset, TimestampMs};
 use ec_discovery::MappingStore;
 use ec_proto::contract::{StartAt, start_of};
 use ec_proto::gateway_server::Gateway;
+use ec_proto::raw::RawEventBatch;
 use ec_proto::{
     DeleteMappingRequest, DeleteMappingResponse, EventBatch, GatewayStatus, GetNodeRequest,
     GetNodeResponse, GetStatusRequest, HealthEvent, HealthEventKind, HealthStatus,
@@ -66,7 +67,8 @@ pub(crate) struct GatewayService {
     pub(crate) consul_rights_missing: tokio::sync::watch::Receiver<Vec<String>>,
 }
 
-type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type ResponseStream<T> =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
 fn parse_data_id(s: &str) -> Result<DataId, Status> {
     DataId::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
@@ -146,6 +148,45 @@ fn snapshot_events(table: &Table) -> Vec<HealthEvent> {
         events.extend(suspect);
     }
     events
+}
+
+impl GatewayService {
+    /// `Subscribe`: the data ID's batches through the proxy's resumable stream, as the nodes
+    /// encoded them.
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    pub(crate) async fn subscribe_raw(
+        &self,
+        req: Request<StreamRequest>,
+    ) -> Result<Response<ResponseStream<RawEventBatch>>, Status> {
+        self.guard
+            .check(&req, Action::Read(&req.get_ref().data_id))?;
+        let (data_id, opts) = stream_options(req.get_ref())?;
+        // Refuse at once what cannot be served now (no mapping, no usable node), rather
+        // than opening a stream that waits silently.
+        self.table.current().candidates(&data_id)?;
+        let stream = proxy::subscribe(
+            self.table.clone(),
+            self.channels.clone(),
+            data_id,
+            opts,
+            self.shutdown.clone(),
+        );
+        // Counted while open; a batch from another node than the last one is a failover.
+        let (metrics, open) = (self.metrics.clone(), self.metrics.proxy_stream());
+        let mut serving: Option<String> = None;
+        let stream = stream.inspect(move |item| {
+            let _open = &open;
+            if let Ok(batch) = item {
+                if serving.as_deref().is_some_and(|n| n != batch.node_id()) {
+                    metrics.proxy_failover();
+                }
+                if serving.as_deref() != Some(batch.node_id()) {
+                    serving = Some(batch.node_id().to_owned());
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
 }
 
 fn mapped_for(ids: &[DataId]) -> String {
@@ -264,37 +305,20 @@ impl Gateway for GatewayService {
 
     type SubscribeStream = ResponseStream<EventBatch>;
 
-    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    /// Served by `passthrough.rs` with [`GatewayService::subscribe_raw`] (the node's bytes,
+    /// forwarded as they are); this decoded form exists for the trait's sake.
     async fn subscribe(
         &self,
         req: Request<StreamRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.guard
-            .check(&req, Action::Read(&req.get_ref().data_id))?;
-        let (data_id, opts) = stream_options(req.get_ref())?;
-        // Refuse at once what cannot be served now (no mapping, no usable node), rather
-        // than opening a stream that waits silently.
-        self.table.current().candidates(&data_id)?;
-        let stream = proxy::subscribe(
-            self.table.clone(),
-            self.channels.clone(),
-            data_id,
-            opts,
-            self.shutdown.clone(),
-        );
-        // Counted while open; a batch from another node than the last one is a failover.
-        let (metrics, open) = (self.metrics.clone(), self.metrics.proxy_stream());
-        let mut serving: Option<String> = None;
-        let stream = stream.inspect(move |item| {
-            let _open = &open;
-            if let Ok(batch) = item {
-                if serving.as_ref().is_some_and(|n| *n != batch.node_id) {
-                    metrics.proxy_failover();
-                }
-                serving = Some(batch.node_id.clone());
-            }
-        });
-        Ok(Response::new(Box::pin(stream)))
+        let stream = self.subscribe_raw(req).await?.into_inner();
+        Ok(Response::new(Box::pin(stream.map(|item| {
+            item.and_then(|batch| {
+                batch.decode().map_err(|e| {
+                    Status::internal(format!("a forwarded EventBatch failed to decode: {e}"))
+                })
+            })
+        }))))
     }
 
     #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id, events = req.get_ref().events.len()))]

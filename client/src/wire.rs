@@ -1,0 +1,158 @@
+//! What the resumable stream needs of a batch off the wire, for its two shapes: the decoded
+//! `EventBatch` of SDK readers, and the pass-through [`RawEventBatch`] of proxies, which
+//! keeps the node's encoded bytes and reads only the offsets and names out of them
+//! (`ec_proto::raw`).
+//!
+//! The resumable stream looks at a batch's offsets (the cursor decides what the reader is
+//! owed), its names (filled in where a node left them out) and, from a gateway, its serving
+//! change. Reshaping a batch (dropping repeats after a resume, cutting at `max_count`,
+//! naming it) is the rare path; for a raw batch it writes a new message from the old one's
+//! spans without decoding the payloads.
+
+use ec_proto::gateway_client::GatewayClient;
+use ec_proto::node_client::NodeClient;
+use ec_proto::raw::{RawBatchClientCodec, RawEventBatch};
+use ec_proto::{EventBatch, ServingChange, StreamRequest};
+use futures_util::future::BoxFuture;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+use tonic::{GrpcMethod, Request, Status, Streaming};
+
+use crate::resume::{MAX_MESSAGE_BYTES, Upstream};
+
+/// A batch as the resumable stream reads it; see the module documentation.
+pub(crate) trait WireBatch: Sized + Send + 'static {
+    /// The events' offsets, in the order sent.
+    fn offsets(&self) -> impl ExactSizeIterator<Item = u64> + Clone + '_;
+    /// `data_id` as sent; empty if absent.
+    fn data_id(&self) -> &str;
+    /// `node_id` as sent; empty if absent.
+    fn node_id(&self) -> &str;
+    /// The serving change of an event-less notice from a gateway.
+    fn take_serving_change(&mut self) -> Option<ServingChange>;
+    /// This batch named `data_id` and `node_id`, holding only the events at positions
+    /// `keep` (`None`: all of them).
+    fn reshaped(self, data_id: &str, node_id: &str, keep: Option<Vec<usize>>) -> Self;
+    /// Opens the stream of batches of `upstream` on `channel`.
+    fn open(
+        channel: Channel,
+        req: Request<StreamRequest>,
+        upstream: Upstream,
+    ) -> BoxFuture<'static, Result<Streaming<Self>, Status>>;
+}
+
+impl WireBatch for EventBatch {
+    fn offsets(&self) -> impl ExactSizeIterator<Item = u64> + Clone + '_ {
+        self.events.iter().map(|e| e.offset)
+    }
+
+    fn data_id(&self) -> &str {
+        &self.data_id
+    }
+
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn take_serving_change(&mut self) -> Option<ServingChange> {
+        self.serving_change.take()
+    }
+
+    fn reshaped(mut self, data_id: &str, node_id: &str, keep: Option<Vec<usize>>) -> Self {
+        if self.data_id != data_id {
+            data_id.clone_into(&mut self.data_id);
+        }
+        if self.node_id != node_id {
+            node_id.clone_into(&mut self.node_id);
+        }
+        if let Some(keep) = keep {
+            let mut events = std::mem::take(&mut self.events).into_iter().enumerate();
+            self.events = keep
+                .into_iter()
+                .filter_map(|k| events.find(|(i, _)| *i == k).map(|(_, e)| e))
+                .collect();
+        }
+        self
+    }
+
+    /// Through the generated clients, as every SDK call.
+    fn open(
+        channel: Channel,
+        req: Request<StreamRequest>,
+        upstream: Upstream,
+    ) -> BoxFuture<'static, Result<Streaming<Self>, Status>> {
+        Box::pin(async move {
+            let opened = match upstream {
+                Upstream::Node => {
+                    NodeClient::new(channel)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .stream_batches(req)
+                        .await
+                }
+                Upstream::Gateway => {
+                    GatewayClient::new(channel)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .subscribe(req)
+                        .await
+                }
+            };
+            opened.map(tonic::Response::into_inner)
+        })
+    }
+}
+
+impl WireBatch for RawEventBatch {
+    fn offsets(&self) -> impl ExactSizeIterator<Item = u64> + Clone + '_ {
+        RawEventBatch::offsets(self)
+    }
+
+    fn data_id(&self) -> &str {
+        RawEventBatch::data_id(self)
+    }
+
+    fn node_id(&self) -> &str {
+        RawEventBatch::node_id(self)
+    }
+
+    fn take_serving_change(&mut self) -> Option<ServingChange> {
+        // Only notices carry one, and the stream drops a notice once it has read it.
+        self.serving_change()
+    }
+
+    fn reshaped(self, data_id: &str, node_id: &str, keep: Option<Vec<usize>>) -> Self {
+        self.rebuilt(data_id, node_id, keep.as_deref())
+    }
+
+    /// The same RPCs as the generated clients, with the pass-through codec.
+    fn open(
+        channel: Channel,
+        mut req: Request<StreamRequest>,
+        upstream: Upstream,
+    ) -> BoxFuture<'static, Result<Streaming<Self>, Status>> {
+        Box::pin(async move {
+            let (service, method, path) = match upstream {
+                Upstream::Node => (
+                    "streaming.Node",
+                    "StreamBatches",
+                    "/streaming.Node/StreamBatches",
+                ),
+                Upstream::Gateway => (
+                    "streaming.Gateway",
+                    "Subscribe",
+                    "/streaming.Gateway/Subscribe",
+                ),
+            };
+            let mut grpc =
+                tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+            grpc.ready().await.map_err(|e| {
+                Status::unavailable(format!("the channel to {service} is not ready: {e}"))
+            })?;
+            let path = PathAndQuery::from_static(path);
+            req.extensions_mut()
+                .insert(GrpcMethod::new(service, method));
+            grpc.server_streaming(req, path, RawBatchClientCodec::<StreamRequest>::default())
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    }
+}
