@@ -1013,6 +1013,82 @@ mod tests {
         assert_eq!(state.cursor.position(), Start::Offset(Offset(4)));
     }
 
+    /// A resumer of the raw shape (the gateway's), with a stream "open" on node n1.
+    fn raw_resumer(start: Start) -> Resumer<RawEventBatch> {
+        Resumer {
+            resolver: Arc::new(crate::resolve::StaticResolver::new(vec![])),
+            channels: ChannelCache::default(),
+            data_id: data_id(),
+            upstream: Upstream::Node,
+            follow: false,
+            max_retries: None,
+            backoff_max: Duration::from_secs(2),
+            backoff: BackoffState::new(Backoff::none()),
+            cursor: Cursor::new(start, None),
+            candidates: VecDeque::new(),
+            current: None,
+            last_node: None,
+            broke: None,
+            serving: None,
+            queued: None,
+            failures: 0,
+            done: false,
+        }
+    }
+
+    #[test]
+    fn raw_batches_pass_as_sent_and_are_rebuilt_only_on_overlap() {
+        let mut state = raw_resumer(Start::Offset(Offset(0)));
+        let sent = RawEventBatch::encode(&batch(&[0, 1, 2]));
+        let Some(RawDelivery::Batch(b)) = state.accept(sent.clone()).expect("ok") else {
+            panic!("a batch");
+        };
+        assert_eq!(
+            b.as_bytes().as_ptr(),
+            sent.as_bytes().as_ptr(),
+            "the node's bytes, not a copy"
+        );
+
+        // After a resume a node repeats 1 and 2: only 3 goes on, as a plain EventBatch.
+        let Some(RawDelivery::Batch(b)) = state
+            .accept(RawEventBatch::encode(&batch(&[1, 2, 3])))
+            .expect("ok")
+        else {
+            panic!("a batch");
+        };
+        assert_eq!(b.decode().expect("valid"), batch(&[3]));
+        assert!(
+            state
+                .accept(RawEventBatch::encode(&batch(&[2, 3])))
+                .expect("ok")
+                .is_none(),
+            "all repeats"
+        );
+
+        // A batch naming another data ID is renamed; a hole is a gap.
+        let mut other = batch(&[4]);
+        other.data_id = "x".into();
+        let Some(RawDelivery::Batch(b)) = state.accept(RawEventBatch::encode(&other)).expect("ok")
+        else {
+            panic!("a batch");
+        };
+        assert_eq!(b.decode().expect("valid"), batch(&[4]));
+        let gap = state
+            .accept(RawEventBatch::encode(&batch(&[6])))
+            .expect_err("gap");
+        assert!(
+            matches!(
+                gap,
+                ClientError::Gap {
+                    expected: Offset(5),
+                    got: Offset(6),
+                    ..
+                }
+            ),
+            "{gap}"
+        );
+    }
+
     #[test]
     fn request_carries_position_follow_and_remaining_count() {
         let mut state = resumer(Start::Time(TimestampMs(1234)), Some(10));

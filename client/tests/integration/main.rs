@@ -8,5 +8,6 @@
 mod failover;
 mod gateway;
 mod publish;
+mod raw;
 mod streaming;
 mod util;
