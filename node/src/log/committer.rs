@@ -55,6 +55,7 @@ use super::record::{
     self, EVENT_HEADER_LEN, EVENT_KEY_LEN, ProducerRecord, ProducerTag, StreamMeta,
 };
 use super::store::{Store, Stream, raised_hwm};
+use super::wal::{Puts, Space};
 use super::{Appended, CommitStats, LogError, WriteAccess};
 
 /// Which stream an append goes to.
@@ -243,7 +244,12 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
         })
         .collect();
     if let Some(written) = plan.seal() {
-        write_and_sync(store, written.batch, &written.touched, written.copied_stats);
+        write_and_sync(
+            store,
+            written.writes,
+            &written.touched,
+            written.copied_stats,
+        );
         publish_ends(store, written.touched);
     }
     drop(guard);
@@ -276,14 +282,42 @@ struct Plan<'s> {
     touched: HashMap<u64, Touched>,
     /// Streams this batch creates, by data ID.
     created: HashMap<DataId, u64>,
-    batch: fjall::OwnedWriteBatch,
+    writes: Writes,
     /// Events copied from a primary, per request, for the commit observer.
     copied_stats: Vec<(DataId, u64, u64)>,
 }
 
+/// A batch's writes: the fjall batch and, with a write-ahead log, the same puts as its
+/// record.
+struct Writes {
+    batch: fjall::OwnedWriteBatch,
+    puts: Option<Puts>,
+}
+
+impl Writes {
+    fn new(store: &Store) -> Writes {
+        Writes {
+            // With a write-ahead log, it is the durability point and fjall is not synced.
+            batch: store.db.batch().durability(Some(if store.wal.is_some() {
+                PersistMode::Buffer
+            } else {
+                store.batch_durability
+            })),
+            puts: store.wal.as_ref().map(|_| Puts::default()),
+        }
+    }
+
+    fn put(&mut self, store: &Store, space: Space, key: &[u8], value: &[u8]) {
+        self.batch.insert(store.keyspace(space), key, value);
+        if let Some(puts) = &mut self.puts {
+            puts.put(space, key, value);
+        }
+    }
+}
+
 /// A sealed batch with something to write.
 struct Sealed {
-    batch: fjall::OwnedWriteBatch,
+    writes: Writes,
     touched: HashMap<u64, Touched>,
     copied_stats: Vec<(DataId, u64, u64)>,
 }
@@ -295,7 +329,7 @@ impl<'s> Plan<'s> {
             now: TimestampMs::now().0,
             touched: HashMap::new(),
             created: HashMap::new(),
-            batch: store.db.batch().durability(Some(store.batch_durability)),
+            writes: Writes::new(store),
             copied_stats: Vec::new(),
         }
     }
@@ -358,10 +392,11 @@ impl<'s> Plan<'s> {
             }
             let appended = entry.tail.place_publish(epoch, now, events);
             for (offset, event) in (appended.first.0..).zip(events) {
-                self.batch.insert(
-                    &store.events,
-                    record::event_key(stream.number, offset),
-                    record::encode_event(appended.timestamp.0, epoch, producer, event),
+                self.writes.put(
+                    store,
+                    Space::Events,
+                    &record::event_key(stream.number, offset),
+                    &record::encode_event(appended.timestamp.0, epoch, producer, event),
                 );
             }
             if let Some(tag) = producer {
@@ -388,10 +423,11 @@ impl<'s> Plan<'s> {
         }
         let appended = entry.tail.place_copied(copied, events, now);
         for (event, c) in events.iter().zip(copied) {
-            self.batch.insert(
-                &store.events,
-                record::event_key(stream.number, c.offset),
-                record::encode_event(c.timestamp, c.epoch, c.producer, event),
+            self.writes.put(
+                store,
+                Space::Events,
+                &record::event_key(stream.number, c.offset),
+                &record::encode_event(c.timestamp, c.epoch, c.producer, event),
             );
             if let Some(tag) = c.producer {
                 // Seed from the stream's record: a batch may continue from the last
@@ -418,46 +454,64 @@ impl<'s> Plan<'s> {
             // stored value may lag the real one, never lead it.
             let floor = t.stream.floor.load(Ordering::Acquire);
             meta.hwm = raised_hwm(meta.hwm, meta.next, floor);
-            self.batch.insert(
-                &store.meta,
-                t.stream.number.to_be_bytes(),
-                record::encode_meta(&t.stream.data_id, &meta),
+            self.writes.put(
+                store,
+                Space::Meta,
+                &t.stream.number.to_be_bytes(),
+                &record::encode_meta(&t.stream.data_id, &meta),
             );
             for e in &t.tail.new_epochs {
-                self.batch.insert(
-                    &store.epochs,
-                    record::epoch_key(t.stream.number, e.epoch.0),
-                    e.start.0.to_be_bytes(),
+                self.writes.put(
+                    store,
+                    Space::Epochs,
+                    &record::epoch_key(t.stream.number, e.epoch.0),
+                    &e.start.0.to_be_bytes(),
                 );
             }
             for id in &t.changed {
                 if let Some(r) = t.producers.get(id) {
-                    self.batch.insert(
-                        &store.producers,
-                        record::producer_key(t.stream.number, *id),
-                        record::encode_producer(r),
+                    self.writes.put(
+                        store,
+                        Space::Producers,
+                        &record::producer_key(t.stream.number, *id),
+                        &record::encode_producer(r),
                     );
                 }
             }
         }
         Some(Sealed {
-            batch: self.batch,
+            writes: self.writes,
             touched: self.touched,
             copied_stats: self.copied_stats,
         })
     }
 }
 
-/// Write and sync: one journal write and, under `Always`, one fdatasync for the whole batch.
-/// A failure aborts the node ([`fatal`]).
+/// Write and sync: under `Always`, one write-ahead log record and one fdatasync of it for
+/// the whole batch, then the same writes to fjall unsynced; under `Interval`, one fjall
+/// write. A failure aborts the node ([`fatal`]).
 fn write_and_sync(
     store: &Store,
-    batch: fjall::OwnedWriteBatch,
+    writes: Writes,
     touched: &HashMap<u64, Touched>,
     copied: Vec<(DataId, u64, u64)>,
 ) {
     let started = std::time::Instant::now();
-    if let Err(e) = batch.commit() {
+    if let (Some(wal), Some(puts)) = (&store.wal, &writes.puts) {
+        let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
+        // On a segment switch, fjall is persisted first: the new segment starts with a
+        // checkpoint that covers every earlier batch.
+        let persist = || {
+            store
+                .db
+                .persist(PersistMode::SyncData)
+                .map_err(std::io::Error::other)
+        };
+        if let Err(e) = wal.append(puts, persist) {
+            fatal("writing a batch to the write-ahead log", &e.into());
+        }
+    }
+    if let Err(e) = writes.batch.commit() {
         fatal("writing a batch to the event log", &e);
     }
     if let Some(observer) = &store.on_commit {

@@ -42,6 +42,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod truncate;
+mod wal;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
