@@ -140,6 +140,13 @@ pub(super) fn spawn(
             if let Err(e) = store.db.persist(PersistMode::SyncData) {
                 fatal("final sync of the event log", &e);
             }
+            if let Some(wal) = &store.wal {
+                // fjall holds everything now: the next open has nothing to replay.
+                let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = wal.checkpoint() {
+                    fatal("final checkpoint of the write-ahead log", &e.into());
+                }
+            }
             // Release the store before reporting "stopped", so that once every handle is
             // dropped after close() the database is closed and the directory can be reopened.
             drop(store);
