@@ -2,20 +2,23 @@
 //!
 //! Publishers hand [`AppendRequest`]s to a bounded channel. The committer thread waits for
 //! one, drains whatever else is already queued (across all streams, up to
-//! `max_batch_bytes`), assigns offsets as the only writer, writes ONE fjall batch holding the
-//! events and the touched streams' metadata, syncs it once (under `Always`), then raises each
-//! stream's committed state and readable end and only then answers the publishers. There is
+//! `max_batch_bytes`), assigns offsets as the only writer, writes ONE batch holding the
+//! events and the touched streams' metadata, syncs it once (under `Always`: one record in the
+//! write-ahead log, [`super::wal`], fdatasynced, then the same writes to fjall unsynced), then
+//! raises each stream's committed state and readable end and only then answers the
+//! publishers. There is
 //! no artificial delay: while one batch syncs, the next one queues up, so batches grow with
 //! load and the number of fsyncs stays far below the number of appends.
 //!
 //! One batch goes through [`commit`]'s stages in order: admit (free space) → place each
 //! request (fence, producer admission, offsets and epochs: [`super::assign`], pure) →
-//! encode (into one fjall batch, sealed with the streams' metadata) → write and sync →
-//! publish the new ends → answer.
+//! encode (into one fjall batch and, under `Always`, the same puts for the write-ahead log,
+//! sealed with the streams' metadata) → write and sync → publish the new ends → answer.
 //!
 //! Invariants:
 //! - No publisher is answered before the batch holding its events is durable per the policy
-//!   (`Always`: the fdatasync covering it has returned; `Interval`: it is written to the OS).
+//!   (`Always`: the fdatasync of the write-ahead log record holding it has returned;
+//!   `Interval`: it is written to the OS).
 //! - No reader can see an event before its batch is durable: readers are bounded by the
 //!   committed state, which is raised after the write/sync.
 //! - The committer is the fence: it reads each stream's [`WriteAccess`] under the writer lock

@@ -23,6 +23,10 @@
 //! - Keyspace `producers` holds each stream's producer records (see [`super::producers`]),
 //!   loaded at open into [`Stream::producers`] and changed only by writers holding
 //!   `write_lock`, in the batch that changes the events they describe.
+//! - Under `Always`, the write-ahead log ([`super::wal`]) holds every committer batch that
+//!   fjall may not hold durably: at open, its records after the last checkpoint are applied
+//!   to fjall before anything is read. Every other fjall writer goes through
+//!   [`Store::commit_direct`], which checkpoints first.
 //! - Lock order: `write_lock` → `streams` → `Stream::access` → `Stream::state` →
 //!   `Stream::epochs`. Readers never take `write_lock`. The `end` and `visible` watches are
 //!   sent to only after the state lock is released (a receiver may hold a watch's guard while
@@ -463,12 +467,15 @@ impl Store {
     /// aborts the node (see [`super::committer::fatal`]).
     pub(super) fn commit_direct(&self, batch: fjall::OwnedWriteBatch, what: &str) {
         if let Some(wal) = &self.wal {
-            if let Err(e) = self.db.persist(PersistMode::SyncData) {
-                super::committer::fatal(what, &e);
-            }
             let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = wal.checkpoint() {
-                super::committer::fatal(what, &e.into());
+            // Nothing written since the last checkpoint: nothing to replay over this batch.
+            if wal.dirty() {
+                if let Err(e) = self.db.persist(PersistMode::SyncData) {
+                    super::committer::fatal(what, &e);
+                }
+                if let Err(e) = wal.checkpoint() {
+                    super::committer::fatal(what, &e.into());
+                }
             }
         }
         if let Err(e) = batch.commit() {
@@ -675,7 +682,7 @@ impl Store {
     }
 }
 
-fn keyspace_of<'k>(spaces: [&'k Keyspace; 4], space: Space) -> &'k Keyspace {
+fn keyspace_of(spaces: [&Keyspace; 4], space: Space) -> &Keyspace {
     match space {
         Space::Events => spaces[0],
         Space::Meta => spaces[1],

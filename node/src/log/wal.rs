@@ -84,9 +84,12 @@ fn push_slice(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// One decoded put: keyspace, key, value.
+pub(super) type Put<'a> = (Space, &'a [u8], &'a [u8]);
+
 /// Decodes a `BATCH` payload into its puts; `None` if it is malformed (its CRC matched, so
 /// that would be a bug, and recovery reports it).
-pub(super) fn decode_puts(payload: &[u8]) -> Option<Vec<(Space, &[u8], &[u8])>> {
+pub(super) fn decode_puts(payload: &[u8]) -> Option<Vec<Put<'_>>> {
     let mut out = Vec::new();
     let mut rest = payload;
     while let Some((&space, tail)) = rest.split_first() {
@@ -171,6 +174,8 @@ pub(super) struct Wal {
     next_seq: u64,
     /// An obsolete segment kept for reuse, so that switching segments allocates nothing.
     spare: Option<Segment>,
+    /// Whether a batch was written since the last checkpoint.
+    dirty: bool,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -288,6 +293,7 @@ impl Wal {
             pos: 0,
             next_seq: recovered.next_seq,
             spare: Some(spare),
+            dirty: false,
         };
         wal.write(CHECKPOINT, &[])?;
         wal.active.file.sync_data()?;
@@ -308,12 +314,19 @@ impl Wal {
             self.switch(needed)?;
         }
         self.write(BATCH, &puts.0)?;
+        self.dirty = true;
         self.active.file.sync_data()
+    }
+
+    /// Whether a checkpoint would record anything (a batch was written since the last one).
+    pub(super) fn dirty(&self) -> bool {
+        self.dirty
     }
 
     /// Records that fjall holds everything written so far durably (the caller has just
     /// persisted it, under the writer lock).
     pub(super) fn checkpoint(&mut self) -> io::Result<()> {
+        self.dirty = false;
         if self.pos + HEADER as u64 > self.active.len {
             return self.switch(HEADER as u64);
         }
@@ -347,6 +360,7 @@ impl Wal {
         sync_dir(&self.dir)?;
         let old = std::mem::replace(&mut self.active, next);
         self.pos = 0;
+        self.dirty = false;
         self.write(CHECKPOINT, &[])?;
         self.active.file.sync_data()?;
         self.spare = Some(old);
@@ -390,6 +404,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
