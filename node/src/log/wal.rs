@@ -378,7 +378,10 @@ fn create_segment(dir: &Path, id: u64, len: u64) -> io::Result<Segment> {
         .create(true)
         .truncate(true)
         .open(&path)?;
-    let zeros = vec![0u8; 1 << 20];
+    // Page by page: the page cache sizes a folio by the write that creates it, and a later
+    // small write dirties (and writeback writes) the whole folio. Zero-filled in 1 MiB
+    // writes, each ~10 KiB batch cost ~1 MiB of disk writes (measured: /proc/<pid>/io).
+    let zeros = [0u8; 4096];
     let mut at = 0;
     while at < len {
         let n = (len - at).min(zeros.len() as u64) as usize;
