@@ -317,11 +317,12 @@ impl Writes {
         }
     }
 
-    fn put(&mut self, store: &Store, space: Space, key: &[u8], value: &[u8]) {
-        self.batch.insert(store.keyspace(space), key, value);
+    /// Adds one put; `value` moves into the fjall batch (copied once more for the log).
+    fn put(&mut self, store: &Store, space: Space, key: &[u8], value: Vec<u8>) {
         if let Some(puts) = &mut self.puts {
-            puts.put(space, key, value);
+            puts.put(space, key, &value);
         }
+        self.batch.insert(store.keyspace(space), key, value);
     }
 }
 
@@ -406,7 +407,7 @@ impl<'s> Plan<'s> {
                     store,
                     Space::Events,
                     &record::event_key(stream.number, offset),
-                    &record::encode_event(appended.timestamp.0, epoch, producer, event),
+                    record::encode_event(appended.timestamp.0, epoch, producer, event),
                 );
             }
             if let Some(tag) = producer {
@@ -437,7 +438,7 @@ impl<'s> Plan<'s> {
                 store,
                 Space::Events,
                 &record::event_key(stream.number, c.offset),
-                &record::encode_event(c.timestamp, c.epoch, c.producer, event),
+                record::encode_event(c.timestamp, c.epoch, c.producer, event),
             );
             if let Some(tag) = c.producer {
                 // Seed from the stream's record: a batch may continue from the last
@@ -468,14 +469,14 @@ impl<'s> Plan<'s> {
                 store,
                 Space::Meta,
                 &t.stream.number.to_be_bytes(),
-                &record::encode_meta(&t.stream.data_id, &meta),
+                record::encode_meta(&t.stream.data_id, &meta),
             );
             for e in &t.tail.new_epochs {
                 self.writes.put(
                     store,
                     Space::Epochs,
                     &record::epoch_key(t.stream.number, e.epoch.0),
-                    &e.start.0.to_be_bytes(),
+                    e.start.0.to_be_bytes().to_vec(),
                 );
             }
             for id in &t.changed {
@@ -484,7 +485,7 @@ impl<'s> Plan<'s> {
                         store,
                         Space::Producers,
                         &record::producer_key(t.stream.number, *id),
-                        &record::encode_producer(r),
+                        record::encode_producer(r).to_vec(),
                     );
                 }
             }
