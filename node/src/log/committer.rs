@@ -2,20 +2,23 @@
 //!
 //! Publishers hand [`AppendRequest`]s to a bounded channel. The committer thread waits for
 //! one, drains whatever else is already queued (across all streams, up to
-//! `max_batch_bytes`), assigns offsets as the only writer, writes ONE fjall batch holding the
-//! events and the touched streams' metadata, syncs it once (under `Always`), then raises each
-//! stream's committed state and readable end and only then answers the publishers. There is
+//! `max_batch_bytes`), assigns offsets as the only writer, writes ONE batch holding the
+//! events and the touched streams' metadata, syncs it once (under `Always`: one record in the
+//! write-ahead log, [`super::wal`], fdatasynced, then the same writes to fjall unsynced), then
+//! raises each stream's committed state and readable end and only then answers the
+//! publishers. There is
 //! no artificial delay: while one batch syncs, the next one queues up, so batches grow with
 //! load and the number of fsyncs stays far below the number of appends.
 //!
 //! One batch goes through [`commit`]'s stages in order: admit (free space) → place each
 //! request (fence, producer admission, offsets and epochs: [`super::assign`], pure) →
-//! encode (into one fjall batch, sealed with the streams' metadata) → write and sync →
-//! publish the new ends → answer.
+//! encode (into one fjall batch and, under `Always`, the same puts for the write-ahead log,
+//! sealed with the streams' metadata) → write and sync → publish the new ends → answer.
 //!
 //! Invariants:
 //! - No publisher is answered before the batch holding its events is durable per the policy
-//!   (`Always`: the fdatasync covering it has returned; `Interval`: it is written to the OS).
+//!   (`Always`: the fdatasync of the write-ahead log record holding it has returned;
+//!   `Interval`: it is written to the OS).
 //! - No reader can see an event before its batch is durable: readers are bounded by the
 //!   committed state, which is raised after the write/sync.
 //! - The committer is the fence: it reads each stream's [`WriteAccess`] under the writer lock
@@ -55,6 +58,7 @@ use super::record::{
     self, EVENT_HEADER_LEN, EVENT_KEY_LEN, ProducerRecord, ProducerTag, StreamMeta,
 };
 use super::store::{Store, Stream, raised_hwm};
+use super::wal::{Puts, Space};
 use super::{Appended, CommitStats, LogError, WriteAccess};
 
 /// Which stream an append goes to.
@@ -138,6 +142,13 @@ pub(super) fn spawn(
             }
             if let Err(e) = store.db.persist(PersistMode::SyncData) {
                 fatal("final sync of the event log", &e);
+            }
+            if let Some(wal) = &store.wal {
+                // fjall holds everything now: the next open has nothing to replay.
+                let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = wal.checkpoint() {
+                    fatal("final checkpoint of the write-ahead log", &e.into());
+                }
             }
             // Release the store before reporting "stopped", so that once every handle is
             // dropped after close() the database is closed and the directory can be reopened.
@@ -243,7 +254,12 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
         })
         .collect();
     if let Some(written) = plan.seal() {
-        write_and_sync(store, written.batch, &written.touched, written.copied_stats);
+        write_and_sync(
+            store,
+            written.writes,
+            &written.touched,
+            written.copied_stats,
+        );
         publish_ends(store, written.touched);
     }
     drop(guard);
@@ -276,14 +292,43 @@ struct Plan<'s> {
     touched: HashMap<u64, Touched>,
     /// Streams this batch creates, by data ID.
     created: HashMap<DataId, u64>,
-    batch: fjall::OwnedWriteBatch,
+    writes: Writes,
     /// Events copied from a primary, per request, for the commit observer.
     copied_stats: Vec<(DataId, u64, u64)>,
 }
 
+/// A batch's writes: the fjall batch and, with a write-ahead log, the same puts as its
+/// record.
+struct Writes {
+    batch: fjall::OwnedWriteBatch,
+    puts: Option<Puts>,
+}
+
+impl Writes {
+    fn new(store: &Store) -> Writes {
+        Writes {
+            // With a write-ahead log, it is the durability point and fjall is not synced.
+            batch: store.db.batch().durability(Some(if store.wal.is_some() {
+                PersistMode::Buffer
+            } else {
+                store.batch_durability
+            })),
+            puts: store.wal.as_ref().map(|_| Puts::default()),
+        }
+    }
+
+    /// Adds one put; `value` moves into the fjall batch (copied once more for the log).
+    fn put(&mut self, store: &Store, space: Space, key: &[u8], value: Vec<u8>) {
+        if let Some(puts) = &mut self.puts {
+            puts.put(space, key, &value);
+        }
+        self.batch.insert(store.keyspace(space), key, value);
+    }
+}
+
 /// A sealed batch with something to write.
 struct Sealed {
-    batch: fjall::OwnedWriteBatch,
+    writes: Writes,
     touched: HashMap<u64, Touched>,
     copied_stats: Vec<(DataId, u64, u64)>,
 }
@@ -295,7 +340,7 @@ impl<'s> Plan<'s> {
             now: TimestampMs::now().0,
             touched: HashMap::new(),
             created: HashMap::new(),
-            batch: store.db.batch().durability(Some(store.batch_durability)),
+            writes: Writes::new(store),
             copied_stats: Vec::new(),
         }
     }
@@ -358,9 +403,10 @@ impl<'s> Plan<'s> {
             }
             let appended = entry.tail.place_publish(epoch, now, events);
             for (offset, event) in (appended.first.0..).zip(events) {
-                self.batch.insert(
-                    &store.events,
-                    record::event_key(stream.number, offset),
+                self.writes.put(
+                    store,
+                    Space::Events,
+                    &record::event_key(stream.number, offset),
                     record::encode_event(appended.timestamp.0, epoch, producer, event),
                 );
             }
@@ -388,9 +434,10 @@ impl<'s> Plan<'s> {
         }
         let appended = entry.tail.place_copied(copied, events, now);
         for (event, c) in events.iter().zip(copied) {
-            self.batch.insert(
-                &store.events,
-                record::event_key(stream.number, c.offset),
+            self.writes.put(
+                store,
+                Space::Events,
+                &record::event_key(stream.number, c.offset),
                 record::encode_event(c.timestamp, c.epoch, c.producer, event),
             );
             if let Some(tag) = c.producer {
@@ -418,46 +465,64 @@ impl<'s> Plan<'s> {
             // stored value may lag the real one, never lead it.
             let floor = t.stream.floor.load(Ordering::Acquire);
             meta.hwm = raised_hwm(meta.hwm, meta.next, floor);
-            self.batch.insert(
-                &store.meta,
-                t.stream.number.to_be_bytes(),
+            self.writes.put(
+                store,
+                Space::Meta,
+                &t.stream.number.to_be_bytes(),
                 record::encode_meta(&t.stream.data_id, &meta),
             );
             for e in &t.tail.new_epochs {
-                self.batch.insert(
-                    &store.epochs,
-                    record::epoch_key(t.stream.number, e.epoch.0),
-                    e.start.0.to_be_bytes(),
+                self.writes.put(
+                    store,
+                    Space::Epochs,
+                    &record::epoch_key(t.stream.number, e.epoch.0),
+                    e.start.0.to_be_bytes().to_vec(),
                 );
             }
             for id in &t.changed {
                 if let Some(r) = t.producers.get(id) {
-                    self.batch.insert(
-                        &store.producers,
-                        record::producer_key(t.stream.number, *id),
-                        record::encode_producer(r),
+                    self.writes.put(
+                        store,
+                        Space::Producers,
+                        &record::producer_key(t.stream.number, *id),
+                        record::encode_producer(r).to_vec(),
                     );
                 }
             }
         }
         Some(Sealed {
-            batch: self.batch,
+            writes: self.writes,
             touched: self.touched,
             copied_stats: self.copied_stats,
         })
     }
 }
 
-/// Write and sync: one journal write and, under `Always`, one fdatasync for the whole batch.
-/// A failure aborts the node ([`fatal`]).
+/// Write and sync: under `Always`, one write-ahead log record and one fdatasync of it for
+/// the whole batch, then the same writes to fjall unsynced; under `Interval`, one fjall
+/// write. A failure aborts the node ([`fatal`]).
 fn write_and_sync(
     store: &Store,
-    batch: fjall::OwnedWriteBatch,
+    writes: Writes,
     touched: &HashMap<u64, Touched>,
     copied: Vec<(DataId, u64, u64)>,
 ) {
     let started = std::time::Instant::now();
-    if let Err(e) = batch.commit() {
+    if let (Some(wal), Some(puts)) = (&store.wal, &writes.puts) {
+        let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
+        // On a segment switch, fjall is persisted first: the new segment starts with a
+        // checkpoint that covers every earlier batch.
+        let persist = || {
+            store
+                .db
+                .persist(PersistMode::SyncData)
+                .map_err(std::io::Error::other)
+        };
+        if let Err(e) = wal.append(puts, persist) {
+            fatal("writing a batch to the write-ahead log", &e.into());
+        }
+    }
+    if let Err(e) = writes.batch.commit() {
         fatal("writing a batch to the event log", &e);
     }
     if let Some(observer) = &store.on_commit {

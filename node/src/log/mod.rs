@@ -3,7 +3,8 @@
 //!
 //! Layout: [`record`] encodes keys, event values and per-stream metadata; [`store`] opens
 //! and recovers the database and serves reads; [`committer`] is the single writer that turns
-//! concurrent appends into one batch and one fsync; [`retention`] trims stream heads;
+//! concurrent appends into one batch and one fsync (of [`wal`], the write-ahead log, under
+//! `Always`); [`retention`] trims stream heads;
 //! [`truncate`] rewrites a replica's tail to match its primary.
 //!
 //! Guarantees kept here (the service relies on them):
@@ -42,6 +43,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod truncate;
+mod wal;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};

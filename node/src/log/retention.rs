@@ -13,12 +13,8 @@
 //! - A large trim is split into chunks of at most [`TRIM_CHUNK`] events, releasing the
 //!   writer lock between chunks so that publishers are never stalled for long.
 
-use std::sync::atomic::Ordering;
-
 use ec_core::{DataId, Offset, TimestampMs};
-use fjall::PersistMode;
 
-use super::committer::fatal;
 use super::record;
 use super::store::{Store, Stream};
 use super::{LogError, Retention};
@@ -133,12 +129,7 @@ fn trim_chunk(
         stream.number.to_be_bytes(),
         record::encode_meta(&stream.data_id, &new),
     );
-    if let Err(e) = batch.commit() {
-        fatal("writing a retention trim to the event log", &e);
-    }
-    if store.batch_durability == PersistMode::Buffer {
-        store.unsynced.store(true, Ordering::Release);
-    }
+    store.commit_direct(batch, "writing a retention trim to the event log");
     stream.publish(new);
     Ok((Some(new.earliest), more))
 }

@@ -23,6 +23,10 @@
 //! - Keyspace `producers` holds each stream's producer records (see [`super::producers`]),
 //!   loaded at open into [`Stream::producers`] and changed only by writers holding
 //!   `write_lock`, in the batch that changes the events they describe.
+//! - Under `Always`, the write-ahead log ([`super::wal`]) holds every committer batch that
+//!   fjall may not hold durably: at open, its records after the last checkpoint are applied
+//!   to fjall before anything is read. Every other fjall writer goes through
+//!   [`Store::commit_direct`], which checkpoints first.
 //! - Lock order: `write_lock` → `streams` → `Stream::access` → `Stream::state` →
 //!   `Stream::epochs`. Readers never take `write_lock`. The `end` and `visible` watches are
 //!   sent to only after the state lock is released (a receiver may hold a watch's guard while
@@ -39,6 +43,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::watch;
 
 use super::record::{self, ProducerRecord, StreamMeta};
+use super::wal::{self, Space, Wal};
 use super::{EpochStart, LogError, StoredEvent, StreamStats, WriteAccess};
 
 /// Name of the keyspace holding every stream's events.
@@ -251,7 +256,11 @@ pub(super) struct Store {
     /// it syncs (`Interval` policy only).
     pub(super) unsynced: AtomicBool,
     /// Durability applied to each batch: `SyncData` under `Always`, `Buffer` under `Interval`.
+    /// The committer's batches under `Always` are the exception: they are made durable by the
+    /// write-ahead log and written to fjall with `Buffer`.
     pub(super) batch_durability: PersistMode,
+    /// The write-ahead log (`Always` only), taken by writers holding `write_lock`.
+    pub(super) wal: Option<Mutex<Wal>>,
 }
 
 /// Converts a fjall error into [`LogError::Storage`] with what was being done.
@@ -288,6 +297,12 @@ impl Store {
         let producers = db
             .keyspace(PRODUCERS_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(storage("opening keyspace `producers`"))?;
+        let wal = replay_wal(
+            dir,
+            &db,
+            [&events, &meta, &epochs, &producers],
+            batch_durability,
+        )?;
         let mut producer_records: HashMap<u64, HashMap<u64, ProducerRecord>> = HashMap::new();
         for guard in producers.iter() {
             let (key, value) = guard
@@ -369,6 +384,7 @@ impl Store {
             commits: AtomicU64::new(0),
             unsynced: AtomicBool::new(false),
             batch_durability,
+            wal,
         };
         // A crash in the middle of a truncation can leave records of batches it removed.
         for stream in store.all_streams() {
@@ -402,12 +418,7 @@ impl Store {
                 None => batch.remove(&self.producers, key),
             }
         }
-        if let Err(e) = batch.commit() {
-            super::committer::fatal("rewriting producer records of the event log", &e);
-        }
-        if self.batch_durability == PersistMode::Buffer {
-            self.unsynced.store(true, Ordering::Release);
-        }
+        self.commit_direct(batch, "rewriting producer records of the event log");
         let mut records = stream.producers();
         for id in stale {
             match found.get(&id) {
@@ -436,12 +447,7 @@ impl Store {
             });
         }
         if forgotten > 0 {
-            if let Err(e) = batch.commit() {
-                super::committer::fatal("removing expired producer records", &e);
-            }
-            if self.batch_durability == PersistMode::Buffer {
-                self.unsynced.store(true, Ordering::Release);
-            }
+            self.commit_direct(batch, "removing expired producer records");
         }
         Ok(forgotten)
     }
@@ -452,6 +458,40 @@ impl Store {
         for id in stream.producers().keys() {
             batch.remove(&self.producers, record::producer_key(stream.number, *id));
         }
+    }
+
+    /// Commits a batch of a writer other than the committer (retention, truncation,
+    /// metadata, producer records), holding the writer lock, with the store's durability.
+    /// With a write-ahead log, fjall is persisted and a checkpoint recorded first, so that a
+    /// replay at the next open never applies an older record over this batch. A failure
+    /// aborts the node (see [`super::committer::fatal`]).
+    pub(super) fn commit_direct(&self, batch: fjall::OwnedWriteBatch, what: &str) {
+        if let Some(wal) = &self.wal {
+            let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
+            // Nothing written since the last checkpoint: nothing to replay over this batch.
+            if wal.dirty() {
+                if let Err(e) = self.db.persist(PersistMode::SyncData) {
+                    super::committer::fatal(what, &e);
+                }
+                if let Err(e) = wal.checkpoint() {
+                    super::committer::fatal(what, &e.into());
+                }
+            }
+        }
+        if let Err(e) = batch.commit() {
+            super::committer::fatal(what, &e);
+        }
+        if self.batch_durability == PersistMode::Buffer {
+            self.unsynced.store(true, Ordering::Release);
+        }
+    }
+
+    /// The keyspace a write-ahead log record's put goes to.
+    pub(super) fn keyspace(&self, space: Space) -> &Keyspace {
+        keyspace_of(
+            [&self.events, &self.meta, &self.epochs, &self.producers],
+            space,
+        )
     }
 
     /// Takes the writer lock; poisoning is ignored because a writer that panicked either
@@ -524,12 +564,7 @@ impl Store {
                 stream.number.to_be_bytes(),
                 record::encode_meta(&stream.data_id, &meta),
             );
-            if let Err(e) = batch.commit() {
-                super::committer::fatal("writing stream metadata to the event log", &e);
-            }
-            if self.batch_durability == PersistMode::Buffer {
-                self.unsynced.store(true, Ordering::Release);
-            }
+            self.commit_direct(batch, "writing stream metadata to the event log");
             stream.state().coordinated = meta.coordinated;
         }
         stream.set_access(access);
@@ -644,6 +679,69 @@ impl Store {
             }
         }
         Ok(lo)
+    }
+}
+
+fn keyspace_of(spaces: [&Keyspace; 4], space: Space) -> &Keyspace {
+    match space {
+        Space::Events => spaces[0],
+        Space::Meta => spaces[1],
+        Space::Epochs => spaces[2],
+        Space::Producers => spaces[3],
+    }
+}
+
+/// Recovery of the write-ahead log at open: applies the batches after its last checkpoint
+/// to fjall (whatever fjall already holds of them is overwritten with the same values),
+/// persists fjall, and then starts the log afresh under `Always` (`SyncData`), or removes
+/// it under `Interval`. Runs before the stream table is built from fjall.
+fn replay_wal(
+    dir: &Path,
+    db: &Database,
+    spaces: [&Keyspace; 4],
+    durability: PersistMode,
+) -> Result<Option<Mutex<Wal>>, LogError> {
+    let wal_dir = dir.join("wal");
+    let io = |context: &str| {
+        let context = format!("{context} in {}", wal_dir.display());
+        move |e: std::io::Error| LogError::Storage {
+            context,
+            source: e.into(),
+        }
+    };
+    let recovered = wal::recover(&wal_dir).map_err(io("reading the write-ahead log"))?;
+    for (i, payload) in recovered.batches.iter().enumerate() {
+        let puts = wal::decode_puts(payload).ok_or_else(|| LogError::Storage {
+            context: format!(
+                "replaying the write-ahead log in {}: record {i} after the last checkpoint \
+                 passed its checksum but does not decode; the log directory is damaged",
+                wal_dir.display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidData).into(),
+        })?;
+        let mut batch = db.batch().durability(Some(PersistMode::Buffer));
+        for (space, key, value) in puts {
+            batch.insert(keyspace_of(spaces, space), key, value);
+        }
+        batch
+            .commit()
+            .map_err(storage("replaying the write-ahead log into the database"))?;
+    }
+    if !recovered.batches.is_empty() {
+        tracing::info!(
+            batches = recovered.batches.len(),
+            "replayed the write-ahead log's tail"
+        );
+    }
+    db.persist(PersistMode::SyncData)
+        .map_err(storage("persisting the replayed write-ahead log"))?;
+    if durability == PersistMode::SyncData {
+        let wal = Wal::start(&wal_dir, recovered).map_err(io("starting the write-ahead log"))?;
+        Ok(Some(Mutex::new(wal)))
+    } else {
+        // fjall now holds it all durably; an interval-synced log needs no write-ahead log.
+        wal::remove(&wal_dir).map_err(io("removing the write-ahead log"))?;
+        Ok(None)
     }
 }
 

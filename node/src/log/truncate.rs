@@ -18,13 +18,9 @@
 //!   run at open for a truncation a crash interrupted); a skip ahead drops them all, since
 //!   none of the batches they describe is kept.
 
-use std::sync::atomic::Ordering;
-
 use ec_core::Offset;
-use fjall::PersistMode;
 
 use super::LogError;
-use super::committer::fatal;
 use super::record::{self, StreamMeta};
 use super::store::{Store, Stream};
 
@@ -186,11 +182,6 @@ fn write(
         stream.number.to_be_bytes(),
         record::encode_meta(&stream.data_id, meta),
     );
-    if let Err(e) = batch.commit() {
-        fatal(what, &e);
-    }
-    if store.batch_durability == PersistMode::Buffer {
-        store.unsynced.store(true, Ordering::Release);
-    }
+    store.commit_direct(batch, what);
     stream.publish(*meta);
 }

@@ -98,6 +98,33 @@ async fn sigkill_during_publishing_loses_no_acknowledged_event() {
             "acknowledged offset {offset} survives with the same bytes"
         );
     }
+    // Exactly once: every payload names its sender, batch and index, so none may repeat.
+    let mut seen = std::collections::HashSet::new();
+    for (offset, data) in &stored {
+        assert!(
+            seen.insert(data.clone()),
+            "offset {offset} repeats an event"
+        );
+    }
+    // In order: each publisher sent its batches one after another, so their acknowledged
+    // offsets rise with the batch number.
+    let mut last_by_sender: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (offset, data) in &acked {
+        let text = String::from_utf8_lossy(data);
+        let mut parts = text.split('-');
+        let (sender, seq) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let seq: u64 = seq
+            .trim_start_matches('s')
+            .parse()
+            .expect("payload names its batch");
+        if let Some((prev_seq, prev_offset)) = last_by_sender.get(sender) {
+            assert!(
+                seq >= *prev_seq && offset > prev_offset,
+                "{sender}: batch {seq} at offset {offset} after batch {prev_seq} at {prev_offset}"
+            );
+        }
+        last_by_sender.insert(sender.to_owned(), (seq, *offset));
+    }
     assert!(
         acked.len() >= 6000,
         "three cycles acknowledged {} events",
