@@ -57,6 +57,9 @@ use super::record::{
 use super::store::{Store, Stream, raised_hwm};
 use super::{Appended, CommitStats, LogError, WriteAccess};
 
+/// A commit slower than this is logged (at debug) with the time of each stage.
+const SLOW_COMMIT: Duration = Duration::from_millis(1);
+
 /// Which stream an append goes to.
 pub(super) enum Target {
     /// A stream that existed when the append was submitted.
@@ -228,7 +231,9 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
     let Some(requests) = admit_space(store, requests) else {
         return;
     };
+    let started = std::time::Instant::now();
     let guard = store.lock_writes();
+    let locked = started.elapsed();
     let mut plan = Plan::new(store);
     let replies: Vec<_> = requests
         .into_iter()
@@ -242,11 +247,24 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
             (request.reply, result)
         })
         .collect();
+    let placed = started.elapsed();
+    let mut wrote = placed;
     if let Some(written) = plan.seal() {
         write_and_sync(store, written.batch, &written.touched, written.copied_stats);
+        wrote = started.elapsed();
         publish_ends(store, written.touched);
     }
     drop(guard);
+    let published = started.elapsed();
+    if published >= SLOW_COMMIT {
+        tracing::debug!(
+            lock_us = locked.as_micros() as u64,
+            place_us = (placed - locked).as_micros() as u64,
+            write_us = (wrote - placed).as_micros() as u64,
+            publish_us = (published - wrote).as_micros() as u64,
+            "slow commit"
+        );
+    }
     for (reply, result) in replies {
         // The publisher may have gone away (cancelled); its events are committed anyway.
         let _ = reply.send(result);
