@@ -195,6 +195,27 @@ fn decode(payload: &[u8]) -> Option<(u64, u64)> {
     Some((tick, sent))
 }
 
+/// Appends `(send time, latency)` pairs (ns since `base`) to `path` as Unix µs and µs.
+fn dump_deliveries(path: &std::ffi::OsStr, base_unix_us: u64, samples: &[(u64, u64)]) {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path);
+    let Ok(file) = file else {
+        eprintln!(
+            "warning: cannot open {} for the delivery dump",
+            path.to_string_lossy()
+        );
+        return;
+    };
+    let mut out = std::io::BufWriter::new(file);
+    let _ = writeln!(out, "# run");
+    for (sent, latency) in samples {
+        let _ = writeln!(out, "{} {}", base_unix_us + sent / 1000, latency / 1000);
+    }
+}
+
 /// Runs the fixed-rate end-to-end measurement. `subscriber` must read from `Position::New`
 /// (or any position before the first tick); it is primed until it sees the prime event.
 pub(crate) async fn end_to_end(
@@ -203,6 +224,12 @@ pub(crate) async fn end_to_end(
     shape: E2eShape,
 ) -> Result<E2e> {
     let base = Instant::now();
+    // With EC_BENCH_E2E_DUMP=FILE every delivery is appended to FILE as `send time (Unix
+    // µs) latency (µs)`, so a tail can be lined up with the servers' logs.
+    let base_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let dump_path = std::env::var_os("EC_BENCH_E2E_DUMP");
     let ticks = (shape.rate as f64 * shape.duration.as_secs_f64()).round() as u64;
     let warm_ticks = (shape.rate as f64 * shape.warmup.as_secs_f64()).round() as u64;
     let period_ns = 1_000_000_000 / shape.rate;
@@ -215,6 +242,7 @@ pub(crate) async fn end_to_end(
         let mut received = 0u64;
         let mut next_expected = 0u64;
         let mut out_of_order = 0u64;
+        let mut dumped: Vec<(u64, u64)> = Vec::new();
         while received < ticks {
             let batch = tokio::select! {
                 b = subscriber.next_batch() => b,
@@ -239,8 +267,14 @@ pub(crate) async fn end_to_end(
                 received += 1;
                 if tick >= warm_ticks {
                     delivery.push(now.saturating_sub(sent));
+                    if dump_path.is_some() {
+                        dumped.push((sent, now.saturating_sub(sent)));
+                    }
                 }
             }
+        }
+        if let Some(path) = dump_path {
+            dump_deliveries(&path, base_unix_us, &dumped);
         }
         Ok::<_, color_eyre::Report>((delivery, received, out_of_order))
     });

@@ -23,6 +23,9 @@ const BATCH_EVENTS: usize = 2048;
 /// Most payload bytes read from the log per batch (at least one event is always returned).
 const BATCH_BYTES: usize = 1 << 20;
 
+/// A batch read slower than this is logged (at debug).
+const SLOW_READ: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Resolves the start of `req` against the log, or fails before the stream starts.
 ///
 /// An offset below the retained range is `OUT_OF_RANGE` naming the earliest offset; beyond the
@@ -92,10 +95,15 @@ pub(crate) async fn produce<T, F>(
         // Events near the readable end were just committed and sit in memory: read them on
         // this task for the lowest tail latency. Older ranges may touch the disk.
         let hot = readable.0 - next.0 <= BATCH_EVENTS as u64;
+        let read_started = std::time::Instant::now();
         let read = read_hot_or_cold(&log, &req.data_id, hot, move |log, data_id| {
             log.read(data_id, next, want, BATCH_BYTES)
         })
         .await;
+        let took = read_started.elapsed();
+        if took >= SLOW_READ {
+            tracing::debug!(hot, took_us = took.as_micros() as u64, "slow read");
+        }
         let events = match read {
             Ok(events) => events,
             Err(e) => {

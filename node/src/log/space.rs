@@ -58,6 +58,11 @@ impl SpaceGuard {
         }
     }
 
+    /// The log directory this guard watches.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Whether a write of about `needed` bytes may go ahead; records and logs a change of
     /// state. An unreadable filesystem status is reported as a refusal of zero free bytes
     /// only if it persists; one failed `statvfs` lets the write go (the write itself would
