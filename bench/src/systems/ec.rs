@@ -180,6 +180,21 @@ impl EcServer {
         }))
     }
 
+    /// One SDK publisher per data ID, all on one client (one HTTP/2 connection, a publish
+    /// stream per data ID), as one producer writing many data IDs would hold them.
+    pub(crate) async fn publishers(&self, ids: &[String]) -> Result<Vec<Box<dyn Publish>>> {
+        let client = self.client()?;
+        let mut out: Vec<Box<dyn Publish>> = Vec::with_capacity(ids.len());
+        for id in ids {
+            let publisher = client.publisher(id, 1 << 16).await?;
+            out.push(Box::new(EcPublish {
+                publisher,
+                _client: client.clone(),
+            }));
+        }
+        Ok(out)
+    }
+
     pub(crate) async fn subscriber(
         &self,
         position: Position,

@@ -75,6 +75,16 @@ impl Server {
         }
     }
 
+    /// One publisher per data ID of `ids`, sharing one connection (see each system for how
+    /// it maps a data ID: ours a stream, Redis a key, JetStream a subject).
+    pub(crate) async fn publishers(&self, ids: &[String]) -> Result<Vec<Box<dyn Publish>>> {
+        match self {
+            Server::Ec(s) => s.publishers(ids).await,
+            Server::Redis(s) => s.publishers(ids).await,
+            Server::Nats(s) => s.publishers(ids).await,
+        }
+    }
+
     /// A subscriber on a connection of its own, from `position`; `follow` keeps it waiting
     /// for new events at the end.
     pub(crate) async fn subscriber(
