@@ -433,7 +433,7 @@ fn render_growth(records: &[Record]) -> String {
                 if systems.iter().all(|(s, _)| median(s).is_none()) {
                     continue;
                 }
-                let mut row = vec![format!("{label:<24} {:>9}", human(x as f64))];
+                let mut row = vec![format!("{label:<24} {:>9}", point_label(x))];
                 for (s, _) in &systems {
                     let cell = match median(s) {
                         Some((m, contended)) => {
@@ -458,6 +458,19 @@ fn render_growth(records: &[Record]) -> String {
         }
     }
     out
+}
+
+/// A point of a growth curve: sizes that are powers of two in KiB/MiB, counts as numbers.
+fn point_label(x: u64) -> String {
+    if x >= 1024 && x.is_power_of_two() {
+        if x >= 1 << 20 {
+            format!("{}MiB", x >> 20)
+        } else {
+            format!("{}KiB", x >> 10)
+        }
+    } else {
+        human(x as f64)
+    }
 }
 
 fn dedup(mut lines: Vec<String>) -> Vec<String> {
