@@ -5,6 +5,7 @@
 //!
 //! - `ids`: publish throughput and server CPU per event against the number of data IDs
 //!   written at once. One publisher per data ID on one shared connection ([`Server::publishers`]),
+//!   each data ID created first (one event, 100 data IDs at a time, not timed), then
 //!   batches of [`IDS_BATCH`] events taking turns over the IDs ([`RoundRobin`]) with
 //!   [`IDS_WINDOW`] events in flight, so up to 64 data IDs have a batch in flight at any time
 //!   and every data ID is written at least twice.
@@ -15,7 +16,7 @@
 //!   [`SIZE_BYTES_IN_FLIGHT`] and 256 events in flight and batches of at most
 //!   [`SIZE_BATCH_BYTES`] (so a 1 MiB event travels alone and memory stays bounded).
 //! - `memory`: the server's RSS per data ID (that many data IDs created with one event each,
-//!   their publishers closed, minus the server before) and per follower (that many
+//!   100 at a time, their publishers closed, minus the server before) and per follower (that many
 //!   followers attached and waiting, minus none).
 //! - `replay`: replay throughput from offset 0 against the log size, after a preload of
 //!   100-byte events at full speed (the suite's window).
@@ -261,7 +262,7 @@ async fn measure(
         Curve::Ids => ids_point(&server, pid, point.x, plan, s, &mut r).await?,
         Curve::Followers => followers_point(&server, pid, point.x, plan, &mut r).await?,
         Curve::Size => size_point(&server, pid, point.x, plan, s, &mut r).await?,
-        Curve::Memory => memory_point(&server, pid, plan, s, &mut r).await?,
+        Curve::Memory => memory_point(&server, pid, plan, &mut r).await?,
         Curve::Replay => replay_point(&server, pid, point.x, s, &mut r).await?,
     }
     Ok(r)
@@ -484,31 +485,13 @@ async fn settled_rss(pid: u32) -> Result<u64> {
     machine::process_rss_bytes(pid)
 }
 
-async fn memory_point(
-    server: &Server,
-    pid: u32,
-    plan: &Plan,
-    s: &Settings,
-    r: &mut Record,
-) -> Result<()> {
+async fn memory_point(server: &Server, pid: u32, plan: &Plan, r: &mut Record) -> Result<()> {
     const MIB: f64 = (1 << 20) as f64;
     let ids = plan.memory_ids;
     let empty = settled_rss(pid).await?;
-    {
-        let names = data_ids(ids);
-        let mut rr = RoundRobin::new(server.publishers(&names).await?)?;
-        let body = Bytes::from(vec![b'x'; PAYLOAD]);
-        let done = workload::publish_window(&mut rr, ids, IDS_WINDOW, 1, &body, s.publish_max)
-            .await
-            .wrap_err("creating the data IDs failed")?;
-        if done.events < ids {
-            bail!(
-                "only {} of {ids} data IDs were created in time",
-                done.events
-            );
-        }
-        // The publishers close here: what stays is what the server keeps per data ID.
-    }
+    // Each data ID gets its one event as it is created; the publishers then close, so what
+    // stays is what the server keeps per data ID.
+    drop(server.publishers(&data_ids(ids)).await?);
     let with_ids = settled_rss(pid).await?;
     let (tasks, _publisher) = attach_followers(server, plan.memory_followers).await?;
     let with_followers = settled_rss(pid).await?;

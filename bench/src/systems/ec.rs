@@ -181,16 +181,25 @@ impl EcServer {
     }
 
     /// One SDK publisher per data ID, all on one client (one HTTP/2 connection, a publish
-    /// stream per data ID), as one producer writing many data IDs would hold them.
+    /// stream per data ID), as one producer writing many data IDs would hold them. Each
+    /// publisher opens its stream at once, so they are made [`super::OPEN_CHUNK`] at a time
+    /// and each chunk's first event (which creates its data IDs) is acknowledged before the
+    /// next chunk opens: 10,000 streams opened at once on one connection time out (3 s)
+    /// and retry on a busy 2-core machine, and never all open.
     pub(crate) async fn publishers(&self, ids: &[String]) -> Result<Vec<Box<dyn Publish>>> {
         let client = self.client()?;
         let mut out: Vec<Box<dyn Publish>> = Vec::with_capacity(ids.len());
-        for id in ids {
-            let publisher = client.publisher(id, 1 << 16).await?;
-            out.push(Box::new(EcPublish {
-                publisher,
-                _client: client.clone(),
-            }));
+        for chunk in ids.chunks(super::OPEN_CHUNK) {
+            let mut opened: Vec<Box<dyn Publish>> = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                let publisher = client.publisher(id, 1 << 16).await?;
+                opened.push(Box::new(EcPublish {
+                    publisher,
+                    _client: client.clone(),
+                }));
+            }
+            super::create_each(&mut opened).await?;
+            out.extend(opened);
         }
         Ok(out)
     }

@@ -21,6 +21,26 @@ use crate::cli::{Settings, SystemKind, Tier};
 use crate::procs;
 use crate::workload::{Position, Publish, Subscribe};
 
+/// Data IDs created at once by [`Server::publishers`].
+pub(crate) const OPEN_CHUNK: usize = 100;
+
+/// Publishes one event (`c`) through each of `publishers` and waits for every
+/// acknowledgement (at most 60 s).
+pub(crate) async fn create_each(publishers: &mut [Box<dyn Publish>]) -> Result<()> {
+    let mut acks = Vec::with_capacity(publishers.len());
+    for p in publishers.iter_mut() {
+        acks.push(p.submit(vec![bytes::Bytes::from_static(b"c")]).await?);
+    }
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        futures_util::future::try_join_all(acks),
+    )
+    .await
+    .map_err(|_| color_eyre::eyre::eyre!("creating {} data IDs took over 60 s", publishers.len()))?
+    .map_err(|e| e.wrap_err("creating a data ID failed"))?;
+    Ok(())
+}
+
 /// Where a system's server binary is, or why it cannot run (it is then SKIPPED).
 pub(crate) fn locate(kind: SystemKind, settings: &Settings) -> Result<PathBuf, String> {
     match kind {
@@ -76,13 +96,19 @@ impl Server {
     }
 
     /// One publisher per data ID of `ids`, sharing one connection (see each system for how
-    /// it maps a data ID: ours a stream, Redis a key, JetStream a subject).
+    /// it maps a data ID: ours a stream, Redis a key, JetStream a subject). When this
+    /// returns, every data ID holds one event (`c`), written [`OPEN_CHUNK`] data IDs at a
+    /// time.
     pub(crate) async fn publishers(&self, ids: &[String]) -> Result<Vec<Box<dyn Publish>>> {
-        match self {
-            Server::Ec(s) => s.publishers(ids).await,
-            Server::Redis(s) => s.publishers(ids).await,
-            Server::Nats(s) => s.publishers(ids).await,
+        let mut publishers = match self {
+            Server::Ec(s) => return s.publishers(ids).await,
+            Server::Redis(s) => s.publishers(ids).await?,
+            Server::Nats(s) => s.publishers(ids).await?,
+        };
+        for chunk in publishers.chunks_mut(OPEN_CHUNK) {
+            create_each(chunk).await?;
         }
+        Ok(publishers)
     }
 
     /// A subscriber on a connection of its own, from `position`; `follow` keeps it waiting
