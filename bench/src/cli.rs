@@ -92,8 +92,9 @@ pub(crate) enum Command {
     /// Tier A only (acknowledged after the write, fsync within 1 s), a fresh server per
     /// system, point and trial; systems interleave within each point. Curves (`--curves`):
     /// `ids`: publish throughput and server CPU per event against the number of data IDs
-    /// written at once (`--ids`; ours: a stream per ID on one node, one SDK publisher per ID
-    /// on one connection; Redis: a stream key per ID on one connection; JetStream: a subject
+    /// written at once (`--ids`; ours: a stream per ID on one node, one SDK publisher per ID,
+    /// one connection per 1,000 IDs (the node's default limit is 1,024 streams per
+    /// connection); Redis: a stream key per ID on one connection; JetStream: a subject
     /// per ID in one stream), batches of 16 taking turns over the IDs, 1,024 events in flight.
     /// `followers`: e2e delivery p50/p99 over all followers of one data ID (`--followers`,
     /// each its own connection) at `--follower-rate` events/s. `size`: publish events/s and

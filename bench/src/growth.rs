@@ -243,7 +243,7 @@ async fn measure(
     plan: &Plan,
     s: &Settings,
 ) -> Result<Record> {
-    let server = Server::start(point.kind, bin, Tier::A)
+    let server = Server::start_for_growth(point.kind, bin, Tier::A)
         .await
         .wrap_err_with(|| format!("cannot start {}", point.kind.name()))?;
     let pid = server

@@ -36,7 +36,13 @@ pub(crate) async fn create_each(publishers: &mut [Box<dyn Publish>]) -> Result<(
         futures_util::future::try_join_all(acks),
     )
     .await
-    .map_err(|_| color_eyre::eyre::eyre!("creating {} data IDs took over 60 s", publishers.len()))?
+    .map_err(|_| {
+        color_eyre::eyre::eyre!(
+            "creating {} data IDs took over 60 s (ours: more publish streams on one \
+             connection than limits.max_streams_per_connection?)",
+            publishers.len()
+        )
+    })?
     .map_err(|e| e.wrap_err("creating a data ID failed"))?;
     Ok(())
 }
@@ -74,6 +80,27 @@ impl Server {
             SystemKind::Ec => Server::Ec(ec::EcServer::start(binary, tier).await?),
             SystemKind::Redis => Server::Redis(redis::RedisServer::start(binary, tier).await?),
             SystemKind::Jetstream => Server::Nats(nats::NatsServer::start(binary, tier).await?),
+        })
+    }
+
+    /// [`Server::start`] for the growth curves: ours with `limits.max_created_data_ids`
+    /// raised from its default of 10,000 (the curves create 10,000 data IDs besides the
+    /// node's readiness probe and the followed one); the peers have no such limit.
+    pub(crate) async fn start_for_growth(
+        kind: SystemKind,
+        binary: PathBuf,
+        tier: Tier,
+    ) -> Result<Server> {
+        Ok(match kind {
+            SystemKind::Ec => Server::Ec(
+                ec::EcServer::start_with_env(
+                    binary,
+                    tier,
+                    &[("EVENT_CATCHER_LIMITS_MAX_CREATED_DATA_IDS", "1000000")],
+                )
+                .await?,
+            ),
+            _ => Server::start(kind, binary, tier).await?,
         })
     }
 
