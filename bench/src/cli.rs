@@ -86,6 +86,25 @@ pub(crate) enum Command {
     /// change, the size of the KV listing every change makes each gateway read, and lookup
     /// throughput; for each of --mappings.
     Scale(ScaleArgs),
+    /// How cost grows: throughput, CPU, latency and memory against data IDs, followers, event
+    /// size and log size, ours beside the peers (not part of `suite`).
+    ///
+    /// Tier A only (acknowledged after the write, fsync within 1 s), a fresh server per
+    /// system, point and trial; systems interleave within each point. Curves (`--curves`):
+    /// `ids`: publish throughput and server CPU per event against the number of data IDs
+    /// written at once (`--ids`; ours: a stream per ID on one node, one SDK publisher per ID,
+    /// one connection per 1,000 IDs (the node's default limit is 1,024 streams per
+    /// connection); Redis: a stream key per ID on one connection; JetStream: a subject
+    /// per ID in one stream), batches of 16 taking turns over the IDs, 1,024 events in flight.
+    /// `followers`: e2e delivery p50/p99 over all followers of one data ID (`--followers`,
+    /// each its own connection) at `--follower-rate` events/s. `size`: publish events/s and
+    /// MB/s against event size (`--sizes`), with at most 16 MiB and 256 events in flight and
+    /// ≤ 1 MiB per batch. `memory`: server RSS per data ID (`--memory-ids` streams with one
+    /// event each, minus the empty server) and per follower (`--memory-followers` attached,
+    /// minus none). `replay`: replay from 0 against log size (`--log-sizes`, 100 B events
+    /// preloaded at full speed). Records: scenarios `growth-<curve>`, the point in
+    /// `params.x`; `scripts/plot-growth.py` draws them.
+    Growth(GrowthArgs),
     /// Print the table of a JSON-lines file written with --out (e.g. of an interrupted run).
     Table {
         /// The file.
@@ -110,6 +129,7 @@ impl Command {
             Command::Failover(_) => "failover",
             Command::Deployment(_) => "deployment",
             Command::Scale(_) => "scale",
+            Command::Growth(_) => "growth",
             Command::Table { .. } => "table",
             Command::SeedGateway(_) => "seed-gateway",
         }
@@ -214,6 +234,124 @@ pub(crate) struct ScaleArgs {
     /// Where ec-gateway is (default: beside this executable).
     #[arg(long, env = "EC_BENCH_BIN_DIR", value_name = "DIR")]
     pub(crate) bin_dir: Option<PathBuf>,
+}
+
+/// A curve of `growth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub(crate) enum Curve {
+    /// Publish throughput and server CPU per event against data IDs written at once.
+    Ids,
+    /// End-to-end delivery latency against the followers of one data ID.
+    Followers,
+    /// Publish throughput against event size.
+    Size,
+    /// Server memory per data ID and per follower.
+    Memory,
+    /// Replay throughput against log size.
+    Replay,
+}
+
+impl Curve {
+    /// Every curve, in the order they run.
+    pub(crate) const ALL: [Curve; 5] = [
+        Curve::Ids,
+        Curve::Followers,
+        Curve::Size,
+        Curve::Memory,
+        Curve::Replay,
+    ];
+
+    /// `ids`, `followers`, …: the record's scenario is `growth-<name>`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Curve::Ids => "ids",
+            Curve::Followers => "followers",
+            Curve::Size => "size",
+            Curve::Memory => "memory",
+            Curve::Replay => "replay",
+        }
+    }
+}
+
+/// Flags of `growth`. The shared flags that apply: --systems, --trials (default 1 here),
+/// --out, --quick, --e2e-secs and --e2e-warmup (the followers curve), --publish-max-secs,
+/// --idle-threshold, --idle-wait, --bin-dir; --tiers is ignored (tier A).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GrowthArgs {
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+    /// Curves to draw, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) curves: Vec<Curve>,
+    /// Data IDs written at once, comma-separated counts (k and M suffixes allowed)
+    /// (default 1,100,10k; 1,10,100 with --quick).
+    #[arg(long, value_parser = parse_count_list)]
+    pub(crate) ids: Option<Points>,
+    /// Followers of one data ID, comma-separated (default 1,100,1000; 1,10 with --quick).
+    #[arg(long, value_parser = parse_count_list)]
+    pub(crate) followers: Option<Points>,
+    /// Events per second published while the followers read.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) follower_rate: u64,
+    /// Event sizes in bytes, comma-separated (KiB, MiB suffixes allowed)
+    /// (default 100,1KiB,64KiB,1MiB; 100,1KiB,64KiB with --quick).
+    #[arg(long, value_parser = parse_count_list)]
+    pub(crate) sizes: Option<Points>,
+    /// Data IDs created for the memory curve (default 10k; 200 with --quick).
+    #[arg(long, value_parser = parse_count)]
+    pub(crate) memory_ids: Option<u64>,
+    /// Followers attached for the memory curve (default 1000; 20 with --quick).
+    #[arg(long, value_parser = parse_count)]
+    pub(crate) memory_followers: Option<u64>,
+    /// Log sizes replayed, in events, comma-separated (default 1M,10M; 20k,50k with --quick).
+    #[arg(long, value_parser = parse_count_list)]
+    pub(crate) log_sizes: Option<Points>,
+}
+
+/// The x values of one curve, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Points(pub(crate) Vec<u64>);
+
+/// `100`, `10k`, `10M`, `64KiB`, `1MiB`: k and M are powers of ten, KiB and MiB of two.
+pub(crate) fn parse_count(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a count (e.g. 100, 10k, 1M, 64KiB, 1MiB)"))?;
+    let scale = match suffix {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown suffix {suffix:?} (use k, M, KiB or MiB)"
+            ));
+        }
+    };
+    let value = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if value == 0 {
+        return Err(format!("{text:?}: a point must be at least 1"));
+    }
+    Ok(value)
+}
+
+/// A comma-separated list of [`parse_count`] values, at least one.
+pub(crate) fn parse_count_list(text: &str) -> Result<Points, String> {
+    let points = text
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(parse_count)
+        .collect::<Result<Vec<u64>, String>>()?;
+    if points.is_empty() {
+        return Err("no point given".into());
+    }
+    Ok(Points(points))
 }
 
 /// What `failover` kills.
@@ -417,5 +555,48 @@ impl RunArgs {
             idle_wait: secs(self.idle_wait, 30.0, 3.0),
             bin_dir: self.bin_dir.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_take_decimal_and_binary_suffixes() {
+        assert_eq!(parse_count("100"), Ok(100));
+        assert_eq!(parse_count("10k"), Ok(10_000));
+        assert_eq!(parse_count("10M"), Ok(10_000_000));
+        assert_eq!(parse_count("1KiB"), Ok(1024));
+        assert_eq!(parse_count(" 64KiB "), Ok(65_536));
+        assert_eq!(parse_count("1MiB"), Ok(1_048_576));
+        for bad in ["", "k", "0", "1GiB", "1.5k", "-3", "99999999999999999999"] {
+            assert!(parse_count(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn point_lists_keep_their_order() {
+        assert_eq!(
+            parse_count_list("1,100,10k"),
+            Ok(Points(vec![1, 100, 10_000]))
+        );
+        assert_eq!(parse_count_list("1MiB,"), Ok(Points(vec![1 << 20])));
+        assert!(parse_count_list(",").is_err());
+        assert!(parse_count_list("1,x").is_err());
+    }
+
+    #[test]
+    fn growth_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "ec-bench", "growth", "--curves", "ids,size", "--sizes", "100,1MiB", "--quick",
+        ])
+        .expect("flags");
+        let Command::Growth(g) = cli.command else {
+            panic!("not growth");
+        };
+        assert_eq!(g.curves, vec![Curve::Ids, Curve::Size]);
+        assert_eq!(g.sizes, Some(Points(vec![100, 1 << 20])));
+        assert!(g.run.quick);
     }
 }

@@ -1,8 +1,11 @@
 //! What the machine is doing, from /proc: how idle the CPUs are (a trial waits for an idle
 //! machine, and is marked CONTENDED when it never gets one), how much CPU time one process
-//! used (server CPU seconds per million events), and a one-line description of the machine.
+//! used (server CPU seconds per million events), its resident memory, and a one-line
+//! description of the machine.
 
 use std::time::{Duration, Instant};
+
+use color_eyre::eyre::{Result, WrapErr, eyre};
 
 /// Busy and total jiffies over all CPUs since boot (first line of /proc/stat).
 fn cpu_jiffies() -> Option<(u64, u64)> {
@@ -77,6 +80,22 @@ pub(crate) fn process_cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// The resident set size of process `pid` (`VmRSS` in /proc/<pid>/status), in bytes.
+pub(crate) fn process_rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .wrap_err_with(|| format!("cannot read /proc/{pid}/status"))?;
+    vm_rss_bytes(&status).ok_or_else(|| eyre!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// `VmRSS` of a /proc status text, in bytes.
+fn vm_rss_bytes(status: &str) -> Option<u64> {
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())?;
+    Some(kib * 1024)
+}
+
 /// CPU model, core count, memory and kernel, for the records and BENCHMARKS.md.
 pub(crate) fn describe() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -111,5 +130,13 @@ mod tests {
         let secs = process_cpu_secs(pid).expect("cpu time of this process");
         assert!(secs >= 0.0);
         assert!(describe().contains("cores"));
+        assert!(process_rss_bytes(pid).expect("rss of this process") > 0);
+    }
+
+    #[test]
+    fn vm_rss_is_read_in_kib() {
+        let status = "Name:\tx\nVmPeak:\t  9 kB\nVmRSS:\t   1234 kB\nThreads: 3\n";
+        assert_eq!(vm_rss_bytes(status), Some(1234 * 1024));
+        assert_eq!(vm_rss_bytes("Name: x\n"), None);
     }
 }

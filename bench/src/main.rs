@@ -13,8 +13,10 @@
 //!   (the only primary-loss scenario: the write leader SIGKILLed or SIGSTOPped, on ours and
 //!   on a JetStream cluster), and `seed_gateway.rs` (the seed's way of
 //!   answering `GetNodeForData`: two Consul calls per lookup, as a child process).
-//! - `deployment.rs` (failover times with 3 Consul servers and an agent per machine) and
-//!   `scale.rs` (a gateway with thousands of mappings): standalone, not part of `suite`.
+//! - `deployment.rs` (failover times with 3 Consul servers and an agent per machine),
+//!   `scale.rs` (a gateway with thousands of mappings) and `growth.rs` (how throughput,
+//!   latency and memory grow with data IDs, followers, event size and log size, beside the
+//!   peers): standalone, not part of `suite`.
 //! - `machine.rs`: CPU idleness and per-process CPU time from /proc; `stats.rs`: percentiles
 //!   and medians; `report.rs`: JSON lines and the printed table with ratios.
 //!
@@ -25,6 +27,7 @@ mod cluster;
 mod deployment;
 mod failover;
 mod floor;
+mod growth;
 mod lookup;
 mod machine;
 mod primary_kill;
@@ -67,6 +70,7 @@ fn run() -> Result<()> {
             cli::Command::SeedGateway(args) => seed_gateway::serve(args).await,
             cli::Command::Deployment(args) => deployment::run(args).await,
             cli::Command::Scale(args) => scale::run(args).await,
+            cli::Command::Growth(args) => growth::run(args).await,
             cli::Command::Table { file } => {
                 print!("{}", report::table_of_file(&file)?);
                 Ok(())

@@ -107,7 +107,7 @@ pub(crate) async fn run(r: ProxyRun<'_>) -> Result<Vec<ProxyResult>> {
             publisher: direct_node.publisher(DATA_ID, 1 << 16).await?,
             _client: direct_node.clone(),
         };
-        let e2e = workload::end_to_end(Box::new(publisher), Box::new(sub), r.shape)
+        let e2e = workload::end_to_end(Box::new(publisher), vec![Box::new(sub)], r.shape)
             .await
             .wrap_err_with(|| format!("{variant} end-to-end failed"))?;
         let (events, elapsed) = replayed[i];

@@ -312,6 +312,7 @@ fn render_table(records: &[Record]) -> String {
             }
         }
     }
+    out.push_str(&render_growth(records));
     if records.iter().any(|r| r.contended) {
         out.push_str("\n* a trial in this cell started on a busy machine (CONTENDED)\n");
     }
@@ -328,6 +329,148 @@ fn render_table(records: &[Record]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The `growth` curves, in the order they run.
+const GROWTH_ORDER: [&str; 5] = [
+    "growth-ids",
+    "growth-followers",
+    "growth-size",
+    "growth-memory",
+    "growth-replay",
+];
+
+/// The metrics of a growth curve shown in the table, with their labels.
+fn growth_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
+    match scenario {
+        "growth-ids" => &[
+            ("ev_per_s", "events/s"),
+            ("server_cpu_us_per_ev", "server CPU µs/event"),
+            ("client_cpu_us_per_ev", "client CPU µs/event"),
+        ],
+        "growth-followers" => &[
+            ("delivery_p50_us", "delivery p50 µs"),
+            ("delivery_p99_us", "delivery p99 µs"),
+            ("server_cpu_us_per_delivery", "server CPU µs/delivery"),
+            ("lost", "not delivered"),
+        ],
+        "growth-size" => &[
+            ("ev_per_s", "events/s"),
+            ("mb_per_s", "MB/s"),
+            ("server_cpu_us_per_ev", "server CPU µs/event"),
+        ],
+        "growth-memory" => &[
+            ("rss_empty_mib", "RSS empty MiB"),
+            ("bytes_per_id", "bytes per data ID"),
+            ("bytes_per_follower", "bytes per follower"),
+        ],
+        "growth-replay" => &[
+            ("ev_per_s", "replay events/s"),
+            ("server_cpu_us_per_ev", "server CPU µs/event"),
+            ("preload_ev_per_s", "preload events/s"),
+            ("rss_mib", "server RSS MiB"),
+        ],
+        _ => &[],
+    }
+}
+
+/// The growth curves: per curve, metric and point (`params.x`), each system's median over
+/// trials and the ratio ours ÷ each peer.
+fn render_growth(records: &[Record]) -> String {
+    let mut out = String::new();
+    for scenario in GROWTH_ORDER {
+        let recs: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.scenario == scenario && r.skipped.is_none() && r.failed.is_none())
+            .collect();
+        if recs.is_empty() {
+            continue;
+        }
+        let mut systems: Vec<(&str, bool)> = Vec::new();
+        let mut xs: Vec<u64> = Vec::new();
+        for r in &recs {
+            if !systems.iter().any(|(s, _)| *s == r.system) {
+                systems.push((&r.system, r.baseline));
+            }
+            if let Some(x) = r.params["x"].as_u64()
+                && !xs.contains(&x)
+            {
+                xs.push(x);
+            }
+        }
+        systems.sort_by_key(|(_, baseline)| *baseline);
+        xs.sort_unstable();
+        let ours: Vec<&str> = systems.iter().filter(|s| !s.1).map(|s| s.0).collect();
+        let peers: Vec<&str> = systems.iter().filter(|s| s.1).map(|s| s.0).collect();
+        let trials = recs.iter().map(|r| r.trial).max().unwrap_or(0);
+        out.push_str(&format!(
+            "\n{scenario}, tier A — median of {trials} trial(s) per point x\n"
+        ));
+        let mut header = vec![format!("{:<24} {:>9}", "", "x")];
+        for (s, _) in &systems {
+            header.push(format!("{s:>12}"));
+        }
+        for o in &ours {
+            for p in &peers {
+                header.push(format!("{:>12}", format!("{o}÷{p}")));
+            }
+        }
+        out.push_str(header.join(" ").trim_end());
+        out.push('\n');
+        for (metric, label) in growth_metrics(scenario) {
+            for &x in &xs {
+                let median = |system: &str| {
+                    let values: Vec<f64> = recs
+                        .iter()
+                        .filter(|r| r.system == system && r.params["x"].as_u64() == Some(x))
+                        .filter_map(|r| r.metrics.get(*metric).copied())
+                        .collect();
+                    let contended = recs.iter().any(|r| {
+                        r.system == system && r.params["x"].as_u64() == Some(x) && r.contended
+                    });
+                    median_min_max(&values).map(|(m, _, _)| (m, contended))
+                };
+                if systems.iter().all(|(s, _)| median(s).is_none()) {
+                    continue;
+                }
+                let mut row = vec![format!("{label:<24} {:>9}", point_label(x))];
+                for (s, _) in &systems {
+                    let cell = match median(s) {
+                        Some((m, contended)) => {
+                            format!("{}{}", if contended { "*" } else { "" }, human(m))
+                        }
+                        None => "—".into(),
+                    };
+                    row.push(format!("{cell:>12}"));
+                }
+                for o in &ours {
+                    for p in &peers {
+                        let ratio = match (median(o), median(p)) {
+                            (Some((a, _)), Some((b, _))) if b != 0.0 => format!("{:.2}×", a / b),
+                            _ => "—".into(),
+                        };
+                        row.push(format!("{ratio:>12}"));
+                    }
+                }
+                out.push_str(row.join(" ").trim_end());
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// A point of a growth curve: sizes that are powers of two in KiB/MiB, counts as numbers.
+fn point_label(x: u64) -> String {
+    if x >= 1024 && x.is_power_of_two() {
+        if x >= 1 << 20 {
+            format!("{}MiB", x >> 20)
+        } else {
+            format!("{}KiB", x >> 10)
+        }
+    } else {
+        human(x as f64)
+    }
 }
 
 fn dedup(mut lines: Vec<String>) -> Vec<String> {
@@ -435,5 +578,45 @@ mod tests {
         assert_eq!(human(12.34), "12.3");
         assert_eq!(human(1.234), "1.23");
         assert_eq!(human(3.0), "3");
+    }
+
+    #[test]
+    fn growth_table_has_a_row_per_point_and_ratios() {
+        let point = |system: &str, baseline: bool, x: u64, rate: f64| {
+            let mut r = record(
+                "growth-ids",
+                system,
+                baseline,
+                Some(Tier::A),
+                1,
+                Idle {
+                    percent: 99.0,
+                    contended: false,
+                },
+            );
+            r.metrics.insert("ev_per_s".into(), rate);
+            r.params = serde_json::json!({ "x": x });
+            r
+        };
+        let table = render_table(&[
+            point("ec", false, 1, 400_000.0),
+            point("redis", true, 1, 200_000.0),
+            point("ec", false, 10_000, 100_000.0),
+            point("redis", true, 10_000, 200_000.0),
+        ]);
+        assert!(table.contains("growth-ids, tier A"), "{table}");
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| l.starts_with("events/s"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{table}");
+        assert!(
+            rows[0].contains("400k") && rows[0].contains("2.00×"),
+            "{table}"
+        );
+        assert!(
+            rows[1].contains("10k") && rows[1].contains("0.50×"),
+            "{table}"
+        );
     }
 }

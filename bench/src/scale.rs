@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 
 use crate::cli::ScaleArgs;
 use crate::cluster::{self, Consul, KV_PREFIX};
-use crate::machine::process_cpu_secs;
+use crate::machine::{process_cpu_secs, process_rss_bytes as rss_bytes};
 use crate::procs::{Workdir, own_binary};
 use crate::stats::Samples;
 
@@ -142,18 +142,6 @@ pub(crate) async fn run(args: ScaleArgs) -> Result<()> {
         drop(consul);
     }
     Ok(())
-}
-
-/// The resident set size of `pid`, from /proc.
-fn rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .wrap_err_with(|| format!("cannot read /proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| eyre!("no VmRSS in /proc/{pid}/status"))?;
-    Ok(kib * 1024)
 }
 
 /// Writes mappings `scale-0` .. `scale-{n-1}`, all three nodes each, primaries rotating.

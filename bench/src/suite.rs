@@ -118,7 +118,8 @@ pub(crate) async fn run(command: Command) -> Result<()> {
         Command::SeedGateway(_)
         | Command::Table { .. }
         | Command::Deployment(_)
-        | Command::Scale(_) => bail!("{name} is not a suite scenario"),
+        | Command::Scale(_)
+        | Command::Growth(_) => bail!("{name} is not a suite scenario"),
     };
     let s = args.settings();
     let primary_shape =
@@ -275,14 +276,14 @@ fn cluster_binaries(s: &Settings) -> Result<ClusterBins, String> {
     })
 }
 
-fn idle_now() -> Idle {
+pub(crate) fn idle_now() -> Idle {
     Idle {
         percent: 0.0,
         contended: false,
     }
 }
 
-async fn wait_idle(s: &Settings) -> Idle {
+pub(crate) async fn wait_idle(s: &Settings) -> Idle {
     let idle = machine::wait_idle(s.idle_threshold, s.idle_wait).await;
     if idle.contended {
         println!(
@@ -294,7 +295,7 @@ async fn wait_idle(s: &Settings) -> Idle {
 }
 
 /// Records a failed measurement; returns 1 (to count it).
-fn fail(
+pub(crate) fn fail(
     report: &mut Report,
     scenario: &str,
     system: &str,
@@ -427,7 +428,7 @@ async fn system_trial(
             warmup: s.e2e_warmup,
             payload: s.payload,
         };
-        let e = workload::end_to_end(publisher, sub, shape)
+        let e = workload::end_to_end(publisher, vec![sub], shape)
             .await
             .wrap_err("end-to-end failed")?;
         let mut r = base("e2e");

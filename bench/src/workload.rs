@@ -5,12 +5,14 @@
 //! - [`publish_window`]: at most `window` unacknowledged events; whenever slots are free they
 //!   are filled with one batch of up to `batch` events (the system's own way of batching:
 //!   one request, one pipeline, or that many async publishes).
+//!   [`RoundRobin`] spreads those batches over many publishers (one per data ID), so the
+//!   same driver writes 1 or 10,000 streams.
 //! - [`replay`]: read `n` events from a subscriber.
 //! - [`end_to_end`]: a pacer thread publishes one event per tick at a fixed rate (sleeping
 //!   with 1 µs timer slack, never skipping a tick: a late tick is sent at once and counted);
-//!   every payload carries its tick number and send time, so the subscriber measures delivery
-//!   latency and the acknowledgement measures publish latency. Samples of the warm-up ticks
-//!   are dropped.
+//!   every payload carries its tick number and send time, so every subscriber (one or many
+//!   followers of the stream, each read by a task of its own) measures delivery latency and
+//!   the acknowledgement measures publish latency. Samples of the warm-up ticks are dropped.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -61,6 +63,34 @@ pub(crate) async fn start_now(fut: impl Future<Output = Result<()>> + Send + 'st
     match first {
         Poll::Ready(result) => Box::pin(std::future::ready(result)),
         Poll::Pending => fut,
+    }
+}
+
+/// Publishers taking turns: each submit goes to the next one, so consecutive batches land
+/// on different streams (data IDs) and every stream gets its share.
+pub(crate) struct RoundRobin {
+    publishers: Vec<Box<dyn Publish>>,
+    next: usize,
+}
+
+impl RoundRobin {
+    /// Takes turns over `publishers` (at least one).
+    pub(crate) fn new(publishers: Vec<Box<dyn Publish>>) -> Result<RoundRobin> {
+        if publishers.is_empty() {
+            bail!("round robin over no publisher");
+        }
+        Ok(RoundRobin {
+            publishers,
+            next: 0,
+        })
+    }
+}
+
+impl Publish for RoundRobin {
+    fn submit(&mut self, events: Vec<Bytes>) -> BoxFuture<'_, Result<Ack>> {
+        let i = self.next;
+        self.next = (i + 1) % self.publishers.len();
+        self.publishers[i].submit(events)
     }
 }
 
@@ -170,9 +200,11 @@ pub(crate) struct E2e {
     pub(crate) ack: Option<Percentiles>,
     /// Ticks sent more than one period after their scheduled time.
     pub(crate) late_ticks: u64,
-    /// Ticks never delivered within the grace period after the last tick.
+    /// Ticks never delivered within the grace period after the last tick, summed over the
+    /// followers.
     pub(crate) lost: u64,
-    /// Deliveries whose tick was not the one after the previous delivery's.
+    /// Deliveries whose tick was not the one after the previous delivery's (of the same
+    /// follower), summed over the followers.
     pub(crate) out_of_order: u64,
     pub(crate) ticks: u64,
     pub(crate) errors: u64,
@@ -216,13 +248,79 @@ fn dump_deliveries(path: &std::ffi::OsStr, base_unix_us: u64, samples: &[(u64, u
     }
 }
 
-/// Runs the fixed-rate end-to-end measurement. `subscriber` must read from `Position::New`
-/// (or any position before the first tick); it is primed until it sees the prime event.
+/// What one follower's reader task saw: delivery latencies, events received, deliveries
+/// out of order, and (with a dump asked for) each delivery's `(send time, latency)`.
+type Followed = (Samples, u64, u64, Vec<(u64, u64)>);
+
+/// Reads `subscriber` until `ticks` events arrived or `stop` fires: delivery latencies of the
+/// ticks from `warm_ticks` on, events received, deliveries out of order. Bumps `primed` the
+/// first time it sees a prime event.
+fn follow(
+    mut subscriber: Box<dyn Subscribe>,
+    base: Instant,
+    ticks: u64,
+    warm_ticks: u64,
+    primed: Arc<tokio::sync::watch::Sender<usize>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    dump: bool,
+) -> tokio::task::JoinHandle<Result<Followed>> {
+    tokio::spawn(async move {
+        let mut delivery = Samples::with_capacity(ticks.saturating_sub(warm_ticks) as usize);
+        let mut received = 0u64;
+        let mut next_expected = 0u64;
+        let mut out_of_order = 0u64;
+        let mut dumped: Vec<(u64, u64)> = Vec::new();
+        let mut seen_prime = false;
+        while received < ticks {
+            let batch = tokio::select! {
+                b = subscriber.next_batch() => b,
+                _ = stop.changed() => break,
+            };
+            let Some(batch) = batch? else { break };
+            let now = base.elapsed().as_nanos() as u64;
+            for payload in batch {
+                let Some((tick, sent)) = decode(&payload) else {
+                    continue;
+                };
+                if tick == PRIME {
+                    if !seen_prime {
+                        seen_prime = true;
+                        primed.send_modify(|n| *n += 1);
+                    }
+                    continue;
+                }
+                // Counted, not fatal: a client library that hands concurrent sends to its
+                // connection task out of order reorders them before the server sees them.
+                if tick != next_expected {
+                    out_of_order += 1;
+                }
+                next_expected = tick + 1;
+                received += 1;
+                if tick >= warm_ticks {
+                    delivery.push(now.saturating_sub(sent));
+                    if dump {
+                        dumped.push((sent, now.saturating_sub(sent)));
+                    }
+                }
+            }
+        }
+        Ok((delivery, received, out_of_order, dumped))
+    })
+}
+
+/// Runs the fixed-rate end-to-end measurement with one publisher and any number of
+/// followers (`subscribers`, at least one), whose delivery latencies are pooled. Each
+/// subscriber must read from `Position::New` (or any position before the first tick); the
+/// stream is primed until every subscriber has seen a prime event.
 pub(crate) async fn end_to_end(
     mut publisher: Box<dyn Publish>,
-    mut subscriber: Box<dyn Subscribe>,
+    subscribers: Vec<Box<dyn Subscribe>>,
     shape: E2eShape,
 ) -> Result<E2e> {
+    let followers = subscribers.len();
+    if followers == 0 {
+        bail!("an end-to-end run needs at least one subscriber");
+    }
     let base = Instant::now();
     // With EC_BENCH_E2E_DUMP=FILE every delivery is appended to FILE as `send time (Unix
     // µs) latency (µs)`, so a tail can be lined up with the servers' logs.
@@ -235,52 +333,26 @@ pub(crate) async fn end_to_end(
     let period_ns = 1_000_000_000 / shape.rate;
     let period = Duration::from_nanos(period_ns);
 
-    let (primed_tx, mut primed_rx) = tokio::sync::watch::channel(false);
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let reader = tokio::spawn(async move {
-        let mut delivery = Samples::with_capacity(ticks as usize);
-        let mut received = 0u64;
-        let mut next_expected = 0u64;
-        let mut out_of_order = 0u64;
-        let mut dumped: Vec<(u64, u64)> = Vec::new();
-        while received < ticks {
-            let batch = tokio::select! {
-                b = subscriber.next_batch() => b,
-                _ = stop_rx.changed() => break,
-            };
-            let Some(batch) = batch? else { break };
-            let now = base.elapsed().as_nanos() as u64;
-            for payload in batch {
-                let Some((tick, sent)) = decode(&payload) else {
-                    continue;
-                };
-                if tick == PRIME {
-                    let _ = primed_tx.send(true);
-                    continue;
-                }
-                // Counted, not fatal: a client library that hands concurrent sends to its
-                // connection task out of order reorders them before the server sees them.
-                if tick != next_expected {
-                    out_of_order += 1;
-                }
-                next_expected = tick + 1;
-                received += 1;
-                if tick >= warm_ticks {
-                    delivery.push(now.saturating_sub(sent));
-                    if dump_path.is_some() {
-                        dumped.push((sent, now.saturating_sub(sent)));
-                    }
-                }
-            }
-        }
-        if let Some(path) = dump_path {
-            dump_deliveries(&path, base_unix_us, &dumped);
-        }
-        Ok::<_, color_eyre::Report>((delivery, received, out_of_order))
-    });
+    let (primed_tx, mut primed_rx) = tokio::sync::watch::channel(0usize);
+    let primed_tx = Arc::new(primed_tx);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut readers: Vec<_> = subscribers
+        .into_iter()
+        .map(|sub| {
+            follow(
+                sub,
+                base,
+                ticks,
+                warm_ticks,
+                primed_tx.clone(),
+                stop_rx.clone(),
+                dump_path.is_some(),
+            )
+        })
+        .collect();
 
-    // Prime until the subscriber sees one: only then is it surely subscribed.
-    let prime_deadline = Instant::now() + Duration::from_secs(20);
+    // Prime until every subscriber saw one: only then is each surely subscribed.
+    let prime_deadline = Instant::now() + Duration::from_secs(20 + followers as u64 / 20);
     loop {
         let ack = publisher
             .submit(vec![e2e_payload(PRIME, 0, shape.payload)])
@@ -289,12 +361,28 @@ pub(crate) async fn end_to_end(
             .await
             .map_err(|_| eyre!("a priming publish was not acknowledged within 10 s"))?
             .wrap_err("a priming publish failed")?;
-        let seen = tokio::time::timeout(Duration::from_millis(200), primed_rx.wait_for(|p| *p));
+        let seen = tokio::time::timeout(
+            Duration::from_millis(200),
+            primed_rx.wait_for(|n| *n >= followers),
+        );
         if matches!(seen.await, Ok(Ok(_))) {
             break;
         }
+        // A reader that already ended (its subscription refused, say) will never prime.
+        if let Some(i) = readers.iter().position(|r| r.is_finished()) {
+            let ended = readers
+                .swap_remove(i)
+                .await
+                .wrap_err("a reader task failed")?;
+            ended.wrap_err("a subscriber failed before the run")?;
+            bail!("a subscriber ended before it saw a priming event");
+        }
         if Instant::now() >= prime_deadline {
-            bail!("the subscriber saw none of the priming events within 20 s");
+            bail!(
+                "only {} of {followers} subscribers saw a priming event within {:?}",
+                *primed_rx.borrow(),
+                prime_deadline.duration_since(base)
+            );
         }
     }
 
@@ -349,17 +437,28 @@ pub(crate) async fn end_to_end(
         .wrap_err("the pacer thread was lost")?
         .map_err(|_| eyre!("the pacer thread panicked"))??;
 
-    // Grace period for the last deliveries.
+    // Grace period for the last deliveries, then the stragglers are stopped.
     let grace = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(grace);
-    let mut reader = reader;
-    let (delivery, received, out_of_order) = tokio::select! {
-        r = &mut reader => r.wrap_err("the reader task failed")??,
+    let mut all = futures_util::future::join_all(readers);
+    let outcomes = tokio::select! {
+        r = &mut all => r,
         () = &mut grace => {
             let _ = stop_tx.send(true);
-            reader.await.wrap_err("the reader task failed")??
+            all.await
         }
     };
+    let mut delivery = Samples::default();
+    let (mut received, mut out_of_order) = (0u64, 0u64);
+    for outcome in outcomes {
+        let (d, r, o, dumped) = outcome.wrap_err("a reader task failed")??;
+        delivery.extend(d);
+        received += r;
+        out_of_order += o;
+        if let Some(path) = &dump_path {
+            dump_deliveries(path, base_unix_us, &dumped);
+        }
+    }
     // Acks of the last ticks may still be in flight; give them the same grace.
     let ack_deadline = Instant::now() + Duration::from_secs(5);
     while lock(&acks).len() + (lock(&errors).0 as usize) < (ticks - warm_ticks) as usize
@@ -376,7 +475,7 @@ pub(crate) async fn end_to_end(
         delivery: delivery.percentiles(),
         ack,
         late_ticks,
-        lost: ticks.saturating_sub(received),
+        lost: (ticks * followers as u64).saturating_sub(received),
         out_of_order,
         ticks,
         errors: error_count,
@@ -437,13 +536,81 @@ mod tests {
             warmup: Duration::from_millis(100),
             payload: 100,
         };
-        let e = end_to_end(Box::new(Loop { tx }), Box::new(LoopSub { rx }), shape)
+        let e = end_to_end(Box::new(Loop { tx }), vec![Box::new(LoopSub { rx })], shape)
             .await
             .expect("e2e");
         assert_eq!(e.ticks, 1000);
         assert_eq!(e.lost, 0);
         assert_eq!(e.delivery.expect("samples").count, 800);
         assert_eq!(e.ack.expect("acks").count, 800);
+    }
+
+    /// Hands every batch to each of several subscribers.
+    struct Fanout {
+        txs: Vec<tokio::sync::mpsc::UnboundedSender<Vec<Bytes>>>,
+    }
+    impl Publish for Fanout {
+        fn submit(&mut self, events: Vec<Bytes>) -> BoxFuture<'_, Result<Ack>> {
+            let sent = self
+                .txs
+                .iter()
+                .try_for_each(|tx| tx.send(events.clone()).map_err(|_| eyre!("closed")));
+            Box::pin(async move {
+                sent?;
+                Ok(Box::pin(async { Ok(()) }) as Ack)
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn end_to_end_pools_every_follower() {
+        let (mut txs, mut subs) = (Vec::new(), Vec::<Box<dyn Subscribe>>::new());
+        for _ in 0..3 {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            txs.push(tx);
+            subs.push(Box::new(LoopSub { rx }));
+        }
+        let shape = E2eShape {
+            rate: 1000,
+            duration: Duration::from_millis(300),
+            warmup: Duration::from_millis(100),
+            payload: 64,
+        };
+        let e = end_to_end(Box::new(Fanout { txs }), subs, shape)
+            .await
+            .expect("e2e");
+        assert_eq!(e.ticks, 300);
+        assert_eq!((e.lost, e.out_of_order), (0, 0));
+        assert_eq!(e.delivery.expect("samples").count, 3 * 200);
+    }
+
+    #[tokio::test]
+    async fn round_robin_spreads_batches_over_the_publishers() {
+        let (mut rxs, mut pubs) = (Vec::new(), Vec::<Box<dyn Publish>>::new());
+        for _ in 0..3 {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            rxs.push(rx);
+            pubs.push(Box::new(Loop { tx }));
+        }
+        let mut rr = RoundRobin::new(pubs).expect("publishers");
+        let payload = Bytes::from_static(&[1; 10]);
+        let done = publish_window(&mut rr, 70, 100, 10, &payload, Duration::from_secs(30))
+            .await
+            .expect("publish");
+        assert_eq!(done.events, 70);
+        let counts: Vec<usize> = rxs
+            .iter_mut()
+            .map(|rx| {
+                let mut n = 0;
+                while let Ok(batch) = rx.try_recv() {
+                    n += batch.len();
+                }
+                n
+            })
+            .collect();
+        // Seven batches of ten, taking turns: 3 + 2 + 2 batches.
+        assert_eq!(counts, vec![30, 20, 20]);
+        assert!(RoundRobin::new(Vec::new()).is_err());
     }
 
     #[test]

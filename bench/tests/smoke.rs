@@ -1,5 +1,7 @@
-//! Smoke test of the harness: `ec-bench suite --quick` with ours (and whichever peers are
-//! installed) must finish, print the table and write well-formed JSON lines. It never
+//! Smoke test of the harness: `ec-bench suite --quick` and `ec-bench growth --quick` with
+//! ours (and whichever peers are installed) must finish, print the table and write
+//! well-formed JSON lines (which `scripts/plot-growth.py` turns into charts, when python3 is
+//! there). It never
 //! judges the numbers — CI machines are too noisy for ratios — only their shape.
 //!
 //! The node and gateway binaries are built first (same profile as this test) if missing.
@@ -33,12 +35,182 @@ fn ensure_servers_built(bin_dir: &Path) {
 }
 
 fn installed(env_var: &str, name: &str) -> bool {
-    if std::env::var_os(env_var).is_some_and(|v| !v.is_empty()) {
-        return true;
-    }
+    std::env::var_os(env_var).is_some_and(|v| !v.is_empty()) || on_path(name)
+}
+
+fn on_path(name: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false)
+}
+
+/// Runs ec-bench with `args` (and the server binaries beside it) to the end; returns stdout.
+fn run_bench(args: &[&str], deadline: Duration) -> String {
+    let exe = bench_exe();
+    let bin_dir = exe.parent().expect("bin dir").to_path_buf();
+    ensure_servers_built(&bin_dir);
+    let mut child = Command::new(&exe)
+        .args(args)
+        .env("EC_BENCH_BIN_DIR", &bin_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ec-bench");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).expect("read stdout");
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).expect("read stderr");
+        s
+    });
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ec-bench {args:?} did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = out_thread.join().expect("stdout thread");
+    let stderr = err_thread.join().expect("stderr thread");
+    assert!(
+        status.success(),
+        "ec-bench {args:?} failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
+
+/// The installed systems, ours first.
+fn installed_systems() -> Vec<&'static str> {
+    let mut systems = vec!["ec"];
+    if installed("EC_BENCH_REDIS_SERVER", "redis-server") {
+        systems.push("redis");
+    }
+    if installed("EC_BENCH_NATS_SERVER", "nats-server") {
+        systems.push("jetstream");
+    }
+    systems
+}
+
+#[test]
+fn quick_growth_writes_every_curve_and_plots() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("growth.jsonl");
+    let systems = installed_systems();
+    let joined = systems.join(",");
+    let out_arg = out.to_str().expect("utf-8 temp path");
+    let stdout = run_bench(
+        &[
+            "growth",
+            "--quick",
+            "--systems",
+            &joined,
+            "--idle-wait",
+            "1",
+            "--ids",
+            "1,10",
+            "--followers",
+            "1,3",
+            "--sizes",
+            "100,64KiB",
+            "--memory-ids",
+            "50",
+            "--memory-followers",
+            "5",
+            "--log-sizes",
+            "5k",
+            "--e2e-secs",
+            "0.5",
+            "--e2e-warmup",
+            "0.1",
+            "--out",
+            out_arg,
+        ],
+        Duration::from_secs(300),
+    );
+    for curve in ["ids", "followers", "size", "memory", "replay"] {
+        let heading = format!("growth-{curve}, tier A");
+        assert!(stdout.contains(&heading), "no {heading:?} in:\n{stdout}");
+    }
+    let text = std::fs::read_to_string(&out).expect("results file");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect();
+    for system in &systems {
+        for (curve, points) in [
+            ("ids", &[1, 10][..]),
+            ("followers", &[1, 3]),
+            ("size", &[100, 65_536]),
+            ("memory", &[50]),
+            ("replay", &[5000]),
+        ] {
+            for &x in points {
+                let found = records.iter().any(|r| {
+                    r["system"] == *system
+                        && r["scenario"] == format!("growth-{curve}")
+                        && r["params"]["x"] == x
+                        && r["metrics"].as_object().is_some_and(|m| !m.is_empty())
+                });
+                assert!(
+                    found,
+                    "no growth-{curve} record of {system} at {x}:\n{text}"
+                );
+            }
+        }
+    }
+    let followers = records
+        .iter()
+        .find(|r| {
+            r["system"] == "ec" && r["scenario"] == "growth-followers" && r["params"]["x"] == 3
+        })
+        .expect("ec followers");
+    assert_eq!(followers["metrics"]["lost"], 0.0, "{followers}");
+
+    // The plot script draws every chart from these records (when python3 is there).
+    if !on_path("python3") {
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/plot-growth.py");
+    let svg_dir = dir.path().join("svg");
+    let plot = Command::new("python3")
+        .arg(&script)
+        .arg(&out)
+        .arg("--out")
+        .arg(&svg_dir)
+        .args(["--commit", "smoke"])
+        .output()
+        .expect("run plot-growth.py");
+    assert!(plot.status.success(), "{plot:?}");
+    for chart in [
+        "ids-throughput",
+        "followers-latency",
+        "size-bytes",
+        "memory",
+        "replay",
+    ] {
+        let svg = std::fs::read_to_string(svg_dir.join(format!("{chart}.svg")))
+            .unwrap_or_else(|e| panic!("no {chart}.svg: {e}"));
+        assert!(
+            svg.starts_with("<svg") && svg.contains("commit smoke"),
+            "{svg}"
+        );
+    }
+    let selftest = Command::new("python3")
+        .arg(&script)
+        .arg("--self-test")
+        .output()
+        .expect("run plot-growth.py --self-test");
+    assert!(selftest.status.success(), "{selftest:?}");
 }
 
 #[test]

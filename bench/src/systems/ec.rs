@@ -23,6 +23,10 @@ use crate::workload::{Ack, Position, Publish, Subscribe};
 /// The data ID every scenario writes and reads.
 pub(crate) const DATA_ID: &str = "bench";
 
+/// Pipelined publishers sharing one connection in [`EcServer::publishers`]: below the
+/// node's default `limits.max_streams_per_connection` (1,024).
+pub(crate) const PUBLISHERS_PER_CONNECTION: usize = 1000;
+
 /// How to start one node.
 pub(crate) struct NodeSpec<'a> {
     pub(crate) binary: &'a std::path::Path,
@@ -140,8 +144,17 @@ pub(crate) struct EcServer {
 impl EcServer {
     /// Starts `ec-node` in `tier`.
     pub(crate) async fn start(binary: PathBuf, tier: Tier) -> Result<EcServer> {
+        EcServer::start_with_env(binary, tier, &[]).await
+    }
+
+    /// [`EcServer::start`] with extra configuration keys in the node's environment.
+    pub(crate) async fn start_with_env(
+        binary: PathBuf,
+        tier: Tier,
+        env: &[(&str, &str)],
+    ) -> Result<EcServer> {
         let dir = Workdir::new("ec")?;
-        let node = spawn_node(
+        let node = spawn_node_with_env(
             &NodeSpec {
                 binary: &binary,
                 id: "bench1",
@@ -150,6 +163,7 @@ impl EcServer {
                 check_interval: None,
             },
             &dir,
+            env,
         )
         .await?;
         Ok(EcServer {
@@ -178,6 +192,33 @@ impl EcServer {
             publisher,
             _client: client,
         }))
+    }
+
+    /// One SDK publisher per data ID, as one producer writing many data IDs would hold
+    /// them: a publish stream per data ID, on one client (one HTTP/2 connection) per
+    /// [`PUBLISHERS_PER_CONNECTION`] data IDs, because the node serves at most
+    /// `limits.max_streams_per_connection` (1,024 by default) streams per connection and a
+    /// pipelined publisher keeps its stream open. Each publisher opens its stream at once,
+    /// so they are made [`super::OPEN_CHUNK`] at a time and each chunk's first event (which
+    /// creates its data IDs) is acknowledged before the next chunk opens.
+    pub(crate) async fn publishers(&self, ids: &[String]) -> Result<Vec<Box<dyn Publish>>> {
+        let mut out: Vec<Box<dyn Publish>> = Vec::with_capacity(ids.len());
+        for per_connection in ids.chunks(PUBLISHERS_PER_CONNECTION) {
+            let client = self.client()?;
+            for chunk in per_connection.chunks(super::OPEN_CHUNK) {
+                let mut opened: Vec<Box<dyn Publish>> = Vec::with_capacity(chunk.len());
+                for id in chunk {
+                    let publisher = client.publisher(id, 1 << 16).await?;
+                    opened.push(Box::new(EcPublish {
+                        publisher,
+                        _client: client.clone(),
+                    }));
+                }
+                super::create_each(&mut opened).await?;
+                out.extend(opened);
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) async fn subscriber(

@@ -21,6 +21,32 @@ use crate::cli::{Settings, SystemKind, Tier};
 use crate::procs;
 use crate::workload::{Position, Publish, Subscribe};
 
+/// Data IDs created at once by [`Server::publishers`].
+pub(crate) const OPEN_CHUNK: usize = 100;
+
+/// Publishes one event (`c`) through each of `publishers` and waits for every
+/// acknowledgement (at most 60 s).
+pub(crate) async fn create_each(publishers: &mut [Box<dyn Publish>]) -> Result<()> {
+    let mut acks = Vec::with_capacity(publishers.len());
+    for p in publishers.iter_mut() {
+        acks.push(p.submit(vec![bytes::Bytes::from_static(b"c")]).await?);
+    }
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        futures_util::future::try_join_all(acks),
+    )
+    .await
+    .map_err(|_| {
+        color_eyre::eyre::eyre!(
+            "creating {} data IDs took over 60 s (ours: more publish streams on one \
+             connection than limits.max_streams_per_connection?)",
+            publishers.len()
+        )
+    })?
+    .map_err(|e| e.wrap_err("creating a data ID failed"))?;
+    Ok(())
+}
+
 /// Where a system's server binary is, or why it cannot run (it is then SKIPPED).
 pub(crate) fn locate(kind: SystemKind, settings: &Settings) -> Result<PathBuf, String> {
     match kind {
@@ -57,6 +83,27 @@ impl Server {
         })
     }
 
+    /// [`Server::start`] for the growth curves: ours with `limits.max_created_data_ids`
+    /// raised from its default of 10,000 (the curves create 10,000 data IDs besides the
+    /// node's readiness probe and the followed one); the peers have no such limit.
+    pub(crate) async fn start_for_growth(
+        kind: SystemKind,
+        binary: PathBuf,
+        tier: Tier,
+    ) -> Result<Server> {
+        Ok(match kind {
+            SystemKind::Ec => Server::Ec(
+                ec::EcServer::start_with_env(
+                    binary,
+                    tier,
+                    &[("EVENT_CATCHER_LIMITS_MAX_CREATED_DATA_IDS", "1000000")],
+                )
+                .await?,
+            ),
+            _ => Server::start(kind, binary, tier).await?,
+        })
+    }
+
     /// The server process, for its CPU time.
     pub(crate) fn pid(&self) -> Option<u32> {
         match self {
@@ -73,6 +120,22 @@ impl Server {
             Server::Redis(s) => s.publisher().await,
             Server::Nats(s) => s.publisher().await,
         }
+    }
+
+    /// One publisher per data ID of `ids`, sharing one connection (see each system for how
+    /// it maps a data ID: ours a stream, Redis a key, JetStream a subject). When this
+    /// returns, every data ID holds one event (`c`), written [`OPEN_CHUNK`] data IDs at a
+    /// time.
+    pub(crate) async fn publishers(&self, ids: &[String]) -> Result<Vec<Box<dyn Publish>>> {
+        let mut publishers = match self {
+            Server::Ec(s) => return s.publishers(ids).await,
+            Server::Redis(s) => s.publishers(ids).await?,
+            Server::Nats(s) => s.publishers(ids).await?,
+        };
+        for chunk in publishers.chunks_mut(OPEN_CHUNK) {
+            create_each(chunk).await?;
+        }
+        Ok(publishers)
     }
 
     /// A subscriber on a connection of its own, from `position`; `follow` keeps it waiting

@@ -1,6 +1,8 @@
 //! NATS JetStream: one `nats-server` with JetStream on file storage (`sync_interval: 1s` for
-//! tier A, `always` for tier B; every other setting the default) and one stream with one
-//! subject, written with async JetStream publishes (each acknowledged by the server after it
+//! tier A, `always` for tier B; every other setting the default) and one stream, `bench`,
+//! taking the subject `bench` (every scenario with one data ID) and `bench.<id>` (the growth
+//! curves' many data IDs: subjects of one stream, as JetStream users map many keys),
+//! written with async JetStream publishes (each acknowledged by the server after it
 //! stored the message) and read with an ordered pull consumer, through `async-nats`.
 //!
 //! JetStream sequences start at 1, so the n-th event (0-based) is sequence n + 1.
@@ -21,6 +23,8 @@ use crate::workload::{Ack, Position, Publish, Subscribe};
 
 const STREAM: &str = "bench";
 const SUBJECT: &str = "bench";
+/// The subjects of the growth curves' data IDs: `bench.<id>`.
+const ID_SUBJECTS: &str = "bench.>";
 /// Messages taken at most per batch handed to the driver (whatever has already arrived).
 const MAX_BATCH: usize = 1000;
 
@@ -58,7 +62,7 @@ impl NatsServer {
                 let js = jetstream::new(connect(&url).await?);
                 js.get_or_create_stream(stream::Config {
                     name: STREAM.into(),
-                    subjects: vec![SUBJECT.into()],
+                    subjects: vec![SUBJECT.into(), ID_SUBJECTS.into()],
                     storage: stream::StorageType::File,
                     ..Default::default()
                 })
@@ -87,7 +91,23 @@ impl NatsServer {
     pub(crate) async fn publisher(&self) -> Result<Box<dyn Publish>> {
         Ok(Box::new(NatsPublish {
             js: jetstream::new(connect(&self.url).await?),
+            subject: SUBJECT.to_owned(),
         }))
+    }
+
+    /// One publisher per data ID (subject `bench.<id>` of the one stream), all on one
+    /// connection.
+    pub(crate) async fn publishers(&self, ids: &[String]) -> Result<Vec<Box<dyn Publish>>> {
+        let js = jetstream::new(connect(&self.url).await?);
+        Ok(ids
+            .iter()
+            .map(|id| {
+                Box::new(NatsPublish {
+                    js: js.clone(),
+                    subject: format!("{SUBJECT}.{id}"),
+                }) as Box<dyn Publish>
+            })
+            .collect())
     }
 
     pub(crate) async fn subscriber(
@@ -136,6 +156,8 @@ async fn connect(url: &str) -> Result<async_nats::Client> {
 
 struct NatsPublish {
     js: jetstream::Context,
+    /// The subject published to.
+    subject: String,
 }
 
 impl Publish for NatsPublish {
@@ -145,7 +167,7 @@ impl Publish for NatsPublish {
             for payload in events {
                 let ack = self
                     .js
-                    .publish(SUBJECT, payload)
+                    .publish(self.subject.clone(), payload)
                     .await
                     .map_err(|e| eyre!("JetStream publish failed: {e}"))?;
                 acks.push(ack);

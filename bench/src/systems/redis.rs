@@ -91,9 +91,28 @@ impl RedisServer {
     pub(crate) async fn publisher(&self) -> Result<Box<dyn Publish>> {
         Ok(Box::new(RedisPublish {
             conn: connect(&self.client).await?,
+            key: KEY.to_owned(),
             next: 0,
             marks: self.marks.clone(),
         }))
+    }
+
+    /// One publisher per stream key `ids[i]`, all pipelining on one shared connection, as a
+    /// Redis user writing many streams would.
+    pub(crate) async fn publishers(&self, ids: &[String]) -> Result<Vec<Box<dyn Publish>>> {
+        let conn = connect(&self.client).await?;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                Box::new(RedisPublish {
+                    conn: conn.clone(),
+                    key: id.clone(),
+                    next: 0,
+                    // Only the main key's positions are ever looked up.
+                    marks: Marks::default(),
+                }) as Box<dyn Publish>
+            })
+            .collect())
     }
 
     pub(crate) async fn subscriber(
@@ -154,6 +173,8 @@ fn id_before(id: &str) -> Result<String> {
 
 struct RedisPublish {
     conn: MultiplexedConnection,
+    /// The stream key written.
+    key: String,
     /// Number of the next event submitted.
     next: u64,
     marks: Marks,
@@ -163,7 +184,11 @@ impl Publish for RedisPublish {
     fn submit(&mut self, events: Vec<Bytes>) -> BoxFuture<'_, Result<Ack>> {
         let mut pipe = redis::pipe();
         for e in &events {
-            pipe.cmd("XADD").arg(KEY).arg("*").arg("d").arg(e.as_ref());
+            pipe.cmd("XADD")
+                .arg(&self.key)
+                .arg("*")
+                .arg("d")
+                .arg(e.as_ref());
         }
         let first = self.next;
         self.next += events.len() as u64;
