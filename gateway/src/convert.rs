@@ -6,11 +6,12 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ec_discovery::{EpochError, MappingError, NodeStatus};
-use ec_proto::{HealthStatus, NodeRef};
+use ec_proto::{DataRoute, HealthStatus, NodeRef, RouteUpdate};
 use tonic::Status;
 
 use crate::promotion::PromoteError;
-use crate::routing::{MappingView, NodeRoute, RouteError};
+use crate::route_feed::RouteChanges;
+use crate::routing::{MappingView, NodeRoute, ReadRoute, RouteError};
 
 impl From<PromoteError> for Status {
     fn from(e: PromoteError) -> Status {
@@ -114,6 +115,34 @@ impl From<NodeRoute> for NodeRef {
             node_id: n.node_id,
             address: n.address,
             status: health_status(n.status) as i32,
+            suspect: n.suspect,
+        }
+    }
+}
+
+/// One data ID's route as `WatchRoutes` sends it.
+fn data_route((data_id, route): (&ec_core::DataId, &ReadRoute)) -> DataRoute {
+    DataRoute {
+        data_id: data_id.to_string(),
+        primary_node_id: route.primary.to_string(),
+        candidates: route
+            .candidates
+            .iter()
+            .cloned()
+            .map(NodeRef::from)
+            .collect(),
+        preferred: u32::try_from(route.preferred).unwrap_or(u32::MAX),
+        unavailable: route.unavailable.clone().unwrap_or_default(),
+    }
+}
+
+impl From<RouteChanges<'_>> for RouteUpdate {
+    fn from(c: RouteChanges<'_>) -> RouteUpdate {
+        RouteUpdate {
+            snapshot: c.snapshot,
+            routes: c.upserts.into_iter().map(data_route).collect(),
+            removed: c.removed.into_iter().map(ToString::to_string).collect(),
+            version: c.version,
         }
     }
 }

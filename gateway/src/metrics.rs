@@ -40,6 +40,8 @@ struct Inner {
     proxy_streams_open: Gauge,
     proxy_streams: Counter,
     proxy_failovers: Counter,
+    route_watchers: Gauge,
+    route_updates: Counter,
     promotions: Counter,
     health_transitions: Family<Labels, Counter>,
     consul_errors: Counter,
@@ -88,6 +90,16 @@ impl GatewayMetrics {
             proxy_failovers: reg!(
                 "proxy_failovers",
                 "Times a proxied stream moved to another node",
+                Counter::default()
+            ),
+            route_watchers: reg!(
+                "route_watchers",
+                "WatchRoutes streams open now (clients caching routes)",
+                Gauge::default()
+            ),
+            route_updates: reg!(
+                "route_updates",
+                "WatchRoutes messages sent (snapshots and changes)",
                 Counter::default()
             ),
             promotions: reg!(
@@ -155,6 +167,19 @@ impl GatewayMetrics {
         StreamGuard {
             metrics: self.clone(),
         }
+    }
+
+    /// A `WatchRoutes` stream opened; the guard counts it until dropped.
+    pub(crate) fn route_watcher(&self) -> RouteWatcherGuard {
+        self.inner.route_watchers.inc();
+        RouteWatcherGuard {
+            metrics: self.clone(),
+        }
+    }
+
+    /// A `WatchRoutes` message was sent.
+    pub(crate) fn route_update(&self) {
+        self.inner.route_updates.inc();
     }
 
     /// A proxied stream moved to another node.
@@ -236,6 +261,17 @@ pub(crate) struct StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.metrics.inner.proxy_streams_open.dec();
+    }
+}
+
+/// Counts one open `WatchRoutes` stream while alive.
+pub(crate) struct RouteWatcherGuard {
+    metrics: GatewayMetrics,
+}
+
+impl Drop for RouteWatcherGuard {
+    fn drop(&mut self) {
+        self.metrics.inner.route_watchers.dec();
     }
 }
 

@@ -51,6 +51,8 @@ pub(crate) struct NodeRoute {
     pub(crate) address: String,
     /// Its aggregate health.
     pub(crate) status: NodeStatus,
+    /// This gateway's probes suspect it (readers use it last).
+    pub(crate) suspect: bool,
 }
 
 /// The answer to "where do I read this data ID".
@@ -63,6 +65,20 @@ pub(crate) struct Route {
     /// Every usable node of the mapping: passing ones in mapping order, then warning ones,
     /// then suspect ones.
     pub(crate) candidates: Vec<NodeRoute>,
+}
+
+/// A data ID's route without a pick: everything [`Table::route`] answers but the chosen node,
+/// for clients that pick for themselves (`WatchRoutes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReadRoute {
+    /// The mapping's first node, where writes go (whether or not it is usable).
+    pub(crate) primary: NodeId,
+    /// Every usable node in readers' order, as [`Route::candidates`]; empty when none is.
+    pub(crate) candidates: Vec<NodeRoute>,
+    /// How many candidates, from the first, are equally preferred: the round-robin set.
+    pub(crate) preferred: usize,
+    /// When no node is usable: why, as [`RouteError::NoHealthyNode`] says it.
+    pub(crate) unavailable: Option<String>,
 }
 
 /// Why a node of a mapping cannot be used.
@@ -469,6 +485,7 @@ impl Table {
                 node_id: node_id.to_owned(),
                 address: health.address.clone(),
                 status: health.status,
+                suspect: self.suspect.contains_key(node_id),
             }),
             NodeStatus::Critical => Err(Unusable::Critical),
             NodeStatus::Gone => Err(Unusable::NotRegistered),
@@ -483,8 +500,8 @@ impl Table {
     }
 
     /// How much a reader wants `node`: lower is better.
-    fn read_rank(&self, node: &NodeRoute) -> u8 {
-        let suspect = u8::from(self.suspect.contains_key(&node.node_id));
+    fn read_rank(node: &NodeRoute) -> u8 {
+        let suspect = u8::from(node.suspect);
         let warning = u8::from(node.status != NodeStatus::Passing);
         2 * suspect + warning
     }
@@ -519,11 +536,11 @@ impl Table {
             });
         }
         // Stable: mapping order within each rank.
-        usable.sort_by_key(|n| self.read_rank(n));
-        let best = self.read_rank(&usable[0]);
+        usable.sort_by_key(Table::read_rank);
+        let best = Table::read_rank(&usable[0]);
         let preferred = usable
             .iter()
-            .take_while(|n| self.read_rank(n) == best)
+            .take_while(|n| Table::read_rank(n) == best)
             .count();
         Ok((usable, preferred, &routed.turn))
     }
@@ -545,6 +562,37 @@ impl Table {
             primary,
             candidates,
         })
+    }
+
+    /// The route of every valid mapping, as [`Table::route`] gives it but without a pick
+    /// (so without moving any round-robin turn); `None` while the table is not loaded.
+    pub(crate) fn read_routes(&self) -> Option<BTreeMap<DataId, ReadRoute>> {
+        if !self.is_loaded() {
+            return None;
+        }
+        let routes = self
+            .mappings
+            .iter()
+            .map(|(data_id, routed)| {
+                let primary = routed.mapping.primary().clone();
+                let route = match self.candidates_with_turn(data_id) {
+                    Ok((candidates, preferred, _)) => ReadRoute {
+                        primary,
+                        candidates,
+                        preferred,
+                        unavailable: None,
+                    },
+                    Err(e) => ReadRoute {
+                        primary,
+                        candidates: Vec::new(),
+                        preferred: 0,
+                        unavailable: Some(e.to_string()),
+                    },
+                };
+                (data_id.clone(), route)
+            })
+            .collect();
+        Some(routes)
     }
 
     /// Where to write `data_id`: its primary, if usable.
@@ -667,6 +715,7 @@ impl Table {
                             });
                         }
                         NodeRoute {
+                            suspect: self.suspect.contains_key(&state.node_id),
                             node_id: state.node_id,
                             address: state.address,
                             status: state.status,
@@ -898,6 +947,64 @@ mod tests {
             .map(|_| t.route(&id("d")).expect("route").chosen.node_id)
             .collect();
         assert_eq!(picks, ["n1", "n2", "n1"]);
+    }
+
+    #[test]
+    fn read_routes_are_the_routes_without_a_pick() {
+        let t = table(
+            &[],
+            &[
+                mapping("a", &["n1", "n2", "n3"]),
+                mapping("b", &["n3"]),
+                mapping("c", &["n4"]),
+            ],
+            &[("n1", Warning), ("n2", Passing), ("n3", Passing)],
+        );
+        assert_eq!(Table::empty(AllowList::default()).read_routes(), None);
+        let t = suspecting(&t, &["n3"]);
+        let routes = t.read_routes().expect("loaded");
+        assert_eq!(
+            routes.keys().map(DataId::as_str).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        let a = &routes[&id("a")];
+        let route = t.route(&id("a")).expect("route");
+        assert_eq!(
+            a.candidates, route.candidates,
+            "same order as GetNodeForData"
+        );
+        assert_eq!(ids(&a.candidates), ["n2", "n1", "n3"]);
+        assert_eq!(
+            a.candidates.iter().map(|c| c.suspect).collect::<Vec<_>>(),
+            [false, false, true]
+        );
+        assert_eq!((a.primary.as_str(), a.preferred), ("n1", 1));
+        assert_eq!(a.unavailable, None);
+        // Only a suspect node left: it is the preferred one.
+        assert_eq!(routes[&id("b")].preferred, 1);
+        let c = &routes[&id("c")];
+        assert!(c.candidates.is_empty());
+        assert_eq!(
+            c.unavailable.as_deref(),
+            Some(
+                t.route(&id("c"))
+                    .expect_err("none usable")
+                    .to_string()
+                    .as_str()
+            )
+        );
+
+        // Reading the routes does not move the round-robin turn.
+        let t = table(
+            &[],
+            &[mapping("d", &["n1", "n2"])],
+            &[("n1", Passing), ("n2", Passing)],
+        );
+        assert_eq!(t.route(&id("d")).expect("route").chosen.node_id, "n1");
+        for _ in 0..3 {
+            t.read_routes().expect("loaded");
+        }
+        assert_eq!(t.route(&id("d")).expect("route").chosen.node_id, "n2");
     }
 
     #[test]

@@ -214,6 +214,16 @@ impl Gateway for FakeGateway {
     ) -> Result<Response<GatewayStatus>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    type WatchRoutesStream = BoxStream<RouteUpdate>;
+
+    // A gateway from before WatchRoutes: the SDK resolves every data ID with GetNodeForData.
+    async fn watch_routes(
+        &self,
+        _: Request<WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A fake gateway on its own thread and runtime: stopping it drops the runtime, which closes
