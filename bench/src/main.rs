@@ -12,7 +12,8 @@
 //!   `lookup.rs`, `proxy.rs`, `failover.rs` (the serving replica killed), `primary_kill/`
 //!   (the only primary-loss scenario: the write leader SIGKILLed or SIGSTOPped, on ours and
 //!   on a JetStream cluster), and `seed_gateway.rs` (the seed's way of
-//!   answering `GetNodeForData`: two Consul calls per lookup, as a child process).
+//!   answering `GetNodeForData`: two Consul calls per lookup, as a child process), and
+//!   `floor_server.rs` (an empty unary RPC, the floor `GetNodeForData` is compared with).
 //! - `deployment.rs` (failover times with 3 Consul servers and an agent per machine) and
 //!   `scale.rs` (a gateway with thousands of mappings): standalone, not part of `suite`.
 //! - `machine.rs`: CPU idleness and per-process CPU time from /proc; `stats.rs`: percentiles
@@ -25,6 +26,7 @@ mod cluster;
 mod deployment;
 mod failover;
 mod floor;
+mod floor_server;
 mod lookup;
 mod machine;
 mod primary_kill;
@@ -65,6 +67,7 @@ fn run() -> Result<()> {
         procs::kill_children_on_signal();
         match cli.command {
             cli::Command::SeedGateway(args) => seed_gateway::serve(args).await,
+            cli::Command::FloorServer(args) => floor_server::serve(args).await,
             cli::Command::Deployment(args) => deployment::run(args).await,
             cli::Command::Scale(args) => scale::run(args).await,
             cli::Command::Table { file } => {
