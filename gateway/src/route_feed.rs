@@ -1,6 +1,6 @@
-//! What `WatchRoutes` sends: the route of every mapped data ID ([`RouteSet`], computed once
-//! per routing table for all watchers), and what changed between the set a watcher was last
-//! sent and the current one ([`changes`]).
+//! What `WatchRoutes` sends: the route of every mapped data ID ([`RouteSet`]: the routes the
+//! routing table computes once for every lookup and every watcher), and what changed between
+//! the set a watcher was last sent and the current one ([`changes`]).
 //!
 //! Why per-data-ID changes and not a new snapshot every time: a table changes for one
 //! mapping edit or one node's health at a time, and a client that caches thousands of routes
@@ -21,46 +21,29 @@
 //! - Building a set never moves a round-robin turn: watching does not change what
 //!   `GetNodeForData` picks.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ec_core::DataId;
 
-use crate::routing::{ReadRoute, Table};
+use crate::routing::{ReadRoute, ReadRoutes, Table};
 
 /// The routes of one routing table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct RouteSet {
     /// Generation of the table the set was built from.
     pub(crate) version: u64,
-    /// Every valid mapping's route.
-    pub(crate) routes: BTreeMap<DataId, ReadRoute>,
+    /// Every valid mapping's route, as the table computed them (once, for every lookup and
+    /// every watcher).
+    pub(crate) routes: Arc<ReadRoutes>,
 }
 
-/// The last built [`RouteSet`], so that each table's set is built once however many
-/// watchers ask. Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RouteSets {
-    last: Arc<Mutex<Option<Arc<RouteSet>>>>,
-}
-
-impl RouteSets {
+impl RouteSet {
     /// The route set of `table`; `None` while it is not loaded.
-    pub(crate) fn of(&self, table: &Table) -> Option<Arc<RouteSet>> {
-        // The lock is held while building: watchers woken by the same table wait for the
-        // first one's set instead of each building their own.
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(set) = last.as_ref()
-            && set.version == table.generation()
-        {
-            return Some(set.clone());
-        }
-        let set = Arc::new(RouteSet {
+    pub(crate) fn of(table: &Table) -> Option<RouteSet> {
+        Some(RouteSet {
             version: table.generation(),
             routes: table.read_routes()?,
-        });
-        *last = Some(set.clone());
-        Some(set)
+        })
     }
 }
 
@@ -85,7 +68,12 @@ pub(crate) fn snapshot<'a>(
     RouteChanges {
         snapshot: true,
         version: set.version,
-        upserts: set.routes.iter().filter(|(id, _)| visible(id)).collect(),
+        upserts: set
+            .routes
+            .iter()
+            .filter(|(id, _)| visible(id))
+            .map(|(id, served)| (id, &served.route))
+            .collect(),
         removed: Vec::new(),
     }
 }
@@ -100,7 +88,8 @@ pub(crate) fn changes<'a>(
     let upserts: Vec<(&DataId, &ReadRoute)> = next
         .routes
         .iter()
-        .filter(|(id, route)| prev.routes.get(*id) != Some(*route) && visible(id))
+        .map(|(id, served)| (id, &served.route))
+        .filter(|(id, route)| prev.routes.get(*id).map(|s| &s.route) != Some(*route) && visible(id))
         .collect();
     let removed: Vec<&DataId> = prev
         .routes
@@ -127,8 +116,10 @@ mod tests {
     use ec_core::NodeId;
     use ec_discovery::NodeStatus;
 
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::routing::NodeRoute;
+    use crate::routing::{NodeRoute, Served};
 
     fn id(s: &str) -> DataId {
         DataId::parse(s).expect("valid")
@@ -154,8 +145,20 @@ mod tests {
     fn set(version: u64, routes: &[(&str, ReadRoute)]) -> RouteSet {
         RouteSet {
             version,
-            routes: routes.iter().map(|(d, r)| (id(d), r.clone())).collect(),
+            routes: Arc::new(
+                routes
+                    .iter()
+                    .map(|(d, r)| (id(d), Served::new(r.clone())))
+                    .collect(),
+            ),
         }
+    }
+
+    fn plain(set: &RouteSet) -> BTreeMap<DataId, ReadRoute> {
+        set.routes
+            .iter()
+            .map(|(d, s)| (d.clone(), s.route.clone()))
+            .collect()
     }
 
     fn all(_: &DataId) -> bool {
@@ -203,16 +206,16 @@ mod tests {
         assert_eq!(upserted, ["b", "e"]);
         let removed: Vec<&str> = c.removed.iter().map(|d| d.as_str()).collect();
         assert_eq!(removed, ["d"]);
-        let mut held = prev.routes.clone();
+        let mut held = plain(&prev);
         apply(&mut held, &c);
-        assert_eq!(held, next.routes);
+        assert_eq!(held, plain(&next));
 
         // A new version with the same routes (e.g. only freshness changed): nothing to send.
         let same = RouteSet {
             version: 3,
             ..next.clone()
         };
-        assert_eq!(changes(&next, &same, &all), None);
+        assert!(changes(&next, &same, &all).is_none());
     }
 
     #[test]
@@ -232,7 +235,7 @@ mod tests {
         assert!(c.snapshot);
         let mut held = BTreeMap::from([(id("stale"), route("n9", &[]))]);
         apply(&mut held, &c);
-        assert_eq!(held, moved.routes);
+        assert_eq!(held, plain(&moved));
     }
 
     #[test]
@@ -271,6 +274,6 @@ mod tests {
                 ("orders-3", route("n1", &["n1"])),
             ],
         );
-        assert_eq!(changes(&next, &hidden, &orders), None);
+        assert!(changes(&next, &hidden, &orders).is_none());
     }
 }

@@ -325,7 +325,6 @@ pub async fn run_with_metrics(
         },
         node_token: settings.node_token.clone(),
         consul_rights_missing,
-        route_sets: crate::route_feed::RouteSets::default(),
     };
     // limits.max_request_bytes bounds what is decoded; answers may be as large as before.
     let max_request = usize::try_from(settings.max_request_bytes).unwrap_or(usize::MAX);

@@ -31,12 +31,12 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::auth::Guard;
-use crate::convert::{epoch_ms, health_status, mapping_status};
+use crate::convert::{epoch_ms, get_node_response, health_status, mapping_status};
 use crate::feed::HealthChange;
 use crate::metrics::GatewayMetrics;
 use crate::promotion::{self, Promoter};
 use crate::proxy::{self, deliver};
-use crate::route_feed::{self, RouteSet, RouteSets};
+use crate::route_feed::{self, RouteSet};
 use crate::routing::{MappingView, NodeRoute, RoutingTable, Table};
 
 /// Health events buffered towards one `WatchHealth` client.
@@ -70,8 +70,6 @@ pub(crate) struct GatewayService {
     pub(crate) metrics: GatewayMetrics,
     /// Rights this gateway needs that its Consul token lacks (`ec_discovery::watch_rights`).
     pub(crate) consul_rights_missing: tokio::sync::watch::Receiver<Vec<String>>,
-    /// The routes of the current table, built once for every `WatchRoutes` stream.
-    pub(crate) route_sets: RouteSets,
 }
 
 type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
@@ -211,23 +209,19 @@ async fn send_snapshot(
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
-    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    // A debug span: at the default level a span per lookup would cost more than the lookup.
+    #[tracing::instrument(level = "debug", skip(self, req), fields(data_id = %req.get_ref().data_id))]
     async fn get_node_for_data(
         &self,
         req: Request<GetNodeRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
         self.guard
             .check(&req, Action::Read(&req.get_ref().data_id))?;
-        let route = parse_data_id(&req.get_ref().data_id)
-            .and_then(|data_id| Ok(self.table.current().route(&data_id)?));
-        self.metrics.lookup(route.as_ref().err().map(Status::code));
-        let route = route?;
-        Ok(Response::new(GetNodeResponse {
-            node_address: route.chosen.address,
-            node_id: route.chosen.node_id,
-            primary_node_id: route.primary.to_string(),
-            candidates: route.candidates.into_iter().map(Into::into).collect(),
-        }))
+        let table = self.table.current();
+        let answer = parse_data_id(&req.get_ref().data_id)
+            .and_then(|data_id| Ok(get_node_response(table.pick(&data_id)?)));
+        self.metrics.lookup(answer.as_ref().err().map(Status::code));
+        answer.map(Response::new)
     }
 
     #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id, node = %req.get_ref().node_id))]
@@ -524,22 +518,18 @@ impl Gateway for GatewayService {
         let guard = self.guard.clone();
         let visible = move |id: &DataId| guard.allows(&caller, Action::Read(id.as_str())).is_ok();
         let (tx, rx) = mpsc::channel(ROUTES_BUFFER);
-        let (table, sets, shutdown) = (
-            self.table.clone(),
-            self.route_sets.clone(),
-            self.shutdown.clone(),
-        );
+        let (table, shutdown) = (self.table.clone(), self.shutdown.clone());
         let (metrics, watching) = (self.metrics.clone(), self.metrics.route_watcher());
         tokio::spawn(async move {
             let _watching = watching;
             // A watch receiver keeps only the newest table: a watcher busy sending skips the
             // tables in between.
             let mut tables = table.subscribe();
-            let mut sent: Option<std::sync::Arc<RouteSet>> = None;
+            let mut sent: Option<RouteSet> = None;
             loop {
                 let current = tables.borrow_and_update().clone();
                 // Not loaded yet: nothing is known, so nothing is sent until it is.
-                if let Some(set) = sets.of(&current) {
+                if let Some(set) = RouteSet::of(&current) {
                     let update = match &sent {
                         None => Some(route_feed::snapshot(&set, &visible)),
                         Some(prev) => route_feed::changes(prev, &set, &visible),
@@ -680,7 +670,6 @@ mod tests {
             node_token: None,
             metrics: GatewayMetrics::new(),
             consul_rights_missing: tokio::sync::watch::channel(Vec::new()).1,
-            route_sets: RouteSets::default(),
         };
         (svc, tx)
     }
