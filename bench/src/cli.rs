@@ -36,7 +36,8 @@ pub(crate) enum Command {
     Replay(RunArgs),
     /// End-to-end latency at a fixed rate, and time to first event when resuming at N/2.
     E2e(RunArgs),
-    /// GetNodeForData from the gateway's table versus two Consul calls per lookup.
+    /// Route lookups: the SDK's route cache, GetNodeForData from the gateway's table, two
+    /// Consul calls per lookup (the seed's way), and an empty unary RPC (the floor).
     Lookup(RunArgs),
     /// Streaming through the gateway versus directly from the node.
     Proxy(RunArgs),
@@ -113,6 +114,9 @@ pub(crate) enum Command {
     /// (internal) The seed's GetNodeForData: two Consul HTTP calls per request.
     #[command(hide = true)]
     SeedGateway(SeedGatewayArgs),
+    /// (internal) An empty unary RPC: the floor of the lookup scenario.
+    #[command(hide = true)]
+    FloorServer(FloorServerArgs),
 }
 
 impl Command {
@@ -132,6 +136,7 @@ impl Command {
             Command::Growth(_) => "growth",
             Command::Table { .. } => "table",
             Command::SeedGateway(_) => "seed-gateway",
+            Command::FloorServer(_) => "floor-server",
         }
     }
 }
@@ -148,6 +153,14 @@ pub(crate) struct SeedGatewayArgs {
     /// KV prefix of the mappings.
     #[arg(long, default_value = ec_discovery::DEFAULT_KV_PREFIX)]
     pub(crate) kv_prefix: String,
+}
+
+/// Flags of the internal floor server.
+#[derive(Debug, Args)]
+pub(crate) struct FloorServerArgs {
+    /// Port to serve gRPC on (127.0.0.1).
+    #[arg(long)]
+    pub(crate) port: u16,
 }
 
 /// Flags of `failover`.
@@ -475,9 +488,13 @@ pub(crate) struct RunArgs {
     /// Seconds per lookup measurement (default 5; 1 with --quick).
     #[arg(long)]
     pub(crate) lookup_secs: Option<f64>,
-    /// Concurrent GetNodeForData callers.
+    /// Concurrent callers of each lookup variant.
     #[arg(long, default_value_t = 64)]
     pub(crate) lookup_callers: usize,
+    /// Also measure GetNodeForData of this ec-gateway binary in the lookup scenario, beside
+    /// ours against the same Consul (variant `gateway-base`): two builds side by side.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) lookup_base_gateway: Option<PathBuf>,
     /// A trial starts once the machine is at least this idle (percent of all cores).
     #[arg(long, default_value_t = 85.0)]
     pub(crate) idle_threshold: f64,
@@ -508,6 +525,7 @@ pub(crate) struct Settings {
     pub(crate) e2e_warmup: Duration,
     pub(crate) lookup_duration: Duration,
     pub(crate) lookup_callers: usize,
+    pub(crate) lookup_base_gateway: Option<PathBuf>,
     pub(crate) idle_threshold: f64,
     pub(crate) idle_wait: Duration,
     pub(crate) bin_dir: Option<PathBuf>,
@@ -551,6 +569,7 @@ impl RunArgs {
             e2e_warmup: secs(self.e2e_warmup, 2.0, 0.5),
             lookup_duration: secs(self.lookup_secs, 5.0, 1.0),
             lookup_callers: self.lookup_callers.max(1),
+            lookup_base_gateway: self.lookup_base_gateway.clone(),
             idle_threshold: self.idle_threshold,
             idle_wait: secs(self.idle_wait, 30.0, 3.0),
             bin_dir: self.bin_dir.clone(),

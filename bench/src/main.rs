@@ -12,7 +12,8 @@
 //!   `lookup.rs`, `proxy.rs`, `failover.rs` (the serving replica killed), `primary_kill/`
 //!   (the only primary-loss scenario: the write leader SIGKILLed or SIGSTOPped, on ours and
 //!   on a JetStream cluster), and `seed_gateway.rs` (the seed's way of
-//!   answering `GetNodeForData`: two Consul calls per lookup, as a child process).
+//!   answering `GetNodeForData`: two Consul calls per lookup, as a child process), and
+//!   `floor_server.rs` (an empty unary RPC, the floor `GetNodeForData` is compared with).
 //! - `deployment.rs` (failover times with 3 Consul servers and an agent per machine),
 //!   `scale.rs` (a gateway with thousands of mappings) and `growth.rs` (how throughput,
 //!   latency and memory grow with data IDs, followers, event size and log size, beside the
@@ -27,6 +28,7 @@ mod cluster;
 mod deployment;
 mod failover;
 mod floor;
+mod floor_server;
 mod growth;
 mod lookup;
 mod machine;
@@ -68,6 +70,7 @@ fn run() -> Result<()> {
         procs::kill_children_on_signal();
         match cli.command {
             cli::Command::SeedGateway(args) => seed_gateway::serve(args).await,
+            cli::Command::FloorServer(args) => floor_server::serve(args).await,
             cli::Command::Deployment(args) => deployment::run(args).await,
             cli::Command::Scale(args) => scale::run(args).await,
             cli::Command::Growth(args) => growth::run(args).await,

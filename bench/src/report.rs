@@ -23,7 +23,8 @@ pub(crate) struct Record {
     /// floor, publish, replay, resume, e2e, lookup, proxy, failover, primary-kill,
     /// primary-stop.
     pub(crate) scenario: String,
-    /// ec, redis, jetstream, or a variant (gateway, consul-x2, direct, proxy).
+    /// ec, redis, jetstream, or a variant (lookup: sdk-cache, gateway, consul-x2, floor,
+    /// gateway-base; proxy: direct, proxy).
     pub(crate) system: String,
     /// True for the side ours is compared against.
     pub(crate) baseline: bool,
@@ -206,6 +207,29 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
     }
 }
 
+/// The ratio columns of a scenario: ours ÷ each baseline, except where only some pairs
+/// answer a question (lookup: the SDK's cache against the seed's way, GetNodeForData against
+/// the floor, the seed's way and another build).
+fn ratio_pairs<'a>(scenario: &str, ours: &[&'a str], peers: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+    let all = ours
+        .iter()
+        .flat_map(|o| peers.iter().map(move |p| (*o, *p)));
+    match scenario {
+        "lookup" => all
+            .filter(|pair| {
+                matches!(
+                    *pair,
+                    ("sdk-cache", "consul-x2")
+                        | ("gateway", "floor")
+                        | ("gateway", "consul-x2")
+                        | ("gateway", "gateway-base")
+                )
+            })
+            .collect(),
+        _ => all.collect(),
+    }
+}
+
 const SCENARIO_ORDER: [&str; 10] = [
     "floor",
     "publish",
@@ -262,10 +286,9 @@ fn render_table(records: &[Record]) -> String {
             for (s, _) in &systems {
                 header.push(format!("{s:>26}"));
             }
-            for o in &ours {
-                for p in &peers {
-                    header.push(format!("{:>12}", format!("{o}÷{p}")));
-                }
+            let pairs = ratio_pairs(scenario, &ours, &peers);
+            for (o, p) in &pairs {
+                header.push(format!("{:>12}", format!("{o}÷{p}")));
             }
             out.push_str(header.join(" ").trim_end());
             out.push('\n');
@@ -296,16 +319,14 @@ fn render_table(records: &[Record]) -> String {
                     };
                     row.push(format!("{cell:>26}"));
                 }
-                for o in &ours {
-                    for p in &peers {
-                        let ratio = match (stats(o), stats(p)) {
-                            (Some(((a, _, _), _)), Some(((b, _, _), _))) if b != 0.0 => {
-                                format!("{:.2}×", a / b)
-                            }
-                            _ => "—".into(),
-                        };
-                        row.push(format!("{ratio:>12}"));
-                    }
+                for (o, p) in &pairs {
+                    let ratio = match (stats(o), stats(p)) {
+                        (Some(((a, _, _), _)), Some(((b, _, _), _))) if b != 0.0 => {
+                            format!("{:.2}×", a / b)
+                        }
+                        _ => "—".into(),
+                    };
+                    row.push(format!("{ratio:>12}"));
                 }
                 out.push_str(row.join(" ").trim_end());
                 out.push('\n');
@@ -567,6 +588,38 @@ mod tests {
         assert!(table.contains("*200k (150k–250k)"), "{table}");
         assert!(table.contains("2.25×"), "{table}");
         assert!(table.contains("CONTENDED"), "{table}");
+    }
+
+    #[test]
+    fn lookup_shows_the_ratios_of_its_goals() {
+        let lookup = |system: &str, rate: f64| {
+            let mut r = record(
+                "lookup",
+                system,
+                crate::lookup::is_baseline(system),
+                None,
+                1,
+                Idle {
+                    percent: 99.0,
+                    contended: false,
+                },
+            );
+            r.metrics.insert("lookups_per_s".into(), rate);
+            r
+        };
+        let table = render_table(&[
+            lookup("sdk-cache", 2_000_000.0),
+            lookup("gateway", 30_000.0),
+            lookup("consul-x2", 4_000.0),
+            lookup("floor", 32_000.0),
+        ]);
+        assert!(table.contains("sdk-cache÷consul-x2"), "{table}");
+        assert!(table.contains("gateway÷floor"), "{table}");
+        assert!(!table.contains("sdk-cache÷floor"), "{table}");
+        assert!(
+            table.contains("500.00×") && table.contains("0.94×"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -177,4 +177,11 @@ impl Gateway for SeedGateway {
     ) -> Result<Response<GatewayStatus>, Status> {
         unimplemented()
     }
+    type WatchRoutesStream = BoxStream<RouteUpdate>;
+    async fn watch_routes(
+        &self,
+        _: Request<WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        unimplemented()
+    }
 }

@@ -116,6 +116,7 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             f.run
         }
         Command::SeedGateway(_)
+        | Command::FloorServer(_)
         | Command::Table { .. }
         | Command::Deployment(_)
         | Command::Scale(_)
@@ -470,21 +471,21 @@ async fn cluster_trial(
     let reverse = trial.is_multiple_of(2);
     if scen.lookup {
         let idle = wait_idle(s).await;
-        match lookup::run(
-            &bins.consul,
-            &bins.gateway,
-            s.lookup_callers,
-            s.lookup_duration,
+        let run = lookup::LookupRun {
+            consul: &bins.consul,
+            gateway: &bins.gateway,
+            base_gateway: s.lookup_base_gateway.as_deref(),
+            callers: s.lookup_callers,
+            duration: s.lookup_duration,
             reverse,
-        )
-        .await
-        {
+        };
+        match lookup::run(run).await {
             Ok(results) => {
                 for l in results {
                     let mut r = record(
                         "lookup",
                         l.variant,
-                        l.variant != "gateway",
+                        lookup::is_baseline(l.variant),
                         None,
                         trial,
                         idle,
@@ -499,6 +500,11 @@ async fn cluster_trial(
                         "callers": s.lookup_callers, "secs": s.lookup_duration.as_secs_f64(),
                         "data_ids": 100, "nodes": 3,
                     });
+                    if l.variant == "gateway-base"
+                        && let Some(bin) = &s.lookup_base_gateway
+                    {
+                        r.notes.push(format!("GetNodeForData of {}", bin.display()));
+                    }
                     report.add(r)?;
                 }
             }

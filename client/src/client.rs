@@ -1,13 +1,15 @@
 //! [`Client`]: the entry point of the SDK, bound to a gateway or to a fixed list of nodes.
 //!
 //! Reading has two modes. Redirect ([`Client::stream`]) asks the gateway where a data ID lives
-//! and streams from the node directly — the fast path, one hop. Proxy ([`Client::subscribe`])
+//! and streams from the node directly — the fast path, one hop. "Asking" is a lookup in the
+//! client's route cache, which the gateway's `WatchRoutes` keeps current (see
+//! `route_cache.rs`); `GetNodeForData` answers what the cache cannot. Proxy ([`Client::subscribe`])
 //! streams through the gateway's `Subscribe`, for clients that can reach only the gateway.
 //! Both are the same resumable stream and resume by themselves from the last offset + 1.
 //!
-//! Writes go to the data ID's primary: in [`Mode::Redirect`] the client asks the gateway for
-//! the primary before every attempt (so a changed mapping is followed at once and a write
-//! never lands on a node that is no longer primary); in [`Mode::Proxy`] the gateway forwards.
+//! Writes go to the data ID's primary: in [`Mode::Redirect`] the client resolves the primary
+//! before every attempt (so a changed mapping is followed as soon as it is pushed, and a
+//! write that reaches a node that is no longer primary is refused there and resent); in [`Mode::Proxy`] the gateway forwards.
 //! Every publish carries a producer identity and a per-data-ID sequence number, so the SDK
 //! retries it through node loss, failover and "not the primary" until the delivery timeout
 //! ([`Client::with_delivery_timeout`], 2 min by default) without storing anything twice: see
@@ -34,6 +36,7 @@ use crate::event::Published;
 use crate::publish::{Destination, Producer, PublishSettings, Publisher, publish_retrying};
 use crate::resolve::{Candidate, GatewayResolver, Resolver, Route, StaticResolver};
 use crate::resume::{DeliveryStream, StreamOptions, Upstream, resume};
+use crate::route_cache::RouteCacheStatus;
 
 /// How publishes travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,6 +126,8 @@ impl Client {
                 transport,
             })?;
         let resolver = GatewayResolver::new(channel.clone(), address).authorized_by(&channels);
+        // Routes are pushed from now on; until the first snapshot, lookups ask the gateway.
+        resolver.watch_routes();
         Ok(Client {
             channels,
             target: Target::Gateway {
@@ -207,7 +212,17 @@ impl Client {
         }
     }
 
-    /// Where `data_id` lives right now: the gateway's answer, or the fixed node list.
+    /// Where this client's routes come from right now (`None` for a client of a fixed node
+    /// list): the gateway's pushed routes while they are fresh, else a call per lookup.
+    pub fn route_cache(&self) -> Option<RouteCacheStatus> {
+        match &self.target {
+            Target::Gateway { resolver, .. } => Some(resolver.route_cache()),
+            Target::Nodes { .. } => None,
+        }
+    }
+
+    /// Where `data_id` lives right now: the gateway's answer (from the routes it pushed, see
+    /// [`GatewayResolver::route`]), or the fixed node list.
     pub async fn route(&self, data_id: impl AsRef<str>) -> Result<Route, ClientError> {
         let data_id = DataId::parse(data_id.as_ref())?;
         match &self.target {

@@ -22,7 +22,9 @@
 //!   gateway's `Subscribe` proxy, the console and the benchmark; `cursor.rs`: its offset
 //!   bookkeeping (which events are owed, where to resume), pure and property-tested.
 //! - `resolve.rs`: the [`Resolver`] trait (where to read a data ID) and its gateway and static
-//!   implementations; `channel.rs`: one gRPC channel per node address, with keepalive.
+//!   implementations; `route_cache.rs`: the gateway's routes pushed by `WatchRoutes`, so
+//!   resolving is a lookup in memory; `channel.rs`: one gRPC channel per node address, with
+//!   keepalive.
 //! - `backoff.rs`: jittered exponential backoff between attempts.
 //! - `client.rs`: [`Client`]; `publish.rs`: the retrying, pipelined [`Publisher`] (producer
 //!   identity, per-data-ID sequence numbers, resend in order after a failover).
@@ -38,6 +40,7 @@ mod event;
 mod publish;
 mod resolve;
 mod resume;
+mod route_cache;
 mod wire;
 
 pub use backoff::Backoff;
@@ -57,3 +60,4 @@ pub use resume::{
     Delivery, DeliveryStream, EventStream, RawDelivery, RawDeliveryStream, Start, StreamOptions,
     resumable_raw_stream, resumable_stream,
 };
+pub use route_cache::RouteCacheStatus;

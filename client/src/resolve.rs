@@ -1,9 +1,11 @@
 //! Where a data ID can be read and written: the [`Resolver`] trait and its implementations.
 //!
 //! The resumable stream only needs an ordered list of healthy nodes to try; where that list
-//! comes from is the resolver's business: the gateway's `GetNodeForData` for an SDK user
-//! ([`GatewayResolver`]), the gateway's in-memory routing table for its own proxy, or a fixed
-//! list for tests, benchmarks and a client that talks to nodes directly ([`StaticResolver`]).
+//! comes from is the resolver's business: the gateway for an SDK user ([`GatewayResolver`]:
+//! its routes pushed by `WatchRoutes` into the route cache of `route_cache.rs`, answered in
+//! memory, with `GetNodeForData` as the authority for what the cache cannot answer), the
+//! gateway's in-memory routing table for its own proxy, or a fixed list for tests, benchmarks
+//! and a client that talks to nodes directly ([`StaticResolver`]).
 //!
 //! Invariant: a resolver returns only nodes it believes healthy, in the order they should be
 //! tried. An empty list is not an error of the request but of the moment (no healthy node
@@ -18,6 +20,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ec_core::DataId;
@@ -29,7 +32,8 @@ use tonic::transport::Channel;
 use tracing::debug;
 
 use crate::channel::ChannelCache;
-use crate::error::ClientError;
+use crate::error::{ClientError, transport_failure};
+use crate::route_cache::{Lookup, RouteCache, RouteCacheStatus};
 
 /// A node that may serve a data ID.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -126,7 +130,7 @@ impl Route {
     /// primary.
     pub fn from_response(resp: GetNodeResponse) -> Route {
         let chosen = Candidate::new(resp.node_id, resp.node_address);
-        let mut candidates: Vec<Candidate> = resp
+        let candidates: Vec<Candidate> = resp
             .candidates
             .into_iter()
             .filter(|n| {
@@ -138,6 +142,21 @@ impl Route {
             })
             .map(|n| Candidate::new(n.node_id, n.address))
             .collect();
+        let primary = if resp.primary_node_id.is_empty() {
+            chosen.node_id.clone()
+        } else {
+            resp.primary_node_id
+        };
+        Route::ordered(chosen, primary, candidates)
+    }
+
+    /// The route picking `chosen`: it is tried first, then the other candidates in their
+    /// order (a `chosen` missing from them, as a seed gateway answers, is added).
+    pub(crate) fn ordered(
+        chosen: Candidate,
+        primary: String,
+        mut candidates: Vec<Candidate>,
+    ) -> Route {
         if let Some(i) = candidates.iter().position(|c| *c == chosen) {
             // Start where the gateway sent us, so that readers spread over the nodes.
             let c = candidates.remove(i);
@@ -145,11 +164,6 @@ impl Route {
         } else if !chosen.address.is_empty() {
             candidates.insert(0, chosen.clone());
         }
-        let primary = if resp.primary_node_id.is_empty() {
-            chosen.node_id.clone()
-        } else {
-            resp.primary_node_id
-        };
         Route {
             chosen,
             primary,
@@ -158,7 +172,9 @@ impl Route {
     }
 }
 
-/// Asks the gateway's `GetNodeForData` for each resolution (redirect mode).
+/// Routes from the gateway (redirect mode): from its `WatchRoutes` pushes, kept in a route
+/// cache shared by clones, and from `GetNodeForData` for what the cache cannot answer (see
+/// `route_cache.rs` for the rules).
 #[derive(Debug, Clone)]
 pub struct GatewayResolver {
     client: GatewayClient<Channel>,
@@ -166,6 +182,8 @@ pub struct GatewayResolver {
     address: String,
     /// Adds the client's credential to each lookup.
     credentials: ChannelCache,
+    /// The routes the gateway pushed; its watch starts with the first lookup.
+    routes: Arc<RouteCache>,
 }
 
 impl GatewayResolver {
@@ -175,6 +193,7 @@ impl GatewayResolver {
             client: GatewayClient::new(channel),
             address: address.into(),
             credentials: ChannelCache::default(),
+            routes: Arc::default(),
         }
     }
 
@@ -185,9 +204,43 @@ impl GatewayResolver {
         self
     }
 
+    /// Where this resolver's routes come from right now.
+    pub fn route_cache(&self) -> RouteCacheStatus {
+        self.routes.status()
+    }
+
+    /// Starts following the gateway's `WatchRoutes` (once; the first lookup does it too).
+    pub(crate) fn watch_routes(&self) {
+        self.routes
+            .start(&self.client, &self.credentials, &self.address);
+    }
+
     /// The gateway's route for `data_id`: `NOT_FOUND` without a mapping, `UNAVAILABLE` when
-    /// no node of the mapping is healthy.
+    /// no node of the mapping is healthy. Answered from the route cache while the gateway's
+    /// `WatchRoutes` keeps it fresh and it holds the data ID; else asked with
+    /// `GetNodeForData`.
     pub async fn route(&self, data_id: &DataId) -> Result<Route, ClientError> {
+        self.watch_routes();
+        match self.routes.lookup(data_id) {
+            Lookup::Route(route) => Ok(route),
+            Lookup::Unavailable(reason) => Err(ClientError::Unroutable {
+                data_id: data_id.to_string(),
+                code: tonic::Code::Unavailable,
+                reason,
+            }),
+            Lookup::Miss | Lookup::Stale(None) => self.ask(data_id).await,
+            Lookup::Stale(Some(last)) => match self.ask(data_id).await {
+                Err(e) if unreachable(&e) => {
+                    debug!(gateway = %self.address, %data_id, error = %e, "gateway unreachable; using the last route it pushed");
+                    Ok(last)
+                }
+                answered => answered,
+            },
+        }
+    }
+
+    /// The gateway's `GetNodeForData` answer for `data_id`.
+    async fn ask(&self, data_id: &DataId) -> Result<Route, ClientError> {
         let resp = self
             .client
             .clone()
@@ -249,6 +302,19 @@ impl Resolver for GatewayResolver {
             // unhealthy for that; watch again a little later.
             tokio::time::sleep(HEALTH_WATCH_RETRY).await;
         }
+    }
+}
+
+/// Whether `e` says the gateway could not be reached (rather than answering).
+fn unreachable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Rpc { status, .. } => {
+            transport_failure(status)
+                || (status.code() == tonic::Code::Unavailable
+                    && std::error::Error::source(status).is_some())
+        }
+        ClientError::Connect { .. } => true,
+        _ => false,
     }
 }
 
@@ -326,6 +392,7 @@ mod tests {
             node_id: id.into(),
             address: format!("{id}:1"),
             status: status as i32,
+            suspect: false,
         }
     }
 

@@ -309,6 +309,14 @@ impl Policy {
         }
     }
 
+    /// Whether [`Policy::check`] of `action` depends on who calls at all: always with
+    /// tokens; without, only a state change in protected mode without TLS (it depends on the
+    /// peer). When it does not, `check` allows every caller, and a hot path need not find
+    /// out who called.
+    pub fn depends_on_caller(&self, action: Action<'_>) -> bool {
+        !self.tokens.is_empty() || (self.protected_mode && !self.tls && action.changes_state())
+    }
+
     /// Whether `action` by a caller presenting `bearer` (the token of an `authorization:
     /// Bearer` header) from `peer` may go ahead.
     pub fn check(
@@ -387,6 +395,53 @@ mod tests {
         assert!(!s.matches(""));
         assert_eq!(format!("{s:?} {s}"), "<redacted> <redacted>");
         assert!(Secret::new("  ").is_none());
+    }
+
+    #[test]
+    fn a_check_that_does_not_depend_on_the_caller_allows_everyone() {
+        let policies = [
+            Policy::default(),
+            Policy {
+                protected_mode: true,
+                ..Policy::default()
+            },
+            Policy {
+                protected_mode: true,
+                tls: true,
+                ..Policy::default()
+            },
+            Policy {
+                tokens: TokenTable::parse(&["t read"]).expect("valid"),
+                ..Policy::default()
+            },
+        ];
+        let actions = [
+            Action::Admin,
+            Action::Read("d"),
+            Action::Publish("d"),
+            Action::Create("d"),
+        ];
+        let callers = [
+            (None, peer("10.0.0.1:1")),
+            (Some("nope"), peer("127.0.0.1:1")),
+            (None, None),
+        ];
+        for policy in &policies {
+            for action in actions {
+                if policy.depends_on_caller(action) {
+                    continue;
+                }
+                for (bearer, from) in callers {
+                    assert!(
+                        policy.check(bearer, from, action).is_ok(),
+                        "{policy:?} {action} {bearer:?} {from:?}"
+                    );
+                }
+            }
+        }
+        assert!(!Policy::default().depends_on_caller(Action::Admin));
+        assert!(policies[1].depends_on_caller(Action::Admin));
+        assert!(!policies[1].depends_on_caller(Action::Read("d")));
     }
 
     #[test]

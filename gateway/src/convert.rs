@@ -6,11 +6,12 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ec_discovery::{EpochError, MappingError, NodeStatus};
-use ec_proto::{HealthStatus, NodeRef};
+use ec_proto::{DataRoute, GetNodeResponse, HealthStatus, NodeRef, RouteUpdate};
 use tonic::Status;
 
 use crate::promotion::PromoteError;
-use crate::routing::{MappingView, NodeRoute, RouteError};
+use crate::route_feed::RouteChanges;
+use crate::routing::{MappingView, NodeRoute, ReadRoute, RouteError};
 
 impl From<PromoteError> for Status {
     fn from(e: PromoteError) -> Status {
@@ -114,6 +115,52 @@ impl From<NodeRoute> for NodeRef {
             node_id: n.node_id,
             address: n.address,
             status: health_status(n.status) as i32,
+            suspect: n.suspect,
+        }
+    }
+}
+
+impl From<&NodeRoute> for NodeRef {
+    fn from(n: &NodeRoute) -> NodeRef {
+        NodeRef {
+            node_id: n.node_id.clone(),
+            address: n.address.clone(),
+            status: health_status(n.status) as i32,
+            suspect: n.suspect,
+        }
+    }
+}
+
+/// `GetNodeForData`'s answer: candidate `pick` of `route` chosen, copied straight from the
+/// table's route (no intermediate copy: this is the gateway's hottest path).
+pub(crate) fn get_node_response((route, pick): (&ReadRoute, usize)) -> GetNodeResponse {
+    let chosen = &route.candidates[pick];
+    GetNodeResponse {
+        node_address: chosen.address.clone(),
+        node_id: chosen.node_id.clone(),
+        primary_node_id: route.primary.to_string(),
+        candidates: route.candidates.iter().map(NodeRef::from).collect(),
+    }
+}
+
+/// One data ID's route as `WatchRoutes` sends it.
+fn data_route((data_id, route): (&ec_core::DataId, &ReadRoute)) -> DataRoute {
+    DataRoute {
+        data_id: data_id.to_string(),
+        primary_node_id: route.primary.to_string(),
+        candidates: route.candidates.iter().map(NodeRef::from).collect(),
+        preferred: u32::try_from(route.preferred).unwrap_or(u32::MAX),
+        unavailable: route.unavailable.clone().unwrap_or_default(),
+    }
+}
+
+impl From<RouteChanges<'_>> for RouteUpdate {
+    fn from(c: RouteChanges<'_>) -> RouteUpdate {
+        RouteUpdate {
+            snapshot: c.snapshot,
+            routes: c.upserts.into_iter().map(data_route).collect(),
+            removed: c.removed.into_iter().map(ToString::to_string).collect(),
+            version: c.version,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - `feed.rs`: turns the mapping and health watches of `ec-discovery`, and the gateway's own
 //!   liveness probes of the nodes ([`probe`]), into tables and health transitions; logs
 //!   Consul outages once each.
+//! - `route_feed.rs`: what `WatchRoutes` streams: the route of every mapped data ID, built
+//!   once per table, and the changes between the set a watcher holds and the newest one.
 //! - `service.rs`: the thin `streaming.Gateway` gRPC layer; `convert.rs`: errors to statuses
 //!   and domain values to proto messages.
 //! - `proxy.rs`: `Subscribe` through `ec-client`'s resumable stream with a resolver backed by
@@ -33,6 +35,7 @@ mod passthrough;
 pub mod probe;
 mod promotion;
 mod proxy;
+mod route_feed;
 mod routing;
 mod server;
 mod service;

@@ -35,11 +35,16 @@ pub(crate) struct GatewayMetrics {
 struct Inner {
     registry: Mutex<Registry>,
     lookups: Family<Labels, Counter>,
+    /// The `ok` series of `lookups`, looked up once: counting a lookup is then one atomic
+    /// add, not a label allocation and a map lookup per call.
+    lookups_ok: Counter,
     forwarded_publishes: Family<Labels, Counter>,
     forwarded_events: Counter,
     proxy_streams_open: Gauge,
     proxy_streams: Counter,
     proxy_failovers: Counter,
+    route_watchers: Gauge,
+    route_updates: Counter,
     promotions: Counter,
     health_transitions: Family<Labels, Counter>,
     consul_errors: Counter,
@@ -59,12 +64,15 @@ impl GatewayMetrics {
                 m
             }};
         }
+        let lookups: Family<Labels, Counter> = reg!(
+            "lookups",
+            "GetNodeForData calls by result (ok, or the gRPC code)",
+            Family::default()
+        );
+        let lookups_ok = lookups.get_or_create(&result(None)).clone();
         let inner = Inner {
-            lookups: reg!(
-                "lookups",
-                "GetNodeForData calls by result (ok, or the gRPC code)",
-                Family::default()
-            ),
+            lookups,
+            lookups_ok,
             forwarded_publishes: reg!(
                 "forwarded_publishes",
                 "Publish requests forwarded to a primary, by result",
@@ -88,6 +96,16 @@ impl GatewayMetrics {
             proxy_failovers: reg!(
                 "proxy_failovers",
                 "Times a proxied stream moved to another node",
+                Counter::default()
+            ),
+            route_watchers: reg!(
+                "route_watchers",
+                "WatchRoutes streams open now (clients caching routes)",
+                Gauge::default()
+            ),
+            route_updates: reg!(
+                "route_updates",
+                "WatchRoutes messages sent (snapshots and changes)",
                 Counter::default()
             ),
             promotions: reg!(
@@ -134,7 +152,10 @@ impl GatewayMetrics {
 
     /// A lookup ended with `code` (`None`: OK).
     pub(crate) fn lookup(&self, code: Option<tonic::Code>) {
-        self.inner.lookups.get_or_create(&result(code)).inc();
+        match code {
+            None => self.inner.lookups_ok.inc(),
+            Some(_) => self.inner.lookups.get_or_create(&result(code)).inc(),
+        };
     }
 
     /// A forwarded publish of `events` events ended with `code` (`None`: acknowledged).
@@ -155,6 +176,19 @@ impl GatewayMetrics {
         StreamGuard {
             metrics: self.clone(),
         }
+    }
+
+    /// A `WatchRoutes` stream opened; the guard counts it until dropped.
+    pub(crate) fn route_watcher(&self) -> RouteWatcherGuard {
+        self.inner.route_watchers.inc();
+        RouteWatcherGuard {
+            metrics: self.clone(),
+        }
+    }
+
+    /// A `WatchRoutes` message was sent.
+    pub(crate) fn route_update(&self) {
+        self.inner.route_updates.inc();
     }
 
     /// A proxied stream moved to another node.
@@ -236,6 +270,17 @@ pub(crate) struct StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.metrics.inner.proxy_streams_open.dec();
+    }
+}
+
+/// Counts one open `WatchRoutes` stream while alive.
+pub(crate) struct RouteWatcherGuard {
+    metrics: GatewayMetrics,
+}
+
+impl Drop for RouteWatcherGuard {
+    fn drop(&mut self) {
+        self.metrics.inner.route_watchers.dec();
     }
 }
 

@@ -1065,6 +1065,7 @@ mod tests {
             node_id: "a".into(),
             address: "127.0.0.1:1".into(),
             status: ec_discovery::NodeStatus::Passing,
+            suspect: false,
         };
         f.upstreams.insert(
             "a".into(),

@@ -32,8 +32,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use ec_core::{DataId, NodeId};
@@ -51,9 +51,13 @@ pub(crate) struct NodeRoute {
     pub(crate) address: String,
     /// Its aggregate health.
     pub(crate) status: NodeStatus,
+    /// This gateway's probes suspect it (readers use it last).
+    pub(crate) suspect: bool,
 }
 
-/// The answer to "where do I read this data ID".
+/// The answer to "where do I read this data ID", as owned values ([`Table::pick`] answers
+/// the same by reference, for `GetNodeForData`).
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Route {
     /// The node picked for this request (round-robin among the preferred candidates).
@@ -64,6 +68,42 @@ pub(crate) struct Route {
     /// then suspect ones.
     pub(crate) candidates: Vec<NodeRoute>,
 }
+
+/// A data ID's route without a pick: everything [`Table::route`] answers but the chosen node,
+/// for clients that pick for themselves (`WatchRoutes`), and what the table picks from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReadRoute {
+    /// The mapping's first node, where writes go (whether or not it is usable).
+    pub(crate) primary: NodeId,
+    /// Every usable node in readers' order, as [`Route::candidates`]; empty when none is.
+    pub(crate) candidates: Vec<NodeRoute>,
+    /// How many candidates, from the first, are equally preferred: the round-robin set.
+    pub(crate) preferred: usize,
+    /// When no node is usable: why, as [`RouteError::NoHealthyNode`] says it.
+    pub(crate) unavailable: Option<String>,
+}
+
+/// A mapping's [`ReadRoute`] as computed once per table, with the mapping's round-robin turn.
+#[derive(Debug, Clone)]
+pub(crate) struct Served {
+    /// The route.
+    pub(crate) route: ReadRoute,
+    turn: Arc<AtomicUsize>,
+}
+
+impl Served {
+    /// A route with a rotation of its own (for tests of what uses routes).
+    #[cfg(test)]
+    pub(crate) fn new(route: ReadRoute) -> Served {
+        Served {
+            route,
+            turn: Arc::default(),
+        }
+    }
+}
+
+/// The route of every valid mapping of one table.
+pub(crate) type ReadRoutes = BTreeMap<DataId, Served>;
 
 /// Why a node of a mapping cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +288,10 @@ pub(crate) struct Table {
     gone_addresses: BTreeMap<String, String>,
     allowed: Arc<AllowList>,
     freshness: Freshness,
+    /// Every mapping's route, computed from this table on first use and then shared by
+    /// every lookup and every `WatchRoutes` stream (a table never changes once published;
+    /// each builder below starts a new table without it).
+    routes: OnceLock<Arc<ReadRoutes>>,
 }
 
 impl Table {
@@ -272,13 +316,22 @@ impl Table {
             gone_addresses: BTreeMap::new(),
             allowed: Arc::new(allowed),
             freshness: Freshness::default(),
+            routes: OnceLock::new(),
         }
+    }
+
+    /// A copy of this table to build the next one from: the next generation, and no routes
+    /// computed yet (they depend on what the builder changes).
+    fn next(&self) -> Table {
+        let mut next = self.clone();
+        next.generation += 1;
+        next.routes = OnceLock::new();
+        next
     }
 
     /// A table built from `prev` with a new mapping snapshot (if `Some`).
     pub(crate) fn with_mappings(&self, snapshot: Option<&MappingSnapshot>) -> Table {
-        let mut next = self.clone();
-        next.generation += 1;
+        let mut next = self.next();
         if let Some(snapshot) = snapshot {
             next.mappings_loaded = true;
             next.mappings = snapshot
@@ -312,8 +365,7 @@ impl Table {
         snapshot: &HealthSnapshot,
         changes: &[ec_discovery::HealthTransition],
     ) -> Table {
-        let mut next = self.clone();
-        next.generation += 1;
+        let mut next = self.next();
         next.health_loaded = true;
         for change in changes {
             next.since.insert(change.node_id.clone(), change.at);
@@ -358,6 +410,8 @@ impl Table {
             .map(|(n, t)| (n.clone(), *t))
             .collect();
         next.probes_generation = probes.generation;
+        // Lost and suspect nodes change the routes.
+        next.routes = OnceLock::new();
         (next, changes)
     }
 
@@ -378,8 +432,7 @@ impl Table {
 
     /// A table identical to this one but for its freshness.
     pub(crate) fn with_freshness(&self, freshness: Freshness) -> Table {
-        let mut next = self.clone();
-        next.generation += 1;
+        let mut next = self.next();
         next.freshness = freshness;
         next
     }
@@ -469,6 +522,7 @@ impl Table {
                 node_id: node_id.to_owned(),
                 address: health.address.clone(),
                 status: health.status,
+                suspect: self.suspect.contains_key(node_id),
             }),
             NodeStatus::Critical => Err(Unusable::Critical),
             NodeStatus::Gone => Err(Unusable::NotRegistered),
@@ -479,22 +533,18 @@ impl Table {
     /// ones first, then warning ones, then suspect ones (mapping order within each group), so
     /// the primary comes first when it passes and is not suspect.
     pub(crate) fn candidates(&self, data_id: &DataId) -> Result<Vec<NodeRoute>, RouteError> {
-        self.candidates_with_turn(data_id).map(|(c, _, _)| c)
+        self.ranked_candidates(data_id).map(|(c, _)| c)
     }
 
     /// How much a reader wants `node`: lower is better.
-    fn read_rank(&self, node: &NodeRoute) -> u8 {
-        let suspect = u8::from(self.suspect.contains_key(&node.node_id));
+    fn read_rank(node: &NodeRoute) -> u8 {
+        let suspect = u8::from(node.suspect);
         let warning = u8::from(node.status != NodeStatus::Passing);
         2 * suspect + warning
     }
 
-    /// The candidates, how many of them (from the front) are equally preferred, and the
-    /// mapping's round-robin turn.
-    fn candidates_with_turn(
-        &self,
-        data_id: &DataId,
-    ) -> Result<(Vec<NodeRoute>, usize, &AtomicUsize), RouteError> {
+    /// The candidates, and how many of them (from the front) are equally preferred.
+    fn ranked_candidates(&self, data_id: &DataId) -> Result<(Vec<NodeRoute>, usize), RouteError> {
         if let Some(e) = self.not_loaded() {
             return Err(e);
         }
@@ -519,32 +569,95 @@ impl Table {
             });
         }
         // Stable: mapping order within each rank.
-        usable.sort_by_key(|n| self.read_rank(n));
-        let best = self.read_rank(&usable[0]);
+        usable.sort_by_key(Table::read_rank);
+        let best = Table::read_rank(&usable[0]);
         let preferred = usable
             .iter()
-            .take_while(|n| self.read_rank(n) == best)
+            .take_while(|n| Table::read_rank(n) == best)
             .count();
-        Ok((usable, preferred, &routed.turn))
+        Ok((usable, preferred))
     }
 
     /// Where to read `data_id`: a node picked round-robin among the most preferred candidates
     /// (passing ones; warning ones when none passes; suspect ones only when nothing else is
     /// usable), with all candidates and the primary.
+    #[cfg(test)]
     pub(crate) fn route(&self, data_id: &DataId) -> Result<Route, RouteError> {
-        let (candidates, preferred, turn) = self.candidates_with_turn(data_id)?;
-        let i = turn.fetch_add(1, Ordering::Relaxed) % preferred;
-        let primary = self
-            .mapping(data_id)
-            .map(|m| m.primary().clone())
+        let (route, i) = self.pick(data_id)?;
+        Ok(Route {
+            chosen: route.candidates[i].clone(),
+            primary: route.primary.clone(),
+            candidates: route.candidates.clone(),
+        })
+    }
+
+    /// The route of every valid mapping, as [`Table::route`] gives it but without a pick
+    /// (so without moving any round-robin turn); `None` while the table is not loaded.
+    /// Computed once per table.
+    pub(crate) fn read_routes(&self) -> Option<Arc<ReadRoutes>> {
+        self.is_loaded().then(|| self.served().clone())
+    }
+
+    /// Every mapping's route, computed on first use.
+    fn served(&self) -> &Arc<ReadRoutes> {
+        self.routes.get_or_init(|| {
+            let routes = self
+                .mappings
+                .iter()
+                .map(|(data_id, routed)| {
+                    let primary = routed.mapping.primary().clone();
+                    let route = match self.ranked_candidates(data_id) {
+                        Ok((candidates, preferred)) => ReadRoute {
+                            primary,
+                            candidates,
+                            preferred,
+                            unavailable: None,
+                        },
+                        Err(e) => ReadRoute {
+                            primary,
+                            candidates: Vec::new(),
+                            preferred: 0,
+                            unavailable: Some(e.to_string()),
+                        },
+                    };
+                    let served = Served {
+                        route,
+                        turn: routed.turn.clone(),
+                    };
+                    (data_id.clone(), served)
+                })
+                .collect();
+            Arc::new(routes)
+        })
+    }
+
+    /// Where to read `data_id`, without copying anything: its route and the index of the
+    /// candidate picked for this request (round-robin among the preferred ones).
+    pub(crate) fn pick(&self, data_id: &DataId) -> Result<(&ReadRoute, usize), RouteError> {
+        if let Some(e) = self.not_loaded() {
+            return Err(e);
+        }
+        let served = self
+            .served()
+            .get(data_id)
             .ok_or_else(|| RouteError::NotFound {
                 data_id: data_id.clone(),
             })?;
-        Ok(Route {
-            chosen: candidates[i].clone(),
-            primary,
-            candidates,
-        })
+        if served.route.candidates.is_empty() {
+            // Rare: say why node by node, as computed from the table itself.
+            return Err(self.ranked_candidates(data_id).err().unwrap_or_else(|| {
+                RouteError::NoHealthyNode {
+                    data_id: data_id.clone(),
+                    nodes: Vec::new(),
+                }
+            }));
+        }
+        let preferred = served
+            .route
+            .preferred
+            .clamp(1, served.route.candidates.len());
+        let i = served.turn.fetch_add(1, Ordering::Relaxed) % preferred;
+        Ok((&served.route, i))
     }
 
     /// Where to write `data_id`: its primary, if usable.
@@ -667,6 +780,7 @@ impl Table {
                             });
                         }
                         NodeRoute {
+                            suspect: self.suspect.contains_key(&state.node_id),
                             node_id: state.node_id,
                             address: state.address,
                             status: state.status,
@@ -898,6 +1012,91 @@ mod tests {
             .map(|_| t.route(&id("d")).expect("route").chosen.node_id)
             .collect();
         assert_eq!(picks, ["n1", "n2", "n1"]);
+    }
+
+    #[test]
+    fn read_routes_are_the_routes_without_a_pick() {
+        let t = table(
+            &[],
+            &[
+                mapping("a", &["n1", "n2", "n3"]),
+                mapping("b", &["n3"]),
+                mapping("c", &["n4"]),
+            ],
+            &[("n1", Warning), ("n2", Passing), ("n3", Passing)],
+        );
+        assert!(Table::empty(AllowList::default()).read_routes().is_none());
+        let t = suspecting(&t, &["n3"]);
+        let routes = t.read_routes().expect("loaded");
+        assert_eq!(
+            routes.keys().map(DataId::as_str).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        let a = &routes[&id("a")].route;
+        let route = t.route(&id("a")).expect("route");
+        assert_eq!(
+            a.candidates, route.candidates,
+            "same order as GetNodeForData"
+        );
+        assert_eq!(ids(&a.candidates), ["n2", "n1", "n3"]);
+        assert_eq!(
+            a.candidates.iter().map(|c| c.suspect).collect::<Vec<_>>(),
+            [false, false, true]
+        );
+        assert_eq!((a.primary.as_str(), a.preferred), ("n1", 1));
+        assert_eq!(a.unavailable, None);
+        // Only a suspect node left: it is the preferred one.
+        assert_eq!(routes[&id("b")].route.preferred, 1);
+        let c = &routes[&id("c")].route;
+        assert!(c.candidates.is_empty());
+        assert_eq!(
+            c.unavailable.as_deref(),
+            Some(
+                t.route(&id("c"))
+                    .expect_err("none usable")
+                    .to_string()
+                    .as_str()
+            )
+        );
+
+        // Reading the routes does not move the round-robin turn.
+        let t = table(
+            &[],
+            &[mapping("d", &["n1", "n2"])],
+            &[("n1", Passing), ("n2", Passing)],
+        );
+        assert_eq!(t.route(&id("d")).expect("route").chosen.node_id, "n1");
+        for _ in 0..3 {
+            t.read_routes().expect("loaded");
+        }
+        assert_eq!(t.route(&id("d")).expect("route").chosen.node_id, "n2");
+    }
+
+    #[test]
+    fn every_rebuild_computes_its_own_routes() {
+        let t = table(
+            &[],
+            &[mapping("d", &["n1", "n2"])],
+            &[("n1", Passing), ("n2", Passing)],
+        );
+        assert_eq!(
+            ids(&t.route(&id("d")).expect("route").candidates),
+            ["n1", "n2"]
+        );
+        let critical = health(&[("n1", Passing), ("n2", Critical)]);
+        let changes = ec_discovery::transitions(&t.health, &critical, SystemTime::UNIX_EPOCH);
+        let t = t.with_health(&critical, &changes);
+        assert_eq!(ids(&t.route(&id("d")).expect("route").candidates), ["n1"]);
+        let t = suspecting(&t, &["n1"]);
+        assert!(t.route(&id("d")).expect("route").candidates[0].suspect);
+        let t = t.with_mappings(Some(&mappings(&[mapping("e", &["n1"])])));
+        assert!(matches!(
+            t.route(&id("d")),
+            Err(RouteError::NotFound { .. })
+        ));
+        assert!(t.route(&id("e")).is_ok());
+        let t = t.with_freshness(Freshness::default());
+        assert_eq!(t.read_routes().expect("loaded").len(), 1);
     }
 
     #[test]

@@ -21,7 +21,8 @@ use ec_proto::{
     GetNodeResponse, GetStatusRequest, HealthEvent, HealthEventKind, HealthStatus,
     ListMappingsRequest, ListMappingsResponse, ListNodesRequest, ListNodesResponse, NodeInfo,
     PublishAcks, PublishRequest, PublishResponse, PutMappingRequest, PutMappingResponse,
-    RegisterNodeRequest, RegisterNodeResponse, StreamRequest, WatchHealthRequest,
+    RegisterNodeRequest, RegisterNodeResponse, RouteUpdate, StreamRequest, WatchHealthRequest,
+    WatchRoutesRequest,
 };
 use futures_util::StreamExt as _;
 use tokio::sync::{broadcast, mpsc};
@@ -31,15 +32,20 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::auth::Guard;
-use crate::convert::{epoch_ms, health_status, mapping_status};
+use crate::convert::{epoch_ms, get_node_response, health_status, mapping_status};
 use crate::feed::HealthChange;
 use crate::metrics::GatewayMetrics;
 use crate::promotion::{self, Promoter};
 use crate::proxy::{self, deliver};
+use crate::route_feed::{self, RouteSet};
 use crate::routing::{MappingView, NodeRoute, RoutingTable, Table};
 
 /// Health events buffered towards one `WatchHealth` client.
 const WATCH_BUFFER: usize = 256;
+/// Route updates queued towards one `WatchRoutes` client. One: while it is full the
+/// watcher's task waits, and once there is room it sends the difference to the newest table,
+/// not every table in between.
+const ROUTES_BUFFER: usize = 1;
 
 /// What the gRPC layer needs from the gateway.
 #[derive(Clone)]
@@ -107,11 +113,13 @@ fn view(table: &Table, mapping: ec_discovery::Mapping) -> MappingView {
                     node_id: s.node_id.clone(),
                     address: s.address.clone(),
                     status: s.status,
+                    suspect: table.suspect(&s.node_id).is_some(),
                 })
                 .unwrap_or(NodeRoute {
                     node_id: n.to_string(),
                     address: String::new(),
                     status: ec_discovery::NodeStatus::Gone,
+                    suspect: false,
                 })
         })
         .collect();
@@ -242,23 +250,19 @@ async fn send_snapshot(
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
-    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    // A debug span: at the default level a span per lookup would cost more than the lookup.
+    #[tracing::instrument(level = "debug", skip(self, req), fields(data_id = %req.get_ref().data_id))]
     async fn get_node_for_data(
         &self,
         req: Request<GetNodeRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
         self.guard
             .check(&req, Action::Read(&req.get_ref().data_id))?;
-        let route = parse_data_id(&req.get_ref().data_id)
-            .and_then(|data_id| Ok(self.table.current().route(&data_id)?));
-        self.metrics.lookup(route.as_ref().err().map(Status::code));
-        let route = route?;
-        Ok(Response::new(GetNodeResponse {
-            node_address: route.chosen.address,
-            node_id: route.chosen.node_id,
-            primary_node_id: route.primary.to_string(),
-            candidates: route.candidates.into_iter().map(Into::into).collect(),
-        }))
+        let table = self.table.current();
+        let answer = parse_data_id(&req.get_ref().data_id)
+            .and_then(|data_id| Ok(get_node_response(table.pick(&data_id)?)));
+        self.metrics.lookup(answer.as_ref().err().map(Status::code));
+        answer.map(Response::new)
     }
 
     #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id, node = %req.get_ref().node_id))]
@@ -525,6 +529,54 @@ impl Gateway for GatewayService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type WatchRoutesStream = ResponseStream<RouteUpdate>;
+
+    async fn watch_routes(
+        &self,
+        req: Request<WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        // A known credential (when tokens are configured); then each data ID is shown only
+        // if the caller may read it, as GetNodeForData would answer it.
+        self.guard.authenticate(&req)?;
+        let caller = crate::auth::Caller::of(&req);
+        let guard = self.guard.clone();
+        let visible = move |id: &DataId| guard.allows(&caller, Action::Read(id.as_str())).is_ok();
+        let (tx, rx) = mpsc::channel(ROUTES_BUFFER);
+        let (table, shutdown) = (self.table.clone(), self.shutdown.clone());
+        let (metrics, watching) = (self.metrics.clone(), self.metrics.route_watcher());
+        tokio::spawn(async move {
+            let _watching = watching;
+            // A watch receiver keeps only the newest table: a watcher busy sending skips the
+            // tables in between.
+            let mut tables = table.subscribe();
+            let mut sent: Option<RouteSet> = None;
+            loop {
+                let current = tables.borrow_and_update().clone();
+                // Not loaded yet: nothing is known, so nothing is sent until it is.
+                if let Some(set) = RouteSet::of(&current) {
+                    let update = match &sent {
+                        None => Some(route_feed::snapshot(&set, &visible)),
+                        Some(prev) => route_feed::changes(prev, &set, &visible),
+                    }
+                    .map(RouteUpdate::from);
+                    if let Some(update) = update {
+                        if !deliver(&tx, Ok(update), &shutdown).await {
+                            return;
+                        }
+                        metrics.route_update();
+                    }
+                    sent = Some(set);
+                }
+                tokio::select! {
+                    changed = tables.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn get_status(
         &self,
         req: Request<GetStatusRequest>,
@@ -702,6 +754,108 @@ mod tests {
             }
         }
         assert!(resynced, "a lagging watcher gets a fresh snapshot");
+        svc.shutdown.cancel();
+    }
+
+    /// `svc`'s table with the mapping snapshot `data_ids` (each mapped to n1) put in force.
+    fn map(svc: &GatewayService, data_ids: &[&str]) -> u64 {
+        let mappings = data_ids
+            .iter()
+            .map(|d| {
+                let data_id = DataId::parse(d).expect("valid");
+                let mapping = ec_discovery::Mapping {
+                    data_id: data_id.clone(),
+                    nodes: vec![NodeId::parse("n1").expect("valid")],
+                    modify_index: 1,
+                };
+                (data_id, mapping)
+            })
+            .collect();
+        let snapshot = ec_discovery::MappingSnapshot {
+            mappings,
+            problems: vec![],
+            index: 1,
+        };
+        let next = svc.table.current().with_mappings(Some(&snapshot));
+        let generation = next.generation();
+        svc.table.publish(next);
+        generation
+    }
+
+    /// Lets the spawned watcher tasks run until they wait (a current-thread runtime).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_routes_waits_for_the_table_then_sends_a_snapshot() {
+        let (svc, _) = service(4);
+        let mut stream = svc
+            .watch_routes(Request::new(WatchRoutesRequest {}))
+            .await
+            .expect("watch")
+            .into_inner();
+        settle().await;
+        assert!(
+            futures_util::FutureExt::now_or_never(stream.next()).is_none(),
+            "nothing is sent while the table is not loaded"
+        );
+        let loaded = map(&svc, &["a", "b"]);
+        let first = stream.next().await.expect("update").expect("ok");
+        assert!(first.snapshot);
+        assert_eq!(first.version, loaded);
+        let ids: Vec<&str> = first.routes.iter().map(|r| r.data_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let a = &first.routes[0];
+        assert_eq!((a.primary_node_id.as_str(), a.preferred), ("n1", 1));
+        assert_eq!(a.candidates[0].address, "127.0.0.1:1");
+        svc.shutdown.cancel();
+        assert!(stream.next().await.is_none(), "shutdown ends the stream");
+    }
+
+    #[tokio::test]
+    async fn a_slow_route_watcher_skips_to_the_newest_table() {
+        let (svc, _) = service(4);
+        map(&svc, &["a"]);
+        let mut stream = svc
+            .watch_routes(Request::new(WatchRoutesRequest {}))
+            .await
+            .expect("watch")
+            .into_inner();
+        // Many tables while the watcher does not read: each adds a data ID.
+        let mut ids = vec!["a".to_owned()];
+        let mut last = 0;
+        for i in 0..20 {
+            ids.push(format!("d{i:02}"));
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            last = map(&svc, &refs);
+            settle().await;
+        }
+        let mut held: BTreeMap<String, ec_proto::DataRoute> = BTreeMap::new();
+        let mut messages = 0;
+        loop {
+            let update = stream.next().await.expect("update").expect("ok");
+            messages += 1;
+            if update.snapshot {
+                held.clear();
+            }
+            for r in update.routes {
+                held.insert(r.data_id.clone(), r);
+            }
+            for d in update.removed {
+                held.remove(&d);
+            }
+            if update.version == last {
+                break;
+            }
+        }
+        assert_eq!(held.keys().cloned().collect::<Vec<_>>(), ids);
+        assert!(
+            messages < 20,
+            "intermediate tables are skipped, not queued ({messages} messages)"
+        );
         svc.shutdown.cancel();
     }
 

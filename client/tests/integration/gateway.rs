@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use ec_client::{
@@ -37,6 +38,8 @@ struct MappedNode {
 struct FakeGateway {
     nodes: Vec<MappedNode>,
     channels: ChannelCache,
+    /// `GetNodeForData` calls answered.
+    lookups: Arc<AtomicUsize>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -73,6 +76,7 @@ impl Gateway for FakeGateway {
         &self,
         req: Request<GetNodeRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
         if req.get_ref().data_id == "unmapped" {
             return Err(Status::not_found("data ID unmapped has no mapping"));
         }
@@ -90,6 +94,7 @@ impl Gateway for FakeGateway {
                     node_id: c.node_id.clone(),
                     address: c.address.clone(),
                     status: HealthStatus::Passing as i32,
+                    suspect: false,
                 })
                 .collect(),
         }))
@@ -214,12 +219,23 @@ impl Gateway for FakeGateway {
     ) -> Result<Response<GatewayStatus>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    type WatchRoutesStream = BoxStream<RouteUpdate>;
+
+    // A gateway from before WatchRoutes: the SDK resolves every data ID with GetNodeForData.
+    async fn watch_routes(
+        &self,
+        _: Request<WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A fake gateway on its own thread and runtime: stopping it drops the runtime, which closes
 /// every connection at once, as a crashed gateway would.
 struct GatewayThread {
     addr: SocketAddr,
+    lookups: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -229,12 +245,15 @@ impl GatewayThread {
         let addr = listener.local_addr().expect("addr");
         listener.set_nonblocking(true).expect("nonblocking");
         let (stop, stopped) = oneshot::channel::<()>();
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let counted = lookups.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async move {
                 let gateway = FakeGateway {
                     nodes,
                     channels: ChannelCache::default(),
+                    lookups: counted,
                 };
                 let listener = TcpListener::from_std(listener).expect("tokio listener");
                 let server = tonic::transport::Server::builder()
@@ -249,6 +268,7 @@ impl GatewayThread {
         });
         GatewayThread {
             addr,
+            lookups,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -371,6 +391,46 @@ async fn redirect_and_proxy_modes_read_and_write_through_the_gateway() {
         .expect_err("error");
     assert_eq!(err.code(), Code::NotFound, "{err}");
     assert!(s.next().await.is_none());
+}
+
+#[tokio::test]
+async fn against_a_gateway_without_watch_routes_every_lookup_asks_it() {
+    let node1 = TestNode::start(NO_CONSUL, "node1").await;
+    let gw = start_gateway(vec![mapped(&node1, true)]);
+    let client = Client::connect(&gw.addr.to_string())
+        .await
+        .expect("connect");
+    let status = ec_testkit::wait_for("the route cache gives up on the watch", DEADLINE, || {
+        let client = client.clone();
+        async move {
+            match client.route_cache() {
+                Some(s @ ec_client::RouteCacheStatus::Stale { .. }) => Some(s),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        format!("{status:?}").contains("no WatchRoutes"),
+        "{status:?}"
+    );
+    let before = gw.lookups.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let route = client.route("orders").await.expect("route");
+        assert_eq!(route.primary, "node1");
+    }
+    assert_eq!(
+        gw.lookups.load(Ordering::SeqCst) - before,
+        3,
+        "GetNodeForData per lookup"
+    );
+    let p = client
+        .publish("orders", payloads("old", 1))
+        .await
+        .expect("publish through GetNodeForData's primary");
+    assert_eq!(p.first, Offset(0));
+    let err = client.route("unmapped").await.expect_err("no mapping");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
 }
 
 #[tokio::test]

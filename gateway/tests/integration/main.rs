@@ -11,6 +11,7 @@ mod mappings;
 mod metrics;
 mod promotion;
 mod publisher;
+mod route_cache;
 #[path = "../common/routes.rs"]
 mod routes;
 mod routing;
@@ -20,3 +21,4 @@ mod tls;
 #[path = "../common/traffic.rs"]
 mod traffic;
 mod util;
+mod watch_routes;

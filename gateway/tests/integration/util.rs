@@ -58,11 +58,35 @@ impl TestGateway {
         consul_url: &str,
         tweak: impl FnOnce(&mut GatewaySettings),
     ) -> TestGateway {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind");
+        TestGateway::serve(listener, consul_url, tweak).await
+    }
+
+    /// A gateway at `addr` again (the address of one stopped before), as a restarted
+    /// gateway comes back where its clients know it; waits until the port is free.
+    pub async fn restart_at(
+        addr: SocketAddr,
+        consul_url: &str,
+        tweak: impl FnOnce(&mut GatewaySettings),
+    ) -> TestGateway {
+        let listener = ec_testkit::wait_for(
+            "the gateway's port is free again",
+            DEADLINE,
+            || async move { TcpListener::bind(addr).await.ok() },
+        )
+        .await;
+        TestGateway::serve(listener, consul_url, tweak).await
+    }
+
+    async fn serve(
+        listener: TcpListener,
+        consul_url: &str,
+        tweak: impl FnOnce(&mut GatewaySettings),
+    ) -> TestGateway {
         let mut settings = GatewaySettings::new(consul_url);
         settings.kv_prefix = KV_PREFIX.into();
         settings.watch_wait = Duration::from_secs(10);
         tweak(&mut settings);
-        let listener = TcpListener::bind((ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let metrics_addr = metrics.local_addr().expect("addr");
