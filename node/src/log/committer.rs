@@ -542,8 +542,18 @@ fn write_and_sync(
             fatal("writing a batch to the write-ahead log", &e.into());
         }
     }
+    let logged = started.elapsed();
     if let Err(e) = writes.batch.commit() {
         fatal("writing a batch to the event log", &e);
+    }
+    if started.elapsed() >= SLOW_COMMIT {
+        // Which write was slow: our write-ahead log (write + fdatasync) or fjall's batch
+        // (its journal write and memtable insert, which may wait for fjall's journal lock).
+        tracing::debug!(
+            wal_us = logged.as_micros() as u64,
+            fjall_us = (started.elapsed() - logged).as_micros() as u64,
+            "slow write"
+        );
     }
     if let Some(observer) = &store.on_commit {
         (observer.0)(&CommitStats {
