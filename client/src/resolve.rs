@@ -119,6 +119,21 @@ pub struct Route {
     pub candidates: Vec<Candidate>,
 }
 
+/// The gateway's candidate list as the SDK uses it, in the gateway's order. The gateway
+/// lists only usable nodes; dropping critical and gone ones guards against one that does not.
+pub(crate) fn usable_candidates(nodes: Vec<ec_proto::NodeRef>) -> Vec<Candidate> {
+    nodes
+        .into_iter()
+        .filter(|n| {
+            !matches!(
+                HealthStatus::try_from(n.status),
+                Ok(HealthStatus::Critical | HealthStatus::Gone)
+            )
+        })
+        .map(|n| Candidate::new(n.node_id, n.address))
+        .collect()
+}
+
 impl Route {
     /// The primary, if it is healthy.
     pub fn healthy_primary(&self) -> Option<&Candidate> {
@@ -130,18 +145,7 @@ impl Route {
     /// primary.
     pub fn from_response(resp: GetNodeResponse) -> Route {
         let chosen = Candidate::new(resp.node_id, resp.node_address);
-        let candidates: Vec<Candidate> = resp
-            .candidates
-            .into_iter()
-            .filter(|n| {
-                // The gateway lists only healthy nodes; this guards against one that does not.
-                !matches!(
-                    HealthStatus::try_from(n.status),
-                    Ok(HealthStatus::Critical | HealthStatus::Gone)
-                )
-            })
-            .map(|n| Candidate::new(n.node_id, n.address))
-            .collect();
+        let candidates = usable_candidates(resp.candidates);
         let primary = if resp.primary_node_id.is_empty() {
             chosen.node_id.clone()
         } else {

@@ -30,14 +30,14 @@ use std::time::Duration;
 
 use ec_core::DataId;
 use ec_proto::gateway_client::GatewayClient;
-use ec_proto::{DataRoute, HealthStatus, RouteUpdate, WatchRoutesRequest};
+use ec_proto::{DataRoute, RouteUpdate, WatchRoutesRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 use tracing::debug;
 
 use crate::backoff::{Backoff, BackoffState};
 use crate::channel::ChannelCache;
-use crate::resolve::{Candidate, Route};
+use crate::resolve::{Candidate, Route, usable_candidates};
 
 /// Waits between attempts to open the watch again: from 100 ms after a break up to 30 s
 /// while the gateway refuses it (an older gateway, a token it does not know).
@@ -87,18 +87,7 @@ struct Entry {
 
 impl Entry {
     fn decode(route: DataRoute, turn: Arc<AtomicUsize>) -> Entry {
-        let candidates: Vec<Candidate> = route
-            .candidates
-            .into_iter()
-            // The gateway lists only usable nodes; this guards against one that does not.
-            .filter(|n| {
-                !matches!(
-                    HealthStatus::try_from(n.status),
-                    Ok(HealthStatus::Critical | HealthStatus::Gone)
-                )
-            })
-            .map(|n| Candidate::new(n.node_id, n.address))
-            .collect();
+        let candidates = usable_candidates(route.candidates);
         let preferred = usize::try_from(route.preferred)
             .unwrap_or(usize::MAX)
             .clamp(1, candidates.len().max(1));
@@ -338,7 +327,7 @@ async fn follow(
 
 #[cfg(test)]
 mod tests {
-    use ec_proto::NodeRef;
+    use ec_proto::{HealthStatus, NodeRef};
 
     use super::*;
 
