@@ -215,9 +215,6 @@ fn quick_growth_writes_every_curve_and_plots() {
 
 #[test]
 fn quick_suite_prints_the_table_and_writes_json_lines() {
-    let exe = bench_exe();
-    let bin_dir = exe.parent().expect("bin dir").to_path_buf();
-    ensure_servers_built(&bin_dir);
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("results.jsonl");
 
@@ -228,48 +225,27 @@ fn quick_suite_prints_the_table_and_writes_json_lines() {
     if installed("EC_BENCH_NATS_SERVER", "nats-server") {
         systems.push("jetstream");
     }
-    let mut child = Command::new(&exe)
-        .args(["suite", "--quick", "--systems", &systems.join(",")])
-        .args(["--events", "20000", "--e2e-rate", "1000"])
-        .args(["--e2e-secs", "1", "--e2e-warmup", "0.2", "--idle-wait", "1"])
-        .arg("--out")
-        .arg(&out)
-        .env("EC_BENCH_BIN_DIR", &bin_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ec-bench");
-
-    // Read the output on threads so a full pipe never blocks the child.
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).expect("read stdout");
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).expect("read stderr");
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ec-bench suite --quick did not finish within 300 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = out_thread.join().expect("stdout thread");
-    let stderr = err_thread.join().expect("stderr thread");
-    assert!(
-        status.success(),
-        "ec-bench failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    let system_list = systems.join(",");
+    let stdout = run_bench(
+        &[
+            "suite",
+            "--quick",
+            "--systems",
+            &system_list,
+            "--events",
+            "20000",
+            "--e2e-rate",
+            "1000",
+            "--e2e-secs",
+            "1",
+            "--e2e-warmup",
+            "0.2",
+            "--idle-wait",
+            "1",
+            "--out",
+            out.to_str().expect("temp path is UTF-8"),
+        ],
+        Duration::from_secs(300),
     );
 
     // The table: a section per scenario and tier, with the ratio columns when peers ran.
