@@ -182,7 +182,7 @@ async fn the_acks_option_decides_what_an_acknowledgement_waits_for() {
         .await
         .expect("map acks to n1, n2");
     let n1_client = n1.client().await;
-    ec_testkit::wait_for("n2 in the in-sync set of acks", DEADLINE, || {
+    let n2_in_sync = || {
         let mut c = n1_client.clone();
         async move {
             let s = c
@@ -194,8 +194,8 @@ async fn the_acks_option_decides_what_an_acknowledgement_waits_for() {
                 .into_inner();
             s.in_sync.iter().any(|n| n == "n2").then_some(())
         }
-    })
-    .await;
+    };
+    ec_testkit::wait_for("n2 in the in-sync set of acks", DEADLINE, n2_in_sync).await;
     let client = Client::with_nodes(vec![n1.candidate()]).expect("client");
     // DEADLINE_EXCEEDED under acks=all is retried (the resend is answered as a duplicate once
     // the replica confirms); with the replica frozen, the delivery timeout ends it.
@@ -207,7 +207,22 @@ async fn the_acks_option_decides_what_an_acknowledgement_waits_for() {
         .await
         .expect("acks=all while the replica keeps up");
 
-    n2.signal(Signal::SIGSTOP);
+    // The premise: n2 is frozen while it is in the in-sync set. Its replication session may
+    // restart for a moment (it then leaves the set, and acks=all is met without it), so it
+    // is frozen again until the primary still counts it once it is frozen.
+    let freeze_deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        ec_testkit::wait_for("n2 in the in-sync set of acks", DEADLINE, n2_in_sync).await;
+        n2.signal(Signal::SIGSTOP);
+        if n2_in_sync().await.is_some() {
+            break;
+        }
+        n2.signal(Signal::SIGCONT);
+        assert!(
+            std::time::Instant::now() < freeze_deadline,
+            "n2 never stayed in the in-sync set once frozen"
+        );
+    }
     let deadline_exceeded = |e: &ClientError| {
         matches!(
             e,
