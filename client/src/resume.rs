@@ -887,7 +887,7 @@ mod tests {
     }
 
     /// A resumer that has opened nothing yet.
-    fn resumer(start: Start, remaining: Option<u64>) -> Resumer<EventBatch> {
+    fn resumer<B: WireBatch>(start: Start, remaining: Option<u64>) -> Resumer<B> {
         Resumer {
             resolver: Arc::new(crate::resolve::StaticResolver::new(vec![])),
             channels: ChannelCache::default(),
@@ -1013,27 +1013,9 @@ mod tests {
         assert_eq!(state.cursor.position(), Start::Offset(Offset(4)));
     }
 
-    /// A resumer of the raw shape (the gateway's), with a stream "open" on node n1.
+    /// A resumer of the raw shape (the gateway's) that has opened nothing yet.
     fn raw_resumer(start: Start) -> Resumer<RawEventBatch> {
-        Resumer {
-            resolver: Arc::new(crate::resolve::StaticResolver::new(vec![])),
-            channels: ChannelCache::default(),
-            data_id: data_id(),
-            upstream: Upstream::Node,
-            follow: false,
-            max_retries: None,
-            backoff_max: Duration::from_secs(2),
-            backoff: BackoffState::new(Backoff::none()),
-            cursor: Cursor::new(start, None),
-            candidates: VecDeque::new(),
-            current: None,
-            last_node: None,
-            broke: None,
-            serving: None,
-            queued: None,
-            failures: 0,
-            done: false,
-        }
+        resumer(start, None)
     }
 
     #[test]
