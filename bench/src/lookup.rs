@@ -253,7 +253,8 @@ fn ensure_fresh(client: &ec_client::Client, when: &str) -> Result<()> {
     }
 }
 
-async fn channels(addr: SocketAddr, callers: usize) -> Result<Vec<Channel>> {
+/// Channels to `addr` for `callers` concurrent callers, [`CALLERS_PER_CHANNEL`] per channel.
+pub(crate) async fn channels(addr: SocketAddr, callers: usize) -> Result<Vec<Channel>> {
     let mut channels = Vec::new();
     for _ in 0..callers.div_ceil(CALLERS_PER_CHANNEL) {
         let channel = Channel::from_shared(format!("http://{addr}"))

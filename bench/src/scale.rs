@@ -31,8 +31,6 @@ use crate::stats::Samples;
 
 /// Most operations Consul 1.8 takes in one transaction.
 const TXN_OPS: usize = 64;
-/// Callers share a channel in groups of this size.
-const CALLERS_PER_CHANNEL: usize = 16;
 
 /// Runs every mapping count and prints one line each.
 pub(crate) async fn run(args: ScaleArgs) -> Result<()> {
@@ -212,16 +210,11 @@ async fn lookups(
     callers: usize,
     duration: Duration,
 ) -> Result<(f64, String)> {
-    let mut clients = Vec::new();
-    for _ in 0..callers.div_ceil(CALLERS_PER_CHANNEL) {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .wrap_err("bad address")?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .wrap_err_with(|| format!("cannot connect to {addr}"))?;
-        clients.push(GatewayClient::new(channel));
-    }
+    let clients: Vec<_> = crate::lookup::channels(addr, callers)
+        .await?
+        .into_iter()
+        .map(GatewayClient::new)
+        .collect();
     let start = Instant::now();
     let end = start + duration;
     let tasks: Vec<_> = (0..callers)
