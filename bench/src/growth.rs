@@ -220,11 +220,7 @@ pub(crate) async fn run(args: GrowthArgs) -> Result<()> {
             }
         }
     }
-    println!("\n{}", report.table());
-    if failures > 0 {
-        bail!("{failures} measurement(s) failed; see FAILED above");
-    }
-    Ok(())
+    report.finish(failures)
 }
 
 /// One system at one point of a curve.

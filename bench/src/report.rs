@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::eyre::{Result, WrapErr, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::stats::median_min_max;
@@ -124,6 +124,16 @@ impl Report {
     /// The table of medians and ratios, as printed at the end of a run.
     pub(crate) fn table(&self) -> String {
         render_table(&self.records)
+    }
+
+    /// Ends a run: prints the table, then fails if any of the run's `failures` measurements
+    /// failed (so that CI notices; each was printed as FAILED when it happened).
+    pub(crate) fn finish(&self, failures: usize) -> Result<()> {
+        println!("\n{}", self.table());
+        if failures > 0 {
+            bail!("{failures} measurement(s) failed; see FAILED above");
+        }
+        Ok(())
     }
 }
 

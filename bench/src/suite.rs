@@ -249,11 +249,7 @@ pub(crate) async fn run(command: Command) -> Result<()> {
         }
     }
 
-    println!("\n{}", report.table());
-    if failures > 0 {
-        bail!("{failures} measurement(s) failed; see FAILED above");
-    }
-    Ok(())
+    report.finish(failures)
 }
 
 /// Binaries for the scenarios with Consul and a gateway.
