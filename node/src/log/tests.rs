@@ -652,6 +652,15 @@ async fn many_readers_share_one_stream_while_publishing() {
 /// Environment variable that turns [`kill9_child`] into the writer of [`survives_kill_9`].
 const CRASH_DIR_ENV: &str = "EC_LOG_KILL9_CHILD_DIR";
 
+/// What [`kill9_child`] stores for `payload`: the payload and 12 KiB of filler, so that each
+/// cycle writes ~18 MiB and crosses several write-ahead log segment switches (8 MiB each),
+/// and a kill can land while the keeper is releasing or recycling a segment.
+fn crash_event(payload: &str) -> Bytes {
+    let mut data = payload.as_bytes().to_vec();
+    data.resize(payload.len() + 12 * 1024, b'.');
+    Bytes::from(data)
+}
+
 /// Child half of [`survives_kill_9`]: a no-op unless started by it. Appends from 8 tasks to
 /// 3 streams forever, printing `ACK data_id offset payload` for each acknowledged event.
 #[test]
@@ -675,7 +684,7 @@ fn kill9_child() {
                 let stream = id(&format!("s{}", task % 3));
                 for i in 0.. {
                     let payload = format!("t{task}-{i}");
-                    let events = vec![ev(&payload); 1 + i % 3];
+                    let events = vec![crash_event(&payload); 1 + i % 3];
                     let appended = log.append(&stream, events, true).await.unwrap();
                     for offset in appended.first.0..=appended.last.0 {
                         tx.send(format!("ACK {stream} {offset} {payload}")).unwrap();
@@ -755,7 +764,7 @@ fn survives_kill_9() {
                 for (i, e) in events.iter().enumerate() {
                     assert_eq!(e.offset.0, i as u64);
                     if let Some(payload) = acked.get(&(stats.data_id.to_string(), e.offset.0)) {
-                        assert_eq!(e.data, payload.as_bytes(), "cycle {cycle}: wrong payload");
+                        assert_eq!(e.data, crash_event(payload), "cycle {cycle}: wrong payload");
                     }
                 }
             }

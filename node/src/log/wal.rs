@@ -21,7 +21,19 @@
 //!   reused segment carry older sequence numbers, so they end the chain too.
 //! - A checkpoint record is written only after fjall's `persist(SyncData)` returned with
 //!   every earlier record applied, so recovery replays only the records after the last
-//!   checkpoint, and segments before the one holding it may be reused or removed.
+//!   checkpoint.
+//! - Switching segments takes no fjall sync: the chain of records simply goes on at the start
+//!   of the next segment, and the full one is *sealed*. The keeper thread
+//!   ([`super::committer`]) persists fjall afterwards, off the commit path, and only then
+//!   releases sealed segments, oldest first, each one's removal made durable (directory
+//!   fsync) before the next: the segments on disk always hold a contiguous suffix of the
+//!   chain, and whatever they hold before the last checkpoint or in released segments is in
+//!   fjall durably (replaying it again is harmless, see below).
+//! - A segment that is not (yet) part of the chain has a zeroed first header: the *ready*
+//!   segment the next switch goes to is blanked before it is renamed to an id above every
+//!   other, and its name is made durable before the committer may write to it. Recovery
+//!   skips any segment whose first record does not continue the chain, so a ready segment,
+//!   whatever its id, never starts or breaks one.
 //! - Batch records hold puts only (the committer never removes). Replaying a suffix of
 //!   records whose effects fjall partly holds already gives the same state, as each record
 //!   is applied in order and a put is idempotent.
@@ -29,16 +41,17 @@
 //!   checkpoints ([`super::store::Store::commit_direct`]) and then commits with
 //!   `SyncData`, under the writer lock: no record older than its write is ever replayed
 //!   over it (a replay must not bring back events a truncation removed).
-//! - A new segment is switched to with a checkpoint as its first record, and its name is
-//!   made durable (directory fsync) before that record is written.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
 
-/// Size of one segment. Two exist while the log runs (the active one and a spare); a batch
-/// larger than a segment gets a segment of its own size.
+/// Size of one segment. At least two exist while the log runs (the active one and a ready
+/// one, plus sealed ones until the keeper releases them); a batch larger than a segment gets
+/// a segment of its own size.
 pub(super) const SEGMENT_BYTES: u64 = 8 << 20;
 
 const HEADER: usize = 17;
@@ -131,7 +144,7 @@ fn encode(seq: u64, kind: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// One segment file.
-struct Segment {
+pub(super) struct Segment {
     id: u64,
     file: File,
     len: u64,
@@ -152,10 +165,26 @@ pub(super) struct Wal {
     active: Segment,
     pos: u64,
     next_seq: u64,
-    /// An obsolete segment kept for reuse, so that switching segments allocates nothing.
-    spare: Option<Segment>,
+    /// Full segments, oldest first, whose records fjall may not hold durably yet.
+    sealed: VecDeque<Segment>,
+    /// The segment the next switch goes to: blanked, its name durable, its id above every
+    /// other segment's, so that switching allocates and syncs nothing.
+    ready: Option<Segment>,
+    /// Id for the next segment named (ids only rise).
+    next_id: u64,
     /// Whether a batch was written since the last checkpoint.
     dirty: bool,
+    /// Wakes the keeper when a segment was sealed or the ready one was used.
+    keeper: Option<SyncSender<()>>,
+}
+
+/// Segments released by the keeper, with what to do with them outside the log's lock:
+/// the oldest becomes the ready segment (if one is needed), the rest are removed.
+pub(super) struct Released {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    /// Id for a new ready segment, if the log has none.
+    ready_id: Option<u64>,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -231,13 +260,9 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
             expected = Some(seq + 1);
             pos += HEADER + len;
         }
-        if pos == 0 && expected.is_some() {
-            // A segment whose first record does not continue the chain (a spare, or one
-            // being switched to when the node stopped): the chain ended before it, and a
-            // switch always goes to a higher id, so no later segment continues it either.
-            break;
-        }
-        // The rest of this segment is zeros, torn, or stale (older records of a reused
+        // A segment whose first record does not start or continue the chain (blanked: the
+        // ready one, or one the keeper was releasing when the node stopped) is skipped. The
+        // rest of any other segment is zeros, torn, or stale (older records of a reused
         // segment): the chain goes on at the start of the next one, if anywhere.
     }
     Ok(Recovered {
@@ -249,20 +274,25 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
 
 impl Wal {
     /// Starts writing after a recovery whose batches fjall now holds durably: a new segment
-    /// (reusing an old one if there is one) beginning with a checkpoint. Older segments
-    /// beyond one spare are removed.
+    /// (reusing an old one if there is one) beginning with a checkpoint, and a ready one.
+    /// Older segments beyond those two are removed.
     pub(super) fn start(dir: &Path, recovered: Recovered) -> io::Result<Wal> {
         std::fs::create_dir_all(dir)?;
         let next_id = recovered.segments.last().map_or(0, |(id, _)| id + 1);
         let mut old = recovered.segments.into_iter();
         let mut reuse = |dir: &Path, id: u64| -> io::Result<Segment> {
             match old.next() {
-                Some((_, path)) => rename_segment(dir, &path, id),
+                Some((_, path)) => {
+                    let file = OpenOptions::new().read(true).write(true).open(&path)?;
+                    blank(&file)?;
+                    drop(file);
+                    rename_segment(dir, &path, id)
+                }
                 None => create_segment(dir, id, SEGMENT_BYTES),
             }
         };
         let active = reuse(dir, next_id)?;
-        let spare = reuse(dir, next_id + 1)?;
+        let ready = reuse(dir, next_id + 1)?;
         for (_, path) in old {
             std::fs::remove_file(path)?;
         }
@@ -272,25 +302,28 @@ impl Wal {
             active,
             pos: 0,
             next_seq: recovered.next_seq,
-            spare: Some(spare),
+            sealed: VecDeque::new(),
+            ready: Some(ready),
+            next_id: next_id + 2,
             dirty: false,
+            keeper: None,
         };
         wal.write(CHECKPOINT, &[])?;
         wal.active.file.sync_data()?;
         Ok(wal)
     }
 
-    /// Writes a batch record and fdatasyncs it. `persist` makes fjall durable up to now; it
-    /// is called (before anything of this batch is in fjall) when the record does not fit
-    /// the active segment and the log switches to the next one.
-    pub(super) fn append(
-        &mut self,
-        puts: &Puts,
-        persist: impl FnOnce() -> io::Result<()>,
-    ) -> io::Result<()> {
-        let needed = (HEADER * 2 + puts.0.len()) as u64;
+    /// Where to wake the keeper (see [`Wal::release`]); without one, sealed segments stay on
+    /// disk and every switch creates its segment itself.
+    pub(super) fn set_keeper(&mut self, wake: SyncSender<()>) {
+        self.keeper = Some(wake);
+    }
+
+    /// Writes a batch record and fdatasyncs it, switching to the ready segment first when
+    /// the record does not fit the active one (no fjall sync: see the module's invariants).
+    pub(super) fn append(&mut self, puts: &Puts) -> io::Result<()> {
+        let needed = (HEADER + puts.0.len()) as u64;
         if self.pos + needed > self.active.len {
-            persist()?;
             self.switch(needed)?;
         }
         self.write(BATCH, &puts.0)?;
@@ -308,7 +341,7 @@ impl Wal {
     pub(super) fn checkpoint(&mut self) -> io::Result<()> {
         self.dirty = false;
         if self.pos + HEADER as u64 > self.active.len {
-            return self.switch(HEADER as u64);
+            self.switch(HEADER as u64)?;
         }
         self.write(CHECKPOINT, &[])?;
         self.active.file.sync_data()
@@ -322,30 +355,103 @@ impl Wal {
         Ok(())
     }
 
-    /// Moves to a new segment of at least `needed` bytes, starting with a checkpoint (fjall
-    /// has persisted everything before it); the old segment becomes the spare.
+    /// Moves to the ready segment (or, if there is none big enough, a new one of at least
+    /// `needed` bytes) and seals the active one; the chain goes on at the new segment's start.
     fn switch(&mut self, needed: u64) -> io::Result<()> {
-        let id = self.active.id + 1;
-        let next = match self.spare.take() {
-            Some(spare) if spare.len >= needed => {
-                rename_segment(&self.dir, &segment_path(&self.dir, spare.id), id)?
-            }
+        let next = match self.ready.take() {
+            Some(ready) if ready.len >= needed => ready,
             other => {
                 if let Some(small) = other {
+                    // Blanked, so harmless if the removal is lost in a crash.
                     std::fs::remove_file(segment_path(&self.dir, small.id))?;
                 }
+                let id = self.next_id;
+                self.next_id += 1;
+                tracing::debug!(
+                    segment = id,
+                    "no ready write-ahead log segment: creating one on the commit path"
+                );
                 create_segment(&self.dir, id, needed.max(SEGMENT_BYTES))?
             }
         };
-        sync_dir(&self.dir)?;
         let old = std::mem::replace(&mut self.active, next);
         self.pos = 0;
-        self.dirty = false;
-        self.write(CHECKPOINT, &[])?;
-        self.active.file.sync_data()?;
-        self.spare = Some(old);
+        self.sealed.push_back(old);
+        if let Some(keeper) = &self.keeper {
+            // Full: a wake-up is already pending.
+            let _ = keeper.try_send(());
+        }
         Ok(())
     }
+
+    /// How many segments are sealed now. The keeper asks before it persists fjall: every
+    /// record in them is already applied to fjall (a segment is sealed by the append after
+    /// its last record's batch was committed, or by a checkpoint), so that persist covers
+    /// them.
+    pub(super) fn sealed(&self) -> usize {
+        self.sealed.len()
+    }
+
+    /// Takes the oldest `n` sealed segments out of the log, now that fjall holds their
+    /// records durably; what to do with them (outside the lock) is [`Released::finish`].
+    pub(super) fn release(&mut self, n: usize) -> Released {
+        let segments = self.sealed.drain(..n.min(self.sealed.len())).collect();
+        let ready_id = self.ready.is_none().then(|| {
+            self.next_id += 1;
+            self.next_id - 1
+        });
+        Released {
+            dir: self.dir.clone(),
+            segments,
+            ready_id,
+        }
+    }
+
+    /// Installs a segment made by [`Released::finish`] as the ready one, or removes it if
+    /// the log no longer needs it (a switch created its own meanwhile, with a higher id).
+    pub(super) fn install(&mut self, segment: Segment) -> io::Result<()> {
+        if self.ready.is_some() || segment.id < self.active.id {
+            // Blanked: harmless if the removal is lost in a crash.
+            return std::fs::remove_file(segment_path(&self.dir, segment.id));
+        }
+        self.ready = Some(segment);
+        Ok(())
+    }
+}
+
+impl Released {
+    /// Removes the released segments oldest first, each removal durable before the next (so
+    /// the segments left always continue the chain), except that the oldest becomes the new
+    /// ready segment if one is needed (blanked, renamed, its name durable); creates a ready
+    /// segment if none was released. Returns it, for [`Wal::install`].
+    pub(super) fn finish(self) -> io::Result<Option<Segment>> {
+        let mut segments = self.segments.into_iter();
+        let ready = match self.ready_id {
+            Some(id) => Some(match segments.next() {
+                Some(old) => {
+                    blank(&old.file)?;
+                    let from = segment_path(&self.dir, old.id);
+                    let ready = rename_segment(&self.dir, &from, id)?;
+                    sync_dir(&self.dir)?;
+                    ready
+                }
+                None => create_segment(&self.dir, id, SEGMENT_BYTES)?,
+            }),
+            None => None,
+        };
+        for old in segments {
+            std::fs::remove_file(segment_path(&self.dir, old.id))?;
+            sync_dir(&self.dir)?;
+        }
+        Ok(ready)
+    }
+}
+
+/// Zeroes a segment's first record header and syncs it, so that recovery never takes the
+/// segment's stale records for part of the chain.
+fn blank(file: &File) -> io::Result<()> {
+    file.write_all_at(&[0u8; HEADER], 0)?;
+    file.sync_data()
 }
 
 /// A new segment of `len` bytes, allocated and zero-filled so that later writes overwrite
@@ -398,51 +504,103 @@ mod tests {
         p
     }
 
+    /// A batch a third of a segment long, tagged `n`: a segment holds two.
+    fn big(n: u8) -> Puts {
+        let mut p = Puts::default();
+        p.put(
+            Space::Events,
+            &[n; 16],
+            &vec![7u8; (SEGMENT_BYTES / 3) as usize],
+        );
+        p
+    }
+
+    /// The tags of the batches recovery would replay.
+    fn replayed(dir: &Path) -> Vec<u8> {
+        recover(dir)
+            .unwrap()
+            .batches
+            .iter()
+            .map(|b| decode_puts(b).unwrap()[0].1[0])
+            .collect()
+    }
+
     #[test]
     fn replays_the_batches_after_the_last_checkpoint_across_segments() {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
-        wal.append(&batch(1), || Ok(())).unwrap();
+        wal.append(&batch(1)).unwrap();
         wal.checkpoint().unwrap();
-        wal.append(&batch(2), || Ok(())).unwrap();
-        // Fill beyond one segment: the switch checkpoints, so only later batches replay.
-        let mut big = Puts::default();
-        big.put(
-            Space::Events,
-            &[9; 16],
-            &vec![7u8; (SEGMENT_BYTES / 3) as usize],
-        );
-        let mut persisted = 0;
-        for _ in 0..3 {
-            wal.append(&big, || {
-                persisted += 1;
-                Ok(())
-            })
-            .unwrap();
+        wal.append(&batch(2)).unwrap();
+        // Fill beyond one segment: the switch seals the first one and syncs nothing of
+        // fjall's, so every batch since the checkpoint replays, across both segments.
+        for n in 10..13 {
+            wal.append(&big(n)).unwrap();
         }
-        assert_eq!(
-            persisted, 1,
-            "the third of three third-segment batches switches"
-        );
-        wal.append(&batch(3), || Ok(())).unwrap();
+        assert_eq!(wal.sealed(), 1, "the third big batch switches");
+        wal.append(&batch(3)).unwrap();
         drop(wal);
-        let r = recover(&wal_dir).unwrap();
-        assert_eq!(
-            r.batches.len(),
-            2,
-            "the third big batch and batch 3 follow the switch"
-        );
-        assert_eq!(decode_puts(&r.batches[1]).unwrap()[0].1, &[3u8; 16]);
+        assert_eq!(replayed(&wal_dir), [2, 10, 11, 12, 3]);
 
         // Restart: the replayed state is checkpointed, and the next restart replays only
-        // what comes after it, even though the reused segment holds stale records.
-        let mut wal = Wal::start(&wal_dir, r).unwrap();
-        wal.append(&batch(4), || Ok(())).unwrap();
+        // what comes after it, even though the reused segments hold stale records.
+        let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
+        wal.append(&batch(4)).unwrap();
         drop(wal);
-        let r = recover(&wal_dir).unwrap();
-        assert_eq!(r.batches.len(), 1);
-        assert_eq!(decode_puts(&r.batches[0]).unwrap()[0].1, &[4u8; 16]);
+        assert_eq!(replayed(&wal_dir), [4]);
+    }
+
+    #[test]
+    fn released_segments_become_the_ready_one_and_never_break_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
+        // Two switches: the first uses the ready segment, the second creates its own.
+        for n in 1..6 {
+            wal.append(&big(n)).unwrap();
+        }
+        assert_eq!(wal.sealed(), 2);
+        assert!(wal.ready.is_none());
+
+        // The keeper's round (fjall persisted here): the oldest sealed segment becomes the
+        // ready one, the other is removed; the chain left on disk starts after them.
+        let released = wal.release(2);
+        let ready = released.finish().unwrap().unwrap();
+        let ready_id = ready.id;
+        wal.install(ready).unwrap();
+        assert_eq!(wal.sealed(), 0);
+        assert_eq!(
+            replayed(&wal_dir),
+            [5],
+            "records of released segments are fjall's"
+        );
+
+        // The next switch goes to the recycled segment, whose stale records (tags 1 and 2)
+        // never read as part of the chain.
+        for n in 6..8 {
+            wal.append(&big(n)).unwrap();
+        }
+        assert_eq!(wal.active.id, ready_id);
+        assert_eq!(replayed(&wal_dir), [5, 6, 7]);
+
+        // A keeper round that loses the race: while it prepares a ready segment, a switch
+        // creates its own (a higher id). Had the node stopped before `install` removed it,
+        // the blanked segment between the chain's segments must not end the chain.
+        let released = wal.release(0);
+        let late = released.finish().unwrap().unwrap();
+        for n in 8..10 {
+            wal.append(&big(n)).unwrap();
+        }
+        assert!(wal.active.id > late.id);
+        assert_eq!(replayed(&wal_dir), [5, 6, 7, 8, 9]);
+        let late_path = segment_path(&wal_dir, late.id);
+        wal.install(late).unwrap();
+        assert!(
+            !late_path.exists(),
+            "a ready segment below the active one is removed"
+        );
+        assert_eq!(replayed(&wal_dir), [5, 6, 7, 8, 9]);
     }
 
     #[test]
@@ -450,10 +608,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
-        wal.append(&batch(1), || Ok(())).unwrap();
+        wal.append(&batch(1)).unwrap();
         let torn_at = wal.pos;
-        wal.append(&batch(2), || Ok(())).unwrap();
-        wal.append(&batch(3), || Ok(())).unwrap();
+        wal.append(&batch(2)).unwrap();
+        wal.append(&batch(3)).unwrap();
         // Damage the second batch's payload: it and everything after it are not replayed.
         wal.active
             .file
