@@ -154,8 +154,26 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
         .await
         .expect("replicated");
 
-    // The only replica stalls: acks=all cannot be confirmed in time.
-    n2.signal(Signal::SIGSTOP);
+    // The only replica stalls: acks=all cannot be confirmed in time. The premise is that
+    // n2 is frozen while in the in-sync set; on a loaded machine its session may end for a
+    // moment (it then leaves the set, and acks=all is rightly met without it), so it is
+    // frozen again until the primary still counts it once it is frozen.
+    let freeze_deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        wait_in_sync(&c1, "lag", &["n1", "n2"]).await;
+        n2.signal(Signal::SIGSTOP);
+        let frozen_in_sync = status(&mut c1, "lag")
+            .await
+            .is_some_and(|s| s.in_sync.iter().any(|n| n == "n2"));
+        if frozen_in_sync {
+            break;
+        }
+        n2.signal(Signal::SIGCONT);
+        assert!(
+            std::time::Instant::now() < freeze_deadline,
+            "n2 never stayed in the in-sync set once frozen"
+        );
+    }
     let err = publish_acks(&mut c1, "lag", payloads("b", 1), "all")
         .await
         .expect_err("no in-sync replica stores it in time");
