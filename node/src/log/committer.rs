@@ -2,25 +2,28 @@
 //!
 //! Publishers hand [`AppendRequest`]s to a bounded channel. The committer thread waits for
 //! one, drains whatever else is already queued (across all streams, up to
-//! `max_batch_bytes`), assigns offsets as the only writer, writes ONE batch holding the
-//! events and the touched streams' metadata, syncs it once (under `Always`: one record in the
-//! write-ahead log, [`super::wal`], fdatasynced, then the same writes to fjall unsynced), then
-//! raises each stream's committed state and readable end and only then answers the
-//! publishers. There is
-//! no artificial delay: while one batch syncs, the next one queues up, so batches grow with
+//! `max_batch_bytes`), assigns offsets as the only writer, writes ONE record holding the
+//! events and the touched streams' metadata to the write-ahead log ([`super::wal`]; under
+//! `Always` fdatasynced), puts the events on the streams' pending tails and queues the same
+//! writes for fjall on the applier thread ([`super::applier`]), then raises each stream's
+//! committed state and readable end and only then answers the publishers. There is no
+//! artificial delay: while one batch syncs, the next one queues up, so batches grow with
 //! load and the number of fsyncs stays far below the number of appends.
 //!
 //! One batch goes through [`commit`]'s stages in order: admit (free space) → place each
 //! request (fence, producer admission, offsets and epochs: [`super::assign`], pure) →
-//! encode (into one fjall batch and, under `Always`, the same puts for the write-ahead log,
-//! sealed with the streams' metadata) → write and sync → publish the new ends → answer.
+//! encode (into one fjall batch and the same puts for the write-ahead log, sealed with the
+//! streams' metadata) → write (and sync) the log record, queue the fjall batch → publish the
+//! new ends → answer.
 //!
 //! Invariants:
-//! - No publisher is answered before the batch holding its events is durable per the policy
-//!   (`Always`: the fdatasync of the write-ahead log record holding it has returned;
-//!   `Interval`: it is written to the OS).
+//! - No publisher is answered before the record holding its events is durable per the
+//!   policy (`Always`: its fdatasync has returned; `Interval`: it is written to the OS).
+//!   Nobody waits for fjall: its journal lock can be held for hundreds of ms by a journal
+//!   rotation.
 //! - No reader can see an event before its batch is durable: readers are bounded by the
-//!   committed state, which is raised after the write/sync.
+//!   committed state, which is raised after the write/sync; what fjall does not hold yet
+//!   they read from the pending tail.
 //! - The committer is the fence: it reads each stream's [`WriteAccess`] under the writer lock
 //!   and refuses a publish to a stream this node does not lead (and a copied append to a
 //!   stream it does not follow), so once the replication layer has changed a stream's
@@ -32,14 +35,16 @@
 //!   producer's record as it stands after every earlier request of the same batch, so
 //!   pipelined batches of one producer are judged in order; a duplicate is answered with its
 //!   original offsets only after the batch that stored it is durable (it is in an earlier
-//!   commit, or in this one). Changed producer records go into the same fjall batch as the
+//!   commit, or in this one). Changed producer records go into the same batch as the
 //!   events; copied events update them from their tags exactly as on the primary.
 //! - A failed write or fsync aborts the process (see [`fatal`]); nothing is retried.
 //! - Under `Interval`, a separate syncer thread syncs every interval when something was
-//!   written since the last sync: first fjall's journal files through its own descriptors,
-//!   outside fjall's journal lock (so commits do not wait for that fdatasync), then
-//!   `persist(SyncData)`; fjall itself never fsyncs a batch we did not ask it to (a batch's
-//!   durability is set explicitly on each batch).
+//!   written since the last sync: the write-ahead log's segments, then fjall's journal
+//!   files through its own descriptors, outside fjall's journal lock, then
+//!   `persist(SyncData)`; fjall itself never fsyncs a batch we did not ask it to (every
+//!   batch is written with `Buffer` durability).
+//! - The keeper thread ([`Keeper`]) releases full log segments once fjall holds their
+//!   records durably.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -54,6 +59,7 @@ use ec_core::{DataId, TimestampMs};
 use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::applier::{self, Applier, Job};
 use super::assign::Tail;
 use super::producers::{self, Admission};
 use super::record::{
@@ -61,7 +67,7 @@ use super::record::{
 };
 use super::store::{Store, Stream, raised_hwm};
 use super::wal::{Puts, Space};
-use super::{Appended, CommitStats, LogError, WriteAccess};
+use super::{Appended, CommitStats, LogError, StoredEvent, WriteAccess};
 
 /// A commit slower than this is logged (at debug) with the time of each stage.
 const SLOW_COMMIT: Duration = Duration::from_millis(1);
@@ -138,29 +144,23 @@ pub(super) fn spawn(
         Some(interval) => Some(Syncer::spawn(store.clone(), interval)?),
         None => None,
     };
-    let keeper = match &store.wal {
-        Some(_) => Some(Keeper::spawn(store.clone())?),
-        None => None,
-    };
+    let keeper = Keeper::spawn(store.clone())?;
+    let applier = Applier::spawn(store.clone())?;
     std::thread::Builder::new()
         .name("ec-log-committer".to_owned())
         .spawn(move || {
-            run(&store, requests, max_batch_bytes);
+            run(&store, &applier, requests, max_batch_bytes);
+            applier.stop();
             if let Some(syncer) = syncer {
                 syncer.stop();
             }
-            if let Some(keeper) = keeper {
-                keeper.stop();
-            }
+            keeper.stop();
             if let Err(e) = store.db.persist(PersistMode::SyncData) {
                 fatal("final sync of the event log", &e);
             }
-            if let Some(wal) = &store.wal {
-                // fjall holds everything now: the next open has nothing to replay.
-                let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = wal.checkpoint() {
-                    fatal("final checkpoint of the write-ahead log", &e.into());
-                }
+            // fjall holds everything now: the next open has nothing to replay.
+            if let Err(e) = lock_wal(&store.wal).checkpoint() {
+                fatal("final checkpoint of the write-ahead log", &e.into());
             }
             // Release the store before reporting "stopped", so that once every handle is
             // dropped after close() the database is closed and the directory can be reopened.
@@ -170,7 +170,12 @@ pub(super) fn spawn(
         })
 }
 
-fn run(store: &Store, mut requests: mpsc::Receiver<AppendRequest>, max_batch_bytes: usize) {
+fn run(
+    store: &Store,
+    applier: &Applier,
+    mut requests: mpsc::Receiver<AppendRequest>,
+    max_batch_bytes: usize,
+) {
     while let Some(first) = requests.blocking_recv() {
         let mut size = first.batch_bytes();
         let mut batch = vec![first];
@@ -183,7 +188,7 @@ fn run(store: &Store, mut requests: mpsc::Receiver<AppendRequest>, max_batch_byt
                 Err(_) => break,
             }
         }
-        commit(store, batch);
+        commit(store, applier, batch);
     }
 }
 
@@ -201,6 +206,8 @@ struct Touched {
     changed: HashSet<u64>,
     /// Producer batches stored by this batch, for a retry that arrives in the same batch.
     stored: Vec<(ProducerTag, ProducerRecord)>,
+    /// The events this batch stores, for the stream's pending tail.
+    fresh: Vec<StoredEvent>,
 }
 
 impl Touched {
@@ -217,6 +224,7 @@ impl Touched {
             producers: HashMap::new(),
             changed: HashSet::new(),
             stored: Vec::new(),
+            fresh: Vec::new(),
         }
     }
 
@@ -247,12 +255,12 @@ impl Touched {
 /// per request, against the streams as the earlier requests left them) → encode (into one
 /// fjall batch) → write and sync → publish the new ends → answer. Nothing is answered
 /// before the sync, and nothing is published to readers before it either.
-fn commit(store: &Store, requests: Vec<AppendRequest>) {
+fn commit(store: &Store, applier: &Applier, requests: Vec<AppendRequest>) {
     let Some(requests) = admit_space(store, requests) else {
         return;
     };
     let started = std::time::Instant::now();
-    let guard = store.lock_writes();
+    let guard = store.lock_for_commit();
     let locked = started.elapsed();
     let mut plan = Plan::new(store);
     let replies: Vec<_> = requests
@@ -270,14 +278,16 @@ fn commit(store: &Store, requests: Vec<AppendRequest>) {
     let placed = started.elapsed();
     let mut wrote = placed;
     if let Some(written) = plan.seal() {
+        let mut touched = written.touched;
         write_and_sync(
             store,
+            applier,
             written.writes,
-            &written.touched,
+            &mut touched,
             written.copied_stats,
         );
         wrote = started.elapsed();
-        publish_ends(store, written.touched);
+        publish_ends(store, touched);
     }
     drop(guard);
     let published = started.elapsed();
@@ -328,27 +338,21 @@ struct Plan<'s> {
 /// record.
 struct Writes {
     batch: fjall::OwnedWriteBatch,
-    puts: Option<Puts>,
+    puts: Puts,
 }
 
 impl Writes {
     fn new(store: &Store) -> Writes {
         Writes {
-            // With a write-ahead log, it is the durability point and fjall is not synced.
-            batch: store.db.batch().durability(Some(if store.wal.is_some() {
-                PersistMode::Buffer
-            } else {
-                store.batch_durability
-            })),
-            puts: store.wal.as_ref().map(|_| Puts::default()),
+            // The write-ahead log is the durability point; fjall is not synced.
+            batch: store.db.batch().durability(Some(PersistMode::Buffer)),
+            puts: Puts::default(),
         }
     }
 
     /// Adds one put; `value` moves into the fjall batch (copied once more for the log).
     fn put(&mut self, store: &Store, space: Space, key: &[u8], value: Vec<u8>) {
-        if let Some(puts) = &mut self.puts {
-            puts.put(space, key, &value);
-        }
+        self.puts.put(space, key, &value);
         self.batch.insert(store.keyspace(space), key, value);
     }
 }
@@ -436,6 +440,10 @@ impl<'s> Plan<'s> {
                     &record::event_key(stream.number, offset),
                     record::encode_event(appended.timestamp.0, epoch, producer, event),
                 );
+                let ts = appended.timestamp.0;
+                entry
+                    .fresh
+                    .push(applier::stored(offset, ts, epoch, producer, event));
             }
             if let Some(tag) = producer {
                 let r = ProducerRecord {
@@ -467,6 +475,8 @@ impl<'s> Plan<'s> {
                 &record::event_key(stream.number, c.offset),
                 record::encode_event(c.timestamp, c.epoch, c.producer, event),
             );
+            let fresh = applier::stored(c.offset, c.timestamp, c.epoch, c.producer, event);
+            entry.fresh.push(fresh);
             if let Some(tag) = c.producer {
                 // Seed from the stream's record: a batch may continue from the last
                 // replication message.
@@ -525,32 +535,43 @@ impl<'s> Plan<'s> {
     }
 }
 
-/// Write and sync: under `Always`, one write-ahead log record and one fdatasync of it for
-/// the whole batch, then the same writes to fjall unsynced; under `Interval`, one fjall
-/// write. A failure aborts the node ([`fatal`]).
+/// Write and sync: one write-ahead log record for the whole batch (fdatasynced under
+/// `Always`, written to the OS under `Interval`), the batch's events onto the streams'
+/// pending tails, and the fjall batch to the applier, which writes it off the commit path.
+/// A failure aborts the node ([`fatal`]).
 fn write_and_sync(
     store: &Store,
+    applier: &Applier,
     writes: Writes,
-    touched: &HashMap<u64, Touched>,
+    touched: &mut HashMap<u64, Touched>,
     copied: Vec<(DataId, u64, u64)>,
 ) {
     let started = std::time::Instant::now();
-    if let (Some(wal), Some(puts)) = (&store.wal, &writes.puts) {
-        let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = wal.append(puts) {
-            fatal("writing a batch to the write-ahead log", &e.into());
-        }
+    let sync = store.batch_durability == PersistMode::SyncData;
+    if let Err(e) = lock_wal(&store.wal).append(&writes.puts, sync) {
+        fatal("writing a batch to the write-ahead log", &e.into());
     }
     let logged = started.elapsed();
-    if let Err(e) = writes.batch.commit() {
-        fatal("writing a batch to the event log", &e);
+    let mut ends = Vec::with_capacity(touched.len());
+    for t in touched.values_mut() {
+        if !t.fresh.is_empty() {
+            t.stream.pending.push(std::mem::take(&mut t.fresh));
+            ends.push((t.stream.clone(), t.tail.meta.next));
+        }
     }
+    applier.submit(
+        store,
+        Job {
+            batch: writes.batch,
+            ends,
+        },
+    );
     if started.elapsed() >= SLOW_COMMIT {
-        // Which write was slow: our write-ahead log (write + fdatasync) or fjall's batch
-        // (its journal write and memtable insert, which may wait for fjall's journal lock).
+        // Which step was slow: our write-ahead log (write, and fdatasync under `Always`) or
+        // queueing for the applier (full while fjall is slow).
         tracing::debug!(
             wal_us = logged.as_micros() as u64,
-            fjall_us = (started.elapsed() - logged).as_micros() as u64,
+            queue_us = (started.elapsed() - logged).as_micros() as u64,
             "slow write"
         );
     }
@@ -641,6 +662,13 @@ impl Syncer {
                 while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval)
                 {
                     sync_if_dirty(&store.unsynced, || {
+                        // The write-ahead log is what makes the interval's batches durable;
+                        // fjall is synced too, so that the keeper and fjall's own journal
+                        // rotation find little left to sync.
+                        let files = lock_wal(&store.wal).unsynced_files()?;
+                        for file in files {
+                            file.sync_data()?;
+                        }
                         sync_journal_files(store.space.dir())?;
                         store.db.persist(PersistMode::SyncData)
                     });
@@ -672,9 +700,7 @@ struct Keeper {
 impl Keeper {
     fn spawn(store: Arc<Store>) -> std::io::Result<Keeper> {
         let (wake, woken) = std_mpsc::sync_channel::<()>(1);
-        if let Some(wal) = &store.wal {
-            lock_wal(wal).set_keeper(wake.clone());
-        }
+        lock_wal(&store.wal).set_keeper(wake.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
@@ -705,11 +731,11 @@ fn lock_wal(wal: &std::sync::Mutex<super::wal::Wal>) -> std::sync::MutexGuard<'_
 /// ready segment exists. A failed sync or file operation aborts the node, as on the commit
 /// path.
 fn keep_wal(store: &Store) {
-    let Some(wal) = &store.wal else {
-        return;
-    };
+    let wal = &store.wal;
     let sealed = lock_wal(wal).sealed();
     if sealed > 0 {
+        // Every record of a sealed segment was queued for the applier before the switch.
+        store.applied.drain();
         // fjall's journal through our own descriptors first, so that its persist, which
         // holds the journal lock every commit needs, finds little left to sync.
         if let Err(e) = sync_journal_files(store.space.dir()) {

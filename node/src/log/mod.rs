@@ -33,6 +33,7 @@
 //! - Publishers are never blocked by readers: readers take no writer lock, read from fjall
 //!   snapshots (block cache, then disk) and hold no per-reader buffers in the log.
 
+mod applier;
 mod assign;
 mod committer;
 mod producers;

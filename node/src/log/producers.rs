@@ -110,6 +110,9 @@ pub(super) fn find_batch(
     below: u64,
     not_before: i64,
 ) -> Result<Option<ProducerRecord>, LogError> {
+    // The batch may still be on its way to fjall (the committer holds the writer lock, so
+    // this waits only for batches already queued).
+    store.applied.drain();
     let earliest = stream.state().earliest;
     if below <= earliest {
         return Ok(None);
@@ -167,6 +170,7 @@ pub(super) fn latest_batches(
     below: u64,
     not_before: i64,
 ) -> Result<HashMap<u64, ProducerRecord>, LogError> {
+    store.applied.drain();
     let mut found: HashMap<u64, ProducerRecord> = HashMap::new();
     // Producers whose batch has been found and whose first event is passed.
     let mut done = 0usize;

@@ -23,10 +23,14 @@
 //! - Keyspace `producers` holds each stream's producer records (see [`super::producers`]),
 //!   loaded at open into [`Stream::producers`] and changed only by writers holding
 //!   `write_lock`, in the batch that changes the events they describe.
-//! - Under `Always`, the write-ahead log ([`super::wal`]) holds every committer batch that
-//!   fjall may not hold durably: at open, its records after the last checkpoint are applied
-//!   to fjall before anything is read. Every other fjall writer goes through
-//!   [`Store::commit_direct`], which checkpoints first.
+//! - The write-ahead log ([`super::wal`]) holds every committer batch that fjall may not
+//!   hold durably: at open, its records after the last checkpoint are applied to fjall
+//!   before anything is read. Every other fjall writer takes the writer lock through
+//!   [`Store::lock_writes`] (which waits for the applier to catch up, see
+//!   [`super::applier`]) and writes through [`Store::commit_direct`], which checkpoints
+//!   first.
+//! - Reads take a stream's pending tail (committed events not applied to fjall yet) before
+//!   they read fjall below it.
 //! - Lock order: `write_lock` → `streams` → `Stream::access` → `Stream::state` →
 //!   `Stream::epochs`. Readers never take `write_lock`. The `end` and `visible` watches are
 //!   sent to only after the state lock is released (a receiver may hold a watch's guard while
@@ -42,6 +46,7 @@ use ec_core::{DataId, Epoch, Offset, TimestampMs};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::watch;
 
+use super::applier::{Pending, Progress};
 use super::record::{self, ProducerRecord, StreamMeta};
 use super::wal::{self, Space, Wal};
 use super::{EpochStart, LogError, StoredEvent, StreamStats, WriteAccess};
@@ -92,6 +97,8 @@ pub(super) struct Stream {
     /// Each remembered producer's last stored batch, by producer ID; changed only under the
     /// writer lock, together with the batch that writes its records.
     pub(super) producers: Mutex<HashMap<u64, ProducerRecord>>,
+    /// Committed events that fjall may not hold yet ([`super::applier`]).
+    pub(super) pending: Pending,
 }
 
 impl Stream {
@@ -115,6 +122,7 @@ impl Stream {
             epochs: Mutex::new(epochs),
             access: Mutex::new(access),
             producers: Mutex::new(HashMap::new()),
+            pending: Pending::default(),
         }
     }
 
@@ -259,8 +267,13 @@ pub(super) struct Store {
     /// The committer's batches under `Always` are the exception: they are made durable by the
     /// write-ahead log and written to fjall with `Buffer`.
     pub(super) batch_durability: PersistMode,
-    /// The write-ahead log (`Always` only), taken by writers holding `write_lock`.
-    pub(super) wal: Option<Mutex<Wal>>,
+    /// The write-ahead log, taken by writers holding `write_lock`.
+    pub(super) wal: Mutex<Wal>,
+    /// Batches queued for the applier and applied ([`super::applier`]).
+    pub(super) applied: Progress,
+    /// Held by a test to keep the applier from writing to fjall.
+    #[cfg(test)]
+    pub(super) apply_gate: Mutex<()>,
 }
 
 /// Converts a fjall error into [`LogError::Storage`] with what was being done.
@@ -297,12 +310,7 @@ impl Store {
         let producers = db
             .keyspace(PRODUCERS_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(storage("opening keyspace `producers`"))?;
-        let wal = replay_wal(
-            dir,
-            &db,
-            [&events, &meta, &epochs, &producers],
-            batch_durability,
-        )?;
+        let wal = replay_wal(dir, &db, [&events, &meta, &epochs, &producers])?;
         let mut producer_records: HashMap<u64, HashMap<u64, ProducerRecord>> = HashMap::new();
         for guard in producers.iter() {
             let (key, value) = guard
@@ -385,6 +393,9 @@ impl Store {
             unsynced: AtomicBool::new(false),
             batch_durability,
             wal,
+            applied: Progress::default(),
+            #[cfg(test)]
+            apply_gate: Mutex::new(()),
         };
         // A crash in the middle of a truncation can leave records of batches it removed.
         for stream in store.all_streams() {
@@ -466,18 +477,19 @@ impl Store {
     /// replay at the next open never applies an older record over this batch. A failure
     /// aborts the node (see [`super::committer::fatal`]).
     pub(super) fn commit_direct(&self, batch: fjall::OwnedWriteBatch, what: &str) {
-        if let Some(wal) = &self.wal {
-            let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
-            // Nothing written since the last checkpoint: nothing to replay over this batch.
-            if wal.dirty() {
-                if let Err(e) = self.db.persist(PersistMode::SyncData) {
-                    super::committer::fatal(what, &e);
-                }
-                if let Err(e) = wal.checkpoint() {
-                    super::committer::fatal(what, &e.into());
-                }
+        // Callers hold the writer lock from `lock_writes`, so this returns at once.
+        self.applied.drain();
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        // Nothing written since the last checkpoint: nothing to replay over this batch.
+        if wal.dirty() {
+            if let Err(e) = self.db.persist(PersistMode::SyncData) {
+                super::committer::fatal(what, &e);
+            }
+            if let Err(e) = wal.checkpoint() {
+                super::committer::fatal(what, &e.into());
             }
         }
+        drop(wal);
         if let Err(e) = batch.commit() {
             super::committer::fatal(what, &e);
         }
@@ -494,9 +506,18 @@ impl Store {
         )
     }
 
-    /// Takes the writer lock; poisoning is ignored because a writer that panicked either
+    /// Takes the writer lock for a writer other than the committer, once every committed
+    /// batch is applied to fjall (so its reads of fjall see them, and no queued batch is
+    /// applied over its writes); poisoning is ignored because a writer that panicked either
     /// aborted the process (storage failure) or left committed state untouched.
     pub(super) fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        let guard = self.lock_for_commit();
+        self.applied.drain();
+        guard
+    }
+
+    /// Takes the writer lock for the committer (see [`Store::lock_writes`]).
+    pub(super) fn lock_for_commit(&self) -> MutexGuard<'_, ()> {
         self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -598,11 +619,18 @@ impl Store {
         }
         let max_events = u64::try_from(max_events.max(1)).unwrap_or(u64::MAX);
         let end = limit.min(from.saturating_add(max_events));
-        let range = record::event_key(stream.number, from)..record::event_key(stream.number, end);
+        // The pending tail first: fjall holds everything below its first offset by the time
+        // the tail lets go of it (see `applier`).
+        let (tail, tail_from) = stream.pending.read(from, end);
+        let fjall_end = tail_from.max(from);
+        let range =
+            record::event_key(stream.number, from)..record::event_key(stream.number, fjall_end);
 
         let mut out = Vec::with_capacity(usize::try_from(end - from).unwrap_or(0).min(4096));
         let mut total = 0usize;
-        for (expected, guard) in (from..).zip(self.events.range(range)) {
+        let mut next = from;
+        for guard in self.events.range(range) {
+            let expected = next;
             // Contexts are formatted only on error: this loop runs once per event read.
             let (key, value) = guard.into_inner().map_err(|source| LogError::Storage {
                 context: format!("reading data ID {} at offset {expected}", stream.data_id),
@@ -631,6 +659,17 @@ impl Store {
                 // Copy out: holding fjall's slice would pin a whole cached block.
                 data: Bytes::copy_from_slice(payload),
             });
+            next = offset + 1;
+        }
+        // The tail continues only a read that got all the way to it.
+        if next == fjall_end {
+            for event in tail {
+                if !out.is_empty() && total + event.data.len() > max_bytes {
+                    break;
+                }
+                total += event.data.len();
+                out.push(event);
+            }
         }
         if out.is_empty() {
             let earliest = stream.state().earliest;
@@ -647,6 +686,10 @@ impl Store {
 
     /// Timestamp of event `offset` of `stream`, or `None` if it is not stored (trimmed).
     fn timestamp_at(&self, stream: &Stream, offset: u64) -> Result<Option<i64>, LogError> {
+        // The pending tail first, as in `read`.
+        if let Some(ts) = stream.pending.timestamp(offset) {
+            return Ok(Some(ts));
+        }
         let value = self
             .events
             .get(record::event_key(stream.number, offset))
@@ -693,14 +736,9 @@ fn keyspace_of(spaces: [&Keyspace; 4], space: Space) -> &Keyspace {
 
 /// Recovery of the write-ahead log at open: applies the batches after its last checkpoint
 /// to fjall (whatever fjall already holds of them is overwritten with the same values),
-/// persists fjall, and then starts the log afresh under `Always` (`SyncData`), or removes
-/// it under `Interval`. Runs before the stream table is built from fjall.
-fn replay_wal(
-    dir: &Path,
-    db: &Database,
-    spaces: [&Keyspace; 4],
-    durability: PersistMode,
-) -> Result<Option<Mutex<Wal>>, LogError> {
+/// persists fjall, and then starts the log afresh. Runs before the stream table is built
+/// from fjall.
+fn replay_wal(dir: &Path, db: &Database, spaces: [&Keyspace; 4]) -> Result<Mutex<Wal>, LogError> {
     let wal_dir = dir.join("wal");
     let io = |context: &str| {
         let context = format!("{context} in {}", wal_dir.display());
@@ -735,14 +773,8 @@ fn replay_wal(
     }
     db.persist(PersistMode::SyncData)
         .map_err(storage("persisting the replayed write-ahead log"))?;
-    if durability == PersistMode::SyncData {
-        let wal = Wal::start(&wal_dir, recovered).map_err(io("starting the write-ahead log"))?;
-        Ok(Some(Mutex::new(wal)))
-    } else {
-        // fjall now holds it all durably; an interval-synced log needs no write-ahead log.
-        wal::remove(&wal_dir).map_err(io("removing the write-ahead log"))?;
-        Ok(None)
-    }
+    let wal = Wal::start(&wal_dir, recovered).map_err(io("starting the write-ahead log"))?;
+    Ok(Mutex::new(wal))
 }
 
 /// Checks at open that the last stored event of a stream agrees with its metadata.

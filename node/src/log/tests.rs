@@ -651,6 +651,17 @@ async fn many_readers_share_one_stream_while_publishing() {
 
 /// Environment variable that turns [`kill9_child`] into the writer of [`survives_kill_9`].
 const CRASH_DIR_ENV: &str = "EC_LOG_KILL9_CHILD_DIR";
+/// `1` makes [`kill9_child`] write under `FsyncPolicy::Interval`.
+const CRASH_INTERVAL_ENV: &str = "EC_LOG_KILL9_CHILD_INTERVAL";
+
+/// The crash tests' log: `Always`, or `Interval` (1 s).
+fn crash_options_for(interval: bool) -> LogOptions {
+    let mut opts = LogOptions::default();
+    if interval {
+        opts.fsync = FsyncPolicy::Interval(Duration::from_secs(1));
+    }
+    opts
+}
 
 /// What [`kill9_child`] stores for `payload`: the payload and 12 KiB of filler, so that each
 /// cycle writes ~18 MiB and crosses several write-ahead log segment switches (8 MiB each),
@@ -675,7 +686,8 @@ fn kill9_child() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let log = open(Path::new(&dir));
+        let interval = std::env::var(CRASH_INTERVAL_ENV).is_ok_and(|v| v == "1");
+        let log = EventLog::open(Path::new(&dir), crash_options_for(interval)).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         for task in 0..8 {
             let log = log.clone();
@@ -700,10 +712,23 @@ fn kill9_child() {
     });
 }
 
-/// Kills a writer process with SIGKILL mid-stream, three times, and checks after each
-/// restart that every acknowledged event is there, with its payload, in a dense log.
+/// Kills a writer process (`fsync: always`) with SIGKILL mid-stream, three times, and checks
+/// after each restart that every acknowledged event is there, with its payload, in a dense
+/// log.
 #[test]
 fn survives_kill_9() {
+    kill_9_cycles(false);
+}
+
+/// As [`survives_kill_9`] under `fsync: interval`: a killed process loses nothing it
+/// acknowledged (the write-ahead log record of each batch is written to the OS before the
+/// answer, and fjall gets it only afterwards, from the applier).
+#[test]
+fn survives_kill_9_under_interval() {
+    kill_9_cycles(true);
+}
+
+fn kill_9_cycles(interval: bool) {
     use std::collections::HashMap;
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
@@ -719,6 +744,7 @@ fn survives_kill_9() {
                 "--test-threads=1",
             ])
             .env(CRASH_DIR_ENV, dir.path())
+            .env(CRASH_INTERVAL_ENV, if interval { "1" } else { "0" })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -750,7 +776,7 @@ fn survives_kill_9() {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let log = open(dir.path());
+            let log = EventLog::open(dir.path(), crash_options_for(interval)).unwrap();
             for stats in log.list() {
                 let events = log
                     .read(&stats.data_id, Offset(0), usize::MAX, usize::MAX)
@@ -1427,4 +1453,77 @@ async fn batches_fjall_lost_are_rebuilt_from_the_write_ahead_log() {
     drop(log);
     let log = open(lost.path());
     assert_eq!(log.stats(&a).unwrap().next, Offset(101));
+}
+
+// The applier: commits do not wait for fjall, readers take what fjall lacks from the tail.
+
+// The gate is held across appends on purpose: it blocks the applier thread, not this task.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test]
+async fn committed_events_are_served_while_fjall_has_not_got_them() {
+    for fsync in [
+        FsyncPolicy::Always,
+        FsyncPolicy::Interval(Duration::from_secs(1)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(
+            dir.path(),
+            LogOptions {
+                fsync,
+                ..LogOptions::default()
+            },
+        )
+        .unwrap();
+        let a = id("a");
+        log.append(&a, vec![ev("in fjall")], true).await.unwrap();
+        log.inner.store.applied.drain();
+
+        // fjall stalls (as behind a journal rotation): appends are still acknowledged,
+        // and read back, from the pending tail and across its edge with fjall.
+        let gate = log.inner.store.apply_gate.lock().unwrap();
+        let first = log
+            .append(&a, vec![ev("p1"), ev("p2")], false)
+            .await
+            .unwrap();
+        let second = log.append(&a, vec![ev("p3")], false).await.unwrap();
+        assert_eq!((first.first, second.last), (Offset(1), Offset(3)));
+        let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
+        assert_eq!(payloads(&read), ["in fjall", "p1", "p2", "p3"], "{fsync:?}");
+        let from_tail = log.read(&a, Offset(2), 100, usize::MAX).unwrap();
+        assert_eq!(payloads(&from_tail), ["p2", "p3"]);
+        assert_eq!(from_tail[0].timestamp, first.timestamp);
+        // Limits hold across the edge.
+        let two = log.read(&a, Offset(0), 2, usize::MAX).unwrap();
+        assert_eq!(payloads(&two), ["in fjall", "p1"]);
+        let small = log.read(&a, Offset(0), 100, 9).unwrap();
+        assert_eq!(payloads(&small), ["in fjall"]);
+        // Seeking by time finds events that only the tail holds (else it ends at 4).
+        let at = read.iter().position(|e| e.timestamp >= second.timestamp);
+        assert_eq!(
+            log.offset_at_time(&a, second.timestamp).unwrap(),
+            Offset(at.unwrap() as u64)
+        );
+        drop(gate);
+
+        // Once applied, the same reads come from fjall, and a writer that reads fjall
+        // (truncation) sees every committed event.
+        log.inner.store.applied.drain();
+        let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
+        assert_eq!(payloads(&read), ["in fjall", "p1", "p2", "p3"]);
+        log.close().await.unwrap();
+        drop(log);
+
+        // What was acknowledged survives a reopen.
+        let log = EventLog::open(
+            dir.path(),
+            LogOptions {
+                fsync,
+                ..LogOptions::default()
+            },
+        )
+        .unwrap();
+        let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
+        assert_eq!(payloads(&read), ["in fjall", "p1", "p2", "p3"]);
+        log.close().await.unwrap();
+    }
 }

@@ -1,12 +1,13 @@
-//! The write-ahead log that is the durability point under `FsyncPolicy::Always`.
+//! The write-ahead log: the durability point of every committed batch.
 //!
 //! Why our own: fjall's journal is a sparse file that gets its blocks as it is written, so
 //! each fdatasync of it also commits a block allocation in the filesystem's journal. A
 //! segment that is allocated and zero-filled before use takes plain overwrites, and its
 //! fdatasync writes only data (on the benchmark VM, a 64 KiB write + fdatasync: p50 ~180 µs
-//! against ~290 µs for the sparse file). The committer writes each batch here and
-//! fdatasyncs it, then hands the same writes to fjall without a sync; fjall stays the index
-//! that readers use.
+//! against ~290 µs for the sparse file). And a commit must not wait for fjall at all (see
+//! [`super::applier`]). The committer writes each batch here (and fdatasyncs it under
+//! `Always`), then hands the same writes to the applier, which writes them to fjall without
+//! a sync; fjall stays the index that readers use.
 //!
 //! Layout: `<log dir>/wal/<id as 16 hex digits>.seg`, each [`SEGMENT_BYTES`] long, written
 //! from the start. A record is `len u32 | checksum u32 | seq u64 | kind u8 | payload` (little
@@ -19,6 +20,9 @@
 //!   of sequence: such a record was never fully synced, so nobody was answered for it (an
 //!   answer waits for the fdatasync covering the whole record). Stale records left in a
 //!   reused segment carry older sequence numbers, so they end the chain too.
+//! - Under `Always` a batch record is fdatasynced before anyone is answered for it; under
+//!   `Interval` it is written to the OS before, and the syncer fdatasyncs the segments
+//!   within the interval.
 //! - A checkpoint record is written only after fjall's `persist(SyncData)` returned with
 //!   every earlier record applied, so recovery replays only the records after the last
 //!   checkpoint.
@@ -195,14 +199,6 @@ fn segment_len(file: &File) -> io::Result<u64> {
     Ok(file.metadata()?.len())
 }
 
-/// Removes the log (fjall holds all of it durably).
-pub(super) fn remove(dir: &Path) -> io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
 /// Reads the segments under `dir` (none if it does not exist) and returns the batches to
 /// replay.
 pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
@@ -319,16 +315,29 @@ impl Wal {
         self.keeper = Some(wake);
     }
 
-    /// Writes a batch record and fdatasyncs it, switching to the ready segment first when
+    /// Writes a batch record, and fdatasyncs it if `sync` (`Always`; under `Interval` the
+    /// syncer does, see [`Wal::unsynced_files`]), switching to the ready segment first when
     /// the record does not fit the active one (no fjall sync: see the module's invariants).
-    pub(super) fn append(&mut self, puts: &Puts) -> io::Result<()> {
+    pub(super) fn append(&mut self, puts: &Puts, sync: bool) -> io::Result<()> {
         let needed = (HEADER + puts.0.len()) as u64;
         if self.pos + needed > self.active.len {
             self.switch(needed)?;
         }
         self.write(BATCH, &puts.0)?;
         self.dirty = true;
-        self.active.file.sync_data()
+        if sync {
+            self.active.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Descriptors of the segments that may hold records not synced yet (the active one and
+    /// the sealed ones), for the `Interval` syncer to fdatasync outside the log's lock.
+    pub(super) fn unsynced_files(&self) -> io::Result<Vec<File>> {
+        std::iter::once(&self.active)
+            .chain(&self.sealed)
+            .map(|segment| segment.file.try_clone())
+            .collect()
     }
 
     /// Whether a checkpoint would record anything (a batch was written since the last one).
@@ -530,23 +539,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
-        wal.append(&batch(1)).unwrap();
+        wal.append(&batch(1), true).unwrap();
         wal.checkpoint().unwrap();
-        wal.append(&batch(2)).unwrap();
+        wal.append(&batch(2), true).unwrap();
         // Fill beyond one segment: the switch seals the first one and syncs nothing of
         // fjall's, so every batch since the checkpoint replays, across both segments.
         for n in 10..13 {
-            wal.append(&big(n)).unwrap();
+            wal.append(&big(n), true).unwrap();
         }
         assert_eq!(wal.sealed(), 1, "the third big batch switches");
-        wal.append(&batch(3)).unwrap();
+        wal.append(&batch(3), true).unwrap();
         drop(wal);
         assert_eq!(replayed(&wal_dir), [2, 10, 11, 12, 3]);
 
         // Restart: the replayed state is checkpointed, and the next restart replays only
         // what comes after it, even though the reused segments hold stale records.
         let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
-        wal.append(&batch(4)).unwrap();
+        wal.append(&batch(4), true).unwrap();
         drop(wal);
         assert_eq!(replayed(&wal_dir), [4]);
     }
@@ -558,7 +567,7 @@ mod tests {
         let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
         // Two switches: the first uses the ready segment, the second creates its own.
         for n in 1..6 {
-            wal.append(&big(n)).unwrap();
+            wal.append(&big(n), true).unwrap();
         }
         assert_eq!(wal.sealed(), 2);
         assert!(wal.ready.is_none());
@@ -579,7 +588,7 @@ mod tests {
         // The next switch goes to the recycled segment, whose stale records (tags 1 and 2)
         // never read as part of the chain.
         for n in 6..8 {
-            wal.append(&big(n)).unwrap();
+            wal.append(&big(n), true).unwrap();
         }
         assert_eq!(wal.active.id, ready_id);
         assert_eq!(replayed(&wal_dir), [5, 6, 7]);
@@ -590,7 +599,7 @@ mod tests {
         let released = wal.release(0);
         let late = released.finish().unwrap().unwrap();
         for n in 8..10 {
-            wal.append(&big(n)).unwrap();
+            wal.append(&big(n), true).unwrap();
         }
         assert!(wal.active.id > late.id);
         assert_eq!(replayed(&wal_dir), [5, 6, 7, 8, 9]);
@@ -608,10 +617,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
-        wal.append(&batch(1)).unwrap();
+        wal.append(&batch(1), true).unwrap();
         let torn_at = wal.pos;
-        wal.append(&batch(2)).unwrap();
-        wal.append(&batch(3)).unwrap();
+        wal.append(&batch(2), true).unwrap();
+        wal.append(&batch(3), true).unwrap();
         // Damage the second batch's payload: it and everything after it are not replayed.
         wal.active
             .file

@@ -1,0 +1,179 @@
+//! Applying committed batches to fjall off the commit path, and the in-memory tail that
+//! serves readers what is committed but not applied yet.
+//!
+//! Why: a commit used to end with fjall's `batch.commit()`, and that takes fjall's journal
+//! lock, which fjall's flush worker holds across the fsyncs of a journal rotation (a commit
+//! waited 436 ms behind one in a 40 s end-to-end run; see BENCHMARKS.md, *Why the tail*).
+//! Every acknowledgement and every delivery waited with it. Now the write-ahead log
+//! ([`super::wal`]) is the durability point under both fsync policies, and the fjall write
+//! happens on the applier thread: a rotation delays only the apply.
+//!
+//! Invariants:
+//! - The committer writes a batch's record to the write-ahead log (and fdatasyncs it under
+//!   `Always`), pushes the batch's events onto each stream's [`Pending`] tail, queues the
+//!   fjall batch here, and only then publishes the new ends and answers. One thread applies
+//!   the batches, in commit order.
+//! - A stream's pending tail holds contiguous events in offset order. The applier removes
+//!   events from it only after fjall holds them (written; the log holds them durably), so a
+//!   reader that takes the tail's events first and then reads fjall below the tail's first
+//!   offset misses nothing ([`super::store::Store::read`]).
+//! - Whoever reads or writes fjall other than through the read path (retention, truncation,
+//!   producer lookups, checkpoints) first waits until the applier has applied every batch
+//!   queued so far ([`Progress::drain`]); holding the writer lock, it knows none is added
+//!   meanwhile. After a drain every pending tail is empty.
+//! - A failed fjall write aborts the node (see [`super::committer::fatal`]).
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use ec_core::{Offset, TimestampMs};
+
+use super::StoredEvent;
+use super::store::{Store, Stream};
+
+/// Batches queued for the applier at most; the committer waits beyond that (the
+/// backpressure that bounds the pending tails' memory).
+const QUEUE: usize = 64;
+
+/// One stream's events that are committed but maybe not in fjall yet.
+#[derive(Default)]
+pub(super) struct Pending(Mutex<VecDeque<StoredEvent>>);
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<StoredEvent>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a batch's events (they continue the tail).
+    pub(super) fn push(&self, events: Vec<StoredEvent>) {
+        self.lock().extend(events);
+    }
+
+    /// Drops the events below `end`: fjall holds them now.
+    fn trim(&self, end: u64) {
+        let mut tail = self.lock();
+        while tail.front().is_some_and(|e| e.offset.0 < end) {
+            tail.pop_front();
+        }
+    }
+
+    /// The held events in `[from, end)`, and the first offset the tail holds below `end`
+    /// (`end` if none): everything below that offset is in fjall.
+    pub(super) fn read(&self, from: u64, end: u64) -> (Vec<StoredEvent>, u64) {
+        let tail = self.lock();
+        let Some(first) = tail.front().map(|e| e.offset.0).filter(|&f| f < end) else {
+            return (Vec::new(), end);
+        };
+        let skip = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
+        let take = usize::try_from(end - from.max(first)).unwrap_or(usize::MAX);
+        (tail.iter().skip(skip).take(take).cloned().collect(), first)
+    }
+
+    /// The timestamp of event `offset`, if the tail holds it.
+    pub(super) fn timestamp(&self, offset: u64) -> Option<i64> {
+        let tail = self.lock();
+        let first = tail.front()?.offset.0;
+        let index = usize::try_from(offset.checked_sub(first)?).ok()?;
+        tail.get(index).map(|e| e.timestamp.0)
+    }
+}
+
+/// A stored event as the pending tail keeps it.
+pub(super) fn stored(
+    offset: u64,
+    timestamp: i64,
+    epoch: u64,
+    producer: Option<super::ProducerTag>,
+    data: &bytes::Bytes,
+) -> StoredEvent {
+    StoredEvent {
+        offset: Offset(offset),
+        timestamp: TimestampMs(timestamp),
+        epoch: ec_core::Epoch(epoch),
+        producer,
+        data: data.clone(),
+    }
+}
+
+/// How many batches were queued and applied; see [`Progress::drain`].
+#[derive(Default)]
+pub(super) struct Progress {
+    counts: Mutex<(u64, u64)>,
+    applied: Condvar,
+}
+
+impl Progress {
+    fn counts(&self) -> MutexGuard<'_, (u64, u64)> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until every batch queued before the call is applied to fjall.
+    pub(super) fn drain(&self) {
+        let mut counts = self.counts();
+        let target = counts.0;
+        while counts.1 < target {
+            counts = self.applied.wait(counts).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// One committed batch for fjall, with the ends up to which each stream's tail may be
+/// trimmed once it is applied.
+pub(super) struct Job {
+    pub(super) batch: fjall::OwnedWriteBatch,
+    pub(super) ends: Vec<(Arc<Stream>, u64)>,
+}
+
+/// The committer's side of the applier.
+pub(super) struct Applier {
+    queue: SyncSender<Job>,
+    thread: JoinHandle<()>,
+}
+
+impl Applier {
+    pub(super) fn spawn(store: Arc<Store>) -> std::io::Result<Applier> {
+        let (queue, jobs) = std::sync::mpsc::sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("ec-log-applier".to_owned())
+            .spawn(move || apply(&store, jobs))?;
+        Ok(Applier { queue, thread })
+    }
+
+    /// Queues a committed batch (waits while the queue is full). The caller holds the
+    /// writer lock, so a drain that holds it too sees every batch queued.
+    pub(super) fn submit(&self, store: &Store, job: Job) {
+        store.applied.counts().0 += 1;
+        if self.queue.send(job).is_err() {
+            // The thread only ends when the queue is closed, or by a panic.
+            tracing::error!("the event log's applier stopped; aborting the node");
+            std::process::abort();
+        }
+    }
+
+    /// Applies what is queued and stops the thread.
+    pub(super) fn stop(self) {
+        drop(self.queue);
+        if self.thread.join().is_err() {
+            tracing::error!("event log applier thread panicked");
+        }
+    }
+}
+
+fn apply(store: &Store, jobs: Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        #[cfg(test)]
+        let gate = store.apply_gate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = job.batch.commit() {
+            super::committer::fatal("writing a batch to the event log", &e);
+        }
+        #[cfg(test)]
+        drop(gate);
+        for (stream, end) in &job.ends {
+            stream.pending.trim(*end);
+        }
+        store.applied.counts().1 += 1;
+        store.applied.applied.notify_all();
+    }
+}
