@@ -685,8 +685,9 @@ impl Driver {
                 tokio::select! {
                     () = tokio::time::sleep_until(wake) => break,
                     () = &mut rerouted => {
-                        // A new primary: failures against it start their own backoff.
-                        backoff.reset();
+                        // Failures against the new primary are a new series, retried
+                        // quickly while it takes over.
+                        backoff.new_primary();
                         debug!(data_id = %self.data_id, "the gateway named a new primary; retrying before the backoff ran out");
                         break;
                     }
@@ -982,8 +983,9 @@ pub(crate) async fn publish_retrying(
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 () = destination.until_rerouted(data_id, seen) => {
-                    // A new primary: failures against it start their own backoff.
-                    backoff.reset();
+                    // Failures against the new primary are a new series, retried quickly
+                    // while it takes over.
+                    backoff.new_primary();
                     debug!(%data_id, "the gateway named a new primary; retrying before the backoff ran out");
                 }
             }
