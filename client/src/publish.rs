@@ -10,7 +10,12 @@
 //! stream lost, `UNAVAILABLE`, not the primary, `DEADLINE_EXCEEDED` under acks=all) with
 //! jittered backoff. Before each retry it asks again where the primary is (the gateway's
 //! route in redirect mode; the gateway itself forwards in proxy mode), reopens, and resends
-//! everything unacknowledged in its original order with its original numbers.
+//! everything unacknowledged in its original order with its original numbers. In redirect
+//! mode a wait ends early when the gateway's route push names a usable primary for the data
+//! ID other than the one the failed attempt started from (a promotion): the primary is lost
+//! about a second before a replica is promoted, and a doubling backoff would otherwise
+//! oversleep the promotion by up to its largest step. Failures against the same primary keep
+//! backing off; see `backoff.rs` for the quick retries while a new primary takes over.
 //!
 //! Invariants:
 //! - Sequence numbers enter the stream in the order `send` was called; a resend repeats the
