@@ -5,10 +5,31 @@
 //! progress doubles the wait up to `max`. Jitter shortens each wait by a random fraction so
 //! that the many readers of a node that just died do not reconnect in lockstep. A reader that
 //! makes progress (receives events) starts over from `initial`.
+//!
+//! A publisher whose wait is cut short because the gateway named a new primary
+//! ([`BackoffState::new_primary`]) starts over too, and for [`TAKEOVER_WINDOW`] waits no
+//! longer than the short [`TAKEOVER`] schedule: the gateway names the promoted node before
+//! that node has claimed its epoch (it refuses with "does not hold its epoch yet", or has not
+//! even read the new mapping), and the gateway pushes nothing when the claim is done, so only
+//! trying again soon finds out. The window bounds those quick retries; after it the policy's
+//! own growth applies.
 
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::time::Instant;
+
+/// The longest waits right after a new primary was named: a node claims its epoch within
+/// milliseconds of reading the mapping that names it.
+pub(crate) const TAKEOVER: Backoff = Backoff {
+    initial: Duration::from_millis(10),
+    max: Duration::from_millis(200),
+    multiplier: 2.0,
+    jitter: 0.5,
+};
+
+/// How long after a new primary was named [`TAKEOVER`] caps the waits.
+pub(crate) const TAKEOVER_WINDOW: Duration = Duration::from_secs(5);
 
 /// The backoff policy of a resumable stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,11 +102,17 @@ impl Backoff {
 pub(crate) struct BackoffState {
     policy: Backoff,
     attempt: u32,
+    /// Until when [`TAKEOVER`] caps the waits (a new primary was named).
+    takeover_until: Option<Instant>,
 }
 
 impl BackoffState {
     pub(crate) fn new(policy: Backoff) -> BackoffState {
-        BackoffState { policy, attempt: 0 }
+        BackoffState {
+            policy,
+            attempt: 0,
+            takeover_until: None,
+        }
     }
 
     /// Waits before the next attempt and counts it.
@@ -97,7 +124,15 @@ impl BackoffState {
     }
 
     pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = self.policy.delay(self.attempt, &mut rand::rng());
+        let mut rng = rand::rng();
+        let mut delay = self.policy.delay(self.attempt, &mut rng);
+        if let Some(until) = self.takeover_until {
+            if Instant::now() < until {
+                delay = delay.min(TAKEOVER.delay(self.attempt, &mut rng));
+            } else {
+                self.takeover_until = None;
+            }
+        }
         self.attempt = self.attempt.saturating_add(1);
         delay
     }
@@ -105,6 +140,14 @@ impl BackoffState {
     /// Progress was made: the next failure waits `initial` again.
     pub(crate) fn reset(&mut self) {
         self.attempt = 0;
+        self.takeover_until = None;
+    }
+
+    /// A new primary was named: failures against it are a new series, retried on the
+    /// [`TAKEOVER`] schedule (where it is shorter) while it takes over.
+    pub(crate) fn new_primary(&mut self) {
+        self.attempt = 0;
+        self.takeover_until = Some(Instant::now() + TAKEOVER_WINDOW);
     }
 }
 
@@ -142,6 +185,38 @@ mod tests {
                 assert!(d <= base && d >= base.mul_f64(0.5), "{d:?} vs {base:?}");
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_primary_is_retried_on_the_takeover_schedule_for_its_window_only() {
+        let policy = Backoff {
+            initial: Duration::from_secs(600),
+            max: Duration::from_secs(600),
+            multiplier: 1.0,
+            jitter: 0.0,
+        };
+        let mut state = BackoffState::new(policy);
+        assert_eq!(state.next_delay(), policy.initial);
+        state.new_primary();
+        let started = Instant::now();
+        let mut waits = Vec::new();
+        while started.elapsed() < TAKEOVER_WINDOW {
+            let d = state.next_delay();
+            assert!(d <= TAKEOVER.max, "{d:?} within the window");
+            waits.push(d);
+            tokio::time::sleep(d).await;
+        }
+        assert!(waits[0] <= TAKEOVER.initial, "{waits:?}");
+        assert_eq!(
+            state.next_delay(),
+            policy.initial,
+            "the policy after the window"
+        );
+
+        // A policy shorter than the takeover schedule stays as short.
+        let mut none = BackoffState::new(Backoff::none());
+        none.new_primary();
+        assert_eq!(none.next_delay(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,12 @@
 //! stream lost, `UNAVAILABLE`, not the primary, `DEADLINE_EXCEEDED` under acks=all) with
 //! jittered backoff. Before each retry it asks again where the primary is (the gateway's
 //! route in redirect mode; the gateway itself forwards in proxy mode), reopens, and resends
-//! everything unacknowledged in its original order with its original numbers.
+//! everything unacknowledged in its original order with its original numbers. In redirect
+//! mode a wait ends early when the gateway's route push names a usable primary for the data
+//! ID other than the one the failed attempt started from (a promotion): the primary is lost
+//! about a second before a replica is promoted, and a doubling backoff would otherwise
+//! oversleep the promotion by up to its largest step. Failures against the same primary keep
+//! backing off; see `backoff.rs` for the quick retries while a new primary takes over.
 //!
 //! Invariants:
 //! - Sequence numbers enter the stream in the order `send` was called; a resend repeats the
@@ -168,6 +173,28 @@ impl Destination {
             from: node.to_owned(),
             now,
         })
+    }
+
+    /// The usable primary the gateway's route pushes name for `data_id` now: what a retry
+    /// waiting out its backoff compares with ([`Destination::until_rerouted`]). `None` for a
+    /// destination without a route cache.
+    fn pushed_primary(&self, data_id: &DataId) -> Option<Candidate> {
+        match self {
+            Destination::Primary(resolver) => resolver.pushed_primary(data_id),
+            Destination::Node(_) | Destination::Gateway { .. } => None,
+        }
+    }
+
+    /// Resolves once the gateway pushes a usable primary for `data_id` other than `seen`, so
+    /// that a retry goes there at once instead of sleeping out its backoff. Never for a
+    /// destination that receives no pushes (a fixed node, proxy mode, a gateway without
+    /// `WatchRoutes`): there the backoff alone decides, as it does between failures against
+    /// one and the same primary.
+    async fn until_rerouted(&self, data_id: &DataId, seen: Option<Candidate>) {
+        match self {
+            Destination::Primary(resolver) => resolver.until_primary_changes(data_id, seen).await,
+            Destination::Node(_) | Destination::Gateway { .. } => std::future::pending().await,
+        }
     }
 
     /// Resolves with [`ClientError::PrimaryChanged`] once the primary moved away from `node`,
@@ -603,6 +630,9 @@ impl Driver {
             if !self.input_open && self.unacked.is_empty() {
                 break None;
             }
+            // The route this attempt starts from: a push naming another primary while it
+            // waits to retry ends the wait.
+            let seen = self.destination.pushed_primary(&self.data_id);
             let error = match self.attempt(&mut backoff).await {
                 Ok(()) => break None,
                 Err(e) => e,
@@ -654,9 +684,18 @@ impl Driver {
                 wake = wake.min(d);
             }
             // Keep taking batches while waiting, so `send` does not stall on the channel.
+            let rerouted = self.destination.until_rerouted(&self.data_id, seen);
+            tokio::pin!(rerouted);
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(wake) => break,
+                    () = &mut rerouted => {
+                        // Failures against the new primary are a new series, retried
+                        // quickly while it takes over.
+                        backoff.new_primary();
+                        debug!(data_id = %self.data_id, "the gateway named a new primary; retrying before the backoff ran out");
+                        break;
+                    }
                     batch = self.incoming.recv(), if self.input_open => match batch {
                         Some(batch) => self.unacked.push_back(batch),
                         None => self.input_open = false,
@@ -878,6 +917,9 @@ pub(crate) async fn publish_retrying(
     let mut last_error: Option<String> = None;
     loop {
         attempts += 1;
+        // The route this attempt starts from: a push naming another primary while it waits
+        // to retry ends the wait.
+        let seen = destination.pushed_primary(data_id);
         let req = request(
             data_id,
             events.clone(),
@@ -942,7 +984,16 @@ pub(crate) async fn publish_retrying(
             last_error = Some(error.to_string());
         }
         if Instant::now() < deadline {
-            tokio::time::sleep_until(deadline.min(Instant::now() + backoff.next_delay())).await;
+            let wake = deadline.min(Instant::now() + backoff.next_delay());
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = destination.until_rerouted(data_id, seen) => {
+                    // Failures against the new primary are a new series, retried quickly
+                    // while it takes over.
+                    backoff.new_primary();
+                    debug!(%data_id, "the gateway named a new primary; retrying before the backoff ran out");
+                }
+            }
         }
         if Instant::now() < deadline {
             continue;

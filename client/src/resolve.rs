@@ -213,6 +213,18 @@ impl GatewayResolver {
         self.routes.status()
     }
 
+    /// The usable primary of `data_id` as the gateway's pushes name it now (`None` without a
+    /// fresh route cache); see [`GatewayResolver::until_primary_changes`].
+    pub(crate) fn pushed_primary(&self, data_id: &DataId) -> Option<Candidate> {
+        self.routes.pushed_primary(data_id)
+    }
+
+    /// Resolves once the gateway pushes a usable primary of `data_id` other than `seen`;
+    /// never against a gateway that pushes nothing (no `WatchRoutes`, or the watch is down).
+    pub(crate) async fn until_primary_changes(&self, data_id: &DataId, seen: Option<Candidate>) {
+        self.routes.until_primary_changes(data_id, seen).await;
+    }
+
     /// Starts following the gateway's `WatchRoutes` (once; the first lookup does it too).
     pub(crate) fn watch_routes(&self) {
         self.routes

@@ -21,6 +21,11 @@
 //! - Not fresh (starting, or stale): asked with `GetNodeForData`. Only if the gateway cannot
 //!   be reached at all is the last route it pushed used (a stale route is better than none;
 //!   the node itself refuses a write if it is no longer the primary).
+//!
+//! Every applied message is announced to [`RouteCache::until_primary_changes`], which a
+//! publisher waiting out its backoff uses to retry as soon as the gateway names a new usable
+//! primary for its data ID. It compares the pushed primary of that one data ID, so pushes of
+//! other data IDs (or a repeat of the same route) wake nobody.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -146,6 +151,8 @@ struct State {
 #[derive(Default)]
 pub(crate) struct RouteCache {
     state: RwLock<State>,
+    /// Told after every applied message, so waiters look at their data ID's route again.
+    applied: tokio::sync::watch::Sender<()>,
     started: AtomicBool,
     /// Ends the watch task when the cache is dropped.
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -253,6 +260,45 @@ impl RouteCache {
         state.version = update.version;
         state.fresh = true;
         state.stale_reason = None;
+        drop(state);
+        self.applied.send_replace(());
+    }
+
+    /// The usable primary of `data_id` as the gateway last pushed it: `None` while the cache
+    /// is not fresh, does not hold the data ID, or the pushed primary is not usable.
+    pub(crate) fn pushed_primary(&self, data_id: &DataId) -> Option<Candidate> {
+        let state = self.read();
+        if !state.fresh {
+            return None;
+        }
+        let entry = state.routes.get(data_id.as_str())?;
+        entry
+            .candidates
+            .iter()
+            .find(|c| c.node_id == entry.primary)
+            .cloned()
+    }
+
+    /// Resolves once the gateway pushes a usable primary of `data_id` other than the last
+    /// one seen, starting from `seen` (what [`RouteCache::pushed_primary`] said when the
+    /// caller last tried). A push that leaves no usable primary wakes nobody (there is
+    /// nowhere to go), but it is remembered: the same node named usable again afterwards (it
+    /// came back) does wake. Never resolves while the cache is not fresh.
+    pub(crate) async fn until_primary_changes(&self, data_id: &DataId, seen: Option<Candidate>) {
+        // Subscribed before looking, so a push between the look and the wait is not missed.
+        let mut applied = self.applied.subscribe();
+        let mut seen = seen;
+        loop {
+            let now = self.pushed_primary(data_id);
+            if now.is_some() && now != seen {
+                return;
+            }
+            seen = now;
+            if applied.changed().await.is_err() {
+                // Not while `self` is borrowed; kept total all the same.
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// The watch is gone: lookups ask the gateway until a new snapshot arrives.
@@ -453,6 +499,71 @@ mod tests {
             Lookup::Unavailable(reason) => assert!(reason.contains("n1 critical"), "{reason}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn only_a_newly_usable_primary_of_the_data_id_wakes_a_waiter() {
+        use futures_util::FutureExt;
+
+        let cache = RouteCache::default();
+        cache.apply(update(
+            true,
+            vec![
+                data_route("a", "n1", &["n1", "n2"], 1),
+                data_route("b", "n1", &["n1", "n2"], 1),
+            ],
+            &[],
+        ));
+        let a = id("a");
+        let seen = cache.pushed_primary(&a);
+        assert_eq!(seen.as_ref().map(|c| c.node_id.as_str()), Some("n1"));
+        let waiter = cache.until_primary_changes(&a, seen);
+        tokio::pin!(waiter);
+        assert!(
+            (&mut waiter).now_or_never().is_none(),
+            "nothing changed yet"
+        );
+
+        // Another data ID moves, a's route is pushed again unchanged, then a's primary is
+        // lost: none of it names a new place to write a.
+        for change in [
+            data_route("b", "n2", &["n2"], 1),
+            data_route("a", "n1", &["n1", "n2"], 1),
+            data_route("a", "n1", &["n2"], 1),
+        ] {
+            cache.apply(update(false, vec![change], &[]));
+            assert!((&mut waiter).now_or_never().is_none());
+        }
+        // A promotion names n2.
+        cache.apply(update(false, vec![data_route("a", "n2", &["n2"], 1)], &[]));
+        assert_eq!((&mut waiter).now_or_never(), Some(()));
+    }
+
+    #[tokio::test]
+    async fn the_same_primary_usable_again_wakes_a_waiter_that_saw_it_lost() {
+        use futures_util::FutureExt;
+
+        let cache = RouteCache::default();
+        cache.apply(update(true, vec![data_route("a", "n1", &["n1"], 1)], &[]));
+        let a = id("a");
+        let waiter = cache.until_primary_changes(&a, cache.pushed_primary(&a));
+        tokio::pin!(waiter);
+        cache.apply(update(false, vec![data_route("a", "n1", &[], 0)], &[]));
+        assert!(
+            (&mut waiter).now_or_never().is_none(),
+            "lost: nowhere to go"
+        );
+        cache.apply(update(false, vec![data_route("a", "n1", &["n1"], 1)], &[]));
+        assert_eq!((&mut waiter).now_or_never(), Some(()), "n1 is back");
+
+        // A stale cache names nothing, and a waiter that saw nothing wakes only on a push.
+        cache.mark_stale("broke".into());
+        assert_eq!(cache.pushed_primary(&a), None);
+        let waiter = cache.until_primary_changes(&a, None);
+        tokio::pin!(waiter);
+        assert!((&mut waiter).now_or_never().is_none());
+        cache.apply(update(true, vec![data_route("a", "n1", &["n1"], 1)], &[]));
+        assert_eq!((&mut waiter).now_or_never(), Some(()));
     }
 
     #[test]

@@ -9,5 +9,6 @@ mod failover;
 mod gateway;
 mod publish;
 mod raw;
+mod reroute;
 mod streaming;
 mod util;

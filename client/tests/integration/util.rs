@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ec_client::{Candidate, ClientError, DataId, Resolver};
 pub use ec_testnode::{
     DEADLINE, NO_CONSUL, NodeAcks, NodeProcess, Signal, TestNode, connect, data_id, node_id,
-    payloads, publish, store,
+    payloads, publish, read_log, store, wait_in_sync,
 };
 use tokio::sync::Notify;
 
