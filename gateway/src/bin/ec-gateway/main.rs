@@ -37,7 +37,7 @@ fn run() -> Result<()> {
         return Ok(());
     };
     let settings = GatewaySettings::from_config(&config).wrap_err("gateway.allowed_nodes")?;
-    runtime()
+    tokio::runtime::Runtime::new()
         .wrap_err("cannot start the async runtime")?
         .block_on(async move {
             let addr = format!("{}:{}", config.gateway.host, config.gateway.port);
@@ -54,22 +54,4 @@ fn run() -> Result<()> {
                 .await
                 .wrap_err("the gateway stopped with an error")
         })
-}
-
-/// The async runtime, with one worker thread fewer than the machine has cores (at least one),
-/// unless `TOKIO_WORKER_THREADS` says how many.
-///
-/// Why not one per core: every proxied batch wakes three tasks in turn (the node
-/// connection's, the response stream's, the client connection's), and a spare worker is
-/// woken to share that work and parks again at once. Measured on 2 cores with `ec-bench
-/// proxy`: twice the gateway's context switches and ~20 % more of its CPU, and a higher
-/// delivery p50 (BENCHMARKS.md, "Proxy: the gateway's runtime").
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        builder.worker_threads(cores.saturating_sub(1).max(1));
-    }
-    builder.build()
 }
