@@ -1466,14 +1466,11 @@ async fn committed_events_are_served_while_fjall_has_not_got_them() {
         FsyncPolicy::Interval(Duration::from_secs(1)),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(
-            dir.path(),
-            LogOptions {
-                fsync,
-                ..LogOptions::default()
-            },
-        )
-        .unwrap();
+        let opts = || LogOptions {
+            fsync,
+            ..LogOptions::default()
+        };
+        let log = EventLog::open(dir.path(), opts()).unwrap();
         let a = id("a");
         log.append(&a, vec![ev("in fjall")], true).await.unwrap();
         log.inner.store.applied.drain();
@@ -1514,14 +1511,7 @@ async fn committed_events_are_served_while_fjall_has_not_got_them() {
         drop(log);
 
         // What was acknowledged survives a reopen.
-        let log = EventLog::open(
-            dir.path(),
-            LogOptions {
-                fsync,
-                ..LogOptions::default()
-            },
-        )
-        .unwrap();
+        let log = EventLog::open(dir.path(), opts()).unwrap();
         let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
         assert_eq!(payloads(&read), ["in fjall", "p1", "p2", "p3"]);
         log.close().await.unwrap();
