@@ -217,6 +217,11 @@ async fn the_acks_option_decides_what_an_acknowledgement_waits_for() {
         if n2_in_sync().await.is_some() {
             break;
         }
+        // Why n2 left the set goes to the test output (its log holds the session's end).
+        eprintln!(
+            "n2 left the in-sync set before it was frozen; its log:\n{}",
+            n2.log()
+        );
         n2.signal(Signal::SIGCONT);
         assert!(
             std::time::Instant::now() < freeze_deadline,

@@ -168,6 +168,11 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
         if frozen_in_sync {
             break;
         }
+        // Why n2 left the set goes to the test output (its log holds the session's end).
+        eprintln!(
+            "n2 left the in-sync set before it was frozen; its log:\n{}",
+            n2.log()
+        );
         n2.signal(Signal::SIGCONT);
         assert!(
             std::time::Instant::now() < freeze_deadline,
