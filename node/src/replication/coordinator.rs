@@ -78,6 +78,7 @@ pub(crate) fn spawn(
     stop: CancellationToken,
 ) -> Arc<Replication> {
     let consul = store.client().clone();
+    let mapping_store = store.clone();
     let mappings = watch_mappings(store, WATCH_WAIT, stop.clone());
     let health = watch_health(consul.clone(), SERVICE_NAME, WATCH_WAIT, stop.clone());
     let epochs = EpochStore::new(consul, &settings.kv_prefix);
@@ -90,13 +91,21 @@ pub(crate) fn spawn(
         health,
         cluster,
     );
-    tasks.spawn(run(repl.clone(), epochs, settings, mappings, stop));
+    tasks.spawn(run(
+        repl.clone(),
+        epochs,
+        mapping_store,
+        settings,
+        mappings,
+        stop,
+    ));
     repl
 }
 
 async fn run(
     repl: Arc<Replication>,
     epochs: EpochStore,
+    mapping_store: MappingStore,
     settings: ReplicationSettings,
     mut mappings: watch::Receiver<ec_discovery::Watched<ec_discovery::MappingSnapshot>>,
     stop: CancellationToken,
@@ -160,6 +169,7 @@ async fn run(
                     let handle = tokio::spawn(data_id_task(
                         repl.clone(),
                         epochs.clone(),
+                        mapping_store.clone(),
                         settings.clone(),
                         data_id.clone(),
                         rx,
@@ -191,6 +201,7 @@ async fn run(
 async fn data_id_task(
     repl: Arc<Replication>,
     epochs: EpochStore,
+    mapping_store: MappingStore,
     settings: ReplicationSettings,
     data_id: DataId,
     mut assignment: watch::Receiver<Assignment>,
@@ -203,7 +214,8 @@ async fn data_id_task(
         let current = assignment.borrow_and_update().clone();
         match &current {
             Assignment::Primary(_) => {
-                leader::lead(&repl, &epochs, &settings, &data_id, &mut assignment, &stop).await;
+                let stores = (&epochs, &mapping_store);
+                leader::lead(&repl, stores, &settings, &data_id, &mut assignment, &stop).await;
             }
             Assignment::Replica(_) => {
                 follower::follow(&repl, &epochs, &data_id, &mut assignment, &stop).await;

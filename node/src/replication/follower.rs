@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::coordinator::Assignment;
 use super::{Replication, Role};
@@ -112,7 +112,7 @@ pub(super) async fn follow(
                 p
             }
         };
-        info!(%data_id, %primary, reason = %ended.reason, "replication session ended");
+        debug!(%data_id, %primary, reason = %ended.reason, "replication session ended");
         repl.set_view(data_id, role(None), ended.reason);
         tokio::select! {
             () = stop.cancelled() => return,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ec_core::{DataId, Epoch, NodeId, Offset};
-use ec_discovery::{EpochError, EpochState, EpochStore, Mapping};
+use ec_discovery::{EpochError, EpochState, EpochStore, Mapping, MappingStore};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -327,10 +327,32 @@ impl LeaderTerm {
         self.state().record_index
     }
 
+    /// Whether storing `wanted` drops a node from the stored in-sync set.
+    fn shrinks(&self, wanted: &[NodeId]) -> bool {
+        self.state()
+            .set
+            .in_sync()
+            .iter()
+            .any(|n| !wanted.contains(n))
+    }
+
     /// The stored in-sync set and each replica's progress.
     pub(crate) fn status(&self) -> (Vec<NodeId>, Vec<ReplicaStatus>) {
         let st = self.state();
         (st.set.in_sync().to_vec(), st.set.status(Instant::now()))
+    }
+}
+
+/// Whether the mapping in Consul still names this node primary of `data_id`. Asked before
+/// the in-sync set shrinks: a replica promoted by the gateway ends its session as soon as it
+/// sees the new mapping, possibly before this node's watch delivers it, and if this node then
+/// dropped it from the set, the promoted replica could not claim the epoch (seen as a
+/// promotion that never took publishes). A failed read counts as yes: the set shrinks as
+/// before, for availability.
+async fn still_primary(repl: &Replication, mapping_store: &MappingStore, data_id: &DataId) -> bool {
+    match mapping_store.get(data_id).await {
+        Ok(Some(mapping)) => *mapping.primary() == repl.me,
+        Ok(None) | Err(_) => true,
     }
 }
 
@@ -434,7 +456,7 @@ async fn claim(
 /// Runs this node as `data_id`'s primary while the assignment says so.
 pub(super) async fn lead(
     repl: &Arc<Replication>,
-    epochs: &EpochStore,
+    (epochs, mapping_store): (&EpochStore, &MappingStore),
     settings: &ReplicationSettings,
     data_id: &DataId,
     assignment: &mut watch::Receiver<Assignment>,
@@ -461,7 +483,8 @@ pub(super) async fn lead(
         let pause = match claim(repl, epochs, data_id, &mapping).await {
             Claim::Won(won) => {
                 backoff = CLAIM_BACKOFF;
-                run_term(repl, epochs, settings, &won, &mapping, assignment, stop).await;
+                let stores = (epochs, mapping_store);
+                run_term(repl, stores, settings, &won, &mapping, assignment, stop).await;
                 continue;
             }
             Claim::Refused(reason) => {
@@ -490,7 +513,7 @@ pub(super) async fn lead(
 /// One term, from a won claim until it ends.
 async fn run_term(
     repl: &Arc<Replication>,
-    epochs: &EpochStore,
+    (epochs, mapping_store): (&EpochStore, &MappingStore),
     settings: &ReplicationSettings,
     won: &Won,
     mapping: &Mapping,
@@ -561,6 +584,11 @@ async fn run_term(
         let Some(wanted) = term.desired_in_sync() else {
             continue;
         };
+        if term.shrinks(&wanted) && !still_primary(repl, mapping_store, data_id).await {
+            // A promoted replica stops following before this node sees the new mapping;
+            // dropping it from the set now would keep it from claiming the epoch.
+            break "the mapping names another primary";
+        }
         match epochs
             .put(data_id, epoch, &repl.me, &wanted, Some(term.record_index()))
             .await
