@@ -210,24 +210,18 @@ async fn the_acks_option_decides_what_an_acknowledgement_waits_for() {
     // The premise: n2 is frozen while it is in the in-sync set. Its replication session may
     // restart for a moment (it then leaves the set, and acks=all is met without it), so it
     // is frozen again until the primary still counts it once it is frozen.
-    let freeze_deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        ec_testkit::wait_for("n2 in the in-sync set of acks", DEADLINE, n2_in_sync).await;
-        n2.signal(Signal::SIGSTOP);
-        if n2_in_sync().await.is_some() {
-            break;
-        }
-        // Why n2 left the set goes to the test output (its log holds the session's end).
-        eprintln!(
-            "n2 left the in-sync set before it was frozen; its log:\n{}",
-            n2.log()
-        );
-        n2.signal(Signal::SIGCONT);
-        assert!(
-            std::time::Instant::now() < freeze_deadline,
-            "n2 never stayed in the in-sync set once frozen"
-        );
-    }
+    ec_testkit::freeze_while(
+        "n2 in the in-sync set of acks",
+        DEADLINE,
+        &mut n2,
+        (
+            |p| p.signal(Signal::SIGSTOP),
+            |p| p.signal(Signal::SIGCONT),
+            |p| p.log(),
+        ),
+        n2_in_sync,
+    )
+    .await;
     let deadline_exceeded = |e: &ClientError| {
         matches!(
             e,

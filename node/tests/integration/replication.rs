@@ -146,7 +146,7 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
     // A process, so that it can be frozen: a stalled replica keeps its session open (a
     // stopped process's sockets stay connected) and is dropped only for its lag.
     let consul_addr = consul.http_addr().to_string();
-    let n2 = NodeProcess::spawn(&dir.path().join("n2"), &consul_addr, "n2", &[]);
+    let mut n2 = NodeProcess::spawn(&dir.path().join("n2"), &consul_addr, "n2", &[]);
     let mut c1 = n1.client().await;
     map(&consul, "lag", &["n1", "n2"]).await;
     wait_in_sync(&c1, "lag", &["n1", "n2"]).await;
@@ -158,27 +158,25 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
     // n2 is frozen while in the in-sync set; on a loaded machine its session may end for a
     // moment (it then leaves the set, and acks=all is rightly met without it), so it is
     // frozen again until the primary still counts it once it is frozen.
-    let freeze_deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        wait_in_sync(&c1, "lag", &["n1", "n2"]).await;
-        n2.signal(Signal::SIGSTOP);
-        let frozen_in_sync = status(&mut c1, "lag")
-            .await
-            .is_some_and(|s| s.in_sync.iter().any(|n| n == "n2"));
-        if frozen_in_sync {
-            break;
+    let n2_in_sync = || {
+        let mut c = c1.clone();
+        async move {
+            let s = status(&mut c, "lag").await?;
+            s.in_sync.iter().any(|n| n == "n2").then_some(())
         }
-        // Why n2 left the set goes to the test output (its log holds the session's end).
-        eprintln!(
-            "n2 left the in-sync set before it was frozen; its log:\n{}",
-            n2.log()
-        );
-        n2.signal(Signal::SIGCONT);
-        assert!(
-            std::time::Instant::now() < freeze_deadline,
-            "n2 never stayed in the in-sync set once frozen"
-        );
-    }
+    };
+    ec_testkit::freeze_while(
+        "n2 in the in-sync set of lag",
+        DEADLINE,
+        &mut n2,
+        (
+            |p| p.signal(Signal::SIGSTOP),
+            |p| p.signal(Signal::SIGCONT),
+            |p| p.log(),
+        ),
+        n2_in_sync,
+    )
+    .await;
     let err = publish_acks(&mut c1, "lag", payloads("b", 1), "all")
         .await
         .expect_err("no in-sync replica stores it in time");
