@@ -159,7 +159,7 @@ pub(super) fn spawn(
                 fatal("final sync of the event log", &e);
             }
             // fjall holds everything now: the next open has nothing to replay.
-            if let Err(e) = lock_wal(&store.wal).checkpoint() {
+            if let Err(e) = store.wal().checkpoint() {
                 fatal("final checkpoint of the write-ahead log", &e.into());
             }
             // Release the store before reporting "stopped", so that once every handle is
@@ -548,7 +548,7 @@ fn write_and_sync(
 ) {
     let started = std::time::Instant::now();
     let sync = store.batch_durability == PersistMode::SyncData;
-    if let Err(e) = lock_wal(&store.wal).append(&writes.puts, sync) {
+    if let Err(e) = store.wal().append(&writes.puts, sync) {
         fatal("writing a batch to the write-ahead log", &e.into());
     }
     let logged = started.elapsed();
@@ -665,12 +665,11 @@ impl Syncer {
                         // The write-ahead log is what makes the interval's batches durable;
                         // fjall is synced too, so that the keeper and fjall's own journal
                         // rotation find little left to sync.
-                        let files = lock_wal(&store.wal).unsynced_files()?;
+                        let files = store.wal().unsynced_files()?;
                         for file in files {
                             file.sync_data()?;
                         }
-                        sync_journal_files(store.space.dir())?;
-                        store.db.persist(PersistMode::SyncData)
+                        persist_fjall(&store)
                     });
                 }
             })?;
@@ -700,7 +699,7 @@ struct Keeper {
 impl Keeper {
     fn spawn(store: Arc<Store>) -> std::io::Result<Keeper> {
         let (wake, woken) = std_mpsc::sync_channel::<()>(1);
-        lock_wal(&store.wal).set_keeper(wake.clone());
+        store.wal().set_keeper(wake.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
@@ -723,35 +722,33 @@ impl Keeper {
     }
 }
 
-fn lock_wal(wal: &std::sync::Mutex<super::wal::Wal>) -> std::sync::MutexGuard<'_, super::wal::Wal> {
-    wal.lock().unwrap_or_else(|e| e.into_inner())
+/// Makes fjall durable without holding its journal lock for the fdatasync: its journal files
+/// through our own descriptors first ([`sync_journal_files`]), so that `persist`, which
+/// holds the lock every fjall write needs, finds little left to sync.
+fn persist_fjall(store: &Store) -> fjall::Result<()> {
+    sync_journal_files(store.space.dir())?;
+    store.db.persist(PersistMode::SyncData)
 }
 
 /// One round of the keeper: persist fjall if segments are sealed, release them, make sure a
 /// ready segment exists. A failed sync or file operation aborts the node, as on the commit
 /// path.
 fn keep_wal(store: &Store) {
-    let wal = &store.wal;
-    let sealed = lock_wal(wal).sealed();
+    let sealed = store.wal().sealed();
     if sealed > 0 {
         // Every record of a sealed segment was queued for the applier before the switch.
         store.applied.drain();
-        // fjall's journal through our own descriptors first, so that its persist, which
-        // holds the journal lock every commit needs, finds little left to sync.
-        if let Err(e) = sync_journal_files(store.space.dir()) {
-            fatal("syncing the event log's journal", &e.into());
-        }
-        if let Err(e) = store.db.persist(PersistMode::SyncData) {
+        if let Err(e) = persist_fjall(store) {
             fatal("persisting the event log", &e);
         }
     }
-    let released = lock_wal(wal).release(sealed);
+    let released = store.wal().release(sealed);
     let ready = match released.finish() {
         Ok(ready) => ready,
         Err(e) => fatal("releasing write-ahead log segments", &e.into()),
     };
     if let Some(ready) = ready
-        && let Err(e) = lock_wal(wal).install(ready)
+        && let Err(e) = store.wal().install(ready)
     {
         fatal("removing a write-ahead log segment", &e.into());
     }

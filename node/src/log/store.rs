@@ -475,11 +475,10 @@ impl Store {
     /// metadata, producer records), holding the writer lock, with the store's durability.
     /// With a write-ahead log, fjall is persisted and a checkpoint recorded first, so that a
     /// replay at the next open never applies an older record over this batch. A failure
-    /// aborts the node (see [`super::committer::fatal`]).
+    /// aborts the node (see [`super::committer::fatal`]). Callers hold the writer lock from
+    /// [`Store::lock_writes`], so every committed batch is in fjall already.
     pub(super) fn commit_direct(&self, batch: fjall::OwnedWriteBatch, what: &str) {
-        // Callers hold the writer lock from `lock_writes`, so this returns at once.
-        self.applied.drain();
-        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wal = self.wal();
         // Nothing written since the last checkpoint: nothing to replay over this batch.
         if wal.dirty() {
             if let Err(e) = self.db.persist(PersistMode::SyncData) {
@@ -514,6 +513,12 @@ impl Store {
         let guard = self.lock_for_commit();
         self.applied.drain();
         guard
+    }
+
+    /// The write-ahead log (poisoning ignored: a writer that panicked while holding it
+    /// aborted the node, see [`super::committer::fatal`], or left it between records).
+    pub(super) fn wal(&self) -> MutexGuard<'_, Wal> {
+        self.wal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes the writer lock for the committer (see [`Store::lock_writes`]).
