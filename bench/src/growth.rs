@@ -33,8 +33,8 @@ use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use crate::cli::{Curve, GrowthArgs, Settings, SystemKind, Tier};
 use crate::machine::{self, Idle};
 use crate::report::{Record, Report, record};
-use crate::suite::{fail, idle_now, wait_idle};
-use crate::systems::{self, Server};
+use crate::suite::{fail, locate_systems, wait_idle};
+use crate::systems::Server;
 use crate::workload::{self, E2eShape, Position, Publish, RoundRobin, Subscribe};
 
 /// Events per batch in the `ids` curve: a small producer's batch, so that many data IDs are
@@ -163,24 +163,7 @@ pub(crate) async fn run(args: GrowthArgs) -> Result<()> {
         plan.curves.iter().map(|c| c.name()).collect::<Vec<_>>(),
         if s.quick { ", --quick" } else { "" }
     );
-    let mut available: Vec<(SystemKind, PathBuf)> = Vec::new();
-    for &kind in &s.systems {
-        match systems::locate(kind, &s) {
-            Ok(bin) => available.push((kind, bin)),
-            Err(why) => {
-                let mut r = record(
-                    "growth",
-                    kind.name(),
-                    kind != SystemKind::Ec,
-                    None,
-                    0,
-                    idle_now(),
-                );
-                r.skipped = Some(why);
-                report.add(r)?;
-            }
-        }
-    }
+    let available = locate_systems(&s, "growth", &mut report)?;
     let mut failures = 0usize;
     for trial in 1..=s.trials {
         println!("\n== trial {trial}/{} ==", s.trials);

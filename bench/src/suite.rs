@@ -142,26 +142,11 @@ pub(crate) async fn run(command: Command) -> Result<()> {
     );
 
     let mut failures = 0usize;
-    let mut available: Vec<(SystemKind, PathBuf)> = Vec::new();
-    if scen.per_system() {
-        for &kind in &s.systems {
-            match systems::locate(kind, &s) {
-                Ok(bin) => available.push((kind, bin)),
-                Err(why) => {
-                    let mut r = record(
-                        name,
-                        kind.name(),
-                        kind != SystemKind::Ec,
-                        None,
-                        0,
-                        idle_now(),
-                    );
-                    r.skipped = Some(why);
-                    report.add(r)?;
-                }
-            }
-        }
-    }
+    let available = if scen.per_system() {
+        locate_systems(&s, name, &mut report)?
+    } else {
+        Vec::new()
+    };
     let cluster_bins = if (scen.lookup || scen.proxy || scen.failover || scen.primary_kill)
         && s.systems.contains(&SystemKind::Ec)
     {
@@ -271,6 +256,34 @@ fn cluster_binaries(s: &Settings) -> Result<ClusterBins, String> {
         node,
         gateway,
     })
+}
+
+/// The binaries of the systems `s` names; a system that cannot be found is recorded as
+/// skipped for `scenario`, with why, and left out.
+pub(crate) fn locate_systems(
+    s: &Settings,
+    scenario: &str,
+    report: &mut Report,
+) -> Result<Vec<(SystemKind, PathBuf)>> {
+    let mut available = Vec::new();
+    for &kind in &s.systems {
+        match systems::locate(kind, s) {
+            Ok(bin) => available.push((kind, bin)),
+            Err(why) => {
+                let mut r = record(
+                    scenario,
+                    kind.name(),
+                    kind != SystemKind::Ec,
+                    None,
+                    0,
+                    idle_now(),
+                );
+                r.skipped = Some(why);
+                report.add(r)?;
+            }
+        }
+    }
+    Ok(available)
 }
 
 pub(crate) fn idle_now() -> Idle {
