@@ -379,11 +379,8 @@ async fn followers_point(
         .await
         .wrap_err("end-to-end failed")?;
     let after = cpu_now(pid);
-    if let Some(d) = e.delivery {
-        r.metrics.insert("delivery_p50_us".into(), d.p50);
-        r.metrics.insert("delivery_p99_us".into(), d.p99);
-        r.metrics.insert("delivery_p999_us".into(), d.p999);
-        r.metrics.insert("delivery_max_us".into(), d.max);
+    if let Some(d) = &e.delivery {
+        r.insert_percentiles("delivery", d);
     }
     r.metrics.insert("lost".into(), e.lost as f64);
     r.metrics

@@ -57,6 +57,20 @@ pub(crate) struct Report {
     pub(crate) run: u64,
 }
 
+impl Record {
+    /// Adds `{name}_p50_us`, `_p99_us`, `_p999_us` and `_max_us` from `p`.
+    pub(crate) fn insert_percentiles(&mut self, name: &str, p: &crate::stats::Percentiles) {
+        for (suffix, value) in [
+            ("p50", p.p50),
+            ("p99", p.p99),
+            ("p999", p.p999),
+            ("max", p.max),
+        ] {
+            self.metrics.insert(format!("{name}_{suffix}_us"), value);
+        }
+    }
+}
+
 impl Report {
     /// A report appending to `out`, if given.
     pub(crate) fn new(out: Option<&Path>) -> Result<Report> {

@@ -442,17 +442,11 @@ async fn system_trial(
             .await
             .wrap_err("end-to-end failed")?;
         let mut r = base("e2e");
-        if let Some(d) = e.delivery {
-            r.metrics.insert("delivery_p50_us".into(), d.p50);
-            r.metrics.insert("delivery_p99_us".into(), d.p99);
-            r.metrics.insert("delivery_p999_us".into(), d.p999);
-            r.metrics.insert("delivery_max_us".into(), d.max);
+        if let Some(d) = &e.delivery {
+            r.insert_percentiles("delivery", d);
         }
-        if let Some(a) = e.ack {
-            r.metrics.insert("ack_p50_us".into(), a.p50);
-            r.metrics.insert("ack_p99_us".into(), a.p99);
-            r.metrics.insert("ack_p999_us".into(), a.p999);
-            r.metrics.insert("ack_max_us".into(), a.max);
+        if let Some(a) = &e.ack {
+            r.insert_percentiles("ack", a);
         }
         r.metrics.insert("late_ticks".into(), e.late_ticks as f64);
         r.metrics.insert("lost".into(), e.lost as f64);
