@@ -146,10 +146,26 @@ pub(super) fn spawn(
     };
     let keeper = Keeper::spawn(store.clone())?;
     let applier = Applier::spawn(store.clone())?;
+    let flusher = match store.batch_durability {
+        PersistMode::SyncData => Some(Flusher::spawn(store.clone())?),
+        _ => None,
+    };
+    // Only to wait for "the batch in flight is durable, or a request came": nothing else
+    // runs on it.
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     std::thread::Builder::new()
         .name("ec-log-committer".to_owned())
         .spawn(move || {
-            run(&store, &applier, requests, max_batch_bytes);
+            runtime.block_on(run(
+                &store,
+                &applier,
+                flusher.as_ref(),
+                requests,
+                max_batch_bytes,
+            ));
+            if let Some(flusher) = flusher {
+                flusher.stop();
+            }
             applier.stop();
             if let Some(syncer) = syncer {
                 syncer.stop();
@@ -170,25 +186,106 @@ pub(super) fn spawn(
         })
 }
 
-fn run(
+/// What the committer waits for next.
+enum Next {
+    /// The batch in flight is durable.
+    Synced,
+    Request(AppendRequest),
+    /// Every sender is gone.
+    Closed,
+}
+
+/// The committer's loop. Under `Always` it is a pipeline of depth two: while one batch's
+/// fdatasync runs on the flusher thread, the next batch is placed (against the first one's
+/// ends, which readers do not see yet) and written; the first is then published and
+/// answered, and the second's sync starts at once. The writer lock is held from a batch's
+/// placement until it is published, so while batches are in flight nobody else writes; a
+/// writer waiting for the lock stops the pipeline from taking new batches until it gets it.
+async fn run(
     store: &Store,
     applier: &Applier,
+    flusher: Option<&Flusher>,
     mut requests: mpsc::Receiver<AppendRequest>,
     max_batch_bytes: usize,
 ) {
-    while let Some(first) = requests.blocking_recv() {
+    let mut guard = None;
+    let mut syncing: Option<Batch> = None;
+    loop {
+        let next = match syncing.as_mut() {
+            None => {
+                drop(guard.take());
+                requests.recv().await.map_or(Next::Closed, Next::Request)
+            }
+            Some(batch) if store.writer_waiting() => {
+                batch.durable().await;
+                Next::Synced
+            }
+            Some(batch) => tokio::select! {
+                biased;
+                () = batch.durable() => Next::Synced,
+                request = requests.recv() => request.map_or(Next::Closed, Next::Request),
+            },
+        };
+        let first = match next {
+            Next::Synced => {
+                if let Some(batch) = syncing.take() {
+                    complete(store, applier, batch);
+                }
+                continue;
+            }
+            Next::Closed => break,
+            Next::Request(request) => request,
+        };
         let mut size = first.batch_bytes();
-        let mut batch = vec![first];
+        let mut requests_now = vec![first];
         while size < max_batch_bytes {
             match requests.try_recv() {
                 Ok(request) => {
                     size += request.batch_bytes();
-                    batch.push(request);
+                    requests_now.push(request);
                 }
                 Err(_) => break,
             }
         }
-        commit(store, applier, batch);
+        let Some(requests_now) = admit_space(store, requests_now) else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        if guard.is_none() {
+            guard = Some(store.lock_for_commit());
+        }
+        let mut batch = place(store, requests_now, syncing.as_ref(), started);
+        // The log switches segments only with nothing in flight: the keeper persists fjall
+        // for a sealed segment on the premise that each of its batches is queued for the
+        // applier, which happens when a batch completes.
+        if let Some(mut before) = syncing.take() {
+            if batch
+                .sealed
+                .as_ref()
+                .is_some_and(|s| !store.wal().fits(&s.writes.puts))
+            {
+                before.durable().await;
+                complete(store, applier, before);
+            } else {
+                syncing = Some(before);
+            }
+        }
+        write(store, flusher, &mut batch);
+        // Batches complete in order: one that writes nothing (refused, or duplicates of
+        // the batch before) is answered after the batch before it is durable.
+        if let Some(mut before) = syncing.take() {
+            before.durable().await;
+            complete(store, applier, before);
+        }
+        if batch.synced.is_some() {
+            syncing = Some(batch);
+        } else {
+            complete(store, applier, batch);
+        }
+    }
+    if let Some(mut batch) = syncing.take() {
+        batch.durable().await;
+        complete(store, applier, batch);
     }
 }
 
@@ -199,13 +296,17 @@ struct Touched {
     tail: Tail,
     /// Created by this batch: becomes visible to lookups only once the batch is durable.
     created: bool,
+    /// The stream's end before this batch.
+    start_next: u64,
     /// Producer records as they will be after the batch: seeded from the stream's records
     /// on first use, changed by the requests of this batch.
     producers: HashMap<u64, ProducerRecord>,
     /// Producers whose record this batch changes (written with the events).
     changed: HashSet<u64>,
-    /// Producer batches stored by this batch, for a retry that arrives in the same batch.
+    /// Producer batches stored by this batch (from `own_stored` on) and by the batch in
+    /// flight before it (not published yet, so not found in the store), for a retry.
     stored: Vec<(ProducerTag, ProducerRecord)>,
+    own_stored: usize,
     /// The events this batch stores, for the stream's pending tail.
     fresh: Vec<StoredEvent>,
 }
@@ -221,9 +322,27 @@ impl Touched {
             stream,
             tail: Tail::new(meta, last_epoch),
             created,
+            start_next: meta.next,
             producers: HashMap::new(),
             changed: HashSet::new(),
             stored: Vec::new(),
+            own_stored: 0,
+            fresh: Vec::new(),
+        }
+    }
+
+    /// The stream as the batch in flight `before` leaves it (not published yet): its end,
+    /// epoch, producer records and stored producer batches.
+    fn after(before: &Touched) -> Touched {
+        Touched {
+            stream: before.stream.clone(),
+            tail: Tail::new(before.tail.meta, before.tail.last_epoch),
+            created: false,
+            start_next: before.tail.meta.next,
+            producers: before.producers.clone(),
+            changed: HashSet::new(),
+            stored: before.stored[before.own_stored..].to_vec(),
+            own_stored: before.stored.len() - before.own_stored,
             fresh: Vec::new(),
         }
     }
@@ -243,27 +362,61 @@ impl Touched {
     /// Whether the batch writes anything for this stream (streams whose every request was
     /// refused are left alone).
     fn written(&self) -> bool {
-        self.created
-            || !self.tail.new_epochs.is_empty()
-            || self.tail.meta.next != self.stream.state().next
+        self.created || !self.tail.new_epochs.is_empty() || self.tail.meta.next != self.start_next
     }
 }
 
-/// Writes one batch for `requests`, makes it durable, publishes it, answers publishers.
+/// A publisher's reply channel and the answer it gets once its batch is durable.
+type Reply = (
+    oneshot::Sender<Result<Appended, LogError>>,
+    Result<Appended, LogError>,
+);
+
+/// One group commit on its way through the stages: placed ([`place`]), written ([`write`]),
+/// durable ([`Batch::durable`]), then published and answered ([`complete`]).
+struct Batch {
+    /// `None`: the batch writes nothing (every request refused or a duplicate).
+    sealed: Option<Sealed>,
+    replies: Vec<Reply>,
+    /// Under `Always`, set once written: the flusher's word that the record is durable.
+    synced: Option<oneshot::Receiver<()>>,
+    started: std::time::Instant,
+    /// Microseconds from `started` to the end of placement and of the write.
+    placed_us: u64,
+    wrote_us: u64,
+}
+
+impl Batch {
+    /// Waits until the batch's record is durable (at once if it needs no sync). Safe to
+    /// cancel and call again.
+    async fn durable(&mut self) {
+        if let Some(synced) = &mut self.synced {
+            if synced.await.is_err() {
+                // The flusher only stops by a failed sync (which aborts) or a panic.
+                tracing::error!("the write-ahead log's flusher stopped; aborting the node");
+                std::process::abort();
+            }
+            self.synced = None;
+        }
+    }
+}
+
+/// Places each request of a batch (against `before`, the batch still in flight, where it
+/// touched a stream) and encodes the batch. No I/O but producer lookups of older batches.
 ///
-/// The stages, in order: admit (free space) → place (offsets, epochs, producer admission,
-/// per request, against the streams as the earlier requests left them) → encode (into one
-/// fjall batch) → write and sync → publish the new ends → answer. Nothing is answered
-/// before the sync, and nothing is published to readers before it either.
-fn commit(store: &Store, applier: &Applier, requests: Vec<AppendRequest>) {
-    let Some(requests) = admit_space(store, requests) else {
-        return;
-    };
-    let started = std::time::Instant::now();
-    let guard = store.lock_for_commit();
-    let locked = started.elapsed();
-    let mut plan = Plan::new(store);
-    let replies: Vec<_> = requests
+/// The stages of a batch, in order: admit (free space) → place (offsets, epochs, producer
+/// admission, per request, against the streams as the earlier requests left them) → encode
+/// (into one fjall batch and one log record) → write (and sync) → publish the new ends →
+/// answer. Nothing is answered before the sync, and nothing is published to readers before
+/// it either.
+fn place(
+    store: &Store,
+    requests: Vec<AppendRequest>,
+    before: Option<&Batch>,
+    started: std::time::Instant,
+) -> Batch {
+    let mut plan = Plan::new(store, before.and_then(|b| b.sealed.as_ref()));
+    let replies = requests
         .into_iter()
         .map(|request| {
             let result = plan.add(
@@ -275,32 +428,90 @@ fn commit(store: &Store, applier: &Applier, requests: Vec<AppendRequest>) {
             (request.reply, result)
         })
         .collect();
-    let placed = started.elapsed();
-    let mut wrote = placed;
-    if let Some(written) = plan.seal() {
-        let mut touched = written.touched;
-        write_and_sync(
+    let sealed = plan.seal();
+    let placed_us = started.elapsed().as_micros() as u64;
+    Batch {
+        sealed,
+        replies,
+        synced: None,
+        started,
+        placed_us,
+        wrote_us: placed_us,
+    }
+}
+
+/// Writes the batch's record to the write-ahead log and, under `Always`, hands the segment
+/// to the flusher to fdatasync. A failed write aborts the node ([`fatal`]).
+fn write(store: &Store, flusher: Option<&Flusher>, batch: &mut Batch) {
+    let Some(sealed) = &batch.sealed else {
+        return;
+    };
+    {
+        let mut wal = store.wal();
+        if let Err(e) = wal.append(&sealed.writes.puts, false) {
+            fatal("writing a batch to the write-ahead log", &e.into());
+        }
+        if let Some(flusher) = flusher {
+            match wal.active_file() {
+                Ok(file) => batch.synced = Some(flusher.sync(file)),
+                Err(e) => fatal("syncing the write-ahead log", &e.into()),
+            }
+        }
+    }
+    if flusher.is_none() {
+        store.unsynced.store(true, Ordering::Release);
+    }
+    batch.wrote_us = batch.started.elapsed().as_micros() as u64;
+}
+
+/// Once the batch is durable: its events onto the streams' pending tails, its fjall batch
+/// to the applier (which writes it off the commit path), the new ends published, the
+/// publishers answered.
+fn complete(store: &Store, applier: &Applier, batch: Batch) {
+    let synced_us = batch.started.elapsed().as_micros() as u64;
+    if let Some(sealed) = batch.sealed {
+        let mut touched = sealed.touched;
+        let mut ends = Vec::with_capacity(touched.len());
+        for t in touched.values_mut() {
+            if !t.fresh.is_empty() {
+                t.stream.pending.push(std::mem::take(&mut t.fresh));
+                ends.push((t.stream.clone(), t.tail.meta.next));
+            }
+        }
+        applier.submit(
             store,
-            applier,
-            written.writes,
-            &mut touched,
-            written.copied_stats,
+            Job {
+                batch: sealed.writes.batch,
+                ends,
+            },
         );
-        wrote = started.elapsed();
+        if let Some(observer) = &store.on_commit {
+            (observer.0)(&CommitStats {
+                events: touched
+                    .values()
+                    .map(|t| t.tail.meta.next.saturating_sub(t.start_next))
+                    .sum(),
+                took: batch.started.elapsed(),
+                copied: sealed.copied_stats,
+            });
+        }
+        store.commits.fetch_add(1, Ordering::Relaxed);
         publish_ends(store, touched);
     }
-    drop(guard);
-    let published = started.elapsed();
+    let published = batch.started.elapsed();
     if published >= SLOW_COMMIT {
+        // Which stage was slow: placing, writing the log record (queueing behind the log's
+        // lock), waiting for the fdatasync (and the batch before), or publishing (queueing
+        // for the applier, full while fjall is slow).
         tracing::debug!(
-            lock_us = locked.as_micros() as u64,
-            place_us = (placed - locked).as_micros() as u64,
-            write_us = (wrote - placed).as_micros() as u64,
-            publish_us = (published - wrote).as_micros() as u64,
+            place_us = batch.placed_us,
+            write_us = batch.wrote_us - batch.placed_us,
+            sync_us = synced_us - batch.wrote_us,
+            publish_us = published.as_micros() as u64 - synced_us,
             "slow commit"
         );
     }
-    for (reply, result) in replies {
+    for (reply, result) in batch.replies {
         // The publisher may have gone away (cancelled); its events are committed anyway.
         let _ = reply.send(result);
     }
@@ -324,6 +535,9 @@ fn admit_space(store: &Store, requests: Vec<AppendRequest>) -> Option<Vec<Append
 /// The batch being built: the streams it touches and its encoded writes.
 struct Plan<'s> {
     store: &'s Store,
+    /// The batch in flight, not published yet: where it touched a stream, this batch goes
+    /// on from its end.
+    before: Option<&'s Sealed>,
     /// Wall-clock time of the batch, in ms: the timestamp of its publishes.
     now: i64,
     touched: HashMap<u64, Touched>,
@@ -361,13 +575,16 @@ impl Writes {
 struct Sealed {
     writes: Writes,
     touched: HashMap<u64, Touched>,
+    /// Streams this batch creates, by data ID.
+    created: HashMap<DataId, u64>,
     copied_stats: Vec<(DataId, u64, u64)>,
 }
 
 impl<'s> Plan<'s> {
-    fn new(store: &'s Store) -> Plan<'s> {
+    fn new(store: &'s Store, before: Option<&'s Sealed>) -> Plan<'s> {
         Plan {
             store,
+            before,
             now: TimestampMs::now().0,
             touched: HashMap::new(),
             created: HashMap::new(),
@@ -384,6 +601,12 @@ impl<'s> Plan<'s> {
         };
         if let Some(number) = self.created.get(&data_id) {
             return self.touched[number].stream.clone();
+        }
+        // Created by the batch in flight.
+        if let Some(before) = self.before
+            && let Some(number) = before.created.get(&data_id)
+        {
+            return before.touched[number].stream.clone();
         }
         // Created by an earlier batch after this request was submitted.
         if let Some(stream) = self.store.stream(&data_id) {
@@ -420,10 +643,15 @@ impl<'s> Plan<'s> {
         }
         let stream = self.stream(target);
         let access = stream.access();
-        let (store, now) = (self.store, self.now);
+        let (store, now, before) = (self.store, self.now, self.before);
         let entry = self.touched.entry(stream.number).or_insert_with(|| {
-            let last_epoch = stream.epochs().last().map(|e| e.epoch.0);
-            Touched::new(stream.clone(), *stream.state(), false, last_epoch)
+            match before.and_then(|b| b.touched.get(&stream.number)) {
+                Some(t) => Touched::after(t),
+                None => {
+                    let last_epoch = stream.epochs().last().map(|e| e.epoch.0);
+                    Touched::new(stream.clone(), *stream.state(), false, last_epoch)
+                }
+            }
         });
         let Some(copied) = copied else {
             let epoch = entry.tail.publish_epoch(&stream.data_id, access)?;
@@ -530,64 +758,9 @@ impl<'s> Plan<'s> {
         Some(Sealed {
             writes: self.writes,
             touched: self.touched,
+            created: self.created,
             copied_stats: self.copied_stats,
         })
-    }
-}
-
-/// Write and sync: one write-ahead log record for the whole batch (fdatasynced under
-/// `Always`, written to the OS under `Interval`), the batch's events onto the streams'
-/// pending tails, and the fjall batch to the applier, which writes it off the commit path.
-/// A failure aborts the node ([`fatal`]).
-fn write_and_sync(
-    store: &Store,
-    applier: &Applier,
-    writes: Writes,
-    touched: &mut HashMap<u64, Touched>,
-    copied: Vec<(DataId, u64, u64)>,
-) {
-    let started = std::time::Instant::now();
-    let sync = store.batch_durability == PersistMode::SyncData;
-    if let Err(e) = store.wal().append(&writes.puts, sync) {
-        fatal("writing a batch to the write-ahead log", &e.into());
-    }
-    let logged = started.elapsed();
-    let mut ends = Vec::with_capacity(touched.len());
-    for t in touched.values_mut() {
-        if !t.fresh.is_empty() {
-            t.stream.pending.push(std::mem::take(&mut t.fresh));
-            ends.push((t.stream.clone(), t.tail.meta.next));
-        }
-    }
-    applier.submit(
-        store,
-        Job {
-            batch: writes.batch,
-            ends,
-        },
-    );
-    if started.elapsed() >= SLOW_COMMIT {
-        // Which step was slow: our write-ahead log (write, and fdatasync under `Always`) or
-        // queueing for the applier (full while fjall is slow).
-        tracing::debug!(
-            wal_us = logged.as_micros() as u64,
-            queue_us = (started.elapsed() - logged).as_micros() as u64,
-            "slow write"
-        );
-    }
-    if let Some(observer) = &store.on_commit {
-        (observer.0)(&CommitStats {
-            events: touched
-                .values()
-                .map(|t| t.tail.meta.next.saturating_sub(t.stream.state().next))
-                .sum(),
-            took: started.elapsed(),
-            copied,
-        });
-    }
-    store.commits.fetch_add(1, Ordering::Relaxed);
-    if store.batch_durability == PersistMode::Buffer {
-        store.unsynced.store(true, Ordering::Release);
     }
 }
 
@@ -643,6 +816,49 @@ fn admit_producer(
                     sequence: tag.sequence,
                 }),
             }
+        }
+    }
+}
+
+/// The `Always` policy's fdatasync thread: syncs the segment a batch was written to while
+/// the committer places and writes the next batch. Jobs run in order, so a batch is never
+/// reported durable before the one written ahead of it.
+struct Flusher {
+    jobs: std_mpsc::Sender<(std::fs::File, oneshot::Sender<()>)>,
+    thread: JoinHandle<()>,
+}
+
+impl Flusher {
+    fn spawn(store: Arc<Store>) -> std::io::Result<Flusher> {
+        let (jobs, queue) = std_mpsc::channel::<(std::fs::File, oneshot::Sender<()>)>();
+        let thread = std::thread::Builder::new()
+            .name("ec-log-flusher".to_owned())
+            .spawn(move || {
+                while let Ok((file, synced)) = queue.recv() {
+                    #[cfg(test)]
+                    store.sync_permits.take();
+                    if let Err(e) = file.sync_data() {
+                        fatal("fdatasync of the write-ahead log", &e.into());
+                    }
+                    let _ = synced.send(());
+                }
+                drop(store);
+            })?;
+        Ok(Flusher { jobs, thread })
+    }
+
+    /// Queues an fdatasync of `file`; the receiver hears once it returned.
+    fn sync(&self, file: std::fs::File) -> oneshot::Receiver<()> {
+        let (synced, receiver) = oneshot::channel();
+        // If the thread is gone, `synced` is dropped with the job and the committer aborts.
+        let _ = self.jobs.send((file, synced));
+        receiver
+    }
+
+    fn stop(self) {
+        drop(self.jobs);
+        if self.thread.join().is_err() {
+            tracing::error!("write-ahead log flusher thread panicked");
         }
     }
 }

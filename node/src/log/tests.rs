@@ -1517,3 +1517,97 @@ async fn committed_events_are_served_while_fjall_has_not_got_them() {
         log.close().await.unwrap();
     }
 }
+
+// The pipeline under `Always`: a batch is placed and written while the one before it syncs.
+
+/// Waits until the write-ahead log has written `n` records in all.
+async fn records_written(log: &EventLog, n: u64) {
+    timeout(DEADLINE, async {
+        while log.inner.store.wal().next_seq() < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
+async fn submit(
+    log: &EventLog,
+    data_id: &DataId,
+    t: Option<ProducerTag>,
+    p: &[&str],
+) -> PendingAppend {
+    log.submit_as(data_id, p.iter().map(|s| ev(s)).collect(), true, t)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn batches_placed_while_the_one_before_syncs_go_on_from_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let (x, z) = (id("x"), id("z"));
+    let permits = &log.inner.store.sync_permits;
+    let start = log.inner.store.wal().next_seq();
+    permits.set(Some(0));
+
+    // z1 is written and its sync held; z2 is placed and written behind it, and the
+    // committer waits for z1.
+    let z1 = submit(&log, &z, None, &["z1"]).await;
+    records_written(&log, start + 1).await;
+    let z2 = submit(&log, &z, None, &["z2"]).await;
+    records_written(&log, start + 2).await;
+    // Both queue up meanwhile and become one batch: it creates x, with producer 7's
+    // batches 0 and 1.
+    let a1 = submit(&log, &x, tag(7, 0), &["a0", "a1"]).await;
+    let a2 = submit(&log, &x, tag(7, 1), &["a2"]).await;
+
+    // z1 durable: the batch of a1 and a2 is written while z2 syncs.
+    permits.set(Some(1));
+    records_written(&log, start + 3).await;
+    // One batch placed against that one, which nobody sees yet: retries of both producer
+    // batches (one earlier, one the last), a plain publish and producer 7's next batch.
+    let r1 = submit(&log, &x, tag(7, 0), &["a0", "a1"]).await;
+    let r2 = submit(&log, &x, tag(7, 1), &["a2"]).await;
+    let plain = submit(&log, &x, None, &["b0"]).await;
+    let next = submit(&log, &x, tag(7, 2), &["a3"]).await;
+    permits.set(Some(1));
+    records_written(&log, start + 4).await;
+    // Nothing of x is visible or answered while its creating batch syncs.
+    assert!(!log.contains(&x));
+    let z1 = z1.await.unwrap();
+    assert_eq!(z1.first, Offset(0));
+
+    permits.set(None);
+    let (z2, a1, a2) = (z2.await.unwrap(), a1.await.unwrap(), a2.await.unwrap());
+    assert_eq!(z2.first, Offset(1));
+    assert_eq!(
+        (a1.first, a1.last, a2.first),
+        (Offset(0), Offset(1), Offset(2))
+    );
+    let (r1, r2) = (r1.await.unwrap(), r2.await.unwrap());
+    assert!(r1.duplicate && r2.duplicate);
+    assert_eq!((r1.first, r1.last, r2.first), (a1.first, a1.last, a2.first));
+    assert_eq!(plain.await.unwrap().first, Offset(3));
+    assert_eq!(next.await.unwrap().first, Offset(4));
+    let want = ["a0", "a1", "a2", "b0", "a3"];
+    assert_eq!(
+        payloads(&log.read(&x, Offset(0), 100, usize::MAX).unwrap()),
+        want
+    );
+    log.close().await.unwrap();
+    drop(log);
+
+    // The same after a reopen, and producer 7 goes on at batch 3.
+    let log = open(dir.path());
+    assert_eq!(
+        payloads(&log.read(&x, Offset(0), 100, usize::MAX).unwrap()),
+        want
+    );
+    let retry = publish_as(&log, &x, tag(7, 2), &["a3"]).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.first, Offset(4));
+    let after = publish_as(&log, &x, tag(7, 3), &["a4"]).await.unwrap();
+    assert_eq!(after.first, Offset(5));
+    log.close().await.unwrap();
+}
