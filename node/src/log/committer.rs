@@ -188,19 +188,22 @@ pub(super) fn spawn(
 
 /// What the committer waits for next.
 enum Next {
-    /// The batch in flight is durable.
+    /// The flusher has made more batches durable.
     Synced,
     Request(AppendRequest),
     /// Every sender is gone.
     Closed,
 }
 
-/// The committer's loop. Under `Always` it is a pipeline of depth two: while one batch's
-/// fdatasync runs on the flusher thread, the next batch is placed (against the first one's
-/// ends, which readers do not see yet) and written; the first is then published and
-/// answered, and the second's sync starts at once. The writer lock is held from a batch's
-/// placement until it is published, so while batches are in flight nobody else writes; a
-/// writer waiting for the lock stops the pipeline from taking new batches until it gets it.
+/// The committer's loop. Under `Always` it is a pipeline: each batch is placed (against the
+/// ends the batches in flight leave, which readers do not see yet), encoded and written as
+/// soon as its requests arrive, and the flusher thread fdatasyncs whatever was written, one
+/// sync after the other, each covering every batch written before it started. Batches are
+/// published and answered in order, once durable. Placing and encoding never hold up the
+/// disk, and a request waits at most for the sync under way and its own.
+///
+/// The writer lock is held while batches are in flight, so nobody else writes meanwhile; a
+/// writer waiting for the lock stops the pipeline from taking new requests until it gets it.
 async fn run(
     store: &Store,
     applier: &Applier,
@@ -209,27 +212,32 @@ async fn run(
     max_batch_bytes: usize,
 ) {
     let mut guard = None;
-    let mut syncing: Option<Batch> = None;
+    let mut pipeline = Pipeline::default();
+    let mut durable = flusher.map(Flusher::durable);
+    let mut seq = 0;
     loop {
-        let next = match syncing.as_mut() {
-            None => {
+        let next = match durable.as_mut() {
+            Some(durable) if !pipeline.batches.is_empty() => {
+                if store.writer_waiting() {
+                    changed(durable).await;
+                    Next::Synced
+                } else {
+                    tokio::select! {
+                        biased;
+                        () = changed(durable) => Next::Synced,
+                        request = requests.recv() => request.map_or(Next::Closed, Next::Request),
+                    }
+                }
+            }
+            _ => {
                 drop(guard.take());
                 requests.recv().await.map_or(Next::Closed, Next::Request)
             }
-            Some(batch) if store.writer_waiting() => {
-                batch.durable().await;
-                Next::Synced
-            }
-            Some(batch) => tokio::select! {
-                biased;
-                () = batch.durable() => Next::Synced,
-                request = requests.recv() => request.map_or(Next::Closed, Next::Request),
-            },
         };
         let first = match next {
             Next::Synced => {
-                if let Some(batch) = syncing.take() {
-                    complete(store, applier, batch);
+                if let Some(durable) = &durable {
+                    pipeline.complete(store, applier, *durable.borrow());
                 }
                 continue;
             }
@@ -237,55 +245,156 @@ async fn run(
             Next::Request(request) => request,
         };
         let mut size = first.batch_bytes();
-        let mut requests_now = vec![first];
+        let mut gathered = vec![first];
         while size < max_batch_bytes {
             match requests.try_recv() {
                 Ok(request) => {
                     size += request.batch_bytes();
-                    requests_now.push(request);
+                    gathered.push(request);
                 }
                 Err(_) => break,
             }
         }
-        let Some(requests_now) = admit_space(store, requests_now) else {
+        let Some(gathered) = admit_space(store, gathered) else {
             continue;
         };
-        let started = std::time::Instant::now();
         if guard.is_none() {
             guard = Some(store.lock_for_commit());
         }
-        let mut batch = place(store, requests_now, syncing.as_ref(), started);
-        // The log switches segments only with nothing in flight: the keeper persists fjall
-        // for a sealed segment on the premise that each of its batches is queued for the
-        // applier, which happens when a batch completes.
-        if let Some(mut before) = syncing.take() {
-            if batch
-                .sealed
-                .as_ref()
-                .is_some_and(|s| !store.wal().fits(&s.writes.puts))
+        seq += 1;
+        let mut batch = pipeline.place(store, seq, gathered);
+        if let Some(sealed) = &batch.sealed {
+            // The log switches segments only with nothing in flight: the keeper persists
+            // fjall for a sealed segment on the premise that each of its batches is queued
+            // for the applier, which happens when a batch completes.
+            if let Some(durable) = durable.as_mut()
+                && !store.wal().fits(&sealed.writes.puts)
             {
-                before.durable().await;
-                complete(store, applier, before);
-            } else {
-                syncing = Some(before);
+                while !pipeline.batches.is_empty() {
+                    changed(durable).await;
+                    pipeline.complete(store, applier, *durable.borrow());
+                }
             }
-        }
-        write(store, flusher, &mut batch);
-        // Batches complete in order: one that writes nothing (refused, or duplicates of
-        // the batch before) is answered after the batch before it is durable.
-        if let Some(mut before) = syncing.take() {
-            before.durable().await;
-            complete(store, applier, before);
-        }
-        if batch.synced.is_some() {
-            syncing = Some(batch);
+            write(store, flusher, &mut batch);
         } else {
-            complete(store, applier, batch);
+            // Nothing to write: answered once the batch before it is (a duplicate of a batch
+            // in flight is answered only once that batch is durable).
+            batch.seq = pipeline.batches.back().map_or(0, |b| b.seq);
+        }
+        pipeline.push(batch);
+        // At once under `Interval`, and for a batch that writes nothing behind durable ones.
+        let done = durable.as_ref().map_or(u64::MAX, |d| *d.borrow());
+        pipeline.complete(store, applier, done);
+    }
+    if let Some(durable) = durable.as_mut() {
+        while !pipeline.batches.is_empty() {
+            changed(durable).await;
+            pipeline.complete(store, applier, *durable.borrow());
         }
     }
-    if let Some(mut batch) = syncing.take() {
-        batch.durable().await;
-        complete(store, applier, batch);
+}
+
+/// Waits for the flusher to report progress.
+async fn changed(durable: &mut watch::Receiver<u64>) {
+    if durable.changed().await.is_err() {
+        // The flusher only stops by a failed sync (which aborts) or a panic.
+        tracing::error!("the write-ahead log's flusher stopped; aborting the node");
+        std::process::abort();
+    }
+}
+
+/// The batches in flight (written, not yet durable), in order, and the streams as they
+/// leave them.
+#[derive(Default)]
+struct Pipeline {
+    batches: std::collections::VecDeque<Batch>,
+    /// Per stream touched by a batch in flight: the number of the last batch touching it
+    /// and the stream as it leaves it.
+    streams: HashMap<u64, (u64, Touched)>,
+    /// Streams created by a batch in flight, by data ID: that batch's number and the
+    /// stream's number.
+    created: HashMap<DataId, (u64, u64)>,
+}
+
+impl Pipeline {
+    /// Places `requests` as batch `seq`, after the batches in flight.
+    fn place(&mut self, store: &Store, seq: u64, requests: Vec<AppendRequest>) -> Batch {
+        let started = std::time::Instant::now();
+        let mut plan = Plan::new(store, seq);
+        let replies = requests
+            .into_iter()
+            .map(|request| {
+                let result = plan.add(
+                    request.target,
+                    &request.events,
+                    request.producer,
+                    request.copied.as_deref(),
+                    self,
+                );
+                (request.reply, result)
+            })
+            .collect();
+        let sealed = plan.seal();
+        if let Some(sealed) = &sealed {
+            // Producer batches of batches already completed are found in the store.
+            let oldest = self.batches.front().map_or(seq, |b| b.seq);
+            for (number, t) in &sealed.touched {
+                self.streams
+                    .insert(*number, (seq, Touched::after(t, oldest)));
+            }
+            for (data_id, number) in &sealed.created {
+                self.created.insert(data_id.clone(), (seq, *number));
+            }
+        }
+        let placed_us = started.elapsed().as_micros() as u64;
+        Batch {
+            seq,
+            sealed,
+            replies,
+            started,
+            placed_us,
+            wrote_us: placed_us,
+        }
+    }
+
+    fn push(&mut self, batch: Batch) {
+        self.batches.push_back(batch);
+    }
+
+    /// The stream a batch in flight created, by data ID.
+    fn created(&self, data_id: &DataId) -> Option<Arc<Stream>> {
+        let (_, number) = self.created.get(data_id)?;
+        Some(self.streams.get(number)?.1.stream.clone())
+    }
+
+    /// Completes every batch up to number `durable`, in order.
+    fn complete(&mut self, store: &Store, applier: &Applier, durable: u64) {
+        while self.batches.front().is_some_and(|b| b.seq <= durable) {
+            let Some(batch) = self.batches.pop_front() else {
+                break;
+            };
+            if let Some(sealed) = &batch.sealed {
+                for number in sealed.touched.keys() {
+                    if self
+                        .streams
+                        .get(number)
+                        .is_some_and(|(s, _)| *s == batch.seq)
+                    {
+                        self.streams.remove(number);
+                    }
+                }
+                for data_id in sealed.created.keys() {
+                    if self
+                        .created
+                        .get(data_id)
+                        .is_some_and(|(s, _)| *s == batch.seq)
+                    {
+                        self.created.remove(data_id);
+                    }
+                }
+            }
+            complete(store, applier, batch);
+        }
     }
 }
 
@@ -303,10 +412,10 @@ struct Touched {
     producers: HashMap<u64, ProducerRecord>,
     /// Producers whose record this batch changes (written with the events).
     changed: HashSet<u64>,
-    /// Producer batches stored by this batch (from `own_stored` on) and by the batch in
-    /// flight before it (not published yet, so not found in the store), for a retry.
-    stored: Vec<(ProducerTag, ProducerRecord)>,
-    own_stored: usize,
+    /// Producer batches stored by this batch and by the batches in flight before it (not
+    /// published yet, so not found in the store), for a retry; with the number of the batch
+    /// that stored each.
+    stored: Vec<(u64, ProducerTag, ProducerRecord)>,
     /// The events this batch stores, for the stream's pending tail.
     fresh: Vec<StoredEvent>,
 }
@@ -326,14 +435,13 @@ impl Touched {
             producers: HashMap::new(),
             changed: HashSet::new(),
             stored: Vec::new(),
-            own_stored: 0,
             fresh: Vec::new(),
         }
     }
 
     /// The stream as the batch in flight `before` leaves it (not published yet): its end,
-    /// epoch, producer records and stored producer batches.
-    fn after(before: &Touched) -> Touched {
+    /// epoch, producer records, and the producer batches stored from batch `oldest` on.
+    fn after(before: &Touched, oldest: u64) -> Touched {
         Touched {
             stream: before.stream.clone(),
             tail: Tail::new(before.tail.meta, before.tail.last_epoch),
@@ -341,8 +449,12 @@ impl Touched {
             start_next: before.tail.meta.next,
             producers: before.producers.clone(),
             changed: HashSet::new(),
-            stored: before.stored[before.own_stored..].to_vec(),
-            own_stored: before.stored.len() - before.own_stored,
+            stored: before
+                .stored
+                .iter()
+                .filter(|(batch, ..)| *batch >= oldest)
+                .copied()
+                .collect(),
             fresh: Vec::new(),
         }
     }
@@ -372,76 +484,26 @@ type Reply = (
     Result<Appended, LogError>,
 );
 
-/// One group commit on its way through the stages: placed ([`place`]), written ([`write`]),
-/// durable ([`Batch::durable`]), then published and answered ([`complete`]).
+/// One group commit on its way through the stages, in order: admit (free space) → place
+/// (offsets, epochs, producer admission, per request, against the streams as the earlier
+/// requests and batches leave them) → encode (into one fjall batch and one log record) →
+/// write ([`write`]) → durable (the flusher's sync, under `Always`) → publish the new ends
+/// and answer ([`complete`]). Nothing is answered before the sync, and nothing is published
+/// to readers before it either.
 struct Batch {
+    /// The batch's number: it completes once the flusher has synced every batch up to it.
+    seq: u64,
     /// `None`: the batch writes nothing (every request refused or a duplicate).
     sealed: Option<Sealed>,
     replies: Vec<Reply>,
-    /// Under `Always`, set once written: the flusher's word that the record is durable.
-    synced: Option<oneshot::Receiver<()>>,
     started: std::time::Instant,
     /// Microseconds from `started` to the end of placement and of the write.
     placed_us: u64,
     wrote_us: u64,
 }
 
-impl Batch {
-    /// Waits until the batch's record is durable (at once if it needs no sync). Safe to
-    /// cancel and call again.
-    async fn durable(&mut self) {
-        if let Some(synced) = &mut self.synced {
-            if synced.await.is_err() {
-                // The flusher only stops by a failed sync (which aborts) or a panic.
-                tracing::error!("the write-ahead log's flusher stopped; aborting the node");
-                std::process::abort();
-            }
-            self.synced = None;
-        }
-    }
-}
-
-/// Places each request of a batch (against `before`, the batch still in flight, where it
-/// touched a stream) and encodes the batch. No I/O but producer lookups of older batches.
-///
-/// The stages of a batch, in order: admit (free space) → place (offsets, epochs, producer
-/// admission, per request, against the streams as the earlier requests left them) → encode
-/// (into one fjall batch and one log record) → write (and sync) → publish the new ends →
-/// answer. Nothing is answered before the sync, and nothing is published to readers before
-/// it either.
-fn place(
-    store: &Store,
-    requests: Vec<AppendRequest>,
-    before: Option<&Batch>,
-    started: std::time::Instant,
-) -> Batch {
-    let mut plan = Plan::new(store, before.and_then(|b| b.sealed.as_ref()));
-    let replies = requests
-        .into_iter()
-        .map(|request| {
-            let result = plan.add(
-                request.target,
-                &request.events,
-                request.producer,
-                request.copied.as_deref(),
-            );
-            (request.reply, result)
-        })
-        .collect();
-    let sealed = plan.seal();
-    let placed_us = started.elapsed().as_micros() as u64;
-    Batch {
-        sealed,
-        replies,
-        synced: None,
-        started,
-        placed_us,
-        wrote_us: placed_us,
-    }
-}
-
-/// Writes the batch's record to the write-ahead log and, under `Always`, hands the segment
-/// to the flusher to fdatasync. A failed write aborts the node ([`fatal`]).
+/// Writes the batch's record to the write-ahead log and, under `Always`, tells the flusher
+/// to sync it. A failed write aborts the node ([`fatal`]).
 fn write(store: &Store, flusher: Option<&Flusher>, batch: &mut Batch) {
     let Some(sealed) = &batch.sealed else {
         return;
@@ -453,7 +515,7 @@ fn write(store: &Store, flusher: Option<&Flusher>, batch: &mut Batch) {
         }
         if let Some(flusher) = flusher {
             match wal.active_file() {
-                Ok(file) => batch.synced = Some(flusher.sync(file)),
+                Ok(file) => flusher.written(batch.seq, file),
                 Err(e) => fatal("syncing the write-ahead log", &e.into()),
             }
         }
@@ -535,9 +597,8 @@ fn admit_space(store: &Store, requests: Vec<AppendRequest>) -> Option<Vec<Append
 /// The batch being built: the streams it touches and its encoded writes.
 struct Plan<'s> {
     store: &'s Store,
-    /// The batch in flight, not published yet: where it touched a stream, this batch goes
-    /// on from its end.
-    before: Option<&'s Sealed>,
+    /// The batch's number in the committer's sequence.
+    seq: u64,
     /// Wall-clock time of the batch, in ms: the timestamp of its publishes.
     now: i64,
     touched: HashMap<u64, Touched>,
@@ -581,10 +642,10 @@ struct Sealed {
 }
 
 impl<'s> Plan<'s> {
-    fn new(store: &'s Store, before: Option<&'s Sealed>) -> Plan<'s> {
+    fn new(store: &'s Store, seq: u64) -> Plan<'s> {
         Plan {
             store,
-            before,
+            seq,
             now: TimestampMs::now().0,
             touched: HashMap::new(),
             created: HashMap::new(),
@@ -594,7 +655,7 @@ impl<'s> Plan<'s> {
     }
 
     /// The stream a request goes to, created (in this batch) if the target asks for it.
-    fn stream(&mut self, target: Target) -> Arc<Stream> {
+    fn stream(&mut self, target: Target, in_flight: &Pipeline) -> Arc<Stream> {
         let data_id = match target {
             Target::Existing(stream) => return stream,
             Target::Create(data_id) => data_id,
@@ -602,11 +663,8 @@ impl<'s> Plan<'s> {
         if let Some(number) = self.created.get(&data_id) {
             return self.touched[number].stream.clone();
         }
-        // Created by the batch in flight.
-        if let Some(before) = self.before
-            && let Some(number) = before.created.get(&data_id)
-        {
-            return before.touched[number].stream.clone();
+        if let Some(stream) = in_flight.created(&data_id) {
+            return stream;
         }
         // Created by an earlier batch after this request was submitted.
         if let Some(stream) = self.store.stream(&data_id) {
@@ -636,17 +694,18 @@ impl<'s> Plan<'s> {
         events: &[Bytes],
         producer: Option<ProducerTag>,
         copied: Option<&[Copied]>,
+        in_flight: &Pipeline,
     ) -> Result<Appended, LogError> {
         if events.is_empty() {
             // append() rejects these before queueing; kept so offsets can never underflow.
             return Err(LogError::EmptyBatch);
         }
-        let stream = self.stream(target);
+        let stream = self.stream(target, in_flight);
         let access = stream.access();
-        let (store, now, before) = (self.store, self.now, self.before);
+        let (store, now) = (self.store, self.now);
         let entry = self.touched.entry(stream.number).or_insert_with(|| {
-            match before.and_then(|b| b.touched.get(&stream.number)) {
-                Some(t) => Touched::after(t),
+            match in_flight.streams.get(&stream.number) {
+                Some((_, t)) => Touched::after(t, 0),
                 None => {
                     let last_epoch = stream.epochs().last().map(|e| e.epoch.0);
                     Touched::new(stream.clone(), *stream.state(), false, last_epoch)
@@ -683,7 +742,7 @@ impl<'s> Plan<'s> {
                 };
                 entry.producers.insert(tag.id, r);
                 entry.changed.insert(tag.id);
-                entry.stored.push((tag, r));
+                entry.stored.push((self.seq, tag, r));
             }
             return Ok(appended);
         };
@@ -803,7 +862,7 @@ fn admit_producer(
         Admission::Last(r) => Ok(Some(producers::duplicate_answer(&r))),
         Admission::Gap { expected } => Err(producers::gap(&entry.stream.data_id, tag, expected)),
         Admission::Earlier => {
-            if let Some((_, r)) = entry.stored.iter().find(|(t, _)| *t == tag) {
+            if let Some((_, _, r)) = entry.stored.iter().find(|(_, t, _)| *t == tag) {
                 return Ok(Some(producers::duplicate_answer(r)));
             }
             let below = entry.stream.state().next;
@@ -820,46 +879,92 @@ fn admit_producer(
     }
 }
 
-/// The `Always` policy's fdatasync thread: syncs the segment a batch was written to while
-/// the committer places and writes the next batch. Jobs run in order, so a batch is never
-/// reported durable before the one written ahead of it.
+/// The `Always` policy's fdatasync thread: syncs the log while the committer places and
+/// writes the next batches. Each sync covers every batch written before it started, and
+/// the next one starts as soon as it returns if anything was written meanwhile.
 struct Flusher {
-    jobs: std_mpsc::Sender<(std::fs::File, oneshot::Sender<()>)>,
+    shared: Arc<Flushing>,
     thread: JoinHandle<()>,
+}
+
+/// What the committer and the flusher share.
+struct Flushing {
+    state: std::sync::Mutex<Written>,
+    wake: std::sync::Condvar,
+    /// The number of the last batch known durable.
+    durable: watch::Sender<u64>,
+}
+
+/// The last batch written, and the segment it went to.
+#[derive(Default)]
+struct Written {
+    seq: u64,
+    file: Option<std::fs::File>,
+    stop: bool,
 }
 
 impl Flusher {
     fn spawn(store: Arc<Store>) -> std::io::Result<Flusher> {
-        let (jobs, queue) = std_mpsc::channel::<(std::fs::File, oneshot::Sender<()>)>();
+        let shared = Arc::new(Flushing {
+            state: std::sync::Mutex::new(Written::default()),
+            wake: std::sync::Condvar::new(),
+            durable: watch::channel(0).0,
+        });
+        let flushing = shared.clone();
         let thread = std::thread::Builder::new()
             .name("ec-log-flusher".to_owned())
             .spawn(move || {
-                while let Ok((file, synced)) = queue.recv() {
+                let mut synced = 0;
+                loop {
+                    let (seq, file) = {
+                        let mut state = flushing.lock();
+                        while state.seq == synced && !state.stop {
+                            state = flushing.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                        }
+                        if state.seq == synced {
+                            break;
+                        }
+                        (state.seq, state.file.as_ref().map(std::fs::File::try_clone))
+                    };
                     #[cfg(test)]
                     store.sync_permits.take();
-                    if let Err(e) = file.sync_data() {
+                    if let Some(Err(e)) = file.map(|f| f.and_then(|f| f.sync_data())) {
                         fatal("fdatasync of the write-ahead log", &e.into());
                     }
-                    let _ = synced.send(());
+                    synced = seq;
+                    flushing.durable.send_replace(seq);
                 }
                 drop(store);
             })?;
-        Ok(Flusher { jobs, thread })
+        Ok(Flusher { shared, thread })
     }
 
-    /// Queues an fdatasync of `file`; the receiver hears once it returned.
-    fn sync(&self, file: std::fs::File) -> oneshot::Receiver<()> {
-        let (synced, receiver) = oneshot::channel();
-        // If the thread is gone, `synced` is dropped with the job and the committer aborts.
-        let _ = self.jobs.send((file, synced));
-        receiver
+    /// Batch `seq` is written to `file`: sync it.
+    fn written(&self, seq: u64, file: std::fs::File) {
+        let mut state = self.shared.lock();
+        state.seq = seq;
+        state.file = Some(file);
+        self.shared.wake.notify_one();
     }
 
+    /// The number of the last batch known durable, as it changes.
+    fn durable(&self) -> watch::Receiver<u64> {
+        self.shared.durable.subscribe()
+    }
+
+    /// Syncs what is written, then stops the thread.
     fn stop(self) {
-        drop(self.jobs);
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_one();
         if self.thread.join().is_err() {
             tracing::error!("write-ahead log flusher thread panicked");
         }
+    }
+}
+
+impl Flushing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

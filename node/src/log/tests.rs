@@ -1548,35 +1548,42 @@ async fn batches_placed_while_the_one_before_syncs_go_on_from_its_end() {
     let log = open(dir.path());
     let (x, z) = (id("x"), id("z"));
     let permits = &log.inner.store.sync_permits;
-    let start = log.inner.store.wal().next_seq();
+    let mut written = log.inner.store.wal().next_seq();
     permits.set(Some(0));
 
-    // z1 is written and its sync held; z2 is placed and written behind it, and the
-    // committer waits for z1.
-    let z1 = submit(&log, &z, None, &["z1"]).await;
-    records_written(&log, start + 1).await;
-    let z2 = submit(&log, &z, None, &["z2"]).await;
-    records_written(&log, start + 2).await;
-    // Both queue up meanwhile and become one batch: it creates x, with producer 7's
-    // batches 0 and 1.
-    let a1 = submit(&log, &x, tag(7, 0), &["a0", "a1"]).await;
-    let a2 = submit(&log, &x, tag(7, 1), &["a2"]).await;
-
-    // z1 durable: the batch of a1 and a2 is written while z2 syncs.
-    permits.set(Some(1));
-    records_written(&log, start + 3).await;
-    // One batch placed against that one, which nobody sees yet: retries of both producer
-    // batches (one earlier, one the last), a plain publish and producer 7's next batch.
-    let r1 = submit(&log, &x, tag(7, 0), &["a0", "a1"]).await;
-    let r2 = submit(&log, &x, tag(7, 1), &["a2"]).await;
-    let plain = submit(&log, &x, None, &["b0"]).await;
-    let next = submit(&log, &x, tag(7, 2), &["a3"]).await;
-    permits.set(Some(1));
-    records_written(&log, start + 4).await;
-    // Nothing of x is visible or answered while its creating batch syncs.
+    // With every sync held, each request is placed and written at once as a batch of its
+    // own, against the ends of the batches in flight before it, which nobody sees yet:
+    // x is created by the batch of a1, then come retries of producer 7's batches (one
+    // earlier, one the last), a plain publish and producer 7's next batch.
+    let mut pending = Vec::new();
+    // (A retry writes nothing: the next record shows it was placed.)
+    let requests: [(&DataId, Option<ProducerTag>, &[&str], bool); 8] = [
+        (&z, None, &["z1"], true),
+        (&z, None, &["z2"], true),
+        (&x, tag(7, 0), &["a0", "a1"], true),
+        (&x, tag(7, 1), &["a2"], true),
+        (&x, tag(7, 0), &["a0", "a1"], false),
+        (&x, tag(7, 1), &["a2"], false),
+        (&x, None, &["b0"], true),
+        (&x, tag(7, 2), &["a3"], true),
+    ];
+    for (data_id, t, events, writes) in requests {
+        pending.push(submit(&log, data_id, t, events).await);
+        if writes {
+            written += 1;
+            records_written(&log, written).await;
+        }
+    }
+    assert!(pending.iter_mut().all(|p| p.try_result().is_none()));
     assert!(!log.contains(&x));
-    let z1 = z1.await.unwrap();
-    assert_eq!(z1.first, Offset(0));
+
+    // The first sync covers z1 only (the flusher took it before the rest was written).
+    permits.set(Some(1));
+    let mut pending = pending.into_iter();
+    let z1 = pending.next().unwrap();
+    assert_eq!(z1.await.unwrap().first, Offset(0));
+    assert!(!log.contains(&x));
+    let [z2, a1, a2, r1, r2, plain, next] = [(); 7].map(|()| pending.next().unwrap());
 
     permits.set(None);
     let (z2, a1, a2) = (z2.await.unwrap(), a1.await.unwrap(), a2.await.unwrap());
