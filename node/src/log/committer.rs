@@ -146,26 +146,10 @@ pub(super) fn spawn(
     };
     let keeper = Keeper::spawn(store.clone())?;
     let applier = Applier::spawn(store.clone())?;
-    let flusher = match store.batch_durability {
-        PersistMode::SyncData => Some(Flusher::spawn(store.clone())?),
-        _ => None,
-    };
-    // Only to wait for "the batch in flight is durable, or a request came": nothing else
-    // runs on it.
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     std::thread::Builder::new()
         .name("ec-log-committer".to_owned())
         .spawn(move || {
-            runtime.block_on(run(
-                &store,
-                &applier,
-                flusher.as_ref(),
-                requests,
-                max_batch_bytes,
-            ));
-            if let Some(flusher) = flusher {
-                flusher.stop();
-            }
+            run(&store, &applier, requests, max_batch_bytes);
             applier.stop();
             if let Some(syncer) = syncer {
                 syncer.stop();
@@ -186,215 +170,25 @@ pub(super) fn spawn(
         })
 }
 
-/// What the committer waits for next.
-enum Next {
-    /// The flusher has made more batches durable.
-    Synced,
-    Request(AppendRequest),
-    /// Every sender is gone.
-    Closed,
-}
-
-/// The committer's loop. Under `Always` it is a pipeline: each batch is placed (against the
-/// ends the batches in flight leave, which readers do not see yet), encoded and written as
-/// soon as its requests arrive, and the flusher thread fdatasyncs whatever was written, one
-/// sync after the other, each covering every batch written before it started. Batches are
-/// published and answered in order, once durable. Placing and encoding never hold up the
-/// disk, and a request waits at most for the sync under way and its own.
-///
-/// The writer lock is held while batches are in flight, so nobody else writes meanwhile; a
-/// writer waiting for the lock stops the pipeline from taking new requests until it gets it.
-async fn run(
+fn run(
     store: &Store,
     applier: &Applier,
-    flusher: Option<&Flusher>,
     mut requests: mpsc::Receiver<AppendRequest>,
     max_batch_bytes: usize,
 ) {
-    let mut guard = None;
-    let mut pipeline = Pipeline::default();
-    let mut durable = flusher.map(Flusher::durable);
-    let mut seq = 0;
-    loop {
-        let next = match durable.as_mut() {
-            Some(durable) if !pipeline.batches.is_empty() => {
-                if store.writer_waiting() {
-                    changed(durable).await;
-                    Next::Synced
-                } else {
-                    tokio::select! {
-                        biased;
-                        () = changed(durable) => Next::Synced,
-                        request = requests.recv() => request.map_or(Next::Closed, Next::Request),
-                    }
-                }
-            }
-            _ => {
-                drop(guard.take());
-                requests.recv().await.map_or(Next::Closed, Next::Request)
-            }
-        };
-        let first = match next {
-            Next::Synced => {
-                if let Some(durable) = &durable {
-                    pipeline.complete(store, applier, *durable.borrow());
-                }
-                continue;
-            }
-            Next::Closed => break,
-            Next::Request(request) => request,
-        };
+    while let Some(first) = requests.blocking_recv() {
         let mut size = first.batch_bytes();
-        let mut gathered = vec![first];
+        let mut batch = vec![first];
         while size < max_batch_bytes {
             match requests.try_recv() {
                 Ok(request) => {
                     size += request.batch_bytes();
-                    gathered.push(request);
+                    batch.push(request);
                 }
                 Err(_) => break,
             }
         }
-        let Some(gathered) = admit_space(store, gathered) else {
-            continue;
-        };
-        if guard.is_none() {
-            guard = Some(store.lock_for_commit());
-        }
-        seq += 1;
-        let mut batch = pipeline.place(store, seq, gathered);
-        if let Some(sealed) = &batch.sealed {
-            // The log switches segments only with nothing in flight: the keeper persists
-            // fjall for a sealed segment on the premise that each of its batches is queued
-            // for the applier, which happens when a batch completes.
-            if let Some(durable) = durable.as_mut()
-                && !store.wal().fits(&sealed.writes.puts)
-            {
-                while !pipeline.batches.is_empty() {
-                    changed(durable).await;
-                    pipeline.complete(store, applier, *durable.borrow());
-                }
-            }
-            write(store, flusher, &mut batch);
-        } else {
-            // Nothing to write: answered once the batch before it is (a duplicate of a batch
-            // in flight is answered only once that batch is durable).
-            batch.seq = pipeline.batches.back().map_or(0, |b| b.seq);
-        }
-        pipeline.push(batch);
-        // At once under `Interval`, and for a batch that writes nothing behind durable ones.
-        let done = durable.as_ref().map_or(u64::MAX, |d| *d.borrow());
-        pipeline.complete(store, applier, done);
-    }
-    if let Some(durable) = durable.as_mut() {
-        while !pipeline.batches.is_empty() {
-            changed(durable).await;
-            pipeline.complete(store, applier, *durable.borrow());
-        }
-    }
-}
-
-/// Waits for the flusher to report progress.
-async fn changed(durable: &mut watch::Receiver<u64>) {
-    if durable.changed().await.is_err() {
-        // The flusher only stops by a failed sync (which aborts) or a panic.
-        tracing::error!("the write-ahead log's flusher stopped; aborting the node");
-        std::process::abort();
-    }
-}
-
-/// The batches in flight (written, not yet durable), in order, and the streams as they
-/// leave them.
-#[derive(Default)]
-struct Pipeline {
-    batches: std::collections::VecDeque<Batch>,
-    /// Per stream touched by a batch in flight: the number of the last batch touching it
-    /// and the stream as it leaves it.
-    streams: HashMap<u64, (u64, Touched)>,
-    /// Streams created by a batch in flight, by data ID: that batch's number and the
-    /// stream's number.
-    created: HashMap<DataId, (u64, u64)>,
-}
-
-impl Pipeline {
-    /// Places `requests` as batch `seq`, after the batches in flight.
-    fn place(&mut self, store: &Store, seq: u64, requests: Vec<AppendRequest>) -> Batch {
-        let started = std::time::Instant::now();
-        let mut plan = Plan::new(store, seq);
-        let replies = requests
-            .into_iter()
-            .map(|request| {
-                let result = plan.add(
-                    request.target,
-                    &request.events,
-                    request.producer,
-                    request.copied.as_deref(),
-                    self,
-                );
-                (request.reply, result)
-            })
-            .collect();
-        let sealed = plan.seal();
-        if let Some(sealed) = &sealed {
-            // Producer batches of batches already completed are found in the store.
-            let oldest = self.batches.front().map_or(seq, |b| b.seq);
-            for (number, t) in &sealed.touched {
-                self.streams
-                    .insert(*number, (seq, Touched::after(t, oldest)));
-            }
-            for (data_id, number) in &sealed.created {
-                self.created.insert(data_id.clone(), (seq, *number));
-            }
-        }
-        let placed_us = started.elapsed().as_micros() as u64;
-        Batch {
-            seq,
-            sealed,
-            replies,
-            started,
-            placed_us,
-            wrote_us: placed_us,
-        }
-    }
-
-    fn push(&mut self, batch: Batch) {
-        self.batches.push_back(batch);
-    }
-
-    /// The stream a batch in flight created, by data ID.
-    fn created(&self, data_id: &DataId) -> Option<Arc<Stream>> {
-        let (_, number) = self.created.get(data_id)?;
-        Some(self.streams.get(number)?.1.stream.clone())
-    }
-
-    /// Completes every batch up to number `durable`, in order.
-    fn complete(&mut self, store: &Store, applier: &Applier, durable: u64) {
-        while self.batches.front().is_some_and(|b| b.seq <= durable) {
-            let Some(batch) = self.batches.pop_front() else {
-                break;
-            };
-            if let Some(sealed) = &batch.sealed {
-                for number in sealed.touched.keys() {
-                    if self
-                        .streams
-                        .get(number)
-                        .is_some_and(|(s, _)| *s == batch.seq)
-                    {
-                        self.streams.remove(number);
-                    }
-                }
-                for data_id in sealed.created.keys() {
-                    if self
-                        .created
-                        .get(data_id)
-                        .is_some_and(|(s, _)| *s == batch.seq)
-                    {
-                        self.created.remove(data_id);
-                    }
-                }
-            }
-            complete(store, applier, batch);
-        }
+        commit(store, applier, batch);
     }
 }
 
@@ -405,17 +199,13 @@ struct Touched {
     tail: Tail,
     /// Created by this batch: becomes visible to lookups only once the batch is durable.
     created: bool,
-    /// The stream's end before this batch.
-    start_next: u64,
     /// Producer records as they will be after the batch: seeded from the stream's records
     /// on first use, changed by the requests of this batch.
     producers: HashMap<u64, ProducerRecord>,
     /// Producers whose record this batch changes (written with the events).
     changed: HashSet<u64>,
-    /// Producer batches stored by this batch and by the batches in flight before it (not
-    /// published yet, so not found in the store), for a retry; with the number of the batch
-    /// that stored each.
-    stored: Vec<(u64, ProducerTag, ProducerRecord)>,
+    /// Producer batches stored by this batch, for a retry that arrives in the same batch.
+    stored: Vec<(ProducerTag, ProducerRecord)>,
     /// The events this batch stores, for the stream's pending tail.
     fresh: Vec<StoredEvent>,
 }
@@ -431,30 +221,9 @@ impl Touched {
             stream,
             tail: Tail::new(meta, last_epoch),
             created,
-            start_next: meta.next,
             producers: HashMap::new(),
             changed: HashSet::new(),
             stored: Vec::new(),
-            fresh: Vec::new(),
-        }
-    }
-
-    /// The stream as the batch in flight `before` leaves it (not published yet): its end,
-    /// epoch, producer records, and the producer batches stored from batch `oldest` on.
-    fn after(before: &Touched, oldest: u64) -> Touched {
-        Touched {
-            stream: before.stream.clone(),
-            tail: Tail::new(before.tail.meta, before.tail.last_epoch),
-            created: false,
-            start_next: before.tail.meta.next,
-            producers: before.producers.clone(),
-            changed: HashSet::new(),
-            stored: before
-                .stored
-                .iter()
-                .filter(|(batch, ..)| *batch >= oldest)
-                .copied()
-                .collect(),
             fresh: Vec::new(),
         }
     }
@@ -474,106 +243,64 @@ impl Touched {
     /// Whether the batch writes anything for this stream (streams whose every request was
     /// refused are left alone).
     fn written(&self) -> bool {
-        self.created || !self.tail.new_epochs.is_empty() || self.tail.meta.next != self.start_next
+        self.created
+            || !self.tail.new_epochs.is_empty()
+            || self.tail.meta.next != self.stream.state().next
     }
 }
 
-/// A publisher's reply channel and the answer it gets once its batch is durable.
-type Reply = (
-    oneshot::Sender<Result<Appended, LogError>>,
-    Result<Appended, LogError>,
-);
-
-/// One group commit on its way through the stages, in order: admit (free space) → place
-/// (offsets, epochs, producer admission, per request, against the streams as the earlier
-/// requests and batches leave them) → encode (into one fjall batch and one log record) →
-/// write ([`write`]) → durable (the flusher's sync, under `Always`) → publish the new ends
-/// and answer ([`complete`]). Nothing is answered before the sync, and nothing is published
-/// to readers before it either.
-struct Batch {
-    /// The batch's number: it completes once the flusher has synced every batch up to it.
-    seq: u64,
-    /// `None`: the batch writes nothing (every request refused or a duplicate).
-    sealed: Option<Sealed>,
-    replies: Vec<Reply>,
-    started: std::time::Instant,
-    /// Microseconds from `started` to the end of placement and of the write.
-    placed_us: u64,
-    wrote_us: u64,
-}
-
-/// Writes the batch's record to the write-ahead log and, under `Always`, tells the flusher
-/// to sync it. A failed write aborts the node ([`fatal`]).
-fn write(store: &Store, flusher: Option<&Flusher>, batch: &mut Batch) {
-    let Some(sealed) = &batch.sealed else {
+/// Writes one batch for `requests`, makes it durable, publishes it, answers publishers.
+///
+/// The stages, in order: admit (free space) → place (offsets, epochs, producer admission,
+/// per request, against the streams as the earlier requests left them) → encode (into one
+/// fjall batch) → write and sync → publish the new ends → answer. Nothing is answered
+/// before the sync, and nothing is published to readers before it either.
+fn commit(store: &Store, applier: &Applier, requests: Vec<AppendRequest>) {
+    let Some(requests) = admit_space(store, requests) else {
         return;
     };
-    {
-        let mut wal = store.wal();
-        if let Err(e) = wal.append(&sealed.writes.puts, false) {
-            fatal("writing a batch to the write-ahead log", &e.into());
-        }
-        if let Some(flusher) = flusher {
-            match wal.active_file() {
-                Ok(file) => flusher.written(batch.seq, file),
-                Err(e) => fatal("syncing the write-ahead log", &e.into()),
-            }
-        }
-    }
-    if flusher.is_none() {
-        store.unsynced.store(true, Ordering::Release);
-    }
-    batch.wrote_us = batch.started.elapsed().as_micros() as u64;
-}
-
-/// Once the batch is durable: its events onto the streams' pending tails, its fjall batch
-/// to the applier (which writes it off the commit path), the new ends published, the
-/// publishers answered.
-fn complete(store: &Store, applier: &Applier, batch: Batch) {
-    let synced_us = batch.started.elapsed().as_micros() as u64;
-    if let Some(sealed) = batch.sealed {
-        let mut touched = sealed.touched;
-        let mut ends = Vec::with_capacity(touched.len());
-        for t in touched.values_mut() {
-            if !t.fresh.is_empty() {
-                t.stream.pending.push(std::mem::take(&mut t.fresh));
-                ends.push((t.stream.clone(), t.tail.meta.next));
-            }
-        }
-        applier.submit(
+    let started = std::time::Instant::now();
+    let guard = store.lock_for_commit();
+    let locked = started.elapsed();
+    let mut plan = Plan::new(store);
+    let replies: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let result = plan.add(
+                request.target,
+                &request.events,
+                request.producer,
+                request.copied.as_deref(),
+            );
+            (request.reply, result)
+        })
+        .collect();
+    let placed = started.elapsed();
+    let mut wrote = placed;
+    if let Some(written) = plan.seal() {
+        let mut touched = written.touched;
+        write_and_sync(
             store,
-            Job {
-                batch: sealed.writes.batch,
-                ends,
-            },
+            applier,
+            written.writes,
+            &mut touched,
+            written.copied_stats,
         );
-        if let Some(observer) = &store.on_commit {
-            (observer.0)(&CommitStats {
-                events: touched
-                    .values()
-                    .map(|t| t.tail.meta.next.saturating_sub(t.start_next))
-                    .sum(),
-                took: batch.started.elapsed(),
-                copied: sealed.copied_stats,
-            });
-        }
-        store.commits.fetch_add(1, Ordering::Relaxed);
+        wrote = started.elapsed();
         publish_ends(store, touched);
     }
-    let published = batch.started.elapsed();
+    drop(guard);
+    let published = started.elapsed();
     if published >= SLOW_COMMIT {
-        // Which stage was slow: placing, writing the log record (queueing behind the log's
-        // lock), waiting for the fdatasync (and the batch before), or publishing (queueing
-        // for the applier, full while fjall is slow).
         tracing::debug!(
-            place_us = batch.placed_us,
-            write_us = batch.wrote_us - batch.placed_us,
-            sync_us = synced_us - batch.wrote_us,
-            publish_us = published.as_micros() as u64 - synced_us,
+            lock_us = locked.as_micros() as u64,
+            place_us = (placed - locked).as_micros() as u64,
+            write_us = (wrote - placed).as_micros() as u64,
+            publish_us = (published - wrote).as_micros() as u64,
             "slow commit"
         );
     }
-    for (reply, result) in batch.replies {
+    for (reply, result) in replies {
         // The publisher may have gone away (cancelled); its events are committed anyway.
         let _ = reply.send(result);
     }
@@ -597,8 +324,6 @@ fn admit_space(store: &Store, requests: Vec<AppendRequest>) -> Option<Vec<Append
 /// The batch being built: the streams it touches and its encoded writes.
 struct Plan<'s> {
     store: &'s Store,
-    /// The batch's number in the committer's sequence.
-    seq: u64,
     /// Wall-clock time of the batch, in ms: the timestamp of its publishes.
     now: i64,
     touched: HashMap<u64, Touched>,
@@ -636,16 +361,13 @@ impl Writes {
 struct Sealed {
     writes: Writes,
     touched: HashMap<u64, Touched>,
-    /// Streams this batch creates, by data ID.
-    created: HashMap<DataId, u64>,
     copied_stats: Vec<(DataId, u64, u64)>,
 }
 
 impl<'s> Plan<'s> {
-    fn new(store: &'s Store, seq: u64) -> Plan<'s> {
+    fn new(store: &'s Store) -> Plan<'s> {
         Plan {
             store,
-            seq,
             now: TimestampMs::now().0,
             touched: HashMap::new(),
             created: HashMap::new(),
@@ -655,16 +377,13 @@ impl<'s> Plan<'s> {
     }
 
     /// The stream a request goes to, created (in this batch) if the target asks for it.
-    fn stream(&mut self, target: Target, in_flight: &Pipeline) -> Arc<Stream> {
+    fn stream(&mut self, target: Target) -> Arc<Stream> {
         let data_id = match target {
             Target::Existing(stream) => return stream,
             Target::Create(data_id) => data_id,
         };
         if let Some(number) = self.created.get(&data_id) {
             return self.touched[number].stream.clone();
-        }
-        if let Some(stream) = in_flight.created(&data_id) {
-            return stream;
         }
         // Created by an earlier batch after this request was submitted.
         if let Some(stream) = self.store.stream(&data_id) {
@@ -694,23 +413,17 @@ impl<'s> Plan<'s> {
         events: &[Bytes],
         producer: Option<ProducerTag>,
         copied: Option<&[Copied]>,
-        in_flight: &Pipeline,
     ) -> Result<Appended, LogError> {
         if events.is_empty() {
             // append() rejects these before queueing; kept so offsets can never underflow.
             return Err(LogError::EmptyBatch);
         }
-        let stream = self.stream(target, in_flight);
+        let stream = self.stream(target);
         let access = stream.access();
         let (store, now) = (self.store, self.now);
         let entry = self.touched.entry(stream.number).or_insert_with(|| {
-            match in_flight.streams.get(&stream.number) {
-                Some((_, t)) => Touched::after(t, 0),
-                None => {
-                    let last_epoch = stream.epochs().last().map(|e| e.epoch.0);
-                    Touched::new(stream.clone(), *stream.state(), false, last_epoch)
-                }
-            }
+            let last_epoch = stream.epochs().last().map(|e| e.epoch.0);
+            Touched::new(stream.clone(), *stream.state(), false, last_epoch)
         });
         let Some(copied) = copied else {
             let epoch = entry.tail.publish_epoch(&stream.data_id, access)?;
@@ -742,7 +455,7 @@ impl<'s> Plan<'s> {
                 };
                 entry.producers.insert(tag.id, r);
                 entry.changed.insert(tag.id);
-                entry.stored.push((self.seq, tag, r));
+                entry.stored.push((tag, r));
             }
             return Ok(appended);
         };
@@ -817,9 +530,64 @@ impl<'s> Plan<'s> {
         Some(Sealed {
             writes: self.writes,
             touched: self.touched,
-            created: self.created,
             copied_stats: self.copied_stats,
         })
+    }
+}
+
+/// Write and sync: one write-ahead log record for the whole batch (fdatasynced under
+/// `Always`, written to the OS under `Interval`), the batch's events onto the streams'
+/// pending tails, and the fjall batch to the applier, which writes it off the commit path.
+/// A failure aborts the node ([`fatal`]).
+fn write_and_sync(
+    store: &Store,
+    applier: &Applier,
+    writes: Writes,
+    touched: &mut HashMap<u64, Touched>,
+    copied: Vec<(DataId, u64, u64)>,
+) {
+    let started = std::time::Instant::now();
+    let sync = store.batch_durability == PersistMode::SyncData;
+    if let Err(e) = store.wal().append(&writes.puts, sync) {
+        fatal("writing a batch to the write-ahead log", &e.into());
+    }
+    let logged = started.elapsed();
+    let mut ends = Vec::with_capacity(touched.len());
+    for t in touched.values_mut() {
+        if !t.fresh.is_empty() {
+            t.stream.pending.push(std::mem::take(&mut t.fresh));
+            ends.push((t.stream.clone(), t.tail.meta.next));
+        }
+    }
+    applier.submit(
+        store,
+        Job {
+            batch: writes.batch,
+            ends,
+        },
+    );
+    if started.elapsed() >= SLOW_COMMIT {
+        // Which step was slow: our write-ahead log (write, and fdatasync under `Always`) or
+        // queueing for the applier (full while fjall is slow).
+        tracing::debug!(
+            wal_us = logged.as_micros() as u64,
+            queue_us = (started.elapsed() - logged).as_micros() as u64,
+            "slow write"
+        );
+    }
+    if let Some(observer) = &store.on_commit {
+        (observer.0)(&CommitStats {
+            events: touched
+                .values()
+                .map(|t| t.tail.meta.next.saturating_sub(t.stream.state().next))
+                .sum(),
+            took: started.elapsed(),
+            copied,
+        });
+    }
+    store.commits.fetch_add(1, Ordering::Relaxed);
+    if store.batch_durability == PersistMode::Buffer {
+        store.unsynced.store(true, Ordering::Release);
     }
 }
 
@@ -862,7 +630,7 @@ fn admit_producer(
         Admission::Last(r) => Ok(Some(producers::duplicate_answer(&r))),
         Admission::Gap { expected } => Err(producers::gap(&entry.stream.data_id, tag, expected)),
         Admission::Earlier => {
-            if let Some((_, _, r)) = entry.stored.iter().find(|(_, t, _)| *t == tag) {
+            if let Some((_, r)) = entry.stored.iter().find(|(t, _)| *t == tag) {
                 return Ok(Some(producers::duplicate_answer(r)));
             }
             let below = entry.stream.state().next;
@@ -876,95 +644,6 @@ fn admit_producer(
                 }),
             }
         }
-    }
-}
-
-/// The `Always` policy's fdatasync thread: syncs the log while the committer places and
-/// writes the next batches. Each sync covers every batch written before it started, and
-/// the next one starts as soon as it returns if anything was written meanwhile.
-struct Flusher {
-    shared: Arc<Flushing>,
-    thread: JoinHandle<()>,
-}
-
-/// What the committer and the flusher share.
-struct Flushing {
-    state: std::sync::Mutex<Written>,
-    wake: std::sync::Condvar,
-    /// The number of the last batch known durable.
-    durable: watch::Sender<u64>,
-}
-
-/// The last batch written, and the segment it went to.
-#[derive(Default)]
-struct Written {
-    seq: u64,
-    file: Option<std::fs::File>,
-    stop: bool,
-}
-
-impl Flusher {
-    fn spawn(store: Arc<Store>) -> std::io::Result<Flusher> {
-        let shared = Arc::new(Flushing {
-            state: std::sync::Mutex::new(Written::default()),
-            wake: std::sync::Condvar::new(),
-            durable: watch::channel(0).0,
-        });
-        let flushing = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("ec-log-flusher".to_owned())
-            .spawn(move || {
-                let mut synced = 0;
-                loop {
-                    let (seq, file) = {
-                        let mut state = flushing.lock();
-                        while state.seq == synced && !state.stop {
-                            state = flushing.wake.wait(state).unwrap_or_else(|e| e.into_inner());
-                        }
-                        if state.seq == synced {
-                            break;
-                        }
-                        (state.seq, state.file.as_ref().map(std::fs::File::try_clone))
-                    };
-                    #[cfg(test)]
-                    store.sync_permits.take();
-                    if let Some(Err(e)) = file.map(|f| f.and_then(|f| f.sync_data())) {
-                        fatal("fdatasync of the write-ahead log", &e.into());
-                    }
-                    synced = seq;
-                    flushing.durable.send_replace(seq);
-                }
-                drop(store);
-            })?;
-        Ok(Flusher { shared, thread })
-    }
-
-    /// Batch `seq` is written to `file`: sync it.
-    fn written(&self, seq: u64, file: std::fs::File) {
-        let mut state = self.shared.lock();
-        state.seq = seq;
-        state.file = Some(file);
-        self.shared.wake.notify_one();
-    }
-
-    /// The number of the last batch known durable, as it changes.
-    fn durable(&self) -> watch::Receiver<u64> {
-        self.shared.durable.subscribe()
-    }
-
-    /// Syncs what is written, then stops the thread.
-    fn stop(self) {
-        self.shared.lock().stop = true;
-        self.shared.wake.notify_one();
-        if self.thread.join().is_err() {
-            tracing::error!("write-ahead log flusher thread panicked");
-        }
-    }
-}
-
-impl Flushing {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Written> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -38,7 +38,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
@@ -271,14 +271,9 @@ pub(super) struct Store {
     pub(super) wal: Mutex<Wal>,
     /// Batches queued for the applier and applied ([`super::applier`]).
     pub(super) applied: Progress,
-    /// Writers waiting in [`Store::lock_writes`].
-    writers_waiting: AtomicUsize,
     /// Held by a test to keep the applier from writing to fjall.
     #[cfg(test)]
     pub(super) apply_gate: Mutex<()>,
-    /// Lets a test hold the flusher's fdatasyncs back, keeping batches in flight.
-    #[cfg(test)]
-    pub(super) sync_permits: SyncPermits,
 }
 
 /// Converts a fjall error into [`LogError::Storage`] with what was being done.
@@ -399,11 +394,8 @@ impl Store {
             batch_durability,
             wal,
             applied: Progress::default(),
-            writers_waiting: AtomicUsize::new(0),
             #[cfg(test)]
             apply_gate: Mutex::new(()),
-            #[cfg(test)]
-            sync_permits: SyncPermits::default(),
         };
         // A crash in the middle of a truncation can leave records of batches it removed.
         for stream in store.all_streams() {
@@ -518,18 +510,9 @@ impl Store {
     /// applied over its writes); poisoning is ignored because a writer that panicked either
     /// aborted the process (storage failure) or left committed state untouched.
     pub(super) fn lock_writes(&self) -> MutexGuard<'_, ()> {
-        // Counted while waiting: the committer holds the lock as long as batches are in
-        // flight, and stops taking new ones when a writer waits.
-        self.writers_waiting.fetch_add(1, Ordering::AcqRel);
         let guard = self.lock_for_commit();
-        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
         self.applied.drain();
         guard
-    }
-
-    /// Whether a writer is waiting for the writer lock (see [`Store::lock_writes`]).
-    pub(super) fn writer_waiting(&self) -> bool {
-        self.writers_waiting.load(Ordering::Acquire) > 0
     }
 
     /// The write-ahead log (poisoning ignored: a writer that panicked while holding it
@@ -851,34 +834,5 @@ fn corrupt(stream: &Stream, offset: u64, source: record::RecordError) -> LogErro
     LogError::Corrupt {
         context: format!("decoding data ID {} at offset {offset}", stream.data_id),
         source,
-    }
-}
-
-/// How many more fdatasyncs the flusher may start (`None`: any number), set by a test to
-/// keep batches in flight at chosen points.
-#[cfg(test)]
-#[derive(Default)]
-pub(super) struct SyncPermits {
-    left: Mutex<Option<u64>>,
-    changed: std::sync::Condvar,
-}
-
-#[cfg(test)]
-impl SyncPermits {
-    /// Waits for a permit (the flusher, before each fdatasync).
-    pub(super) fn take(&self) {
-        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
-        while *left == Some(0) {
-            left = self.changed.wait(left).unwrap_or_else(|e| e.into_inner());
-        }
-        if let Some(n) = left.as_mut() {
-            *n -= 1;
-        }
-    }
-
-    /// Sets how many fdatasyncs may start from now on.
-    pub(super) fn set(&self, left: Option<u64>) {
-        *self.left.lock().unwrap_or_else(|e| e.into_inner()) = left;
-        self.changed.notify_all();
     }
 }

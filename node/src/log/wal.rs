@@ -331,23 +331,6 @@ impl Wal {
         Ok(())
     }
 
-    /// Sequence number the next record gets (a test watches records being written).
-    #[cfg(test)]
-    pub(super) fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
-    /// Whether a record of `puts` fits the active segment (else appending it switches).
-    pub(super) fn fits(&self, puts: &Puts) -> bool {
-        self.pos + (HEADER + puts.0.len()) as u64 <= self.active.len
-    }
-
-    /// A descriptor of the active segment, for the committer's flusher to fdatasync outside
-    /// the log's lock.
-    pub(super) fn active_file(&self) -> io::Result<File> {
-        self.active.file.try_clone()
-    }
-
     /// Descriptors of the segments that may hold records not synced yet (the active one and
     /// the sealed ones), for the `Interval` syncer to fdatasync outside the log's lock.
     pub(super) fn unsynced_files(&self) -> io::Result<Vec<File>> {
