@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-pub use crate::routes::{candidate_ids, wait_route};
+pub use crate::routes::{candidate_ids, wait_route, wait_route_within};
 pub use crate::traffic::{
     Acks, Producer, Seen, batch, check_producer, check_reader, read_redirected,
 };

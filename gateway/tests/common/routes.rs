@@ -13,7 +13,18 @@ pub async fn wait_route(
     what: &str,
     pred: impl Fn(&GetNodeResponse) -> bool,
 ) -> GetNodeResponse {
-    ec_testkit::wait_for(what, DEADLINE, || {
+    wait_route_within(gw, data_id, what, DEADLINE, pred).await
+}
+
+/// [`wait_route`] with its own deadline.
+pub async fn wait_route_within(
+    gw: &GatewayClient<Channel>,
+    data_id: &str,
+    what: &str,
+    deadline: std::time::Duration,
+    pred: impl Fn(&GetNodeResponse) -> bool,
+) -> GetNodeResponse {
+    ec_testkit::wait_for(what, deadline, || {
         let mut gw = gw.clone();
         let pred = &pred;
         async move {
