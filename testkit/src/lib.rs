@@ -159,21 +159,27 @@ where
     panic!("timed out after {deadline:?} waiting for {what}")
 }
 
-/// How [`freeze_while`] freezes a process, thaws it, and reads its output.
-pub type FreezeOps<T> = (fn(&mut T), fn(&mut T), fn(&T) -> String);
+/// A test's child process that [`freeze_while`] can freeze.
+pub trait Freezable {
+    /// Stops the process where it is (SIGSTOP).
+    fn freeze(&mut self);
+    /// Lets it go on (SIGCONT).
+    fn thaw(&mut self);
+    /// What it wrote so far, for the test output.
+    fn output(&self) -> String;
+}
 
-/// Freezes `process` (`freeze`, e.g. SIGSTOP) once `premise` holds, and returns once it still
-/// holds with the process frozen. If the premise broke just before the freeze, the process's
-/// output (`log`) goes to the test output, it is thawed (`thaw`) and the whole is tried
-/// again; panics naming `what` if that never succeeds within `deadline`.
+/// Freezes `process` once `premise` holds, and returns once it still holds with the process
+/// frozen. If the premise broke just before the freeze, the process's output goes to the
+/// test output, it is thawed and the whole is tried again; panics naming `what` if that
+/// never succeeds within `deadline`.
 ///
 /// For tests whose premise is a state the frozen process could leave just before it froze
 /// (a replica in the in-sync set, whose session may end for a moment).
-pub async fn freeze_while<T, F, Fut>(
+pub async fn freeze_while<F, Fut>(
     what: &str,
     deadline: Duration,
-    process: &mut T,
-    (freeze, thaw, log): FreezeOps<T>,
+    process: &mut impl Freezable,
     mut premise: F,
 ) where
     F: FnMut() -> Fut,
@@ -182,15 +188,15 @@ pub async fn freeze_while<T, F, Fut>(
     let end = tokio::time::Instant::now() + deadline;
     loop {
         wait_for(what, deadline, &mut premise).await;
-        freeze(process);
+        process.freeze();
         if premise().await.is_some() {
             return;
         }
         eprintln!(
             "{what}: no longer true once frozen; the process's output:\n{}",
-            log(process)
+            process.output()
         );
-        thaw(process);
+        process.thaw();
         assert!(
             tokio::time::Instant::now() < end,
             "{what}: never held once the process was frozen"

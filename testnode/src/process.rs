@@ -188,3 +188,17 @@ fn port(name: &str) -> u16 {
         .parse()
         .unwrap_or_else(|_| panic!("{name} must be a port number, got {value:?}"))
 }
+
+impl ec_testkit::Freezable for NodeProcess {
+    fn freeze(&mut self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    fn thaw(&mut self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    fn output(&self) -> String {
+        self.log()
+    }
+}

@@ -214,11 +214,6 @@ async fn the_acks_option_decides_what_an_acknowledgement_waits_for() {
         "n2 in the in-sync set of acks",
         DEADLINE,
         &mut n2,
-        (
-            |p| p.signal(Signal::SIGSTOP),
-            |p| p.signal(Signal::SIGCONT),
-            |p| p.log(),
-        ),
         n2_in_sync,
     )
     .await;

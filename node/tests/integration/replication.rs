@@ -169,11 +169,6 @@ async fn acks_all_times_out_then_the_in_sync_set_shrinks_and_the_replica_rejoins
         "n2 in the in-sync set of lag",
         DEADLINE,
         &mut n2,
-        (
-            |p| p.signal(Signal::SIGSTOP),
-            |p| p.signal(Signal::SIGCONT),
-            |p| p.log(),
-        ),
         n2_in_sync,
     )
     .await;

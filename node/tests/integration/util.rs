@@ -396,3 +396,17 @@ impl Follower {
         self.seen.lock().expect("lock").clone()
     }
 }
+
+impl ec_testkit::Freezable for NodeProcess {
+    fn freeze(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    fn thaw(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn output(&self) -> String {
+        self.log()
+    }
+}
