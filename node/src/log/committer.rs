@@ -63,7 +63,7 @@ use super::applier::{self, Applier, Job};
 use super::assign::Tail;
 use super::producers::{self, Admission};
 use super::record::{
-    self, EVENT_HEADER_LEN, EVENT_KEY_LEN, ProducerRecord, ProducerTag, StreamMeta,
+    self, ChunkBuilder, EVENT_HEADER_LEN, EVENT_KEY_LEN, ProducerRecord, ProducerTag, StreamMeta,
 };
 use super::store::{Store, Stream, raised_hwm};
 use super::wal::{Puts, Space};
@@ -355,6 +355,54 @@ impl Writes {
         self.puts.put(space, key, &value);
         self.batch.insert(store.keyspace(space), key, value);
     }
+
+    /// Adds consecutive events of stream `number`, the first at offset `first`, as chunks
+    /// (see [`record`]: one key per run of events, not one per event).
+    fn put_events<'e>(
+        &mut self,
+        store: &Store,
+        number: u64,
+        first: u64,
+        events: impl Iterator<Item = (i64, u64, Option<ProducerTag>, &'e [u8])>,
+    ) {
+        let mut chunk = ChunkBuilder::new();
+        let mut start = first;
+        for (offset, (timestamp, epoch, producer, payload)) in (first..).zip(events) {
+            if !chunk.push(timestamp, epoch, producer, payload) {
+                // Too large for a chunk's length field: a value of its own.
+                self.put_chunk(
+                    store,
+                    number,
+                    start,
+                    std::mem::replace(&mut chunk, ChunkBuilder::new()),
+                );
+                let value = record::encode_event(timestamp, epoch, producer, payload);
+                self.put(
+                    store,
+                    Space::Events,
+                    &record::event_key(number, offset),
+                    value,
+                );
+                start = offset + 1;
+            } else if chunk.is_full() {
+                self.put_chunk(
+                    store,
+                    number,
+                    start,
+                    std::mem::replace(&mut chunk, ChunkBuilder::new()),
+                );
+                start = offset + 1;
+            }
+        }
+        self.put_chunk(store, number, start, chunk);
+    }
+
+    fn put_chunk(&mut self, store: &Store, number: u64, first: u64, chunk: ChunkBuilder) {
+        if !chunk.is_empty() {
+            let key = record::event_key(number, first);
+            self.put(store, Space::Events, &key, chunk.finish());
+        }
+    }
 }
 
 /// A sealed batch with something to write.
@@ -433,14 +481,14 @@ impl<'s> Plan<'s> {
                 return Ok(original);
             }
             let appended = entry.tail.place_publish(epoch, now, events);
+            let ts = appended.timestamp.0;
+            self.writes.put_events(
+                store,
+                stream.number,
+                appended.first.0,
+                events.iter().map(|e| (ts, epoch, producer, &e[..])),
+            );
             for (offset, event) in (appended.first.0..).zip(events) {
-                self.writes.put(
-                    store,
-                    Space::Events,
-                    &record::event_key(stream.number, offset),
-                    record::encode_event(appended.timestamp.0, epoch, producer, event),
-                );
-                let ts = appended.timestamp.0;
                 entry
                     .fresh
                     .push(applier::stored(offset, ts, epoch, producer, event));
@@ -468,13 +516,16 @@ impl<'s> Plan<'s> {
                 .push((stream.data_id.clone(), events.len() as u64, bytes));
         }
         let appended = entry.tail.place_copied(copied, events, now);
+        self.writes.put_events(
+            store,
+            stream.number,
+            appended.first.0,
+            events
+                .iter()
+                .zip(copied)
+                .map(|(e, c)| (c.timestamp, c.epoch, c.producer, &e[..])),
+        );
         for (event, c) in events.iter().zip(copied) {
-            self.writes.put(
-                store,
-                Space::Events,
-                &record::event_key(stream.number, c.offset),
-                record::encode_event(c.timestamp, c.epoch, c.producer, event),
-            );
             let fresh = applier::stored(c.offset, c.timestamp, c.epoch, c.producer, event);
             entry.fresh.push(fresh);
             if let Some(tag) = c.producer {

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use ec_core::DataId;
 
-use super::record::{self, ProducerRecord, ProducerTag};
+use super::record::{EventHeader, ProducerRecord, ProducerTag};
 use super::store::{Store, Stream};
 use super::{Appended, LogError};
 use ec_core::{Epoch, Offset, TimestampMs};
@@ -117,47 +117,45 @@ pub(super) fn find_batch(
     if below <= earliest {
         return Ok(None);
     }
-    let range = record::event_key(stream.number, earliest)..record::event_key(stream.number, below);
     let mut found: Option<ProducerRecord> = None;
-    for guard in store.events.range(range).rev() {
-        let (key, value) = guard.into_inner().map_err(super::store::storage(format!(
-            "looking for batch {} of producer {:#x} in data ID {}",
-            tag.sequence, tag.id, stream.data_id
-        )))?;
-        let (_, offset) =
-            record::decode_event_key(&key).map_err(|source| corrupt(stream, source))?;
-        let header =
-            record::decode_event_header(&value).map_err(|source| corrupt(stream, source))?;
-        let this = header.producer == Some(tag);
-        match (&mut found, this) {
-            (Some(r), true) => r.first = offset,
-            // Past the batch's first event: done.
-            (Some(_), false) => break,
-            (None, true) => {
-                found = Some(ProducerRecord {
-                    sequence: tag.sequence,
-                    first: offset,
-                    last: offset,
-                    timestamp: header.timestamp,
-                    epoch: header.epoch,
-                });
-            }
-            (None, false) => {
-                // The producer's batches are stored in sequence order: an earlier batch of
-                // the same producer means `tag` lies further back only if its number is
-                // lower; a higher-numbered one is just a later batch, keep going.
-                if let Some(p) = header.producer
-                    && p.id == tag.id
-                    && p.sequence < tag.sequence
-                {
-                    break;
+    scan_back(
+        store,
+        stream,
+        below,
+        "looking for a producer batch in",
+        |offset, header| {
+            let this = header.producer == Some(tag);
+            match (&mut found, this) {
+                (Some(r), true) => r.first = offset,
+                // Past the batch's first event: done.
+                (Some(_), false) => return false,
+                (None, true) => {
+                    found = Some(ProducerRecord {
+                        sequence: tag.sequence,
+                        first: offset,
+                        last: offset,
+                        timestamp: header.timestamp,
+                        epoch: header.epoch,
+                    });
                 }
-                if header.timestamp < not_before {
-                    break;
+                (None, false) => {
+                    // The producer's batches are stored in sequence order: an earlier batch of
+                    // the same producer means `tag` lies further back only if its number is
+                    // lower; a higher-numbered one is just a later batch, keep going.
+                    if let Some(p) = header.producer
+                        && p.id == tag.id
+                        && p.sequence < tag.sequence
+                    {
+                        return false;
+                    }
+                    if header.timestamp < not_before {
+                        return false;
+                    }
                 }
             }
-        }
-    }
+            true
+        },
+    )?;
     Ok(found)
 }
 
@@ -178,59 +176,73 @@ pub(super) fn latest_batches(
     if below <= earliest || wanted.is_empty() {
         return Ok(found);
     }
-    let range = record::event_key(stream.number, earliest)..record::event_key(stream.number, below);
     let mut open: Option<u64> = None;
-    for guard in store.events.range(range).rev() {
-        let (key, value) = guard.into_inner().map_err(super::store::storage(format!(
-            "rebuilding producer state of data ID {}",
-            stream.data_id
-        )))?;
-        let (_, offset) =
-            record::decode_event_key(&key).map_err(|source| corrupt(stream, source))?;
-        let header =
-            record::decode_event_header(&value).map_err(|source| corrupt(stream, source))?;
-        let tag = header.producer;
-        // Extend the batch being read backwards while it continues.
-        if let Some(id) = open {
-            match (found.get_mut(&id), tag) {
-                (Some(r), Some(t)) if t.id == id && t.sequence == r.sequence => {
-                    r.first = offset;
-                    continue;
-                }
-                _ => {
-                    open = None;
-                    done += 1;
+    scan_back(
+        store,
+        stream,
+        below,
+        "rebuilding producer state of",
+        |offset, header| {
+            let tag = header.producer;
+            // Extend the batch being read backwards while it continues.
+            if let Some(id) = open {
+                match (found.get_mut(&id), tag) {
+                    (Some(r), Some(t)) if t.id == id && t.sequence == r.sequence => {
+                        r.first = offset;
+                        return true;
+                    }
+                    _ => {
+                        open = None;
+                        done += 1;
+                    }
                 }
             }
-        }
-        if done == wanted.len() || header.timestamp < not_before {
-            break;
-        }
-        if let Some(t) = tag
-            && wanted.contains(&t.id)
-            && !found.contains_key(&t.id)
-        {
-            found.insert(
-                t.id,
-                ProducerRecord {
-                    sequence: t.sequence,
-                    first: offset,
-                    last: offset,
-                    timestamp: header.timestamp,
-                    epoch: header.epoch,
-                },
-            );
-            open = Some(t.id);
-        }
-    }
+            if done == wanted.len() || header.timestamp < not_before {
+                return false;
+            }
+            if let Some(t) = tag
+                && wanted.contains(&t.id)
+                && !found.contains_key(&t.id)
+            {
+                found.insert(
+                    t.id,
+                    ProducerRecord {
+                        sequence: t.sequence,
+                        first: offset,
+                        last: offset,
+                        timestamp: header.timestamp,
+                        epoch: header.epoch,
+                    },
+                );
+                open = Some(t.id);
+            }
+            true
+        },
+    )?;
     Ok(found)
 }
 
-fn corrupt(stream: &Stream, source: record::RecordError) -> LogError {
-    LogError::Corrupt {
-        context: format!("decoding producer state of data ID {}", stream.data_id),
-        source,
+/// Visits `stream`'s stored events below `below` (down to its earliest offset), last first,
+/// while `visit` returns `true`.
+fn scan_back(
+    store: &Store,
+    stream: &Stream,
+    below: u64,
+    what: &str,
+    mut visit: impl FnMut(u64, &EventHeader) -> bool,
+) -> Result<(), LogError> {
+    let earliest = stream.state().earliest;
+    for chunk in store.chunks_back(stream, below, what) {
+        for e in chunk?.events.iter().rev() {
+            if e.offset >= below {
+                continue;
+            }
+            if e.offset < earliest || !visit(e.offset, &e.header) {
+                return Ok(());
+            }
+        }
     }
+    Ok(())
 }
 
 /// Error for a batch beyond the producer's next one.

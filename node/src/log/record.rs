@@ -11,6 +11,12 @@
 //!   they cost no more than before. The epoch is the leader epoch of the primary
 //!   that first wrote the event (0 for a node that is not under a mapping); a replica stores
 //!   the primary's epoch and timestamp unchanged, so the value is byte-identical on every node.
+//! - The `events` keyspace holds *chunks*: a value keyed by the offset of its first event that
+//!   holds a run of consecutive events (format 3: count, then each event value with its
+//!   length). One key per run instead of one per event is what keeps fjall's per-key work
+//!   (memtable, journal, flush, compaction) off each event (BENCHMARKS.md, *Issue 13, fourth
+//!   round*). A single event value of format 1 or 2 (written before chunks, or an event too
+//!   large for a chunk's length field) reads as a chunk of one.
 //! - A metadata record is keyed by the stream number alone and carries the data ID, so the
 //!   whole stream table is rebuilt by one scan of the `meta` keyspace at open. Every change of
 //!   a stream's events is written in the same atomic batch as its new metadata record.
@@ -42,6 +48,18 @@ const EVENT_FORMAT: u8 = 1;
 
 /// Version byte of an event value that carries its producer batch.
 const EVENT_FORMAT_PRODUCER: u8 = 2;
+
+/// Version byte of a chunk: a run of consecutive events in one value.
+const CHUNK_FORMAT: u8 = 3;
+
+/// Length of a chunk's header: format and event count (u32 BE).
+const CHUNK_HEADER_LEN: usize = 1 + 4;
+
+/// A chunk takes no more events once its value is this large ...
+const CHUNK_MAX_BYTES: usize = 64 * 1024;
+
+/// ... or holds this many events: a read from inside a chunk decodes it from its start.
+const CHUNK_MAX_EVENTS: u32 = 1024;
 
 /// Length of a producer record's key: stream number and producer ID.
 pub(super) const PRODUCER_KEY_LEN: usize = 16;
@@ -91,7 +109,10 @@ pub enum RecordError {
         expected: String,
     },
     /// The format version byte is unknown (written by a newer or corrupt node).
-    #[error("{what} has format version {version}; this node reads versions 1 and 2")]
+    #[error(
+        "{what} has format version {version}, which this node does not read: it was written \
+         by a newer node, or the bytes are damaged"
+    )]
     BadFormat {
         /// Which kind of record.
         what: &'static str,
@@ -153,25 +174,39 @@ pub(super) fn encode_event(
     producer: Option<ProducerTag>,
     payload: &[u8],
 ) -> Vec<u8> {
-    let header_len = if producer.is_some() {
+    let mut value = Vec::with_capacity(event_header_len(producer) + payload.len());
+    write_event(&mut value, timestamp, epoch, producer, payload);
+    value
+}
+
+fn event_header_len(producer: Option<ProducerTag>) -> usize {
+    if producer.is_some() {
         EVENT_HEADER_V2_LEN
     } else {
         EVENT_HEADER_LEN
-    };
-    let mut value = Vec::with_capacity(header_len + payload.len());
-    value.push(if producer.is_some() {
+    }
+}
+
+/// Appends an event value (header, then payload) to `out`.
+fn write_event(
+    out: &mut Vec<u8>,
+    timestamp: i64,
+    epoch: u64,
+    producer: Option<ProducerTag>,
+    payload: &[u8],
+) {
+    out.push(if producer.is_some() {
         EVENT_FORMAT_PRODUCER
     } else {
         EVENT_FORMAT
     });
-    value.extend_from_slice(&timestamp.to_be_bytes());
-    value.extend_from_slice(&epoch.to_be_bytes());
+    out.extend_from_slice(&timestamp.to_be_bytes());
+    out.extend_from_slice(&epoch.to_be_bytes());
     if let Some(tag) = producer {
-        value.extend_from_slice(&tag.id.to_be_bytes());
-        value.extend_from_slice(&tag.sequence.to_be_bytes());
+        out.extend_from_slice(&tag.id.to_be_bytes());
+        out.extend_from_slice(&tag.sequence.to_be_bytes());
     }
-    value.extend_from_slice(payload);
-    value
+    out.extend_from_slice(payload);
 }
 
 /// The decoded header of an event value; the payload is `value[header.len..]`.
@@ -217,6 +252,128 @@ pub(super) fn decode_event_header(value: &[u8]) -> Result<EventHeader, RecordErr
         producer,
         len,
     })
+}
+
+/// A chunk being built: consecutive events of one stream, in offset order.
+pub(super) struct ChunkBuilder {
+    value: Vec<u8>,
+    count: u32,
+}
+
+impl ChunkBuilder {
+    pub(super) fn new() -> ChunkBuilder {
+        let mut value = Vec::with_capacity(1024);
+        value.push(CHUNK_FORMAT);
+        value.extend_from_slice(&0u32.to_be_bytes());
+        ChunkBuilder { value, count: 0 }
+    }
+
+    /// Whether the chunk should take no more events.
+    pub(super) fn is_full(&self) -> bool {
+        self.value.len() >= CHUNK_MAX_BYTES || self.count >= CHUNK_MAX_EVENTS
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends the next event. Returns `false`, appending nothing, for an event whose value
+    /// length does not fit the chunk's u32 length field (the configuration caps events far
+    /// below that; the caller stores such an event as a value of its own).
+    #[must_use]
+    pub(super) fn push(
+        &mut self,
+        timestamp: i64,
+        epoch: u64,
+        producer: Option<ProducerTag>,
+        payload: &[u8],
+    ) -> bool {
+        let header_len = event_header_len(producer);
+        let Ok(len) = u32::try_from(header_len + payload.len()) else {
+            return false;
+        };
+        self.value.extend_from_slice(&len.to_be_bytes());
+        write_event(&mut self.value, timestamp, epoch, producer, payload);
+        self.count += 1;
+        true
+    }
+
+    /// The chunk's value.
+    pub(super) fn finish(mut self) -> Vec<u8> {
+        self.value[1..CHUNK_HEADER_LEN].copy_from_slice(&self.count.to_be_bytes());
+        self.value
+    }
+}
+
+/// One event of a decoded chunk: its offset, header, and where its payload lies in the
+/// chunk's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ChunkEvent {
+    pub(super) offset: u64,
+    pub(super) header: EventHeader,
+    pub(super) payload: std::ops::Range<usize>,
+}
+
+/// Decodes an `events` value whose key holds offset `first`: a chunk, or a single event
+/// value (format 1 or 2). Never panics on bad bytes.
+pub(super) fn decode_chunk(first: u64, value: &[u8]) -> Result<Vec<ChunkEvent>, RecordError> {
+    if value.first() != Some(&CHUNK_FORMAT) {
+        let header = decode_event_header(value)?;
+        return Ok(vec![ChunkEvent {
+            offset: first,
+            payload: header.len..value.len(),
+            header,
+        }]);
+    }
+    let truncated = |len: usize| RecordError::BadLength {
+        what: "event chunk",
+        len,
+        expected: "the lengths its header and events give".to_owned(),
+    };
+    if value.len() < CHUNK_HEADER_LEN {
+        return Err(truncated(value.len()));
+    }
+    let count = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+    if count == 0 {
+        // Never written: a chunk is stored only with an event in it.
+        return Err(truncated(value.len()));
+    }
+    let mut events = Vec::with_capacity(count.min(CHUNK_MAX_EVENTS) as usize);
+    let mut at = CHUNK_HEADER_LEN;
+    for i in 0..u64::from(count) {
+        let len_bytes = value
+            .get(at..at + 4)
+            .ok_or_else(|| truncated(value.len()))?;
+        let len = u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        let start = at + 4;
+        let end = start
+            .checked_add(len as usize)
+            .filter(|&end| end <= value.len())
+            .ok_or_else(|| truncated(value.len()))?;
+        let header = decode_event_header(&value[start..end])?;
+        events.push(ChunkEvent {
+            offset: first.saturating_add(i),
+            header,
+            payload: start + header.len..end,
+        });
+        at = end;
+    }
+    if at != value.len() {
+        return Err(truncated(value.len()));
+    }
+    Ok(events)
+}
+
+/// The value of chunk `value` cut to its first `keep` events (at least one; `value` must
+/// decode, as [`decode_chunk`] checked).
+pub(super) fn cut_chunk(value: &[u8], events: &[ChunkEvent], keep: usize) -> Vec<u8> {
+    let mut chunk = ChunkBuilder::new();
+    for e in events.iter().take(keep) {
+        let h = e.header;
+        // Fits: it came out of a chunk or a single value, both written through this path.
+        let _ = chunk.push(h.timestamp, h.epoch, h.producer, &value[e.payload.clone()]);
+    }
+    chunk.finish()
 }
 
 /// A producer batch an event belongs to: who published it and the batch's number in that
@@ -515,6 +672,95 @@ mod tests {
                 .len,
             EVENT_HEADER_V2_LEN
         );
+    }
+
+    fn sample_chunk() -> (Vec<u8>, ProducerTag) {
+        let tag = ProducerTag { id: 9, sequence: 4 };
+        let mut chunk = ChunkBuilder::new();
+        assert!(chunk.is_empty());
+        assert!(chunk.push(10, 1, None, b"first"));
+        assert!(chunk.push(11, 2, Some(tag), b""));
+        assert!(chunk.push(12, 2, Some(tag), b"third"));
+        (chunk.finish(), tag)
+    }
+
+    #[test]
+    fn chunk_round_trip_numbers_events_from_the_key() {
+        let (value, tag) = sample_chunk();
+        let events = decode_chunk(100, &value).unwrap();
+        let seen: Vec<_> = events
+            .iter()
+            .map(|e| {
+                let h = e.header;
+                (
+                    e.offset,
+                    h.timestamp,
+                    h.epoch,
+                    h.producer,
+                    &value[e.payload.clone()],
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (100, 10, 1, None, &b"first"[..]),
+                (101, 11, 2, Some(tag), &b""[..]),
+                (102, 12, 2, Some(tag), &b"third"[..]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_single_event_value_reads_as_a_chunk_of_one() {
+        let value = encode_event(5, 3, None, b"old");
+        let events = decode_chunk(7, &value).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!((events[0].offset, events[0].header.timestamp), (7, 5));
+        assert_eq!(&value[events[0].payload.clone()], b"old");
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_refused_never_misread() {
+        let (value, _) = sample_chunk();
+        // Every cut, and one byte too many, fails cleanly.
+        for len in 1..value.len() {
+            assert!(decode_chunk(0, &value[..len]).is_err(), "cut at {len}");
+        }
+        let mut long = value.clone();
+        long.push(0);
+        assert!(decode_chunk(0, &long).is_err());
+        // A count larger than what follows.
+        let mut counted = value.clone();
+        counted[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_chunk(0, &counted).is_err());
+        assert!(decode_chunk(0, &ChunkBuilder::new().finish()).is_err());
+        // An event length running past the end.
+        let mut overlong = value;
+        overlong[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_chunk(0, &overlong).is_err());
+    }
+
+    #[test]
+    fn a_cut_chunk_keeps_its_first_events() {
+        let (value, tag) = sample_chunk();
+        let events = decode_chunk(50, &value).unwrap();
+        let cut = cut_chunk(&value, &events, 2);
+        let kept = decode_chunk(50, &cut).unwrap();
+        assert_eq!(kept, events[..2].to_vec());
+        assert_eq!(kept[1].header.producer, Some(tag));
+    }
+
+    #[test]
+    fn a_chunk_fills_by_count_or_bytes() {
+        let mut by_count = ChunkBuilder::new();
+        while !by_count.is_full() {
+            assert!(by_count.push(0, 0, None, b"x"));
+        }
+        assert_eq!(decode_chunk(0, &by_count.finish()).unwrap().len(), 1024);
+        let mut by_bytes = ChunkBuilder::new();
+        assert!(by_bytes.push(0, 0, None, &[7u8; 70 * 1024]));
+        assert!(by_bytes.is_full());
     }
 
     #[test]

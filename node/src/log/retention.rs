@@ -2,7 +2,9 @@
 //!
 //! Invariants:
 //! - Only the head is trimmed, so a stream stays dense: `earliest..next` is exactly what is
-//!   stored. `next` is never touched, so offsets are never reused.
+//!   readable. `next` is never touched, so offsets are never reused. A stored chunk (see
+//!   `super::record`) is removed once all its events are trimmed; until then its trimmed
+//!   events stay on disk, below `earliest`, where no read goes.
 //! - The tombstones for the trimmed events and the stream's new metadata (earliest, bytes,
 //!   first timestamp) go in one atomic batch, written under the store's writer lock, so the
 //!   committer never overwrites a trim with stale metadata and a crash leaves either the
@@ -82,43 +84,33 @@ fn trim_chunk(
     let mut batch = store.db.batch().durability(Some(store.batch_durability));
     let mut more = false;
     let mut kept_ts = None;
-    let range =
-        record::event_key(stream.number, old.earliest)..record::event_key(stream.number, old.next);
-    for guard in store.events.range(range) {
-        let (key, value) = guard.into_inner().map_err(|source| LogError::Storage {
-            context: format!(
-                "scanning data ID {} for retention at offset {}",
-                stream.data_id, new.earliest
-            ),
-            source,
-        })?;
-        let corrupt = |source| LogError::Corrupt {
-            context: format!(
-                "decoding data ID {} at offset {} for retention",
-                stream.data_id, new.earliest
-            ),
-            source,
-        };
-        let (_, offset) = record::decode_event_key(&key).map_err(corrupt)?;
-        if offset != new.earliest {
-            return Err(LogError::Missing {
-                data_id: stream.data_id.clone(),
-                offset: Offset(new.earliest),
-            });
+    'scan: for chunk in store.chunks(stream, old.earliest, old.next, "scanning for retention")? {
+        let chunk = chunk?;
+        for e in &chunk.events {
+            if e.offset < new.earliest {
+                // Trimmed before, kept with the chunk's retained events.
+                continue;
+            }
+            if e.offset != new.earliest {
+                return Err(LogError::Missing {
+                    data_id: stream.data_id.clone(),
+                    offset: Offset(new.earliest),
+                });
+            }
+            let expired = e.offset < count_floor
+                || cutoff.is_some_and(|cutoff| e.header.timestamp < cutoff)
+                || retention.max_bytes.is_some_and(|max| new.bytes > max);
+            if !expired || new.earliest - old.earliest == TRIM_CHUNK {
+                more = expired;
+                kept_ts = Some(e.header.timestamp);
+                break 'scan;
+            }
+            new.earliest += 1;
+            new.bytes = new.bytes.saturating_sub(e.payload.len() as u64);
         }
-        let header = record::decode_event_header(&value).map_err(corrupt)?;
-        let size = (value.len() - header.len) as u64;
-        let expired = offset < count_floor
-            || cutoff.is_some_and(|cutoff| header.timestamp < cutoff)
-            || retention.max_bytes.is_some_and(|max| new.bytes > max);
-        if !expired || new.earliest - old.earliest == TRIM_CHUNK {
-            more = expired;
-            kept_ts = Some(header.timestamp);
-            break;
-        }
-        batch.remove(&store.events, key);
-        new.earliest += 1;
-        new.bytes = new.bytes.saturating_sub(size);
+        // Every event of the chunk is trimmed now; a chunk with one still retained stays
+        // whole (reads skip what lies below `earliest`).
+        batch.remove(&store.events, chunk.key);
     }
     if new.earliest == old.earliest {
         return Ok((None, false));

@@ -628,43 +628,38 @@ impl Store {
         // the tail lets go of it (see `applier`).
         let (tail, tail_from) = stream.pending.read(from, end);
         let fjall_end = tail_from.max(from);
-        let range =
-            record::event_key(stream.number, from)..record::event_key(stream.number, fjall_end);
-
         let mut out = Vec::with_capacity(usize::try_from(end - from).unwrap_or(0).min(4096));
         let mut total = 0usize;
         let mut next = from;
-        for guard in self.events.range(range) {
-            let expected = next;
-            // Contexts are formatted only on error: this loop runs once per event read.
-            let (key, value) = guard.into_inner().map_err(|source| LogError::Storage {
-                context: format!("reading data ID {} at offset {expected}", stream.data_id),
-                source,
-            })?;
-            let (_, offset) = record::decode_event_key(&key)
-                .map_err(|source| corrupt(stream, expected, source))?;
-            if offset != expected {
-                // Retention removed events under our feet (the scan is a snapshot, so the
-                // whole trimmed range is missing at once): stop, and report if nothing usable
-                // was read.
-                break;
+        'chunks: for chunk in self.chunks(stream, from, fjall_end, "reading")? {
+            let chunk = chunk?;
+            // One copy per chunk, shared by its events: holding fjall's slice would pin a
+            // whole cached block.
+            let value = Bytes::copy_from_slice(&chunk.value);
+            for e in &chunk.events {
+                if e.offset < next {
+                    continue;
+                }
+                if e.offset != next || next >= fjall_end {
+                    // Retention removed events under our feet (the scan is a snapshot, so
+                    // the whole trimmed range is missing at once): stop, and report if
+                    // nothing usable was read.
+                    break 'chunks;
+                }
+                let len = e.payload.len();
+                if !out.is_empty() && total + len > max_bytes {
+                    break 'chunks;
+                }
+                total += len;
+                out.push(StoredEvent {
+                    offset: Offset(e.offset),
+                    timestamp: TimestampMs(e.header.timestamp),
+                    epoch: Epoch(e.header.epoch),
+                    producer: e.header.producer,
+                    data: value.slice(e.payload.clone()),
+                });
+                next += 1;
             }
-            let header = record::decode_event_header(&value)
-                .map_err(|source| corrupt(stream, offset, source))?;
-            let payload = &value[header.len..];
-            if !out.is_empty() && total + payload.len() > max_bytes {
-                break;
-            }
-            total += payload.len();
-            out.push(StoredEvent {
-                offset: Offset(offset),
-                timestamp: TimestampMs(header.timestamp),
-                epoch: Epoch(header.epoch),
-                producer: header.producer,
-                // Copy out: holding fjall's slice would pin a whole cached block.
-                data: Bytes::copy_from_slice(payload),
-            });
-            next = offset + 1;
         }
         // The tail continues only a read that got all the way to it.
         if next == fjall_end {
@@ -690,25 +685,71 @@ impl Store {
     }
 
     /// Timestamp of event `offset` of `stream`, or `None` if it is not stored (trimmed).
-    fn timestamp_at(&self, stream: &Stream, offset: u64) -> Result<Option<i64>, LogError> {
+    pub(super) fn timestamp_at(
+        &self,
+        stream: &Stream,
+        offset: u64,
+    ) -> Result<Option<i64>, LogError> {
         // The pending tail first, as in `read`.
         if let Some(ts) = stream.pending.timestamp(offset) {
             return Ok(Some(ts));
         }
-        let value = self
+        let end = offset.saturating_add(1);
+        if let Some(chunk) = self.chunks(stream, offset, end, "reading")?.next() {
+            let chunk = chunk?;
+            let found = chunk.events.iter().find(|e| e.offset == offset);
+            return Ok(found.map(|e| e.header.timestamp));
+        }
+        Ok(None)
+    }
+
+    /// The chunks of `stream` that hold events in `[from, to)`, in offset order; the first
+    /// may start below `from` (callers skip what they do not want). `what` names the reader
+    /// in errors ("reading", "scanning for retention", ...).
+    pub(super) fn chunks<'a>(
+        &'a self,
+        stream: &'a Stream,
+        from: u64,
+        to: u64,
+        what: &'a str,
+    ) -> Result<impl Iterator<Item = Result<Chunk, LogError>> + 'a, LogError> {
+        // The chunk holding `from` starts at or below it: the last key at or below `from`.
+        let n = stream.number;
+        let start = match self
             .events
-            .get(record::event_key(stream.number, offset))
-            .map_err(|source| LogError::Storage {
-                context: format!("reading data ID {} at offset {offset}", stream.data_id),
-                source,
-            })?;
-        value
-            .map(|v| {
-                record::decode_event_header(&v)
-                    .map(|h| h.timestamp)
-                    .map_err(|source| corrupt(stream, offset, source))
-            })
-            .transpose()
+            .range(record::event_key(n, 0)..=record::event_key(n, from))
+            .next_back()
+        {
+            Some(guard) => {
+                let key = guard.key().map_err(|source| LogError::Storage {
+                    context: format!("{what} data ID {} at offset {from}", stream.data_id),
+                    source,
+                })?;
+                let (_, first) =
+                    record::decode_event_key(&key).map_err(|e| corrupt(stream, from, e))?;
+                first
+            }
+            None => from,
+        };
+        let range = record::event_key(n, start)..record::event_key(n, to.max(start));
+        Ok(self
+            .events
+            .range(range)
+            .map(move |guard| Chunk::read(guard, stream, what, from)))
+    }
+
+    /// The chunks of `stream` that start below `below`, last first.
+    pub(super) fn chunks_back<'a>(
+        &'a self,
+        stream: &'a Stream,
+        below: u64,
+        what: &'a str,
+    ) -> impl Iterator<Item = Result<Chunk, LogError>> + 'a {
+        let n = stream.number;
+        self.events
+            .range(record::event_key(n, 0)..record::event_key(n, below))
+            .rev()
+            .map(move |guard| Chunk::read(guard, stream, what, below))
     }
 
     /// First retained offset whose timestamp is `>= ts`, or the high watermark if none below
@@ -727,6 +768,43 @@ impl Store {
             }
         }
         Ok(lo)
+    }
+}
+
+/// One value of the `events` keyspace, decoded: a run of consecutive events of one stream
+/// (see [`record::decode_chunk`]); never empty.
+pub(super) struct Chunk {
+    pub(super) key: fjall::UserKey,
+    pub(super) value: fjall::UserValue,
+    pub(super) events: Vec<record::ChunkEvent>,
+}
+
+impl Chunk {
+    /// Reads and decodes the chunk under `guard`; `near` is the offset named in errors.
+    fn read(
+        guard: fjall::Guard,
+        stream: &Stream,
+        what: &str,
+        near: u64,
+    ) -> Result<Chunk, LogError> {
+        let (key, value) = guard.into_inner().map_err(|source| LogError::Storage {
+            context: format!("{what} data ID {} near offset {near}", stream.data_id),
+            source,
+        })?;
+        let events = record::decode_event_key(&key)
+            .and_then(|(_, first)| record::decode_chunk(first, &value))
+            .map_err(|source| corrupt(stream, near, source))?;
+        Ok(Chunk { key, value, events })
+    }
+
+    /// Offset of the chunk's first event.
+    pub(super) fn first(&self) -> u64 {
+        self.events.first().map_or(0, |e| e.offset)
+    }
+
+    /// Offset of the chunk's last event.
+    pub(super) fn last(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.offset)
     }
 }
 
@@ -791,15 +869,16 @@ fn check_tail(
 ) -> Result<(), LogError> {
     let last = match events.prefix(record::stream_prefix(number)).next_back() {
         Some(guard) => {
-            let key = guard.key().map_err(storage(format!(
-                "reading the last event of data ID {data_id}"
+            let (key, value) = guard.into_inner().map_err(storage(format!(
+                "reading the last events of data ID {data_id}"
             )))?;
-            let (_, offset) =
-                record::decode_event_key(&key).map_err(|source| LogError::Corrupt {
-                    context: format!("decoding the last event key of data ID {data_id}"),
-                    source,
-                })?;
-            Some(offset)
+            let decoded = record::decode_event_key(&key)
+                .and_then(|(_, first)| record::decode_chunk(first, &value));
+            let events = decoded.map_err(|source| LogError::Corrupt {
+                context: format!("decoding the last events of data ID {data_id}"),
+                source,
+            })?;
+            events.last().map(|e| e.offset)
         }
         None => None,
     };

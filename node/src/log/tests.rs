@@ -541,6 +541,11 @@ async fn large_trim_is_chunked_and_exact() {
         payloads(&log.read(&a, Offset(19_995), 10, usize::MAX).unwrap()),
         ["19995", "19996", "19997", "19998", "19999"]
     );
+    // Only the last request's chunk is still stored: every chunk whose events are all
+    // trimmed is gone from disk.
+    let store = &log.inner.store;
+    let stored = store.events.prefix(record::stream_prefix(0)).count();
+    assert_eq!(stored, 1);
     log.close().await.unwrap();
 }
 
@@ -604,6 +609,81 @@ async fn open_refuses_events_that_disagree_with_metadata() {
         "{err}"
     );
     assert!(err.to_string().contains("data ID a"), "{err}");
+}
+
+/// Rewrites stream 0's events as an older node stored them: one key per event (format 1,
+/// or 2 with a producer tag), in place of the chunks this node wrote.
+fn rewrite_one_key_per_event(dir: &Path, events: &[(u64, Option<ProducerTag>, &str)]) {
+    let db = fjall::Database::builder(dir).open().unwrap();
+    let keyspace = db
+        .keyspace("events", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    let keys: Vec<_> = keyspace
+        .prefix(record::stream_prefix(0))
+        .map(|g| g.key().unwrap())
+        .collect();
+    assert!(!keys.is_empty());
+    for key in keys {
+        keyspace.remove(key).unwrap();
+    }
+    for (offset, producer, payload) in events {
+        let value = record::encode_event(1_000, 0, *producer, payload.as_bytes());
+        keyspace
+            .insert(record::event_key(0, *offset), value)
+            .unwrap();
+    }
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
+#[tokio::test]
+async fn a_log_stored_one_event_per_key_reads_trims_and_grows_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    publish_as(&log, &a, tag(7, 1), &["0", "1", "2", "3"])
+        .await
+        .unwrap();
+    log.close().await.unwrap();
+    drop(log);
+    let old: Vec<_> = (0..4u64)
+        .map(|i| (i, tag(7, 1), ["0", "1", "2", "3"][i as usize]))
+        .collect();
+    rewrite_one_key_per_event(dir.path(), &old);
+
+    let log = open_with_retention(
+        dir.path(),
+        Retention {
+            max_events: Some(5),
+            ..Retention::default()
+        },
+    );
+    // The old values read as before, from any offset.
+    assert_eq!(
+        payloads(&log.read(&a, Offset(1), 10, usize::MAX).unwrap()),
+        ["1", "2", "3"]
+    );
+    // A retry of the producer's earlier batch is found by scanning them.
+    publish_as(&log, &a, tag(7, 2), &["4"]).await.unwrap();
+    let again = publish_as(&log, &a, tag(7, 1), &["dup"]).await.unwrap();
+    assert_eq!((again.first, again.last), (Offset(0), Offset(3)));
+    // New events go into chunks after them; retention trims across both kinds.
+    log.append(&a, vec![ev("5"), ev("6"), ev("7")], true)
+        .await
+        .unwrap();
+    log.enforce_retention(TimestampMs::now()).unwrap();
+    assert_eq!(
+        payloads(&log.read(&a, Offset(3), 10, usize::MAX).unwrap()),
+        ["3", "4", "5", "6", "7"]
+    );
+    log.close().await.unwrap();
+    drop(log);
+    let log = open(dir.path());
+    let stats = log.stats(&a).unwrap();
+    assert_eq!(
+        (stats.earliest, stats.next, stats.bytes),
+        (Offset(3), Offset(8), 5)
+    );
+    log.close().await.unwrap();
 }
 
 #[tokio::test]
@@ -1085,6 +1165,64 @@ async fn large_truncation_is_chunked_and_survives_reopen() {
     drop(log);
     let log = open(dir.path());
     assert_eq!(log.stats(&a).unwrap().next, Offset(10));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_truncation_inside_a_chunk_keeps_the_events_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Replica).await.unwrap();
+    // One request: one chunk holding offsets 0..5.
+    log.submit_copied(&a, copied(0, 1, &["0", "1", "2", "3", "4"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(log.truncate(&a, Offset(2)).await.unwrap(), 3);
+    let stats = log.stats(&a).unwrap();
+    assert_eq!((stats.next, stats.bytes), (Offset(2), 2));
+    assert_eq!(stats.last_timestamp, Some(TimestampMs(1001)));
+    log.submit_copied(&a, copied(2, 2, &["new2", "new3"]))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let read = |log: &EventLog| payloads(&log.read_log(&a, Offset(0), 10, usize::MAX).unwrap());
+    assert_eq!(read(&log), ["0", "1", "new2", "new3"]);
+    log.close().await.unwrap();
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(read(&log), ["0", "1", "new2", "new3"]);
+    assert_eq!(log.stats(&a).unwrap().bytes, 10);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_large_skip_ahead_through_chunks_leaves_nothing_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = id("a");
+    let log = open(dir.path());
+    log.ensure(&a, WriteAccess::Replica).await.unwrap();
+    // Several full chunks, and skip steps that end inside them.
+    let many: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    log.submit_copied(&a, copied(0, 1, &refs))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    log.skip_to(&a, Offset(30_000)).await.unwrap();
+    log.close().await.unwrap();
+    drop(log);
+    // Opening checks that no stored event is left at or beyond the new start.
+    let log = open(dir.path());
+    let stats = log.stats(&a).unwrap();
+    assert_eq!(
+        (stats.earliest, stats.next, stats.events),
+        (Offset(30_000), Offset(30_000), 0)
+    );
     log.close().await.unwrap();
 }
 

@@ -56,7 +56,7 @@ pub(super) fn truncate(store: &Store, stream: &Stream, to: u64) -> Result<u64, L
             new.next = to;
         }
         if new.next > new.earliest {
-            new.last_ts = timestamp_at(store, stream, new.next - 1)?.or(old.last_ts);
+            new.last_ts = store.timestamp_at(stream, new.next - 1)?.or(old.last_ts);
         }
         let stale: Vec<u64> = stream
             .epochs()
@@ -93,7 +93,7 @@ pub(super) fn skip_to(store: &Store, stream: &Stream, start: u64) -> Result<(), 
             let bytes = remove_range(store, stream, old.earliest, high, &mut batch)?;
             new.earliest = high;
             new.bytes = old.bytes.saturating_sub(bytes);
-            new.first_ts = timestamp_at(store, stream, high)?;
+            new.first_ts = store.timestamp_at(stream, high)?;
             write(store, stream, batch, &new, "skipping the event log ahead");
             continue;
         }
@@ -117,7 +117,11 @@ pub(super) fn skip_to(store: &Store, stream: &Stream, start: u64) -> Result<(), 
     }
 }
 
-/// Adds tombstones for events `low..high` of `stream` to `batch`; returns their payload bytes.
+/// Adds to `batch` what removes events `low..high` of `stream` (`low` at or above its
+/// earliest offset); returns their payload bytes. A stored chunk (see `super::record`) that
+/// also holds retained events below `low` is rewritten without the rest; one that also
+/// holds events at or above `high` stays whole (the events it keeps below `high` fall below
+/// the stream's new earliest offset, where no read goes); any other is removed.
 fn remove_range(
     store: &Store,
     stream: &Stream,
@@ -125,48 +129,32 @@ fn remove_range(
     high: u64,
     batch: &mut fjall::OwnedWriteBatch,
 ) -> Result<u64, LogError> {
+    let earliest = stream.state().earliest;
     let mut bytes = 0u64;
-    let range = record::event_key(stream.number, low)..record::event_key(stream.number, high);
-    for guard in store.events.range(range) {
-        let (key, value) = guard.into_inner().map_err(|source| LogError::Storage {
-            context: format!(
-                "scanning data ID {} from offset {low} to rewrite its tail",
-                stream.data_id
-            ),
-            source,
-        })?;
-        let header = record::decode_event_header(&value).map_err(|source| LogError::Corrupt {
-            context: format!(
-                "decoding data ID {} from offset {low} to rewrite its tail",
-                stream.data_id
-            ),
-            source,
-        })?;
-        bytes += (value.len() - header.len) as u64;
-        batch.remove(&store.events, key);
+    for chunk in store.chunks(stream, low, high, "rewriting the tail of")? {
+        let chunk = chunk?;
+        let (first, last) = (chunk.first(), chunk.last());
+        if last < low {
+            // Wholly below the range: the chunk holding `low` is the next one.
+            continue;
+        }
+        let removed = chunk
+            .events
+            .iter()
+            .filter(|e| (low..high).contains(&e.offset));
+        bytes += removed.map(|e| e.payload.len() as u64).sum::<u64>();
+        if first.max(earliest) < low {
+            let keep = usize::try_from(low - first).unwrap_or(usize::MAX);
+            batch.insert(
+                &store.events,
+                chunk.key,
+                record::cut_chunk(&chunk.value, &chunk.events, keep),
+            );
+        } else if last < high {
+            batch.remove(&store.events, chunk.key);
+        }
     }
     Ok(bytes)
-}
-
-/// Timestamp stored with event `offset`, if it is stored.
-fn timestamp_at(store: &Store, stream: &Stream, offset: u64) -> Result<Option<i64>, LogError> {
-    let value = store
-        .events
-        .get(record::event_key(stream.number, offset))
-        .map_err(|source| LogError::Storage {
-            context: format!("reading data ID {} at offset {offset}", stream.data_id),
-            source,
-        })?;
-    value
-        .map(|v| {
-            record::decode_event_header(&v)
-                .map(|h| h.timestamp)
-                .map_err(|source| LogError::Corrupt {
-                    context: format!("decoding data ID {} at offset {offset}", stream.data_id),
-                    source,
-                })
-        })
-        .transpose()
 }
 
 /// Commits `batch` with `meta` as the stream's new metadata and publishes it.
