@@ -2,8 +2,10 @@
 //! and the read paths (range reads, seek by time).
 //!
 //! Invariants:
-//! - One database holds all streams: keyspace `events` (key = stream number ‖ offset) and
-//!   keyspace `meta` (one record per stream, see [`super::record`]). Writers (the committer
+//! - One database holds all streams: keyspace `events` (chunks of consecutive events, keyed
+//!   by stream number ‖ first offset) and keyspace `meta` (one record per stream, see
+//!   [`super::record`]). Readers find the chunk holding their first offset as the last key at
+//!   or below it ([`Store::chunks`]). Writers (the committer
 //!   and retention) hold [`Store::write_lock`] while they build, write and publish a batch, so
 //!   a metadata record is never written from a stale copy.
 //! - A stream's [`Stream::state`] is its *committed* metadata: it is raised only after the
@@ -18,7 +20,7 @@
 //!   each leader epoch in the log; it is written in the same batch as the events it describes.
 //!   A stream written before epochs existed reads as one epoch 0 from its earliest offset.
 //! - At open, each stream's readable end comes from its metadata record (written atomically
-//!   with its events) and is cross-checked against the last event key: a mismatch means the
+//!   with its events) and is cross-checked against the last stored event: a mismatch means the
 //!   store is damaged, and opening fails with [`LogError::Corrupt`] rather than serving a gap.
 //! - Keyspace `producers` holds each stream's producer records (see [`super::producers`]),
 //!   loaded at open into [`Stream::producers`] and changed only by writers holding
@@ -631,7 +633,14 @@ impl Store {
         let mut out = Vec::with_capacity(usize::try_from(end - from).unwrap_or(0).min(4096));
         let mut total = 0usize;
         let mut next = from;
-        'chunks: for chunk in self.chunks(stream, from, fjall_end, "reading")? {
+        // Nothing to read from fjall when the tail holds it all (the common case for a reader
+        // that follows the log).
+        let below_tail = if fjall_end > from {
+            Some(self.chunks(stream, from, fjall_end, "reading")?)
+        } else {
+            None
+        };
+        'chunks: for chunk in below_tail.into_iter().flatten() {
             let chunk = chunk?;
             // One copy per chunk, shared by its events: holding fjall's slice would pin a
             // whole cached block.
@@ -713,7 +722,32 @@ impl Store {
         to: u64,
         what: &'a str,
     ) -> Result<impl Iterator<Item = Result<Chunk, LogError>> + 'a, LogError> {
-        // The chunk holding `from` starts at or below it: the last key at or below `from`.
+        let n = stream.number;
+        let read = |guard: fjall::Guard| guard.into_inner();
+        // A reader that follows the log asks for the start of a chunk: the first chunk at or
+        // after `from` is then the one, and no backward seek is needed.
+        let mut forward = self
+            .events
+            .range(record::event_key(n, from)..record::event_key(n, to.max(from)))
+            .map(read);
+        let first = forward.next();
+        let starts_here =
+            matches!(&first, Some(Ok((key, _))) if key[..] == record::event_key(n, from));
+        let (first, rest) = if starts_here || from >= to {
+            (first, forward)
+        } else {
+            // The chunk holding `from` starts below it: the last key at or below `from`.
+            let start = self.chunk_start(stream, from, what)?;
+            let range = record::event_key(n, start)..record::event_key(n, to.max(start));
+            (None, self.events.range(range).map(read))
+        };
+        let chunks = first.into_iter().chain(rest);
+        Ok(chunks.map(move |kv| Chunk::read(kv, stream, what, from)))
+    }
+
+    /// The first offset of the chunk holding `from` (`from` itself if no chunk starts at or
+    /// below it).
+    fn chunk_start(&self, stream: &Stream, from: u64, what: &str) -> Result<u64, LogError> {
         let n = stream.number;
         let start = match self
             .events
@@ -731,11 +765,7 @@ impl Store {
             }
             None => from,
         };
-        let range = record::event_key(n, start)..record::event_key(n, to.max(start));
-        Ok(self
-            .events
-            .range(range)
-            .map(move |guard| Chunk::read(guard, stream, what, from)))
+        Ok(start)
     }
 
     /// The chunks of `stream` that start below `below`, last first.
@@ -749,7 +779,7 @@ impl Store {
         self.events
             .range(record::event_key(n, 0)..record::event_key(n, below))
             .rev()
-            .map(move |guard| Chunk::read(guard, stream, what, below))
+            .map(move |guard| Chunk::read(guard.into_inner(), stream, what, below))
     }
 
     /// First retained offset whose timestamp is `>= ts`, or the high watermark if none below
@@ -780,14 +810,15 @@ pub(super) struct Chunk {
 }
 
 impl Chunk {
-    /// Reads and decodes the chunk under `guard`; `near` is the offset named in errors.
+    /// Decodes a key and value read from the `events` keyspace; `near` is the offset named
+    /// in errors.
     fn read(
-        guard: fjall::Guard,
+        kv: fjall::Result<fjall::KvPair>,
         stream: &Stream,
         what: &str,
         near: u64,
     ) -> Result<Chunk, LogError> {
-        let (key, value) = guard.into_inner().map_err(|source| LogError::Storage {
+        let (key, value) = kv.map_err(|source| LogError::Storage {
             context: format!("{what} data ID {} near offset {near}", stream.data_id),
             source,
         })?;
