@@ -675,9 +675,7 @@ async fn a_log_stored_one_event_per_key_reads_trims_and_grows_in_chunks() {
         payloads(&log.read(&a, Offset(3), 10, usize::MAX).unwrap()),
         ["3", "4", "5", "6", "7"]
     );
-    log.close().await.unwrap();
-    drop(log);
-    let log = open(dir.path());
+    let log = reopen(log, dir.path()).await;
     let stats = log.stats(&a).unwrap();
     assert_eq!(
         (stats.earliest, stats.next, stats.bytes),
@@ -1147,19 +1145,33 @@ async fn truncation_drops_the_suffix_and_its_epochs_but_never_below_the_watermar
     log.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn large_truncation_is_chunked_and_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+/// A replica log in `dir` whose data ID `a` holds `n` events copied in one request, with
+/// payloads "0", "1", … (one per offset).
+async fn replica_holding(dir: &Path, n: u64) -> (EventLog, DataId) {
     let a = id("a");
-    let log = open(dir.path());
+    let log = open(dir);
     log.ensure(&a, WriteAccess::Replica).await.unwrap();
-    let many: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+    let many: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
     log.submit_copied(&a, copied(0, 1, &refs))
         .await
         .unwrap()
         .await
         .unwrap();
+    (log, a)
+}
+
+/// Closes `log` and opens the log in `dir` again.
+async fn reopen(log: EventLog, dir: &Path) -> EventLog {
+    log.close().await.unwrap();
+    drop(log);
+    open(dir)
+}
+
+#[tokio::test]
+async fn large_truncation_is_chunked_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, a) = replica_holding(dir.path(), 20_000).await;
     assert_eq!(log.truncate(&a, Offset(10)).await.unwrap(), 19_990);
     log.close().await.unwrap();
     drop(log);
@@ -1171,15 +1183,8 @@ async fn large_truncation_is_chunked_and_survives_reopen() {
 #[tokio::test]
 async fn a_truncation_inside_a_chunk_keeps_the_events_below_it() {
     let dir = tempfile::tempdir().unwrap();
-    let a = id("a");
-    let log = open(dir.path());
-    log.ensure(&a, WriteAccess::Replica).await.unwrap();
     // One request: one chunk holding offsets 0..5.
-    log.submit_copied(&a, copied(0, 1, &["0", "1", "2", "3", "4"]))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let (log, a) = replica_holding(dir.path(), 5).await;
     assert_eq!(log.truncate(&a, Offset(2)).await.unwrap(), 3);
     let stats = log.stats(&a).unwrap();
     assert_eq!((stats.next, stats.bytes), (Offset(2), 2));
@@ -1191,9 +1196,7 @@ async fn a_truncation_inside_a_chunk_keeps_the_events_below_it() {
         .unwrap();
     let read = |log: &EventLog| payloads(&log.read_log(&a, Offset(0), 10, usize::MAX).unwrap());
     assert_eq!(read(&log), ["0", "1", "new2", "new3"]);
-    log.close().await.unwrap();
-    drop(log);
-    let log = open(dir.path());
+    let log = reopen(log, dir.path()).await;
     assert_eq!(read(&log), ["0", "1", "new2", "new3"]);
     assert_eq!(log.stats(&a).unwrap().bytes, 10);
     log.close().await.unwrap();
@@ -1202,22 +1205,11 @@ async fn a_truncation_inside_a_chunk_keeps_the_events_below_it() {
 #[tokio::test]
 async fn a_large_skip_ahead_through_chunks_leaves_nothing_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let a = id("a");
-    let log = open(dir.path());
-    log.ensure(&a, WriteAccess::Replica).await.unwrap();
     // Several full chunks, and skip steps that end inside them.
-    let many: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
-    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
-    log.submit_copied(&a, copied(0, 1, &refs))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let (log, a) = replica_holding(dir.path(), 20_000).await;
     log.skip_to(&a, Offset(30_000)).await.unwrap();
-    log.close().await.unwrap();
-    drop(log);
     // Opening checks that no stored event is left at or beyond the new start.
-    let log = open(dir.path());
+    let log = reopen(log, dir.path()).await;
     let stats = log.stats(&a).unwrap();
     assert_eq!(
         (stats.earliest, stats.next, stats.events),
