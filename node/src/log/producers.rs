@@ -121,7 +121,7 @@ pub(super) fn find_batch(
     scan_back(
         store,
         stream,
-        below,
+        earliest..below,
         "looking for a producer batch in",
         |offset, header| {
             let this = header.producer == Some(tag);
@@ -180,7 +180,7 @@ pub(super) fn latest_batches(
     scan_back(
         store,
         stream,
-        below,
+        earliest..below,
         "rebuilding producer state of",
         |offset, header| {
             let tag = header.producer;
@@ -222,22 +222,20 @@ pub(super) fn latest_batches(
     Ok(found)
 }
 
-/// Visits `stream`'s stored events below `below` (down to its earliest offset), last first,
-/// while `visit` returns `true`.
+/// Visits `stream`'s stored events in `range`, last first, while `visit` returns `true`.
 fn scan_back(
     store: &Store,
     stream: &Stream,
-    below: u64,
+    range: std::ops::Range<u64>,
     what: &str,
     mut visit: impl FnMut(u64, &EventHeader) -> bool,
 ) -> Result<(), LogError> {
-    let earliest = stream.state().earliest;
-    for chunk in store.chunks_back(stream, below, what) {
+    for chunk in store.chunks_back(stream, range.end, what) {
         for e in chunk?.events.iter().rev() {
-            if e.offset >= below {
+            if e.offset >= range.end {
                 continue;
             }
-            if e.offset < earliest || !visit(e.offset, &e.header) {
+            if e.offset < range.start || !visit(e.offset, &e.header) {
                 return Ok(());
             }
         }

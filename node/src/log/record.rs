@@ -364,16 +364,21 @@ pub(super) fn decode_chunk(first: u64, value: &[u8]) -> Result<Vec<ChunkEvent>, 
     Ok(events)
 }
 
-/// The value of chunk `value` cut to its first `keep` events (at least one; `value` must
-/// decode, as [`decode_chunk`] checked).
+/// The value of chunk `value` (whose decoded `events` are given) cut to its first `keep`
+/// events, at least one: the events are stored one after another, so the cut is a prefix
+/// of the value with the new count.
 pub(super) fn cut_chunk(value: &[u8], events: &[ChunkEvent], keep: usize) -> Vec<u8> {
-    let mut chunk = ChunkBuilder::new();
-    for e in events.iter().take(keep) {
-        let h = e.header;
-        // Fits: it came out of a chunk or a single value, both written through this path.
-        let _ = chunk.push(h.timestamp, h.epoch, h.producer, &value[e.payload.clone()]);
+    let keep = keep.clamp(1, events.len());
+    if value.first() != Some(&CHUNK_FORMAT) || keep == events.len() {
+        // A single event value, or nothing to cut.
+        return value.to_vec();
     }
-    chunk.finish()
+    let end = events[keep - 1].payload.end;
+    let mut cut = value[..end].to_vec();
+    // `keep` is below the stored count, a u32.
+    let count = u32::try_from(keep).unwrap_or(u32::MAX);
+    cut[1..CHUNK_HEADER_LEN].copy_from_slice(&count.to_be_bytes());
+    cut
 }
 
 /// A producer batch an event belongs to: who published it and the batch's number in that

@@ -84,7 +84,7 @@ fn trim_chunk(
     let mut batch = store.db.batch().durability(Some(store.batch_durability));
     let mut more = false;
     let mut kept_ts = None;
-    'scan: for chunk in store.chunks(stream, old.earliest, old.next, "scanning for retention")? {
+    'scan: for chunk in store.chunks(stream, old.earliest, old.next, "scanning for retention") {
         let chunk = chunk?;
         for e in &chunk.events {
             if e.offset < new.earliest {

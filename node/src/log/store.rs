@@ -636,7 +636,7 @@ impl Store {
         // Nothing to read from fjall when the tail holds it all (the common case for a reader
         // that follows the log).
         let below_tail = if fjall_end > from {
-            Some(self.chunks(stream, from, fjall_end, "reading")?)
+            Some(self.chunks(stream, from, fjall_end, "reading"))
         } else {
             None
         };
@@ -704,7 +704,7 @@ impl Store {
             return Ok(Some(ts));
         }
         let end = offset.saturating_add(1);
-        if let Some(chunk) = self.chunks(stream, offset, end, "reading")?.next() {
+        if let Some(chunk) = self.chunks(stream, offset, end, "reading").next() {
             let chunk = chunk?;
             let found = chunk.events.iter().find(|e| e.offset == offset);
             return Ok(found.map(|e| e.header.timestamp));
@@ -721,7 +721,7 @@ impl Store {
         from: u64,
         to: u64,
         what: &'a str,
-    ) -> Result<impl Iterator<Item = Result<Chunk, LogError>> + 'a, LogError> {
+    ) -> impl Iterator<Item = Result<Chunk, LogError>> + 'a {
         let n = stream.number;
         let read = |guard: fjall::Guard| guard.into_inner();
         // A reader that follows the log asks for the start of a chunk: the first chunk at or
@@ -733,39 +733,17 @@ impl Store {
         let first = forward.next();
         let starts_here =
             matches!(&first, Some(Ok((key, _))) if key[..] == record::event_key(n, from));
-        let (first, rest) = if starts_here || from >= to {
-            (first, forward)
+        // Otherwise the chunk holding `from` starts below it: the last key at or below `from`.
+        let holder = if starts_here || from >= to {
+            None
         } else {
-            // The chunk holding `from` starts below it: the last key at or below `from`.
-            let start = self.chunk_start(stream, from, what)?;
-            let range = record::event_key(n, start)..record::event_key(n, to.max(start));
-            (None, self.events.range(range).map(read))
+            self.events
+                .range(record::event_key(n, 0)..=record::event_key(n, from))
+                .next_back()
+                .map(read)
         };
-        let chunks = first.into_iter().chain(rest);
-        Ok(chunks.map(move |kv| Chunk::read(kv, stream, what, from)))
-    }
-
-    /// The first offset of the chunk holding `from` (`from` itself if no chunk starts at or
-    /// below it).
-    fn chunk_start(&self, stream: &Stream, from: u64, what: &str) -> Result<u64, LogError> {
-        let n = stream.number;
-        let start = match self
-            .events
-            .range(record::event_key(n, 0)..=record::event_key(n, from))
-            .next_back()
-        {
-            Some(guard) => {
-                let key = guard.key().map_err(|source| LogError::Storage {
-                    context: format!("{what} data ID {} at offset {from}", stream.data_id),
-                    source,
-                })?;
-                let (_, first) =
-                    record::decode_event_key(&key).map_err(|e| corrupt(stream, from, e))?;
-                first
-            }
-            None => from,
-        };
-        Ok(start)
+        let chunks = holder.into_iter().chain(first).chain(forward);
+        chunks.map(move |kv| Chunk::read(kv, stream, what, from))
     }
 
     /// The chunks of `stream` that start below `below`, last first.
