@@ -109,6 +109,12 @@ impl Progress {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the applier's queue has room for a batch without waiting, with a margin.
+    pub(super) fn has_room(&self) -> bool {
+        let (queued, applied) = *self.counts();
+        queued - applied < (QUEUE / 2) as u64
+    }
+
     /// Waits until every batch queued before the call is applied to fjall.
     pub(super) fn drain(&self) {
         let mut counts = self.counts();
@@ -128,8 +134,26 @@ pub(super) struct Job {
 
 /// The committer's side of the applier.
 pub(super) struct Applier {
-    queue: SyncSender<Job>,
+    queue: Queue,
     thread: JoinHandle<()>,
+}
+
+/// Where committed batches go, in commit order: the committer thread holds one, and so does
+/// a publisher that commits inline ([`super::committer::Inline`]), under the writer lock.
+#[derive(Clone)]
+pub(super) struct Queue(SyncSender<Job>);
+
+impl Queue {
+    /// Queues a committed batch (waits while the queue is full). The caller holds the
+    /// writer lock, so a drain that holds it too sees every batch queued.
+    pub(super) fn submit(&self, store: &Store, job: Job) {
+        store.applied.counts().0 += 1;
+        if self.0.send(job).is_err() {
+            // The thread only ends when the queue is closed, or by a panic.
+            tracing::error!("the event log's applier stopped; aborting the node");
+            std::process::abort();
+        }
+    }
 }
 
 impl Applier {
@@ -138,18 +162,14 @@ impl Applier {
         let thread = std::thread::Builder::new()
             .name("ec-log-applier".to_owned())
             .spawn(move || apply(&store, jobs))?;
-        Ok(Applier { queue, thread })
+        Ok(Applier {
+            queue: Queue(queue),
+            thread,
+        })
     }
 
-    /// Queues a committed batch (waits while the queue is full). The caller holds the
-    /// writer lock, so a drain that holds it too sees every batch queued.
-    pub(super) fn submit(&self, store: &Store, job: Job) {
-        store.applied.counts().0 += 1;
-        if self.queue.send(job).is_err() {
-            // The thread only ends when the queue is closed, or by a panic.
-            tracing::error!("the event log's applier stopped; aborting the node");
-            std::process::abort();
-        }
+    pub(super) fn queue(&self) -> &Queue {
+        &self.queue
     }
 
     /// Applies what is queued and stops the thread.

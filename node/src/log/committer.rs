@@ -10,6 +10,11 @@
 //! artificial delay: while one batch syncs, the next one queues up, so batches grow with
 //! load and the number of fsyncs stays far below the number of appends.
 //!
+//! Under `Interval` a request that would wait for nothing (nothing queued, the writer lock
+//! free) is committed by its publisher instead, on the publisher's own thread, through the
+//! same stages under the same lock ([`Inline`]): for a lone request the hand-off to this
+//! thread and back cost more than the commit itself.
+//!
 //! One batch goes through [`commit`]'s stages in order: admit (free space) → place each
 //! request (fence, producer admission, offsets and epochs: [`super::assign`], pure) →
 //! encode (into one fjall batch and the same puts for the write-ahead log, sealed with the
@@ -48,18 +53,18 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ec_core::{DataId, TimestampMs};
 use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::applier::{self, Applier, Job};
+use super::applier::{self, Applier, Job, Queue};
 use super::assign::Tail;
 use super::producers::{self, Admission};
 use super::record::{
@@ -100,7 +105,7 @@ pub(super) struct AppendRequest {
     /// copied from the primary, one entry per event.
     pub(super) copied: Option<Vec<Copied>>,
     /// Where the committer sends the outcome once the events are durable.
-    pub(super) reply: oneshot::Sender<Result<Appended, LogError>>,
+    pub(super) reply: Reply,
 }
 
 impl AppendRequest {
@@ -129,7 +134,8 @@ pub(super) fn fatal(what: &str, error: &fjall::Error) -> ! {
     std::process::abort()
 }
 
-/// Starts the committer thread (and, for `Interval`, the syncer thread).
+/// Starts the committer thread (and, for `Interval`, the syncer thread); returns it with the
+/// [`Inline`] handle through which publishers submit.
 ///
 /// The committer runs until every sender of `requests` is dropped, then commits what is
 /// queued, syncs, stops the syncer and sets `stopped` to `true`.
@@ -139,17 +145,24 @@ pub(super) fn spawn(
     max_batch_bytes: usize,
     sync_interval: Option<Duration>,
     stopped: watch::Sender<bool>,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<(JoinHandle<()>, Inline)> {
     let syncer = match sync_interval {
         Some(interval) => Some(Syncer::spawn(store.clone(), interval)?),
         None => None,
     };
     let keeper = Keeper::spawn(store.clone())?;
     let applier = Applier::spawn(store.clone())?;
-    std::thread::Builder::new()
+    let inline = Inline {
+        store: store.clone(),
+        applier: applier.queue().clone(),
+        queued: Arc::new(AtomicUsize::new(0)),
+        enabled: sync_interval.is_some(),
+    };
+    let queued = inline.queued.clone();
+    let thread = std::thread::Builder::new()
         .name("ec-log-committer".to_owned())
         .spawn(move || {
-            run(&store, &applier, requests, max_batch_bytes);
+            run(&store, applier.queue(), &queued, requests, max_batch_bytes);
             applier.stop();
             if let Some(syncer) = syncer {
                 syncer.stop();
@@ -167,12 +180,14 @@ pub(super) fn spawn(
             drop(store);
             tracing::info!("event log committer stopped");
             stopped.send_replace(true);
-        })
+        })?;
+    Ok((thread, inline))
 }
 
 fn run(
     store: &Store,
-    applier: &Applier,
+    applier: &Queue,
+    queued: &AtomicUsize,
     mut requests: mpsc::Receiver<AppendRequest>,
     max_batch_bytes: usize,
 ) {
@@ -188,7 +203,79 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(store, applier, batch);
+        #[cfg(test)]
+        drop(store.commit_gate.lock().unwrap_or_else(|e| e.into_inner()));
+        let taken = batch.len();
+        let answers = commit(store, applier, batch);
+        // Only now, and before anyone hears back: until this batch is committed, a
+        // publisher must not commit inline ahead of it.
+        queued.fetch_sub(taken, Ordering::SeqCst);
+        answers.send();
+    }
+}
+
+/// The publishers' side of the committer: a request is committed inline by the publishing
+/// task when that costs no waiting, else queued for the committer thread.
+///
+/// Why: under `Interval` a commit is a `pwrite` to the page cache (tens of µs), and handing
+/// a lone request to the committer thread and its answer back costs two cross-thread
+/// wake-ups, each of which may wait for a core on a small machine. So when the committer
+/// has nothing queued and nobody holds the writer lock, the publisher commits its request
+/// itself, exactly as the committer would (the same [`commit_locked`], under the same
+/// lock). Under load requests queue up and the committer thread batches them as before.
+/// Never under `Always`: an fdatasync would block the publisher's async worker.
+///
+/// Order: a request is counted in `queued` from before it is sent until its batch is
+/// committed, and a request is committed inline only while `queued` is zero. A publisher
+/// that submits one request after another (pipelined) therefore never has a later request
+/// committed inline ahead of an earlier one still queued.
+pub(super) struct Inline {
+    store: Arc<Store>,
+    applier: Queue,
+    /// Requests sent (or being sent) to the committer thread and not committed yet.
+    queued: Arc<AtomicUsize>,
+    /// `Interval` only.
+    enabled: bool,
+}
+
+impl Inline {
+    /// Commits `request` now if nothing is queued, the writer lock is free and the applier
+    /// has room; else gives it back, to be queued with [`Inline::queueing`].
+    pub(super) fn try_commit(&self, request: AppendRequest) -> Result<(), AppendRequest> {
+        if !self.enabled || !self.store.applied.has_room() {
+            return Err(request);
+        }
+        let guard = match self.store.write_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(request),
+        };
+        if self.queued.load(Ordering::SeqCst) != 0 {
+            return Err(request);
+        }
+        let Some(requests) = admit_space(&self.store, vec![request]) else {
+            return Ok(());
+        };
+        self.store.inline_commits.fetch_add(1, Ordering::Relaxed);
+        commit_locked(&self.store, &self.applier, guard, Instant::now(), requests).send();
+        Ok(())
+    }
+
+    /// Counts a request about to be sent to the committer thread; call [`Queued::unsent`]
+    /// if the send fails.
+    pub(super) fn queueing(&self) -> Queued {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        Queued(self.queued.clone())
+    }
+}
+
+/// A request counted in [`Inline`]'s `queued` on its way to the committer thread.
+pub(super) struct Queued(Arc<AtomicUsize>);
+
+impl Queued {
+    /// The send failed (the log is closed): the request will never be committed.
+    pub(super) fn unsent(self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -255,12 +342,23 @@ impl Touched {
 /// per request, against the streams as the earlier requests left them) → encode (into one
 /// fjall batch) → write and sync → publish the new ends → answer. Nothing is answered
 /// before the sync, and nothing is published to readers before it either.
-fn commit(store: &Store, applier: &Applier, requests: Vec<AppendRequest>) {
+fn commit(store: &Store, applier: &Queue, requests: Vec<AppendRequest>) -> Answers {
     let Some(requests) = admit_space(store, requests) else {
-        return;
+        return Answers(Vec::new());
     };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let guard = store.lock_for_commit();
+    commit_locked(store, applier, guard, started, requests)
+}
+
+/// [`commit`] once the disk has room and the writer lock is held (asked for at `started`).
+fn commit_locked(
+    store: &Store,
+    applier: &Queue,
+    guard: MutexGuard<'_, ()>,
+    started: Instant,
+    requests: Vec<AppendRequest>,
+) -> Answers {
     let locked = started.elapsed();
     let mut plan = Plan::new(store);
     let replies: Vec<_> = requests
@@ -300,9 +398,22 @@ fn commit(store: &Store, applier: &Applier, requests: Vec<AppendRequest>) {
             "slow commit"
         );
     }
-    for (reply, result) in replies {
-        // The publisher may have gone away (cancelled); its events are committed anyway.
-        let _ = reply.send(result);
+    Answers(replies)
+}
+
+/// Where a publisher hears the outcome of its request.
+type Reply = oneshot::Sender<Result<Appended, LogError>>;
+
+/// The answers of a committed batch, to send once the committer's bookkeeping is done.
+#[must_use]
+struct Answers(Vec<(Reply, Result<Appended, LogError>)>);
+
+impl Answers {
+    fn send(self) {
+        for (reply, result) in self.0 {
+            // The publisher may have gone away (cancelled); its events are committed anyway.
+            let _ = reply.send(result);
+        }
     }
 }
 
@@ -592,12 +703,12 @@ impl<'s> Plan<'s> {
 /// A failure aborts the node ([`fatal`]).
 fn write_and_sync(
     store: &Store,
-    applier: &Applier,
+    applier: &Queue,
     writes: Writes,
     touched: &mut HashMap<u64, Touched>,
     copied: Vec<(DataId, u64, u64)>,
 ) {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let sync = store.batch_durability == PersistMode::SyncData;
     if let Err(e) = store.wal().append(&writes.puts, sync) {
         fatal("writing a batch to the write-ahead log", &e.into());

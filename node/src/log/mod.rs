@@ -110,7 +110,8 @@ pub struct LogOptions {
 }
 
 /// A callback told of each group commit, e.g. to feed metrics; it runs on the committer
-/// thread, so it must be quick.
+/// thread, or on a publisher's async worker for an inline commit, so it must be quick and
+/// must not block.
 #[derive(Clone)]
 pub struct CommitObserver(pub Arc<dyn Fn(&CommitStats) + Send + Sync>);
 
@@ -461,10 +462,16 @@ pub struct EventLog {
     inner: Arc<Inner>,
 }
 
+/// The ways into the committer: inline, or its queue.
+struct Submitter {
+    requests: mpsc::Sender<AppendRequest>,
+    inline: committer::Inline,
+}
+
 struct Inner {
     store: Arc<Store>,
-    /// Queue to the committer; `None` once closed. Dropping the last sender stops it.
-    requests: RwLock<Option<mpsc::Sender<AppendRequest>>>,
+    /// Where appends go; `None` once closed. Dropping the last sender stops the committer.
+    requests: RwLock<Option<Submitter>>,
     /// Becomes `true` when the committer has committed, synced and released the store.
     stopped: watch::Receiver<bool>,
     retention: Retention,
@@ -488,7 +495,7 @@ impl EventLog {
         let store = Arc::new(store);
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let (stopped_tx, stopped) = watch::channel(false);
-        committer::spawn(
+        let (_, inline) = committer::spawn(
             store.clone(),
             queue,
             opts.max_batch_bytes.max(1),
@@ -502,19 +509,21 @@ impl EventLog {
         Ok(EventLog {
             inner: Arc::new(Inner {
                 store,
-                requests: RwLock::new(Some(requests)),
+                requests: RwLock::new(Some(Submitter { requests, inline })),
                 stopped,
                 retention: opts.retention,
             }),
         })
     }
 
+    /// A sender to the committer: while held, the committer (and the store) stays open.
     fn sender(&self) -> Result<mpsc::Sender<AppendRequest>, LogError> {
         self.inner
             .requests
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_ref()
+            .map(|s| s.requests.clone())
             .ok_or(LogError::Closed)
     }
 
@@ -580,16 +589,33 @@ impl EventLog {
         copied: Option<Vec<Copied>>,
     ) -> Result<PendingAppend, LogError> {
         let (reply, answer) = oneshot::channel();
-        self.sender()?
-            .send(AppendRequest {
-                target,
-                events,
-                producer,
-                copied,
-                reply,
-            })
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let request = AppendRequest {
+            target,
+            events,
+            producer,
+            copied,
+            reply,
+        };
+        // Committed inline if that costs no waiting, else queued (see `committer::Inline`).
+        let (request, queue, queued) = {
+            let submitter = self
+                .inner
+                .requests
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            let submitter = submitter.as_ref().ok_or(LogError::Closed)?;
+            match submitter.inline.try_commit(request) {
+                Ok(()) => return Ok(PendingAppend { answer }),
+                Err(request) => {
+                    let queued = submitter.inline.queueing();
+                    (request, submitter.requests.clone(), queued)
+                }
+            }
+        };
+        if queue.send(request).await.is_err() {
+            queued.unsent();
+            return Err(LogError::Closed);
+        }
         Ok(PendingAppend { answer })
     }
 

@@ -262,6 +262,8 @@ pub(super) struct Store {
     pub(super) next_number: AtomicU64,
     /// Number of batches written by the committer (each is one fsync under `Always`).
     pub(super) commits: AtomicU64,
+    /// Of those, the ones a publisher committed itself ([`super::committer::Inline`]).
+    pub(super) inline_commits: AtomicU64,
     /// Set after a batch is written with `Buffer` durability; cleared by the syncer before
     /// it syncs (`Interval` policy only).
     pub(super) unsynced: AtomicBool,
@@ -276,6 +278,9 @@ pub(super) struct Store {
     /// Held by a test to keep the applier from writing to fjall.
     #[cfg(test)]
     pub(super) apply_gate: Mutex<()>,
+    /// Held by a test to keep the committer thread from committing what it has taken.
+    #[cfg(test)]
+    pub(super) commit_gate: Mutex<()>,
 }
 
 /// Converts a fjall error into [`LogError::Storage`] with what was being done.
@@ -392,12 +397,15 @@ impl Store {
             write_lock: Mutex::new(()),
             next_number: AtomicU64::new(next_number),
             commits: AtomicU64::new(0),
+            inline_commits: AtomicU64::new(0),
             unsynced: AtomicBool::new(false),
             batch_durability,
             wal,
             applied: Progress::default(),
             #[cfg(test)]
             apply_gate: Mutex::new(()),
+            #[cfg(test)]
+            commit_gate: Mutex::new(()),
         };
         // A crash in the middle of a truncation can leave records of batches it removed.
         for stream in store.all_streams() {

@@ -231,10 +231,28 @@ async fn offsets_stay_dense_across_reopen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appenders_get_dense_offsets_with_fewer_fsyncs() {
+    let (commits, appends) = concurrent_appenders(LogOptions::default()).await;
+    assert!(
+        commits < appends,
+        "{commits} commits for {appends} appends: group commit did not batch"
+    );
+}
+
+// Under `Interval` some requests are committed inline, some by the committer thread: the
+// same guarantees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appenders_get_dense_offsets_committed_inline_or_queued() {
+    concurrent_appenders(interval()).await;
+}
+
+/// 64 tasks append 20 events each to two streams; checks that each task's offsets rise,
+/// every stream's offsets are dense and what was acknowledged is stored; returns the
+/// number of commits and appends.
+async fn concurrent_appenders(opts: LogOptions) -> (u64, u64) {
     const TASKS: usize = 64;
     const APPENDS: usize = 20;
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
+    let log = EventLog::open(dir.path(), opts).unwrap();
     let streams = [id("s0"), id("s1")];
     for s in &streams {
         log.append(s, vec![ev("seed")], true).await.unwrap();
@@ -280,11 +298,8 @@ async fn concurrent_appenders_get_dense_offsets_with_fewer_fsyncs() {
         assert_eq!(stored, acked);
     }
     let commits = log.commit_count() - commits_before;
-    assert!(
-        commits < appends,
-        "{commits} commits for {appends} appends: group commit did not batch"
-    );
     log.close().await.unwrap();
+    (commits, appends)
 }
 
 #[tokio::test]
@@ -1646,4 +1661,96 @@ async fn committed_events_are_served_while_fjall_has_not_got_them() {
         assert_eq!(payloads(&read), ["in fjall", "p1", "p2", "p3"]);
         log.close().await.unwrap();
     }
+}
+
+// Inline commits (`committer::Inline`): under `Interval` a publisher to an idle log commits
+// its request itself; behind anything queued it queues, so order holds either way.
+
+fn interval() -> LogOptions {
+    LogOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
+        ..LogOptions::default()
+    }
+}
+
+// The locks are held across submits on purpose: they stop the committer thread, not this
+// task, which only ever tries the writer lock.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test]
+async fn an_idle_interval_log_commits_inline_but_never_ahead_of_queued_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), interval()).unwrap();
+    let a = id("a");
+    let store = &log.inner.store;
+    let inline = || {
+        store
+            .inline_commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    publish_as(&log, &a, tag(7, 1), &["p1"]).await.unwrap();
+    assert_eq!(
+        (inline(), log.commit_count()),
+        (1, 1),
+        "idle: committed inline"
+    );
+
+    // Another writer (retention, truncation) holds the lock: p2 is queued, and the
+    // committer thread, having taken it, is held at the gate.
+    let gate = store.commit_gate.lock().unwrap();
+    let writer = store.lock_for_commit();
+    let mut p2 = log
+        .submit_as(&a, vec![ev("p2")], true, tag(7, 2))
+        .await
+        .unwrap();
+    drop(writer);
+    // The lock is free now, but p2 is not committed: p3 must queue behind it.
+    let mut p3 = log
+        .submit_as(&a, vec![ev("p3")], true, tag(7, 3))
+        .await
+        .unwrap();
+    assert!(p2.try_result().is_none() && p3.try_result().is_none());
+    assert_eq!(inline(), 1, "p3 was committed ahead of the queued p2");
+    drop(gate);
+    let (p2, p3) = (
+        timeout(DEADLINE, p2).await.unwrap().unwrap(),
+        p3.await.unwrap(),
+    );
+    assert_eq!((p2.first, p3.first), (Offset(1), Offset(2)));
+
+    // Idle again, and answered only after the committer's count dropped: inline.
+    let p4 = publish_as(&log, &a, tag(7, 4), &["p4"]).await.unwrap();
+    assert_eq!((p4.first, inline()), (Offset(3), 2));
+    // A retry of an inline commit is a duplicate with the original offset.
+    let again = publish_as(&log, &a, tag(7, 4), &["p4"]).await.unwrap();
+    assert!(again.duplicate && again.first == Offset(3));
+
+    let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
+    assert_eq!(payloads(&read), ["p1", "p2", "p3", "p4"]);
+    log.close().await.unwrap();
+    drop(log);
+    let log = EventLog::open(dir.path(), interval()).unwrap();
+    let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
+    assert_eq!(payloads(&read), ["p1", "p2", "p3", "p4"]);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_always_log_never_commits_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = id("a");
+    for i in 0..5 {
+        log.append(&a, vec![ev(&i.to_string())], true)
+            .await
+            .unwrap();
+    }
+    // An fdatasync on the publisher's async worker would stall everything else on it.
+    let inline = log
+        .inner
+        .store
+        .inline_commits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((inline, log.commit_count()), (0, 5));
+    log.close().await.unwrap();
 }
