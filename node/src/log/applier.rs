@@ -37,6 +37,13 @@ use super::store::{Store, Stream};
 /// backpressure that bounds the pending tails' memory).
 const QUEUE: usize = 64;
 
+/// How long the applier rests after catching up while the queue is short, so that the next
+/// batches gather. Why: woken for every commit, at 10k lone publishes a second it cost
+/// 10k context switches and a futex wake-up on the commit path, on the same 2 cores as
+/// every delivery; nobody waits for it (readers take the pending tail). Under load it never
+/// rests: it finds a quarter of the queue or more waiting.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// One stream's events that are committed but maybe not in fjall yet.
 #[derive(Default)]
 pub(super) struct Pending(Mutex<VecDeque<StoredEvent>>);
@@ -183,17 +190,30 @@ impl Applier {
 
 fn apply(store: &Store, jobs: Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
-        #[cfg(test)]
-        let gate = store.apply_gate.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = job.batch.commit() {
-            super::committer::fatal("writing a batch to the event log", &e);
+        apply_one(store, job);
+        let mut applied = 1;
+        while let Ok(job) = jobs.try_recv() {
+            apply_one(store, job);
+            applied += 1;
         }
-        #[cfg(test)]
-        drop(gate);
-        for (stream, end) in &job.ends {
-            stream.pending.trim(*end);
+        if applied < QUEUE / 4 {
+            // Let the next batches gather instead of being woken for each one.
+            std::thread::sleep(GATHER);
         }
-        store.applied.counts().1 += 1;
-        store.applied.applied.notify_all();
     }
+}
+
+fn apply_one(store: &Store, job: Job) {
+    #[cfg(test)]
+    let gate = store.apply_gate.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = job.batch.commit() {
+        super::committer::fatal("writing a batch to the event log", &e);
+    }
+    #[cfg(test)]
+    drop(gate);
+    for (stream, end) in &job.ends {
+        stream.pending.trim(*end);
+    }
+    store.applied.counts().1 += 1;
+    store.applied.applied.notify_all();
 }
