@@ -1650,17 +1650,29 @@ async fn committed_events_are_served_while_fjall_has_not_got_them() {
         // Once applied, the same reads come from fjall, and a writer that reads fjall
         // (truncation) sees every committed event.
         log.inner.store.applied.drain();
-        let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
-        assert_eq!(payloads(&read), ["in fjall", "p1", "p2", "p3"]);
-        log.close().await.unwrap();
-        drop(log);
-
         // What was acknowledged survives a reopen.
-        let log = EventLog::open(dir.path(), opts()).unwrap();
-        let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
-        assert_eq!(payloads(&read), ["in fjall", "p1", "p2", "p3"]);
-        log.close().await.unwrap();
+        let expected = ["in fjall", "p1", "p2", "p3"];
+        holds_across_reopen(log, dir.path(), opts(), &a, &expected).await;
     }
+}
+
+/// Checks that `a` holds `expected` from offset 0, closes the log, and checks again after
+/// a reopen with `opts`.
+async fn holds_across_reopen(
+    log: EventLog,
+    dir: &Path,
+    opts: LogOptions,
+    a: &DataId,
+    expected: &[&str],
+) {
+    let read = log.read(a, Offset(0), 100, usize::MAX).unwrap();
+    assert_eq!(payloads(&read), expected);
+    log.close().await.unwrap();
+    drop(log);
+    let log = EventLog::open(dir, opts).unwrap();
+    let read = log.read(a, Offset(0), 100, usize::MAX).unwrap();
+    assert_eq!(payloads(&read), expected, "after a reopen");
+    log.close().await.unwrap();
 }
 
 // Inline commits (`committer::Inline`): under `Interval` a publisher to an idle log commits
@@ -1725,14 +1737,7 @@ async fn an_idle_interval_log_commits_inline_but_never_ahead_of_queued_requests(
     let again = publish_as(&log, &a, tag(7, 4), &["p4"]).await.unwrap();
     assert!(again.duplicate && again.first == Offset(3));
 
-    let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
-    assert_eq!(payloads(&read), ["p1", "p2", "p3", "p4"]);
-    log.close().await.unwrap();
-    drop(log);
-    let log = EventLog::open(dir.path(), interval()).unwrap();
-    let read = log.read(&a, Offset(0), 100, usize::MAX).unwrap();
-    assert_eq!(payloads(&read), ["p1", "p2", "p3", "p4"]);
-    log.close().await.unwrap();
+    holds_across_reopen(log, dir.path(), interval(), &a, &["p1", "p2", "p3", "p4"]).await;
 }
 
 #[tokio::test]
