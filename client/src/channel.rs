@@ -37,6 +37,9 @@ pub struct ChannelSettings {
     pub stream_window: u32,
     /// HTTP/2 flow-control window of a whole connection.
     pub connection_window: u32,
+    /// Largest HTTP/2 frame the server may send: a 1 MiB batch then crosses as one or a
+    /// few DATA frames instead of 64 frames of the 16 KiB default.
+    pub max_frame: u32,
     /// TLS of every channel (addresses without a scheme are dialed as `https://`); `None`:
     /// plaintext.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
@@ -50,6 +53,7 @@ impl Default for ChannelSettings {
             keepalive_timeout: Duration::from_secs(5),
             stream_window: 2 << 20,
             connection_window: 8 << 20,
+            max_frame: 1 << 20,
             tls: None,
         }
     }
@@ -176,7 +180,8 @@ impl ChannelCache {
             .keep_alive_timeout(s.keepalive_timeout)
             .keep_alive_while_idle(true)
             .initial_stream_window_size(s.stream_window)
-            .initial_connection_window_size(s.connection_window))
+            .initial_connection_window_size(s.connection_window)
+            .max_frame_size(s.max_frame))
     }
 }
 

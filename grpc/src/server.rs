@@ -35,6 +35,8 @@ use crate::limits::MessageLimitLayer;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 /// HTTP/2 stream-level flow-control window of every server, in bytes.
 const STREAM_WINDOW: u32 = 4 << 20;
+/// Largest HTTP/2 frame a client may send to a server, in bytes (the default is 16 KiB).
+const MAX_FRAME: u32 = 1 << 20;
 
 /// Why a server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +220,7 @@ impl GrpcServer {
             // without waiting for window updates).
             .initial_connection_window_size(CONNECTION_WINDOW)
             .initial_stream_window_size(STREAM_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(self.settings.max_concurrent_streams)
             .layer(MessageLimitLayer::new(self.settings.max_message_bytes))
             .add_routes(self.routes.routes())
