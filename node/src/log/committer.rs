@@ -134,7 +134,7 @@ pub(super) fn fatal(what: &str, error: &fjall::Error) -> ! {
     std::process::abort()
 }
 
-/// Starts the committer thread (and, for `Interval`, the syncer thread); returns it with the
+/// Starts the committer thread (and, for `Interval`, the syncer thread); returns the
 /// [`Inline`] handle through which publishers submit.
 ///
 /// The committer runs until every sender of `requests` is dropped, then commits what is
@@ -145,7 +145,7 @@ pub(super) fn spawn(
     max_batch_bytes: usize,
     sync_interval: Option<Duration>,
     stopped: watch::Sender<bool>,
-) -> std::io::Result<(JoinHandle<()>, Inline)> {
+) -> std::io::Result<Inline> {
     let syncer = match sync_interval {
         Some(interval) => Some(Syncer::spawn(store.clone(), interval)?),
         None => None,
@@ -156,10 +156,9 @@ pub(super) fn spawn(
         store: store.clone(),
         applier: applier.queue().clone(),
         queued: Arc::new(AtomicUsize::new(0)),
-        enabled: sync_interval.is_some(),
     };
     let queued = inline.queued.clone();
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("ec-log-committer".to_owned())
         .spawn(move || {
             run(&store, applier.queue(), &queued, requests, max_batch_bytes);
@@ -181,7 +180,7 @@ pub(super) fn spawn(
             tracing::info!("event log committer stopped");
             stopped.send_replace(true);
         })?;
-    Ok((thread, inline))
+    Ok(inline)
 }
 
 fn run(
@@ -234,15 +233,15 @@ pub(super) struct Inline {
     applier: Queue,
     /// Requests sent (or being sent) to the committer thread and not committed yet.
     queued: Arc<AtomicUsize>,
-    /// `Interval` only.
-    enabled: bool,
 }
 
 impl Inline {
     /// Commits `request` now if nothing is queued, the writer lock is free and the applier
     /// has room; else gives it back, to be queued with [`Inline::queueing`].
     pub(super) fn try_commit(&self, request: AppendRequest) -> Result<(), AppendRequest> {
-        if !self.enabled || !self.store.applied.has_room() {
+        // `Interval` only: under `Always` the commit includes an fdatasync.
+        let interval = self.store.batch_durability == PersistMode::Buffer;
+        if !interval || !self.store.applied.has_room() {
             return Err(request);
         }
         let guard = match self.store.write_lock.try_lock() {

@@ -495,7 +495,7 @@ impl EventLog {
         let store = Arc::new(store);
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let (stopped_tx, stopped) = watch::channel(false);
-        let (_, inline) = committer::spawn(
+        let inline = committer::spawn(
             store.clone(),
             queue,
             opts.max_batch_bytes.max(1),

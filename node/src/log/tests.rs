@@ -1726,7 +1726,7 @@ async fn an_idle_interval_log_commits_inline_but_never_ahead_of_queued_requests(
     drop(gate);
     let (p2, p3) = (
         timeout(DEADLINE, p2).await.unwrap().unwrap(),
-        p3.await.unwrap(),
+        timeout(DEADLINE, p3).await.unwrap().unwrap(),
     );
     assert_eq!((p2.first, p3.first), (Offset(1), Offset(2)));
 
