@@ -102,14 +102,19 @@ pub(crate) async fn run(r: ProxyRun<'_>) -> Result<Vec<ProxyResult>> {
     }
     let mut results = Vec::new();
     for (i, (variant, proxy)) in variants.into_iter().enumerate() {
-        let sub = EcSubscribe::new(&gateway, DATA_ID, Position::New, true, proxy);
-        let publisher = EcPublish {
-            publisher: direct_node.publisher(DATA_ID, 1 << 16).await?,
-            _client: direct_node.clone(),
-        };
-        let e2e = workload::end_to_end(Box::new(publisher), vec![Box::new(sub)], r.shape)
-            .await
-            .wrap_err_with(|| format!("{variant} end-to-end failed"))?;
+        // Clients of their own, so their connections live on the end-to-end runtime.
+        let e2e = workload::on_one_worker(async {
+            let gateway = Client::connect(&gateway_addr.to_string()).await?;
+            let node = Client::with_nodes(vec![Candidate::new("node1", node.grpc.to_string())])?;
+            let sub = EcSubscribe::new(&gateway, DATA_ID, Position::New, true, proxy);
+            let publisher = EcPublish {
+                publisher: node.publisher(DATA_ID, 1 << 16).await?,
+                _client: node.clone(),
+            };
+            workload::end_to_end(Box::new(publisher), vec![Box::new(sub)], r.shape).await
+        })
+        .await
+        .wrap_err_with(|| format!("{variant} end-to-end failed"))?;
         let (events, elapsed) = replayed[i];
         results.push(ProxyResult {
             variant,

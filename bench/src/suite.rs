@@ -430,17 +430,19 @@ async fn system_trial(
         report.add(r)?;
     }
     if scen.e2e {
-        let publisher = server.publisher().await?;
-        let sub = server.subscriber(Position::New, true).await?;
         let shape = E2eShape {
             rate: s.e2e_rate,
             duration: s.e2e_duration,
             warmup: s.e2e_warmup,
             payload: s.payload,
         };
-        let e = workload::end_to_end(publisher, vec![sub], shape)
-            .await
-            .wrap_err("end-to-end failed")?;
+        let e = workload::on_one_worker(async {
+            let publisher = server.publisher().await?;
+            let sub = server.subscriber(Position::New, true).await?;
+            workload::end_to_end(publisher, vec![sub], shape).await
+        })
+        .await
+        .wrap_err("end-to-end failed")?;
         let mut r = base("e2e");
         if let Some(d) = &e.delivery {
             r.insert_percentiles("delivery", d);

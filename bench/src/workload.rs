@@ -13,6 +13,8 @@
 //!   every payload carries its tick number and send time, so every subscriber (one or many
 //!   followers of the stream, each read by a task of its own) measures delivery latency and
 //!   the acknowledgement measures publish latency. Samples of the warm-up ticks are dropped.
+//! - [`on_one_worker`]: the runtime, with one worker thread, that the scenarios' e2e phases
+//!   connect their clients and measure on.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -308,6 +310,40 @@ fn follow(
     })
 }
 
+/// Runs `scenario` (connecting its clients and measuring) on a runtime of its own with one
+/// worker thread, and returns its result.
+///
+/// Why: the bench shares the machine's cores with the servers it measures. On the bench's
+/// main runtime (a worker per core), each delivery hopped between the bench's two workers:
+/// over 8 s of an e2e phase on 2 cores, 84k wake-ups from one bench worker to the other
+/// (~1 per event each way), all competing with the server for a core. With one worker, a
+/// client's connection task and its reader share a thread. Every system's clients run this
+/// way, so the comparison stays like for like (see BENCHMARKS.md, "Issue 13, eighth
+/// round").
+pub(crate) async fn on_one_worker<T: Send>(
+    scenario: impl Future<Output = Result<T>> + Send,
+) -> Result<T> {
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let thread = std::thread::Builder::new()
+                .name("e2e-runtime".into())
+                .spawn_scoped(scope, || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .thread_name("e2e-worker")
+                        .enable_all()
+                        .build()
+                        .wrap_err("cannot start the end-to-end runtime")?;
+                    runtime.block_on(scenario)
+                })
+                .wrap_err("cannot start the end-to-end runtime's thread")?;
+            thread
+                .join()
+                .map_err(|_| eyre!("the end-to-end runtime's thread panicked"))?
+        })
+    })
+}
+
 /// Runs the fixed-rate end-to-end measurement with one publisher and any number of
 /// followers (`subscribers`, at least one), whose delivery latencies are pooled. Each
 /// subscriber must read from `Position::New` (or any position before the first tick); the
@@ -543,6 +579,35 @@ mod tests {
         assert_eq!(e.lost, 0);
         assert_eq!(e.delivery.expect("samples").count, 800);
         assert_eq!(e.ack.expect("acks").count, 800);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_one_worker_measures_on_a_runtime_of_one_worker() {
+        let shape = E2eShape {
+            rate: 2000,
+            duration: Duration::from_millis(200),
+            warmup: Duration::from_millis(0),
+            payload: 100,
+        };
+        // Borrowed from the caller, as the suite's server is.
+        let label = String::from("borrowed");
+        let (workers, e) = on_one_worker(async {
+            let here = tokio::runtime::Handle::current();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let e =
+                end_to_end(Box::new(Loop { tx }), vec![Box::new(LoopSub { rx })], shape).await?;
+            assert_eq!(label, "borrowed");
+            Ok((here.metrics().num_workers(), e))
+        })
+        .await
+        .expect("e2e on one worker");
+        // The caller's runtime has two workers: this is another one.
+        assert_eq!(workers, 1);
+        assert_eq!((e.ticks, e.lost), (400, 0));
+
+        let failed: Result<()> = on_one_worker(async { bail!("no server") }).await;
+        let error = failed.expect_err("the scenario's error comes back");
+        assert!(format!("{error:#}").contains("no server"), "{error:#}");
     }
 
     /// Hands every batch to each of several subscribers.
