@@ -5,10 +5,14 @@
 //! - write + fdatasync: append 100 bytes to a file in the temp dir (where every system keeps
 //!   its data) and sync it, one after another — the cost of one durable acknowledgement
 //!   without group commit.
+//! - Pauses: a thread that only sleeps, 100 µs at a time, and counts the wake-ups that came
+//!   1 ms or more after the one before. On a virtual machine the virtual CPU is stopped now
+//!   and then (a few ms every second or two on the machines of BENCHMARKS.md); every
+//!   system's e2e tail holds those stops, so their rate and length bound what a p99.9 can be.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
 
@@ -23,7 +27,22 @@ pub(crate) struct Floor {
     pub(crate) tcp_mb_per_s: f64,
     pub(crate) fsync_p50_us: f64,
     pub(crate) fsync_p99_us: f64,
+    pub(crate) pauses: Pauses,
 }
+
+/// How often, and how long, a sleeping thread was kept from running.
+#[derive(Debug, Clone)]
+pub(crate) struct Pauses {
+    /// Wake-ups [`PAUSE`] or more after the previous one, per second.
+    pub(crate) per_s: f64,
+    /// The longest time between two wake-ups, in µs.
+    pub(crate) max_us: f64,
+}
+
+/// The sleep of the pause probe.
+const NAP: Duration = Duration::from_micros(100);
+/// A gap between wake-ups this long or longer counts as a pause (10 naps).
+const PAUSE: Duration = Duration::from_millis(1);
 
 /// Measures the floor; `quick` uses fewer iterations.
 pub(crate) async fn measure(quick: bool) -> Result<Floor> {
@@ -33,10 +52,10 @@ pub(crate) async fn measure(quick: bool) -> Result<Floor> {
 }
 
 fn measure_blocking(quick: bool) -> Result<Floor> {
-    let (round_trips, stream_bytes, syncs) = if quick {
-        (2_000, 50 << 20, 100)
+    let (round_trips, stream_bytes, syncs, probe) = if quick {
+        (2_000, 50 << 20, 100, Duration::from_secs(1))
     } else {
-        (20_000, 500 << 20, 1_000)
+        (20_000, 500 << 20, 1_000, Duration::from_secs(10))
     };
     let rtt = tcp_round_trips(round_trips)?;
     let mb_per_s = tcp_stream(stream_bytes)?;
@@ -47,7 +66,36 @@ fn measure_blocking(quick: bool) -> Result<Floor> {
         tcp_mb_per_s: mb_per_s,
         fsync_p50_us: fsync.p50,
         fsync_p99_us: fsync.p99,
+        pauses: pauses(probe),
     })
+}
+
+/// Sleeps [`NAP`] at a time for `length` (with 1 µs timer slack, as the e2e pacer) and
+/// counts the gaps between wake-ups of [`PAUSE`] or more.
+fn pauses(length: Duration) -> Pauses {
+    // Without this a nap may be stretched by the default 50 µs of slack. The thread is the
+    // blocking pool's, so its slack is put back afterwards.
+    let slack = nix::sys::prctl::get_timerslack().ok();
+    let _ = nix::sys::prctl::set_timerslack(1);
+    let start = Instant::now();
+    let (mut last, mut count, mut longest) = (start, 0u64, Duration::ZERO);
+    while last.duration_since(start) < length {
+        std::thread::sleep(NAP);
+        let now = Instant::now();
+        let gap = now.duration_since(last);
+        if gap >= PAUSE {
+            count += 1;
+        }
+        longest = longest.max(gap);
+        last = now;
+    }
+    if let Some(slack) = slack {
+        let _ = nix::sys::prctl::set_timerslack(slack as u64);
+    }
+    Pauses {
+        per_s: count as f64 / last.duration_since(start).as_secs_f64(),
+        max_us: longest.as_secs_f64() * 1e6,
+    }
 }
 
 fn tcp_round_trips(n: usize) -> Result<crate::stats::Percentiles> {
@@ -134,4 +182,18 @@ fn write_fdatasync(n: usize) -> Result<crate::stats::Percentiles> {
         samples.push(t.elapsed().as_nanos() as u64);
     }
     samples.percentiles().ok_or_else(|| eyre!("no syncs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_probe_reports_its_gaps() {
+        let p = pauses(Duration::from_millis(100));
+        // Every gap is at least one nap, so the longest is too; a count is never negative
+        // and cannot exceed one pause per PAUSE of the probe's length.
+        assert!(p.max_us >= NAP.as_secs_f64() * 1e6, "{p:?}");
+        assert!(p.per_s >= 0.0 && p.per_s <= 1_000.0, "{p:?}");
+    }
 }

@@ -177,6 +177,8 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("tcp_mb_per_s", "TCP stream MB/s"),
             ("fsync_p50_us", "write+fdatasync p50 µs"),
             ("fsync_p99_us", "write+fdatasync p99 µs"),
+            ("pause_per_s", "pauses ≥ 1 ms per s"),
+            ("pause_max_us", "longest pause µs"),
         ],
         "publish" => &[
             ("ev_per_s", "events/s"),

@@ -197,6 +197,8 @@ pub(crate) async fn run(command: Command) -> Result<()> {
                     r.metrics.insert("tcp_mb_per_s".into(), f.tcp_mb_per_s);
                     r.metrics.insert("fsync_p50_us".into(), f.fsync_p50_us);
                     r.metrics.insert("fsync_p99_us".into(), f.fsync_p99_us);
+                    r.metrics.insert("pause_per_s".into(), f.pauses.per_s);
+                    r.metrics.insert("pause_max_us".into(), f.pauses.max_us);
                     report.add(r)?;
                 }
                 Err(e) => failures += fail(&mut report, "floor", "machine", None, trial, e)?,
