@@ -236,8 +236,9 @@ pub(super) struct Inline {
 }
 
 impl Inline {
-    /// Commits `request` now if nothing is queued, the writer lock is free and the applier
-    /// has room; else gives it back, to be queued with [`Inline::queueing`].
+    /// Commits `request` now if nothing is queued, the writer lock is free, the applier has
+    /// room and the request is not a retry of an older producer batch; else gives it back,
+    /// to be queued with [`Inline::queueing`].
     pub(super) fn try_commit(&self, request: AppendRequest) -> Result<(), AppendRequest> {
         // `Interval` only: under `Always` the commit includes an fdatasync.
         let interval = self.store.batch_durability == PersistMode::Buffer;
@@ -249,7 +250,8 @@ impl Inline {
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
             Err(TryLockError::WouldBlock) => return Err(request),
         };
-        if self.queued.load(Ordering::SeqCst) != 0 {
+        if self.queued.load(Ordering::SeqCst) != 0 || retries_an_older_batch(&self.store, &request)
+        {
             return Err(request);
         }
         let Some(requests) = admit_space(&self.store, vec![request]) else {
@@ -266,6 +268,25 @@ impl Inline {
         self.queued.fetch_add(1, Ordering::SeqCst);
         Queued(self.queued.clone())
     }
+}
+
+/// Whether `request` retries a producer batch older than the producer's last one. Its
+/// answer needs a scan of the log ([`producers::find_batch`]: a wait for the applier, then
+/// fjall reads), which is the committer thread's work, not a publishing task's. Read under
+/// the writer lock, so the records cannot change before the commit.
+fn retries_an_older_batch(store: &Store, request: &AppendRequest) -> bool {
+    let Some(tag) = request.producer else {
+        return false;
+    };
+    let stream = match &request.target {
+        Target::Existing(stream) => Some(stream.clone()),
+        Target::Create(data_id) => store.stream(data_id),
+    };
+    stream.is_some_and(|s| {
+        s.producers()
+            .get(&tag.id)
+            .is_some_and(|last| tag.sequence < last.sequence)
+    })
 }
 
 /// A request counted in [`Inline`]'s `queued` on its way to the committer thread.

@@ -1736,6 +1736,15 @@ async fn an_idle_interval_log_commits_inline_but_never_ahead_of_queued_requests(
     // A retry of an inline commit is a duplicate with the original offset.
     let again = publish_as(&log, &a, tag(7, 4), &["p4"]).await.unwrap();
     assert!(again.duplicate && again.first == Offset(3));
+    // A retry of an older batch needs a scan of the log: the committer thread answers it.
+    let before = inline();
+    let older = publish_as(&log, &a, tag(7, 2), &["p2"]).await.unwrap();
+    assert!(older.duplicate && older.first == Offset(1));
+    assert_eq!(
+        inline(),
+        before,
+        "the older batch's retry was committed inline"
+    );
 
     holds_across_reopen(log, dir.path(), interval(), &a, &["p1", "p2", "p3", "p4"]).await;
 }
