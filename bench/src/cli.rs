@@ -28,7 +28,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Every scenario, trials interleaving the systems, then the table.
     Suite(RunArgs),
-    /// The machine's floor: TCP loopback round trip and throughput, fsync latency.
+    /// The machine's floor: TCP loopback round trip and throughput, fsync latency, and how
+    /// often and how long a sleeping thread is paused (the virtual CPU's stops).
     Floor(RunArgs),
     /// Publish N events through a window of in-flight events.
     Publish(RunArgs),
