@@ -109,7 +109,7 @@ pub(crate) async fn run(r: ProxyRun<'_>) -> Result<Vec<ProxyResult>> {
             let sub = EcSubscribe::new(&gateway, DATA_ID, Position::New, true, proxy);
             let publisher = EcPublish {
                 publisher: node.publisher(DATA_ID, 1 << 16).await?,
-                _client: node.clone(),
+                _client: node,
             };
             workload::end_to_end(Box::new(publisher), vec![Box::new(sub)], r.shape).await
         })

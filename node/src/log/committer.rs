@@ -270,23 +270,26 @@ impl Inline {
     }
 }
 
-/// Whether `request` retries a producer batch older than the producer's last one. Its
-/// answer needs a scan of the log ([`producers::find_batch`]: a wait for the applier, then
-/// fjall reads), which is the committer thread's work, not a publishing task's. Read under
-/// the writer lock, so the records cannot change before the commit.
+/// Whether `request` retries a producer batch older than the producer's last one
+/// ([`Admission::Earlier`]). Its answer needs a scan of the log ([`producers::find_batch`]:
+/// a wait for the applier, then fjall reads), which is the committer thread's work, not a
+/// publishing task's. Read under the writer lock, so the records cannot change before the
+/// commit; expiry is not applied, so an expired record only costs the inline path.
 fn retries_an_older_batch(store: &Store, request: &AppendRequest) -> bool {
     let Some(tag) = request.producer else {
         return false;
     };
-    let stream = match &request.target {
-        Target::Existing(stream) => Some(stream.clone()),
-        Target::Create(data_id) => store.stream(data_id),
+    let earlier = |stream: &Stream| {
+        let producers = stream.producers();
+        matches!(
+            producers::admit(producers.get(&tag.id), tag.sequence),
+            Admission::Earlier
+        )
     };
-    stream.is_some_and(|s| {
-        s.producers()
-            .get(&tag.id)
-            .is_some_and(|last| tag.sequence < last.sequence)
-    })
+    match &request.target {
+        Target::Existing(stream) => earlier(stream),
+        Target::Create(data_id) => store.stream(data_id).is_some_and(|s| earlier(&s)),
+    }
 }
 
 /// A request counted in [`Inline`]'s `queued` on its way to the committer thread.
