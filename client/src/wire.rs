@@ -9,11 +9,11 @@
 //! naming it) is the rare path; for a raw batch it writes a new message from the old one's
 //! spans without decoding the payloads.
 
-use ec_proto::gateway_client::GatewayClient;
-use ec_proto::node_client::NodeClient;
+use ec_proto::batch::BatchClientCodec;
 use ec_proto::raw::{RawBatchClientCodec, RawEventBatch};
 use ec_proto::{EventBatch, ServingChange, StreamRequest};
 use futures_util::future::BoxFuture;
+use tonic::codec::Codec;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{GrpcMethod, Request, Status, Streaming};
@@ -75,29 +75,18 @@ impl WireBatch for EventBatch {
         self
     }
 
-    /// Through the generated clients, as every SDK call.
+    /// With [`BatchClientCodec`]: one pass over each message, payloads shared.
     fn open(
         channel: Channel,
         req: Request<StreamRequest>,
         upstream: Upstream,
     ) -> BoxFuture<'static, Result<Streaming<Self>, Status>> {
-        Box::pin(async move {
-            let opened = match upstream {
-                Upstream::Node => {
-                    NodeClient::new(channel)
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .stream_batches(req)
-                        .await
-                }
-                Upstream::Gateway => {
-                    GatewayClient::new(channel)
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .subscribe(req)
-                        .await
-                }
-            };
-            opened.map(tonic::Response::into_inner)
-        })
+        Box::pin(open_with(
+            channel,
+            req,
+            upstream,
+            BatchClientCodec::default(),
+        ))
     }
 }
 
@@ -123,36 +112,51 @@ impl WireBatch for RawEventBatch {
         self.rebuilt(data_id, node_id, keep.as_deref())
     }
 
-    /// The same RPCs as the generated clients, with the pass-through codec.
+    /// With the pass-through codec.
     fn open(
         channel: Channel,
-        mut req: Request<StreamRequest>,
+        req: Request<StreamRequest>,
         upstream: Upstream,
     ) -> BoxFuture<'static, Result<Streaming<Self>, Status>> {
-        Box::pin(async move {
-            let (service, method, path) = match upstream {
-                Upstream::Node => (
-                    "streaming.Node",
-                    "StreamBatches",
-                    "/streaming.Node/StreamBatches",
-                ),
-                Upstream::Gateway => (
-                    "streaming.Gateway",
-                    "Subscribe",
-                    "/streaming.Gateway/Subscribe",
-                ),
-            };
-            let mut grpc =
-                tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-            grpc.ready().await.map_err(|e| {
-                Status::unavailable(format!("the channel to {service} is not ready: {e}"))
-            })?;
-            let path = PathAndQuery::from_static(path);
-            req.extensions_mut()
-                .insert(GrpcMethod::new(service, method));
-            grpc.server_streaming(req, path, RawBatchClientCodec::<StreamRequest>::default())
-                .await
-                .map(tonic::Response::into_inner)
-        })
+        Box::pin(open_with(
+            channel,
+            req,
+            upstream,
+            RawBatchClientCodec::default(),
+        ))
     }
+}
+
+/// Calls `upstream`'s batch stream (the RPC the generated clients call) with `codec`.
+async fn open_with<C>(
+    channel: Channel,
+    mut req: Request<StreamRequest>,
+    upstream: Upstream,
+    codec: C,
+) -> Result<Streaming<C::Decode>, Status>
+where
+    C: Codec<Encode = StreamRequest>,
+    C::Decode: Sync,
+{
+    let (service, method, path) = match upstream {
+        Upstream::Node => (
+            "streaming.Node",
+            "StreamBatches",
+            "/streaming.Node/StreamBatches",
+        ),
+        Upstream::Gateway => (
+            "streaming.Gateway",
+            "Subscribe",
+            "/streaming.Gateway/Subscribe",
+        ),
+    };
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("the channel to {service} is not ready: {e}")))?;
+    req.extensions_mut()
+        .insert(GrpcMethod::new(service, method));
+    grpc.server_streaming(req, PathAndQuery::from_static(path), codec)
+        .await
+        .map(tonic::Response::into_inner)
 }

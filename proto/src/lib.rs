@@ -3,12 +3,14 @@
 //! No logic lives here: services convert these messages into domain types at their edge. The
 //! one exception is the wire codec (`codec.rs`), which decides the status of a message that
 //! cannot be decoded, and its pass-through twin for `EventBatch` (`raw.rs`), which reads
-//! only the offsets and names out of a batch so that a proxy forwards the node's bytes.
+//! only the offsets and names out of a batch so that a proxy forwards the node's bytes, and
+//! its decoding twin for readers (`batch.rs`), which builds the batch in one pass over them.
 //! `bytes` fields are generated as [`bytes::Bytes`](prost::bytes::Bytes) so that payloads are
 //! shared, not copied, between the log, the stream and the socket.
 
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
+pub mod batch;
 mod codec;
 pub mod contract;
 pub mod raw;

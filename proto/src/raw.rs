@@ -8,7 +8,8 @@
 //! as strict as prost: a truncated varint or field, a varint longer than ten bytes, a field
 //! number 0, a known field with the wrong wire type, a length past the end of the message, a
 //! name that is not UTF-8 or an unbalanced group is an error naming the field and the byte
-//! position, never a panic (the property test holds its verdict equal to prost's).
+//! position, never a panic (the property test holds its verdict equal to prost's). The walk
+//! itself ([`walk`]) also serves `batch.rs`, which decodes whole batches for readers.
 //!
 //! The codecs put it on the wire: [`RawBatchClientCodec`] reads `EventBatch` responses as
 //! [`RawEventBatch`] (zero-copy: the batch keeps a slice of tonic's receive buffer), and
@@ -134,33 +135,22 @@ pub struct RawEventBatch {
 impl RawEventBatch {
     /// Reads the bookkeeping fields of the encoded `EventBatch` in `bytes`, keeping `bytes`.
     pub fn parse(bytes: Bytes) -> Result<RawEventBatch, WireError> {
-        let mut r = Reader::new(&bytes, 0);
-        let mut batch = RawEventBatch {
-            bytes: Bytes::new(),
-            events: Vec::new(),
-            data_id: 0..0,
-            node_id: 0..0,
-            serving_change: None,
-        };
-        while let Some((field, wire, at)) = r.key()? {
-            match field {
-                BATCH_DATA_ID => batch.data_id = r.string("EventBatch.data_id", wire, at)?,
-                BATCH_EVENTS => {
-                    let body = r.len_field("EventBatch.events", wire, at)?;
-                    let offset = event_offset(&bytes, body.clone())?;
-                    batch.events.push(EventSpan { offset, body });
-                }
-                BATCH_NODE_ID => batch.node_id = r.string("EventBatch.node_id", wire, at)?,
-                BATCH_SERVING_CHANGE => {
-                    let body = r.len_field("EventBatch.serving_change", wire, at)?;
-                    check_serving_change(&bytes, body.clone())?;
-                    batch.serving_change = Some(body);
-                }
-                _ => r.skip(field, wire, at, 0)?,
-            }
-        }
-        batch.bytes = bytes;
-        Ok(batch)
+        let mut events = Vec::new();
+        let mut serving_change = None;
+        let names = walk(&bytes, |part| match part {
+            Part::Event(event) => events.push(EventSpan {
+                offset: event.offset,
+                body: event.body,
+            }),
+            Part::ServingChange(body) => serving_change = Some(body),
+        })?;
+        Ok(RawEventBatch {
+            bytes,
+            events,
+            data_id: names.data_id,
+            node_id: names.node_id,
+            serving_change,
+        })
     }
 
     /// The encoded message, to write as is.
@@ -288,36 +278,97 @@ fn put_len_field(out: &mut BytesMut, field: u32, value: &[u8]) -> Range<usize> {
     start..out.len()
 }
 
-/// The offset of the encoded `Event` at `body` of `buf` (0 if absent, as in proto3); checks
-/// the event's other fields' wire types.
-fn event_offset(buf: &[u8], body: Range<usize>) -> Result<u64, WireError> {
-    let mut r = Reader::new(&buf[..body.end], body.start);
-    let mut offset = 0;
+/// A part of an `EventBatch` that [`walk`] hands out as it meets it.
+pub(crate) enum Part {
+    Event(EventFields),
+    /// The body of one `serving_change` field (checked; prost merges several in order).
+    ServingChange(Range<usize>),
+}
+
+/// The last `data_id` and `node_id` of a batch (protobuf: the last one wins), checked UTF-8;
+/// empty ranges if absent.
+pub(crate) struct Names {
+    pub(crate) data_id: Range<usize>,
+    pub(crate) node_id: Range<usize>,
+}
+
+/// One encoded `Event`: where it lies and what it holds (absent fields are 0 and empty, as in
+/// proto3; a repeated field's last value wins, as in prost).
+pub(crate) struct EventFields {
+    /// The encoded `Event` message (without its key and length).
+    pub(crate) body: Range<usize>,
+    pub(crate) offset: u64,
+    /// The `int64` as sent (a varint of its two's complement).
+    pub(crate) timestamp: u64,
+    pub(crate) data: Range<usize>,
+}
+
+/// Walks the encoded `EventBatch` in `buf` once, as strictly as prost decodes it, handing
+/// `part` each event and serving change in order; returns the names.
+pub(crate) fn walk(buf: &[u8], mut part: impl FnMut(Part)) -> Result<Names, WireError> {
+    let mut r = Reader::new(buf, 0);
+    let mut names = Names {
+        data_id: 0..0,
+        node_id: 0..0,
+    };
     while let Some((field, wire, at)) = r.key()? {
         match field {
-            EVENT_OFFSET => offset = r.varint_field("Event.offset", wire, at)?,
-            EVENT_TIMESTAMP => {
-                r.varint_field("Event.timestamp", wire, at)?;
+            BATCH_DATA_ID => names.data_id = r.string("EventBatch.data_id", wire, at)?,
+            BATCH_EVENTS => {
+                let body = r.len_field("EventBatch.events", wire, at)?;
+                part(Part::Event(read_event(buf, body)?));
             }
-            EVENT_DATA => {
-                r.len_field("Event.data", wire, at)?;
+            BATCH_NODE_ID => names.node_id = r.string("EventBatch.node_id", wire, at)?,
+            BATCH_SERVING_CHANGE => {
+                let body = r.len_field("EventBatch.serving_change", wire, at)?;
+                read_serving_change(buf, body.clone(), &mut ServingChange::default())?;
+                part(Part::ServingChange(body));
             }
             _ => r.skip(field, wire, at, 0)?,
         }
     }
-    Ok(offset)
+    Ok(names)
 }
 
-/// Checks the encoded `ServingChange` at `body` of `buf` as prost would decode it.
-fn check_serving_change(buf: &[u8], body: Range<usize>) -> Result<(), WireError> {
+/// The fields of the encoded `Event` at `body` of `buf`.
+fn read_event(buf: &[u8], body: Range<usize>) -> Result<EventFields, WireError> {
     let mut r = Reader::new(&buf[..body.end], body.start);
+    let mut event = EventFields {
+        offset: 0,
+        timestamp: 0,
+        data: 0..0,
+        body,
+    };
     while let Some((field, wire, at)) = r.key()? {
         match field {
-            CHANGE_FROM => drop(r.string("ServingChange.from_node_id", wire, at)?),
-            CHANGE_TO => drop(r.string("ServingChange.to_node_id", wire, at)?),
-            CHANGE_REASON => drop(r.string("ServingChange.reason", wire, at)?),
+            EVENT_OFFSET => event.offset = r.varint_field("Event.offset", wire, at)?,
+            EVENT_TIMESTAMP => event.timestamp = r.varint_field("Event.timestamp", wire, at)?,
+            EVENT_DATA => event.data = r.len_field("Event.data", wire, at)?,
+            _ => r.skip(field, wire, at, 0)?,
+        }
+    }
+    Ok(event)
+}
+
+/// Reads the encoded `ServingChange` at `body` of `buf` into `into`, field by field as prost
+/// merges one: a field present replaces the value before it.
+pub(crate) fn read_serving_change(
+    buf: &[u8],
+    body: Range<usize>,
+    into: &mut ServingChange,
+) -> Result<(), WireError> {
+    let mut r = Reader::new(&buf[..body.end], body.start);
+    let text = |range: Range<usize>| String::from_utf8_lossy(&buf[range]).into_owned();
+    while let Some((field, wire, at)) = r.key()? {
+        match field {
+            CHANGE_FROM => {
+                into.from_node_id = text(r.string("ServingChange.from_node_id", wire, at)?)
+            }
+            CHANGE_TO => into.to_node_id = text(r.string("ServingChange.to_node_id", wire, at)?),
+            CHANGE_REASON => into.reason = text(r.string("ServingChange.reason", wire, at)?),
             CHANGE_RESUME_OFFSET => {
-                r.varint_field("ServingChange.resume_offset", wire, at)?;
+                into.resume_offset =
+                    Some(r.varint_field("ServingChange.resume_offset", wire, at)?);
             }
             _ => r.skip(field, wire, at, 0)?,
         }
@@ -336,7 +387,19 @@ impl<'a> Reader<'a> {
         Reader { buf, pos }
     }
 
+    /// A varint; one-byte values (every key and most lengths of ours) take the inlined path.
+    #[inline]
     fn varint(&mut self, what: &'static str) -> Result<u64, WireError> {
+        match self.buf.get(self.pos) {
+            Some(&byte) if byte < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(byte))
+            }
+            _ => self.long_varint(what),
+        }
+    }
+
+    fn long_varint(&mut self, what: &'static str) -> Result<u64, WireError> {
         let at = self.pos;
         let mut value = 0u64;
         for i in 0..10 {
@@ -363,9 +426,9 @@ impl<'a> Reader<'a> {
         }
         let at = self.pos;
         let key = self.varint("field key")?;
-        let invalid = WireError::InvalidKey { key, at };
+        let invalid = || WireError::InvalidKey { key, at };
         let Ok(key32) = u32::try_from(key) else {
-            return Err(invalid);
+            return Err(invalid());
         };
         let wire = match key32 & 7 {
             0 => WireType::Varint,
@@ -374,11 +437,11 @@ impl<'a> Reader<'a> {
             3 => WireType::StartGroup,
             4 => WireType::EndGroup,
             5 => WireType::Fixed32,
-            _ => return Err(invalid),
+            _ => return Err(invalid()),
         };
         let field = key32 >> 3;
         if field == 0 {
-            return Err(invalid);
+            return Err(invalid());
         }
         Ok(Some((field, wire, at)))
     }
@@ -486,7 +549,7 @@ impl<'a> Reader<'a> {
 }
 
 /// The status of a malformed `EventBatch`, worded like [`StrictCodec`](crate::StrictCodec)'s.
-fn malformed(error: &WireError) -> Status {
+pub(crate) fn malformed(error: &WireError) -> Status {
     Status::invalid_argument(format!(
         "the message is not a valid protobuf EventBatch: {error}; check that the sender was \
          built from the same streaming.proto"
@@ -589,7 +652,7 @@ impl<Req: Message + Default + Send + 'static> Codec for RawBatchServerCodec<Req>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -755,7 +818,7 @@ mod tests {
         assert_eq!(renamed.decode().expect("valid"), expected);
     }
 
-    fn any_batch() -> impl Strategy<Value = EventBatch> {
+    pub(crate) fn any_batch() -> impl Strategy<Value = EventBatch> {
         let event = (
             any::<u64>(),
             any::<i64>(),
