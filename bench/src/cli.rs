@@ -29,7 +29,8 @@ pub(crate) enum Command {
     /// Every scenario, trials interleaving the systems, then the table.
     Suite(RunArgs),
     /// The machine's floor: TCP loopback round trip and throughput, fsync latency, and how
-    /// often and how long a sleeping thread is paused (the virtual CPU's stops).
+    /// often and how long a sleeping thread is held up past its wake-up (on the machines of
+    /// BENCHMARKS.md, by another process's higher-priority thread).
     Floor(RunArgs),
     /// Publish N events through a window of in-flight events.
     Publish(RunArgs),

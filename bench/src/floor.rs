@@ -6,9 +6,10 @@
 //!   its data) and sync it, one after another — the cost of one durable acknowledgement
 //!   without group commit.
 //! - Pauses: a thread that only sleeps, 100 µs at a time, and counts the wake-ups that came
-//!   1 ms or more after the one before. On a virtual machine the virtual CPU is stopped now
-//!   and then (a few ms every second or two on the machines of BENCHMARKS.md); every
-//!   system's e2e tail holds those stops, so their rate and length bound what a p99.9 can be.
+//!   1 ms or more after the one before. On the machines of BENCHMARKS.md these are a thread
+//!   of another process at a higher priority (nice −10) taking one CPU for 1.5–3 ms about
+//!   once a second (*Issue 13, ninth round*); every system's e2e tail holds those stalls, so
+//!   their rate and length bound what a p99.9 can be.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
