@@ -11,14 +11,11 @@
 //! `Subscribe`); requests go out through prost. A malformed response is `INVALID_ARGUMENT`
 //! naming the type, as with [`StrictCodec`](crate::StrictCodec).
 
-use std::marker::PhantomData;
-
-use prost::Message;
 use prost::bytes::{Buf, Bytes};
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder};
-use tonic_prost::ProstEncoder;
+use tonic::codec::{DecodeBuf, Decoder};
 
+use crate::codec::ClientCodec;
 use crate::raw::{Part, WireError, malformed, read_serving_change, walk};
 use crate::{Event, EventBatch, ServingChange};
 
@@ -70,37 +67,12 @@ impl Decoder for BatchDecoder {
 
 /// The client's codec for an RPC answering `EventBatch`es, decoded by [`BatchDecoder`];
 /// requests `Req` go out through prost.
-#[derive(Debug)]
-pub struct BatchClientCodec<Req> {
-    _request: PhantomData<Req>,
-}
-
-impl<Req> Default for BatchClientCodec<Req> {
-    fn default() -> Self {
-        BatchClientCodec {
-            _request: PhantomData,
-        }
-    }
-}
-
-impl<Req: Message + Send + 'static> Codec for BatchClientCodec<Req> {
-    type Encode = Req;
-    type Decode = EventBatch;
-    type Encoder = ProstEncoder<Req>;
-    type Decoder = BatchDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::default()
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        BatchDecoder
-    }
-}
+pub type BatchClientCodec<Req> = ClientCodec<Req, BatchDecoder>;
 
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use prost::Message;
 
     use super::*;
     use crate::raw::tests::any_batch;

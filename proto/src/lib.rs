@@ -15,7 +15,7 @@ mod codec;
 pub mod contract;
 pub mod raw;
 
-pub use codec::{StrictCodec, StrictDecoder};
+pub use codec::{ClientCodec, StrictCodec, StrictDecoder};
 
 tonic::include_proto!("streaming");
 

@@ -28,9 +28,8 @@ use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic_prost::ProstEncoder;
 
-use crate::codec::StrictDecoder;
+use crate::codec::{ClientCodec, StrictDecoder};
 use crate::{EventBatch, ServingChange};
 
 /// Field numbers of `EventBatch` and `Event` in `streaming.proto`.
@@ -593,33 +592,7 @@ impl Encoder for RawBatchEncoder {
 
 /// The client's codec for an RPC answering `EventBatch`es, read as [`RawEventBatch`]:
 /// requests `Req` go out through prost.
-#[derive(Debug)]
-pub struct RawBatchClientCodec<Req> {
-    _request: PhantomData<Req>,
-}
-
-impl<Req> Default for RawBatchClientCodec<Req> {
-    fn default() -> Self {
-        RawBatchClientCodec {
-            _request: PhantomData,
-        }
-    }
-}
-
-impl<Req: Message + Send + 'static> Codec for RawBatchClientCodec<Req> {
-    type Encode = Req;
-    type Decode = RawEventBatch;
-    type Encoder = ProstEncoder<Req>;
-    type Decoder = RawBatchDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::default()
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawBatchDecoder
-    }
-}
+pub type RawBatchClientCodec<Req> = ClientCodec<Req, RawBatchDecoder>;
 
 /// The server's codec for an RPC answering `EventBatch`es from [`RawEventBatch`]es written
 /// as they are; requests `Req` are decoded strictly (malformed is `INVALID_ARGUMENT`).
