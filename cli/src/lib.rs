@@ -1,7 +1,7 @@
 //! What every Event Catcher binary does the same way before and after its library runs:
 //! readable error reports (color-eyre), the `--log-*` and `--tls-*` flags (clap), loading the
-//! layered configuration with `--print-config`, the servers' async runtime, the shutdown
-//! signal, and turning a configured bind address into one a client can dial.
+//! layered configuration with `--print-config`, the shutdown signal, and turning a configured
+//! bind address into one a client can dial.
 //!
 //! It is its own small crate so that the libraries (`ec-config`, `ec-node`, `ec-gateway`)
 //! carry neither clap nor color-eyre: they take a validated `ec_config::Config` and return
@@ -82,33 +82,6 @@ pub async fn shutdown_signal() -> &'static str {
 pub async fn shutdown_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "Ctrl-C"
-}
-
-/// The async runtime of a server binary (`ec-node`, `ec-gateway`): one worker thread fewer
-/// than the machine has cores (at least one), unless `TOKIO_WORKER_THREADS` says how many.
-///
-/// A worker per core makes more runnable threads than cores as soon as anything else needs
-/// a core, and every hand-off between tasks then waits for one:
-/// - the node's log committer is a thread of its own, busy on every publish (measured on 2
-///   cores: 2.4 instead of 3.0 context switches per delivered event, and a lower delivery
-///   p50; BENCHMARKS.md, "Why the tail");
-/// - the gateway forwards every byte between two sockets, beside the kernel's network work
-///   and, in the usual small layout, a node: on 2 cores a second worker woke and parked on
-///   every batch, and one worker forwarded a replay ~15 % faster (BENCHMARKS.md, "Issue 13,
-///   tenth round").
-pub fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        builder.worker_threads(server_workers());
-    }
-    builder.build()
-}
-
-/// [`server_runtime`]'s worker count without `TOKIO_WORKER_THREADS`.
-fn server_workers() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    cores.saturating_sub(1).max(1)
 }
 
 /// Where a client reaches a server that binds `host:port` (a configured bind address): a
@@ -224,19 +197,6 @@ impl SharedFlags for Loader {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn servers_leave_a_core_for_the_rest() {
-        let runtime = server_runtime().expect("a runtime");
-        let workers = runtime.metrics().num_workers();
-        let expected = match std::env::var("TOKIO_WORKER_THREADS") {
-            Ok(n) => n.parse().expect("TOKIO_WORKER_THREADS is a number"),
-            Err(_) => server_workers(),
-        };
-        assert_eq!(workers, expected);
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(server_workers(), if cores > 1 { cores - 1 } else { 1 });
-    }
-
     use super::*;
 
     #[test]

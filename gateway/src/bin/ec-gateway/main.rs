@@ -37,7 +37,7 @@ fn run() -> Result<()> {
         return Ok(());
     };
     let settings = GatewaySettings::from_config(&config).wrap_err("gateway.allowed_nodes")?;
-    ec_cli::server_runtime()
+    tokio::runtime::Runtime::new()
         .wrap_err("cannot start the async runtime")?
         .block_on(async move {
             let addr = format!("{}:{}", config.gateway.host, config.gateway.port);
