@@ -22,25 +22,24 @@ use crate::{Event, EventBatch, ServingChange};
 /// Decodes the encoded `EventBatch` in `bytes`, as prost does, sharing `bytes` for payloads.
 pub fn decode_batch(bytes: Bytes) -> Result<EventBatch, WireError> {
     let mut events = Vec::new();
-    let mut changes = Vec::new();
-    let names = walk(&bytes, |part| match part {
-        Part::Event(event) => events.push(Event {
-            offset: event.offset,
-            // protobuf's int64: the varint holds the two's complement.
-            timestamp: event.timestamp as i64,
-            data: bytes.slice(event.data),
-        }),
-        Part::ServingChange(body) => changes.push(body),
-    })?;
     let mut serving_change = None;
-    for body in changes {
-        // Checked by the walk; several are merged in order, as prost does.
-        read_serving_change(
+    let names = walk(&bytes, |part| match part {
+        Part::Event(event) => {
+            events.push(Event {
+                offset: event.offset,
+                // protobuf's int64: the varint holds the two's complement.
+                timestamp: event.timestamp as i64,
+                data: bytes.slice(event.data),
+            });
+            Ok(())
+        }
+        // Several are merged in order, as prost does.
+        Part::ServingChange(body) => read_serving_change(
             &bytes,
             body,
             serving_change.get_or_insert_with(ServingChange::default),
-        )?;
-    }
+        ),
+    })?;
     let text = |range| String::from_utf8_lossy(&bytes[range]).into_owned();
     Ok(EventBatch {
         data_id: text(names.data_id),

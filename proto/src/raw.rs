@@ -136,12 +136,19 @@ impl RawEventBatch {
     pub fn parse(bytes: Bytes) -> Result<RawEventBatch, WireError> {
         let mut events = Vec::new();
         let mut serving_change = None;
-        let names = walk(&bytes, |part| match part {
-            Part::Event(event) => events.push(EventSpan {
-                offset: event.offset,
-                body: event.body,
-            }),
-            Part::ServingChange(body) => serving_change = Some(body),
+        let names = walk(&bytes, |part| {
+            match part {
+                Part::Event(event) => events.push(EventSpan {
+                    offset: event.offset,
+                    body: event.body,
+                }),
+                Part::ServingChange(body) => {
+                    // Checked as prost would decode it; kept as bytes.
+                    read_serving_change(&bytes, body.clone(), &mut ServingChange::default())?;
+                    serving_change = Some(body);
+                }
+            }
+            Ok(())
         })?;
         Ok(RawEventBatch {
             bytes,
@@ -280,7 +287,8 @@ fn put_len_field(out: &mut BytesMut, field: u32, value: &[u8]) -> Range<usize> {
 /// A part of an `EventBatch` that [`walk`] hands out as it meets it.
 pub(crate) enum Part {
     Event(EventFields),
-    /// The body of one `serving_change` field (checked; prost merges several in order).
+    /// The body of one `serving_change` field, not yet read: the caller reads it with
+    /// [`read_serving_change`] (prost merges several in order).
     ServingChange(Range<usize>),
 }
 
@@ -303,8 +311,12 @@ pub(crate) struct EventFields {
 }
 
 /// Walks the encoded `EventBatch` in `buf` once, as strictly as prost decodes it, handing
-/// `part` each event and serving change in order; returns the names.
-pub(crate) fn walk(buf: &[u8], mut part: impl FnMut(Part)) -> Result<Names, WireError> {
+/// `part` each event and serving change in order (its error ends the walk); returns the
+/// names.
+pub(crate) fn walk(
+    buf: &[u8],
+    mut part: impl FnMut(Part) -> Result<(), WireError>,
+) -> Result<Names, WireError> {
     let mut r = Reader::new(buf, 0);
     let mut names = Names {
         data_id: 0..0,
@@ -315,13 +327,15 @@ pub(crate) fn walk(buf: &[u8], mut part: impl FnMut(Part)) -> Result<Names, Wire
             BATCH_DATA_ID => names.data_id = r.string("EventBatch.data_id", wire, at)?,
             BATCH_EVENTS => {
                 let body = r.len_field("EventBatch.events", wire, at)?;
-                part(Part::Event(read_event(buf, body)?));
+                part(Part::Event(read_event(buf, body)?))?;
             }
             BATCH_NODE_ID => names.node_id = r.string("EventBatch.node_id", wire, at)?,
             BATCH_SERVING_CHANGE => {
-                let body = r.len_field("EventBatch.serving_change", wire, at)?;
-                read_serving_change(buf, body.clone(), &mut ServingChange::default())?;
-                part(Part::ServingChange(body));
+                part(Part::ServingChange(r.len_field(
+                    "EventBatch.serving_change",
+                    wire,
+                    at,
+                )?))?;
             }
             _ => r.skip(field, wire, at, 0)?,
         }
