@@ -41,7 +41,9 @@ pub(crate) enum Command {
     /// Route lookups: the SDK's route cache, GetNodeForData from the gateway's table, two
     /// Consul calls per lookup (the seed's way), and an empty unary RPC (the floor).
     Lookup(RunArgs),
-    /// Streaming through the gateway versus directly from the node.
+    /// Streaming through the gateway versus directly from the node: replay throughput, the
+    /// CPU the node, the gateway and the reader each spend per replayed event, and e2e
+    /// latency.
     Proxy(RunArgs),
     /// SIGKILL a node mid-stream: the serving replica (reader pause), and the write leader,
     /// SIGKILLed and SIGSTOPped, beside a 3-server JetStream cluster (write and read pause).

@@ -1,7 +1,8 @@
 //! `proxy`: the same node read two ways through one gateway — redirect (the SDK asks the
 //! gateway where the data ID lives, then streams from the node: `direct`) and proxy (the
-//! gateway's `Subscribe` streams it: `proxy`). Measured: replay throughput of N events, and
-//! end-to-end delivery latency at the fixed rate. One node in tier A, mapped in Consul. The
+//! gateway's `Subscribe` streams it: `proxy`). Measured: replay throughput of N events, the
+//! CPU each process spent per replayed event (node, gateway, and the reader: this process),
+//! and end-to-end delivery latency at the fixed rate. One node in tier A, mapped in Consul. The
 //! two replays of each variant run in A B B A order before any e2e phase; the order of the
 //! variants alternates between trials.
 
@@ -14,6 +15,7 @@ use ec_client::{Candidate, Client};
 
 use crate::cli::Tier;
 use crate::cluster::{self, Consul};
+use crate::machine;
 use crate::procs::Workdir;
 use crate::stats::Percentiles;
 use crate::systems::ec::{self, DATA_ID, EcPublish, EcSubscribe, NodeSpec};
@@ -25,7 +27,22 @@ pub(crate) struct ProxyResult {
     /// `direct` or `proxy`.
     pub(crate) variant: &'static str,
     pub(crate) replay_ev_per_s: f64,
+    /// CPU µs per replayed event of the node, the gateway and the reader, where /proc
+    /// answered.
+    pub(crate) cpu_us_per_ev: [Option<f64>; 3],
     pub(crate) e2e: Option<Percentiles>,
+}
+
+/// What [`ProxyResult::cpu_us_per_ev`] names, in order (metric names).
+pub(crate) const CPU_METRICS: [&str; 3] = [
+    "node_cpu_us_per_ev",
+    "gateway_cpu_us_per_ev",
+    "reader_cpu_us_per_ev",
+];
+
+/// CPU seconds used so far by each of `pids` (`None` where /proc did not answer).
+fn cpu_secs(pids: &[Option<u32>; 3]) -> [Option<f64>; 3] {
+    pids.map(|pid| pid.and_then(machine::process_cpu_secs))
 }
 
 /// Binaries and sizes of one proxy run.
@@ -59,8 +76,13 @@ pub(crate) async fn run(r: ProxyRun<'_>) -> Result<Vec<ProxyResult>> {
     consul
         .wait_passing(&["node1"], Duration::from_secs(30))
         .await?;
-    let (_gateway, gateway_addr) =
+    let (gateway_process, gateway_addr) =
         cluster::start_gateway(r.gateway, consul.addr, &dir, DATA_ID).await?;
+    let pids = [
+        node.process.pid(),
+        gateway_process.pid(),
+        Some(std::process::id()),
+    ];
 
     // Publish straight to the node (the primary); wait until it holds the epoch.
     let direct_node = Client::with_nodes(vec![Candidate::new("node1", node.grpc.to_string())])?;
@@ -91,12 +113,21 @@ pub(crate) async fn run(r: ProxyRun<'_>) -> Result<Vec<ProxyResult>> {
     // phase that grew the log and set off the store's background work) runs slower, so each
     // variant gets one early and one late slot and its rate is over both.
     let mut replayed = [(0u64, Duration::ZERO); 2];
+    let mut cpu = [[Some(0.0); 3]; 2];
     for i in [0, 1, 1, 0] {
         let (variant, proxy) = variants[i];
         let mut sub = EcSubscribe::new(&gateway, DATA_ID, Position::Offset(0), false, proxy);
+        let before = cpu_secs(&pids);
         let done = workload::replay(&mut sub, stored)
             .await
             .wrap_err_with(|| format!("{variant} replay failed"))?;
+        let after = cpu_secs(&pids);
+        for (k, spent) in cpu[i].iter_mut().enumerate() {
+            *spent = match (*spent, before[k], after[k]) {
+                (Some(sum), Some(b), Some(a)) => Some(sum + (a - b)),
+                _ => None,
+            };
+        }
         replayed[i].0 += done.events;
         replayed[i].1 += done.elapsed;
     }
@@ -119,6 +150,7 @@ pub(crate) async fn run(r: ProxyRun<'_>) -> Result<Vec<ProxyResult>> {
         results.push(ProxyResult {
             variant,
             replay_ev_per_s: events as f64 / elapsed.as_secs_f64(),
+            cpu_us_per_ev: cpu[i].map(|secs| secs.map(|s| s / events.max(1) as f64 * 1e6)),
             e2e: e2e.delivery,
         });
     }

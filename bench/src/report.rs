@@ -206,6 +206,9 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
         ],
         "proxy" => &[
             ("replay_ev_per_s", "replay events/s"),
+            ("node_cpu_us_per_ev", "replay: node CPU µs/event"),
+            ("gateway_cpu_us_per_ev", "replay: gateway CPU µs/event"),
+            ("reader_cpu_us_per_ev", "replay: reader CPU µs/event"),
             ("e2e_p50_us", "e2e delivery p50 µs"),
             ("e2e_p99_us", "e2e delivery p99 µs"),
         ],

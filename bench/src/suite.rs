@@ -549,6 +549,11 @@ async fn cluster_trial(
                     );
                     r.metrics
                         .insert("replay_ev_per_s".into(), p.replay_ev_per_s);
+                    for (name, value) in proxy::CPU_METRICS.iter().zip(p.cpu_us_per_ev) {
+                        if let Some(v) = value {
+                            r.metrics.insert((*name).into(), v);
+                        }
+                    }
                     if let Some(e) = p.e2e {
                         r.metrics.insert("e2e_p50_us".into(), e.p50);
                         r.metrics.insert("e2e_p99_us".into(), e.p99);

@@ -308,6 +308,25 @@ fn quick_suite_prints_the_table_and_writes_json_lines() {
             .find(|r| r["scenario"] == "failover")
             .expect("failover record");
         assert_eq!(failover["metrics"]["gapless"], 1.0, "{failover}");
+        // Each variant's replay CPU per event, process by process.
+        for variant in ["direct", "proxy"] {
+            let proxy = records
+                .iter()
+                .find(|r| r["scenario"] == "proxy" && r["system"] == variant)
+                .unwrap_or_else(|| panic!("no proxy record of {variant}:\n{text}"));
+            for metric in [
+                "node_cpu_us_per_ev",
+                "gateway_cpu_us_per_ev",
+                "reader_cpu_us_per_ev",
+            ] {
+                let v = proxy["metrics"][metric].as_f64();
+                assert!(
+                    v.is_some_and(|v| v >= 0.0),
+                    "{metric} of {variant}: {proxy}"
+                );
+            }
+        }
+        assert!(stdout.contains("replay: gateway CPU µs/event"), "{stdout}");
     }
 }
 
