@@ -46,9 +46,8 @@ use std::time::Duration;
 use ec_core::{DataId, Offset, TimestampMs};
 use ec_proto::raw::RawEventBatch;
 use ec_proto::{EventBatch, StartFrom, StreamRequest};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
-use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, BackoffState};
@@ -421,9 +420,9 @@ impl Stream for EventStream {
 }
 
 /// The stream currently read.
-struct Current<B> {
+struct Current<B: WireBatch> {
     candidate: Candidate,
-    stream: Streaming<B>,
+    stream: B::Batches,
     /// The resolver's [`Resolver::until_unhealthy`] for this node, created once per stream.
     unhealthy: Pin<Box<dyn Future<Output = ()> + Send>>,
     opened_at: Instant,
@@ -436,7 +435,7 @@ enum Read<B> {
 }
 
 /// The state behind a [`DeliveryStream`].
-struct Resumer<B> {
+struct Resumer<B: WireBatch> {
     resolver: Arc<dyn Resolver>,
     channels: ChannelCache,
     data_id: DataId,
@@ -506,7 +505,7 @@ impl<B: WireBatch> Resumer<B> {
 
             let read = tokio::select! {
                 biased;
-                msg = current.stream.message() => Read::Message(msg),
+                msg = current.stream.next() => Read::Message(msg.transpose()),
                 () = &mut current.unhealthy => Read::Unhealthy,
             };
             let outcome = match read {

@@ -9,11 +9,16 @@
 //! naming it) is the rare path; for a raw batch it writes a new message from the old one's
 //! spans without decoding the payloads.
 
+use std::pin::Pin;
+
 use ec_proto::batch::BatchClientCodec;
-use ec_proto::raw::{RawBatchClientCodec, RawEventBatch};
+use ec_proto::frame::{Messages, server_streaming_request};
+use ec_proto::raw::{RawEventBatch, malformed};
 use ec_proto::{EventBatch, ServingChange, StreamRequest};
 use futures_util::future::BoxFuture;
+use futures_util::{Stream, StreamExt};
 use tonic::codec::Codec;
+use tonic::codegen::Service;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{GrpcMethod, Request, Status, Streaming};
@@ -33,12 +38,14 @@ pub(crate) trait WireBatch: Sized + Send + 'static {
     /// This batch named `data_id` and `node_id`, holding only the events at positions
     /// `keep` (`None`: all of them).
     fn reshaped(self, data_id: &str, node_id: &str, keep: Option<Vec<usize>>) -> Self;
+    /// The batches of one call, then how it ended.
+    type Batches: Stream<Item = Result<Self, Status>> + Send + Unpin + 'static;
     /// Opens the stream of batches of `upstream` on `channel`.
     fn open(
         channel: Channel,
         req: Request<StreamRequest>,
         upstream: Upstream,
-    ) -> BoxFuture<'static, Result<Streaming<Self>, Status>>;
+    ) -> BoxFuture<'static, Result<Self::Batches, Status>>;
 }
 
 impl WireBatch for EventBatch {
@@ -75,12 +82,14 @@ impl WireBatch for EventBatch {
         self
     }
 
+    type Batches = Streaming<EventBatch>;
+
     /// With [`BatchClientCodec`]: one pass over each message, payloads shared.
     fn open(
         channel: Channel,
         req: Request<StreamRequest>,
         upstream: Upstream,
-    ) -> BoxFuture<'static, Result<Streaming<Self>, Status>> {
+    ) -> BoxFuture<'static, Result<Self::Batches, Status>> {
         Box::pin(open_with(
             channel,
             req,
@@ -112,18 +121,29 @@ impl WireBatch for RawEventBatch {
         self.rebuilt(data_id, node_id, keep.as_deref())
     }
 
-    /// With the pass-through codec.
+    type Batches = Pin<Box<dyn Stream<Item = Result<RawEventBatch, Status>> + Send>>;
+
+    /// With gRPC's framing done by hand (`ec_proto::frame`): each batch is taken off the
+    /// node's body with its prefix, unless split across chunks without a copy, so that the
+    /// gateway can send the same memory on.
     fn open(
-        channel: Channel,
+        mut channel: Channel,
         req: Request<StreamRequest>,
         upstream: Upstream,
-    ) -> BoxFuture<'static, Result<Streaming<Self>, Status>> {
-        Box::pin(open_with(
-            channel,
-            req,
-            upstream,
-            RawBatchClientCodec::default(),
-        ))
+    ) -> BoxFuture<'static, Result<Self::Batches, Status>> {
+        Box::pin(async move {
+            let (service, _, path) = upstream.rpc();
+            std::future::poll_fn(|cx| channel.poll_ready(cx))
+                .await
+                .map_err(|e| not_ready(service, &e))?;
+            let response = channel
+                .call(server_streaming_request(path, req))
+                .await
+                .map_err(|e| Status::from_error(e.into()))?;
+            let batches = Messages::of_response(response, MAX_MESSAGE_BYTES)?
+                .map(|frame| RawEventBatch::parse_frame(frame?).map_err(|e| malformed(&e)));
+            Ok(Box::pin(batches) as Self::Batches)
+        })
     }
 }
 
@@ -138,25 +158,34 @@ where
     C: Codec<Encode = StreamRequest>,
     C::Decode: Sync,
 {
-    let (service, method, path) = match upstream {
-        Upstream::Node => (
-            "streaming.Node",
-            "StreamBatches",
-            "/streaming.Node/StreamBatches",
-        ),
-        Upstream::Gateway => (
-            "streaming.Gateway",
-            "Subscribe",
-            "/streaming.Gateway/Subscribe",
-        ),
-    };
+    let (service, method, path) = upstream.rpc();
     let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(format!("the channel to {service} is not ready: {e}")))?;
+    grpc.ready().await.map_err(|e| not_ready(service, &e))?;
     req.extensions_mut()
         .insert(GrpcMethod::new(service, method));
     grpc.server_streaming(req, PathAndQuery::from_static(path), codec)
         .await
         .map(tonic::Response::into_inner)
+}
+
+fn not_ready(service: &str, error: &dyn std::fmt::Display) -> Status {
+    Status::unavailable(format!("the channel to {service} is not ready: {error}"))
+}
+
+impl Upstream {
+    /// The service, method and path of the batch stream the generated clients call.
+    fn rpc(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Upstream::Node => (
+                "streaming.Node",
+                "StreamBatches",
+                "/streaming.Node/StreamBatches",
+            ),
+            Upstream::Gateway => (
+                "streaming.Gateway",
+                "Subscribe",
+                "/streaming.Gateway/Subscribe",
+            ),
+        }
+    }
 }

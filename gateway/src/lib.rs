@@ -13,7 +13,8 @@
 //!   and domain values to proto messages.
 //! - `proxy.rs`: `Subscribe` through `ec-client`'s resumable stream with a resolver backed by
 //!   the table, and publish forwarding to the primary (with the caller's `ec-acks`);
-//!   `passthrough.rs` serves `Subscribe` with the pass-through codec (the nodes' bytes as is).
+//!   `passthrough.rs` serves `Subscribe` with gRPC's framing done by hand (the nodes' bytes
+//!   as is).
 //! - `promotion.rs`: making an in-sync replica primary by a CAS write of the mapping (the
 //!   `Failover.PromoteReplica` admin RPC); `failover.rs`: doing it automatically when a
 //!   primary stays lost or gone, in one gateway at a time (the holder of a Consul lock).

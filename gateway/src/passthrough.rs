@@ -1,25 +1,28 @@
 //! The `streaming.Gateway` service as served: the generated server for every RPC but
-//! `Subscribe`, which is served here with the pass-through codec (`ec_proto::raw`), so a
-//! node's `EventBatch` goes to the caller as the bytes the node encoded.
+//! `Subscribe`, which is served here with gRPC's framing done by hand (`ec_proto::frame`),
+//! so a node's `EventBatch` goes to the caller as the very bytes, prefix included, that the
+//! gateway received: no decode, no encode, no copy (`ec_proto::raw` reads the offsets).
 //!
 //! The generated server fixes one codec for all of a service's RPCs; this wrapper takes the
-//! `Subscribe` path before it and answers it with tonic's own server-streaming machinery and
-//! the same message limits, so callers see no difference on the wire: they still receive
-//! `EventBatch` messages, and a malformed request is still `INVALID_ARGUMENT`.
+//! `Subscribe` path before it and answers it with the same message limits and statuses, so
+//! callers see no difference on the wire: they still receive `EventBatch` messages, a
+//! malformed request is still `INVALID_ARGUMENT`, and a refused call still ends before it
+//! streams.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use ec_proto::StreamRequest;
+use ec_proto::frame::{read_request, streaming_response};
 use ec_proto::gateway_server::GatewayServer;
-use ec_proto::raw::{RawBatchServerCodec, RawEventBatch};
+use ec_proto::raw::RawEventBatch;
+use futures_util::TryStreamExt;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
-use tonic::server::{Grpc, NamedService, ServerStreamingService};
-use tonic::{Request, Response, Status};
+use tonic::server::NamedService;
 
-use crate::service::{GatewayService, ResponseStream};
+use crate::service::GatewayService;
 
 /// The `Subscribe` path of `streaming.Gateway`.
 const SUBSCRIBE_PATH: &str = "/streaming.Gateway/Subscribe";
@@ -65,26 +68,20 @@ impl Service<http::Request<Body>> for GatewayRoutes {
         if req.uri().path() != SUBSCRIBE_PATH {
             return self.generated.call(req);
         }
-        let method = Subscribe(self.service.clone());
+        let service = self.service.clone();
         let (max_decoding, max_encoding) = (self.max_decoding, self.max_encoding);
         Box::pin(async move {
-            let mut grpc = Grpc::new(RawBatchServerCodec::<StreamRequest>::default())
-                .apply_max_message_size_config(Some(max_decoding), Some(max_encoding));
-            Ok(grpc.server_streaming(method, req).await)
+            let request = match read_request::<StreamRequest>(req, max_decoding).await {
+                Ok(request) => request,
+                Err(status) => return Ok(status.into_http()),
+            };
+            Ok(match service.subscribe_raw(request).await {
+                Ok(response) => streaming_response(
+                    response.map(|batches| batches.map_ok(RawEventBatch::into_frame)),
+                    max_encoding,
+                ),
+                Err(status) => status.into_http(),
+            })
         })
-    }
-}
-
-/// `Subscribe` as tonic's server-streaming handler.
-struct Subscribe(Arc<GatewayService>);
-
-impl ServerStreamingService<StreamRequest> for Subscribe {
-    type Response = RawEventBatch;
-    type ResponseStream = ResponseStream<RawEventBatch>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<StreamRequest>) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move { service.subscribe_raw(request).await })
     }
 }

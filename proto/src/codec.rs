@@ -61,20 +61,32 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.inner.decode(buf).map_err(|status| {
-            let full = std::any::type_name::<U>();
-            let name = full.rsplit("::").next().unwrap_or(full);
-            Status::invalid_argument(format!(
-                "the message is not a valid protobuf {name}: {}; check that the client was \
-                 built from the same streaming.proto",
-                status.message()
-            ))
-        })
+        self.inner
+            .decode(buf)
+            .map_err(|status| invalid::<U>(status.message()))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
         self.inner.buffer_settings()
     }
+}
+
+/// `U` decoded from `buf` as [`StrictDecoder`] decodes it (for framing done by hand,
+/// `frame.rs`).
+pub(crate) fn decode_strict<U: Message + Default>(
+    buf: impl prost::bytes::Buf,
+) -> Result<U, Status> {
+    U::decode(buf).map_err(|e| invalid::<U>(&e.to_string()))
+}
+
+/// The status of a message that is not a valid `U`, saying why (`problem`).
+fn invalid<U>(problem: &str) -> Status {
+    let full = std::any::type_name::<U>();
+    let name = full.rsplit("::").next().unwrap_or(full);
+    Status::invalid_argument(format!(
+        "the message is not a valid protobuf {name}: {problem}; check that the client was \
+         built from the same streaming.proto"
+    ))
 }
 
 /// A client's codec with requests `Req` encoded by prost and responses read by the decoder

@@ -13,6 +13,7 @@
 pub mod batch;
 mod codec;
 pub mod contract;
+pub mod frame;
 pub mod raw;
 
 pub use codec::{ClientCodec, StrictCodec, StrictDecoder};

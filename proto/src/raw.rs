@@ -11,25 +11,24 @@
 //! position, never a panic (the property test holds its verdict equal to prost's). The walk
 //! itself ([`walk`]) also serves `batch.rs`, which decodes whole batches for readers.
 //!
-//! The codecs put it on the wire: [`RawBatchClientCodec`] reads `EventBatch` responses as
-//! [`RawEventBatch`] (zero-copy: the batch keeps a slice of tonic's receive buffer), and
-//! [`RawBatchServerCodec`] writes a [`RawEventBatch`] as it is, so clients of the proxy still
-//! receive ordinary `EventBatch` messages. Malformed responses are `INVALID_ARGUMENT` naming the
-//! type, as with [`StrictCodec`](crate::StrictCodec).
+//! A batch keeps its message *framed*, with the gRPC prefix in front, because that is how it
+//! travels: `frame.rs` takes each message off a node's HTTP/2 body with its prefix
+//! ([`RawEventBatch::parse_frame`], zero-copy: the batch is a slice of the received chunk), and
+//! writes [`RawEventBatch::frame`] to the caller's body as it is, so clients of the proxy still
+//! receive ordinary `EventBatch` messages. A malformed message is `INVALID_ARGUMENT` naming the
+//! type ([`malformed`]), as with [`StrictCodec`](crate::StrictCodec).
 //!
 //! Changing a batch (dropping events a reader already has, naming the data ID or node) is the
 //! rare path: [`RawEventBatch::rebuilt`] writes a new message from the spans of the old one,
 //! still without decoding payloads. Unknown fields are not carried into a rebuilt batch.
 
-use std::marker::PhantomData;
 use std::ops::Range;
 
 use prost::Message;
-use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::bytes::{BufMut, Bytes, BytesMut};
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::codec::{ClientCodec, StrictDecoder};
+use crate::frame::{PREFIX_LEN, framed};
 use crate::{EventBatch, ServingChange};
 
 /// Field numbers of `EventBatch` and `Event` in `streaming.proto`.
@@ -119,7 +118,9 @@ struct EventSpan {
 /// One encoded `EventBatch` and what was read out of it. Cloning shares the bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEventBatch {
-    /// The whole message, exactly as received (or as rebuilt).
+    /// The message with its gRPC prefix, as received (or as rebuilt): what is sent on.
+    frame: Bytes,
+    /// The message: `frame` without the prefix. Every range below is into it.
     bytes: Bytes,
     events: Vec<EventSpan>,
     /// The last `data_id` field's value (protobuf: the last one wins); empty if absent.
@@ -132,8 +133,17 @@ pub struct RawEventBatch {
 }
 
 impl RawEventBatch {
-    /// Reads the bookkeeping fields of the encoded `EventBatch` in `bytes`, keeping `bytes`.
-    pub fn parse(bytes: Bytes) -> Result<RawEventBatch, WireError> {
+    /// Reads the bookkeeping fields of the framed `EventBatch` in `frame` (a gRPC prefix,
+    /// then the message, as [`Deframer`](crate::frame::Deframer) hands it out), keeping
+    /// `frame`.
+    pub fn parse_frame(frame: Bytes) -> Result<RawEventBatch, WireError> {
+        if frame.len() < PREFIX_LEN {
+            return Err(WireError::Truncated {
+                what: "gRPC prefix",
+                at: frame.len(),
+            });
+        }
+        let bytes = frame.slice(PREFIX_LEN..);
         let mut events = Vec::new();
         let mut serving_change = None;
         let names = walk(&bytes, |part| {
@@ -151,6 +161,7 @@ impl RawEventBatch {
             Ok(())
         })?;
         Ok(RawEventBatch {
+            frame,
             bytes,
             events,
             data_id: names.data_id,
@@ -159,9 +170,24 @@ impl RawEventBatch {
         })
     }
 
-    /// The encoded message, to write as is.
+    /// Reads the encoded `EventBatch` in `bytes` (copied once, to frame it).
+    pub fn parse(bytes: &[u8]) -> Result<RawEventBatch, WireError> {
+        RawEventBatch::parse_frame(framed(bytes))
+    }
+
+    /// The encoded message.
     pub fn as_bytes(&self) -> &Bytes {
         &self.bytes
+    }
+
+    /// The message with its gRPC prefix, to write as is.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    /// The message with its gRPC prefix, to write as is.
+    pub fn into_frame(self) -> Bytes {
+        self.frame
     }
 
     /// The events' offsets, in the order sent.
@@ -230,8 +256,10 @@ impl RawEventBatch {
             .serving_change
             .as_ref()
             .map(|body| put_len_field(&mut out, BATCH_SERVING_CHANGE, &self.bytes[body.clone()]));
+        let frame = framed(&out);
         RawEventBatch {
-            bytes: out.freeze(),
+            bytes: frame.slice(PREFIX_LEN..),
+            frame,
             events: spans,
             data_id: data_range,
             node_id: node_range,
@@ -241,9 +269,8 @@ impl RawEventBatch {
 
     /// `batch` encoded (for messages the proxy makes itself, such as serving-change notices).
     pub fn encode(batch: &EventBatch) -> RawEventBatch {
-        let bytes = Bytes::from(batch.encode_to_vec());
         // A message prost just encoded is valid; an empty batch is the impossible fallback.
-        RawEventBatch::parse(bytes).unwrap_or_else(|_| RawEventBatch::empty())
+        RawEventBatch::parse(&batch.encode_to_vec()).unwrap_or_else(|_| RawEventBatch::empty())
     }
 
     /// Decodes the whole message with prost (tests and rare paths only: it copies nothing but
@@ -254,6 +281,7 @@ impl RawEventBatch {
 
     fn empty() -> RawEventBatch {
         RawEventBatch {
+            frame: framed(&[]),
             bytes: Bytes::new(),
             events: Vec::new(),
             data_id: 0..0,
@@ -562,80 +590,11 @@ impl<'a> Reader<'a> {
 }
 
 /// The status of a malformed `EventBatch`, worded like [`StrictCodec`](crate::StrictCodec)'s.
-pub(crate) fn malformed(error: &WireError) -> Status {
+pub fn malformed(error: &WireError) -> Status {
     Status::invalid_argument(format!(
         "the message is not a valid protobuf EventBatch: {error}; check that the sender was \
          built from the same streaming.proto"
     ))
-}
-
-/// Reads each `EventBatch` as a [`RawEventBatch`], sharing tonic's receive buffer.
-#[derive(Debug, Default)]
-pub struct RawBatchDecoder;
-
-impl Decoder for RawBatchDecoder {
-    type Item = RawEventBatch;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<RawEventBatch>, Status> {
-        // Splits the message off tonic's buffer: no copy.
-        let bytes = buf.copy_to_bytes(buf.remaining());
-        RawEventBatch::parse(bytes)
-            .map(Some)
-            .map_err(|e| malformed(&e))
-    }
-}
-
-/// Writes a [`RawEventBatch`] as it is.
-#[derive(Debug, Default)]
-pub struct RawBatchEncoder;
-
-impl Encoder for RawBatchEncoder {
-    type Item = RawEventBatch;
-    type Error = Status;
-
-    fn encode(&mut self, item: RawEventBatch, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.put_slice(&item.bytes);
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
-    }
-}
-
-/// The client's codec for an RPC answering `EventBatch`es, read as [`RawEventBatch`]:
-/// requests `Req` go out through prost.
-pub type RawBatchClientCodec<Req> = ClientCodec<Req, RawBatchDecoder>;
-
-/// The server's codec for an RPC answering `EventBatch`es from [`RawEventBatch`]es written
-/// as they are; requests `Req` are decoded strictly (malformed is `INVALID_ARGUMENT`).
-#[derive(Debug)]
-pub struct RawBatchServerCodec<Req> {
-    _request: PhantomData<Req>,
-}
-
-impl<Req> Default for RawBatchServerCodec<Req> {
-    fn default() -> Self {
-        RawBatchServerCodec {
-            _request: PhantomData,
-        }
-    }
-}
-
-impl<Req: Message + Default + Send + 'static> Codec for RawBatchServerCodec<Req> {
-    type Encode = RawEventBatch;
-    type Decode = Req;
-    type Encoder = RawBatchEncoder;
-    type Decoder = StrictDecoder<Req>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawBatchEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        crate::StrictCodec::<(), Req>::default().decoder()
-    }
 }
 
 #[cfg(test)]
@@ -662,22 +621,21 @@ pub(crate) mod tests {
     }
 
     fn parse(bytes: &[u8]) -> Result<RawEventBatch, WireError> {
-        RawEventBatch::parse(Bytes::copy_from_slice(bytes))
+        RawEventBatch::parse(bytes)
     }
 
     #[test]
     fn reads_offsets_and_names_and_keeps_the_bytes() {
-        let encoded = Bytes::from(batch(&[7, 8, 9]).encode_to_vec());
-        let raw = RawEventBatch::parse(encoded.clone()).expect("valid");
+        let encoded = batch(&[7, 8, 9]).encode_to_vec();
+        let frame = framed(&encoded);
+        let raw = RawEventBatch::parse_frame(frame.clone()).expect("valid");
         assert_eq!(raw.offsets().collect::<Vec<_>>(), [7, 8, 9]);
         assert_eq!((raw.data_id(), raw.node_id()), ("orders", "node1"));
         assert!(!raw.has_serving_change());
-        assert_eq!(raw.as_bytes(), &encoded);
-        assert_eq!(
-            raw.as_bytes().as_ptr(),
-            encoded.as_ptr(),
-            "shared, not copied"
-        );
+        assert_eq!(raw.as_bytes(), &encoded[..]);
+        assert_eq!(raw.frame(), &frame);
+        assert_eq!(raw.frame().as_ptr(), frame.as_ptr(), "shared, not copied");
+        assert_eq!(raw.as_bytes().as_ptr(), frame[PREFIX_LEN..].as_ptr());
     }
 
     #[test]
@@ -781,10 +739,7 @@ pub(crate) mod tests {
         let mut expected = batch(&[4, 5]);
         expected.node_id = "node2".into();
         assert_eq!(decoded, expected);
-        assert_eq!(
-            RawEventBatch::parse(trimmed.as_bytes().clone()),
-            Ok(trimmed)
-        );
+        assert_eq!(RawEventBatch::parse(trimmed.as_bytes()), Ok(trimmed));
 
         let notice = EventBatch {
             serving_change: Some(ServingChange {

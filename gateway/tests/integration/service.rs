@@ -395,6 +395,8 @@ async fn malformed_and_oversize_messages_get_the_right_codes() {
     for (addr, path) in [
         (gateway.addr, "/streaming.Gateway/GetNodeForData"),
         (gateway.addr, "/streaming.Gateway/PutMapping"),
+        // Served with gRPC's framing done by hand (passthrough.rs): the same answer.
+        (gateway.addr, "/streaming.Gateway/Subscribe"),
         (node1.grpc_addr, "/streaming.Node/Publish"),
     ] {
         let err = ec_testkit::raw_unary(channel(addr).await, path, garbage.clone())
@@ -412,6 +414,20 @@ async fn malformed_and_oversize_messages_get_the_right_codes() {
     let err = ec_testkit::raw_unary(
         channel(node1.grpc_addr).await,
         "/streaming.Node/Publish",
+        vec![0; limit + 1],
+    )
+    .await
+    .expect_err("oversize");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains(&format!("limit of {limit} bytes")),
+        "{err:?}"
+    );
+
+    // The gateway's limit (16 MiB by default) holds for the hand-framed Subscribe too.
+    let err = ec_testkit::raw_unary(
+        channel(gateway.addr).await,
+        "/streaming.Gateway/Subscribe",
         vec![0; limit + 1],
     )
     .await
