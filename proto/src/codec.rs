@@ -90,7 +90,7 @@ fn invalid<U>(problem: &str) -> Status {
 }
 
 /// A client's codec with requests `Req` encoded by prost and responses read by the decoder
-/// `D` (the `EventBatch` decoders of `raw.rs` and `batch.rs`).
+/// `D` (the SDK readers' `EventBatch` decoder, `batch.rs`).
 #[derive(Debug)]
 pub struct ClientCodec<Req, D> {
     _types: PhantomData<(Req, D)>,

@@ -25,6 +25,7 @@ use std::task::{Context, Poll, ready};
 
 use futures_util::Stream;
 use http_body::{Body as HttpBody, Frame};
+use http_body_util::Full;
 use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic::body::Body;
@@ -39,12 +40,26 @@ const GRPC_CONTENT_TYPE: &str = "application/grpc";
 
 /// `message` with an uncompressed gRPC prefix in front (a copy; for messages made here).
 pub fn framed(message: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(PREFIX_LEN + message.len());
-    out.put_u8(0);
-    // A message over 4 GiB cannot be framed; the limits of every caller are far below.
-    out.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+    let mut out = prefixed(message.len());
     out.put_slice(message);
     out.freeze()
+}
+
+/// `message` encoded by prost straight after an uncompressed gRPC prefix.
+pub fn encode_framed(message: &impl Message) -> Bytes {
+    let mut out = prefixed(message.encoded_len());
+    // The buffer holds the whole encoding: prost cannot run out of room.
+    let _ = message.encode(&mut out);
+    out.freeze()
+}
+
+/// A buffer holding the gRPC prefix of a `len`-byte message, with room for the message.
+fn prefixed(len: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(PREFIX_LEN + len);
+    out.put_u8(0);
+    // A message over 4 GiB cannot be framed; the limits of every caller are far below.
+    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    out
 }
 
 /// Splits the framed messages out of a body's DATA chunks, in order. A message that lies
@@ -80,10 +95,9 @@ impl Deframer {
                 if self.partial.len() < PREFIX_LEN {
                     return Ok(());
                 }
-                let len = self.message_len(&self.partial)?;
-                self.partial.reserve(len);
             }
             let whole = PREFIX_LEN + self.message_len(&self.partial)?;
+            self.partial.reserve(whole - self.partial.len());
             let take = (whole - self.partial.len()).min(chunk.len());
             self.partial.put_slice(&chunk[..take]);
             chunk.advance(take);
@@ -275,7 +289,7 @@ pub fn server_streaming_request<M: Message>(
     request: tonic::Request<M>,
 ) -> http::Request<Body> {
     let (metadata, extensions, message) = request.into_parts();
-    let mut http = http::Request::new(Body::new(Once(Some(framed(&message.encode_to_vec())))));
+    let mut http = http::Request::new(Body::new(Full::new(encode_framed(&message))));
     *http.method_mut() = http::Method::POST;
     *http.uri_mut() = http::Uri::from_static(path);
     *http.version_mut() = http::Version::HTTP_2;
@@ -379,25 +393,6 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.done
-    }
-}
-
-/// A body of one chunk.
-struct Once(Option<Bytes>);
-
-impl HttpBody for Once {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Poll::Ready(self.0.take().map(|chunk| Ok(Frame::data(chunk))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_none()
     }
 }
 

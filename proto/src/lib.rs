@@ -3,8 +3,9 @@
 //! No logic lives here: services convert these messages into domain types at their edge. The
 //! one exception is the wire codec (`codec.rs`), which decides the status of a message that
 //! cannot be decoded, and its pass-through twin for `EventBatch` (`raw.rs`), which reads
-//! only the offsets and names out of a batch so that a proxy forwards the node's bytes, and
-//! its decoding twin for readers (`batch.rs`), which builds the batch in one pass over them.
+//! only the offsets and names out of a batch so that a proxy forwards the node's bytes (with
+//! gRPC's framing done by hand for that path, `frame.rs`), and its decoding twin for readers
+//! (`batch.rs`), which builds the batch in one pass over them.
 //! `bytes` fields are generated as [`bytes::Bytes`](prost::bytes::Bytes) so that payloads are
 //! shared, not copied, between the log, the stream and the socket.
 

@@ -2,7 +2,7 @@
 //! bookkeeping needs read out of it, for proxies that forward batches without decoding and
 //! re-encoding every payload.
 //!
-//! [`RawEventBatch::parse`] walks the protobuf wire format of one `EventBatch`: it reads the
+//! [`RawEventBatch::parse_frame`] walks the protobuf wire format of one `EventBatch`: it reads the
 //! names (`data_id`, `node_id`), each event's `offset`, and where each event and the
 //! `serving_change` lie in the buffer, and skips payload bytes without copying them. It is
 //! as strict as prost: a truncated varint or field, a varint longer than ten bytes, a field
@@ -28,7 +28,7 @@ use prost::Message;
 use prost::bytes::{BufMut, Bytes, BytesMut};
 use tonic::Status;
 
-use crate::frame::{PREFIX_LEN, framed};
+use crate::frame::{PREFIX_LEN, encode_framed, framed};
 use crate::{EventBatch, ServingChange};
 
 /// Field numbers of `EventBatch` and `Event` in `streaming.proto`.
@@ -119,9 +119,8 @@ struct EventSpan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEventBatch {
     /// The message with its gRPC prefix, as received (or as rebuilt): what is sent on.
+    /// Every range below is into the message, [`RawEventBatch::as_bytes`].
     frame: Bytes,
-    /// The message: `frame` without the prefix. Every range below is into it.
-    bytes: Bytes,
     events: Vec<EventSpan>,
     /// The last `data_id` field's value (protobuf: the last one wins); empty if absent.
     data_id: Range<usize>,
@@ -143,10 +142,10 @@ impl RawEventBatch {
                 at: frame.len(),
             });
         }
-        let bytes = frame.slice(PREFIX_LEN..);
+        let bytes = &frame[PREFIX_LEN..];
         let mut events = Vec::new();
         let mut serving_change = None;
-        let names = walk(&bytes, |part| {
+        let names = walk(bytes, |part| {
             match part {
                 Part::Event(event) => events.push(EventSpan {
                     offset: event.offset,
@@ -154,7 +153,7 @@ impl RawEventBatch {
                 }),
                 Part::ServingChange(body) => {
                     // Checked as prost would decode it; kept as bytes.
-                    read_serving_change(&bytes, body.clone(), &mut ServingChange::default())?;
+                    read_serving_change(bytes, body.clone(), &mut ServingChange::default())?;
                     serving_change = Some(body);
                 }
             }
@@ -162,7 +161,6 @@ impl RawEventBatch {
         })?;
         Ok(RawEventBatch {
             frame,
-            bytes,
             events,
             data_id: names.data_id,
             node_id: names.node_id,
@@ -170,14 +168,9 @@ impl RawEventBatch {
         })
     }
 
-    /// Reads the encoded `EventBatch` in `bytes` (copied once, to frame it).
-    pub fn parse(bytes: &[u8]) -> Result<RawEventBatch, WireError> {
-        RawEventBatch::parse_frame(framed(bytes))
-    }
-
-    /// The encoded message.
-    pub fn as_bytes(&self) -> &Bytes {
-        &self.bytes
+    /// The encoded message: the frame without its prefix.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.frame[PREFIX_LEN..]
     }
 
     /// The message with its gRPC prefix, to write as is.
@@ -205,7 +198,7 @@ impl RawEventBatch {
         self.events.len()
     }
 
-    /// `data_id` (checked UTF-8 by [`RawEventBatch::parse`]); empty if absent.
+    /// `data_id` (checked UTF-8 by [`RawEventBatch::parse_frame`]); empty if absent.
     pub fn data_id(&self) -> &str {
         self.str_at(&self.data_id)
     }
@@ -222,7 +215,7 @@ impl RawEventBatch {
 
     fn str_at(&self, range: &Range<usize>) -> &str {
         // Checked in `parse` (or written from a `&str` by `rebuilt`); never fails.
-        std::str::from_utf8(&self.bytes[range.clone()]).unwrap_or_default()
+        std::str::from_utf8(&self.as_bytes()[range.clone()]).unwrap_or_default()
     }
 
     /// A new batch named `data_id` and `node_id` holding only the events at `keep` (positions
@@ -237,7 +230,7 @@ impl RawEventBatch {
                 .collect(),
         };
         let mut out = BytesMut::with_capacity(
-            self.bytes.len()
+            self.as_bytes().len()
                 + data_id.len()
                 + node_id.len()
                 + 2 * prost::length_delimiter_len(usize::MAX),
@@ -245,21 +238,22 @@ impl RawEventBatch {
         let mut spans = Vec::with_capacity(kept.len());
         let data_range = put_len_field(&mut out, BATCH_DATA_ID, data_id.as_bytes());
         for event in kept {
-            let body = put_len_field(&mut out, BATCH_EVENTS, &self.bytes[event.body.clone()]);
+            let body = put_len_field(&mut out, BATCH_EVENTS, &self.as_bytes()[event.body.clone()]);
             spans.push(EventSpan {
                 offset: event.offset,
                 body,
             });
         }
         let node_range = put_len_field(&mut out, BATCH_NODE_ID, node_id.as_bytes());
-        let serving_change = self
-            .serving_change
-            .as_ref()
-            .map(|body| put_len_field(&mut out, BATCH_SERVING_CHANGE, &self.bytes[body.clone()]));
-        let frame = framed(&out);
+        let serving_change = self.serving_change.as_ref().map(|body| {
+            put_len_field(
+                &mut out,
+                BATCH_SERVING_CHANGE,
+                &self.as_bytes()[body.clone()],
+            )
+        });
         RawEventBatch {
-            bytes: frame.slice(PREFIX_LEN..),
-            frame,
+            frame: framed(&out),
             events: spans,
             data_id: data_range,
             node_id: node_range,
@@ -270,19 +264,18 @@ impl RawEventBatch {
     /// `batch` encoded (for messages the proxy makes itself, such as serving-change notices).
     pub fn encode(batch: &EventBatch) -> RawEventBatch {
         // A message prost just encoded is valid; an empty batch is the impossible fallback.
-        RawEventBatch::parse(&batch.encode_to_vec()).unwrap_or_else(|_| RawEventBatch::empty())
+        RawEventBatch::parse_frame(encode_framed(batch)).unwrap_or_else(|_| RawEventBatch::empty())
     }
 
     /// Decodes the whole message with prost (tests and rare paths only: it copies nothing but
     /// builds every event).
     pub fn decode(&self) -> Result<EventBatch, prost::DecodeError> {
-        EventBatch::decode(self.bytes.clone())
+        EventBatch::decode(self.frame.slice(PREFIX_LEN..))
     }
 
     fn empty() -> RawEventBatch {
         RawEventBatch {
             frame: framed(&[]),
-            bytes: Bytes::new(),
             events: Vec::new(),
             data_id: 0..0,
             node_id: 0..0,
@@ -293,7 +286,7 @@ impl RawEventBatch {
     /// The serving change, decoded (small; only on event-less notices).
     pub fn serving_change(&self) -> Option<ServingChange> {
         let body = self.serving_change.clone()?;
-        ServingChange::decode(self.bytes.slice(body)).ok()
+        ServingChange::decode(&self.as_bytes()[body]).ok()
     }
 }
 
@@ -621,7 +614,7 @@ pub(crate) mod tests {
     }
 
     fn parse(bytes: &[u8]) -> Result<RawEventBatch, WireError> {
-        RawEventBatch::parse(bytes)
+        RawEventBatch::parse_frame(framed(bytes))
     }
 
     #[test]
@@ -739,7 +732,7 @@ pub(crate) mod tests {
         let mut expected = batch(&[4, 5]);
         expected.node_id = "node2".into();
         assert_eq!(decoded, expected);
-        assert_eq!(RawEventBatch::parse(trimmed.as_bytes()), Ok(trimmed));
+        assert_eq!(parse(trimmed.as_bytes()), Ok(trimmed));
 
         let notice = EventBatch {
             serving_change: Some(ServingChange {
