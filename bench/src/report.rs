@@ -195,6 +195,8 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("ack_p50_us", "publish ack p50 µs"),
             ("ack_p99_us", "publish ack p99 µs"),
             ("late_ticks", "late ticks"),
+            ("server_cpu_us_per_delivery", "server CPU µs/delivery"),
+            ("client_cpu_us_per_delivery", "client CPU µs/delivery"),
             ("lost", "events not delivered"),
             ("out_of_order", "delivered out of order"),
         ],
