@@ -350,3 +350,64 @@ impl Drop for ReaderGuard {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn text(m: &NodeMetrics) -> String {
+        let mut out = String::new();
+        encode(&mut out, &lock(&m.inner.registry)).unwrap();
+        out
+    }
+
+    fn id(i: usize) -> DataId {
+        DataId::parse(&format!("d{i}")).unwrap()
+    }
+
+    #[test]
+    fn data_ids_beyond_the_cap_share_one_label_and_their_counts_add_up() {
+        let m = NodeMetrics::new();
+        for i in 0..MAX_DATA_ID_LABELS + 3 {
+            m.published(&id(i), 2, 10, false, Duration::ZERO);
+        }
+        // Counted again, through the handles kept from the first time.
+        m.published(&id(0), 1, 5, false, Duration::ZERO);
+        m.published(&id(MAX_DATA_ID_LABELS + 1), 1, 5, false, Duration::ZERO);
+        let text = text(&m);
+        assert!(
+            text.contains("ec_node_published_events_total{data_id=\"d0\"} 3\n"),
+            "{text}"
+        );
+        let last_named = MAX_DATA_ID_LABELS - 1;
+        assert!(text.contains(&format!(
+            "ec_node_published_events_total{{data_id=\"d{last_named}\"}} 2\n"
+        )));
+        assert!(!text.contains(&format!("data_id=\"d{MAX_DATA_ID_LABELS}\"")));
+        assert!(
+            text.contains("ec_node_published_events_total{data_id=\"_other\"} 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("ec_node_published_bytes_total{data_id=\"_other\"} 35\n"));
+    }
+
+    #[test]
+    fn a_series_appears_only_once_something_is_counted_in_it() {
+        let m = NodeMetrics::new();
+        m.read(&id(1), 4, 40);
+        let text = text(&m);
+        assert!(
+            text.contains("ec_node_read_events_total{data_id=\"d1\"} 4\n"),
+            "{text}"
+        );
+        assert!(!text.contains("ec_node_published_events_total{"), "{text}");
+        m.published(&id(1), 1, 1, true, Duration::ZERO);
+        let text = self::text(&m);
+        assert!(
+            text.contains("ec_node_producer_duplicates_total{data_id=\"d1\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("ec_node_published_events_total{"), "{text}");
+    }
+}
