@@ -11,8 +11,8 @@
 //! Invariants:
 //! - The committer writes a batch's record to the write-ahead log (and fdatasyncs it under
 //!   `Always`), pushes the batch's events onto each stream's [`Pending`] tail, queues the
-//!   fjall batch here, and only then publishes the new ends and answers. One thread applies
-//!   the batches, in commit order.
+//!   record's puts here, and only then publishes the new ends and answers. One thread applies
+//!   the batches, in commit order; those queued at once go to fjall as one batch.
 //! - A stream's pending tail holds contiguous events in offset order. The applier removes
 //!   events from it only after fjall holds them (written; the log holds them durably), so a
 //!   reader that takes the tail's events first and then reads fjall below the tail's first
@@ -32,6 +32,7 @@ use ec_core::{Offset, TimestampMs};
 
 use super::StoredEvent;
 use super::store::{Store, Stream};
+use super::wal::Puts;
 
 /// Batches queued for the applier at most; the committer waits beyond that (the
 /// backpressure that bounds the pending tails' memory).
@@ -43,6 +44,12 @@ const QUEUE: usize = 64;
 /// every delivery; nobody waits for it (readers take the pending tail). Under load it never
 /// rests: it finds a quarter of the queue or more waiting.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Most bytes of puts merged into one fjall batch. Why merge: each fjall commit is a journal
+/// write and a pass under fjall's locks; at 10k lone publishes a second that was one commit
+/// per event. Why a cap: a merged batch is held in memory whole and fjall's journal lock is
+/// held while it is written.
+const MERGE_BYTES: usize = 4 << 20;
 
 /// One stream's events that are committed but maybe not in fjall yet.
 #[derive(Default)]
@@ -132,10 +139,10 @@ impl Progress {
     }
 }
 
-/// One committed batch for fjall, with the ends up to which each stream's tail may be
-/// trimmed once it is applied.
+/// One committed batch for fjall (its write-ahead log record's puts), with the ends up to
+/// which each stream's tail may be trimmed once it is applied.
 pub(super) struct Job {
-    pub(super) batch: fjall::OwnedWriteBatch,
+    pub(super) puts: Puts,
     pub(super) ends: Vec<(Arc<Stream>, u64)>,
 }
 
@@ -190,11 +197,20 @@ impl Applier {
 
 fn apply(store: &Store, jobs: Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
-        apply_one(store, job);
-        let mut applied = 1;
-        while let Ok(job) = jobs.try_recv() {
-            apply_one(store, job);
-            applied += 1;
+        let mut next = Some(job);
+        let mut applied = 0;
+        while let Some(first) = next.take() {
+            // Merge what is waiting, in commit order, up to the cap.
+            let mut bytes = first.puts.as_bytes().len();
+            let mut group = vec![first];
+            while bytes < MERGE_BYTES {
+                let Ok(job) = jobs.try_recv() else { break };
+                bytes += job.puts.as_bytes().len();
+                group.push(job);
+            }
+            applied += group.len();
+            apply_group(store, group);
+            next = jobs.try_recv().ok();
         }
         if applied < QUEUE / 4 {
             // Let the next batches gather instead of being woken for each one.
@@ -203,17 +219,40 @@ fn apply(store: &Store, jobs: Receiver<Job>) {
     }
 }
 
-fn apply_one(store: &Store, job: Job) {
+/// Writes `group` to fjall as one batch, then trims the pending tails it covers.
+fn apply_group(store: &Store, group: Vec<Job>) {
     #[cfg(test)]
     let gate = store.apply_gate.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = job.batch.commit() {
+    // The write-ahead log is the durability point; fjall is not synced.
+    let mut batch = store
+        .db
+        .batch()
+        .durability(Some(fjall::PersistMode::Buffer));
+    for job in &group {
+        if store.insert_puts(&mut batch, job.puts.as_bytes()).is_none() {
+            // The committer encoded these puts a moment ago: not decoding is a bug.
+            let e = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a committed batch's puts do not decode",
+            );
+            super::committer::fatal("writing a batch to the event log", &e.into());
+        }
+    }
+    if let Err(e) = batch.commit() {
         super::committer::fatal("writing a batch to the event log", &e);
     }
     #[cfg(test)]
-    drop(gate);
-    for (stream, end) in &job.ends {
-        stream.pending.trim(*end);
+    {
+        drop(gate);
+        store
+            .apply_commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    store.applied.counts().1 += 1;
+    for job in &group {
+        for (stream, end) in &job.ends {
+            stream.pending.trim(*end);
+        }
+    }
+    store.applied.counts().1 += group.len() as u64;
     store.applied.applied.notify_all();
 }

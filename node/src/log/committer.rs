@@ -468,33 +468,22 @@ struct Plan<'s> {
     copied_stats: Vec<(DataId, u64, u64)>,
 }
 
-/// A batch's writes: the fjall batch and, with a write-ahead log, the same puts as its
-/// record.
+/// A batch's writes, encoded once: the write-ahead log's record, which the applier turns
+/// into fjall's batch off the commit path.
+#[derive(Default)]
 struct Writes {
-    batch: fjall::OwnedWriteBatch,
     puts: Puts,
 }
 
 impl Writes {
-    fn new(store: &Store) -> Writes {
-        Writes {
-            // The write-ahead log is the durability point; fjall is not synced.
-            batch: store.db.batch().durability(Some(PersistMode::Buffer)),
-            puts: Puts::default(),
-        }
-    }
-
-    /// Adds one put; `value` moves into the fjall batch (copied once more for the log).
-    fn put(&mut self, store: &Store, space: Space, key: &[u8], value: Vec<u8>) {
-        self.puts.put(space, key, &value);
-        self.batch.insert(store.keyspace(space), key, value);
+    fn put(&mut self, space: Space, key: &[u8], value: &[u8]) {
+        self.puts.put(space, key, value);
     }
 
     /// Adds consecutive events of stream `number`, the first at offset `first`, as chunks
     /// (see [`record`]: one key per run of events, not one per event).
     fn put_events<'e>(
         &mut self,
-        store: &Store,
         number: u64,
         first: u64,
         events: impl Iterator<Item = (i64, u64, Option<ProducerTag>, &'e [u8])>,
@@ -505,22 +494,15 @@ impl Writes {
             if !chunk.push(timestamp, epoch, producer, payload) {
                 // Too large for a chunk's length field: a value of its own.
                 self.put_chunk(
-                    store,
                     number,
                     start,
                     std::mem::replace(&mut chunk, ChunkBuilder::new()),
                 );
                 let value = record::encode_event(timestamp, epoch, producer, payload);
-                self.put(
-                    store,
-                    Space::Events,
-                    &record::event_key(number, offset),
-                    value,
-                );
+                self.put(Space::Events, &record::event_key(number, offset), &value);
                 start = offset + 1;
             } else if chunk.is_full() {
                 self.put_chunk(
-                    store,
                     number,
                     start,
                     std::mem::replace(&mut chunk, ChunkBuilder::new()),
@@ -528,13 +510,13 @@ impl Writes {
                 start = offset + 1;
             }
         }
-        self.put_chunk(store, number, start, chunk);
+        self.put_chunk(number, start, chunk);
     }
 
-    fn put_chunk(&mut self, store: &Store, number: u64, first: u64, chunk: ChunkBuilder) {
+    fn put_chunk(&mut self, number: u64, first: u64, chunk: ChunkBuilder) {
         if !chunk.is_empty() {
             let key = record::event_key(number, first);
-            self.put(store, Space::Events, &key, chunk.finish());
+            self.put(Space::Events, &key, &chunk.finish());
         }
     }
 }
@@ -553,7 +535,7 @@ impl<'s> Plan<'s> {
             now: TimestampMs::now().0,
             touched: HashMap::new(),
             created: HashMap::new(),
-            writes: Writes::new(store),
+            writes: Writes::default(),
             copied_stats: Vec::new(),
         }
     }
@@ -617,7 +599,6 @@ impl<'s> Plan<'s> {
             let appended = entry.tail.place_publish(epoch, now, events);
             let ts = appended.timestamp.0;
             self.writes.put_events(
-                store,
                 stream.number,
                 appended.first.0,
                 events.iter().map(|e| (ts, epoch, producer, &e[..])),
@@ -651,7 +632,6 @@ impl<'s> Plan<'s> {
         }
         let appended = entry.tail.place_copied(copied, events, now);
         self.writes.put_events(
-            store,
             stream.number,
             appended.first.0,
             events
@@ -680,7 +660,6 @@ impl<'s> Plan<'s> {
         if self.touched.is_empty() {
             return None;
         }
-        let store = self.store;
         for t in self.touched.values() {
             let mut meta = t.tail.meta;
             // What readers may see once this batch is durable, as far as known now; the
@@ -688,26 +667,23 @@ impl<'s> Plan<'s> {
             let floor = t.stream.floor.load(Ordering::Acquire);
             meta.hwm = raised_hwm(meta.hwm, meta.next, floor);
             self.writes.put(
-                store,
                 Space::Meta,
                 &t.stream.number.to_be_bytes(),
-                record::encode_meta(&t.stream.data_id, &meta),
+                &record::encode_meta(&t.stream.data_id, &meta),
             );
             for e in &t.tail.new_epochs {
                 self.writes.put(
-                    store,
                     Space::Epochs,
                     &record::epoch_key(t.stream.number, e.epoch.0),
-                    e.start.0.to_be_bytes().to_vec(),
+                    &e.start.0.to_be_bytes(),
                 );
             }
             for id in &t.changed {
                 if let Some(r) = t.producers.get(id) {
                     self.writes.put(
-                        store,
                         Space::Producers,
                         &record::producer_key(t.stream.number, *id),
-                        record::encode_producer(r).to_vec(),
+                        &record::encode_producer(r),
                     );
                 }
             }
@@ -747,7 +723,7 @@ fn write_and_sync(
     applier.submit(
         store,
         Job {
-            batch: writes.batch,
+            puts: writes.puts,
             ends,
         },
     );

@@ -278,6 +278,9 @@ pub(super) struct Store {
     /// Held by a test to keep the applier from writing to fjall.
     #[cfg(test)]
     pub(super) apply_gate: Mutex<()>,
+    /// fjall batches the applier has written, for tests.
+    #[cfg(test)]
+    pub(super) apply_commits: AtomicU64,
     /// Held by a test to keep the committer thread from committing what it has taken.
     #[cfg(test)]
     pub(super) commit_gate: Mutex<()>,
@@ -405,6 +408,8 @@ impl Store {
             #[cfg(test)]
             apply_gate: Mutex::new(()),
             #[cfg(test)]
+            apply_commits: AtomicU64::new(0),
+            #[cfg(test)]
             commit_gate: Mutex::new(()),
         };
         // A crash in the middle of a truncation can leave records of batches it removed.
@@ -507,12 +512,18 @@ impl Store {
         }
     }
 
-    /// The keyspace a write-ahead log record's put goes to.
-    pub(super) fn keyspace(&self, space: Space) -> &Keyspace {
-        keyspace_of(
-            [&self.events, &self.meta, &self.epochs, &self.producers],
-            space,
-        )
+    /// The keyspaces, in the order of [`Space`].
+    fn spaces(&self) -> [&Keyspace; 4] {
+        [&self.events, &self.meta, &self.epochs, &self.producers]
+    }
+
+    /// Adds the puts of a write-ahead log record to `batch`; `None` if they do not decode.
+    pub(super) fn insert_puts(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        payload: &[u8],
+    ) -> Option<()> {
+        insert_puts(batch, self.spaces(), payload)
     }
 
     /// Takes the writer lock for a writer other than the committer, once every committed
@@ -825,6 +836,18 @@ impl Chunk {
     }
 }
 
+/// Adds the puts of a write-ahead log record to `batch`; `None` if they do not decode.
+fn insert_puts(
+    batch: &mut fjall::OwnedWriteBatch,
+    spaces: [&Keyspace; 4],
+    payload: &[u8],
+) -> Option<()> {
+    for (space, key, value) in wal::decode_puts(payload)? {
+        batch.insert(keyspace_of(spaces, space), key, value);
+    }
+    Some(())
+}
+
 fn keyspace_of(spaces: [&Keyspace; 4], space: Space) -> &Keyspace {
     match space {
         Space::Events => spaces[0],
@@ -849,7 +872,8 @@ fn replay_wal(dir: &Path, db: &Database, spaces: [&Keyspace; 4]) -> Result<Mutex
     };
     let recovered = wal::recover(&wal_dir).map_err(io("reading the write-ahead log"))?;
     for (i, payload) in recovered.batches.iter().enumerate() {
-        let puts = wal::decode_puts(payload).ok_or_else(|| LogError::Storage {
+        let mut batch = db.batch().durability(Some(PersistMode::Buffer));
+        insert_puts(&mut batch, spaces, payload).ok_or_else(|| LogError::Storage {
             context: format!(
                 "replaying the write-ahead log in {}: record {i} after the last checkpoint \
                  passed its checksum but does not decode; the log directory is damaged",
@@ -857,10 +881,6 @@ fn replay_wal(dir: &Path, db: &Database, spaces: [&Keyspace; 4]) -> Result<Mutex
             ),
             source: std::io::Error::from(std::io::ErrorKind::InvalidData).into(),
         })?;
-        let mut batch = db.batch().durability(Some(PersistMode::Buffer));
-        for (space, key, value) in puts {
-            batch.insert(keyspace_of(spaces, space), key, value);
-        }
         batch
             .commit()
             .map_err(storage("replaying the write-ahead log into the database"))?;

@@ -1656,6 +1656,56 @@ async fn committed_events_are_served_while_fjall_has_not_got_them() {
     }
 }
 
+// The gate is held across appends on purpose: it blocks the applier thread, not this task.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test]
+async fn batches_queued_behind_a_slow_apply_go_to_fjall_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), interval()).unwrap();
+    let (a, b) = (id("a"), id("b"));
+    let store = &log.inner.store;
+    let commits = || {
+        store
+            .apply_commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let gate = store.apply_gate.lock().unwrap();
+    let mut expected_a = Vec::new();
+    for i in 0..10 {
+        let (to, name) = if i % 3 == 0 { (&b, "b") } else { (&a, "a") };
+        let e = format!("{name}{i}");
+        log.append(to, vec![ev(&e)], true).await.unwrap();
+        if to == &a {
+            expected_a.push(e);
+        }
+    }
+    drop(gate);
+    store.applied.drain();
+    // Whatever the applier had taken before the gate stopped it, and the rest in one batch.
+    assert!(commits() <= 2, "{} fjall batches for 10 commits", commits());
+    for s in [&a, &b] {
+        let stream = store.stream(s).unwrap();
+        assert_eq!(
+            stream.pending.read(0, u64::MAX).0.len(),
+            0,
+            "{s}'s tail trimmed"
+        );
+    }
+    // fjall itself holds each stream's latest metadata, though every commit in the merged
+    // batch wrote it (a reopen would not tell: it replays the write-ahead log over fjall).
+    for (s, next) in [(&a, 6), (&b, 4)] {
+        let stream = store.stream(s).unwrap();
+        let key = stream.number.to_be_bytes();
+        let value = store.meta.get(key).unwrap().unwrap();
+        let (_, data_id, meta) = super::record::decode_meta(&key, &value).unwrap();
+        assert_eq!((&data_id, meta.next), (s, next));
+    }
+    let read = log.read(&b, Offset(0), 100, usize::MAX).unwrap();
+    assert_eq!(payloads(&read), ["b0", "b3", "b6", "b9"]);
+    let expected: Vec<&str> = expected_a.iter().map(String::as_str).collect();
+    holds_across_reopen(log, dir.path(), interval(), &a, &expected).await;
+}
+
 /// Checks that `a` holds `expected` from offset 0, closes the log, and checks again after
 /// a reopen with `opts`.
 async fn holds_across_reopen(

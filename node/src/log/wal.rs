@@ -88,6 +88,11 @@ impl Space {
 pub(super) struct Puts(Vec<u8>);
 
 impl Puts {
+    /// The encoded payload, as [`decode_puts`] reads it.
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     pub(super) fn put(&mut self, space: Space, key: &[u8], value: &[u8]) {
         self.0.push(space as u8);
         push_slice(&mut self.0, key);
