@@ -517,7 +517,7 @@ impl Store {
         [&self.events, &self.meta, &self.epochs, &self.producers]
     }
 
-    /// Adds the puts of a write-ahead log record to `batch`; `None` if they do not decode.
+    /// [`insert_puts`] into this store's keyspaces.
     pub(super) fn insert_puts(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
