@@ -248,15 +248,15 @@ async fn measure(
 }
 
 /// CPU seconds of the server and of this process, to difference around a phase.
-fn cpu_now(pid: u32) -> (Option<f64>, Option<f64>) {
+pub(crate) fn cpu_now(pid: impl Into<Option<u32>>) -> (Option<f64>, Option<f64>) {
     (
-        machine::process_cpu_secs(pid),
+        pid.into().and_then(machine::process_cpu_secs),
         machine::process_cpu_secs(std::process::id()),
     )
 }
 
 /// Inserts `<who>_cpu_us_per_<per>` from two [`cpu_now`] readings over `count` things.
-fn insert_cpu(
+pub(crate) fn insert_cpu(
     r: &mut Record,
     before: (Option<f64>, Option<f64>),
     after: (Option<f64>, Option<f64>),

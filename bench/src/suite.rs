@@ -440,8 +440,7 @@ async fn system_trial(
         };
         // CPU is read around the whole phase (connecting and priming included) and divided
         // by the ticks sent: what each delivery costs the server, and this process.
-        let cpu_before = server.pid().and_then(machine::process_cpu_secs);
-        let own_before = machine::process_cpu_secs(std::process::id());
+        let cpu_before = crate::growth::cpu_now(server.pid());
         let e = workload::on_one_worker(async {
             let publisher = server.publisher().await?;
             let sub = server.subscriber(Position::New, true).await?;
@@ -449,18 +448,9 @@ async fn system_trial(
         })
         .await
         .wrap_err("end-to-end failed")?;
-        let cpu_after = server.pid().and_then(machine::process_cpu_secs);
-        let own_after = machine::process_cpu_secs(std::process::id());
+        let cpu_after = crate::growth::cpu_now(server.pid());
         let mut r = base("e2e");
-        let ticks = e.ticks.max(1) as f64;
-        if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
-            r.metrics
-                .insert("server_cpu_us_per_delivery".into(), (b - a) / ticks * 1e6);
-        }
-        if let (Some(a), Some(b)) = (own_before, own_after) {
-            r.metrics
-                .insert("client_cpu_us_per_delivery".into(), (b - a) / ticks * 1e6);
-        }
+        crate::growth::insert_cpu(&mut r, cpu_before, cpu_after, "delivery", e.ticks);
         if let Some(d) = &e.delivery {
             r.insert_percentiles("delivery", d);
         }

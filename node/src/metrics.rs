@@ -356,7 +356,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn text(m: &NodeMetrics) -> String {
+    fn scrape(m: &NodeMetrics) -> String {
         let mut out = String::new();
         encode(&mut out, &lock(&m.inner.registry)).unwrap();
         out
@@ -375,7 +375,7 @@ mod tests {
         // Counted again, through the handles kept from the first time.
         m.published(&id(0), 1, 5, false, Duration::ZERO);
         m.published(&id(MAX_DATA_ID_LABELS + 1), 1, 5, false, Duration::ZERO);
-        let text = text(&m);
+        let text = scrape(&m);
         assert!(
             text.contains("ec_node_published_events_total{data_id=\"d0\"} 3\n"),
             "{text}"
@@ -396,14 +396,14 @@ mod tests {
     fn a_series_appears_only_once_something_is_counted_in_it() {
         let m = NodeMetrics::new();
         m.read(&id(1), 4, 40);
-        let text = text(&m);
+        let text = scrape(&m);
         assert!(
             text.contains("ec_node_read_events_total{data_id=\"d1\"} 4\n"),
             "{text}"
         );
         assert!(!text.contains("ec_node_published_events_total{"), "{text}");
         m.published(&id(1), 1, 1, true, Duration::ZERO);
-        let text = self::text(&m);
+        let text = scrape(&m);
         assert!(
             text.contains("ec_node_producer_duplicates_total{data_id=\"d1\"} 1\n"),
             "{text}"

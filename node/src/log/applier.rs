@@ -196,18 +196,11 @@ impl Applier {
 }
 
 fn apply(store: &Store, jobs: Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
-        let mut next = Some(job);
+    while let Ok(first) = jobs.recv() {
         let mut applied = 0;
-        while let Some(first) = next.take() {
-            // Merge what is waiting, in commit order, up to the cap.
-            let mut bytes = first.puts.as_bytes().len();
-            let mut group = vec![first];
-            while bytes < MERGE_BYTES {
-                let Ok(job) = jobs.try_recv() else { break };
-                bytes += job.puts.as_bytes().len();
-                group.push(job);
-            }
+        let mut next = Some(first);
+        while let Some(first) = next {
+            let group = gather(first, &jobs);
             applied += group.len();
             apply_group(store, group);
             next = jobs.try_recv().ok();
@@ -217,6 +210,18 @@ fn apply(store: &Store, jobs: Receiver<Job>) {
             std::thread::sleep(GATHER);
         }
     }
+}
+
+/// `first` and the jobs waiting behind it, in commit order, up to [`MERGE_BYTES`].
+fn gather(first: Job, jobs: &Receiver<Job>) -> Vec<Job> {
+    let mut bytes = first.puts.as_bytes().len();
+    let mut group = vec![first];
+    while bytes < MERGE_BYTES {
+        let Ok(job) = jobs.try_recv() else { break };
+        bytes += job.puts.as_bytes().len();
+        group.push(job);
+    }
+    group
 }
 
 /// Writes `group` to fjall as one batch, then trims the pending tails it covers.
