@@ -11,17 +11,15 @@
 
 use std::pin::Pin;
 
-use ec_proto::batch::BatchClientCodec;
-use ec_proto::frame::{Messages, server_streaming_request};
+use ec_proto::batch::decode_batch;
+use ec_proto::frame::{Messages, PREFIX_LEN, server_streaming_request};
 use ec_proto::raw::{RawEventBatch, malformed};
 use ec_proto::{EventBatch, ServingChange, StreamRequest};
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
-use tonic::codec::Codec;
 use tonic::codegen::Service;
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
-use tonic::{GrpcMethod, Request, Status, Streaming};
+use tonic::{Request, Status};
 
 use crate::resume::{MAX_MESSAGE_BYTES, Upstream};
 
@@ -82,20 +80,21 @@ impl WireBatch for EventBatch {
         self
     }
 
-    type Batches = Streaming<EventBatch>;
+    type Batches = Pin<Box<dyn Stream<Item = Result<EventBatch, Status>> + Send>>;
 
-    /// With [`BatchClientCodec`]: one pass over each message, payloads shared.
+    /// Each message taken off the body as it came (`framed`) and decoded in one pass, its
+    /// payloads slices of the received chunk: no copy into a receive buffer.
     fn open(
         channel: Channel,
         req: Request<StreamRequest>,
         upstream: Upstream,
     ) -> BoxFuture<'static, Result<Self::Batches, Status>> {
-        Box::pin(open_with(
-            channel,
-            req,
-            upstream,
-            BatchClientCodec::default(),
-        ))
+        Box::pin(async move {
+            let batches = framed(channel, req, upstream)
+                .await?
+                .map(|frame| decode_batch(frame?.slice(PREFIX_LEN..)).map_err(|e| malformed(&e)));
+            Ok(Box::pin(batches) as Self::Batches)
+        })
     }
 }
 
@@ -123,49 +122,39 @@ impl WireBatch for RawEventBatch {
 
     type Batches = Pin<Box<dyn Stream<Item = Result<RawEventBatch, Status>> + Send>>;
 
-    /// With gRPC's framing done by hand (`ec_proto::frame`): each batch is taken off the
-    /// node's body with its prefix, unless split across chunks without a copy, so that the
-    /// gateway can send the same memory on.
+    /// Each batch keeps the message as it came, so that the gateway can send the same
+    /// memory on.
     fn open(
-        mut channel: Channel,
+        channel: Channel,
         req: Request<StreamRequest>,
         upstream: Upstream,
     ) -> BoxFuture<'static, Result<Self::Batches, Status>> {
         Box::pin(async move {
-            let (service, _, path) = upstream.rpc();
-            std::future::poll_fn(|cx| channel.poll_ready(cx))
-                .await
-                .map_err(|e| not_ready(service, &e))?;
-            let response = channel
-                .call(server_streaming_request(path, req))
-                .await
-                .map_err(|e| Status::from_error(e.into()))?;
-            let batches = Messages::of_response(response, MAX_MESSAGE_BYTES)?
+            let batches = framed(channel, req, upstream)
+                .await?
                 .map(|frame| RawEventBatch::parse_frame(frame?).map_err(|e| malformed(&e)));
             Ok(Box::pin(batches) as Self::Batches)
         })
     }
 }
 
-/// Calls `upstream`'s batch stream (the RPC the generated clients call) with `codec`.
-async fn open_with<C>(
-    channel: Channel,
-    mut req: Request<StreamRequest>,
+/// Calls `upstream`'s batch stream (the RPC the generated clients call) with gRPC's framing
+/// done by hand (`ec_proto::frame`): each message is taken off the body with its prefix, a
+/// slice of the received chunk unless it was split across chunks.
+async fn framed(
+    mut channel: Channel,
+    req: Request<StreamRequest>,
     upstream: Upstream,
-    codec: C,
-) -> Result<Streaming<C::Decode>, Status>
-where
-    C: Codec<Encode = StreamRequest>,
-    C::Decode: Sync,
-{
-    let (service, method, path) = upstream.rpc();
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    grpc.ready().await.map_err(|e| not_ready(service, &e))?;
-    req.extensions_mut()
-        .insert(GrpcMethod::new(service, method));
-    grpc.server_streaming(req, PathAndQuery::from_static(path), codec)
+) -> Result<Messages, Status> {
+    let (service, path) = upstream.rpc();
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
-        .map(tonic::Response::into_inner)
+        .map_err(|e| not_ready(service, &e))?;
+    let response = channel
+        .call(server_streaming_request(path, req))
+        .await
+        .map_err(|e| Status::from_error(e.into()))?;
+    Messages::of_response(response, MAX_MESSAGE_BYTES)
 }
 
 fn not_ready(service: &str, error: &dyn std::fmt::Display) -> Status {
@@ -173,19 +162,11 @@ fn not_ready(service: &str, error: &dyn std::fmt::Display) -> Status {
 }
 
 impl Upstream {
-    /// The service, method and path of the batch stream the generated clients call.
-    fn rpc(self) -> (&'static str, &'static str, &'static str) {
+    /// The service and path of the batch stream the generated clients call.
+    fn rpc(self) -> (&'static str, &'static str) {
         match self {
-            Upstream::Node => (
-                "streaming.Node",
-                "StreamBatches",
-                "/streaming.Node/StreamBatches",
-            ),
-            Upstream::Gateway => (
-                "streaming.Gateway",
-                "Subscribe",
-                "/streaming.Gateway/Subscribe",
-            ),
+            Upstream::Node => ("streaming.Node", "/streaming.Node/StreamBatches"),
+            Upstream::Gateway => ("streaming.Gateway", "/streaming.Gateway/Subscribe"),
         }
     }
 }

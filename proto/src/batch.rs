@@ -1,5 +1,5 @@
 //! Decoding `EventBatch` responses for readers: one pass over the message with the walker of
-//! `raw.rs`, each payload a slice of tonic's receive buffer.
+//! `raw.rs`, each payload a slice of the message.
 //!
 //! prost decodes a batch field by field through its generic merge machinery, splitting and
 //! advancing the buffer for every payload; a reader of a replay spends most of its CPU there.
@@ -7,16 +7,12 @@
 //! malformed bytes (the property tests hold it equal to prost's), the same values, the
 //! payloads shared, not copied.
 //!
-//! [`BatchClientCodec`] puts it on the wire for the SDK's streams (`StreamBatches`,
-//! `Subscribe`); requests go out through prost. A malformed response is `INVALID_ARGUMENT`
-//! naming the type, as with [`StrictCodec`](crate::StrictCodec).
+//! The SDK's streams (`StreamBatches`, `Subscribe`) take each message off the HTTP/2 body
+//! with `frame.rs` and decode it here, so a payload is a slice of the received chunk itself.
 
-use prost::bytes::{Buf, Bytes};
-use tonic::Status;
-use tonic::codec::{DecodeBuf, Decoder};
+use prost::bytes::Bytes;
 
-use crate::codec::ClientCodec;
-use crate::raw::{Part, WireError, malformed, read_serving_change, walk};
+use crate::raw::{Part, WireError, read_serving_change, walk};
 use crate::{Event, EventBatch, ServingChange};
 
 /// Decodes the encoded `EventBatch` in `bytes`, as prost does, sharing `bytes` for payloads.
@@ -48,25 +44,6 @@ pub fn decode_batch(bytes: Bytes) -> Result<EventBatch, WireError> {
         serving_change,
     })
 }
-
-/// Decodes each `EventBatch` with [`decode_batch`], splitting it off tonic's buffer.
-#[derive(Debug, Default)]
-pub struct BatchDecoder;
-
-impl Decoder for BatchDecoder {
-    type Item = EventBatch;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<EventBatch>, Status> {
-        // Splits the message off tonic's buffer: no copy.
-        let bytes = buf.copy_to_bytes(buf.remaining());
-        decode_batch(bytes).map(Some).map_err(|e| malformed(&e))
-    }
-}
-
-/// The client's codec for an RPC answering `EventBatch`es, decoded by [`BatchDecoder`];
-/// requests `Req` go out through prost.
-pub type BatchClientCodec<Req> = ClientCodec<Req, BatchDecoder>;
 
 #[cfg(test)]
 mod tests {

@@ -88,38 +88,3 @@ fn invalid<U>(problem: &str) -> Status {
          built from the same streaming.proto"
     ))
 }
-
-/// A client's codec with requests `Req` encoded by prost and responses read by the decoder
-/// `D` (the SDK readers' `EventBatch` decoder, `batch.rs`).
-#[derive(Debug)]
-pub struct ClientCodec<Req, D> {
-    _types: PhantomData<(Req, D)>,
-}
-
-impl<Req, D> Default for ClientCodec<Req, D> {
-    fn default() -> Self {
-        ClientCodec {
-            _types: PhantomData,
-        }
-    }
-}
-
-impl<Req, D> Codec for ClientCodec<Req, D>
-where
-    Req: Message + Send + 'static,
-    D: Decoder<Error = Status> + Default + Send + 'static,
-    D::Item: Send + 'static,
-{
-    type Encode = Req;
-    type Decode = D::Item;
-    type Encoder = ProstEncoder<Req>;
-    type Decoder = D;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::default()
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        D::default()
-    }
-}

@@ -17,7 +17,7 @@ pub mod contract;
 pub mod frame;
 pub mod raw;
 
-pub use codec::{ClientCodec, StrictCodec, StrictDecoder};
+pub use codec::{StrictCodec, StrictDecoder};
 
 tonic::include_proto!("streaming");
 
