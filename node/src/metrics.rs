@@ -8,7 +8,9 @@
 //! Names follow Prometheus conventions: `ec_node_` prefix, base units (`_seconds`, `_bytes`),
 //! `_total` for counters. Per-data-ID labels are capped: the first [`MAX_DATA_ID_LABELS`]
 //! data IDs seen get their own label value, later ones share `data_id="_other"`, so a node
-//! with a million data IDs does not make a million series.
+//! with a million data IDs does not make a million series. Under `_other`, counters and the
+//! retained sizes are sums over those data IDs; positions (high watermark, log end, epoch,
+//! in-sync set, replica lag) are per data ID only, as a sum of them would mean nothing.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -305,12 +307,19 @@ impl NodeMetrics {
         i.replica_lag_seconds.clear();
         for s in log.list() {
             let labels = self.data_id(&s.data_id);
-            let set = |f: &Family<Labels, Gauge>, v: u64| {
-                f.get_or_create(&labels)
-                    .set(i64::try_from(v).unwrap_or(i64::MAX));
-            };
-            set(&i.retained_events, s.events);
-            set(&i.retained_bytes, s.bytes);
+            let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            // Sizes add up under `_other` (each named family holds one data ID's); the
+            // positions below do not, so `_other` has none of them.
+            i.retained_events
+                .get_or_create(&labels)
+                .inc_by(clamp(s.events));
+            i.retained_bytes
+                .get_or_create(&labels)
+                .inc_by(clamp(s.bytes));
+            if labels[0].1 == OTHER {
+                continue;
+            }
+            let set = |f: &Family<Labels, Gauge>, v: u64| f.get_or_create(&labels).set(clamp(v));
             set(&i.high_watermark, s.high_watermark.0);
             set(&i.log_end, s.next.0);
             let mut epoch = s.last_epoch.0;

@@ -125,6 +125,68 @@ async fn a_standalone_node_counts_what_it_was_sent() {
 }
 
 #[tokio::test]
+async fn data_ids_beyond_the_label_cap_add_up_their_sizes_under_other() {
+    const CAP: usize = 1000;
+    let consul = ConsulAgent::start_dev().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let node = NodeProcess::spawn_env(
+        &dir.path().join("n1"),
+        &consul.http_addr().to_string(),
+        "n1",
+        &[],
+        &[("EVENT_CATCHER_NODE_STANDALONE", "true")],
+    );
+    let mut c = connect(node.grpc_addr).await;
+    // One event each for the first CAP data IDs (each gets its label), then 1 and 2 events
+    // of 10 bytes for two more, which share `_other`.
+    for i in 0..CAP + 2 {
+        let events = if i == CAP + 1 { 2 } else { 1 };
+        publish(
+            &mut c,
+            &format!("m{i:04}"),
+            (0..events).map(|_| Bytes::from("0123456789")).collect(),
+        )
+        .await
+        .expect("publish");
+    }
+    let text = scrape(&node).await;
+    let other = "{data_id=\"_other\"}";
+    assert_eq!(
+        sample(&text, &format!("ec_node_log_events{other}")),
+        Some(3.0),
+        "the sum of m1000's and m1001's, not the last one's"
+    );
+    assert_eq!(
+        sample(&text, &format!("ec_node_log_bytes{other}")),
+        Some(30.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("ec_node_published_events_total{other}")),
+        Some(3.0)
+    );
+    for position in [
+        "ec_node_high_watermark",
+        "ec_node_log_end_offset",
+        "ec_node_epoch",
+    ] {
+        assert_eq!(
+            sample(&text, &format!("{position}{other}")),
+            None,
+            "{position}"
+        );
+    }
+    let last_named = "{data_id=\"m0999\"}";
+    assert_eq!(
+        sample(&text, &format!("ec_node_high_watermark{last_named}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("ec_node_log_events{last_named}")),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
 async fn a_primary_reports_its_replicas_and_a_replica_what_it_copied() {
     let consul = ConsulAgent::start_dev().await;
     let dir = tempfile::tempdir().expect("dir");
