@@ -308,7 +308,7 @@ impl NodeMetrics {
         for s in log.list() {
             let labels = self.data_id(&s.data_id);
             let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-            // Sizes add up under `_other` (each named family holds one data ID's); the
+            // Sizes add up under `_other` (a named label gets exactly one data ID's); the
             // positions below do not, so `_other` has none of them.
             i.retained_events
                 .get_or_create(&labels)
