@@ -415,14 +415,22 @@ fn prost_laid_out_event(buf: &[u8], body: Range<usize>) -> Option<EventFields> {
     let key = |pos: usize, key: u8| (*buf.get(pos)? == key).then_some(pos + 1);
     let (offset, pos) = quick_varint(buf, key(body.start, OFFSET_KEY)?)?;
     let (timestamp, pos) = quick_varint(buf, key(pos, TIMESTAMP_KEY)?)?;
-    let (len, start) = quick_varint(buf, key(pos, DATA_KEY)?)?;
-    let end = start.checked_add(usize::try_from(len).ok()?)?;
-    (end == body.end).then_some(EventFields {
+    let data = quick_len_body(buf, key(pos, DATA_KEY)?)?;
+    (data.end == body.end).then_some(EventFields {
         body,
         offset,
         timestamp,
-        data: start..end,
+        data,
     })
+}
+
+/// The body of the length-delimited value whose length starts at `buf[pos]`, if the length
+/// is whole and the body lies within `buf`; `None` otherwise.
+#[inline]
+fn quick_len_body(buf: &[u8], pos: usize) -> Option<Range<usize>> {
+    let (len, start) = quick_varint(buf, pos)?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    (end <= buf.len()).then_some(start..end)
 }
 
 /// The varint at `buf[pos..]` and the position after it, if it is whole and fits 64 bits
@@ -518,13 +526,9 @@ impl<'a> Reader<'a> {
         if *self.buf.get(self.pos)? != key {
             return None;
         }
-        let (len, start) = quick_varint(self.buf, self.pos + 1)?;
-        let end = start.checked_add(usize::try_from(len).ok()?)?;
-        if end > self.buf.len() {
-            return None;
-        }
-        self.pos = end;
-        Some(start..end)
+        let body = quick_len_body(self.buf, self.pos + 1)?;
+        self.pos = body.end;
+        Some(body)
     }
 
     /// The next key, or `None` at the end of the message.
