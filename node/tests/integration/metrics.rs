@@ -16,6 +16,27 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// A standalone node: a replicating one would refuse publishes until it has read the
+/// mappings.
+fn standalone(consul: &ConsulAgent, dir: &std::path::Path) -> NodeProcess {
+    NodeProcess::spawn_env(
+        &dir.join("n1"),
+        &consul.http_addr().to_string(),
+        "n1",
+        &[],
+        &[("EVENT_CATCHER_NODE_STANDALONE", "true")],
+    )
+}
+
+/// Asserts that each metric of `expected`, with `labels` (as printed), samples as given in
+/// `text` (`None`: the series is absent).
+fn assert_samples(text: &str, labels: &str, expected: &[(&str, Option<f64>)]) {
+    for (name, value) in expected {
+        let series = format!("{name}{labels}");
+        assert_eq!(sample(text, &series), *value, "{series} in\n{text}");
+    }
+}
+
 async fn scrape(node: &NodeProcess) -> String {
     let resp = reqwest::get(format!("http://{}/metrics", node.health_addr))
         .await
@@ -28,14 +49,7 @@ async fn scrape(node: &NodeProcess) -> String {
 async fn a_standalone_node_counts_what_it_was_sent() {
     let consul = ConsulAgent::start_dev().await;
     let dir = tempfile::tempdir().expect("dir");
-    // Standalone: a replicating node would refuse publishes until it has read the mappings.
-    let node = NodeProcess::spawn_env(
-        &dir.path().join("n1"),
-        &consul.http_addr().to_string(),
-        "n1",
-        &[],
-        &[("EVENT_CATCHER_NODE_STANDALONE", "true")],
-    );
+    let node = standalone(&consul, dir.path());
     let mut c = connect(node.grpc_addr).await;
     // 7 events of 10 bytes, in 3 publishes; then a retried producer batch (a duplicate).
     for n in [2, 2, 3] {
@@ -73,36 +87,19 @@ async fn a_standalone_node_counts_what_it_was_sent() {
         }
     })
     .await;
-    let d = "{data_id=\"m\"}";
-    assert_eq!(
-        sample(&text, &format!("ec_node_published_events_total{d}")),
-        Some(8.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, &format!("ec_node_published_bytes_total{d}")),
-        Some(80.0)
-    );
-    assert_eq!(
-        sample(&text, &format!("ec_node_producer_duplicates_total{d}")),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&text, &format!("ec_node_read_events_total{d}")),
-        Some(8.0)
-    );
-    assert_eq!(
-        sample(&text, &format!("ec_node_read_bytes_total{d}")),
-        Some(80.0)
-    );
-    assert_eq!(sample(&text, &format!("ec_node_log_events{d}")), Some(8.0));
-    assert_eq!(
-        sample(&text, &format!("ec_node_log_end_offset{d}")),
-        Some(8.0)
-    );
-    assert_eq!(
-        sample(&text, &format!("ec_node_high_watermark{d}")),
-        Some(8.0)
+    assert_samples(
+        &text,
+        "{data_id=\"m\"}",
+        &[
+            ("ec_node_published_events_total", Some(8.0)),
+            ("ec_node_published_bytes_total", Some(80.0)),
+            ("ec_node_producer_duplicates_total", Some(1.0)),
+            ("ec_node_read_events_total", Some(8.0)),
+            ("ec_node_read_bytes_total", Some(80.0)),
+            ("ec_node_log_events", Some(8.0)),
+            ("ec_node_log_end_offset", Some(8.0)),
+            ("ec_node_high_watermark", Some(8.0)),
+        ],
     );
     assert_eq!(
         sample(
@@ -129,13 +126,7 @@ async fn data_ids_beyond_the_label_cap_add_up_their_sizes_under_other() {
     const CAP: usize = 1000;
     let consul = ConsulAgent::start_dev().await;
     let dir = tempfile::tempdir().expect("dir");
-    let node = NodeProcess::spawn_env(
-        &dir.path().join("n1"),
-        &consul.http_addr().to_string(),
-        "n1",
-        &[],
-        &[("EVENT_CATCHER_NODE_STANDALONE", "true")],
-    );
+    let node = standalone(&consul, dir.path());
     let mut c = connect(node.grpc_addr).await;
     // One event each for the first CAP data IDs (each gets its label), then 1 and 2 events
     // of 10 bytes for two more, which share `_other`.
@@ -150,39 +141,27 @@ async fn data_ids_beyond_the_label_cap_add_up_their_sizes_under_other() {
         .expect("publish");
     }
     let text = scrape(&node).await;
-    let other = "{data_id=\"_other\"}";
-    assert_eq!(
-        sample(&text, &format!("ec_node_log_events{other}")),
-        Some(3.0),
-        "the sum of m1000's and m1001's, not the last one's"
+    // m1000's and m1001's sizes add up (the last one's alone would be 2 events); positions
+    // do not, so `_other` has none.
+    assert_samples(
+        &text,
+        "{data_id=\"_other\"}",
+        &[
+            ("ec_node_log_events", Some(3.0)),
+            ("ec_node_log_bytes", Some(30.0)),
+            ("ec_node_published_events_total", Some(3.0)),
+            ("ec_node_high_watermark", None),
+            ("ec_node_log_end_offset", None),
+            ("ec_node_epoch", None),
+        ],
     );
-    assert_eq!(
-        sample(&text, &format!("ec_node_log_bytes{other}")),
-        Some(30.0)
-    );
-    assert_eq!(
-        sample(&text, &format!("ec_node_published_events_total{other}")),
-        Some(3.0)
-    );
-    for position in [
-        "ec_node_high_watermark",
-        "ec_node_log_end_offset",
-        "ec_node_epoch",
-    ] {
-        assert_eq!(
-            sample(&text, &format!("{position}{other}")),
-            None,
-            "{position}"
-        );
-    }
-    let last_named = "{data_id=\"m0999\"}";
-    assert_eq!(
-        sample(&text, &format!("ec_node_high_watermark{last_named}")),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&text, &format!("ec_node_log_events{last_named}")),
-        Some(1.0)
+    assert_samples(
+        &text,
+        "{data_id=\"m0999\"}",
+        &[
+            ("ec_node_high_watermark", Some(1.0)),
+            ("ec_node_log_events", Some(1.0)),
+        ],
     );
 }
 
