@@ -10,12 +10,18 @@
 //! `keepalive_interval + keepalive_timeout` instead of never, and with a connect timeout so a
 //! black-holed address fails fast enough to move on to the next candidate.
 //!
+//! A server whose threads each run a runtime of their own (the gateway) keeps one channel
+//! per address and per thread ([`ChannelSettings::per_thread`]): a channel's connection is a
+//! task on the runtime that created it, so a call on another thread would wake that
+//! runtime's thread for every message it receives.
+//!
 //! The cache only grows on its own; a process that outlives the nodes it talks to drops
 //! the channels of departed nodes with [`ChannelCache::retain`] (the gateway does so on
 //! every routing-table change).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
@@ -43,6 +49,10 @@ pub struct ChannelSettings {
     /// TLS of every channel (addresses without a scheme are dialed as `https://`); `None`:
     /// plaintext.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// One channel per address and per thread, for a server whose threads each run a
+    /// single-threaded runtime: a call then reads from a connection driven on its own
+    /// thread. `false`: one channel per address.
+    pub per_thread: bool,
 }
 
 impl Default for ChannelSettings {
@@ -55,6 +65,7 @@ impl Default for ChannelSettings {
             connection_window: 8 << 20,
             max_frame: 1 << 20,
             tls: None,
+            per_thread: false,
         }
     }
 }
@@ -67,8 +78,11 @@ pub struct ChannelCache {
     /// tonic's metadata value hides sensitive values in `Debug`).
     authorization: Option<MetadataValue<Ascii>>,
     // A std mutex: held only to look up or insert, never across an await.
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<Option<ThreadId>, ByAddress>>>,
 }
+
+/// One thread's channels (`None`: every thread's, unless per thread), by address.
+type ByAddress = HashMap<String, Channel>;
 
 impl ChannelCache {
     /// An empty cache whose channels use `settings`.
@@ -109,6 +123,11 @@ impl ChannelCache {
             .channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let thread = self
+            .settings
+            .per_thread
+            .then(|| std::thread::current().id());
+        let channels = channels.entry(thread).or_default();
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
@@ -126,17 +145,23 @@ impl ChannelCache {
             .channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let before = channels.len();
-        channels.retain(|address, _| keep(address));
-        before - channels.len()
+        let mut dropped = 0;
+        for channels in channels.values_mut() {
+            let before = channels.len();
+            channels.retain(|address, _| keep(address));
+            dropped += before - channels.len();
+        }
+        dropped
     }
 
-    /// How many channels are cached.
+    /// How many channels are cached (over every thread's, when per thread).
     pub fn len(&self) -> usize {
         self.channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+            .values()
+            .map(HashMap::len)
+            .sum()
     }
 
     /// True when no channel is cached.
@@ -194,9 +219,9 @@ mod tests {
         let cache = ChannelCache::default();
         cache.get("127.0.0.1:1").expect("valid");
         cache.get("http://127.0.0.1:2").expect("valid");
-        assert_eq!(cache.channels.lock().expect("lock").len(), 2);
+        assert_eq!(cache.len(), 2);
         cache.get("127.0.0.1:1").expect("cached");
-        assert_eq!(cache.channels.lock().expect("lock").len(), 2);
+        assert_eq!(cache.len(), 2);
 
         assert_eq!(cache.retain(|address| address == "127.0.0.1:1"), 1);
         assert_eq!(cache.len(), 1);
@@ -207,5 +232,38 @@ mod tests {
             let err = cache.get(bad).expect_err(bad).to_string();
             assert!(err.contains(bad), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_per_thread_cache_keeps_one_channel_per_address_and_thread() {
+        // A blocking-pool thread is another thread inside the same runtime.
+        async fn cached_after_a_call_from_another_thread(cache: ChannelCache) -> usize {
+            cache.get("127.0.0.1:1").expect("valid");
+            cache.get("127.0.0.1:1").expect("cached");
+            let other = cache.clone();
+            tokio::task::spawn_blocking(move || other.get("127.0.0.1:1").map(drop))
+                .await
+                .expect("joined")
+                .expect("valid");
+            cache.len()
+        }
+        assert_eq!(
+            cached_after_a_call_from_another_thread(ChannelCache::default()).await,
+            1
+        );
+        let per_thread = ChannelCache::new(ChannelSettings {
+            per_thread: true,
+            ..ChannelSettings::default()
+        });
+        assert_eq!(
+            cached_after_a_call_from_another_thread(per_thread.clone()).await,
+            2
+        );
+        assert_eq!(
+            per_thread.retain(|_| false),
+            2,
+            "departed nodes leave every thread"
+        );
+        assert!(per_thread.is_empty());
     }
 }

@@ -9,6 +9,7 @@
 //! gRPC health stays SERVING while Consul is unreachable: the gateway keeps answering from
 //! its last table, which is more useful than refusing; `GetStatus` reports the staleness.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -206,6 +207,8 @@ pub async fn run_with_metrics(
         tls: settings.tls.client()?,
         keepalive_interval: Duration::from_secs(1),
         keepalive_timeout: Duration::from_secs(2),
+        // The gRPC server runs on one runtime per thread (below): each keeps its own.
+        per_thread: true,
         ..ChannelSettings::default()
     });
     // The gateway's own calls to nodes (the reads behind Subscribe, promotion's log-end
@@ -341,7 +344,13 @@ pub async fn run_with_metrics(
     .add_service(failover, ec_proto::FILE_DESCRIPTOR_SET)
     .await;
     let health = grpc.health();
-    let mut serve_task = match grpc.serve(listener, stop_serving.clone()).await {
+    // One serving thread per core, each holding its connections whole: a proxied stream's
+    // messages then never wake a second core (the reason is in ec-grpc's server/threads.rs).
+    let threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    let mut serve_task = match grpc
+        .serve_on_threads(listener, threads, stop_serving.clone())
+        .await
+    {
         Ok(task) => task,
         Err(e) => {
             stop_watches.cancel();

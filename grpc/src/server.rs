@@ -13,6 +13,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -59,6 +60,9 @@ pub enum ServeError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A serving thread or its runtime could not be started.
+    #[error("cannot start a gRPC serving thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// The server task panicked.
     #[error("grpc server on {addr} panicked ({panic}); restart the process and report the panic")]
     Panicked {
@@ -170,10 +174,26 @@ impl GrpcServer {
         self.serve_incoming(addr, incoming, shutdown).await
     }
 
+    /// Like [`GrpcServer::serve`], with the connections spread over `threads` threads that
+    /// each run a single-threaded runtime, so every task of a connection stays on one thread
+    /// (why, in `server/threads.rs`). Whatever the services spawn runs on the thread of the
+    /// call that spawned it.
+    pub async fn serve_on_threads(
+        self,
+        listener: TcpListener,
+        threads: NonZeroUsize,
+        shutdown: CancellationToken,
+    ) -> Result<ServerTask, ServeError> {
+        let addr = listener.local_addr().map_err(ServeError::Listener)?;
+        let routes = self.into_routes().await?;
+        let handle = threads::start(routes, listener, threads, addr, shutdown)?;
+        Ok(ServerTask { addr, handle })
+    }
+
     /// Serves connections from `incoming` (reported as `addr`) until `shutdown` is
     /// cancelled. [`GrpcServer::serve`] is this over a TCP listener.
     pub async fn serve_incoming<I, IO, IE>(
-        mut self,
+        self,
         addr: SocketAddr,
         incoming: I,
         shutdown: CancellationToken,
@@ -183,6 +203,23 @@ impl GrpcServer {
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
+        let server = self
+            .into_routes()
+            .await?
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
+        Ok(ServerTask {
+            addr,
+            handle: tokio::spawn(async move {
+                server
+                    .await
+                    .map_err(|source| ServeError::Serve { addr, source })
+            }),
+        })
+    }
+
+    /// The configured server with every added service, health and reflection, all reported
+    /// SERVING.
+    async fn into_routes(mut self) -> Result<threads::Routes, ServeError> {
         // Reflection lists what this binary serves, not every service in the descriptors
         // (the node and the gateway share one .proto). Both versions list the same set,
         // both reflection services included, since both are served.
@@ -223,12 +260,8 @@ impl GrpcServer {
             .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(self.settings.max_concurrent_streams)
             .layer(MessageLimitLayer::new(self.settings.max_message_bytes))
-            .add_routes(self.routes.routes())
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
-        Ok(ServerTask {
-            addr,
-            handle: tokio::spawn(server),
-        })
+            .add_routes(self.routes.routes());
+        Ok(server)
     }
 }
 
@@ -236,7 +269,7 @@ impl GrpcServer {
 #[derive(Debug)]
 pub struct ServerTask {
     addr: SocketAddr,
-    handle: JoinHandle<Result<(), tonic::transport::Error>>,
+    handle: JoinHandle<Result<(), ServeError>>,
 }
 
 impl ServerTask {
@@ -254,8 +287,7 @@ impl Future for ServerTask {
         Pin::new(&mut self.handle)
             .poll(cx)
             .map(|joined| match joined {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(source)) => Err(ServeError::Serve { addr, source }),
+                Ok(served) => served,
                 // A supervisor must see a crash as a crash: a panicked server is an error, so the
                 // binary exits non-zero.
                 Err(join) => {
@@ -322,6 +354,8 @@ impl Health {
         }
     }
 }
+
+mod threads;
 
 #[cfg(test)]
 mod tests;

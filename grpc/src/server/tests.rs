@@ -1,5 +1,6 @@
 //! A real server on an ephemeral port with a stand-in service: what health and reflection
-//! report, clean shutdown, and a panic in the server task reported as an error.
+//! report, clean shutdown, a panic in the server task reported as an error, and connections
+//! spread over serving threads.
 
 use std::collections::BTreeSet;
 use std::task::Poll;
@@ -49,7 +50,10 @@ impl tonic::server::UnaryService<Vec<u8>> for Refuse {
     type Future = std::future::Ready<Result<tonic::Response<Vec<u8>>, Status>>;
 
     fn call(&mut self, _req: tonic::Request<Vec<u8>>) -> Self::Future {
-        std::future::ready(Err(Status::unimplemented("stand-in")))
+        // Names the thread that served it, for the serving-threads test.
+        let thread = std::thread::current();
+        let on = thread.name().unwrap_or("an unnamed thread");
+        std::future::ready(Err(Status::unimplemented(format!("stand-in on {on}"))))
     }
 }
 
@@ -248,4 +252,106 @@ async fn a_message_over_the_limit_is_resource_exhausted_naming_the_limit() {
         over.message().contains("/streaming.Gateway/GetNodeForData"),
         "{over:?}"
     );
+}
+
+#[tokio::test]
+async fn serving_threads_each_hold_whole_connections_and_drain_on_shutdown() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let shutdown = CancellationToken::new();
+    let threads = NonZeroUsize::new(2).expect("non-zero");
+    let task = GrpcServer::new(ServeSettings::default())
+        .add_service(FakeGateway, ec_proto::FILE_DESCRIPTOR_SET)
+        .await
+        .serve_on_threads(listener, threads, shutdown.clone())
+        .await
+        .expect("serve");
+    // Which thread served each call; four calls on each of four connections, kept open so
+    // each new one goes to the thread holding fewer.
+    let mut connections = Vec::new();
+    let mut served_on = Vec::new();
+    for _ in 0..4 {
+        let channel = Channel::from_shared(format!("http://{}", task.addr()))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut threads = BTreeSet::new();
+        for _ in 0..4 {
+            let answer = ec_testkit::raw_unary(channel.clone(), "/streaming.Gateway/X", vec![])
+                .await
+                .expect_err("the stand-in answers nothing");
+            assert_eq!(answer.code(), tonic::Code::Unimplemented, "{answer:?}");
+            threads.insert(answer.message().to_owned());
+        }
+        assert_eq!(threads.len(), 1, "one connection, one thread: {threads:?}");
+        served_on.extend(threads);
+        connections.push(channel);
+    }
+    assert_eq!(
+        served_on,
+        [0, 1, 0, 1].map(|i| format!("stand-in on grpc-serve-{i}")),
+        "connections alternate between the two threads"
+    );
+    // Health is served on the threads too, and shutdown stops them all cleanly.
+    assert_eq!(status(&connections[1], "").await, Wire::Serving as i32);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("stops after cancel")
+        .expect("clean stop");
+}
+
+#[test]
+fn a_connection_handed_to_a_serving_thread_does_not_need_the_accepting_runtime() {
+    // The accept loop runs on `accepting`. Once a connection is handed over, that runtime
+    // stops being driven: calls on the connection must still be answered, which they are
+    // only if the socket was registered with the serving thread's own reactor.
+    let accepting = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let shutdown = CancellationToken::new();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stall_tx, stall_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let stop = shutdown.clone();
+    let accept_thread = std::thread::spawn(move || {
+        accepting.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let task = GrpcServer::new(ServeSettings::default())
+                .add_service(FakeGateway, ec_proto::FILE_DESCRIPTOR_SET)
+                .await
+                .serve_on_threads(listener, NonZeroUsize::MIN, stop)
+                .await
+                .expect("serve");
+            addr_tx.send(task.addr()).expect("test waits");
+            let _ = stall_rx.await;
+        });
+        // `accepting` is alive but nobody drives it until the test is done.
+        let _ = release_rx.recv();
+    });
+    let addr = addr_rx.recv().expect("server started");
+
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    client.block_on(async {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        assert_eq!(status(&channel, "").await, Wire::Serving as i32);
+        stall_tx.send(()).expect("the accept thread waits");
+        let answered = tokio::time::timeout(Duration::from_secs(30), status(&channel, "")).await;
+        assert_eq!(
+            answered.ok(),
+            Some(Wire::Serving as i32),
+            "a call with the accepting runtime stalled"
+        );
+    });
+    shutdown.cancel();
+    release_tx.send(()).expect("the accept thread waits");
+    accept_thread.join().expect("accept thread");
 }
