@@ -1,8 +1,10 @@
 //! How Event Catcher serves gRPC, written once for the node and the gateway.
 //!
 //! A binary builds a [`GrpcServer`], adds the services it implements, and calls
-//! [`GrpcServer::serve`] on a listener it bound itself. Every server then gets the same
-//! plumbing, so a rule about the wire holds for both binaries or for neither:
+//! [`GrpcServer::serve`] on a listener it bound itself (or, as the gateway does,
+//! [`GrpcServer::serve_on_threads`]: one single-threaded runtime per serving thread, each
+//! holding whole connections). Every server then gets the same plumbing, so a rule about the
+//! wire holds for both binaries or for neither:
 //! - large HTTP/2 flow-control windows and `TCP_NODELAY` on every accepted socket (the
 //!   reasons are next to the constants in `server.rs`);
 //! - `grpc.health.v1.Health`, with every added service reported by name ([`Health`]);
