@@ -249,7 +249,7 @@ impl GrpcServer {
         if let Some(tls) = self.settings.tls.take() {
             builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
         }
-        let server = builder
+        Ok(builder
             // h2 lets a connection hold only half its window in small unread DATA frames
             // before it answers GOAWAY ENHANCE_YOUR_CALM; a pipelined publisher of one-event
             // messages hit that at the 64 KiB default while the committer applied
@@ -260,8 +260,7 @@ impl GrpcServer {
             .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(self.settings.max_concurrent_streams)
             .layer(MessageLimitLayer::new(self.settings.max_message_bytes))
-            .add_routes(self.routes.routes());
-        Ok(server)
+            .add_routes(self.routes.routes()))
     }
 }
 

@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,9 +45,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// One serving thread, as the accept loop sees it.
 struct Thread {
-    connections: mpsc::UnboundedSender<(std::net::TcpStream, Open)>,
-    /// Connections handed to this thread and not yet closed.
-    open: Arc<AtomicUsize>,
+    connections: mpsc::UnboundedSender<(std::net::TcpStream, Arc<()>)>,
+    /// Cloned into each connection handed to this thread: its clones beyond this one count
+    /// the connections not yet closed.
+    open: Arc<()>,
 }
 
 /// Starts `threads` serving threads and the accept loop on `listener`. The returned task
@@ -129,10 +129,7 @@ async fn accept(listener: &TcpListener, threads: &[Thread], shutdown: &Cancellat
         if let Err(e) = io.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
         }
-        let Some(thread) = threads
-            .iter()
-            .min_by_key(|t| t.open.load(Ordering::Relaxed))
-        else {
+        let Some(thread) = threads.iter().min_by_key(|t| Arc::strong_count(&t.open)) else {
             return;
         };
         let io = match io.into_std() {
@@ -142,26 +139,15 @@ async fn accept(listener: &TcpListener, threads: &[Thread], shutdown: &Cancellat
                 continue;
             }
         };
-        thread.open.fetch_add(1, Ordering::Relaxed);
-        let open = Open(thread.open.clone());
         // Refused only when that thread's server has stopped: dropping closes the socket.
-        let _ = thread.connections.send((io, open));
+        let _ = thread.connections.send((io, thread.open.clone()));
     }
 }
 
-/// One open connection of a serving thread, counted until dropped.
-struct Open(Arc<AtomicUsize>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// An accepted connection on its serving thread.
+/// An accepted connection on its serving thread, counted there until dropped.
 struct Counted {
     io: TcpStream,
-    _open: Open,
+    _open: Arc<()>,
 }
 
 impl Connected for Counted {
