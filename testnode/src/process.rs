@@ -133,8 +133,36 @@ impl NodeProcess {
     }
 }
 
+/// Lines of a node's output shown when the test that owns it fails.
+const LOG_TAIL_LINES: usize = 60;
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
+        // When the owning test is failing, what the node was doing is often the missing clue
+        // (its log lives in the test's temporary directory, gone after the test).
+        if std::thread::panicking() {
+            // "T (stopped)" for a frozen node, from /proc where there is one.
+            let state = if self.is_running() {
+                std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find(|l| l.starts_with("State:"))
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| "running".into())
+            } else {
+                "exited".into()
+            };
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "ec-testnode: node {} (gRPC {}, {state}) log tail:\n{}",
+                self.node_id,
+                self.grpc_addr,
+                lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+            );
+        }
         if self.is_running() {
             // A stopped process still dies of SIGKILL; continue it anyway so that nothing
             // lingers stopped should the kill fail.
@@ -167,6 +195,11 @@ pub async fn child_main() {
         Ok("replicated") => Mode::Replicated,
         other => panic!("{ENV_MODE} must be standalone or replicated, got {other:?}"),
     };
+    // Into the node's log file, which a failing test shows (see `Drop for NodeProcess`).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ec_node=info,ec_discovery=info")
+        .with_ansi(false)
+        .try_init();
     std::thread::spawn(|| {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         std::process::exit(0);

@@ -83,6 +83,7 @@ impl TestGateway {
         consul_url: &str,
         tweak: impl FnOnce(&mut GatewaySettings),
     ) -> TestGateway {
+        capture_logs();
         let mut settings = GatewaySettings::new(consul_url);
         settings.kv_prefix = KV_PREFIX.into();
         settings.watch_wait = Duration::from_secs(10);
@@ -122,6 +123,20 @@ impl TestGateway {
             .expect("gateway stops within the deadline")
             .expect("gateway task did not panic")
     }
+}
+
+/// Sends the in-process gateway's `tracing` output to the test harness, which shows a test's
+/// share of it when that test fails (and all of it with `--nocapture`): a failover that did
+/// not happen then says which step it was waiting on. `RUST_LOG` overrides the filter.
+fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "ec_gateway=debug,ec_client=debug".into()),
+        )
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
 }
 
 pub async fn get_node(
