@@ -95,6 +95,8 @@ keys! {
         "promote the most caught-up in-sync replica when a primary stays lost or gone (one gateway at a time, by Consul lock)";
     "gateway.failover_after" "EVENT_CATCHER_GATEWAY_FAILOVER_AFTER" [gateway.failover_after] duration "1s"
         "how long a primary must stay lost (the gateway's own health checks of it fail) or gone from Consul before automatic failover";
+    "gateway.serve_threads" "EVENT_CATCHER_GATEWAY_SERVE_THREADS" [gateway.serve_threads] count "0"
+        "threads serving gRPC calls, each client connection on one of them; 0 = one per core (0-1024)";
     "gateway.metrics.port" "EVENT_CATCHER_GATEWAY_METRICS_PORT" [gateway.metrics_port] port "50050"
         "HTTP port serving GET /metrics (Prometheus) and GET /health; differs from gateway.port";
     "node.id" "EVENT_CATCHER_NODE_ID" [node.id] text "node1"

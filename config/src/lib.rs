@@ -49,6 +49,7 @@ mod render;
 mod validate;
 
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -98,6 +99,9 @@ pub struct GatewayConfig {
     /// How long a primary must stay lost (the gateway's own health checks fail) or gone from
     /// Consul before it is replaced.
     pub failover_after: Duration,
+    /// `gateway.serve_threads`: threads serving gRPC calls, each client connection on one;
+    /// `None` (the key's 0) means one per core.
+    pub serve_threads: Option<NonZeroUsize>,
     /// `gateway.metrics.port`: HTTP port of `/metrics` and `/health`.
     pub metrics_port: u16,
 }

@@ -48,6 +48,8 @@ pub struct PartialGateway {
     pub auto_failover: Option<bool>,
     /// `gateway.failover_after`
     pub failover_after: Option<Duration>,
+    /// `gateway.serve_threads`
+    pub serve_threads: Option<u64>,
     /// `gateway.metrics.port`
     pub metrics_port: Option<u16>,
 }

@@ -8,6 +8,7 @@
 //! printed as `<redacted>` when set.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -90,6 +91,13 @@ impl Render for Option<PathBuf> {
 impl Render for Option<u64> {
     fn render(&self) -> Rendered {
         self.unwrap_or(0).render()
+    }
+}
+
+/// `None` is the key's 0 ("one per core").
+impl Render for Option<NonZeroUsize> {
+    fn render(&self) -> Rendered {
+        self.map_or(0, NonZeroUsize::get).render()
     }
 }
 

@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Display;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use ec_core::NodeId;
@@ -32,6 +33,8 @@ pub(crate) type Origins = BTreeMap<&'static str, Source>;
 
 /// Largest `node.max_event_bytes`: one event travels in one gRPC message.
 const MAX_EVENT_BYTES_LIMIT: u64 = 64 << 20;
+/// Most threads `gateway.serve_threads` may ask for.
+const MAX_SERVE_THREADS: u64 = 1024;
 
 /// Consul runs checks at most once a second and silently raises shorter intervals.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -377,6 +380,17 @@ pub(crate) fn validate(
             ),
         )?;
     }
+    let serve_threads = c.required("gateway.serve_threads", gateway.serve_threads)?;
+    if serve_threads > MAX_SERVE_THREADS {
+        c.enforce(
+            &["gateway.serve_threads"],
+            c.invalid(
+                "gateway.serve_threads",
+                serve_threads,
+                "a number of threads from 1 to 1024, or 0 for one per core",
+            ),
+        )?;
+    }
     let gateway = GatewayConfig {
         host: gateway_host,
         port: gateway_port,
@@ -384,6 +398,9 @@ pub(crate) fn validate(
         allowed_nodes,
         auto_failover,
         failover_after,
+        serve_threads: usize::try_from(serve_threads.min(MAX_SERVE_THREADS))
+            .ok()
+            .and_then(NonZeroUsize::new),
     };
 
     let node = NodeConfig {

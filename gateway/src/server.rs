@@ -91,6 +91,9 @@ pub struct GatewaySettings {
     pub max_streams_per_connection: u32,
     /// `limits.max_request_bytes`.
     pub max_request_bytes: u64,
+    /// `gateway.serve_threads`: threads serving gRPC calls, each client connection on one of
+    /// them; `None`: one per core.
+    pub serve_threads: Option<NonZeroUsize>,
 }
 
 impl GatewaySettings {
@@ -117,6 +120,7 @@ impl GatewaySettings {
             max_nodes_per_mapping: ec_discovery::DEFAULT_MAX_NODES_PER_MAPPING,
             max_streams_per_connection: 1024,
             max_request_bytes: 16 << 20,
+            serve_threads: None,
         }
     }
 
@@ -157,6 +161,7 @@ impl GatewaySettings {
             max_nodes_per_mapping: config.limits.max_nodes_per_mapping,
             max_streams_per_connection: config.limits.max_streams_per_connection,
             max_request_bytes: config.limits.max_request_bytes,
+            serve_threads: config.gateway.serve_threads,
         })
     }
 }
@@ -344,9 +349,12 @@ pub async fn run_with_metrics(
     .add_service(failover, ec_proto::FILE_DESCRIPTOR_SET)
     .await;
     let health = grpc.health();
-    // One serving thread per core, each holding its connections whole: a proxied stream's
-    // messages then never wake a second core (the reason is in ec-grpc's server/threads.rs).
-    let threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    // One serving thread per core unless configured, each holding its connections whole: a
+    // proxied stream's messages then never wake a second core (the reason is in ec-grpc's
+    // server/threads.rs).
+    let threads = settings
+        .serve_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
     let mut serve_task = match grpc
         .serve_on_threads(listener, threads, stop_serving.clone())
         .await
@@ -365,6 +373,7 @@ pub async fn run_with_metrics(
         kv_prefix = %settings.kv_prefix,
         auto_failover = settings.auto_failover,
         failover_after_secs = settings.failover_after.as_secs_f64(),
+        serve_threads = threads,
         "gateway serving"
     );
 
@@ -406,5 +415,6 @@ mod tests {
             from_config.max_streams_per_connection,
             new.max_streams_per_connection
         );
+        assert_eq!(from_config.serve_threads, new.serve_threads);
     }
 }

@@ -562,6 +562,26 @@ fn failover_delay_is_its_own_key_whatever_the_check_interval() {
 }
 
 #[test]
+fn serve_threads_default_to_one_per_core_and_are_bounded() {
+    assert_eq!(Config::default().gateway.serve_threads, None);
+    let c = load_env(&[("EVENT_CATCHER_GATEWAY_SERVE_THREADS", "3")])
+        .expect("valid")
+        .config;
+    assert_eq!(
+        c.gateway.serve_threads.map(std::num::NonZeroUsize::get),
+        Some(3)
+    );
+    let c = load_env(&[("EVENT_CATCHER_GATEWAY_SERVE_THREADS", "0")])
+        .expect("valid")
+        .config;
+    assert_eq!(c.gateway.serve_threads, None, "0 is one per core");
+    let bad = load_env(&[("EVENT_CATCHER_GATEWAY_SERVE_THREADS", "1025")]).expect_err("too many");
+    assert_mentions(&bad, &["gateway.serve_threads", "1025", "1 to 1024, or 0"]);
+    let bad = load_env(&[("EVENT_CATCHER_GATEWAY_SERVE_THREADS", "-1")]).expect_err("negative");
+    assert_mentions(&bad, &["gateway.serve_threads", "-1"]);
+}
+
+#[test]
 fn replication_keys_from_env_and_file() {
     let c = load_env(&[
         ("EVENT_CATCHER_NODE_REPLICATION_ACKS", "LEADER"),

@@ -279,6 +279,8 @@ async fn binary_serves_and_exits_zero_on_sigterm() {
         .args(["--metrics-port", &metrics_port.to_string()])
         .args(["--consul-addr", &consul.http_addr().to_string()])
         .args(["--log-level", "info"])
+        // More than this machine's cores, so the default (one per core) cannot pass for it.
+        .args(["--serve-threads", "3"])
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -308,6 +310,11 @@ async fn binary_serves_and_exits_zero_on_sigterm() {
     .await;
     let err = get_node(&mut gw, "unmapped").await.expect_err("no mapping");
     assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(
+        serving_threads(child.id()),
+        3,
+        "--serve-threads 3 gives three serving threads"
+    );
     // The binary serves its metrics and health over HTTP on gateway.metrics.port.
     let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
         .await
@@ -443,4 +450,13 @@ fn a_user_error_is_plain_text_without_a_backtrace() {
         &["--port", "99999"],
         "gateway.port",
     );
+}
+
+/// How many gRPC serving threads (`grpc-serve-N`, named by ec-grpc) process `pid` runs.
+fn serving_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the gateway's threads in /proc")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("grpc-serve-"))
+        .count()
 }

@@ -25,6 +25,10 @@ pub(crate) struct GatewayFlags {
     /// KV prefix of the mappings [key: consul.kv_prefix].
     #[arg(long, value_name = "PREFIX")]
     kv_prefix: Option<String>,
+    /// Threads serving gRPC calls; each client connection is served by one of them, so one
+    /// connection uses at most one core; 0 = one per core [key: gateway.serve_threads].
+    #[arg(long, value_name = "N")]
+    serve_threads: Option<String>,
     /// `--config`, `--print-config`, `--consul-addr`, `--tls-*`, `--log-*`.
     #[command(flatten)]
     pub(crate) server: ServerFlags,
@@ -48,6 +52,11 @@ impl GatewayFlags {
                 self.allowed_nodes.clone(),
             )
             .flag("consul.kv_prefix", "--kv-prefix", self.kv_prefix.clone())
+            .flag(
+                "gateway.serve_threads",
+                "--serve-threads",
+                self.serve_threads.clone(),
+            )
     }
 }
 
@@ -63,6 +72,7 @@ mod tests {
         let flags = GatewayFlags {
             port: Some("6000".into()),
             allowed_nodes: Some("n1,n2".into()),
+            serve_threads: Some("3".into()),
             server: ServerFlags {
                 consul_addr: Some("127.0.0.1:8600".into()),
                 ..ServerFlags::default()
@@ -85,5 +95,6 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["n1", "n2"]
         );
+        assert_eq!(s.serve_threads.map(std::num::NonZeroUsize::get), Some(3));
     }
 }
