@@ -159,6 +159,42 @@ where
     panic!("timed out after {deadline:?} waiting for {what}")
 }
 
+/// The process state letter of `pid` from `/proc/<pid>/status` (`R`, `S`, `T` for stopped,
+/// ...); `None` where there is no `/proc` or no such process.
+pub fn process_state(pid: u32) -> Option<char> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("State:"))
+        .and_then(|state| state.trim_start().chars().next())
+}
+
+/// Waits until process `pid` is stopped (`stopped`: a SIGSTOP took hold) or running again
+/// (a SIGCONT did), and panics naming `what` if that has not happened within 10 s. A signal
+/// is delivered when the target next runs, not when `kill` returns, so a test that froze a
+/// process checks here that it is frozen before relying on it. Returns at once where there
+/// is no `/proc` to read.
+pub fn wait_stopped(pid: u32, stopped: bool, what: &str) {
+    wait_stopped_within(pid, stopped, what, Duration::from_secs(10));
+}
+
+fn wait_stopped_within(pid: u32, stopped: bool, what: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let state = process_state(pid);
+        match state {
+            None => return,
+            Some(s) if (s == 'T') == stopped => return,
+            Some(s) if std::time::Instant::now() >= deadline => panic!(
+                "{what}: process {pid} is still in state {s} {within:?} after the signal; \
+                 something else is signalling it, or it is traced"
+            ),
+            // A blocking poll: the callers are synchronous, and this lasts microseconds.
+            Some(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
 /// A test's child process that [`freeze_while`] can freeze.
 pub trait Freezable {
     /// Stops the process where it is (SIGSTOP).
@@ -216,6 +252,54 @@ mod tests {
         for port in ports {
             TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
                 .unwrap_or_else(|e| panic!("port {port} was not free: {e}"));
+        }
+    }
+
+    #[test]
+    fn wait_stopped_follows_sigstop_and_sigcont() {
+        use nix::sys::signal::{Signal, kill};
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+        wait_stopped(child.id(), true, "sleep after SIGSTOP");
+        assert_eq!(process_state(child.id()), Some('T'));
+        kill(pid, Signal::SIGCONT).expect("SIGCONT");
+        wait_stopped(child.id(), false, "sleep after SIGCONT");
+        assert_ne!(process_state(child.id()), Some('T'));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(process_state(child.id()), None, "reaped: no state");
+    }
+
+    #[test]
+    #[should_panic(expected = "is still in state")]
+    fn wait_stopped_names_a_process_that_never_stops() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep");
+        // Not signalled: the wait runs out and says so.
+        let id = child.id();
+        let guard = KillOnDrop(&mut child);
+        wait_stopped_within(
+            id,
+            true,
+            "sleep never signalled",
+            Duration::from_millis(200),
+        );
+        drop(guard);
+    }
+
+    /// Kills and reaps a child when dropped, also while a test panics.
+    struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 

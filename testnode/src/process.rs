@@ -113,7 +113,8 @@ impl NodeProcess {
         let _ = self.child.wait();
     }
 
-    /// Sends `signal` (e.g. SIGSTOP, SIGCONT, SIGTERM) to the running node.
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT, SIGTERM) to the running node; after SIGSTOP or
+    /// SIGCONT, returns once the node is stopped or running again.
     pub fn signal(&mut self, signal: Signal) {
         assert!(
             self.is_running(),
@@ -121,6 +122,13 @@ impl NodeProcess {
             self.node_id
         );
         nix::sys::signal::kill(self.pid(), signal).expect("send signal");
+        if matches!(signal, Signal::SIGSTOP | Signal::SIGCONT) {
+            ec_testkit::wait_stopped(
+                self.child.id(),
+                signal == Signal::SIGSTOP,
+                &format!("node {} after {signal}", self.node_id),
+            );
+        }
     }
 
     /// Whether the process has not been reaped yet (so its PID is still ours to signal).
@@ -141,18 +149,11 @@ impl Drop for NodeProcess {
         // When the owning test is failing, what the node was doing is often the missing clue
         // (its log lives in the test's temporary directory, gone after the test).
         if std::thread::panicking() {
-            // "T (stopped)" for a frozen node, from /proc where there is one.
-            let state = if self.is_running() {
-                std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find(|l| l.starts_with("State:"))
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or_else(|| "running".into())
-            } else {
-                "exited".into()
+            // T for a frozen node, from /proc where there is one.
+            let state = match self.is_running() {
+                true => ec_testkit::process_state(self.child.id())
+                    .map_or_else(|| "running".into(), |s| format!("state {s}")),
+                false => "exited".into(),
             };
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();

@@ -269,10 +269,19 @@ impl NodeProcess {
         let _ = self.child.wait();
     }
 
-    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the process.
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the process; after SIGSTOP or SIGCONT,
+    /// returns once it is stopped or running again.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        use nix::sys::signal::Signal;
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("send signal");
+        if matches!(signal, Signal::SIGSTOP | Signal::SIGCONT) {
+            ec_testkit::wait_stopped(
+                self.child.id(),
+                signal == Signal::SIGSTOP,
+                &format!("ec-node after {signal}"),
+            );
+        }
     }
 
     pub fn sigterm(&self) {
@@ -294,8 +303,12 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         // A stopped process still dies of SIGKILL; continue it anyway so nothing lingers.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        // Only while it is unreaped: a reaped child's PID may already be another process's,
+        // such as another test's frozen node.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        }
         self.kill9();
     }
 }
