@@ -65,7 +65,42 @@ impl NodeProcess {
         NodeProcess::spawn_as(data_dir, consul_url, node_id, Mode::Replicated)
     }
 
+    /// Spawns the child and waits until it has bound its ports. A port that was free when
+    /// picked can be taken before the child binds it (another process, or an outgoing
+    /// connection's local port); the child then exits with [`PORT_TAKEN_EXIT`], and the node
+    /// is spawned again on new ports.
     fn spawn_as(data_dir: &Path, consul_url: &str, node_id: &str, mode: Mode) -> NodeProcess {
+        for _ in 1..SPAWN_ATTEMPTS {
+            let mut node = NodeProcess::spawn_once(data_dir, consul_url, node_id, mode);
+            if !node.port_was_taken() {
+                return node;
+            }
+            eprintln!(
+                "ec-testnode: a port of node {node_id} was taken before it could bind it; \
+                 starting it again on new ports"
+            );
+        }
+        NodeProcess::spawn_once(data_dir, consul_url, node_id, mode)
+    }
+
+    /// Whether the child exited because one of its ports was taken, after waiting until it
+    /// either bound them (or exited for any other reason) or [`crate::DEADLINE`] passed.
+    fn port_was_taken(&mut self) -> bool {
+        let deadline = std::time::Instant::now() + crate::DEADLINE;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code() == Some(PORT_TAKEN_EXIT);
+            }
+            if self.log().contains(LISTENING) {
+                return false;
+            }
+            // A blocking poll: spawning is synchronous, and binding takes milliseconds.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        false
+    }
+
+    fn spawn_once(data_dir: &Path, consul_url: &str, node_id: &str, mode: Mode) -> NodeProcess {
         let grpc_port = ec_testkit::free_port();
         let health_port = ec_testkit::free_port();
         let log_path = data_dir.with_extension(format!("{node_id}.{grpc_port}.log"));
@@ -173,6 +208,26 @@ impl Drop for NodeProcess {
     }
 }
 
+/// How many times [`NodeProcess`] starts a node whose port was taken before it gives up.
+const SPAWN_ATTEMPTS: usize = 5;
+/// The exit code of a node child whose port was taken.
+const PORT_TAKEN_EXIT: i32 = 75;
+/// What a node child prints once it has bound its ports.
+const LISTENING: &str = "ec-testnode: listening";
+
+/// Binds 127.0.0.1 on the port in the environment variable `var`; exits with
+/// [`PORT_TAKEN_EXIT`] if the port is in use, so that the parent starts the node again.
+async fn bind(var: &str) -> TcpListener {
+    match TcpListener::bind(("127.0.0.1", port(var))).await {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            println!("ec-testnode: the port in {var} is taken: {e}");
+            std::process::exit(PORT_TAKEN_EXIT);
+        }
+        Err(e) => panic!("cannot bind the port in {var}: {e}"),
+    }
+}
+
 /// The body of a [`NodeProcess`]: what the ignored entry test [`CHILD_TEST`] calls. In a child
 /// started by [`NodeProcess`], runs the node until killed or until stdin closes, and panics if
 /// the node stops by itself; anywhere else (someone running the ignored tests), returns at once.
@@ -184,12 +239,9 @@ pub async fn child_main() {
     };
     let node_id = node_id.to_string_lossy().into_owned();
     let data_dir = PathBuf::from(std::env::var_os(ENV_DATA_DIR).expect(ENV_DATA_DIR));
-    let grpc = TcpListener::bind(("127.0.0.1", port(ENV_GRPC_PORT)))
-        .await
-        .expect("bind grpc");
-    let health = TcpListener::bind(("127.0.0.1", port(ENV_HEALTH_PORT)))
-        .await
-        .expect("bind health");
+    let grpc = bind(ENV_GRPC_PORT).await;
+    let health = bind(ENV_HEALTH_PORT).await;
+    println!("{LISTENING}");
     let consul_url = std::env::var(ENV_CONSUL_URL).expect(ENV_CONSUL_URL);
     let mode = match std::env::var(ENV_MODE).as_deref() {
         Ok("standalone") => Mode::Standalone,
