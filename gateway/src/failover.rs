@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use ec_core::{DataId, NodeId};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::feed::HealthChange;
 use crate::promotion::{PromoteError, Promoter, Request};
@@ -111,10 +111,13 @@ pub(crate) async fn run(
             }
             failing.retain(|d, f| seen.get(d) == Some(&f.primary));
             for (data_id, primary) in seen {
-                failing.entry(data_id).or_insert(Failing {
-                    primary,
-                    since: now,
-                    tried: None,
+                failing.entry(data_id).or_insert_with_key(|data_id| {
+                    debug!(%data_id, %primary, "primary unusable; failover clock started");
+                    Failing {
+                        primary,
+                        since: now,
+                        tried: None,
+                    }
                 });
             }
         }
@@ -133,6 +136,7 @@ pub(crate) async fn run(
         for (data_id, primary) in due {
             if let Some(f) = failing.get_mut(&data_id) {
                 f.tried = Some(now);
+                debug!(%data_id, %primary, failing_ms = now.duration_since(f.since).as_millis() as u64, "promoting a replica");
             }
             let req = Request {
                 data_id: data_id.clone(),

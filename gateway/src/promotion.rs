@@ -29,7 +29,7 @@ use ec_client::ChannelCache;
 use ec_core::{DataId, NodeId};
 use ec_discovery::{EpochError, EpochStore, Mapping, MappingError, MappingStore};
 use ec_proto::StreamInfoRequest;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::proxy::node_client;
 use crate::routing::{NodeRoute, RoutingTable};
@@ -168,7 +168,9 @@ impl Promoter {
             .ok_or_else(|| PromoteError::NoMapping {
                 data_id: data_id.clone(),
             })?;
+        debug!(%data_id, mapping = %mapping.value(), "promotion: mapping read");
         let record = self.epochs.get(data_id).await?;
+        debug!(%data_id, epoch = ?record.as_ref().map(|r| r.epoch.0), "promotion: epoch record read");
         let routes: Vec<NodeRoute> = self.table.current().candidates(data_id).unwrap_or_default();
         let usable: Vec<NodeId> = mapping
             .nodes
@@ -199,6 +201,7 @@ impl Promoter {
                 None => warn!(%data_id, %node, "candidate has no route any more"),
             }
         }
+        debug!(%data_id, ?log_ends, "promotion: candidates' log ends");
         let decision = plan::decide(facts, ask, &log_ends)?;
         if let (Some(isr), Some(r)) = (&decision.in_sync, &record) {
             // Let the forced node claim: the node claims only from the in-sync set.
