@@ -365,7 +365,7 @@ async fn garbage_values_are_skipped_and_listed_as_problems() {
         .await
         .expect("put");
     let gateway = TestGateway::start(&consul.http_url(), &[]).await;
-    let mut gw = gateway.client().await;
+    let gw = gateway.client().await;
 
     let l = ec_testkit::wait_for("mappings loaded", DEADLINE, || {
         let mut gw = gw.clone();
@@ -392,7 +392,18 @@ async fn garbage_values_are_skipped_and_listed_as_problems() {
         );
     }
     assert!(l.problems.iter().all(|p| !p.reason.is_empty()));
-    let err = get_node(&mut gw, "dupes").await.expect_err("skipped");
-    assert_eq!(err.code(), Code::NotFound);
+    // ListMappings reads Consul; lookups wait for the routing table, UNAVAILABLE until it
+    // has loaded.
+    let err = ec_testkit::wait_for("a lookup answered from the loaded table", DEADLINE, || {
+        let mut gw = gw.clone();
+        async move {
+            get_node(&mut gw, "dupes")
+                .await
+                .err()
+                .filter(|e| e.code() != Code::Unavailable)
+        }
+    })
+    .await;
+    assert_eq!(err.code(), Code::NotFound, "skipped: {err:?}");
     gateway.stop().await.expect("clean stop");
 }
