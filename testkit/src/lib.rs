@@ -179,19 +179,32 @@ pub fn wait_stopped(pid: u32, stopped: bool, what: &str) {
 }
 
 fn wait_stopped_within(pid: u32, stopped: bool, what: &str, within: Duration) {
+    // Settled: the wanted state, or no /proc to read it from.
+    let settled = || process_state(pid).is_none_or(|s| (s == 'T') == stopped);
+    if poll_blocking(within, || settled().then_some(())).is_none()
+        && let Some(s) = process_state(pid)
+    {
+        panic!(
+            "{what}: process {pid} is still in state {s} {within:?} after the signal; \
+             something else is signalling it, or it is traced"
+        );
+    }
+}
+
+/// [`wait_for`] for synchronous callers: polls `f` every millisecond, blocking the thread,
+/// until it returns `Some(v)`; `None` once `within` has passed, for the caller to judge.
+/// For conditions that settle in microseconds to milliseconds (a signal taking hold, a
+/// child binding its ports), where a caller cannot await.
+pub fn poll_blocking<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = std::time::Instant::now() + within;
     loop {
-        let state = process_state(pid);
-        match state {
-            None => return,
-            Some(s) if (s == 'T') == stopped => return,
-            Some(s) if std::time::Instant::now() >= deadline => panic!(
-                "{what}: process {pid} is still in state {s} {within:?} after the signal; \
-                 something else is signalling it, or it is traced"
-            ),
-            // A blocking poll: the callers are synchronous, and this lasts microseconds.
-            Some(_) => std::thread::sleep(Duration::from_millis(1)),
+        if let Some(v) = f() {
+            return Some(v);
         }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

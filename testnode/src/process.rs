@@ -86,18 +86,13 @@ impl NodeProcess {
     /// Whether the child exited because one of its ports was taken, after waiting until it
     /// either bound them (or exited for any other reason) or [`crate::DEADLINE`] passed.
     fn port_was_taken(&mut self) -> bool {
-        let deadline = std::time::Instant::now() + crate::DEADLINE;
-        while std::time::Instant::now() < deadline {
+        ec_testkit::poll_blocking(crate::DEADLINE, || {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code() == Some(PORT_TAKEN_EXIT);
+                return Some(status.code() == Some(PORT_TAKEN_EXIT));
             }
-            if self.log().contains(LISTENING) {
-                return false;
-            }
-            // A blocking poll: spawning is synchronous, and binding takes milliseconds.
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        false
+            self.log().contains(LISTENING).then_some(false)
+        })
+        .unwrap_or(false)
     }
 
     fn spawn_once(data_dir: &Path, consul_url: &str, node_id: &str, mode: Mode) -> NodeProcess {
