@@ -212,6 +212,9 @@ pub async fn collect(
     Ok(out)
 }
 
+/// How many times [`NodeProcess::spawn_env`] starts a node whose port was taken.
+const SPAWN_ATTEMPTS: usize = 5;
+
 /// An `ec-node` child process with its own ports; killed when dropped.
 pub struct NodeProcess {
     pub child: Child,
@@ -227,7 +230,33 @@ impl NodeProcess {
     }
 
     /// Like [`NodeProcess::spawn`] with extra environment (configuration keys).
+    ///
+    /// Returns once the child listens on both its ports, or has exited (a test of a node
+    /// that refuses to start). Ports are picked free here and bound by the child a moment
+    /// later; should another process take one in between (an outgoing connection's local
+    /// port, say), the child exits saying the address is in use, and it is started again on
+    /// new ports, up to [`SPAWN_ATTEMPTS`] times.
     pub fn spawn_env(
+        data_dir: &Path,
+        consul_addr: &str,
+        node_id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
+        for _ in 1..SPAWN_ATTEMPTS {
+            let mut node = NodeProcess::spawn_once(data_dir, consul_addr, node_id, extra, env);
+            if !node.lost_a_port() {
+                return node;
+            }
+            eprintln!(
+                "ec-node {node_id}: a port was taken before it bound it; starting it again:\n{}",
+                node.log()
+            );
+        }
+        NodeProcess::spawn_once(data_dir, consul_addr, node_id, extra, env)
+    }
+
+    fn spawn_once(
         data_dir: &Path,
         consul_addr: &str,
         node_id: &str,
@@ -257,6 +286,29 @@ impl NodeProcess {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
             health_addr: SocketAddr::from(([127, 0, 0, 1], health_port)),
             log_path,
+        }
+    }
+
+    /// Waits until the child listens on both ports or exits; `true` if it exited because a
+    /// port was in use.
+    fn lost_a_port(&mut self) -> bool {
+        let listens = |addr: &SocketAddr| {
+            std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
+        };
+        let settled = ec_testkit::poll_blocking(DEADLINE, || match self.child.try_wait() {
+            Ok(Some(_)) | Err(_) => Some(true),
+            Ok(None) => (listens(&self.grpc_addr) && listens(&self.health_addr)).then_some(false),
+        });
+        match settled {
+            Some(true) => self.log().contains("Address already in use"),
+            Some(false) => false,
+            None => panic!(
+                "ec-node {} neither listens on {} and {} nor exits after {DEADLINE:?}; its log:\n{}",
+                self.log_path.display(),
+                self.grpc_addr,
+                self.health_addr,
+                self.log()
+            ),
         }
     }
 
