@@ -112,7 +112,7 @@ pub(crate) async fn run(
             failing.retain(|d, f| seen.get(d) == Some(&f.primary));
             for (data_id, primary) in seen {
                 failing.entry(data_id).or_insert_with_key(|data_id| {
-                    debug!(%data_id, %primary, "primary unusable; failover clock started");
+                    debug!(%data_id, %primary, holder, "primary unusable; failover clock started");
                     Failing {
                         primary,
                         since: now,

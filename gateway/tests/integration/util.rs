@@ -127,12 +127,13 @@ impl TestGateway {
 
 /// Sends the in-process gateway's `tracing` output to the test harness, which shows a test's
 /// share of it when that test fails (and all of it with `--nocapture`): a failover that did
-/// not happen then says which step it was waiting on. `RUST_LOG` overrides the filter.
+/// not happen then says which step it was waiting on, and whether this gateway held the
+/// failover lock (`ec_discovery`). `RUST_LOG` overrides the filter.
 fn capture_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "ec_gateway=debug,ec_client=debug".into()),
+                .unwrap_or_else(|_| "ec_gateway=debug,ec_client=debug,ec_discovery=debug".into()),
         )
         .with_ansi(false)
         .with_test_writer()
