@@ -65,15 +65,16 @@ pub(crate) async fn run(
     let mut was_holder = false;
     // The table is scanned only when it changed: a tick only moves the clocks of the
     // failures already known, so an idle gateway's cost does not grow with the table.
-    let mut rescan = true;
+    // Whether it changed is the generation's to say, not which branch woke the loop: every
+    // branch takes the current table (`borrow_and_update`), so a table published while a
+    // tick was handled wakes no `changed()` afterwards, and a scan keyed on that branch
+    // missed it: a primary lost in that moment was never failed over.
+    let mut scanned: Option<u64> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
-            r = tables.changed() => {
-                if r.is_err() { return }
-                rescan = true;
-            }
+            r = tables.changed() => if r.is_err() { return },
             r = lock.changed() => if r.is_err() { return },
         }
         let holder = *lock.borrow_and_update();
@@ -94,7 +95,8 @@ pub(crate) async fn run(
             continue;
         }
         let now = Instant::now();
-        if std::mem::take(&mut rescan) {
+        if scanned != Some(current.generation()) {
+            scanned = Some(current.generation());
             // Which primaries are unusable right now.
             let mut seen: HashMap<DataId, NodeId> = HashMap::new();
             let (views, _) = current.mappings();
