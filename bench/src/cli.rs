@@ -39,7 +39,8 @@ pub(crate) enum Command {
     /// End-to-end latency at a fixed rate, and time to first event when resuming at N/2.
     E2e(RunArgs),
     /// Route lookups: the SDK's route cache, GetNodeForData from the gateway's table, two
-    /// Consul calls per lookup (the seed's way), and an empty unary RPC (the floor).
+    /// Consul calls per lookup (the seed's way), and an empty unary RPC (the floor), served
+    /// both by tonic's default server and the way the gateway serves.
     Lookup(RunArgs),
     /// Streaming through the gateway versus directly from the node: replay throughput, the
     /// CPU the node, the gateway and the reader each spend per replayed event, and e2e
@@ -165,6 +166,10 @@ pub(crate) struct FloorServerArgs {
     /// Port to serve gRPC on (127.0.0.1).
     #[arg(long)]
     pub(crate) port: u16,
+    /// Serve the way `ec-gateway` does (ec-grpc: one thread per core, each holding its
+    /// connections whole) instead of with tonic's default server on a default runtime.
+    #[arg(long)]
+    pub(crate) per_thread: bool,
 }
 
 /// Flags of `failover`.

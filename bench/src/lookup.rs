@@ -11,12 +11,15 @@
 //! - `floor` (baseline): an empty unary RPC served by `ec-bench floor-server`, called over
 //!   the same connections in the same pattern as `GetNodeForData`: what any unary tonic call
 //!   costs here, so `gateway ÷ floor` says how much the lookup itself adds.
+//! - `floor-threads` (baseline): the same empty RPC served the way the gateway serves
+//!   (`floor-server --per-thread`). The goal holds `GetNodeForData` to the better of the two
+//!   floors.
 //! - `gateway-base` (baseline, only with `--lookup-base-gateway FILE`): `GetNodeForData` of
 //!   another gateway build against the same Consul, to compare two builds in one run.
 //!
 //! Every server is a separate process; the variants run one after the other, in reverse
-//! order every other trial. The goals: `sdk-cache ÷ consul-x2` ≥ 100 and `gateway ÷ floor`
-//! ≥ 0.85 (lookups/s).
+//! order every other trial. The goals: `sdk-cache ÷ consul-x2` ≥ 100 and `gateway` ≥ 0.85×
+//! the better of `floor` and `floor-threads` (lookups/s).
 //!
 //! Besides throughput and latency it records the server CPU spent per lookup: the gateway's
 //! own, against the seed gateway's plus the Consul agent's (which does half the work of the
@@ -49,13 +52,16 @@ const CALLERS_PER_CHANNEL: usize = 16;
 
 /// Variants measured against ours (the others are ours).
 pub(crate) fn is_baseline(variant: &str) -> bool {
-    matches!(variant, "consul-x2" | "floor" | "gateway-base")
+    matches!(
+        variant,
+        "consul-x2" | "floor" | "floor-threads" | "gateway-base"
+    )
 }
 
 /// One side's measurement.
 #[derive(Debug, Clone)]
 pub(crate) struct Lookup {
-    /// `sdk-cache`, `gateway`, `consul-x2`, `floor` or `gateway-base`.
+    /// `sdk-cache`, `gateway`, `consul-x2`, `floor`, `floor-threads` or `gateway-base`.
     pub(crate) variant: &'static str,
     pub(crate) rate: f64,
     pub(crate) latency: Percentiles,
@@ -167,13 +173,8 @@ pub(crate) async fn run(run: LookupRun<'_>) -> Result<Vec<Lookup>> {
     seed.wait_for_port(seed_addr, Duration::from_secs(30))
         .await?;
     cluster::wait_answers(&mut seed, seed_addr, &probe).await?;
-    let floor_addr = loopback(free_port());
-    let mut cmd = Command::new(&exe);
-    cmd.args(["floor-server", "--port", &floor_addr.port().to_string()]);
-    let mut floor = Spawned::spawn("floor-server", cmd, dir.path())?;
-    floor
-        .wait_for_port(floor_addr, Duration::from_secs(30))
-        .await?;
+    let (floor, floor_addr) = spawn_floor(&exe, &dir, false).await?;
+    let (floor_threads, floor_threads_addr) = spawn_floor(&exe, &dir, true).await?;
     let sdk = warm_sdk(gateway_addr).await?;
 
     let ids: Arc<Vec<String>> = Arc::new((0..DATA_IDS).map(|d| format!("bench-{d}")).collect());
@@ -193,6 +194,11 @@ pub(crate) async fn run(run: LookupRun<'_>) -> Result<Vec<Lookup>> {
             "floor",
             Target::Floor(floor_clients(floor_addr, run.callers).await?),
             vec![floor.pid()],
+        ),
+        (
+            "floor-threads",
+            Target::Floor(floor_clients(floor_threads_addr, run.callers).await?),
+            vec![floor_threads.pid()],
         ),
     ];
     if let Some((base, base_addr)) = &base {
@@ -219,8 +225,26 @@ pub(crate) async fn run(run: LookupRun<'_>) -> Result<Vec<Lookup>> {
             server_cpu_us: server_cpu_us.filter(|_| !pids.is_empty()),
         });
     }
-    drop((floor, seed, base, gateway, consul));
+    drop((floor, floor_threads, seed, base, gateway, consul));
     Ok(results)
+}
+
+/// Starts `ec-bench floor-server` (with `--per-thread` if `per_thread`) on a free port.
+async fn spawn_floor(exe: &Path, dir: &Workdir, per_thread: bool) -> Result<(Spawned, SocketAddr)> {
+    let addr = loopback(free_port());
+    let mut cmd = Command::new(exe);
+    cmd.args(["floor-server", "--port", &addr.port().to_string()]);
+    if per_thread {
+        cmd.arg("--per-thread");
+    }
+    let name = if per_thread {
+        "floor-server-threads"
+    } else {
+        "floor-server"
+    };
+    let mut floor = Spawned::spawn(name, cmd, dir.path())?;
+    floor.wait_for_port(addr, Duration::from_secs(30)).await?;
+    Ok((floor, addr))
 }
 
 /// An SDK client of the gateway at `addr` whose route cache holds every mapping.

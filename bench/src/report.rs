@@ -24,7 +24,7 @@ pub(crate) struct Record {
     /// primary-stop.
     pub(crate) scenario: String,
     /// ec, redis, jetstream, or a variant (lookup: sdk-cache, gateway, consul-x2, floor,
-    /// gateway-base; proxy: direct, proxy).
+    /// floor-threads, gateway-base; proxy: direct, proxy).
     pub(crate) system: String,
     /// True for the side ours is compared against.
     pub(crate) baseline: bool,
@@ -252,6 +252,7 @@ fn ratio_pairs<'a>(scenario: &str, ours: &[&'a str], peers: &[&'a str]) -> Vec<(
                     *pair,
                     ("sdk-cache", "consul-x2")
                         | ("gateway", "floor")
+                        | ("gateway", "floor-threads")
                         | ("gateway", "consul-x2")
                         | ("gateway", "gateway-base")
                 )
@@ -643,12 +644,14 @@ mod tests {
             lookup("gateway", 30_000.0),
             lookup("consul-x2", 4_000.0),
             lookup("floor", 32_000.0),
+            lookup("floor-threads", 40_000.0),
         ]);
         assert!(table.contains("sdk-cache÷consul-x2"), "{table}");
         assert!(table.contains("gateway÷floor"), "{table}");
+        assert!(table.contains("gateway÷floor-threads"), "{table}");
         assert!(!table.contains("sdk-cache÷floor"), "{table}");
         assert!(
-            table.contains("500.00×") && table.contains("0.94×"),
+            table.contains("500.00×") && table.contains("0.94×") && table.contains("0.75×"),
             "{table}"
         );
     }
