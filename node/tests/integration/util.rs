@@ -295,15 +295,17 @@ impl NodeProcess {
         let listens = |addr: &SocketAddr| {
             std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
         };
-        let settled = ec_testkit::poll_blocking(DEADLINE, || match self.child.try_wait() {
+        // `Some(true)`: it exited; `Some(false)`: it listens on both ports.
+        let exited = ec_testkit::poll_blocking(DEADLINE, || match self.child.try_wait() {
             Ok(Some(_)) | Err(_) => Some(true),
             Ok(None) => (listens(&self.grpc_addr) && listens(&self.health_addr)).then_some(false),
         });
-        match settled {
+        match exited {
             Some(true) => self.log().contains("Address already in use"),
             Some(false) => false,
             None => panic!(
-                "ec-node {} neither listens on {} and {} nor exits after {DEADLINE:?}; its log:\n{}",
+                "the ec-node child logging to {} neither listens on {} and {} nor exits \
+                 within {DEADLINE:?}; its log:\n{}",
                 self.log_path.display(),
                 self.grpc_addr,
                 self.health_addr,
