@@ -191,6 +191,47 @@ fn wait_stopped_within(pid: u32, stopped: bool, what: &str, within: Duration) {
     }
 }
 
+/// Sends `signal` to process `pid` (a test's own child, unreaped); after SIGSTOP or SIGCONT,
+/// returns once it took hold ([`wait_stopped`]), so a test never relies on a freeze or a thaw
+/// that is still on its way. `what` names the process in a failure.
+pub fn send_signal(pid: u32, signal: nix::sys::signal::Signal, what: &str) {
+    use nix::sys::signal::Signal;
+    let raw = i32::try_from(pid).expect("a PID fits in i32");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal)
+        .unwrap_or_else(|e| panic!("{what}: cannot send {signal} to process {pid}: {e}"));
+    if matches!(signal, Signal::SIGSTOP | Signal::SIGCONT) {
+        wait_stopped(
+            pid,
+            signal == Signal::SIGSTOP,
+            &format!("{what} after {signal}"),
+        );
+    }
+}
+
+/// How many times [`spawn_until_bound`] starts a child whose port was taken.
+const SPAWN_ATTEMPTS: usize = 5;
+
+/// Starts a child server whose ports the parent picked free ([`free_port`]) and the child
+/// binds a moment later. In between, another process or an outgoing connection's local port
+/// can take one; the child then exits. `spawn` starts the child on newly picked ports;
+/// `port_taken` waits until it has bound them or exited, and says whether it exited because
+/// a port was in use, in which case it is started again, up to [`SPAWN_ATTEMPTS`] times in
+/// all. `what` names the child in the output.
+pub fn spawn_until_bound<P>(
+    what: &str,
+    mut spawn: impl FnMut() -> P,
+    mut port_taken: impl FnMut(&mut P) -> bool,
+) -> P {
+    for _ in 1..SPAWN_ATTEMPTS {
+        let mut child = spawn();
+        if !port_taken(&mut child) {
+            return child;
+        }
+        eprintln!("{what}: a port was taken before it could bind it; starting it again");
+    }
+    spawn()
+}
+
 /// [`wait_for`] for synchronous callers: polls `f` every millisecond, blocking the thread,
 /// until it returns `Some(v)`; `None` once `within` has passed, for the caller to judge.
 /// For conditions that settle in microseconds to milliseconds (a signal taking hold, a
@@ -266,6 +307,30 @@ mod tests {
             TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
                 .unwrap_or_else(|e| panic!("port {port} was not free: {e}"));
         }
+    }
+
+    #[test]
+    fn spawn_until_bound_starts_again_while_a_port_was_taken() {
+        let mut started = 0;
+        let child = spawn_until_bound(
+            "child",
+            || {
+                started += 1;
+                started
+            },
+            |&mut n| n < 3,
+        );
+        assert_eq!(child, 3, "the third start bound its ports");
+        let mut started = 0;
+        let last = spawn_until_bound(
+            "child",
+            || {
+                started += 1;
+                started
+            },
+            |_| true,
+        );
+        assert_eq!(last, SPAWN_ATTEMPTS, "gives up after SPAWN_ATTEMPTS starts");
     }
 
     #[test]

@@ -70,17 +70,11 @@ impl NodeProcess {
     /// connection's local port); the child then exits with [`PORT_TAKEN_EXIT`], and the node
     /// is spawned again on new ports.
     fn spawn_as(data_dir: &Path, consul_url: &str, node_id: &str, mode: Mode) -> NodeProcess {
-        for _ in 1..SPAWN_ATTEMPTS {
-            let mut node = NodeProcess::spawn_once(data_dir, consul_url, node_id, mode);
-            if !node.port_was_taken() {
-                return node;
-            }
-            eprintln!(
-                "ec-testnode: a port of node {node_id} was taken before it could bind it; \
-                 starting it again on new ports"
-            );
-        }
-        NodeProcess::spawn_once(data_dir, consul_url, node_id, mode)
+        ec_testkit::spawn_until_bound(
+            &format!("ec-testnode: node {node_id}"),
+            || NodeProcess::spawn_once(data_dir, consul_url, node_id, mode),
+            NodeProcess::port_was_taken,
+        )
     }
 
     /// Whether the child exited because one of its ports was taken, after waiting until it
@@ -151,14 +145,7 @@ impl NodeProcess {
             "node {} has already exited; not sending {signal}",
             self.node_id
         );
-        nix::sys::signal::kill(self.pid(), signal).expect("send signal");
-        if matches!(signal, Signal::SIGSTOP | Signal::SIGCONT) {
-            ec_testkit::wait_stopped(
-                self.child.id(),
-                signal == Signal::SIGSTOP,
-                &format!("node {} after {signal}", self.node_id),
-            );
-        }
+        ec_testkit::send_signal(self.child.id(), signal, &format!("node {}", self.node_id));
     }
 
     /// Whether the process has not been reaped yet (so its PID is still ours to signal).
@@ -203,8 +190,6 @@ impl Drop for NodeProcess {
     }
 }
 
-/// How many times [`NodeProcess`] starts a node whose port was taken before it gives up.
-const SPAWN_ATTEMPTS: usize = 5;
 /// The exit code of a node child whose port was taken.
 const PORT_TAKEN_EXIT: i32 = 75;
 /// What a node child prints once it has bound its ports.

@@ -212,9 +212,6 @@ pub async fn collect(
     Ok(out)
 }
 
-/// How many times [`NodeProcess::spawn_env`] starts a node whose port was taken.
-const SPAWN_ATTEMPTS: usize = 5;
-
 /// An `ec-node` child process with its own ports; killed when dropped.
 pub struct NodeProcess {
     pub child: Child,
@@ -232,10 +229,9 @@ impl NodeProcess {
     /// Like [`NodeProcess::spawn`] with extra environment (configuration keys).
     ///
     /// Returns once the child listens on both its ports, or has exited (a test of a node
-    /// that refuses to start). Ports are picked free here and bound by the child a moment
-    /// later; should another process take one in between (an outgoing connection's local
-    /// port, say), the child exits saying the address is in use, and it is started again on
-    /// new ports, up to [`SPAWN_ATTEMPTS`] times.
+    /// that refuses to start). A node whose port was taken before it bound it (it exits
+    /// saying the address is in use) is started again on new ports
+    /// ([`ec_testkit::spawn_until_bound`]).
     pub fn spawn_env(
         data_dir: &Path,
         consul_addr: &str,
@@ -243,17 +239,11 @@ impl NodeProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> NodeProcess {
-        for _ in 1..SPAWN_ATTEMPTS {
-            let mut node = NodeProcess::spawn_once(data_dir, consul_addr, node_id, extra, env);
-            if !node.lost_a_port() {
-                return node;
-            }
-            eprintln!(
-                "ec-node {node_id}: a port was taken before it bound it; starting it again:\n{}",
-                node.log()
-            );
-        }
-        NodeProcess::spawn_once(data_dir, consul_addr, node_id, extra, env)
+        ec_testkit::spawn_until_bound(
+            &format!("ec-node {node_id}"),
+            || NodeProcess::spawn_once(data_dir, consul_addr, node_id, extra, env),
+            NodeProcess::lost_a_port,
+        )
     }
 
     fn spawn_once(
@@ -326,21 +316,11 @@ impl NodeProcess {
     /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the process; after SIGSTOP or SIGCONT,
     /// returns once it is stopped or running again.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        use nix::sys::signal::Signal;
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, signal).expect("send signal");
-        if matches!(signal, Signal::SIGSTOP | Signal::SIGCONT) {
-            ec_testkit::wait_stopped(
-                self.child.id(),
-                signal == Signal::SIGSTOP,
-                &format!("ec-node after {signal}"),
-            );
-        }
+        ec_testkit::send_signal(self.child.id(), signal, "ec-node");
     }
 
     pub fn sigterm(&self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+        self.signal(nix::sys::signal::Signal::SIGTERM);
     }
 
     /// Waits for the process to exit and returns its exit code.
