@@ -123,17 +123,46 @@ impl ChannelCache {
             .channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let thread = self
-            .settings
-            .per_thread
-            .then(|| std::thread::current().id());
-        let channels = channels.entry(thread).or_default();
+        let channels = channels.entry(self.cache_key()).or_default();
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
         let channel = self.endpoint(address)?.connect_lazy();
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
+    }
+
+    /// The channel to `address`, connected now: fails if `address` cannot be reached within
+    /// the connect timeout. The channel joins the cache, so later calls to the same address
+    /// through [`ChannelCache::get`] share its connection; if the cache already held one, that
+    /// one is kept and returned (this connection, made only to check, is closed).
+    pub async fn connect(&self, address: &str) -> Result<Channel, ClientError> {
+        let connected = self
+            .endpoint(address)?
+            .connect()
+            .await
+            .map_err(|transport| ClientError::Connect {
+                address: address.to_owned(),
+                transport,
+            })?;
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(channels
+            .entry(self.cache_key())
+            .or_default()
+            .entry(address.to_owned())
+            .or_insert(connected)
+            .clone())
+    }
+
+    /// Whose channels a call on this thread uses: this thread's when per thread, else
+    /// everyone's (`None`).
+    fn cache_key(&self) -> Option<ThreadId> {
+        self.settings
+            .per_thread
+            .then(|| std::thread::current().id())
     }
 
     /// Drops the channels to every address for which `keep` is false, so that a long-running

@@ -117,14 +117,9 @@ impl Client {
         address: &str,
         channels: ChannelCache,
     ) -> Result<Client, ClientError> {
-        let channel = channels
-            .endpoint(address)?
-            .connect()
-            .await
-            .map_err(|transport| ClientError::Connect {
-                address: address.to_owned(),
-                transport,
-            })?;
+        // One connection to the gateway for everything: the pushed routes, and in proxy mode
+        // every stream and publish (they take this channel from the cache).
+        let channel = channels.connect(address).await?;
         let resolver = GatewayResolver::new(channel.clone(), address).authorized_by(&channels);
         // Routes are pushed from now on; until the first snapshot, lookups ask the gateway.
         resolver.watch_routes();

@@ -236,6 +236,8 @@ impl Gateway for FakeGateway {
 struct GatewayThread {
     addr: SocketAddr,
     lookups: Arc<AtomicUsize>,
+    /// Connections accepted.
+    accepted: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -247,6 +249,8 @@ impl GatewayThread {
         let (stop, stopped) = oneshot::channel::<()>();
         let lookups = Arc::new(AtomicUsize::new(0));
         let counted = lookups.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let accepting = accepted.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async move {
@@ -258,7 +262,9 @@ impl GatewayThread {
                 let listener = TcpListener::from_std(listener).expect("tokio listener");
                 let server = tonic::transport::Server::builder()
                     .add_service(GatewayServer::new(gateway))
-                    .serve_with_incoming(TcpListenerStream::new(listener));
+                    .serve_with_incoming(TcpListenerStream::new(listener).inspect(move |_| {
+                        accepting.fetch_add(1, Ordering::SeqCst);
+                    }));
                 tokio::select! {
                     served = server => served.expect("fake gateway serves"),
                     _ = stopped => {}
@@ -269,6 +275,7 @@ impl GatewayThread {
         GatewayThread {
             addr,
             lookups,
+            accepted,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -391,6 +398,36 @@ async fn redirect_and_proxy_modes_read_and_write_through_the_gateway() {
         .expect_err("error");
     assert_eq!(err.code(), Code::NotFound, "{err}");
     assert!(s.next().await.is_none());
+}
+
+#[tokio::test]
+async fn a_proxy_mode_client_holds_one_connection_to_the_gateway() {
+    let node = TestNode::start(NO_CONSUL, "node1").await;
+    let gw = start_gateway(vec![mapped(&node, true)]);
+    let client = Client::connect(&gw.addr.to_string())
+        .await
+        .expect("connect")
+        .with_mode(Mode::Proxy);
+
+    // A publish, a pipelined publisher and a subscription, all through the gateway.
+    client
+        .publish("orders", payloads("a", 2))
+        .await
+        .expect("proxy publish");
+    let publisher = client.publisher("orders", 4).await.expect("publisher");
+    let ack = publisher.send(payloads("b", 1)).await.expect("send");
+    assert_eq!(ack.await.expect("ack").first, Offset(2));
+    publisher.close().await.expect("clean close");
+    let got = read_n(
+        client.subscribe("orders", StreamOptions::from_start(Start::Earliest)),
+        3,
+    )
+    .await;
+    assert_eq!(got.iter().map(|e| e.1).collect::<Vec<_>>(), [0, 1, 2]);
+
+    // The connection made by `connect` (which also carries the pushed routes) is the one
+    // every call went over.
+    assert_eq!(gw.accepted.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
