@@ -28,11 +28,13 @@
 
 pub mod auth;
 mod limits;
+mod listen;
 mod metrics;
 mod server;
 mod tls;
 
 pub use limits::MessageLimitLayer;
+pub use listen::{LISTEN_BACKLOG, bind};
 pub use metrics::metrics_route;
 pub use server::{GrpcServer, Health, ServeError, ServeSettings, ServerTask};
 pub use tls::{TlsError, TlsFiles};

@@ -5,7 +5,6 @@
 use clap::Parser;
 use color_eyre::eyre::{Result, WrapErr};
 use ec_gateway::GatewaySettings;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod flags;
@@ -41,11 +40,11 @@ fn run() -> Result<()> {
         .wrap_err("cannot start the async runtime")?
         .block_on(async move {
             let addr = format!("{}:{}", config.gateway.host, config.gateway.port);
-            let listener = TcpListener::bind(&addr).await.wrap_err_with(|| {
+            let listener = ec_grpc::bind(&addr).await.wrap_err_with(|| {
                 format!("cannot listen for gRPC on {addr} (gateway.host, gateway.port); is another gateway using that port?")
             })?;
             let metrics_addr = format!("{}:{}", config.gateway.host, config.gateway.metrics_port);
-            let metrics = TcpListener::bind(&metrics_addr).await.wrap_err_with(|| {
+            let metrics = ec_grpc::bind(&metrics_addr).await.wrap_err_with(|| {
                 format!("cannot listen for HTTP metrics on {metrics_addr} (gateway.host, gateway.metrics.port); is another gateway using that port? choose another with --metrics-port")
             })?;
             let shutdown = CancellationToken::new();

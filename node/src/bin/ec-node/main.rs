@@ -5,7 +5,6 @@
 use clap::Parser;
 use color_eyre::eyre::{Result, WrapErr};
 use ec_node::{NodeSettings, ReplicationSettings};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod flags;
@@ -42,10 +41,10 @@ fn run() -> Result<()> {
         .block_on(async move {
             let grpc_addr = format!("{}:{}", config.node.host, config.node.port);
             let health_addr = format!("{}:{}", config.node.host, config.node.health_check.port);
-            let grpc = TcpListener::bind(&grpc_addr).await.wrap_err_with(|| {
+            let grpc = ec_grpc::bind(&grpc_addr).await.wrap_err_with(|| {
                 format!("cannot listen for gRPC on {grpc_addr} (node.host, node.port); is another node using that port?")
             })?;
-            let health = TcpListener::bind(&health_addr).await.wrap_err_with(|| {
+            let health = ec_grpc::bind(&health_addr).await.wrap_err_with(|| {
                 format!("cannot listen for health checks on {health_addr} (node.host, node.health_check.port)")
             })?;
             let shutdown = CancellationToken::new();
