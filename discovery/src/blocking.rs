@@ -27,6 +27,8 @@ pub struct QueryOptions {
     /// The longest Consul may hold the request (capped at [`MAX_WAIT`]; Consul's default is
     /// 5 minutes). Ignored without an index.
     pub wait: Option<Duration>,
+    /// Read through the leader once it has applied every committed write (`?consistent`).
+    pub consistent: bool,
 }
 
 impl QueryOptions {
@@ -35,11 +37,23 @@ impl QueryOptions {
         QueryOptions::default()
     }
 
+    /// A read that answers at once, through the leader once it has applied every committed
+    /// write (`?consistent`; until then Consul refuses it). A restarted Consul server answers
+    /// a plain read from the state it is still restoring: a watch read its KV prefix as
+    /// empty at index 1 a moment after the restart, and took every mapping for deleted.
+    pub fn consistent_now() -> Self {
+        QueryOptions {
+            consistent: true,
+            ..QueryOptions::default()
+        }
+    }
+
     /// A read that blocks until the index passes `index`, or `wait` has passed.
     pub fn blocking(index: u64, wait: Duration) -> Self {
         QueryOptions {
             index: Some(index),
             wait: Some(wait),
+            consistent: false,
         }
     }
 
@@ -122,6 +136,7 @@ mod tests {
         let q = QueryOptions {
             index: Some(3),
             wait: None,
+            consistent: false,
         };
         assert!(q.http_timeout() > Duration::from_secs(300 + 300 / 16));
     }
@@ -130,9 +145,11 @@ mod tests {
     fn no_index_does_not_block() {
         for q in [
             QueryOptions::now(),
+            QueryOptions::consistent_now(),
             QueryOptions {
                 index: Some(0),
                 wait: Some(Duration::from_secs(60)),
+                consistent: false,
             },
         ] {
             assert_eq!(q.blocking_index(), None);

@@ -123,6 +123,8 @@ pub(crate) enum Param {
     Index(u64),
     /// `wait=<ms>ms`.
     Wait(Duration),
+    /// `consistent` (no value).
+    Consistent,
 }
 
 impl ConsulClient {
@@ -249,6 +251,9 @@ impl ConsulClient {
         q: &QueryOptions,
     ) -> Result<Answer, DiscoveryError> {
         let mut params = extra.to_vec();
+        if q.consistent {
+            params.push(Param::Consistent);
+        }
         if let Some(index) = q.blocking_index() {
             params.push(Param::Index(index));
             if let Some(wait) = q.effective_wait() {
@@ -314,6 +319,7 @@ fn query_string(params: &[Param]) -> String {
             Param::Cas(i) => out.push_str(&format!("cas={i}")),
             Param::Index(i) => out.push_str(&format!("index={i}")),
             Param::Wait(w) => out.push_str(&format!("wait={}ms", w.as_millis().max(1))),
+            Param::Consistent => out.push_str("consistent"),
         }
     }
     out
@@ -437,6 +443,10 @@ mod tests {
     fn query_strings() {
         assert_eq!(query_string(&[]), "");
         assert_eq!(query_string(&[Param::Recurse]), "?recurse");
+        assert_eq!(
+            query_string(&[Param::Recurse, Param::Consistent]),
+            "?recurse&consistent"
+        );
         assert_eq!(
             query_string(&[
                 Param::Recurse,

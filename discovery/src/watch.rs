@@ -15,6 +15,9 @@
 //! - The index follows [`next_index`]: it resets to 0 (an immediate, full read) when it goes
 //!   backwards and after every failed query, so a restarted Consul, whose index may have
 //!   started again from a small number, is read at once instead of after a whole `wait`.
+//!   A full read is a consistent one ([`QueryOptions::consistent_now`]): a restarted server
+//!   answers a plain read from state it has not finished restoring, and an empty prefix
+//!   read there would have taken every mapping for deleted.
 //! - Errors are retried with jittered exponential backoff (100 ms .. 5 s), forever, until
 //!   `shutdown` is cancelled or every receiver is dropped; the task then ends and drops its
 //!   sender. A blocking query that answers at once with an unchanged index is not repeated
@@ -246,7 +249,9 @@ async fn run_watch<T, E, F, Fut, N>(
     let mut backoff = Backoff::new(ERROR_BACKOFF_MIN, ERROR_BACKOFF_MAX);
     loop {
         let q = if index == 0 {
-            QueryOptions::now()
+            // At the start, after an error and after the index went backwards: Consul may
+            // just have restarted, and only a consistent read waits for its restored state.
+            QueryOptions::consistent_now()
         } else {
             QueryOptions::blocking(index, wait)
         };
@@ -400,6 +405,8 @@ mod tests {
             Duration::from_secs(30),
             shutdown,
             move |q: QueryOptions| {
+                // Every full read (index 0) is a consistent one.
+                assert_eq!(q.consistent, q.index.unwrap_or(0) == 0, "{q:?}");
                 sent2.lock().expect("lock").push(q.index.unwrap_or(0));
                 let step = script.lock().expect("lock").pop_front();
                 async move {
