@@ -71,7 +71,7 @@ use super::record::{
     self, ChunkBuilder, EVENT_HEADER_LEN, EVENT_KEY_LEN, ProducerRecord, ProducerTag, StreamMeta,
 };
 use super::store::{Store, Stream, raised_hwm};
-use super::wal::{Puts, Space};
+use super::wal::{OpenPut, Puts, Space};
 use super::{Appended, CommitStats, LogError, StoredEvent, WriteAccess};
 
 /// A commit slower than this is logged (at debug) with the time of each stage.
@@ -383,7 +383,9 @@ fn commit_locked(
     requests: Vec<AppendRequest>,
 ) -> Answers {
     let locked = started.elapsed();
-    let mut plan = Plan::new(store);
+    // Room for the whole batch's puts up front: the buffer then never moves while it grows.
+    let room = requests.iter().map(|r| room_for(&r.events)).sum();
+    let mut plan = Plan::new(store, room);
     let replies: Vec<_> = requests
         .into_iter()
         .map(|request| {
@@ -468,9 +470,25 @@ struct Plan<'s> {
     copied_stats: Vec<(DataId, u64, u64)>,
 }
 
+/// Bytes of puts per event beyond its payload, at most: its length in a chunk and its
+/// header, then what a chunk of its own adds (an event of 64 KiB or more fills one): the
+/// put's keyspace, key length, key and value length, and the chunk's header.
+const PUT_ROOM_PER_EVENT: usize =
+    4 + record::EVENT_HEADER_V2_LEN + (1 + 4 + EVENT_KEY_LEN + 4) + record::CHUNK_HEADER_LEN;
+
+/// Bytes of puts per request beyond its events, enough in the common case: its stream's
+/// metadata, epoch start and producer record. A batch that needs more grows its buffer.
+const PUT_ROOM_PER_REQUEST: usize = 512;
+
+/// Bytes of puts a request of `events` needs in the common case (see
+/// [`PUT_ROOM_PER_REQUEST`]).
+fn room_for(events: &[Bytes]) -> usize {
+    let payloads: usize = events.iter().map(Bytes::len).sum();
+    payloads + events.len() * PUT_ROOM_PER_EVENT + PUT_ROOM_PER_REQUEST
+}
+
 /// A batch's writes, encoded once: the write-ahead log's record, which the applier turns
 /// into fjall's batch off the commit path.
-#[derive(Default)]
 struct Writes {
     puts: Puts,
 }
@@ -481,42 +499,42 @@ impl Writes {
     }
 
     /// Adds consecutive events of stream `number`, the first at offset `first`, as chunks
-    /// (see [`record`]: one key per run of events, not one per event).
+    /// (see [`record`]: one key per run of events, not one per event), each built in place
+    /// in the puts.
     fn put_events<'e>(
         &mut self,
         number: u64,
         first: u64,
         events: impl Iterator<Item = (i64, u64, Option<ProducerTag>, &'e [u8])>,
     ) {
-        let mut chunk = ChunkBuilder::new();
-        let mut start = first;
+        let mut open: Option<(OpenPut, ChunkBuilder)> = None;
         for (offset, (timestamp, epoch, producer, payload)) in (first..).zip(events) {
-            if !chunk.push(timestamp, epoch, producer, payload) {
+            let (_, chunk) = open.get_or_insert_with(|| {
+                let put = self
+                    .puts
+                    .open(Space::Events, &record::event_key(number, offset));
+                (put, ChunkBuilder::begin(self.puts.buf()))
+            });
+            if !chunk.push(self.puts.buf(), timestamp, epoch, producer, payload) {
                 // Too large for a chunk's length field: a value of its own.
-                self.put_chunk(
-                    number,
-                    start,
-                    std::mem::replace(&mut chunk, ChunkBuilder::new()),
-                );
+                self.close_chunk(open.take());
                 let value = record::encode_event(timestamp, epoch, producer, payload);
                 self.put(Space::Events, &record::event_key(number, offset), &value);
-                start = offset + 1;
-            } else if chunk.is_full() {
-                self.put_chunk(
-                    number,
-                    start,
-                    std::mem::replace(&mut chunk, ChunkBuilder::new()),
-                );
-                start = offset + 1;
+            } else if chunk.is_full(self.puts.buf()) {
+                self.close_chunk(open.take());
             }
         }
-        self.put_chunk(number, start, chunk);
+        self.close_chunk(open);
     }
 
-    fn put_chunk(&mut self, number: u64, first: u64, chunk: ChunkBuilder) {
-        if !chunk.is_empty() {
-            let key = record::event_key(number, first);
-            self.put(Space::Events, &key, &chunk.finish());
+    fn close_chunk(&mut self, open: Option<(OpenPut, ChunkBuilder)>) {
+        match open {
+            Some((put, chunk)) if chunk.is_empty() => self.puts.abandon(put),
+            Some((put, chunk)) => {
+                chunk.finish(self.puts.buf());
+                self.puts.close(put);
+            }
+            None => {}
         }
     }
 }
@@ -529,13 +547,16 @@ struct Sealed {
 }
 
 impl<'s> Plan<'s> {
-    fn new(store: &'s Store) -> Plan<'s> {
+    /// A plan whose puts have room for `room` bytes.
+    fn new(store: &'s Store, room: usize) -> Plan<'s> {
         Plan {
             store,
             now: TimestampMs::now().0,
             touched: HashMap::new(),
             created: HashMap::new(),
-            writes: Writes::default(),
+            writes: Writes {
+                puts: Puts::with_capacity(room),
+            },
             copied_stats: Vec::new(),
         }
     }
@@ -703,13 +724,13 @@ impl<'s> Plan<'s> {
 fn write_and_sync(
     store: &Store,
     applier: &Queue,
-    writes: Writes,
+    mut writes: Writes,
     touched: &mut HashMap<u64, Touched>,
     copied: Vec<(DataId, u64, u64)>,
 ) {
     let started = Instant::now();
     let sync = store.batch_durability == PersistMode::SyncData;
-    if let Err(e) = store.wal().append(&writes.puts, sync) {
+    if let Err(e) = store.wal().append(&mut writes.puts, sync) {
         fatal("writing a batch to the write-ahead log", &e.into());
     }
     let logged = started.elapsed();
@@ -983,6 +1004,50 @@ fn sync_if_dirty(unsynced: &AtomicBool, persist: impl FnOnce() -> fjall::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Events built in place in the puts read back as published, chunked by count and by
+    /// bytes, and never outgrow the room reserved for them (the buffer does not move).
+    #[test]
+    fn events_are_chunked_in_place_within_the_reserved_room() {
+        let tag = ProducerTag { id: 3, sequence: 9 };
+        // (events, payload bytes, chunks): 10-byte events fill chunks by count (1,024), 100-byte
+        // ones by bytes (479 reach 64 KiB), and an event of 64 KiB or more fills one alone.
+        let shapes = [
+            (2_500, 10, 3),
+            (2_500, 100, 6),
+            (20, 70 * 1024, 20),
+            (1, 1 << 20, 1),
+            (1, 0, 1),
+        ];
+        for (count, size, chunks) in shapes {
+            let events: Vec<Bytes> = (0..count)
+                .map(|i| Bytes::from(vec![i as u8; size]))
+                .collect();
+            let mut writes = Writes {
+                puts: Puts::with_capacity(room_for(&events)),
+            };
+            writes.put(Space::Meta, b"before", b"the events");
+            let capacity = writes.puts.capacity();
+            writes.put_events(7, 40, events.iter().map(|e| (5, 2, Some(tag), &e[..])));
+            assert_eq!(writes.puts.capacity(), capacity, "{count} x {size} B grew");
+
+            let puts = super::super::wal::decode_puts(writes.puts.as_bytes()).expect("puts");
+            assert_eq!(puts[0], (Space::Meta, &b"before"[..], &b"the events"[..]));
+            let mut read = Vec::new();
+            for (space, key, value) in &puts[1..] {
+                assert_eq!(*space, Space::Events);
+                let (stream, first) = record::decode_event_key(key).expect("key");
+                assert_eq!((stream, first), (7, 40 + read.len() as u64));
+                for e in record::decode_chunk(first, value).expect("chunk") {
+                    assert_eq!(e.offset, 40 + read.len() as u64);
+                    assert_eq!((e.header.timestamp, e.header.producer), (5, Some(tag)));
+                    read.push(value[e.payload].to_vec());
+                }
+            }
+            assert_eq!(read, events, "{count} x {size} B");
+            assert_eq!(puts.len() - 1, chunks, "{count} x {size} B");
+        }
+    }
 
     #[test]
     fn journal_files_are_synced_and_nothing_else() {

@@ -41,7 +41,7 @@ pub(super) const EVENT_KEY_LEN: usize = 16;
 pub(super) const EVENT_HEADER_LEN: usize = 1 + 8 + 8;
 
 /// Length of the header of an event that belongs to a producer batch (format 2).
-const EVENT_HEADER_V2_LEN: usize = EVENT_HEADER_LEN + 8 + 8;
+pub(super) const EVENT_HEADER_V2_LEN: usize = EVENT_HEADER_LEN + 8 + 8;
 
 /// Version byte of an event value without producer.
 const EVENT_FORMAT: u8 = 1;
@@ -53,7 +53,7 @@ const EVENT_FORMAT_PRODUCER: u8 = 2;
 const CHUNK_FORMAT: u8 = 3;
 
 /// Length of a chunk's header: format and event count (u32 BE).
-const CHUNK_HEADER_LEN: usize = 1 + 4;
+pub(super) const CHUNK_HEADER_LEN: usize = 1 + 4;
 
 /// A chunk takes no more events once its value is this large ...
 const CHUNK_MAX_BYTES: usize = 64 * 1024;
@@ -254,23 +254,27 @@ pub(super) fn decode_event_header(value: &[u8]) -> Result<EventHeader, RecordErr
     })
 }
 
-/// A chunk being built: consecutive events of one stream, in offset order.
+/// A chunk being built in place: consecutive events of one stream, in offset order, appended
+/// to the end of a buffer that the caller passes to every call (the write-ahead log's puts,
+/// so that each payload is copied once on the commit path). The chunk's value runs from
+/// where [`ChunkBuilder::begin`] found the buffer's end to the buffer's end.
 pub(super) struct ChunkBuilder {
-    value: Vec<u8>,
+    start: usize,
     count: u32,
 }
 
 impl ChunkBuilder {
-    pub(super) fn new() -> ChunkBuilder {
-        let mut value = Vec::with_capacity(1024);
-        value.push(CHUNK_FORMAT);
-        value.extend_from_slice(&0u32.to_be_bytes());
-        ChunkBuilder { value, count: 0 }
+    /// Starts a chunk at the end of `out`.
+    pub(super) fn begin(out: &mut Vec<u8>) -> ChunkBuilder {
+        let start = out.len();
+        out.push(CHUNK_FORMAT);
+        out.extend_from_slice(&0u32.to_be_bytes());
+        ChunkBuilder { start, count: 0 }
     }
 
     /// Whether the chunk should take no more events.
-    pub(super) fn is_full(&self) -> bool {
-        self.value.len() >= CHUNK_MAX_BYTES || self.count >= CHUNK_MAX_EVENTS
+    pub(super) fn is_full(&self, out: &[u8]) -> bool {
+        out.len() - self.start >= CHUNK_MAX_BYTES || self.count >= CHUNK_MAX_EVENTS
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -283,6 +287,7 @@ impl ChunkBuilder {
     #[must_use]
     pub(super) fn push(
         &mut self,
+        out: &mut Vec<u8>,
         timestamp: i64,
         epoch: u64,
         producer: Option<ProducerTag>,
@@ -292,16 +297,16 @@ impl ChunkBuilder {
         let Ok(len) = u32::try_from(header_len + payload.len()) else {
             return false;
         };
-        self.value.extend_from_slice(&len.to_be_bytes());
-        write_event(&mut self.value, timestamp, epoch, producer, payload);
+        out.extend_from_slice(&len.to_be_bytes());
+        write_event(out, timestamp, epoch, producer, payload);
         self.count += 1;
         true
     }
 
-    /// The chunk's value.
-    pub(super) fn finish(mut self) -> Vec<u8> {
-        self.value[1..CHUNK_HEADER_LEN].copy_from_slice(&self.count.to_be_bytes());
-        self.value
+    /// Ends the chunk: writes its event count into its header.
+    pub(super) fn finish(self, out: &mut [u8]) {
+        out[self.start + 1..self.start + CHUNK_HEADER_LEN]
+            .copy_from_slice(&self.count.to_be_bytes());
     }
 }
 
@@ -681,12 +686,16 @@ mod tests {
 
     fn sample_chunk() -> (Vec<u8>, ProducerTag) {
         let tag = ProducerTag { id: 9, sequence: 4 };
-        let mut chunk = ChunkBuilder::new();
+        // Built behind other bytes, as in a batch's puts.
+        let mut out = b"before".to_vec();
+        let mut chunk = ChunkBuilder::begin(&mut out);
         assert!(chunk.is_empty());
-        assert!(chunk.push(10, 1, None, b"first"));
-        assert!(chunk.push(11, 2, Some(tag), b""));
-        assert!(chunk.push(12, 2, Some(tag), b"third"));
-        (chunk.finish(), tag)
+        assert!(chunk.push(&mut out, 10, 1, None, b"first"));
+        assert!(chunk.push(&mut out, 11, 2, Some(tag), b""));
+        assert!(chunk.push(&mut out, 12, 2, Some(tag), b"third"));
+        chunk.finish(&mut out);
+        assert_eq!(&out[..6], b"before");
+        (out.split_off(6), tag)
     }
 
     #[test]
@@ -739,7 +748,9 @@ mod tests {
         let mut counted = value.clone();
         counted[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode_chunk(0, &counted).is_err());
-        assert!(decode_chunk(0, &ChunkBuilder::new().finish()).is_err());
+        let mut empty = Vec::new();
+        ChunkBuilder::begin(&mut empty).finish(&mut empty);
+        assert!(decode_chunk(0, &empty).is_err());
         // An event length running past the end.
         let mut overlong = value;
         overlong[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
@@ -758,14 +769,19 @@ mod tests {
 
     #[test]
     fn a_chunk_fills_by_count_or_bytes() {
-        let mut by_count = ChunkBuilder::new();
-        while !by_count.is_full() {
-            assert!(by_count.push(0, 0, None, b"x"));
+        let mut out = Vec::new();
+        let mut by_count = ChunkBuilder::begin(&mut out);
+        while !by_count.is_full(&out) {
+            assert!(by_count.push(&mut out, 0, 0, None, b"x"));
         }
-        assert_eq!(decode_chunk(0, &by_count.finish()).unwrap().len(), 1024);
-        let mut by_bytes = ChunkBuilder::new();
-        assert!(by_bytes.push(0, 0, None, &[7u8; 70 * 1024]));
-        assert!(by_bytes.is_full());
+        by_count.finish(&mut out);
+        assert_eq!(decode_chunk(0, &out).unwrap().len(), 1024);
+        // What lies before the chunk in the buffer does not count.
+        let mut out = vec![0u8; CHUNK_MAX_BYTES];
+        let mut by_bytes = ChunkBuilder::begin(&mut out);
+        assert!(!by_bytes.is_full(&out));
+        assert!(by_bytes.push(&mut out, 0, 0, None, &[7u8; 70 * 1024]));
+        assert!(by_bytes.is_full(&out));
     }
 
     #[test]

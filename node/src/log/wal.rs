@@ -83,20 +83,75 @@ impl Space {
     }
 }
 
-/// The puts of one batch, encoded as a `BATCH` payload.
-#[derive(Default)]
+/// The puts of one batch, encoded as a `BATCH` payload behind room for the record's header:
+/// [`Wal::append`] fills the header in and writes the buffer as it is, so a payload is not
+/// copied again to become a record.
 pub(super) struct Puts(Vec<u8>);
 
+impl Default for Puts {
+    fn default() -> Puts {
+        Puts::with_capacity(0)
+    }
+}
+
+/// Where an open put's value length goes ([`Puts::open`]).
+#[must_use]
+pub(super) struct OpenPut {
+    start: usize,
+    len_at: usize,
+}
+
 impl Puts {
+    /// Empty, with room for `bytes` of puts.
+    pub(super) fn with_capacity(bytes: usize) -> Puts {
+        let mut buf = Vec::with_capacity(HEADER + bytes);
+        buf.resize(HEADER, 0);
+        Puts(buf)
+    }
+
     /// The encoded payload, as [`decode_puts`] reads it.
     pub(super) fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.0[HEADER..]
     }
 
     pub(super) fn put(&mut self, space: Space, key: &[u8], value: &[u8]) {
+        let open = self.open(space, key);
+        self.0.extend_from_slice(value);
+        self.close(open);
+    }
+
+    /// Starts a put of `key` whose value the caller appends to [`Puts::buf`] (it is
+    /// everything appended until [`Puts::close`]).
+    pub(super) fn open(&mut self, space: Space, key: &[u8]) -> OpenPut {
+        let start = self.0.len();
         self.0.push(space as u8);
         push_slice(&mut self.0, key);
-        push_slice(&mut self.0, value);
+        let len_at = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        OpenPut { start, len_at }
+    }
+
+    /// Bytes the buffer holds without growing.
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    /// The buffer an open put's value is appended to.
+    pub(super) fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+
+    /// Ends an open put: its value is what was appended since [`Puts::open`].
+    pub(super) fn close(&mut self, open: OpenPut) {
+        let len = self.0.len() - open.len_at - 4;
+        // Keys and values are far below 4 GiB (events are capped well below it).
+        self.0[open.len_at..open.len_at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    }
+
+    /// Drops an open put, as if it had never been opened.
+    pub(super) fn abandon(&mut self, open: OpenPut) {
+        self.0.truncate(open.start);
     }
 }
 
@@ -140,15 +195,15 @@ fn checksum(parts: &[&[u8]]) -> u32 {
     hasher.digest() as u32
 }
 
-fn encode(seq: u64, kind: u8, payload: &[u8]) -> Vec<u8> {
+/// A record's header: payload length, checksum, sequence number, kind.
+fn header(seq: u64, kind: u8, payload: &[u8]) -> [u8; HEADER] {
     let seq_bytes = seq.to_le_bytes();
     let crc = checksum(&[&seq_bytes, &[kind], payload]);
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&seq_bytes);
-    out.push(kind);
-    out.extend_from_slice(payload);
+    let mut out = [0; HEADER];
+    out[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out[8..16].copy_from_slice(&seq_bytes);
+    out[16] = kind;
     out
 }
 
@@ -309,7 +364,7 @@ impl Wal {
             dirty: false,
             keeper: None,
         };
-        wal.write(CHECKPOINT, &[])?;
+        wal.write_checkpoint()?;
         wal.active.file.sync_data()?;
         Ok(wal)
     }
@@ -323,12 +378,14 @@ impl Wal {
     /// Writes a batch record, and fdatasyncs it if `sync` (`Always`; under `Interval` the
     /// syncer does, see [`Wal::unsynced_files`]), switching to the ready segment first when
     /// the record does not fit the active one (no fjall sync: see the module's invariants).
-    pub(super) fn append(&mut self, puts: &Puts, sync: bool) -> io::Result<()> {
-        let needed = (HEADER + puts.0.len()) as u64;
+    pub(super) fn append(&mut self, puts: &mut Puts, sync: bool) -> io::Result<()> {
+        let needed = puts.0.len() as u64;
         if self.pos + needed > self.active.len {
             self.switch(needed)?;
         }
-        self.write(BATCH, &puts.0)?;
+        let header = header(self.next_seq, BATCH, puts.as_bytes());
+        puts.0[..HEADER].copy_from_slice(&header);
+        self.write_record(&puts.0)?;
         self.dirty = true;
         if sync {
             self.active.file.sync_data()?;
@@ -357,13 +414,18 @@ impl Wal {
         if self.pos + HEADER as u64 > self.active.len {
             self.switch(HEADER as u64)?;
         }
-        self.write(CHECKPOINT, &[])?;
+        self.write_checkpoint()?;
         self.active.file.sync_data()
     }
 
-    fn write(&mut self, kind: u8, payload: &[u8]) -> io::Result<()> {
-        let record = encode(self.next_seq, kind, payload);
-        self.active.file.write_all_at(&record, self.pos)?;
+    /// Writes a checkpoint record (a header alone).
+    fn write_checkpoint(&mut self) -> io::Result<()> {
+        self.write_record(&header(self.next_seq, CHECKPOINT, &[]))
+    }
+
+    /// Writes a whole record, header included, at the end of the chain.
+    fn write_record(&mut self, record: &[u8]) -> io::Result<()> {
+        self.active.file.write_all_at(record, self.pos)?;
         self.pos += record.len() as u64;
         self.next_seq += 1;
         Ok(())
@@ -551,6 +613,26 @@ mod tests {
         p
     }
 
+    #[test]
+    fn a_put_written_in_place_reads_back_and_an_abandoned_one_leaves_nothing() {
+        let mut p = Puts::with_capacity(64);
+        p.put(Space::Meta, b"k1", b"v1");
+        let open = p.open(Space::Events, b"k2");
+        p.buf().extend_from_slice(b"in ");
+        p.buf().extend_from_slice(b"place");
+        p.close(open);
+        let dropped = p.open(Space::Epochs, b"k3");
+        p.buf().extend_from_slice(b"gone");
+        p.abandon(dropped);
+        assert_eq!(
+            decode_puts(p.as_bytes()).unwrap(),
+            vec![
+                (Space::Meta, &b"k1"[..], &b"v1"[..]),
+                (Space::Events, &b"k2"[..], &b"in place"[..]),
+            ]
+        );
+    }
+
     /// The tags of the batches recovery would replay.
     fn replayed(dir: &Path) -> Vec<u8> {
         recover(dir)
@@ -566,23 +648,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
-        wal.append(&batch(1), true).unwrap();
+        wal.append(&mut batch(1), true).unwrap();
         wal.checkpoint().unwrap();
-        wal.append(&batch(2), true).unwrap();
+        wal.append(&mut batch(2), true).unwrap();
         // Fill beyond one segment: the switch seals the first one and syncs nothing of
         // fjall's, so every batch since the checkpoint replays, across both segments.
         for n in 10..13 {
-            wal.append(&big(n), true).unwrap();
+            wal.append(&mut big(n), true).unwrap();
         }
         assert_eq!(wal.sealed(), 1, "the third big batch switches");
-        wal.append(&batch(3), true).unwrap();
+        wal.append(&mut batch(3), true).unwrap();
         drop(wal);
         assert_eq!(replayed(&wal_dir), [2, 10, 11, 12, 3]);
 
         // Restart: the replayed state is checkpointed, and the next restart replays only
         // what comes after it, even though the reused segments hold stale records.
         let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
-        wal.append(&batch(4), true).unwrap();
+        wal.append(&mut batch(4), true).unwrap();
         drop(wal);
         assert_eq!(replayed(&wal_dir), [4]);
     }
@@ -594,7 +676,7 @@ mod tests {
         let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
         // Two switches: the first uses the ready segment, the second creates its own.
         for n in 1..6 {
-            wal.append(&big(n), true).unwrap();
+            wal.append(&mut big(n), true).unwrap();
         }
         assert_eq!(wal.sealed(), 2);
         assert!(wal.ready.is_none());
@@ -623,7 +705,7 @@ mod tests {
         // The next switch goes to the recycled segment, whose stale records (tags 1 and 2)
         // never read as part of the chain.
         for n in 6..8 {
-            wal.append(&big(n), true).unwrap();
+            wal.append(&mut big(n), true).unwrap();
         }
         assert_eq!(wal.active.id, ready_id);
         assert_eq!(replayed(&wal_dir), [5, 6, 7]);
@@ -634,7 +716,7 @@ mod tests {
         let released = wal.release(0);
         let late = released.finish().unwrap().unwrap();
         for n in 8..10 {
-            wal.append(&big(n), true).unwrap();
+            wal.append(&mut big(n), true).unwrap();
         }
         assert!(wal.active.id > late.id);
         assert_eq!(replayed(&wal_dir), [5, 6, 7, 8, 9]);
@@ -652,10 +734,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         let mut wal = Wal::start(&wal_dir, recover(&wal_dir).unwrap()).unwrap();
-        wal.append(&batch(1), true).unwrap();
+        wal.append(&mut batch(1), true).unwrap();
         let torn_at = wal.pos;
-        wal.append(&batch(2), true).unwrap();
-        wal.append(&batch(3), true).unwrap();
+        wal.append(&mut batch(2), true).unwrap();
+        wal.append(&mut batch(3), true).unwrap();
         // Damage the second batch's payload: it and everything after it are not replayed.
         wal.active
             .file
