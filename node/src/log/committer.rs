@@ -383,7 +383,8 @@ fn commit_locked(
     requests: Vec<AppendRequest>,
 ) -> Answers {
     let locked = started.elapsed();
-    // Room for the whole batch's puts up front: the buffer then never moves while it grows.
+    // Room for the whole batch's puts up front: in the common case the buffer then does not
+    // grow (and move) while it is written.
     let room = requests.iter().map(|r| room_for(&r.events)).sum();
     let mut plan = Plan::new(store, room);
     let replies: Vec<_> = requests
@@ -1006,7 +1007,7 @@ mod tests {
     use super::*;
 
     /// Events built in place in the puts read back as published, chunked by count and by
-    /// bytes, and never outgrow the room reserved for them (the buffer does not move).
+    /// bytes, and do not outgrow the room reserved for them.
     #[test]
     fn events_are_chunked_in_place_within_the_reserved_room() {
         let tag = ProducerTag { id: 3, sequence: 9 };
