@@ -88,12 +88,6 @@ impl Space {
 /// copied again to become a record.
 pub(super) struct Puts(Vec<u8>);
 
-impl Default for Puts {
-    fn default() -> Puts {
-        Puts::with_capacity(0)
-    }
-}
-
 /// Where an open put's value length goes ([`Puts::open`]).
 #[must_use]
 pub(super) struct OpenPut {
@@ -596,7 +590,7 @@ mod tests {
     use super::*;
 
     fn batch(n: u8) -> Puts {
-        let mut p = Puts::default();
+        let mut p = Puts::with_capacity(0);
         p.put(Space::Events, &[n; 16], &[n; 100]);
         p.put(Space::Meta, &[n; 8], b"meta");
         p
@@ -604,7 +598,7 @@ mod tests {
 
     /// A batch a third of a segment long, tagged `n`: a segment holds two.
     fn big(n: u8) -> Puts {
-        let mut p = Puts::default();
+        let mut p = Puts::with_capacity(0);
         p.put(
             Space::Events,
             &[n; 16],
