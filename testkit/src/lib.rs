@@ -100,18 +100,42 @@ fn absolute(path: PathBuf) -> PathBuf {
 
 /// A port that is free on 127.0.0.1 right now, for both TCP and UDP.
 ///
-/// Found by binding port 0 and dropping the socket, so another process may still take it
+/// Checked by binding it and dropping the socket, so another process may still take it
 /// before the caller binds it; callers that spawn servers must cope (see
 /// [`ConsulAgent::start_dev`]). Within this process a port is never handed out twice.
+///
+/// Ports come from below the kernel's ephemeral range when there is room there (see
+/// [`fixed_ports`]). Why: a test that kills a server and starts it again on the same port
+/// (a Consul server, in the cluster tests) found the port taken for good: in between, some
+/// outgoing connection of the test process had been given it as its local port, which
+/// only happens inside the ephemeral range.
 pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
-    let loopback = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+    let fixed = fixed_ports();
+    // Where to start looking in the fixed range, different per process, so that test
+    // processes running at once rarely probe the same ports.
+    let seed = std::process::id() as usize
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize);
 
-    for _ in 0..1000 {
-        let listener = TcpListener::bind(loopback).unwrap_or_else(|e| {
-            panic!("cannot bind a TCP socket on 127.0.0.1: {e}; is the loopback interface up?")
-        });
+    for attempt in 0..1000usize {
+        let candidate = match &fixed {
+            Some(range) => {
+                let span = usize::from(range.end - range.start);
+                let offset = seed.wrapping_add(attempt.wrapping_mul(7919)) % span;
+                range.start + offset as u16
+            }
+            None => 0,
+        };
+        let Ok(listener) = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, candidate))
+        else {
+            if fixed.is_some() {
+                continue;
+            }
+            panic!("cannot bind a TCP socket on 127.0.0.1; is the loopback interface up?")
+        };
         let port = match listener.local_addr() {
             Ok(addr) => addr.port(),
             Err(_) => continue,
@@ -131,6 +155,17 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("found no free loopback port in 1000 tries; are too many sockets open on this machine?")
+}
+
+/// The ports [`free_port`] picks from: from 10000 up to the start of the kernel's ephemeral
+/// range (`/proc/sys/net/ipv4/ip_local_port_range`), which the kernel never hands to an
+/// outgoing connection; `None` (let the kernel pick) when that leaves fewer than 2,000
+/// ports or the range cannot be read.
+fn fixed_ports() -> Option<std::ops::Range<u16>> {
+    const LOW: u16 = 10_000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let ephemeral_start: u16 = range.split_whitespace().next()?.parse().ok()?;
+    (ephemeral_start >= LOW + 2_000).then_some(LOW..ephemeral_start)
 }
 
 /// Polls `f` every ~20 ms until it returns `Some(v)` and returns `v`.
@@ -299,8 +334,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn free_ports_are_distinct_and_bindable() {
+    fn free_ports_are_distinct_bindable_and_not_ephemeral() {
         let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        if let Some(fixed) = fixed_ports() {
+            for port in &ports {
+                assert!(fixed.contains(port), "port {port} is outside {fixed:?}");
+            }
+        }
         let distinct: HashSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
         for port in ports {
