@@ -113,8 +113,8 @@ pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
     let fixed = fixed_ports();
-    // Where to start looking in the fixed range, different per process, so that test
-    // processes running at once rarely probe the same ports.
+    // Where to start looking in the fixed range, different per call and per process, so
+    // that test processes running at once rarely probe the same ports.
     let seed = std::process::id() as usize
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -129,12 +129,13 @@ pub fn free_port() -> u16 {
             }
             None => 0,
         };
-        let Ok(listener) = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, candidate))
-        else {
-            if fixed.is_some() {
-                continue;
+        let listener = match TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, candidate)) {
+            Ok(listener) => listener,
+            // Taken: try the next one.
+            Err(_) if fixed.is_some() => continue,
+            Err(e) => {
+                panic!("cannot bind a TCP socket on 127.0.0.1: {e}; is the loopback interface up?")
             }
-            panic!("cannot bind a TCP socket on 127.0.0.1; is the loopback interface up?")
         };
         let port = match listener.local_addr() {
             Ok(addr) => addr.port(),
