@@ -121,14 +121,10 @@ pub fn free_port() -> u16 {
             .map_or(0, |d| d.subsec_nanos() as usize);
 
     for attempt in 0..1000usize {
-        let candidate = match &fixed {
-            Some(range) => {
-                let span = usize::from(range.end - range.start);
-                let offset = seed.wrapping_add(attempt.wrapping_mul(7919)) % span;
-                range.start + offset as u16
-            }
-            None => 0,
-        };
+        let candidate = fixed.as_ref().map_or(0, |range| {
+            let offset = seed.wrapping_add(attempt.wrapping_mul(7919)) % range.len();
+            range.start + offset as u16
+        });
         let listener = match TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, candidate)) {
             Ok(listener) => listener,
             // Taken: try the next one.
@@ -161,12 +157,17 @@ pub fn free_port() -> u16 {
 /// The ports [`free_port`] picks from: from 10000 up to the start of the kernel's ephemeral
 /// range (`/proc/sys/net/ipv4/ip_local_port_range`), which the kernel never hands to an
 /// outgoing connection; `None` (let the kernel pick) when that leaves fewer than 2,000
-/// ports or the range cannot be read.
+/// ports or the range cannot be read. Read once per process.
 fn fixed_ports() -> Option<std::ops::Range<u16>> {
-    const LOW: u16 = 10_000;
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let ephemeral_start: u16 = range.split_whitespace().next()?.parse().ok()?;
-    (ephemeral_start >= LOW + 2_000).then_some(LOW..ephemeral_start)
+    static FIXED: OnceLock<Option<std::ops::Range<u16>>> = OnceLock::new();
+    FIXED
+        .get_or_init(|| {
+            const LOW: u16 = 10_000;
+            let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+            let ephemeral_start: u16 = range.split_whitespace().next()?.parse().ok()?;
+            (ephemeral_start >= LOW + 2_000).then_some(LOW..ephemeral_start)
+        })
+        .clone()
 }
 
 /// Polls `f` every ~20 ms until it returns `Some(v)` and returns `v`.
