@@ -28,7 +28,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Every scenario, trials interleaving the systems, then the table.
     Suite(RunArgs),
-    /// The machine's floor: TCP loopback round trip and throughput, fsync latency, and how
+    /// The machine's floor: TCP loopback round trip (placed by the scheduler, and pinned to
+    /// two CPUs: the cost of waking another CPU) and throughput, fsync latency, and how
     /// often and how long a sleeping thread is held up past its wake-up (on the machines of
     /// BENCHMARKS.md, by another process's higher-priority thread).
     Floor(RunArgs),

@@ -1,6 +1,11 @@
 //! The machine's floor, measured in the same run as the systems: what no system can beat.
 //!
-//! - TCP loopback round trip: 1 byte back and forth, `TCP_NODELAY`, one thread per side.
+//! - TCP loopback round trip: 1 byte back and forth, `TCP_NODELAY`, one thread per side,
+//!   placed by the scheduler; and the same with each side pinned to a CPU of its own. The
+//!   scheduler often keeps the two sides on one CPU, where a wake-up is a context switch; a
+//!   hop between processes on different CPUs (the gateway's relay, say) must wake the other
+//!   CPU, which on a VM whose idle vCPUs halt is an exit to the host. The pinned figure is
+//!   that cost, so it ranks sittings where the placed one may not.
 //! - TCP loopback stream: 100-byte messages written in 64 KiB chunks, read as fast as possible.
 //! - write + fdatasync: append 100 bytes to a file in the temp dir (where every system keeps
 //!   its data) and sync it, one after another — the cost of one durable acknowledgement
@@ -16,6 +21,8 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
 
 use crate::procs::Workdir;
 use crate::stats::Samples;
@@ -25,6 +32,9 @@ use crate::stats::Samples;
 pub(crate) struct Floor {
     pub(crate) rtt_p50_us: f64,
     pub(crate) rtt_p99_us: f64,
+    /// The round trip p50 with the two sides pinned to different CPUs; `None` where the
+    /// process may run on one CPU only.
+    pub(crate) rtt_cross_p50_us: Option<f64>,
     pub(crate) tcp_mb_per_s: f64,
     pub(crate) fsync_p50_us: f64,
     pub(crate) fsync_p99_us: f64,
@@ -58,12 +68,17 @@ fn measure_blocking(quick: bool) -> Result<Floor> {
     } else {
         (20_000, 500 << 20, 1_000, Duration::from_secs(10))
     };
-    let rtt = tcp_round_trips(round_trips)?;
+    let rtt = tcp_round_trips(round_trips, None)?;
+    let rtt_cross = match two_cpus()? {
+        Some(cpus) => Some(tcp_round_trips(round_trips, Some(cpus))?.p50),
+        None => None,
+    };
     let mb_per_s = tcp_stream(stream_bytes)?;
     let fsync = write_fdatasync(syncs)?;
     Ok(Floor {
         rtt_p50_us: rtt.p50,
         rtt_p99_us: rtt.p99,
+        rtt_cross_p50_us: rtt_cross,
         tcp_mb_per_s: mb_per_s,
         fsync_p50_us: fsync.p50,
         fsync_p99_us: fsync.p99,
@@ -99,10 +114,29 @@ fn pauses(length: Duration) -> Pauses {
     }
 }
 
-fn tcp_round_trips(n: usize) -> Result<crate::stats::Percentiles> {
+/// The first two CPUs this process may run on, or `None` if it may run on only one.
+fn two_cpus() -> Result<Option<[usize; 2]>> {
+    let allowed = sched_getaffinity(Pid::from_raw(0)).wrap_err("cannot read the CPU affinity")?;
+    let mut cpus = (0..CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false));
+    Ok(cpus.next().zip(cpus.next()).map(|(a, b)| [a, b]))
+}
+
+/// Runs the calling thread on `cpu` only.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu).map_err(std::io::Error::other)?;
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(std::io::Error::other)
+}
+
+/// `n` round trips of one byte over loopback TCP, after a tenth as many to warm up; with
+/// `cpus`, the echoing side runs on the first and the timing side on the second.
+fn tcp_round_trips(n: usize, cpus: Option<[usize; 2]>) -> Result<crate::stats::Percentiles> {
     let listener = TcpListener::bind("127.0.0.1:0").wrap_err("cannot bind loopback")?;
     let addr = listener.local_addr()?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        if let Some([cpu, _]) = cpus {
+            pin_to(cpu)?;
+        }
         let (mut s, _) = listener.accept()?;
         s.set_nodelay(true)?;
         let mut b = [0u8; 1];
@@ -113,20 +147,30 @@ fn tcp_round_trips(n: usize) -> Result<crate::stats::Percentiles> {
             s.write_all(&b)?;
         }
     });
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    let mut samples = Samples::with_capacity(n);
-    let mut b = [1u8; 1];
-    for i in 0..n + n / 10 {
-        let t = Instant::now();
-        s.write_all(&b)?;
-        s.read_exact(&mut b)?;
-        // The first tenth warms up caches and the scheduler.
-        if i >= n / 10 {
-            samples.push(t.elapsed().as_nanos() as u64);
+    // A thread of its own, so that pinning it leaves the caller's affinity alone.
+    let timer = std::thread::spawn(move || -> std::io::Result<Samples> {
+        let pinned = cpus.map_or(Ok(()), |[_, cpu]| pin_to(cpu));
+        // Connected before a failed pin is returned, so that the echo thread's accept ends.
+        let mut s = TcpStream::connect(addr)?;
+        pinned?;
+        s.set_nodelay(true)?;
+        let mut samples = Samples::with_capacity(n);
+        let mut b = [1u8; 1];
+        for i in 0..n + n / 10 {
+            let t = Instant::now();
+            s.write_all(&b)?;
+            s.read_exact(&mut b)?;
+            // The first tenth warms up caches and the scheduler.
+            if i >= n / 10 {
+                samples.push(t.elapsed().as_nanos() as u64);
+            }
         }
-    }
-    drop(s);
+        Ok(samples)
+    });
+    let samples = timer
+        .join()
+        .map_err(|_| eyre!("timing thread panicked"))?
+        .wrap_err("timing thread failed")?;
     echo.join()
         .map_err(|_| eyre!("echo thread panicked"))?
         .wrap_err("echo thread failed")?;
@@ -196,5 +240,29 @@ mod tests {
         // and cannot exceed one pause per PAUSE of the probe's length.
         assert!(p.max_us >= NAP.as_secs_f64() * 1e6, "{p:?}");
         assert!(p.per_s >= 0.0 && p.per_s <= 1_000.0, "{p:?}");
+    }
+
+    #[test]
+    fn pinned_round_trips_run_on_the_cpus_asked_and_leave_the_caller_alone() {
+        let before = sched_getaffinity(Pid::from_raw(0)).expect("affinity");
+        let Some(cpus) = two_cpus().expect("affinity") else {
+            return; // one CPU allowed: nothing to pin apart
+        };
+        assert_ne!(cpus[0], cpus[1]);
+        let rtt = tcp_round_trips(200, Some(cpus)).expect("round trips");
+        assert!(rtt.p50 > 0.0 && rtt.p50 <= rtt.p99, "{rtt:?}");
+        assert_eq!(
+            sched_getaffinity(Pid::from_raw(0)).expect("affinity"),
+            before
+        );
+    }
+
+    #[test]
+    fn pinning_to_a_cpu_outside_the_set_fails_with_a_reason() {
+        let err = std::thread::spawn(|| pin_to(CpuSet::count()))
+            .join()
+            .expect("thread")
+            .expect_err("no such CPU");
+        assert!(!err.to_string().is_empty());
     }
 }

@@ -174,6 +174,7 @@ fn shown_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
         "floor" => &[
             ("tcp_rtt_p50_us", "TCP round trip p50 µs"),
             ("tcp_rtt_p99_us", "TCP round trip p99 µs"),
+            ("tcp_rtt_cross_p50_us", "TCP round trip, 2 CPUs, p50 µs"),
             ("tcp_mb_per_s", "TCP stream MB/s"),
             ("fsync_p50_us", "write+fdatasync p50 µs"),
             ("fsync_p99_us", "write+fdatasync p99 µs"),

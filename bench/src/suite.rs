@@ -194,6 +194,9 @@ pub(crate) async fn run(command: Command) -> Result<()> {
                     let mut r = record("floor", "machine", false, None, trial, idle);
                     r.metrics.insert("tcp_rtt_p50_us".into(), f.rtt_p50_us);
                     r.metrics.insert("tcp_rtt_p99_us".into(), f.rtt_p99_us);
+                    if let Some(cross) = f.rtt_cross_p50_us {
+                        r.metrics.insert("tcp_rtt_cross_p50_us".into(), cross);
+                    }
                     r.metrics.insert("tcp_mb_per_s".into(), f.tcp_mb_per_s);
                     r.metrics.insert("fsync_p50_us".into(), f.fsync_p50_us);
                     r.metrics.insert("fsync_p99_us".into(), f.fsync_p99_us);
