@@ -243,7 +243,26 @@ mod tests {
     }
 
     #[test]
-    fn pinned_round_trips_run_on_the_cpus_asked_and_leave_the_caller_alone() {
+    fn a_pinned_thread_runs_on_that_cpu_only() {
+        let Some([_, cpu]) = two_cpus().expect("affinity") else {
+            return; // one CPU allowed: nothing to pin apart
+        };
+        let (allowed, running_on) = std::thread::spawn(move || {
+            pin_to(cpu).expect("pin");
+            let allowed = sched_getaffinity(Pid::from_raw(0)).expect("affinity");
+            (allowed, nix::sched::sched_getcpu().expect("current CPU"))
+        })
+        .join()
+        .expect("thread");
+        let set: Vec<usize> = (0..CpuSet::count())
+            .filter(|&c| allowed.is_set(c).unwrap_or(false))
+            .collect();
+        assert_eq!(set, vec![cpu]);
+        assert_eq!(running_on, cpu);
+    }
+
+    #[test]
+    fn pinned_round_trips_are_timed_and_leave_the_caller_alone() {
         let before = sched_getaffinity(Pid::from_raw(0)).expect("affinity");
         let Some(cpus) = two_cpus().expect("affinity") else {
             return; // one CPU allowed: nothing to pin apart
