@@ -117,8 +117,13 @@ fn pauses(length: Duration) -> Pauses {
 /// The first two CPUs this process may run on, or `None` if it may run on only one.
 fn two_cpus() -> Result<Option<[usize; 2]>> {
     let allowed = sched_getaffinity(Pid::from_raw(0)).wrap_err("cannot read the CPU affinity")?;
-    let mut cpus = (0..CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false));
+    let mut cpus = cpus_in(&allowed);
     Ok(cpus.next().zip(cpus.next()).map(|(a, b)| [a, b]))
+}
+
+/// The CPUs in `set`, lowest first.
+fn cpus_in(set: &CpuSet) -> impl Iterator<Item = usize> + '_ {
+    (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false))
 }
 
 /// Runs the calling thread on `cpu` only.
@@ -254,10 +259,7 @@ mod tests {
         })
         .join()
         .expect("thread");
-        let set: Vec<usize> = (0..CpuSet::count())
-            .filter(|&c| allowed.is_set(c).unwrap_or(false))
-            .collect();
-        assert_eq!(set, vec![cpu]);
+        assert_eq!(cpus_in(&allowed).collect::<Vec<_>>(), vec![cpu]);
         assert_eq!(running_on, cpu);
     }
 
