@@ -286,9 +286,9 @@ async fn timed_publish(
     s: &Settings,
     r: &mut Record,
 ) -> Result<workload::Published> {
-    let body = Bytes::from(vec![b'x'; payload]);
+    let payloads = workload::Payloads::new(payload);
     let before = cpu_now(pid);
-    let done = workload::publish_window(publisher, events, window, batch, &body, s.publish_max)
+    let done = workload::publish_window(publisher, events, window, batch, &payloads, s.publish_max)
         .await
         .wrap_err("publish failed")?;
     let after = cpu_now(pid);
@@ -501,14 +501,14 @@ async fn replay_point(
     s: &Settings,
     r: &mut Record,
 ) -> Result<()> {
-    let body = Bytes::from(vec![b'x'; PAYLOAD]);
+    let payloads = workload::Payloads::new(PAYLOAD);
     let mut publisher = server.publisher().await?;
     let preload = workload::publish_window(
         publisher.as_mut(),
         size,
         s.in_flight,
         s.batch,
-        &body,
+        &payloads,
         s.publish_max,
     )
     .await

@@ -91,13 +91,13 @@ pub(crate) async fn run(r: ProxyRun<'_>) -> Result<Vec<ProxyResult>> {
         publisher: direct_node.publisher(DATA_ID, 1 << 16).await?,
         _client: direct_node.clone(),
     };
-    let payload = Bytes::from(vec![b'x'; r.payload]);
+    let payloads = workload::Payloads::new(r.payload);
     workload::publish_window(
         &mut publisher,
         r.events,
         r.window,
         r.batch,
-        &payload,
+        &payloads,
         Duration::from_secs(300),
     )
     .await

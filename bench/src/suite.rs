@@ -12,7 +12,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use color_eyre::eyre::{Result, WrapErr, bail};
 
 use crate::cli::{Command, KillTarget, Settings, SystemKind, Tier};
@@ -345,7 +344,7 @@ async fn system_trial(
         r.notes.push(server.describe());
         r
     };
-    let payload = Bytes::from(vec![b'x'; s.payload]);
+    let payloads = workload::Payloads::new(s.payload);
     let mut stored = 0;
     if scen.publish || scen.replay || scen.resume {
         let mut publisher = server.publisher().await?;
@@ -356,7 +355,7 @@ async fn system_trial(
             s.events,
             s.in_flight,
             s.batch,
-            &payload,
+            &payloads,
             s.publish_max,
         )
         .await

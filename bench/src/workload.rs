@@ -107,14 +107,69 @@ pub(crate) struct Published {
     pub(crate) capped: bool,
 }
 
-/// Publishes `n` copies of `payload` with at most `window` unacknowledged events, in
+/// Payloads of one size that nothing can compress: distinct pseudo-random bytes, taken in
+/// turn, enough of them that no compressor's 64 KiB window sees one twice (for payloads of
+/// 64 bytes or more; smaller ones repeat every 2,048 events).
+///
+/// Why: a system that compresses (ours: fjall's journal and deeper tables) would write
+/// almost nothing for a payload of one repeated byte, or for one payload repeated through
+/// a batch, while the peers store every byte. Application payloads are mostly serialized,
+/// compressed or encrypted data, so every system is given bytes that do not compress.
+#[derive(Clone)]
+pub(crate) struct Payloads {
+    pool: Arc<Vec<Bytes>>,
+}
+
+impl Payloads {
+    /// Room the pool covers at least, twice a compressor's usual window.
+    const SPAN: usize = 128 << 10;
+
+    pub(crate) fn new(size: usize) -> Payloads {
+        let count = Self::SPAN.div_ceil(size.max(1)).clamp(2, 2048);
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ size as u64;
+        let pool = (0..count)
+            .map(|_| {
+                let mut b = BytesMut::with_capacity(size);
+                while b.len() < size {
+                    let word = splitmix64(&mut state).to_le_bytes();
+                    let take = (size - b.len()).min(word.len());
+                    b.put_slice(&word[..take]);
+                }
+                b.freeze()
+            })
+            .collect();
+        Payloads {
+            pool: Arc::new(pool),
+        }
+    }
+
+    /// The payloads of `k` events, the `first`th of the run onward.
+    pub(crate) fn batch(&self, first: u64, k: usize) -> Vec<Bytes> {
+        let len = self.pool.len() as u64;
+        (0..k as u64)
+            .map(|i| self.pool[((first + i) % len) as usize].clone())
+            .collect()
+    }
+}
+
+/// The next value of the splitmix64 sequence (a fixed, fast, well-mixed pseudo-random
+/// sequence; not for anything secret).
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Publishes `n` events of `payloads` with at most `window` unacknowledged events, in
 /// batches of at most `batch`, stopping early (and saying so) after `max_time`.
 pub(crate) async fn publish_window(
     publisher: &mut dyn Publish,
     n: u64,
     window: usize,
     batch: usize,
-    payload: &Bytes,
+    payloads: &Payloads,
     max_time: Duration,
 ) -> Result<Published> {
     let mut acks = FuturesUnordered::new();
@@ -142,7 +197,7 @@ pub(crate) async fn publish_window(
             continue;
         }
         let k = (window - in_flight).min(batch).min((n - sent) as usize);
-        let ack = publisher.submit(vec![payload.clone(); k]).await?;
+        let ack = publisher.submit(payloads.batch(sent, k)).await?;
         acks.push(ack.map(move |r| (k, r)));
         in_flight += k;
         sent += k as u64;
@@ -548,12 +603,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn payloads_have_their_size_and_do_not_repeat_within_a_compressors_window() {
+        for size in [64, 100, 1024, 65_536, 1 << 20] {
+            let payloads = Payloads::new(size);
+            // As many events as span the pool twice over (at least two).
+            let span = (2 * Payloads::SPAN / size).max(2);
+            let batch = payloads.batch(0, span);
+            assert!(batch.iter().all(|b| b.len() == size), "size {size}");
+            // No 8-byte window of the bytes of the first 128 KiB of events repeats: a
+            // compressor finds nothing to refer back to.
+            let run: Vec<u8> = batch
+                .iter()
+                .flat_map(|b| b.iter().copied())
+                .take(Payloads::SPAN)
+                .collect();
+            let mut seen = std::collections::HashSet::new();
+            let repeats = run.windows(8).filter(|w| !seen.insert(*w)).count();
+            assert_eq!(repeats, 0, "size {size}: {repeats} repeated 8-byte runs");
+        }
+        // The same run of payloads every time, so that runs compare.
+        assert_eq!(
+            Payloads::new(100).batch(5, 3),
+            Payloads::new(100).batch(5, 3)
+        );
+    }
+
     #[tokio::test]
     async fn window_publishes_everything_and_replay_counts_it() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut p = Loop { tx };
-        let payload = Bytes::from_static(&[7; 100]);
-        let done = publish_window(&mut p, 1000, 256, 64, &payload, Duration::from_secs(30))
+        let payloads = Payloads::new(100);
+        let done = publish_window(&mut p, 1000, 256, 64, &payloads, Duration::from_secs(30))
             .await
             .expect("publish");
         assert_eq!(done.events, 1000);
@@ -658,8 +739,8 @@ mod tests {
             pubs.push(Box::new(Loop { tx }));
         }
         let mut rr = RoundRobin::new(pubs).expect("publishers");
-        let payload = Bytes::from_static(&[1; 10]);
-        let done = publish_window(&mut rr, 70, 100, 10, &payload, Duration::from_secs(30))
+        let payloads = Payloads::new(10);
+        let done = publish_window(&mut rr, 70, 100, 10, &payloads, Duration::from_secs(30))
             .await
             .expect("publish");
         assert_eq!(done.events, 70);
