@@ -1818,3 +1818,32 @@ async fn an_always_log_never_commits_inline() {
     assert_eq!((inline, log.commit_count()), (0, 5));
     log.close().await.unwrap();
 }
+
+/// fjall's journal repeats the write-ahead log, so it is written uncompressed: a value that
+/// lz4 would shrink to almost nothing is found in it byte for byte.
+#[tokio::test]
+async fn fjall_journal_holds_events_uncompressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let pattern = b"event-catcher ";
+    let payload: Vec<u8> = pattern.iter().copied().cycle().take(8 << 10).collect();
+    log.append(&id("a"), vec![Bytes::from(payload.clone())], true)
+        .await
+        .unwrap();
+    log.inner.store.applied.drain();
+
+    let mut journals = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jnl") {
+            journals.push(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(!journals.is_empty(), "no journal file in {:?}", dir.path());
+    let found = journals.iter().any(|bytes| {
+        (0..bytes.len().saturating_sub(payload.len()))
+            .filter(|&i| bytes[i..].starts_with(pattern))
+            .any(|i| bytes[i..].starts_with(&payload))
+    });
+    assert!(found, "the 8 KiB event is not in fjall's journal as it is");
+}
