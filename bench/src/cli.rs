@@ -472,7 +472,8 @@ pub(crate) struct RunArgs {
     /// Events to publish and replay (default 1,000,000; 50,000 with --quick).
     #[arg(long)]
     pub(crate) events: Option<u64>,
-    /// Payload bytes per event.
+    /// Payload bytes per event. Throughput scenarios publish pseudo-random bytes that no
+    /// system can compress, the same for every system.
     #[arg(long, default_value_t = 100)]
     pub(crate) payload: usize,
     /// Unacknowledged events allowed at once when publishing.

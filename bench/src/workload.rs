@@ -607,7 +607,7 @@ mod tests {
     fn payloads_have_their_size_and_do_not_repeat_within_a_compressors_window() {
         for size in [64, 100, 1024, 65_536, 1 << 20] {
             let payloads = Payloads::new(size);
-            // As many events as span the pool twice over (at least two).
+            // Events for 256 KiB of payload (at least two).
             let span = (2 * Payloads::SPAN / size).max(2);
             let batch = payloads.batch(0, span);
             assert!(batch.iter().all(|b| b.len() == size), "size {size}");
