@@ -26,6 +26,8 @@ use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 use crate::stats::{Percentiles, Samples};
 
@@ -115,9 +117,8 @@ pub(crate) struct Published {
 /// almost nothing for a payload of one repeated byte, or for one payload repeated through
 /// a batch, while the peers store every byte. Application payloads are mostly serialized,
 /// compressed or encrypted data, so every system is given bytes that do not compress.
-#[derive(Clone)]
 pub(crate) struct Payloads {
-    pool: Arc<Vec<Bytes>>,
+    pool: Vec<Bytes>,
 }
 
 impl Payloads {
@@ -126,21 +127,16 @@ impl Payloads {
 
     pub(crate) fn new(size: usize) -> Payloads {
         let count = Self::SPAN.div_ceil(size.max(1)).clamp(2, 2048);
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ size as u64;
+        // Seeded, so that every run and every system gets the same bytes.
+        let mut rng = StdRng::seed_from_u64(size as u64);
         let pool = (0..count)
             .map(|_| {
-                let mut b = BytesMut::with_capacity(size);
-                while b.len() < size {
-                    let word = splitmix64(&mut state).to_le_bytes();
-                    let take = (size - b.len()).min(word.len());
-                    b.put_slice(&word[..take]);
-                }
-                b.freeze()
+                let mut b = vec![0u8; size];
+                rng.fill_bytes(&mut b);
+                Bytes::from(b)
             })
             .collect();
-        Payloads {
-            pool: Arc::new(pool),
-        }
+        Payloads { pool }
     }
 
     /// The payloads of `k` events, the `first`th of the run onward.
@@ -150,16 +146,6 @@ impl Payloads {
             .map(|i| self.pool[((first + i) % len) as usize].clone())
             .collect()
     }
-}
-
-/// The next value of the splitmix64 sequence (a fixed, fast, well-mixed pseudo-random
-/// sequence; not for anything secret).
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Publishes `n` events of `payloads` with at most `window` unacknowledged events, in
