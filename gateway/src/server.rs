@@ -338,7 +338,7 @@ pub async fn run_with_metrics(
     let max_request = usize::try_from(settings.max_request_bytes).unwrap_or(usize::MAX);
     let failover = ec_proto::failover_server::FailoverServer::new(service.clone())
         .max_decoding_message_size(max_request);
-    let gateway = crate::passthrough::GatewayRoutes::new(service, max_request, MAX_MESSAGE_BYTES);
+    let gateway = crate::passthrough::routes(service, max_request, MAX_MESSAGE_BYTES);
     let grpc = ec_grpc::GrpcServer::new(ec_grpc::ServeSettings {
         max_message_bytes: max_request,
         tls: server_tls,

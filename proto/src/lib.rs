@@ -4,7 +4,8 @@
 //! one exception is the wire codec (`codec.rs`), which decides the status of a message that
 //! cannot be decoded, and its pass-through twin for `EventBatch` (`raw.rs`), which reads
 //! only the offsets and names out of a batch so that a proxy forwards the node's bytes (with
-//! gRPC's framing done by hand for that path, `frame.rs`), and its decoding twin for readers
+//! gRPC's framing done by hand for that path, `frame.rs`, and a method of a generated server
+//! answered with such framed messages, `route.rs`), and its decoding twin for readers
 //! (`batch.rs`), which builds the batch in one pass over them.
 //! `bytes` fields are generated as [`bytes::Bytes`](prost::bytes::Bytes) so that payloads are
 //! shared, not copied, between the log, the stream and the socket.
@@ -16,6 +17,7 @@ mod codec;
 pub mod contract;
 pub mod frame;
 pub mod raw;
+pub mod route;
 
 pub use codec::{StrictCodec, StrictDecoder};
 
