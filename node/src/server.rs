@@ -37,6 +37,8 @@ use crate::replication::{self, Replication, ReplicationSettings};
 const REGISTRATION_RECHECK: Duration = Duration::from_secs(2);
 /// How often the data IDs advertised in the registration's meta are refreshed.
 const META_REFRESH: Duration = Duration::from_secs(2);
+/// The `StreamBatches` path of `streaming.Node`, served with gRPC's framing done by hand.
+const STREAM_BATCHES_PATH: &str = "/streaming.Node/StreamBatches";
 
 /// Everything a node needs to run, resolved from the configuration.
 #[derive(Debug, Clone)]
@@ -355,9 +357,23 @@ async fn serve(
             .max(settings.max_event_bytes.saturating_add(64 << 10)),
     )
     .unwrap_or(usize::MAX);
-    let node_server = ec_proto::node_server::NodeServer::new(service)
+    let generated = ec_proto::node_server::NodeServer::new(service.clone())
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    // `StreamBatches` answers batches framed from the stored events, not prost's encoding of
+    // built messages (`grpc::stream::read_framed`): the same bytes on the wire, with a copy and
+    // an allocation per event less.
+    let service = std::sync::Arc::new(service);
+    let node_server = ec_proto::route::HandFramed::new(
+        generated,
+        STREAM_BATCHES_PATH,
+        std::sync::Arc::new(move |request| {
+            let service = service.clone();
+            Box::pin(async move { service.stream_batches_framed(request).await })
+        }),
+        max_message,
+        max_message,
+    );
     let grpc = ec_grpc::GrpcServer::new(ec_grpc::ServeSettings {
         max_message_bytes: max_message,
         tls: server_tls,

@@ -19,6 +19,7 @@ use std::time::Instant;
 use ec_core::Offset;
 use ec_core::auth::Action;
 use ec_proto::node_server::Node;
+use ec_proto::route::FramedStream;
 use ec_proto::{
     DataChunk, Event, EventBatch, ListStreamsRequest, ListStreamsResponse, PublishAck, PublishAcks,
     PublishRequest, PublishResponse, ReplicaMessage, ReplicaProgress, ReplicationMessage,
@@ -32,7 +33,7 @@ use tracing::{debug, warn};
 
 use super::convert::NotAcknowledged;
 use super::request::{AppendRequest, ReadRequest, parse_data_id};
-use super::stream::{produce, resolve_start};
+use super::stream::{ReadMessages, produce, read_framed, read_then, resolve_start};
 use crate::acknowledger::{Acknowledger, Outcome, Reply};
 use crate::auth::{Caller, Guard};
 use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats, WriteAccess};
@@ -74,34 +75,48 @@ impl NodeService {
         &self,
         req: &StreamRequest,
         channel: usize,
-        encode: impl FnMut(Vec<StoredEvent>) -> Vec<T> + Send + 'static,
+        read: ReadMessages<T>,
     ) -> Result<ResponseStream<T>, Status> {
-        let read = ReadRequest::try_from(req)?;
-        let start = resolve_start(&self.log, &read)?;
-        debug!(data_id = %read.data_id, %start, follow = read.follow, "stream opened");
+        let read_req = ReadRequest::try_from(req)?;
+        let start = resolve_start(&self.log, &read_req)?;
+        debug!(data_id = %read_req.data_id, %start, follow = read_req.follow, "stream opened");
         let (tx, rx) = mpsc::channel(channel);
         // Counts the reader while the producer (which owns the closure) runs.
         let (metrics, reader, data_id) = (
             self.metrics.clone(),
             self.metrics.reader(),
-            read.data_id.clone(),
+            read_req.data_id.clone(),
         );
-        let mut encode = encode;
-        let counted = move |events: Vec<StoredEvent>| {
+        let counted: ReadMessages<T> = Arc::new(move |log, id, from, want, hint| {
             let _open = &reader;
-            let bytes = events.iter().map(|e| e.data.len() as u64).sum();
-            metrics.read(&data_id, events.len() as u64, bytes);
-            encode(events)
-        };
+            let batch = read(log, id, from, want, hint)?;
+            metrics.read(&data_id, batch.events, batch.bytes);
+            Ok(batch)
+        });
         tokio::spawn(produce(
             self.log.clone(),
-            read,
+            read_req,
             start,
             tx,
             self.shutdown.clone(),
             counted,
         ));
         Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    /// `StreamBatches` as served (`server.rs` routes it here): each batch framed for the wire
+    /// and written straight from the stored events (`stream::read_framed`).
+    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    pub(crate) async fn stream_batches_framed(
+        &self,
+        req: Request<StreamRequest>,
+    ) -> Result<Response<FramedStream>, Status> {
+        let data_id = req.get_ref().data_id.clone();
+        self.guard
+            .check(&Caller::of(&req), Action::Read(&data_id))?;
+        let read = read_framed(data_id, self.node_id.clone());
+        let stream: FramedStream = self.open_read(req.get_ref(), 4, read)?;
+        Ok(Response::new(stream))
     }
 
     /// Checks and queues one publish; `acks` is what the call's metadata (or the node's
@@ -317,7 +332,7 @@ impl Node for NodeService {
         let data_id = req.get_ref().data_id.clone();
         self.guard
             .check(&Caller::of(&req), Action::Read(&data_id))?;
-        let stream = self.open_read(req.get_ref(), 256, move |events| {
+        let read = read_then(move |events| {
             events
                 .into_iter()
                 .map(|e| DataChunk {
@@ -327,10 +342,14 @@ impl Node for NodeService {
                     data_id: data_id.clone(),
                 })
                 .collect()
-        })?;
+        });
+        let stream = self.open_read(req.get_ref(), 256, read)?;
         Ok(Response::new(stream))
     }
 
+    /// The generated server's `StreamBatches`, which the served node does not reach
+    /// (`server.rs` routes the call to [`NodeService::stream_batches_framed`]): the same
+    /// messages, built and left to prost to encode.
     #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
     async fn stream_batches(
         &self,
@@ -340,14 +359,15 @@ impl Node for NodeService {
         self.guard
             .check(&Caller::of(&req), Action::Read(&data_id))?;
         let node_id = self.node_id.clone();
-        let stream = self.open_read(req.get_ref(), 4, move |events| {
+        let read = read_then(move |events| {
             vec![EventBatch {
                 data_id: data_id.clone(),
                 events: events.into_iter().map(to_event).collect(),
                 node_id: node_id.clone(),
                 serving_change: None,
             }]
-        })?;
+        });
+        let stream = self.open_read(req.get_ref(), 4, read)?;
         Ok(Response::new(stream))
     }
 

@@ -10,13 +10,17 @@
 //! were sent, when a non-following reader reaches the end, or when the node shuts down — an
 //! open stream that ignored shutdown would keep graceful shutdown from finishing.
 
-use ec_core::{DataId, Offset};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ec_core::{DataId, Offset, TimestampMs};
+use ec_proto::raw::BatchWriter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::request::{ReadRequest, StartPosition};
-use crate::log::{EventLog, LogError, StoredEvent};
+use crate::log::{EventLog, LogError, ReadSink, StoredEvent};
 
 /// Most events read from the log per batch.
 const BATCH_EVENTS: usize = 2048;
@@ -53,20 +57,105 @@ pub(crate) fn resolve_start(log: &EventLog, req: &ReadRequest) -> Result<Offset,
     }
 }
 
-/// Streams `req` from `start` into `tx`, turning each read batch into messages with `encode`.
+/// One batch a stream read: its messages, and the events and payload bytes they hold.
+pub(crate) struct ReadBatch<T> {
+    pub(crate) messages: Vec<T>,
+    /// Events read: offsets `from .. from + events`.
+    pub(crate) events: u64,
+    /// Payload bytes of those events.
+    pub(crate) bytes: u64,
+    /// The messages' encoded size, if known (0 if not): the next read's size hint.
+    pub(crate) encoded: usize,
+}
+
+/// How a stream reads one batch and turns it into messages: `(log, data ID, from, most
+/// events, size hint)`, where the hint is the encoded size of the stream's previous batch
+/// (0 for the first). Runs where [`read_hot_or_cold`] puts it; 0 events read means the
+/// readable end was reached.
+pub(crate) type ReadMessages<T> = Arc<
+    dyn Fn(&EventLog, &DataId, Offset, usize, usize) -> Result<ReadBatch<T>, LogError>
+        + Send
+        + Sync,
+>;
+
+/// A [`ReadMessages`] of messages made from read events by `encode` (one or more per
+/// batch).
+pub(crate) fn read_then<T: 'static>(
+    encode: impl Fn(Vec<StoredEvent>) -> Vec<T> + Send + Sync + 'static,
+) -> ReadMessages<T> {
+    Arc::new(move |log, data_id, from, want, _hint| {
+        let events = log.read(data_id, from, want, BATCH_BYTES)?;
+        let (count, bytes) = (
+            events.len() as u64,
+            events.iter().map(|e| e.data.len() as u64).sum(),
+        );
+        Ok(ReadBatch {
+            messages: if events.is_empty() {
+                Vec::new()
+            } else {
+                encode(events)
+            },
+            events: count,
+            bytes,
+            encoded: 0,
+        })
+    })
+}
+
+/// A [`ReadMessages`] of one framed `EventBatch` of `data_id` served by `node_id` per read,
+/// written straight from the stored events (`EventLog::read_into`): no `Event` values, and
+/// each payload copied once, into the message that goes to the socket.
+pub(crate) fn read_framed(data_id: String, node_id: String) -> ReadMessages<Bytes> {
+    Arc::new(move |log, id, from, want, hint| {
+        let mut sink = Framing {
+            writer: BatchWriter::new(&data_id, hint.max(MIN_BATCH_CAPACITY)),
+            bytes: 0,
+        };
+        let events = log.read_into(id, from, want, BATCH_BYTES, &mut sink)?;
+        let bytes = sink.bytes;
+        let messages = if events == 0 {
+            Vec::new()
+        } else {
+            vec![sink.writer.finish(&node_id)]
+        };
+        Ok(ReadBatch {
+            encoded: messages.iter().map(Bytes::len).sum(),
+            messages,
+            events: events as u64,
+            bytes,
+        })
+    })
+}
+
+/// Room a framed batch starts with at least (it grows as needed).
+const MIN_BATCH_CAPACITY: usize = 4 << 10;
+
+/// Writes what a read takes into one framed `EventBatch`.
+struct Framing {
+    writer: BatchWriter,
+    /// Payload bytes taken.
+    bytes: u64,
+}
+
+impl ReadSink for Framing {
+    fn take(&mut self, offset: Offset, timestamp: TimestampMs, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        self.writer.push(offset.0, timestamp.0, data);
+    }
+}
+
+/// Streams `req` from `start` into `tx`, one batch at a time read by `read`.
 ///
 /// Runs until the reader is done, gone, or `shutdown` is cancelled. Errors met mid-stream (the
 /// reader fell below retention, the log closed) are sent to the client as the last message.
-pub(crate) async fn produce<T, F>(
+pub(crate) async fn produce<T: Send + 'static>(
     log: EventLog,
     req: ReadRequest,
     start: Offset,
     tx: mpsc::Sender<Result<T, Status>>,
     shutdown: CancellationToken,
-    mut encode: F,
-) where
-    F: FnMut(Vec<StoredEvent>) -> Vec<T>,
-{
+    read: ReadMessages<T>,
+) {
     let mut end = match log.subscribe(&req.data_id) {
         Ok(rx) => rx,
         Err(e) => {
@@ -76,6 +165,7 @@ pub(crate) async fn produce<T, F>(
     };
     let mut next = start;
     let mut remaining = req.max_count.unwrap_or(u64::MAX);
+    let mut hint = 0;
     while remaining > 0 {
         let readable = *end.borrow_and_update();
         if next >= readable {
@@ -96,29 +186,31 @@ pub(crate) async fn produce<T, F>(
         // this task for the lowest tail latency. Older ranges may touch the disk.
         let hot = readable.0 - next.0 <= BATCH_EVENTS as u64;
         let read_started = std::time::Instant::now();
-        let read = read_hot_or_cold(&log, &req.data_id, hot, move |log, data_id| {
-            log.read(data_id, next, want, BATCH_BYTES)
+        let read = read.clone();
+        let batch = read_hot_or_cold(&log, &req.data_id, hot, move |log, data_id| {
+            read(log, data_id, next, want, hint)
         })
         .await;
         let took = read_started.elapsed();
         if took >= SLOW_READ {
             tracing::debug!(hot, took_us = took.as_micros() as u64, "slow read");
         }
-        let events = match read {
-            Ok(events) => events,
+        let batch = match batch {
+            Ok(batch) => batch,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
                 return;
             }
         };
-        let Some(last) = events.last() else {
+        if batch.events == 0 {
             // The readable end moved but the range is gone (trimmed at this instant); the
             // next read reports BelowRetention.
             continue;
-        };
-        next = last.offset.next();
-        remaining -= events.len() as u64;
-        for msg in encode(events) {
+        }
+        next = Offset(next.0 + batch.events);
+        remaining = remaining.saturating_sub(batch.events);
+        hint = batch.encoded;
+        for msg in batch.messages {
             tokio::select! {
                 sent = tx.send(Ok(msg)) => if sent.is_err() { return },
                 () = shutdown.cancelled() => return,
@@ -131,14 +223,15 @@ pub(crate) async fn produce<T, F>(
 /// committed and sits in memory, so this gives the lowest tail latency), else on the blocking
 /// pool (an older range may touch the disk, which would stall an async worker). Reader
 /// streams and replication sessions both read this way.
-pub(super) async fn read_hot_or_cold<F>(
+pub(super) async fn read_hot_or_cold<F, R>(
     log: &EventLog,
     data_id: &DataId,
     hot: bool,
     read: F,
-) -> Result<Vec<StoredEvent>, LogError>
+) -> Result<R, LogError>
 where
-    F: FnOnce(&EventLog, &DataId) -> Result<Vec<StoredEvent>, LogError> + Send + 'static,
+    F: FnOnce(&EventLog, &DataId) -> Result<R, LogError> + Send + 'static,
+    R: Send + 'static,
 {
     if hot {
         return read(log, data_id);

@@ -194,6 +194,14 @@ pub struct StoredEvent {
     pub data: Bytes,
 }
 
+/// Takes the events of [`EventLog::read_into`] one at a time, in offset order, each payload
+/// borrowed from where the log keeps it: a reader that encodes events for the wire copies
+/// each payload once, into its message.
+pub trait ReadSink {
+    /// One event read.
+    fn take(&mut self, offset: Offset, timestamp: TimestampMs, data: &[u8]);
+}
+
 /// An event copied from the primary, to be stored exactly as the primary stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopiedEvent {
@@ -661,6 +669,23 @@ impl EventLog {
         self.inner
             .store
             .read(&stream, from.0, max_events, max_bytes, Bound::Visible)
+    }
+
+    /// [`EventLog::read`] into `sink` instead of a vec: the same events, with their payloads
+    /// lent rather than copied; returns how many `sink` took (0 at or beyond the high
+    /// watermark).
+    pub fn read_into(
+        &self,
+        data_id: &DataId,
+        from: Offset,
+        max_events: usize,
+        max_bytes: usize,
+        sink: &mut impl ReadSink,
+    ) -> Result<usize, LogError> {
+        let stream = self.inner.store.existing(data_id)?;
+        self.inner
+            .store
+            .read_into(&stream, from.0, max_events, max_bytes, sink)
     }
 
     /// Like [`EventLog::read`] but up to the durable end: what a replica copies. Never hand

@@ -51,7 +51,7 @@ use tokio::sync::watch;
 use super::applier::{Pending, Progress};
 use super::record::{self, ProducerRecord, StreamMeta};
 use super::wal::{self, Space, Wal};
-use super::{EpochStart, LogError, StoredEvent, StreamStats, WriteAccess};
+use super::{EpochStart, LogError, ReadSink, StoredEvent, StreamStats, WriteAccess};
 
 /// Name of the keyspace holding every stream's events.
 const EVENTS_KEYSPACE: &str = "events";
@@ -639,6 +639,43 @@ impl Store {
         max_bytes: usize,
         bound: Bound,
     ) -> Result<Vec<StoredEvent>, LogError> {
+        let mut out = Vec::new();
+        self.read_with(stream, from, max_events, max_bytes, bound, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`Store::read`], handing each event to `sink` with its payload borrowed from
+    /// where it is stored; returns how many were taken (at least one).
+    pub(super) fn read_into(
+        &self,
+        stream: &Stream,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+        sink: &mut impl ReadSink,
+    ) -> Result<usize, LogError> {
+        let mut taker = Sinking(sink);
+        self.read_with(
+            stream,
+            from,
+            max_events,
+            max_bytes,
+            Bound::Visible,
+            &mut taker,
+        )
+    }
+
+    /// The read of [`Store::read`] and [`Store::read_into`]: the events go to `taker`, chunk
+    /// by chunk; returns how many were taken.
+    fn read_with(
+        &self,
+        stream: &Stream,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+        bound: Bound,
+        taker: &mut impl Taker,
+    ) -> Result<usize, LogError> {
         let meta = *stream.state();
         if from < meta.earliest {
             return Err(below_retention(stream, from, meta.earliest));
@@ -648,7 +685,7 @@ impl Store {
             Bound::Durable => meta.next,
         };
         if from >= limit {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let max_events = u64::try_from(max_events.max(1)).unwrap_or(u64::MAX);
         let end = limit.min(from.saturating_add(max_events));
@@ -656,7 +693,8 @@ impl Store {
         // the tail lets go of it (see `applier`).
         let (tail, tail_from) = stream.pending.read(from, end);
         let fjall_end = tail_from.max(from);
-        let mut out = Vec::with_capacity(usize::try_from(end - from).unwrap_or(0).min(4096));
+        taker.reserve(usize::try_from(end - from).unwrap_or(0).min(4096));
+        let mut taken = 0usize;
         let mut total = 0usize;
         let mut next = from;
         // Nothing to read from fjall when the tail holds it all (the common case for a reader
@@ -666,47 +704,48 @@ impl Store {
         } else {
             None
         };
-        'chunks: for chunk in below_tail.into_iter().flatten() {
+        for chunk in below_tail.into_iter().flatten() {
             let chunk = chunk?;
-            // One copy per chunk, shared by its events: holding fjall's slice would pin a
-            // whole cached block.
-            let value = Bytes::copy_from_slice(&chunk.value);
-            for e in &chunk.events {
-                if e.offset < next {
-                    continue;
-                }
+            let skip = chunk.events.iter().take_while(|e| e.offset < next).count();
+            let mut stop = false;
+            let mut take = 0;
+            for e in &chunk.events[skip..] {
                 if e.offset != next || next >= fjall_end {
                     // Retention removed events under our feet (the scan is a snapshot, so
                     // the whole trimmed range is missing at once): stop, and report if
                     // nothing usable was read.
-                    break 'chunks;
+                    stop = true;
+                    break;
                 }
                 let len = e.payload.len();
-                if !out.is_empty() && total + len > max_bytes {
-                    break 'chunks;
+                if taken + take > 0 && total + len > max_bytes {
+                    stop = true;
+                    break;
                 }
                 total += len;
-                out.push(StoredEvent {
-                    offset: Offset(e.offset),
-                    timestamp: TimestampMs(e.header.timestamp),
-                    epoch: Epoch(e.header.epoch),
-                    producer: e.header.producer,
-                    data: value.slice(e.payload.clone()),
-                });
+                take += 1;
                 next += 1;
+            }
+            if take > 0 {
+                taker.chunk(&chunk.value, &chunk.events[skip..skip + take]);
+                taken += take;
+            }
+            if stop {
+                break;
             }
         }
         // The tail continues only a read that got all the way to it.
         if next == fjall_end {
             for event in tail {
-                if !out.is_empty() && total + event.data.len() > max_bytes {
+                if taken > 0 && total + event.data.len() > max_bytes {
                     break;
                 }
                 total += event.data.len();
-                out.push(event);
+                taker.pending(event);
+                taken += 1;
             }
         }
-        if out.is_empty() {
+        if taken == 0 {
             let earliest = stream.state().earliest;
             if from < earliest {
                 return Err(below_retention(stream, from, earliest));
@@ -716,7 +755,7 @@ impl Store {
                 offset: Offset(from),
             });
         }
-        Ok(out)
+        Ok(taken)
     }
 
     /// Timestamp of event `offset` of `stream`, or `None` if it is not stored (trimmed).
@@ -802,6 +841,58 @@ impl Store {
             }
         }
         Ok(lo)
+    }
+}
+
+/// Where [`Store::read_with`] puts the events it takes, in offset order.
+trait Taker {
+    /// Room for about `events` more.
+    fn reserve(&mut self, events: usize);
+    /// Events of one chunk read from fjall, each with its payload at `value[e.payload]`.
+    fn chunk(&mut self, value: &[u8], events: &[record::ChunkEvent]);
+    /// An event of the pending tail.
+    fn pending(&mut self, event: StoredEvent);
+}
+
+impl Taker for Vec<StoredEvent> {
+    fn reserve(&mut self, events: usize) {
+        Vec::reserve(self, events);
+    }
+
+    fn chunk(&mut self, value: &[u8], events: &[record::ChunkEvent]) {
+        // One copy per chunk, shared by its events: holding fjall's slice would pin a whole
+        // cached block.
+        let value = Bytes::copy_from_slice(value);
+        self.extend(events.iter().map(|e| StoredEvent {
+            offset: Offset(e.offset),
+            timestamp: TimestampMs(e.header.timestamp),
+            epoch: Epoch(e.header.epoch),
+            producer: e.header.producer,
+            data: value.slice(e.payload.clone()),
+        }));
+    }
+
+    fn pending(&mut self, event: StoredEvent) {
+        self.push(event);
+    }
+}
+
+/// A [`ReadSink`] taking what [`Store::read_with`] reads, payloads borrowed.
+struct Sinking<'a, S>(&'a mut S);
+
+impl<S: ReadSink> Taker for Sinking<'_, S> {
+    fn reserve(&mut self, _events: usize) {}
+
+    fn chunk(&mut self, value: &[u8], events: &[record::ChunkEvent]) {
+        for e in events {
+            let data = value.get(e.payload.clone()).unwrap_or_default();
+            self.0
+                .take(Offset(e.offset), TimestampMs(e.header.timestamp), data);
+        }
+    }
+
+    fn pending(&mut self, event: StoredEvent) {
+        self.0.take(event.offset, event.timestamp, &event.data);
     }
 }
 

@@ -1600,6 +1600,35 @@ async fn batches_fjall_lost_are_rebuilt_from_the_write_ahead_log() {
     assert_eq!(log.stats(&a).unwrap().next, Offset(101));
 }
 
+/// `read_into` hands a sink the very events `read` returns, for every start and limit.
+fn lends_what_it_reads(log: &EventLog, data_id: &DataId) {
+    #[derive(Default)]
+    struct Lent(Vec<(Offset, TimestampMs, Vec<u8>)>);
+    impl ReadSink for Lent {
+        fn take(&mut self, offset: Offset, timestamp: TimestampMs, data: &[u8]) {
+            self.0.push((offset, timestamp, data.to_vec()));
+        }
+    }
+    let end = log.stats(data_id).unwrap().high_watermark.0;
+    for from in 0..=end {
+        for (max_events, max_bytes) in [(100, usize::MAX), (2, usize::MAX), (100, 9), (1, 0)] {
+            let read = log
+                .read(data_id, Offset(from), max_events, max_bytes)
+                .unwrap();
+            let mut lent = Lent::default();
+            let taken = log
+                .read_into(data_id, Offset(from), max_events, max_bytes, &mut lent)
+                .unwrap();
+            let expected: Vec<_> = read
+                .iter()
+                .map(|e| (e.offset, e.timestamp, e.data.to_vec()))
+                .collect();
+            assert_eq!(lent.0, expected, "from {from}, {max_events}, {max_bytes}");
+            assert_eq!(taken, read.len());
+        }
+    }
+}
+
 // The applier: commits do not wait for fjall, readers take what fjall lacks from the tail.
 
 // The gate is held across appends on purpose: it blocks the applier thread, not this task.
@@ -1639,6 +1668,7 @@ async fn committed_events_are_served_while_fjall_has_not_got_them() {
         assert_eq!(payloads(&two), ["in fjall", "p1"]);
         let small = log.read(&a, Offset(0), 100, 9).unwrap();
         assert_eq!(payloads(&small), ["in fjall"]);
+        lends_what_it_reads(&log, &a);
         // Seeking by time finds events that only the tail holds (else it ends at 4).
         let at = read.iter().position(|e| e.timestamp >= second.timestamp);
         assert_eq!(
@@ -1650,6 +1680,7 @@ async fn committed_events_are_served_while_fjall_has_not_got_them() {
         // Once applied, the same reads come from fjall, and a writer that reads fjall
         // (truncation) sees every committed event.
         log.inner.store.applied.drain();
+        lends_what_it_reads(&log, &a);
         // What was acknowledged survives a reopen.
         let expected = ["in fjall", "p1", "p2", "p3"];
         holds_across_reopen(log, dir.path(), opts(), &a, &expected).await;
