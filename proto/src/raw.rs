@@ -355,11 +355,6 @@ impl BatchWriter {
         self.events == 0
     }
 
-    /// The message so far with its gRPC prefix, in bytes.
-    pub fn framed_len(&self) -> usize {
-        self.out.len()
-    }
-
     /// The framed message, naming `node_id` as the node that served it.
     pub fn finish(mut self, node_id: &str) -> Bytes {
         put_len_field(&mut self.out, BATCH_NODE_ID, node_id.as_bytes());

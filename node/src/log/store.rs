@@ -645,7 +645,7 @@ impl Store {
     }
 
     /// Like [`Store::read`], handing each event to `sink` with its payload borrowed from
-    /// where it is stored; returns how many were taken (at least one).
+    /// where it is stored; returns how many were taken (0 at or beyond the readable end).
     pub(super) fn read_into(
         &self,
         stream: &Stream,
