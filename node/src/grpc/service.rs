@@ -18,14 +18,18 @@ use std::time::Instant;
 
 use ec_core::Offset;
 use ec_core::auth::Action;
+use ec_proto::batch::decode_batch;
+use ec_proto::frame::PREFIX_LEN;
 use ec_proto::node_server::Node;
+use ec_proto::raw::malformed;
 use ec_proto::route::FramedStream;
 use ec_proto::{
-    DataChunk, Event, EventBatch, ListStreamsRequest, ListStreamsResponse, PublishAck, PublishAcks,
+    DataChunk, EventBatch, ListStreamsRequest, ListStreamsResponse, PublishAck, PublishAcks,
     PublishRequest, PublishResponse, ReplicaMessage, ReplicaProgress, ReplicationMessage,
     ReplicationStatus, StreamInfo, StreamInfoRequest, StreamRequest, StreamRole,
 };
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -36,7 +40,7 @@ use super::request::{AppendRequest, ReadRequest, parse_data_id};
 use super::stream::{ReadMessages, produce, read_framed, read_then, resolve_start};
 use crate::acknowledger::{Acknowledger, Outcome, Reply};
 use crate::auth::{Caller, Guard};
-use crate::log::{Appended, EventLog, PendingAppend, StoredEvent, StreamStats, WriteAccess};
+use crate::log::{Appended, EventLog, PendingAppend, StreamStats, WriteAccess};
 use crate::metrics::NodeMetrics;
 use crate::replication::{Acks, Replication, Role};
 
@@ -271,14 +275,6 @@ impl Submitted {
     }
 }
 
-fn to_event(e: StoredEvent) -> Event {
-    Event {
-        offset: e.offset.0,
-        timestamp: e.timestamp.0,
-        data: e.data,
-    }
-}
-
 fn role_of(access: WriteAccess) -> StreamRole {
     match access {
         WriteAccess::Open => StreamRole::Standalone,
@@ -349,26 +345,17 @@ impl Node for NodeService {
 
     /// The generated server's `StreamBatches`, which the served node does not reach
     /// (`server.rs` routes the call to [`NodeService::stream_batches_framed`]): the same
-    /// messages, built and left to prost to encode.
-    #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    /// stream, each framed batch decoded.
     async fn stream_batches(
         &self,
         req: Request<StreamRequest>,
     ) -> Result<Response<Self::StreamBatchesStream>, Status> {
-        let data_id = req.get_ref().data_id.clone();
-        self.guard
-            .check(&Caller::of(&req), Action::Read(&data_id))?;
-        let node_id = self.node_id.clone();
-        let read = read_then(move |events| {
-            vec![EventBatch {
-                data_id: data_id.clone(),
-                events: events.into_iter().map(to_event).collect(),
-                node_id: node_id.clone(),
-                serving_change: None,
-            }]
+        let framed = self.stream_batches_framed(req).await?.into_inner();
+        let batches = framed.map(|frame| {
+            let frame = frame?;
+            decode_batch(frame.slice(PREFIX_LEN..)).map_err(|e| malformed(&e))
         });
-        let stream = self.open_read(req.get_ref(), 4, read)?;
-        Ok(Response::new(stream))
+        Ok(Response::new(Box::pin(batches)))
     }
 
     #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id, events = req.get_ref().events.len()))]

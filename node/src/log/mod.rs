@@ -683,9 +683,14 @@ impl EventLog {
         sink: &mut impl ReadSink,
     ) -> Result<usize, LogError> {
         let stream = self.inner.store.existing(data_id)?;
-        self.inner
-            .store
-            .read_into(&stream, from.0, max_events, max_bytes, sink)
+        self.inner.store.read_with(
+            &stream,
+            from.0,
+            max_events,
+            max_bytes,
+            Bound::Visible,
+            &mut store::Sinking(sink),
+        )
     }
 
     /// Like [`EventLog::read`] but up to the durable end: what a replica copies. Never hand

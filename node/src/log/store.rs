@@ -644,30 +644,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Like [`Store::read`], handing each event to `sink` with its payload borrowed from
-    /// where it is stored; returns how many were taken (0 at or beyond the readable end).
-    pub(super) fn read_into(
-        &self,
-        stream: &Stream,
-        from: u64,
-        max_events: usize,
-        max_bytes: usize,
-        sink: &mut impl ReadSink,
-    ) -> Result<usize, LogError> {
-        let mut taker = Sinking(sink);
-        self.read_with(
-            stream,
-            from,
-            max_events,
-            max_bytes,
-            Bound::Visible,
-            &mut taker,
-        )
-    }
-
-    /// The read of [`Store::read`] and [`Store::read_into`]: the events go to `taker`, chunk
-    /// by chunk; returns how many were taken.
-    fn read_with(
+    /// The read of [`Store::read`] and of `EventLog::read_into` (through [`Sinking`]): the
+    /// events go to `taker`, chunk by chunk; returns how many were taken (0 at or beyond the
+    /// readable end).
+    pub(super) fn read_with(
         &self,
         stream: &Stream,
         from: u64,
@@ -845,7 +825,7 @@ impl Store {
 }
 
 /// Where [`Store::read_with`] puts the events it takes, in offset order.
-trait Taker {
+pub(super) trait Taker {
     /// Room for about `events` more.
     fn reserve(&mut self, events: usize);
     /// Events of one chunk read from fjall, each with its payload at `value[e.payload]`.
@@ -878,7 +858,7 @@ impl Taker for Vec<StoredEvent> {
 }
 
 /// A [`ReadSink`] taking what [`Store::read_with`] reads, payloads borrowed.
-struct Sinking<'a, S>(&'a mut S);
+pub(super) struct Sinking<'a, S>(pub(super) &'a mut S);
 
 impl<S: ReadSink> Taker for Sinking<'_, S> {
     fn reserve(&mut self, _events: usize) {}
