@@ -11,8 +11,8 @@
 
 use std::pin::Pin;
 
-use ec_proto::batch::decode_batch;
-use ec_proto::frame::{Messages, PREFIX_LEN, server_streaming_request};
+use ec_proto::batch::decode_framed_batch;
+use ec_proto::frame::{Messages, server_streaming_request};
 use ec_proto::raw::{RawEventBatch, malformed};
 use ec_proto::{EventBatch, ServingChange, StreamRequest};
 use futures_util::future::BoxFuture;
@@ -92,7 +92,7 @@ impl WireBatch for EventBatch {
         Box::pin(async move {
             let batches = framed(channel, req, upstream)
                 .await?
-                .map(|frame| decode_batch(frame?.slice(PREFIX_LEN..)).map_err(|e| malformed(&e)));
+                .map(|frame| decode_framed_batch(frame?).map_err(|e| malformed(&e)));
             Ok(Box::pin(batches) as Self::Batches)
         })
     }

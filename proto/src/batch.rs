@@ -12,8 +12,21 @@
 
 use prost::bytes::Bytes;
 
+use crate::frame::PREFIX_LEN;
 use crate::raw::{Part, WireError, read_serving_change, walk};
 use crate::{Event, EventBatch, ServingChange};
+
+/// Decodes the framed `EventBatch` in `frame` (a gRPC prefix, then the message, as
+/// [`Deframer`](crate::frame::Deframer) hands it out), sharing `frame` for payloads.
+pub fn decode_framed_batch(frame: Bytes) -> Result<EventBatch, WireError> {
+    if frame.len() < PREFIX_LEN {
+        return Err(WireError::Truncated {
+            what: "gRPC prefix",
+            at: frame.len(),
+        });
+    }
+    decode_batch(frame.slice(PREFIX_LEN..))
+}
 
 /// Decodes the encoded `EventBatch` in `bytes`, as prost does, sharing `bytes` for payloads.
 pub fn decode_batch(bytes: Bytes) -> Result<EventBatch, WireError> {
@@ -74,6 +87,30 @@ mod tests {
         for event in &decoded.events {
             assert!(range.contains(&event.data.as_ptr()), "shared, not copied");
         }
+    }
+
+    #[test]
+    fn a_framed_batch_decodes_past_its_prefix_and_a_short_frame_is_an_error() {
+        let batch = EventBatch {
+            data_id: "orders".into(),
+            node_id: "node1".into(),
+            events: vec![Event {
+                offset: 7,
+                timestamp: 1,
+                data: Bytes::from_static(b"payload"),
+            }],
+            serving_change: None,
+        };
+        let body = batch.encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(body.len()).expect("small").to_be_bytes());
+        frame.extend_from_slice(&body);
+        assert_eq!(
+            decode_framed_batch(Bytes::from(frame)).expect("valid"),
+            batch
+        );
+        let short = decode_framed_batch(Bytes::from_static(&[0, 0])).expect_err("truncated");
+        assert!(short.to_string().contains("gRPC prefix"), "{short}");
     }
 
     #[test]

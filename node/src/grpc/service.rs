@@ -18,8 +18,7 @@ use std::time::Instant;
 
 use ec_core::Offset;
 use ec_core::auth::Action;
-use ec_proto::batch::decode_batch;
-use ec_proto::frame::PREFIX_LEN;
+use ec_proto::batch::decode_framed_batch;
 use ec_proto::node_server::Node;
 use ec_proto::raw::malformed;
 use ec_proto::route::FramedStream;
@@ -351,10 +350,7 @@ impl Node for NodeService {
         req: Request<StreamRequest>,
     ) -> Result<Response<Self::StreamBatchesStream>, Status> {
         let framed = self.stream_batches_framed(req).await?.into_inner();
-        let batches = framed.map(|frame| {
-            let frame = frame?;
-            decode_batch(frame.slice(PREFIX_LEN..)).map_err(|e| malformed(&e))
-        });
+        let batches = framed.map(|frame| decode_framed_batch(frame?).map_err(|e| malformed(&e)));
         Ok(Response::new(Box::pin(batches)))
     }
 
