@@ -39,7 +39,7 @@ use super::request::{AppendRequest, ReadRequest, parse_data_id};
 use super::stream::{ReadMessages, produce, read_framed, read_then, resolve_start};
 use crate::acknowledger::{Acknowledger, Outcome, Reply};
 use crate::auth::{Caller, Guard};
-use crate::log::{Appended, EventLog, PendingAppend, StreamStats, WriteAccess};
+use crate::log::{Appended, EventLog, Gathered, PendingAppend, StreamStats, WriteAccess};
 use crate::metrics::NodeMetrics;
 use crate::replication::{Acks, Replication, Role};
 
@@ -50,6 +50,8 @@ pub(crate) const ACKS_HEADER: &str = ec_proto::contract::ACKS_METADATA;
 const MAX_IN_FLIGHT: usize = 4096;
 /// Most acknowledgements carried by one `PublishAcks` message.
 const MAX_ACKS_PER_MESSAGE: usize = 1024;
+/// Most requests of one `PublishStream` gathered into one round of commits.
+const MAX_GATHERED: usize = 256;
 
 /// What the gRPC layer needs from the node.
 #[derive(Clone)]
@@ -124,7 +126,14 @@ impl NodeService {
 
     /// Checks and queues one publish; `acks` is what the call's metadata (or the node's
     /// default) asks for, which the request's own `acks` field overrides.
-    async fn submit(&self, req: PublishRequest, acks: Acks) -> Result<Submitted, Status> {
+    /// With `gathered`, the request may be held there, to commit with the others (see
+    /// [`Gathered`]).
+    async fn submit(
+        &self,
+        req: PublishRequest,
+        acks: Acks,
+        gathered: Option<&mut Gathered<'_>>,
+    ) -> Result<Submitted, Status> {
         let arrived = Instant::now();
         let append = AppendRequest::parse(req, self.max_event_bytes)?;
         let (events, bytes) = (
@@ -132,15 +141,18 @@ impl NodeService {
             append.events.iter().map(|e| e.len() as u64).sum(),
         );
         self.replication.check_publish(&append.data_id)?;
-        let pending = self
-            .log
-            .submit_as(
-                &append.data_id,
-                append.events,
-                self.auto_create,
-                append.producer,
-            )
-            .await?;
+        let (data_id, create) = (&append.data_id, self.auto_create);
+        let pending = match gathered {
+            Some(g) => {
+                g.submit_as(data_id, append.events, create, append.producer)
+                    .await
+            }
+            None => {
+                (self.log)
+                    .submit_as(data_id, append.events, create, append.producer)
+                    .await
+            }
+        }?;
         Ok(Submitted {
             data_id: append.data_id,
             pending,
@@ -363,7 +375,7 @@ impl Node for NodeService {
             let acks = self.acks(&req)?;
             self.guard
                 .check_publish(&Caller::of(&req), &self.log, &req.get_ref().data_id)?;
-            let mut submitted = self.submit(req.into_inner(), acks).await?;
+            let mut submitted = self.submit(req.into_inner(), acks, None).await?;
             let appended = (&mut submitted.pending).await?;
             let appended = self
                 .replicated(&submitted.data_id, appended, submitted.acks)
@@ -394,31 +406,62 @@ impl Node for NodeService {
         let (acks_tx, acks_rx) = mpsc::channel(16);
 
         // Submitting in arrival order fixes the offsets in that order; the commit is awaited
-        // by the acknowledging task below, so many requests share one commit.
+        // by the acknowledging task below, so many requests share one commit. The requests
+        // already received are gathered with the first, and committed together here.
         let this = self.clone();
         tokio::spawn(async move {
+            let mut submitted = Vec::with_capacity(MAX_GATHERED);
             loop {
                 let msg = tokio::select! {
                     msg = inbound.message() => msg,
                     () = this.shutdown.cancelled() => return,
                 };
-                let (sequence, submitted) = match msg {
-                    Ok(Some(req)) => {
-                        match this.guard.check_publish(&caller, &this.log, &req.data_id) {
-                            Ok(()) => (req.sequence, this.submit(req, policy).await),
-                            Err(refused) => (req.sequence, Err(refused)),
-                        }
-                    }
+                let mut next = match msg {
+                    Ok(Some(req)) => Some(req),
                     Ok(None) => return,
                     Err(status) => {
                         debug!(%status, "publish stream ended by the client");
                         return;
                     }
                 };
-                let failed = submitted.is_err();
-                if pending_tx.send((sequence, submitted)).await.is_err() || failed {
+                let mut stop = false;
+                let mut gathered = this.log.gather();
+                while let Some(req) = next.take() {
+                    let sequence = req.sequence;
+                    let result = match this.guard.check_publish(&caller, &this.log, &req.data_id) {
+                        Ok(()) => this.submit(req, policy, Some(&mut gathered)).await,
+                        Err(refused) => Err(refused),
+                    };
+                    stop = result.is_err();
+                    submitted.push((sequence, result));
+                    if stop || submitted.len() == MAX_GATHERED {
+                        break;
+                    }
+                    next = match now_or_never(inbound.message()) {
+                        None => None,
+                        Some(Ok(req)) => {
+                            stop = req.is_none();
+                            req
+                        }
+                        Some(Err(status)) => {
+                            debug!(%status, "publish stream ended by the client");
+                            stop = true;
+                            None
+                        }
+                    };
+                }
+                gathered.commit();
+                for request in submitted.drain(..) {
+                    if pending_tx.send(request).await.is_err() {
+                        return;
+                    }
+                }
+                if stop {
                     return;
                 }
+                // The acknowledger (and any reader) this commit woke runs before this task
+                // can block its worker in the next commit.
+                tokio::task::yield_now().await;
             }
         });
 
@@ -576,5 +619,16 @@ impl Node for NodeService {
             .map(to_info)
             .collect();
         Ok(Response::new(ListStreamsResponse { streams }))
+    }
+}
+
+/// `future`'s output if it is ready at the first poll (a request already received), else
+/// `None`; the future is dropped either way, so it must be cancel-safe.
+fn now_or_never<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }

@@ -13,7 +13,8 @@
 //! Under `Interval` a request that would wait for nothing (nothing queued, the writer lock
 //! free) is committed by its publisher instead, on the publisher's own thread, through the
 //! same stages under the same lock ([`Inline`]): for a lone request the hand-off to this
-//! thread and back cost more than the commit itself.
+//! thread and back cost more than the commit itself. Under `Always` a publisher with several
+//! requests at hand commits them inline as one batch, one fdatasync for all ([`Group`]).
 //!
 //! One batch goes through [`commit`]'s stages in order: admit (free space) → place each
 //! request (fence, producer admission, offsets and epochs: [`super::assign`], pure) →
@@ -156,6 +157,7 @@ pub(super) fn spawn(
         store: store.clone(),
         applier: applier.queue().clone(),
         queued: Arc::new(AtomicUsize::new(0)),
+        max_batch_bytes,
     };
     let queued = inline.queued.clone();
     std::thread::Builder::new()
@@ -222,17 +224,38 @@ fn run(
 /// has nothing queued and nobody holds the writer lock, the publisher commits its request
 /// itself, exactly as the committer would (the same [`commit_locked`], under the same
 /// lock). Under load requests queue up and the committer thread batches them as before.
-/// Never under `Always`: an fdatasync would block the publisher's async worker.
+/// Under `Always` one request is never committed inline: its fdatasync would block the
+/// publisher's async worker for every request. A publisher that has several requests at
+/// hand (a publish stream's already received ones) can instead [`Inline::gather`] them
+/// into a [`Group`] and commit them as one batch, one fdatasync for all: that saves the
+/// two hand-offs per request and keeps the batch whole, for one blocked worker per group.
 ///
 /// Order: a request is counted in `queued` from before it is sent until its batch is
-/// committed, and a request is committed inline only while `queued` is zero. A publisher
-/// that submits one request after another (pipelined) therefore never has a later request
-/// committed inline ahead of an earlier one still queued.
+/// committed, and a request is committed (or gathered) inline only while `queued` is zero. A
+/// publisher that submits one request after another (pipelined) therefore never has a later
+/// request committed inline ahead of an earlier one still queued; and a group is committed
+/// before any request after it is queued.
 pub(super) struct Inline {
     store: Arc<Store>,
     applier: Queue,
     /// Requests sent (or being sent) to the committer thread and not committed yet.
     queued: Arc<AtomicUsize>,
+    /// The most a [`Group`] holds, as for the committer's batches.
+    max_batch_bytes: usize,
+}
+
+/// Requests one publisher gathered to commit as one batch, on its own thread (see
+/// [`Inline::gather`]).
+#[derive(Default)]
+pub(super) struct Group {
+    requests: Vec<AppendRequest>,
+    bytes: usize,
+}
+
+impl Group {
+    pub(super) fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
 }
 
 impl Inline {
@@ -260,6 +283,57 @@ impl Inline {
         self.store.inline_commits.fetch_add(1, Ordering::Relaxed);
         commit_locked(&self.store, &self.applier, guard, Instant::now(), requests).send();
         Ok(())
+    }
+
+    /// Like [`Inline::try_commit`] for a publisher with more requests at hand: under
+    /// `Always`, holds `request` in `group` instead of committing it alone, if it would wait
+    /// for nothing (nothing queued, the applier has room, not a retry of an older producer
+    /// batch); a full group is committed first. Else commits the group and gives the
+    /// request back, to be queued after it. Under `Interval` this is `try_commit`.
+    ///
+    /// The checks are made without the writer lock. Nothing queued later can overtake the
+    /// group, since a queued request makes `queued` non-zero and is only sent after the group
+    /// is committed; a producer's records changed meanwhile (by the same producer on another
+    /// stream) only mean the group's commit answers an older batch's retry on this thread.
+    pub(super) fn gather(
+        &self,
+        group: &mut Group,
+        request: AppendRequest,
+    ) -> Result<(), AppendRequest> {
+        if self.store.batch_durability == PersistMode::Buffer {
+            return self.try_commit(request);
+        }
+        if !self.store.applied.has_room()
+            || self.queued.load(Ordering::SeqCst) != 0
+            || retries_an_older_batch(&self.store, &request)
+        {
+            self.commit_group(group);
+            return Err(request);
+        }
+        let bytes = request.batch_bytes();
+        if !group.requests.is_empty() && group.bytes + bytes > self.max_batch_bytes {
+            self.commit_group(group);
+        }
+        group.bytes += bytes;
+        group.requests.push(request);
+        Ok(())
+    }
+
+    /// Commits what `group` holds as one batch (fdatasync included), on this thread, and
+    /// empties it. Blocks for the writer lock if someone else holds it.
+    pub(super) fn commit_group(&self, group: &mut Group) {
+        let requests = std::mem::take(&mut group.requests);
+        group.bytes = 0;
+        if requests.is_empty() {
+            return;
+        }
+        let Some(requests) = admit_space(&self.store, requests) else {
+            return;
+        };
+        let started = Instant::now();
+        let guard = self.store.lock_for_commit();
+        self.store.inline_commits.fetch_add(1, Ordering::Relaxed);
+        commit_locked(&self.store, &self.applier, guard, started, requests).send();
     }
 
     /// Counts a request about to be sent to the committer thread; call [`Queued::unsent`]

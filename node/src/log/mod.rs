@@ -464,6 +464,58 @@ impl std::future::Future for PendingAppend {
     }
 }
 
+/// Publishes one publisher has at hand, committed together: under `Interval` each is
+/// committed (or queued) as [`EventLog::submit_as`] would; under `Always` those that would
+/// wait for nothing are held here and committed as one batch, with one fdatasync, on this
+/// thread, by [`Gathered::commit`] (or when dropped). Their [`PendingAppend`]s resolve only
+/// then, so never await one before.
+///
+/// Why: a publish stream's reader usually has several requests at hand. Sent to the
+/// committer thread one by one, each costs two cross-thread wake-ups and the batch is
+/// split by their timing; committed here, it costs one commit and one blocked worker for
+/// the length of the fdatasync (ARCHITECTURE.md, *A publish*, the committer).
+pub struct Gathered<'a> {
+    log: &'a EventLog,
+    group: committer::Group,
+}
+
+impl Gathered<'_> {
+    /// Like [`EventLog::submit_as`], gathered into this group. A request that cannot be
+    /// gathered commits the group first, then is queued behind it: the offsets follow the
+    /// order of the calls.
+    pub async fn submit_as(
+        &mut self,
+        data_id: &DataId,
+        events: Vec<Bytes>,
+        create: bool,
+        producer: Option<ProducerTag>,
+    ) -> Result<PendingAppend, LogError> {
+        let target = self.log.target(data_id, &events, create)?;
+        self.log
+            .enqueue(target, events, producer, None, Some(&mut self.group))
+            .await
+    }
+
+    /// Commits the gathered requests (fdatasync included) on this thread, blocking it.
+    pub fn commit(mut self) {
+        self.commit_now();
+    }
+
+    fn commit_now(&mut self) {
+        if !self.group.is_empty() {
+            self.log.commit_group(&mut self.group);
+        }
+    }
+}
+
+impl Drop for Gathered<'_> {
+    /// A group dropped uncommitted (its publisher cancelled) is committed all the same, as a
+    /// queued request would be.
+    fn drop(&mut self) {
+        self.commit_now();
+    }
+}
+
 /// Handle to the node's event log; cheap to clone, all clones share one log.
 #[derive(Clone)]
 pub struct EventLog {
@@ -574,27 +626,54 @@ impl EventLog {
         create: bool,
         producer: Option<ProducerTag>,
     ) -> Result<PendingAppend, LogError> {
+        let target = self.target(data_id, &events, create)?;
+        self.enqueue(target, events, producer, None, None).await
+    }
+
+    /// Starts gathering publishes to commit as one batch on this thread: see [`Gathered`].
+    pub fn gather(&self) -> Gathered<'_> {
+        Gathered {
+            log: self,
+            group: committer::Group::default(),
+        }
+    }
+
+    /// Where a publish of `events` to `data_id` goes.
+    fn target(&self, data_id: &DataId, events: &[Bytes], create: bool) -> Result<Target, LogError> {
         if events.is_empty() {
             return Err(LogError::EmptyBatch);
         }
-        let target = match self.inner.store.stream(data_id) {
-            Some(stream) => Target::Existing(stream),
-            None if create => Target::Create(data_id.clone()),
-            None => {
-                return Err(LogError::NotFound {
-                    data_id: data_id.clone(),
-                });
-            }
-        };
-        self.enqueue(target, events, producer, None).await
+        match self.inner.store.stream(data_id) {
+            Some(stream) => Ok(Target::Existing(stream)),
+            None if create => Ok(Target::Create(data_id.clone())),
+            None => Err(LogError::NotFound {
+                data_id: data_id.clone(),
+            }),
+        }
     }
 
+    /// Commits `group` inline (see [`Gathered`]).
+    fn commit_group(&self, group: &mut committer::Group) {
+        let submitter = self
+            .inner
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        // Closed: the gathered requests are dropped, and their publishers told so.
+        if let Some(submitter) = submitter.as_ref() {
+            submitter.inline.commit_group(group);
+        }
+    }
+
+    /// Sends a request to the committer, or commits it inline if that costs no waiting
+    /// (see `committer::Inline`); with a `group`, it may be held there instead.
     async fn enqueue(
         &self,
         target: Target,
         events: Vec<Bytes>,
         producer: Option<ProducerTag>,
         copied: Option<Vec<Copied>>,
+        group: Option<&mut committer::Group>,
     ) -> Result<PendingAppend, LogError> {
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
@@ -612,7 +691,11 @@ impl EventLog {
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
             let submitter = submitter.as_ref().ok_or(LogError::Closed)?;
-            match submitter.inline.try_commit(request) {
+            let inline = match group {
+                Some(group) => submitter.inline.gather(group, request),
+                None => submitter.inline.try_commit(request),
+            };
+            match inline {
                 Ok(()) => return Ok(PendingAppend { answer }),
                 Err(request) => {
                     let queued = submitter.inline.queueing();
@@ -650,7 +733,7 @@ impl EventLog {
             })
             .collect();
         let payloads = events.into_iter().map(|e| e.data).collect();
-        self.enqueue(Target::Existing(stream), payloads, None, Some(copied))
+        self.enqueue(Target::Existing(stream), payloads, None, Some(copied), None)
             .await
     }
 

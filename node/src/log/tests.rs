@@ -766,7 +766,8 @@ fn crash_event(payload: &str) -> Bytes {
 }
 
 /// Child half of [`survives_kill_9`]: a no-op unless started by it. Appends from 8 tasks to
-/// 3 streams forever, printing `ACK data_id offset payload` for each acknowledged event.
+/// 3 streams forever, half of them in gathered groups ([`Gathered`]), printing `ACK data_id
+/// offset payload` for each acknowledged event.
 #[test]
 fn kill9_child() {
     use std::io::Write;
@@ -788,11 +789,26 @@ fn kill9_child() {
             tokio::spawn(async move {
                 let stream = id(&format!("s{}", task % 3));
                 for i in 0.. {
-                    let payload = format!("t{task}-{i}");
-                    let events = vec![crash_event(&payload); 1 + i % 3];
-                    let appended = log.append(&stream, events, true).await.unwrap();
-                    for offset in appended.first.0..=appended.last.0 {
-                        tx.send(format!("ACK {stream} {offset} {payload}")).unwrap();
+                    // Odd tasks gather three requests and commit them as one group, as a
+                    // publish stream does.
+                    let mut gathered = log.gather();
+                    let mut pending = Vec::new();
+                    for k in 0..if task % 2 == 1 { 3 } else { 1 } {
+                        let payload = format!("t{task}-{i}-{k}");
+                        let events = vec![crash_event(&payload); 1 + (i + k) % 3];
+                        let submitted = if task % 2 == 1 {
+                            gathered.submit_as(&stream, events, true, None).await
+                        } else {
+                            log.submit(&stream, events, true).await
+                        };
+                        pending.push((payload, submitted.unwrap()));
+                    }
+                    gathered.commit();
+                    for (payload, appended) in pending {
+                        let appended = appended.await.unwrap();
+                        for offset in appended.first.0..=appended.last.0 {
+                            tx.send(format!("ACK {stream} {offset} {payload}")).unwrap();
+                        }
                     }
                 }
             });
@@ -1848,6 +1864,154 @@ async fn an_always_log_never_commits_inline() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!((inline, log.commit_count()), (0, 5));
     log.close().await.unwrap();
+}
+
+// Gathered commits (`Gathered`): under `Always` a publisher's requests at hand are
+// committed as one batch on its own thread; behind anything queued, they queue in order.
+
+fn inline_count(log: &EventLog) -> u64 {
+    log.inner
+        .store
+        .inline_commits
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn gather_as<'l>(
+    gathered: &mut Gathered<'l>,
+    a: &DataId,
+    t: Option<ProducerTag>,
+    p: &str,
+) -> impl std::future::Future<Output = Result<PendingAppend, LogError>> {
+    gathered.submit_as(a, vec![ev(p)], true, t)
+}
+
+#[tokio::test]
+async fn gathered_publishes_commit_as_one_batch_with_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let a = id("a");
+    let mut gathered = log.gather();
+    let mut pending = Vec::new();
+    for (i, p) in ["g1", "g2", "g3"].into_iter().enumerate() {
+        let t = tag(9, i as u64 + 1);
+        pending.push(gather_as(&mut gathered, &a, t, p).await.unwrap());
+    }
+    // The same producer batch again, in the same group: judged after the first.
+    pending.push(gather_as(&mut gathered, &a, tag(9, 3), "g3").await.unwrap());
+    assert!(
+        pending.iter_mut().all(|p| p.try_result().is_none()),
+        "answered before the group's commit"
+    );
+    assert_eq!(log.commit_count(), 0);
+    gathered.commit();
+    assert_eq!((log.commit_count(), inline_count(&log)), (1, 1));
+    let answers: Vec<Appended> = pending
+        .iter_mut()
+        .map(|p| p.try_result().unwrap().unwrap())
+        .collect();
+    let firsts: Vec<u64> = answers.iter().map(|a| a.first.0).collect();
+    assert_eq!(firsts, [0, 1, 2, 2]);
+    assert!(!answers[2].duplicate && answers[3].duplicate);
+    holds_across_reopen(
+        log,
+        dir.path(),
+        LogOptions::default(),
+        &a,
+        &["g1", "g2", "g3"],
+    )
+    .await;
+}
+
+// The locks are held across submits on purpose: they stop the committer thread, not this
+// task, which never takes the writer lock before its group's commit.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test]
+async fn a_gathered_group_commits_before_what_must_queue_and_never_ahead_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let (a, b) = (id("a"), id("b"));
+    publish_as(&log, &a, tag(7, 1), &["p1"]).await.unwrap();
+    publish_as(&log, &a, tag(7, 2), &["p2"]).await.unwrap();
+    publish_as(&log, &b, None, &["b0"]).await.unwrap();
+    let store = &log.inner.store;
+
+    // p3 is gathered; p1's retry needs a scan of the log, so the group is committed first
+    // and the retry goes to the committer thread.
+    let mut gathered = log.gather();
+    let mut p3 = gather_as(&mut gathered, &a, tag(7, 3), "p3").await.unwrap();
+    let retry = gather_as(&mut gathered, &a, tag(7, 1), "p1").await.unwrap();
+    let p3 = p3
+        .try_result()
+        .expect("p3 was not committed before the retry queued");
+    assert_eq!(p3.unwrap().first, Offset(2));
+    let retry = timeout(DEADLINE, retry).await.unwrap().unwrap();
+    assert!(retry.duplicate && retry.first == Offset(0));
+    gathered.commit();
+
+    // Another publisher's request waits at the committer thread: nothing is gathered ahead
+    // of it, not even on another stream.
+    let gate = store.commit_gate.lock().unwrap();
+    let queued = log.submit(&b, vec![ev("b1")], true).await.unwrap();
+    let mut gathered = log.gather();
+    let p4 = gather_as(&mut gathered, &a, tag(7, 4), "p4").await.unwrap();
+    let b2 = gather_as(&mut gathered, &b, None, "b2").await.unwrap();
+    drop(gate);
+    gathered.commit();
+    let b1 = timeout(DEADLINE, queued).await.unwrap().unwrap();
+    let b2 = timeout(DEADLINE, b2).await.unwrap().unwrap();
+    assert_eq!((b1.first, b2.first), (Offset(1), Offset(2)));
+    assert_eq!(
+        timeout(DEADLINE, p4).await.unwrap().unwrap().first,
+        Offset(3)
+    );
+
+    // A group dropped uncommitted (its publisher cancelled) is committed all the same.
+    let mut gathered = log.gather();
+    let mut p5 = gather_as(&mut gathered, &a, tag(7, 5), "p5").await.unwrap();
+    drop(gathered);
+    assert_eq!(p5.try_result().unwrap().unwrap().first, Offset(4));
+    let all = ["p1", "p2", "p3", "p4", "p5"];
+    holds_across_reopen(log, dir.path(), LogOptions::default(), &a, &all).await;
+}
+
+#[tokio::test]
+async fn a_gathered_group_is_split_at_the_batch_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        max_batch_bytes: 3 * 1024,
+        ..LogOptions::default()
+    };
+    let log = EventLog::open(dir.path(), opts.clone()).unwrap();
+    let a = id("a");
+    let payloads: Vec<String> = (0..5).map(|i| format!("{i}{}", ".".repeat(1023))).collect();
+    let mut gathered = log.gather();
+    let mut pending = Vec::new();
+    for p in &payloads {
+        pending.push(gather_as(&mut gathered, &a, None, p).await.unwrap());
+    }
+    gathered.commit();
+    // Two of about 1 KiB fit under 3 KiB, a third does not: 2 + 2 + 1.
+    assert_eq!(log.commit_count(), 3);
+    for (i, p) in pending.iter_mut().enumerate() {
+        assert_eq!(p.try_result().unwrap().unwrap().first, Offset(i as u64));
+    }
+    let expected: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    holds_across_reopen(log, dir.path(), opts, &a, &expected).await;
+}
+
+#[tokio::test]
+async fn under_interval_gathering_commits_each_request_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), interval()).unwrap();
+    let a = id("a");
+    let mut gathered = log.gather();
+    let mut p1 = gather_as(&mut gathered, &a, None, "p1").await.unwrap();
+    assert_eq!(p1.try_result().unwrap().unwrap().first, Offset(0));
+    let mut p2 = gather_as(&mut gathered, &a, None, "p2").await.unwrap();
+    assert_eq!(p2.try_result().unwrap().unwrap().first, Offset(1));
+    gathered.commit();
+    assert_eq!((log.commit_count(), inline_count(&log)), (2, 2));
+    holds_across_reopen(log, dir.path(), interval(), &a, &["p1", "p2"]).await;
 }
 
 /// fjall's journal repeats the write-ahead log, so it is written uncompressed: a value that

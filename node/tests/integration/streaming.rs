@@ -244,6 +244,44 @@ async fn pipelined_publish_stream_acknowledges_every_request_in_order() {
     node.stop().await.expect("clean stop");
 }
 
+/// Requests sent at once are gathered into group commits; a bad one among them ends the
+/// stream after the ones before it are stored and acknowledged, and nothing after it is.
+#[tokio::test]
+async fn a_bad_request_in_a_pipelined_stream_keeps_the_earlier_ones_only() {
+    let node = TestNode::start(NO_CONSUL, |_| {}).await;
+    let mut c = node.client().await;
+    let requests = tokio_stream::iter((0..200u64).map(|seq| PublishRequest {
+        data_id: if seq == 100 { "bad id!" } else { "gather" }.into(),
+        events: vec![Bytes::from(format!("g-{seq}"))],
+        sequence: seq,
+        ..Default::default()
+    }));
+    let mut acks = c.publish_stream(requests).await.expect("open").into_inner();
+    let mut next_seq = 0;
+    let status = loop {
+        match acks.next().await.expect("the stream ends with an error") {
+            Ok(msg) => {
+                for ack in msg.acks {
+                    assert_eq!((ack.sequence, ack.first_offset), (next_seq, next_seq));
+                    next_seq += 1;
+                }
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(
+        next_seq, 100,
+        "every request before the bad one is acknowledged"
+    );
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("bad id!"), "{status:?}");
+    let got = collect(&mut c, read_from("gather", 0)).await.expect("read");
+    let payloads: Vec<Bytes> = got.into_iter().map(|(_, data)| data).collect();
+    let expected: Vec<Bytes> = (0..100).map(|s| Bytes::from(format!("g-{s}"))).collect();
+    assert_eq!(payloads, expected);
+    node.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn stream_info_and_list_streams_report_ranges() {
     let node = TestNode::start(NO_CONSUL, |_| {}).await;
