@@ -13,8 +13,8 @@
 //! Under `Interval` a request that would wait for nothing (nothing queued, the writer lock
 //! free) is committed by its publisher instead, on the publisher's own thread, through the
 //! same stages under the same lock ([`Inline`]): for a lone request the hand-off to this
-//! thread and back cost more than the commit itself. Under `Always` a publisher with several
-//! requests at hand commits them inline as one batch, one fdatasync for all ([`Group`]).
+//! thread and back cost more than the commit itself. Under `Always` a publish stream commits
+//! the requests it has at hand inline as one batch, one fdatasync for all ([`Group`]).
 //!
 //! One batch goes through [`commit`]'s stages in order: admit (free space) → place each
 //! request (fence, producer admission, offsets and epochs: [`super::assign`], pure) →
@@ -224,11 +224,12 @@ fn run(
 /// has nothing queued and nobody holds the writer lock, the publisher commits its request
 /// itself, exactly as the committer would (the same [`commit_locked`], under the same
 /// lock). Under load requests queue up and the committer thread batches them as before.
-/// Under `Always` one request is never committed inline: its fdatasync would block the
-/// publisher's async worker for every request. A publisher that has several requests at
-/// hand (a publish stream's already received ones) can instead [`Inline::gather`] them
-/// into a [`Group`] and commit them as one batch, one fdatasync for all: that saves the
-/// two hand-offs per request and keeps the batch whole, for one blocked worker per group.
+/// Under `Always` a request submitted alone is never committed inline: its fdatasync would
+/// block the publisher's async worker once per request. A publisher that reads its requests
+/// from a stream can instead [`Inline::gather`] all it has at hand (one or many) into a
+/// [`Group`] and commit them as one batch, one fdatasync for all; the requests that arrive
+/// during that sync form its next group. That saves the two hand-offs per request and keeps
+/// the batch whole, for one blocked worker per group.
 ///
 /// Order: a request is counted in `queued` from before it is sent until its batch is
 /// committed, and a request is committed (or gathered) inline only while `queued` is zero. A

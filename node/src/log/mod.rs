@@ -470,10 +470,11 @@ impl std::future::Future for PendingAppend {
 /// thread, by [`Gathered::commit`] (or when dropped). Their [`PendingAppend`]s resolve only
 /// then, so never await one before.
 ///
-/// Why: a publish stream's reader usually has several requests at hand. Sent to the
-/// committer thread one by one, each costs two cross-thread wake-ups and the batch is
-/// split by their timing; committed here, it costs one commit and one blocked worker for
-/// the length of the fdatasync (ARCHITECTURE.md, *A publish*, the committer).
+/// Why: sent to the committer thread one by one, a publish stream's requests each cost two
+/// cross-thread wake-ups, and a batch is split by their timing. Committed here, what the
+/// stream has at hand costs one commit and one blocked worker for the length of the
+/// fdatasync, and what arrives meanwhile is the next group (ARCHITECTURE.md, *A publish*,
+/// the committer).
 pub struct Gathered<'a> {
     log: &'a EventLog,
     group: committer::Group,
