@@ -1974,6 +1974,36 @@ async fn a_gathered_group_commits_before_what_must_queue_and_never_ahead_of_it()
     holds_across_reopen(log, dir.path(), LogOptions::default(), &a, &all).await;
 }
 
+/// A group the disk has no room for is refused as a whole, each publisher told why, and
+/// nothing of it is stored.
+#[tokio::test]
+async fn a_gathered_group_without_disk_room_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        min_free_bytes: u64::MAX / 2,
+        ..LogOptions::default()
+    };
+    let log = EventLog::open(dir.path(), opts).unwrap();
+    let a = id("a");
+    let mut gathered = log.gather();
+    let mut p1 = gather_as(&mut gathered, &a, tag(3, 1), "p1").await.unwrap();
+    let mut p2 = gather_as(&mut gathered, &a, tag(3, 2), "p2").await.unwrap();
+    gathered.commit();
+    for p in [&mut p1, &mut p2] {
+        let refused = p.try_result().expect("answered by the group's commit");
+        assert!(
+            matches!(refused, Err(LogError::DiskFull { .. })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(log.commit_count(), 0);
+    assert!(
+        log.stats(&a).is_err(),
+        "the refused group created its data ID"
+    );
+    log.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_gathered_group_is_split_at_the_batch_limit() {
     let dir = tempfile::tempdir().unwrap();
