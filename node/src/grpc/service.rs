@@ -27,6 +27,7 @@ use ec_proto::{
     PublishRequest, PublishResponse, ReplicaMessage, ReplicaProgress, ReplicationMessage,
     ReplicationStatus, StreamInfo, StreamInfoRequest, StreamRequest, StreamRole,
 };
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -416,14 +417,10 @@ impl Node for NodeService {
                     msg = inbound.message() => msg,
                     () = this.shutdown.cancelled() => return,
                 };
-                let mut next = match msg {
-                    Ok(Some(req)) => Some(req),
-                    Ok(None) => return,
-                    Err(status) => {
-                        debug!(%status, "publish stream ended by the client");
-                        return;
-                    }
+                let Some(first) = received(msg) else {
+                    return;
                 };
+                let mut next = Some(first);
                 let mut stop = false;
                 let mut gathered = this.log.gather();
                 while let Some(req) = next.take() {
@@ -437,18 +434,12 @@ impl Node for NodeService {
                     if stop || submitted.len() == MAX_GATHERED {
                         break;
                     }
-                    next = match now_or_never(inbound.message()) {
-                        None => None,
-                        Some(Ok(req)) => {
-                            stop = req.is_none();
-                            req
-                        }
-                        Some(Err(status)) => {
-                            debug!(%status, "publish stream ended by the client");
-                            stop = true;
-                            None
-                        }
-                    };
+                    // Only a request already received: the message future is dropped if
+                    // pending, which `Streaming::message` allows.
+                    if let Some(msg) = inbound.message().now_or_never() {
+                        next = received(msg);
+                        stop = next.is_none();
+                    }
                 }
                 gathered.commit();
                 for request in submitted.drain(..) {
@@ -622,13 +613,11 @@ impl Node for NodeService {
     }
 }
 
-/// `future`'s output if it is ready at the first poll (a request already received), else
-/// `None`; the future is dropped either way, so it must be cancel-safe.
-fn now_or_never<F: std::future::Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(output) => Some(output),
-        std::task::Poll::Pending => None,
-    }
+/// The request a `PublishStream` message carries; `None` once the client ended the stream,
+/// or broke it.
+fn received(msg: Result<Option<PublishRequest>, Status>) -> Option<PublishRequest> {
+    msg.unwrap_or_else(|status| {
+        debug!(%status, "publish stream ended by the client");
+        None
+    })
 }

@@ -328,13 +328,12 @@ impl Inline {
         if requests.is_empty() {
             return;
         }
-        let Some(requests) = admit_space(&self.store, requests) else {
-            return;
-        };
-        let started = Instant::now();
-        let guard = self.store.lock_for_commit();
-        self.store.inline_commits.fetch_add(1, Ordering::Relaxed);
-        commit_locked(&self.store, &self.applier, guard, started, requests).send();
+        let answers = commit(&self.store, &self.applier, requests);
+        // No answers: the disk had no room, and every request was refused.
+        if !answers.0.is_empty() {
+            self.store.inline_commits.fetch_add(1, Ordering::Relaxed);
+        }
+        answers.send();
     }
 
     /// Counts a request about to be sent to the committer thread; call [`Queued::unsent`]

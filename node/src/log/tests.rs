@@ -788,15 +788,16 @@ fn kill9_child() {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let stream = id(&format!("s{}", task % 3));
+                // Odd tasks gather three requests and commit them as one group, as a
+                // publish stream does.
+                let grouped = task % 2 == 1;
                 for i in 0.. {
-                    // Odd tasks gather three requests and commit them as one group, as a
-                    // publish stream does.
                     let mut gathered = log.gather();
                     let mut pending = Vec::new();
-                    for k in 0..if task % 2 == 1 { 3 } else { 1 } {
+                    for k in 0..if grouped { 3 } else { 1 } {
                         let payload = format!("t{task}-{i}-{k}");
                         let events = vec![crash_event(&payload); 1 + (i + k) % 3];
-                        let submitted = if task % 2 == 1 {
+                        let submitted = if grouped {
                             gathered.submit_as(&stream, events, true, None).await
                         } else {
                             log.submit(&stream, events, true).await
@@ -1775,6 +1776,14 @@ async fn holds_across_reopen(
 // Inline commits (`committer::Inline`): under `Interval` a publisher to an idle log commits
 // its request itself; behind anything queued it queues, so order holds either way.
 
+/// Commits made by publishers on their own threads (`committer::Inline`).
+fn inline_count(log: &EventLog) -> u64 {
+    log.inner
+        .store
+        .inline_commits
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn interval() -> LogOptions {
     LogOptions {
         fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
@@ -1791,11 +1800,7 @@ async fn an_idle_interval_log_commits_inline_but_never_ahead_of_queued_requests(
     let log = EventLog::open(dir.path(), interval()).unwrap();
     let a = id("a");
     let store = &log.inner.store;
-    let inline = || {
-        store
-            .inline_commits
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let inline = || inline_count(&log);
 
     publish_as(&log, &a, tag(7, 1), &["p1"]).await.unwrap();
     assert_eq!(
@@ -1857,24 +1862,12 @@ async fn an_always_log_never_commits_inline() {
             .unwrap();
     }
     // An fdatasync on the publisher's async worker would stall everything else on it.
-    let inline = log
-        .inner
-        .store
-        .inline_commits
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!((inline, log.commit_count()), (0, 5));
+    assert_eq!((inline_count(&log), log.commit_count()), (0, 5));
     log.close().await.unwrap();
 }
 
 // Gathered commits (`Gathered`): under `Always` a publisher's requests at hand are
 // committed as one batch on its own thread; behind anything queued, they queue in order.
-
-fn inline_count(log: &EventLog) -> u64 {
-    log.inner
-        .store
-        .inline_commits
-        .load(std::sync::atomic::Ordering::Relaxed)
-}
 
 fn gather_as<'l>(
     gathered: &mut Gathered<'l>,
