@@ -50,7 +50,7 @@ use tokio::sync::watch;
 
 use super::applier::{Pending, Progress};
 use super::record::{self, ProducerRecord, StreamMeta};
-use super::wal::{self, Space, Wal};
+use super::wal::{self, Space, Wal, Writes};
 use super::{EpochStart, LogError, ReadSink, StoredEvent, StreamStats, WriteAccess};
 
 /// Name of the keyspace holding every stream's events.
@@ -327,7 +327,11 @@ impl Store {
         let producers = db
             .keyspace(PRODUCERS_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(storage("opening keyspace `producers`"))?;
-        let wal = replay_wal(dir, &db, [&events, &meta, &epochs, &producers])?;
+        let writes = match batch_durability {
+            PersistMode::SyncData => Writes::Direct,
+            _ => Writes::Buffered,
+        };
+        let wal = replay_wal(dir, &db, [&events, &meta, &epochs, &producers], writes)?;
         let mut producer_records: HashMap<u64, HashMap<u64, ProducerRecord>> = HashMap::new();
         for guard in producers.iter() {
             let (key, value) = guard
@@ -939,7 +943,12 @@ fn keyspace_of(spaces: [&Keyspace; 4], space: Space) -> &Keyspace {
 /// to fjall (whatever fjall already holds of them is overwritten with the same values),
 /// persists fjall, and then starts the log afresh. Runs before the stream table is built
 /// from fjall.
-fn replay_wal(dir: &Path, db: &Database, spaces: [&Keyspace; 4]) -> Result<Mutex<Wal>, LogError> {
+fn replay_wal(
+    dir: &Path,
+    db: &Database,
+    spaces: [&Keyspace; 4],
+    writes: Writes,
+) -> Result<Mutex<Wal>, LogError> {
     let wal_dir = dir.join("wal");
     let io = |context: &str| {
         let context = format!("{context} in {}", wal_dir.display());
@@ -971,7 +980,8 @@ fn replay_wal(dir: &Path, db: &Database, spaces: [&Keyspace; 4]) -> Result<Mutex
     }
     db.persist(PersistMode::SyncData)
         .map_err(storage("persisting the replayed write-ahead log"))?;
-    let wal = Wal::start(&wal_dir, recovered).map_err(io("starting the write-ahead log"))?;
+    let wal =
+        Wal::start(&wal_dir, recovered, writes).map_err(io("starting the write-ahead log"))?;
     Ok(Mutex::new(wal))
 }
 
