@@ -258,9 +258,9 @@ const BLOCK: usize = 4096;
 ///
 /// Why: a buffered record is copied into the page cache, and its fdatasync then runs the
 /// filesystem's writeback of those pages on the committing thread. On the benchmark VM,
-/// writing and fdatasyncing 18 KB records (tier B's typical group commit) 3,000 times took
-/// 116–122 µs each on average written directly, against 125–197 µs buffered, in three
-/// alternated rounds (BENCHMARKS.md, *twenty-sixth round*).
+/// writing and fdatasyncing 18 KB records (tier B's typical group commit) took 113–123 µs
+/// at the median written directly, against 121–190 µs buffered, in seven alternated rounds
+/// of 3,000 (`scripts/sync-modes.py`; BENCHMARKS.md, *twenty-sixth round*).
 ///
 /// A direct write starts and ends on a [`BLOCK`] boundary, from a buffer aligned to one. So
 /// each record is written together with the bytes of the block it continues (kept in the
