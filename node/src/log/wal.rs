@@ -280,19 +280,21 @@ impl Direct {
     /// Opens segment `id` for direct writes at its start; `None` if the filesystem refuses
     /// `O_DIRECT` (EINVAL).
     fn open(dir: &Path, id: u64) -> io::Result<Option<Direct>> {
-        let opened = OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
-            .open(segment_path(dir, id));
-        match opened {
-            Ok(file) => Ok(Some(Direct {
-                file,
-                buf: Aligned::zeroed(BLOCK),
-                tail: 0,
-            })),
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(open_direct(dir, id)?.map(|file| Direct {
+            file,
+            buf: Aligned::zeroed(BLOCK),
+            tail: 0,
+        }))
+    }
+
+    /// Moves to segment `id`, written from its start, keeping the buffer (grown to the
+    /// largest record so far); `None` if the filesystem refuses `O_DIRECT` there.
+    fn reopen(mut self, dir: &Path, id: u64) -> io::Result<Option<Direct>> {
+        Ok(open_direct(dir, id)?.map(|file| {
+            self.file = file;
+            self.tail = 0;
+            self
+        }))
     }
 
     /// Writes `record` at `pos`, the end of the chain (the buffer's `tail` bytes end there).
@@ -311,24 +313,36 @@ impl Direct {
     }
 }
 
-/// A zeroed buffer whose start is aligned to [`BLOCK`], as `O_DIRECT` needs.
+/// Segment `id` opened for writing with `O_DIRECT`; `None` if the filesystem refuses it.
+fn open_direct(dir: &Path, id: u64) -> io::Result<Option<File>> {
+    let opened = OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(segment_path(dir, id));
+    match opened {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A zeroed buffer whose start is aligned to [`BLOCK`], as `O_DIRECT` needs: `raw` holds
+/// [`BLOCK`] bytes more than the aligned part, which starts at `at`.
 struct Aligned {
     raw: Vec<u8>,
-    /// Where the aligned part starts in `raw`.
     at: usize,
-    len: usize,
 }
 
 impl Aligned {
     fn zeroed(len: usize) -> Aligned {
         let raw = vec![0u8; len + BLOCK];
         let at = (BLOCK - raw.as_ptr() as usize % BLOCK) % BLOCK;
-        Aligned { raw, at, len }
+        Aligned { raw, at }
     }
 
     /// The first `len` aligned bytes, grown if needed with the first `keep` bytes kept.
     fn holding(&mut self, len: usize, keep: usize) -> &mut [u8] {
-        if len > self.len {
+        if len > self.raw.len() - BLOCK {
             let mut grown = Aligned::zeroed(len);
             grown.raw[grown.at..grown.at + keep]
                 .copy_from_slice(&self.raw[self.at..self.at + keep]);
@@ -569,8 +583,8 @@ impl Wal {
                 create_segment(&self.dir, id, len, Fill::Sparse)?
             }
         };
-        if self.direct.is_some() {
-            self.direct = Direct::open(&self.dir, next.id)?;
+        if let Some(direct) = self.direct.take() {
+            self.direct = direct.reopen(&self.dir, next.id)?;
         }
         let old = std::mem::replace(&mut self.active, next);
         self.pos = 0;
@@ -726,12 +740,13 @@ mod tests {
 
     /// A batch a third of a segment long, tagged `n`: a segment holds two.
     fn big(n: u8) -> Puts {
+        sized(n, (SEGMENT_BYTES / 3) as usize)
+    }
+
+    /// A batch of `len` bytes of values, tagged `n`.
+    fn sized(n: u8, len: usize) -> Puts {
         let mut p = Puts::with_capacity(0);
-        p.put(
-            Space::Events,
-            &[n; 16],
-            &vec![7u8; (SEGMENT_BYTES / 3) as usize],
-        );
+        p.put(Space::Events, &[n; 16], &vec![n; len]);
         p
     }
 
@@ -849,13 +864,6 @@ mod tests {
             "a ready segment below the active one is removed"
         );
         assert_eq!(replayed(&wal_dir), [5, 6, 7, 8, 9]);
-    }
-
-    /// A batch of `len` bytes of values, tagged `n`.
-    fn sized(n: u8, len: usize) -> Puts {
-        let mut p = Puts::with_capacity(0);
-        p.put(Space::Events, &[n; 16], &vec![n; len]);
-        p
     }
 
     #[test]
