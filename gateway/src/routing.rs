@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use ec_core::{DataId, NodeId};
 use ec_discovery::{HealthSnapshot, Mapping, MappingProblem, MappingSnapshot, NodeStatus};
 use tokio::sync::watch;
@@ -89,16 +90,25 @@ pub(crate) struct Served {
     /// The route.
     pub(crate) route: ReadRoute,
     turn: Arc<AtomicUsize>,
+    /// `GetNodeForData`'s answer for each pick, encoded on first use (see
+    /// [`Table::pick_encoded`]).
+    answers: Box<[OnceLock<Bytes>]>,
 }
 
 impl Served {
+    fn with_turn(route: ReadRoute, turn: Arc<AtomicUsize>) -> Served {
+        let answers = route.candidates.iter().map(|_| OnceLock::new()).collect();
+        Served {
+            route,
+            turn,
+            answers,
+        }
+    }
+
     /// A route with a rotation of its own (for tests of what uses routes).
     #[cfg(test)]
     pub(crate) fn new(route: ReadRoute) -> Served {
-        Served {
-            route,
-            turn: Arc::default(),
-        }
+        Served::with_turn(route, Arc::default())
     }
 }
 
@@ -620,11 +630,10 @@ impl Table {
                             unavailable: Some(e.to_string()),
                         },
                     };
-                    let served = Served {
-                        route,
-                        turn: routed.turn.clone(),
-                    };
-                    (data_id.clone(), served)
+                    (
+                        data_id.clone(),
+                        Served::with_turn(route, routed.turn.clone()),
+                    )
                 })
                 .collect();
             Arc::new(routes)
@@ -634,6 +643,29 @@ impl Table {
     /// Where to read `data_id`, without copying anything: its route and the index of the
     /// candidate picked for this request (round-robin among the preferred ones).
     pub(crate) fn pick(&self, data_id: &DataId) -> Result<(&ReadRoute, usize), RouteError> {
+        self.pick_served(data_id)
+            .map(|(served, i)| (&served.route, i))
+    }
+
+    /// Like [`Table::pick`], answered with `encode`'s bytes for the route and pick, which
+    /// are encoded once per table and pick and then shared.
+    ///
+    /// Why: `GetNodeForData` answers the same few bytes for a data ID until the table
+    /// changes, and building and encoding the answer (its strings, its candidates) was about
+    /// 5 % of the lookup's throughput (BENCHMARKS.md, *twenty-sixth round*).
+    pub(crate) fn pick_encoded(
+        &self,
+        data_id: &DataId,
+        encode: impl FnOnce(&ReadRoute, usize) -> Bytes,
+    ) -> Result<Bytes, RouteError> {
+        let (served, i) = self.pick_served(data_id)?;
+        Ok(served.answers[i]
+            .get_or_init(|| encode(&served.route, i))
+            .clone())
+    }
+
+    /// [`Table::pick`]'s route as served, with the pick: always an index of a candidate.
+    fn pick_served(&self, data_id: &DataId) -> Result<(&Served, usize), RouteError> {
         if let Some(e) = self.not_loaded() {
             return Err(e);
         }
@@ -657,7 +689,7 @@ impl Table {
             .preferred
             .clamp(1, served.route.candidates.len());
         let i = served.turn.fetch_add(1, Ordering::Relaxed) % preferred;
-        Ok((&served.route, i))
+        Ok((served, i))
     }
 
     /// Where to write `data_id`: its primary, if usable.
@@ -1097,6 +1129,42 @@ mod tests {
         assert!(t.route(&id("e")).is_ok());
         let t = t.with_freshness(Freshness::default());
         assert_eq!(t.read_routes().expect("loaded").len(), 1);
+    }
+
+    #[test]
+    fn encoded_answers_are_made_once_per_table_and_pick_and_follow_the_rotation() {
+        let t = table(
+            &[],
+            &[mapping("d", &["n1", "n2", "n3"])],
+            &[("n1", Passing), ("n2", Passing), ("n3", Warning)],
+        );
+        let encoded = std::cell::Cell::new(0);
+        let answer = |t: &Table| {
+            let encode = |route: &ReadRoute, i: usize| {
+                encoded.set(encoded.get() + 1);
+                Bytes::from(route.candidates[i].node_id.clone())
+            };
+            t.pick_encoded(&id("d"), encode).expect("answer")
+        };
+        let picks: Vec<Bytes> = (0..4).map(|_| answer(&t)).collect();
+        assert_eq!(picks, ["n1", "n2", "n1", "n2"]);
+        assert_eq!(encoded.get(), 2, "one encoding per pick");
+        assert_eq!(picks[0].as_ptr(), picks[2].as_ptr(), "shared, not copied");
+
+        // A new table encodes anew, from its own routes; the rotation goes on.
+        let t = t.with_freshness(Freshness::default());
+        assert_eq!(answer(&t), "n1");
+        assert_eq!(encoded.get(), 3);
+        let t = table(
+            &[],
+            &[mapping("d", &["n1", "n2", "n3"])],
+            &[("n1", Critical), ("n2", Warning), ("n3", Passing)],
+        );
+        assert_eq!([answer(&t), answer(&t)], ["n3", "n3"]);
+
+        // A refusal is not encoded.
+        let refused = t.pick_encoded(&id("x"), |_, _| unreachable!("encoded a refusal"));
+        assert_eq!(refused, Err(RouteError::NotFound { data_id: id("x") }));
     }
 
     #[test]

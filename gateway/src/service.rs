@@ -9,11 +9,13 @@
 use std::pin::Pin;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use ec_client::{ChannelCache, StreamOptions};
 use ec_core::auth::Action;
 use ec_core::{DataId, NodeId, Offset, TimestampMs};
 use ec_discovery::MappingStore;
 use ec_proto::contract::{StartAt, start_of};
+use ec_proto::frame::encode_framed;
 use ec_proto::gateway_server::Gateway;
 use ec_proto::raw::RawEventBatch;
 use ec_proto::{
@@ -159,6 +161,20 @@ fn snapshot_events(table: &Table) -> Vec<HealthEvent> {
 }
 
 impl GatewayService {
+    /// `GetNodeForData` as served (see `passthrough.rs`): the answer of
+    /// [`Gateway::get_node_for_data`], framed, encoded once per routing table and pick.
+    pub(crate) fn get_node_framed(&self, req: &Request<GetNodeRequest>) -> Result<Bytes, Status> {
+        self.guard
+            .check(req, Action::Read(&req.get_ref().data_id))?;
+        let table = self.table.current();
+        let answer = parse_data_id(&req.get_ref().data_id).and_then(|data_id| {
+            let encode = |route: &_, i| encode_framed(&get_node_response((route, i)));
+            Ok(table.pick_encoded(&data_id, encode)?)
+        });
+        self.metrics.lookup(answer.as_ref().err().map(Status::code));
+        answer
+    }
+
     /// `Subscribe`: the data ID's batches through the proxy's resumable stream, as the nodes
     /// encoded them.
     #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id))]
@@ -250,8 +266,8 @@ async fn send_snapshot(
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
-    // A debug span: at the default level a span per lookup would cost more than the lookup.
-    #[tracing::instrument(level = "debug", skip(self, req), fields(data_id = %req.get_ref().data_id))]
+    /// Served by `passthrough.rs` with [`GatewayService::get_node_framed`] (the same answer,
+    /// encoded once per table); this decoded form exists for the trait's sake.
     async fn get_node_for_data(
         &self,
         req: Request<GetNodeRequest>,

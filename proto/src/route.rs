@@ -1,5 +1,8 @@
 //! One server-streaming method of a generated gRPC server answered with framed messages that
 //! the service wrote itself ([`crate::frame`]), every other method left to the generated code.
+//! A unary method can be answered so too, as a stream of one message: on the wire that is
+//! what a unary answer is (one message, then the status). Nest one `HandFramed` in another
+//! for a second method.
 //!
 //! A tonic-generated server fixes one codec for all of a service's methods, so a method whose
 //! messages are already encoded (a node's batches written straight from its stored events, a
