@@ -40,7 +40,7 @@ use crate::metrics::GatewayMetrics;
 use crate::promotion::{self, Promoter};
 use crate::proxy::{self, deliver};
 use crate::route_feed::{self, RouteSet};
-use crate::routing::{MappingView, NodeRoute, RoutingTable, Table};
+use crate::routing::{MappingView, NodeRoute, RouteError, RoutingTable, Table};
 
 /// Health events buffered towards one `WatchHealth` client.
 const WATCH_BUFFER: usize = 256;
@@ -164,13 +164,24 @@ impl GatewayService {
     /// `GetNodeForData` as served (see `passthrough.rs`): the answer of
     /// [`Gateway::get_node_for_data`], framed, encoded once per routing table and pick.
     pub(crate) fn get_node_framed(&self, req: &Request<GetNodeRequest>) -> Result<Bytes, Status> {
+        self.lookup(req, |table, data_id| {
+            let encode = |route: &_, i| encode_framed(&get_node_response((route, i)));
+            table.pick_encoded(data_id, encode)
+        })
+    }
+
+    /// A lookup's checks and count around `answer`: the caller may read the data ID, the ID
+    /// is well-formed, and the outcome is counted in the lookup metrics.
+    fn lookup<T>(
+        &self,
+        req: &Request<GetNodeRequest>,
+        answer: impl FnOnce(&Table, &DataId) -> Result<T, RouteError>,
+    ) -> Result<T, Status> {
         self.guard
             .check(req, Action::Read(&req.get_ref().data_id))?;
         let table = self.table.current();
-        let answer = parse_data_id(&req.get_ref().data_id).and_then(|data_id| {
-            let encode = |route: &_, i| encode_framed(&get_node_response((route, i)));
-            Ok(table.pick_encoded(&data_id, encode)?)
-        });
+        let answer =
+            parse_data_id(&req.get_ref().data_id).and_then(|data_id| Ok(answer(&table, &data_id)?));
         self.metrics.lookup(answer.as_ref().err().map(Status::code));
         answer
     }
@@ -272,13 +283,10 @@ impl Gateway for GatewayService {
         &self,
         req: Request<GetNodeRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
-        self.guard
-            .check(&req, Action::Read(&req.get_ref().data_id))?;
-        let table = self.table.current();
-        let answer = parse_data_id(&req.get_ref().data_id)
-            .and_then(|data_id| Ok(get_node_response(table.pick(&data_id)?)));
-        self.metrics.lookup(answer.as_ref().err().map(Status::code));
-        answer.map(Response::new)
+        self.lookup(&req, |table, data_id| {
+            table.pick(data_id).map(get_node_response)
+        })
+        .map(Response::new)
     }
 
     #[tracing::instrument(skip(self, req), fields(data_id = %req.get_ref().data_id, node = %req.get_ref().node_id))]
