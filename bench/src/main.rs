@@ -66,7 +66,7 @@ fn run() -> Result<()> {
         .enable_all()
         .build()
         .wrap_err("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let work = async move {
         procs::kill_children_on_signal();
         match cli.command {
             cli::Command::SeedGateway(args) => seed_gateway::serve(args).await,
@@ -80,5 +80,46 @@ fn run() -> Result<()> {
             }
             command => suite::run(command).await,
         }
-    })
+    };
+    on_workers(&runtime, work)
+}
+
+/// Runs `work` to its end as a task on `runtime`'s workers, where an application's tasks
+/// run, not on the calling thread.
+///
+/// Why: run by `block_on` on the main thread, every acknowledgement a client's connection
+/// task completed woke that thread, and every request sent from it woke a worker again,
+/// for every system's clients alike (BENCHMARKS.md, "Issue 13, twenty-eighth round").
+fn on_workers<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let task = runtime.spawn(work);
+    runtime
+        .block_on(task)
+        .wrap_err("the bench's task panicked or was cancelled")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_work_runs_on_a_worker_and_a_panic_is_an_error() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        let here = std::thread::current().id();
+        let ran_on = on_workers(&runtime, async { Ok(std::thread::current().id()) })
+            .expect("the work's result");
+        assert_ne!(ran_on, here, "the work ran on the calling thread");
+
+        fn buggy() -> Result<()> {
+            panic!("a measurement's bug")
+        }
+        let panicked = on_workers(&runtime, async { buggy() });
+        let error = format!("{:#}", panicked.expect_err("a panic is an error"));
+        assert!(error.contains("panicked"), "{error}");
+    }
 }

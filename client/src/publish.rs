@@ -412,6 +412,13 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 /// [`ClientError::NotDelivered`]. A batch that stays unacknowledged for [`STALL_CHECK`] makes
 /// it ask the gateway whether the primary moved, so a frozen primary is left as soon as
 /// another is named. [`Publisher::events`] reports each outage once and its end.
+///
+/// The stream is driven by a task of the runtime. A producer that sends and awaits from a
+/// task of the same multi-threaded runtime (`tokio::spawn`) hands batches and
+/// acknowledgements over within the workers; one on the thread of `block_on` (the body of
+/// `#[tokio::main]`) wakes that thread for every acknowledgement and a worker for every
+/// batch. With a window of 256 events in flight and one fdatasync per commit, that cost 13 %
+/// of the events a second on 2 cores (BENCHMARKS.md, *Issue 13, twenty-eighth round*).
 pub struct Publisher {
     data_id: DataId,
     producer_id: u64,
