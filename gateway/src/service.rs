@@ -163,6 +163,8 @@ fn snapshot_events(table: &Table) -> Vec<HealthEvent> {
 impl GatewayService {
     /// `GetNodeForData` as served (see `passthrough.rs`): the answer of
     /// [`Gateway::get_node_for_data`], framed, encoded once per routing table and pick.
+    // A debug span: at the default level a span per lookup would cost more than the lookup.
+    #[tracing::instrument(level = "debug", skip(self, req), fields(data_id = %req.get_ref().data_id))]
     pub(crate) fn get_node_framed(&self, req: &Request<GetNodeRequest>) -> Result<Bytes, Status> {
         self.lookup(req, |table, data_id| {
             let encode = |route: &_, i| encode_framed(&get_node_response((route, i)));
