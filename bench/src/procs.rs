@@ -244,7 +244,7 @@ impl Drop for Spawned {
     }
 }
 
-/// Where the benchmark's own binaries (ec-node, ec-gateway) are.
+/// Where the benchmark's own binaries (ec-node, ec-gateway) are, as an absolute path.
 pub(crate) fn own_binary(name: &str, bin_dir: Option<&Path>) -> Result<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(dir) = bin_dir {
@@ -263,7 +263,10 @@ pub(crate) fn own_binary(name: &str, bin_dir: Option<&Path>) -> Result<PathBuf> 
     for dir in &dirs {
         let path = dir.join(name);
         if is_executable(&path) {
-            return Ok(path);
+            // Absolute, because servers are started in their own data directories: a
+            // relative `--bin-dir ./bin` would name nothing there.
+            return std::path::absolute(&path)
+                .wrap_err_with(|| format!("cannot make {} absolute", path.display()));
         }
     }
     bail!(
@@ -280,7 +283,10 @@ pub(crate) fn own_binary(name: &str, bin_dir: Option<&Path>) -> Result<PathBuf> 
 pub(crate) fn peer_binary(env_var: &str, name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env_var).filter(|v| !v.is_empty()) {
         let path = PathBuf::from(path);
-        return is_executable(&path).then_some(path);
+        // Absolute for the same reason as `own_binary`'s.
+        return is_executable(&path)
+            .then(|| std::path::absolute(&path).ok())
+            .flatten();
     }
     on_path(name)
 }
@@ -312,4 +318,34 @@ pub(crate) fn free_port() -> u16 {
 /// `127.0.0.1:port`.
 pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--bin-dir ./bin` must still name the binary once a server runs in its own data
+    /// directory (found when `ec-bench growth --bin-dir ./dir` could start no node).
+    #[test]
+    fn a_relative_bin_dir_gives_an_absolute_binary() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bin = dir.path().join("ec-node");
+        std::fs::write(&bin, "#!/bin/sh\n").expect("write the stand-in binary");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+            .expect("make it executable");
+        // The temp dir, named relative to the working directory: `../` up to the root.
+        let cwd = std::env::current_dir().expect("working directory");
+        let mut relative = PathBuf::new();
+        for _ in cwd.components().skip(1) {
+            relative.push("..");
+        }
+        relative.push(dir.path().strip_prefix("/").expect("an absolute temp dir"));
+        assert!(relative.is_relative());
+
+        let found = own_binary("ec-node", Some(&relative)).expect("found");
+        assert!(found.is_absolute(), "{} is relative", found.display());
+        assert!(is_executable(&found));
+        assert!(own_binary("ec-gateway", Some(&relative)).is_err());
+    }
 }
