@@ -401,6 +401,7 @@ fn growth_metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("ev_per_s", "events/s"),
             ("server_cpu_us_per_ev", "server CPU µs/event"),
             ("client_cpu_us_per_ev", "client CPU µs/event"),
+            ("create_ids_per_s", "data IDs created/s"),
         ],
         "growth-followers" => &[
             ("delivery_p50_us", "delivery p50 µs"),
