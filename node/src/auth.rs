@@ -70,7 +70,8 @@ impl Guard {
         }
         self.check(caller, Action::Create(data_id))?;
         if let Some(max) = self.max_created_data_ids {
-            let held = log.list().len() as u64;
+            // Counted, not listed: this runs for every data ID created.
+            let held = log.stream_count() as u64;
             if held >= max {
                 return Err(Status::resource_exhausted(format!(
                     "node holds {held} data IDs, the limit for creating more by publishing (limits.max_created_data_ids = {max}); publish to an existing data ID, map {data_id} to another node, or raise the limit"

@@ -810,6 +810,11 @@ impl EventLog {
         all
     }
 
+    /// How many streams the log holds: `list().len()` without building and sorting them.
+    pub fn stream_count(&self) -> usize {
+        self.inner.store.stream_count()
+    }
+
     /// Whether `data_id` has a stream (created by a committed append).
     pub fn contains(&self, data_id: &DataId) -> bool {
         self.inner.store.stream(data_id).is_some()

@@ -584,6 +584,11 @@ impl Store {
             .collect()
     }
 
+    /// How many streams there are.
+    pub(super) fn stream_count(&self) -> usize {
+        self.streams.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Makes streams created by a durable batch visible. Called with `write_lock` held.
     pub(super) fn publish_streams(&self, created: impl IntoIterator<Item = Arc<Stream>>) {
         let mut streams = self.streams.write().unwrap_or_else(|e| e.into_inner());

@@ -222,6 +222,7 @@ async fn offsets_stay_dense_across_reopen() {
     // Stream numbers are not reused: all three streams keep their own events after another reopen.
     let log = open(dir.path());
     assert_eq!(log.list().len(), 3);
+    assert_eq!(log.stream_count(), 3);
     assert_eq!(
         payloads(&log.read(&id("c"), Offset(0), 10, usize::MAX).unwrap()),
         ["c0"]
