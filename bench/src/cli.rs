@@ -262,7 +262,8 @@ pub(crate) struct ScaleArgs {
 /// A curve of `growth`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub(crate) enum Curve {
-    /// Publish throughput and server CPU per event against data IDs written at once.
+    /// Data IDs created a second, then publish throughput and server CPU per event,
+    /// against data IDs written at once.
     Ids,
     /// End-to-end delivery latency against the followers of one data ID.
     Followers,
