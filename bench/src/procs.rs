@@ -260,14 +260,8 @@ pub(crate) fn own_binary(name: &str, bin_dir: Option<&Path>) -> Result<PathBuf> 
             dirs.push(parent.to_path_buf());
         }
     }
-    for dir in &dirs {
-        let path = dir.join(name);
-        if is_executable(&path) {
-            // Absolute, because servers are started in their own data directories: a
-            // relative `--bin-dir ./bin` would name nothing there.
-            return std::path::absolute(&path)
-                .wrap_err_with(|| format!("cannot make {} absolute", path.display()));
-        }
+    if let Some(path) = dirs.iter().find_map(|dir| executable(&dir.join(name))) {
+        return Ok(path);
     }
     bail!(
         "{name} not found in {}; build it (cargo build --release -p ec-node -p ec-gateway) or \
@@ -282,11 +276,7 @@ pub(crate) fn own_binary(name: &str, bin_dir: Option<&Path>) -> Result<PathBuf> 
 /// A peer's server binary: `$env_var`, else `name` on PATH; `None` if neither exists.
 pub(crate) fn peer_binary(env_var: &str, name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env_var).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        // Absolute for the same reason as `own_binary`'s.
-        return is_executable(&path)
-            .then(|| std::path::absolute(&path).ok())
-            .flatten();
+        return executable(Path::new(&path));
     }
     on_path(name)
 }
@@ -298,9 +288,16 @@ pub(crate) fn consul_binary() -> Option<PathBuf> {
 
 fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).find_map(|d| executable(&d.join(name)))
+}
+
+/// `path` made absolute if it is an executable file. Absolute, because every server runs
+/// in its own data directory, where a relative path (`--bin-dir ./bin`) names nothing.
+fn executable(path: &Path) -> Option<PathBuf> {
+    if !is_executable(path) {
+        return None;
+    }
+    std::path::absolute(path).ok()
 }
 
 fn is_executable(path: &Path) -> bool {
