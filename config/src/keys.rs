@@ -113,6 +113,8 @@ keys! {
         "largest accepted event payload: bytes, or with a unit such as 512KiB or 1MiB (max 64MiB)";
     "node.auto_create" "EVENT_CATCHER_NODE_AUTO_CREATE" [node.auto_create] boolean "true"
         "create a data ID's log on its first publish; false refuses publishes to unknown data IDs";
+    "node.idle_poll" "EVENT_CATCHER_NODE_IDLE_POLL" [node.idle_poll] duration "200us"
+        "how long the node's async worker keeps polling its sockets after its last work before it sleeps: lower latency where an idle CPU is slow to wake (VMs), for up to one core's CPU while requests keep coming; 0 = sleep at once (at most 1ms)";
     "node.tags" "EVENT_CATCHER_NODE_TAGS" [node.tags] list "[]"
         "extra Consul service tags for this node (env: comma-separated)";
     "node.standalone" "EVENT_CATCHER_NODE_STANDALONE" [node.standalone] boolean "false"

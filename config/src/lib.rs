@@ -126,6 +126,9 @@ pub struct NodeConfig {
     /// Create a data ID's log on its first publish; when false, publishes to a data ID
     /// without a log are refused.
     pub auto_create: bool,
+    /// How long the node's async worker keeps polling for I/O after its last work before it
+    /// sleeps (`ec_grpc::IdlePoll`); zero: it sleeps at once.
+    pub idle_poll: Duration,
     /// Extra Consul service tags for this node.
     pub tags: Vec<String>,
     /// Serve every data ID locally, ignoring the mappings (no replication).

@@ -72,6 +72,8 @@ pub struct PartialNode {
     pub max_event_bytes: Option<u64>,
     /// `node.auto_create`
     pub auto_create: Option<bool>,
+    /// `node.idle_poll`
+    pub idle_poll: Option<Duration>,
     /// `node.tags`
     pub tags: Option<Vec<String>>,
     /// `node.standalone`

@@ -31,6 +31,10 @@ use crate::{
 /// The layer each key's value came from.
 pub(crate) type Origins = BTreeMap<&'static str, Source>;
 
+/// Longest `node.idle_poll`: longer keeps a core busy long after the traffic stopped, and an
+/// interrupt is then likely to restart the window (`ec_grpc::IdlePoll`).
+const MAX_IDLE_POLL: Duration = Duration::from_millis(1);
+
 /// Largest `node.max_event_bytes`: one event travels in one gRPC message.
 const MAX_EVENT_BYTES_LIMIT: u64 = 64 << 20;
 /// Most threads `gateway.serve_threads` may ask for.
@@ -242,6 +246,17 @@ pub(crate) fn validate(
             c.invalid("node.data_dir", "", "a directory path, non-empty"),
         )?;
     }
+    let idle_poll = c.required("node.idle_poll", node.idle_poll)?;
+    if idle_poll > MAX_IDLE_POLL {
+        c.enforce(
+            &["node.idle_poll"],
+            c.invalid(
+                "node.idle_poll",
+                humantime::format_duration(idle_poll),
+                "a duration of at most 1ms, such as 200us, or 0 to sleep at once",
+            ),
+        )?;
+    }
     let max_event_bytes = c.required("node.max_event_bytes", node.max_event_bytes)?;
     if max_event_bytes == 0 || max_event_bytes > MAX_EVENT_BYTES_LIMIT {
         c.enforce(
@@ -411,6 +426,7 @@ pub(crate) fn validate(
         data_dir,
         max_event_bytes,
         auto_create: c.required("node.auto_create", node.auto_create)?,
+        idle_poll,
         tags,
         standalone: c.required("node.standalone", node.standalone)?,
         cluster_secret: Secret::new(c.required("node.cluster_secret", node.cluster_secret)?),

@@ -27,12 +27,14 @@
 //! whatever it is given under the service's name.
 
 pub mod auth;
+mod idle_poll;
 mod limits;
 mod listen;
 mod metrics;
 mod server;
 mod tls;
 
+pub use idle_poll::IdlePoll;
 pub use limits::MessageLimitLayer;
 pub use listen::{LISTEN_BACKLOG, bind};
 pub use metrics::metrics_route;

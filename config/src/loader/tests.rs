@@ -582,6 +582,23 @@ fn serve_threads_default_to_one_per_core_and_are_bounded() {
 }
 
 #[test]
+fn idle_poll_defaults_to_200us_and_is_bounded() {
+    assert_eq!(Config::default().node.idle_poll, Duration::from_micros(200));
+    let c = load_env(&[("EVENT_CATCHER_NODE_IDLE_POLL", "0")])
+        .expect("valid")
+        .config;
+    assert_eq!(c.node.idle_poll, Duration::ZERO, "0 sleeps at once");
+    let c = load_env(&[("EVENT_CATCHER_NODE_IDLE_POLL", "1ms")])
+        .expect("valid")
+        .config;
+    assert_eq!(c.node.idle_poll, Duration::from_millis(1));
+    let bad = load_env(&[("EVENT_CATCHER_NODE_IDLE_POLL", "2ms")]).expect_err("too long");
+    assert_mentions(&bad, &["node.idle_poll", "2ms", "at most 1ms"]);
+    let bad = load_env(&[("EVENT_CATCHER_NODE_IDLE_POLL", "fast")]).expect_err("not a duration");
+    assert_mentions(&bad, &["node.idle_poll", "fast"]);
+}
+
+#[test]
 fn replication_keys_from_env_and_file() {
     let c = load_env(&[
         ("EVENT_CATCHER_NODE_REPLICATION_ACKS", "LEADER"),
