@@ -13,11 +13,11 @@
 //! a worker with a yielded task polls its I/O driver without waiting (`epoll_wait` with a
 //! zero timeout) before running it again. Each round first offers the CPU to the machine's
 //! other threads (`sched_yield`), so the polling takes only time that nothing else on that
-//! CPU wants. Whatever arrives meanwhile is run at once, and
-//! each round in which other work ran starts the window again. When the window passes with
-//! nothing else to do, the poller waits for the next wake-up and the worker sleeps. An idle
-//! process polls for nothing; one that keeps receiving more often than the window keeps one
-//! core busy. One poller serves a runtime, so at most one worker polls at a time.
+//! CPU wants. Whatever arrives meanwhile is run at once, and each round in which other work
+//! ran starts the window again. When the window passes with nothing else to do, the poller
+//! waits for the next wake-up and the worker sleeps. An idle process polls for nothing; one
+//! that keeps receiving more often than the window keeps one core busy. One poller serves a
+//! runtime, so at most one worker polls at a time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,12 +92,13 @@ impl IdlePoll {
 mod tests {
     use super::*;
 
-    /// Waits up to 30 s for `rounds` to stop growing for 200 ms, and returns it then.
+    /// Waits up to 30 s for `rounds` to stop growing for 500 ms (far longer than a window,
+    /// even on a loaded machine), and returns it then.
     fn settled(poll: &IdlePoll) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let before = poll.rounds();
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(500));
             let after = poll.rounds();
             if after == before {
                 return after;
