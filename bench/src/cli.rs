@@ -171,6 +171,10 @@ pub(crate) struct FloorServerArgs {
     /// connections whole) instead of with tonic's default server on a default runtime.
     #[arg(long)]
     pub(crate) per_thread: bool,
+    /// With --per-thread: microseconds each thread polls its sockets after its last work
+    /// before it sleeps, as the gateway's do (gateway.idle_poll); 0 = sleep at once.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) idle_poll_us: u64,
 }
 
 /// Flags of `failover`.

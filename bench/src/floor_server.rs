@@ -7,8 +7,11 @@
 //! Two ways of serving it, each its own process and variant in `lookup`: tonic's default
 //! server on a default multi-threaded runtime (`floor`), and the way `ec-gateway` serves
 //! (`--per-thread`, `floor-threads`: `ec-grpc`'s server, one thread per core holding its
-//! connections whole). The better of the two is the floor a lookup is held to, so neither
-//! the gateway's serving nor tonic's default flatters the ratio.
+//! connections whole and, with `--idle-poll-us`, polling before it sleeps). The better of
+//! the two is the floor a lookup is held to, so neither the gateway's serving nor tonic's
+//! default flatters the ratio.
+
+use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr};
 use tonic::{Request, Response, Status};
@@ -31,7 +34,7 @@ const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("floor_de
 pub(crate) async fn serve(args: FloorServerArgs) -> Result<()> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
     if args.per_thread {
-        return serve_per_thread(addr).await;
+        return serve_per_thread(addr, Duration::from_micros(args.idle_poll_us)).await;
     }
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -41,8 +44,9 @@ pub(crate) async fn serve(args: FloorServerArgs) -> Result<()> {
         .wrap_err_with(|| format!("floor server on {addr} failed"))
 }
 
-/// Serves as `ec-gateway` does: `ec-grpc`'s server, one thread per core.
-async fn serve_per_thread(addr: std::net::SocketAddr) -> Result<()> {
+/// Serves as `ec-gateway` does: `ec-grpc`'s server, one thread per core, each polling for
+/// `idle_poll` before it sleeps.
+async fn serve_per_thread(addr: std::net::SocketAddr, idle_poll: Duration) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .wrap_err_with(|| format!("floor server cannot listen on {addr}"))?;
@@ -51,6 +55,7 @@ async fn serve_per_thread(addr: std::net::SocketAddr) -> Result<()> {
         max_message_bytes: 4 << 20,
         tls: None,
         max_concurrent_streams: None,
+        idle_poll,
     })
     .add_service(FloorServer::new(Empty), FILE_DESCRIPTOR_SET)
     .await;

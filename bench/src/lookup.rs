@@ -11,8 +11,9 @@
 //! - `floor` (baseline): an empty unary RPC served by `ec-bench floor-server`, called over
 //!   the same connections in the same pattern as `GetNodeForData`: what any unary tonic call
 //!   costs here, so `gateway ÷ floor` says how much the lookup itself adds.
-//! - `floor-threads` (baseline): the same empty RPC served the way the gateway serves
-//!   (`floor-server --per-thread`). The goal holds `GetNodeForData` to the better of the two
+//! - `floor-threads` (baseline): the same empty RPC served the way the gateway serves by
+//!   default (`floor-server --per-thread`, each thread polling for `gateway.idle_poll`'s
+//!   default before it sleeps). The goal holds `GetNodeForData` to the better of the two
 //!   floors.
 //! - `gateway-base` (baseline, only with `--lookup-base-gateway FILE`): `GetNodeForData` of
 //!   another gateway build against the same Consul, to compare two builds in one run.
@@ -235,7 +236,13 @@ async fn spawn_floor(exe: &Path, dir: &Workdir, per_thread: bool) -> Result<(Spa
     let mut cmd = Command::new(exe);
     cmd.args(["floor-server", "--port", &addr.port().to_string()]);
     if per_thread {
-        cmd.arg("--per-thread");
+        // Served the way the gateway serves by default, polling included.
+        let idle_poll = ec_config::Config::default().gateway.idle_poll;
+        cmd.args([
+            "--per-thread",
+            "--idle-poll-us",
+            &idle_poll.as_micros().to_string(),
+        ]);
     }
     let name = if per_thread {
         "floor-server-threads"

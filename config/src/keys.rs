@@ -97,6 +97,8 @@ keys! {
         "how long a primary must stay lost (the gateway's own health checks of it fail) or gone from Consul before automatic failover";
     "gateway.serve_threads" "EVENT_CATCHER_GATEWAY_SERVE_THREADS" [gateway.serve_threads] count "0"
         "threads serving gRPC calls, each client connection on one of them; 0 = one per core (0-1024)";
+    "gateway.idle_poll" "EVENT_CATCHER_GATEWAY_IDLE_POLL" [gateway.idle_poll] duration "200us"
+        "how long each serving thread keeps polling its sockets after its last work before it sleeps: lower latency where an idle CPU is slow to wake (VMs), for up to one core's CPU per busy thread; 0 = sleep at once (at most 1ms)";
     "gateway.metrics.port" "EVENT_CATCHER_GATEWAY_METRICS_PORT" [gateway.metrics_port] port "50050"
         "HTTP port serving GET /metrics (Prometheus) and GET /health; differs from gateway.port";
     "node.id" "EVENT_CATCHER_NODE_ID" [node.id] text "node1"

@@ -102,6 +102,9 @@ pub struct GatewayConfig {
     /// `gateway.serve_threads`: threads serving gRPC calls, each client connection on one;
     /// `None` (the key's 0) means one per core.
     pub serve_threads: Option<NonZeroUsize>,
+    /// How long each serving thread keeps polling for I/O after its last work before it
+    /// sleeps (`ec_grpc::IdlePoll`); zero: it sleeps at once.
+    pub idle_poll: Duration,
     /// `gateway.metrics.port`: HTTP port of `/metrics` and `/health`.
     pub metrics_port: u16,
 }

@@ -50,6 +50,8 @@ pub struct PartialGateway {
     pub failover_after: Option<Duration>,
     /// `gateway.serve_threads`
     pub serve_threads: Option<u64>,
+    /// `gateway.idle_poll`
+    pub idle_poll: Option<Duration>,
     /// `gateway.metrics.port`
     pub metrics_port: Option<u16>,
 }

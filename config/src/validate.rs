@@ -31,7 +31,7 @@ use crate::{
 /// The layer each key's value came from.
 pub(crate) type Origins = BTreeMap<&'static str, Source>;
 
-/// Longest `node.idle_poll`: longer keeps a core busy long after the traffic stopped, and an
+/// Longest `node.idle_poll` and `gateway.idle_poll`: longer keeps a core busy long after the traffic stopped, and an
 /// interrupt is then likely to restart the window (`ec_grpc::IdlePoll`).
 const MAX_IDLE_POLL: Duration = Duration::from_millis(1);
 
@@ -150,6 +150,22 @@ impl Checker<'_> {
         Ok(value)
     }
 
+    /// `node.idle_poll` or `gateway.idle_poll`: a window of at most [`MAX_IDLE_POLL`].
+    fn idle_poll(&self, key: &str, value: Option<Duration>) -> Result<Duration, ConfigError> {
+        let value = self.required(key, value)?;
+        if value > MAX_IDLE_POLL {
+            self.enforce(
+                &[key],
+                self.invalid(
+                    key,
+                    show(value),
+                    "a duration of at most 1ms, such as 200us, or 0 to sleep at once",
+                ),
+            )?;
+        }
+        Ok(value)
+    }
+
     /// `node.replication.min_insync`: a count of nodes, at least 1.
     fn min_insync(&self, value: Option<u64>) -> Result<u64, ConfigError> {
         let key = "node.replication.min_insync";
@@ -246,17 +262,7 @@ pub(crate) fn validate(
             c.invalid("node.data_dir", "", "a directory path, non-empty"),
         )?;
     }
-    let idle_poll = c.required("node.idle_poll", node.idle_poll)?;
-    if idle_poll > MAX_IDLE_POLL {
-        c.enforce(
-            &["node.idle_poll"],
-            c.invalid(
-                "node.idle_poll",
-                humantime::format_duration(idle_poll),
-                "a duration of at most 1ms, such as 200us, or 0 to sleep at once",
-            ),
-        )?;
-    }
+    let idle_poll = c.idle_poll("node.idle_poll", node.idle_poll)?;
     let max_event_bytes = c.required("node.max_event_bytes", node.max_event_bytes)?;
     if max_event_bytes == 0 || max_event_bytes > MAX_EVENT_BYTES_LIMIT {
         c.enforce(
@@ -416,6 +422,7 @@ pub(crate) fn validate(
         serve_threads: usize::try_from(serve_threads.min(MAX_SERVE_THREADS))
             .ok()
             .and_then(NonZeroUsize::new),
+        idle_poll: c.idle_poll("gateway.idle_poll", gateway.idle_poll)?,
     };
 
     let node = NodeConfig {

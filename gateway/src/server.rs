@@ -48,6 +48,8 @@ const HEALTH_EVENTS_BUFFER: usize = 1024;
 /// `gateway.failover_after` by default (the configuration's default too; a test below checks
 /// that the two agree).
 pub(crate) const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(1);
+/// `gateway.idle_poll` by default (the configuration's default too; the same test checks).
+const DEFAULT_IDLE_POLL: Duration = Duration::from_micros(200);
 
 /// How long one Consul blocking query waits; see [`GatewaySettings::watch_wait`].
 const WATCH_WAIT: Duration = Duration::from_secs(30);
@@ -94,6 +96,9 @@ pub struct GatewaySettings {
     /// `gateway.serve_threads`: threads serving gRPC calls, each client connection on one of
     /// them; `None`: one per core.
     pub serve_threads: Option<NonZeroUsize>,
+    /// `gateway.idle_poll`: how long each serving thread polls its sockets after its last
+    /// work before it sleeps ([`ec_grpc::IdlePoll`]); zero: it sleeps at once.
+    pub idle_poll: Duration,
 }
 
 impl GatewaySettings {
@@ -121,6 +126,7 @@ impl GatewaySettings {
             max_streams_per_connection: 1024,
             max_request_bytes: 16 << 20,
             serve_threads: None,
+            idle_poll: DEFAULT_IDLE_POLL,
         }
     }
 
@@ -162,6 +168,7 @@ impl GatewaySettings {
             max_streams_per_connection: config.limits.max_streams_per_connection,
             max_request_bytes: config.limits.max_request_bytes,
             serve_threads: config.gateway.serve_threads,
+            idle_poll: config.gateway.idle_poll,
         })
     }
 }
@@ -343,6 +350,7 @@ pub async fn run_with_metrics(
         max_message_bytes: max_request,
         tls: server_tls,
         max_concurrent_streams: Some(settings.max_streams_per_connection),
+        idle_poll: settings.idle_poll,
     })
     .add_service(gateway, ec_proto::FILE_DESCRIPTOR_SET)
     .await
@@ -416,5 +424,6 @@ mod tests {
             new.max_streams_per_connection
         );
         assert_eq!(from_config.serve_threads, new.serve_threads);
+        assert_eq!(from_config.idle_poll, DEFAULT_IDLE_POLL);
     }
 }

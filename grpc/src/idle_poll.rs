@@ -123,10 +123,36 @@ mod tests {
         poll.hook(&mut builder);
         let runtime = builder.build().expect("a runtime");
         runtime.spawn(poll.clone().run());
+        polls_only_after_wake_ups(&poll, runtime.handle());
+    }
 
+    /// The same on a current-thread runtime, as each of the gateway's serving threads runs
+    /// (`server/threads.rs`): its thread is the one in `block_on`.
+    #[test]
+    fn polls_on_a_current_thread_runtime_too() {
+        let poll = IdlePoll::new(Duration::from_micros(200)).expect("a non-zero window");
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all();
+        poll.hook(&mut builder);
+        let runtime = builder.build().expect("a runtime");
+        runtime.spawn(poll.clone().run());
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || runtime.block_on(stopped));
+        polls_only_after_wake_ups(&poll, &handle);
+        drop(stop);
+        thread
+            .join()
+            .expect("the runtime's thread")
+            .expect_err("stopped by the dropped sender");
+    }
+
+    /// Wakes the runtime behind `handle` twice; `poll` must make rounds after each wake-up and
+    /// none while the runtime sleeps in between.
+    fn polls_only_after_wake_ups(poll: &IdlePoll, handle: &tokio::runtime::Handle) {
         // A timer wakes the sleeping worker: the poller polls, then stops.
-        runtime.spawn(async { tokio::time::sleep(Duration::from_millis(50)).await });
-        let after_first = settled(&poll);
+        handle.spawn(async { tokio::time::sleep(Duration::from_millis(50)).await });
+        let after_first = settled(poll);
         assert!(after_first > 0, "no poll round after the worker woke");
 
         // Nothing wakes the worker: no round is made while it sleeps.
@@ -138,8 +164,8 @@ mod tests {
         );
 
         // The next wake-up polls again.
-        runtime.spawn(async {});
-        let after_second = settled(&poll);
+        handle.spawn(async {});
+        let after_second = settled(poll);
         assert!(
             after_second > after_first,
             "no poll round after the second wake-up"

@@ -89,6 +89,10 @@ pub struct ServeSettings {
     /// Most concurrent calls (HTTP/2 streams) one connection may hold open
     /// (`limits.max_streams_per_connection`); `None`: h2's default.
     pub max_concurrent_streams: Option<u32>,
+    /// How long each thread of [`GrpcServer::serve_on_threads`] polls its sockets after its
+    /// last work before it sleeps ([`crate::IdlePoll`]); zero: it sleeps at once.
+    /// [`GrpcServer::serve`] runs on the caller's runtime and leaves polling to it.
+    pub idle_poll: std::time::Duration,
 }
 
 impl Default for ServeSettings {
@@ -97,6 +101,7 @@ impl Default for ServeSettings {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             tls: None,
             max_concurrent_streams: None,
+            idle_poll: std::time::Duration::ZERO,
         }
     }
 }
@@ -185,8 +190,9 @@ impl GrpcServer {
         shutdown: CancellationToken,
     ) -> Result<ServerTask, ServeError> {
         let addr = listener.local_addr().map_err(ServeError::Listener)?;
+        let idle_poll = self.settings.idle_poll;
         let routes = self.into_routes().await?;
-        let handle = threads::start(routes, listener, threads, addr, shutdown)?;
+        let handle = threads::start(routes, listener, threads, addr, idle_poll, shutdown)?;
         Ok(ServerTask { addr, handle })
     }
 

@@ -378,6 +378,7 @@ async fn serve(
         max_message_bytes: max_message,
         tls: server_tls,
         max_concurrent_streams: Some(settings.max_streams_per_connection),
+        ..ec_grpc::ServeSettings::default()
     })
     .add_service(node_server, ec_proto::FILE_DESCRIPTOR_SET)
     .await;

@@ -583,19 +583,30 @@ fn serve_threads_default_to_one_per_core_and_are_bounded() {
 
 #[test]
 fn idle_poll_defaults_to_200us_and_is_bounded() {
-    assert_eq!(Config::default().node.idle_poll, Duration::from_micros(200));
-    let c = load_env(&[("EVENT_CATCHER_NODE_IDLE_POLL", "0")])
-        .expect("valid")
-        .config;
-    assert_eq!(c.node.idle_poll, Duration::ZERO, "0 sleeps at once");
-    let c = load_env(&[("EVENT_CATCHER_NODE_IDLE_POLL", "1ms")])
-        .expect("valid")
-        .config;
-    assert_eq!(c.node.idle_poll, Duration::from_millis(1));
-    let bad = load_env(&[("EVENT_CATCHER_NODE_IDLE_POLL", "2ms")]).expect_err("too long");
-    assert_mentions(&bad, &["node.idle_poll", "2ms", "at most 1ms"]);
-    let bad = load_env(&[("EVENT_CATCHER_NODE_IDLE_POLL", "fast")]).expect_err("not a duration");
-    assert_mentions(&bad, &["node.idle_poll", "fast"]);
+    let defaults = Config::default();
+    assert_eq!(defaults.node.idle_poll, Duration::from_micros(200));
+    assert_eq!(defaults.gateway.idle_poll, Duration::from_micros(200));
+    type Window = fn(&Config) -> Duration;
+    let keys: [(&str, &str, Window); 2] = [
+        ("node.idle_poll", "EVENT_CATCHER_NODE_IDLE_POLL", |c| {
+            c.node.idle_poll
+        }),
+        (
+            "gateway.idle_poll",
+            "EVENT_CATCHER_GATEWAY_IDLE_POLL",
+            |c| c.gateway.idle_poll,
+        ),
+    ];
+    for (key, var, window) in keys {
+        let c = load_env(&[(var, "0")]).expect("valid").config;
+        assert_eq!(window(&c), Duration::ZERO, "{key}: 0 sleeps at once");
+        let c = load_env(&[(var, "1ms")]).expect("valid").config;
+        assert_eq!(window(&c), Duration::from_millis(1), "{key}");
+        let bad = load_env(&[(var, "2ms")]).expect_err("too long");
+        assert_mentions(&bad, &[key, "2ms", "at most 1ms"]);
+        let bad = load_env(&[(var, "fast")]).expect_err("not a duration");
+        assert_mentions(&bad, &[key, "fast"]);
+    }
 }
 
 #[test]

@@ -259,7 +259,13 @@ async fn serving_threads_each_hold_whole_connections_and_drain_on_shutdown() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let shutdown = CancellationToken::new();
     let threads = NonZeroUsize::new(2).expect("non-zero");
-    let task = GrpcServer::new(ServeSettings::default())
+    // Each thread polls before it sleeps, as the gateway's do by default: the poller must
+    // neither hold a connection back nor keep a thread from stopping.
+    let settings = ServeSettings {
+        idle_poll: Duration::from_micros(200),
+        ..ServeSettings::default()
+    };
+    let task = GrpcServer::new(settings)
         .add_service(FakeGateway, ec_proto::FILE_DESCRIPTOR_SET)
         .await
         .serve_on_threads(listener, threads, shutdown.clone())

@@ -51,22 +51,31 @@ struct Thread {
     open: Arc<()>,
 }
 
-/// Starts `threads` serving threads and the accept loop on `listener`. The returned task
-/// ends when `shutdown` is cancelled and every thread has drained its connections.
+/// Starts `threads` serving threads and the accept loop on `listener`. Each thread polls its
+/// sockets for `idle_poll` after its last work before it sleeps ([`crate::IdlePoll`]; zero:
+/// never). The returned task ends when `shutdown` is cancelled and every thread has drained
+/// its connections.
 pub(super) fn start(
     routes: Routes,
     listener: TcpListener,
     threads: NonZeroUsize,
     addr: SocketAddr,
+    idle_poll: Duration,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<Result<(), ServeError>>, ServeError> {
     let mut serving = Vec::with_capacity(threads.get());
     let mut stopped = Vec::with_capacity(threads.get());
     for i in 0..threads.get() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(ServeError::Thread)?;
+        let poll = crate::IdlePoll::new(idle_poll);
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all();
+        if let Some(poll) = &poll {
+            poll.hook(&mut builder);
+        }
+        let runtime = builder.build().map_err(ServeError::Thread)?;
+        if let Some(poll) = poll {
+            runtime.spawn(poll.run());
+        }
         let (connections, accepted) = mpsc::unbounded_channel();
         // Polled on the serving thread, so each socket joins that thread's reactor.
         let incoming = UnboundedReceiverStream::new(accepted)
