@@ -31,8 +31,9 @@ use crate::{
 /// The layer each key's value came from.
 pub(crate) type Origins = BTreeMap<&'static str, Source>;
 
-/// Longest `node.idle_poll` and `gateway.idle_poll`: longer keeps a core busy long after the traffic stopped, and an
-/// interrupt is then likely to restart the window (`ec_grpc::IdlePoll`).
+/// Longest `node.idle_poll` and `gateway.idle_poll`: longer keeps a core busy long after the
+/// traffic stopped, and an interrupt is then likely to restart the window
+/// (`ec_grpc::IdlePoll`).
 const MAX_IDLE_POLL: Duration = Duration::from_millis(1);
 
 /// Largest `node.max_event_bytes`: one event travels in one gRPC message.
