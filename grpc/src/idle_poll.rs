@@ -41,8 +41,20 @@ pub struct IdlePoll {
 }
 
 impl IdlePoll {
-    /// A poller with this window; `None` for a zero window (sleep at once).
-    pub fn new(window: Duration) -> Option<Self> {
+    /// Builds `builder`'s runtime with a poller of `window` running on it; a zero window
+    /// builds it plain (its workers sleep at once).
+    pub fn runtime(
+        window: Duration,
+        builder: &mut tokio::runtime::Builder,
+    ) -> std::io::Result<tokio::runtime::Runtime> {
+        match Self::new(window) {
+            Some(poll) => poll.start(builder),
+            None => builder.build(),
+        }
+    }
+
+    /// A poller with this window; `None` for a zero window.
+    fn new(window: Duration) -> Option<Self> {
         (!window.is_zero()).then(|| Self {
             window,
             woken: Arc::new(Notify::new()),
@@ -50,21 +62,27 @@ impl IdlePoll {
         })
     }
 
-    /// Has `builder` tell this poller whenever one of its workers wakes from sleep. The
-    /// runtime built must then run [`IdlePoll::run`].
-    pub fn hook(&self, builder: &mut tokio::runtime::Builder) {
+    /// Hooks `builder` so that each worker waking from sleep wakes this poller, builds the
+    /// runtime and spawns the poller on it.
+    fn start(
+        self,
+        builder: &mut tokio::runtime::Builder,
+    ) -> std::io::Result<tokio::runtime::Runtime> {
         let woken = Arc::clone(&self.woken);
         builder.on_thread_unpark(move || woken.notify_one());
+        let runtime = builder.build()?;
+        runtime.spawn(self.run());
+        Ok(runtime)
     }
 
     /// Poll rounds made so far (each one yield to the runtime).
-    pub fn rounds(&self) -> u64 {
+    #[cfg(test)]
+    fn rounds(&self) -> u64 {
         self.rounds.load(Ordering::Relaxed)
     }
 
-    /// The poller: spawn it on the runtime whose builder [`IdlePoll::hook`] was given. It
-    /// never returns.
-    pub async fn run(self) {
+    /// The poller, spawned by [`IdlePoll::start`]. It never returns.
+    async fn run(self) {
         loop {
             self.woken.notified().await;
             let mut until = Instant::now() + self.window;
@@ -120,9 +138,7 @@ mod tests {
         let poll = IdlePoll::new(Duration::from_micros(200)).expect("a non-zero window");
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(1).enable_all();
-        poll.hook(&mut builder);
-        let runtime = builder.build().expect("a runtime");
-        runtime.spawn(poll.clone().run());
+        let runtime = poll.clone().start(&mut builder).expect("a runtime");
         polls_only_after_wake_ups(&poll, runtime.handle());
     }
 
@@ -133,9 +149,7 @@ mod tests {
         let poll = IdlePoll::new(Duration::from_micros(200)).expect("a non-zero window");
         let mut builder = tokio::runtime::Builder::new_current_thread();
         builder.enable_all();
-        poll.hook(&mut builder);
-        let runtime = builder.build().expect("a runtime");
-        runtime.spawn(poll.clone().run());
+        let runtime = poll.clone().start(&mut builder).expect("a runtime");
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || runtime.block_on(stopped));
@@ -156,9 +170,8 @@ mod tests {
         assert!(after_first > 0, "no poll round after the worker woke");
 
         // Nothing wakes the worker: no round is made while it sleeps.
-        std::thread::sleep(Duration::from_millis(300));
         assert_eq!(
-            poll.rounds(),
+            settled(poll),
             after_first,
             "the poller polled an idle runtime"
         );

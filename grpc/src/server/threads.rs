@@ -66,16 +66,11 @@ pub(super) fn start(
     let mut serving = Vec::with_capacity(threads.get());
     let mut stopped = Vec::with_capacity(threads.get());
     for i in 0..threads.get() {
-        let poll = crate::IdlePoll::new(idle_poll);
-        let mut builder = tokio::runtime::Builder::new_current_thread();
-        builder.enable_all();
-        if let Some(poll) = &poll {
-            poll.hook(&mut builder);
-        }
-        let runtime = builder.build().map_err(ServeError::Thread)?;
-        if let Some(poll) = poll {
-            runtime.spawn(poll.run());
-        }
+        let runtime = crate::IdlePoll::runtime(
+            idle_poll,
+            tokio::runtime::Builder::new_current_thread().enable_all(),
+        )
+        .map_err(ServeError::Thread)?;
         let (connections, accepted) = mpsc::unbounded_channel();
         // Polled on the serving thread, so each socket joins that thread's reactor.
         let incoming = UnboundedReceiverStream::new(accepted)

@@ -36,13 +36,9 @@ fn run() -> Result<()> {
     };
     let settings = NodeSettings::from_config(&config).wrap_err("node.id")?;
     let replication = ReplicationSettings::from_config(&config);
-    let idle_poll = ec_grpc::IdlePoll::new(config.node.idle_poll);
-    runtime(idle_poll.as_ref())
+    runtime(config.node.idle_poll)
         .wrap_err("cannot start the async runtime")?
         .block_on(async move {
-            if let Some(poll) = idle_poll {
-                tokio::spawn(poll.run());
-            }
             let grpc_addr = format!("{}:{}", config.node.host, config.node.port);
             let health_addr = format!("{}:{}", config.node.host, config.node.health_check.port);
             let grpc = ec_grpc::bind(&grpc_addr).await.wrap_err_with(|| {
@@ -64,22 +60,20 @@ fn run() -> Result<()> {
 }
 
 /// The async runtime, with one worker thread fewer than the machine has cores (at least one),
-/// unless `TOKIO_WORKER_THREADS` says how many, and hooked to `idle_poll` (`node.idle_poll`)
-/// if there is one: a worker then polls its sockets for a while before it sleeps.
+/// unless `TOKIO_WORKER_THREADS` says how many, with a poller of `idle_poll`
+/// (`node.idle_poll`; zero: none): a worker then polls its sockets for a while before it
+/// sleeps.
 ///
 /// Why not one per core: the log's committer is a thread of its own, busy on every publish,
 /// so a worker per core makes more runnable threads than cores. Each event then crosses
 /// threads that wait for a core (measured on 2 cores: 2.4 instead of 3.0 context switches
 /// per delivered event, and a lower delivery p50; see BENCHMARKS.md, "Why the tail").
-fn runtime(idle_poll: Option<&ec_grpc::IdlePoll>) -> std::io::Result<tokio::runtime::Runtime> {
+fn runtime(idle_poll: std::time::Duration) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Some(poll) = idle_poll {
-        poll.hook(&mut builder);
-    }
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         builder.worker_threads(cores.saturating_sub(1).max(1));
     }
-    builder.build()
+    ec_grpc::IdlePoll::runtime(idle_poll, &mut builder)
 }
