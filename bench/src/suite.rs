@@ -127,11 +127,12 @@ pub(crate) async fn run(command: Command) -> Result<()> {
     let mut report = Report::new(s.out.as_deref())?;
     println!("ec-bench {name} on {}", machine::describe());
     println!(
-        "trials {}, tiers {:?}, {} events of {} B, {} in flight (batches of ≤ {}), e2e {} ev/s for {:?} (first {:?} dropped){}",
+        "trials {}, tiers {:?}, {} events of {} B ({} in the proxy scenario), {} in flight (batches of ≤ {}), e2e {} ev/s for {:?} (first {:?} dropped){}",
         s.trials,
         s.tiers.iter().map(|t| t.name()).collect::<Vec<_>>(),
         s.events,
         s.payload,
+        s.proxy_events,
         s.in_flight,
         s.batch,
         s.e2e_rate,
@@ -531,7 +532,7 @@ async fn cluster_trial(
             consul: &bins.consul,
             node: &bins.node,
             gateway: &bins.gateway,
-            events: s.events,
+            events: s.proxy_events,
             payload: s.payload,
             window: s.in_flight,
             batch: s.batch,
@@ -566,7 +567,7 @@ async fn cluster_trial(
                         r.metrics.insert("e2e_p99_us".into(), e.p99);
                     }
                     r.params = serde_json::json!({
-                        "events": s.events, "payload": s.payload, "rate": s.e2e_rate,
+                        "events": s.proxy_events, "payload": s.payload, "rate": s.e2e_rate,
                         "secs": s.e2e_duration.as_secs_f64(),
                     });
                     report.add(r)?;

@@ -234,6 +234,8 @@ fn quick_suite_prints_the_table_and_writes_json_lines() {
             &system_list,
             "--events",
             "20000",
+            "--proxy-events",
+            "30000",
             "--e2e-rate",
             "1000",
             "--e2e-secs",
@@ -314,6 +316,8 @@ fn quick_suite_prints_the_table_and_writes_json_lines() {
                 .iter()
                 .find(|r| r["scenario"] == "proxy" && r["system"] == variant)
                 .unwrap_or_else(|| panic!("no proxy record of {variant}:\n{text}"));
+            // Its own, longer log: --proxy-events, not --events.
+            assert_eq!(proxy["params"]["events"], 30000, "{proxy}");
             for metric in [
                 "node_cpu_us_per_ev",
                 "gateway_cpu_us_per_ev",
