@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use ec_proto::node_client::NodeClient;
 use ec_proto::{ListStreamsRequest, PublishRequest, StartFrom, StreamInfoRequest, StreamRequest};
 use tokio_stream::StreamExt;
+use tonic::transport::Channel;
 
 use crate::util::*;
 
@@ -150,6 +152,63 @@ async fn max_count_ends_the_stream_even_when_following() {
     assert_eq!(
         got.iter().map(|e| e.0).collect::<Vec<_>>(),
         vec![3, 4, 5, 6]
+    );
+    node.stop().await.expect("clean stop");
+}
+
+/// The events of each message of a non-following batched read from offset 0: (events,
+/// payload bytes), in order, after checking that the offsets run 0, 1, 2, ... throughout.
+async fn batch_shapes(c: &mut NodeClient<Channel>, data_id: &str) -> Vec<(usize, usize)> {
+    let mut stream = c
+        .stream_batches(read_from(data_id, 0))
+        .await
+        .expect("stream_batches")
+        .into_inner();
+    let (mut shapes, mut next) = (Vec::new(), 0);
+    while let Some(batch) = stream.message().await.expect("batch") {
+        for e in &batch.events {
+            assert_eq!(e.offset, next, "offsets of {data_id} out of order");
+            next += 1;
+        }
+        let bytes = batch.events.iter().map(|e| e.data.len()).sum();
+        shapes.push((batch.events.len(), bytes));
+    }
+    shapes
+}
+
+/// A reader far behind gets small events 8,192 to a message (each read sets up a range over
+/// the store, so fewer reads replay faster), and never more than 1 MiB of payload in one
+/// message unless a single event is larger.
+#[tokio::test]
+async fn a_replay_batches_up_to_8192_events_and_1_mib() {
+    let node = TestNode::start(NO_CONSUL, |_| {}).await;
+    let mut c = node.client().await;
+    for round in 0..10 {
+        publish(&mut c, "small", payloads(&format!("r{round}"), 1000))
+            .await
+            .expect("publish small events");
+    }
+    let shapes = batch_shapes(&mut c, "small").await;
+    let counts: Vec<usize> = shapes.iter().map(|s| s.0).collect();
+    assert_eq!(counts, vec![8192, 1808], "events per message");
+
+    let big = Bytes::from(vec![7u8; 300 << 10]);
+    for _ in 0..4 {
+        publish(&mut c, "large", vec![big.clone(); 3])
+            .await
+            .expect("publish 300 KiB events");
+    }
+    let shapes = batch_shapes(&mut c, "large").await;
+    assert_eq!(shapes.iter().map(|s| s.0).sum::<usize>(), 12);
+    for (events, bytes) in &shapes {
+        assert!(
+            *bytes <= 1 << 20,
+            "{events} events, {bytes} bytes in one message"
+        );
+    }
+    assert_eq!(
+        shapes[0].0, 3,
+        "1 MiB holds three events of 300 KiB: {shapes:?}"
     );
     node.stop().await.expect("clean stop");
 }
