@@ -26,8 +26,8 @@ use crate::log::{EventLog, LogError, ReadSink, StoredEvent};
 /// (a seek in every memtable and table it spans) and a hand-off to the blocking pool, so a
 /// replay of small events spends less per event in larger batches: with 8,192 instead of
 /// 2,048, the node spent a fifth less CPU per replayed event of 100 B (BENCHMARKS.md,
-/// thirty-second round). `BATCH_BYTES` still bounds a batch, so a reader's memory is what it
-/// was for events of 128 B or more.
+/// thirty-second round). `BATCH_BYTES` still bounds a batch: events of 512 B or more fill
+/// one as before, and smaller ones now fill it up to the same 1 MiB.
 const BATCH_EVENTS: usize = 8192;
 /// Most payload bytes read from the log per batch (at least one event is always returned).
 const BATCH_BYTES: usize = 1 << 20;
