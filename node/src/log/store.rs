@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 use ec_core::{DataId, Epoch, Offset, TimestampMs};
+use fjall::config::CompressionPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::watch;
 
@@ -286,6 +287,15 @@ pub(super) struct Store {
     pub(super) commit_gate: Mutex<()>,
 }
 
+/// How the events keyspace is created. Its tables are kept uncompressed, for the reason
+/// fjall's journal is (see [`Store::open`]): fjall's default compresses the third level and
+/// below with lz4, which costs every compaction and every read of an older range CPU for
+/// nothing on payloads that do not compress. fjall stores the choice with a new keyspace; one
+/// created before keeps its policy.
+pub(super) fn events_keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().data_block_compression_policy(CompressionPolicy::disabled())
+}
+
 /// Converts a fjall error into [`LogError::Storage`] with what was being done.
 pub(super) fn storage(context: impl Into<String>) -> impl FnOnce(fjall::Error) -> LogError {
     let context = context.into();
@@ -316,7 +326,7 @@ impl Store {
                 dir.display()
             )))?;
         let events = db
-            .keyspace(EVENTS_KEYSPACE, KeyspaceCreateOptions::default)
+            .keyspace(EVENTS_KEYSPACE, events_keyspace_options)
             .map_err(storage("opening keyspace `events`"))?;
         let meta = db
             .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)

@@ -2038,6 +2038,19 @@ async fn under_interval_gathering_commits_each_request_at_once() {
     holds_across_reopen(log, dir.path(), interval(), &a, &["p1", "p2"]).await;
 }
 
+/// The events keyspace's tables are uncompressed at every level (fjall's default would
+/// compress the third and below): replays of older ranges and compactions skip lz4.
+#[test]
+fn event_tables_are_created_uncompressed_at_every_level() {
+    let options = store::events_keyspace_options();
+    let policy = &options.data_block_compression_policy;
+    assert!(!policy.is_empty());
+    assert!(
+        policy.iter().all(|c| *c == fjall::CompressionType::None),
+        "{policy:?}"
+    );
+}
+
 /// fjall's journal repeats the write-ahead log, so it is written uncompressed: a value that
 /// lz4 would shrink to almost nothing is found in it byte for byte.
 #[tokio::test]
